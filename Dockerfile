@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every role: `docker run IMAGE api | ingest | scheduler | up`.
+# Build: docker build -t replenish .   (or `docker compose build`, see docs/deployment.md)
+
+# --- build stage: the project and its dependencies in a virtualenv that is copied as a whole ------
+FROM python:3.11-slim AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+RUN python -m venv /opt/venv
+WORKDIR /build
+
+# Dependencies first, from pyproject.toml alone with a stub package, so this slow layer stays cached
+# until the dependencies change. Every dependency ships manylinux wheels (psycopg[binary], numpy,
+# uvloop...), so the slim image needs no compiler.
+COPY pyproject.toml ./
+RUN mkdir -p src/replenish && touch src/replenish/__init__.py \
+    && /opt/venv/bin/pip install .
+
+# Then the project itself (.dockerignore lets in only pyproject.toml, README.md and src/).
+COPY . .
+RUN /opt/venv/bin/pip install --no-deps --force-reinstall . \
+    && /opt/venv/bin/replenish --help > /dev/null
+
+# --- runtime stage -------------------------------------------------------------------------------
+FROM python:3.11-slim
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A fixed numeric uid/gid, so orchestrators can check "runs as non-root" and volume ownership is
+# predictable.
+RUN groupadd --system --gid 10001 replenish \
+    && useradd --system --uid 10001 --gid replenish --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin replenish
+
+COPY --from=build /opt/venv /opt/venv
+
+# The working directory is writable by the service user: REPLENISH_DATA_DIR defaults to ./var
+# (the SQLite database when no REPLENISH_DATABASE_URL is given, demo files).
+WORKDIR /app
+RUN mkdir var && chown -R replenish:replenish /app
+
+USER 10001:10001
+
+# The HTTP API (`replenish api`, with REPLENISH_API_HOST=0.0.0.0 to be reachable from outside).
+EXPOSE 8000
+
+ENTRYPOINT ["replenish"]
+CMD ["--help"]

@@ -1,0 +1,51 @@
+# Two commands for a fresh machine (Python 3.11, pip, make): `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Debian packages the tests use: Mosquitto (a broker and a client we did not write).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install system-deps run test lint format bench clean
+
+help:
+	@echo "make run    start the platform with the demo (embedded broker + SQLite)"
+	@echo "make test   lint and run the test suite"
+	@echo "make bench  run the slow load tests and benchmarks"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: install
+	$(BIN)/replenish up --demo
+
+test: install system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install system-deps
+	$(BIN)/python -m pytest -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AlertRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    customer_id: str
+    device_id: str
+    kind: str
+    severity: str
+    status: str
+    opened_at: datetime
+    updated_at: datetime
+    event_count: int
+    consent_version: int
+    trigger_message_id: int
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    closed_reason: str | None
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field("customer", min_length=1, max_length=200, description="Who has it in hand.")

@@ -1,0 +1,66 @@
+"""The FastAPI application: routers of every domain under /api/v1, errors as clear 4xx answers."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+
+from replenish import __version__
+from replenish.alerts.router import router as alerts_router
+from replenish.api.deps import EngineDep
+from replenish.clock import Clock
+from replenish.consent.router import router as consent_router
+from replenish.customers.router import router as customers_router
+from replenish.devices.router import router as devices_router
+from replenish.errors import DomainError
+from replenish.ingest.router import router as dead_letters_router
+from replenish.notifications.router import router as notifications_router
+from replenish.orders.router import router as orders_router
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """
+Replenish ingests device telemetry over MQTT, forecasts when each consumable runs out, and acts exactly as far
+as the customer has consented: order, ask first, notify, or nothing. Every order explains itself: the readings,
+the forecast, the rule and the consent version behind it.
+
+Errors: 404 for an unknown object, 409 for a state change that is not allowed (e.g. approving a declined
+order), 422 for an invalid request, naming the field (`detail[].loc`, or `field`).
+"""
+
+
+def create_app(*, engine: Engine, clock: Clock) -> FastAPI:
+    app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
+    app.state.engine = engine
+    app.state.clock = clock
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.message, "field": exc.field})
+
+    for router in (
+        customers_router,
+        consent_router,
+        devices_router,
+        orders_router,
+        alerts_router,
+        notifications_router,
+        dead_letters_router,
+    ):
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="The database answers")
+    def readyz(engine: EngineDep) -> JSONResponse:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse(status_code=503, content={"status": "unavailable", "database": repr(exc)})
+        return JSONResponse(content={"status": "ok", "database": "ok"})
+
+    return app

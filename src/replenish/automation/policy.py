@@ -1,0 +1,66 @@
+"""The reorder decision: a pure function of a forecast, the consent mode, the policy and "now"."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from replenish.constants import ConsentMode, DecisionAction
+from replenish.forecasting import Forecast
+
+_ACTION_BY_MODE: dict[ConsentMode, DecisionAction | None] = {
+    ConsentMode.AUTO_ORDER: DecisionAction.PLACE_ORDER,
+    ConsentMode.ASK_FIRST: DecisionAction.REQUEST_APPROVAL,
+    ConsentMode.NOTIFY_ONLY: DecisionAction.NOTIFY,
+    ConsentMode.OFF: None,
+}
+
+
+@dataclass(frozen=True)
+class ReorderPolicy:
+    lead_time_days: float
+    margin_days: float
+
+    @property
+    def horizon(self) -> timedelta:
+        return timedelta(days=self.lead_time_days + self.margin_days)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"rule": "act when the early (5%) empty estimate falls within lead time + margin"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: DecisionAction
+    reason: str
+
+
+def must_reorder(forecast: Forecast, *, policy: ReorderPolicy, now: datetime) -> bool:
+    """True when the slot may run out before an order placed now could arrive."""
+    if forecast.status != "ok" or forecast.empty_at_early is None:
+        return False
+    return forecast.empty_at_early <= now + policy.horizon
+
+
+def decide(
+    forecast: Forecast,
+    *,
+    mode: ConsentMode,
+    policy: ReorderPolicy,
+    already_decided_this_cycle: bool,
+    now: datetime,
+) -> Verdict | None:
+    """What to do for one slot now, or None. Acts at most once per depletion cycle."""
+    if already_decided_this_cycle or not must_reorder(forecast, policy=policy, now=now):
+        return None
+    action = _ACTION_BY_MODE[mode]
+    if action is None:
+        return None
+    assert forecast.empty_at is not None and forecast.empty_at_early is not None
+    reason = (
+        f"forecast empty {forecast.empty_at:%Y-%m-%d %H:%M} UTC (early estimate "
+        f"{forecast.empty_at_early:%Y-%m-%d %H:%M} UTC) is within the {policy.lead_time_days:g}-day lead time "
+        f"plus {policy.margin_days:g}-day margin; consent mode {mode}"
+    )
+    return Verdict(action=action, reason=reason)

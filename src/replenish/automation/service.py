@@ -1,0 +1,162 @@
+"""Re-forecast slots and act on them. The database side around the pure forecast and policy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from replenish.automation.models import Decision
+from replenish.automation.policy import ReorderPolicy, Verdict, decide
+from replenish.consent import service as consent
+from replenish.constants import DecisionAction
+from replenish.db import transaction
+from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.forecasting import Forecast, LevelReading, forecast_depletion
+from replenish.ingest.models import Reading
+from replenish.notifications import service as notifications
+from replenish.orders import service as orders
+
+log = logging.getLogger(__name__)
+
+# How much history a forecast reads: enough for a long depletion cycle, bounded so a tick stays cheap.
+FORECAST_HISTORY = timedelta(days=120)
+ACTOR = "automation"
+
+
+@dataclass
+class EvaluationReport:
+    slots: int = 0
+    forecasts: int = 0
+    decisions: list[str] = field(default_factory=list)
+    errors: int = 0
+
+
+def slot_readings(*, session: Session, slot: Slot, now: datetime) -> list[LevelReading]:
+    rows = session.exec(
+        select(Reading.ts, Reading.level)
+        .where(Reading.slot_id == slot.id, Reading.ts > now - FORECAST_HISTORY, Reading.ts <= now)
+        .order_by(col(Reading.ts), col(Reading.id))
+    )
+    return [LevelReading(ts=ts, level=level / slot.capacity) for ts, level in rows]
+
+
+def evaluate_slot(
+    *, session: Session, slot: Slot, device: Device, now: datetime, margin_days: float
+) -> Decision | None:
+    forecast = forecast_depletion(slot_readings(session=session, slot=slot, now=now), now=now)
+    _store_forecast(session=session, slot_id=slot.id, forecast=forecast, now=now)
+    if forecast.cycle_started_at is None:
+        return None
+    already = session.exec(
+        select(Decision.id).where(Decision.slot_id == slot.id, Decision.cycle_started_at == forecast.cycle_started_at)
+    ).first()
+    version, document = consent.current_document(session=session, customer_id=device.customer_id)
+    mode = consent.mode_for_slot(document, device_id=device.id, slot_name=slot.name)
+    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
+    verdict = decide(forecast, mode=mode, policy=policy, already_decided_this_cycle=already is not None, now=now)
+    if verdict is None:
+        return None
+    return _act(
+        session=session,
+        slot=slot,
+        device=device,
+        forecast=forecast,
+        verdict=verdict,
+        mode=mode,
+        consent_version=version,
+        policy=policy,
+        now=now,
+    )
+
+
+def _act(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    forecast: Forecast,
+    verdict: Verdict,
+    mode: str,
+    consent_version: int,
+    policy: ReorderPolicy,
+    now: datetime,
+) -> Decision:
+    assert forecast.cycle_started_at is not None
+    decision = Decision(
+        slot_id=slot.id,
+        device_id=device.id,
+        customer_id=device.customer_id,
+        cycle_started_at=forecast.cycle_started_at,
+        action=verdict.action,
+        consent_mode=mode,
+        consent_version=consent_version,
+        decided_at=now,
+        reason=verdict.reason,
+        forecast=forecast.to_json(),
+        policy=policy.to_json(),
+    )
+    session.add(decision)
+    # Flush first: the unique (slot, cycle) constraint rejects a second decision before anything else is written.
+    session.flush()
+    if verdict.action == DecisionAction.NOTIFY:
+        notifications.notify(
+            session=session,
+            customer_id=device.customer_id,
+            subject=f"{device.name}: {slot.name} is running low",
+            body=verdict.reason,
+            consent_version=consent_version,
+            now=now,
+            decision_id=decision.id,
+        )
+    else:
+        orders.create(
+            session=session,
+            decision=decision,
+            slot=slot,
+            awaiting_approval=verdict.action == DecisionAction.REQUEST_APPROVAL,
+            now=now,
+            actor=ACTOR,
+        )
+    log.info("decision %s: %s for %s/%s (%s)", decision.id, verdict.action, device.id, slot.name, verdict.reason)
+    return decision
+
+
+def _store_forecast(*, session: Session, slot_id: str, forecast: Forecast, now: datetime) -> None:
+    stored = session.get(SlotForecast, slot_id)
+    if stored is None:
+        stored = SlotForecast(slot_id=slot_id, computed_at=now, forecast=forecast.to_json())
+    else:
+        stored.computed_at = now
+        stored.forecast = forecast.to_json()
+    session.add(stored)
+
+
+def evaluate_all(*, engine: Engine, now: datetime, margin_days: float) -> EvaluationReport:
+    """The scheduler job: every slot in its own transaction, so one bad slot cannot stall the rest."""
+    report = EvaluationReport()
+    with Session(engine) as session:
+        targets = list(session.exec(select(Slot.id, Slot.device_id).order_by(col(Slot.device_id), col(Slot.name))))
+    for slot_id, device_id in targets:
+        report.slots += 1
+        try:
+            with transaction(engine) as session:
+                slot = session.get(Slot, slot_id)
+                device = session.get(Device, device_id)
+                if slot is None or device is None:
+                    continue  # deleted since the list was read
+                decision = evaluate_slot(session=session, slot=slot, device=device, now=now, margin_days=margin_days)
+                report.forecasts += 1
+                if decision is not None:
+                    report.decisions.append(decision.id)
+        except IntegrityError:
+            # Another evaluator decided this cycle first; the database kept exactly one decision.
+            log.info("slot %s: decision already taken for this cycle", slot_id)
+        except Exception:
+            report.errors += 1
+            log.exception("slot %s: evaluation failed", slot_id)
+    return report

@@ -1,0 +1,159 @@
+"""The `replenish` command: the whole platform in one process, or one role per process as in production."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from replenish.config import Settings
+from replenish.runtime import Platform, Roles
+
+app = typer.Typer(
+    help="Replenish: IoT auto-replenishment and device monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DEMO_EVALUATION_INTERVAL_SECONDS = 5.0
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # amqtt logs every connection at INFO; keep the platform's own lines readable.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    for noisy in ("apscheduler", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return settings
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def _run(platform: Platform) -> None:
+    try:
+        platform.start()
+    except Exception:
+        platform.stop()
+        raise
+    try:
+        _wait_for_signal()
+    finally:
+        typer.echo("stopping…")
+        platform.stop()
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Seed a demo customer and run simulated devices.")] = False,
+) -> None:
+    """Run everything in one process: embedded broker (unless REPLENISH_MQTT_URL is set), ingestor, jobs, API."""
+    settings = _settings()
+    if demo:
+        updates: dict[str, object] = {
+            "evaluation_interval_seconds": min(settings.evaluation_interval_seconds, DEMO_EVALUATION_INTERVAL_SECONDS)
+        }
+        if settings.database_url is None:
+            # A fresh database each run: the demo replays weeks of device history into it.
+            demo_db = settings.data_dir / "demo.db"
+            for leftover in demo_db.parent.glob("demo.db*"):
+                leftover.unlink()
+            updates["database_url"] = f"sqlite:///{demo_db}"
+        settings = settings.model_copy(update=updates)
+    platform = Platform(settings, roles=Roles.all_in_one(settings))
+    simulators = None
+    try:
+        platform.start()
+        if demo:
+            simulators = _start_demo(platform)
+        _print_banner(platform, demo=demo)
+        _wait_for_signal()
+    finally:
+        typer.echo("stopping…")
+        if simulators is not None:
+            simulators.stop()
+        platform.stop()
+
+
+def _start_demo(platform: Platform):  # type: ignore[no-untyped-def]
+    from replenish.demo import DemoDevices, demo_models, seed
+
+    now = datetime.now(UTC)
+    models = demo_models(now)
+    customer_id = seed(engine=platform.engine, now=now, models=models)
+    credentials = {"customer": {"id": customer_id, "email": "demo@replenish.example"}}
+    path = Path(platform.settings.data_dir) / "demo-credentials.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(credentials, indent=2))
+    simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models)
+    simulators.start()
+    return simulators
+
+
+def _print_banner(platform: Platform, *, demo: bool) -> None:
+    api = platform.api_url
+    lines = [
+        "",
+        "Replenish is running.",
+        f"  API docs     {api}/docs",
+        f"  MQTT broker  {platform.settings.mqtt_endpoint.url}" + (" (embedded)" if platform.roles.broker else ""),
+        f"  database     {platform.settings.resolved_database_url}",
+    ]
+    if demo:
+        lines += [
+            "",
+            "Demo: a printer, a fridge and a wearable replay their history now. Within a minute:",
+            f"  forecasts    curl -s {api}/api/v1/devices/demo-printer",
+            f"  orders       curl -s {api}/api/v1/orders",
+            f"  alerts       curl -s {api}/api/v1/alerts",
+        ]
+    lines += ["", "Ctrl-C stops everything.", ""]
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API only."""
+    _run(Platform(_settings(), roles=Roles(api=True)))
+
+
+@app.command()
+def ingest() -> None:
+    """Run the MQTT ingestor only (needs REPLENISH_MQTT_URL or a broker on the default address)."""
+    _run(Platform(_settings(), roles=Roles(ingest=True)))
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the forecasting/automation job and the outbox dispatcher only."""
+    _run(Platform(_settings(), roles=Roles(scheduler=True)))
+
+
+@app.command()
+def broker() -> None:
+    """Run the embedded amqtt broker only (for development; production uses Mosquitto)."""
+    _run(Platform(_settings(), roles=Roles(broker=True)))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create any missing tables (every role also does this at start-up)."""
+    from replenish.db import create_schema, make_engine
+
+    settings = _settings()
+    create_schema(make_engine(settings.resolved_database_url))
+    typer.echo(f"schema ready at {settings.resolved_database_url}")

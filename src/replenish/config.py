@@ -1,0 +1,100 @@
+"""Settings, read once from ``REPLENISH_*`` environment variables (and an optional ``.env`` file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+EMBEDDED_BROKER_HOST = "127.0.0.1"
+EMBEDDED_BROKER_PORT = 1883
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """Where an MQTT client connects, parsed from ``mqtt://[user[:password]@]host[:port]``."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> MqttEndpoint:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"MQTT URL must start with mqtt:// (got {url!r}); TLS is not supported yet")
+        if not parts.hostname:
+            raise ValueError(f"MQTT URL has no host: {url!r}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 1883,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Environment variables win over ``.env``; names are upper-case."""
+
+    model_config = SettingsConfigDict(env_prefix="REPLENISH_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the SQLite database and demo files live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite under data_dir. PostgreSQL: postgresql+psycopg://..."
+    )
+    mqtt_url: str | None = Field(
+        None,
+        description="External broker, mqtt://user:pass@host:port. Unset: `replenish up` runs the embedded broker.",
+    )
+    broker_host: str = Field(EMBEDDED_BROKER_HOST, description="Bind address of the embedded broker.")
+    broker_port: int = Field(EMBEDDED_BROKER_PORT, ge=0, le=65535, description="Port of the embedded broker.")
+    mqtt_client_id: str = Field("replenish-ingest", description="Client id of the ingestor's MQTT session.")
+    api_host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP API.")
+    evaluation_interval_seconds: float = Field(
+        60.0, gt=0, description="How often the automation job re-forecasts slots and decides."
+    )
+    dispatch_interval_seconds: float = Field(
+        1.0, gt=0, description="How often the outbox dispatcher delivers orders, notifications and commands."
+    )
+    reorder_margin_days: float = Field(
+        1.0, ge=0, description="Safety margin added to a slot's lead time before it must be reordered."
+    )
+    order_webhook_url: HttpUrl | None = Field(
+        None, description="Fulfilment webhook: orders are POSTed here. Unset: orders are recorded and logged."
+    )
+    ingest_batch_size: int = Field(500, ge=1, description="Most messages the ingestor commits in one batch.")
+    ingest_batch_wait_ms: float = Field(
+        20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url_parses(cls, value: str | None) -> str | None:
+        if value:
+            MqttEndpoint.parse(value)
+        return value or None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'replenish.db'}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.mqtt_url is None
+
+    @property
+    def mqtt_endpoint(self) -> MqttEndpoint:
+        if self.mqtt_url:
+            return MqttEndpoint.parse(self.mqtt_url)
+        return MqttEndpoint(host=self.broker_host, port=self.broker_port)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from replenish.api.deps import ClockDep, EngineDep, ReadSession
+from replenish.consent import service
+from replenish.consent.models import ConsentVersion
+from replenish.consent.schemas import ConsentDocument, ConsentRead, ConsentUpdate
+from replenish.customers import service as customers
+from replenish.db import transaction
+
+router = APIRouter(prefix="/customers/{customer_id}/consent", tags=["consent"])
+
+
+def _read(version: ConsentVersion) -> ConsentRead:
+    return ConsentRead(
+        customer_id=version.customer_id,
+        version=version.version,
+        created_at=version.created_at,
+        created_by=version.created_by,
+        document=ConsentDocument.model_validate(version.document),
+    )
+
+
+@router.get("", response_model=ConsentRead, summary="Current consent")
+def get_consent(customer_id: str, session: ReadSession) -> ConsentRead:
+    customers.get(session=session, customer_id=customer_id)
+    return _read(service.current(session=session, customer_id=customer_id))
+
+
+@router.put("", response_model=ConsentRead, summary="Change consent (creates a new version)")
+def put_consent(customer_id: str, body: ConsentUpdate, engine: EngineDep, clock: ClockDep) -> ConsentRead:
+    """Replaces the consent document. The old version stays, so every past decision can still be explained."""
+    with transaction(engine) as session:
+        customers.get(session=session, customer_id=customer_id)
+        version = service.record(
+            session=session,
+            customer_id=customer_id,
+            document=ConsentDocument.model_validate(body.model_dump()),
+            actor="customer",
+            now=clock.now(),
+        )
+        return _read(version)
+
+
+@router.get("/versions", response_model=list[ConsentRead], summary="Every consent version, oldest first")
+def consent_versions(customer_id: str, session: ReadSession) -> list[ConsentRead]:
+    customers.get(session=session, customer_id=customer_id)
+    return [_read(v) for v in service.history(session=session, customer_id=customer_id)]

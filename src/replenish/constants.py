@@ -1,0 +1,95 @@
+"""Names shared across domains: MQTT topics, modes and states. One place, so they cannot drift."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+MAX_PAYLOAD_BYTES = 16 * 1024
+# Dead letters keep the raw bytes for diagnosis; beyond this only the size is kept, so that a flood of
+# huge payloads cannot fill the database.
+DEAD_LETTER_MAX_STORED_BYTES = 64 * 1024
+
+TOPIC_PREFIX = "devices"
+TELEMETRY_TOPIC = "devices/{device_id}/telemetry"
+EVENTS_TOPIC = "devices/{device_id}/events"
+STATUS_TOPIC = "devices/{device_id}/status"
+COMMANDS_TOPIC = "devices/{device_id}/commands"
+INGEST_SUBSCRIPTIONS = ("devices/+/telemetry", "devices/+/events", "devices/+/status")
+MQTT_QOS = 1
+
+
+class Channel(StrEnum):
+    TELEMETRY = "telemetry"
+    EVENTS = "events"
+    STATUS = "status"
+
+
+class DeviceKind(StrEnum):
+    PRINTER = "printer"
+    FRIDGE = "fridge"
+    WEARABLE = "wearable"
+    OTHER = "other"
+
+
+class ConsentMode(StrEnum):
+    AUTO_ORDER = "auto_order"
+    ASK_FIRST = "ask_first"
+    NOTIFY_ONLY = "notify_only"
+    OFF = "off"
+
+
+class EventType(StrEnum):
+    FALL_DETECTED = "fall_detected"
+    FALL_CANCELLED = "fall_cancelled"
+    HELP_REQUESTED = "help_requested"
+    BATTERY_LOW = "battery_low"
+
+
+class DecisionAction(StrEnum):
+    PLACE_ORDER = "place_order"
+    REQUEST_APPROVAL = "request_approval"
+    NOTIFY = "notify"
+
+
+class OrderStatus(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"
+    PLACED = "placed"
+    CONFIRMED = "confirmed"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+
+
+OPEN_ORDER_STATUSES = frozenset(
+    {OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED}
+)
+
+
+class AlertKind(StrEnum):
+    FALL = "fall"
+    HELP_REQUESTED = "help_requested"
+    BATTERY_LOW = "battery_low"
+
+
+class AlertSeverity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class AlertStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    CANCELLED = "cancelled"
+    RESOLVED = "resolved"
+
+
+class OutboxKind(StrEnum):
+    ORDER_PLACED = "order.placed"
+    ORDER_CANCELLED = "order.cancelled"
+    NOTIFICATION = "notification"
+    DEVICE_COMMAND = "device.command"

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
+from replenish.customers.models import Customer
+from replenish.errors import Conflict, NotFound
+
+
+def create(
+    *, session: Session, name: str, email: str, consent_document: ConsentDocument, actor: str, now: datetime
+) -> Customer:
+    email = email.lower()
+    if session.exec(select(Customer.id).where(Customer.email == email)).first():
+        raise Conflict(f"a customer with email {email!r} exists already", field="email")
+    customer = Customer(name=name, email=email, created_at=now)
+    session.add(customer)
+    session.flush()
+    consent.record(session=session, customer_id=customer.id, document=consent_document, actor=actor, now=now)
+    return customer
+
+
+def get(*, session: Session, customer_id: str) -> Customer:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise NotFound("customer", customer_id)
+    return customer
+
+
+def list_customers(*, session: Session, limit: int = 100, offset: int = 0) -> list[Customer]:
+    return list(session.exec(select(Customer).order_by(col(Customer.created_at)).offset(offset).limit(limit)))

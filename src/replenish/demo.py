@@ -1,0 +1,141 @@
+"""`replenish up --demo`: a demo customer with a printer, a fridge and a wearable, driven by their simulators."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from replenish.config import MqttEndpoint
+from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import ConsentMode, DeviceKind
+from replenish.customers import service as customers
+from replenish.customers.models import Customer
+from replenish.db import transaction
+from replenish.devices import service as devices
+from replenish.devices.schemas import DeviceCreate, SlotCreate
+from replenish.simulation.devices import DeviceModel, FridgeModel, PrinterModel, WearableModel
+from replenish.simulation.runner import run_device
+
+log = logging.getLogger(__name__)
+
+DEMO_EMAIL = "demo@replenish.example"
+PRINTER_ID = "demo-printer"
+FRIDGE_ID = "demo-fridge"
+WEARABLE_ID = "demo-wearable"
+PRINTER_HISTORY = timedelta(days=21)
+FRIDGE_HISTORY = timedelta(days=7)
+# Weeks of history are replayed within about this many seconds, then the devices run in real time.
+CATCH_UP_SECONDS = 25.0
+FALL_AFTER = timedelta(seconds=20)
+
+_SKUS = {
+    "black": "INK-BLACK-XL",
+    "cyan": "INK-CYAN",
+    "magenta": "INK-MAGENTA",
+    "yellow": "INK-YELLOW",
+    "milk": "MILK-2L",
+    "eggs": "EGGS-12",
+}
+
+
+def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> str:
+    """Create the demo customer and register the simulated devices with exactly the slots they report."""
+    with transaction(engine) as session:
+        existing = session.exec(select(Customer).where(Customer.email == DEMO_EMAIL)).first()
+        if existing is not None:
+            return existing.id
+        customer = customers.create(
+            session=session,
+            name="Demo Customer",
+            email=DEMO_EMAIL,
+            consent_document=ConsentDocument(default_mode=ConsentMode.ASK_FIRST),
+            actor="demo",
+            now=now,
+        )
+        for model in models:
+            devices.register(
+                session=session,
+                request=DeviceCreate(
+                    id=model.device_id,
+                    customer_id=customer.id,
+                    kind=DeviceKind(model.kind),
+                    name=f"Demo {model.kind}",
+                    slots=[
+                        SlotCreate(
+                            name=spec.name,
+                            unit=spec.unit,
+                            capacity=spec.capacity,
+                            product_sku=_SKUS.get(spec.name, spec.name.upper()),
+                            lead_time_days=3.0,
+                        )
+                        for spec in model.slots
+                    ],
+                ),
+                now=now,
+            )
+        # Version 2: the printer may order by itself; anything else still asks first.
+        consent.record(
+            session=session,
+            customer_id=customer.id,
+            document=ConsentDocument(
+                default_mode=ConsentMode.ASK_FIRST, device_modes={PRINTER_ID: ConsentMode.AUTO_ORDER}
+            ),
+            actor="demo",
+            now=now,
+        )
+        return customer.id
+
+
+def demo_models(now: datetime) -> list[DeviceModel]:
+    # seq must keep growing across demo runs, as a real device's does across reboots.
+    seq_base = int(now.timestamp())
+    printer = PrinterModel(
+        PRINTER_ID,
+        start=now - PRINTER_HISTORY,
+        seed=7,
+        report_interval=timedelta(hours=2),
+        # Black runs out first: about three days of ink left at the end of the replayed history.
+        initial_levels={"black": 0.97, "cyan": 0.9, "magenta": 0.85, "yellow": 0.95},
+    )
+    fridge = FridgeModel(FRIDGE_ID, start=now - FRIDGE_HISTORY, seed=11, report_interval=timedelta(hours=3))
+    wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + FALL_AFTER)
+    for model in (printer, fridge, wearable):
+        model.seq = seq_base
+    return [printer, fridge, wearable]
+
+
+@dataclass
+class DemoDevices:
+    """The simulators, each a real MQTT client in its own thread."""
+
+    endpoint: MqttEndpoint
+    models: list[DeviceModel]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for model in self.models:
+            history = datetime.now(UTC) - model.start
+            speed = max(history.total_seconds() / CATCH_UP_SECONDS, 1.0)
+            thread = threading.Thread(
+                target=run_device,
+                args=(model, self.endpoint),
+                kwargs={"speed": speed, "catch_up": True, "stop": self.stop_event, "client_id": model.device_id},
+                name=f"sim-{model.device_id}",
+                daemon=True,
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + 10
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0.1))

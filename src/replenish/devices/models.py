@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from replenish.db import JSONType, UTCDateTime, new_id
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    # The device's own id, as it appears in its MQTT topics.
+    id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    kind: str
+    name: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    online: bool | None = None
+    status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Slot(SQLModel, table=True):
+    __tablename__ = "slots"
+    __table_args__ = (UniqueConstraint("device_id", "name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    device_id: str = Field(foreign_key="devices.id", index=True)
+    name: str
+    unit: str
+    capacity: float
+    product_sku: str
+    lead_time_days: float
+    level: float | None = None
+    level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SlotForecast(SQLModel, table=True):
+    """The latest forecast of each slot, as the automation job last computed it."""
+
+    __tablename__ = "slot_forecasts"
+
+    slot_id: str = Field(foreign_key="slots.id", primary_key=True)
+    computed_at: datetime = Field(sa_type=UTCDateTime)
+    forecast: dict[str, Any] = Field(sa_type=JSONType)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query, status
+
+from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
+from replenish.customers import service as customers
+from replenish.db import transaction
+from replenish.devices import service
+from replenish.devices.schemas import DeviceCreate, DeviceRead, ReadingRead
+from replenish.errors import InvalidRequest
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRead, summary="Register a device")
+def register_device(body: DeviceCreate, engine: EngineDep, clock: ClockDep) -> DeviceRead:
+    """Registers a device and its slots. Telemetry for unregistered devices or slots becomes dead letters."""
+    with transaction(engine) as session:
+        customers.get(session=session, customer_id=body.customer_id)
+        device = service.register(session=session, request=body, now=clock.now())
+        return service.describe(session=session, device=device)
+
+
+@router.get("", response_model=list[DeviceRead], summary="List devices")
+def list_devices(
+    session: ReadSession, customer_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+) -> list[DeviceRead]:
+    devices = service.list_devices(session=session, customer_id=customer_id, limit=limit, offset=offset)
+    return [service.describe(session=session, device=device) for device in devices]
+
+
+@router.get("/{device_id}", response_model=DeviceRead, summary="A device with its latest levels and forecasts")
+def get_device(device_id: str, session: ReadSession) -> DeviceRead:
+    return service.describe(session=session, device=service.get(session=session, device_id=device_id))
+
+
+@router.get(
+    "/{device_id}/slots/{slot_name}/readings",
+    response_model=list[ReadingRead],
+    summary="A slot's readings, newest first",
+)
+def slot_readings(
+    device_id: str,
+    slot_name: str,
+    session: ReadSession,
+    since: datetime | None = Query(None, description="Only readings at or after this time (ISO 8601)."),
+    limit: Limit = 1000,
+) -> list[ReadingRead]:
+    if since is not None and since.tzinfo is None:
+        raise InvalidRequest("since must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field="since")
+    slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+    return service.readings(session=session, slot=slot, since=since, limit=limit)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from replenish.constants import DEVICE_ID_PATTERN, DeviceKind
+
+
+class SlotCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", examples=["black"])
+    unit: str = Field("fraction", min_length=1, max_length=32, description="fraction, litre, count, ...")
+    capacity: float = Field(1.0, gt=0, description="Level of a full slot, in the unit. Levels run 0..capacity.")
+    product_sku: str = Field(min_length=1, max_length=128, description="What to order when it runs low.")
+    lead_time_days: float = Field(3.0, ge=0, le=365, description="Days from order to delivery.")
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="The id the device uses in its MQTT topics.")
+    customer_id: str
+    kind: DeviceKind
+    name: str = Field(min_length=1, max_length=200)
+    slots: list[SlotCreate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_slot_names(self) -> DeviceCreate:
+        names = [slot.name for slot in self.slots]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"slot names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+class SlotRead(BaseModel):
+    id: str
+    name: str
+    unit: str
+    capacity: float
+    product_sku: str
+    lead_time_days: float
+    level: float | None = Field(description="Latest reported level, in the unit.")
+    level_at: datetime | None
+    forecast: dict[str, Any] | None = Field(
+        None, description="Latest forecast: empty_at (median), empty_at_early (5%), rate_per_day, evidence."
+    )
+    forecast_computed_at: datetime | None = None
+
+
+class DeviceRead(BaseModel):
+    id: str
+    customer_id: str
+    kind: str
+    name: str
+    created_at: datetime
+    online: bool | None
+    status_changed_at: datetime | None
+    last_seen_at: datetime | None
+    slots: list[SlotRead]
+
+
+class ReadingRead(BaseModel):
+    ts: datetime
+    level: float
+    message_id: int

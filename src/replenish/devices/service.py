@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.devices.schemas import DeviceCreate, DeviceRead, ReadingRead, SlotRead
+from replenish.errors import Conflict, NotFound
+from replenish.ingest.models import Reading
+
+
+def register(*, session: Session, request: DeviceCreate, now: datetime) -> Device:
+    if session.get(Device, request.id) is not None:
+        raise Conflict(f"device {request.id!r} is registered already", field="id")
+    device = Device(
+        id=request.id, customer_id=request.customer_id, kind=request.kind, name=request.name, created_at=now
+    )
+    session.add(device)
+    for slot in request.slots:
+        session.add(Slot(device_id=device.id, created_at=now, **slot.model_dump()))
+    session.flush()
+    return device
+
+
+def get(*, session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound("device", device_id)
+    return device
+
+
+def slots_of(*, session: Session, device_id: str) -> list[Slot]:
+    return list(session.exec(select(Slot).where(Slot.device_id == device_id).order_by(col(Slot.name))))
+
+
+def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
+    slot = session.exec(select(Slot).where(Slot.device_id == device_id, Slot.name == slot_name)).first()
+    if slot is None:
+        raise NotFound("slot", f"{device_id}/{slot_name}")
+    return slot
+
+
+def list_devices(
+    *, session: Session, customer_id: str | None = None, limit: int = 100, offset: int = 0
+) -> list[Device]:
+    query = select(Device)
+    if customer_id:
+        query = query.where(Device.customer_id == customer_id)
+    return list(session.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)))
+
+
+def describe(*, session: Session, device: Device) -> DeviceRead:
+    slots = slots_of(session=session, device_id=device.id)
+    forecasts = {
+        stored.slot_id: stored
+        for stored in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_([s.id for s in slots])))
+    }
+    return DeviceRead(
+        **device.model_dump(),
+        slots=[
+            SlotRead(
+                **slot.model_dump(),
+                forecast=forecasts[slot.id].forecast if slot.id in forecasts else None,
+                forecast_computed_at=forecasts[slot.id].computed_at if slot.id in forecasts else None,
+            )
+            for slot in slots
+        ],
+    )
+
+
+def readings(*, session: Session, slot: Slot, since: datetime | None = None, limit: int = 1000) -> list[ReadingRead]:
+    query = select(Reading).where(Reading.slot_id == slot.id)
+    if since is not None:
+        query = query.where(Reading.ts >= since)
+    rows = session.exec(query.order_by(col(Reading.ts).desc()).limit(limit))
+    return [ReadingRead(ts=row.ts, level=row.level, message_id=row.message_id) for row in rows]

@@ -1,0 +1,27 @@
+"""Domain errors. Services raise these; the API turns them into clear 4xx answers."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+    def __init__(self, entity: str, key: str) -> None:
+        super().__init__(f"{entity} {key!r} not found")
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class InvalidRequest(DomainError):
+    status_code = 422

@@ -1,0 +1,163 @@
+"""Depletion forecasting: pure functions of a slot's readings and "now". No I/O, no wall clock.
+
+Levels are fractions of the slot's capacity (0 = empty, 1 = full), so one model serves ink, milk and eggs.
+
+First honest version: refills split the history into depletion cycles; the current cycle's level is fitted
+against time by least squares weighted toward recent readings, with outliers dropped; the slope's standard
+error and the residual spread give the uncertainty band of the empty time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+SECONDS_PER_DAY = 86_400.0
+# A rise of at least this fraction of capacity, confirmed by the next reading, is a refill.
+REFILL_MIN_RISE = 0.15
+# The reading after a rise must stay within this of the risen level to confirm it (else it was a spike).
+REFILL_CONFIRM_TOLERANCE = 0.08
+# Recent readings count more: a reading this old weighs half as much as the newest.
+WEIGHT_HALF_LIFE_DAYS = 7.0
+MIN_READINGS = 3
+MIN_SPAN = timedelta(hours=1)
+# Below this consumption the slot is "not being used" rather than "empties in 40 years".
+MIN_RATE_PER_DAY = 1e-4
+# z for the 5% / 95% quantiles of the band.
+BAND_Z = 1.645
+OUTLIER_MADS = 4.0
+
+
+@dataclass(frozen=True)
+class LevelReading:
+    ts: datetime
+    level: float  # fraction of capacity
+
+
+@dataclass(frozen=True)
+class Forecast:
+    status: str  # "ok", "insufficient_data", "not_consuming"
+    computed_at: datetime
+    cycle_started_at: datetime | None
+    readings_used: int
+    outliers_dropped: int
+    evidence_from: datetime | None = None
+    evidence_to: datetime | None = None
+    level_now: float | None = None
+    rate_per_day: float | None = None
+    rate_per_day_low: float | None = None
+    rate_per_day_high: float | None = None
+    empty_at: datetime | None = None  # median
+    empty_at_early: datetime | None = None  # 5% quantile: the date to plan deliveries against
+    empty_at_late: datetime | None = None  # 95% quantile; None when it may never empty
+    refills_detected: list[datetime] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in asdict(self).items()
+        } | {"refills_detected": [moment.isoformat() for moment in self.refills_detected]}
+
+
+def split_cycles(readings: list[LevelReading]) -> list[int]:
+    """Indexes at which a new depletion cycle starts (always includes 0 for a non-empty list).
+
+    A sustained rise starts a new cycle; a one-off spike that falls back at the next reading does not.
+    A rise seen only in the very last reading is not yet a refill: the next report will tell.
+    """
+    if not readings:
+        return []
+    starts = [0]
+    for index in range(1, len(readings) - 1):
+        before = readings[index - 1].level
+        risen = readings[index].level
+        after = readings[index + 1].level
+        if risen - before >= REFILL_MIN_RISE and abs(after - risen) <= REFILL_CONFIRM_TOLERANCE:
+            starts.append(index)
+    return starts
+
+
+def forecast_depletion(readings: list[LevelReading], *, now: datetime) -> Forecast:
+    """Forecast when the slot runs empty, from readings sorted by time. Readings after ``now`` are ignored."""
+    visible = [reading for reading in readings if reading.ts <= now]
+    starts = split_cycles(visible)
+    refills = [visible[index].ts for index in starts[1:]]
+    cycle = visible[starts[-1] :] if starts else []
+    cycle_start = cycle[0].ts if cycle else None
+    base = {"computed_at": now, "cycle_started_at": cycle_start, "refills_detected": refills}
+    if len(cycle) < MIN_READINGS or cycle[-1].ts - cycle[0].ts < MIN_SPAN:
+        return Forecast(status="insufficient_data", readings_used=len(cycle), outliers_dropped=0, **base)
+
+    days = np.array([(reading.ts - now).total_seconds() / SECONDS_PER_DAY for reading in cycle])
+    levels = np.array([reading.level for reading in cycle])
+    age = days[-1] - days
+    weights = 0.5 ** (age / WEIGHT_HALF_LIFE_DAYS)
+
+    fit = _weighted_line(days, levels, weights)
+    keep = np.ones(len(days), dtype=bool)
+    residuals = levels - (fit.intercept + fit.slope * days)
+    mad = float(np.median(np.abs(residuals - np.median(residuals))))
+    if mad > 0:
+        keep = np.abs(residuals) <= OUTLIER_MADS * 1.4826 * mad
+        if keep.sum() >= MIN_READINGS and not keep.all():
+            fit = _weighted_line(days[keep], levels[keep], weights[keep])
+
+    # With days measured from now, the intercept is the fitted level now.
+    level_now = float(np.clip(fit.intercept, 0.0, 1.0))
+    rate = -fit.slope
+    rate_low = rate - BAND_Z * fit.slope_se
+    rate_high = rate + BAND_Z * fit.slope_se
+    common = {
+        **base,
+        "readings_used": int(keep.sum()),
+        "outliers_dropped": int((~keep).sum()),
+        "evidence_from": cycle[0].ts,
+        "evidence_to": cycle[-1].ts,
+        "level_now": level_now,
+        "rate_per_day": float(rate),
+        "rate_per_day_low": float(rate_low),
+        "rate_per_day_high": float(rate_high),
+    }
+    if rate_high <= MIN_RATE_PER_DAY:
+        return Forecast(status="not_consuming", **common)
+    if level_now <= 0.0:
+        return Forecast(status="ok", empty_at=now, empty_at_early=now, empty_at_late=now, **common)
+
+    level_low = max(level_now - BAND_Z * fit.residual_sd, 0.0)
+    level_high = min(level_now + BAND_Z * fit.residual_sd, 1.0)
+    median_rate = max(rate, MIN_RATE_PER_DAY)
+    return Forecast(
+        status="ok",
+        empty_at=now + timedelta(days=level_now / median_rate),
+        empty_at_early=now + timedelta(days=level_low / rate_high),
+        empty_at_late=now + timedelta(days=level_high / rate_low) if rate_low > MIN_RATE_PER_DAY else None,
+        **common,
+    )
+
+
+@dataclass(frozen=True)
+class _Line:
+    intercept: float
+    slope: float
+    slope_se: float
+    residual_sd: float
+
+
+def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
+    total = w.sum()
+    x_mean = float((w * x).sum() / total)
+    y_mean = float((w * y).sum() / total)
+    sxx = float((w * (x - x_mean) ** 2).sum())
+    if sxx <= 0:
+        return _Line(intercept=y_mean, slope=0.0, slope_se=0.0, residual_sd=0.0)
+    slope = float((w * (x - x_mean) * (y - y_mean)).sum() / sxx)
+    intercept = y_mean - slope * x_mean
+    residuals = y - (intercept + slope * x)
+    # Effective sample size for weighted data (Kish), so heavy down-weighting does not fake precision.
+    n_eff = total**2 / float((w**2).sum())
+    dof = max(n_eff - 2.0, 1.0)
+    residual_var = float((w * residuals**2).sum() / total) * n_eff / dof
+    slope_se = float(np.sqrt(residual_var / (sxx / total) / n_eff))
+    return _Line(intercept=intercept, slope=slope, slope_se=slope_se, residual_sd=float(np.sqrt(residual_var)))

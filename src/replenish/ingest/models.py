@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from replenish.db import JSONType, UTCDateTime
+
+
+class DeviceMessage(SQLModel, table=True):
+    """Every accepted telemetry or event message, once per (device_id, seq)."""
+
+    __tablename__ = "device_messages"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_messages_device_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="devices.id", index=True)
+    seq: int | None = None
+    channel: str
+    event_type: str | None = Field(default=None, index=True)
+    ts: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    payload: dict[str, Any] = Field(sa_type=JSONType)
+
+
+class Reading(SQLModel, table=True):
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_slot_ts", "slot_id", "ts"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    slot_id: str = Field(foreign_key="slots.id")
+    message_id: int = Field(foreign_key="device_messages.id", index=True)
+    ts: datetime = Field(sa_type=UTCDateTime)
+    level: float
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str
+    device_id: str | None = Field(default=None, index=True)
+    payload: bytes = Field(sa_type=LargeBinary)
+    payload_size: int
+    reason: str
+    received_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -1,0 +1,179 @@
+"""What a device may send (../shared/contracts.md §1), as pydantic models, and the parser that applies them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel
+
+# Epoch seconds outside this range are almost surely milliseconds or garbage, not a real clock.
+_EPOCH_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+_EPOCH_MAX = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+
+
+def _parse_ts(value: Any) -> datetime:
+    if isinstance(value, bool):
+        raise ValueError("ts must be an ISO 8601 string with offset or epoch seconds, not a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or not _EPOCH_MIN <= value <= _EPOCH_MAX:
+            raise ValueError("ts in epoch seconds must be between 2000 and 2100")
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"ts is not ISO 8601: {value[:64]!r}") from exc
+        if parsed.tzinfo is None:
+            raise ValueError("ts must carry a UTC offset, e.g. 2026-11-24T10:00:00Z")
+        return parsed.astimezone(UTC)
+    raise ValueError("ts must be an ISO 8601 string with offset or epoch seconds")
+
+
+def _finite_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return float(value)
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_parse_ts)]
+Number = Annotated[float, BeforeValidator(_finite_number)]
+UnitInterval = Annotated[float, BeforeValidator(_finite_number), Field(ge=0, le=1)]
+
+
+class _DeviceMessage(BaseModel):
+    # Unknown fields are kept (devices may add fields); known ones are checked strictly.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    seq: int | None = Field(None, ge=0, le=2**63 - 1)
+    ts: Timestamp | None = None
+
+
+class TelemetryPayload(_DeviceMessage):
+    # An empty map is a heartbeat: "any subset of its slots" includes none.
+    levels: dict[str, Number]
+
+
+class EventPayload(_DeviceMessage):
+    type: str = Field(min_length=1, max_length=64)
+    confidence: UnitInterval | None = None
+    battery: UnitInterval | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("type must be printable text")
+        return value
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message as it came off the broker, before anything is trusted."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class ParsedTelemetry:
+    device_id: str
+    body: TelemetryPayload
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    device_id: str
+    body: EventPayload
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParsedStatus:
+    device_id: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    device_id: str | None = None
+
+
+Parsed = ParsedTelemetry | ParsedEvent | ParsedStatus | Rejected
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "payload"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def split_topic(topic: str) -> tuple[str, str] | None:
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != TOPIC_PREFIX:
+        return None
+    return parts[1], parts[2]
+
+
+def parse_message(message: IncomingMessage) -> Parsed:
+    """Check one message against the contract. Pure: no database, no clock."""
+    split = split_topic(message.topic)
+    if split is None:
+        return Rejected(f"topic {message.topic[:200]!r} is not devices/{{device_id}}/{{channel}}")
+    device_id, channel = split
+    if not DEVICE_ID_RE.match(device_id):
+        return Rejected(f"device_id {device_id[:80]!r} does not match [A-Za-z0-9_-]{{1,64}}")
+    if channel not in (Channel.TELEMETRY, Channel.EVENTS, Channel.STATUS):
+        return Rejected(f"unknown channel {channel[:40]!r}", device_id)
+    if len(message.payload) > MAX_PAYLOAD_BYTES:
+        return Rejected(f"payload of {len(message.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}", device_id)
+    try:
+        text = message.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejected("payload is not UTF-8", device_id)
+
+    if channel == Channel.STATUS:
+        return _parse_status(device_id, text)
+
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return Rejected(f"payload is not JSON: {exc}", device_id)
+    if not isinstance(document, dict):
+        return Rejected(f"payload must be a JSON object, got {type(document).__name__}", device_id)
+    try:
+        if channel == Channel.TELEMETRY:
+            return ParsedTelemetry(device_id, TelemetryPayload.model_validate(document), document)
+        return ParsedEvent(device_id, EventPayload.model_validate(document), document)
+    except ValidationError as exc:
+        return Rejected(f"invalid {channel} payload: {_describe(exc)}", device_id)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_status(device_id: str, text: str) -> Parsed:
+    stripped = text.strip()
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        # Tolerated beyond the contract: a bare online/offline as some firmware sends it.
+        value = stripped
+    if value == "online":
+        return ParsedStatus(device_id, True)
+    if value == "offline":
+        return ParsedStatus(device_id, False)
+    return Rejected(f'status must be "online" or "offline", got {stripped[:40]!r}', device_id)

@@ -1,0 +1,162 @@
+"""Store a batch of incoming MQTT messages in one transaction: readings, events, status and dead letters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import tuple_
+from sqlmodel import Session, col, select
+
+from replenish.alerts import service as alerts
+from replenish.constants import DEAD_LETTER_MAX_STORED_BYTES, Channel
+from replenish.devices.models import Device, Slot
+from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.ingest.schemas import (
+    IncomingMessage,
+    Parsed,
+    ParsedEvent,
+    ParsedStatus,
+    ParsedTelemetry,
+    Rejected,
+    parse_message,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    status_updates: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.dead_letters += other.dead_letters
+        self.status_updates += other.status_updates
+
+    @property
+    def handled(self) -> int:
+        return self.stored + self.duplicates + self.dead_letters + self.status_updates
+
+
+def dead_letter(*, session: Session, message: IncomingMessage, reason: str, device_id: str | None) -> DeadLetter:
+    letter = DeadLetter(
+        topic=message.topic[:1024],
+        device_id=device_id,
+        payload=message.payload[:DEAD_LETTER_MAX_STORED_BYTES],
+        payload_size=len(message.payload),
+        reason=reason[:2000],
+        received_at=message.received_at,
+    )
+    session.add(letter)
+    return letter
+
+
+def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchResult:
+    """Validate and store messages in arrival order. Never raises for bad input: that becomes a dead letter."""
+    result = BatchResult()
+    parsed = [(message, parse_message(message)) for message in messages]
+    device_ids = {p.device_id for _, p in parsed if not isinstance(p, Rejected)}
+    devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))}
+    slots: dict[tuple[str, str], Slot] = {
+        (slot.device_id, slot.name): slot for slot in session.exec(select(Slot).where(col(Slot.device_id).in_(devices)))
+    }
+    seen = _stored_sequences(session=session, parsed=[p for _, p in parsed])
+
+    for message, item in parsed:
+        outcome = _check(item, devices=devices, slots=slots)
+        if isinstance(outcome, Rejected):
+            dead_letter(session=session, message=message, reason=outcome.reason, device_id=outcome.device_id)
+            result.dead_letters += 1
+            continue
+        device = devices[outcome.device_id]
+        device.last_seen_at = _latest(device.last_seen_at, message.received_at)
+        if isinstance(outcome, ParsedStatus):
+            device.online = outcome.online
+            device.status_changed_at = message.received_at
+            result.status_updates += 1
+            continue
+        seq = outcome.body.seq
+        if seq is not None:
+            if (device.id, seq) in seen:
+                result.duplicates += 1
+                continue
+            seen.add((device.id, seq))
+        _store(session=session, message=message, item=outcome, device=device, slots=slots)
+        result.stored += 1
+    return result
+
+
+def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[str, int]]:
+    keys = {
+        (p.device_id, p.body.seq)
+        for p in parsed
+        if isinstance(p, ParsedTelemetry | ParsedEvent) and p.body.seq is not None
+    }
+    if not keys:
+        return set()
+    rows = session.exec(
+        select(DeviceMessage.device_id, DeviceMessage.seq).where(
+            tuple_(DeviceMessage.device_id, DeviceMessage.seq).in_(list(keys))
+        )
+    )
+    return {(device_id, seq) for device_id, seq in rows if seq is not None}
+
+
+def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, str], Slot]) -> Parsed:
+    if isinstance(item, Rejected):
+        return item
+    if item.device_id not in devices:
+        return Rejected(f"unknown device {item.device_id!r}: register it first", item.device_id)
+    if isinstance(item, ParsedTelemetry):
+        for name, level in item.body.levels.items():
+            slot = slots.get((item.device_id, name))
+            if slot is None:
+                return Rejected(f"unknown slot {name!r} for device {item.device_id!r}", item.device_id)
+            if not 0 <= level <= slot.capacity:
+                return Rejected(
+                    f"level {level} of slot {name!r} is outside 0..{slot.capacity:g} {slot.unit}", item.device_id
+                )
+    return item
+
+
+def _store(
+    *,
+    session: Session,
+    message: IncomingMessage,
+    item: ParsedTelemetry | ParsedEvent,
+    device: Device,
+    slots: dict[tuple[str, str], Slot],
+) -> None:
+    ts = item.body.ts or message.received_at
+    stored = DeviceMessage(
+        device_id=device.id,
+        seq=item.body.seq,
+        channel=Channel.TELEMETRY if isinstance(item, ParsedTelemetry) else Channel.EVENTS,
+        event_type=item.body.type if isinstance(item, ParsedEvent) else None,
+        ts=ts,
+        received_at=message.received_at,
+        payload=item.raw,
+    )
+    session.add(stored)
+    session.flush()  # the readings and the alert need its id
+    assert stored.id is not None
+    if isinstance(item, ParsedTelemetry):
+        for name, level in item.body.levels.items():
+            slot = slots[(device.id, name)]
+            session.add(Reading(slot_id=slot.id, message_id=stored.id, ts=ts, level=level))
+            # Messages may arrive out of order; the latest level is the one with the newest ts.
+            if slot.level_at is None or ts >= slot.level_at:
+                slot.level = level
+                slot.level_at = ts
+    else:
+        alerts.on_device_event(session=session, device=device, message=stored, now=message.received_at)
+
+
+def _latest(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None or candidate > current else current

@@ -1,0 +1,28 @@
+"""Imports every table model so that SQLModel.metadata knows the whole schema."""
+
+from replenish.alerts.models import Alert
+from replenish.automation.models import Decision
+from replenish.consent.models import ConsentVersion
+from replenish.customers.models import Customer
+from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.notifications.models import Notification
+from replenish.orders.models import Order, OrderEvent
+from replenish.outbox.models import OutboxMessage
+
+__all__ = [
+    "Alert",
+    "ConsentVersion",
+    "Customer",
+    "DeadLetter",
+    "Decision",
+    "Device",
+    "DeviceMessage",
+    "Notification",
+    "Order",
+    "OrderEvent",
+    "OutboxMessage",
+    "Reading",
+    "Slot",
+    "SlotForecast",
+]

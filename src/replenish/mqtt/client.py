@@ -1,0 +1,67 @@
+"""paho-mqtt clients of the platform: the one place that knows how we connect."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from replenish.config import MqttEndpoint
+from replenish.constants import MQTT_QOS
+
+log = logging.getLogger(__name__)
+
+
+def make_client(
+    endpoint: MqttEndpoint, *, client_id: str, persistent_session: bool = False, manual_ack: bool = False
+) -> paho.Client:
+    # MQTT 3.1.1: the embedded amqtt broker speaks nothing newer, and Mosquitto speaks it too.
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv311,
+        clean_session=not persistent_session,
+        manual_ack=manual_ack,
+    )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+class CommandPublisher:
+    """Publishes platform → device commands (contract §2) at QoS 1 and waits for the broker's PUBACK."""
+
+    def __init__(self, endpoint: MqttEndpoint, *, client_id: str = "replenish-commands") -> None:
+        self._client = make_client(endpoint, client_id=client_id)
+        self._endpoint = endpoint
+        self._connected = threading.Event()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            self._connected.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+
+    def start(self) -> None:
+        self._client.connect_async(self._endpoint.host, self._endpoint.port)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: dict[str, Any], *, timeout: float = 10.0) -> None:
+        if not self._connected.wait(timeout):
+            raise ConnectionError(f"not connected to the MQTT broker at {self._endpoint.url}")
+        info = self._client.publish(topic, json.dumps(payload), qos=MQTT_QOS)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise TimeoutError(f"broker did not acknowledge the command on {topic} within {timeout:g} s")

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from replenish.db import UTCDateTime, new_id
+
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notifications"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    subject: str
+    body: str
+    channel: str = "log"
+    decision_id: str | None = Field(default=None, foreign_key="decisions.id")
+    alert_id: str | None = Field(default=None, foreign_key="alerts.id")
+    consent_version: int
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from replenish.db import UTCDateTime, new_id
+
+
+class Order(SQLModel, table=True):
+    __tablename__ = "orders"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    decision_id: str = Field(foreign_key="decisions.id", unique=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    device_id: str = Field(foreign_key="devices.id", index=True)
+    slot_id: str = Field(foreign_key="slots.id", index=True)
+    product_sku: str
+    quantity: int = 1
+    status: str = Field(index=True)
+    consent_version: int
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class OrderEvent(SQLModel, table=True):
+    """The order's history: every status change, who made it and why."""
+
+    __tablename__ = "order_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(foreign_key="orders.id", index=True)
+    from_status: str | None
+    to_status: str
+    at: datetime = Field(sa_type=UTCDateTime)
+    actor: str
+    reason: str | None = None

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from replenish.constants import OrderStatus
+
+
+class OrderRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    customer_id: str
+    device_id: str
+    slot_id: str
+    product_sku: str
+    quantity: int
+    status: OrderStatus
+    consent_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_status: OrderStatus | None
+    to_status: OrderStatus
+    at: datetime
+    actor: str
+    reason: str | None
+
+
+class EvidenceReading(BaseModel):
+    ts: datetime
+    level: float
+
+
+class DecisionExplanation(BaseModel):
+    """Why the order exists: what the platform saw, what it predicted, the rule, and the consent that allowed it."""
+
+    decision_id: str
+    decided_at: datetime
+    action: str
+    reason: str
+    slot_name: str
+    cycle_started_at: datetime
+    consent_mode: str
+    consent_version: int
+    forecast: dict[str, Any]
+    policy: dict[str, Any]
+    readings: list[EvidenceReading] = Field(description="The readings the forecast used, oldest first.")
+
+
+class OrderDetail(OrderRead):
+    explanation: DecisionExplanation
+    history: list[OrderEventRead]
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500, description="Why, kept in the order's history.")
+
+
+class FulfilmentUpdate(BaseModel):
+    """A fulfilment partner reports progress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["confirmed", "shipped", "delivered"]
+    reason: str | None = Field(None, max_length=500)

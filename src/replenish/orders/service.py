@@ -1,0 +1,165 @@
+"""The order lifecycle: awaiting_approval → placed → confirmed → shipped → delivered, or declined/cancelled."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from replenish.automation.models import Decision
+from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus, OutboxKind
+from replenish.devices.models import Slot
+from replenish.errors import Conflict, NotFound
+from replenish.ingest.models import Reading
+from replenish.orders.models import Order, OrderEvent
+from replenish.outbox import service as outbox
+
+_ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.AWAITING_APPROVAL: frozenset({OrderStatus.PLACED, OrderStatus.DECLINED, OrderStatus.CANCELLED}),
+    OrderStatus.PLACED: frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED}),
+    OrderStatus.CONFIRMED: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED}),
+    OrderStatus.SHIPPED: frozenset({OrderStatus.DELIVERED}),
+    OrderStatus.DELIVERED: frozenset(),
+    OrderStatus.DECLINED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+FULFILMENT_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED})
+
+
+def create(
+    *, session: Session, decision: Decision, slot: Slot, awaiting_approval: bool, now: datetime, actor: str
+) -> Order:
+    order = Order(
+        decision_id=decision.id,
+        customer_id=decision.customer_id,
+        device_id=decision.device_id,
+        slot_id=slot.id,
+        product_sku=slot.product_sku,
+        status=OrderStatus.AWAITING_APPROVAL if awaiting_approval else OrderStatus.PLACED,
+        consent_version=decision.consent_version,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(order)
+    session.add(OrderEvent(order_id=order.id, from_status=None, to_status=order.status, at=now, actor=actor))
+    if order.status == OrderStatus.PLACED:
+        _send_to_fulfilment(session=session, order=order, now=now)
+    return order
+
+
+def get(*, session: Session, order_id: str) -> Order:
+    order = session.get(Order, order_id)
+    if order is None:
+        raise NotFound("order", order_id)
+    return order
+
+
+def list_orders(
+    *,
+    session: Session,
+    customer_id: str | None = None,
+    device_id: str | None = None,
+    status: OrderStatus | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Order]:
+    query = select(Order)
+    if customer_id:
+        query = query.where(Order.customer_id == customer_id)
+    if device_id:
+        query = query.where(Order.device_id == device_id)
+    if status:
+        query = query.where(Order.status == status)
+    return list(session.exec(query.order_by(col(Order.created_at).desc()).offset(offset).limit(limit)))
+
+
+def history(*, session: Session, order_id: str) -> list[OrderEvent]:
+    return list(session.exec(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(col(OrderEvent.id))))
+
+
+def open_order_for_slot(*, session: Session, slot_id: str) -> Order | None:
+    return session.exec(
+        select(Order).where(Order.slot_id == slot_id, col(Order.status).in_(OPEN_ORDER_STATUSES))
+    ).first()
+
+
+def transition(
+    *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
+) -> Order:
+    order = get(session=session, order_id=order_id)
+    current = OrderStatus(order.status)
+    if to == current:
+        return order  # Repeating a request (a retried click or webhook) is harmless.
+    if to not in _ALLOWED[current]:
+        raise Conflict(f"order {order_id!r} is {current}; it cannot become {to}")
+    order.status = to
+    order.updated_at = now
+    session.add(order)
+    session.add(OrderEvent(order_id=order.id, from_status=current, to_status=to, at=now, actor=actor, reason=reason))
+    if to == OrderStatus.PLACED:
+        _send_to_fulfilment(session=session, order=order, now=now)
+    elif to == OrderStatus.CANCELLED and current != OrderStatus.AWAITING_APPROVAL:
+        outbox.enqueue(
+            session=session,
+            kind=OutboxKind.ORDER_CANCELLED,
+            idempotency_key=f"order:{order.id}:cancelled",
+            payload={**fulfilment_payload(order), "reason": reason},
+            now=now,
+        )
+    return order
+
+
+def fulfilment_payload(order: Order) -> dict[str, object]:
+    return {
+        "order_id": order.id,
+        "customer_id": order.customer_id,
+        "device_id": order.device_id,
+        "slot_id": order.slot_id,
+        "product_sku": order.product_sku,
+        "quantity": order.quantity,
+        "consent_version": order.consent_version,
+    }
+
+
+def _send_to_fulfilment(*, session: Session, order: Order, now: datetime) -> None:
+    outbox.enqueue(
+        session=session,
+        kind=OutboxKind.ORDER_PLACED,
+        idempotency_key=f"order:{order.id}:placed",
+        payload=fulfilment_payload(order),
+        now=now,
+    )
+
+
+def explain(*, session: Session, order: Order) -> dict[str, object]:
+    """The decision behind an order with the readings its forecast used."""
+    decision = session.get(Decision, order.decision_id)
+    slot = session.get(Slot, order.slot_id)
+    assert decision is not None and slot is not None
+    evidence_from = decision.forecast.get("evidence_from")
+    evidence_to = decision.forecast.get("evidence_to")
+    readings: list[dict[str, object]] = []
+    if evidence_from and evidence_to:
+        rows = session.exec(
+            select(Reading.ts, Reading.level)
+            .where(
+                Reading.slot_id == slot.id,
+                Reading.ts >= datetime.fromisoformat(evidence_from),
+                Reading.ts <= datetime.fromisoformat(evidence_to),
+            )
+            .order_by(col(Reading.ts))
+        )
+        readings = [{"ts": ts, "level": level} for ts, level in rows]
+    return {
+        "decision_id": decision.id,
+        "decided_at": decision.decided_at,
+        "action": decision.action,
+        "reason": decision.reason,
+        "slot_name": slot.name,
+        "cycle_started_at": decision.cycle_started_at,
+        "consent_mode": decision.consent_mode,
+        "consent_version": decision.consent_version,
+        "forecast": decision.forecast,
+        "policy": decision.policy,
+        "readings": readings,
+    }

@@ -1,0 +1,99 @@
+"""Delivers outbox messages: orders to fulfilment, notifications to their channel, commands to devices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from replenish.clock import Clock
+from replenish.constants import OutboxKind
+from replenish.db import transaction
+from replenish.notifications.models import Notification
+from replenish.orders.fulfilment import FulfilmentSink
+from replenish.outbox import service as outbox
+from replenish.outbox.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(minutes=10)
+
+CommandSender = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class DispatchReport:
+    delivered: int = 0
+    failed: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self, *, engine: Engine, clock: Clock, fulfilment: FulfilmentSink, send_command: CommandSender | None
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._fulfilment = fulfilment
+        self._send_command = send_command
+
+    def dispatch_due(self, *, limit: int = 100) -> DispatchReport:
+        report = DispatchReport()
+        with Session(self._engine) as session:
+            pending = outbox.due(session=session, now=self._clock.now(), limit=limit)
+        for message in pending:
+            try:
+                self._deliver(message)
+            except Exception as exc:
+                report.failed += 1
+                self._record_failure(message, exc)
+            else:
+                report.delivered += 1
+                self._record_delivery(message)
+        return report
+
+    def _deliver(self, message: OutboxMessage) -> None:
+        kind = OutboxKind(message.kind)
+        if kind in (OutboxKind.ORDER_PLACED, OutboxKind.ORDER_CANCELLED):
+            self._fulfilment.send(event=kind, idempotency_key=message.idempotency_key, order=message.payload)
+        elif kind == OutboxKind.NOTIFICATION:
+            # The log is today's only channel; e-mail and webhooks per contact come with alert escalation.
+            log.warning(
+                "notify customer %s: %s — %s",
+                message.payload["customer_id"],
+                message.payload["subject"],
+                message.payload["body"],
+            )
+        elif kind == OutboxKind.DEVICE_COMMAND:
+            if self._send_command is None:
+                raise RuntimeError("no MQTT publisher configured for device commands")
+            self._send_command(message.payload["topic"], message.payload["command"])
+
+    def _record_delivery(self, message: OutboxMessage) -> None:
+        now = self._clock.now()
+        with transaction(self._engine) as session:
+            stored = session.get(OutboxMessage, message.id)
+            assert stored is not None
+            stored.delivered_at = now
+            stored.attempts += 1
+            session.add(stored)
+            if stored.kind == OutboxKind.NOTIFICATION:
+                notification = session.get(Notification, stored.payload["notification_id"])
+                if notification is not None:
+                    notification.sent_at = now
+                    session.add(notification)
+
+    def _record_failure(self, message: OutboxMessage, error: Exception) -> None:
+        now = self._clock.now()
+        with transaction(self._engine) as session:
+            stored = session.get(OutboxMessage, message.id)
+            assert stored is not None
+            stored.attempts += 1
+            stored.last_error = repr(error)[:2000]
+            stored.available_at = now + min(timedelta(seconds=2**stored.attempts), MAX_BACKOFF)
+            session.add(stored)
+        log.warning("outbox %s (%s) failed, attempt %d: %r", message.id, message.kind, stored.attempts, error)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Field, SQLModel
+
+from replenish.db import JSONType, UTCDateTime
+
+
+class OutboxMessage(SQLModel, table=True):
+    """An effect on the outside world, written in the transaction that decided it (transactional outbox)."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    idempotency_key: str = Field(unique=True)
+    payload: dict[str, Any] = Field(sa_type=JSONType)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    available_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    attempts: int = 0
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    last_error: str | None = None

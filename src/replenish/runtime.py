@@ -1,0 +1,121 @@
+"""Assembles the platform's parts for each process role; `replenish up` runs them all in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from replenish.api.app import create_app
+from replenish.clock import Clock, SystemClock
+from replenish.config import Settings
+from replenish.db import create_schema, make_engine
+from replenish.ingest.consumer import MqttIngestor
+from replenish.mqtt.broker import EmbeddedBroker
+from replenish.mqtt.client import CommandPublisher
+from replenish.orders.fulfilment import make_sink
+from replenish.outbox.dispatcher import Dispatcher
+from replenish.scheduler import Jobs, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Roles:
+    broker: bool = False
+    ingest: bool = False
+    scheduler: bool = False
+    api: bool = False
+
+    @classmethod
+    def all_in_one(cls, settings: Settings) -> Roles:
+        return cls(broker=settings.uses_embedded_broker, ingest=True, scheduler=True, api=True)
+
+
+class Platform:
+    """Starts the chosen roles in order (broker, database, ingestor, scheduler, API) and stops them in reverse."""
+
+    def __init__(self, settings: Settings, *, roles: Roles, clock: Clock | None = None, run_jobs: bool = True):
+        self.settings = settings
+        self.roles = roles
+        self.clock: Clock = clock or SystemClock()
+        # With run_jobs=False the scheduler role is assembled but nothing ticks it: tests call the jobs directly.
+        self.run_jobs = run_jobs
+        self.engine: Engine = make_engine(settings.resolved_database_url)
+        self.broker: EmbeddedBroker | None = None
+        self.ingestor: MqttIngestor | None = None
+        self.publisher: CommandPublisher | None = None
+        self.jobs: Jobs | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.api_server: uvicorn.Server | None = None
+        self._api_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        endpoint = self.settings.mqtt_endpoint
+        if self.roles.broker:
+            self.broker = EmbeddedBroker(host=self.settings.broker_host, port=self.settings.broker_port)
+            self.broker.start()
+        create_schema(self.engine)
+        if self.roles.ingest:
+            self.ingestor = MqttIngestor(
+                engine=self.engine,
+                endpoint=endpoint,
+                clock=self.clock,
+                client_id=self.settings.mqtt_client_id,
+                batch_size=self.settings.ingest_batch_size,
+                batch_wait_seconds=self.settings.ingest_batch_wait_ms / 1000,
+            )
+            self.ingestor.start()
+            if not self.ingestor.wait_ready(15):
+                log.warning("ingestor not yet subscribed at %s; it keeps retrying", endpoint.url)
+        if self.roles.scheduler:
+            self.publisher = CommandPublisher(endpoint, client_id=f"{self.settings.mqtt_client_id}-commands")
+            self.publisher.start()
+            url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
+            dispatcher = Dispatcher(
+                engine=self.engine, clock=self.clock, fulfilment=make_sink(url), send_command=self.publisher.publish
+            )
+            self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
+            if self.run_jobs:
+                self.scheduler = make_scheduler(self.jobs)
+                self.scheduler.start()
+        if self.roles.api:
+            self._start_api()
+
+    def _start_api(self) -> None:
+        app = create_app(engine=self.engine, clock=self.clock)
+        config = uvicorn.Config(
+            app, host=self.settings.api_host, port=self.settings.api_port, log_level="warning", lifespan="off"
+        )
+        self.api_server = uvicorn.Server(config)
+        self._api_thread = threading.Thread(target=self.api_server.run, name="api", daemon=True)
+        self._api_thread.start()
+        for _ in range(200):
+            if self.api_server.started or not self._api_thread.is_alive():
+                break
+            threading.Event().wait(0.05)
+        if not self.api_server.started:
+            raise RuntimeError(f"API did not start on {self.settings.api_host}:{self.settings.api_port}")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def stop(self) -> None:
+        if self.api_server is not None:
+            self.api_server.should_exit = True
+            if self._api_thread is not None:
+                self._api_thread.join(10)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self.ingestor is not None:
+            self.ingestor.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        self.engine.dispose()

@@ -1,0 +1,340 @@
+"""Play a device model over MQTT: the I/O half of the simulators.
+
+``run_device`` connects one paho-mqtt client per device (MQTT 3.1.1, which is what the embedded amqtt
+broker speaks), announces ``"online"`` on the retained status topic with ``"offline"`` as its last will,
+and publishes what the model produces as its simulated clock moves on. The simulated clock runs at
+``speed`` simulated seconds per real second; with ``catch_up`` it runs at ``speed`` only until it reaches
+the real present and then follows real time, which is how a demo shows weeks of history in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from replenish.config import MqttEndpoint
+from replenish.simulation.devices import DeviceModel, SimMessage
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+ONLINE = json.dumps("online")  # the JSON string "online", quotes included
+OFFLINE = json.dumps("offline")
+CONNECT_TIMEOUT_SECONDS = 15.0
+#: How long to wait, when stopping, for the broker to acknowledge what was published.
+DRAIN_TIMEOUT_SECONDS = 30.0
+#: Publishing pauses while this many QoS 1 messages are unacknowledged (flow control at speed=inf).
+MAX_UNACKED = 1000
+#: At speed=inf the model is advanced this much per loop, so ``stop`` is noticed between chunks.
+FAST_FORWARD_CHUNK = timedelta(hours=12)
+
+
+def status_topic(device_id: str) -> str:
+    return f"devices/{device_id}/status"
+
+
+def message_topic(device_id: str, channel: str) -> str:
+    return f"devices/{device_id}/{channel}"
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class PublishTracker:
+    """Tracks QoS 1 publishes until the broker acknowledges them (wire ``on_publish`` to it).
+
+    Unlike ``MQTTMessageInfo.wait_for_publish`` this also covers messages published while the client
+    was disconnected (paho queues them and sends them on reconnect, but reports ``MQTT_ERR_NO_CONN``).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()
+        self._acked_early: set[int] = set()  # acknowledged before track() was called
+
+    def track(self, mid: int) -> None:
+        with self._cond:
+            if mid in self._acked_early:
+                self._acked_early.discard(mid)
+            else:
+                self._pending.add(mid)
+
+    def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._cond:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self._cond.notify_all()
+            else:
+                self._acked_early.add(mid)
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def wait(self, *, below: int = 1, timeout: float | None = None) -> bool:
+        """Block until fewer than ``below`` messages are unacknowledged; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._pending) < below, timeout)
+
+
+def publish_messages(client: mqtt.Client, device_id: str, messages: Iterable[SimMessage]) -> list[mqtt.MQTTMessageInfo]:
+    """Publish each message to ``devices/{device_id}/{channel}`` as JSON, QoS 1, not retained.
+
+    Returns paho's message infos (their ``mid`` identify the acknowledgements). A message published while
+    the client is disconnected is queued by paho and sent on reconnect; any other failure raises.
+    """
+    infos = []
+    for message in messages:
+        info = client.publish(message_topic(device_id, message.channel), encode(message.payload), qos=QOS)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise RuntimeError(f"publishing to {device_id}/{message.channel} failed: {mqtt.error_string(info.rc)}")
+        infos.append(info)
+    return infos
+
+
+def simulated_now(
+    start: datetime, *, speed: float, elapsed_seconds: float, catch_up: bool, wall_now: datetime
+) -> datetime:
+    """Where the simulated clock is after ``elapsed_seconds`` of real time (speed may be inf)."""
+    if catch_up:
+        if math.isinf(speed):
+            return wall_now
+        # the fast clock until it meets the real one, which then leads: both only move forward
+        return min(start + timedelta(seconds=speed * elapsed_seconds), wall_now)
+    if math.isinf(speed):
+        return datetime.max.replace(tzinfo=UTC)
+    return start + timedelta(seconds=speed * elapsed_seconds)
+
+
+class _Connection:
+    """A connected paho client with status handling and acknowledgement tracking."""
+
+    def __init__(self, device_id: str, endpoint: MqttEndpoint, client_id: str | None) -> None:
+        self.device_id = device_id
+        self.tracker = PublishTracker()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"sim-{device_id}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if endpoint.username:
+            self.client.username_pw_set(endpoint.username, endpoint.password)
+        self.client.will_set(status_topic(device_id), OFFLINE, qos=QOS, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self.tracker.on_publish
+        self.endpoint = endpoint
+
+    def open(self) -> None:
+        # connect_async + loop_start: paho's thread retries until the broker answers (it may start later)
+        self.client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
+        self.client.loop_start()
+        if not self._connected.wait(CONNECT_TIMEOUT_SECONDS) or self._refused:
+            self.client.loop_stop()
+            reason = self._refused or f"no answer within {CONNECT_TIMEOUT_SECONDS:.0f} s"
+            raise ConnectionError(f"{self.device_id}: cannot connect to {self.endpoint.url}: {reason}")
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("%s: broker refused the connection: %s", self.device_id, reason_code)
+            self._refused = str(reason_code)
+            self._connected.set()
+            return
+        log.info("%s: connected to %s", self.device_id, self.endpoint.url)
+        # Announced on every (re)connect: the broker may have sent the last will in between.
+        self._publish_status(ONLINE)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("%s: disconnected (%s), paho will reconnect", self.device_id, reason_code)
+
+    def _publish_status(self, status: str) -> None:
+        info = self.client.publish(status_topic(self.device_id), status, qos=QOS, retain=True)
+        self.tracker.track(info.mid)
+
+    def publish(self, messages: list[SimMessage]) -> None:
+        for info in publish_messages(self.client, self.device_id, messages):
+            self.tracker.track(info.mid)
+
+    def close(self) -> None:
+        """Say "offline" (retained), wait for the broker to acknowledge everything, and disconnect."""
+        try:
+            self._publish_status(OFFLINE)
+            # connected: the broker is answering, give it time; otherwise a short grace for a reconnect
+            timeout = DRAIN_TIMEOUT_SECONDS if self.client.is_connected() else 3.0
+            if not self.tracker.wait(timeout=timeout):
+                log.warning("%s: %d message(s) not acknowledged by the broker", self.device_id, self.tracker.pending)
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+def run_device(
+    model: DeviceModel,
+    endpoint: MqttEndpoint,
+    *,
+    speed: float = 1.0,
+    catch_up: bool = False,
+    duration: timedelta | None = None,
+    stop: threading.Event | None = None,
+    tick_seconds: float = 0.2,
+    client_id: str | None = None,
+) -> int:
+    """Simulate ``model`` and publish its messages until ``duration`` of simulated time or ``stop``.
+
+    ``speed`` is simulated seconds per real second; ``float("inf")`` publishes as fast as possible up to
+    ``model.start + duration`` (or, with ``catch_up``, up to the present and then in real time). Returns
+    the number of device messages (telemetry and events, not status) the broker acknowledged.
+    """
+    if not speed > 0:
+        raise ValueError(f"speed must be positive, got {speed}")
+    fast = math.isinf(speed)
+    if fast and duration is None and not catch_up:
+        raise ValueError("speed=inf without catch_up needs a duration")
+    stop = stop or threading.Event()
+    end = model.start + duration if duration is not None else None
+
+    connection = _Connection(model.device_id, endpoint, client_id)
+    connection.open()
+    handed_over = 0
+    try:
+        real_start = time.monotonic()
+        while not stop.is_set():
+            wall_now = datetime.now(UTC)
+            target = simulated_now(
+                model.start,
+                speed=speed,
+                elapsed_seconds=time.monotonic() - real_start,
+                catch_up=catch_up,
+                wall_now=wall_now,
+            )
+            if fast:
+                target = min(target, model.now + FAST_FORWARD_CHUNK)
+            if end is not None:
+                target = min(target, end)
+            messages = model.advance_to(target)
+            connection.publish(messages)
+            handed_over += len(messages)
+            if not connection.tracker.wait(below=MAX_UNACKED, timeout=DRAIN_TIMEOUT_SECONDS):
+                log.warning("%s: broker is not acknowledging, publishing on", model.device_id)
+            if end is not None and model.now >= end:
+                log.info("%s: simulated %s, done", model.device_id, duration)
+                break
+            if fast and not (catch_up and model.now >= wall_now):
+                continue  # fast-forwarding: no sleeping until the end or the present is reached
+            stop.wait(tick_seconds)
+    finally:
+        connection.close()
+    published = handed_over - connection.tracker.pending
+    log.info("%s: %d message(s) published, simulated clock at %s", model.device_id, published, model.now)
+    return published
+
+
+# -- helpers for the command-line simulators in simulators/ ------------------------------------------
+
+
+def parse_speed(text: str) -> float:
+    """``--speed`` value: a positive number, or ``inf`` for as fast as possible."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("speed must be positive (or inf)")
+    return value
+
+
+def parse_slot_values(items: list[str] | None) -> dict[str, float] | None:
+    """``["black=0.5", "cyan=0.8"]`` -> ``{"black": 0.5, "cyan": 0.8}`` (None when empty)."""
+    if not items:
+        return None
+    values: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected SLOT=VALUE, got {item!r}")
+        values[name.strip()] = float(value)
+    return values
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: float) -> None:
+    """Flags shared by the simulators (``--device-id`` is added by each single-device script)."""
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user[:pass]@]host[:port]")
+    parser.add_argument(
+        "--speed",
+        type=parse_speed,
+        default=1.0,
+        help="simulated seconds per real second; 'inf' = as fast as possible (default 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--interval-minutes",
+        type=float,
+        default=interval_minutes,
+        help=f"simulated minutes between telemetry reports (default {interval_minutes:g})",
+    )
+    parser.add_argument(
+        "--duration-hours",
+        type=float,
+        default=None,
+        help="stop after this many simulated hours from the start (default: run until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--history-days",
+        type=float,
+        default=0.0,
+        help="start this many days in the past and catch up at --speed, then follow real time",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+
+
+def start_and_catch_up(args: argparse.Namespace) -> tuple[datetime, bool]:
+    """The simulation's start (whole seconds, UTC) and whether it must catch up with the present."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    if args.history_days > 0:
+        return now - timedelta(days=args.history_days), True
+    return now, False
+
+
+def check_runnable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if math.isinf(args.speed) and args.duration_hours is None and args.history_days <= 0:
+        parser.error("--speed inf needs --duration-hours or --history-days")
+    if args.interval_minutes <= 0:
+        parser.error("--interval-minutes must be positive")
+    if args.history_days > 0 and args.speed <= 1:
+        log.warning("--history-days with --speed <= 1 never catches up with the present")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT/SIGTERM, so simulators stop cleanly (publishing "offline")."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop

@@ -1,0 +1,126 @@
+"""Shared fixtures: a real platform (embedded amqtt broker, SQLite, ingestor, API) on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from replenish.clock import ManualClock
+from replenish.config import MqttEndpoint, Settings
+from replenish.runtime import Platform, Roles
+
+START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "broker_port": free_port(),
+        "api_port": free_port(),
+        "mqtt_client_id": f"ingest-{free_port()}",
+        "ingest_batch_wait_ms": 5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
+    settings = make_settings(tmp_path)
+    running = Platform(
+        settings, roles=Roles(broker=True, ingest=True, scheduler=True, api=True), clock=clock, run_jobs=False
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(platform: Platform) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10) as client:
+        yield client
+
+
+class Publisher:
+    """A device-side MQTT client that publishes at QoS 1 and waits for each PUBACK."""
+
+    def __init__(self, endpoint: MqttEndpoint) -> None:
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-device-{free_port()}", protocol=paho.MQTTv311
+        )
+        self.client.connect(endpoint.host, endpoint.port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: Any, *, retain: bool = False) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        info = self.client.publish(topic, data, qos=1, retain=retain)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"broker did not acknowledge {topic}"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(platform: Platform) -> Iterator[Publisher]:
+    device = Publisher(platform.settings.mqtt_endpoint)
+    yield device
+    device.close()
+
+
+class CommandListener:
+    """Subscribes to devices/+/commands the way a device would."""
+
+    def __init__(self, endpoint: MqttEndpoint) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.received = threading.Condition()
+        subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-listener-{free_port()}", protocol=paho.MQTTv311
+        )
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect(endpoint.host, endpoint.port)
+        self.client.loop_start()
+        self.client.subscribe("devices/+/commands", qos=1)
+        assert subscribed.wait(10)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        with self.received:
+            self.messages.append((message.topic, json.loads(message.payload)))
+            self.received.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[tuple[str, dict[str, Any]]]:
+        with self.received:
+            self.received.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

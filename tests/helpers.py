@@ -1,0 +1,73 @@
+"""Test helpers that act through the real interfaces: the HTTP API and the database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+INK_SLOTS = [
+    {"name": name, "unit": "fraction", "capacity": 1.0, "product_sku": f"INK-{name.upper()}", "lead_time_days": 3}
+    for name in ("black", "cyan", "magenta", "yellow")
+]
+
+
+def create_customer(api: httpx.Client, *, email: str = "ada@example.com", mode: str = "ask_first") -> str:
+    response = api.post("/customers", json={"name": "Ada", "email": email, "consent": {"default_mode": mode}})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def register_device(
+    api: httpx.Client,
+    *,
+    customer_id: str,
+    device_id: str,
+    kind: str = "printer",
+    slots: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    response = api.post(
+        "/devices",
+        json={
+            "id": device_id,
+            "customer_id": customer_id,
+            "kind": kind,
+            "name": f"{kind} {device_id}",
+            "slots": INK_SLOTS if slots is None else slots,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def set_consent(api: httpx.Client, customer_id: str, document: dict[str, Any]) -> dict[str, Any]:
+    response = api.put(f"/customers/{customer_id}/consent", json=document)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def publish_depletion(
+    publisher: Any,
+    *,
+    device_id: str,
+    slot: str,
+    start: datetime,
+    start_level: float,
+    rate_per_day: float,
+    days: float,
+    every: timedelta = timedelta(hours=6),
+    first_seq: int = 1,
+) -> int:
+    """A slot emptying at a steady rate, one reading every ``every``. Returns how many were sent."""
+    sent = 0
+    moment = start
+    while moment <= start + timedelta(days=days):
+        level = max(start_level - rate_per_day * (moment - start) / timedelta(days=1), 0.0)
+        publisher.send(
+            f"devices/{device_id}/telemetry",
+            {"seq": first_seq + sent, "ts": moment.isoformat(), "levels": {slot: round(level, 4)}},
+        )
+        sent += 1
+        moment += every
+    return sent

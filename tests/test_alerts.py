@@ -1,0 +1,93 @@
+"""Wearable events raise alerts at once (no scheduler tick); acknowledging tells the device."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from conftest import CommandListener, iso
+from helpers import create_customer, register_device
+from replenish.runtime import Platform
+
+
+@pytest.fixture
+def wearable(api: httpx.Client) -> str:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    return customer_id
+
+
+def test_fall_raises_an_alert_without_waiting_for_a_tick(platform: Platform, api, publisher, clock, wearable):
+    publisher.send(
+        "devices/pendant-1/events", {"seq": 1, "ts": iso(clock.now()), "type": "fall_detected", "confidence": 0.93}
+    )
+    assert platform.ingestor.wait_for(handled=1, timeout=10)
+    # No job has run: the alert comes from the ingest path itself.
+    [alert] = api.get("/alerts", params={"customer_id": wearable}).json()
+    assert alert["kind"] == "fall"
+    assert alert["severity"] == "critical"
+    assert alert["status"] == "open"
+    assert alert["device_id"] == "pendant-1"
+    assert alert["consent_version"] == 1
+    [notification] = api.get("/notifications").json()
+    assert notification["alert_id"] == alert["id"]
+
+
+def test_repeated_falls_join_the_open_alert(platform, api, publisher, wearable):
+    for seq in (1, 2, 3):
+        publisher.send("devices/pendant-1/events", {"seq": seq, "type": "fall_detected"})
+    assert platform.ingestor.wait_for(handled=3, timeout=10)
+    [alert] = api.get("/alerts").json()
+    assert alert["event_count"] == 3
+    assert len(api.get("/notifications").json()) == 1
+
+
+def test_the_wearer_cancels_a_false_alarm(platform, api, publisher, wearable):
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "fall_cancelled"})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    [alert] = api.get("/alerts").json()
+    assert alert["status"] == "cancelled"
+    assert alert["closed_reason"] == "cancelled by the wearer"
+    assert api.get("/alerts", params={"status": "open"}).json() == []
+
+
+def test_help_request_and_battery_low(platform, api, publisher, wearable):
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "help_requested"})
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "battery_low", "battery": 0.15})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    kinds = {a["kind"]: a["severity"] for a in api.get("/alerts").json()}
+    assert kinds == {"help_requested": "critical", "battery_low": "warning"}
+
+
+def test_acknowledging_publishes_alert_acknowledged_to_the_device(platform, api, publisher, wearable):
+    listener = CommandListener(platform.settings.mqtt_endpoint)
+    try:
+        publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+        assert platform.ingestor.wait_for(handled=1, timeout=10)
+        [alert] = api.get("/alerts").json()
+        acknowledged = api.post(f"/alerts/{alert['id']}/acknowledge", json={"by": "daughter"}).json()
+        assert acknowledged["status"] == "acknowledged"
+        assert acknowledged["acknowledged_by"] == "daughter"
+        platform.jobs.dispatch()
+        [(topic, command)] = listener.wait_for(1)
+        assert topic == "devices/pendant-1/commands"
+        assert command["type"] == "alert_acknowledged"
+        assert command["alert_id"] == alert["id"]
+        assert "ts" in command
+        # Acknowledging again changes nothing and sends nothing more.
+        assert api.post(f"/alerts/{alert['id']}/acknowledge").status_code == 200
+        platform.jobs.dispatch()
+        assert len(listener.wait_for(2, timeout=1)) == 1
+    finally:
+        listener.close()
+
+
+def test_a_cancelled_alert_cannot_be_acknowledged(platform, api, publisher, wearable):
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "fall_cancelled"})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    [alert] = api.get("/alerts").json()
+    response = api.post(f"/alerts/{alert['id']}/acknowledge")
+    assert response.status_code == 409
+    assert api.post("/alerts/missing/acknowledge").status_code == 404

@@ -1,0 +1,204 @@
+"""Telemetry, events and status through the real embedded broker into the real database (contract §1)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlmodel import Session, col, func, select
+
+from conftest import START, Publisher, iso
+from helpers import create_customer, register_device
+from replenish.clock import ManualClock
+from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.runtime import Platform
+
+
+@pytest.fixture
+def printer(api: httpx.Client) -> str:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    return customer_id
+
+
+def count(platform: Platform, model: type) -> int:
+    with Session(platform.engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+def test_telemetry_is_stored_and_sets_the_latest_level(platform, api, publisher, printer):
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "ts": iso(START), "levels": {"black": 0.5, "cyan": 0.8}})
+    later = START + timedelta(hours=1)
+    publisher.send("devices/printer-1/telemetry", {"seq": 2, "ts": iso(later), "levels": {"black": 0.45}})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+
+    slots = {slot["name"]: slot for slot in api.get("/devices/printer-1").json()["slots"]}
+    assert slots["black"]["level"] == 0.45
+    assert slots["black"]["level_at"] == "2026-11-02T09:00:00Z"
+    assert slots["cyan"]["level"] == 0.8
+    assert slots["magenta"]["level"] is None
+    readings = api.get("/devices/printer-1/slots/black/readings").json()
+    assert [r["level"] for r in readings] == [0.45, 0.5]
+
+
+def test_a_repeated_device_seq_is_stored_once(platform, api, publisher, printer):
+    message = {"seq": 7, "ts": iso(START), "levels": {"black": 0.5}}
+    publisher.send("devices/printer-1/telemetry", message)
+    publisher.send("devices/printer-1/telemetry", message)
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    # A later redelivery, in another batch, is still a duplicate; the seq is per device across channels.
+    publisher.send("devices/printer-1/telemetry", {**message, "levels": {"black": 0.1}})
+    publisher.send("devices/printer-1/events", {"seq": 7, "type": "battery_low"})
+    assert platform.ingestor.wait_for(handled=4, timeout=10)
+
+    assert count(platform, DeviceMessage) == 1
+    assert count(platform, Reading) == 1
+    assert platform.ingestor.totals.duplicates == 3
+    assert api.get("/devices/printer-1").json()["slots"][0]["level"] == 0.5
+
+
+def test_out_of_order_messages_keep_the_newest_level(platform, api, publisher, printer):
+    publisher.send(
+        "devices/printer-1/telemetry", {"seq": 2, "ts": iso(START + timedelta(hours=2)), "levels": {"black": 0.4}}
+    )
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "ts": iso(START), "levels": {"black": 0.6}})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    black = next(s for s in api.get("/devices/printer-1").json()["slots"] if s["name"] == "black")
+    assert black["level"] == 0.4
+    assert count(platform, Reading) == 2
+
+
+def test_timestamps_in_epoch_seconds_and_absent_ones(platform, api, publisher, printer, clock: ManualClock):
+    epoch = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "ts": epoch.timestamp(), "levels": {"black": 0.5}})
+    publisher.send(
+        "devices/printer-1/telemetry", {"seq": 2, "ts": "2026-11-24T12:00:00+02:00", "levels": {"black": 0.4}}
+    )
+    publisher.send("devices/printer-1/telemetry", {"seq": 3, "levels": {"black": 0.3}})
+    assert platform.ingestor.wait_for(handled=3, timeout=10)
+    with Session(platform.engine) as session:
+        stamps = [m.ts for m in session.exec(select(DeviceMessage).order_by(col(DeviceMessage.seq)))]
+    assert stamps == [epoch, epoch, clock.now()]
+
+
+BAD_MESSAGES = [
+    ("devices/printer-1/telemetry", b"{not json", "not JSON"),
+    ("devices/printer-1/telemetry", b"[1, 2]", "must be a JSON object"),
+    ("devices/printer-1/telemetry", b'"hello"', "must be a JSON object"),
+    ("devices/printer-1/telemetry", b"\xff\xfe", "not UTF-8"),
+    ("devices/printer-9/telemetry", b'{"seq": 1, "levels": {"black": 0.5}}', "unknown device 'printer-9'"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"rainbow": 0.5}}', "unknown slot 'rainbow'"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"black": 1.5}}', "outside 0..1"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"black": -0.1}}', "outside 0..1"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"black": "half"}}', "levels.black"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"black": NaN}}', "not JSON"),
+    ("devices/printer-1/telemetry", b'{"seq": "one", "levels": {"black": 0.5}}', "seq"),
+    ("devices/printer-1/telemetry", b'{"seq": true, "levels": {"black": 0.5}}', "seq"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": [0.5]}', "levels"),
+    ("devices/printer-1/telemetry", b'{"seq": 1}', "levels"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "ts": "2026-11-24T10:00:00", "levels": {"black": 0.5}}', "offset"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "ts": "yesterday", "levels": {"black": 0.5}}', "not ISO 8601"),
+    ("devices/printer-1/events", b'{"seq": 1}', "type"),
+    ("devices/printer-1/events", b'{"seq": 1, "type": "fall_detected", "confidence": 3}', "confidence"),
+    ("devices/printer-1/status", b'"sleeping"', "status must be"),
+    ("devices/printer-1/telemetry", b'{"seq": 1, "levels": {"black": 0.5}, "pad": "' + b"x" * 17000 + b'"}', "exceeds"),
+    ("devices/bad.id/telemetry", b'{"seq": 1, "levels": {"black": 0.5}}', "does not match"),
+]
+
+
+def test_bad_messages_become_dead_letters_and_good_ones_keep_flowing(platform, api, publisher, printer):
+    for index, (topic, payload, _) in enumerate(BAD_MESSAGES):
+        publisher.send(topic, payload)
+        publisher.send("devices/printer-1/telemetry", {"seq": 100 + index, "levels": {"black": 0.5}})
+    assert platform.ingestor.wait_for(handled=2 * len(BAD_MESSAGES), timeout=20)
+
+    assert count(platform, DeviceMessage) == len(BAD_MESSAGES)
+    letters = api.get("/dead-letters", params={"limit": 1000}).json()
+    assert len(letters) == len(BAD_MESSAGES)
+    by_content = {(letter["topic"], letter["payload_base64"]): letter for letter in letters}
+    for topic, payload, reason in BAD_MESSAGES:
+        letter = by_content[(topic, base64.b64encode(payload).decode())]
+        assert reason in letter["reason"], (reason, letter["reason"])
+        assert letter["payload_size"] == len(payload)
+
+
+def test_status_and_last_will(platform, api, publisher, printer):
+    publisher.send("devices/printer-1/status", b'"online"', retain=True)
+    assert platform.ingestor.wait_for(handled=1, timeout=10)
+    assert api.get("/devices/printer-1").json()["online"] is True
+    publisher.send("devices/printer-1/status", b'"offline"', retain=True)
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    device = api.get("/devices/printer-1").json()
+    assert device["online"] is False
+    assert device["status_changed_at"] is not None
+
+
+def test_unknown_event_types_are_stored_not_fatal(platform, api, publisher, printer):
+    publisher.send("devices/printer-1/events", {"seq": 1, "type": "paper_jam", "tray": 2})
+    publisher.send("devices/printer-1/telemetry", {"seq": 2, "levels": {"black": 0.3}})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    with Session(platform.engine) as session:
+        event = session.exec(select(DeviceMessage).where(DeviceMessage.seq == 1)).one()
+    assert event.event_type == "paper_jam"
+    assert event.payload["tray"] == 2
+    assert api.get("/alerts").json() == []
+    assert count(platform, DeadLetter) == 0
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="make test installs mosquitto-clients")
+def test_a_client_we_did_not_write_mosquitto_pub(platform, api, printer):
+    endpoint = platform.settings.mqtt_endpoint
+    base = [
+        "mosquitto_pub",
+        "-h",
+        endpoint.host,
+        "-p",
+        str(endpoint.port),
+        "-q",
+        "1",
+        "-t",
+        "devices/printer-1/telemetry",
+    ]
+    subprocess.run(
+        [*base, "-m", '{"seq": 1, "ts": "2026-11-24T10:00:00Z", "levels": {"black": 0.42}}'], check=True, timeout=10
+    )
+    subprocess.run([*base, "-m", '{"seq": 2, "levels": {"black": '], check=True, timeout=10)
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    readings = api.get("/devices/printer-1/slots/black/readings").json()
+    assert [(r["ts"], r["level"]) for r in readings] == [("2026-11-24T10:00:00Z", 0.42)]
+    letters = api.get("/dead-letters").json()
+    assert len(letters) == 1 and "not JSON" in letters[0]["reason"]
+
+
+def test_heartbeat_with_no_levels_is_accepted(platform, api, publisher, printer):
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "levels": {}, "battery": 0.8})
+    assert platform.ingestor.wait_for(handled=1, timeout=10)
+    assert count(platform, DeviceMessage) == 1
+    assert count(platform, DeadLetter) == 0
+    assert api.get("/devices/printer-1").json()["last_seen_at"] is not None
+
+
+def test_stopping_the_ingestor_stores_what_it_received(tmp_path, clock):
+    """Stop drains the queue: everything the broker handed over is committed and acknowledged."""
+    from conftest import make_settings
+    from replenish.runtime import Roles
+
+    running = Platform(make_settings(tmp_path), roles=Roles(broker=True, ingest=True, api=True), clock=clock)
+    running.start()
+    try:
+        with httpx.Client(base_url=f"{running.api_url}/api/v1") as api:
+            customer_id = create_customer(api)
+            register_device(api, customer_id=customer_id, device_id="printer-1")
+        device = Publisher(running.settings.mqtt_endpoint)
+        for seq in range(200):
+            device.send("devices/printer-1/telemetry", {"seq": seq, "levels": {"black": 0.5}})
+        device.close()
+    finally:
+        running.ingestor.stop()
+    assert count(running, DeviceMessage) == 200
+    running.ingestor = None
+    running.stop()
