@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,24 @@ def clock() -> ManualClock:
     return ManualClock(START)
 
 
+ALL_ROLES = Roles(broker=True, ingest=True, scheduler=True, api=True)
+
+
+@contextmanager
+def running_platform(settings: Settings, clock: ManualClock) -> Iterator[Platform]:
+    """Every role in this process; the jobs are not scheduled: tests tick them on the manual clock."""
+    running = Platform(settings, roles=ALL_ROLES, clock=clock, run_jobs=False)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture
 def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
-    settings = make_settings(tmp_path)
-    running = Platform(
-        settings, roles=Roles(broker=True, ingest=True, scheduler=True, api=True), clock=clock, run_jobs=False
-    )
-    running.start()
-    yield running
-    running.stop()
+    with running_platform(make_settings(tmp_path), clock) as running:
+        yield running
 
 
 @pytest.fixture

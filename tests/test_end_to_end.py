@@ -8,13 +8,13 @@ from datetime import timedelta
 import httpx
 from sqlmodel import Session, col, select
 
-from conftest import START, make_settings
+from conftest import START, make_settings, running_platform
 from helpers import create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
 from replenish.ingest.models import Reading
 from replenish.outbox.models import OutboxMessage
-from replenish.runtime import Platform, Roles
+from replenish.runtime import Platform
 from replenish.simulation.devices import PrinterModel
 from replenish.simulation.runner import run_device
 
@@ -93,10 +93,7 @@ def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_firs
 
 def test_duplicate_telemetry_and_a_restart_never_create_a_second_order(tmp_path, clock):
     settings = make_settings(tmp_path)
-    roles = Roles(broker=True, ingest=True, scheduler=True, api=True)
-    first = Platform(settings, roles=roles, clock=clock, run_jobs=False)
-    first.start()
-    try:
+    with running_platform(settings, clock) as first:
         with httpx.Client(base_url=f"{first.api_url}/api/v1") as api:
             customer_id = create_customer(api, mode="auto_order")
             register_device(api, customer_id=customer_id, device_id="printer-e2e")
@@ -107,16 +104,10 @@ def test_duplicate_telemetry_and_a_restart_never_create_a_second_order(tmp_path,
         again = run_device(_printer(), settings.mqtt_endpoint, speed=float("inf"), duration=timedelta(days=DAYS))
         assert first.ingestor.wait_for(handled=published + again + 4, timeout=30)
         assert first.ingestor.totals.duplicates == again
-    finally:
-        first.stop()
 
-    second = Platform(settings, roles=roles, clock=clock, run_jobs=False)
-    second.start()
-    try:
+    with running_platform(settings, clock) as second:
         _replay(second, clock, timedelta(days=DAYS))
         with httpx.Client(base_url=f"{second.api_url}/api/v1") as api:
             orders = api.get("/orders").json()
         assert len(orders) == 1
         assert orders[0]["product_sku"] == "INK-BLACK"
-    finally:
-        second.stop()

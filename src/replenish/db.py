@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -67,11 +68,18 @@ def create_schema(engine: Engine) -> None:
     # Importing the models registers their tables on SQLModel.metadata.
     from replenish import models  # noqa: F401
 
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Roles start together in production; one creates the tables while the others wait.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        SQLModel.metadata.create_all(connection)
+    # Roles start together; on PostgreSQL one creates the tables while the others wait on a lock. SQLite has no
+    # such lock: a role that loses the race finds the tables there when it looks again.
+    for attempt in range(3):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                SQLModel.metadata.create_all(connection)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
 
 
 @contextmanager

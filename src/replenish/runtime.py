@@ -31,6 +31,10 @@ class Roles:
     scheduler: bool = False
     api: bool = False
 
+    @property
+    def uses_database(self) -> bool:
+        return self.ingest or self.scheduler or self.api
+
     @classmethod
     def all_in_one(cls, settings: Settings) -> Roles:
         return cls(broker=settings.uses_embedded_broker, ingest=True, scheduler=True, api=True)
@@ -59,7 +63,8 @@ class Platform:
         if self.roles.broker:
             self.broker = EmbeddedBroker(host=self.settings.broker_host, port=self.settings.broker_port)
             self.broker.start()
-        create_schema(self.engine)
+        if self.roles.uses_database:
+            create_schema(self.engine)
         if self.roles.ingest:
             self.ingestor = MqttIngestor(
                 engine=self.engine,

@@ -20,6 +20,7 @@ SECONDS_PER_DAY = 86_400.0
 REFILL_MIN_RISE = 0.15
 # The reading after a rise must stay within this of the risen level to confirm it (else it was a spike).
 REFILL_CONFIRM_TOLERANCE = 0.08
+REFILL_BASELINE_READINGS = 3
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 7.0
 MIN_READINGS = 3
@@ -71,7 +72,9 @@ def split_cycles(readings: list[LevelReading]) -> list[int]:
         return []
     starts = [0]
     for index in range(1, len(readings) - 1):
-        before = readings[index - 1].level
+        # Compare with the median of the few readings before, so a one-off low spike does not look like a refill.
+        window = readings[max(starts[-1], index - REFILL_BASELINE_READINGS) : index]
+        before = float(np.median([reading.level for reading in window]))
         risen = readings[index].level
         after = readings[index + 1].level
         if risen - before >= REFILL_MIN_RISE and abs(after - risen) <= REFILL_CONFIRM_TOLERANCE:

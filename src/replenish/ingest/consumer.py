@@ -92,6 +92,7 @@ class MqttIngestor:
         client.subscribe([(topic, MQTT_QOS) for topic in INGEST_SUBSCRIPTIONS])
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        log.info("ingestor subscribed to %s", ", ".join(INGEST_SUBSCRIPTIONS))
         self._subscribed.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

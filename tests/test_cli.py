@@ -1,0 +1,129 @@
+"""The `replenish` command as a user runs it: real processes, real ports, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conftest import Publisher, free_port
+from replenish.config import MqttEndpoint
+
+REPLENISH = str(Path(sys.executable).parent / "replenish")
+
+
+def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLENISH_")}
+    env.update({"REPLENISH_DATA_DIR": str(tmp_path), "REPLENISH_LOG_LEVEL": "INFO", **extra})
+    return env
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([REPLENISH, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def poll(fetch: Callable[[], Any], ready: Callable[[Any], bool], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = fetch()
+            if ready(value):
+                return value
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {timeout} s; last value: {value!r}")
+
+
+def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(tmp_path):
+    api_port = free_port()
+    env = environment(tmp_path, REPLENISH_API_PORT=str(api_port), REPLENISH_BROKER_PORT=str(free_port()))
+    base = f"http://127.0.0.1:{api_port}/api/v1"
+    log = tmp_path / "up.log"
+    with process(["up", "--demo"], env, log) as proc:
+        orders = poll(
+            lambda: httpx.get(f"{base}/orders", params={"device_id": "demo-printer"}).json(),
+            lambda found: len(found) >= 1,
+            timeout=90,
+        )
+        alerts = poll(lambda: httpx.get(f"{base}/alerts").json(), lambda found: len(found) >= 1, timeout=60)
+        printer = httpx.get(f"{base}/devices/demo-printer").json()
+
+        assert len(orders) == 1
+        explained = httpx.get(f"{base}/orders/{orders[0]['id']}").json()
+        assert explained["status"] == "placed"
+        assert explained["explanation"]["slot_name"] == "black", "black is set up to run out first"
+        assert alerts[0]["kind"] == "fall" and alerts[0]["device_id"] == "demo-wearable"
+        forecasts = {slot["name"]: slot["forecast"] for slot in printer["slots"]}
+        assert set(forecasts) == {"black", "cyan", "magenta", "yellow"}
+        assert all(f and f["status"] == "ok" for f in forecasts.values()), forecasts
+        credentials = json.loads((tmp_path / "demo-credentials.json").read_text())
+        assert credentials["customer"]["email"]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, log.read_text()[-3000:]
+    output = log.read_text()
+    assert f"http://127.0.0.1:{api_port}/docs" in output
+    assert "Traceback" not in output
+
+
+def test_roles_run_as_separate_processes(tmp_path):
+    """As in production: broker, ingestor and API are separate processes sharing one database."""
+    broker_port, api_port = free_port(), free_port()
+    env = environment(
+        tmp_path,
+        REPLENISH_BROKER_PORT=str(broker_port),
+        REPLENISH_MQTT_URL=f"mqtt://127.0.0.1:{broker_port}",
+        REPLENISH_API_PORT=str(api_port),
+    )
+    base = f"http://127.0.0.1:{api_port}/api/v1"
+    broker_env = {k: v for k, v in env.items() if k != "REPLENISH_MQTT_URL"}
+    with (
+        process(["broker"], broker_env, tmp_path / "broker.log"),
+        process(["api"], env, tmp_path / "api.log"),
+    ):
+        poll(lambda: httpx.get(f"http://127.0.0.1:{api_port}/readyz").status_code, lambda code: code == 200, 30)
+        customer = httpx.post(f"{base}/customers", json={"name": "Ada", "email": "ada@example.com"}).json()
+        httpx.post(
+            f"{base}/devices",
+            json={
+                "id": "printer-1",
+                "customer_id": customer["id"],
+                "kind": "printer",
+                "name": "P",
+                "slots": [{"name": "black", "product_sku": "INK"}],
+            },
+        ).raise_for_status()
+        with process(["ingest"], env, tmp_path / "ingest.log"):
+            # A first-time subscriber gets nothing published before it subscribed; wait for it.
+            poll(lambda: (tmp_path / "ingest.log").read_text(), lambda text: "ingestor subscribed" in text, 30)
+            device = Publisher(MqttEndpoint(host="127.0.0.1", port=broker_port))
+            device.send("devices/printer-1/telemetry", {"seq": 1, "levels": {"black": 0.42}})
+            device.close()
+            readings = poll(
+                lambda: httpx.get(f"{base}/devices/printer-1/slots/black/readings").json(),
+                lambda found: len(found) == 1,
+                timeout=30,
+            )
+    assert readings[0]["level"] == 0.42

@@ -1,0 +1,119 @@
+"""The forecast is a pure function of readings and "now": checked here without any I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from replenish.forecasting import LevelReading, forecast_depletion, split_cycles
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def trace(levels: list[float], *, every: timedelta = timedelta(hours=6), end: datetime = NOW) -> list[LevelReading]:
+    start = end - every * (len(levels) - 1)
+    return [LevelReading(ts=start + every * i, level=level) for i, level in enumerate(levels)]
+
+
+def linear(start_level: float, rate_per_day: float, days: float, every_hours: float = 6) -> list[float]:
+    steps = int(days * 24 / every_hours) + 1
+    return [start_level - rate_per_day * i * every_hours / 24 for i in range(steps)]
+
+
+def test_steady_consumption_is_forecast_exactly():
+    forecast = forecast_depletion(trace(linear(0.8, 0.05, 10)), now=NOW)
+    assert forecast.status == "ok"
+    assert forecast.rate_per_day == pytest.approx(0.05, rel=1e-6)
+    assert forecast.level_now == pytest.approx(0.3, abs=1e-6)
+    assert forecast.empty_at == NOW + timedelta(days=6)
+    assert forecast.empty_at_early <= forecast.empty_at <= forecast.empty_at_late
+    assert forecast.readings_used == 41
+    assert forecast.evidence_to == NOW
+
+
+def test_the_level_is_extrapolated_to_now():
+    forecast = forecast_depletion(trace(linear(0.8, 0.05, 10), end=NOW - timedelta(days=2)), now=NOW)
+    assert forecast.level_now == pytest.approx(0.2, abs=1e-6)
+    assert forecast.empty_at == NOW + timedelta(days=4)
+
+
+def test_noise_widens_the_band_around_the_truth():
+    rng = np.random.default_rng(1)
+    noisy = [level + rng.normal(0, 0.01) for level in linear(0.8, 0.05, 10)]
+    forecast = forecast_depletion(trace(noisy), now=NOW)
+    truth = NOW + timedelta(days=6)
+    assert forecast.empty_at_early < truth < forecast.empty_at_late
+    assert abs(forecast.empty_at - truth) < timedelta(hours=12)
+
+
+def test_quantized_levels_still_give_the_right_rate():
+    quantized = [round(level * 20) / 20 for level in linear(0.9, 0.04, 14)]
+    forecast = forecast_depletion(trace(quantized), now=NOW)
+    assert forecast.rate_per_day == pytest.approx(0.04, rel=0.1)
+
+
+def test_a_one_off_spike_is_dropped_as_an_outlier_not_a_refill():
+    levels = linear(0.8, 0.05, 10)
+    levels[20] = 0.05
+    forecast = forecast_depletion(trace(levels), now=NOW)
+    assert forecast.refills_detected == []
+    assert forecast.outliers_dropped == 1
+    assert forecast.rate_per_day == pytest.approx(0.05, rel=1e-3)
+
+
+def test_a_sustained_rise_is_a_refill_and_starts_a_new_cycle():
+    before = linear(0.6, 0.05, 10)  # ends at 0.1
+    after = linear(1.0, 0.05, 5)
+    readings = trace(before + after)
+    assert split_cycles(readings) == [0, len(before)]
+    forecast = forecast_depletion(readings, now=NOW)
+    assert forecast.cycle_started_at == readings[len(before)].ts
+    assert forecast.refills_detected == [readings[len(before)].ts]
+    assert forecast.readings_used == len(after)
+    assert forecast.level_now == pytest.approx(0.75, abs=1e-6)
+
+
+def test_an_upward_spike_that_falls_back_is_not_a_refill():
+    levels = linear(0.6, 0.05, 10)
+    levels[15] = 0.95
+    assert split_cycles(trace(levels)) == [0]
+
+
+def test_a_rise_in_the_last_reading_waits_for_confirmation():
+    readings = trace([*linear(0.6, 0.05, 5), 1.0])
+    assert split_cycles(readings) == [0]
+
+
+def test_readings_after_now_are_never_used():
+    readings = trace(linear(0.8, 0.05, 10))
+    cut = NOW - timedelta(days=3)
+    with_future = forecast_depletion(readings, now=cut)
+    without_future = forecast_depletion([r for r in readings if r.ts <= cut], now=cut)
+    assert with_future == without_future
+
+
+def test_too_few_readings_is_not_a_forecast():
+    forecast = forecast_depletion(trace([0.8, 0.7]), now=NOW)
+    assert forecast.status == "insufficient_data"
+    assert forecast.empty_at is None
+    assert forecast_depletion([], now=NOW).cycle_started_at is None
+
+
+def test_no_consumption_never_empties():
+    forecast = forecast_depletion(trace([0.7] * 20), now=NOW)
+    assert forecast.status == "not_consuming"
+    assert forecast.empty_at is None
+
+
+def test_an_empty_slot_is_empty_now():
+    forecast = forecast_depletion(trace(linear(0.2, 0.1, 3)), now=NOW)
+    assert forecast.level_now == 0.0
+    assert forecast.empty_at == NOW
+
+
+def test_forecast_serialises_to_json_friendly_values():
+    data = forecast_depletion(trace(linear(0.8, 0.05, 10)), now=NOW).to_json()
+    assert data["empty_at"] == (NOW + timedelta(days=6)).isoformat()
+    assert data["status"] == "ok"

@@ -1,0 +1,102 @@
+"""Orders reach a fulfilment webhook through the outbox: retried with backoff, one Idempotency-Key per order."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from conftest import START, Publisher, make_settings, running_platform
+from helpers import create_customer, publish_depletion, register_device
+from replenish.constants import OutboxKind
+from replenish.outbox.models import OutboxMessage
+
+
+class Receiver:
+    """A fulfilment partner on loopback that fails the first ``failures`` requests with a 503."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.requests.append((dict(self.headers), body))
+                failing = len(receiver.requests) <= receiver.failures
+                self.send_response(503 if failing else 202)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/orders"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver(failures=2)
+    yield running
+    running.close()
+
+
+def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receiver):
+    settings = make_settings(tmp_path, order_webhook_url=receiver.url)
+    with running_platform(settings, clock) as platform:
+        with httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
+            customer_id = create_customer(api, mode="auto_order")
+            register_device(api, customer_id=customer_id, device_id="printer-1")
+            device = Publisher(settings.mqtt_endpoint)
+            sent = publish_depletion(
+                device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
+            )
+            device.close()
+            assert platform.ingestor.wait_for(handled=sent, timeout=10)
+            clock.set(START + timedelta(days=8))
+            platform.jobs.evaluate()
+            [order] = api.get("/orders").json()
+
+        def outbox_row() -> OutboxMessage:
+            with Session(platform.engine) as session:
+                return session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_PLACED)).one()
+
+        platform.jobs.dispatch()
+        row = outbox_row()
+        assert (row.attempts, row.delivered_at) == (1, None)
+        assert "503" in row.last_error
+        assert row.available_at == clock.now() + timedelta(seconds=2)
+
+        platform.jobs.dispatch()  # not yet due: nothing is sent
+        assert len(receiver.requests) == 1
+
+        clock.advance(timedelta(seconds=2))
+        platform.jobs.dispatch()
+        assert outbox_row().available_at == clock.now() + timedelta(seconds=4), "the backoff doubles"
+        clock.advance(timedelta(seconds=4))
+        platform.jobs.dispatch()
+        row = outbox_row()
+        assert row.delivered_at == clock.now()
+        assert row.attempts == 3
+
+        platform.jobs.dispatch()  # delivered: never sent again
+        assert len(receiver.requests) == 3
+        keys = {headers["Idempotency-Key"] for headers, _ in receiver.requests}
+        assert keys == {f"order:{order['id']}:placed"}
+        _, body = receiver.requests[-1]
+        assert body["event"] == "order.placed"
+        assert body["order"]["order_id"] == order["id"]
+        assert body["order"]["product_sku"] == "INK-BLACK"
+        assert body["order"]["consent_version"] == 1
