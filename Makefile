@@ -27,6 +27,8 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		# The package starts a system broker on port 1883, where `make run` puts the embedded one; tests start their own. \
+		$(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
 	fi
 
 run: install

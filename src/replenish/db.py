@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, DateTime, Engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
+
+from replenish.errors import NotFound
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -38,6 +40,17 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 SCHEMA_LOCK_KEY = 0x5E_1E_15  # arbitrary, constant: the advisory lock that serialises schema creation
+
+
+ModelT = TypeVar("ModelT", bound=SQLModel)
+
+
+def get_or_raise(session: Session, model: type[ModelT], key: str, *, entity: str) -> ModelT:
+    """The row with this primary key, or NotFound (a 404 at the API)."""
+    row = session.get(model, key)
+    if row is None:
+        raise NotFound(entity, key)
+    return row
 
 
 def new_id() -> str:

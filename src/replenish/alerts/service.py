@@ -17,8 +17,9 @@ from replenish.constants import (
     EventType,
     OutboxKind,
 )
+from replenish.db import get_or_raise
 from replenish.devices.models import Device
-from replenish.errors import Conflict, NotFound
+from replenish.errors import Conflict
 from replenish.ingest.models import DeviceMessage
 from replenish.notifications import service as notifications
 from replenish.outbox import service as outbox
@@ -97,10 +98,7 @@ def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | 
 
 
 def get(*, session: Session, alert_id: str) -> Alert:
-    alert = session.get(Alert, alert_id)
-    if alert is None:
-        raise NotFound("alert", alert_id)
-    return alert
+    return get_or_raise(session, Alert, alert_id, entity="alert")
 
 
 def list_alerts(

@@ -7,7 +7,8 @@ from sqlmodel import Session, col, select
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
 from replenish.customers.models import Customer
-from replenish.errors import Conflict, NotFound
+from replenish.db import get_or_raise
+from replenish.errors import Conflict
 
 
 def create(
@@ -24,10 +25,7 @@ def create(
 
 
 def get(*, session: Session, customer_id: str) -> Customer:
-    customer = session.get(Customer, customer_id)
-    if customer is None:
-        raise NotFound("customer", customer_id)
-    return customer
+    return get_or_raise(session, Customer, customer_id, entity="customer")
 
 
 def list_customers(*, session: Session, limit: int = 100, offset: int = 0) -> list[Customer]:

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.schemas import DeviceCreate, DeviceRead, ReadingRead, SlotRead
 from replenish.errors import Conflict, NotFound
@@ -24,10 +25,7 @@ def register(*, session: Session, request: DeviceCreate, now: datetime) -> Devic
 
 
 def get(*, session: Session, device_id: str) -> Device:
-    device = session.get(Device, device_id)
-    if device is None:
-        raise NotFound("device", device_id)
-    return device
+    return get_or_raise(session, Device, device_id, entity="device")
 
 
 def slots_of(*, session: Session, device_id: str) -> list[Slot]:

@@ -8,8 +8,9 @@ from sqlmodel import Session, col, select
 
 from replenish.automation.models import Decision
 from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus, OutboxKind
+from replenish.db import get_or_raise
 from replenish.devices.models import Slot
-from replenish.errors import Conflict, NotFound
+from replenish.errors import Conflict
 from replenish.ingest.models import Reading
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox import service as outbox
@@ -48,10 +49,7 @@ def create(
 
 
 def get(*, session: Session, order_id: str) -> Order:
-    order = session.get(Order, order_id)
-    if order is None:
-        raise NotFound("order", order_id)
-    return order
+    return get_or_raise(session, Order, order_id, entity="order")
 
 
 def list_orders(

@@ -34,6 +34,8 @@ OFFLINE = json.dumps("offline")
 CONNECT_TIMEOUT_SECONDS = 15.0
 #: How long to wait, when stopping, for the broker to acknowledge what was published.
 DRAIN_TIMEOUT_SECONDS = 30.0
+#: How long to wait for the broker to confirm the subscription to, and forwarding of, the final "offline".
+ECHO_TIMEOUT_SECONDS = 5.0
 #: Publishing pauses while this many QoS 1 messages are unacknowledged (flow control at speed=inf).
 MAX_UNACKED = 1000
 #: At speed=inf the model is advanced this much per loop, so ``stop`` is noticed between chunks.
@@ -127,6 +129,9 @@ class _Connection:
         self.tracker = PublishTracker()
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._subscribed = threading.Event()
+        self._subscribe_refused = False
+        self._offline_echoed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"sim-{device_id}",
@@ -140,6 +145,8 @@ class _Connection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self.tracker.on_publish
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
         self.endpoint = endpoint
 
     def open(self) -> None:
@@ -166,6 +173,18 @@ class _Connection:
         if reason_code.is_failure:
             log.warning("%s: disconnected (%s), paho will reconnect", self.device_id, reason_code)
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any
+    ) -> None:
+        self._subscribe_refused = any(code.is_failure for code in reason_codes)
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Only our own "offline" coming back live (retained copies have the retain flag set) matters.
+        # Anything else is ignored: amqtt 0.12.1 even sends unsolicited retained messages on connect.
+        if message.topic == status_topic(self.device_id) and not message.retain and message.payload == OFFLINE.encode():
+            self._offline_echoed.set()
+
     def _publish_status(self, status: str) -> None:
         info = self.client.publish(status_topic(self.device_id), status, qos=QOS, retain=True)
         self.tracker.track(info.mid)
@@ -175,16 +194,34 @@ class _Connection:
             self.tracker.track(info.mid)
 
     def close(self) -> None:
-        """Say "offline" (retained), wait for the broker to acknowledge everything, and disconnect."""
+        """Say "offline" (retained), make sure the broker has passed everything on, and disconnect.
+
+        A PUBACK is not enough: amqtt 0.12.1 acknowledges a QoS 1 message, queues it, and drops what is
+        still queued when the client disconnects. So the client subscribes to its own status topic and
+        waits for its "offline" to come back: the broker handles a client's messages in order, so by then
+        everything before it has been forwarded (and the retained status really is "offline").
+        """
         try:
+            connected = self.client.is_connected()
+            echo = connected and self._subscribe_to_own_status()
             self._publish_status(OFFLINE)
             # connected: the broker is answering, give it time; otherwise a short grace for a reconnect
-            timeout = DRAIN_TIMEOUT_SECONDS if self.client.is_connected() else 3.0
+            timeout = DRAIN_TIMEOUT_SECONDS if connected else 3.0
             if not self.tracker.wait(timeout=timeout):
                 log.warning("%s: %d message(s) not acknowledged by the broker", self.device_id, self.tracker.pending)
+            elif echo and not self._offline_echoed.wait(ECHO_TIMEOUT_SECONDS):
+                log.warning('%s: the broker did not forward the final "offline" in time', self.device_id)
             self.client.disconnect()
         finally:
             self.client.loop_stop()
+
+    def _subscribe_to_own_status(self) -> bool:
+        """Subscribe to the device's status topic; False if the broker will not allow or confirm it."""
+        self.client.subscribe(status_topic(self.device_id), qos=QOS)
+        if not self._subscribed.wait(ECHO_TIMEOUT_SECONDS) or self._subscribe_refused:
+            log.debug("%s: cannot subscribe to its own status; stopping without confirmation", self.device_id)
+            return False
+        return True
 
 
 def run_device(
