@@ -198,6 +198,30 @@ def test_online_is_retained_while_running_and_events_are_published(broker: Broke
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == result[0]
 
 
+def test_catch_up_replays_history_then_follows_real_time(broker: BrokerThread, device_id: str) -> None:
+    start = datetime.now(UTC) - timedelta(days=2)
+    watcher = Subscriber(broker.endpoint, f"devices/{device_id}/#")
+    stop = threading.Event()
+    result: list[int] = []
+    model = PrinterModel(device_id, start=start)
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run_device(model, broker.endpoint, speed=float("inf"), catch_up=True, stop=stop, tick_seconds=0.05)
+        )
+    )
+    thread.start()
+    try:
+        # two days of hourly reports, both ends included, arrive at once; the next is an hour away
+        telemetry = f"devices/{device_id}/telemetry"
+        watcher.wait_for(lambda ms: sum(m.topic == telemetry for m in ms) == 49)
+        assert abs(model.now - datetime.now(UTC)) < timedelta(seconds=5)
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        watcher.close()
+    assert result == [49]
+
+
 def test_offline_is_published_even_when_the_model_fails(broker: BrokerThread, device_id: str) -> None:
     class Broken(PrinterModel):
         calls = 0

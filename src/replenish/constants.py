@@ -8,9 +8,6 @@ from enum import StrEnum
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 MAX_PAYLOAD_BYTES = 16 * 1024
-# Dead letters keep the raw bytes for diagnosis; beyond this only the size is kept, so that a flood of
-# huge payloads cannot fill the database.
-DEAD_LETTER_MAX_STORED_BYTES = 64 * 1024
 
 TOPIC_PREFIX = "devices"
 TELEMETRY_TOPIC = "devices/{device_id}/telemetry"

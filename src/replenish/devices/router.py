@@ -8,7 +8,7 @@ from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
 from replenish.customers import service as customers
 from replenish.db import transaction
 from replenish.devices import service
-from replenish.devices.schemas import DeviceCreate, DeviceRead, ReadingRead
+from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead
 from replenish.errors import InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -52,3 +52,16 @@ def slot_readings(
         raise InvalidRequest("since must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field="since")
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.readings(session=session, slot=slot, since=since, limit=limit)
+
+
+@router.get("/{device_id}/events", response_model=list[EventRead], summary="A device's events, newest first")
+def device_events(
+    device_id: str,
+    session: ReadSession,
+    type: str | None = Query(None, description="Only events of this type, e.g. fall_detected."),
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[EventRead]:
+    """Every event the device sent, including types the platform does not act on."""
+    service.get(session=session, device_id=device_id)
+    return service.events(session=session, device_id=device_id, event_type=type, limit=limit, offset=offset)

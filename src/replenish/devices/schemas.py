@@ -67,3 +67,12 @@ class ReadingRead(BaseModel):
     ts: datetime
     level: float
     message_id: int
+
+
+class EventRead(BaseModel):
+    message_id: int
+    seq: int
+    ts: datetime
+    received_at: datetime
+    type: str
+    payload: dict[str, Any] = Field(description="The event as the device sent it, unknown fields included.")

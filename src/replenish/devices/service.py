@@ -4,11 +4,12 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from replenish.constants import Channel
 from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.devices.schemas import DeviceCreate, DeviceRead, ReadingRead, SlotRead
+from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead
 from replenish.errors import Conflict, NotFound
-from replenish.ingest.models import Reading
+from replenish.ingest.models import DeviceMessage, Reading
 
 
 def register(*, session: Session, request: DeviceCreate, now: datetime) -> Device:
@@ -73,3 +74,26 @@ def readings(*, session: Session, slot: Slot, since: datetime | None = None, lim
         query = query.where(Reading.ts >= since)
     rows = session.exec(query.order_by(col(Reading.ts).desc()).limit(limit))
     return [ReadingRead(ts=row.ts, level=row.level, message_id=row.message_id) for row in rows]
+
+
+def events(
+    *, session: Session, device_id: str, event_type: str | None = None, limit: int = 100, offset: int = 0
+) -> list[EventRead]:
+    """Every stored event of the device, known types or not, newest first."""
+    query = select(DeviceMessage).where(DeviceMessage.device_id == device_id, DeviceMessage.channel == Channel.EVENTS)
+    if event_type:
+        query = query.where(DeviceMessage.event_type == event_type)
+    rows = session.exec(
+        query.order_by(col(DeviceMessage.ts).desc(), col(DeviceMessage.id).desc()).offset(offset).limit(limit)
+    )
+    return [
+        EventRead(
+            message_id=row.id or 0,
+            seq=row.seq,
+            ts=row.ts,
+            received_at=row.received_at,
+            type=row.event_type or "",
+            payload=row.payload,
+        )
+        for row in rows
+    ]

@@ -17,7 +17,7 @@ class DeviceMessage(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(foreign_key="devices.id", index=True)
-    seq: int | None = None
+    seq: int
     channel: str
     event_type: str | None = Field(default=None, index=True)
     ts: datetime = Field(sa_type=UTCDateTime)

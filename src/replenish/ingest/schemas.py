@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel
 
@@ -52,7 +52,8 @@ class _DeviceMessage(BaseModel):
     # Unknown fields are kept (devices may add fields); known ones are checked strictly.
     model_config = ConfigDict(extra="allow", strict=True)
 
-    seq: int | None = Field(None, ge=0, le=2**63 - 1)
+    # Required: without it a QoS 1 redelivery could not be told from a new message.
+    seq: int = Field(ge=0, le=2**63 - 1)
     ts: Timestamp | None = None
 
 
@@ -62,16 +63,10 @@ class TelemetryPayload(_DeviceMessage):
 
 
 class EventPayload(_DeviceMessage):
-    type: str = Field(min_length=1, max_length=64)
+    # Any type is stored and shown (the payload limit bounds its length); only the known ones act.
+    type: str = Field(min_length=1)
     confidence: UnitInterval | None = None
     battery: UnitInterval | None = None
-
-    @field_validator("type")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
-            raise ValueError("type must be printable text")
-        return value
 
 
 @dataclass(frozen=True)
@@ -166,14 +161,12 @@ def _reject_constant(name: str) -> Any:
 
 
 def _parse_status(device_id: str, text: str) -> Parsed:
-    stripped = text.strip()
     try:
-        value = json.loads(stripped)
-    except ValueError:
-        # Tolerated beyond the contract: a bare online/offline as some firmware sends it.
-        value = stripped
+        value = json.loads(text)
+    except ValueError as exc:
+        return Rejected(f'status is not JSON (expected "online" or "offline"): {exc}', device_id)
     if value == "online":
         return ParsedStatus(device_id, True)
     if value == "offline":
         return ParsedStatus(device_id, False)
-    return Rejected(f'status must be "online" or "offline", got {stripped[:40]!r}', device_id)
+    return Rejected(f'status must be "online" or "offline", got {text.strip()[:40]!r}', device_id)

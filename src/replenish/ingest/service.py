@@ -10,7 +10,7 @@ from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
-from replenish.constants import DEAD_LETTER_MAX_STORED_BYTES, Channel
+from replenish.constants import Channel
 from replenish.devices.models import Device, Slot
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.ingest.schemas import (
@@ -48,7 +48,7 @@ def dead_letter(*, session: Session, message: IncomingMessage, reason: str, devi
     letter = DeadLetter(
         topic=message.topic[:1024],
         device_id=device_id,
-        payload=message.payload[:DEAD_LETTER_MAX_STORED_BYTES],
+        payload=message.payload,
         payload_size=len(message.payload),
         reason=reason[:2000],
         received_at=message.received_at,
@@ -81,23 +81,18 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
             device.status_changed_at = message.received_at
             result.status_updates += 1
             continue
-        seq = outcome.body.seq
-        if seq is not None:
-            if (device.id, seq) in seen:
-                result.duplicates += 1
-                continue
-            seen.add((device.id, seq))
+        key = (device.id, outcome.body.seq)
+        if key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(key)
         _store(session=session, message=message, item=outcome, device=device, slots=slots)
         result.stored += 1
     return result
 
 
 def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[str, int]]:
-    keys = {
-        (p.device_id, p.body.seq)
-        for p in parsed
-        if isinstance(p, ParsedTelemetry | ParsedEvent) and p.body.seq is not None
-    }
+    keys = {(p.device_id, p.body.seq) for p in parsed if isinstance(p, ParsedTelemetry | ParsedEvent)}
     if not keys:
         return set()
     rows = session.exec(
@@ -105,7 +100,7 @@ def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[st
             tuple_(DeviceMessage.device_id, DeviceMessage.seq).in_(list(keys))
         )
     )
-    return {(device_id, seq) for device_id, seq in rows if seq is not None}
+    return {(device_id, seq) for device_id, seq in rows}
 
 
 def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, str], Slot]) -> Parsed:

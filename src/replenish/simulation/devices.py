@@ -119,10 +119,6 @@ class DeviceModel:
 
     # -- public ------------------------------------------------------------------------------------
 
-    @property
-    def topic_prefix(self) -> str:
-        return f"devices/{self.device_id}"
-
     def advance_to(self, t: datetime) -> list[SimMessage]:
         """Simulate up to ``t`` (inclusive) and return the messages sent meanwhile, oldest first."""
         t = _utc(t, "t")

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -288,6 +289,20 @@ def run_device(
 # -- helpers for the command-line simulators in simulators/ ------------------------------------------
 
 
+@dataclass(frozen=True)
+class CliOptions:
+    """What the shared simulator flags resolve to."""
+
+    args: argparse.Namespace
+    endpoint: MqttEndpoint
+    speed: float
+    seed: int
+    report_interval: timedelta | None  # None: the model's default
+    duration: timedelta | None  # None: until Ctrl-C
+    start: datetime
+    catch_up: bool
+
+
 def parse_speed(text: str) -> float:
     """``--speed`` value: a positive number, or ``inf`` for as fast as possible."""
     try:
@@ -306,14 +321,17 @@ def parse_slot_values(items: list[str] | None) -> dict[str, float] | None:
     values: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected SLOT=VALUE, got {item!r}")
-        values[name.strip()] = float(value)
+        try:
+            if not sep:
+                raise ValueError
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"expected SLOT=NUMBER, got {item!r}") from None
     return values
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: float) -> None:
-    """Flags shared by the simulators (``--device-id`` is added by each single-device script)."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: float | None) -> None:
+    """Flags shared by the simulators (``--device-id`` and model flags are added by each script)."""
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://[user[:pass]@]host[:port]")
     parser.add_argument(
         "--speed",
@@ -322,11 +340,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: f
         help="simulated seconds per real second; 'inf' = as fast as possible (default 1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    default = f"{interval_minutes:g}" if interval_minutes is not None else "the device's own"
     parser.add_argument(
         "--interval-minutes",
         type=float,
         default=interval_minutes,
-        help=f"simulated minutes between telemetry reports (default {interval_minutes:g})",
+        help=f"simulated minutes between telemetry reports (default {default})",
     )
     parser.add_argument(
         "--duration-hours",
@@ -338,40 +357,67 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: f
         "--history-days",
         type=float,
         default=0.0,
-        help="start this many days in the past and catch up at --speed, then follow real time",
+        help="start this many days in the past, replay them at --speed, then follow real time",
     )
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
 
 
-def start_and_catch_up(args: argparse.Namespace) -> tuple[datetime, bool]:
-    """The simulation's start (whole seconds, UTC) and whether it must catch up with the present."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    if args.history_days > 0:
-        return now - timedelta(days=args.history_days), True
-    return now, False
-
-
-def check_runnable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if math.isinf(args.speed) and args.duration_hours is None and args.history_days <= 0:
-        parser.error("--speed inf needs --duration-hours or --history-days")
-    if args.interval_minutes <= 0:
+def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> CliOptions:
+    """Parse and check the command line, and set up logging."""
+    args = parser.parse_args(argv)
+    try:
+        endpoint = MqttEndpoint.parse(args.broker)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.interval_minutes is not None and args.interval_minutes <= 0:
         parser.error("--interval-minutes must be positive")
-    if args.history_days > 0 and args.speed <= 1:
-        log.warning("--history-days with --speed <= 1 never catches up with the present")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.duration_hours is not None and args.duration_hours <= 0:
+        parser.error("--duration-hours must be positive")
+    if args.history_days < 0:
+        parser.error("--history-days cannot be negative")
+    if math.isinf(args.speed) and args.duration_hours is None and not args.history_days:
+        parser.error("--speed inf needs --duration-hours or --history-days")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.history_days and args.speed <= 1:
+        log.warning("with --history-days, a --speed of 1 or less never catches up with the present")
+    now = datetime.now(UTC).replace(microsecond=0)
+    return CliOptions(
+        args=args,
+        endpoint=endpoint,
+        speed=args.speed,
+        seed=args.seed,
+        report_interval=timedelta(minutes=args.interval_minutes) if args.interval_minutes else None,
+        duration=timedelta(hours=args.duration_hours) if args.duration_hours else None,
+        start=now - timedelta(days=args.history_days),
+        catch_up=args.history_days > 0,
+    )
 
 
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT/SIGTERM, so simulators stop cleanly (publishing "offline")."""
+    """An event that SIGINT/SIGTERM set, so simulators stop cleanly (publishing "offline")."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
+        log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return stop
+
+
+def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | None = None) -> int:
+    """Run one device for a command-line simulator; returns the process exit status."""
+    try:
+        run_device(
+            model,
+            options.endpoint,
+            speed=options.speed,
+            catch_up=options.catch_up,
+            duration=options.duration,
+            stop=stop or stop_on_signals(),
+        )
+    except ConnectionError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
