@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,17 +15,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from brokers import free_port
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint, Settings
 from replenish.runtime import Platform, Roles
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -50,9 +44,9 @@ ALL_ROLES = Roles(broker=True, ingest=True, scheduler=True, api=True)
 
 
 @contextmanager
-def running_platform(settings: Settings, clock: ManualClock) -> Iterator[Platform]:
-    """Every role in this process; the jobs are not scheduled: tests tick them on the manual clock."""
-    running = Platform(settings, roles=ALL_ROLES, clock=clock, run_jobs=False)
+def running_platform(settings: Settings, clock: ManualClock, roles: Roles = ALL_ROLES) -> Iterator[Platform]:
+    """The roles in this process (all by default); jobs are not scheduled: tests tick them on the manual clock."""
+    running = Platform(settings, roles=roles, clock=clock, run_jobs=False)
     running.start()
     try:
         yield running

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +17,11 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from brokers import MOSQUITTO_CONF, running_mosquitto
 from replenish.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 
 ENV_PREFIX = "REPLENISH_"
 ROLE_COMMANDS = {"api", "ingest", "scheduler"}
@@ -220,70 +217,19 @@ def test_mosquitto_conf_is_mosquitto_syntax_with_the_ingest_settings() -> None:
     assert "message_size_limit" not in directives
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def local_copy_of_mosquitto_conf(tmp_path: Path, port: int) -> Path:
-    """The production config with only what cannot work here rewritten: port, data directory, user."""
-    lines = []
-    for line in MOSQUITTO_CONF.read_text().splitlines():
-        key = line.split(" ", 1)[0]
-        if key == "listener":
-            line = f"listener {port} 127.0.0.1"
-        elif key == "persistence_location":
-            line = f"persistence_location {tmp_path}/"
-        elif key == "log_dest":
-            line = "log_dest stdout"
-        lines.append(line)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into pytest's tmp dir.
-        lines.append("user root")
-    config = tmp_path / "mosquitto.conf"
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
 def test_mosquitto_starts_from_the_config(tmp_path: Path) -> None:
-    binary = shutil.which("mosquitto", path=MOSQUITTO_SEARCH_PATH)
-    if binary is None:
-        pytest.fail(
-            "the `mosquitto` broker is not installed, so deploy/mosquitto/mosquitto.conf cannot be checked. "
-            "Install it: `make system-deps` (run by `make test`), or apt-get install -y mosquitto mosquitto-clients."
-        )
-    port = free_port()
-    config = local_copy_of_mosquitto_conf(tmp_path, port)
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    connack = b""
-    try:
-        deadline = time.monotonic() + MOSQUITTO_START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"mosquitto exited with {process.returncode} (rejected the config?):\n{output}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(MQTT_CONNECT)
-                    connack = sock.recv(4)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not accept a connection on port {port} within 5 s")
-                time.sleep(0.05)
-    finally:
-        process.terminate()
-        try:
-            output, _ = process.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-
-    assert connack == MQTT_CONNACK_ACCEPTED, f"broker refused an anonymous MQTT 3.1.1 client: {connack!r}\n{output}"
+    with (
+        running_mosquitto(tmp_path) as broker,
+        socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock,
+    ):
+        sock.sendall(MQTT_CONNECT)
+        connack = sock.recv(4)
+    assert connack == MQTT_CONNACK_ACCEPTED, (
+        f"broker refused an anonymous MQTT 3.1.1 client: {connack!r}\n{broker.output}"
+    )
     complaints = [
         line
-        for line in output.splitlines()
+        for line in broker.output.splitlines()
         if ("Error" in line or "Warning" in line) and "should not be run as root" not in line
     ]
     assert not complaints, f"mosquitto complained about the config: {complaints}"

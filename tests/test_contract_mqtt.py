@@ -45,7 +45,7 @@ from sqlmodel import Session, SQLModel
 
 import replenish.models  # noqa: F401  (registers every table with SQLModel.metadata)
 from conftest import START, Publisher, free_port, iso, make_settings
-from helpers import create_customer, register_device
+from helpers import create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.runtime import Platform, Roles
@@ -174,17 +174,6 @@ def as_time(value: str) -> datetime:
 def aware(moment: datetime) -> datetime:
     """A stored datetime as UTC (SQLite may hand back naive UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def wait_until(condition: Any, timeout: float = WAIT) -> bool:
-    """Poll a condition (for waits the ingestor's handled count cannot express)."""
-    done = threading.Event()
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-    while datetime.now(UTC) < deadline:
-        if condition():
-            return True
-        done.wait(0.02)
-    return bool(condition())
 
 
 @pytest.fixture(scope="module")

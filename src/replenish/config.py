@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 1883
+EMBEDDED_BROKER_USERNAME = "replenish"
 
 
 @dataclass(frozen=True)
@@ -97,4 +98,5 @@ class Settings(BaseSettings):
     def mqtt_endpoint(self) -> MqttEndpoint:
         if self.mqtt_url:
             return MqttEndpoint.parse(self.mqtt_url)
-        return MqttEndpoint(host=self.broker_host, port=self.broker_port)
+        # The embedded broker keeps persistent sessions only for clients that name themselves.
+        return MqttEndpoint(host=self.broker_host, port=self.broker_port, username=EMBEDDED_BROKER_USERNAME)

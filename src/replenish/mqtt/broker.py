@@ -5,18 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
 
 log = logging.getLogger(__name__)
+
+
+class OpenAuthPlugin(BaseAuthPlugin):
+    """Lets every client in, as amqtt's anonymous plugin does, but keeps named clients' sessions.
+
+    amqtt marks every session of its AnonymousAuthPlugin anonymous, and queues nothing for a disconnected
+    anonymous session, so the ingestor's persistent session would lose what arrives while it restarts. A client
+    that presents a username here is not anonymous. Per-device credentials replace this with the trust work.
+    """
+
+    @dataclass
+    class Config:
+        """No options."""
+
+    async def authenticate(self, *, session: Session) -> bool:
+        session.is_anonymous = not session.username
+        return True
 
 
 def broker_config(host: str, port: int) -> dict[str, Any]:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        # Devices authenticate per device once the trust work lands; until then the broker listens on loopback.
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": {f"{OpenAuthPlugin.__module__}.{OpenAuthPlugin.__qualname__}": {}},
     }
 
 
