@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from replenish.config import Settings
+from replenish.demo import DEMO_EMAIL, DemoDevices, demo_models, seed
 from replenish.runtime import Platform, Roles
 
 app = typer.Typer(
@@ -44,16 +45,25 @@ def _wait_for_signal() -> None:
         pass
 
 
-def _run(platform: Platform) -> None:
+def _run(platform: Platform, *, demo: bool = False) -> None:
+    """Start, wait for Ctrl-C or SIGTERM, stop everything in reverse order."""
+    simulators = None
     try:
-        platform.start()
-    except Exception:
-        platform.stop()
-        raise
-    try:
+        try:
+            platform.start()
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            # A taken port or an unreachable database: say so plainly rather than with a traceback.
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if demo:
+            simulators = _start_demo(platform)
+        if platform.roles.api:
+            _print_banner(platform, demo=demo)
         _wait_for_signal()
     finally:
         typer.echo("stopping…")
+        if simulators is not None:
+            simulators.stop()
         platform.stop()
 
 
@@ -74,28 +84,15 @@ def up(
                 leftover.unlink()
             updates["database_url"] = f"sqlite:///{demo_db}"
         settings = settings.model_copy(update=updates)
-    platform = Platform(settings, roles=Roles.all_in_one(settings))
-    simulators = None
-    try:
-        platform.start()
-        if demo:
-            simulators = _start_demo(platform)
-        _print_banner(platform, demo=demo)
-        _wait_for_signal()
-    finally:
-        typer.echo("stopping…")
-        if simulators is not None:
-            simulators.stop()
-        platform.stop()
+    _run(Platform(settings, roles=Roles.all_in_one(settings)), demo=demo)
 
 
-def _start_demo(platform: Platform):  # type: ignore[no-untyped-def]
-    from replenish.demo import DemoDevices, demo_models, seed
+def _start_demo(platform: Platform) -> DemoDevices:
 
     now = datetime.now(UTC)
     models = demo_models(now)
     customer_id = seed(engine=platform.engine, now=now, models=models)
-    credentials = {"customer": {"id": customer_id, "email": "demo@replenish.example"}}
+    credentials = {"customer": {"id": customer_id, "email": DEMO_EMAIL}}
     path = Path(platform.settings.data_dir) / "demo-credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(credentials, indent=2))
