@@ -14,8 +14,17 @@ import sys
 import threading
 from typing import Any
 
+import httpx
+
 from replenish.simulation.devices import DeviceModel, FridgeModel, PrinterModel, WearableModel
-from replenish.simulation.runner import CliOptions, add_common_arguments, parse_common, run_device, stop_on_signals
+from replenish.simulation.runner import (
+    CliOptions,
+    add_common_arguments,
+    parse_common,
+    register_if_asked,
+    run_device,
+    stop_on_signals,
+)
 
 log = logging.getLogger("fleet")
 
@@ -55,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         parser.error("no devices: use --printers, --fridges or --wearables")
 
+    try:
+        register_if_asked(options, models)
+    except httpx.HTTPError as exc:
+        log.error("registering the fleet failed: %s", exc)
+        return 1
     stop = stop_on_signals()
     published: dict[str, int] = {}
     failed: list[str] = []

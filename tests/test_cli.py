@@ -127,3 +127,24 @@ def test_roles_run_as_separate_processes(tmp_path):
                 timeout=30,
             )
     assert readings[0]["level"] == 0.42
+
+
+def test_fleet_simulator_registers_its_devices_and_publishes_per_the_contract(platform, api):
+    fleet = Path(__file__).resolve().parents[1] / "simulators" / "fleet.py"
+    endpoint = platform.settings.mqtt_endpoint
+    args = ["--printers", "2", "--fridges", "1", "--wearables", "1", "--prefix", "t", "--speed", "inf"]
+    args += ["--duration-hours", "24", "--broker", f"mqtt://{endpoint.host}:{endpoint.port}"]
+    args += ["--register", platform.api_url, "--log-level", "WARNING"]
+    done = subprocess.run([sys.executable, str(fleet), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    devices = {d["id"]: d for d in api.get("/devices").json()}
+    assert set(devices) == {"t-printer-0001", "t-printer-0002", "t-fridge-0001", "t-wearable-0001"}
+    assert [s["name"] for s in devices["t-fridge-0001"]["slots"]] == ["eggs", "milk"]
+    # 25 hourly reports a printer and fridge; the wearable's heartbeats every 15 minutes, plus status messages.
+    poll(lambda: api.get("/devices/t-printer-0002/slots/black/readings").json(), lambda r: len(r) == 25, 20)
+    assert api.get("/dead-letters").json() == []
+    # Running it again registers nothing twice.
+    again = subprocess.run([sys.executable, str(fleet), *args], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert len(api.get("/devices").json()) == 4

@@ -14,13 +14,13 @@ from sqlmodel import select
 from replenish.config import MqttEndpoint
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode, DeviceKind
+from replenish.constants import ConsentMode
 from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service as devices
-from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.simulation.devices import DeviceModel, FridgeModel, PrinterModel, WearableModel
+from replenish.simulation.registration import device_request
 from replenish.simulation.runner import run_device
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ FRIDGE_HISTORY = timedelta(days=7)
 # Weeks of history are replayed within about this many seconds, then the devices run in real time.
 CATCH_UP_SECONDS = 25.0
 FALL_AFTER = timedelta(seconds=20)
-
-_SKUS = {
-    "black": "INK-BLACK-XL",
-    "cyan": "INK-CYAN",
-    "magenta": "INK-MAGENTA",
-    "yellow": "INK-YELLOW",
-    "milk": "MILK-2L",
-    "eggs": "EGGS-12",
-}
 
 
 def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> str:
@@ -60,26 +51,7 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> str:
             now=now,
         )
         for model in models:
-            devices.register(
-                session=session,
-                request=DeviceCreate(
-                    id=model.device_id,
-                    customer_id=customer.id,
-                    kind=DeviceKind(model.kind),
-                    name=f"Demo {model.kind}",
-                    slots=[
-                        SlotCreate(
-                            name=spec.name,
-                            unit=spec.unit,
-                            capacity=spec.capacity,
-                            product_sku=_SKUS.get(spec.name, spec.name.upper()),
-                            lead_time_days=3.0,
-                        )
-                        for spec in model.slots
-                    ],
-                ),
-                now=now,
-            )
+            devices.register(session=session, request=device_request(model, customer_id=customer.id), now=now)
         # Version 2: the printer may order by itself; anything else still asks first.
         consent.record(
             session=session,

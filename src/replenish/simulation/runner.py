@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
@@ -359,6 +360,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: f
         default=0.0,
         help="start this many days in the past, replay them at --speed, then follow real time",
     )
+    parser.add_argument(
+        "--register",
+        metavar="API_URL",
+        help="first register the device(s) with the platform at this URL, e.g. http://127.0.0.1:8000, under a "
+        "'Simulated devices' customer (otherwise their messages are dead letters until someone registers them)",
+    )
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
 
 
@@ -406,9 +413,17 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def register_if_asked(options: CliOptions, models: list[DeviceModel]) -> None:
+    if options.args.register:
+        from replenish.simulation.registration import register_over_api
+
+        register_over_api(options.args.register, models)
+
+
 def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | None = None) -> int:
     """Run one device for a command-line simulator; returns the process exit status."""
     try:
+        register_if_asked(options, [model])
         run_device(
             model,
             options.endpoint,
@@ -417,7 +432,7 @@ def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | Non
             duration=options.duration,
             stop=stop or stop_on_signals(),
         )
-    except ConnectionError as exc:
+    except (ConnectionError, httpx.HTTPError) as exc:
         log.error("%s", exc)
         return 1
     return 0

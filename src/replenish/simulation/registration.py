@@ -1,0 +1,67 @@
+"""Register simulated devices with the platform, so that their telemetry is stored rather than dead-lettered."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from replenish.constants import DeviceKind
+from replenish.devices.schemas import DeviceCreate, SlotCreate
+from replenish.simulation.devices import DeviceModel
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_CUSTOMER_EMAIL = "simulators@replenish.example"
+DEFAULT_LEAD_TIME_DAYS = 3.0
+_SKUS = {
+    "black": "INK-BLACK-XL",
+    "cyan": "INK-CYAN",
+    "magenta": "INK-MAGENTA",
+    "yellow": "INK-YELLOW",
+    "milk": "MILK-2L",
+    "eggs": "EGGS-12",
+}
+
+
+def device_request(model: DeviceModel, *, customer_id: str) -> DeviceCreate:
+    """The registration of a simulated device: exactly the slots it reports."""
+    return DeviceCreate(
+        id=model.device_id,
+        customer_id=customer_id,
+        kind=DeviceKind(model.kind),
+        name=f"Simulated {model.kind} {model.device_id}",
+        slots=[
+            SlotCreate(
+                name=spec.name,
+                unit=spec.unit,
+                capacity=spec.capacity,
+                product_sku=_SKUS.get(spec.name, spec.name.upper()),
+                lead_time_days=DEFAULT_LEAD_TIME_DAYS,
+            )
+            for spec in model.slots
+        ],
+    )
+
+
+def register_over_api(api_url: str, models: list[DeviceModel], *, email: str = SIMULATOR_CUSTOMER_EMAIL) -> str:
+    """Create (or reuse) the simulators' customer and register each device that is not registered yet.
+
+    ``api_url`` is the platform's base URL, e.g. http://127.0.0.1:8000. Returns the customer id.
+    """
+    with httpx.Client(base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10) as api:
+        created = api.post("/customers", json={"name": "Simulated devices", "email": email})
+        if created.status_code == httpx.codes.CONFLICT:
+            customers = api.get("/customers", params={"limit": 1000}).raise_for_status().json()
+            customer_id = next(c["id"] for c in customers if c["email"] == email)
+        else:
+            customer_id = created.raise_for_status().json()["id"]
+        for model in models:
+            request = device_request(model, customer_id=customer_id)
+            response = api.post("/devices", json=request.model_dump(mode="json"))
+            if response.status_code == httpx.codes.CONFLICT:
+                log.info("%s is registered already", model.device_id)
+                continue
+            response.raise_for_status()
+            log.info("registered %s with %d slot(s)", model.device_id, len(request.slots))
+    return customer_id
