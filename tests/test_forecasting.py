@@ -81,9 +81,42 @@ def test_an_upward_spike_that_falls_back_is_not_a_refill():
     assert split_cycles(trace(levels)) == [0]
 
 
-def test_a_rise_in_the_last_reading_waits_for_confirmation():
-    readings = trace([*linear(0.6, 0.05, 5), 1.0])
-    assert split_cycles(readings) == [0]
+def test_a_rise_waits_for_two_confirming_readings():
+    assert split_cycles(trace([*linear(0.6, 0.05, 5), 1.0])) == [0]
+    assert split_cycles(trace([*linear(0.6, 0.05, 5), 1.0, 0.99])) == [0]
+    confirmed = trace([*linear(0.6, 0.05, 5), 1.0, 0.99, 0.98])
+    assert split_cycles(confirmed) == [0, len(confirmed) - 3]
+
+
+def test_a_two_reading_glitch_is_not_a_refill():
+    levels = linear(0.5, 0.05, 8)
+    levels[10] = levels[11] = 1.0
+    assert split_cycles(trace(levels)) == [0]
+
+
+def test_a_refill_followed_by_heavy_use_is_still_a_refill():
+    # Eggs: 2 of 12 left, a new box, then a big breakfast between reports.
+    eggs = [level / 12 for level in (4, 3, 2, 12, 10, 9)]
+    assert split_cycles(trace(eggs)) == [0, 3]
+
+
+def test_an_empty_idle_slot_is_empty_now():
+    forecast = forecast_depletion(trace([0.0] * 12), now=NOW)
+    assert forecast.status == "ok"
+    assert forecast.empty_at_early == NOW
+
+
+def test_noise_around_a_rising_level_is_not_consumption():
+    noisy = [0.10, 0.02, 0.12, 0.03, 0.13, 0.04, 0.14, 0.05, 0.15]
+    forecast = forecast_depletion(trace(noisy, every=timedelta(hours=4)), now=NOW)
+    assert forecast.status == "not_consuming"
+    assert forecast.empty_at is None and forecast.empty_at_early is None
+
+
+def test_quantized_levels_do_not_make_the_early_date_absurdly_early():
+    quantized = [round(level * 10) / 10 for level in linear(0.9, 0.04, 14)]
+    forecast = forecast_depletion(trace(quantized), now=NOW)
+    assert forecast.empty_at - forecast.empty_at_early < timedelta(days=1.5)
 
 
 def test_readings_after_now_are_never_used():
@@ -94,9 +127,12 @@ def test_readings_after_now_are_never_used():
     assert with_future == without_future
 
 
-def test_too_few_readings_is_not_a_forecast():
+def test_too_few_readings_or_too_short_a_span_is_not_a_forecast():
     forecast = forecast_depletion(trace([0.8, 0.7]), now=NOW)
     assert forecast.status == "insufficient_data"
+    assert forecast_depletion(trace([0.8, 0.7, 0.6, 0.5], every=timedelta(hours=4)), now=NOW).status == (
+        "insufficient_data"
+    )
     assert forecast.empty_at is None
     assert forecast_depletion([], now=NOW).cycle_started_at is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,7 +25,13 @@ def forecast(*, early_in_days: float, status: str = "ok") -> Forecast:
         outliers_dropped=0,
         empty_at=early + timedelta(days=1),
         empty_at_early=early,
+        evidence_to=NOW - timedelta(hours=1),
     )
+
+
+def verdict_for(prediction: Forecast, mode: ConsentMode = ConsentMode.AUTO_ORDER, **blocked: bool):
+    flags = {"already_decided_this_cycle": False, "order_in_transit": False} | blocked
+    return decide(prediction, mode=mode, policy=POLICY, now=NOW, **flags)
 
 
 @pytest.mark.parametrize(
@@ -37,7 +44,7 @@ def forecast(*, early_in_days: float, status: str = "ok") -> Forecast:
     ],
 )
 def test_consent_mode_decides_the_action(mode, action):
-    verdict = decide(forecast(early_in_days=2), mode=mode, policy=POLICY, already_decided_this_cycle=False, now=NOW)
+    verdict = verdict_for(forecast(early_in_days=2), mode)
     assert (verdict.action if verdict else None) == action
 
 
@@ -46,24 +53,25 @@ def test_acts_only_inside_lead_time_plus_margin():
     assert not must_reorder(forecast(early_in_days=4.01), policy=POLICY, now=NOW)
 
 
-def test_once_per_cycle():
-    verdict = decide(
-        forecast(early_in_days=1), mode=ConsentMode.AUTO_ORDER, policy=POLICY, already_decided_this_cycle=True, now=NOW
-    )
-    assert verdict is None
+def test_once_per_cycle_and_not_while_an_order_is_on_its_way():
+    assert verdict_for(forecast(early_in_days=1), already_decided_this_cycle=True) is None
+    assert verdict_for(forecast(early_in_days=1), order_in_transit=True) is None
+    assert verdict_for(forecast(early_in_days=1)) is not None
+
+
+def test_no_action_on_stale_evidence():
+    quiet = replace(forecast(early_in_days=1), evidence_to=NOW - timedelta(days=2, minutes=1))
+    assert verdict_for(quiet) is None
+    recent = replace(forecast(early_in_days=1), evidence_to=NOW - timedelta(days=2))
+    assert verdict_for(recent) is not None
 
 
 def test_no_forecast_no_action():
-    unknown = forecast(early_in_days=1, status="insufficient_data")
-    assert (
-        decide(unknown, mode=ConsentMode.AUTO_ORDER, policy=POLICY, already_decided_this_cycle=False, now=NOW) is None
-    )
+    assert verdict_for(forecast(early_in_days=1, status="insufficient_data")) is None
 
 
 def test_the_reason_names_the_dates_and_the_rule():
-    verdict = decide(
-        forecast(early_in_days=2), mode=ConsentMode.AUTO_ORDER, policy=POLICY, already_decided_this_cycle=False, now=NOW
-    )
+    verdict = verdict_for(forecast(early_in_days=2))
     assert "2026-11-22" in verdict.reason
     assert "3-day lead time" in verdict.reason
     assert "auto_order" in verdict.reason

@@ -17,17 +17,26 @@ _ACTION_BY_MODE: dict[ConsentMode, DecisionAction | None] = {
 }
 
 
+# Readings older than this say too little about the level now to order on.
+MAX_EVIDENCE_AGE_DAYS = 2.0
+
+
 @dataclass(frozen=True)
 class ReorderPolicy:
     lead_time_days: float
     margin_days: float
+    max_evidence_age_days: float = MAX_EVIDENCE_AGE_DAYS
 
     @property
     def horizon(self) -> timedelta:
         return timedelta(days=self.lead_time_days + self.margin_days)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"rule": "act when the early (5%) empty estimate falls within lead time + margin"}
+        return asdict(self) | {
+            "rule": "act when the early (5%) empty estimate falls within lead time + margin, once per depletion "
+            "cycle, not while an order placed within lead time + margin is open, and only on readings newer "
+            "than max_evidence_age_days"
+        }
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,11 @@ class Verdict:
 
 
 def must_reorder(forecast: Forecast, *, policy: ReorderPolicy, now: datetime) -> bool:
-    """True when the slot may run out before an order placed now could arrive."""
-    if forecast.status != "ok" or forecast.empty_at_early is None:
+    """True when the slot may run out before an order placed now could arrive, on recent enough evidence."""
+    if forecast.status != "ok" or forecast.empty_at_early is None or forecast.evidence_to is None:
         return False
+    if now - forecast.evidence_to > timedelta(days=policy.max_evidence_age_days):
+        return False  # the device has gone quiet: what it used since is unknown
     return forecast.empty_at_early <= now + policy.horizon
 
 
@@ -49,10 +60,15 @@ def decide(
     mode: ConsentMode,
     policy: ReorderPolicy,
     already_decided_this_cycle: bool,
+    order_in_transit: bool,
     now: datetime,
 ) -> Verdict | None:
-    """What to do for one slot now, or None. Acts at most once per depletion cycle."""
-    if already_decided_this_cycle or not must_reorder(forecast, policy=policy, now=now):
+    """What to do for one slot now, or None.
+
+    Acts at most once per depletion cycle, and not while an order placed within the last lead time plus margin
+    is still open: that one is on its way, whatever a glitching sensor says about a new cycle.
+    """
+    if already_decided_this_cycle or order_in_transit or not must_reorder(forecast, policy=policy, now=now):
         return None
     action = _ACTION_BY_MODE[mode]
     if action is None:

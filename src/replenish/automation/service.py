@@ -50,21 +50,32 @@ def evaluate_slot(
 ) -> Decision | None:
     forecast = forecast_depletion(slot_readings(session=session, slot=slot, now=now), now=now)
     _store_forecast(session=session, slot_id=slot.id, forecast=forecast, now=now)
-    if forecast.cycle_started_at is None:
+    cycle_started_at = _advance_cycle(slot=slot, forecast=forecast)
+    if cycle_started_at is None:
         return None
     already = session.exec(
-        select(Decision.id).where(Decision.slot_id == slot.id, Decision.cycle_started_at == forecast.cycle_started_at)
+        select(Decision.id).where(Decision.slot_id == slot.id, Decision.cycle_started_at == cycle_started_at)
     ).first()
+    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
+    open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
+    in_transit = open_order is not None and open_order.created_at > now - policy.horizon
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
     mode = consent.mode_for_slot(document, device_id=device.id, slot_name=slot.name)
-    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
-    verdict = decide(forecast, mode=mode, policy=policy, already_decided_this_cycle=already is not None, now=now)
+    verdict = decide(
+        forecast,
+        mode=mode,
+        policy=policy,
+        already_decided_this_cycle=already is not None,
+        order_in_transit=in_transit,
+        now=now,
+    )
     if verdict is None:
         return None
     return _act(
         session=session,
         slot=slot,
         device=device,
+        cycle_started_at=cycle_started_at,
         forecast=forecast,
         verdict=verdict,
         mode=mode,
@@ -74,11 +85,22 @@ def evaluate_slot(
     )
 
 
+def _advance_cycle(*, slot: Slot, forecast: Forecast) -> datetime | None:
+    """The slot's current cycle start: set once, then moved forward only by a refill newer than it."""
+    latest_refill = max(forecast.refills_detected, default=None)
+    if slot.cycle_started_at is None:
+        slot.cycle_started_at = latest_refill or forecast.cycle_started_at
+    elif latest_refill is not None and latest_refill > slot.cycle_started_at:
+        slot.cycle_started_at = latest_refill
+    return slot.cycle_started_at
+
+
 def _act(
     *,
     session: Session,
     slot: Slot,
     device: Device,
+    cycle_started_at: datetime,
     forecast: Forecast,
     verdict: Verdict,
     mode: str,
@@ -86,12 +108,11 @@ def _act(
     policy: ReorderPolicy,
     now: datetime,
 ) -> Decision:
-    assert forecast.cycle_started_at is not None
     decision = Decision(
         slot_id=slot.id,
         device_id=device.id,
         customer_id=device.customer_id,
-        cycle_started_at=forecast.cycle_started_at,
+        cycle_started_at=cycle_started_at,
         action=verdict.action,
         consent_mode=mode,
         consent_version=consent_version,

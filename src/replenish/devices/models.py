@@ -36,6 +36,9 @@ class Slot(SQLModel, table=True):
     lead_time_days: float
     level: float | None = None
     level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Where the current depletion cycle began. Kept, not recomputed: it only moves forward on a confirmed refill,
+    # so a late reading or a shifting history window can never make one cycle look like a new one.
+    cycle_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 

@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 
 SECONDS_PER_DAY = 86_400.0
-# A rise of at least this fraction of capacity, confirmed by the next reading, is a refill.
+# A rise of at least this fraction of capacity, held by the next readings, is a refill.
 REFILL_MIN_RISE = 0.15
-# The reading after a rise must stay within this of the risen level to confirm it (else it was a spike).
-REFILL_CONFIRM_TOLERANCE = 0.08
+REFILL_CONFIRMATIONS = 2
 REFILL_BASELINE_READINGS = 3
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 7.0
 MIN_READINGS = 3
-MIN_SPAN = timedelta(hours=1)
+# Less than a day of a cycle says too little about the rate to act on.
+MIN_SPAN = timedelta(days=1)
+# At or below this the slot is empty for practical purposes, whatever its recent slope.
+EMPTY_LEVEL = 0.02
 # Below this consumption the slot is "not being used" rather than "empties in 40 years".
 MIN_RATE_PER_DAY = 1e-4
 # z for the 5% / 95% quantiles of the band.
@@ -65,19 +67,20 @@ class Forecast:
 def split_cycles(readings: list[LevelReading]) -> list[int]:
     """Indexes at which a new depletion cycle starts (always includes 0 for a non-empty list).
 
-    A sustained rise starts a new cycle; a one-off spike that falls back at the next reading does not.
-    A rise seen only in the very last reading is not yet a refill: the next report will tell.
+    A rise of at least REFILL_MIN_RISE over the median of the readings just before it is a refill when the next
+    REFILL_CONFIRMATIONS readings stay that far above the old level too: a one- or two-reading glitch is not a
+    refill, and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet.
     """
     if not readings:
         return []
     starts = [0]
-    for index in range(1, len(readings) - 1):
-        # Compare with the median of the few readings before, so a one-off low spike does not look like a refill.
+    for index in range(1, len(readings) - REFILL_CONFIRMATIONS):
+        # The median of the few readings before, so that a one-off low spike does not look like a refill.
         window = readings[max(starts[-1], index - REFILL_BASELINE_READINGS) : index]
         before = float(np.median([reading.level for reading in window]))
-        risen = readings[index].level
-        after = readings[index + 1].level
-        if risen - before >= REFILL_MIN_RISE and abs(after - risen) <= REFILL_CONFIRM_TOLERANCE:
+        threshold = before + REFILL_MIN_RISE
+        following = readings[index + 1 : index + 1 + REFILL_CONFIRMATIONS]
+        if readings[index].level >= threshold and all(reading.level >= threshold for reading in following):
             starts.append(index)
     return starts
 
@@ -123,17 +126,18 @@ def forecast_depletion(readings: list[LevelReading], *, now: datetime) -> Foreca
         "rate_per_day_low": float(rate_low),
         "rate_per_day_high": float(rate_high),
     }
-    if rate_high <= MIN_RATE_PER_DAY:
-        return Forecast(status="not_consuming", **common)
-    if level_now <= 0.0:
+    if level_now <= EMPTY_LEVEL:
         return Forecast(status="ok", empty_at=now, empty_at_early=now, empty_at_late=now, **common)
+    if rate <= MIN_RATE_PER_DAY:
+        return Forecast(status="not_consuming", **common)
 
-    level_low = max(level_now - BAND_Z * fit.residual_sd, 0.0)
-    level_high = min(level_now + BAND_Z * fit.residual_sd, 1.0)
-    median_rate = max(rate, MIN_RATE_PER_DAY)
+    # The band of the fitted level now (not of a single reading), so noisy sensors do not fake an early date.
+    level_sd = float(np.sqrt(fit.residual_sd**2 / fit.n_eff + fit.x_mean**2 * fit.slope_se**2))
+    level_low = max(level_now - BAND_Z * level_sd, 0.0)
+    level_high = min(level_now + BAND_Z * level_sd, 1.0)
     return Forecast(
         status="ok",
-        empty_at=now + timedelta(days=level_now / median_rate),
+        empty_at=now + timedelta(days=level_now / rate),
         empty_at_early=now + timedelta(days=level_low / rate_high),
         empty_at_late=now + timedelta(days=level_high / rate_low) if rate_low > MIN_RATE_PER_DAY else None,
         **common,
@@ -146,6 +150,8 @@ class _Line:
     slope: float
     slope_se: float
     residual_sd: float
+    x_mean: float
+    n_eff: float
 
 
 def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
@@ -154,7 +160,7 @@ def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
     y_mean = float((w * y).sum() / total)
     sxx = float((w * (x - x_mean) ** 2).sum())
     if sxx <= 0:
-        return _Line(intercept=y_mean, slope=0.0, slope_se=0.0, residual_sd=0.0)
+        return _Line(intercept=y_mean, slope=0.0, slope_se=0.0, residual_sd=0.0, x_mean=x_mean, n_eff=1.0)
     slope = float((w * (x - x_mean) * (y - y_mean)).sum() / sxx)
     intercept = y_mean - slope * x_mean
     residuals = y - (intercept + slope * x)
@@ -163,4 +169,11 @@ def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
     dof = max(n_eff - 2.0, 1.0)
     residual_var = float((w * residuals**2).sum() / total) * n_eff / dof
     slope_se = float(np.sqrt(residual_var / (sxx / total) / n_eff))
-    return _Line(intercept=intercept, slope=slope, slope_se=slope_se, residual_sd=float(np.sqrt(residual_var)))
+    return _Line(
+        intercept=intercept,
+        slope=slope,
+        slope_se=slope_se,
+        residual_sd=float(np.sqrt(residual_var)),
+        x_mean=x_mean,
+        n_eff=n_eff,
+    )

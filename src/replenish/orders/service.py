@@ -76,8 +76,12 @@ def history(*, session: Session, order_id: str) -> list[OrderEvent]:
 
 
 def open_order_for_slot(*, session: Session, slot_id: str) -> Order | None:
+    """The slot's newest order that is neither delivered nor declined nor cancelled, if any."""
     return session.exec(
-        select(Order).where(Order.slot_id == slot_id, col(Order.status).in_(OPEN_ORDER_STATUSES))
+        select(Order)
+        .where(Order.slot_id == slot_id, col(Order.status).in_(OPEN_ORDER_STATUSES))
+        .order_by(col(Order.created_at).desc())
+        .limit(1)
     ).first()
 
 

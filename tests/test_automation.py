@@ -1,0 +1,128 @@
+"""Automation over a real database: one decision per depletion cycle, however the history looks when it ticks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from replenish.automation.service import evaluate_all
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import ConsentMode
+from replenish.customers import service as customers
+from replenish.db import create_schema, make_engine, transaction
+from replenish.devices import service as devices
+from replenish.devices.schemas import DeviceCreate, SlotCreate
+from replenish.ingest.schemas import IncomingMessage
+from replenish.ingest.service import ingest_batch
+from replenish.orders.models import Order
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Slot:
+    """One auto-ordering ink slot; readings go in through the real ingest service."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seq = 0
+        with transaction(engine) as session:
+            customer = customers.create(
+                session=session,
+                name="Ada",
+                email="ada@example.com",
+                consent_document=ConsentDocument(default_mode=ConsentMode.AUTO_ORDER),
+                actor="test",
+                now=T0,
+            )
+            devices.register(
+                session=session,
+                request=DeviceCreate(
+                    id="printer-1",
+                    customer_id=customer.id,
+                    kind="printer",
+                    name="P",
+                    slots=[SlotCreate(name="black", product_sku="INK", lead_time_days=3)],
+                ),
+                now=T0,
+            )
+
+    def report(self, at: datetime, level: float) -> None:
+        self.seq += 1
+        payload = json.dumps({"seq": self.seq, "ts": at.isoformat(), "levels": {"black": round(level, 5)}})
+        with transaction(self.engine) as session:
+            result = ingest_batch(
+                session=session,
+                messages=[IncomingMessage("devices/printer-1/telemetry", payload.encode(), received_at=at)],
+            )
+        assert result.stored == 1
+
+    def evaluate(self, at: datetime) -> None:
+        report = evaluate_all(engine=self.engine, now=at, margin_days=1.0)
+        assert report.errors == 0
+
+    def orders(self) -> list[Order]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Order)))
+
+
+@pytest.fixture
+def slot(tmp_path: Path) -> Iterator[Slot]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'automation.db'}")
+    create_schema(engine)
+    yield Slot(engine)
+    engine.dispose()
+
+
+def test_a_cycle_longer_than_the_history_window_is_ordered_once(slot: Slot):
+    # A light user: 0.5% a day for 200 days. The forecast reads only the last 120 days, so the first reading it
+    # sees moves every tick; the cycle must not.
+    moment = T0
+    while moment <= T0 + timedelta(days=200):
+        slot.report(moment, max(1.0 - 0.005 * (moment - T0).days, 0.0))
+        if moment >= T0 + timedelta(days=185):
+            slot.evaluate(moment)
+        moment += timedelta(hours=12)
+    assert len(slot.orders()) == 1
+
+
+def test_a_late_reading_from_before_a_refill_does_not_start_another_cycle(slot: Slot):
+    def deplete(start: datetime, level: float, rate: float, days: float) -> datetime:
+        moment = start
+        while moment <= start + timedelta(days=days):
+            slot.report(moment, level - rate * (moment - start) / timedelta(days=1))
+            slot.evaluate(moment)
+            moment += timedelta(hours=6)
+        return moment
+
+    deplete(T0, 0.5, 0.05, 8)
+    assert len(slot.orders()) == 1
+    refill = T0 + timedelta(days=9)
+    end = deplete(refill, 1.0, 0.2, 4.5)
+    assert len(slot.orders()) == 2, "the refill started a new cycle, which ran low in its turn"
+
+    # The device's buffered report from just before the refill arrives now.
+    slot.report(refill - timedelta(hours=1), 0.99)
+    slot.evaluate(end)
+    slot.evaluate(end + timedelta(hours=6))
+    assert len(slot.orders()) == 2
+
+
+def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot):
+    moment, step = T0, 0
+    while not slot.orders():
+        slot.report(moment, 0.5 - 0.05 * step / 4)
+        slot.evaluate(moment)
+        moment, step = moment + timedelta(hours=6), step + 1
+        assert step < 60
+    # The sensor reads full three times running (a refill to the forecast), then low again.
+    for level in (1.0, 1.0, 1.0, 0.0, 0.0, 0.0):
+        slot.report(moment, level)
+        slot.evaluate(moment)
+        moment += timedelta(hours=6)
+    assert len(slot.orders()) == 1, "the first order is still on its way"
