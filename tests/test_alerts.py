@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
 
@@ -91,3 +93,21 @@ def test_a_cancelled_alert_cannot_be_acknowledged(platform, api, publisher, wear
     response = api.post(f"/alerts/{alert['id']}/acknowledge")
     assert response.status_code == 409
     assert api.post("/alerts/missing/acknowledge").status_code == 404
+
+
+def test_a_fall_after_an_acknowledged_one_is_a_new_alert(platform, api, publisher, clock, wearable):
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+    assert platform.ingestor.wait_for(handled=1, timeout=10)
+    [first] = api.get("/alerts").json()
+    api.post(f"/alerts/{first['id']}/acknowledge").raise_for_status()
+    clock.advance(timedelta(days=7))
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "fall_detected"})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    alerts = api.get("/alerts").json()
+    assert [a["status"] for a in alerts] == ["open", "acknowledged"]
+    assert len(api.get("/notifications").json()) == 2, "the second fall reaches someone too"
+
+    resolved = api.post(f"/alerts/{first['id']}/resolve", json={"reason": "she is fine"}).json()
+    assert (resolved["status"], resolved["closed_reason"]) == ("resolved", "she is fine")
+    assert api.post(f"/alerts/{first['id']}/resolve").status_code == 200
+    assert api.post(f"/alerts/{first['id']}/acknowledge").status_code == 409

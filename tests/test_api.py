@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from conftest import START, iso
 from helpers import INK_SLOTS, create_customer, register_device, set_consent
 
 
@@ -43,7 +46,8 @@ def test_device_registration_validates_every_field(api):
     assert "repeated: black" in twice.text
 
     missing_owner = api.post("/devices", json={"id": "p", "customer_id": "ghost", "kind": "printer", "name": "P"})
-    assert missing_owner.status_code == 404
+    assert missing_owner.status_code == 422
+    assert missing_owner.json()["field"] == "customer_id"
     register_device(api, customer_id=customer_id, device_id="printer-1")
     duplicate = api.post(
         "/devices", json={"id": "printer-1", "customer_id": customer_id, "kind": "printer", "name": "P"}
@@ -151,3 +155,20 @@ def test_openapi_documents_every_route(platform, api):
         for operation in operations.values():
             assert operation.get("summary"), f"{path} has no summary"
     assert httpx.get(f"{platform.api_url}/readyz").json() == {"status": "ok", "database": "ok"}
+
+
+def test_readings_page_by_time(platform, api, publisher):
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    for seq in range(5):
+        publisher.send(
+            "devices/printer-1/telemetry",
+            {"seq": seq, "ts": iso(START + timedelta(hours=seq)), "levels": {"black": (9 - seq) / 10}},
+        )
+    assert platform.ingestor.wait_for(handled=5, timeout=10)
+    url = "/devices/printer-1/slots/black/readings"
+    first = api.get(url, params={"limit": 2}).json()
+    assert [r["level"] for r in first] == [0.5, 0.6]
+    second = api.get(url, params={"limit": 2, "before": first[-1]["ts"]}).json()
+    assert [r["level"] for r in second] == [0.7, 0.8]
+    assert api.get(url, params={"before": "2026-11-02T10:00:00"}).json()["field"] == "before"

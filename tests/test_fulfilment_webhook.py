@@ -15,8 +15,10 @@ from sqlmodel import Session, select
 
 from conftest import START, Publisher, make_settings, running_platform
 from helpers import create_customer, publish_depletion, register_device
+from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
+from replenish.runtime import Platform
 
 
 class Receiver:
@@ -53,21 +55,41 @@ def receiver() -> Iterator[Receiver]:
     running.close()
 
 
+def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) -> dict[str, Any]:
+    customer_id = create_customer(api, mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    device = Publisher(platform.settings.mqtt_endpoint)
+    sent = publish_depletion(
+        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
+    )
+    device.close()
+    assert platform.ingestor.wait_for(handled=sent, timeout=10)
+    clock.set(START + timedelta(days=8))
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    return order
+
+
+def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, receiver):
+    settings = make_settings(tmp_path, order_webhook_url=receiver.url)
+    with running_platform(settings, clock) as platform, httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
+        order = place_an_order(platform, api, clock)
+        platform.jobs.dispatch()  # the partner is down: order.placed waits 2 s
+        api.post(f"/orders/{order['id']}/cancel").raise_for_status()
+        platform.jobs.dispatch()
+        assert len(receiver.requests) == 1, "the cancellation waits for the order to be delivered first"
+        for _ in range(3):
+            clock.advance(timedelta(seconds=4))
+            platform.jobs.dispatch()
+        events = [body["event"] for _, body in receiver.requests]
+        assert events == ["order.placed", "order.placed", "order.placed", "order.cancelled"]
+
+
 def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receiver):
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
     with running_platform(settings, clock) as platform:
         with httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
-            customer_id = create_customer(api, mode="auto_order")
-            register_device(api, customer_id=customer_id, device_id="printer-1")
-            device = Publisher(settings.mqtt_endpoint)
-            sent = publish_depletion(
-                device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
-            )
-            device.close()
-            assert platform.ingestor.wait_for(handled=sent, timeout=10)
-            clock.set(START + timedelta(days=8))
-            platform.jobs.evaluate()
-            [order] = api.get("/orders").json()
+            order = place_an_order(platform, api, clock)
 
         def outbox_row() -> OutboxMessage:
             with Session(platform.engine) as session:

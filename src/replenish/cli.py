@@ -6,11 +6,11 @@ import json
 import logging
 import signal
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.engine import make_url
 
 from replenish.config import Settings
 from replenish.demo import DEMO_EMAIL, DemoDevices, demo_models, seed
@@ -89,7 +89,7 @@ def up(
 
 def _start_demo(platform: Platform) -> DemoDevices:
 
-    now = datetime.now(UTC)
+    now = platform.clock.now()
     models = demo_models(now)
     customer_id = seed(engine=platform.engine, now=now, models=models)
     credentials = {"customer": {"id": customer_id, "email": DEMO_EMAIL}}
@@ -108,7 +108,7 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
         "Replenish is running.",
         f"  API docs     {api}/docs",
         f"  MQTT broker  {platform.settings.mqtt_endpoint.url}" + (" (embedded)" if platform.roles.broker else ""),
-        f"  database     {platform.settings.resolved_database_url}",
+        f"  database     {make_url(platform.settings.resolved_database_url).render_as_string(hide_password=True)}",
     ]
     if demo:
         lines += [
@@ -153,4 +153,4 @@ def db_upgrade() -> None:
 
     settings = _settings()
     create_schema(make_engine(settings.resolved_database_url))
-    typer.echo(f"schema ready at {settings.resolved_database_url}")
+    typer.echo(f"schema ready at {make_url(settings.resolved_database_url).render_as_string(hide_password=True)}")

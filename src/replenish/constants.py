@@ -75,7 +75,6 @@ class AlertKind(StrEnum):
 class AlertSeverity(StrEnum):
     CRITICAL = "critical"
     WARNING = "warning"
-    INFO = "info"
 
 
 class AlertStatus(StrEnum):

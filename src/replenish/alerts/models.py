@@ -4,7 +4,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.db import BigInt, UTCDateTime, new_id
 
 
 class Alert(SQLModel, table=True):
@@ -18,7 +18,7 @@ class Alert(SQLModel, table=True):
     status: str = Field(index=True)
     opened_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
-    trigger_message_id: int = Field(foreign_key="device_messages.id")
+    trigger_message_id: int = Field(foreign_key="device_messages.id", sa_type=BigInt)
     event_count: int = 1
     consent_version: int
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from replenish.alerts import service
-from replenish.alerts.schemas import AcknowledgeRequest, AlertRead
+from replenish.alerts.schemas import AcknowledgeRequest, AlertRead, ResolveRequest
 from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
 from replenish.constants import AlertStatus
 from replenish.db import transaction
@@ -37,5 +37,15 @@ def acknowledge(alert_id: str, engine: EngineDep, clock: ClockDep, body: Acknowl
     with transaction(engine) as session:
         alert = service.acknowledge(
             session=session, alert_id=alert_id, actor=body.by if body else "customer", now=clock.now()
+        )
+        return AlertRead.model_validate(alert)
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertRead, summary="Resolve an alert that has been dealt with")
+def resolve(alert_id: str, engine: EngineDep, clock: ClockDep, body: ResolveRequest | None = None) -> AlertRead:
+    request = body or ResolveRequest()
+    with transaction(engine) as session:
+        alert = service.resolve(
+            session=session, alert_id=alert_id, actor=request.by, now=clock.now(), reason=request.reason
         )
         return AlertRead.model_validate(alert)

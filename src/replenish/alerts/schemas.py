@@ -28,3 +28,10 @@ class AcknowledgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str = Field("customer", min_length=1, max_length=200, description="Who has it in hand.")
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field("customer", min_length=1, max_length=200)
+    reason: str | None = Field(None, max_length=500, description="What happened, kept with the alert.")

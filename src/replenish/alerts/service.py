@@ -31,7 +31,6 @@ _RAISING_EVENTS: dict[str, tuple[AlertKind, AlertSeverity]] = {
     EventType.HELP_REQUESTED: (AlertKind.HELP_REQUESTED, AlertSeverity.CRITICAL),
     EventType.BATTERY_LOW: (AlertKind.BATTERY_LOW, AlertSeverity.WARNING),
 }
-_ACTIVE = (AlertStatus.OPEN, AlertStatus.ACKNOWLEDGED)
 
 
 def on_device_event(*, session: Session, device: Device, message: DeviceMessage, now: datetime) -> Alert | None:
@@ -42,9 +41,10 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     if event_type not in _RAISING_EVENTS:
         return None
     kind, severity = _RAISING_EVENTS[event_type]
-    existing = _active(session=session, device_id=device.id, kind=kind)
+    existing = _open(session=session, device_id=device.id, kind=kind)
     if existing is not None:
-        # A repeated event joins the incident already open instead of paging the same people again.
+        # A repeat before anyone has answered joins the open incident instead of paging the same people again.
+        # Once acknowledged, a new event is a new incident: it must reach someone.
         existing.event_count += 1
         existing.updated_at = now
         session.add(existing)
@@ -76,18 +76,14 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     return alert
 
 
-def _active(*, session: Session, device_id: str, kind: str) -> Alert | None:
+def _open(*, session: Session, device_id: str, kind: str) -> Alert | None:
     return session.exec(
-        select(Alert).where(Alert.device_id == device_id, Alert.kind == kind, col(Alert.status).in_(_ACTIVE))
+        select(Alert).where(Alert.device_id == device_id, Alert.kind == kind, Alert.status == AlertStatus.OPEN)
     ).first()
 
 
 def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | None:
-    alert = session.exec(
-        select(Alert).where(
-            Alert.device_id == device.id, Alert.kind == AlertKind.FALL, Alert.status == AlertStatus.OPEN
-        )
-    ).first()
+    alert = _open(session=session, device_id=device.id, kind=AlertKind.FALL)
     if alert is None:
         return None
     alert.status = AlertStatus.CANCELLED
@@ -117,7 +113,7 @@ def list_alerts(
         query = query.where(Alert.device_id == device_id)
     if status:
         query = query.where(Alert.status == status)
-    query = query.order_by(col(Alert.opened_at).desc()).offset(offset).limit(limit)
+    query = query.order_by(col(Alert.opened_at).desc(), col(Alert.id)).offset(offset).limit(limit)
     return list(session.exec(query))
 
 
@@ -136,6 +132,7 @@ def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime) -
     outbox.enqueue(
         session=session,
         kind=OutboxKind.DEVICE_COMMAND,
+        stream=f"device:{alert.device_id}",
         idempotency_key=f"alert:{alert.id}:acknowledged",
         payload={
             "topic": COMMANDS_TOPIC.format(device_id=alert.device_id),
@@ -143,4 +140,18 @@ def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime) -
         },
         now=now,
     )
+    return alert
+
+
+def resolve(*, session: Session, alert_id: str, actor: str, now: datetime, reason: str | None) -> Alert:
+    """Close an alert that has been dealt with. Resolving twice is harmless."""
+    alert = get(session=session, alert_id=alert_id)
+    if alert.status == AlertStatus.RESOLVED:
+        return alert
+    if alert.status == AlertStatus.CANCELLED:
+        raise Conflict(f"alert {alert_id!r} was cancelled by the wearer; there is nothing to resolve")
+    alert.status = AlertStatus.RESOLVED
+    alert.closed_reason = reason or f"resolved by {actor}"
+    alert.updated_at = now
+    session.add(alert)
     return alert

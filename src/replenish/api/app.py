@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 
 from replenish import __version__
 from replenish.alerts.router import router as alerts_router
@@ -39,6 +40,14 @@ def create_app(*, engine: Engine, clock: Clock) -> FastAPI:
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message, "field": exc.field})
 
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
+        # Two requests raced for the same unique thing (an e-mail, a device id, a consent version); one won.
+        return JSONResponse(
+            status_code=409,
+            content={"detail": "a concurrent request changed this first; read it again and retry", "field": None},
+        )
+
     for router in (
         customers_router,
         consent_router,
@@ -60,7 +69,8 @@ def create_app(*, engine: Engine, clock: Clock) -> FastAPI:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except Exception as exc:
-            return JSONResponse(status_code=503, content={"status": "unavailable", "database": repr(exc)})
+            # The error class only: a driver's message can carry the host and user of the database.
+            return JSONResponse(status_code=503, content={"status": "unavailable", "database": type(exc).__name__})
         return JSONResponse(content={"status": "ok", "database": "ok"})
 
     return app

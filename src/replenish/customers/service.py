@@ -29,4 +29,6 @@ def get(*, session: Session, customer_id: str) -> Customer:
 
 
 def list_customers(*, session: Session, limit: int = 100, offset: int = 0) -> list[Customer]:
-    return list(session.exec(select(Customer).order_by(col(Customer.created_at)).offset(offset).limit(limit)))
+    return list(
+        session.exec(select(Customer).order_by(col(Customer.created_at), col(Customer.id)).offset(offset).limit(limit))
+    )

@@ -5,7 +5,7 @@ from datetime import datetime
 from fastapi import APIRouter, Query, status
 
 from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
-from replenish.customers import service as customers
+from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead
@@ -18,7 +18,8 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 def register_device(body: DeviceCreate, engine: EngineDep, clock: ClockDep) -> DeviceRead:
     """Registers a device and its slots. Telemetry for unregistered devices or slots becomes dead letters."""
     with transaction(engine) as session:
-        customers.get(session=session, customer_id=body.customer_id)
+        if session.get(Customer, body.customer_id) is None:
+            raise InvalidRequest(f"customer {body.customer_id!r} does not exist", field="customer_id")
         device = service.register(session=session, request=body, now=clock.now())
         return service.describe(session=session, device=device)
 
@@ -28,7 +29,7 @@ def list_devices(
     session: ReadSession, customer_id: str | None = None, limit: Limit = 100, offset: Offset = 0
 ) -> list[DeviceRead]:
     devices = service.list_devices(session=session, customer_id=customer_id, limit=limit, offset=offset)
-    return [service.describe(session=session, device=device) for device in devices]
+    return service.describe_many(session=session, devices=devices)
 
 
 @router.get("/{device_id}", response_model=DeviceRead, summary="A device with its latest levels and forecasts")
@@ -45,13 +46,17 @@ def slot_readings(
     device_id: str,
     slot_name: str,
     session: ReadSession,
-    since: datetime | None = Query(None, description="Only readings at or after this time (ISO 8601)."),
+    since: datetime | None = Query(None, description="Only readings at or after this time (ISO 8601 with offset)."),
+    before: datetime | None = Query(
+        None, description="Only readings before this time: pass the oldest ts of a page to get the next page."
+    ),
     limit: Limit = 1000,
 ) -> list[ReadingRead]:
-    if since is not None and since.tzinfo is None:
-        raise InvalidRequest("since must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field="since")
+    for name, value in (("since", since), ("before", before)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidRequest(f"{name} must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field=name)
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
-    return service.readings(session=session, slot=slot, since=since, limit=limit)
+    return service.readings(session=session, slot=slot, since=since, before=before, limit=limit)
 
 
 @router.get("/{device_id}/events", response_model=list[EventRead], summary="A device's events, newest first")

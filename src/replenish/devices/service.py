@@ -50,28 +50,45 @@ def list_devices(
 
 
 def describe(*, session: Session, device: Device) -> DeviceRead:
-    slots = slots_of(session=session, device_id=device.id)
+    return describe_many(session=session, devices=[device])[0]
+
+
+def describe_many(*, session: Session, devices: list[Device]) -> list[DeviceRead]:
+    """Devices with their slots and latest forecasts, in two queries whatever the number of devices."""
+    slots_by_device: dict[str, list[Slot]] = {device.id: [] for device in devices}
+    for slot in session.exec(
+        select(Slot).where(col(Slot.device_id).in_(list(slots_by_device))).order_by(col(Slot.name))
+    ):
+        slots_by_device[slot.device_id].append(slot)
+    slot_ids = [slot.id for slots in slots_by_device.values() for slot in slots]
     forecasts = {
         stored.slot_id: stored
-        for stored in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_([s.id for s in slots])))
+        for stored in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids)))
     }
-    return DeviceRead(
-        **device.model_dump(),
-        slots=[
-            SlotRead(
-                **slot.model_dump(),
-                forecast=forecasts[slot.id].forecast if slot.id in forecasts else None,
-                forecast_computed_at=forecasts[slot.id].computed_at if slot.id in forecasts else None,
-            )
-            for slot in slots
-        ],
-    )
+    return [
+        DeviceRead(
+            **device.model_dump(),
+            slots=[
+                SlotRead(
+                    **slot.model_dump(),
+                    forecast=forecasts[slot.id].forecast if slot.id in forecasts else None,
+                    forecast_computed_at=forecasts[slot.id].computed_at if slot.id in forecasts else None,
+                )
+                for slot in slots_by_device[device.id]
+            ],
+        )
+        for device in devices
+    ]
 
 
-def readings(*, session: Session, slot: Slot, since: datetime | None = None, limit: int = 1000) -> list[ReadingRead]:
+def readings(
+    *, session: Session, slot: Slot, since: datetime | None = None, before: datetime | None = None, limit: int = 1000
+) -> list[ReadingRead]:
     query = select(Reading).where(Reading.slot_id == slot.id)
     if since is not None:
         query = query.where(Reading.ts >= since)
+    if before is not None:
+        query = query.where(Reading.ts < before)
     rows = session.exec(query.order_by(col(Reading.ts).desc()).limit(limit))
     return [ReadingRead(ts=row.ts, level=row.level, message_id=row.message_id) for row in rows]
 

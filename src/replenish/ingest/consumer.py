@@ -11,6 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
@@ -30,6 +31,8 @@ class _Delivery:
     message: IncomingMessage
     mid: int
     qos: int
+    # Which connection delivered it: a PUBACK is only meaningful on that one.
+    connection: int
 
 
 class MqttIngestor:
@@ -64,6 +67,7 @@ class MqttIngestor:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._connection = 0
         self._totals = BatchResult()
         self._totals_lock = threading.Condition()
 
@@ -88,6 +92,7 @@ class MqttIngestor:
         if reason.is_failure:
             log.error("MQTT connection to %s refused: %s", self._endpoint.url, reason)
             return
+        self._connection += 1
         log.info("ingestor connected to %s (session present: %s)", self._endpoint.url, flags.session_present)
         client.subscribe([(topic, MQTT_QOS) for topic in INGEST_SUBSCRIPTIONS])
 
@@ -104,7 +109,7 @@ class MqttIngestor:
         # A topic that is not UTF-8 cannot be a contract topic; keep it readable for the dead letter.
         topic = message._topic.decode("utf-8", errors="replace")
         incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self._clock.now())
-        self._queue.put(_Delivery(incoming, message.mid, message.qos))
+        self._queue.put(_Delivery(incoming, message.mid, message.qos, self._connection))
 
     # -- writer thread ---------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -123,7 +128,9 @@ class MqttIngestor:
                     break
             result = self._commit(batch)
             for delivery in batch:
-                if delivery.qos > 0:
+                # After a reconnect the broker resends what was not acknowledged, and may reuse a packet id for
+                # another message: acknowledging an old delivery there would acknowledge a message never stored.
+                if delivery.qos > 0 and delivery.connection == self._connection:
                     self._client.ack(delivery.mid, delivery.qos)
             with self._totals_lock:
                 self._totals.add(result)
@@ -152,6 +159,8 @@ class MqttIngestor:
             try:
                 with transaction(self._engine) as session:
                     result = ingest_batch(session=session, messages=[message])
+            except (OperationalError, InterfaceError):
+                raise  # the database, not the message: retry the batch, acknowledge nothing
             except Exception as exc:
                 log.exception("message on %s could not be stored; dead-lettering it", message.topic)
                 with transaction(self._engine) as session:

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from replenish.db import JSONType, UTCDateTime
+from replenish.db import BigInt, JSONType, UTCDateTime
 
 
 class DeviceMessage(SQLModel, table=True):
@@ -15,9 +15,10 @@ class DeviceMessage(SQLModel, table=True):
     __tablename__ = "device_messages"
     __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_messages_device_seq"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     device_id: str = Field(foreign_key="devices.id", index=True)
-    seq: int
+    # Devices may count in epoch milliseconds: 64 bits.
+    seq: int = Field(sa_type=BigInt)
     channel: str
     event_type: str | None = Field(default=None, index=True)
     ts: datetime = Field(sa_type=UTCDateTime)
@@ -29,9 +30,9 @@ class Reading(SQLModel, table=True):
     __tablename__ = "readings"
     __table_args__ = (Index("ix_readings_slot_ts", "slot_id", "ts"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     slot_id: str = Field(foreign_key="slots.id")
-    message_id: int = Field(foreign_key="device_messages.id", index=True)
+    message_id: int = Field(foreign_key="device_messages.id", index=True, sa_type=BigInt)
     ts: datetime = Field(sa_type=UTCDateTime)
     level: float
 
@@ -39,7 +40,7 @@ class Reading(SQLModel, table=True):
 class DeadLetter(SQLModel, table=True):
     __tablename__ = "dead_letters"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     topic: str
     device_id: str | None = Field(default=None, index=True)
     payload: bytes = Field(sa_type=LargeBinary)

@@ -15,6 +15,8 @@ from replenish.constants import MQTT_QOS
 
 log = logging.getLogger(__name__)
 
+CONNECTED_WAIT_SECONDS = 1.0
+
 
 def make_client(
     endpoint: MqttEndpoint, *, client_id: str, persistent_session: bool = False, manual_ack: bool = False
@@ -58,8 +60,9 @@ class CommandPublisher:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def publish(self, topic: str, payload: dict[str, Any], *, timeout: float = 10.0) -> None:
-        if not self._connected.wait(timeout):
+    def publish(self, topic: str, payload: dict[str, Any], *, timeout: float = 5.0) -> None:
+        # Fail fast while the broker is away: the dispatcher retries later, and other deliveries must not wait.
+        if not self._connected.wait(CONNECTED_WAIT_SECONDS):
             raise ConnectionError(f"not connected to the MQTT broker at {self._endpoint.url}")
         info = self._client.publish(topic, json.dumps(payload), qos=MQTT_QOS)
         info.wait_for_publish(timeout)

@@ -34,5 +34,7 @@ def list_notifications(
     query = select(Notification)
     if customer_id:
         query = query.where(Notification.customer_id == customer_id)
-    rows = session.exec(query.order_by(col(Notification.created_at).desc()).offset(offset).limit(limit))
+    rows = session.exec(
+        query.order_by(col(Notification.created_at).desc(), col(Notification.id)).offset(offset).limit(limit)
+    )
     return [NotificationRead.model_validate(row) for row in rows]

@@ -33,6 +33,7 @@ def notify(
     outbox.enqueue(
         session=session,
         kind=OutboxKind.NOTIFICATION,
+        stream=f"notification:{notification.id}",
         idempotency_key=f"notification:{notification.id}",
         payload={
             "notification_id": notification.id,

@@ -51,7 +51,10 @@ class DecisionExplanation(BaseModel):
     consent_version: int
     forecast: dict[str, Any]
     policy: dict[str, Any]
-    readings: list[EvidenceReading] = Field(description="The readings the forecast used, oldest first.")
+    readings: list[EvidenceReading] = Field(
+        description="The readings in the forecast's evidence range that had arrived when the platform decided, "
+        "oldest first (at most the newest 500; forecast.readings_used and outliers_dropped give the counts)."
+    )
 
 
 class OrderDetail(OrderRead):

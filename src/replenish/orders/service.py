@@ -10,10 +10,13 @@ from replenish.automation.models import Decision
 from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus, OutboxKind
 from replenish.db import get_or_raise
 from replenish.devices.models import Slot
-from replenish.errors import Conflict
-from replenish.ingest.models import Reading
+from replenish.errors import Conflict, NotFound
+from replenish.ingest.models import DeviceMessage, Reading
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox import service as outbox
+
+# An order's explanation lists at most this many of the readings behind it (the newest).
+EVIDENCE_LIMIT = 500
 
 _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.AWAITING_APPROVAL: frozenset({OrderStatus.PLACED, OrderStatus.DECLINED, OrderStatus.CANCELLED}),
@@ -24,7 +27,6 @@ _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.DECLINED: frozenset(),
     OrderStatus.CANCELLED: frozenset(),
 }
-FULFILMENT_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED})
 
 
 def create(
@@ -68,7 +70,7 @@ def list_orders(
         query = query.where(Order.device_id == device_id)
     if status:
         query = query.where(Order.status == status)
-    return list(session.exec(query.order_by(col(Order.created_at).desc()).offset(offset).limit(limit)))
+    return list(session.exec(query.order_by(col(Order.created_at).desc(), col(Order.id)).offset(offset).limit(limit)))
 
 
 def history(*, session: Session, order_id: str) -> list[OrderEvent]:
@@ -88,7 +90,11 @@ def open_order_for_slot(*, session: Session, slot_id: str) -> Order | None:
 def transition(
     *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
 ) -> Order:
-    order = get(session=session, order_id=order_id)
+    # Lock the row (PostgreSQL; SQLite serialises writers anyway): an approve and a cancel racing each other
+    # must see each other's result, not both act on the old status.
+    order = session.get(Order, order_id, with_for_update=True)
+    if order is None:
+        raise NotFound("order", order_id)
     current = OrderStatus(order.status)
     if to == current:
         return order  # Repeating a request (a retried click or webhook) is harmless.
@@ -104,6 +110,7 @@ def transition(
         outbox.enqueue(
             session=session,
             kind=OutboxKind.ORDER_CANCELLED,
+            stream=f"order:{order.id}",
             idempotency_key=f"order:{order.id}:cancelled",
             payload={**fulfilment_payload(order), "reason": reason},
             now=now,
@@ -127,6 +134,7 @@ def _send_to_fulfilment(*, session: Session, order: Order, now: datetime) -> Non
     outbox.enqueue(
         session=session,
         kind=OutboxKind.ORDER_PLACED,
+        stream=f"order:{order.id}",
         idempotency_key=f"order:{order.id}:placed",
         payload=fulfilment_payload(order),
         now=now,
@@ -142,16 +150,21 @@ def explain(*, session: Session, order: Order) -> dict[str, object]:
     evidence_to = decision.forecast.get("evidence_to")
     readings: list[dict[str, object]] = []
     if evidence_from and evidence_to:
+        # The readings in the forecast's range that the platform had received when it decided (not ones that
+        # arrived later), newest EVIDENCE_LIMIT of them.
         rows = session.exec(
             select(Reading.ts, Reading.level)
+            .join(DeviceMessage, col(DeviceMessage.id) == Reading.message_id)
             .where(
                 Reading.slot_id == slot.id,
                 Reading.ts >= datetime.fromisoformat(evidence_from),
                 Reading.ts <= datetime.fromisoformat(evidence_to),
+                DeviceMessage.received_at <= decision.decided_at,
             )
-            .order_by(col(Reading.ts))
+            .order_by(col(Reading.ts).desc())
+            .limit(EVIDENCE_LIMIT)
         )
-        readings = [{"ts": ts, "level": level} for ts, level in rows]
+        readings = [{"ts": ts, "level": level} for ts, level in reversed(rows.all())]
     return {
         "decision_id": decision.id,
         "decided_at": decision.decided_at,

@@ -50,11 +50,20 @@ class Dispatcher:
                 self._deliver(message)
             except Exception as exc:
                 report.failed += 1
-                self._record_failure(message, exc)
+                self._guarded(self._record_failure, message, exc)
             else:
                 report.delivered += 1
-                self._record_delivery(message)
+                self._guarded(self._record_delivery, message)
         return report
+
+    @staticmethod
+    def _guarded(record: Callable[..., None], *args: Any) -> None:
+        # Bookkeeping that fails must not stop the rest of the tick; the message is simply delivered again later,
+        # under the same idempotency key.
+        try:
+            record(*args)
+        except Exception:
+            log.exception("could not record the outcome of outbox message %s", args[0].id)
 
     def _deliver(self, message: OutboxMessage) -> None:
         kind = OutboxKind(message.kind)

@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import JSONType, UTCDateTime
+from replenish.db import BigInt, JSONType, UTCDateTime
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -13,8 +13,11 @@ class OutboxMessage(SQLModel, table=True):
 
     __tablename__ = "outbox"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)
     kind: str
+    # Messages of one stream (e.g. one order) are delivered in the order they were written: a cancellation must
+    # never overtake the order it cancels while that one waits out a retry.
+    stream: str = Field(index=True)
     idempotency_key: str = Field(unique=True)
     payload: dict[str, Any] = Field(sa_type=JSONType)
     created_at: datetime = Field(sa_type=UTCDateTime)
