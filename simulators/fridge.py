@@ -7,42 +7,21 @@ Publishes ``devices/{id}/telemetry`` {"seq", "ts", "levels": {"milk": litres, "e
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from replenish.simulation.devices import FridgeModel
-from replenish.simulation.runner import add_common_arguments, parse_common, parse_slot_values, run_cli
+from replenish.simulation.runner import consumable_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device-id", default="fridge-0001", help="device id (default fridge-0001)")
-    add_common_arguments(parser, interval_minutes=60)
-    parser.add_argument(
-        "--level",
-        action="append",
-        metavar="SLOT=AMOUNT",
-        help="initial amount: milk=LITRES or eggs=COUNT, repeatable (default: random, a third full or more)",
+    return consumable_main(
+        FridgeModel,
+        description=__doc__ or "",
+        default_device_id="fridge-0001",
+        level_help="initial amount: milk=LITRES or eggs=COUNT, repeatable (default: random, a third full or more)",
+        usage_help="average used per day, repeatable (default milk=0.5 eggs=1.5)",
+        argv=argv,
     )
-    parser.add_argument(
-        "--daily-usage",
-        action="append",
-        metavar="SLOT=AMOUNT",
-        help="average used per day, repeatable (default milk=0.5 eggs=1.5)",
-    )
-    options = parse_common(parser, argv)
-    try:
-        model = FridgeModel(
-            options.args.device_id,
-            start=options.start,
-            seed=options.seed,
-            report_interval=options.report_interval,
-            initial_levels=parse_slot_values(options.args.level),
-            daily_usage=parse_slot_values(options.args.daily_usage),
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    return run_cli(model, options)
 
 
 if __name__ == "__main__":

@@ -176,10 +176,18 @@ def _weekly_mean(hours: tuple[float, ...], weekdays: tuple[float, ...] = (1.0,) 
     return float(np.mean([d * h for d in weekdays for h in hours]))
 
 
+_PRINTER_MEAN_ACTIVITY = _weekly_mean(_PRINTER_HOURS, _PRINTER_WEEKDAYS)
+_MILK_MEAN_ACTIVITY = _weekly_mean(_MILK_HOURS)
+_EGG_MEAN_ACTIVITY = _weekly_mean(_EGG_HOURS)
+
+
 class ConsumableModel(DeviceModel):
     """A device with slots whose contents are used up in bursts and refilled from outside."""
 
     slot_specs: ClassVar[tuple[SlotSpec, ...]] = ()
+    DEFAULT_DAILY_USAGE: ClassVar[dict[str, float]] = {}
+    # Slots counted in whole items (eggs), whose levels are whole numbers.
+    WHOLE_UNIT_SLOTS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -189,6 +197,7 @@ class ConsumableModel(DeviceModel):
         seed: int = 0,
         report_interval: timedelta = timedelta(hours=1),
         initial_levels: Mapping[str, float] | None = None,
+        daily_usage: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
             device_id, start=start, seed=seed, report_interval=report_interval, slots=list(self.slot_specs)
@@ -201,7 +210,10 @@ class ConsumableModel(DeviceModel):
             level = initial.get(spec.name, spec.capacity * float(self.rng.uniform(0.35, 1.0)))
             if not 0 <= level <= spec.capacity:
                 raise ValueError(f"initial level of {spec.name!r} must be in [0, {spec.capacity}]")
-            self.levels[spec.name] = float(level)
+            self.levels[spec.name] = float(round(level)) if spec.name in self.WHOLE_UNIT_SLOTS else float(level)
+        usage = {**self.DEFAULT_DAILY_USAGE, **(daily_usage or {})}
+        self._check_slots(usage)
+        self.daily_usage = usage
 
     def refill(self, slot: str, t: datetime) -> None:
         """Fill ``slot`` to capacity at simulated time ``t`` (a delivery arrived)."""
@@ -243,26 +255,8 @@ class PrinterModel(ConsumableModel):
     COLOUR_JOB_SHARE: ClassVar[float] = 0.6
     NOISE: ClassVar[float] = 0.004
 
-    def __init__(
-        self,
-        device_id: str,
-        *,
-        start: datetime,
-        seed: int = 0,
-        report_interval: timedelta = timedelta(hours=1),
-        initial_levels: dict[str, float] | None = None,
-        daily_usage: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(
-            device_id, start=start, seed=seed, report_interval=report_interval, initial_levels=initial_levels
-        )
-        usage = {**self.DEFAULT_DAILY_USAGE, **(daily_usage or {})}
-        self._check_slots(usage)
-        self.daily_usage = usage
-        self._mean_activity = _weekly_mean(_PRINTER_HOURS, _PRINTER_WEEKDAYS)
-
     def _step(self, t0: datetime, t1: datetime) -> None:
-        activity = _PRINTER_HOURS[t0.hour] * _PRINTER_WEEKDAYS[t0.weekday()] / self._mean_activity
+        activity = _PRINTER_HOURS[t0.hour] * _PRINTER_WEEKDAYS[t0.weekday()] / _PRINTER_MEAN_ACTIVITY
         expected_jobs = self.JOBS_PER_DAY * activity * (self.step / timedelta(days=1))
         for _ in range(int(self.rng.poisson(expected_jobs))):
             size = float(self.rng.gamma(2.0, 0.5))  # pages-ish, mean 1
@@ -289,37 +283,18 @@ class FridgeModel(ConsumableModel):
         SlotSpec("eggs", "count", 12),
     )
     DEFAULT_DAILY_USAGE: ClassVar[dict[str, float]] = {"milk": 0.5, "eggs": 1.5}
+    WHOLE_UNIT_SLOTS: ClassVar[frozenset[str]] = frozenset({"eggs"})
     MILK_PER_USE: ClassVar[float] = 0.2  # litres, mean
     MILK_NOISE: ClassVar[float] = 0.01  # litres
 
-    def __init__(
-        self,
-        device_id: str,
-        *,
-        start: datetime,
-        seed: int = 0,
-        report_interval: timedelta = timedelta(hours=1),
-        initial_levels: dict[str, float] | None = None,
-        daily_usage: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(
-            device_id, start=start, seed=seed, report_interval=report_interval, initial_levels=initial_levels
-        )
-        self.levels["eggs"] = float(round(self.levels["eggs"]))
-        usage = {**self.DEFAULT_DAILY_USAGE, **(daily_usage or {})}
-        self._check_slots(usage)
-        self.daily_usage = usage
-        self._milk_mean = _weekly_mean(_MILK_HOURS)
-        self._egg_mean = _weekly_mean(_EGG_HOURS)
-
     def _step(self, t0: datetime, t1: datetime) -> None:
         days = self.step / timedelta(days=1)
-        milk_activity = _MILK_HOURS[t0.hour] / self._milk_mean
+        milk_activity = _MILK_HOURS[t0.hour] / _MILK_MEAN_ACTIVITY
         milk_uses = self.daily_usage["milk"] / self.MILK_PER_USE * milk_activity * days
         for _ in range(int(self.rng.poisson(milk_uses))):
             self._use("milk", float(self.rng.gamma(4.0, self.MILK_PER_USE / 4.0)))
         # eggs go one to three at a time (mean two)
-        egg_uses = self.daily_usage["eggs"] / 2.0 * (_EGG_HOURS[t0.hour] / self._egg_mean) * days
+        egg_uses = self.daily_usage["eggs"] / 2.0 * (_EGG_HOURS[t0.hour] / _EGG_MEAN_ACTIVITY) * days
         for _ in range(int(self.rng.poisson(egg_uses))):
             self._use("eggs", float(self.rng.integers(1, 4)))
 

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from replenish.config import MqttEndpoint
-from replenish.simulation.devices import DeviceModel, SimMessage
+from replenish.simulation.devices import ConsumableModel, DeviceModel, SimMessage
 
 log = logging.getLogger(__name__)
 
@@ -436,3 +436,33 @@ def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | Non
         log.error("%s", exc)
         return 1
     return 0
+
+
+def consumable_main(
+    model_class: type[ConsumableModel],
+    *,
+    description: str,
+    default_device_id: str,
+    level_help: str,
+    usage_help: str,
+    argv: list[str] | None = None,
+) -> int:
+    """The command line of a device with consumable slots (printer.py, fridge.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device-id", default=default_device_id, help=f"device id (default {default_device_id})")
+    add_common_arguments(parser, interval_minutes=60)
+    parser.add_argument("--level", action="append", metavar="SLOT=AMOUNT", help=level_help)
+    parser.add_argument("--daily-usage", action="append", metavar="SLOT=AMOUNT", help=usage_help)
+    options = parse_common(parser, argv)
+    try:
+        model = model_class(
+            options.args.device_id,
+            start=options.start,
+            seed=options.seed,
+            report_interval=options.report_interval or timedelta(hours=1),
+            initial_levels=parse_slot_values(options.args.level),
+            daily_usage=parse_slot_values(options.args.daily_usage),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run_cli(model, options)
