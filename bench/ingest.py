@@ -261,6 +261,7 @@ class BrokerHandle:
     pid: int | None  # for CPU accounting; None when it runs in this process
     log_path: Path | None
     username: str | None
+    max_inflight: int | None = None  # max_inflight_messages of the broker's config, when it has one
 
     @property
     def mqtt_url(self) -> str:
@@ -290,7 +291,16 @@ def start_mosquitto(stack: ExitStack, workdir: Path) -> BrokerHandle:
             raise RuntimeError(f"mosquitto did not accept a connection on port {port} within 5 s")
         time.sleep(0.05)
     label = version[0].strip() if version else "mosquitto"
-    return BrokerHandle("mosquitto", f"{label} (deploy/mosquitto/mosquitto.conf)", port, process.pid, log_path, None)
+    inflight = re.search(r"^max_inflight_messages\s+(\d+)", config.read_text(), re.MULTILINE)
+    return BrokerHandle(
+        "mosquitto",
+        f"{label} (deploy/mosquitto/mosquitto.conf)",
+        port,
+        process.pid,
+        log_path,
+        None,
+        int(inflight.group(1)) if inflight else 20,  # Mosquitto's default is 20
+    )
 
 
 def _stop_process(process: subprocess.Popen[Any]) -> None:
@@ -454,9 +464,7 @@ class PublisherHandle:
             self.process.join(5)
 
 
-def wait_progress(
-    progress: Any, *, target: int, timeout: float, stall_timeout: float, wait: Any
-) -> tuple[bool, str]:
+def wait_progress(progress: Any, *, target: int, timeout: float, stall_timeout: float, wait: Any) -> tuple[bool, str]:
     """Wait until progress() >= target; give up after ``timeout`` or ``stall_timeout`` without progress."""
     deadline = time.monotonic() + timeout
     last_value, last_change = -1, time.monotonic()
@@ -474,8 +482,13 @@ def wait_progress(
         wait(min(0.1, max(0.01, deadline - now)))
 
 
-def run_ceiling(args: argparse.Namespace, broker: BrokerHandle, publisher: PublisherHandle,
-                device_ids: list[str], cpu_pids: dict[str, int | None]) -> Phase:
+def run_ceiling(
+    args: argparse.Namespace,
+    broker: BrokerHandle,
+    publisher: PublisherHandle,
+    device_ids: list[str],
+    cpu_pids: dict[str, int | None],
+) -> Phase:
     phase = Phase("ceiling: bare paho subscriber", args.messages)
     received: list[tuple[float, str]] = []
     keys: set[tuple[int, str]] = set()
@@ -495,9 +508,7 @@ def run_ceiling(args: argparse.Namespace, broker: BrokerHandle, publisher: Publi
         if len(received) >= n:
             done.set()
 
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{os.getpid()}", protocol=paho.MQTTv311
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{os.getpid()}", protocol=paho.MQTTv311)
     client.on_message = on_message
     client.on_subscribe = lambda *a: subscribed.set()
     client.connect(HOST, broker.port, keepalive=60)
@@ -540,9 +551,17 @@ def _collect_publish(phase: Phase, publisher: PublisherHandle, args: argparse.Na
         phase.notes.append(f"publisher: broker acknowledged {pub['acked']} of {pub['sent']} publishes")
 
 
-def run_ingest(args: argparse.Namespace, broker: BrokerHandle, publisher: PublisherHandle, stack: ExitStack,
-               workdir: Path, run_id: str, device_ids: list[str], cpu_pids: dict[str, int | None],
-               db_url: str) -> tuple[Phase, dict[str, Any]]:
+def run_ingest(
+    args: argparse.Namespace,
+    broker: BrokerHandle,
+    publisher: PublisherHandle,
+    stack: ExitStack,
+    workdir: Path,
+    run_id: str,
+    device_ids: list[str],
+    cpu_pids: dict[str, int | None],
+    db_url: str,
+) -> tuple[Phase, dict[str, Any]]:
     from sqlalchemy import func, select
 
     from replenish.clock import SystemClock
@@ -653,6 +672,11 @@ def run_ingest(args: argparse.Namespace, broker: BrokerHandle, publisher: Publis
 
     totals = ingestor.totals
     backlog = queue_size()
+    if broker.max_inflight and queue_peak[0] > broker.max_inflight:
+        phase.notes.append(
+            f"the broker sent the ingestor up to {queue_peak[0]} unacknowledged messages although "
+            f"max_inflight_messages is {broker.max_inflight}"
+        )
     if queue_peak[0] > 0:
         info["queue_peak"] = (
             f"peak {queue_peak[0]} messages received but not yet committed (nor acknowledged), "
@@ -726,7 +750,7 @@ class WarningCapture(logging.Handler):
         text = f"{record.levelname} {record.name}: {record.getMessage()}"
         if record.exc_info and record.exc_info[1] is not None:
             text += f" [{record.exc_info[1]!r}]"
-        text = re.sub(r"\d+", "N", text[:300])
+        text = re.sub(r"\d+", "N", text)[:240]
         self.counts[record.levelname] += 1
         if text in self.samples or len(self.samples) < 15:
             self.samples[text] = self.samples.get(text, 0) + 1
@@ -774,17 +798,25 @@ def broker_log_summary(path: Path | None) -> list[str]:
     pattern = re.compile(r"warn|error|drop|denied|exceed|timeout|exception|traceback", re.IGNORECASE)
     # tests/brokers.py runs Mosquitto as root on purpose when we are root (it cannot write our temp dir otherwise).
     ignored = "should not be run as root"
+    # Only the first line of each log record (they start with a timestamp), not traceback lines.
     lines = [
         line.rstrip()
         for line in path.read_text(errors="replace").splitlines()
-        if pattern.search(line) and ignored not in line
+        if line[:1].isdigit() and pattern.search(line) and ignored not in line
     ]
-    counted = Counter(re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:200] for line in lines)
+    counted = Counter(re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:240] for line in lines)
     return [f"{count} x {text}" for text, count in counted.most_common(10)]
 
 
-def report(args: argparse.Namespace, broker: BrokerHandle, db_label: str, phases: list[Phase],
-           info: dict[str, Any], capture: WarningCapture, payload_bytes: int) -> str:
+def report(
+    args: argparse.Namespace,
+    broker: BrokerHandle,
+    db_label: str,
+    phases: list[Phase],
+    info: dict[str, Any],
+    capture: WarningCapture,
+    payload_bytes: int,
+) -> str:
     ceiling = next((p for p in phases if p.name.startswith("ceiling")), None)
     ingest = next((p for p in phases if p.name.startswith("ingest")), None)
     mode = f"paced {args.rate:,.0f}/s" if args.rate else f"max (window {args.window})"
@@ -818,8 +850,20 @@ def report(args: argparse.Namespace, broker: BrokerHandle, db_label: str, phases
     ]
     out.append(
         table(
-            ["broker", "database", "N", "K", "publish", "ceiling msgs/s", "ingest msgs/s", "ratio",
-             "p50 ms", "p95 ms", "p99 ms", "status"],
+            [
+                "broker",
+                "database",
+                "N",
+                "K",
+                "publish",
+                "ceiling msgs/s",
+                "ingest msgs/s",
+                "ratio",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "status",
+            ],
             [summary],
         )
     )
@@ -838,12 +882,29 @@ def report(args: argparse.Namespace, broker: BrokerHandle, db_label: str, phases
         lats = phase.latencies or [Latency("-", [])]
         for index, lat in enumerate(lats):
             lead = base if index == 0 else [""] * len(base)
-            rows.append([*lead, lat.name, *(fmt_ms(lat.p(q)) for q in (50, 95, 99)),
-                         fmt_ms(lat.values_ms[-1] if lat.values_ms else math.nan)])
+            rows.append(
+                [
+                    *lead,
+                    lat.name,
+                    *(fmt_ms(lat.p(q)) for q in (50, 95, 99)),
+                    fmt_ms(lat.values_ms[-1] if lat.values_ms else math.nan),
+                ]
+            )
     out.append(
         table(
-            ["phase", "delivered", "dups", "publish msgs/s", "msgs/s", "steady msgs/s", "latency",
-             "p50 ms", "p95 ms", "p99 ms", "max ms"],
+            [
+                "phase",
+                "delivered",
+                "dups",
+                "publish msgs/s",
+                "msgs/s",
+                "steady msgs/s",
+                "latency",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms",
+            ],
             rows,
         )
     )
@@ -888,25 +949,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Example: python bench/ingest.py --broker mosquitto; then python bench/ingest.py --broker mosquitto "
         "--rate R with R about 80% of the ingest msgs/s found. See bench/README.md.",
     )
-    parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded",
-                        help="embedded: amqtt EmbeddedBroker; mosquitto: /usr/sbin/mosquitto with a copy of "
-                        "deploy/mosquitto/mosquitto.conf (default: embedded)")
-    parser.add_argument("--broker-in-process", action="store_true",
-                        help="embedded only: run the broker inside the ingest process, as `replenish up` does "
-                        "(default: its own process, as `replenish broker` + `replenish ingest`)")
+    parser.add_argument(
+        "--broker",
+        choices=("embedded", "mosquitto"),
+        default="embedded",
+        help="embedded: amqtt EmbeddedBroker; mosquitto: /usr/sbin/mosquitto with a copy of "
+        "deploy/mosquitto/mosquitto.conf (default: embedded)",
+    )
+    parser.add_argument(
+        "--broker-in-process",
+        action="store_true",
+        help="embedded only: run the broker inside the ingest process, as `replenish up` does "
+        "(default: its own process, as `replenish broker` + `replenish ingest`)",
+    )
     parser.add_argument("--database-url", help="SQLAlchemy URL of a dedicated database (default: temporary SQLite)")
     parser.add_argument("-n", "--messages", type=int, default=20_000, help="telemetry messages N (default 20000)")
     parser.add_argument("-k", "--devices", type=int, default=50, help="devices K, round-robin (default 50)")
-    parser.add_argument("--slots", type=int, default=4, choices=range(1, len(SLOT_NAMES) + 1), metavar="S",
-                        help=f"ink slots per device, all reported in each message (1..{len(SLOT_NAMES)}, default 4)")
-    parser.add_argument("--rate", type=float, help="paced mode: publish R messages/s (default: as fast as the "
-                        "broker acknowledges, within --window)")
-    parser.add_argument("--window", type=int, default=1000,
-                        help="most publishes awaiting the broker's PUBACK (default 1000 = 50 devices x paho's 20)")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=4,
+        choices=range(1, len(SLOT_NAMES) + 1),
+        metavar="S",
+        help=f"ink slots per device, all reported in each message (1..{len(SLOT_NAMES)}, default 4)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="paced mode: publish R messages/s (default: as fast as the broker acknowledges, within --window)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1000,
+        help="most publishes awaiting the broker's PUBACK (default 1000 = 50 devices x paho's 20)",
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the bare-subscriber ceiling phase")
     parser.add_argument("--timeout", type=float, default=120, help="longest a phase may take, s (default 120)")
-    parser.add_argument("--stall-timeout", type=float, default=20,
-                        help="give up a phase after this long without progress, s (default 20)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=20,
+        help="give up a phase after this long without progress, s (default 20)",
+    )
     parser.add_argument("--poll-ms", type=float, default=5, help="commit poller period, ms (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, logs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream the platform's INFO log to stderr")
@@ -953,15 +1038,19 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, Any] = {}
     broker: BrokerHandle | None = None
     failure: BaseException | None = None
-    print(f"work directory {workdir}; broker {args.broker}; N={args.messages} K={args.devices} ...",
-          file=sys.stderr, flush=True)
+    print(
+        f"work directory {workdir}; broker {args.broker}; N={args.messages} K={args.devices} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         with ExitStack() as stack:
             if args.broker == "mosquitto":
                 broker = start_mosquitto(stack, workdir)
             else:
-                broker = start_embedded(stack, workdir, in_process=args.broker_in_process,
-                                        max_seconds=3 * args.timeout + 120)
+                broker = start_embedded(
+                    stack, workdir, in_process=args.broker_in_process, max_seconds=3 * args.timeout + 120
+                )
             publisher = PublisherHandle(stack, broker, args.window)
             cpu_pids = {"broker": broker.pid, "publisher": publisher.process.pid}
             if not args.no_ceiling:

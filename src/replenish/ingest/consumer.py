@@ -58,7 +58,11 @@ class MqttIngestor:
         self._clock = clock
         self._batch_size = batch_size
         self._batch_wait = batch_wait_seconds
-        self._queue: queue.Queue[_Delivery] = queue.Queue()
+        # Bounded: when the writer falls behind, paho's network thread waits here and TCP pushes back on the
+        # broker, instead of the backlog piling up in this process's memory (Mosquitto 2.0.11 does not hold
+        # deliveries to max_inflight_messages once acknowledgements flow).
+        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(4 * batch_size, 1000))
+        self._abandon = threading.Event()
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
@@ -81,9 +85,19 @@ class MqttIngestor:
         return self._subscribed.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Store and acknowledge what has arrived, then leave. Nothing received is dropped."""
+        """Store and acknowledge what has arrived, for up to ``timeout`` seconds, then leave.
+
+        What is still queued then stays unacknowledged: the broker delivers it again to this session.
+        """
         self._stopping.set()
         self._writer.join(timeout)
+        if self._writer.is_alive():
+            self._abandon.set()
+            self._writer.join(RETRY_BACKOFF_MAX_SECONDS)
+            log.warning(
+                "ingestor stopped with %d message(s) not stored; the broker will deliver them again",
+                self._queue.qsize(),
+            )
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -109,11 +123,18 @@ class MqttIngestor:
         # A topic that is not UTF-8 cannot be a contract topic; keep it readable for the dead letter.
         topic = message._topic.decode("utf-8", errors="replace")
         incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self._clock.now())
-        self._queue.put(_Delivery(incoming, message.mid, message.qos, self._connection))
+        delivery = _Delivery(incoming, message.mid, message.qos, self._connection)
+        while not self._abandon.is_set():
+            try:
+                self._queue.put(delivery, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        # Given up on while stopping: never acknowledged, so the broker delivers it again.
 
     # -- writer thread ---------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()):
+        while not (self._stopping.is_set() and self._queue.empty()) and not self._abandon.is_set():
             try:
                 first = self._queue.get(timeout=0.1)
             except queue.Empty:
@@ -127,6 +148,8 @@ class MqttIngestor:
                 except queue.Empty:
                     break
             result = self._commit(batch)
+            if result is None:
+                return  # abandoned while the database was failing: nothing acknowledged
             for delivery in batch:
                 # After a reconnect the broker resends what was not acknowledged, and may reuse a packet id for
                 # another message: acknowledging an old delivery there would acknowledge a message never stored.
@@ -136,7 +159,7 @@ class MqttIngestor:
                 self._totals.add(result)
                 self._totals_lock.notify_all()
 
-    def _commit(self, batch: list[_Delivery]) -> BatchResult:
+    def _commit(self, batch: list[_Delivery]) -> BatchResult | None:
         messages = [delivery.message for delivery in batch]
         backoff = 0.5
         while True:
@@ -150,7 +173,8 @@ class MqttIngestor:
             except Exception:
                 # The database itself is failing: keep the batch unacknowledged and try again.
                 log.exception("database unavailable; retrying in %.1f s", backoff)
-                time.sleep(backoff)
+                if self._abandon.wait(backoff):
+                    return None
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
 
     def _commit_one_by_one(self, messages: list[IncomingMessage]) -> BatchResult:

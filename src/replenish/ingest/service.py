@@ -67,6 +67,7 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
         (slot.device_id, slot.name): slot for slot in session.exec(select(Slot).where(col(Slot.device_id).in_(devices)))
     }
     seen = _stored_sequences(session=session, parsed=[p for _, p in parsed])
+    accepted: list[tuple[DeviceMessage, ParsedTelemetry | ParsedEvent, Device]] = []
 
     for message, item in parsed:
         outcome = _check(item, devices=devices, slots=slots)
@@ -86,8 +87,14 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
             result.duplicates += 1
             continue
         seen.add(key)
-        _store(session=session, message=message, item=outcome, device=device, slots=slots)
-        result.stored += 1
+        accepted.append((_message_row(message, outcome), outcome, device))
+
+    # One INSERT for the batch's messages (their ids come back with it), then what hangs off each, in order.
+    session.add_all([row for row, _, _ in accepted])
+    session.flush()
+    for row, item, device in accepted:
+        _apply(session=session, row=row, item=item, device=device, slots=slots)
+    result.stored = len(accepted)
     return result
 
 
@@ -120,37 +127,37 @@ def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, s
     return item
 
 
-def _store(
+def _message_row(message: IncomingMessage, item: ParsedTelemetry | ParsedEvent) -> DeviceMessage:
+    return DeviceMessage(
+        device_id=item.device_id,
+        seq=item.body.seq,
+        channel=Channel.TELEMETRY if isinstance(item, ParsedTelemetry) else Channel.EVENTS,
+        event_type=item.body.type if isinstance(item, ParsedEvent) else None,
+        ts=item.body.ts or message.received_at,
+        received_at=message.received_at,
+        payload=item.raw,
+    )
+
+
+def _apply(
     *,
     session: Session,
-    message: IncomingMessage,
+    row: DeviceMessage,
     item: ParsedTelemetry | ParsedEvent,
     device: Device,
     slots: dict[tuple[str, str], Slot],
 ) -> None:
-    ts = item.body.ts or message.received_at
-    stored = DeviceMessage(
-        device_id=device.id,
-        seq=item.body.seq,
-        channel=Channel.TELEMETRY if isinstance(item, ParsedTelemetry) else Channel.EVENTS,
-        event_type=item.body.type if isinstance(item, ParsedEvent) else None,
-        ts=ts,
-        received_at=message.received_at,
-        payload=item.raw,
-    )
-    session.add(stored)
-    session.flush()  # the readings and the alert need its id
-    assert stored.id is not None
-    if isinstance(item, ParsedTelemetry):
-        for name, level in item.body.levels.items():
-            slot = slots[(device.id, name)]
-            session.add(Reading(slot_id=slot.id, message_id=stored.id, ts=ts, level=level))
-            # Messages may arrive out of order; the latest level is the one with the newest ts.
-            if slot.level_at is None or ts >= slot.level_at:
-                slot.level = level
-                slot.level_at = ts
-    else:
-        alerts.on_device_event(session=session, device=device, message=stored, now=message.received_at)
+    assert row.id is not None
+    if isinstance(item, ParsedEvent):
+        alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
+        return
+    for name, level in item.body.levels.items():
+        slot = slots[(device.id, name)]
+        session.add(Reading(slot_id=slot.id, message_id=row.id, ts=row.ts, level=level))
+        # Messages may arrive out of order; the latest level is the one with the newest ts.
+        if slot.level_at is None or row.ts >= slot.level_at:
+            slot.level = level
+            slot.level_at = row.ts
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:
