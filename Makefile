@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make run    start the platform with the demo (embedded broker + SQLite)"
 	@echo "make test   lint and run the test suite"
-	@echo "make bench  run the slow load tests and benchmarks"
+	@echo "make bench  run the benchmarks (bench/README.md), not part of CI"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,8 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install system-deps
-	$(BIN)/python -m pytest -m bench
+	$(BIN)/python bench/ingest.py --broker embedded
+	$(BIN)/python bench/ingest.py --broker mosquitto
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
