@@ -15,7 +15,11 @@ help:
 	@echo "make bench  run the benchmarks (bench/README.md), not part of CI"
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@# Debian ships venv separately (python3-venv); fall back to installing it, or to virtualenv from PyPI.
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); } || \
+		{ rm -rf $(VENV); $(PYTHON) -m pip install --quiet --user virtualenv 2>/dev/null || \
+		  $(PYTHON) -m pip install --quiet --user --break-system-packages virtualenv; $(PYTHON) -m virtualenv $(VENV); }; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
