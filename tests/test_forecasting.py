@@ -153,3 +153,27 @@ def test_forecast_serialises_to_json_friendly_values():
     data = forecast_depletion(trace(linear(0.8, 0.05, 10)), now=NOW).to_json()
     assert data["empty_at"] == (NOW + timedelta(days=6)).isoformat()
     assert data["status"] == "ok"
+
+
+def _split_cycles_by_definition(readings: list[LevelReading]) -> list[int]:
+    """The refill rule read literally, one index at a time: the reference the fast version must equal."""
+    starts = [0]
+    for index in range(1, len(readings) - 2):
+        window = readings[max(starts[-1], index - 3) : index]
+        threshold = float(np.median([r.level for r in window])) + 0.15
+        if all(r.level >= threshold for r in readings[index : index + 3]):
+            starts.append(index)
+    return starts
+
+
+def test_the_fast_refill_detection_equals_the_definition():
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        level, levels = rng.random(), []
+        for _ in range(int(rng.integers(1, 60))):
+            if rng.random() < 0.08:
+                level = rng.random()  # a refill, partial or full (or a drop)
+            level = float(np.clip(level - rng.random() * 0.05, 0, 1))
+            levels.append(level if rng.random() > 0.05 else float(rng.random()))  # and the odd spike
+        readings = trace(levels)
+        assert split_cycles(readings) == _split_cycles_by_definition(readings), levels

@@ -73,16 +73,42 @@ def split_cycles(readings: list[LevelReading]) -> list[int]:
     """
     if not readings:
         return []
+    levels = np.fromiter((reading.level for reading in readings), dtype=float, count=len(readings))
     starts = [0]
-    for index in range(1, len(readings) - REFILL_CONFIRMATIONS):
-        # The median of the few readings before, so that a one-off low spike does not look like a refill.
-        window = readings[max(starts[-1], index - REFILL_BASELINE_READINGS) : index]
-        before = float(np.median([reading.level for reading in window]))
-        threshold = before + REFILL_MIN_RISE
-        following = readings[index + 1 : index + 1 + REFILL_CONFIRMATIONS]
-        if readings[index].level >= threshold and all(reading.level >= threshold for reading in following):
+    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS (3) before it, as if
+    # no refill had happened; then the few candidates are checked exactly, with the window cut at the cycle start.
+    for index in _refill_candidates(levels):
+        if index <= starts[-1]:
+            continue
+        if index - starts[-1] > REFILL_BASELINE_READINGS or _is_refill(levels, index, cycle_start=starts[-1]):
             starts.append(index)
     return starts
+
+
+def _refill_candidates(levels: np.ndarray) -> np.ndarray:
+    count = len(levels)
+    last = count - REFILL_CONFIRMATIONS  # indexes from 1 to last - 1 can be confirmed
+    if last <= 1:
+        return np.empty(0, dtype=int)
+    baseline = np.empty(count)
+    baseline[1] = levels[0]
+    if count > 2:
+        baseline[2] = (levels[0] + levels[1]) / 2
+    if count > 3:
+        a, b, c = levels[:-3], levels[1:-2], levels[2:-1]
+        # The median of three, elementwise.
+        baseline[3:] = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    threshold = baseline[1:last] + REFILL_MIN_RISE
+    held = levels[1:last] >= threshold
+    for ahead in range(1, REFILL_CONFIRMATIONS + 1):
+        held &= levels[1 + ahead : last + ahead] >= threshold
+    return np.flatnonzero(held) + 1
+
+
+def _is_refill(levels: np.ndarray, index: int, *, cycle_start: int) -> bool:
+    window = levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index]
+    threshold = float(np.median(window)) + REFILL_MIN_RISE
+    return bool(np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold))
 
 
 def forecast_depletion(readings: list[LevelReading], *, now: datetime) -> Forecast:
