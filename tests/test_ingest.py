@@ -216,3 +216,13 @@ def test_an_ingestor_restarted_mid_stream_loses_nothing_and_stores_nothing_twice
                 assert count(platform, DeviceMessage) == 300
             finally:
                 second.stop()
+
+
+def test_a_reading_from_a_clock_far_ahead_does_not_become_the_latest_level(platform, api, publisher, printer):
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "ts": iso(START), "levels": {"black": 0.5}})
+    publisher.send("devices/printer-1/telemetry", {"seq": 2, "ts": "2099-01-01T00:00:00Z", "levels": {"black": 0.9}})
+    publisher.send("devices/printer-1/telemetry", {"seq": 3, "ts": iso(START), "levels": {"black": 0.45}})
+    assert platform.ingestor.wait_for(handled=3, timeout=10)
+    black = next(s for s in api.get("/devices/printer-1").json()["slots"] if s["name"] == "black")
+    assert (black["level"], black["level_at"]) == (0.45, iso(START))
+    assert len(api.get("/devices/printer-1/slots/black/readings").json()) == 3, "stored all the same"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
@@ -24,6 +24,8 @@ from replenish.ingest.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_CLOCK_AHEAD = timedelta(days=1)
 
 
 @dataclass
@@ -154,8 +156,10 @@ def _apply(
     for name, level in item.body.levels.items():
         slot = slots[(device.id, name)]
         session.add(Reading(slot_id=slot.id, message_id=row.id, ts=row.ts, level=level))
-        # Messages may arrive out of order; the latest level is the one with the newest ts.
-        if slot.level_at is None or row.ts >= slot.level_at:
+        # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
+        # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
+        plausible = row.ts <= row.received_at + MAX_CLOCK_AHEAD
+        if plausible and (slot.level_at is None or row.ts >= slot.level_at):
             slot.level = level
             slot.level_at = row.ts
 
