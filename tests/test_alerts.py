@@ -111,3 +111,30 @@ def test_a_fall_after_an_acknowledged_one_is_a_new_alert(platform, api, publishe
     assert (resolved["status"], resolved["closed_reason"]) == ("resolved", "she is fine")
     assert api.post(f"/alerts/{first['id']}/resolve").status_code == 200
     assert api.post(f"/alerts/{first['id']}/acknowledge").status_code == 409
+
+
+def test_a_cancel_that_overtakes_its_fall_in_one_batch_still_cancels_it(platform, api, wearable, clock):
+    # QoS 1 does not promise order; within one stored batch the device's seq decides.
+    import json
+
+    from replenish.db import transaction
+    from replenish.ingest.schemas import IncomingMessage
+    from replenish.ingest.service import ingest_batch
+
+    def event(seq: int, kind: str) -> IncomingMessage:
+        payload = json.dumps({"seq": seq, "type": kind}).encode()
+        return IncomingMessage("devices/pendant-1/events", payload, received_at=clock.now())
+
+    with transaction(platform.engine) as session:
+        ingest_batch(session=session, messages=[event(2, "fall_cancelled"), event(1, "fall_detected")])
+    [alert] = api.get("/alerts").json()
+    assert alert["status"] == "cancelled"
+
+
+def test_event_types_are_identifiers_of_at_most_256_characters(platform, api, publisher, wearable):
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "x" * 256})
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "x" * 257})
+    assert platform.ingestor.wait_for(handled=2, timeout=10)
+    assert [e["seq"] for e in api.get("/devices/pendant-1/events").json()] == [1]
+    [letter] = api.get("/dead-letters").json()
+    assert "type" in letter["reason"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from replenish.forecasting import LevelReading, forecast_depletion, split_cycles
+from replenish.forecasting.model import REFILL_BASELINE_READINGS, REFILL_CONFIRMATIONS, REFILL_MIN_RISE
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -88,6 +89,11 @@ def test_a_rise_waits_for_two_confirming_readings():
     assert split_cycles(confirmed) == [0, len(confirmed) - 3]
 
 
+def test_a_two_reading_dropout_is_not_a_refill_when_the_level_comes_back():
+    # The milk bottle out of the fridge for two reports.
+    assert split_cycles(trace([0.5, 0.5, 0.5, 0.0, 0.0, 0.49, 0.49, 0.49, 0.48])) == [0]
+
+
 def test_a_two_reading_glitch_is_not_a_refill():
     levels = linear(0.5, 0.05, 8)
     levels[10] = levels[11] = 1.0
@@ -158,10 +164,10 @@ def test_forecast_serialises_to_json_friendly_values():
 def _split_cycles_by_definition(readings: list[LevelReading]) -> list[int]:
     """The refill rule read literally, one index at a time: the reference the fast version must equal."""
     starts = [0]
-    for index in range(1, len(readings) - 2):
-        window = readings[max(starts[-1], index - 3) : index]
-        threshold = float(np.median([r.level for r in window])) + 0.15
-        if all(r.level >= threshold for r in readings[index : index + 3]):
+    for index in range(1, len(readings) - REFILL_CONFIRMATIONS):
+        window = readings[max(starts[-1], index - REFILL_BASELINE_READINGS) : index]
+        threshold = float(np.median([r.level for r in window])) + REFILL_MIN_RISE
+        if all(r.level >= threshold for r in readings[index : index + 1 + REFILL_CONFIRMATIONS]):
             starts.append(index)
     return starts
 

@@ -14,12 +14,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 SECONDS_PER_DAY = 86_400.0
 # A rise of at least this fraction of capacity, held by the next readings, is a refill.
 REFILL_MIN_RISE = 0.15
 REFILL_CONFIRMATIONS = 2
-REFILL_BASELINE_READINGS = 3
+# The old level is the median of this many readings before a rise: enough that a dip of REFILL_CONFIRMATIONS
+# readings (a bottle out of the fridge for two reports) cannot drag it down and fake a refill on its return.
+REFILL_BASELINE_READINGS = 2 * REFILL_CONFIRMATIONS + 1
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 7.0
 MIN_READINGS = 3
@@ -32,6 +35,8 @@ MIN_RATE_PER_DAY = 1e-4
 # z for the 5% / 95% quantiles of the band.
 BAND_Z = 1.645
 OUTLIER_MADS = 4.0
+MAX_RESIDUAL_AUTOCORRELATION = 0.95
+MIN_EFFECTIVE_READINGS = 3.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def split_cycles(readings: list[LevelReading]) -> list[int]:
         return []
     levels = np.fromiter((reading.level for reading in readings), dtype=float, count=len(readings))
     starts = [0]
-    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS (3) before it, as if
+    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS before it, as if
     # no refill had happened; then the few candidates are checked exactly, with the window cut at the cycle start.
     for index in _refill_candidates(levels):
         if index <= starts[-1]:
@@ -90,14 +95,12 @@ def _refill_candidates(levels: np.ndarray) -> np.ndarray:
     last = count - REFILL_CONFIRMATIONS  # indexes from 1 to last - 1 can be confirmed
     if last <= 1:
         return np.empty(0, dtype=int)
+    window = REFILL_BASELINE_READINGS
     baseline = np.empty(count)
-    baseline[1] = levels[0]
-    if count > 2:
-        baseline[2] = (levels[0] + levels[1]) / 2
-    if count > 3:
-        a, b, c = levels[:-3], levels[1:-2], levels[2:-1]
-        # The median of three, elementwise.
-        baseline[3:] = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    for index in range(1, min(window, count)):
+        baseline[index] = np.median(levels[:index])
+    if count > window:
+        baseline[window:] = np.median(sliding_window_view(levels[:-1], window), axis=1)
     threshold = baseline[1:last] + REFILL_MIN_RISE
     held = levels[1:last] >= threshold
     for ahead in range(1, REFILL_CONFIRMATIONS + 1):
@@ -190,10 +193,16 @@ def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
     slope = float((w * (x - x_mean) * (y - y_mean)).sum() / sxx)
     intercept = y_mean - slope * x_mean
     residuals = y - (intercept + slope * x)
-    # Effective sample size for weighted data (Kish), so heavy down-weighting does not fake precision.
+    # Effective sample size for weighted data (Kish), so heavy down-weighting does not fake precision...
     n_eff = total**2 / float((w**2).sum())
     dof = max(n_eff - 2.0, 1.0)
     residual_var = float((w * residuals**2).sum() / total) * n_eff / dof
+    # ...and for correlated residuals: bursty use leaves long runs above or below the line, which say much less
+    # than as many independent readings would (AR(1) variance inflation).
+    sum_squares = float((residuals**2).sum())
+    rho = float((residuals[:-1] * residuals[1:]).sum()) / sum_squares if sum_squares > 0 else 0.0
+    rho = min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
+    n_eff = max(n_eff * (1 - rho) / (1 + rho), MIN_EFFECTIVE_READINGS)
     slope_se = float(np.sqrt(residual_var / (sxx / total) / n_eff))
     return _Line(
         intercept=intercept,

@@ -11,7 +11,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
@@ -98,6 +98,9 @@ class MqttIngestor:
                 "ingestor stopped with %d message(s) not stored; the broker will deliver them again",
                 self._queue.qsize(),
             )
+        # Nothing will be taken off the queue any more: let paho's thread drop what still comes, or it could wait
+        # on a full queue forever and never finish disconnecting.
+        self._abandon.set()
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -115,6 +118,7 @@ class MqttIngestor:
         self._subscribed.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connection += 1  # deliveries of the lost connection must not be acknowledged on the next one
         self._subscribed.clear()
         if not self._stopping.is_set():
             log.warning("ingestor disconnected from %s (%s); reconnecting", self._endpoint.url, reason)
@@ -183,20 +187,22 @@ class MqttIngestor:
             try:
                 with transaction(self._engine) as session:
                     result = ingest_batch(session=session, messages=[message])
-            except (OperationalError, InterfaceError):
-                raise  # the database, not the message: retry the batch, acknowledge nothing
+            except DBAPIError as exc:
+                if _connection_lost(exc):
+                    raise  # the database, not the message: retry the batch, acknowledge nothing
+                result = self._dead_letter_after_error(message, exc)
             except Exception as exc:
-                log.exception("message on %s could not be stored; dead-lettering it", message.topic)
-                with transaction(self._engine) as session:
-                    dead_letter(
-                        session=session,
-                        message=message,
-                        reason=f"internal error while storing: {exc!r}",
-                        device_id=None,
-                    )
-                result = BatchResult(dead_letters=1)
+                result = self._dead_letter_after_error(message, exc)
             total.add(result)
         return total
+
+    def _dead_letter_after_error(self, message: IncomingMessage, error: Exception) -> BatchResult:
+        log.exception("message on %s could not be stored; dead-lettering it", message.topic)
+        with transaction(self._engine) as session:
+            dead_letter(
+                session=session, message=message, reason=f"internal error while storing: {error!r}", device_id=None
+            )
+        return BatchResult(dead_letters=1)
 
     # -- observation -----------------------------------------------------------------------------------------
     @property
@@ -208,3 +214,8 @@ class MqttIngestor:
         """Block until at least ``handled`` messages (stored, duplicate, dead-lettered or status) were processed."""
         with self._totals_lock:
             return self._totals_lock.wait_for(lambda: self._totals.handled >= handled, timeout)
+
+
+def _connection_lost(error: DBAPIError) -> bool:
+    """The database went away (retry later), as opposed to refusing this one message (dead-letter it)."""
+    return bool(error.connection_invalidated) or isinstance(error, InterfaceError)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel
 
+MAX_EVENT_TYPE_LENGTH = 256
 # Epoch seconds outside this range are almost surely milliseconds or garbage, not a real clock.
 _EPOCH_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 _EPOCH_MAX = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
@@ -63,8 +64,9 @@ class TelemetryPayload(_DeviceMessage):
 
 
 class EventPayload(_DeviceMessage):
-    # Any type is stored and shown (the payload limit bounds its length); only the known ones act.
-    type: str = Field(min_length=1)
+    # Any type is stored and shown; only the known ones act. The cap keeps it an identifier the database can
+    # index (PostgreSQL refuses index entries of a few KB, which would stall the whole batch).
+    type: str = Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH)
     confidence: UnitInterval | None = None
     battery: UnitInterval | None = None
 

@@ -94,6 +94,9 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
     # One INSERT for the batch's messages (their ids come back with it), then what hangs off each, in order.
     session.add_all([row for row, _, _ in accepted])
     session.flush()
+    # In each device's own order (seq), not arrival order: a fall_cancelled delivered before its fall_detected
+    # must still cancel it.
+    accepted.sort(key=lambda entry: (entry[0].device_id, entry[0].seq))
     for row, item, device in accepted:
         _apply(session=session, row=row, item=item, device=device, slots=slots)
     result.stored = len(accepted)
