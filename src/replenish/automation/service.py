@@ -10,21 +10,20 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.models import Decision
-from replenish.automation.policy import ReorderPolicy, Verdict, decide
+from replenish.automation.policy import ReorderPolicy, Verdict
 from replenish.consent import service as consent
 from replenish.constants import DecisionAction
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.forecasting import Forecast, LevelReading, forecast_depletion
+from replenish.forecasting import Forecast, LevelReading
 from replenish.ingest.models import Reading
 from replenish.notifications import service as notifications
 from replenish.orders import service as orders
 
 log = logging.getLogger(__name__)
 
-# How much history a forecast reads: enough for a long depletion cycle, bounded so a tick stays cheap.
-FORECAST_HISTORY = timedelta(days=120)
 ACTOR = "automation"
 
 
@@ -37,9 +36,10 @@ class EvaluationReport:
 
 
 def slot_readings(*, session: Session, slot: Slot, now: datetime) -> list[LevelReading]:
+    since = now - timedelta(days=FORECAST_HISTORY_DAYS)
     rows = session.exec(
         select(Reading.ts, Reading.level)
-        .where(Reading.slot_id == slot.id, Reading.ts > now - FORECAST_HISTORY, Reading.ts <= now)
+        .where(Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
         .order_by(col(Reading.ts), col(Reading.id))
     )
     return [LevelReading(ts=ts, level=level / slot.capacity) for ts, level in rows]
@@ -48,51 +48,40 @@ def slot_readings(*, session: Session, slot: Slot, now: datetime) -> list[LevelR
 def evaluate_slot(
     *, session: Session, slot: Slot, device: Device, now: datetime, margin_days: float
 ) -> Decision | None:
-    forecast = forecast_depletion(slot_readings(session=session, slot=slot, now=now), now=now)
-    _store_forecast(session=session, slot_id=slot.id, forecast=forecast, now=now)
-    cycle_started_at = _advance_cycle(slot=slot, forecast=forecast)
-    if cycle_started_at is None:
-        return None
-    already = session.exec(
-        select(Decision.id).where(Decision.slot_id == slot.id, Decision.cycle_started_at == cycle_started_at)
-    ).first()
-    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
-    open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
-    in_transit = open_order is not None and open_order.created_at > now - policy.horizon
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
     mode = consent.mode_for_slot(document, device_id=device.id, slot_name=slot.name)
-    verdict = decide(
-        forecast,
-        mode=mode,
-        policy=policy,
-        already_decided_this_cycle=already is not None,
-        order_in_transit=in_transit,
-        now=now,
+    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
+    open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
+    latest_decision = session.exec(
+        select(Decision.cycle_started_at)
+        .where(Decision.slot_id == slot.id)
+        .order_by(col(Decision.cycle_started_at).desc())
+        .limit(1)
+    ).first()
+    memory = SlotMemory(
+        cycle_started_at=slot.cycle_started_at,
+        decided_cycle_started_at=latest_decision,
+        open_order_placed_at=open_order.created_at if open_order else None,
     )
-    if verdict is None:
+    evaluation = evaluate(
+        slot_readings(session=session, slot=slot, now=now), now=now, mode=mode, policy=policy, memory=memory
+    )
+    _store_forecast(session=session, slot_id=slot.id, forecast=evaluation.forecast, now=now)
+    slot.cycle_started_at = evaluation.cycle_started_at
+    if evaluation.verdict is None or evaluation.cycle_started_at is None:
         return None
     return _act(
         session=session,
         slot=slot,
         device=device,
-        cycle_started_at=cycle_started_at,
-        forecast=forecast,
-        verdict=verdict,
+        cycle_started_at=evaluation.cycle_started_at,
+        forecast=evaluation.forecast,
+        verdict=evaluation.verdict,
         mode=mode,
         consent_version=version,
         policy=policy,
         now=now,
     )
-
-
-def _advance_cycle(*, slot: Slot, forecast: Forecast) -> datetime | None:
-    """The slot's current cycle start: set once, then moved forward only by a refill newer than it."""
-    latest_refill = max(forecast.refills_detected, default=None)
-    if slot.cycle_started_at is None:
-        slot.cycle_started_at = latest_refill or forecast.cycle_started_at
-    elif latest_refill is not None and latest_refill > slot.cycle_started_at:
-        slot.cycle_started_at = latest_refill
-    return slot.cycle_started_at
 
 
 def _act(
