@@ -146,6 +146,30 @@ def broker() -> None:
     _run(Platform(_settings(), roles=Roles(broker=True)))
 
 
+@app.command()
+def backtest(
+    readings: Annotated[Path, typer.Argument(help="READINGS.csv: device_id,slot,ts,level, sorted by ts.")],
+    lead_time_days: Annotated[float, typer.Option(min=0, help="Delivery lead time L in days.")],
+    out: Annotated[Path, typer.Option(help="ORDERS.csv to write: device_id,slot,ordered_at.")],
+) -> None:
+    """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead)."""
+    from replenish.backtest.replay import ReadingsError, read_readings, replay, write_orders
+
+    settings = Settings()
+    if not readings.is_file():
+        typer.echo(f"error: {readings} is not a file", err=True)
+        raise typer.Exit(2)
+    try:
+        orders = replay(
+            read_readings(readings), lead_time_days=lead_time_days, margin_days=settings.reorder_margin_days
+        )
+    except ReadingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    write_orders(out, orders)
+    typer.echo(f"{len(orders)} order(s) written to {out}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create any missing tables (every role also does this at start-up)."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+
 from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
-from replenish.forecasting import Forecast, LevelReading, forecast_depletion
+from replenish.forecasting import Forecast, LevelReading, ReadingSeries, forecast_depletion
+from replenish.forecasting.model import REFILL_BASELINE_READINGS
 
 # How much history a forecast reads: enough for a long depletion cycle, bounded so an evaluation stays cheap.
 FORECAST_HISTORY_DAYS = 120
@@ -47,10 +50,23 @@ def advance_cycle(cycle_started_at: datetime | None, forecast: Forecast) -> date
 
 
 def evaluate(
-    readings: list[LevelReading], *, now: datetime, mode: ConsentMode, policy: ReorderPolicy, memory: SlotMemory
+    readings: list[LevelReading] | ReadingSeries,
+    *,
+    now: datetime,
+    mode: ConsentMode,
+    policy: ReorderPolicy,
+    memory: SlotMemory,
 ) -> SlotEvaluation:
-    """Forecast the slot from its readings (fractions of capacity, time order) and decide what to do now."""
-    forecast = forecast_depletion(readings, now=now)
+    """Forecast the slot from its readings (fractions of capacity, time order) and decide what to do now.
+
+    Only the current cycle matters, with a few readings before its start so that its refill is still seen as
+    one: the forecast reads from there, however much older history the caller holds.
+    """
+    series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
+    if memory.cycle_started_at is not None:
+        start = int(np.searchsorted(series.times, memory.cycle_started_at.timestamp(), side="left"))
+        series = series.from_index(max(start - REFILL_BASELINE_READINGS, 0))
+    forecast = forecast_depletion(series, now=now)
     cycle = advance_cycle(memory.cycle_started_at, forecast)
     if cycle is None:
         return SlotEvaluation(forecast=forecast, cycle_started_at=None, verdict=None)

@@ -1,3 +1,3 @@
-from replenish.forecasting.model import Forecast, LevelReading, forecast_depletion, split_cycles
+from replenish.forecasting.model import Forecast, LevelReading, ReadingSeries, forecast_depletion, split_cycles
 
-__all__ = ["Forecast", "LevelReading", "forecast_depletion", "split_cycles"]
+__all__ = ["Forecast", "LevelReading", "ReadingSeries", "forecast_depletion", "split_cycles"]

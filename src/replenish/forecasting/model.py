@@ -9,8 +9,9 @@ error and the residual spread give the uncertainty band of the empty time.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,31 @@ class LevelReading:
 
 
 @dataclass(frozen=True)
+class ReadingSeries:
+    """Readings as arrays: epoch seconds (ascending) and levels (fractions of capacity). Cheap to slice."""
+
+    times: np.ndarray
+    levels: np.ndarray
+
+    @classmethod
+    def of(cls, readings: list[LevelReading]) -> ReadingSeries:
+        return cls(
+            times=np.fromiter((r.ts.timestamp() for r in readings), dtype=float, count=len(readings)),
+            levels=np.fromiter((r.level for r in readings), dtype=float, count=len(readings)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def from_index(self, start: int) -> ReadingSeries:
+        return ReadingSeries(times=self.times[start:], levels=self.levels[start:])
+
+
+def _moment(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(float(epoch_seconds), UTC)
+
+
+@dataclass(frozen=True)
 class Forecast:
     status: str  # "ok", "insufficient_data", "not_consuming"
     computed_at: datetime
@@ -69,16 +95,20 @@ class Forecast:
         } | {"refills_detected": [moment.isoformat() for moment in self.refills_detected]}
 
 
-def split_cycles(readings: list[LevelReading]) -> list[int]:
+def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     """Indexes at which a new depletion cycle starts (always includes 0 for a non-empty list).
 
     A rise of at least REFILL_MIN_RISE over the median of the readings just before it is a refill when the next
     REFILL_CONFIRMATIONS readings stay that far above the old level too: a one- or two-reading glitch is not a
     refill, and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet.
     """
-    if not readings:
+    series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
+    return _cycle_starts(series.levels)
+
+
+def _cycle_starts(levels: np.ndarray) -> list[int]:
+    if len(levels) == 0:
         return []
-    levels = np.fromiter((reading.level for reading in readings), dtype=float, count=len(readings))
     starts = [0]
     # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS before it, as if
     # no refill had happened; then the few candidates are checked exactly, with the window cut at the cycle start.
@@ -86,7 +116,7 @@ def split_cycles(readings: list[LevelReading]) -> list[int]:
         if index <= starts[-1]:
             continue
         if index - starts[-1] > REFILL_BASELINE_READINGS or _is_refill(levels, index, cycle_start=starts[-1]):
-            starts.append(index)
+            starts.append(int(index))
     return starts
 
 
@@ -98,7 +128,7 @@ def _refill_candidates(levels: np.ndarray) -> np.ndarray:
     window = REFILL_BASELINE_READINGS
     baseline = np.empty(count)
     for index in range(1, min(window, count)):
-        baseline[index] = np.median(levels[:index])
+        baseline[index] = statistics.median(levels[:index].tolist())  # a handful of values: no numpy overhead
     if count > window:
         baseline[window:] = np.median(sliding_window_view(levels[:-1], window), axis=1)
     threshold = baseline[1:last] + REFILL_MIN_RISE
@@ -109,24 +139,29 @@ def _refill_candidates(levels: np.ndarray) -> np.ndarray:
 
 
 def _is_refill(levels: np.ndarray, index: int, *, cycle_start: int) -> bool:
-    window = levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index]
-    threshold = float(np.median(window)) + REFILL_MIN_RISE
+    window = levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index].tolist()
+    threshold = statistics.median(window) + REFILL_MIN_RISE
     return bool(np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold))
 
 
-def forecast_depletion(readings: list[LevelReading], *, now: datetime) -> Forecast:
+def forecast_depletion(readings: list[LevelReading] | ReadingSeries, *, now: datetime) -> Forecast:
     """Forecast when the slot runs empty, from readings sorted by time. Readings after ``now`` are ignored."""
-    visible = [reading for reading in readings if reading.ts <= now]
-    starts = split_cycles(visible)
-    refills = [visible[index].ts for index in starts[1:]]
-    cycle = visible[starts[-1] :] if starts else []
-    cycle_start = cycle[0].ts if cycle else None
+    series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
+    now_s = now.timestamp()
+    visible = series.from_index(0)
+    if len(visible) and visible.times[-1] > now_s:
+        cut = int(np.searchsorted(series.times, now_s, side="right"))
+        visible = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
+    starts = _cycle_starts(visible.levels)
+    refills = [_moment(visible.times[index]) for index in starts[1:]]
+    cycle = visible.from_index(starts[-1]) if starts else visible
+    cycle_start = _moment(cycle.times[0]) if len(cycle) else None
     base = {"computed_at": now, "cycle_started_at": cycle_start, "refills_detected": refills}
-    if len(cycle) < MIN_READINGS or cycle[-1].ts - cycle[0].ts < MIN_SPAN:
+    if len(cycle) < MIN_READINGS or cycle.times[-1] - cycle.times[0] < MIN_SPAN.total_seconds():
         return Forecast(status="insufficient_data", readings_used=len(cycle), outliers_dropped=0, **base)
 
-    days = np.array([(reading.ts - now).total_seconds() / SECONDS_PER_DAY for reading in cycle])
-    levels = np.array([reading.level for reading in cycle])
+    days = (cycle.times - now_s) / SECONDS_PER_DAY
+    levels = cycle.levels
     age = days[-1] - days
     weights = 0.5 ** (age / WEIGHT_HALF_LIFE_DAYS)
 
@@ -148,8 +183,8 @@ def forecast_depletion(readings: list[LevelReading], *, now: datetime) -> Foreca
         **base,
         "readings_used": int(keep.sum()),
         "outliers_dropped": int((~keep).sum()),
-        "evidence_from": cycle[0].ts,
-        "evidence_to": cycle[-1].ts,
+        "evidence_from": cycle_start,
+        "evidence_to": _moment(cycle.times[-1]),
         "level_now": level_now,
         "rate_per_day": float(rate),
         "rate_per_day_low": float(rate_low),

@@ -1,0 +1,107 @@
+"""`replenish backtest` (contract §3): the live evaluation replayed over a readings file, with no look-ahead."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from replenish.backtest.replay import read_readings, replay
+
+REPLENISH = str(Path(sys.executable).parent / "replenish")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def write_readings(path: Path, rows: list[tuple[str, str, datetime, float]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["device_id", "slot", "ts", "level"])
+        for device_id, slot, ts, level in sorted(rows, key=lambda row: row[2]):
+            writer.writerow([device_id, slot, ts.isoformat().replace("+00:00", "Z"), f"{level:.4f}"])
+    return path
+
+
+def fleet(slots: int = 12, days: int = 90, seed: int = 3) -> list[tuple[str, str, datetime, float]]:
+    """Slots emptying at their own noisy rates, refilled a day or two after they run dry."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(slots):
+        rate, level, moment = rng.uniform(0.02, 0.12), rng.uniform(0.3, 1.0), T0
+        while moment < T0 + timedelta(days=days):
+            reported = float(np.clip(round(level + rng.normal(0, 0.01), 2), 0, 1))
+            rows.append((f"dev-{number // 2}", f"slot{number % 2}", moment, reported))
+            moment += timedelta(hours=float(rng.choice([2, 4, 8])))
+            level -= rate * rng.uniform(0.5, 1.5) / 6
+            if level <= 0 and rng.random() < 0.2:
+                level = 1.0
+            level = max(level, 0.0)
+    return rows
+
+
+def run_cli(readings: Path, out: Path, lead: float = 3) -> subprocess.CompletedProcess[str]:
+    command = [REPLENISH, "backtest", str(readings), "--lead-time-days", str(lead), "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def read_orders(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_command_writes_orders_in_the_contract_format(tmp_path: Path):
+    readings = write_readings(tmp_path / "READINGS.csv", fleet())
+    done = run_cli(readings, tmp_path / "ORDERS.csv")
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "ORDERS.csv").read_text().splitlines()
+    assert lines[0] == "device_id,slot,ordered_at"
+    orders = read_orders(tmp_path / "ORDERS.csv")
+    assert orders, "slots that run dry get orders"
+    for order in orders:
+        assert order["ordered_at"].endswith("Z")
+        datetime.fromisoformat(order["ordered_at"])
+    assert [o["ordered_at"] for o in orders] == sorted(o["ordered_at"] for o in orders)
+
+
+def test_a_linear_slot_is_ordered_once_in_time(tmp_path: Path):
+    rows = [("printer-1", "black", T0 + timedelta(hours=6 * i), max(0.8 - 0.05 * i / 4, 0.0)) for i in range(80)]
+    orders = replay(read_readings(write_readings(tmp_path / "r.csv", rows)), lead_time_days=3, margin_days=1)
+    assert len(orders) == 1
+    empty_at = T0 + timedelta(days=16)
+    assert empty_at - timedelta(days=5) <= orders[0].ordered_at <= empty_at - timedelta(days=3)
+
+
+def test_truncating_the_file_never_changes_the_orders_before_the_cut(tmp_path: Path):
+    rows = sorted(fleet(), key=lambda row: row[2])
+    full = replay(read_readings(write_readings(tmp_path / "full.csv", rows)), lead_time_days=3, margin_days=1)
+    for cut in (0.2, 0.45, 0.7, 0.9):
+        kept = rows[: int(len(rows) * cut)]
+        until = kept[-1][2]
+        part = replay(read_readings(write_readings(tmp_path / "part.csv", kept)), lead_time_days=3, margin_days=1)
+        assert [o for o in full if o.ordered_at <= until] == part, f"cut at {cut:.0%} ({until})"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("device,slot,ts,level\n", "the header must be device_id,slot,ts,level"),
+        ("device_id,slot,ts,level\nd1,black,2026-01-01T00:00:00Z,1.5\n", ":2: level 1.5 is outside [0, 1]"),
+        ("device_id,slot,ts,level\nd1,black,yesterday,0.5\n", ":2: ts 'yesterday' is not ISO 8601"),
+        (
+            "device_id,slot,ts,level\nd1,black,2026-01-02T00:00:00Z,0.5\nd1,black,2026-01-01T00:00:00Z,0.4\n",
+            ":3: rows must be sorted by ts",
+        ),
+        ("device_id,slot,ts,level\nd 1,black,2026-01-01T00:00:00Z,0.5\n", ":2: device_id 'd 1' does not match"),
+    ],
+)
+def test_a_bad_file_is_refused_with_its_line(tmp_path: Path, content: str, message: str):
+    readings = tmp_path / "READINGS.csv"
+    readings.write_text(content)
+    done = run_cli(readings, tmp_path / "ORDERS.csv")
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "ORDERS.csv").exists(), "no partial output"
