@@ -21,9 +21,9 @@ SECONDS_PER_DAY = 86_400.0
 # A rise of at least this fraction of capacity, held by the next readings, is a refill.
 REFILL_MIN_RISE = 0.15
 REFILL_CONFIRMATIONS = 2
-# The old level is the median of this many readings before a rise: enough that a dip of REFILL_CONFIRMATIONS
-# readings (a bottle out of the fridge for two reports) cannot drag it down and fake a refill on its return.
-REFILL_BASELINE_READINGS = 2 * REFILL_CONFIRMATIONS + 1
+# The old level is the median of this many readings before a rise: enough that a dip of up to three readings (an
+# item out of the fridge for a while) cannot drag it down and fake a refill when the level comes back.
+REFILL_BASELINE_READINGS = 2 * REFILL_CONFIRMATIONS + 3
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 7.0
 MIN_READINGS = 3
