@@ -29,10 +29,6 @@ def get(*, session: Session, device_id: str) -> Device:
     return get_or_raise(session, Device, device_id, entity="device")
 
 
-def slots_of(*, session: Session, device_id: str) -> list[Slot]:
-    return list(session.exec(select(Slot).where(Slot.device_id == device_id).order_by(col(Slot.name))))
-
-
 def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
     slot = session.exec(select(Slot).where(Slot.device_id == device_id, Slot.name == slot_name)).first()
     if slot is None:
