@@ -52,12 +52,22 @@ class ReplayedOrder:
 
 @dataclass
 class _SlotReplay:
-    times: list[float] = field(default_factory=list)  # epoch seconds
-    levels: list[float] = field(default_factory=list)
+    # Growing buffers (epoch seconds, levels): the forecast reads views of them, nothing is copied per evaluation.
+    times: np.ndarray = field(default_factory=lambda: np.empty(256))
+    levels: np.ndarray = field(default_factory=lambda: np.empty(256))
+    count: int = 0
     first_visible: int = 0
     memory: SlotMemory = field(default_factory=SlotMemory)
     last_forecast: Forecast | None = None
     last_evaluated_at: datetime | None = None
+
+    def append(self, moment: float, level: float) -> None:
+        if self.count == len(self.times):
+            self.times = np.resize(self.times, 2 * self.count)
+            self.levels = np.resize(self.levels, 2 * self.count)
+        self.times[self.count] = moment
+        self.levels[self.count] = level
+        self.count += 1
 
 
 def read_readings(path: Path) -> Iterator[RecordedReading]:
@@ -109,15 +119,14 @@ def replay(readings: Iterable[RecordedReading], *, lead_time_days: float, margin
         state = slots.setdefault(key, _SlotReplay())
         moment = reading.ts.timestamp()
         # All readings of one instant are in before the slot is evaluated at that instant.
-        if state.times and moment > state.times[-1]:
-            _evaluate(key, state, now=_utc(state.times[-1]), policy=policy, orders=orders)
-        state.times.append(moment)
-        state.levels.append(reading.level)
+        if state.count and moment > state.times[state.count - 1]:
+            _evaluate(key, state, now=_utc(state.times[state.count - 1]), policy=policy, orders=orders)
+        state.append(moment, reading.level)
     # The last instant of each slot, under the same cadence rule as every other (a forced evaluation here would
     # make a truncated file order at a moment the full file does not).
     for key, state in slots.items():
-        if state.times:
-            _evaluate(key, state, now=_utc(state.times[-1]), policy=policy, orders=orders)
+        if state.count:
+            _evaluate(key, state, now=_utc(state.times[state.count - 1]), policy=policy, orders=orders)
     orders.sort(key=lambda order: (order.ordered_at, order.device_id, order.slot))
     return orders
 
@@ -136,7 +145,7 @@ def _evaluate(
     while state.times[state.first_visible] <= horizon_start:
         state.first_visible += 1
     series = ReadingSeries(
-        times=np.asarray(state.times[state.first_visible :]), levels=np.asarray(state.levels[state.first_visible :])
+        times=state.times[state.first_visible : state.count], levels=state.levels[state.first_visible : state.count]
     )
     memory = state.memory
     if memory.open_order_placed_at is not None and now >= memory.open_order_placed_at + timedelta(
