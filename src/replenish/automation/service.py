@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -17,7 +18,8 @@ from replenish.consent import service as consent
 from replenish.constants import DecisionAction
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.forecasting import Forecast, LevelReading
+from replenish.forecasting import Forecast, ReadingSeries
+from replenish.forecasting.model import REFILL_BASELINE_READINGS
 from replenish.ingest.models import Reading
 from replenish.notifications import service as notifications
 from replenish.orders import service as orders
@@ -35,14 +37,31 @@ class EvaluationReport:
     errors: int = 0
 
 
-def slot_readings(*, session: Session, slot: Slot, now: datetime) -> list[LevelReading]:
+def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
+    """What an evaluation needs: the current cycle, and the few readings before it that show its refill."""
     since = now - timedelta(days=FORECAST_HISTORY_DAYS)
-    rows = session.exec(
-        select(Reading.ts, Reading.level)
-        .where(Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
-        .order_by(col(Reading.ts), col(Reading.id))
+    in_window = (Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
+    if slot.cycle_started_at is None or slot.cycle_started_at <= since:
+        rows = list(
+            session.exec(select(Reading.ts, Reading.level).where(*in_window).order_by(col(Reading.ts), col(Reading.id)))
+        )
+    else:
+        before = session.exec(
+            select(Reading.ts, Reading.level)
+            .where(*in_window, Reading.ts < slot.cycle_started_at)
+            .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
+            .limit(REFILL_BASELINE_READINGS)
+        ).all()
+        cycle = session.exec(
+            select(Reading.ts, Reading.level)
+            .where(*in_window, Reading.ts >= slot.cycle_started_at)
+            .order_by(col(Reading.ts), col(Reading.id))
+        ).all()
+        rows = [*reversed(before), *cycle]
+    return ReadingSeries(
+        times=np.fromiter((ts.timestamp() for ts, _ in rows), dtype=float, count=len(rows)),
+        levels=np.fromiter((level / slot.capacity for _, level in rows), dtype=float, count=len(rows)),
     )
-    return [LevelReading(ts=ts, level=level / slot.capacity) for ts, level in rows]
 
 
 def evaluate_slot(
