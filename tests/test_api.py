@@ -76,6 +76,7 @@ def test_devices_list_and_detail(api):
         "capacity": 2.0,
         "product_sku": "MILK",
         "lead_time_days": 1.0,
+        "service_level": 0.97,
         "level": None,
         "level_at": None,
         "forecast": None,
@@ -172,3 +173,19 @@ def test_readings_page_by_time(platform, api, publisher):
     second = api.get(url, params={"limit": 2, "before": first[-1]["ts"]}).json()
     assert [r["level"] for r in second] == [0.7, 0.8]
     assert api.get(url, params={"before": "2026-11-02T10:00:00"}).json()["field"] == "before"
+
+
+def test_a_slot_s_service_level_and_lead_time_can_be_changed(api):
+    customer = create_customer(api, email="ada@example.com")
+    register_device(api, customer_id=customer, device_id="printer-a")
+    changed = api.patch("/devices/printer-a/slots/black", json={"service_level": 0.99, "lead_time_days": 5})
+    assert changed.status_code == 200, changed.text
+    black = next(slot for slot in changed.json()["slots"] if slot["name"] == "black")
+    assert (black["service_level"], black["lead_time_days"]) == (0.99, 5.0)
+    assert api.get("/devices/printer-a").json() == changed.json()
+    for body, field in (({"service_level": 1.0}, "service_level"), ({"lead_time_days": None}, "lead_time_days")):
+        refused = api.patch("/devices/printer-a/slots/black", json=body)
+        assert refused.status_code == 422, refused.text
+        assert field in refused.text
+    assert api.patch("/devices/printer-a/slots/nothing", json={"service_level": 0.9}).status_code == 404
+    assert api.patch("/devices/printer-a/slots/black", json={"colour": "red"}).status_code == 422

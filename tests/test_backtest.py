@@ -75,14 +75,19 @@ def test_a_linear_slot_is_ordered_once_in_time(tmp_path: Path):
     assert empty_at - timedelta(days=5) <= orders[0].ordered_at <= empty_at - timedelta(days=3)
 
 
-def test_truncating_the_file_never_changes_the_orders_before_the_cut(tmp_path: Path):
+@pytest.mark.parametrize("hours", [0, 1, 30])
+def test_truncating_the_file_never_changes_the_orders_before_the_cut(tmp_path: Path, hours: int):
+    # Cut at a reading's instant, between readings, and in a long silence: orders the truncated replay places after
+    # its last reading (a quiet slot's order time) must be the full replay's too, up to the cut.
     rows = sorted(fleet(), key=lambda row: row[2])
     full = replay(read_readings(write_readings(tmp_path / "full.csv", rows)), lead_time_days=3, margin_days=1)
+    assert len(full) > 10
     for cut in (0.2, 0.45, 0.7, 0.9):
-        kept = rows[: int(len(rows) * cut)]
-        until = kept[-1][2]
+        until = rows[int(len(rows) * cut)][2] + timedelta(hours=hours)
+        kept = [row for row in rows if row[2] <= until]
         part = replay(read_readings(write_readings(tmp_path / "part.csv", kept)), lead_time_days=3, margin_days=1)
-        assert [o for o in full if o.ordered_at <= until] == part, f"cut at {cut:.0%} ({until})"
+        before = [o for o in full if o.ordered_at <= until]
+        assert before == [o for o in part if o.ordered_at <= until], f"cut at {cut:.0%} ({until})"
 
 
 @pytest.mark.parametrize(
@@ -105,3 +110,15 @@ def test_a_bad_file_is_refused_with_its_line(tmp_path: Path, content: str, messa
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "ORDERS.csv").exists(), "no partial output"
+
+
+def test_a_quiet_slot_is_ordered_between_readings_when_its_forecast_says(tmp_path: Path):
+    # One reading a day: the live scheduler, evaluating every minute, orders at the moment the forecast gives, not
+    # at the next reading; the replay does the same.
+    rows = [("coffee-1", "beans", T0 + timedelta(days=i), max(0.8 - 0.05 * i, 0.0)) for i in range(20)]
+    orders = replay(read_readings(write_readings(tmp_path / "r.csv", rows)), lead_time_days=3, margin_days=0)
+    assert len(orders) == 1
+    ordered = orders[0].ordered_at
+    assert (ordered - T0) % timedelta(days=1) != timedelta(0), "not at a reading's instant"
+    empty_at = T0 + timedelta(days=16)
+    assert empty_at - timedelta(days=5) <= ordered <= empty_at - timedelta(days=3)

@@ -14,11 +14,11 @@ import numpy as np
 
 from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
-from replenish.forecasting import Forecast, LevelReading, ReadingSeries, forecast_depletion
-from replenish.forecasting.model import REFILL_BASELINE_READINGS
+from replenish.forecasting import Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
 
-# How much history a forecast reads: enough for a long depletion cycle, bounded so an evaluation stays cheap.
-FORECAST_HISTORY_DAYS = 120
+# How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
+# 2%), so an evaluation stays cheap however long the slot has reported.
+FORECAST_HISTORY_DAYS = 42
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,20 @@ def evaluate(
     mode: ConsentMode,
     policy: ReorderPolicy,
     memory: SlotMemory,
+    prior: RatePrior | None = None,
 ) -> SlotEvaluation:
     """Forecast the slot from its readings (fractions of capacity, time order) and decide what to do now.
 
-    Only the current cycle matters, with a few readings before its start so that its refill is still seen as
-    one: the forecast reads from there, however much older history the caller holds.
+    The forecast reads the last FORECAST_HISTORY_DAYS, however much older history the caller holds: earlier
+    cycles lend the current one their rate and their spread of use.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    if memory.cycle_started_at is not None:
-        start = int(np.searchsorted(series.times, memory.cycle_started_at.timestamp(), side="left"))
-        series = series.from_index(max(start - REFILL_BASELINE_READINGS, 0))
-    forecast = forecast_depletion(series, now=now)
+    if len(series):
+        start = int(np.searchsorted(series.times, now.timestamp() - FORECAST_HISTORY_DAYS * 86_400.0, side="right"))
+        series = series.from_index(start)
+    forecast = forecast_depletion(
+        series, now=now, service_level=policy.service_level, horizon_days=policy.horizon_days, prior=prior
+    )
     cycle = advance_cycle(memory.cycle_started_at, forecast)
     if cycle is None:
         return SlotEvaluation(forecast=forecast, cycle_started_at=None, verdict=None)

@@ -8,6 +8,7 @@ from typing import Any
 
 from replenish.constants import ConsentMode, DecisionAction
 from replenish.forecasting import Forecast
+from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
 
 _ACTION_BY_MODE: dict[ConsentMode, DecisionAction | None] = {
     ConsentMode.AUTO_ORDER: DecisionAction.PLACE_ORDER,
@@ -25,15 +26,21 @@ MAX_EVIDENCE_AGE_DAYS = 2.0
 class ReorderPolicy:
     lead_time_days: float
     margin_days: float
+    service_level: float = DEFAULT_SERVICE_LEVEL
     max_evidence_age_days: float = MAX_EVIDENCE_AGE_DAYS
 
     @property
+    def horizon_days(self) -> float:
+        return self.lead_time_days + self.margin_days
+
+    @property
     def horizon(self) -> timedelta:
-        return timedelta(days=self.lead_time_days + self.margin_days)
+        return timedelta(days=self.horizon_days)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {
-            "rule": "act when the early (5%) empty estimate falls within lead time + margin, once per depletion "
+            "rule": "act when the probability of running empty before now + lead time + margin reaches "
+            "1 - service_level (the forecast's early empty estimate falls within that horizon), once per depletion "
             "cycle, not while an order placed within lead time + margin is open, and only on readings newer "
             "than max_evidence_age_days"
         }
@@ -75,8 +82,8 @@ def decide(
         return None
     assert forecast.empty_at is not None and forecast.empty_at_early is not None
     reason = (
-        f"forecast empty {forecast.empty_at:%Y-%m-%d %H:%M} UTC (early estimate "
-        f"{forecast.empty_at_early:%Y-%m-%d %H:%M} UTC) is within the {policy.lead_time_days:g}-day lead time "
-        f"plus {policy.margin_days:g}-day margin; consent mode {mode}"
+        f"forecast empty {forecast.empty_at:%Y-%m-%d %H:%M} UTC; at a {policy.service_level:.0%} service level it "
+        f"may be empty by {forecast.empty_at_early:%Y-%m-%d %H:%M} UTC, within the {policy.lead_time_days:g}-day "
+        f"lead time plus {policy.margin_days:g}-day margin; consent mode {mode}"
     )
     return Verdict(action=action, reason=reason)

@@ -18,8 +18,8 @@ from replenish.consent import service as consent
 from replenish.constants import DecisionAction
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.forecasting import Forecast, ReadingSeries
-from replenish.forecasting.model import REFILL_BASELINE_READINGS
+from replenish.forecasting import Forecast, RatePrior, ReadingSeries
+from replenish.forecasting.model import fleet_prior, lends_to_fleet
 from replenish.ingest.models import Reading
 from replenish.notifications import service as notifications
 from replenish.orders import service as orders
@@ -38,38 +38,54 @@ class EvaluationReport:
 
 
 def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
-    """What an evaluation needs: the current cycle, and the few readings before it that show its refill."""
+    """What an evaluation needs: the slot's readings over the forecast's history window."""
     since = now - timedelta(days=FORECAST_HISTORY_DAYS)
-    in_window = (Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
-    if slot.cycle_started_at is None or slot.cycle_started_at <= since:
-        rows = list(
-            session.exec(select(Reading.ts, Reading.level).where(*in_window).order_by(col(Reading.ts), col(Reading.id)))
-        )
-    else:
-        before = session.exec(
-            select(Reading.ts, Reading.level)
-            .where(*in_window, Reading.ts < slot.cycle_started_at)
-            .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
-            .limit(REFILL_BASELINE_READINGS)
-        ).all()
-        cycle = session.exec(
-            select(Reading.ts, Reading.level)
-            .where(*in_window, Reading.ts >= slot.cycle_started_at)
-            .order_by(col(Reading.ts), col(Reading.id))
-        ).all()
-        rows = [*reversed(before), *cycle]
+    rows = session.exec(
+        select(Reading.ts, Reading.level)
+        .where(Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
+        .order_by(col(Reading.ts), col(Reading.id))
+    ).all()
     return ReadingSeries(
         times=np.fromiter((ts.timestamp() for ts, _ in rows), dtype=float, count=len(rows)),
         levels=np.fromiter((level / slot.capacity for _, level in rows), dtype=float, count=len(rows)),
     )
 
 
+def fleet_priors(*, session: Session) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """Per (device kind, slot name), the slots whose latest forecast rests on enough of their own readings, with
+    their rates: what a slot with little history borrows (see prior_for)."""
+    rates: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    rows = session.exec(
+        select(Device.kind, Slot.name, Slot.id, SlotForecast.forecast)
+        .join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
+        .join(Device, col(Device.id) == col(Slot.device_id))
+    )
+    for kind, name, slot_id, stored in rows:
+        forecast = Forecast.from_json(stored)
+        if forecast is not None and lends_to_fleet(forecast):
+            assert forecast.rate_per_day is not None
+            rates.setdefault((kind, name), []).append((slot_id, forecast.rate_per_day))
+    return rates
+
+
+def prior_for(fleet: dict[tuple[str, str], list[tuple[str, float]]], *, device: Device, slot: Slot) -> RatePrior | None:
+    return fleet_prior([rate for slot_id, rate in fleet.get((device.kind, slot.name), []) if slot_id != slot.id])
+
+
 def evaluate_slot(
-    *, session: Session, slot: Slot, device: Device, now: datetime, margin_days: float
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    now: datetime,
+    margin_days: float,
+    prior: RatePrior | None = None,
 ) -> Decision | None:
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
     mode = consent.mode_for_slot(document, device_id=device.id, slot_name=slot.name)
-    policy = ReorderPolicy(lead_time_days=slot.lead_time_days, margin_days=margin_days)
+    policy = ReorderPolicy(
+        lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
+    )
     open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
     latest_decision = session.exec(
         select(Decision.cycle_started_at)
@@ -83,7 +99,12 @@ def evaluate_slot(
         open_order_placed_at=open_order.created_at if open_order else None,
     )
     evaluation = evaluate(
-        slot_readings(session=session, slot=slot, now=now), now=now, mode=mode, policy=policy, memory=memory
+        slot_readings(session=session, slot=slot, now=now),
+        now=now,
+        mode=mode,
+        policy=policy,
+        memory=memory,
+        prior=prior,
     )
     _store_forecast(session=session, slot_id=slot.id, forecast=evaluation.forecast, now=now)
     slot.cycle_started_at = evaluation.cycle_started_at
@@ -170,6 +191,7 @@ def evaluate_all(*, engine: Engine, now: datetime, margin_days: float) -> Evalua
     report = EvaluationReport()
     with Session(engine) as session:
         targets = list(session.exec(select(Slot.id, Slot.device_id).order_by(col(Slot.device_id), col(Slot.name))))
+        fleet = fleet_priors(session=session)
     for slot_id, device_id in targets:
         report.slots += 1
         try:
@@ -178,7 +200,14 @@ def evaluate_all(*, engine: Engine, now: datetime, margin_days: float) -> Evalua
                 device = session.get(Device, device_id)
                 if slot is None or device is None:
                     continue  # deleted since the list was read
-                decision = evaluate_slot(session=session, slot=slot, device=device, now=now, margin_days=margin_days)
+                decision = evaluate_slot(
+                    session=session,
+                    slot=slot,
+                    device=device,
+                    now=now,
+                    margin_days=margin_days,
+                    prior=prior_for(fleet, device=device, slot=slot),
+                )
                 report.forecasts += 1
                 if decision is not None:
                     report.decisions.append(decision.id)

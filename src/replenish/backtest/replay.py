@@ -9,6 +9,8 @@ readings with ts <= t, so truncating the input never changes the orders before t
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,15 +22,20 @@ import numpy as np
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEVICE_ID_RE, ConsentMode
-from replenish.forecasting import Forecast, ReadingSeries
+from replenish.forecasting import Forecast, RatePrior, ReadingSeries
+from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL, SECONDS_PER_DAY, fleet_prior, lends_to_fleet
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
-# Evaluation cadence. The live scheduler evaluates every minute, which with readings minutes to hours apart means
-# at every reading. The replay does the same whenever the early empty estimate is within NEAR of the order
-# horizon, and otherwise at most every FAR_STEP of simulated time: far from empty, a few hours change nothing.
+# Evaluation cadence. The live scheduler evaluates every minute. The replay evaluates a slot when it reports: at
+# most every NEAR_STEP of simulated time while the early empty estimate is within NEAR of the order horizon (or
+# right after a sharp drop), less often the further it is, every DECIDED_STEP once this cycle's order is placed;
+# and in between, at the moment its latest forecast says to order.
 NEAR = timedelta(days=2)
-FAR_STEP = timedelta(hours=6)
+NEAR_STEP = timedelta(hours=1)
+FAR_STEP = timedelta(hours=24)
+DECIDED_STEP = timedelta(hours=12)
+SHARP_DROP = 0.1
 
 
 class ReadingsError(ValueError):
@@ -52,6 +59,7 @@ class ReplayedOrder:
 
 @dataclass
 class _SlotReplay:
+    slot: str
     # Growing buffers (epoch seconds, levels): the forecast reads views of them, nothing is copied per evaluation.
     times: np.ndarray = field(default_factory=lambda: np.empty(256))
     levels: np.ndarray = field(default_factory=lambda: np.empty(256))
@@ -60,6 +68,7 @@ class _SlotReplay:
     memory: SlotMemory = field(default_factory=SlotMemory)
     last_forecast: Forecast | None = None
     last_evaluated_at: datetime | None = None
+    evaluations: int = 0  # a scheduled check is stale once the slot has been evaluated again
 
     def append(self, moment: float, level: float) -> None:
         if self.count == len(self.times):
@@ -109,66 +118,163 @@ def _parse_row(row: list[str], *, where: str) -> RecordedReading:
     return RecordedReading(device_id=device_id, slot=slot, ts=ts, level=level)
 
 
-def replay(readings: Iterable[RecordedReading], *, lead_time_days: float, margin_days: float) -> list[ReplayedOrder]:
-    """The orders the platform would have placed, every slot on auto-order. Readings must come in ts order."""
-    policy = ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days)
-    slots: dict[tuple[str, str], _SlotReplay] = {}
-    orders: list[ReplayedOrder] = []
-    for reading in readings:
-        key = (reading.device_id, reading.slot)
-        state = slots.setdefault(key, _SlotReplay())
-        moment = reading.ts.timestamp()
-        # All readings of one instant are in before the slot is evaluated at that instant.
-        if state.count and moment > state.times[state.count - 1]:
-            _evaluate(key, state, now=_utc(state.times[state.count - 1]), policy=policy, orders=orders)
-        state.append(moment, reading.level)
-    # The last instant of each slot, under the same cadence rule as every other (a forced evaluation here would
-    # make a truncated file order at a moment the full file does not).
-    for key, state in slots.items():
-        if state.count:
-            _evaluate(key, state, now=_utc(state.times[state.count - 1]), policy=policy, orders=orders)
-    orders.sort(key=lambda order: (order.ordered_at, order.device_id, order.slot))
-    return orders
-
-
-def _evaluate(
-    key: tuple[str, str],
-    state: _SlotReplay,
+def replay(
+    readings: Iterable[RecordedReading],
     *,
-    now: datetime,
-    policy: ReorderPolicy,
-    orders: list[ReplayedOrder],
-) -> None:
-    if _can_wait(state, now=now, policy=policy):
-        return
-    horizon_start = (now - timedelta(days=FORECAST_HISTORY_DAYS)).timestamp()
-    while state.times[state.first_visible] <= horizon_start:
-        state.first_visible += 1
-    series = ReadingSeries(
-        times=state.times[state.first_visible : state.count], levels=state.levels[state.first_visible : state.count]
-    )
-    memory = state.memory
-    if memory.open_order_placed_at is not None and now >= memory.open_order_placed_at + timedelta(
-        days=policy.lead_time_days
-    ):
-        memory = replace(memory, open_order_placed_at=None)  # delivered
-    evaluation = evaluate(series, now=now, mode=ConsentMode.AUTO_ORDER, policy=policy, memory=memory)
-    memory = replace(memory, cycle_started_at=evaluation.cycle_started_at)
-    if evaluation.verdict is not None:
-        orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
-        memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=now)
-    state.memory = memory
-    state.last_forecast = evaluation.forecast
-    state.last_evaluated_at = now
+    lead_time_days: float,
+    margin_days: float,
+    service_level: float = DEFAULT_SERVICE_LEVEL,
+) -> list[ReplayedOrder]:
+    """The orders the platform would have placed, every slot on auto-order. Readings must come in ts order."""
+    run = _Replay(ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level))
+    for reading in readings:
+        run.advance_to(reading.ts.timestamp())
+        run.add(reading)
+    run.advance_to(math.inf)
+    return sorted(run.orders, key=lambda order: (order.ordered_at, order.device_id, order.slot))
+
+
+class _Replay:
+    """Simulated time runs with the file: an instant is acted on once a later reading shows that it is over.
+
+    At each instant the slots that reported are evaluated (all readings of that instant are in by then), and in
+    between, the checks the live scheduler's every-minute evaluation would act on: the moment a quiet slot's
+    forecast says to order. Everything happens in time order, so the fleet's rates that a slot borrows as its
+    prior never come from readings later than the decision.
+    """
+
+    def __init__(self, policy: ReorderPolicy) -> None:
+        self.policy = policy
+        self.slots: dict[tuple[str, str], _SlotReplay] = {}
+        self.orders: list[ReplayedOrder] = []
+        self.clock = -math.inf
+        self.reported: list[tuple[str, str]] = []  # slots with readings at self.clock, not evaluated yet
+        self.checks: list[tuple[float, int, tuple[str, str], int]] = []  # (when, tie-break, slot, evaluation no.)
+        self.fleet = FleetRates()
+        self._tie = itertools.count()
+
+    def add(self, reading: RecordedReading) -> None:
+        key = (reading.device_id, reading.slot)
+        state = self.slots.get(key)
+        if state is None:
+            state = self.slots[key] = _SlotReplay(slot=reading.slot)
+        if not self.reported or self.reported[-1] != key:
+            self.reported.append(key)
+        state.append(reading.ts.timestamp(), reading.level)
+
+    def advance_to(self, moment: float) -> None:
+        if moment <= self.clock:
+            return
+        now = self.clock
+        for key in dict.fromkeys(self.reported):
+            self._evaluate(key, now=now, scheduled=False)
+        self.reported.clear()
+        while self.checks and self.checks[0][0] < moment:
+            when, _, key, evaluation = heapq.heappop(self.checks)
+            if self.slots[key].evaluations == evaluation:
+                self._evaluate(key, now=when, scheduled=True)
+        self.clock = moment
+
+    def _evaluate(self, key: tuple[str, str], *, now: float, scheduled: bool) -> None:
+        state = self.slots[key]
+        moment = _utc(now)
+        if not scheduled and _can_wait(state, now=moment, policy=self.policy):
+            return
+        horizon_start = now - FORECAST_HISTORY_DAYS * SECONDS_PER_DAY
+        while state.times[state.first_visible] <= horizon_start:
+            state.first_visible += 1
+        series = ReadingSeries(
+            times=state.times[state.first_visible : state.count],
+            levels=state.levels[state.first_visible : state.count],
+        )
+        memory = state.memory
+        if memory.open_order_placed_at is not None and moment >= memory.open_order_placed_at + timedelta(
+            days=self.policy.lead_time_days
+        ):
+            memory = replace(memory, open_order_placed_at=None)  # delivered
+        evaluation = evaluate(
+            series,
+            now=moment,
+            mode=ConsentMode.AUTO_ORDER,
+            policy=self.policy,
+            memory=memory,
+            prior=self.fleet.prior(state.slot, exclude=key),
+        )
+        memory = replace(memory, cycle_started_at=evaluation.cycle_started_at)
+        if evaluation.verdict is not None:
+            self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=moment))
+            memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=moment)
+        state.memory = memory
+        state.last_forecast = evaluation.forecast
+        state.last_evaluated_at = moment
+        state.evaluations += 1
+        self.fleet.observe(state.slot, key, evaluation.forecast)
+        check = _next_check(state, now=moment, policy=self.policy)
+        if check is not None:
+            heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
 
 
 def _can_wait(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> bool:
-    if state.last_evaluated_at is None or state.last_forecast is None:
+    """Whether a new reading can wait for a later evaluation. The forecast moves little from one reading to the
+    next, and the scheduled check acts at the moment the forecast says, so evaluating at every reading would mostly
+    repeat the same answer; the further the slot is from its order time, the longer it can wait, unless its level
+    has just dropped sharply."""
+    forecast = state.last_forecast
+    if state.last_evaluated_at is None or forecast is None:
         return False
-    if now - state.last_evaluated_at >= FAR_STEP:
-        return False
-    early = state.last_forecast.empty_at_early
-    return early is None or early > now + policy.horizon + NEAR
+    since = now - state.last_evaluated_at
+    memory = state.memory
+    if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
+        return since < DECIDED_STEP  # only a refill can change anything, and it is not urgent
+    if forecast.empty_at_early is None or forecast.level_now is None:
+        return since < NEAR_STEP if forecast.status == "insufficient_data" else since < FAR_STEP
+    slack = forecast.empty_at_early - (now + policy.horizon)
+    if slack <= NEAR or state.levels[state.count - 1] < forecast.level_now - SHARP_DROP:
+        return since < NEAR_STEP
+    return since < min(FAR_STEP, slack / 2)
+
+
+def _next_check(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> datetime | None:
+    """When, with no new reading, the slot's decision could change: its forecast's order time, once nothing holds it
+    back. None when that is never (already decided this cycle, or the evidence would be too old by then)."""
+    forecast, memory = state.last_forecast, state.memory
+    if forecast is None or forecast.empty_at_early is None or forecast.evidence_to is None:
+        return None
+    if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
+        return None
+    due = forecast.empty_at_early - policy.horizon
+    if memory.open_order_placed_at is not None:
+        due = max(due, memory.open_order_placed_at + policy.horizon)
+    if due <= now or due > forecast.evidence_to + timedelta(days=policy.max_evidence_age_days):
+        return None
+    return due
+
+
+class FleetRates:
+    """Each slot's latest well-founded consumption rate, by slot name: the prior for a slot with little of its own."""
+
+    def __init__(self) -> None:
+        self.rates: dict[str, dict[tuple[str, str], float]] = {}
+        self._priors: dict[str, tuple[int, RatePrior | None]] = {}
+        self._changes: dict[str, int] = {}
+
+    def observe(self, name: str, key: tuple[str, str], forecast: Forecast) -> None:
+        if lends_to_fleet(forecast):
+            assert forecast.rate_per_day is not None
+            self.rates.setdefault(name, {})[key] = forecast.rate_per_day
+            self._changes[name] = self._changes.get(name, 0) + 1
+
+    def prior(self, name: str, *, exclude: tuple[str, str]) -> RatePrior | None:
+        rates = self.rates.get(name)
+        if not rates:
+            return None
+        # The median moves slowly: recomputed after every tenth of the fleet has reported, not at every evaluation.
+        changes = self._changes[name]
+        cached = self._priors.get(name)
+        if cached is None or changes - cached[0] >= max(1, len(rates) // 10):
+            cached = (changes, fleet_prior([rate for key, rate in rates.items() if key != exclude]))
+            self._priors[name] = cached
+        return cached[1]
 
 
 def _utc(epoch_seconds: float) -> datetime:

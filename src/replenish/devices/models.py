@@ -7,6 +7,7 @@ from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from replenish.db import JSONType, UTCDateTime, new_id
+from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
 
 
 class Device(SQLModel, table=True):
@@ -34,6 +35,7 @@ class Slot(SQLModel, table=True):
     capacity: float
     product_sku: str
     lead_time_days: float
+    service_level: float = DEFAULT_SERVICE_LEVEL
     level: float | None = None
     level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Where the current depletion cycle began. Kept, not recomputed: it only moves forward on a confirmed refill,

@@ -8,7 +8,7 @@ from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
-from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead
+from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotUpdate
 from replenish.errors import InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -22,6 +22,16 @@ def register_device(body: DeviceCreate, engine: EngineDep, clock: ClockDep) -> D
             raise InvalidRequest(f"customer {body.customer_id!r} does not exist", field="customer_id")
         device = service.register(session=session, request=body, now=clock.now())
         return service.describe(session=session, device=device)
+
+
+@router.patch("/{device_id}/slots/{slot_name}", response_model=DeviceRead, summary="Change a slot's settings")
+def update_slot(device_id: str, slot_name: str, body: SlotUpdate, engine: EngineDep) -> DeviceRead:
+    """Changes what a slot orders (product_sku), how long a delivery takes (lead_time_days) and how sure the
+    platform must be that a delivery arrives in time (service_level). The next evaluation uses them."""
+    with transaction(engine) as session:
+        slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+        service.update_slot(session=session, slot=slot, request=body)
+        return service.describe(session=session, device=service.get(session=session, device_id=device_id))
 
 
 @router.get("", response_model=list[DeviceRead], summary="List devices")

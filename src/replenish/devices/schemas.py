@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from replenish.constants import DEVICE_ID_PATTERN, DeviceKind
+from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
 
 
 class SlotCreate(BaseModel):
@@ -16,6 +17,23 @@ class SlotCreate(BaseModel):
     capacity: float = Field(1.0, gt=0, description="Level of a full slot, in the unit. Levels run 0..capacity.")
     product_sku: str = Field(min_length=1, max_length=128, description="What to order when it runs low.")
     lead_time_days: float = Field(3.0, ge=0, le=365, description="Days from order to delivery.")
+    service_level: float = Field(
+        DEFAULT_SERVICE_LEVEL,
+        ge=0.5,
+        le=0.999,
+        description="Target probability that a delivery arrives before the slot runs empty: the platform acts when "
+        "the chance of running out before an order placed now could arrive exceeds 1 - service_level.",
+    )
+
+
+class SlotUpdate(BaseModel):
+    """Fields of a slot that may change after registration; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_sku: str | None = Field(None, min_length=1, max_length=128)
+    lead_time_days: float | None = Field(None, ge=0, le=365)
+    service_level: float | None = Field(None, ge=0.5, le=0.999)
 
 
 class DeviceCreate(BaseModel):
@@ -43,10 +61,13 @@ class SlotRead(BaseModel):
     capacity: float
     product_sku: str
     lead_time_days: float
+    service_level: float
     level: float | None = Field(description="Latest reported level, in the unit.")
     level_at: datetime | None
     forecast: dict[str, Any] | None = Field(
-        None, description="Latest forecast: empty_at (median), empty_at_early (5%), rate_per_day, evidence."
+        None,
+        description="Latest forecast: empty_at (median), empty_at_early (the 1 - service_level quantile), "
+        "rate_per_day, level_now, the evidence (readings, cycles, prior) and the refills seen.",
     )
     forecast_computed_at: datetime | None = None
 

@@ -7,8 +7,8 @@ from sqlmodel import Session, col, select
 from replenish.constants import Channel
 from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead
-from replenish.errors import Conflict, NotFound
+from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
+from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 
 
@@ -33,6 +33,15 @@ def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
     slot = session.exec(select(Slot).where(Slot.device_id == device_id, Slot.name == slot_name)).first()
     if slot is None:
         raise NotFound("slot", f"{device_id}/{slot_name}")
+    return slot
+
+
+def update_slot(*, session: Session, slot: Slot, request: SlotUpdate) -> Slot:
+    for name, value in request.model_dump(exclude_unset=True).items():
+        if value is None:
+            raise InvalidRequest(f"{name} cannot be null", field=name)
+        setattr(slot, name, value)
+    session.add(slot)
     return slot
 
 

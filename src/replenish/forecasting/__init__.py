@@ -1,3 +1,10 @@
-from replenish.forecasting.model import Forecast, LevelReading, ReadingSeries, forecast_depletion, split_cycles
+from replenish.forecasting.model import (
+    Forecast,
+    LevelReading,
+    RatePrior,
+    ReadingSeries,
+    forecast_depletion,
+    split_cycles,
+)
 
-__all__ = ["Forecast", "LevelReading", "ReadingSeries", "forecast_depletion", "split_cycles"]
+__all__ = ["Forecast", "LevelReading", "RatePrior", "ReadingSeries", "forecast_depletion", "split_cycles"]

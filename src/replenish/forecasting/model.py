@@ -2,15 +2,25 @@
 
 Levels are fractions of the slot's capacity (0 = empty, 1 = full), so one model serves ink, milk and eggs.
 
-First honest version: refills split the history into depletion cycles; the current cycle's level is fitted
-against time by least squares weighted toward recent readings, with outliers dropped; the slope's standard
-error and the residual spread give the uncertainty band of the empty time.
+The model:
+
+- refills split the history into depletion cycles (a sustained rise starts one, a one-off spike does not);
+- one consumption rate runs through all of them: a weighted least-squares line with its own level per cycle
+  (fixed effects) and one common slope, weighted toward recent readings. A fresh cycle therefore starts with the
+  rate the slot has shown before, and a slot's first readings lean on a prior from the fleet when one is given;
+- readings that stand alone against their neighbours (spikes, a bottle out of the fridge) are dropped; a drop
+  that the next reading confirms is kept, because a burst of use is real;
+- the spread of what will be used over the reorder horizon is the slot's own: the variance of its past use over
+  windows of that length, beyond what its rate explains and beyond sensor noise, plus the uncertainty of the
+  rate and of the level now;
+- everything is dated from the newest reading (the evidence), so the forecast does not drift while a device is
+  quiet, and a decision can be taken at the right moment between readings.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,24 +30,42 @@ from numpy.lib.stride_tricks import sliding_window_view
 SECONDS_PER_DAY = 86_400.0
 # A rise of at least this fraction of capacity, held by the next readings, is a refill.
 REFILL_MIN_RISE = 0.15
-REFILL_CONFIRMATIONS = 2
+REFILL_CONFIRMATIONS = 1
 # The old level is the median of this many readings before a rise: enough that a dip of up to three readings (an
 # item out of the fridge for a while) cannot drag it down and fake a refill when the level comes back.
 REFILL_BASELINE_READINGS = 2 * REFILL_CONFIRMATIONS + 3
 # Recent readings count more: a reading this old weighs half as much as the newest.
-WEIGHT_HALF_LIFE_DAYS = 7.0
-MIN_READINGS = 3
-# Less than a day of a cycle says too little about the rate to act on.
+WEIGHT_HALF_LIFE_DAYS = 4.0
+# Less than this much of the slot's own history (all cycles together) says too little about the rate to act on,
+# unless the fleet lends a prior.
 MIN_SPAN = timedelta(days=1)
 # At or below this the slot is empty for practical purposes, whatever its recent slope.
 EMPTY_LEVEL = 0.02
+# A fall to empty from at least DIP_FROM is a dip (an item out of the fridge, a sensor glitch) unless it lasts.
+DIP_FROM = 0.15
+DIP_MAX = timedelta(hours=12)
 # Below this consumption the slot is "not being used" rather than "empties in 40 years".
 MIN_RATE_PER_DAY = 1e-4
-# z for the 5% / 95% quantiles of the band.
-BAND_Z = 1.645
-OUTLIER_MADS = 4.0
-MAX_RESIDUAL_AUTOCORRELATION = 0.95
-MIN_EFFECTIVE_READINGS = 3.0
+# Dates further out than this are "not in the foreseeable future" (and beyond what datetime can hold).
+MAX_FORECAST_DAYS = 3650.0
+DEFAULT_SERVICE_LEVEL = 0.97
+DEFAULT_HORIZON_DAYS = 4.0
+# The upper end of the band: the 95% quantile of the empty time.
+LATE_QUANTILE = 0.95
+# A reading further than this from its neighbours' median, in robust standard deviations, is an outlier...
+OUTLIER_SDS = 4.0
+# ...and never for less than this (quantized levels have a MAD of zero).
+OUTLIER_MIN_DEVIATION = 0.06
+MAX_RESIDUAL_AUTOCORRELATION = 0.9
+# How many horizon-long windows of the slot's own use a default spread is worth, and that default as a multiple of
+# the rate: the variance of a day's use is about rate x this (a typical burst of use, as a fraction of capacity).
+PRIOR_SPREAD_WINDOWS = 2.0
+# A slot lends its rate to the fleet's prior once it has this much evidence; a prior needs this many slots.
+FLEET_MIN_EVIDENCE = timedelta(days=7)
+FLEET_MIN_SLOTS = 3
+# Steps devices commonly report levels in, coarsest first.
+QUANTIZATION_STEPS = (0.25, 0.2, 0.1, 0.05, 0.02)
+PRIOR_BURST_SIZE = 0.01
 
 
 @dataclass(frozen=True)
@@ -72,27 +100,59 @@ def _moment(epoch_seconds: float) -> datetime:
 
 
 @dataclass(frozen=True)
+class RatePrior:
+    """What the fleet (slots of the same kind and name) says before a slot's own readings do."""
+
+    rate_per_day: float
+    # How many days of the slot's own readings the prior is worth.
+    weight_days: float = 2.0
+
+
+@dataclass(frozen=True)
 class Forecast:
     status: str  # "ok", "insufficient_data", "not_consuming"
     computed_at: datetime
     cycle_started_at: datetime | None
-    readings_used: int
+    readings_used: int  # readings of the current cycle that the fit kept
     outliers_dropped: int
-    evidence_from: datetime | None = None
-    evidence_to: datetime | None = None
+    evidence_from: datetime | None = None  # the oldest reading that counted (earlier cycles lend their rate)
+    evidence_to: datetime | None = None  # the newest reading: every estimate below is dated from it
+    cycles_used: int = 0
     level_now: float | None = None
     rate_per_day: float | None = None
     rate_per_day_low: float | None = None
     rate_per_day_high: float | None = None
+    service_level: float = DEFAULT_SERVICE_LEVEL
+    horizon_days: float = DEFAULT_HORIZON_DAYS
     empty_at: datetime | None = None  # median
-    empty_at_early: datetime | None = None  # 5% quantile: the date to plan deliveries against
+    # The (1 - service_level) quantile: by then the slot is empty with that probability. Orders plan against it.
+    empty_at_early: datetime | None = None
     empty_at_late: datetime | None = None  # 95% quantile; None when it may never empty
+    prior_rate_per_day: float | None = None
     refills_detected: list[datetime] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in asdict(self).items()
         } | {"refills_detected": [moment.isoformat() for moment in self.refills_detected]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Forecast | None:
+        """A stored forecast back, or None when it was stored by a version with other fields."""
+        names = {item.name: item for item in fields(cls)}
+        if set(data) != set(names):
+            return None
+        values = {
+            key: datetime.fromisoformat(value) if isinstance(value, str) and key in _DATETIME_FIELDS else value
+            for key, value in data.items()
+        }
+        values["refills_detected"] = [datetime.fromisoformat(moment) for moment in data["refills_detected"]]
+        return cls(**values)
+
+
+_DATETIME_FIELDS = frozenset(
+    {"computed_at", "cycle_started_at", "evidence_from", "evidence_to", "empty_at", "empty_at_early", "empty_at_late"}
+)
 
 
 def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
@@ -129,8 +189,8 @@ def _refill_candidates(levels: np.ndarray) -> np.ndarray:
     baseline = np.empty(count)
     for index in range(1, min(window, count)):
         baseline[index] = statistics.median(levels[:index].tolist())  # a handful of values: no numpy overhead
-    if count > window:
-        baseline[window:] = np.median(sliding_window_view(levels[:-1], window), axis=1)
+    if count > window:  # window is odd: the median is the middle element
+        baseline[window:] = np.partition(sliding_window_view(levels[:-1], window), window // 2, axis=1)[:, window // 2]
     threshold = baseline[1:last] + REFILL_MIN_RISE
     held = levels[1:last] >= threshold
     for ahead in range(1, REFILL_CONFIRMATIONS + 1):
@@ -144,106 +204,331 @@ def _is_refill(levels: np.ndarray, index: int, *, cycle_start: int) -> bool:
     return bool(np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold))
 
 
-def forecast_depletion(readings: list[LevelReading] | ReadingSeries, *, now: datetime) -> Forecast:
-    """Forecast when the slot runs empty, from readings sorted by time. Readings after ``now`` are ignored."""
+def lends_to_fleet(forecast: Forecast) -> bool:
+    """Whether a slot's forecast rests on enough of its own readings to be part of its fleet's prior."""
+    return (
+        forecast.status == "ok"
+        and forecast.rate_per_day is not None
+        and forecast.evidence_from is not None
+        and forecast.evidence_to is not None
+        and forecast.evidence_to - forecast.evidence_from >= FLEET_MIN_EVIDENCE
+    )
+
+
+def fleet_prior(rates: list[float]) -> RatePrior | None:
+    """The prior a slot borrows from its fleet (slots of the same kind and name): their median rate."""
+    if len(rates) < FLEET_MIN_SLOTS:
+        return None
+    return RatePrior(rate_per_day=float(np.median(np.asarray(rates, dtype=float))))
+
+
+def forecast_depletion(
+    readings: list[LevelReading] | ReadingSeries,
+    *,
+    now: datetime,
+    service_level: float = DEFAULT_SERVICE_LEVEL,
+    horizon_days: float = DEFAULT_HORIZON_DAYS,
+    prior: RatePrior | None = None,
+) -> Forecast:
+    """Forecast when the slot runs empty, from readings sorted by time. Readings after ``now`` are ignored.
+
+    ``horizon_days`` is how far ahead the caller plans (lead time plus margin): the spread of use is measured over
+    windows that long. ``empty_at_early`` is the (1 - ``service_level``) quantile of the empty time.
+    """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     now_s = now.timestamp()
-    visible = series.from_index(0)
-    if len(visible) and visible.times[-1] > now_s:
+    if len(series) and series.times[-1] > now_s:
         cut = int(np.searchsorted(series.times, now_s, side="right"))
-        visible = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
-    starts = _cycle_starts(visible.levels)
-    refills = [_moment(visible.times[index]) for index in starts[1:]]
-    cycle = visible.from_index(starts[-1]) if starts else visible
-    cycle_start = _moment(cycle.times[0]) if len(cycle) else None
-    base = {"computed_at": now, "cycle_started_at": cycle_start, "refills_detected": refills}
-    if len(cycle) < MIN_READINGS or cycle.times[-1] - cycle.times[0] < MIN_SPAN.total_seconds():
-        return Forecast(status="insufficient_data", readings_used=len(cycle), outliers_dropped=0, **base)
+        series = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
+    series = _without_dips(series)
+    starts = _cycle_starts(series.levels)
+    refills = [_moment(series.times[index]) for index in starts[1:]]
+    cycle_start = _moment(series.times[starts[-1]]) if starts else None
+    base = {
+        "computed_at": now,
+        "cycle_started_at": cycle_start,
+        "refills_detected": refills,
+        "service_level": service_level,
+        "horizon_days": horizon_days,
+        "prior_rate_per_day": prior.rate_per_day if prior else None,
+    }
+    if not len(series):
+        return Forecast(status="insufficient_data", readings_used=0, outliers_dropped=0, **base)
 
-    days = (cycle.times - now_s) / SECONDS_PER_DAY
-    levels = cycle.levels
-    age = days[-1] - days
-    weights = 0.5 ** (age / WEIGHT_HALF_LIFE_DAYS)
+    last_s = float(series.times[-1])
+    days = (series.times - last_s) / SECONDS_PER_DAY  # <= 0: everything is dated from the newest reading
+    levels = series.levels
+    cycle_of = np.zeros(len(series), dtype=np.intp)
+    for number, start in enumerate(starts[1:], start=1):
+        cycle_of[start:] = number
+    cycles = len(starts)
+    weights = 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS)
 
-    fit = _weighted_line(days, levels, weights)
-    keep = np.ones(len(days), dtype=bool)
-    residuals = levels - (fit.intercept + fit.slope * days)
-    mad = float(np.median(np.abs(residuals - np.median(residuals))))
-    if mad > 0:
-        keep = np.abs(residuals) <= OUTLIER_MADS * 1.4826 * mad
-        if keep.sum() >= MIN_READINGS and not keep.all():
-            fit = _weighted_line(days[keep], levels[keep], weights[keep])
-
-    # With days measured from now, the intercept is the fitted level now.
-    level_now = float(np.clip(fit.intercept, 0.0, 1.0))
-    rate = -fit.slope
-    rate_low = rate - BAND_Z * fit.slope_se
-    rate_high = rate + BAND_Z * fit.slope_se
+    fit = _fit(days, levels, weights, cycle_of, cycles, prior)
+    keep = np.ones(len(series), dtype=bool)
+    if fit is not None:
+        keep = _not_outliers(levels - fit.predict(days, cycle_of), cycle_of)
+        if not keep.all() and keep[cycle_of == cycles - 1].any():
+            fit = _fit(days[keep], levels[keep], weights[keep], cycle_of[keep], cycles, prior)
+    current = cycle_of == cycles - 1
+    used_current = int((current & keep).sum())
+    span = float(np.ptp(days[keep])) if keep.any() else 0.0
     common = {
         **base,
-        "readings_used": int(keep.sum()),
-        "outliers_dropped": int((~keep).sum()),
-        "evidence_from": cycle_start,
-        "evidence_to": _moment(cycle.times[-1]),
-        "level_now": level_now,
-        "rate_per_day": float(rate),
-        "rate_per_day_low": float(rate_low),
-        "rate_per_day_high": float(rate_high),
+        "readings_used": used_current,
+        "outliers_dropped": int((current & ~keep).sum()),
+        "evidence_from": _moment(series.times[int(np.argmax(keep))]) if keep.any() else None,
+        "evidence_to": _moment(last_s),
+        "cycles_used": int(np.unique(cycle_of[keep]).size),
     }
-    if level_now <= EMPTY_LEVEL:
-        return Forecast(status="ok", empty_at=now, empty_at_early=now, empty_at_late=now, **common)
+    if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
+        return Forecast(status="insufficient_data", **common)
+
+    level_then = float(np.clip(fit.level_current, 0.0, 1.0))
+    rate = -fit.slope
+    days_since = (now_s - last_s) / SECONDS_PER_DAY
+    rate_z = _z(LATE_QUANTILE)
+    common |= {
+        "level_now": float(np.clip(level_then - max(rate, 0.0) * days_since, 0.0, 1.0)),
+        "rate_per_day": rate,
+        "rate_per_day_low": rate - rate_z * fit.slope_se,
+        "rate_per_day_high": rate + rate_z * fit.slope_se,
+    }
+    evidence = _moment(last_s)
+    if levels[-1] >= level_then + REFILL_MIN_RISE:
+        # The newest reading is far above the line: a refill that the next readings will confirm, or a spike that
+        # they will not. Either way nothing should be ordered on the old level now.
+        return Forecast(status="refill_pending", **common)
+    if level_then <= EMPTY_LEVEL:
+        return Forecast(status="ok", empty_at=evidence, empty_at_early=evidence, empty_at_late=evidence, **common)
     if rate <= MIN_RATE_PER_DAY:
         return Forecast(status="not_consuming", **common)
 
-    # The band of the fitted level now (not of a single reading), so noisy sensors do not fake an early date.
-    level_sd = float(np.sqrt(fit.residual_sd**2 / fit.n_eff + fit.x_mean**2 * fit.slope_se**2))
-    level_low = max(level_now - BAND_Z * level_sd, 0.0)
-    level_high = min(level_now + BAND_Z * level_sd, 1.0)
+    use_variance_per_day = _use_variance_per_day(
+        days[keep], levels[keep], weights[keep], cycle_of[keep], rate=rate, horizon_days=horizon_days
+    )
+    spread = _Spread(
+        level=level_then,
+        rate=rate,
+        use_variance_per_day=use_variance_per_day,
+        rate_variance=fit.slope_se**2,
+        level_variance=fit.level_variance,
+    )
+    early = spread.days_until(_z(service_level))
+    late = spread.days_until(-_z(LATE_QUANTILE))
     return Forecast(
         status="ok",
-        empty_at=now + timedelta(days=level_now / rate),
-        empty_at_early=now + timedelta(days=level_low / rate_high),
-        empty_at_late=now + timedelta(days=level_high / rate_low) if rate_low > MIN_RATE_PER_DAY else None,
+        empty_at=evidence + timedelta(days=min(level_then / rate, MAX_FORECAST_DAYS)),
+        empty_at_early=evidence + timedelta(days=min(early, MAX_FORECAST_DAYS)),
+        empty_at_late=evidence + timedelta(days=late) if late is not None and late < MAX_FORECAST_DAYS else None,
         **common,
     )
 
 
+def _without_dips(series: ReadingSeries) -> ReadingSeries:
+    """The readings without dips: runs of empty readings straight after a level well above empty.
+
+    A bottle taken out of the fridge, a cartridge being swapped, a sensor reading nothing: the level falls off a
+    cliff to zero and comes back. Such a run is dropped, and a run still going on at the end is held back until it
+    has lasted DIP_MAX; a slot that really emptied stays empty and is believed then.
+    """
+    levels = series.levels
+    empty = levels <= EMPTY_LEVEL
+    if len(levels) < 2 or not empty[1:].any():
+        return series
+    starts = np.flatnonzero(empty[1:] & ~empty[:-1]) + 1
+    cliffs = starts[levels[starts - 1] >= DIP_FROM]
+    if not len(cliffs):
+        return series
+    ends = np.flatnonzero(~empty[1:] & empty[:-1]) + 1  # first non-empty index after each run
+    keep = np.ones(len(levels), dtype=bool)
+    for start in cliffs.tolist():
+        later = ends[ends > start]
+        if len(later):
+            keep[start : int(later[0])] = False
+        elif series.times[-1] - series.times[start] < DIP_MAX.total_seconds():
+            keep[start:] = False
+    return ReadingSeries(times=series.times[keep], levels=levels[keep])
+
+
+def _z(probability: float) -> float:
+    return statistics.NormalDist().inv_cdf(probability)
+
+
 @dataclass(frozen=True)
-class _Line:
-    intercept: float
-    slope: float
+class _Fit:
+    slope: float  # level per day, common to all cycles
     slope_se: float
+    intercepts: np.ndarray  # per cycle: the fitted level at the newest reading's time
+    level_current: float
+    level_variance: float
     residual_sd: float
-    x_mean: float
-    n_eff: float
+
+    def predict(self, days: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
+        return self.intercepts[cycle_of] + self.slope * days
 
 
-def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> _Line:
-    total = w.sum()
-    x_mean = float((w * x).sum() / total)
-    y_mean = float((w * y).sum() / total)
-    sxx = float((w * (x - x_mean) ** 2).sum())
-    if sxx <= 0:
-        return _Line(intercept=y_mean, slope=0.0, slope_se=0.0, residual_sd=0.0, x_mean=x_mean, n_eff=1.0)
-    slope = float((w * (x - x_mean) * (y - y_mean)).sum() / sxx)
-    intercept = y_mean - slope * x_mean
-    residuals = y - (intercept + slope * x)
-    # Effective sample size for weighted data (Kish), so heavy down-weighting does not fake precision...
-    n_eff = total**2 / float((w**2).sum())
-    dof = max(n_eff - 2.0, 1.0)
-    residual_var = float((w * residuals**2).sum() / total) * n_eff / dof
-    # ...and for correlated residuals: bursty use leaves long runs above or below the line, which say much less
-    # than as many independent readings would (AR(1) variance inflation).
-    sum_squares = float((residuals**2).sum())
-    rho = float((residuals[:-1] * residuals[1:]).sum()) / sum_squares if sum_squares > 0 else 0.0
-    rho = min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
-    n_eff = max(n_eff * (1 - rho) / (1 + rho), MIN_EFFECTIVE_READINGS)
-    slope_se = float(np.sqrt(residual_var / (sxx / total) / n_eff))
-    return _Line(
-        intercept=intercept,
-        slope=slope,
-        slope_se=slope_se,
-        residual_sd=float(np.sqrt(residual_var)),
-        x_mean=x_mean,
-        n_eff=n_eff,
+def _fit(
+    days: np.ndarray,
+    levels: np.ndarray,
+    weights: np.ndarray,
+    cycle_of: np.ndarray,
+    cycles: int,
+    prior: RatePrior | None,
+) -> _Fit | None:
+    """Weighted least squares: level = intercept[cycle] + slope * days, one slope for every cycle."""
+    total = np.bincount(cycle_of, weights, minlength=cycles)
+    present = total > 0
+    if not present[cycles - 1]:
+        return None
+    safe = np.where(present, total, 1.0)
+    day_mean = np.bincount(cycle_of, weights * days, minlength=cycles) / safe
+    level_mean = np.bincount(cycle_of, weights * levels, minlength=cycles) / safe
+    dx = days - day_mean[cycle_of]
+    dy = levels - level_mean[cycle_of]
+    sxx = float((weights * dx * dx).sum())
+    sxy = float((weights * dx * dy).sum())
+    weight_sum = float(weights.sum())
+    # A prior on the slope is worth as much as weight_days of readings as dense as the slot's own.
+    prior_sxx = 0.0
+    if prior is not None:
+        density = weight_sum / max(float(np.ptp(days)), 1.0)
+        prior_sxx = density * prior.weight_days**3 / 12.0
+        sxy -= prior_sxx * prior.rate_per_day
+    if sxx + prior_sxx <= 0:
+        return None
+    slope = sxy / (sxx + prior_sxx)
+    intercepts = level_mean - slope * day_mean
+    residuals = dy - slope * dx
+    # Kish's effective sample size for weighted data, then fewer again for correlated residuals: bursty use leaves
+    # long runs above or below the line, which say much less than as many independent readings would.
+    n_eff = weight_sum**2 / float((weights**2).sum())
+    dof = max(n_eff - int(present.sum()) - 1.0, 1.0)
+    residual_var = float((weights * residuals**2).sum()) / weight_sum * n_eff / dof
+    squares = float((residuals**2).sum())
+    rho = float((residuals[:-1] * residuals[1:]).sum()) / squares if squares > 0 else 0.0
+    inflation = (1 + min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)) / (
+        1 - min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
     )
+    slope_var = residual_var * inflation / (sxx + prior_sxx) * (weight_sum / n_eff)
+    current = cycle_of == cycles - 1
+    current_weights = weights[current]
+    n_current = max(current_weights.sum() ** 2 / float((current_weights**2).sum()) / inflation, 1.0)
+    level_variance = residual_var / n_current + float(day_mean[cycles - 1]) ** 2 * slope_var
+    return _Fit(
+        slope=slope,
+        slope_se=float(np.sqrt(slope_var)),
+        intercepts=intercepts,
+        level_current=float(intercepts[cycles - 1]),
+        level_variance=level_variance,
+        residual_sd=float(np.sqrt(residual_var)),
+    )
+
+
+def _not_outliers(residuals: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
+    """False for a reading that stands alone: far from the median of its two neighbours on each side (in its cycle).
+
+    The newest reading has neighbours on one side only, so a sudden drop there is held back until the next reading
+    confirms it, and a lone zero at the end cannot order anything.
+    """
+    count = len(residuals)
+    if count < 3:
+        return np.ones(count, dtype=bool)
+    padded = np.full(count + 4, np.inf)
+    padded[2:-2] = residuals
+    cycle_padded = np.full(count + 4, -1)
+    cycle_padded[2:-2] = cycle_of
+    windows = sliding_window_view(padded, 5).copy()
+    outside = sliding_window_view(cycle_padded, 5) != cycle_of[:, None]
+    windows[outside] = np.inf  # sorts last
+    windows.sort(axis=1)
+    size = 5 - outside.sum(axis=1)
+    rows = np.arange(count)
+    neighbourhood = (windows[rows, (size - 1) // 2] + windows[rows, size // 2]) / 2
+    deviation = residuals - neighbourhood
+    scale = 1.4826 * float(np.median(np.abs(deviation)))
+    return np.abs(deviation) <= max(OUTLIER_SDS * scale, OUTLIER_MIN_DEVIATION)
+
+
+def _use_variance_per_day(
+    days: np.ndarray,
+    levels: np.ndarray,
+    weights: np.ndarray,
+    cycle_of: np.ndarray,
+    *,
+    rate: float,
+    horizon_days: float,
+) -> float:
+    """How much the slot's use over a horizon-long window varies around rate x window, per day of window.
+
+    From every window of the slot's own history between two readings of one cycle at least a horizon apart (and
+    less than two), less the sensor noise at both ends, shrunk toward a default for a slot with little history.
+    """
+    window = horizon_days / 2  # shorter than the horizon, so that short cycles have windows too
+    ends = np.searchsorted(days, days + window, side="left")
+    valid = ends < len(days)
+    starts = np.flatnonzero(valid)
+    ends = ends[valid]
+    gap = days[ends] - days[starts] if len(starts) else np.empty(0)
+    same = (cycle_of[starts] == cycle_of[ends]) & (gap <= 2 * window) if len(starts) else np.empty(0, bool)
+    default = rate * PRIOR_BURST_SIZE
+    if not same.any():
+        return default
+    starts, ends, gap = starts[same], ends[same], gap[same]
+    surprise = (levels[starts] - levels[ends]) - rate * gap
+    noise_var = _noise_variance(days, levels, cycle_of, rate=rate)
+    window_weights = weights[starts]
+    observed = float((window_weights * (surprise**2 - 2 * noise_var) / gap).sum() / window_weights.sum())
+    windows = float(np.ptp(days[starts])) / window + 1.0
+    estimate = max(observed, 0.0)
+    return (windows * estimate + PRIOR_SPREAD_WINDOWS * default) / (windows + PRIOR_SPREAD_WINDOWS)
+
+
+def _noise_variance(days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, *, rate: float) -> float:
+    """Sensor noise (and quantization) of one reading, from differences of consecutive readings of one cycle."""
+    same = cycle_of[1:] == cycle_of[:-1]
+    quantization = _quantization_step(levels) ** 2 / 12.0  # the variance of a rounding error
+    if not same.any():
+        return quantization
+    step = (np.diff(levels) + rate * np.diff(days))[same]
+    # Half the mean square of a difference of two readings; robust to the odd burst through the median. With
+    # quantized levels most differences are zero, so the rounding error is the better floor.
+    return max(float(np.median(step**2)) / 0.455 / 2.0, quantization)
+
+
+def _quantization_step(levels: np.ndarray) -> float:
+    """The step the device reports its level in (0.1, 0.05, ...), or 0 when the levels are not quantized."""
+    for step in QUANTIZATION_STEPS:
+        scaled = levels / step
+        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
+            return step
+    return 0.0
+
+
+@dataclass(frozen=True)
+class _Spread:
+    level: float
+    rate: float
+    use_variance_per_day: float
+    rate_variance: float
+    level_variance: float
+
+    def days_until(self, z: float) -> float | None:
+        """Days h at which level - rate*h = z * sd(use over h, level): the empty time's quantile for this z.
+
+        (level - rate h)^2 = z^2 (v h + s^2 h^2 + l^2) is a quadratic in h; z > 0 takes the root before the median,
+        z < 0 the one after it (None when the rate is too uncertain for the slot ever to be sure to empty).
+        """
+        v, s2, l2 = self.use_variance_per_day, self.rate_variance, self.level_variance
+        z2 = z * z
+        a = self.rate**2 - z2 * s2
+        b = -(2 * self.level * self.rate + z2 * v)
+        c = self.level**2 - z2 * l2
+        discriminant = max(b * b - 4 * a * c, 0.0)
+        if z >= 0:
+            if c <= 0:
+                return 0.0
+            return float(2 * c / (-b + np.sqrt(discriminant)))
+        if a <= 0:
+            return None
+        return float((-b + np.sqrt(discriminant)) / (2 * a))
