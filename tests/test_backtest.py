@@ -122,3 +122,31 @@ def test_a_quiet_slot_is_ordered_between_readings_when_its_forecast_says(tmp_pat
     assert (ordered - T0) % timedelta(days=1) != timedelta(0), "not at a reading's instant"
     empty_at = T0 + timedelta(days=16)
     assert empty_at - timedelta(days=5) <= ordered <= empty_at - timedelta(days=3)
+
+
+def test_a_higher_service_level_orders_earlier(tmp_path: Path):
+    readings = write_readings(tmp_path / "READINGS.csv", fleet())
+    placed = {}
+    for level in ("0.6", "0.99"):
+        out = tmp_path / f"ORDERS-{level}.csv"
+        done = subprocess.run(
+            [
+                REPLENISH,
+                "backtest",
+                str(readings),
+                "--lead-time-days",
+                "3",
+                "--out",
+                str(out),
+                "--service-level",
+                level,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        placed[level] = {(o["device_id"], o["slot"]): o["ordered_at"] for o in reversed(read_orders(out))}
+    assert placed["0.6"] and placed["0.6"].keys() == placed["0.99"].keys()
+    assert all(placed["0.99"][key] <= placed["0.6"][key] for key in placed["0.6"])
+    assert any(placed["0.99"][key] < placed["0.6"][key] for key in placed["0.6"])

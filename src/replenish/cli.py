@@ -13,6 +13,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from replenish.config import Settings
+from replenish.constants import DEFAULT_SERVICE_LEVEL
 from replenish.demo import DEMO_EMAIL, DemoDevices, demo_models, seed
 from replenish.runtime import Platform, Roles
 
@@ -151,6 +152,12 @@ def backtest(
     readings: Annotated[Path, typer.Argument(help="READINGS.csv: device_id,slot,ts,level, sorted by ts.")],
     lead_time_days: Annotated[float, typer.Option(min=0, help="Delivery lead time L in days.")],
     out: Annotated[Path, typer.Option(help="ORDERS.csv to write: device_id,slot,ordered_at.")],
+    service_level: Annotated[
+        float, typer.Option(min=0.5, max=0.999, help="Every slot's target service level (live default 0.97).")
+    ] = DEFAULT_SERVICE_LEVEL,
+    margin_days: Annotated[
+        float | None, typer.Option(min=0, help="Safety margin in days (default: REPLENISH_REORDER_MARGIN_DAYS).")
+    ] = None,
 ) -> None:
     """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead)."""
     from replenish.backtest.replay import ReadingsError, read_readings, replay, write_orders
@@ -161,7 +168,10 @@ def backtest(
         raise typer.Exit(2)
     try:
         orders = replay(
-            read_readings(readings), lead_time_days=lead_time_days, margin_days=settings.reorder_margin_days
+            read_readings(readings),
+            lead_time_days=lead_time_days,
+            margin_days=settings.reorder_margin_days if margin_days is None else margin_days,
+            service_level=service_level,
         )
     except ReadingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -89,3 +89,7 @@ class OutboxKind(StrEnum):
     ORDER_CANCELLED = "order.cancelled"
     NOTIFICATION = "notification"
     DEVICE_COMMAND = "device.command"
+
+
+# The probability a slot's delivery should arrive before it runs empty, unless the slot sets its own.
+DEFAULT_SERVICE_LEVEL = 0.97

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from replenish.constants import ConsentMode, DecisionAction
+from replenish.constants import DEFAULT_SERVICE_LEVEL, ConsentMode, DecisionAction
 from replenish.forecasting import Forecast
-from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
 
 _ACTION_BY_MODE: dict[ConsentMode, DecisionAction | None] = {
     ConsentMode.AUTO_ORDER: DecisionAction.PLACE_ORDER,

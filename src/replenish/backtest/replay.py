@@ -21,9 +21,9 @@ import numpy as np
 
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.policy import ReorderPolicy
-from replenish.constants import DEVICE_ID_RE, ConsentMode
+from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL, SECONDS_PER_DAY, fleet_prior, lends_to_fleet
+from replenish.forecasting.model import SECONDS_PER_DAY, fleet_prior, lends_to_fleet
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]

@@ -6,8 +6,8 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from replenish.constants import DEFAULT_SERVICE_LEVEL
 from replenish.db import JSONType, UTCDateTime, new_id
-from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
 
 
 class Device(SQLModel, table=True):

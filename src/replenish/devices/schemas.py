@@ -5,8 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from replenish.constants import DEVICE_ID_PATTERN, DeviceKind
-from replenish.forecasting.model import DEFAULT_SERVICE_LEVEL
+from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_PATTERN, DeviceKind
 
 
 class SlotCreate(BaseModel):

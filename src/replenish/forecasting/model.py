@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from replenish.constants import DEFAULT_SERVICE_LEVEL
+
 SECONDS_PER_DAY = 86_400.0
 # A rise of at least this fraction of capacity, held by the next readings, is a refill.
 REFILL_MIN_RISE = 0.15
@@ -48,7 +50,6 @@ DIP_MAX = timedelta(hours=12)
 MIN_RATE_PER_DAY = 1e-4
 # Dates further out than this are "not in the foreseeable future" (and beyond what datetime can hold).
 MAX_FORECAST_DAYS = 3650.0
-DEFAULT_SERVICE_LEVEL = 0.97
 DEFAULT_HORIZON_DAYS = 4.0
 # The upper end of the band: the 95% quantile of the empty time.
 LATE_QUANTILE = 0.95
