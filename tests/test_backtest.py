@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replenish.backtest.replay import read_readings, replay
+from replenish.backtest.replay import FleetRates, RecordedReading, read_readings, replay
+from replenish.forecasting import Forecast
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -150,3 +151,37 @@ def test_a_higher_service_level_orders_earlier(tmp_path: Path):
     assert placed["0.6"] and placed["0.6"].keys() == placed["0.99"].keys()
     assert all(placed["0.99"][key] <= placed["0.6"][key] for key in placed["0.6"])
     assert any(placed["0.99"][key] < placed["0.6"][key] for key in placed["0.6"])
+
+
+def test_a_spike_does_not_delay_the_order():
+    # Hourly readings falling 0.24 a day; one reading spikes up (a refill not yet confirmed, then not confirmed).
+    def orders(spike_at: int | None) -> list[datetime]:
+        readings = []
+        for hour in range(96):
+            level = max(0.9 - 0.24 * hour / 24, 0.0) + (0.3 if hour == spike_at else 0.0)
+            readings.append(RecordedReading("fridge-1", "milk", T0 + timedelta(hours=hour), min(level, 1.0)))
+        return [order.ordered_at for order in replay(readings, lead_time_days=1, margin_days=1)]
+
+    calm, spiked = orders(None), orders(42)
+    assert len(calm) == len(spiked) == 1
+    assert abs(spiked[0] - calm[0]) <= timedelta(hours=2)
+
+
+def test_the_fleet_prior_leaves_out_the_asking_slot():
+    fleet_rates = FleetRates()
+    for number, rate in enumerate((0.01, 0.02, 0.03, 0.50)):
+        forecast = Forecast(
+            status="ok",
+            computed_at=T0,
+            cycle_started_at=T0,
+            readings_used=50,
+            outliers_dropped=0,
+            evidence_from=T0,
+            evidence_to=T0 + timedelta(days=10),
+            rate_per_day=rate,
+        )
+        fleet_rates.observe("milk", (f"fridge-{number}", "milk"), forecast)
+    assert fleet_rates.prior("milk", exclude=("fridge-3", "milk")).rate_per_day == pytest.approx(0.02)
+    assert fleet_rates.prior("milk", exclude=("fridge-0", "milk")).rate_per_day == pytest.approx(0.03)
+    assert fleet_rates.prior("milk", exclude=("other", "milk")).rate_per_day == pytest.approx(0.025)
+    assert fleet_rates.prior("eggs", exclude=("fridge-0", "eggs")) is None

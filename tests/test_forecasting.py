@@ -247,3 +247,45 @@ def test_a_stored_forecast_reads_back_equal():
     forecast = forecast_depletion(trace([*linear(0.8, 0.06, 10), *linear(0.9, 0.06, 2)]), now=NOW)
     assert Forecast.from_json(forecast.to_json()) == forecast
     assert Forecast.from_json({"status": "ok"}) is None
+
+
+def _exact_cycle_starts(levels: list[float]) -> list[int]:
+    """The refill rule, one index at a time: the reference the vectorised split must agree with."""
+    from replenish.forecasting.model import REFILL_BASELINE_READINGS, REFILL_CONFIRMATIONS, REFILL_MIN_RISE
+
+    starts = [0]
+    for index in range(1, len(levels) - REFILL_CONFIRMATIONS):
+        before = levels[max(starts[-1], index - REFILL_BASELINE_READINGS) : index]
+        threshold = float(np.median(before)) + REFILL_MIN_RISE
+        if all(level >= threshold for level in levels[index : index + 1 + REFILL_CONFIRMATIONS]):
+            starts.append(index)
+    return starts
+
+
+def test_the_refill_split_agrees_with_the_rule_applied_one_reading_at_a_time():
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        levels = np.round(rng.random(int(rng.integers(2, 30))), 2).tolist()
+        assert split_cycles(trace(levels)) == _exact_cycle_starts(levels), levels
+
+
+def test_a_dip_of_three_readings_is_not_a_refill_when_the_level_comes_back():
+    dip = [0.7, 0.69, 0.68, 0.67, 0.66, 0.65, 0.64, 0.3, 0.3, 0.3, 0.62, 0.61, 0.6]
+    assert forecast_depletion(trace(dip), now=NOW).refills_detected == []
+
+
+def test_a_two_reading_cycle_keeps_both_readings():
+    forecast = forecast_depletion(trace([*linear(0.5, 0.05, 5), 1.0, 0.85]), now=NOW)
+    assert forecast.readings_used == 2 and forecast.outliers_dropped == 0
+
+
+def test_a_forecast_on_the_fleet_s_prior_alone_is_not_certain():
+    forecast = forecast_depletion(trace([0.9]), now=NOW, prior=RatePrior(rate_per_day=0.1, rate_sd=0.03))
+    assert forecast.status == "ok"
+    assert forecast.rate_per_day_low < 0.1 < forecast.rate_per_day_high
+    assert forecast.empty_at_early < forecast.empty_at - timedelta(days=1)
+
+
+def test_a_zero_horizon_is_a_forecast_not_a_crash():
+    forecast = forecast_depletion(trace(linear(0.8, 0.05, 10)), now=NOW, horizon_days=0)
+    assert forecast.status == "ok" and forecast.empty_at_early <= forecast.empty_at

@@ -227,7 +227,8 @@ def _can_wait(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> bo
     if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
         return since < DECIDED_STEP  # only a refill can change anything, and it is not urgent
     if forecast.empty_at_early is None or forecast.level_now is None:
-        return since < NEAR_STEP if forecast.status == "insufficient_data" else since < FAR_STEP
+        # Only a slot that is not being used can wait long; a pending refill or a new slot may need an order soon.
+        return since < FAR_STEP if forecast.status == "not_consuming" else since < NEAR_STEP
     slack = forecast.empty_at_early - (now + policy.horizon)
     if slack <= NEAR or state.levels[state.count - 1] < forecast.level_now - SHARP_DROP:
         return since < NEAR_STEP
@@ -255,8 +256,9 @@ class FleetRates:
 
     def __init__(self) -> None:
         self.rates: dict[str, dict[tuple[str, str], float]] = {}
-        self._priors: dict[str, tuple[int, RatePrior | None]] = {}
         self._changes: dict[str, int] = {}
+        # Per name: (changes when taken, the rates then, those rates sorted).
+        self._snapshots: dict[str, tuple[int, dict[tuple[str, str], float], np.ndarray]] = {}
 
     def observe(self, name: str, key: tuple[str, str], forecast: Forecast) -> None:
         if lends_to_fleet(forecast):
@@ -268,13 +270,18 @@ class FleetRates:
         rates = self.rates.get(name)
         if not rates:
             return None
-        # The median moves slowly: recomputed after every tenth of the fleet has reported, not at every evaluation.
+        # The fleet moves slowly: a snapshot is retaken after every tenth of the fleet has reported, not at every
+        # evaluation. The asking slot's own rate in it is left out.
         changes = self._changes[name]
-        cached = self._priors.get(name)
-        if cached is None or changes - cached[0] >= max(1, len(rates) // 10):
-            cached = (changes, fleet_prior([rate for key, rate in rates.items() if key != exclude]))
-            self._priors[name] = cached
-        return cached[1]
+        snapshot = self._snapshots.get(name)
+        if snapshot is None or changes - snapshot[0] >= max(1, len(rates) // 10):
+            snapshot = (changes, dict(rates), np.sort(np.fromiter(rates.values(), dtype=float)))
+            self._snapshots[name] = snapshot
+        _, taken, ordered = snapshot
+        own = taken.get(exclude)
+        if own is not None:
+            ordered = np.delete(ordered, int(np.searchsorted(ordered, own)))
+        return fleet_prior(ordered)
 
 
 def _utc(epoch_seconds: float) -> datetime:

@@ -20,6 +20,7 @@ The model:
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,12 +31,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from replenish.constants import DEFAULT_SERVICE_LEVEL
 
 SECONDS_PER_DAY = 86_400.0
-# A rise of at least this fraction of capacity, held by the next readings, is a refill.
+# A rise of at least this fraction of capacity, held by the next reading, is a refill.
 REFILL_MIN_RISE = 0.15
 REFILL_CONFIRMATIONS = 1
 # The old level is the median of this many readings before a rise: enough that a dip of up to three readings (an
 # item out of the fridge for a while) cannot drag it down and fake a refill when the level comes back.
-REFILL_BASELINE_READINGS = 2 * REFILL_CONFIRMATIONS + 3
+REFILL_BASELINE_READINGS = 7
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 4.0
 # Less than this much of the slot's own history (all cycles together) says too little about the rate to act on,
@@ -61,6 +62,8 @@ MAX_RESIDUAL_AUTOCORRELATION = 0.9
 # How many horizon-long windows of the slot's own use a default spread is worth, and that default as a multiple of
 # the rate: the variance of a day's use is about rate x this (a typical burst of use, as a fraction of capacity).
 PRIOR_SPREAD_WINDOWS = 2.0
+MIN_USE_WINDOW_DAYS = 1 / 24
+MIN_LEVEL_SD = 0.005
 # A slot lends its rate to the fleet's prior once it has this much evidence; a prior needs this many slots.
 FLEET_MIN_EVIDENCE = timedelta(days=7)
 FLEET_MIN_SLOTS = 3
@@ -105,8 +108,15 @@ class RatePrior:
     """What the fleet (slots of the same kind and name) says before a slot's own readings do."""
 
     rate_per_day: float
+    # How far the fleet's rates spread around it (a standard deviation); None: half the rate.
+    rate_sd: float | None = None
     # How many days of the slot's own readings the prior is worth.
     weight_days: float = 2.0
+
+    @property
+    def rate_variance(self) -> float:
+        spread = self.rate_per_day / 2 if self.rate_sd is None else self.rate_sd
+        return spread**2
 
 
 @dataclass(frozen=True)
@@ -160,8 +170,10 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     """Indexes at which a new depletion cycle starts (always includes 0 for a non-empty list).
 
     A rise of at least REFILL_MIN_RISE over the median of the readings just before it is a refill when the next
-    REFILL_CONFIRMATIONS readings stay that far above the old level too: a one- or two-reading glitch is not a
-    refill, and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet.
+    REFILL_CONFIRMATIONS readings stay that far above the old level too: a one-reading glitch is not a refill,
+    and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet (the
+    forecast says refill_pending). Two glitches in a row do pass for a refill: waiting for a second confirming
+    reading costs sparse reporters a whole reporting interval on every refill, which matters more.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     return _cycle_starts(series.levels)
@@ -171,13 +183,24 @@ def _cycle_starts(levels: np.ndarray) -> list[int]:
     if len(levels) == 0:
         return []
     starts = [0]
-    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS before it, as if
-    # no refill had happened; then the few candidates are checked exactly, with the window cut at the cycle start.
-    for index in _refill_candidates(levels):
-        if index <= starts[-1]:
+    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS before it, as if no
+    # refill had happened. That is exact once a cycle is longer than the window; within the window after a cycle
+    # start, where the window is cut at the start, every index is checked exactly instead.
+    candidates = _refill_candidates(levels)
+    last = len(levels) - REFILL_CONFIRMATIONS
+    index = 1
+    while index < last:
+        if index - starts[-1] <= REFILL_BASELINE_READINGS:
+            if _is_refill(levels, index, cycle_start=starts[-1]):
+                starts.append(index)
+            index += 1
             continue
-        if index - starts[-1] > REFILL_BASELINE_READINGS or _is_refill(levels, index, cycle_start=starts[-1]):
-            starts.append(int(index))
+        following = int(np.searchsorted(candidates, index))
+        if following == len(candidates):
+            break
+        index = int(candidates[following])
+        starts.append(index)
+        index += 1
     return starts
 
 
@@ -216,11 +239,14 @@ def lends_to_fleet(forecast: Forecast) -> bool:
     )
 
 
-def fleet_prior(rates: list[float]) -> RatePrior | None:
-    """The prior a slot borrows from its fleet (slots of the same kind and name): their median rate."""
+def fleet_prior(rates: Sequence[float] | np.ndarray) -> RatePrior | None:
+    """The prior a slot borrows from its fleet (slots of the same kind and name): their median rate, with their
+    robust spread."""
     if len(rates) < FLEET_MIN_SLOTS:
         return None
-    return RatePrior(rate_per_day=float(np.median(np.asarray(rates, dtype=float))))
+    values = np.asarray(rates, dtype=float)
+    median = float(np.median(values))
+    return RatePrior(rate_per_day=median, rate_sd=1.4826 * float(np.median(np.abs(values - median))))
 
 
 def forecast_depletion(
@@ -405,13 +431,17 @@ def _fit(
     # long runs above or below the line, which say much less than as many independent readings would.
     n_eff = weight_sum**2 / float((weights**2).sum())
     dof = max(n_eff - int(present.sum()) - 1.0, 1.0)
-    residual_var = float((weights * residuals**2).sum()) / weight_sum * n_eff / dof
+    # Never less than a good sensor's noise: a fit through one or two readings is not exact.
+    residual_var = max(float((weights * residuals**2).sum()) / weight_sum * n_eff / dof, MIN_LEVEL_SD**2)
     squares = float((residuals**2).sum())
     rho = float((residuals[:-1] * residuals[1:]).sum()) / squares if squares > 0 else 0.0
     inflation = (1 + min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)) / (
         1 - min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
     )
     slope_var = residual_var * inflation / (sxx + prior_sxx) * (weight_sum / n_eff)
+    if prior is not None:
+        # The share of the slope that is the fleet's carries the fleet's own spread.
+        slope_var += (prior_sxx / (sxx + prior_sxx)) ** 2 * prior.rate_variance
     current = cycle_of == cycles - 1
     current_weights = weights[current]
     n_current = max(current_weights.sum() ** 2 / float((current_weights**2).sum()) / inflation, 1.0)
@@ -448,7 +478,8 @@ def _not_outliers(residuals: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
     neighbourhood = (windows[rows, (size - 1) // 2] + windows[rows, size // 2]) / 2
     deviation = residuals - neighbourhood
     scale = 1.4826 * float(np.median(np.abs(deviation)))
-    return np.abs(deviation) <= max(OUTLIER_SDS * scale, OUTLIER_MIN_DEVIATION)
+    # A reading with fewer than three in its neighbourhood (a two-reading cycle) cannot stand alone against it.
+    return (np.abs(deviation) <= max(OUTLIER_SDS * scale, OUTLIER_MIN_DEVIATION)) | (size < 3)
 
 
 def _use_variance_per_day(
@@ -465,7 +496,7 @@ def _use_variance_per_day(
     From every window of the slot's own history between two readings of one cycle at least a horizon apart (and
     less than two), less the sensor noise at both ends, shrunk toward a default for a slot with little history.
     """
-    window = horizon_days / 2  # shorter than the horizon, so that short cycles have windows too
+    window = max(horizon_days / 2, MIN_USE_WINDOW_DAYS)  # shorter than the horizon: short cycles have windows too
     ends = np.searchsorted(days, days + window, side="left")
     valid = ends < len(days)
     starts = np.flatnonzero(valid)
