@@ -73,7 +73,8 @@ def test_a_linear_slot_is_ordered_once_in_time(tmp_path: Path):
     orders = replay(read_readings(write_readings(tmp_path / "r.csv", rows)), lead_time_days=3, margin_days=1)
     assert len(orders) == 1
     empty_at = T0 + timedelta(days=16)
-    assert empty_at - timedelta(days=5) <= orders[0].ordered_at <= empty_at - timedelta(days=3)
+    # Lead time 3 + margin 1, plus the modest spread a slot gets before its own history shows how bursty it is.
+    assert empty_at - timedelta(days=5.5) <= orders[0].ordered_at <= empty_at - timedelta(days=3)
 
 
 @pytest.mark.parametrize("hours", [0, 1, 30])

@@ -289,3 +289,21 @@ def test_a_forecast_on_the_fleet_s_prior_alone_is_not_certain():
 def test_a_zero_horizon_is_a_forecast_not_a_crash():
     forecast = forecast_depletion(trace(linear(0.8, 0.05, 10)), now=NOW, horizon_days=0)
     assert forecast.status == "ok" and forecast.empty_at_early <= forecast.empty_at
+
+
+def test_a_forecast_knows_that_the_weekend_is_coming():
+    # An office printer: 0.05 a day on weekdays, nothing at weekends; four weeks of hourly readings ending on a
+    # Friday evening at 0.1. A flat rate would empty it over the weekend; it will last until Tuesday.
+    friday_evening = datetime(2026, 11, 20, 18, tzinfo=UTC)
+    assert friday_evening.weekday() == 4
+    moments = [friday_evening - timedelta(hours=hour) for hour in range(28 * 24, -1, -1)]
+    used_after = [
+        0.05 / 24 * sum(1 for h in range(hour) if (friday_evening - timedelta(hours=h)).weekday() < 5)
+        for hour in range(28 * 24, -1, -1)
+    ]
+    readings = [LevelReading(ts=moment, level=0.1 + used) for moment, used in zip(moments, used_after, strict=True)]
+    forecast = forecast_depletion(readings, now=friday_evening)
+    assert forecast.weekly_profile is not None
+    assert max(forecast.weekly_profile[5:]) < 0.5 < 1.0 < min(forecast.weekly_profile[:5])
+    assert forecast.empty_at.weekday() == 1  # Tuesday: Monday and Tuesday use the last 0.1
+    assert forecast.empty_at_early > friday_evening + timedelta(days=2.5)

@@ -23,18 +23,19 @@ from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evalu
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import SECONDS_PER_DAY, fleet_prior, lends_to_fleet
+from replenish.forecasting.model import REFILL_MIN_RISE, SECONDS_PER_DAY, fleet_prior, lends_to_fleet
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
 # Evaluation cadence. The live scheduler evaluates every minute. The replay evaluates a slot when it reports: at
 # most every NEAR_STEP of simulated time while the early empty estimate is within NEAR of the order horizon (or
-# right after a sharp drop), less often the further it is, every DECIDED_STEP once this cycle's order is placed;
+# right after a sharp drop), less often the further it is; once this cycle's order is placed, on a rise that may be
+# a refill and otherwise every DECIDED_STEP;
 # and in between, at the moment its latest forecast says to order.
 NEAR = timedelta(days=2)
-NEAR_STEP = timedelta(hours=1)
-FAR_STEP = timedelta(hours=24)
-DECIDED_STEP = timedelta(hours=12)
+NEAR_STEP = timedelta(hours=3)
+FAR_STEP = timedelta(hours=48)
+DECIDED_STEP = timedelta(days=2)
 SHARP_DROP = 0.1
 
 
@@ -225,7 +226,9 @@ def _can_wait(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> bo
     since = now - state.last_evaluated_at
     memory = state.memory
     if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
-        return since < DECIDED_STEP  # only a refill can change anything, and it is not urgent
+        # Only a refill can change anything now: evaluate on a rise that may be one, and now and then anyway.
+        rise = forecast.level_now is not None and state.levels[state.count - 1] >= forecast.level_now + REFILL_MIN_RISE
+        return not rise and since < DECIDED_STEP
     if forecast.empty_at_early is None or forecast.level_now is None:
         # Only a slot that is not being used can wait long; a pending refill or a new slot may need an order soon.
         return since < FAR_STEP if forecast.status == "not_consuming" else since < NEAR_STEP

@@ -19,6 +19,7 @@ The model:
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -63,12 +64,25 @@ MAX_RESIDUAL_AUTOCORRELATION = 0.9
 # the rate: the variance of a day's use is about rate x this (a typical burst of use, as a fraction of capacity).
 PRIOR_SPREAD_WINDOWS = 2.0
 MIN_USE_WINDOW_DAYS = 1 / 24
+# The skewness of a slot's use is trusted as if this many windows of its own stood against zero; at most this.
+SKEW_PRIOR_WINDOWS = 5.0
+MAX_SKEWNESS = 3.0
 MIN_LEVEL_SD = 0.005
 # A slot lends its rate to the fleet's prior once it has this much evidence; a prior needs this many slots.
 FLEET_MIN_EVIDENCE = timedelta(days=7)
 FLEET_MIN_SLOTS = 3
+# Weekly rhythm: 1970-01-01 was a Thursday (Monday = 0); drops between readings further apart than this say
+# little about which day the use happened; each weekday's rate leans on the overall rate as if this many days of
+# it had been seen; no weekday counts for less than this share of an average one.
+EPOCH_WEEKDAY = 3
+WEEKLY_MAX_GAP_DAYS = 1.5
+WEEKLY_PRIOR_DAYS = 1.5
+WEEKLY_MIN_SHARE = 0.05
+WEEKLY_MIN_HISTORY_DAYS = 14.0
+FLAT_WEEK = np.ones(7)
 # Steps devices commonly report levels in, coarsest first.
 QUANTIZATION_STEPS = (0.25, 0.2, 0.1, 0.05, 0.02)
+QUANTIZATION_SAMPLE = 64  # readings: enough to tell
 PRIOR_BURST_SIZE = 0.01
 
 
@@ -140,6 +154,8 @@ class Forecast:
     empty_at_early: datetime | None = None
     empty_at_late: datetime | None = None  # 95% quantile; None when it may never empty
     prior_rate_per_day: float | None = None
+    # Use per weekday (Monday first, UTC) relative to an average day, when the slot's readings show a rhythm.
+    weekly_profile: list[float] | None = None
     refills_detected: list[datetime] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -187,11 +203,12 @@ def _cycle_starts(levels: np.ndarray) -> list[int]:
     # refill had happened. That is exact once a cycle is longer than the window; within the window after a cycle
     # start, where the window is cut at the start, every index is checked exactly instead.
     candidates = _refill_candidates(levels)
+    values = levels.tolist()  # the exact checks look at a handful of values: plain floats are faster
     last = len(levels) - REFILL_CONFIRMATIONS
     index = 1
     while index < last:
         if index - starts[-1] <= REFILL_BASELINE_READINGS:
-            if _is_refill(levels, index, cycle_start=starts[-1]):
+            if _is_refill(values, index, cycle_start=starts[-1]):
                 starts.append(index)
             index += 1
             continue
@@ -222,10 +239,9 @@ def _refill_candidates(levels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(held) + 1
 
 
-def _is_refill(levels: np.ndarray, index: int, *, cycle_start: int) -> bool:
-    window = levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index].tolist()
-    threshold = statistics.median(window) + REFILL_MIN_RISE
-    return bool(np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold))
+def _is_refill(levels: list[float], index: int, *, cycle_start: int) -> bool:
+    threshold = statistics.median(levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index]) + REFILL_MIN_RISE
+    return all(level >= threshold for level in levels[index : index + 1 + REFILL_CONFIRMATIONS])
 
 
 def lends_to_fleet(forecast: Forecast) -> bool:
@@ -293,9 +309,18 @@ def forecast_depletion(
 
     fit = _fit(days, levels, weights, cycle_of, cycles, prior)
     keep = np.ones(len(series), dtype=bool)
+    profile = FLAT_WEEK
     if fit is not None:
         keep = _not_outliers(levels - fit.predict(days, cycle_of), cycle_of)
-        if not keep.all() and keep[cycle_of == cycles - 1].any():
+        # Use follows the week (offices print on weekdays, homes on weekends): the line is fitted against
+        # "effective days", each weekday counting as much as the slot uses on it, so a Friday forecast knows
+        # that the weekend is coming.
+        weekdays = _weekday_days(series.times)
+        profile = _weekly_profile(weekdays, levels, cycle_of, keep)
+        if profile is not FLAT_WEEK:
+            effective = weekdays @ profile
+            days = effective - effective[-1]
+        if (not keep.all() or profile is not FLAT_WEEK) and keep[cycle_of == cycles - 1].any():
             fit = _fit(days[keep], levels[keep], weights[keep], cycle_of[keep], cycles, prior)
     current = cycle_of == cycles - 1
     used_current = int((current & keep).sum())
@@ -313,7 +338,8 @@ def forecast_depletion(
 
     level_then = float(np.clip(fit.level_current, 0.0, 1.0))
     rate = -fit.slope
-    days_since = (now_s - last_s) / SECONDS_PER_DAY
+    days_since = float(np.diff(_effective_days(np.array([last_s, now_s]), profile))[0])
+    common["weekly_profile"] = None if profile is FLAT_WEEK else [round(float(value), 3) for value in profile]
     rate_z = _z(LATE_QUANTILE)
     common |= {
         "level_now": float(np.clip(level_then - max(rate, 0.0) * days_since, 0.0, 1.0)),
@@ -331,7 +357,7 @@ def forecast_depletion(
     if rate <= MIN_RATE_PER_DAY:
         return Forecast(status="not_consuming", **common)
 
-    use_variance_per_day = _use_variance_per_day(
+    use_variance_per_day, use_skewness = _use_variance_per_day(
         days[keep], levels[keep], weights[keep], cycle_of[keep], rate=rate, horizon_days=horizon_days
     )
     spread = _Spread(
@@ -341,15 +367,78 @@ def forecast_depletion(
         rate_variance=fit.slope_se**2,
         level_variance=fit.level_variance,
     )
-    early = spread.days_until(_z(service_level))
-    late = spread.days_until(-_z(LATE_QUANTILE))
+    # The use over the horizon is skewed; the quantiles get the Cornish-Fisher correction for the share of the
+    # spread that is use.
+    skewness = use_skewness * spread.use_share(horizon_days) ** 1.5
+    early = spread.days_until(_cornish_fisher(_z(service_level), skewness))
+    late = spread.days_until(_cornish_fisher(-_z(LATE_QUANTILE), skewness))
+
+    def after(effective: float) -> datetime:
+        return _moment(_after_effective_days(last_s, min(effective, MAX_FORECAST_DAYS), profile))
+
     return Forecast(
         status="ok",
-        empty_at=evidence + timedelta(days=min(level_then / rate, MAX_FORECAST_DAYS)),
-        empty_at_early=evidence + timedelta(days=min(early, MAX_FORECAST_DAYS)),
-        empty_at_late=evidence + timedelta(days=late) if late is not None and late < MAX_FORECAST_DAYS else None,
+        empty_at=after(level_then / rate),
+        empty_at_early=after(early),
+        empty_at_late=after(late) if late is not None and late < MAX_FORECAST_DAYS else None,
         **common,
     )
+
+
+def _weekday_days(epoch_seconds: np.ndarray) -> np.ndarray:
+    """Days spent on each weekday (Monday first, UTC) from the epoch to each moment: shape (n, 7)."""
+    days = epoch_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
+    weeks = np.floor(days / 7)
+    into_week = days - weeks * 7
+    return weeks[:, None] + np.clip(into_week[:, None] - np.arange(7), 0.0, 1.0)
+
+
+def _effective_days(epoch_seconds: np.ndarray, profile: np.ndarray) -> np.ndarray:
+    return _weekday_days(epoch_seconds) @ profile
+
+
+def _after_effective_days(start_seconds: float, effective: float, profile: np.ndarray) -> float:
+    """The moment (epoch seconds) at which `effective` days of use have passed after `start_seconds`."""
+    if profile is FLAT_WEEK:
+        return start_seconds + effective * SECONDS_PER_DAY
+    day = start_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
+    weeks = np.floor(effective / profile.sum())
+    day += 7 * weeks
+    remaining = effective - weeks * profile.sum()
+    while True:
+        weekday, midnight = int(np.floor(day)) % 7, np.floor(day) + 1
+        today = profile[weekday] * (midnight - day)
+        if remaining <= today:
+            return float((day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY)
+        remaining -= today
+        day = midnight
+
+
+def _weekly_profile(weekdays: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """How much the slot uses on each weekday relative to its average day (mean 1), or FLAT_WEEK.
+
+    Each drop between two readings of one cycle (at most WEEKLY_MAX_GAP apart) is shared among the weekdays it
+    spans; each weekday's rate is shrunk toward the slot's overall rate by WEEKLY_PRIOR_DAYS of it. Every reading
+    of the history counts alike: a rhythm is steadier than a rate, and needs weeks to show.
+    """
+    weekdays, levels, cycle_of = weekdays[keep], levels[keep], cycle_of[keep]
+    if len(levels) < 3:
+        return FLAT_WEEK
+    spent = np.diff(weekdays, axis=0)
+    length = spent.sum(axis=1)
+    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & (length <= WEEKLY_MAX_GAP_DAYS)
+    if not usable.any():
+        return FLAT_WEEK
+    spent, length = spent[usable], length[usable]
+    drop = (levels[:-1] - levels[1:])[usable]
+    used = ((drop / length)[:, None] * spent).sum(axis=0)
+    time = spent.sum(axis=0)
+    overall = used.sum() / time.sum()
+    if overall <= MIN_RATE_PER_DAY or time.sum() < WEEKLY_MIN_HISTORY_DAYS:
+        return FLAT_WEEK
+    rates = (used + WEEKLY_PRIOR_DAYS * overall) / (time + WEEKLY_PRIOR_DAYS)
+    profile = np.maximum(rates / overall, WEEKLY_MIN_SHARE)
+    return profile / profile.mean()
 
 
 def _without_dips(series: ReadingSeries) -> ReadingSeries:
@@ -378,6 +467,12 @@ def _without_dips(series: ReadingSeries) -> ReadingSeries:
     return ReadingSeries(times=series.times[keep], levels=levels[keep])
 
 
+def _cornish_fisher(z: float, skewness: float) -> float:
+    """The normal quantile z moved for a skewed distribution (first-order Cornish-Fisher expansion)."""
+    return z + (z * z - 1) * skewness / 6
+
+
+@functools.lru_cache(maxsize=64)
 def _z(probability: float) -> float:
     return statistics.NormalDist().inv_cdf(probability)
 
@@ -490,11 +585,12 @@ def _use_variance_per_day(
     *,
     rate: float,
     horizon_days: float,
-) -> float:
-    """How much the slot's use over a horizon-long window varies around rate x window, per day of window.
+) -> tuple[float, float]:
+    """How much the slot's use varies around rate x time, per day, and how skewed it is: (variance, skewness).
 
-    From every window of the slot's own history between two readings of one cycle at least a horizon apart (and
-    less than two), less the sensor noise at both ends, shrunk toward a default for a slot with little history.
+    From every window of the slot's own history between two readings of one cycle at least half a horizon apart
+    (and less than a horizon), less the sensor noise at both ends, shrunk toward a default for a slot with little
+    history. Bursty use is skewed: a few windows use far more than the rate says, none far less than nothing.
     """
     window = max(horizon_days / 2, MIN_USE_WINDOW_DAYS)  # shorter than the horizon: short cycles have windows too
     ends = np.searchsorted(days, days + window, side="left")
@@ -505,7 +601,7 @@ def _use_variance_per_day(
     same = (cycle_of[starts] == cycle_of[ends]) & (gap <= 2 * window) if len(starts) else np.empty(0, bool)
     default = rate * PRIOR_BURST_SIZE
     if not same.any():
-        return default
+        return default, 0.0
     starts, ends, gap = starts[same], ends[same], gap[same]
     surprise = (levels[starts] - levels[ends]) - rate * gap
     noise_var = _noise_variance(days, levels, cycle_of, rate=rate)
@@ -513,7 +609,15 @@ def _use_variance_per_day(
     observed = float((window_weights * (surprise**2 - 2 * noise_var) / gap).sum() / window_weights.sum())
     windows = float(np.ptp(days[starts])) / window + 1.0
     estimate = max(observed, 0.0)
-    return (windows * estimate + PRIOR_SPREAD_WINDOWS * default) / (windows + PRIOR_SPREAD_WINDOWS)
+    variance = (windows * estimate + PRIOR_SPREAD_WINDOWS * default) / (windows + PRIOR_SPREAD_WINDOWS)
+    scaled = surprise / np.sqrt(gap)
+    centred = scaled - float((window_weights * scaled).sum() / window_weights.sum())
+    second = float((window_weights * centred**2).sum() / window_weights.sum())
+    third = float((window_weights * centred**3).sum() / window_weights.sum())
+    skewness = third / second**1.5 if second > 0 else 0.0
+    # A sample's skewness is noisy: trusted in proportion to how many windows it rests on.
+    skewness *= windows / (windows + SKEW_PRIOR_WINDOWS)
+    return variance, float(np.clip(skewness, 0.0, MAX_SKEWNESS))
 
 
 def _noise_variance(days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, *, rate: float) -> float:
@@ -530,8 +634,9 @@ def _noise_variance(days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, 
 
 def _quantization_step(levels: np.ndarray) -> float:
     """The step the device reports its level in (0.1, 0.05, ...), or 0 when the levels are not quantized."""
+    recent = levels[-QUANTIZATION_SAMPLE:]
     for step in QUANTIZATION_STEPS:
-        scaled = levels / step
+        scaled = recent / step
         if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
             return step
     return 0.0
@@ -544,6 +649,12 @@ class _Spread:
     use_variance_per_day: float
     rate_variance: float
     level_variance: float
+
+    def use_share(self, days: float) -> float:
+        """The share of the variance over `days` that is the slot's use (the rest: the rate and the level now)."""
+        use = self.use_variance_per_day * days
+        total = use + self.rate_variance * days**2 + self.level_variance
+        return use / total if total > 0 else 0.0
 
     def days_until(self, z: float) -> float | None:
         """Days h at which level - rate*h = z * sd(use over h, level): the empty time's quantile for this z.
