@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
+from replenish.automation.engine import SlotMemory, evaluate
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import REFILL_MIN_RISE, SECONDS_PER_DAY, fleet_prior, lends_to_fleet
+from replenish.forecasting.model import REFILL_MIN_RISE, fleet_prior, lends_to_fleet
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -65,7 +65,6 @@ class _SlotReplay:
     times: np.ndarray = field(default_factory=lambda: np.empty(256))
     levels: np.ndarray = field(default_factory=lambda: np.empty(256))
     count: int = 0
-    first_visible: int = 0
     memory: SlotMemory = field(default_factory=SlotMemory)
     last_forecast: Forecast | None = None
     last_evaluated_at: datetime | None = None
@@ -181,13 +180,8 @@ class _Replay:
         moment = _utc(now)
         if not scheduled and _can_wait(state, now=moment, policy=self.policy):
             return
-        horizon_start = now - FORECAST_HISTORY_DAYS * SECONDS_PER_DAY
-        while state.times[state.first_visible] <= horizon_start:
-            state.first_visible += 1
-        series = ReadingSeries(
-            times=state.times[state.first_visible : state.count],
-            levels=state.levels[state.first_visible : state.count],
-        )
+        # Views of the buffers: the engine reads only its history window of them.
+        series = ReadingSeries(times=state.times[: state.count], levels=state.levels[: state.count])
         memory = state.memory
         if memory.open_order_placed_at is not None and moment >= memory.open_order_placed_at + timedelta(
             days=self.policy.lead_time_days
