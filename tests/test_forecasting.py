@@ -307,3 +307,11 @@ def test_a_forecast_knows_that_the_weekend_is_coming():
     assert max(forecast.weekly_profile[5:]) < 0.5 < 1.0 < min(forecast.weekly_profile[:5])
     assert forecast.empty_at.weekday() == 1  # Tuesday: Monday and Tuesday use the last 0.1
     assert forecast.empty_at_early > friday_evening + timedelta(days=2.5)
+
+
+def test_a_long_empty_spell_between_two_spikes_is_not_a_refill():
+    # Empty for days; two lone spikes (0.4, then 0.95) must not bracket the spell into a "dip" and fake a refill.
+    levels = [*linear(0.3, 0.1, 3), *[0.0] * 12, 0.4, *[0.0] * 12, 0.95, *[0.0] * 6]
+    forecast = forecast_depletion(trace(levels), now=NOW)
+    assert forecast.refills_detected == []
+    assert forecast.empty_at_early <= NOW

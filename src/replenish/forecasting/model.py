@@ -48,6 +48,7 @@ EMPTY_LEVEL = 0.02
 # A fall to empty from at least DIP_FROM is a dip (an item out of the fridge, a sensor glitch) unless it lasts.
 DIP_FROM = 0.15
 DIP_MAX = timedelta(hours=12)
+DIP_MAX_READINGS = 3  # a run that ended after at most this many readings is a dip, however far apart they were
 # Below this consumption the slot is "not being used" rather than "empties in 40 years".
 MIN_RATE_PER_DAY = 1e-4
 # Dates further out than this are "not in the foreseeable future" (and beyond what datetime can hold).
@@ -445,8 +446,9 @@ def _without_dips(series: ReadingSeries) -> ReadingSeries:
     """The readings without dips: runs of empty readings straight after a level well above empty.
 
     A bottle taken out of the fridge, a cartridge being swapped, a sensor reading nothing: the level falls off a
-    cliff to zero and comes back. Such a run is dropped, and a run still going on at the end is held back until it
-    has lasted DIP_MAX; a slot that really emptied stays empty and is believed then.
+    cliff to zero and comes back. Such a run is dropped if it lasted less than DIP_MAX or was at most
+    DIP_MAX_READINGS long, and a run still going on at the end is held back until it has lasted DIP_MAX; a slot
+    that really emptied stays empty and is believed then.
     """
     levels = series.levels
     empty = levels <= EMPTY_LEVEL
@@ -460,10 +462,11 @@ def _without_dips(series: ReadingSeries) -> ReadingSeries:
     keep = np.ones(len(levels), dtype=bool)
     for start in cliffs.tolist():
         later = ends[ends > start]
-        if len(later):
-            keep[start : int(later[0])] = False
-        elif series.times[-1] - series.times[start] < DIP_MAX.total_seconds():
-            keep[start:] = False
+        end = int(later[0]) if len(later) else len(levels)
+        brief = series.times[end - 1] - series.times[start] < DIP_MAX.total_seconds()
+        # Only a short run is a dip: a long one is a slot that was empty, whatever spike came before or after it.
+        if brief or (len(later) and end - start <= DIP_MAX_READINGS):
+            keep[start:end] = False
     return ReadingSeries(times=series.times[keep], levels=levels[keep])
 
 
