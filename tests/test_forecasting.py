@@ -228,12 +228,15 @@ def test_bursty_use_widens_the_band_from_the_slot_s_own_drops():
     lumps = np.zeros(len(hours))
     lumps[np.random.default_rng(5).choice(len(hours), 5, replace=False)] = 0.1
     lumpy = 1.0 - np.cumsum(lumps)
-    bands = []
-    for levels in (steady, lumpy):
-        forecast = forecast_depletion(trace(levels.tolist(), every=timedelta(hours=1)), now=NOW)
-        assert forecast.status == "ok"
-        bands.append(forecast.empty_at - forecast.empty_at_early)
-    assert bands[1] > 2 * bands[0]
+    # Both end at 0.5 having used 0.025 a day: 20 days left on average. The lumpy slot's early date, the one orders
+    # plan against, must keep days more in hand.
+    steady_forecast, lumpy_forecast = (
+        forecast_depletion(trace(levels.tolist(), every=timedelta(hours=1)), now=NOW) for levels in (steady, lumpy)
+    )
+    steady_margin = NOW + timedelta(days=20) - steady_forecast.empty_at_early
+    lumpy_margin = NOW + timedelta(days=20) - lumpy_forecast.empty_at_early
+    assert lumpy_margin > 2 * steady_margin
+    assert lumpy_forecast.weekly_profile is None, "five random lumps are not a weekly rhythm"
 
 
 def test_a_higher_service_level_plans_against_an_earlier_date():

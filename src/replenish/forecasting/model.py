@@ -40,6 +40,9 @@ REFILL_CONFIRMATIONS = 1
 REFILL_BASELINE_READINGS = 7
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 4.0
+# A fit that forgets faster, and how many of its standard errors its rate must exceed the main one's by to win.
+RECENT_HALF_LIFE_DAYS = 1.5
+RECENT_RATE_SES = 1.0
 # Less than this much of the slot's own history (all cycles together) says too little about the rate to act on,
 # unless the fleet lends a prior.
 MIN_SPAN = timedelta(days=1)
@@ -73,11 +76,10 @@ MIN_LEVEL_SD = 0.005
 FLEET_MIN_EVIDENCE = timedelta(days=7)
 FLEET_MIN_SLOTS = 3
 # Weekly rhythm: 1970-01-01 was a Thursday (Monday = 0); drops between readings further apart than this say
-# little about which day the use happened; each weekday's rate leans on the overall rate as if this many days of
-# it had been seen; no weekday counts for less than this share of an average one.
+# little about which day the use happened; no weekday counts for less than this share of an average one.
 EPOCH_WEEKDAY = 3
 WEEKLY_MAX_GAP_DAYS = 1.5
-WEEKLY_PRIOR_DAYS = 1.5
+WEEKLY_MIN_COVERAGE = 0.8  # of a day, for its use to count
 WEEKLY_MIN_SHARE = 0.05
 WEEKLY_MIN_HISTORY_DAYS = 14.0
 FLAT_WEEK = np.ones(7)
@@ -316,13 +318,19 @@ def forecast_depletion(
         # Use follows the week (offices print on weekdays, homes on weekends): the line is fitted against
         # "effective days", each weekday counting as much as the slot uses on it, so a Friday forecast knows
         # that the weekend is coming.
-        weekdays = _weekday_days(series.times)
-        profile = _weekly_profile(weekdays, levels, cycle_of, keep)
+        profile = _weekly_profile(series.times, levels, cycle_of, keep)
         if profile is not FLAT_WEEK:
-            effective = weekdays @ profile
+            effective = _effective_days(series.times, profile)
             days = effective - effective[-1]
         if (not keep.all() or profile is not FLAT_WEEK) and keep[cycle_of == cycles - 1].any():
             fit = _fit(days[keep], levels[keep], weights[keep], cycle_of[keep], cycles, prior)
+        if fit is not None and keep[cycle_of == cycles - 1].any():
+            # Use that has just sped up (a regime change, a busy spell) shows first in the newest readings: when a
+            # fit that forgets fast sees a clearly higher rate, it is the one to plan with.
+            recent_weights = 0.5 ** (-days / RECENT_HALF_LIFE_DAYS)
+            recent = _fit(days[keep], levels[keep], recent_weights[keep], cycle_of[keep], cycles, prior)
+            if recent is not None and -recent.slope - RECENT_RATE_SES * recent.slope_se > -fit.slope:
+                fit = recent
     current = cycle_of == cycles - 1
     used_current = int((current & keep).sum())
     span = float(np.ptp(days[keep])) if keep.any() else 0.0
@@ -415,30 +423,50 @@ def _after_effective_days(start_seconds: float, effective: float, profile: np.nd
         day = midnight
 
 
-def _weekly_profile(weekdays: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """How much the slot uses on each weekday relative to its average day (mean 1), or FLAT_WEEK.
 
-    Each drop between two readings of one cycle (at most WEEKLY_MAX_GAP apart) is shared among the weekdays it
-    spans; each weekday's rate is shrunk toward the slot's overall rate by WEEKLY_PRIOR_DAYS of it. Every reading
-    of the history counts alike: a rhythm is steadier than a rate, and needs weeks to show.
+    Each drop between two readings of one cycle (at most WEEKLY_MAX_GAP_DAYS apart) is shared among the calendar
+    days it spans, which gives the use of every day the readings cover. Each weekday's mean use is then shrunk
+    toward the average day by how much it could be chance (empirical Bayes: the spread between weekdays against
+    the spread of one weekday from week to week), so a slot used in random lumps gets no rhythm it does not have.
+    Every day of the history counts alike: a rhythm is steadier than a rate, and needs weeks to show.
     """
-    weekdays, levels, cycle_of = weekdays[keep], levels[keep], cycle_of[keep]
+    times, levels, cycle_of = times[keep], levels[keep], cycle_of[keep]
     if len(levels) < 3:
         return FLAT_WEEK
-    spent = np.diff(weekdays, axis=0)
-    length = spent.sum(axis=1)
-    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & (length <= WEEKLY_MAX_GAP_DAYS)
+    start, end = times[:-1], times[1:]
+    length = end - start
+    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & (length <= WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY)
     if not usable.any():
         return FLAT_WEEK
-    spent, length = spent[usable], length[usable]
+    start, end, length = start[usable], end[usable], length[usable]
     drop = (levels[:-1] - levels[1:])[usable]
-    used = ((drop / length)[:, None] * spent).sum(axis=0)
-    time = spent.sum(axis=0)
-    overall = used.sum() / time.sum()
-    if overall <= MIN_RATE_PER_DAY or time.sum() < WEEKLY_MIN_HISTORY_DAYS:
+    first_day = np.floor(start / SECONDS_PER_DAY)
+    spans = [first_day + ahead for ahead in range(int(np.ceil(WEEKLY_MAX_GAP_DAYS)) + 1)]
+    overlap = [
+        np.clip(np.minimum(end, (day + 1) * SECONDS_PER_DAY) - np.maximum(start, day * SECONDS_PER_DAY), 0.0, None)
+        for day in spans
+    ]
+    days, day_of = np.unique(np.concatenate(spans), return_inverse=True)
+    used = np.bincount(day_of, np.concatenate([drop * seconds / length for seconds in overlap]))
+    covered = np.bincount(day_of, np.concatenate(overlap)) / SECONDS_PER_DAY
+    whole = covered >= WEEKLY_MIN_COVERAGE
+    if whole.sum() < WEEKLY_MIN_HISTORY_DAYS:
         return FLAT_WEEK
-    rates = (used + WEEKLY_PRIOR_DAYS * overall) / (time + WEEKLY_PRIOR_DAYS)
-    profile = np.maximum(rates / overall, WEEKLY_MIN_SHARE)
+    daily = used[whole] / covered[whole]
+    weekday = ((days[whole] + EPOCH_WEEKDAY) % 7).astype(np.intp)
+    count = np.bincount(weekday, minlength=7)
+    if (count < 2).any():
+        return FLAT_WEEK
+    mean = np.bincount(weekday, daily, minlength=7) / count
+    chance = np.bincount(weekday, (daily - mean[weekday]) ** 2, minlength=7) / (count - 1) / count
+    overall = float(mean.mean())
+    rhythm = float(np.mean((mean - overall) ** 2) - chance.mean())
+    if overall <= MIN_RATE_PER_DAY or rhythm <= 0:
+        return FLAT_WEEK
+    shrunk = overall + rhythm / (rhythm + chance) * (mean - overall)
+    profile = np.maximum(shrunk / overall, WEEKLY_MIN_SHARE)
     return profile / profile.mean()
 
 
