@@ -75,7 +75,7 @@ PRIOR_SPREAD_WINDOWS = 2.0
 MIN_USE_WINDOW_DAYS = 1 / 24
 # The skewness of a slot's use is trusted as if this many windows of its own stood against zero; at most this.
 SKEW_PRIOR_WINDOWS = 5.0
-MAX_SKEWNESS = 3.0
+MAX_SKEWNESS = 1.8  # beyond it the expansion is no longer monotone at the 95% quantile
 MIN_LEVEL_SD = 0.005
 # A slot lends its rate to the fleet's prior once it has this much evidence; a prior needs this many slots.
 FLEET_MIN_EVIDENCE = timedelta(days=7)
@@ -420,8 +420,14 @@ def _without_dips(series: ReadingSeries) -> ReadingSeries:
 
 
 def _cornish_fisher(z: float, skewness: float) -> float:
-    """The normal quantile z moved for a skewed distribution (first-order Cornish-Fisher expansion)."""
-    return z + (z * z - 1) * skewness / 6
+    """The normal quantile z moved for a skewed distribution (first-order Cornish-Fisher expansion).
+
+    An early quantile (z >= 0) is never moved toward the median: for z < 1 the expansion would move it across.
+    The late one (z = -1.645) moves toward the median for skewed use, as it should, and stays monotone while the
+    skewness is at most MAX_SKEWNESS.
+    """
+    moved = z + (z * z - 1) * skewness / 6
+    return max(moved, z) if z >= 0 else moved
 
 
 @functools.lru_cache(maxsize=64)

@@ -36,6 +36,8 @@ def effective_days(epoch_seconds: np.ndarray, profile: np.ndarray) -> np.ndarray
 
 def after_effective_days(start_seconds: float, effective: float, profile: np.ndarray) -> float:
     """The moment (epoch seconds) at which `effective` days of use have passed after `start_seconds`."""
+    if not np.isfinite(effective) or effective < 0:
+        raise ValueError(f"effective days must be finite and not negative, got {effective}")
     if profile is FLAT_WEEK:
         return start_seconds + effective * SECONDS_PER_DAY
     day = start_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
@@ -88,9 +90,12 @@ def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, 
     if (count < 2).any():
         return FLAT_WEEK
     mean = np.bincount(weekday, daily, minlength=7) / count
-    chance = np.bincount(weekday, (daily - mean[weekday]) ** 2, minlength=7) / (count - 1) / count
+    # One day-to-day variance for all weekdays: a weekday with two or three days, all alike by chance (all zero
+    # between two lumps), must not look certain.
+    day_to_day = float(((daily - mean[weekday]) ** 2).sum()) / (len(daily) - 7)
+    chance = day_to_day / count
     overall = float(mean.mean())
-    rhythm = float(np.mean((mean - overall) ** 2) - chance.mean())
+    rhythm = float(np.var(mean, ddof=1) - chance.mean())
     if overall <= MIN_RATE_PER_DAY or rhythm <= 0:
         return FLAT_WEEK
     shrunk = overall + rhythm / (rhythm + chance) * (mean - overall)
