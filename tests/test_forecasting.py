@@ -330,3 +330,16 @@ def test_a_low_service_level_still_plans_before_the_median():
         forecast = forecast_depletion(trace(levels, every=timedelta(hours=1)), now=NOW, service_level=level)
         assert forecast.status == "ok"
         assert forecast.empty_at_early <= forecast.empty_at <= forecast.empty_at_late
+
+
+def test_an_office_device_silent_at_weekends_still_shows_its_week():
+    # Reports hourly only on weekdays from 8 to 18 and uses 0.003 an hour then; nothing at weekends; four weeks.
+    friday_evening = datetime(2026, 11, 20, 18, tzinfo=UTC)
+    every_hour = (friday_evening - timedelta(hours=hour) for hour in range(28 * 24, -1, -1))
+    moments = [moment for moment in every_hour if moment.weekday() < 5 and 8 <= moment.hour <= 18]
+    readings = [
+        LevelReading(ts=moment, level=0.1 + 0.003 * (len(moments) - 1 - index)) for index, moment in enumerate(moments)
+    ]
+    forecast = forecast_depletion(readings, now=friday_evening)
+    assert forecast.weekly_profile is not None
+    assert max(forecast.weekly_profile[5:]) < 0.5 < 1.0 < min(forecast.weekly_profile[:5])

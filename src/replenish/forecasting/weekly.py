@@ -15,6 +15,9 @@ MIN_RATE_PER_DAY = 1e-4
 # little about which day the use happened; no weekday counts for less than this share of an average one.
 EPOCH_WEEKDAY = 3
 WEEKLY_MAX_GAP_DAYS = 1.5
+# ...unless the level held over it (to within this): then up to this many days are days of no use.
+WEEKLY_IDLE_DROP = 0.02
+WEEKLY_MAX_IDLE_DAYS = 4.0
 WEEKLY_MIN_COVERAGE = 0.8  # of a day, for its use to count
 WEEKLY_MIN_SHARE = 0.05
 WEEKLY_MIN_HISTORY_DAYS = 14.0
@@ -57,23 +60,26 @@ def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, 
     """How much the slot uses on each weekday relative to its average day (mean 1), or FLAT_WEEK.
 
     Each drop between two readings of one cycle (at most WEEKLY_MAX_GAP_DAYS apart) is shared among the calendar
-    days it spans, which gives the use of every day the readings cover. Each weekday's mean use is then shrunk
-    toward the average day by how much it could be chance (empirical Bayes: the spread between weekdays against
-    the spread of one weekday from week to week), so a slot used in random lumps gets no rhythm it does not have.
-    Every day of the history counts alike: a rhythm is steadier than a rate, and needs weeks to show.
+    days it spans, which gives the use of every day the readings cover. A longer gap (up to WEEKLY_MAX_IDLE_DAYS)
+    over which the level held is days of no use: an office device that is off at weekends reports nothing then.
+    Each weekday's mean use is then shrunk toward the average day by how much it could be chance (empirical
+    Bayes: the spread between weekdays against the spread of one weekday from week to week), so a slot used in
+    random lumps gets no rhythm it does not have. Every day of the history counts alike: a rhythm is steadier
+    than a rate, and needs weeks to show.
     """
     times, levels, cycle_of = times[keep], levels[keep], cycle_of[keep]
     if len(levels) < 3:
         return FLAT_WEEK
     start, end = times[:-1], times[1:]
     length = end - start
-    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & (length <= WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY)
+    drop = levels[:-1] - levels[1:]
+    idle = (np.abs(drop) <= WEEKLY_IDLE_DROP) & (length <= WEEKLY_MAX_IDLE_DAYS * SECONDS_PER_DAY)
+    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & ((length <= WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY) | idle)
     if not usable.any():
         return FLAT_WEEK
-    start, end, length = start[usable], end[usable], length[usable]
-    drop = (levels[:-1] - levels[1:])[usable]
+    start, end, length, drop = start[usable], end[usable], length[usable], drop[usable]
     first_day = np.floor(start / SECONDS_PER_DAY)
-    spans = [first_day + ahead for ahead in range(int(np.ceil(WEEKLY_MAX_GAP_DAYS)) + 1)]
+    spans = [first_day + ahead for ahead in range(int(np.ceil(WEEKLY_MAX_IDLE_DAYS)) + 1)]
     overlap = [
         np.clip(np.minimum(end, (day + 1) * SECONDS_PER_DAY) - np.maximum(start, day * SECONDS_PER_DAY), 0.0, None)
         for day in spans
