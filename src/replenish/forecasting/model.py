@@ -42,9 +42,12 @@ from replenish.forecasting.weekly import (
 # A rise of at least this fraction of capacity, held by the next reading, is a refill.
 REFILL_MIN_RISE = 0.15
 REFILL_CONFIRMATIONS = 1
-# The old level is the median of this many readings before a rise: enough that a dip of up to three readings (an
-# item out of the fridge for a while) cannot drag it down and fake a refill when the level comes back.
+# The old level is the median of up to this many readings before a rise, those of them taken within
+# REFILL_BASELINE_DAYS of the newest: for a frequent reporter, enough readings that a short dip cannot drag it
+# down and fake a refill when the level comes back; for a sparse one, readings recent enough that the use since the
+# oldest of them does not hide a partial refill after it (0.9, 0.6, 0.1, then 0.6 is a refill).
 REFILL_BASELINE_READINGS = 7
+REFILL_BASELINE_DAYS = 1.0
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 4.0
 # A fit that forgets faster, and how many of its standard errors its rate must exceed the main one's by to win.
@@ -185,30 +188,30 @@ _DATETIME_FIELDS = frozenset(
 def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     """Indexes at which a new depletion cycle starts (always includes 0 for a non-empty list).
 
-    A rise of at least REFILL_MIN_RISE over the median of the readings just before it is a refill when the next
+    A rise of at least REFILL_MIN_RISE over the old level (see REFILL_BASELINE_READINGS) is a refill when the next
     REFILL_CONFIRMATIONS readings stay that far above the old level too: a one-reading glitch is not a refill,
     and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet (the
     forecast says refill_pending). Two glitches in a row do pass for a refill: waiting for a second confirming
     reading costs sparse reporters a whole reporting interval on every refill, which matters more.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    return _cycle_starts(series.levels)
+    return _cycle_starts(series.times, series.levels)
 
 
-def _cycle_starts(levels: np.ndarray) -> list[int]:
+def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
     if len(levels) == 0:
         return []
     starts = [0]
-    # Vectorised first pass: each index against the median of the REFILL_BASELINE_READINGS before it, as if no
-    # refill had happened. That is exact once a cycle is longer than the window; within the window after a cycle
-    # start, where the window is cut at the start, every index is checked exactly instead.
-    candidates = _refill_candidates(levels)
-    values = levels.tolist()  # the exact checks look at a handful of values: plain floats are faster
+    # Vectorised first pass: each index against the old level as if no refill had happened. That is exact once a
+    # cycle is longer than the window; within the window after a cycle start, where the window is cut at the start,
+    # every index is checked exactly instead.
+    candidates = _refill_candidates(times, levels)
+    time_values, values = times.tolist(), levels.tolist()  # the exact checks look at a handful of values
     last = len(levels) - REFILL_CONFIRMATIONS
     index = 1
     while index < last:
         if index - starts[-1] <= REFILL_BASELINE_READINGS:
-            if _is_refill(values, index, cycle_start=starts[-1]):
+            if _is_refill(time_values, values, index, cycle_start=starts[-1]):
                 starts.append(index)
             index += 1
             continue
@@ -221,26 +224,35 @@ def _cycle_starts(levels: np.ndarray) -> list[int]:
     return starts
 
 
-def _refill_candidates(levels: np.ndarray) -> np.ndarray:
+def _refill_candidates(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
     count = len(levels)
     last = count - REFILL_CONFIRMATIONS  # indexes from 1 to last - 1 can be confirmed
     if last <= 1:
         return np.empty(0, dtype=int)
     window = REFILL_BASELINE_READINGS
-    baseline = np.empty(count)
-    for index in range(1, min(window, count)):
-        baseline[index] = statistics.median(levels[:index].tolist())  # a handful of values: no numpy overhead
-    if count > window:  # window is odd: the median is the middle element
-        baseline[window:] = np.partition(sliding_window_view(levels[:-1], window), window // 2, axis=1)[:, window // 2]
-    threshold = baseline[1:last] + REFILL_MIN_RISE
+    # Row i - 1 holds the readings window..1 places before index i (NaN before the first reading).
+    padded_levels = np.concatenate([np.full(window, np.nan), levels[: last - 1]])
+    padded_times = np.concatenate([np.full(window, -np.inf), times[: last - 1]])
+    before = sliding_window_view(padded_levels, window)[1:]
+    taken = sliding_window_view(padded_times, window)[1:]
+    recent = taken >= taken[:, -1:] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+    ordered = np.sort(np.where(recent, before, np.nan), axis=1)  # NaN sorts last
+    used = recent.sum(axis=1)
+    rows = np.arange(len(ordered))
+    baseline = (ordered[rows, (used - 1) // 2] + ordered[rows, used // 2]) / 2
+    threshold = baseline + REFILL_MIN_RISE
     held = levels[1:last] >= threshold
     for ahead in range(1, REFILL_CONFIRMATIONS + 1):
         held &= levels[1 + ahead : last + ahead] >= threshold
     return np.flatnonzero(held) + 1
 
 
-def _is_refill(levels: list[float], index: int, *, cycle_start: int) -> bool:
-    threshold = statistics.median(levels[max(cycle_start, index - REFILL_BASELINE_READINGS) : index]) + REFILL_MIN_RISE
+def _is_refill(times: list[float], levels: list[float], index: int, *, cycle_start: int) -> bool:
+    first = max(cycle_start, index - REFILL_BASELINE_READINGS)
+    since = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+    recent = [level for moment, level in zip(times[first:index], levels[first:index], strict=True) if moment >= since]
+    old_level = statistics.median(recent)
+    threshold = old_level + REFILL_MIN_RISE
     return all(level >= threshold for level in levels[index : index + 1 + REFILL_CONFIRMATIONS])
 
 
@@ -284,7 +296,7 @@ def forecast_depletion(
         cut = int(np.searchsorted(series.times, now_s, side="right"))
         series = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
     series = _without_dips(series)
-    starts = _cycle_starts(series.levels)
+    starts = _cycle_starts(series.times, series.levels)
     refills = [_moment(series.times[index]) for index in starts[1:]]
     cycle_start = _moment(series.times[starts[-1]]) if starts else None
     base = {
