@@ -14,10 +14,16 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlmodel import select
 
 from brokers import free_port
+from helpers import PASSWORD
+from replenish.auth import service as auth
+from replenish.auth.models import Account
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint, Settings
+from replenish.constants import AccountRole
+from replenish.db import transaction
 from replenish.runtime import Platform, Roles
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -60,9 +66,50 @@ def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
         yield running
 
 
+OPERATOR_EMAIL = "operator@example.com"
+
+
+def sign_in(platform: Platform, email: str, password: str = PASSWORD) -> str:
+    """A bearer token through the real sign-in route."""
+    response = httpx.post(
+        f"{platform.api_url}/api/v1/auth/token", data={"username": email, "password": password}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def personal_token(platform: Platform, email: str, password: str = PASSWORD) -> str:
+    """Sign in, then create a personal API token: unlike the sign-in token, it outlives days of simulated time."""
+    with api_client(platform, sign_in(platform, email, password)) as api:
+        response = api.post("/auth/tokens", json={"name": "tests"})
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+
+def operator_token(platform: Platform, email: str = OPERATOR_EMAIL) -> str:
+    """Operators are created from the command line in production; here through the same service."""
+    with transaction(platform.engine) as session:
+        if session.exec(select(Account).where(Account.email == email)).first() is None:
+            auth.create_account(
+                session=session, email=email, password=PASSWORD, role=AccountRole.OPERATOR, customer_id=None, now=START
+            )
+    return personal_token(platform, email)
+
+
+def api_client(platform: Platform, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10, headers=headers)
+
+
+def customer_api(platform: Platform, email: str) -> httpx.Client:
+    """The API as the customer with this e-mail (created with helpers.create_customer)."""
+    return api_client(platform, personal_token(platform, email))
+
+
 @pytest.fixture
 def api(platform: Platform) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10) as client:
+    """The API as an operator, who may act for any customer."""
+    with api_client(platform, operator_token(platform)) as client:
         yield client
 
 

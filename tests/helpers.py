@@ -15,8 +15,15 @@ INK_SLOTS = [
 ]
 
 
+# Every test customer signs in with this password.
+PASSWORD = "correct horse battery"
+
+
 def create_customer(api: httpx.Client, *, email: str = "ada@example.com", mode: str = "ask_first") -> str:
-    response = api.post("/customers", json={"name": "Ada", "email": email, "consent": {"default_mode": mode}})
+    response = api.post(
+        "/customers",
+        json={"name": "Ada", "email": email, "password": PASSWORD, "consent": {"default_mode": mode}},
+    )
     assert response.status_code == 201, response.text
     return response.json()["id"]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from conftest import Publisher, free_port
+from conftest import Publisher, free_port, operator_token
+from helpers import PASSWORD
 from replenish.config import MqttEndpoint
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
@@ -62,16 +63,33 @@ def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(
     base = f"http://127.0.0.1:{api_port}/api/v1"
     log = tmp_path / "up.log"
     with process(["up", "--demo"], env, log) as proc:
+        credentials_file = tmp_path / "demo-credentials.json"
+        poll(lambda: credentials_file.exists() and "Ctrl-C" in log.read_text(), bool, timeout=60)
+        credentials = json.loads(credentials_file.read_text())
+        assert credentials_file.stat().st_mode & 0o077 == 0, "secrets readable by the owner only"
+        assert credentials["customer"]["email"] in log.read_text(), "the banner says how to sign in"
+        signed_in = {
+            role: httpx.post(
+                f"{base}/auth/token", data={"username": entry["email"], "password": entry["password"]}
+            ).json()
+            for role, entry in credentials.items()
+        }
+        for role, entry in credentials.items():
+            for token in (entry["token"], signed_in[role]["access_token"]):
+                me = httpx.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
+                assert me["email"] == entry["email"] and me["role"] == role
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {credentials['customer']['token']}"})
+        assert httpx.get(f"{base}/orders").status_code == 401, "nothing without signing in"
         orders = poll(
-            lambda: httpx.get(f"{base}/orders", params={"device_id": "demo-printer"}).json(),
+            lambda: api.get("/orders", params={"device_id": "demo-printer"}).json(),
             lambda found: len(found) >= 1,
             timeout=90,
         )
-        alerts = poll(lambda: httpx.get(f"{base}/alerts").json(), lambda found: len(found) >= 1, timeout=60)
-        printer = httpx.get(f"{base}/devices/demo-printer").json()
+        alerts = poll(lambda: api.get("/alerts").json(), lambda found: len(found) >= 1, timeout=60)
+        printer = api.get("/devices/demo-printer").json()
 
         assert len(orders) == 1
-        explained = httpx.get(f"{base}/orders/{orders[0]['id']}").json()
+        explained = api.get(f"/orders/{orders[0]['id']}").json()
         assert explained["status"] == "placed"
         assert explained["explanation"]["slot_name"] == "black", "black is set up to run out first"
         assert alerts[0]["kind"] == "fall" and alerts[0]["device_id"] == "demo-wearable"
@@ -104,12 +122,15 @@ def test_roles_run_as_separate_processes(tmp_path):
         process(["api"], env, tmp_path / "api.log"),
     ):
         poll(lambda: httpx.get(f"http://127.0.0.1:{api_port}/readyz").status_code, lambda code: code == 200, 30)
-        customer = httpx.post(f"{base}/customers", json={"name": "Ada", "email": "ada@example.com"}).json()
-        httpx.post(
-            f"{base}/devices",
+        # Sign up, sign in, register a device as that customer.
+        signup = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
+        httpx.post(f"{base}/customers", json=signup).raise_for_status()
+        token = httpx.post(f"{base}/auth/token", data={"username": "ada@example.com", "password": PASSWORD}).json()
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"})
+        api.post(
+            "/devices",
             json={
                 "id": "printer-1",
-                "customer_id": customer["id"],
                 "kind": "printer",
                 "name": "P",
                 "slots": [{"name": "black", "product_sku": "INK"}],
@@ -122,7 +143,7 @@ def test_roles_run_as_separate_processes(tmp_path):
             device.send("devices/printer-1/telemetry", {"seq": 1, "levels": {"black": 0.42}})
             device.close()
             readings = poll(
-                lambda: httpx.get(f"{base}/devices/printer-1/slots/black/readings").json(),
+                lambda: api.get("/devices/printer-1/slots/black/readings").json(),
                 lambda found: len(found) == 1,
                 timeout=30,
             )
@@ -134,7 +155,7 @@ def test_fleet_simulator_registers_its_devices_and_publishes_per_the_contract(pl
     endpoint = platform.settings.mqtt_endpoint
     args = ["--printers", "2", "--fridges", "1", "--wearables", "1", "--prefix", "t", "--speed", "inf"]
     args += ["--duration-hours", "24", "--broker", f"mqtt://{endpoint.host}:{endpoint.port}"]
-    args += ["--register", platform.api_url, "--log-level", "WARNING"]
+    args += ["--register", platform.api_url, "--api-token", operator_token(platform), "--log-level", "WARNING"]
     done = subprocess.run([sys.executable, str(fleet), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 

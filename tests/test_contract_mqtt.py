@@ -44,7 +44,7 @@ from sqlalchemy import select
 from sqlmodel import Session, SQLModel
 
 import replenish.models  # noqa: F401  (registers every table with SQLModel.metadata)
-from conftest import Publisher, free_port, iso, make_settings
+from conftest import Publisher, api_client, free_port, iso, make_settings, operator_token
 from helpers import create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
@@ -188,7 +188,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     )
     platform.start()
     try:
-        with httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10) as api:
+        with api_client(platform, operator_token(platform)) as api:
             publisher = Publisher(platform.settings.mqtt_endpoint)
             try:
                 yield Rig(platform, api, publisher, clock)

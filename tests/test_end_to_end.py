@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import httpx
 from sqlmodel import Session, col, select
 
-from conftest import START, make_settings, running_platform
+from conftest import START, api_client, make_settings, operator_token, running_platform
 from helpers import create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
@@ -94,7 +93,7 @@ def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_firs
 def test_duplicate_telemetry_and_a_restart_never_create_a_second_order(tmp_path, clock):
     settings = make_settings(tmp_path)
     with running_platform(settings, clock) as first:
-        with httpx.Client(base_url=f"{first.api_url}/api/v1") as api:
+        with api_client(first, operator_token(first)) as api:
             customer_id = create_customer(api, mode="auto_order")
             register_device(api, customer_id=customer_id, device_id="printer-e2e")
         published = run_device(_printer(), settings.mqtt_endpoint, speed=float("inf"), duration=timedelta(days=DAYS))
@@ -107,7 +106,7 @@ def test_duplicate_telemetry_and_a_restart_never_create_a_second_order(tmp_path,
 
     with running_platform(settings, clock) as second:
         _replay(second, clock, timedelta(days=DAYS))
-        with httpx.Client(base_url=f"{second.api_url}/api/v1") as api:
+        with api_client(second, operator_token(second)) as api:
             orders = api.get("/orders").json()
         assert len(orders) == 1
         assert orders[0]["product_sku"] == "INK-BLACK"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START, Publisher, make_settings, running_platform
+from conftest import START, Publisher, api_client, make_settings, operator_token, running_platform
 from helpers import create_customer, publish_depletion, register_device
 from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
@@ -72,7 +72,7 @@ def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) ->
 
 def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, receiver):
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
-    with running_platform(settings, clock) as platform, httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
+    with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
         order = place_an_order(platform, api, clock)
         platform.jobs.dispatch()  # the partner is down: order.placed waits 2 s
         api.post(f"/orders/{order['id']}/cancel").raise_for_status()
@@ -88,7 +88,7 @@ def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, re
 def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receiver):
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
     with running_platform(settings, clock) as platform:
-        with httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
+        with api_client(platform, operator_token(platform)) as api:
             order = place_an_order(platform, api, clock)
 
         def outbox_row() -> OutboxMessage:

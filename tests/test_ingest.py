@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import Session, col, func, select
 
 from brokers import running_mosquitto
-from conftest import START, Publisher, iso, make_settings, running_platform
+from conftest import START, Publisher, api_client, iso, make_settings, operator_token, running_platform
 from helpers import create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.ingest.consumer import MqttIngestor
@@ -191,7 +191,7 @@ def test_an_ingestor_restarted_mid_stream_loses_nothing_and_stores_nothing_twice
     with running_mosquitto(tmp_path) as broker:
         settings = make_settings(tmp_path, mqtt_url=broker.url)
         with running_platform(settings, clock, roles=Roles(ingest=True, scheduler=True, api=True)) as platform:
-            with httpx.Client(base_url=f"{platform.api_url}/api/v1") as api:
+            with api_client(platform, operator_token(platform)) as api:
                 register_device(api, customer_id=create_customer(api), device_id="printer-1")
             device = Publisher(settings.mqtt_endpoint)
             first = platform.ingestor

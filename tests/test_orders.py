@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START
+from conftest import START, customer_api
 from helpers import create_customer, publish_depletion, register_device, set_consent
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
@@ -49,11 +49,12 @@ def test_ask_first_waits_for_approval_then_places(platform, api, publisher, cloc
     assert outbox_keys(platform) == [], "nothing goes to fulfilment before the customer says yes"
     assert api.get("/orders", params={"status": "awaiting_approval"}).json()[0]["id"] == order["id"]
 
-    approved = api.post(f"/orders/{order['id']}/approve").json()
+    with customer_api(platform, "ada@example.com") as ada:
+        approved = ada.post(f"/orders/{order['id']}/approve").json()
     assert approved["status"] == "placed"
     assert [(e["from_status"], e["to_status"], e["actor"]) for e in approved["history"]] == [
         (None, "awaiting_approval", "automation"),
-        ("awaiting_approval", "placed", "customer"),
+        ("awaiting_approval", "placed", "customer:ada@example.com"),
     ]
     assert outbox_keys(platform) == [f"order:{order['id']}:placed"]
     # A repeated click is harmless and sends nothing twice.

@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
+from replenish.clock import SystemClock
 from replenish.config import Settings
-from replenish.constants import DEFAULT_SERVICE_LEVEL
-from replenish.demo import DEMO_EMAIL, DemoDevices, demo_models, seed
+from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
+from replenish.demo import DemoDevices, demo_models, seed
 from replenish.runtime import Platform, Roles
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+accounts_app = typer.Typer(help="Sign-in accounts.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
 
 DEMO_EVALUATION_INTERVAL_SECONDS = 5.0
 
@@ -92,14 +95,19 @@ def _start_demo(platform: Platform) -> DemoDevices:
 
     now = platform.clock.now()
     models = demo_models(now)
-    customer_id = seed(engine=platform.engine, now=now, models=models)
-    credentials = {"customer": {"id": customer_id, "email": DEMO_EMAIL}}
-    path = Path(platform.settings.data_dir) / "demo-credentials.json"
+    accounts = seed(engine=platform.engine, now=now, models=models)
+    path = demo_credentials_path(platform.settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(credentials, indent=2))
+    path.touch(mode=0o600)  # secrets: readable by their owner only
+    path.chmod(0o600)
+    path.write_text(json.dumps(accounts.to_json(), indent=2))
     simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models)
     simulators.start()
     return simulators
+
+
+def demo_credentials_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "demo-credentials.json"
 
 
 def _print_banner(platform: Platform, *, demo: bool) -> None:
@@ -112,12 +120,19 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
         f"  database     {make_url(platform.settings.resolved_database_url).render_as_string(hide_password=True)}",
     ]
     if demo:
+        credentials = json.loads(demo_credentials_path(platform.settings).read_text())
+        customer, operator = credentials["customer"], credentials["operator"]
+        bearer = f'-H "Authorization: Bearer {customer["token"]}"'
         lines += [
             "",
-            "Demo: a printer, a fridge and a wearable replay their history now. Within a minute:",
-            f"  forecasts    curl -s {api}/api/v1/devices/demo-printer",
-            f"  orders       curl -s {api}/api/v1/orders",
-            f"  alerts       curl -s {api}/api/v1/alerts",
+            f"Sign in (also in {demo_credentials_path(platform.settings)}):",
+            f"  customer     {customer['email']}  password {customer['password']}",
+            f"  operator     {operator['email']}  password {operator['password']}",
+            "",
+            "Demo: a printer, a fridge and a wearable replay their history now. Within a minute, as the customer:",
+            f"  forecasts    curl -s {bearer} {api}/api/v1/devices/demo-printer",
+            f"  orders       curl -s {bearer} {api}/api/v1/orders",
+            f"  alerts       curl -s {bearer} {api}/api/v1/alerts",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]
     typer.echo("\n".join(lines))
@@ -178,6 +193,47 @@ def backtest(
         raise typer.Exit(2) from exc
     write_orders(out, orders)
     typer.echo(f"{len(orders)} order(s) written to {out}")
+
+
+@accounts_app.command("create-operator")
+def create_operator(
+    email: Annotated[str, typer.Option(help="The operator's sign-in e-mail.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="REPLENISH_NEW_OPERATOR_PASSWORD",
+            help=f"At least {PASSWORD_MIN_LENGTH} characters; prompted for when not given.",
+        ),
+    ],
+) -> None:
+    """Create an operator account (operators see every customer, dead letters, and update fulfilment)."""
+    from replenish.auth import service as auth
+    from replenish.db import create_schema, make_engine, transaction
+    from replenish.errors import DomainError
+
+    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
+        typer.echo(f"error: the password needs {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    try:
+        with transaction(engine) as session:
+            account = auth.create_account(
+                session=session,
+                email=email,
+                password=password,
+                role=AccountRole.OPERATOR,
+                customer_id=None,
+                now=SystemClock().now(),
+            )
+    except DomainError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"operator {account.email} created; sign in at POST /api/v1/auth/token")
 
 
 @db_app.command("upgrade")

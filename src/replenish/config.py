@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     ingest_batch_wait_ms: float = Field(
         20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
     )
+    session_hours: float = Field(
+        12.0, gt=0, description="How long a token from signing in works (personal API tokens set their own)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("mqtt_url")

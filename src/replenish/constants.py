@@ -93,3 +93,20 @@ class OutboxKind(StrEnum):
 
 # The probability a slot's delivery should arrive before it runs empty, unless the slot sets its own.
 DEFAULT_SERVICE_LEVEL = 0.97
+
+
+class AccountRole(StrEnum):
+    OPERATOR = "operator"
+    CUSTOMER = "customer"
+
+
+class TokenKind(StrEnum):
+    SESSION = "session"  # issued at sign-in, expires
+    PERSONAL = "personal"  # created by its owner for a script or an app, works until revoked or expired
+
+
+PASSWORD_MIN_LENGTH = 10
+PASSWORD_MAX_LENGTH = 256
+
+# Bearer tokens start with this, so that secret scanners and people can tell one when they see it.
+TOKEN_PREFIX = "rpl_"

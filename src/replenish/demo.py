@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from replenish.auth import service as auth
 from replenish.config import MqttEndpoint
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode
+from replenish.constants import AccountRole, ConsentMode, TokenKind
 from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
@@ -26,6 +28,7 @@ from replenish.simulation.runner import run_device
 log = logging.getLogger(__name__)
 
 DEMO_EMAIL = "demo@replenish.example"
+DEMO_OPERATOR_EMAIL = "operator@replenish.example"
 PRINTER_ID = "demo-printer"
 FRIDGE_ID = "demo-fridge"
 WEARABLE_ID = "demo-wearable"
@@ -36,33 +39,72 @@ CATCH_UP_SECONDS = 25.0
 FALL_AFTER = timedelta(seconds=20)
 
 
-def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> str:
-    """Create the demo customer and register the simulated devices with exactly the slots they report."""
+@dataclass(frozen=True)
+class Credentials:
+    email: str
+    password: str
+    token: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"email": self.email, "password": self.password, "token": self.token}
+
+
+@dataclass(frozen=True)
+class DemoAccounts:
+    customer_id: str
+    customer: Credentials
+    operator: Credentials
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"customer": self.customer.to_json(), "operator": self.operator.to_json()}
+
+
+def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAccounts:
+    """Create the demo customer and an operator, each with a fresh password and a personal API token, and register
+    the simulated devices with exactly the slots they report. On a database that has them already (an external
+    REPLENISH_DATABASE_URL), the two accounts get new passwords and tokens and the rest is left as it is."""
+    passwords = {DEMO_EMAIL: secrets.token_urlsafe(12), DEMO_OPERATOR_EMAIL: secrets.token_urlsafe(12)}
     with transaction(engine) as session:
-        existing = session.exec(select(Customer).where(Customer.email == DEMO_EMAIL)).first()
-        if existing is not None:
-            return existing.id
-        customer = customers.create(
-            session=session,
-            name="Demo Customer",
-            email=DEMO_EMAIL,
-            consent_document=ConsentDocument(default_mode=ConsentMode.ASK_FIRST),
-            actor="demo",
-            now=now,
-        )
-        for model in models:
-            devices.register(session=session, request=device_request(model, customer_id=customer.id), now=now)
-        # Version 2: the printer may order by itself; anything else still asks first.
-        consent.record(
-            session=session,
+        customer = session.exec(select(Customer).where(Customer.email == DEMO_EMAIL)).first()
+        if customer is None:
+            customer = customers.create(
+                session=session,
+                name="Demo Customer",
+                email=DEMO_EMAIL,
+                consent_document=ConsentDocument(default_mode=ConsentMode.ASK_FIRST),
+                actor="demo",
+                now=now,
+            )
+            for model in models:
+                devices.register(session=session, request=device_request(model, customer_id=customer.id), now=now)
+            # Version 2: the printer may order by itself; anything else still asks first.
+            consent.record(
+                session=session,
+                customer_id=customer.id,
+                document=ConsentDocument(
+                    default_mode=ConsentMode.ASK_FIRST, device_modes={PRINTER_ID: ConsentMode.AUTO_ORDER}
+                ),
+                actor="demo",
+                now=now,
+            )
+        tokens = {}
+        for email, role, customer_id in (
+            (DEMO_EMAIL, AccountRole.CUSTOMER, customer.id),
+            (DEMO_OPERATOR_EMAIL, AccountRole.OPERATOR, None),
+        ):
+            account = auth.set_password(session=session, email=email, password=passwords[email], now=now)
+            if account is None:
+                account = auth.create_account(
+                    session=session, email=email, password=passwords[email], role=role, customer_id=customer_id, now=now
+                )
+            _, tokens[email] = auth.issue_token(
+                session=session, account=account, kind=TokenKind.PERSONAL, name="demo", now=now, lifetime=None
+            )
+        return DemoAccounts(
             customer_id=customer.id,
-            document=ConsentDocument(
-                default_mode=ConsentMode.ASK_FIRST, device_modes={PRINTER_ID: ConsentMode.AUTO_ORDER}
-            ),
-            actor="demo",
-            now=now,
+            customer=Credentials(DEMO_EMAIL, passwords[DEMO_EMAIL], tokens[DEMO_EMAIL]),
+            operator=Credentials(DEMO_OPERATOR_EMAIL, passwords[DEMO_OPERATOR_EMAIL], tokens[DEMO_OPERATOR_EMAIL]),
         )
-        return customer.id
 
 
 def demo_models(now: datetime) -> list[DeviceModel]:

@@ -25,3 +25,13 @@ class Conflict(DomainError):
 
 class InvalidRequest(DomainError):
     status_code = 422
+
+
+class Unauthorized(DomainError):
+    """No valid credentials: answered with `WWW-Authenticate: Bearer`."""
+
+    status_code = 401
+
+
+class Forbidden(DomainError):
+    status_code = 403

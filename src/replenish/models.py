@@ -1,6 +1,7 @@
 """Imports every table model so that SQLModel.metadata knows the whole schema."""
 
 from replenish.alerts.models import Alert
+from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
 from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer
@@ -11,6 +12,8 @@ from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
 
 __all__ = [
+    "AccessToken",
+    "Account",
     "Alert",
     "ConsentVersion",
     "Customer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -92,7 +93,9 @@ class Platform:
             self._start_api()
 
     def _start_api(self) -> None:
-        app = create_app(engine=self.engine, clock=self.clock)
+        app = create_app(
+            engine=self.engine, clock=self.clock, session_lifetime=timedelta(hours=self.settings.session_hours)
+        )
         config = uvicorn.Config(
             app, host=self.settings.api_host, port=self.settings.api_port, log_level="warning", lifespan="off"
         )

@@ -27,11 +27,13 @@ class AlertRead(BaseModel):
 class AcknowledgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str = Field("customer", min_length=1, max_length=200, description="Who has it in hand.")
+    by: str | None = Field(
+        None, min_length=1, max_length=200, description="Who has it in hand, when not the signed-in caller."
+    )
 
 
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str = Field("customer", min_length=1, max_length=200)
+    by: str | None = Field(None, min_length=1, max_length=200, description="Who dealt with it, if not the caller.")
     reason: str | None = Field(None, max_length=500, description="What happened, kept with the alert.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
@@ -10,11 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from replenish import __version__
 from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
+from replenish.auth.router import router as auth_router
 from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.devices.router import router as devices_router
-from replenish.errors import DomainError
+from replenish.errors import DomainError, Unauthorized
 from replenish.ingest.router import router as dead_letters_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import router as orders_router
@@ -26,19 +29,31 @@ Replenish ingests device telemetry over MQTT, forecasts when each consumable run
 as the customer has consented: order, ask first, notify, or nothing. Every order explains itself: the readings,
 the forecast, the rule and the consent version behind it.
 
-Errors: 404 for an unknown object, 409 for a state change that is not allowed (e.g. approving a declined
-order), 422 for an invalid request, naming the field (`detail[].loc`, or `field`).
+Authentication: every route but sign-in (`POST /api/v1/auth/token`) and sign-up (`POST /api/v1/customers`)
+needs `Authorization: Bearer <token>`: a token from signing in, or a personal API token (`POST
+/api/v1/auth/tokens`). A customer sees and changes only their own customer record, consent, devices, orders,
+alerts and notifications; anything of another customer's answers 404, exactly like something that does not
+exist. Operators see everything; some routes (dead letters, fulfilment updates, the customer list) are theirs only
+and answer 403 to a customer.
+
+Errors: 401 without a valid token, 403 for a route the caller's role may not use, 404 for an unknown object,
+409 for a state change that is not allowed (e.g. approving a declined order), 422 for an invalid request, naming
+the field (`detail[].loc`, or `field`).
 """
 
 
-def create_app(*, engine: Engine, clock: Clock) -> FastAPI:
+def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = timedelta(hours=12)) -> FastAPI:
     app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.clock = clock
+    app.state.session_lifetime = session_lifetime
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.message, "field": exc.field})
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": exc.message, "field": exc.field}, headers=headers
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
@@ -49,6 +64,7 @@ def create_app(*, engine: Engine, clock: Clock) -> FastAPI:
         )
 
     for router in (
+        auth_router,
         customers_router,
         consent_router,
         devices_router,

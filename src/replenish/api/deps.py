@@ -4,10 +4,17 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from replenish.auth import service as auth
+from replenish.auth.service import Principal
 from replenish.clock import Clock
+from replenish.errors import Forbidden, Unauthorized
+
+TOKEN_URL = "/api/v1/auth/token"
+_bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
 def get_engine(request: Request) -> Engine:
@@ -24,8 +31,38 @@ def read_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Ses
         yield session
 
 
+def optional_principal(
+    engine: Annotated[Engine, Depends(get_engine)],
+    clock: Annotated[Clock, Depends(get_clock)],
+    token: Annotated[str | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller, when they sent a bearer token; a token that is not (or no longer) valid is refused."""
+    if token is None:
+        return None
+    with Session(engine) as session:
+        principal = auth.principal_for(session=session, secret=token, now=clock.now())
+    if principal is None:
+        raise Unauthorized("the bearer token is unknown, expired or revoked: sign in again")
+    return principal
+
+
+def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+    if principal is None:
+        raise Unauthorized(f"sign in first: send Authorization: Bearer <token> (tokens come from {TOKEN_URL})")
+    return principal
+
+
+def current_operator(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.is_operator:
+        raise Forbidden("only an operator may do this")
+    return principal
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 ReadSession = Annotated[Session, Depends(read_session)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most items to return.")]
 Offset = Annotated[int, Query(ge=0, description="Items to skip, for paging.")]
+OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+CurrentOperator = Annotated[Principal, Depends(current_operator)]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlmodel import Session
 
-from replenish.api.deps import ClockDep, EngineDep, ReadSession
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
+from replenish.auth.service import Principal
 from replenish.consent import service
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument, ConsentRead, ConsentUpdate
@@ -10,6 +12,11 @@ from replenish.customers import service as customers
 from replenish.db import transaction
 
 router = APIRouter(prefix="/customers/{customer_id}/consent", tags=["consent"])
+
+
+def _customer(session: Session, principal: Principal, customer_id: str) -> None:
+    principal.check_access(customer_id, entity="customer", key=customer_id)
+    customers.get(session=session, customer_id=customer_id)
 
 
 def _read(version: ConsentVersion) -> ConsentRead:
@@ -23,27 +30,29 @@ def _read(version: ConsentVersion) -> ConsentRead:
 
 
 @router.get("", response_model=ConsentRead, summary="Current consent")
-def get_consent(customer_id: str, session: ReadSession) -> ConsentRead:
-    customers.get(session=session, customer_id=customer_id)
+def get_consent(customer_id: str, session: ReadSession, principal: CurrentPrincipal) -> ConsentRead:
+    _customer(session, principal, customer_id)
     return _read(service.current(session=session, customer_id=customer_id))
 
 
 @router.put("", response_model=ConsentRead, summary="Change consent (creates a new version)")
-def put_consent(customer_id: str, body: ConsentUpdate, engine: EngineDep, clock: ClockDep) -> ConsentRead:
+def put_consent(
+    customer_id: str, body: ConsentUpdate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+) -> ConsentRead:
     """Replaces the consent document. The old version stays, so every past decision can still be explained."""
     with transaction(engine) as session:
-        customers.get(session=session, customer_id=customer_id)
+        _customer(session, principal, customer_id)
         version = service.record(
             session=session,
             customer_id=customer_id,
             document=ConsentDocument.model_validate(body.model_dump()),
-            actor="customer",
+            actor=principal.actor,
             now=clock.now(),
         )
         return _read(version)
 
 
 @router.get("/versions", response_model=list[ConsentRead], summary="Every consent version, oldest first")
-def consent_versions(customer_id: str, session: ReadSession) -> list[ConsentRead]:
-    customers.get(session=session, customer_id=customer_id)
+def consent_versions(customer_id: str, session: ReadSession, principal: CurrentPrincipal) -> list[ConsentRead]:
+    _customer(session, principal, customer_id)
     return [_read(v) for v in service.history(session=session, customer_id=customer_id)]

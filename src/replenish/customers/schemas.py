@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr
 
 from replenish.consent.schemas import ConsentDocument
+from replenish.constants import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 
 class CustomerCreate(BaseModel):
@@ -12,6 +13,12 @@ class CustomerCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     email: EmailStr
+    password: SecretStr | None = Field(
+        None,
+        min_length=PASSWORD_MIN_LENGTH,
+        max_length=PASSWORD_MAX_LENGTH,
+        description="Signs in with the e-mail. Required to sign up; an operator may create a customer without one.",
+    )
     consent: ConsentDocument = Field(
         default_factory=ConsentDocument, description="Initial consent (version 1). Default: ask first for everything."
     )

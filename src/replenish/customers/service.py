@@ -4,16 +4,26 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from replenish.auth import service as auth
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
+from replenish.constants import AccountRole
 from replenish.customers.models import Customer
 from replenish.db import get_or_raise
 from replenish.errors import Conflict
 
 
 def create(
-    *, session: Session, name: str, email: str, consent_document: ConsentDocument, actor: str, now: datetime
+    *,
+    session: Session,
+    name: str,
+    email: str,
+    consent_document: ConsentDocument,
+    actor: str,
+    now: datetime,
+    password: str | None = None,
 ) -> Customer:
+    """The customer, version 1 of their consent, and (with a password) the account they sign in with."""
     email = email.lower()
     if session.exec(select(Customer.id).where(Customer.email == email)).first():
         raise Conflict(f"a customer with email {email!r} exists already", field="email")
@@ -21,6 +31,10 @@ def create(
     session.add(customer)
     session.flush()
     consent.record(session=session, customer_id=customer.id, document=consent_document, actor=actor, now=now)
+    if password is not None:
+        auth.create_account(
+            session=session, email=email, password=password, role=AccountRole.CUSTOMER, customer_id=customer.id, now=now
+        )
     return customer
 
 

@@ -3,48 +3,74 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Query, status
+from sqlmodel import Session
 
-from replenish.api.deps import ClockDep, EngineDep, Limit, Offset, ReadSession
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.auth.service import Principal
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
+from replenish.devices.models import Device
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotUpdate
 from replenish.errors import InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
+def _visible(session: Session, principal: Principal, device_id: str) -> Device:
+    device = service.get(session=session, device_id=device_id)
+    principal.check_access(device.customer_id, entity="device", key=device_id)
+    return device
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRead, summary="Register a device")
-def register_device(body: DeviceCreate, engine: EngineDep, clock: ClockDep) -> DeviceRead:
-    """Registers a device and its slots. Telemetry for unregistered devices or slots becomes dead letters."""
+def register_device(body: DeviceCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> DeviceRead:
+    """Registers a device and its slots for the caller (an operator names the customer). Telemetry for
+    unregistered devices or slots becomes dead letters. Device ids are global, as they are the devices' MQTT
+    topics: an id already registered answers 409."""
+    customer_id = body.customer_id or principal.customer_id
+    if customer_id is None:
+        raise InvalidRequest("an operator must say whose device it is", field="customer_id")
     with transaction(engine) as session:
-        if session.get(Customer, body.customer_id) is None:
-            raise InvalidRequest(f"customer {body.customer_id!r} does not exist", field="customer_id")
-        device = service.register(session=session, request=body, now=clock.now())
+        if session.get(Customer, customer_id) is None or not principal.may_access(customer_id):
+            raise InvalidRequest(f"customer {customer_id!r} does not exist", field="customer_id")
+        device = service.register(
+            session=session, request=body.model_copy(update={"customer_id": customer_id}), now=clock.now()
+        )
         return service.describe(session=session, device=device)
 
 
 @router.patch("/{device_id}/slots/{slot_name}", response_model=DeviceRead, summary="Change a slot's settings")
-def update_slot(device_id: str, slot_name: str, body: SlotUpdate, engine: EngineDep) -> DeviceRead:
+def update_slot(
+    device_id: str, slot_name: str, body: SlotUpdate, principal: CurrentPrincipal, engine: EngineDep
+) -> DeviceRead:
     """Changes what a slot orders (product_sku), how long a delivery takes (lead_time_days) and how sure the
     platform must be that a delivery arrives in time (service_level). The next evaluation uses them."""
     with transaction(engine) as session:
+        device = _visible(session, principal, device_id)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         service.update_slot(session=session, slot=slot, request=body)
-        return service.describe(session=session, device=service.get(session=session, device_id=device_id))
+        return service.describe(session=session, device=device)
 
 
 @router.get("", response_model=list[DeviceRead], summary="List devices")
 def list_devices(
-    session: ReadSession, customer_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+    session: ReadSession,
+    principal: CurrentPrincipal,
+    customer_id: str | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[DeviceRead]:
-    devices = service.list_devices(session=session, customer_id=customer_id, limit=limit, offset=offset)
+    """The caller's devices; an operator sees every customer's, or one customer's with `customer_id`."""
+    devices = service.list_devices(
+        session=session, customer_id=principal.scope(customer_id), limit=limit, offset=offset
+    )
     return service.describe_many(session=session, devices=devices)
 
 
 @router.get("/{device_id}", response_model=DeviceRead, summary="A device with its latest levels and forecasts")
-def get_device(device_id: str, session: ReadSession) -> DeviceRead:
-    return service.describe(session=session, device=service.get(session=session, device_id=device_id))
+def get_device(device_id: str, session: ReadSession, principal: CurrentPrincipal) -> DeviceRead:
+    return service.describe(session=session, device=_visible(session, principal, device_id))
 
 
 @router.get(
@@ -56,6 +82,7 @@ def slot_readings(
     device_id: str,
     slot_name: str,
     session: ReadSession,
+    principal: CurrentPrincipal,
     since: datetime | None = Query(None, description="Only readings at or after this time (ISO 8601 with offset)."),
     before: datetime | None = Query(
         None, description="Only readings before this time: pass the oldest ts of a page to get the next page."
@@ -65,6 +92,7 @@ def slot_readings(
     for name, value in (("since", since), ("before", before)):
         if value is not None and value.tzinfo is None:
             raise InvalidRequest(f"{name} must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field=name)
+    _visible(session, principal, device_id)
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.readings(session=session, slot=slot, since=since, before=before, limit=limit)
 
@@ -73,10 +101,11 @@ def slot_readings(
 def device_events(
     device_id: str,
     session: ReadSession,
+    principal: CurrentPrincipal,
     type: str | None = Query(None, description="Only events of this type, e.g. fall_detected."),
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> list[EventRead]:
     """Every event the device sent, including types the platform does not act on."""
-    service.get(session=session, device_id=device_id)
+    _visible(session, principal, device_id)
     return service.events(session=session, device_id=device_id, event_type=type, limit=limit, offset=offset)

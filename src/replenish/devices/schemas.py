@@ -39,7 +39,9 @@ class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=DEVICE_ID_PATTERN, description="The id the device uses in its MQTT topics.")
-    customer_id: str
+    customer_id: str | None = Field(
+        None, description="Whose device it is: the caller's own when omitted (an operator must name the customer)."
+    )
     kind: DeviceKind
     name: str = Field(min_length=1, max_length=200)
     slots: list[SlotCreate] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlmodel import col, select
 
-from replenish.api.deps import Limit, Offset, ReadSession
+from replenish.api.deps import CurrentOperator, Limit, Offset, ReadSession
 from replenish.ingest.models import DeadLetter
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
@@ -26,9 +26,14 @@ class DeadLetterRead(BaseModel):
 
 @router.get("", response_model=list[DeadLetterRead], summary="Messages that did not fit the contract, newest first")
 def list_dead_letters(
-    session: ReadSession, device_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+    session: ReadSession,
+    operator: CurrentOperator,
+    device_id: str | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[DeadLetterRead]:
-    """Each keeps its topic, raw bytes (base64; as text too when it is UTF-8) and the reason it was refused."""
+    """Each keeps its topic, raw bytes (base64; as text too when it is UTF-8) and the reason it was refused.
+    Operators only: a dead letter may be anyone's."""
     query = select(DeadLetter)
     if device_id:
         query = query.where(DeadLetter.device_id == device_id)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 from sqlmodel import col, select
 
-from replenish.api.deps import Limit, Offset, ReadSession
+from replenish.api.deps import CurrentPrincipal, Limit, Offset, ReadSession
 from replenish.notifications.models import Notification
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
@@ -29,9 +29,14 @@ class NotificationRead(BaseModel):
 
 @router.get("", response_model=list[NotificationRead], summary="Notifications sent or queued, newest first")
 def list_notifications(
-    session: ReadSession, customer_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+    session: ReadSession,
+    principal: CurrentPrincipal,
+    customer_id: str | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[NotificationRead]:
     query = select(Notification)
+    customer_id = principal.scope(customer_id)
     if customer_id:
         query = query.where(Notification.customer_id == customer_id)
     rows = session.exec(

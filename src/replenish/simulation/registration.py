@@ -44,18 +44,18 @@ def device_request(model: DeviceModel, *, customer_id: str) -> DeviceCreate:
     )
 
 
-def register_over_api(api_url: str, models: list[DeviceModel], *, email: str = SIMULATOR_CUSTOMER_EMAIL) -> str:
-    """Create (or reuse) the simulators' customer and register each device that is not registered yet.
+def register_over_api(
+    api_url: str, models: list[DeviceModel], *, token: str, email: str = SIMULATOR_CUSTOMER_EMAIL
+) -> str:
+    """Register each device that is not registered yet; returns the id of the customer they belong to.
 
-    ``api_url`` is the platform's base URL, e.g. http://127.0.0.1:8000. Returns the customer id.
+    ``api_url`` is the platform's base URL, e.g. http://127.0.0.1:8000. With a customer's token the devices are
+    that customer's; with an operator's, they go to a "Simulated devices" customer (created on first use).
     """
-    with httpx.Client(base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10) as api:
-        created = api.post("/customers", json={"name": "Simulated devices", "email": email})
-        if created.status_code == httpx.codes.CONFLICT:
-            customers = api.get("/customers", params={"limit": 1000}).raise_for_status().json()
-            customer_id = next(c["id"] for c in customers if c["email"] == email)
-        else:
-            customer_id = created.raise_for_status().json()["id"]
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10, headers=headers) as api:
+        me = api.get("/auth/me").raise_for_status().json()
+        customer_id = me["customer_id"] or _simulators_customer(api, email)
         for model in models:
             request = device_request(model, customer_id=customer_id)
             response = api.post("/devices", json=request.model_dump(mode="json"))
@@ -65,3 +65,11 @@ def register_over_api(api_url: str, models: list[DeviceModel], *, email: str = S
             response.raise_for_status()
             log.info("registered %s with %d slot(s)", model.device_id, len(request.slots))
     return customer_id
+
+
+def _simulators_customer(api: httpx.Client, email: str) -> str:
+    created = api.post("/customers", json={"name": "Simulated devices", "email": email})
+    if created.status_code != httpx.codes.CONFLICT:
+        return str(created.raise_for_status().json()["id"])
+    customers = api.get("/customers", params={"limit": 1000}).raise_for_status().json()
+    return str(next(c["id"] for c in customers if c["email"] == email))

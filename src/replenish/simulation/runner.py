@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -363,8 +364,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: f
     parser.add_argument(
         "--register",
         metavar="API_URL",
-        help="first register the device(s) with the platform at this URL, e.g. http://127.0.0.1:8000, under a "
-        "'Simulated devices' customer (otherwise their messages are dead letters until someone registers them)",
+        help="first register the device(s) with the platform at this URL, e.g. http://127.0.0.1:8000 (otherwise "
+        "their messages are dead letters until someone registers them); needs --api-token",
+    )
+    parser.add_argument(
+        "--api-token",
+        default=os.environ.get("REPLENISH_API_TOKEN"),
+        help="bearer token for --register (default: $REPLENISH_API_TOKEN): a customer's registers the devices as "
+        "theirs; an operator's, under a 'Simulated devices' customer",
     )
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
 
@@ -417,7 +424,9 @@ def register_if_asked(options: CliOptions, models: list[DeviceModel]) -> None:
     if options.args.register:
         from replenish.simulation.registration import register_over_api
 
-        register_over_api(options.args.register, models)
+        if not options.args.api_token:
+            raise SystemExit("--register needs --api-token (or REPLENISH_API_TOKEN): a customer's or an operator's")
+        register_over_api(options.args.register, models, token=options.args.api_token)
 
 
 def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | None = None) -> int:

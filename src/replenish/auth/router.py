@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
+from replenish.auth import service
+from replenish.auth.schemas import Me, PersonalTokenCreate, PersonalTokenCreated, TokenIssued, TokenRead
+from replenish.constants import TokenKind
+from replenish.db import transaction
+from replenish.errors import Unauthorized
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post("/token", response_model=TokenIssued, summary="Sign in: e-mail and password for a bearer token")
+def sign_in(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, engine: EngineDep, clock: ClockDep
+) -> TokenIssued:
+    """OAuth2's password flow: a form with `username` (the e-mail) and `password`. The token expires after
+    REPLENISH_SESSION_HOURS; a wrong e-mail and a wrong password get the same 401."""
+    lifetime: timedelta = request.app.state.session_lifetime
+    with transaction(engine) as session:
+        account = service.authenticate(session=session, email=form.username, password=form.password)
+        if account is None:
+            raise Unauthorized("incorrect e-mail or password")
+        token, secret = service.issue_token(
+            session=session, account=account, kind=TokenKind.SESSION, name="sign-in", now=clock.now(), lifetime=lifetime
+        )
+        return TokenIssued(access_token=secret, expires_at=token.expires_at)
+
+
+@router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke the token of this request")
+def sign_out(principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> None:
+    with transaction(engine) as session:
+        service.revoke_token(
+            session=session, account_id=principal.account_id, token_id=principal.token_id, now=clock.now()
+        )
+
+
+@router.get("/me", response_model=Me, summary="Who the token stands for")
+def me(principal: CurrentPrincipal) -> Me:
+    return Me(
+        account_id=principal.account_id, email=principal.email, role=principal.role, customer_id=principal.customer_id
+    )
+
+
+@router.get("/tokens", response_model=list[TokenRead], summary="The caller's tokens, newest first (no secrets)")
+def list_tokens(principal: CurrentPrincipal, session: ReadSession) -> list[TokenRead]:
+    return [TokenRead.model_validate(t) for t in service.list_tokens(session=session, account_id=principal.account_id)]
+
+
+@router.post(
+    "/tokens",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PersonalTokenCreated,
+    summary="Create a personal API token (its secret is shown once)",
+)
+def create_token(
+    body: PersonalTokenCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+) -> PersonalTokenCreated:
+    lifetime = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
+    with transaction(engine) as session:
+        account = service.get_account(session=session, account_id=principal.account_id)
+        token, secret = service.issue_token(
+            session=session,
+            account=account,
+            kind=TokenKind.PERSONAL,
+            name=body.name,
+            now=clock.now(),
+            lifetime=lifetime,
+        )
+        return PersonalTokenCreated(**TokenRead.model_validate(token).model_dump(), token=secret)
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenRead, summary="Revoke one of the caller's tokens")
+def revoke_token(token_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> TokenRead:
+    """It stops working at once. Another account's token answers 404."""
+    with transaction(engine) as session:
+        token = service.revoke_token(
+            session=session, account_id=principal.account_id, token_id=token_id, now=clock.now()
+        )
+        return TokenRead.model_validate(token)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from replenish.constants import AccountRole, TokenKind
+
+
+class TokenIssued(BaseModel):
+    """OAuth2's token response, plus when the token stops working."""
+
+    access_token: str = Field(description="Send it as `Authorization: Bearer <access_token>`.")
+    token_type: str = "bearer"
+    expires_at: datetime | None = Field(description="When the token stops working; null for a token that does not.")
+
+
+class Me(BaseModel):
+    account_id: str
+    email: str
+    role: AccountRole
+    customer_id: str | None = Field(description="The customer this account acts for; null for an operator.")
+
+
+class PersonalTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="What the token is for, e.g. 'home automation'.")
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, description="Lifetime in days; null for a token that works until revoked."
+    )
+
+
+class TokenRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: TokenKind
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class PersonalTokenCreated(TokenRead):
+    token: str = Field(description="The secret, shown this once: only a hash of it is kept.")

@@ -1,0 +1,177 @@
+"""Accounts, passwords and bearer tokens. Like every service here it never commits: the caller owns the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pwdlib import PasswordHash
+from sqlmodel import Session, col, select
+
+from replenish.auth.models import AccessToken, Account
+from replenish.constants import TOKEN_PREFIX, AccountRole, TokenKind
+from replenish.db import get_or_raise
+from replenish.errors import Conflict, NotFound
+
+# Argon2id with pwdlib's recommended parameters.
+_passwords = PasswordHash.recommended()
+# Verified against when the e-mail is unknown, so that a wrong e-mail takes as long as a wrong password.
+_DUMMY_HASH = _passwords.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, resolved from their bearer token."""
+
+    account_id: str
+    email: str
+    role: AccountRole
+    customer_id: str | None
+    token_id: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role is AccountRole.OPERATOR
+
+    @property
+    def actor(self) -> str:
+        """How the caller appears in histories and audit records."""
+        return f"{self.role}:{self.email}"
+
+    def may_access(self, customer_id: str) -> bool:
+        return self.is_operator or self.customer_id == customer_id
+
+    def check_access(self, customer_id: str, *, entity: str, key: str) -> None:
+        """Another customer's object answers exactly as a missing one does: its existence is not given away."""
+        if not self.may_access(customer_id):
+            raise NotFound(entity, key)
+
+    def scope(self, customer_id: str | None) -> str | None:
+        """The customer a listing is limited to: the caller's own for a customer, any or none for an operator."""
+        if self.is_operator:
+            return customer_id
+        if customer_id is not None and customer_id != self.customer_id:
+            raise NotFound("customer", customer_id)
+        return self.customer_id
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256 random bits: a fast hash is enough, and lets each request find its token by an index.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_account(
+    *, session: Session, email: str, password: str, role: AccountRole, customer_id: str | None, now: datetime
+) -> Account:
+    email = email.lower()
+    if session.exec(select(Account.id).where(Account.email == email)).first():
+        raise Conflict(f"an account with email {email!r} exists already", field="email")
+    account = Account(
+        email=email, password_hash=_passwords.hash(password), role=role, customer_id=customer_id, created_at=now
+    )
+    session.add(account)
+    session.flush()
+    return account
+
+
+def set_password(*, session: Session, email: str, password: str, now: datetime) -> Account | None:
+    """Give the account with this e-mail a new password and revoke its tokens; None when there is no such account."""
+    account = session.exec(select(Account).where(Account.email == email.lower())).first()
+    if account is None:
+        return None
+    account.password_hash = _passwords.hash(password)
+    session.add(account)
+    revoke_all(session=session, account_id=account.id, now=now)
+    return account
+
+
+def get_account(*, session: Session, account_id: str) -> Account:
+    return get_or_raise(session, Account, account_id, entity="account")
+
+
+def authenticate(*, session: Session, email: str, password: str) -> Account | None:
+    """The account with this e-mail and password, or None (which of the two was wrong is not told)."""
+    account = session.exec(select(Account).where(Account.email == email.lower())).first()
+    if account is None:
+        _passwords.verify(password, _DUMMY_HASH)
+        return None
+    valid, new_hash = _passwords.verify_and_update(password, account.password_hash)
+    if not valid:
+        return None
+    if new_hash is not None:  # hashed with older parameters: upgrade while the password is at hand
+        account.password_hash = new_hash
+        session.add(account)
+    return account
+
+
+def issue_token(
+    *, session: Session, account: Account, kind: TokenKind, name: str, now: datetime, lifetime: timedelta | None
+) -> tuple[AccessToken, str]:
+    """A new token and its secret; the secret is not stored and cannot be shown again."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = AccessToken(
+        account_id=account.id,
+        kind=kind,
+        name=name,
+        token_hash=hash_token(secret),
+        created_at=now,
+        expires_at=now + lifetime if lifetime is not None else None,
+    )
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def principal_for(*, session: Session, secret: str, now: datetime) -> Principal | None:
+    """The caller this token stands for, or None when it is unknown, revoked or expired."""
+    found = session.exec(
+        select(AccessToken, Account)
+        .join(Account, col(Account.id) == col(AccessToken.account_id))
+        .where(AccessToken.token_hash == hash_token(secret))
+    ).first()
+    if found is None:
+        return None
+    token, account = found
+    if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
+        return None
+    return Principal(
+        account_id=account.id,
+        email=account.email,
+        role=AccountRole(account.role),
+        customer_id=account.customer_id,
+        token_id=token.id,
+    )
+
+
+def list_tokens(*, session: Session, account_id: str) -> list[AccessToken]:
+    return list(
+        session.exec(
+            select(AccessToken)
+            .where(AccessToken.account_id == account_id)
+            .order_by(col(AccessToken.created_at).desc(), col(AccessToken.id))
+        )
+    )
+
+
+def revoke_token(*, session: Session, account_id: str, token_id: str, now: datetime) -> AccessToken:
+    """Revoke one of the account's own tokens; it stops working at once. Revoking twice is harmless."""
+    token = session.get(AccessToken, token_id)
+    if token is None or token.account_id != account_id:
+        raise NotFound("token", token_id)
+    if token.revoked_at is None:
+        token.revoked_at = now
+        session.add(token)
+    return token
+
+
+def revoke_all(*, session: Session, account_id: str, now: datetime) -> int:
+    """Revoke every token of the account (its password changed, it is being deleted). Returns how many."""
+    tokens = session.exec(
+        select(AccessToken).where(AccessToken.account_id == account_id, col(AccessToken.revoked_at).is_(None))
+    ).all()
+    for token in tokens:
+        token.revoked_at = now
+        session.add(token)
+    return len(tokens)

@@ -1,0 +1,340 @@
+"""Sign-in, tokens and who may see what: every route, as each kind of caller, through the real API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from conftest import (
+    Publisher,
+    api_client,
+    customer_api,
+    iso,
+    make_settings,
+    operator_token,
+    personal_token,
+    sign_in,
+)
+from helpers import PASSWORD, create_customer, publish_depletion, register_device
+from replenish.auth.models import AccessToken, Account
+from replenish.auth.service import hash_token
+from replenish.clock import ManualClock
+from replenish.runtime import Platform, Roles
+
+
+def test_sign_up_then_sign_in_and_see_who_you_are(platform, api):
+    anonymous = api_client(platform, None)
+    created = anonymous.post("/customers", json={"name": "Ada", "email": "Ada@Example.com", "password": PASSWORD})
+    assert created.status_code == 201, created.text
+    token = sign_in(platform, "ada@example.com")
+    me = api_client(platform, token).get("/auth/me").json()
+    assert me == {
+        "account_id": me["account_id"],
+        "email": "ada@example.com",
+        "role": "customer",
+        "customer_id": created.json()["id"],
+    }
+
+
+def test_sign_up_needs_a_good_password_and_a_new_email(platform, api):
+    anonymous = api_client(platform, None)
+    missing = anonymous.post("/customers", json={"name": "Ada", "email": "ada@example.com"})
+    assert missing.status_code == 422 and missing.json()["field"] == "password"
+    short = anonymous.post("/customers", json={"name": "Ada", "email": "ada@example.com", "password": "short"})
+    assert short.status_code == 422 and short.json()["detail"][0]["loc"] == ["body", "password"]
+    create_customer(api, email="ada@example.com")
+    again = anonymous.post("/customers", json={"name": "Ada", "email": "ADA@example.com", "password": PASSWORD})
+    assert again.status_code == 409
+    # Nothing half-made is left behind: still one customer, one account.
+    assert len(api.get("/customers").json()) == 1
+
+
+def test_a_wrong_password_and_an_unknown_email_get_the_same_401(platform, api):
+    create_customer(api, email="ada@example.com")
+    answers = [
+        httpx.post(f"{platform.api_url}/api/v1/auth/token", data={"username": email, "password": password})
+        for email, password in (("ada@example.com", "wrong password!"), ("nobody@example.com", PASSWORD))
+    ]
+    assert [a.status_code for a in answers] == [401, 401]
+    assert answers[0].json() == answers[1].json() == {"detail": "incorrect e-mail or password", "field": None}
+    assert all(a.headers["www-authenticate"] == "Bearer" for a in answers)
+
+
+def test_passwords_and_tokens_are_stored_only_as_hashes(platform, api):
+    create_customer(api, email="ada@example.com")
+    token = personal_token(platform, "ada@example.com")
+    with Session(platform.engine) as session:
+        account = session.exec(select(Account).where(Account.email == "ada@example.com")).one()
+        stored = session.exec(select(AccessToken.token_hash)).all()
+    assert account.password_hash.startswith("$argon2id$") and PASSWORD not in account.password_hash
+    assert token.startswith("rpl_") and token not in stored and hash_token(token) in stored
+
+
+def test_a_personal_token_works_until_revoked_and_then_stops_at_once(platform, api):
+    create_customer(api, email="ada@example.com")
+    session_token = sign_in(platform, "ada@example.com")
+    ada = api_client(platform, session_token)
+    created = ada.post("/auth/tokens", json={"name": "home automation", "expires_in_days": 30}).json()
+    assert created["kind"] == "personal" and created["token"].startswith("rpl_")
+    script = api_client(platform, created["token"])
+    assert script.get("/devices").status_code == 200
+    listed = ada.get("/auth/tokens").json()
+    assert {t["name"] for t in listed} == {"sign-in", "home automation"}
+    assert all("token" not in t for t in listed), "a secret is shown once, never listed"
+
+    revoked = ada.delete(f"/auth/tokens/{created['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    refused = script.get("/devices")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert ada.get("/devices").status_code == 200, "the other tokens still work"
+
+
+def test_a_customer_cannot_revoke_another_accounts_token(platform, api):
+    create_customer(api, email="ada@example.com")
+    create_customer(api, email="bob@example.com")
+    bob = api_client(platform, sign_in(platform, "bob@example.com"))
+    [bobs_token] = bob.get("/auth/tokens").json()
+    ada = api_client(platform, sign_in(platform, "ada@example.com"))
+    assert ada.delete(f"/auth/tokens/{bobs_token['id']}").status_code == 404
+    assert bob.get("/auth/me").status_code == 200
+
+
+def test_a_sign_in_token_expires_and_sign_out_revokes(platform, api, clock):
+    create_customer(api, email="ada@example.com")
+    ada = api_client(platform, sign_in(platform, "ada@example.com"))
+    clock.advance(timedelta(hours=platform.settings.session_hours) - timedelta(seconds=1))
+    assert ada.get("/auth/me").status_code == 200
+    clock.advance(timedelta(seconds=1))
+    assert ada.get("/auth/me").status_code == 401
+
+    again = api_client(platform, sign_in(platform, "ada@example.com"))
+    assert again.post("/auth/sign-out").status_code == 204
+    assert again.get("/auth/me").status_code == 401
+
+
+def test_an_operator_account_is_made_on_the_command_line(platform, tmp_path):
+    import subprocess
+    import sys
+
+    env = {
+        "REPLENISH_DATABASE_URL": platform.settings.resolved_database_url,
+        "REPLENISH_NEW_OPERATOR_PASSWORD": PASSWORD,
+        "PATH": "/usr/bin:/bin",
+    }
+    replenish = str(Path(sys.executable).parent / "replenish")
+    done = subprocess.run(
+        [replenish, "accounts", "create-operator", "--email", "ops@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    me = api_client(platform, sign_in(platform, "ops@example.com")).get("/auth/me").json()
+    assert me["role"] == "operator" and me["customer_id"] is None
+    twice = subprocess.run(
+        [replenish, "accounts", "create-operator", "--email", "ops@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert twice.returncode == 1 and "exists already" in twice.stderr
+
+
+# --- Who may see what -------------------------------------------------------------------------------------------
+
+PUBLIC_ROUTES = {("POST", "/api/v1/auth/token"), ("POST", "/api/v1/customers")}
+OPERATOR_ONLY = {
+    ("GET", "/api/v1/customers"),
+    ("GET", "/api/v1/dead-letters"),
+    ("POST", "/api/v1/orders/{order_id}/fulfilment"),
+}
+
+
+@dataclass
+class World:
+    """Two customers with a printer (an order awaiting approval) and a pendant (an open fall alert) each."""
+
+    platform: Platform
+    operator: httpx.Client
+    ada: httpx.Client
+    bob: httpx.Client
+    ids: dict[str, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    from conftest import START as start
+
+    clock = ManualClock(start)
+    platform = Platform(
+        make_settings(tmp_path_factory.mktemp("auth")),
+        roles=Roles(broker=True, ingest=True, scheduler=True, api=True),
+        clock=clock,
+        run_jobs=False,
+    )
+    platform.start()
+    publisher = Publisher(platform.settings.mqtt_endpoint)
+    try:
+        operator = api_client(platform, operator_token(platform))
+        ids: dict[str, dict[str, str]] = {}
+        sent = 0
+        for name in ("ada", "bob"):
+            customer_id = create_customer(operator, email=f"{name}@example.com", mode="ask_first")
+            register_device(operator, customer_id=customer_id, device_id=f"{name}-printer")
+            register_device(operator, customer_id=customer_id, device_id=f"{name}-pendant", kind="wearable", slots=[])
+            sent += publish_depletion(
+                publisher,
+                device_id=f"{name}-printer",
+                slot="black",
+                start=start,
+                start_level=0.5,
+                rate_per_day=0.05,
+                days=8,
+            )
+            publisher.send(f"devices/{name}-pendant/events", {"seq": 1, "ts": iso(start), "type": "fall_detected"})
+            sent += 1
+            ids[name] = {"customer_id": customer_id}
+        assert platform.ingestor.wait_for(handled=sent, timeout=20)
+        clock.set(start + timedelta(days=8))
+        platform.jobs.evaluate()
+        for name in ("ada", "bob"):
+            customer_id = ids[name]["customer_id"]
+            [order] = operator.get("/orders", params={"customer_id": customer_id}).json()
+            [alert] = operator.get("/alerts", params={"customer_id": customer_id}).json()
+            ids[name] |= {"order_id": order["id"], "alert_id": alert["id"]}
+        ada, bob = (customer_api(platform, f"{name}@example.com") for name in ("ada", "bob"))
+        for name, client in (("ada", ada), ("bob", bob)):
+            ids[name]["token_id"] = client.get("/auth/tokens").json()[0]["id"]
+        yield World(platform, operator, ada, bob, ids)
+    finally:
+        publisher.close()
+        platform.stop()
+
+
+# Every route that names an object: (method, path template, how to fill it for a customer's objects, body).
+OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/customers/{customer_id}", None),
+    ("GET", "/customers/{customer_id}/consent", None),
+    ("PUT", "/customers/{customer_id}/consent", {"default_mode": "auto_order"}),
+    ("GET", "/customers/{customer_id}/consent/versions", None),
+    ("GET", "/devices/{device_id}", None),
+    ("PATCH", "/devices/{device_id}/slots/{slot_name}", {"service_level": 0.9}),
+    ("GET", "/devices/{device_id}/slots/{slot_name}/readings", None),
+    ("GET", "/devices/{device_id}/events", None),
+    ("GET", "/orders/{order_id}", None),
+    ("POST", "/orders/{order_id}/approve", None),
+    ("POST", "/orders/{order_id}/decline", None),
+    ("POST", "/orders/{order_id}/cancel", None),
+    ("GET", "/alerts/{alert_id}", None),
+    ("POST", "/alerts/{alert_id}/acknowledge", None),
+    ("POST", "/alerts/{alert_id}/resolve", None),
+    ("DELETE", "/auth/tokens/{token_id}", None),
+]
+
+
+NOBODY = {"customer_id": "0" * 32, "order_id": "0" * 32, "alert_id": "0" * 32, "token_id": "0" * 32}
+
+
+def _fill(template: str, owner: str, world: World) -> str:
+    """The path of one of the owner's objects ("nobody": of objects that do not exist)."""
+    values = (NOBODY if owner == "nobody" else world.ids[owner]) | {
+        "device_id": f"{owner}-printer",
+        "slot_name": "black",
+    }
+    if "/events" in template or template.startswith("/alerts"):
+        values = values | {"device_id": f"{owner}-pendant"}
+    return template.format(**values)
+
+
+def _bobs_things(world: World) -> dict[str, Any]:
+    """Everything of Bob's, as the operator sees it, to prove that Ada's attempts changed none of it."""
+    bob, operator = world.ids["bob"], world.operator
+    return {
+        "consent": operator.get(f"/customers/{bob['customer_id']}/consent/versions").json(),
+        "printer": operator.get("/devices/bob-printer").json()["slots"][0]["service_level"],
+        "order": operator.get(f"/orders/{bob['order_id']}").json()["status"],
+        "alert": operator.get(f"/alerts/{bob['alert_id']}").json()["status"],
+        "bob signed in": world.bob.get("/auth/me").status_code,
+    }
+
+
+@pytest.mark.parametrize(("method", "template", "body"), OBJECT_ROUTES, ids=[f"{m} {t}" for m, t, _ in OBJECT_ROUTES])
+def test_another_customers_object_answers_404_and_stays_as_it_was(world: World, method, template, body):
+    before = _bobs_things(world)
+    path = _fill(template, "bob", world)
+    answer = world.ada.request(method, path, json=body)
+    assert answer.status_code == 404, f"{method} {path}: {answer.status_code} {answer.text}"
+    # Just what a missing object gets: nothing tells Ada that Bob's exists.
+    missing = world.ada.request(method, _fill(template, "nobody", world), json=body)
+    assert missing.status_code == 404 and missing.json().keys() == answer.json().keys()
+    assert _bobs_things(world) == before
+
+
+READ_ROUTES = [(m, t) for m, t, _ in OBJECT_ROUTES if m == "GET"]
+
+
+@pytest.mark.parametrize(("method", "template"), READ_ROUTES, ids=[f"{m} {t}" for m, t in READ_ROUTES])
+def test_the_owner_and_an_operator_can_read_it(world: World, method, template):
+    path = _fill(template, "ada", world)
+    assert world.ada.get(path).status_code == 200, path
+    assert world.operator.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/notifications"])
+def test_lists_show_a_customer_only_their_own(world: World, collection):
+    ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]
+    mine = world.ada.get(collection).json()
+    assert mine and {item["customer_id"] for item in mine} == {ada_id}
+    if collection == "/devices":
+        assert {d["id"] for d in mine} == {"ada-printer", "ada-pendant"}
+    assert world.ada.get(collection, params={"customer_id": bob_id}).status_code == 404
+    everyone = world.operator.get(collection).json()
+    assert {item["customer_id"] for item in everyone} >= {ada_id, bob_id}
+
+
+def test_a_customer_cannot_register_a_device_for_another_customer(world: World):
+    bob_id = world.ids["bob"]["customer_id"]
+    answer = world.ada.post(
+        "/devices", json={"id": "sneaky-1", "customer_id": bob_id, "kind": "printer", "name": "x", "slots": []}
+    )
+    assert answer.status_code == 422 and answer.json()["field"] == "customer_id"
+    assert world.operator.get("/devices/sneaky-1").status_code == 404
+    own = world.ada.post("/devices", json={"id": "ada-spare", "kind": "printer", "name": "spare", "slots": []})
+    assert own.status_code == 201 and own.json()["customer_id"] == world.ids["ada"]["customer_id"]
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(OPERATOR_ONLY))
+def test_operator_routes_answer_403_to_a_customer(world: World, method, path):
+    path = path.removeprefix("/api/v1").format(order_id=world.ids["ada"]["order_id"])
+    body = {"status": "confirmed"} if path.endswith("/fulfilment") else None
+    assert world.ada.request(method, path, json=body).status_code == 403
+    # The operator gets past the role check (confirming an order still awaiting approval is a 409).
+    assert world.operator.request(method, path, json=body).status_code in (200, 409)
+
+
+def test_a_signed_in_customer_cannot_create_customers(world: World):
+    answer = world.ada.post("/customers", json={"name": "C", "email": "c@example.com", "password": PASSWORD})
+    assert answer.status_code == 403
+
+
+def test_every_route_is_covered_and_none_answers_without_a_token(world: World):
+    schema = world.operator.get(f"{world.platform.api_url}/openapi.json").json()
+    routes = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
+    # Liveness and readiness probes answer anyone; they tell nothing about anyone.
+    assert {path for _, path in routes if not path.startswith("/api/v1/")} == {"/healthz", "/readyz"}
+    routes = {(method, path) for method, path in routes if path.startswith("/api/v1/")}
+    with_objects = {(m, f"/api/v1{t}") for m, t, _ in OBJECT_ROUTES}
+    assert {r for r in routes if "{" in r[1]} - OPERATOR_ONLY == with_objects, "a route naming an object is untested"
+    anonymous = api_client(world.platform, None)
+    for method, path in sorted(routes - PUBLIC_ROUTES):
+        concrete = _fill(path.removeprefix("/api/v1"), "ada", world)
+        answer = anonymous.request(method, concrete)
+        assert answer.status_code == 401, f"{method} {path} answered {answer.status_code} without a token"
+        assert answer.headers["www-authenticate"] == "Bearer"
