@@ -77,6 +77,8 @@ def test_devices_list_and_detail(api):
         "product_sku": "MILK",
         "lead_time_days": 1.0,
         "service_level": 0.97,
+        "order_quantity": 1,
+        "unit_price": None,
         "level": None,
         "level_at": None,
         "forecast": None,
@@ -94,7 +96,12 @@ def test_consent_is_versioned_and_append_only(api):
     register_device(api, customer_id=customer_id, device_id="printer-1")
     first = api.get(f"/customers/{customer_id}/consent").json()
     assert first["version"] == 1
-    assert first["document"] == {"default_mode": "ask_first", "device_modes": {}, "slot_modes": {}}
+    document = first["document"]
+    assert (document["default_mode"], document["device_modes"], document["slot_modes"]) == ("ask_first", {}, {})
+    # Privacy by default: nothing is shared for fleet learning, telemetry is kept a year, notifications go to the log.
+    assert document["fleet_learning_allowed"] is False
+    assert document["telemetry_retention_days"] == 365
+    assert document["notification_channels"] == [{"type": "log", "address": None}]
 
     second = set_consent(
         api, customer_id, {"default_mode": "notify_only", "slot_modes": {"printer-1/black": "auto_order"}}
@@ -119,6 +126,16 @@ def test_consent_rejects_what_it_cannot_mean(api):
         ({"device_modes": {"not-mine": "auto_order"}}, "device_modes"),
         ({"slot_modes": {"not-mine/black": "auto_order"}}, "slot_modes"),
         ({"surprise": True}, "surprise"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"pause_windows": [{"start": "2026-12-26", "end": "2026-12-12"}]}, "pause_windows"),
+        ({"pause_windows": [{"start": "2026-12-12", "end": "2026-12-26", "targets": ["not-mine"]}]}, "pause_windows"),
+        ({"monthly_spending_cap": -5}, "monthly_spending_cap"),
+        ({"max_quantity_per_order": 0}, "max_quantity_per_order"),
+        ({"notification_channels": [{"type": "webhook"}]}, "notification_channels"),
+        ({"notification_channels": [{"type": "email", "address": "not-an-address"}]}, "notification_channels"),
+        ({"emergency_contacts": [{"name": "Kim", "channel": "email", "address": "kim@"}]}, "emergency_contacts"),
+        ({"telemetry_retention_days": 0}, "telemetry_retention_days"),
+        ({"on_revoke": "shrug"}, "on_revoke"),
     ]
     for document, field in cases:
         response = api.put(f"/customers/{customer_id}/consent", json=document)

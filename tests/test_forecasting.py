@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from replenish.forecasting import Forecast, LevelReading, RatePrior, forecast_depletion, split_cycles
+from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, forecast_depletion, split_cycles
 from replenish.forecasting.model import (
     REFILL_BASELINE_DAYS,
     REFILL_BASELINE_READINGS,
@@ -295,3 +295,36 @@ def test_an_office_device_silent_at_weekends_still_shows_its_week():
     forecast = forecast_depletion(readings, now=friday_evening)
     assert forecast.weekly_profile is not None
     assert max(forecast.weekly_profile[5:]) < 0.5 < 1.0 < min(forecast.weekly_profile[:5])
+
+
+def test_absences_merge_and_their_use_time_inverts_outside_them():
+    day = timedelta(days=1)
+    absences = Absences.of([(NOW + 5 * day, NOW + 7 * day), (NOW, NOW + 2 * day), (NOW + day, NOW + 3 * day)])
+    assert absences.starts.tolist() == [NOW.timestamp(), (NOW + 5 * day).timestamp()]
+    assert absences.ends.tolist() == [(NOW + 3 * day).timestamp(), (NOW + 7 * day).timestamp()]
+    moments = np.array([(NOW + k * day / 2).timestamp() for k in range(-4, 20)])
+    outside = moments[~absences.inside(moments)]
+    assert len(outside) == len(moments) - 10
+    for moment in outside:
+        assert absences.from_use_time(float(absences.to_use_time(np.array(moment)))) == pytest.approx(moment)
+    # Use time stops while away: from the day before the first absence to the day after the second, 3 days pass.
+    span = absences.to_use_time(np.array([(NOW - day).timestamp(), (NOW + 8 * day).timestamp()]))
+    assert (span[1] - span[0]) / 86_400 == pytest.approx(4)
+
+
+def test_days_away_are_days_of_no_use():
+    readings = trace(linear(0.8, 0.05, 10))  # 0.3 left at NOW: six days
+    away = Absences.of([(NOW + timedelta(days=2), NOW + timedelta(days=12))])
+    plain = forecast_depletion(readings, now=NOW)
+    paused = forecast_depletion(readings, now=NOW, absences=away)
+    assert paused.empty_at - plain.empty_at == timedelta(days=10)
+    assert paused.empty_at_early - plain.empty_at_early == timedelta(days=10)
+    # Readings taken while away say nothing about use: a level that held then does not slow the rate.
+    held = [*linear(0.8, 0.05, 10), *[0.3] * 20]  # five more days at 0.3
+    later = NOW + timedelta(days=5)
+    back = forecast_depletion(
+        trace(held, end=later), now=later, absences=Absences.of([(NOW + timedelta(hours=1), later)])
+    )
+    # (The reading on the way back, at the end of the absence, counts: an hour after NOW in use time.)
+    assert back.rate_per_day == pytest.approx(0.05, rel=2e-3)
+    assert back.evidence_to == later

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
-from replenish.automation.policy import ReorderPolicy, decide, must_reorder
+from replenish.automation.policy import OrderLimits, ReorderPolicy, Verdict, decide, must_reorder, within_limits
 from replenish.constants import ConsentMode, DecisionAction
 from replenish.forecasting import Forecast
 
@@ -75,3 +76,29 @@ def test_the_reason_names_the_dates_and_the_rule():
     assert "2026-11-22" in verdict.reason
     assert "3-day lead time" in verdict.reason
     assert "auto_order" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("limits", "quantity", "total", "spent", "asks_first"),
+    [
+        (OrderLimits(), 5, None, Decimal(0), False),
+        (OrderLimits(max_quantity_per_order=2), 2, None, Decimal(0), False),
+        (OrderLimits(max_quantity_per_order=2), 3, None, Decimal(0), True),
+        (OrderLimits(monthly_spending_cap=Decimal(50)), 1, Decimal(20), Decimal(30), False),
+        (OrderLimits(monthly_spending_cap=Decimal(50)), 1, Decimal("20.01"), Decimal(30), True),
+        (OrderLimits(monthly_spending_cap=Decimal(50)), 1, None, Decimal(0), True),
+    ],
+)
+def test_an_automatic_order_that_breaks_a_limit_asks_first(limits, quantity, total, spent, asks_first):
+    verdict = Verdict(action=DecisionAction.PLACE_ORDER, reason="low")
+    limited = within_limits(verdict, limits=limits, quantity=quantity, total_price=total, spent_this_month=spent)
+    assert limited.action == (DecisionAction.REQUEST_APPROVAL if asks_first else DecisionAction.PLACE_ORDER)
+    assert limited.reason.startswith("low")
+    # Limits never turn a notification or a question into an order.
+    notify = Verdict(action=DecisionAction.NOTIFY, reason="low")
+    assert within_limits(notify, limits=limits, quantity=quantity, total_price=total, spent_this_month=spent) is notify
+
+
+def test_nothing_is_decided_during_a_pause():
+    assert verdict_for(forecast(early_in_days=1)) is not None
+    assert verdict_for(forecast(early_in_days=1), paused=True) is None

@@ -7,6 +7,7 @@ database; the backtest keeps it in a dict.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
-from replenish.forecasting import Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
+from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
 
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
@@ -57,18 +58,26 @@ def evaluate(
     policy: ReorderPolicy,
     memory: SlotMemory,
     prior: RatePrior | None = None,
+    pauses: Sequence[tuple[datetime, datetime]] = (),
 ) -> SlotEvaluation:
     """Forecast the slot from its readings (fractions of capacity, time order) and decide what to do now.
 
     The forecast reads the last FORECAST_HISTORY_DAYS, however much older history the caller holds: earlier
-    cycles lend the current one their rate and their spread of use.
+    cycles lend the current one their rate and their spread of use. During the customer's pause windows
+    (``pauses``, half-open UTC intervals) the slot is not used, and nothing is decided.
     """
+    absences = Absences.of(pauses)
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     if len(series):
         start = int(np.searchsorted(series.times, now.timestamp() - FORECAST_HISTORY_DAYS * 86_400.0, side="right"))
         series = series.from_index(start)
     forecast = forecast_depletion(
-        series, now=now, service_level=policy.service_level, horizon_days=policy.horizon_days, prior=prior
+        series,
+        now=now,
+        service_level=policy.service_level,
+        horizon_days=policy.horizon_days,
+        prior=prior,
+        absences=absences or None,
     )
     cycle = advance_cycle(memory.cycle_started_at, forecast)
     if cycle is None:
@@ -80,6 +89,7 @@ def evaluate(
         policy=policy,
         already_decided_this_cycle=memory.decided_cycle_started_at == cycle,
         order_in_transit=in_transit,
+        paused=bool(absences) and bool(absences.inside(np.array([now.timestamp()]))[0]),
         now=now,
     )
     return SlotEvaluation(forecast=forecast, cycle_started_at=cycle, verdict=verdict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from replenish.constants import DEFAULT_SERVICE_LEVEL, ConsentMode, DecisionAction
@@ -51,6 +52,34 @@ class Verdict:
     reason: str
 
 
+@dataclass(frozen=True)
+class OrderLimits:
+    """The consent's limits on automatic orders."""
+
+    monthly_spending_cap: Decimal | None = None
+    max_quantity_per_order: int | None = None
+
+
+def within_limits(
+    verdict: Verdict, *, limits: OrderLimits, quantity: int, total_price: Decimal | None, spent_this_month: Decimal
+) -> Verdict:
+    """An automatic order that would break a limit of the consent asks first instead, and says why."""
+    if verdict.action is not DecisionAction.PLACE_ORDER:
+        return verdict
+    broken = []
+    if limits.max_quantity_per_order is not None and quantity > limits.max_quantity_per_order:
+        broken.append(f"{quantity} units exceed the maximum of {limits.max_quantity_per_order} per order")
+    cap = limits.monthly_spending_cap
+    if cap is not None:
+        if total_price is None:
+            broken.append(f"the price is unknown, so it cannot be shown to stay within the monthly cap of {cap}")
+        elif spent_this_month + total_price > cap:
+            broken.append(f"{total_price} on top of {spent_this_month} spent this month exceeds the cap of {cap}")
+    if not broken:
+        return verdict
+    return Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{verdict.reason}; asks first: {'; '.join(broken)}")
+
+
 def must_reorder(forecast: Forecast, *, policy: ReorderPolicy, now: datetime) -> bool:
     """True when the slot may run out before an order placed now could arrive, on recent enough evidence."""
     if forecast.status != "ok" or forecast.empty_at_early is None or forecast.evidence_to is None:
@@ -68,13 +97,15 @@ def decide(
     already_decided_this_cycle: bool,
     order_in_transit: bool,
     now: datetime,
+    paused: bool = False,
 ) -> Verdict | None:
     """What to do for one slot now, or None.
 
     Acts at most once per depletion cycle, and not while an order placed within the last lead time plus margin
-    is still open: that one is on its way, whatever a glitching sensor says about a new cycle.
+    is still open: that one is on its way, whatever a glitching sensor says about a new cycle. Nothing at all
+    during one of the customer's pause windows.
     """
-    if already_decided_this_cycle or order_in_transit or not must_reorder(forecast, policy=policy, now=now):
+    if paused or already_decided_this_cycle or order_in_transit or not must_reorder(forecast, policy=policy, now=now):
         return None
     action = _ACTION_BY_MODE[mode]
     if action is None:

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.models import Decision
-from replenish.automation.policy import ReorderPolicy, Verdict
+from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.constants import DecisionAction
 from replenish.db import transaction
@@ -53,12 +53,15 @@ def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeri
 
 def fleet_priors(*, session: Session) -> dict[tuple[str, str], list[tuple[str, float]]]:
     """Per (device kind, slot name), the slots whose latest forecast rests on enough of their own readings, with
-    their rates: what a slot with little history borrows (see prior_for)."""
+    their rates: what a slot with little history borrows (see prior_for). Only slots of customers whose current
+    consent allows fleet learning lend their rate."""
     rates: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    lending = consent.customers_allowing_fleet_learning(session=session)
     rows = session.exec(
         select(Device.kind, Slot.name, Slot.id, SlotForecast.forecast)
         .join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
         .join(Device, col(Device.id) == col(Slot.device_id))
+        .where(col(Device.customer_id).in_(lending))
     )
     for kind, name, slot_id, stored in rows:
         forecast = Forecast.from_json(stored)
@@ -82,7 +85,7 @@ def evaluate_slot(
     prior: RatePrior | None = None,
 ) -> Decision | None:
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
-    mode = consent.mode_for_slot(document, device_id=device.id, slot_name=slot.name)
+    mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
         lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
     )
@@ -105,18 +108,29 @@ def evaluate_slot(
         policy=policy,
         memory=memory,
         prior=prior,
+        pauses=document.pauses_for(device_id=device.id, slot_name=slot.name),
     )
     _store_forecast(session=session, slot_id=slot.id, forecast=evaluation.forecast, now=now)
     slot.cycle_started_at = evaluation.cycle_started_at
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
         return None
+    month_start, month_end = document.calendar_month(now)
+    verdict = within_limits(
+        evaluation.verdict,
+        limits=document.limits,
+        quantity=slot.order_quantity,
+        total_price=slot.unit_price * slot.order_quantity if slot.unit_price is not None else None,
+        spent_this_month=orders.spent_between(
+            session=session, customer_id=device.customer_id, start=month_start, end=month_end
+        ),
+    )
     return _act(
         session=session,
         slot=slot,
         device=device,
         cycle_started_at=evaluation.cycle_started_at,
         forecast=evaluation.forecast,
-        verdict=evaluation.verdict,
+        verdict=verdict,
         mode=mode,
         consent_version=version,
         policy=policy,

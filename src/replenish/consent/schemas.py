@@ -1,14 +1,95 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
+from replenish.automation.policy import OrderLimits
 from replenish.constants import ConsentMode
+
+DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
+DEFAULT_ESCALATION_TIMEOUT_SECONDS = 120
+DEFAULT_TELEMETRY_RETENTION_DAYS = 365
+
+
+class PauseWindow(BaseModel):
+    """Dates the customer is away: nothing is ordered for the slots it covers, and their forecasts count the days
+    as days of no use. Dates are whole days in the consent's time zone, both ends included."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: date
+    end: date
+    targets: list[str] = Field(
+        default_factory=list,
+        description="Device ids and 'device_id/slot_name' it covers; empty: every device and slot.",
+        examples=[["fridge-1/milk"]],
+    )
+    note: str | None = Field(None, max_length=200, examples=["skiing"])
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PauseWindow:
+        if self.end < self.start:
+            raise ValueError("a pause window cannot end before it starts")
+        return self
+
+    def covers(self, *, device_id: str, slot_name: str) -> bool:
+        return not self.targets or device_id in self.targets or f"{device_id}/{slot_name}" in self.targets
+
+    def interval(self, zone: ZoneInfo) -> tuple[datetime, datetime]:
+        """The window as a half-open UTC interval: from the first day's midnight to the midnight after the last."""
+        return (
+            datetime.combine(self.start, time(), zone),
+            datetime.combine(self.end + timedelta(days=1), time(), zone),
+        )
+
+
+class NotificationChannel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["log", "email", "webhook"]
+    address: str | None = Field(None, description="The e-mail address (email) or URL (webhook); none for log.")
+
+    @model_validator(mode="after")
+    def _address_fits_the_type(self) -> NotificationChannel:
+        _check_address(self.type, self.address)
+        return self
+
+
+class EmergencyContact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    channel: Literal["email", "webhook"]
+    address: str
+
+    @model_validator(mode="after")
+    def _address_fits_the_channel(self) -> EmergencyContact:
+        _check_address(self.channel, self.address)
+        return self
+
+
+def _check_address(kind: str, address: str | None) -> None:
+    class _Email(BaseModel):
+        value: EmailStr
+
+    class _Url(BaseModel):
+        value: AnyHttpUrl
+
+    if kind == "log":
+        if address is not None:
+            raise ValueError("a log channel takes no address")
+        return
+    if not address:
+        raise ValueError(f"an {kind} channel needs an address" if kind == "email" else f"a {kind} channel needs a URL")
+    (_Email if kind == "email" else _Url).model_validate({"value": address})
 
 
 class ConsentDocument(BaseModel):
-    """What the customer lets the platform do. The most specific rule wins: slot, then device, then default."""
+    """What the customer lets the platform do. The most specific mode wins: slot, then device, then default."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,6 +104,90 @@ class ConsentDocument(BaseModel):
         description="Per slot: 'device_id/slot_name' → mode.",
         examples=[{"fridge-1/milk": "notify_only"}],
     )
+    monthly_spending_cap: Decimal | None = Field(
+        None,
+        ge=0,
+        max_digits=12,
+        decimal_places=2,
+        description="Most that automatic orders may spend in a calendar month (consent time zone), in the "
+        "currency of the slots' prices. An order that would go over it waits for approval instead.",
+    )
+    max_quantity_per_order: int | None = Field(
+        None, ge=1, description="Most units one automatic order may ask for; a bigger one waits for approval."
+    )
+    pause_windows: list[PauseWindow] = Field(default_factory=list, max_length=50)
+    timezone: str = Field("UTC", description="IANA time zone of pause dates and calendar months.")
+    on_revoke: Literal["cancel", "hold"] = Field(
+        "cancel",
+        description="When a change takes ordering away from a slot, its open orders not yet shipped are cancelled "
+        "with the reason (cancel) or kept for the customer to decide (hold).",
+    )
+    notification_channels: list[NotificationChannel] = Field(
+        default_factory=lambda: [NotificationChannel(type="log")], min_length=1, max_length=10
+    )
+    emergency_contacts: list[EmergencyContact] = Field(
+        default_factory=list, max_length=10, description="Whom a fall alert escalates to, in this order."
+    )
+    emergency_services_allowed: bool = Field(
+        False, description="Whether emergency services may be called when no contact answers."
+    )
+    fall_cancel_window_seconds: int = Field(
+        DEFAULT_FALL_CANCEL_WINDOW_SECONDS, ge=0, le=600, description="How long the wearer has to cancel a fall."
+    )
+    escalation_timeout_seconds: int = Field(
+        DEFAULT_ESCALATION_TIMEOUT_SECONDS,
+        ge=10,
+        le=3600,
+        description="How long a contact has to acknowledge before the next one is asked.",
+    )
+    telemetry_retention_days: int = Field(
+        DEFAULT_TELEMETRY_RETENTION_DAYS, ge=1, le=3650, description="Readings and events older than this are deleted."
+    )
+    fleet_learning_allowed: bool = Field(
+        False,
+        description="Whether this customer's consumption rates, without anything that identifies them, may help "
+        "forecast other customers' new devices.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def mode_for(self, *, device_id: str, slot_name: str) -> ConsentMode:
+        slot_mode = self.slot_modes.get(f"{device_id}/{slot_name}")
+        if slot_mode is not None:
+            return slot_mode
+        return self.device_modes.get(device_id, self.default_mode)
+
+    def calendar_month(self, moment: datetime) -> tuple[datetime, datetime]:
+        """The calendar month (in the consent's time zone) around a moment, as a half-open interval."""
+        local = moment.astimezone(self.zone)
+        start = datetime(local.year, local.month, 1, tzinfo=self.zone)
+        end = datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=self.zone)
+        return start, end
+
+    @property
+    def limits(self) -> OrderLimits:
+        return OrderLimits(
+            monthly_spending_cap=self.monthly_spending_cap, max_quantity_per_order=self.max_quantity_per_order
+        )
+
+    def pauses_for(self, *, device_id: str, slot_name: str) -> list[tuple[datetime, datetime]]:
+        """The pause windows covering the slot, as half-open UTC intervals."""
+        return [
+            window.interval(self.zone)
+            for window in self.pause_windows
+            if window.covers(device_id=device_id, slot_name=slot_name)
+        ]
 
 
 class ConsentRead(BaseModel):

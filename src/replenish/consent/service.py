@@ -2,20 +2,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode
+from replenish.constants import ConsentMode, OrderStatus
 from replenish.devices.models import Device, Slot
 from replenish.errors import InvalidRequest, NotFound
+from replenish.orders import service as orders
+from replenish.orders.models import Order
 
-
-def mode_for_slot(document: ConsentDocument, *, device_id: str, slot_name: str) -> ConsentMode:
-    slot_mode = document.slot_modes.get(f"{device_id}/{slot_name}")
-    if slot_mode is not None:
-        return slot_mode
-    return document.device_modes.get(device_id, document.default_mode)
+# Modes under which the platform may create orders for a slot; a change to any other takes ordering away.
+ORDERING_MODES = frozenset({ConsentMode.AUTO_ORDER, ConsentMode.ASK_FIRST})
+# Orders not yet shipped: a revocation can still stop them.
+REVOCABLE_STATUSES = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED)
 
 
 def current(*, session: Session, customer_id: str) -> ConsentVersion:
@@ -48,24 +48,85 @@ def history(*, session: Session, customer_id: str) -> list[ConsentVersion]:
 def record(
     *, session: Session, customer_id: str, document: ConsentDocument, actor: str, now: datetime
 ) -> ConsentVersion:
-    """Append a new version. Earlier versions are never changed: every decision can point at its own."""
+    """Append a new version. Earlier versions are never changed: every decision can point at its own.
+
+    A version that takes ordering away from a slot (to notify_only or off) acts on that slot's open orders not yet
+    shipped at once: cancelled with the reason, or held for the customer to decide, as ``on_revoke`` says.
+    """
     _check_targets(session=session, customer_id=customer_id, document=document)
     latest = session.exec(
-        select(ConsentVersion.version)
+        select(ConsentVersion)
         .where(ConsentVersion.customer_id == customer_id)
         .order_by(col(ConsentVersion.version).desc())
         .limit(1)
     ).first()
     version = ConsentVersion(
         customer_id=customer_id,
-        version=(latest or 0) + 1,
+        version=(latest.version if latest else 0) + 1,
         created_at=now,
         created_by=actor,
         document=document.model_dump(mode="json"),
     )
     session.add(version)
     session.flush()
+    if latest is not None:
+        _revoke(
+            session=session,
+            customer_id=customer_id,
+            before=ConsentDocument.model_validate(latest.document),
+            after=document,
+            version=version.version,
+            actor=actor,
+            now=now,
+        )
     return version
+
+
+def _revoke(
+    *,
+    session: Session,
+    customer_id: str,
+    before: ConsentDocument,
+    after: ConsentDocument,
+    version: int,
+    actor: str,
+    now: datetime,
+) -> None:
+    open_orders = session.exec(
+        select(Order, Slot.name)
+        .join(Slot, col(Slot.id) == col(Order.slot_id))
+        .where(Order.customer_id == customer_id, col(Order.status).in_(REVOCABLE_STATUSES))
+        .order_by(col(Order.created_at))
+    ).all()
+    for order, slot_name in open_orders:
+        was = before.mode_for(device_id=order.device_id, slot_name=slot_name)
+        now_mode = after.mode_for(device_id=order.device_id, slot_name=slot_name)
+        if was not in ORDERING_MODES or now_mode in ORDERING_MODES:
+            continue
+        reason = f"consent version {version} changed {order.device_id}/{slot_name} from {was} to {now_mode}"
+        if after.on_revoke == "cancel":
+            orders.transition(
+                session=session, order_id=order.id, to=OrderStatus.CANCELLED, actor=actor, now=now, reason=reason
+            )
+        else:
+            orders.note(session=session, order=order, actor=actor, now=now, reason=f"held: {reason}")
+
+
+def customers_allowing_fleet_learning(*, session: Session) -> list[str]:
+    """Customers whose current consent lets their anonymised rates help forecast other customers' devices."""
+    newest = (
+        select(ConsentVersion.customer_id, func.max(ConsentVersion.version).label("version"))
+        .group_by(col(ConsentVersion.customer_id))
+        .subquery()
+    )
+    rows = session.exec(
+        select(ConsentVersion.customer_id, ConsentVersion.document).join(
+            newest,
+            (col(ConsentVersion.customer_id) == newest.c.customer_id)
+            & (col(ConsentVersion.version) == newest.c.version),
+        )
+    )
+    return [customer_id for customer_id, document in rows if document.get("fleet_learning_allowed", False)]
 
 
 def _check_targets(*, session: Session, customer_id: str, document: ConsentDocument) -> None:
@@ -73,7 +134,8 @@ def _check_targets(*, session: Session, customer_id: str, document: ConsentDocum
     for device_id in document.device_modes:
         if device_id not in owned_devices:
             raise InvalidRequest(f"device {device_id!r} is not one of this customer's devices", field="device_modes")
-    if not document.slot_modes:
+    pause_targets = [target for window in document.pause_windows for target in window.targets]
+    if not document.slot_modes and not pause_targets:
         return
     owned_slots = {
         f"{device_id}/{name}"
@@ -86,4 +148,10 @@ def _check_targets(*, session: Session, customer_id: str, document: ConsentDocum
             raise InvalidRequest(
                 f"slot {key!r} is not 'device_id/slot_name' of one of this customer's slots",
                 field="slot_modes",
+            )
+    for target in pause_targets:
+        if target not in owned_slots and target not in owned_devices:
+            raise InvalidRequest(
+                f"pause target {target!r} is neither a device id nor 'device_id/slot_name' of this customer's",
+                field="pause_windows",
             )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import UniqueConstraint
@@ -36,6 +37,8 @@ class Slot(SQLModel, table=True):
     product_sku: str
     lead_time_days: float
     service_level: float = DEFAULT_SERVICE_LEVEL
+    order_quantity: int = 1
+    unit_price: Decimal | None = Field(default=None, max_digits=12, decimal_places=2)
     level: float | None = None
     level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Where the current depletion cycle began. Kept, not recomputed: it only moves forward on a confirmed refill,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,15 @@ class SlotCreate(BaseModel):
         description="Target probability that a delivery arrives before the slot runs empty: the platform acts when "
         "the chance of running out before an order placed now could arrive exceeds 1 - service_level.",
     )
+    order_quantity: int = Field(1, ge=1, le=1000, description="Units of product_sku one order asks for.")
+    unit_price: Decimal | None = Field(
+        None,
+        ge=0,
+        max_digits=12,
+        decimal_places=2,
+        description="Price of one unit; what the consent's monthly spending cap counts. Unknown (null): with a "
+        "cap set, an automatic order waits for approval.",
+    )
 
 
 class SlotUpdate(BaseModel):
@@ -33,6 +43,8 @@ class SlotUpdate(BaseModel):
     product_sku: str | None = Field(None, min_length=1, max_length=128)
     lead_time_days: float | None = Field(None, ge=0, le=365)
     service_level: float | None = Field(None, ge=0.5, le=0.999)
+    order_quantity: int | None = Field(None, ge=1, le=1000)
+    unit_price: Decimal | None = Field(None, ge=0, max_digits=12, decimal_places=2)
 
 
 class DeviceCreate(BaseModel):
@@ -63,6 +75,8 @@ class SlotRead(BaseModel):
     product_sku: str
     lead_time_days: float
     service_level: float
+    order_quantity: int
+    unit_price: Decimal | None
     level: float | None = Field(description="Latest reported level, in the unit.")
     level_at: datetime | None
     forecast: dict[str, Any] | None = Field(

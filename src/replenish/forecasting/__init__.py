@@ -1,3 +1,4 @@
+from replenish.forecasting.absence import Absences
 from replenish.forecasting.model import (
     Forecast,
     LevelReading,
@@ -7,4 +8,4 @@ from replenish.forecasting.model import (
     split_cycles,
 )
 
-__all__ = ["Forecast", "LevelReading", "RatePrior", "ReadingSeries", "forecast_depletion", "split_cycles"]
+__all__ = ["Absences", "Forecast", "LevelReading", "RatePrior", "ReadingSeries", "forecast_depletion", "split_cycles"]

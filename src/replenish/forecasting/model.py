@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from replenish.constants import DEFAULT_SERVICE_LEVEL
+from replenish.forecasting.absence import Absences
 from replenish.forecasting.weekly import (
     FLAT_WEEK,
     MIN_RATE_PER_DAY,
@@ -284,13 +285,35 @@ def forecast_depletion(
     service_level: float = DEFAULT_SERVICE_LEVEL,
     horizon_days: float = DEFAULT_HORIZON_DAYS,
     prior: RatePrior | None = None,
+    absences: Absences | None = None,
 ) -> Forecast:
     """Forecast when the slot runs empty, from readings sorted by time. Readings after ``now`` are ignored.
 
     ``horizon_days`` is how far ahead the caller plans (lead time plus margin): the spread of use is measured over
-    windows that long. ``empty_at_early`` is the (1 - ``service_level``) quantile of the empty time.
+    windows that long. ``empty_at_early`` is the (1 - ``service_level``) quantile of the empty time. During
+    ``absences`` nothing is used: their readings are left out, and their days add to the time until empty.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
+    if not absences:
+        return _forecast(series, now=now, service_level=service_level, horizon_days=horizon_days, prior=prior)
+    present = ~absences.inside(series.times)
+    compressed = ReadingSeries(times=absences.to_use_time(series.times[present]), levels=series.levels[present])
+    use_now = _moment(float(absences.to_use_time(np.array(now.timestamp()))))
+    forecast = _forecast(compressed, now=use_now, service_level=service_level, horizon_days=horizon_days, prior=prior)
+
+    def real(moment: datetime | None) -> datetime | None:
+        return None if moment is None else _moment(absences.from_use_time(moment.timestamp()))
+
+    moved: dict[str, Any] = {name: real(getattr(forecast, name)) for name in _DATETIME_FIELDS}
+    return replace(
+        forecast,
+        **moved | {"computed_at": now, "refills_detected": [real(moment) for moment in forecast.refills_detected]},
+    )
+
+
+def _forecast(
+    series: ReadingSeries, *, now: datetime, service_level: float, horizon_days: float, prior: RatePrior | None
+) -> Forecast:
     now_s = now.timestamp()
     if len(series) and series.times[-1] > now_s:
         cut = int(np.searchsorted(series.times, now_s, side="right"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlmodel import Field, SQLModel
 
@@ -17,6 +18,8 @@ class Order(SQLModel, table=True):
     slot_id: str = Field(foreign_key="slots.id", index=True)
     product_sku: str
     quantity: int = 1
+    unit_price: Decimal | None = Field(default=None, max_digits=12, decimal_places=2)
+    total_price: Decimal | None = Field(default=None, max_digits=14, decimal_places=2)
     status: str = Field(index=True)
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,8 @@ class OrderRead(BaseModel):
     slot_id: str
     product_sku: str
     quantity: int
+    unit_price: Decimal | None
+    total_price: Decimal | None
     status: OrderStatus
     consent_version: int
     created_at: datetime

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from replenish.automation.models import Decision
 from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus, OutboxKind
@@ -38,6 +39,9 @@ def create(
         device_id=decision.device_id,
         slot_id=slot.id,
         product_sku=slot.product_sku,
+        quantity=slot.order_quantity,
+        unit_price=slot.unit_price,
+        total_price=slot.unit_price * slot.order_quantity if slot.unit_price is not None else None,
         status=OrderStatus.AWAITING_APPROVAL if awaiting_approval else OrderStatus.PLACED,
         consent_version=decision.consent_version,
         created_at=now,
@@ -71,6 +75,22 @@ def list_orders(
     if status:
         query = query.where(Order.status == status)
     return list(session.exec(query.order_by(col(Order.created_at).desc(), col(Order.id)).offset(offset).limit(limit)))
+
+
+SPENDING_STATUSES = (OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
+
+
+def spent_between(*, session: Session, customer_id: str, start: datetime, end: datetime) -> Decimal:
+    """What the customer's orders created in [start, end) and placed (approved or automatic) cost."""
+    total = session.exec(
+        select(func.coalesce(func.sum(Order.total_price), 0)).where(
+            Order.customer_id == customer_id,
+            Order.created_at >= start,
+            Order.created_at < end,
+            col(Order.status).in_(SPENDING_STATUSES),
+        )
+    ).one()
+    return Decimal(total)
 
 
 def history(*, session: Session, order_id: str) -> list[OrderEvent]:
@@ -118,6 +138,15 @@ def transition(
     return order
 
 
+def note(*, session: Session, order: Order, actor: str, now: datetime, reason: str) -> None:
+    """Record something about the order in its history without changing its status."""
+    session.add(
+        OrderEvent(
+            order_id=order.id, from_status=order.status, to_status=order.status, at=now, actor=actor, reason=reason
+        )
+    )
+
+
 def fulfilment_payload(order: Order) -> dict[str, object]:
     return {
         "order_id": order.id,
@@ -126,6 +155,8 @@ def fulfilment_payload(order: Order) -> dict[str, object]:
         "slot_id": order.slot_id,
         "product_sku": order.product_sku,
         "quantity": order.quantity,
+        "unit_price": str(order.unit_price) if order.unit_price is not None else None,
+        "total_price": str(order.total_price) if order.total_price is not None else None,
         "consent_version": order.consent_version,
     }
 

@@ -1,0 +1,244 @@
+"""Consent as the customer sets it, through the real API, acting on real orders: revocation, spending limits,
+pause windows and fleet learning."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from conftest import START, customer_api
+from helpers import INK_SLOTS, create_customer, publish_depletion, register_device, set_consent
+from replenish.constants import OutboxKind
+from replenish.outbox.models import OutboxMessage
+from replenish.runtime import Platform
+
+DAYS = 8
+
+
+def run_low(platform: Platform, publisher, clock, *, device_id: str = "printer-1", slots=("black",)) -> int:
+    """The slots fall from 0.5 by 0.05 a day; after 8 days each has 2 days left, inside lead time plus margin.
+    Returns how many messages were sent."""
+    sent = 0
+    for number, slot in enumerate(slots):
+        sent += publish_depletion(
+            publisher,
+            device_id=device_id,
+            slot=slot,
+            start=START,
+            start_level=0.5,
+            rate_per_day=0.05,
+            days=DAYS,
+            first_seq=1 + 1000 * number,
+        )
+    assert platform.ingestor.wait_for(handled=sent, timeout=20)
+    clock.set(START + timedelta(days=DAYS))
+    return sent
+
+
+def publish_more(platform: Platform, publisher, *, already: int, **depletion: Any) -> int:
+    """Publish after earlier messages, and wait until the ingestor has handled all of them."""
+    total = already + publish_depletion(publisher, **depletion)
+    assert platform.ingestor.wait_for(handled=total, timeout=20)
+    return total
+
+
+def cancellations(platform: Platform) -> list[str]:
+    with Session(platform.engine) as session:
+        return [
+            m.idempotency_key
+            for m in session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_CANCELLED))
+        ]
+
+
+def priced(price: str | None, quantity: int = 1) -> list[dict[str, Any]]:
+    return [slot | {"unit_price": price, "order_quantity": quantity} for slot in INK_SLOTS]
+
+
+@pytest.fixture
+def customer(api: httpx.Client) -> str:
+    customer_id = create_customer(api, mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1", slots=priced("30.00"))
+    return customer_id
+
+
+def test_a_revocation_cancels_open_orders_at_once_and_the_next_decision_uses_the_new_version(
+    platform, api, publisher, clock, customer
+):
+    sent = run_low(platform, publisher, clock, slots=("black",))
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    assert (order["status"], order["consent_version"]) == ("placed", 1)
+
+    with customer_api(platform, "ada@example.com") as ada:
+        changed = ada.put(f"/customers/{customer}/consent", json={"default_mode": "notify_only"})
+    assert changed.status_code == 200 and changed.json()["version"] == 2
+    cancelled = api.get(f"/orders/{order['id']}").json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["consent_version"] == 1, "an order keeps the version it ran under"
+    last = cancelled["history"][-1]
+    assert last["actor"] == "customer:ada@example.com"
+    assert last["reason"] == "consent version 2 changed printer-1/black from auto_order to notify_only"
+    assert cancellations(platform) == [f"order:{order['id']}:cancelled"], "fulfilment is told"
+
+    # The very next decision, on another slot, runs under version 2: a notification, no order.
+    publish_more(
+        platform,
+        publisher,
+        already=sent,
+        device_id="printer-1",
+        slot="cyan",
+        start=START,
+        start_level=0.5,
+        rate_per_day=0.05,
+        days=DAYS,
+        first_seq=1000,
+    )
+    platform.jobs.evaluate()
+    assert len(api.get("/orders").json()) == 1
+    [notification] = api.get("/notifications").json()
+    assert "cyan" in notification["subject"] and notification["consent_version"] == 2
+
+
+def test_a_revocation_can_hold_open_orders_for_the_customer_to_decide(platform, api, publisher, clock, customer):
+    run_low(platform, publisher, clock)
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    set_consent(api, customer, {"default_mode": "off", "on_revoke": "hold"})
+    held = api.get(f"/orders/{order['id']}").json()
+    assert held["status"] == "placed"
+    assert held["history"][-1]["reason"] == "held: consent version 2 changed printer-1/black from auto_order to off"
+    assert cancellations(platform) == []
+    # A change that keeps ordering allowed touches nothing.
+    set_consent(api, customer, {"default_mode": "ask_first"})
+    assert len(api.get(f"/orders/{order['id']}").json()["history"]) == len(held["history"])
+
+
+def test_an_order_over_the_monthly_cap_asks_first(platform, api, publisher, clock, customer):
+    set_consent(api, customer, {"default_mode": "auto_order", "monthly_spending_cap": "50"})
+    run_low(platform, publisher, clock, slots=("black", "cyan"))
+    platform.jobs.evaluate()
+    orders = sorted(api.get("/orders").json(), key=lambda o: o["created_at"] + o["id"])
+    by_status = {o["status"]: o for o in orders}
+    assert set(by_status) == {"placed", "awaiting_approval"}, orders
+    assert by_status["placed"]["total_price"] == "30.00"
+    asks = api.get(f"/orders/{by_status['awaiting_approval']['id']}").json()
+    assert "30.00 on top of 30.00 spent this month exceeds the cap of 50" in asks["explanation"]["reason"]
+    # The customer may still say yes: the cap limits the platform, not the customer.
+    with customer_api(platform, "ada@example.com") as ada:
+        assert ada.post(f"/orders/{asks['id']}/approve").json()["status"] == "placed"
+
+
+def test_an_order_for_more_than_the_maximum_quantity_or_at_an_unknown_price_asks_first(platform, api, publisher, clock):
+    customer_id = create_customer(api, mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1", slots=priced("10.00", quantity=3))
+    register_device(api, customer_id=customer_id, device_id="printer-2", slots=priced(None))
+    set_consent(
+        api, customer_id, {"default_mode": "auto_order", "max_quantity_per_order": 2, "monthly_spending_cap": "500"}
+    )
+    sent = run_low(platform, publisher, clock, device_id="printer-1")
+    publish_more(
+        platform,
+        publisher,
+        already=sent,
+        device_id="printer-2",
+        slot="black",
+        start=START,
+        start_level=0.5,
+        rate_per_day=0.05,
+        days=DAYS,
+    )
+    platform.jobs.evaluate()
+    reasons = {
+        o["device_id"]: api.get(f"/orders/{o['id']}").json()["explanation"]["reason"]
+        for o in api.get("/orders", params={"status": "awaiting_approval"}).json()
+    }
+    assert "3 units exceed the maximum of 2 per order" in reasons["printer-1"]
+    assert "the price is unknown" in reasons["printer-2"]
+
+
+def test_nothing_is_ordered_during_a_pause_and_the_forecast_counts_the_absence(
+    platform, api, publisher, clock, customer
+):
+    sent = run_low(platform, publisher, clock)  # now START + 8 days, 2026-11-10: two days of black left
+    black = "printer-1/black"
+    set_consent(
+        api,
+        customer,
+        {
+            "default_mode": "auto_order",
+            "pause_windows": [{"start": "2026-11-10", "end": "2026-11-20", "targets": [black], "note": "away"}],
+        },
+    )
+    platform.jobs.evaluate()
+    assert api.get("/orders").json() == [], "away: nothing is ordered"
+    slot = next(s for s in api.get("/devices/printer-1").json()["slots"] if s["name"] == "black")
+    # The window starts at midnight: 2.5 days of ink were left then, and none is used until the return at
+    # midnight on 2026-11-21.
+    assert slot["forecast"]["empty_at"] == "2026-11-23T08:00:00+00:00"
+
+    clock.set(START + timedelta(days=19, hours=12))  # 2026-11-21 20:00, back home
+    publish_more(
+        platform,
+        publisher,
+        already=sent,
+        device_id="printer-1",
+        slot="black",
+        start=clock.now() - timedelta(hours=12),
+        start_level=0.1,
+        rate_per_day=0.05,
+        days=0.5,
+        first_seq=500,
+    )
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    assert order["status"] == "placed" and order["consent_version"] == 2
+
+
+def test_a_customers_rates_help_the_fleet_only_with_consent(platform, api, publisher, clock):
+    lenders = []
+    for number in range(3):
+        customer_id = create_customer(api, email=f"lender{number}@example.com", mode="off")
+        register_device(api, customer_id=customer_id, device_id=f"printer-{number}")
+        lenders.append(customer_id)
+    newcomer = create_customer(api, email="new@example.com", mode="off")
+    register_device(api, customer_id=newcomer, device_id="printer-new")
+    sent = sum(
+        publish_depletion(
+            publisher,
+            device_id=f"printer-{number}",
+            slot="black",
+            start=START,
+            start_level=0.9,
+            rate_per_day=0.04,
+            days=DAYS,
+        )
+        for number in range(3)
+    )
+    sent += publish_depletion(
+        publisher,
+        device_id="printer-new",
+        slot="black",
+        start=START + timedelta(days=DAYS - 0.25),
+        start_level=0.8,
+        rate_per_day=0.04,
+        days=0.25,
+    )
+    assert platform.ingestor.wait_for(handled=sent, timeout=20)
+    clock.set(START + timedelta(days=DAYS))
+
+    def newcomers_prior() -> float | None:
+        platform.jobs.evaluate()  # the lenders' forecasts first, then the fleet they make
+        platform.jobs.evaluate()
+        black = next(s for s in api.get("/devices/printer-new").json()["slots"] if s["name"] == "black")
+        return black["forecast"]["prior_rate_per_day"]
+
+    assert newcomers_prior() is None, "nobody has agreed to share"
+    for customer_id in lenders:
+        set_consent(api, customer_id, {"default_mode": "off", "fleet_learning_allowed": True})
+    assert newcomers_prior() == pytest.approx(0.04, rel=0.05)
+    set_consent(api, lenders[0], {"default_mode": "off", "fleet_learning_allowed": False})
+    assert newcomers_prior() is None, "two lenders are too few for a prior"
