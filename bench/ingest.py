@@ -603,6 +603,7 @@ def run_ingest(
         for device_id in device_ids:
             devices.register(
                 session=session,
+                actor="test",
                 request=DeviceCreate(
                     id=device_id, customer_id=customer.id, kind="printer", name=device_id, slots=slots
                 ),

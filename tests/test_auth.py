@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import Session, select
 
 from conftest import (
+    START,
     Publisher,
     api_client,
     customer_api,
@@ -287,7 +288,7 @@ def test_the_owner_and_an_operator_can_read_it(world: World, method, template):
     assert world.operator.get(path).status_code == 200, path
 
 
-@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/notifications"])
+@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/notifications", "/audit"])
 def test_lists_show_a_customer_only_their_own(world: World, collection):
     ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]
     mine = world.ada.get(collection).json()
@@ -338,3 +339,61 @@ def test_every_route_is_covered_and_none_answers_without_a_token(world: World):
         answer = anonymous.request(method, concrete)
         assert answer.status_code == 401, f"{method} {path} answered {answer.status_code} without a token"
         assert answer.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_audit_log_records_sign_ins_tokens_consent_decisions_and_orders(platform, api, publisher, clock):
+    customer_id = create_customer(api, email="ada@example.com", mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    failed = httpx.post(
+        f"{platform.api_url}/api/v1/auth/token", data={"username": "ada@example.com", "password": "not my password"}
+    )
+    assert failed.status_code == 401
+    ada = customer_api(platform, "ada@example.com")  # signs in, creates a personal token
+    assert (
+        ada.put(
+            f"/customers/{customer_id}/consent", json={"default_mode": "auto_order", "timezone": "Europe/Berlin"}
+        ).status_code
+        == 200
+    )
+    sent = publish_depletion(
+        publisher, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
+    )
+    assert platform.ingestor.wait_for(handled=sent, timeout=20)
+    clock.set(START + timedelta(days=8))
+    platform.jobs.evaluate()
+    [order] = ada.get("/orders").json()
+    ada.post(f"/orders/{order['id']}/cancel", json={"reason": "bought some"})
+
+    events = list(reversed(ada.get("/audit").json()))  # oldest first
+    assert [e["action"] for e in events] == [
+        "consent.changed",
+        "auth.account_created",
+        "device.registered",
+        "auth.sign_in_failed",
+        "auth.sign_in",
+        "auth.token_created",
+        "consent.changed",
+        "automation.decision",
+        "order.status_changed",
+        "order.status_changed",
+    ]
+    by_action = {e["action"]: e for e in events}
+    assert by_action["auth.sign_in_failed"]["customer_id"] == customer_id, "failed attempts on my account are mine"
+    consent_change = events[6]
+    assert consent_change["actor"] == "customer:ada@example.com"
+    assert consent_change["detail"] == {"version": 2, "changed": ["timezone"]}
+    assert by_action["automation.decision"]["detail"]["consent_version"] == 2
+    assert [e["detail"]["to"] for e in events if e["action"] == "order.status_changed"] == ["placed", "cancelled"]
+    assert events[-1]["detail"]["reason"] == "bought some"
+    assert (
+        ada.get("/audit", params={"action": "auth.sign_in"}).json()[0]["subject_id"]
+        == ada.get("/auth/me").json()["account_id"]
+    )
+
+    # An unknown e-mail's failed sign-in is the operators' to see, nobody else's.
+    httpx.post(f"{platform.api_url}/api/v1/auth/token", data={"username": "mallory@example.com", "password": "x"})
+    assert [e["actor"] for e in api.get("/audit", params={"action": "auth.sign_in_failed"}).json()] == [
+        "anonymous:mallory@example.com",
+        "anonymous:ada@example.com",
+    ]
+    assert len(ada.get("/audit", params={"action": "auth.sign_in_failed"}).json()) == 1

@@ -42,6 +42,7 @@ class Slot:
             )
             devices.register(
                 session=session,
+                actor="test",
                 request=DeviceCreate(
                     id="printer-1",
                     customer_id=customer.id,

@@ -110,3 +110,16 @@ PASSWORD_MAX_LENGTH = 256
 
 # Bearer tokens start with this, so that secret scanners and people can tell one when they see it.
 TOKEN_PREFIX = "rpl_"
+
+
+class AuditAction(StrEnum):
+    SIGN_IN = "auth.sign_in"
+    SIGN_IN_FAILED = "auth.sign_in_failed"
+    SIGN_OUT = "auth.sign_out"
+    TOKEN_CREATED = "auth.token_created"
+    TOKEN_REVOKED = "auth.token_revoked"
+    ACCOUNT_CREATED = "auth.account_created"
+    CONSENT_CHANGED = "consent.changed"
+    DEVICE_REGISTERED = "device.registered"
+    DECISION = "automation.decision"
+    ORDER_STATUS = "order.status_changed"

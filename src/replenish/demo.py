@@ -76,7 +76,9 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                 now=now,
             )
             for model in models:
-                devices.register(session=session, request=device_request(model, customer_id=customer.id), now=now)
+                devices.register(
+                    session=session, request=device_request(model, customer_id=customer.id), actor="demo", now=now
+                )
             # Version 2: the printer may order by itself; anything else still asks first.
             consent.record(
                 session=session,

@@ -1,6 +1,7 @@
 """Imports every table model so that SQLModel.metadata knows the whole schema."""
 
 from replenish.alerts.models import Alert
+from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
 from replenish.consent.models import ConsentVersion
@@ -15,6 +16,7 @@ __all__ = [
     "AccessToken",
     "Account",
     "Alert",
+    "AuditEvent",
     "ConsentVersion",
     "Customer",
     "DeadLetter",

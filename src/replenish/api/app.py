@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from replenish import __version__
 from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
+from replenish.audit.router import router as audit_router
 from replenish.auth.router import router as auth_router
 from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
@@ -72,6 +73,7 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
         alerts_router,
         notifications_router,
         dead_letters_router,
+        audit_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
 

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlmodel import Session
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
+from replenish.audit import service as audit
 from replenish.auth import service
 from replenish.auth.schemas import Me, PersonalTokenCreate, PersonalTokenCreated, TokenIssued, TokenRead
-from replenish.constants import TokenKind
+from replenish.auth.service import Principal
+from replenish.constants import AuditAction, TokenKind
 from replenish.db import transaction
 from replenish.errors import Unauthorized
 
@@ -21,24 +24,62 @@ def sign_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, engine: EngineDep, clock: ClockDep
 ) -> TokenIssued:
     """OAuth2's password flow: a form with `username` (the e-mail) and `password`. The token expires after
-    REPLENISH_SESSION_HOURS; a wrong e-mail and a wrong password get the same 401."""
+    REPLENISH_SESSION_HOURS; a wrong e-mail and a wrong password get the same 401. Both outcomes go to the audit
+    log."""
     lifetime: timedelta = request.app.state.session_lifetime
+    now = clock.now()
     with transaction(engine) as session:
         account = service.authenticate(session=session, email=form.username, password=form.password)
-        if account is None:
-            raise Unauthorized("incorrect e-mail or password")
-        token, secret = service.issue_token(
-            session=session, account=account, kind=TokenKind.SESSION, name="sign-in", now=clock.now(), lifetime=lifetime
+        if account is not None:
+            token, secret = service.issue_token(
+                session=session, account=account, kind=TokenKind.SESSION, name="sign-in", now=now, lifetime=lifetime
+            )
+            audit.record(
+                session=session,
+                at=now,
+                actor=f"{account.role}:{account.email}",
+                action=AuditAction.SIGN_IN,
+                customer_id=account.customer_id,
+                subject_type="account",
+                subject_id=account.id,
+            )
+            return TokenIssued(access_token=secret, expires_at=token.expires_at)
+    with transaction(engine) as session:
+        # Kept whether or not the e-mail exists; a customer sees the failed attempts on their own account.
+        known = service.find_account(session=session, email=form.username)
+        audit.record(
+            session=session,
+            at=now,
+            actor=f"anonymous:{form.username.lower()[:200]}",
+            action=AuditAction.SIGN_IN_FAILED,
+            customer_id=known.customer_id if known else None,
+            subject_type="account",
+            subject_id=known.id if known else form.username.lower()[:200],
         )
-        return TokenIssued(access_token=secret, expires_at=token.expires_at)
+    raise Unauthorized("incorrect e-mail or password")
+
+
+def _record_token_event(
+    session: Session, principal: Principal, action: AuditAction, token_id: str, now: datetime, **detail: str
+) -> None:
+    audit.record(
+        session=session,
+        at=now,
+        actor=principal.actor,
+        action=action,
+        customer_id=principal.customer_id,
+        subject_type="token",
+        subject_id=token_id,
+        detail=detail,
+    )
 
 
 @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke the token of this request")
 def sign_out(principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> None:
+    now = clock.now()
     with transaction(engine) as session:
-        service.revoke_token(
-            session=session, account_id=principal.account_id, token_id=principal.token_id, now=clock.now()
-        )
+        service.revoke_token(session=session, account_id=principal.account_id, token_id=principal.token_id, now=now)
+        _record_token_event(session, principal, AuditAction.SIGN_OUT, principal.token_id, now)
 
 
 @router.get("/me", response_model=Me, summary="Who the token stands for")
@@ -63,24 +104,21 @@ def create_token(
     body: PersonalTokenCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
 ) -> PersonalTokenCreated:
     lifetime = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
+    now = clock.now()
     with transaction(engine) as session:
         account = service.get_account(session=session, account_id=principal.account_id)
         token, secret = service.issue_token(
-            session=session,
-            account=account,
-            kind=TokenKind.PERSONAL,
-            name=body.name,
-            now=clock.now(),
-            lifetime=lifetime,
+            session=session, account=account, kind=TokenKind.PERSONAL, name=body.name, now=now, lifetime=lifetime
         )
+        _record_token_event(session, principal, AuditAction.TOKEN_CREATED, token.id, now, name=token.name)
         return PersonalTokenCreated(**TokenRead.model_validate(token).model_dump(), token=secret)
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenRead, summary="Revoke one of the caller's tokens")
 def revoke_token(token_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> TokenRead:
     """It stops working at once. Another account's token answers 404."""
+    now = clock.now()
     with transaction(engine) as session:
-        token = service.revoke_token(
-            session=session, account_id=principal.account_id, token_id=token_id, now=clock.now()
-        )
+        token = service.revoke_token(session=session, account_id=principal.account_id, token_id=token_id, now=now)
+        _record_token_event(session, principal, AuditAction.TOKEN_REVOKED, token.id, now)
         return TokenRead.model_validate(token)

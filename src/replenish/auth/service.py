@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 from pwdlib import PasswordHash
 from sqlmodel import Session, col, select
 
+from replenish.audit import service as audit
 from replenish.auth.models import AccessToken, Account
-from replenish.constants import TOKEN_PREFIX, AccountRole, TokenKind
+from replenish.constants import TOKEN_PREFIX, AccountRole, AuditAction, TokenKind
 from replenish.db import get_or_raise
 from replenish.errors import Conflict, NotFound
 
@@ -73,12 +74,26 @@ def create_account(
     )
     session.add(account)
     session.flush()
+    audit.record(
+        session=session,
+        at=now,
+        actor=f"{role}:{email}",
+        action=AuditAction.ACCOUNT_CREATED,
+        customer_id=customer_id,
+        subject_type="account",
+        subject_id=account.id,
+        detail={"role": role},
+    )
     return account
+
+
+def find_account(*, session: Session, email: str) -> Account | None:
+    return session.exec(select(Account).where(Account.email == email.lower())).first()
 
 
 def set_password(*, session: Session, email: str, password: str, now: datetime) -> Account | None:
     """Give the account with this e-mail a new password and revoke its tokens; None when there is no such account."""
-    account = session.exec(select(Account).where(Account.email == email.lower())).first()
+    account = find_account(session=session, email=email)
     if account is None:
         return None
     account.password_hash = _passwords.hash(password)
@@ -93,7 +108,7 @@ def get_account(*, session: Session, account_id: str) -> Account:
 
 def authenticate(*, session: Session, email: str, password: str) -> Account | None:
     """The account with this e-mail and password, or None (which of the two was wrong is not told)."""
-    account = session.exec(select(Account).where(Account.email == email.lower())).first()
+    account = find_account(session=session, email=email)
     if account is None:
         _passwords.verify(password, _DUMMY_HASH)
         return None

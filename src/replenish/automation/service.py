@@ -11,11 +11,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from replenish.audit import service as audit
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
-from replenish.constants import DecisionAction
+from replenish.constants import AuditAction, DecisionAction
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -167,6 +168,21 @@ def _act(
     session.add(decision)
     # Flush first: the unique (slot, cycle) constraint rejects a second decision before anything else is written.
     session.flush()
+    audit.record(
+        session=session,
+        at=now,
+        actor=ACTOR,
+        action=AuditAction.DECISION,
+        customer_id=device.customer_id,
+        subject_type="decision",
+        subject_id=decision.id,
+        detail={
+            "slot": f"{device.id}/{slot.name}",
+            "action": verdict.action,
+            "consent_version": consent_version,
+            "reason": verdict.reason,
+        },
+    )
     if verdict.action == DecisionAction.NOTIFY:
         notifications.notify(
             session=session,

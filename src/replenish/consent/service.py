@@ -4,9 +4,10 @@ from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
+from replenish.audit import service as audit
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode, OrderStatus
+from replenish.constants import AuditAction, ConsentMode, OrderStatus
 from replenish.devices.models import Device, Slot
 from replenish.errors import InvalidRequest, NotFound
 from replenish.orders import service as orders
@@ -69,6 +70,20 @@ def record(
     )
     session.add(version)
     session.flush()
+    previous = ConsentDocument.model_validate(latest.document).model_dump(mode="json") if latest else {}
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor,
+        action=AuditAction.CONSENT_CHANGED,
+        customer_id=customer_id,
+        subject_type="consent",
+        subject_id=f"{customer_id}/{version.version}",
+        detail={
+            "version": version.version,
+            "changed": sorted(key for key, value in version.document.items() if previous.get(key) != value),
+        },
+    )
     if latest is not None:
         _revoke(
             session=session,

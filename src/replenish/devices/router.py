@@ -35,7 +35,10 @@ def register_device(body: DeviceCreate, principal: CurrentPrincipal, engine: Eng
         if session.get(Customer, customer_id) is None or not principal.may_access(customer_id):
             raise InvalidRequest(f"customer {customer_id!r} does not exist", field="customer_id")
         device = service.register(
-            session=session, request=body.model_copy(update={"customer_id": customer_id}), now=clock.now()
+            session=session,
+            request=body.model_copy(update={"customer_id": customer_id}),
+            actor=principal.actor,
+            now=clock.now(),
         )
         return service.describe(session=session, device=device)
 

@@ -4,7 +4,8 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from replenish.constants import Channel
+from replenish.audit import service as audit
+from replenish.constants import AuditAction, Channel
 from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
@@ -12,7 +13,7 @@ from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 
 
-def register(*, session: Session, request: DeviceCreate, now: datetime) -> Device:
+def register(*, session: Session, request: DeviceCreate, actor: str, now: datetime) -> Device:
     if session.get(Device, request.id) is not None:
         raise Conflict(f"device {request.id!r} is registered already", field="id")
     device = Device(
@@ -22,6 +23,16 @@ def register(*, session: Session, request: DeviceCreate, now: datetime) -> Devic
     for slot in request.slots:
         session.add(Slot(device_id=device.id, created_at=now, **slot.model_dump()))
     session.flush()
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor,
+        action=AuditAction.DEVICE_REGISTERED,
+        customer_id=device.customer_id,
+        subject_type="device",
+        subject_id=device.id,
+        detail={"kind": device.kind, "slots": [slot.name for slot in request.slots]},
+    )
     return device
 
 

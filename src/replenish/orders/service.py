@@ -7,8 +7,9 @@ from decimal import Decimal
 
 from sqlmodel import Session, col, func, select
 
+from replenish.audit import service as audit
 from replenish.automation.models import Decision
-from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus, OutboxKind
+from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
 from replenish.db import get_or_raise
 from replenish.devices.models import Slot
 from replenish.errors import Conflict, NotFound
@@ -48,7 +49,7 @@ def create(
         updated_at=now,
     )
     session.add(order)
-    session.add(OrderEvent(order_id=order.id, from_status=None, to_status=order.status, at=now, actor=actor))
+    _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now)
     return order
@@ -123,7 +124,7 @@ def transition(
     order.status = to
     order.updated_at = now
     session.add(order)
-    session.add(OrderEvent(order_id=order.id, from_status=current, to_status=to, at=now, actor=actor, reason=reason))
+    _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
     if to == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now)
     elif to == OrderStatus.CANCELLED and current != OrderStatus.AWAITING_APPROVAL:
@@ -136,6 +137,27 @@ def transition(
             now=now,
         )
     return order
+
+
+def _record(
+    *, session: Session, order: Order, from_status: str | None, actor: str, now: datetime, reason: str | None
+) -> None:
+    """The order's own history, and the audit log."""
+    session.add(
+        OrderEvent(
+            order_id=order.id, from_status=from_status, to_status=order.status, at=now, actor=actor, reason=reason
+        )
+    )
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor,
+        action=AuditAction.ORDER_STATUS,
+        customer_id=order.customer_id,
+        subject_type="order",
+        subject_id=order.id,
+        detail={"from": from_status, "to": order.status, "reason": reason},
+    )
 
 
 def note(*, session: Session, order: Order, actor: str, now: datetime, reason: str) -> None:
