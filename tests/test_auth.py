@@ -225,6 +225,8 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/customers/{customer_id}/consent", None),
     ("PUT", "/customers/{customer_id}/consent", {"default_mode": "auto_order"}),
     ("GET", "/customers/{customer_id}/consent/versions", None),
+    ("GET", "/customers/{customer_id}/export", None),
+    ("DELETE", "/customers/{customer_id}", None),
     ("GET", "/devices/{device_id}", None),
     ("PATCH", "/devices/{device_id}/slots/{slot_name}", {"service_level": 0.9}),
     ("GET", "/devices/{device_id}/slots/{slot_name}/readings", None),
@@ -263,6 +265,7 @@ def _bobs_things(world: World) -> dict[str, Any]:
         "order": operator.get(f"/orders/{bob['order_id']}").json()["status"],
         "alert": operator.get(f"/alerts/{bob['alert_id']}").json()["status"],
         "bob signed in": world.bob.get("/auth/me").status_code,
+        "bob's devices": sorted(d["id"] for d in world.bob.get("/devices").json()),
     }
 
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     ingest_batch_wait_ms: float = Field(
         20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
     )
+    retention_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often telemetry older than each customer's consented retention is deleted."
+    )
     session_hours: float = Field(
         12.0, gt=0, description="How long a token from signing in works (personal API tokens set their own)."
     )

@@ -123,3 +123,5 @@ class AuditAction(StrEnum):
     DEVICE_REGISTERED = "device.registered"
     DECISION = "automation.decision"
     ORDER_STATUS = "order.status_changed"
+    CUSTOMER_EXPORTED = "customer.exported"
+    CUSTOMER_DELETED = "customer.deleted"

@@ -11,6 +11,7 @@ from replenish.automation.service import EvaluationReport, evaluate_all
 from replenish.clock import Clock
 from replenish.config import Settings
 from replenish.outbox.dispatcher import Dispatcher
+from replenish.privacy.service import retention_job
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ class Jobs:
     def dispatch(self) -> None:
         self.dispatcher.dispatch_due()
 
+    def retention(self) -> dict[str, int]:
+        removed = retention_job(engine=self.engine, now=self.clock.now())
+        if any(removed.values()):
+            log.info("retention: removed %s", ", ".join(f"{count} {name}" for name, count in removed.items()))
+        return removed
+
 
 def make_scheduler(jobs: Jobs) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -43,5 +50,8 @@ def make_scheduler(jobs: Jobs) -> BackgroundScheduler:
     )
     scheduler.add_job(
         jobs.dispatch, "interval", seconds=jobs.settings.dispatch_interval_seconds, id="dispatch", **common
+    )
+    scheduler.add_job(
+        jobs.retention, "interval", seconds=jobs.settings.retention_interval_seconds, id="retention", **common
     )
     return scheduler

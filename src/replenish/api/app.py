@@ -22,6 +22,7 @@ from replenish.errors import DomainError, Unauthorized
 from replenish.ingest.router import router as dead_letters_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import router as orders_router
+from replenish.privacy.router import router as privacy_router
 
 API_PREFIX = "/api/v1"
 
@@ -74,6 +75,7 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
         notifications_router,
         dead_letters_router,
         audit_router,
+        privacy_router,
     ):
         app.include_router(router, prefix=API_PREFIX)
 

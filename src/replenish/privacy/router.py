@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep
+from replenish.audit import service as audit
+from replenish.constants import AuditAction
+from replenish.customers import service as customers
+from replenish.db import transaction
+from replenish.errors import InvalidRequest
+from replenish.privacy import service
+
+router = APIRouter(prefix="/customers/{customer_id}", tags=["data rights"])
+
+
+@router.get(
+    "/export",
+    summary="Everything stored about the customer, as one JSON document",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/json": {}}, "description": "The export, streamed."}},
+)
+def export(customer_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> StreamingResponse:
+    """The customer record, accounts and tokens (never their secrets), every consent version, devices and slots,
+    forecasts, every stored message and reading, dead letters of their devices, decisions, orders and their
+    history, alerts, notifications and the audit events about them. Streamed: telemetry can be large."""
+    principal.check_access(customer_id, entity="customer", key=customer_id)
+    now = clock.now()
+    with transaction(engine) as session:
+        customers.get(session=session, customer_id=customer_id)
+        audit.record(
+            session=session,
+            at=now,
+            actor=principal.actor,
+            action=AuditAction.CUSTOMER_EXPORTED,
+            customer_id=customer_id,
+            subject_type="customer",
+            subject_id=customer_id,
+        )
+    return StreamingResponse(
+        service.export(engine=engine, customer_id=customer_id, now=now),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="replenish-{customer_id}.json"'},
+    )
+
+
+@router.delete("", summary="Delete the customer and everything about them")
+def delete_customer(
+    customer_id: str,
+    principal: CurrentPrincipal,
+    engine: EngineDep,
+    clock: ClockDep,
+    confirm: str | None = Query(None, description="The customer's e-mail address, to show that this is meant."),
+) -> dict[str, int]:
+    """Irreversible. Orders not yet shipped are cancelled first (fulfilment is told); then the customer, their
+    accounts and tokens, consent, devices, telemetry, forecasts, decisions, orders, alerts and notifications are
+    deleted. The audit log keeps its events without the e-mail addresses. Answers what was removed, per kind."""
+    principal.check_access(customer_id, entity="customer", key=customer_id)
+    with transaction(engine) as session:
+        customer = customers.get(session=session, customer_id=customer_id)
+        if confirm is None or confirm.strip().lower() != customer.email:
+            raise InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
+        return service.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=clock.now())

@@ -1,0 +1,209 @@
+"""Data rights: export everything about a customer, delete a customer, and keep telemetry only as long as consented.
+
+What deletion purges and what it keeps is stated in docs/privacy.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, update
+from sqlmodel import Session, SQLModel, col, select
+
+from replenish.alerts.models import Alert
+from replenish.audit import service as audit
+from replenish.audit.models import AuditEvent
+from replenish.auth.models import AccessToken, Account
+from replenish.automation.models import Decision
+from replenish.consent import service as consent
+from replenish.consent.models import ConsentVersion
+from replenish.constants import AuditAction, OrderStatus, OutboxKind
+from replenish.customers import service as customers
+from replenish.customers.models import Customer
+from replenish.db import transaction
+from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.notifications.models import Notification
+from replenish.orders import service as orders
+from replenish.orders.models import Order, OrderEvent
+from replenish.outbox.models import OutboxMessage
+
+EXPORT_FORMAT = "replenish-export/1"
+# Never exported: secrets, even hashed.
+_SECRET_FIELDS = {Account: {"password_hash"}, AccessToken: {"token_hash"}}
+_BATCH = 1000
+DELETED_ACTOR = "customer:deleted"
+
+
+def _row(row: SQLModel) -> dict[str, Any]:
+    data = row.model_dump(mode="json", exclude=_SECRET_FIELDS.get(type(row), set()))
+    if isinstance(row, DeadLetter):
+        data["payload"] = row.payload.decode("utf-8", errors="replace")
+    return data
+
+
+def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
+    """Everything stored about the customer, as one JSON document in chunks (telemetry can be large).
+
+    Raises NotFound before the first chunk when there is no such customer.
+    """
+    with Session(engine) as session:
+        customer = customers.get(session=session, customer_id=customer_id)
+        device_ids = list(session.exec(select(Device.id).where(Device.customer_id == customer_id)))
+        slot_ids = list(session.exec(select(Slot.id).where(col(Slot.device_id).in_(device_ids))))
+        order_ids = list(session.exec(select(Order.id).where(Order.customer_id == customer_id)))
+    sections: list[tuple[str, Any]] = [
+        ("accounts", select(Account).where(Account.customer_id == customer_id)),
+        (
+            "tokens",
+            select(AccessToken)
+            .join(Account, col(Account.id) == col(AccessToken.account_id))
+            .where(Account.customer_id == customer_id),
+        ),
+        ("consent_versions", select(ConsentVersion).where(ConsentVersion.customer_id == customer_id)),
+        ("devices", select(Device).where(col(Device.id).in_(device_ids))),
+        ("slots", select(Slot).where(col(Slot.id).in_(slot_ids))),
+        ("forecasts", select(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids))),
+        ("messages", select(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),
+        ("readings", select(Reading).where(col(Reading.slot_id).in_(slot_ids))),
+        ("dead_letters", select(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
+        ("decisions", select(Decision).where(Decision.customer_id == customer_id)),
+        ("orders", select(Order).where(Order.customer_id == customer_id)),
+        ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
+        ("alerts", select(Alert).where(Alert.customer_id == customer_id)),
+        ("notifications", select(Notification).where(Notification.customer_id == customer_id)),
+        ("audit_events", select(AuditEvent).where(AuditEvent.customer_id == customer_id)),
+    ]
+    yield f'{{"format": "{EXPORT_FORMAT}", "exported_at": {json.dumps(now.isoformat())}, '
+    yield f'"customer": {json.dumps(_row(customer))}'
+    with Session(engine) as session:
+        for name, query in sections:
+            yield f', "{name}": ['
+            entity = query.column_descriptions[0]["entity"]
+            rows = session.exec(
+                query.order_by(*entity.__table__.primary_key.columns).execution_options(yield_per=_BATCH)
+            )
+            for number, row in enumerate(rows):
+                yield ("" if number == 0 else ", ") + json.dumps(_row(row))
+            yield "]"
+    yield "}"
+
+
+def delete_customer(*, session: Session, customer_id: str, actor: str, now: datetime) -> dict[str, int]:
+    """Delete the customer and everything about them, in the caller's transaction; returns what was removed.
+
+    Orders not yet shipped are cancelled first (fulfilment is told). The audit log keeps its events, with the
+    e-mail addresses in them replaced, and gains a customer.deleted event.
+    """
+    customer = customers.get(session=session, customer_id=customer_id)
+    emails = {customer.email, *session.exec(select(Account.email).where(Account.customer_id == customer_id))}
+    for order in session.exec(
+        select(Order).where(
+            Order.customer_id == customer_id,
+            col(Order.status).in_((OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED)),
+        )
+    ).all():
+        orders.transition(
+            session=session, order_id=order.id, to=OrderStatus.CANCELLED, actor=actor, now=now, reason="account deleted"
+        )
+    device_ids = list(session.exec(select(Device.id).where(Device.customer_id == customer_id)))
+    slot_ids = list(session.exec(select(Slot.id).where(col(Slot.device_id).in_(device_ids))))
+    order_ids = list(session.exec(select(Order.id).where(Order.customer_id == customer_id)))
+    notification_ids = list(session.exec(select(Notification.id).where(Notification.customer_id == customer_id)))
+    account_ids = list(session.exec(select(Account.id).where(Account.customer_id == customer_id)))
+    # Children before parents: the database checks every foreign key.
+    steps = [
+        ("readings", delete(Reading).where(col(Reading.slot_id).in_(slot_ids))),
+        (
+            "notification_deliveries",
+            delete(OutboxMessage).where(
+                OutboxMessage.kind == OutboxKind.NOTIFICATION,
+                col(OutboxMessage.stream).in_([f"notification:{n}" for n in notification_ids]),
+            ),
+        ),
+        ("notifications", delete(Notification).where(Notification.customer_id == customer_id)),
+        ("alerts", delete(Alert).where(Alert.customer_id == customer_id)),
+        ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
+        ("orders", delete(Order).where(Order.customer_id == customer_id)),
+        ("decisions", delete(Decision).where(Decision.customer_id == customer_id)),
+        ("messages", delete(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),
+        ("dead_letters", delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
+        ("forecasts", delete(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids))),
+        ("slots", delete(Slot).where(col(Slot.id).in_(slot_ids))),
+        ("devices", delete(Device).where(col(Device.id).in_(device_ids))),
+        ("consent_versions", delete(ConsentVersion).where(ConsentVersion.customer_id == customer_id)),
+        ("tokens", delete(AccessToken).where(col(AccessToken.account_id).in_(account_ids))),
+        ("accounts", delete(Account).where(col(Account.id).in_(account_ids))),
+        ("customers", delete(Customer).where(col(Customer.id) == customer_id)),
+    ]
+    removed = {}
+    session.flush()  # the cancellations above go first
+    for name, statement in steps:
+        removed[name] = session.connection().execute(statement).rowcount
+    for email in emails:
+        for prefix in ("customer", "operator", "anonymous"):
+            session.connection().execute(
+                update(AuditEvent).where(col(AuditEvent.actor) == f"{prefix}:{email}").values(actor=DELETED_ACTOR)
+            )
+        session.connection().execute(
+            update(AuditEvent).where(col(AuditEvent.subject_id) == email).values(subject_id="deleted")
+        )
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor if not any(actor.endswith(f":{email}") for email in emails) else DELETED_ACTOR,
+        action=AuditAction.CUSTOMER_DELETED,
+        customer_id=customer_id,
+        subject_type="customer",
+        subject_id=customer_id,
+        detail=removed,
+    )
+    return removed
+
+
+def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dict[str, int]:
+    """Delete the customer's telemetry older than their consent keeps it: readings, stored messages (except an
+    event that raised an alert, kept with the alert) and dead letters of their devices."""
+    _, document = consent.current_document(session=session, customer_id=customer_id)
+    cutoff = now - timedelta(days=document.telemetry_retention_days)
+    device_ids = select(Device.id).where(Device.customer_id == customer_id)
+    slot_ids = select(Slot.id).where(col(Slot.device_id).in_(device_ids))
+    old_messages = select(DeviceMessage.id).where(
+        col(DeviceMessage.device_id).in_(device_ids),
+        DeviceMessage.ts < cutoff,
+        col(DeviceMessage.id).not_in(select(Alert.trigger_message_id).where(Alert.customer_id == customer_id)),
+    )
+    connection = session.connection()
+    removed = {
+        "readings": connection.execute(
+            delete(Reading).where(
+                col(Reading.slot_id).in_(slot_ids), (Reading.ts < cutoff) | col(Reading.message_id).in_(old_messages)
+            )
+        ).rowcount,
+    }
+    removed["messages"] = connection.execute(
+        delete(DeviceMessage).where(
+            col(DeviceMessage.id).in_(old_messages),
+            col(DeviceMessage.id).not_in(select(Reading.message_id).where(col(Reading.slot_id).in_(slot_ids))),
+        )
+    ).rowcount
+    removed["dead_letters"] = connection.execute(
+        delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids), DeadLetter.received_at < cutoff)
+    ).rowcount
+    return removed
+
+
+def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
+    """The scheduled job: every customer in their own transaction."""
+    with Session(engine) as session:
+        customer_ids = list(session.exec(select(Customer.id)))
+    totals: dict[str, int] = {}
+    for customer_id in customer_ids:
+        with transaction(engine) as session:
+            removed = apply_retention(session=session, customer_id=customer_id, now=now)
+        for name, count in removed.items():
+            totals[name] = totals.get(name, 0) + count
+    return totals
