@@ -81,7 +81,7 @@ def sign_in(platform: Platform, email: str, password: str = PASSWORD) -> str:
 def personal_token(platform: Platform, email: str, password: str = PASSWORD) -> str:
     """Sign in, then create a personal API token: unlike the sign-in token, it outlives days of simulated time."""
     with api_client(platform, sign_in(platform, email, password)) as api:
-        response = api.post("/auth/tokens", json={"name": "tests"})
+        response = api.post("/auth/tokens", json={"name": "tests", "password": password})
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
 

@@ -70,7 +70,7 @@ def test_acknowledging_publishes_alert_acknowledged_to_the_device(platform, api,
         [alert] = api.get("/alerts").json()
         acknowledged = api.post(f"/alerts/{alert['id']}/acknowledge", json={"by": "daughter"}).json()
         assert acknowledged["status"] == "acknowledged"
-        assert acknowledged["acknowledged_by"] == "daughter"
+        assert acknowledged["acknowledged_by"] == "daughter (via operator:operator@example.com)"
         platform.jobs.dispatch()
         [(topic, command)] = listener.wait_for(1)
         assert topic == "devices/pendant-1/commands"

@@ -46,6 +46,16 @@ def publish_more(platform: Platform, publisher, *, already: int, **depletion: An
     return total
 
 
+def fulfilment_keys(platform: Platform) -> list[str]:
+    with Session(platform.engine) as session:
+        return [
+            m.idempotency_key
+            for m in session.exec(
+                select(OutboxMessage).where(OutboxMessage.kind != OutboxKind.NOTIFICATION).order_by(OutboxMessage.id)
+            )
+        ]
+
+
 def cancellations(platform: Platform) -> list[str]:
     with Session(platform.engine) as session:
         return [
@@ -109,12 +119,21 @@ def test_a_revocation_can_hold_open_orders_for_the_customer_to_decide(platform, 
     [order] = api.get("/orders").json()
     set_consent(api, customer, {"default_mode": "off", "on_revoke": "hold"})
     held = api.get(f"/orders/{order['id']}").json()
-    assert held["status"] == "placed"
-    assert held["history"][-1]["reason"] == "held: consent version 2 changed printer-1/black from auto_order to off"
+    assert held["status"] == "held"
+    assert held["history"][-1]["reason"] == "consent version 2 changed printer-1/black from auto_order to off"
     assert cancellations(platform) == []
-    # A change that keeps ordering allowed touches nothing.
-    set_consent(api, customer, {"default_mode": "ask_first"})
+    assert fulfilment_keys(platform)[-1] == f"order:{order['id']}:held:2", "fulfilment is told to hold it"
+    [notice] = api.get("/notifications").json()
+    assert notice["subject"].startswith("Order held") and "approve it" in notice["body"]
+    assert notice["consent_version"] == 2
+    # A change that keeps ordering away touches nothing more.
+    set_consent(api, customer, {"default_mode": "off", "on_revoke": "hold", "timezone": "Europe/Paris"})
     assert len(api.get(f"/orders/{order['id']}").json()["history"]) == len(held["history"])
+    # The customer decides: released, it goes on, and fulfilment hears so.
+    with customer_api(platform, "ada@example.com") as ada:
+        released = ada.post(f"/orders/{order['id']}/approve").json()
+    assert released["status"] == "placed"
+    assert fulfilment_keys(platform)[-1] == f"order:{order['id']}:released:3"
 
 
 def test_an_order_over_the_monthly_cap_asks_first(platform, api, publisher, clock, customer):

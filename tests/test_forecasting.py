@@ -14,6 +14,7 @@ from replenish.forecasting.model import (
     REFILL_CONFIRMATIONS,
     REFILL_MIN_RISE,
 )
+from replenish.forecasting.weekly import FLAT_WEEK, after_use_days, use_days
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -297,7 +298,8 @@ def test_an_office_device_silent_at_weekends_still_shows_its_week():
     assert max(forecast.weekly_profile[5:]) < 0.5 < 1.0 < min(forecast.weekly_profile[:5])
 
 
-def test_absences_merge_and_their_use_time_inverts_outside_them():
+@pytest.mark.parametrize("profile", [FLAT_WEEK, np.array([1.5, 1.5, 1.25, 1.25, 1.2, 0.15, 0.15])])
+def test_absences_merge_and_days_of_use_skip_them(profile):
     day = timedelta(days=1)
     absences = Absences.of([(NOW + 5 * day, NOW + 7 * day), (NOW, NOW + 2 * day), (NOW + day, NOW + 3 * day)])
     assert absences.starts.tolist() == [NOW.timestamp(), (NOW + 5 * day).timestamp()]
@@ -305,11 +307,42 @@ def test_absences_merge_and_their_use_time_inverts_outside_them():
     moments = np.array([(NOW + k * day / 2).timestamp() for k in range(-4, 20)])
     outside = moments[~absences.inside(moments)]
     assert len(outside) == len(moments) - 10
-    for moment in outside:
-        assert absences.from_use_time(float(absences.to_use_time(np.array(moment)))) == pytest.approx(moment)
-    # Use time stops while away: from the day before the first absence to the day after the second, 3 days pass.
-    span = absences.to_use_time(np.array([(NOW - day).timestamp(), (NOW + 8 * day).timestamp()]))
-    assert (span[1] - span[0]) / 86_400 == pytest.approx(4)
+    start = float(moments[0])
+    used = use_days(outside, profile, absences) - use_days(np.array([start]), profile, absences)
+    for moment, days in zip(outside, used, strict=True):
+        assert after_use_days(start, float(days), profile, absences) == pytest.approx(moment)
+    # Time away is no use: from the day before the first absence to the day after the second, 4 days of use.
+    if profile is FLAT_WEEK:
+        span = use_days(np.array([(NOW - day).timestamp(), (NOW + 8 * day).timestamp()]), profile, absences)
+        assert span[1] - span[0] == pytest.approx(4)
+
+
+def test_a_pause_leaves_the_weekly_rhythm_alone():
+    # An office printer: 0.03 a weekday, nothing at weekends or during a three-day pause two weeks ago; reports
+    # every 6 hours for five weeks.
+    end = datetime(2026, 11, 20, 12, tzinfo=UTC)  # a Friday
+    pause = (end - timedelta(days=16), end - timedelta(days=13))
+
+    def used_on(moment: datetime) -> bool:
+        return moment.weekday() < 5 and not pause[0] <= moment < pause[1]
+
+    moments = [end - timedelta(hours=6 * k) for k in range(4 * 35, -1, -1)]
+    level, levels = 0.95, []
+    for previous, moment in zip([moments[0], *moments], moments, strict=False):
+        level -= 0.03 * (moment - previous) / timedelta(days=1) if used_on(previous) else 0.0
+        levels.append(level)
+    readings = [LevelReading(ts=m, level=lv) for m, lv in zip(moments, levels, strict=True)]
+    truth = end
+    while level > 0:
+        level -= 0.03 / 24 if used_on(truth) else 0.0
+        truth += timedelta(hours=1)
+
+    paused = forecast_depletion(readings, now=end, absences=Absences.of([pause]))
+    assert paused.weekly_profile is not None
+    assert paused.weekly_profile[5] < 0.3 and paused.weekly_profile[0] > 1, paused.weekly_profile
+    assert abs(paused.empty_at - truth) < timedelta(hours=12), (paused.empty_at, truth)
+    # Not told of the pause, the forecast takes it for slow use, and comes later.
+    assert forecast_depletion(readings, now=end).empty_at > paused.empty_at
 
 
 def test_days_away_are_days_of_no_use():

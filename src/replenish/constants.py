@@ -59,10 +59,12 @@ class OrderStatus(StrEnum):
     DELIVERED = "delivered"
     DECLINED = "declined"
     CANCELLED = "cancelled"
+    # Placed, then stopped by a consent change until the customer releases (approves) or cancels it.
+    HELD = "held"
 
 
 OPEN_ORDER_STATUSES = frozenset(
-    {OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED}
+    {OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.HELD}
 )
 
 
@@ -87,6 +89,8 @@ class AlertStatus(StrEnum):
 class OutboxKind(StrEnum):
     ORDER_PLACED = "order.placed"
     ORDER_CANCELLED = "order.cancelled"
+    ORDER_HELD = "order.held"
+    ORDER_RELEASED = "order.released"
     NOTIFICATION = "notification"
     DEVICE_COMMAND = "device.command"
 
@@ -107,6 +111,10 @@ class TokenKind(StrEnum):
 
 PASSWORD_MIN_LENGTH = 10
 PASSWORD_MAX_LENGTH = 256
+# After this many failed sign-ins for one e-mail within the window, sign-in for it pauses until the window has
+# passed: enough for typos, far too few for guessing.
+MAX_FAILED_SIGN_INS = 10
+FAILED_SIGN_IN_WINDOW_SECONDS = 15 * 60
 
 # Bearer tokens start with this, so that secret scanners and people can tell one when they see it.
 TOKEN_PREFIX = "rpl_"
@@ -119,6 +127,7 @@ class AuditAction(StrEnum):
     TOKEN_CREATED = "auth.token_created"
     TOKEN_REVOKED = "auth.token_revoked"
     ACCOUNT_CREATED = "auth.account_created"
+    PASSWORD_CHANGED = "auth.password_changed"
     CONSENT_CHANGED = "consent.changed"
     DEVICE_REGISTERED = "device.registered"
     DECISION = "automation.decision"

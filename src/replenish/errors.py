@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx from a business rule."""
+
+    detail: str
+    field: str | None = Field(description="The request field the error concerns, when one does.")
+
 
 class DomainError(Exception):
     status_code = 400
@@ -35,3 +44,13 @@ class Unauthorized(DomainError):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+class TooManyRequests(DomainError):
+    """Answered with Retry-After (seconds)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -57,7 +57,7 @@ def acknowledge(
     """Marks the alert acknowledged and sends `alert_acknowledged` to the device's commands topic."""
     with transaction(engine) as session:
         _visible(session, principal, alert_id)
-        actor = body.by if body and body.by else principal.actor
+        actor = principal.actor if not (body and body.by) else f"{body.by} (via {principal.actor})"
         alert = service.acknowledge(session=session, alert_id=alert_id, actor=actor, now=clock.now())
         return AlertRead.model_validate(alert)
 
@@ -72,7 +72,7 @@ def resolve(
         alert = service.resolve(
             session=session,
             alert_id=alert_id,
-            actor=request.by or principal.actor,
+            actor=principal.actor if not request.by else f"{request.by} (via {principal.actor})",
             now=clock.now(),
             reason=request.reason,
         )

@@ -28,12 +28,20 @@ class AcknowledgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str | None = Field(
-        None, min_length=1, max_length=200, description="Who has it in hand, when not the signed-in caller."
+        None,
+        min_length=1,
+        max_length=200,
+        description="Who has it in hand, if not the caller; recorded as '<by> (via <the caller>)'.",
     )
 
 
 class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str | None = Field(None, min_length=1, max_length=200, description="Who dealt with it, if not the caller.")
+    by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Who dealt with it, if not the caller; recorded with the caller.",
+    )
     reason: str | None = Field(None, max_length=500, description="What happened, kept with the alert.")

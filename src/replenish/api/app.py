@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +19,7 @@ from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.devices.router import router as devices_router
-from replenish.errors import DomainError, Unauthorized
+from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized
 from replenish.ingest.router import router as dead_letters_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import router as orders_router
@@ -52,7 +53,11 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after_seconds)}
         return JSONResponse(
             status_code=exc.status_code, content={"detail": exc.message, "field": exc.field}, headers=headers
         )
@@ -65,6 +70,15 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
             content={"detail": "a concurrent request changed this first; read it again and retry", "field": None},
         )
 
+    def error(description: str) -> dict[str, Any]:
+        return {"model": ErrorBody, "description": description}
+
+    responses: dict[int | str, dict[str, Any]] = {
+        401: error("No valid bearer token (also for a wrong e-mail or password at sign-in)."),
+        403: error("The caller's role may not do this."),
+        404: error("No such object, or it is another customer's."),
+        409: error("The object's state does not allow this change, or a concurrent request changed it first."),
+    }
     for router in (
         auth_router,
         customers_router,
@@ -77,7 +91,7 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
         audit_router,
         privacy_router,
     ):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=responses)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     def healthz() -> dict[str, str]:

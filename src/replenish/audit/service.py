@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from replenish.audit.models import AuditEvent
 from replenish.constants import AuditAction
@@ -33,6 +33,14 @@ def record(
     )
     session.add(event)
     return event
+
+
+def count_since(*, session: Session, action: AuditAction, subject_id: str, since: datetime) -> int:
+    return session.exec(
+        select(func.count()).where(
+            AuditEvent.action == action, AuditEvent.subject_id == subject_id, AuditEvent.at > since
+        )
+    ).one()
 
 
 def list_events(

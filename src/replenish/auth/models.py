@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import CheckConstraint
 from sqlmodel import Field, SQLModel
 
 from replenish.db import UTCDateTime, new_id
@@ -11,6 +12,12 @@ class Account(SQLModel, table=True):
     """Who may sign in: an operator of the platform, or a customer (linked to their customer record)."""
 
     __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint(
+            "(role = 'operator' AND customer_id IS NULL) OR (role = 'customer' AND customer_id IS NOT NULL)",
+            name="ck_accounts_role_customer",
+        ),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True)
     email: str = Field(unique=True, index=True)

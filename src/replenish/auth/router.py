@@ -10,16 +10,35 @@ from sqlmodel import Session
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
 from replenish.audit import service as audit
 from replenish.auth import service
-from replenish.auth.schemas import Me, PersonalTokenCreate, PersonalTokenCreated, TokenIssued, TokenRead
+from replenish.auth.schemas import (
+    Me,
+    PasswordChange,
+    PersonalTokenCreate,
+    PersonalTokenCreated,
+    TokenIssued,
+    TokenRead,
+)
 from replenish.auth.service import Principal
-from replenish.constants import AuditAction, TokenKind
+from replenish.constants import (
+    FAILED_SIGN_IN_WINDOW_SECONDS,
+    MAX_FAILED_SIGN_INS,
+    PASSWORD_MAX_LENGTH,
+    AuditAction,
+    TokenKind,
+)
 from replenish.db import transaction
-from replenish.errors import Unauthorized
+from replenish.errors import ErrorBody, Forbidden, TooManyRequests, Unauthorized
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.post("/token", response_model=TokenIssued, summary="Sign in: e-mail and password for a bearer token")
+@router.post(
+    "/token",
+    response_model=TokenIssued,
+    summary="Sign in: e-mail and password for a bearer token",
+    responses={429: {"model": ErrorBody, "description": "Too many failed sign-ins for the e-mail; see Retry-After."}},
+    openapi_extra={"security": []},
+)
 def sign_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, engine: EngineDep, clock: ClockDep
 ) -> TokenIssued:
@@ -28,8 +47,22 @@ def sign_in(
     log."""
     lifetime: timedelta = request.app.state.session_lifetime
     now = clock.now()
+    email = form.username.strip().lower()[:320]  # the longest an address can be
     with transaction(engine) as session:
-        account = service.authenticate(session=session, email=form.username, password=form.password)
+        known = service.find_account(session=session, email=email)
+        subject = known.id if known else email
+        window = timedelta(seconds=FAILED_SIGN_IN_WINDOW_SECONDS)
+        failures = audit.count_since(
+            session=session, action=AuditAction.SIGN_IN_FAILED, subject_id=subject, since=now - window
+        )
+        if failures >= MAX_FAILED_SIGN_INS:
+            raise TooManyRequests(
+                f"too many failed sign-ins for this e-mail: try again in {FAILED_SIGN_IN_WINDOW_SECONDS // 60} minutes",
+                retry_after_seconds=FAILED_SIGN_IN_WINDOW_SECONDS,
+            )
+        account = None
+        if len(form.password) <= PASSWORD_MAX_LENGTH:  # no hashing of megabytes
+            account = service.authenticate(session=session, email=email, password=form.password)
         if account is not None:
             token, secret = service.issue_token(
                 session=session, account=account, kind=TokenKind.SESSION, name="sign-in", now=now, lifetime=lifetime
@@ -46,17 +79,54 @@ def sign_in(
             return TokenIssued(access_token=secret, expires_at=token.expires_at)
     with transaction(engine) as session:
         # Kept whether or not the e-mail exists; a customer sees the failed attempts on their own account.
-        known = service.find_account(session=session, email=form.username)
         audit.record(
             session=session,
             at=now,
-            actor=f"anonymous:{form.username.lower()[:200]}",
+            actor=f"anonymous:{email}",
             action=AuditAction.SIGN_IN_FAILED,
             customer_id=known.customer_id if known else None,
             subject_type="account",
-            subject_id=known.id if known else form.username.lower()[:200],
+            subject_id=subject,
         )
     raise Unauthorized("incorrect e-mail or password")
+
+
+@router.post("/password", response_model=TokenIssued, summary="Change the password; every token stops working")
+def change_password(
+    body: PasswordChange, principal: CurrentPrincipal, request: Request, engine: EngineDep, clock: ClockDep
+) -> TokenIssued:
+    """Every token of the account is revoked, this one and personal tokens included; the answer is a new sign-in
+    token."""
+    now = clock.now()
+    with transaction(engine) as session:
+        _reauthenticate(session, principal, body.current_password.get_secret_value())
+        account = service.set_password(
+            session=session, email=principal.email, password=body.new_password.get_secret_value(), now=now
+        )
+        assert account is not None
+        token, secret = service.issue_token(
+            session=session,
+            account=account,
+            kind=TokenKind.SESSION,
+            name="sign-in",
+            now=now,
+            lifetime=request.app.state.session_lifetime,
+        )
+        audit.record(
+            session=session,
+            at=now,
+            actor=principal.actor,
+            action=AuditAction.PASSWORD_CHANGED,
+            customer_id=principal.customer_id,
+            subject_type="account",
+            subject_id=account.id,
+        )
+        return TokenIssued(access_token=secret, expires_at=token.expires_at)
+
+
+def _reauthenticate(session: Session, principal: Principal, password: str) -> None:
+    if service.authenticate(session=session, email=principal.email, password=password) is None:
+        raise Forbidden("the password is not right", field="password")
 
 
 def _record_token_event(
@@ -106,6 +176,7 @@ def create_token(
     lifetime = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
     now = clock.now()
     with transaction(engine) as session:
+        _reauthenticate(session, principal, body.password.get_secret_value())
         account = service.get_account(session=session, account_id=principal.account_id)
         token, secret = service.issue_token(
             session=session, account=account, kind=TokenKind.PERSONAL, name=body.name, now=now, lifetime=lifetime

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from replenish.constants import AccountRole, TokenKind
+from replenish.constants import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole, TokenKind
 
 
 class TokenIssued(BaseModel):
@@ -25,10 +25,20 @@ class Me(BaseModel):
 class PersonalTokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    password: SecretStr = Field(
+        description="The account's password again: a sign-in token alone, stolen, cannot mint a lasting one."
+    )
     name: str = Field(min_length=1, max_length=100, description="What the token is for, e.g. 'home automation'.")
     expires_in_days: float | None = Field(
         None, gt=0, le=3650, description="Lifetime in days; null for a token that works until revoked."
     )
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: SecretStr
+    new_password: SecretStr = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
 
 
 class TokenRead(BaseModel):

@@ -151,6 +151,8 @@ def principal_for(*, session: Session, secret: str, now: datetime) -> Principal 
     token, account = found
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         return None
+    if account.role not in set(AccountRole) or (account.role == AccountRole.CUSTOMER and account.customer_id is None):
+        return None  # never fail open: a customer account without its customer sees nothing
     return Principal(
         account_id=account.id,
         email=account.email,

@@ -57,14 +57,15 @@ def fleet_priors(*, session: Session) -> dict[tuple[str, str], list[tuple[str, f
     their rates: what a slot with little history borrows (see prior_for). Only slots of customers whose current
     consent allows fleet learning lend their rate."""
     rates: dict[tuple[str, str], list[tuple[str, float]]] = {}
-    lending = consent.customers_allowing_fleet_learning(session=session)
+    lending = set(consent.customers_allowing_fleet_learning(session=session))
     rows = session.exec(
-        select(Device.kind, Slot.name, Slot.id, SlotForecast.forecast)
+        select(Device.kind, Slot.name, Slot.id, SlotForecast.forecast, Device.customer_id)
         .join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
         .join(Device, col(Device.id) == col(Slot.device_id))
-        .where(col(Device.customer_id).in_(lending))
     )
-    for kind, name, slot_id, stored in rows:
+    for kind, name, slot_id, stored, customer_id in rows:
+        if customer_id not in lending:
+            continue
         forecast = Forecast.from_json(stored)
         if forecast is not None and lends_to_fleet(forecast):
             assert forecast.rate_per_day is not None
@@ -85,6 +86,7 @@ def evaluate_slot(
     margin_days: float,
     prior: RatePrior | None = None,
 ) -> Decision | None:
+    consent.lock_customer(session=session, customer_id=device.customer_id)
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(

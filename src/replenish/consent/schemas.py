@@ -40,7 +40,8 @@ class PauseWindow(BaseModel):
         return not self.targets or device_id in self.targets or f"{device_id}/{slot_name}" in self.targets
 
     def interval(self, zone: ZoneInfo) -> tuple[datetime, datetime]:
-        """The window as a half-open UTC interval: from the first day's midnight to the midnight after the last."""
+        """The window as a half-open interval: from the first day's midnight to the midnight after the last, in the
+        consent's time zone."""
         return (
             datetime.combine(self.start, time(), zone),
             datetime.combine(self.end + timedelta(days=1), time(), zone),
@@ -109,8 +110,9 @@ class ConsentDocument(BaseModel):
         ge=0,
         max_digits=12,
         decimal_places=2,
-        description="Most that automatic orders may spend in a calendar month (consent time zone), in the "
-        "currency of the slots' prices. An order that would go over it waits for approval instead.",
+        description="Most that orders placed in a calendar month (consent time zone) may cost, in the currency of "
+        "the slots' prices. An order the platform would place by itself over it waits for approval instead; orders "
+        "the customer approves count toward the month too.",
     )
     max_quantity_per_order: int | None = Field(
         None, ge=1, description="Most units one automatic order may ask for; a bigger one waits for approval."
@@ -120,25 +122,36 @@ class ConsentDocument(BaseModel):
     on_revoke: Literal["cancel", "hold"] = Field(
         "cancel",
         description="When a change takes ordering away from a slot, its open orders not yet shipped are cancelled "
-        "with the reason (cancel) or kept for the customer to decide (hold).",
+        "with the reason (cancel), or held (hold): fulfilment is told to hold placed ones until the customer "
+        "approves or cancels them, and orders awaiting approval keep waiting.",
     )
     notification_channels: list[NotificationChannel] = Field(
-        default_factory=lambda: [NotificationChannel(type="log")], min_length=1, max_length=10
+        default_factory=lambda: [NotificationChannel(type="log")],
+        min_length=1,
+        max_length=10,
+        description="Where notifications go (stored; they go to the log until channels are in).",
     )
     emergency_contacts: list[EmergencyContact] = Field(
-        default_factory=list, max_length=10, description="Whom a fall alert escalates to, in this order."
+        default_factory=list,
+        max_length=10,
+        description="Whom a fall alert escalates to, in this order (stored; escalation is not in yet).",
     )
     emergency_services_allowed: bool = Field(
-        False, description="Whether emergency services may be called when no contact answers."
+        False,
+        description="Whether emergency services may be called when no contact answers (stored; escalation is "
+        "not in yet).",
     )
     fall_cancel_window_seconds: int = Field(
-        DEFAULT_FALL_CANCEL_WINDOW_SECONDS, ge=0, le=600, description="How long the wearer has to cancel a fall."
+        DEFAULT_FALL_CANCEL_WINDOW_SECONDS,
+        ge=0,
+        le=600,
+        description="How long the wearer has to cancel a fall (stored; not in use yet).",
     )
     escalation_timeout_seconds: int = Field(
         DEFAULT_ESCALATION_TIMEOUT_SECONDS,
         ge=10,
         le=3600,
-        description="How long a contact has to acknowledge before the next one is asked.",
+        description="How long a contact has to acknowledge before the next one is asked (stored; not in use yet).",
     )
     telemetry_retention_days: int = Field(
         DEFAULT_TELEMETRY_RETENTION_DAYS, ge=1, le=3650, description="Readings and events older than this are deleted."

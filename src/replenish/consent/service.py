@@ -8,15 +8,28 @@ from replenish.audit import service as audit
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import AuditAction, ConsentMode, OrderStatus
+from replenish.customers.models import Customer
 from replenish.devices.models import Device, Slot
 from replenish.errors import InvalidRequest, NotFound
+from replenish.notifications import service as notifications
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 
 # Modes under which the platform may create orders for a slot; a change to any other takes ordering away.
 ORDERING_MODES = frozenset({ConsentMode.AUTO_ORDER, ConsentMode.ASK_FIRST})
 # Orders not yet shipped: a revocation can still stop them.
-REVOCABLE_STATUSES = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED)
+REVOCABLE_STATUSES = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.HELD)
+
+
+def lock_customer(*, session: Session, customer_id: str) -> None:
+    """Lock the customer's row until the transaction ends (PostgreSQL; SQLite serialises writers anyway).
+
+    Consent changes and decisions for one customer take it first, so that a decision never commits under a
+    consent version that a concurrent change has already replaced (which would leave an order the revocation never
+    saw), and two decisions never both spend the same part of the monthly cap.
+    """
+    if session.get(Customer, customer_id, with_for_update=True, populate_existing=True) is None:
+        raise NotFound("customer", customer_id)
 
 
 def current(*, session: Session, customer_id: str) -> ConsentVersion:
@@ -54,6 +67,7 @@ def record(
     A version that takes ordering away from a slot (to notify_only or off) acts on that slot's open orders not yet
     shipped at once: cancelled with the reason, or held for the customer to decide, as ``on_revoke`` says.
     """
+    lock_customer(session=session, customer_id=customer_id)
     _check_targets(session=session, customer_id=customer_id, document=document)
     latest = session.exec(
         select(ConsentVersion)
@@ -112,6 +126,7 @@ def _revoke(
         .join(Slot, col(Slot.id) == col(Order.slot_id))
         .where(Order.customer_id == customer_id, col(Order.status).in_(REVOCABLE_STATUSES))
         .order_by(col(Order.created_at))
+        .with_for_update(of=Order)
     ).all()
     for order, slot_name in open_orders:
         was = before.mode_for(device_id=order.device_id, slot_name=slot_name)
@@ -123,8 +138,21 @@ def _revoke(
             orders.transition(
                 session=session, order_id=order.id, to=OrderStatus.CANCELLED, actor=actor, now=now, reason=reason
             )
-        else:
-            orders.note(session=session, order=order, actor=actor, now=now, reason=f"held: {reason}")
+        elif order.status in (OrderStatus.PLACED, OrderStatus.CONFIRMED):
+            # Fulfilment is told to hold it; the customer releases it (approve) or cancels it.
+            orders.transition(
+                session=session, order_id=order.id, to=OrderStatus.HELD, actor=actor, now=now, reason=reason
+            )
+            notifications.notify(
+                session=session,
+                customer_id=customer_id,
+                subject=f"Order held: {order.product_sku} for {order.device_id}/{slot_name}",
+                body=f"{reason}. The order is on hold: approve it to let it go on, or cancel it.",
+                consent_version=version,
+                now=now,
+            )
+        elif order.status == OrderStatus.AWAITING_APPROVAL:
+            orders.note(session=session, order=order, actor=actor, now=now, reason=f"still awaiting approval: {reason}")
 
 
 def customers_allowing_fleet_learning(*, session: Session) -> list[str]:

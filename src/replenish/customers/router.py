@@ -21,7 +21,12 @@ router = APIRouter(prefix="/customers", tags=["customers"])
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=CustomerRead, summary="Sign up, or create a customer"
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CustomerRead,
+    summary="Sign up, or create a customer",
+    # The bearer token is optional here: without one this is sign-up.
+    openapi_extra={"security": [{}]},
 )
 def create_customer(
     body: CustomerCreate, principal: OptionalPrincipal, engine: EngineDep, clock: ClockDep

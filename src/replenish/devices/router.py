@@ -12,7 +12,7 @@ from replenish.db import transaction
 from replenish.devices import service
 from replenish.devices.models import Device
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotUpdate
-from replenish.errors import InvalidRequest
+from replenish.errors import Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -28,6 +28,8 @@ def register_device(body: DeviceCreate, principal: CurrentPrincipal, engine: Eng
     """Registers a device and its slots for the caller (an operator names the customer). Telemetry for
     unregistered devices or slots becomes dead letters. Device ids are global, as they are the devices' MQTT
     topics: an id already registered answers 409."""
+    if not principal.is_operator and any(slot.unit_price is not None for slot in body.slots):
+        raise Forbidden("prices come from the catalogue: only an operator sets a slot's unit_price")
     customer_id = body.customer_id or principal.customer_id
     if customer_id is None:
         raise InvalidRequest("an operator must say whose device it is", field="customer_id")
@@ -49,6 +51,8 @@ def update_slot(
 ) -> DeviceRead:
     """Changes what a slot orders (product_sku), how long a delivery takes (lead_time_days) and how sure the
     platform must be that a delivery arrives in time (service_level). The next evaluation uses them."""
+    if not principal.is_operator and "unit_price" in body.model_fields_set:
+        raise Forbidden("prices come from the catalogue: only an operator sets a slot's unit_price")
     with transaction(engine) as session:
         device = _visible(session, principal, device_id)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)

@@ -1,7 +1,7 @@
 """Time when nobody uses a slot (the customer's pause windows: "away 12 to 26 December").
 
-A forecast runs on a clock that stops during absences: readings taken during one say nothing about use and are
-left out, and the days of an absence are days of no use, so the slot empties that much later.
+Readings taken during an absence say nothing about use and are left out; its days are days of no use (see
+weekly.use_days), so the slot empties that much later. Time itself is not shifted: weekdays stay weekdays.
 """
 
 from __future__ import annotations
@@ -40,17 +40,6 @@ class Absences:
         index = np.searchsorted(self.starts, moments, side="right") - 1
         return (index >= 0) & (moments < self.ends[np.maximum(index, 0)])
 
-    def to_use_time(self, moments: np.ndarray) -> np.ndarray:
-        """Epoch seconds less the absent time before each moment."""
-        absent = np.clip(moments[..., None] - self.starts, 0.0, self.ends - self.starts).sum(axis=-1)
-        return moments - absent
-
-    def from_use_time(self, use_time: float) -> float:
-        """The moment at which this much use time has passed: the inverse of to_use_time outside absences (a use
-        time at which an absence begins maps to that absence's end, when use resumes)."""
-        moment = use_time
-        for start, end in zip(self.starts.tolist(), self.ends.tolist(), strict=True):
-            if moment < start:
-                break
-            moment += end - start
-        return moment
+    def before(self, moments: np.ndarray) -> np.ndarray:
+        """How many absences have begun by each moment."""
+        return np.searchsorted(self.starts, moments, side="right")

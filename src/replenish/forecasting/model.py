@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,8 +35,8 @@ from replenish.forecasting.weekly import (
     FLAT_WEEK,
     MIN_RATE_PER_DAY,
     SECONDS_PER_DAY,
-    after_effective_days,
-    effective_days,
+    after_use_days,
+    use_days,
     weekly_profile,
 )
 
@@ -294,30 +294,14 @@ def forecast_depletion(
     ``absences`` nothing is used: their readings are left out, and their days add to the time until empty.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    if not absences:
-        return _forecast(series, now=now, service_level=service_level, horizon_days=horizon_days, prior=prior)
-    present = ~absences.inside(series.times)
-    compressed = ReadingSeries(times=absences.to_use_time(series.times[present]), levels=series.levels[present])
-    use_now = _moment(float(absences.to_use_time(np.array(now.timestamp()))))
-    forecast = _forecast(compressed, now=use_now, service_level=service_level, horizon_days=horizon_days, prior=prior)
-
-    def real(moment: datetime | None) -> datetime | None:
-        return None if moment is None else _moment(absences.from_use_time(moment.timestamp()))
-
-    moved: dict[str, Any] = {name: real(getattr(forecast, name)) for name in _DATETIME_FIELDS}
-    return replace(
-        forecast,
-        **moved | {"computed_at": now, "refills_detected": [real(moment) for moment in forecast.refills_detected]},
-    )
-
-
-def _forecast(
-    series: ReadingSeries, *, now: datetime, service_level: float, horizon_days: float, prior: RatePrior | None
-) -> Forecast:
     now_s = now.timestamp()
     if len(series) and series.times[-1] > now_s:
         cut = int(np.searchsorted(series.times, now_s, side="right"))
         series = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
+    absences = absences or None
+    if absences is not None:
+        present = ~absences.inside(series.times)
+        series = ReadingSeries(times=series.times[present], levels=series.levels[present])
     series = _without_dips(series)
     starts = _cycle_starts(series.times, series.levels)
     refills = [_moment(series.times[index]) for index in starts[1:]]
@@ -334,7 +318,15 @@ def _forecast(
         return Forecast(status="insufficient_data", readings_used=0, outliers_dropped=0, **base)
 
     last_s = float(series.times[-1])
-    days = (series.times - last_s) / SECONDS_PER_DAY  # <= 0: everything is dated from the newest reading
+
+    def days_before_newest(profile: np.ndarray) -> np.ndarray:
+        """Days of use from each reading to the newest (<= 0): everything is dated from the newest reading."""
+        if absences is None and profile is FLAT_WEEK:
+            return (series.times - last_s) / SECONDS_PER_DAY
+        days = use_days(series.times, profile, absences)
+        return days - days[-1]
+
+    days = days_before_newest(FLAT_WEEK)
     levels = series.levels
     cycle_of = np.zeros(len(series), dtype=np.intp)
     for number, start in enumerate(starts[1:], start=1):
@@ -350,10 +342,13 @@ def _forecast(
         # Use follows the week (offices print on weekdays, homes on weekends): the line is fitted against
         # "effective days", each weekday counting as much as the slot uses on it, so a Friday forecast knows
         # that the weekend is coming.
-        profile = weekly_profile(series.times, levels, cycle_of, keep)
+        # Pairs of readings across an absence say nothing about which days the use fell on.
+        segment = (
+            cycle_of if absences is None else cycle_of * (len(absences.starts) + 1) + absences.before(series.times)
+        )
+        profile = weekly_profile(series.times, levels, segment, keep)
         if profile is not FLAT_WEEK:
-            effective = effective_days(series.times, profile)
-            days = effective - effective[-1]
+            days = days_before_newest(profile)
         if (not keep.all() or profile is not FLAT_WEEK) and keep[cycle_of == cycles - 1].any():
             fit = _fit(days[keep], levels[keep], weights[keep], cycle_of[keep], cycles, prior)
         if fit is not None and keep[cycle_of == cycles - 1].any():
@@ -379,7 +374,7 @@ def _forecast(
 
     level_then = float(np.clip(fit.level_current, 0.0, 1.0))
     rate = -fit.slope
-    days_since = float(np.diff(effective_days(np.array([last_s, now_s]), profile))[0])
+    days_since = float(np.diff(use_days(np.array([last_s, now_s]), profile, absences))[0])
     common["weekly_profile"] = None if profile is FLAT_WEEK else [round(float(value), 3) for value in profile]
     rate_z = _z(LATE_QUANTILE)
     common |= {
@@ -415,7 +410,7 @@ def _forecast(
     late = spread.days_until(_cornish_fisher(-_z(LATE_QUANTILE), skewness))
 
     def after(effective: float) -> datetime:
-        return _moment(after_effective_days(last_s, min(effective, MAX_FORECAST_DAYS), profile))
+        return _moment(after_use_days(last_s, min(effective, MAX_FORECAST_DAYS), profile, absences))
 
     return Forecast(
         status="ok",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from replenish.forecasting.absence import Absences
+
 SECONDS_PER_DAY = 86_400.0
 # Below this consumption the slot is "not being used" rather than "empties in 40 years".
 MIN_RATE_PER_DAY = 1e-4
@@ -54,6 +56,32 @@ def after_effective_days(start_seconds: float, effective: float, profile: np.nda
             return float((day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY)
         remaining -= today
         day = midnight
+
+
+def use_days(epoch_seconds: np.ndarray, profile: np.ndarray, absences: Absences | None = None) -> np.ndarray:
+    """Days of use from the epoch to each moment: effective days (see module doc) less those spent absent."""
+    days = epoch_seconds / SECONDS_PER_DAY if profile is FLAT_WEEK else effective_days(epoch_seconds, profile)
+    if not absences:
+        return days
+    inside = np.clip(epoch_seconds[..., None], absences.starts, absences.ends)  # (n, absences)
+    starts = np.broadcast_to(absences.starts, inside.shape)
+    return days - (use_days(inside.ravel(), profile) - use_days(starts.ravel(), profile)).reshape(inside.shape).sum(-1)
+
+
+def after_use_days(start_seconds: float, days: float, profile: np.ndarray, absences: Absences | None = None) -> float:
+    """The moment (epoch seconds) at which `days` days of use have passed after `start_seconds`."""
+    moment, remaining = start_seconds, days
+    if absences:
+        for begin, end in zip(absences.starts.tolist(), absences.ends.tolist(), strict=True):
+            if end <= moment:
+                continue
+            if begin > moment:
+                available = float(np.diff(use_days(np.array([moment, begin]), profile))[0])
+                if remaining < available:  # (reached just as the absence begins: when use resumes after it)
+                    break
+                remaining -= available
+            moment = end  # nothing is used until the absence ends
+    return after_effective_days(moment, remaining, profile)
 
 
 def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> np.ndarray:

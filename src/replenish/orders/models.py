@@ -24,6 +24,8 @@ class Order(SQLModel, table=True):
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+    # When it was placed (by itself, or approved): the month whose spending it counts toward.
+    placed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
 
 
 class OrderEvent(SQLModel, table=True):

@@ -63,11 +63,16 @@ def _transition(
         return _detail(session, order)
 
 
-@router.post("/{order_id}/approve", response_model=OrderDetail, summary="Approve an order awaiting approval")
+@router.post(
+    "/{order_id}/approve",
+    response_model=OrderDetail,
+    summary="Approve an order awaiting approval, or release a held one",
+)
 def approve(
     order_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep, body: ActionRequest | None = None
 ) -> OrderDetail:
-    """The order is placed and handed to fulfilment. Approving twice is harmless; a declined order answers 409."""
+    """The order is placed and handed to fulfilment (a held one: fulfilment is told it may go on). Approving twice
+    is harmless; a declined order answers 409."""
     return _transition(engine, clock, principal, order_id, OrderStatus.PLACED, body.reason if body else None)
 
 

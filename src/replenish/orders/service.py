@@ -22,8 +22,9 @@ EVIDENCE_LIMIT = 500
 
 _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.AWAITING_APPROVAL: frozenset({OrderStatus.PLACED, OrderStatus.DECLINED, OrderStatus.CANCELLED}),
-    OrderStatus.PLACED: frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED}),
-    OrderStatus.CONFIRMED: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED}),
+    OrderStatus.PLACED: frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.HELD}),
+    OrderStatus.CONFIRMED: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.HELD}),
+    OrderStatus.HELD: frozenset({OrderStatus.PLACED, OrderStatus.CANCELLED}),
     OrderStatus.SHIPPED: frozenset({OrderStatus.DELIVERED}),
     OrderStatus.DELIVERED: frozenset(),
     OrderStatus.DECLINED: frozenset(),
@@ -47,6 +48,7 @@ def create(
         consent_version=decision.consent_version,
         created_at=now,
         updated_at=now,
+        placed_at=None if awaiting_approval else now,
     )
     session.add(order)
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
@@ -82,12 +84,12 @@ SPENDING_STATUSES = (OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIP
 
 
 def spent_between(*, session: Session, customer_id: str, start: datetime, end: datetime) -> Decimal:
-    """What the customer's orders created in [start, end) and placed (approved or automatic) cost."""
+    """What the customer's orders placed (by the platform, or approved) in [start, end) and not cancelled cost."""
     total = session.exec(
         select(func.coalesce(func.sum(Order.total_price), 0)).where(
             Order.customer_id == customer_id,
-            Order.created_at >= start,
-            Order.created_at < end,
+            col(Order.placed_at) >= start,
+            col(Order.placed_at) < end,
             col(Order.status).in_(SPENDING_STATUSES),
         )
     ).one()
@@ -113,7 +115,8 @@ def transition(
 ) -> Order:
     # Lock the row (PostgreSQL; SQLite serialises writers anyway): an approve and a cancel racing each other
     # must see each other's result, not both act on the old status.
-    order = session.get(Order, order_id, with_for_update=True)
+    # populate_existing: an Order this session loaded earlier must not stand in for the row just locked.
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
     if order is None:
         raise NotFound("order", order_id)
     current = OrderStatus(order.status)
@@ -125,8 +128,14 @@ def transition(
     order.updated_at = now
     session.add(order)
     _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
-    if to == OrderStatus.PLACED:
+    if to == OrderStatus.PLACED and current == OrderStatus.HELD:
+        # Fulfilment had it already: it may go on. (Spending counts from when it was first placed.)
+        _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_RELEASED, reason=reason, now=now)
+    elif to == OrderStatus.PLACED:
+        order.placed_at = now
         _send_to_fulfilment(session=session, order=order, now=now)
+    elif to == OrderStatus.HELD:
+        _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_HELD, reason=reason, now=now)
     elif to == OrderStatus.CANCELLED and current != OrderStatus.AWAITING_APPROVAL:
         outbox.enqueue(
             session=session,
@@ -166,6 +175,19 @@ def note(*, session: Session, order: Order, actor: str, now: datetime, reason: s
         OrderEvent(
             order_id=order.id, from_status=order.status, to_status=order.status, at=now, actor=actor, reason=reason
         )
+    )
+
+
+def _tell_fulfilment(*, session: Session, order: Order, kind: OutboxKind, reason: str | None, now: datetime) -> None:
+    """A hold or a release: an order can be held and released more than once, so each has its own key."""
+    changes = session.exec(select(func.count()).where(OrderEvent.order_id == order.id)).one()
+    outbox.enqueue(
+        session=session,
+        kind=kind,
+        stream=f"order:{order.id}",
+        idempotency_key=f"order:{order.id}:{kind.removeprefix('order.')}:{changes}",
+        payload={**fulfilment_payload(order), "reason": reason},
+        now=now,
     )
 
 

@@ -67,7 +67,12 @@ class Dispatcher:
 
     def _deliver(self, message: OutboxMessage) -> None:
         kind = OutboxKind(message.kind)
-        if kind in (OutboxKind.ORDER_PLACED, OutboxKind.ORDER_CANCELLED):
+        if kind in (
+            OutboxKind.ORDER_PLACED,
+            OutboxKind.ORDER_CANCELLED,
+            OutboxKind.ORDER_HELD,
+            OutboxKind.ORDER_RELEASED,
+        ):
             self._fulfilment.send(event=kind, idempotency_key=message.idempotency_key, order=message.payload)
         elif kind == OutboxKind.NOTIFICATION:
             # The log is today's only channel; e-mail and webhooks per contact come with alert escalation.
