@@ -55,6 +55,9 @@ SLOT_NAMES = ("black", "cyan", "magenta", "yellow", "light_cyan", "light_magenta
 # Children are spawned, never forked: this process runs threads (paho, the ingest writer, amqtt).
 SPAWN = mp.get_context("spawn")
 HOST = "127.0.0.1"
+# The embedded broker lets a device publish only as itself; the bench publishes for K devices as the service account.
+SERVICE_USERNAME = "replenish"
+SERVICE_PASSWORD = secrets.token_urlsafe(16)
 # A process at this share of one core or more is the likely bottleneck of its phase (one Python process = one core).
 SATURATED_CPU = 85
 
@@ -87,11 +90,18 @@ def cpu_seconds_of(pid: int) -> float | None:
 # ---------------------------------------------------------------------------------------------------------------
 # Publisher process
 # ---------------------------------------------------------------------------------------------------------------
-def publisher_main(conn: Any, host: str, port: int, window: int) -> None:
-    """One paho client, QoS 1, at most ``window`` publishes awaiting their PUBACK. Jobs arrive on ``conn``."""
+def publisher_main(
+    conn: Any, host: str, port: int, window: int, username: str | None = None, password: str | None = None
+) -> None:
+    """One paho client, QoS 1, at most ``window`` publishes awaiting their PUBACK. Jobs arrive on ``conn``.
+
+    It publishes for all K devices, as a gateway would: on the embedded broker, which lets a device publish only
+    as itself, it signs in with the platform's service account."""
     client = paho.Client(
         CallbackAPIVersion.VERSION2, client_id=f"bench-publisher-{os.getpid()}", protocol=paho.MQTTv311
     )
+    if username:
+        client.username_pw_set(username, password)
     client.max_inflight_messages_set(window)
     acked = threading.Condition()
     state = {"acked": 0, "last_ack": 0.0}
@@ -228,14 +238,16 @@ def poller_main(conn: Any, url: str, interval: float, stop: Any, max_seconds: fl
 # ---------------------------------------------------------------------------------------------------------------
 # Embedded broker in its own process
 # ---------------------------------------------------------------------------------------------------------------
-def embedded_broker_main(port: int, ready: Any, stop: Any, log_path: str, max_seconds: float) -> None:
+def embedded_broker_main(
+    port: int, ready: Any, stop: Any, log_path: str, max_seconds: float, db_url: str, service_password: str
+) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.basicConfig(
         filename=log_path, level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from replenish.mqtt.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(host=HOST, port=port)
+    broker = EmbeddedBroker(host=HOST, port=port, database_url=db_url, service_password=service_password)
     broker.start()
     ready.set()
     stop.wait(max_seconds)
@@ -262,10 +274,11 @@ class BrokerHandle:
     log_path: Path | None
     username: str | None
     max_inflight: int | None = None  # max_inflight_messages of the broker's config, when it has one
+    password: str | None = None
 
     @property
     def mqtt_url(self) -> str:
-        user = f"{self.username}@" if self.username else ""
+        user = f"{self.username}:{self.password}@" if self.username else ""
         return f"mqtt://{user}{HOST}:{self.port}"
 
 
@@ -322,21 +335,34 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def start_embedded(stack: ExitStack, workdir: Path, *, in_process: bool, max_seconds: float) -> BrokerHandle:
+def start_embedded(
+    stack: ExitStack, workdir: Path, *, in_process: bool, max_seconds: float, db_url: str
+) -> BrokerHandle:
     port = test_brokers_module().free_port()
-    # The embedded broker keeps a persistent session only for a client with a username (replenish.mqtt.broker).
-    username = "replenish"
+    # The platform's service account: the ingestor, and the publisher speaking for every device.
+    username = SERVICE_USERNAME
     if in_process:
         from replenish.mqtt.broker import EmbeddedBroker
 
-        broker = EmbeddedBroker(host=HOST, port=port)
+        broker = EmbeddedBroker(host=HOST, port=port, database_url=db_url, service_password=SERVICE_PASSWORD)
         broker.start()
         stack.callback(broker.stop)
-        return BrokerHandle("embedded", "amqtt (EmbeddedBroker, in the ingest process)", port, None, None, username)
+        return BrokerHandle(
+            "embedded",
+            "amqtt (EmbeddedBroker, in the ingest process)",
+            port,
+            None,
+            None,
+            username,
+            None,
+            SERVICE_PASSWORD,
+        )
     log_path = workdir / "amqtt.log"
     ready, stop = SPAWN.Event(), SPAWN.Event()
     process = SPAWN.Process(
-        target=embedded_broker_main, args=(port, ready, stop, str(log_path), max_seconds), name="amqtt-broker"
+        target=embedded_broker_main,
+        args=(port, ready, stop, str(log_path), max_seconds, db_url, SERVICE_PASSWORD),
+        name="amqtt-broker",
     )
     process.start()
 
@@ -350,7 +376,9 @@ def start_embedded(stack: ExitStack, workdir: Path, *, in_process: bool, max_sec
     stack.callback(shut)
     if not ready.wait(20):
         raise RuntimeError("embedded broker did not start within 20 s")
-    return BrokerHandle("embedded", "amqtt (EmbeddedBroker, own process)", port, process.pid, log_path, username)
+    return BrokerHandle(
+        "embedded", "amqtt (EmbeddedBroker, own process)", port, process.pid, log_path, username, None, SERVICE_PASSWORD
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,7 +464,9 @@ class PublisherHandle:
     def __init__(self, stack: ExitStack, broker: BrokerHandle, window: int) -> None:
         self.conn, child = SPAWN.Pipe()
         self.process = SPAWN.Process(
-            target=publisher_main, args=(child, HOST, broker.port, window), name="bench-publisher"
+            target=publisher_main,
+            args=(child, HOST, broker.port, window, broker.username, broker.password),
+            name="bench-publisher",
         )
         self.process.start()
         stack.callback(self.close)
@@ -511,6 +541,8 @@ def run_ceiling(
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{os.getpid()}", protocol=paho.MQTTv311)
     client.on_message = on_message
     client.on_subscribe = lambda *a: subscribed.set()
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
     client.connect(HOST, broker.port, keepalive=60)
     client.loop_start()
     try:
@@ -1050,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
                 broker = start_mosquitto(stack, workdir)
             else:
                 broker = start_embedded(
-                    stack, workdir, in_process=args.broker_in_process, max_seconds=3 * args.timeout + 120
+                    stack, workdir, in_process=args.broker_in_process, max_seconds=3 * args.timeout + 120, db_url=db_url
                 )
             publisher = PublisherHandle(stack, broker, args.window)
             cpu_pids = {"broker": broker.pid, "publisher": publisher.process.pid}

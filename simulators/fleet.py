@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no devices: use --printers, --fridges or --wearables")
 
     try:
-        register_if_asked(options, models)
+        endpoints = register_if_asked(options, models)
     except httpx.HTTPError as exc:
         log.error("registering the fleet failed: %s", exc)
         return 1
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             published[model.device_id] = run_device(
                 model,
-                options.endpoint,
+                endpoints[model.device_id],
                 speed=options.speed,
                 catch_up=options.catch_up,
                 duration=options.duration,

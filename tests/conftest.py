@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import select
 
 from brokers import free_port
-from helpers import PASSWORD
+from helpers import DEVICE_SECRETS, PASSWORD
 from replenish.auth import service as auth
 from replenish.auth.models import Account
 from replenish.clock import ManualClock
@@ -52,6 +52,7 @@ ALL_ROLES = Roles(broker=True, ingest=True, scheduler=True, api=True)
 @contextmanager
 def running_platform(settings: Settings, clock: ManualClock, roles: Roles = ALL_ROLES) -> Iterator[Platform]:
     """The roles in this process (all by default); jobs are not scheduled: tests tick them on the manual clock."""
+    fresh_device_secrets()
     running = Platform(settings, roles=roles, clock=clock, run_jobs=False)
     running.start()
     try:
@@ -64,6 +65,11 @@ def running_platform(settings: Settings, clock: ManualClock, roles: Roles = ALL_
 def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
     with running_platform(make_settings(tmp_path), clock) as running:
         yield running
+
+
+def fresh_device_secrets() -> None:
+    """A new platform has a new database: secrets of devices registered with an earlier one are void there."""
+    DEVICE_SECRETS.clear()
 
 
 OPERATOR_EMAIL = "operator@example.com"
@@ -114,24 +120,46 @@ def api(platform: Platform) -> Iterator[httpx.Client]:
 
 
 class Publisher:
-    """A device-side MQTT client that publishes at QoS 1 and waits for each PUBACK."""
+    """Devices publishing at QoS 1, each send waiting for its PUBACK.
+
+    A registered device (helpers.register_device keeps its secret) publishes as itself, signed in with the secret
+    the platform issued it. Anything else (an unknown device, a foreign topic) goes out as the platform's service
+    account, which may publish anywhere: how a message the contract refuses can reach the ingestor at all.
+    """
 
     def __init__(self, endpoint: MqttEndpoint) -> None:
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-device-{free_port()}", protocol=paho.MQTTv311
-        )
-        self.client.connect(endpoint.host, endpoint.port)
-        self.client.loop_start()
+        self.endpoint = endpoint
+        self.clients: dict[str, paho.Client] = {}
+
+    def _client(self, topic: str) -> paho.Client:
+        parts = topic.split("/")
+        device_id = parts[1] if len(parts) == 3 and parts[0] == "devices" else ""
+        secret = DEVICE_SECRETS.get(device_id)
+        who = device_id if secret else ""
+        client = self.clients.get(who)
+        if client is None:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"test-device-{free_port()}", protocol=paho.MQTTv311
+            )
+            if secret:
+                client.username_pw_set(device_id, secret)
+            else:
+                client.username_pw_set(self.endpoint.username, self.endpoint.password)
+            client.connect(self.endpoint.host, self.endpoint.port)
+            client.loop_start()
+            self.clients[who] = client
+        return client
 
     def send(self, topic: str, payload: Any, *, retain: bool = False) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        info = self.client.publish(topic, data, qos=1, retain=retain)
+        info = self._client(topic).publish(topic, data, qos=1, retain=retain)
         info.wait_for_publish(10)
         assert info.is_published(), f"broker did not acknowledge {topic}"
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
 
 
 @pytest.fixture
@@ -153,6 +181,7 @@ class CommandListener:
         )
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.username_pw_set(endpoint.username, endpoint.password)  # the service account: sees every device
         self.client.connect(endpoint.host, endpoint.port)
         self.client.loop_start()
         self.client.subscribe("devices/+/commands", qos=1)

@@ -17,6 +17,9 @@ INK_SLOTS = [
 
 # Every test customer signs in with this password.
 PASSWORD = "correct horse battery"
+# The MQTT secret of every device registered through register_device, newest registration wins: conftest's
+# Publisher signs in with it.
+DEVICE_SECRETS: dict[str, str] = {}
 
 
 def create_customer(api: httpx.Client, *, email: str = "ada@example.com", mode: str = "ask_first") -> str:
@@ -47,6 +50,7 @@ def register_device(
         },
     )
     assert response.status_code == 201, response.text
+    DEVICE_SECRETS[device_id] = response.json()["credentials"]["mqtt_password"]
     return response.json()
 
 

@@ -17,6 +17,7 @@ from conftest import (
     Publisher,
     api_client,
     customer_api,
+    fresh_device_secrets,
     iso,
     make_settings,
     operator_token,
@@ -178,6 +179,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from conftest import START as start
 
     clock = ManualClock(start)
+    fresh_device_secrets()
     platform = Platform(
         make_settings(tmp_path_factory.mktemp("auth")),
         roles=Roles(broker=True, ingest=True, scheduler=True, api=True),
@@ -233,6 +235,7 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/customers/{customer_id}", None),
     ("GET", "/devices/{device_id}", None),
     ("PATCH", "/devices/{device_id}/slots/{slot_name}", {"service_level": 0.9}),
+    ("POST", "/devices/{device_id}/credentials", None),
     ("GET", "/devices/{device_id}/slots/{slot_name}/readings", None),
     ("GET", "/devices/{device_id}/events", None),
     ("GET", "/orders/{order_id}", None),

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from conftest import Publisher, free_port, operator_token
-from helpers import PASSWORD
+from helpers import DEVICE_SECRETS, PASSWORD
 from replenish.config import MqttEndpoint
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
@@ -73,8 +74,12 @@ def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(
                 f"{base}/auth/token", data={"username": entry["email"], "password": entry["password"]}
             ).json()
             for role, entry in credentials.items()
+            if role != "devices"
         }
+        assert set(credentials["devices"]) == {"demo-printer", "demo-fridge", "demo-wearable"}
         for role, entry in credentials.items():
+            if role == "devices":
+                continue
             for token in (entry["token"], signed_in[role]["access_token"]):
                 me = httpx.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
                 assert me["email"] == entry["email"] and me["role"] == role
@@ -109,14 +114,17 @@ def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(
 def test_roles_run_as_separate_processes(tmp_path):
     """As in production: broker, ingestor and API are separate processes sharing one database."""
     broker_port, api_port = free_port(), free_port()
+    service_password = "shared by the platform's processes"
     env = environment(
         tmp_path,
         REPLENISH_BROKER_PORT=str(broker_port),
-        REPLENISH_MQTT_URL=f"mqtt://127.0.0.1:{broker_port}",
+        REPLENISH_MQTT_URL=f"mqtt://replenish:{quote(service_password)}@127.0.0.1:{broker_port}",
         REPLENISH_API_PORT=str(api_port),
     )
     base = f"http://127.0.0.1:{api_port}/api/v1"
-    broker_env = {k: v for k, v in env.items() if k != "REPLENISH_MQTT_URL"}
+    broker_env = {k: v for k, v in env.items() if k != "REPLENISH_MQTT_URL"} | {
+        "REPLENISH_BROKER_SERVICE_PASSWORD": service_password
+    }
     with (
         process(["broker"], broker_env, tmp_path / "broker.log"),
         process(["api"], env, tmp_path / "api.log"),
@@ -127,7 +135,7 @@ def test_roles_run_as_separate_processes(tmp_path):
         httpx.post(f"{base}/customers", json=signup).raise_for_status()
         token = httpx.post(f"{base}/auth/token", data={"username": "ada@example.com", "password": PASSWORD}).json()
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"})
-        api.post(
+        registered = api.post(
             "/devices",
             json={
                 "id": "printer-1",
@@ -135,11 +143,13 @@ def test_roles_run_as_separate_processes(tmp_path):
                 "name": "P",
                 "slots": [{"name": "black", "product_sku": "INK"}],
             },
-        ).raise_for_status()
+        )
+        registered.raise_for_status()
+        DEVICE_SECRETS["printer-1"] = registered.json()["credentials"]["mqtt_password"]
         with process(["ingest"], env, tmp_path / "ingest.log"):
             # A first-time subscriber gets nothing published before it subscribed; wait for it.
             poll(lambda: (tmp_path / "ingest.log").read_text(), lambda text: "ingestor subscribed" in text, 30)
-            device = Publisher(MqttEndpoint(host="127.0.0.1", port=broker_port))
+            device = Publisher(MqttEndpoint.parse(env["REPLENISH_MQTT_URL"]))  # printer-1 signs in as itself
             device.send("devices/printer-1/telemetry", {"seq": 1, "levels": {"black": 0.42}})
             device.close()
             readings = poll(

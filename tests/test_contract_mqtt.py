@@ -44,8 +44,8 @@ from sqlalchemy import select
 from sqlmodel import Session, SQLModel
 
 import replenish.models  # noqa: F401  (registers every table with SQLModel.metadata)
-from conftest import Publisher, api_client, free_port, iso, make_settings, operator_token
-from helpers import create_customer, register_device, wait_until
+from conftest import Publisher, api_client, free_port, fresh_device_secrets, iso, make_settings, operator_token
+from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.runtime import Platform, Roles
@@ -180,6 +180,7 @@ def aware(moment: datetime) -> datetime:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     # After every timestamp the tests send: a reading from the future is not taken as the latest level.
     clock = ManualClock(TEN + timedelta(days=2))
+    fresh_device_secrets()
     platform = Platform(
         make_settings(tmp_path_factory.mktemp("contract-mqtt")),
         roles=Roles(broker=True, ingest=True, scheduler=True, api=True),
@@ -221,6 +222,11 @@ class DeviceSubscriber:
         )
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
+        device_id = topic.split("/")[1]
+        if device_id in DEVICE_SECRETS:  # the device itself
+            self.client.username_pw_set(device_id, DEVICE_SECRETS[device_id])
+        else:  # an observer of every device: the platform's service account
+            self.client.username_pw_set(endpoint.username, endpoint.password)
         self.client.connect(endpoint.host, endpoint.port)
         self.client.loop_start()
         self.client.subscribe(topic, qos=1)
@@ -561,7 +567,8 @@ def test_duplicates_in_one_burst_are_stored_once(rig: Rig) -> None:
     # QoS 1 redeliveries arrive back to back; do not wait for each PUBACK, so both land in one ingest batch.
     device_id = rig.printer()
     data = json.dumps({"seq": 5, "ts": iso(TEN), "levels": {"black": 0.5}}).encode()
-    infos = [rig.publisher.client.publish(f"devices/{device_id}/telemetry", data, qos=1) for _ in range(3)]
+    topic = f"devices/{device_id}/telemetry"
+    infos = [rig.publisher._client(topic).publish(topic, data, qos=1) for _ in range(3)]
     for info in infos:
         info.wait_for_publish(10)
         assert info.is_published()
@@ -993,6 +1000,7 @@ def test_last_will_marks_the_device_offline(rig: Rig) -> None:
     endpoint = rig.platform.settings.mqtt_endpoint
     device = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"contract-lwt-{free_port()}", protocol=paho.MQTTv311)
     device.will_set(topic, b'"offline"', qos=1, retain=True)
+    device.username_pw_set(device_id, DEVICE_SECRETS[device_id])
     device.connect(endpoint.host, endpoint.port, keepalive=60)
     device.loop_start()
     try:
@@ -1211,7 +1219,12 @@ def test_retained_status_reaches_a_restarted_ingestor(
     assert platform.ingestor is not None
     platform.ingestor.stop()
     publisher.send("devices/pendant-r/status", b'"online"', retain=True)
-    settings = make_settings(tmp_path, broker_port=platform.settings.broker_port)  # same data_dir: same database
+    # Same data_dir (same database), same broker, and the service password of the platform that runs the broker.
+    settings = make_settings(
+        tmp_path,
+        broker_port=platform.settings.broker_port,
+        broker_service_password=platform.settings.broker_service_password,
+    )
     restarted = Platform(settings, roles=Roles(ingest=True), clock=clock)
     restarted.start()
     try:

@@ -3,13 +3,15 @@ simulated time (a manual clock), and exactly one order is placed for the ink tha
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
 from conftest import START, api_client, make_settings, operator_token, running_platform
-from helpers import create_customer, register_device
+from helpers import DEVICE_SECRETS, create_customer, register_device
 from replenish.clock import ManualClock
+from replenish.config import MqttEndpoint
 from replenish.constants import OutboxKind
 from replenish.ingest.models import Reading
 from replenish.outbox.models import OutboxMessage
@@ -19,6 +21,11 @@ from replenish.simulation.runner import run_device
 
 DAYS = 20
 TICK = timedelta(hours=6)
+
+
+def as_device(platform: Platform, device_id: str) -> MqttEndpoint:
+    """The platform's broker, signed in as a registered device with the secret it was issued."""
+    return replace(platform.settings.mqtt_endpoint, username=device_id, password=DEVICE_SECRETS[device_id])
 
 
 def _printer() -> PrinterModel:
@@ -50,7 +57,9 @@ def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_firs
     ]
     register_device(api, customer_id=customer_id, device_id=model.device_id, slots=slots)
 
-    published = run_device(model, platform.settings.mqtt_endpoint, speed=float("inf"), duration=timedelta(days=DAYS))
+    published = run_device(
+        model, as_device(platform, model.device_id), speed=float("inf"), duration=timedelta(days=DAYS)
+    )
     # Every telemetry message plus the retained "online" and the clean "offline" status.
     assert platform.ingestor.wait_for(handled=published + 2, timeout=30), platform.ingestor.totals
     assert platform.ingestor.totals.dead_letters == 0
@@ -96,11 +105,12 @@ def test_duplicate_telemetry_and_a_restart_never_create_a_second_order(tmp_path,
         with api_client(first, operator_token(first)) as api:
             customer_id = create_customer(api, mode="auto_order")
             register_device(api, customer_id=customer_id, device_id="printer-e2e")
-        published = run_device(_printer(), settings.mqtt_endpoint, speed=float("inf"), duration=timedelta(days=DAYS))
+        device = as_device(first, "printer-e2e")
+        published = run_device(_printer(), device, speed=float("inf"), duration=timedelta(days=DAYS))
         assert first.ingestor.wait_for(handled=published + 2, timeout=30)
         _replay(first, clock, timedelta(days=DAYS // 2 + 4))
         # The device sends its whole history again (a reconnect storm): all duplicates.
-        again = run_device(_printer(), settings.mqtt_endpoint, speed=float("inf"), duration=timedelta(days=DAYS))
+        again = run_device(_printer(), device, speed=float("inf"), duration=timedelta(days=DAYS))
         assert first.ingestor.wait_for(handled=published + again + 4, timeout=30)
         assert first.ingestor.totals.duplicates == again
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, func, select
 
 from brokers import running_mosquitto
 from conftest import START, Publisher, api_client, iso, make_settings, operator_token, running_platform
-from helpers import create_customer, register_device, wait_until
+from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.ingest.consumer import MqttIngestor
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
@@ -160,6 +160,10 @@ def test_a_client_we_did_not_write_mosquitto_pub(platform, api, printer):
         endpoint.host,
         "-p",
         str(endpoint.port),
+        "-u",
+        "printer-1",
+        "-P",
+        DEVICE_SECRETS["printer-1"],
         "-q",
         "1",
         "-t",

@@ -101,7 +101,7 @@ def _start_demo(platform: Platform) -> DemoDevices:
     path.touch(mode=0o600)  # secrets: readable by their owner only
     path.chmod(0o600)
     path.write_text(json.dumps(accounts.to_json(), indent=2))
-    simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models)
+    simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models, secrets=accounts.device_secrets)
     simulators.start()
     return simulators
 

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 1883
-EMBEDDED_BROKER_USERNAME = "replenish"
+# The platform's own MQTT clients (ingestor, command publisher) sign in to the embedded broker as this user.
+SERVICE_USERNAME = "replenish"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class Settings(BaseSettings):
     )
     broker_host: str = Field(EMBEDDED_BROKER_HOST, description="Bind address of the embedded broker.")
     broker_port: int = Field(EMBEDDED_BROKER_PORT, ge=0, le=65535, description="Port of the embedded broker.")
+    broker_service_password: SecretStr | None = Field(
+        None,
+        description="Password of the platform's own clients on the embedded broker (user 'replenish'). Unset, "
+        "`replenish up` makes one up for its run; roles in separate processes must share one.",
+    )
     mqtt_client_id: str = Field("replenish-ingest", description="Client id of the ingestor's MQTT session.")
     api_host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP API.")
@@ -104,5 +110,5 @@ class Settings(BaseSettings):
     def mqtt_endpoint(self) -> MqttEndpoint:
         if self.mqtt_url:
             return MqttEndpoint.parse(self.mqtt_url)
-        # The embedded broker keeps persistent sessions only for clients that name themselves.
-        return MqttEndpoint(host=self.broker_host, port=self.broker_port, username=EMBEDDED_BROKER_USERNAME)
+        password = self.broker_service_password.get_secret_value() if self.broker_service_password else None
+        return MqttEndpoint(host=self.broker_host, port=self.broker_port, username=SERVICE_USERNAME, password=password)

@@ -130,6 +130,7 @@ class AuditAction(StrEnum):
     PASSWORD_CHANGED = "auth.password_changed"
     CONSENT_CHANGED = "consent.changed"
     DEVICE_REGISTERED = "device.registered"
+    DEVICE_CREDENTIALS_ROTATED = "device.credentials_rotated"
     DECISION = "automation.decision"
     ORDER_STATUS = "order.status_changed"
     CUSTOMER_EXPORTED = "customer.exported"

@@ -6,7 +6,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -54,9 +54,15 @@ class DemoAccounts:
     customer_id: str
     customer: Credentials
     operator: Credentials
+    device_secrets: dict[str, str]
 
     def to_json(self) -> dict[str, dict[str, str]]:
-        return {"customer": self.customer.to_json(), "operator": self.operator.to_json()}
+        """var/demo-credentials.json: sign-ins, and each demo device's MQTT password (its username is its id)."""
+        return {
+            "customer": self.customer.to_json(),
+            "operator": self.operator.to_json(),
+            "devices": self.device_secrets,
+        }
 
 
 def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAccounts:
@@ -66,6 +72,7 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
     passwords = {DEMO_EMAIL: secrets.token_urlsafe(12), DEMO_OPERATOR_EMAIL: secrets.token_urlsafe(12)}
     with transaction(engine) as session:
         customer = session.exec(select(Customer).where(Customer.email == DEMO_EMAIL)).first()
+        device_secrets: dict[str, str] = {}
         if customer is None:
             customer = customers.create(
                 session=session,
@@ -76,7 +83,7 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                 now=now,
             )
             for model in models:
-                devices.register(
+                _, device_secrets[model.device_id] = devices.register(
                     session=session, request=device_request(model, customer_id=customer.id), actor="demo", now=now
                 )
             # Version 2: the printer may order by itself; anything else still asks first.
@@ -89,6 +96,12 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                 actor="demo",
                 now=now,
             )
+        for model in models:
+            if model.device_id not in device_secrets:  # registered by an earlier run: its secret is not kept
+                device = devices.get(session=session, device_id=model.device_id)
+                device_secrets[model.device_id] = devices.rotate_credentials(
+                    session=session, device=device, actor="demo", now=now
+                )
         tokens = {}
         for email, role, customer_id in (
             (DEMO_EMAIL, AccountRole.CUSTOMER, customer.id),
@@ -106,6 +119,7 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
             customer_id=customer.id,
             customer=Credentials(DEMO_EMAIL, passwords[DEMO_EMAIL], tokens[DEMO_EMAIL]),
             operator=Credentials(DEMO_OPERATOR_EMAIL, passwords[DEMO_OPERATOR_EMAIL], tokens[DEMO_OPERATOR_EMAIL]),
+            device_secrets=device_secrets,
         )
 
 
@@ -133,6 +147,7 @@ class DemoDevices:
 
     endpoint: MqttEndpoint
     models: list[DeviceModel]
+    secrets: dict[str, str]
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -142,7 +157,7 @@ class DemoDevices:
             speed = max(history.total_seconds() / CATCH_UP_SECONDS, 1.0)
             thread = threading.Thread(
                 target=run_device,
-                args=(model, self.endpoint),
+                args=(model, replace(self.endpoint, username=model.device_id, password=self.secrets[model.device_id])),
                 kwargs={"speed": speed, "catch_up": True, "stop": self.stop_event, "client_id": model.device_id},
                 name=f"sim-{model.device_id}",
                 daemon=True,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from replenish.api.app import create_app
@@ -45,6 +47,14 @@ class Platform:
     """Starts the chosen roles in order (broker, database, ingestor, scheduler, API) and stops them in reverse."""
 
     def __init__(self, settings: Settings, *, roles: Roles, clock: Clock | None = None, run_jobs: bool = True):
+        if settings.uses_embedded_broker and settings.broker_service_password is None:
+            if not roles.broker:
+                raise RuntimeError(
+                    "set REPLENISH_BROKER_SERVICE_PASSWORD (the same in every process) to reach the embedded broker "
+                    "of another process, or REPLENISH_MQTT_URL for an external one"
+                )
+            # Everything runs in this process: a password for this run only.
+            settings = settings.model_copy(update={"broker_service_password": SecretStr(secrets.token_urlsafe(24))})
         self.settings = settings
         self.roles = roles
         self.clock: Clock = clock or SystemClock()
@@ -61,11 +71,17 @@ class Platform:
 
     def start(self) -> None:
         endpoint = self.settings.mqtt_endpoint
+        if self.roles.broker or self.roles.uses_database:
+            create_schema(self.engine)  # the broker looks devices up in it
         if self.roles.broker:
-            self.broker = EmbeddedBroker(host=self.settings.broker_host, port=self.settings.broker_port)
+            assert self.settings.broker_service_password is not None
+            self.broker = EmbeddedBroker(
+                host=self.settings.broker_host,
+                port=self.settings.broker_port,
+                database_url=self.settings.resolved_database_url,
+                service_password=self.settings.broker_service_password.get_secret_value(),
+            )
             self.broker.start()
-        if self.roles.uses_database:
-            create_schema(self.engine)
         if self.roles.ingest:
             self.ingestor = MqttIngestor(
                 engine=self.engine,

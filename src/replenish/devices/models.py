@@ -23,6 +23,8 @@ class Device(SQLModel, table=True):
     online: bool | None = None
     status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The hash of the device's MQTT secret (see devices.credentials); the secret itself is shown once.
+    mqtt_password_hash: str | None = None
 
 
 class Slot(SQLModel, table=True):

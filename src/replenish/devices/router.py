@@ -11,7 +11,15 @@ from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
 from replenish.devices.models import Device
-from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotUpdate
+from replenish.devices.schemas import (
+    DeviceCreate,
+    DeviceCredentials,
+    DeviceRead,
+    DeviceRegistered,
+    EventRead,
+    ReadingRead,
+    SlotUpdate,
+)
 from replenish.errors import Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -23,11 +31,15 @@ def _visible(session: Session, principal: Principal, device_id: str) -> Device:
     return device
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRead, summary="Register a device")
-def register_device(body: DeviceCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) -> DeviceRead:
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRegistered, summary="Register a device")
+def register_device(
+    body: DeviceCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+) -> DeviceRegistered:
     """Registers a device and its slots for the caller (an operator names the customer). Telemetry for
     unregistered devices or slots becomes dead letters. Device ids are global, as they are the devices' MQTT
-    topics: an id already registered answers 409."""
+    topics: an id already registered answers 409. The answer carries the device's MQTT credentials (username: the
+    device id), shown this once: the broker lets the device publish only under devices/{its id}/ and subscribe only
+    to its own commands."""
     if not principal.is_operator and any(slot.unit_price is not None for slot in body.slots):
         raise Forbidden("prices come from the catalogue: only an operator sets a slot's unit_price")
     customer_id = body.customer_id or principal.customer_id
@@ -36,13 +48,32 @@ def register_device(body: DeviceCreate, principal: CurrentPrincipal, engine: Eng
     with transaction(engine) as session:
         if session.get(Customer, customer_id) is None or not principal.may_access(customer_id):
             raise InvalidRequest(f"customer {customer_id!r} does not exist", field="customer_id")
-        device = service.register(
+        device, secret = service.register(
             session=session,
             request=body.model_copy(update={"customer_id": customer_id}),
             actor=principal.actor,
             now=clock.now(),
         )
-        return service.describe(session=session, device=device)
+        return DeviceRegistered(
+            **service.describe(session=session, device=device).model_dump(),
+            credentials=DeviceCredentials(mqtt_username=device.id, mqtt_password=secret),
+        )
+
+
+@router.post(
+    "/{device_id}/credentials",
+    response_model=DeviceCredentials,
+    summary="Issue the device a new MQTT secret (the old one stops working)",
+)
+def rotate_credentials(
+    device_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+) -> DeviceCredentials:
+    """For a lost or leaked secret: the new one is shown this once; the device must be given it. A connection the
+    device holds now lasts until it reconnects."""
+    with transaction(engine) as session:
+        device = _visible(session, principal, device_id)
+        secret = service.rotate_credentials(session=session, device=device, actor=principal.actor, now=clock.now())
+        return DeviceCredentials(mqtt_username=device.id, mqtt_password=secret)
 
 
 @router.patch("/{device_id}/slots/{slot_name}", response_model=DeviceRead, summary="Change a slot's settings")

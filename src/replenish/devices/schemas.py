@@ -99,6 +99,17 @@ class DeviceRead(BaseModel):
     slots: list[SlotRead]
 
 
+class DeviceCredentials(BaseModel):
+    """How the device signs in to the broker: shown once, when issued. Only a hash is kept."""
+
+    mqtt_username: str = Field(description="The device id.")
+    mqtt_password: str = Field(description="The device's secret. Shown this once; rotate it if it is lost.")
+
+
+class DeviceRegistered(DeviceRead):
+    credentials: DeviceCredentials
+
+
 class ReadingRead(BaseModel):
     ts: datetime
     level: float

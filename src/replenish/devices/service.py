@@ -7,17 +7,25 @@ from sqlmodel import Session, col, select
 from replenish.audit import service as audit
 from replenish.constants import AuditAction, Channel
 from replenish.db import get_or_raise
+from replenish.devices import credentials
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
 from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 
 
-def register(*, session: Session, request: DeviceCreate, actor: str, now: datetime) -> Device:
+def register(*, session: Session, request: DeviceCreate, actor: str, now: datetime) -> tuple[Device, str]:
+    """The new device and its MQTT secret (returned this once; only its hash is stored)."""
     if session.get(Device, request.id) is not None:
         raise Conflict(f"device {request.id!r} is registered already", field="id")
+    secret = credentials.new_secret()
     device = Device(
-        id=request.id, customer_id=request.customer_id, kind=request.kind, name=request.name, created_at=now
+        id=request.id,
+        customer_id=request.customer_id,
+        kind=request.kind,
+        name=request.name,
+        created_at=now,
+        mqtt_password_hash=credentials.hash_secret(secret),
     )
     session.add(device)
     for slot in request.slots:
@@ -33,7 +41,28 @@ def register(*, session: Session, request: DeviceCreate, actor: str, now: dateti
         subject_id=device.id,
         detail={"kind": device.kind, "slots": [slot.name for slot in request.slots]},
     )
-    return device
+    return device, secret
+
+
+def rotate_credentials(*, session: Session, device: Device, actor: str, now: datetime) -> str:
+    """A new MQTT secret for the device; the old one stops working at its next connection."""
+    secret = credentials.new_secret()
+    device.mqtt_password_hash = credentials.hash_secret(secret)
+    session.add(device)
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor,
+        action=AuditAction.DEVICE_CREDENTIALS_ROTATED,
+        customer_id=device.customer_id,
+        subject_type="device",
+        subject_id=device.id,
+    )
+    return secret
+
+
+def mqtt_password_hash(*, session: Session, device_id: str) -> str | None:
+    return session.exec(select(Device.mqtt_password_hash).where(Device.id == device_id)).first()
 
 
 def get(*, session: Session, device_id: str) -> Device:

@@ -33,7 +33,7 @@ from replenish.outbox.models import OutboxMessage
 
 EXPORT_FORMAT = "replenish-export/1"
 # Never exported: secrets, even hashed.
-_SECRET_FIELDS = {Account: {"password_hash"}, AccessToken: {"token_hash"}}
+_SECRET_FIELDS = {Account: {"password_hash"}, AccessToken: {"token_hash"}, Device: {"mqtt_password_hash"}}
 _BATCH = 1000
 DELETED_ACTOR = "customer:deleted"
 

@@ -46,12 +46,14 @@ def device_request(model: DeviceModel, *, customer_id: str) -> DeviceCreate:
 
 def register_over_api(
     api_url: str, models: list[DeviceModel], *, token: str, email: str = SIMULATOR_CUSTOMER_EMAIL
-) -> str:
-    """Register each device that is not registered yet; returns the id of the customer they belong to.
+) -> dict[str, str]:
+    """Register each device that is not registered yet, and return every device's MQTT secret (a device that was
+    registered already gets a new one: its old secret is not kept anywhere to be read back).
 
     ``api_url`` is the platform's base URL, e.g. http://127.0.0.1:8000. With a customer's token the devices are
     that customer's; with an operator's, they go to a "Simulated devices" customer (created on first use).
     """
+    secrets: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10, headers=headers) as api:
         me = api.get("/auth/me").raise_for_status().json()
@@ -60,11 +62,14 @@ def register_over_api(
             request = device_request(model, customer_id=customer_id)
             response = api.post("/devices", json=request.model_dump(mode="json"))
             if response.status_code == httpx.codes.CONFLICT:
-                log.info("%s is registered already", model.device_id)
+                log.info("%s is registered already: new MQTT credentials", model.device_id)
+                rotated = api.post(f"/devices/{model.device_id}/credentials").raise_for_status().json()
+                secrets[model.device_id] = rotated["mqtt_password"]
                 continue
             response.raise_for_status()
+            secrets[model.device_id] = response.json()["credentials"]["mqtt_password"]
             log.info("registered %s with %d slot(s)", model.device_id, len(request.slots))
-    return customer_id
+    return secrets
 
 
 def _simulators_customer(api: httpx.Client, email: str) -> str:

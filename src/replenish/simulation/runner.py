@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -420,22 +420,29 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def register_if_asked(options: CliOptions, models: list[DeviceModel]) -> None:
-    if options.args.register:
-        from replenish.simulation.registration import register_over_api
+def register_if_asked(options: CliOptions, models: list[DeviceModel]) -> dict[str, MqttEndpoint]:
+    """Each device's broker endpoint: with --register, signed in with the secret the platform issued it;
+    otherwise the --broker URL as given (its user and password, if any)."""
+    if not options.args.register:
+        return {model.device_id: options.endpoint for model in models}
+    from replenish.simulation.registration import register_over_api
 
-        if not options.args.api_token:
-            raise SystemExit("--register needs --api-token (or REPLENISH_API_TOKEN): a customer's or an operator's")
-        register_over_api(options.args.register, models, token=options.args.api_token)
+    if not options.args.api_token:
+        raise SystemExit("--register needs --api-token (or REPLENISH_API_TOKEN): a customer's or an operator's")
+    secrets = register_over_api(options.args.register, models, token=options.args.api_token)
+    return {
+        model.device_id: replace(options.endpoint, username=model.device_id, password=secrets[model.device_id])
+        for model in models
+    }
 
 
 def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | None = None) -> int:
     """Run one device for a command-line simulator; returns the process exit status."""
     try:
-        register_if_asked(options, [model])
+        endpoints = register_if_asked(options, [model])
         run_device(
             model,
-            options.endpoint,
+            endpoints[model.device_id],
             speed=options.speed,
             catch_up=options.catch_up,
             duration=options.duration,

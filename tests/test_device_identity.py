@@ -1,0 +1,158 @@
+"""Device identity on the embedded broker: each device signs in with the secret issued at registration, and may
+speak only for itself."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlmodel import Session, select
+
+from conftest import customer_api, free_port
+from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
+from replenish.config import MqttEndpoint
+from replenish.devices.models import Device
+from replenish.ingest.models import DeadLetter, DeviceMessage
+from replenish.runtime import Platform
+
+
+class Refused(Exception):
+    pass
+
+
+@contextmanager
+def connected(endpoint: MqttEndpoint, username: str | None, password: str | None) -> Iterator[paho.Client]:
+    """A device's MQTT 3.1.1 client, connected, or Refused with the broker's reason."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"id-test-{free_port()}", protocol=paho.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    answered = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        outcome["reason"] = reason
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        assert answered.wait(10), "no CONNACK"
+        if outcome["reason"].is_failure:
+            raise Refused(str(outcome["reason"]))
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:
+    info = client.publish(topic, json.dumps(payload).encode(), qos=1)
+    info.wait_for_publish(10)
+
+
+def stored_for(platform: Platform, device_id: str) -> int:
+    with Session(platform.engine) as session:
+        return len(session.exec(select(DeviceMessage).where(DeviceMessage.device_id == device_id)).all())
+
+
+@pytest.fixture
+def two_printers(api) -> tuple[dict[str, Any], dict[str, Any]]:
+    ada = create_customer(api, email="ada@example.com")
+    bob = create_customer(api, email="bob@example.com")
+    return (
+        register_device(api, customer_id=ada, device_id="ada-printer"),
+        register_device(api, customer_id=bob, device_id="bob-printer"),
+    )
+
+
+def test_registration_issues_a_secret_that_is_stored_only_as_a_hash(platform, api, two_printers):
+    ada_printer, _ = two_printers
+    credentials = ada_printer["credentials"]
+    assert credentials["mqtt_username"] == "ada-printer" and len(credentials["mqtt_password"]) >= 32
+    with Session(platform.engine) as session:
+        stored = session.get(Device, "ada-printer")
+    assert stored is not None and stored.mqtt_password_hash.startswith("$7$")
+    assert credentials["mqtt_password"] not in stored.mqtt_password_hash
+    assert "credentials" not in api.get("/devices/ada-printer").json(), "shown once, at registration"
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [(None, None), ("ada-printer", "not its secret"), ("ghost-printer", "anything"), ("replenish", "a guess")],
+    ids=["anonymous", "wrong secret", "unknown device", "service account guessed"],
+)
+def test_the_broker_refuses_anyone_without_valid_credentials(platform, two_printers, username, password):
+    with pytest.raises(Refused), connected(platform.settings.mqtt_endpoint, username, password):
+        pass
+
+
+def test_a_device_cannot_publish_as_another_device(platform, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    with connected(endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
+        for channel, payload in [
+            ("telemetry", {"seq": 1, "levels": {"black": 0.01}}),
+            ("events", {"seq": 2, "type": "fall_detected"}),
+            ("status", "offline"),
+        ]:
+            publish(ada, f"devices/bob-printer/{channel}", payload)  # refused by the broker, silently (MQTT 3.1.1)
+        publish(ada, "devices/ada-printer/telemetry", {"seq": 3, "levels": {"black": 0.5}})
+    # Its own message arrives; the ones under Bob's topics never reach the platform at all, not even as dead letters.
+    assert wait_until(lambda: stored_for(platform, "ada-printer") == 1)
+    assert stored_for(platform, "bob-printer") == 0
+    with Session(platform.engine) as session:
+        assert session.exec(select(DeadLetter)).all() == []
+    assert platform.ingestor is not None and platform.ingestor.totals.status_updates == 0
+
+
+def test_a_device_subscribes_only_to_its_own_commands(platform, two_printers):
+    granted: dict[str, list[int]] = {}
+    done = threading.Event()
+    with connected(platform.settings.mqtt_endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
+
+        def on_subscribe(client: paho.Client, userdata: Any, mid: int, codes: list[Any], props: Any) -> None:
+            granted[str(mid)] = [code.value for code in codes]
+            if len(granted) == 4:
+                done.set()
+
+        ada.on_subscribe = on_subscribe
+        for topic in ("devices/ada-printer/commands", "devices/bob-printer/commands", "devices/+/commands", "#"):
+            ada.subscribe(topic, qos=1)
+        assert done.wait(10)
+    assert [granted[key] for key in sorted(granted, key=int)] == [[1], [128], [128], [128]]
+
+
+def test_rotating_the_secret_locks_the_old_one_out(platform, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    old = DEVICE_SECRETS["ada-printer"]
+    with customer_api(platform, "ada@example.com") as ada:
+        rotated = ada.post("/devices/ada-printer/credentials")
+        assert ada.post("/devices/bob-printer/credentials").status_code == 404
+    assert rotated.status_code == 200
+    new = rotated.json()["mqtt_password"]
+    with pytest.raises(Refused), connected(endpoint, "ada-printer", old):
+        pass
+    with connected(endpoint, "ada-printer", new) as device:
+        publish(device, "devices/ada-printer/telemetry", {"seq": 1, "levels": {"black": 0.5}})
+    assert wait_until(lambda: stored_for(platform, "ada-printer") == 1)
+
+
+def test_a_device_that_publishes_a_burst_and_disconnects_loses_nothing(platform, two_printers):
+    # amqtt acknowledges a QoS 1 PUBLISH before its client loop has handled it; our broker drains that loop before
+    # it handles the DISCONNECT, so nothing acknowledged is lost.
+    with connected(platform.settings.mqtt_endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as device:
+        infos = [
+            device.publish(
+                "devices/ada-printer/telemetry", json.dumps({"seq": n, "levels": {"black": 0.5}}).encode(), qos=1
+            )
+            for n in range(1, 201)
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
+    assert wait_until(lambda: stored_for(platform, "ada-printer") == 200)
