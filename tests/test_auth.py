@@ -215,7 +215,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             customer_id = ids[name]["customer_id"]
             [order] = operator.get("/orders", params={"customer_id": customer_id}).json()
             [alert] = operator.get("/alerts", params={"customer_id": customer_id}).json()
-            ids[name] |= {"order_id": order["id"], "alert_id": alert["id"]}
+            notification = operator.get("/notifications", params={"customer_id": customer_id}).json()[0]
+            ids[name] |= {"order_id": order["id"], "alert_id": alert["id"], "notification_id": notification["id"]}
         ada, bob = (customer_api(platform, f"{name}@example.com") for name in ("ada", "bob"))
         for name, client in (("ada", ada), ("bob", bob)):
             ids[name]["token_id"] = client.get("/auth/tokens").json()[0]["id"]
@@ -243,13 +244,14 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/orders/{order_id}/decline", None),
     ("POST", "/orders/{order_id}/cancel", None),
     ("GET", "/alerts/{alert_id}", None),
+    ("GET", "/notifications/{notification_id}", None),
     ("POST", "/alerts/{alert_id}/acknowledge", None),
     ("POST", "/alerts/{alert_id}/resolve", None),
     ("DELETE", "/auth/tokens/{token_id}", None),
 ]
 
 
-NOBODY = {"customer_id": "0" * 32, "order_id": "0" * 32, "alert_id": "0" * 32, "token_id": "0" * 32}
+NOBODY = {key: "0" * 32 for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id")}
 
 
 def _fill(template: str, owner: str, world: World) -> str:

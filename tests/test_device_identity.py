@@ -156,3 +156,9 @@ def test_a_device_that_publishes_a_burst_and_disconnects_loses_nothing(platform,
         for info in infos:
             info.wait_for_publish(10)
     assert wait_until(lambda: stored_for(platform, "ada-printer") == 200)
+
+
+def test_no_device_can_take_the_platforms_own_mqtt_user(api):
+    customer_id = create_customer(api, email="ada@example.com")
+    answer = api.post("/devices", json={"id": "replenish", "customer_id": customer_id, "kind": "printer", "name": "x"})
+    assert answer.status_code == 422 and answer.json()["field"] == "id"

@@ -107,6 +107,9 @@ def test_notify_only_records_a_notification_and_no_order(platform, api, publishe
     assert "black" in notification["subject"]
     assert notification["consent_version"] == 2
     assert notification["decision_id"]
+    why = api.get(f"/notifications/{notification['id']}").json()["explanation"]
+    assert (why["action"], why["consent_mode"], why["consent_version"]) == ("notify", "notify_only", 2)
+    assert why["forecast"]["status"] == "ok" and len(why["readings"]) == 33 and why["policy"]["lead_time_days"] == 3
     platform.jobs.dispatch()
     assert api.get("/notifications").json()[0]["sent_at"] is not None
 

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from replenish.api.deps import CurrentPrincipal, Limit, Offset, ReadSession
+from replenish.db import get_or_raise
 from replenish.notifications.models import Notification
+from replenish.orders.service import explain_decision
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -27,6 +30,13 @@ class NotificationRead(BaseModel):
     sent_at: datetime | None
 
 
+class NotificationDetail(NotificationRead):
+    explanation: dict[str, Any] | None = Field(
+        description="For a notification a decision sent (a slot running low under notify_only): the decision as an "
+        "order's explanation gives it. Null for an alert's notification: the alert says why."
+    )
+
+
 @router.get("", response_model=list[NotificationRead], summary="Notifications sent or queued, newest first")
 def list_notifications(
     session: ReadSession,
@@ -43,3 +53,13 @@ def list_notifications(
         query.order_by(col(Notification.created_at).desc(), col(Notification.id)).offset(offset).limit(limit)
     )
     return [NotificationRead.model_validate(row) for row in rows]
+
+
+@router.get("/{notification_id}", response_model=NotificationDetail, summary="A notification and why it was sent")
+def get_notification(notification_id: str, session: ReadSession, principal: CurrentPrincipal) -> NotificationDetail:
+    notification = get_or_raise(session, Notification, notification_id, entity="notification")
+    principal.check_access(notification.customer_id, entity="notification", key=notification_id)
+    explanation = (
+        explain_decision(session=session, decision_id=notification.decision_id) if notification.decision_id else None
+    )
+    return NotificationDetail(**NotificationRead.model_validate(notification).model_dump(), explanation=explanation)

@@ -218,9 +218,15 @@ def _send_to_fulfilment(*, session: Session, order: Order, now: datetime) -> Non
 
 def explain(*, session: Session, order: Order) -> dict[str, object]:
     """The decision behind an order with the readings its forecast used."""
-    decision = session.get(Decision, order.decision_id)
-    slot = session.get(Slot, order.slot_id)
-    assert decision is not None and slot is not None
+    return explain_decision(session=session, decision_id=order.decision_id)
+
+
+def explain_decision(*, session: Session, decision_id: str) -> dict[str, object]:
+    """A decision (behind an order or a notification) with the readings its forecast used."""
+    decision = session.get(Decision, decision_id)
+    assert decision is not None
+    slot = session.get(Slot, decision.slot_id)
+    assert slot is not None
     evidence_from = decision.forecast.get("evidence_from")
     evidence_to = decision.forecast.get("evidence_to")
     readings: list[dict[str, object]] = []
