@@ -98,7 +98,7 @@ def publisher_main(
     It publishes for all K devices, as a gateway would: on the embedded broker, which lets a device publish only
     as itself, it signs in with the platform's service account."""
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-publisher-{os.getpid()}", protocol=paho.MQTTv311
+        CallbackAPIVersion.VERSION2, client_id=f"replenish-bench-publisher-{os.getpid()}", protocol=paho.MQTTv311
     )
     if username:
         client.username_pw_set(username, password)
@@ -538,7 +538,9 @@ def run_ceiling(
         if len(received) >= n:
             done.set()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{os.getpid()}", protocol=paho.MQTTv311)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"replenish-bench-ceiling-{os.getpid()}", protocol=paho.MQTTv311
+    )
     client.on_message = on_message
     client.on_subscribe = lambda *a: subscribed.set()
     if broker.username:
@@ -613,7 +615,7 @@ def run_ingest(
         data_dir=workdir,
         database_url=db_url,
         mqtt_url=broker.mqtt_url,
-        mqtt_client_id=f"bench-ingest-{run_id}",
+        mqtt_client_id=f"replenish-bench-ingest-{run_id}",
     )
     info: dict[str, Any] = {
         "batch": f"batch size {settings.ingest_batch_size}, wait {settings.ingest_batch_wait_ms:g} ms",

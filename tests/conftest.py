@@ -34,7 +34,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "broker_port": free_port(),
         "api_port": free_port(),
-        "mqtt_client_id": f"ingest-{free_port()}",
+        "mqtt_client_id": f"replenish-ingest-{free_port()}",
         "ingest_batch_wait_ms": 5,
     }
     values.update(overrides)
@@ -138,9 +138,9 @@ class Publisher:
         who = device_id if secret else ""
         client = self.clients.get(who)
         if client is None:
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id=f"test-device-{free_port()}", protocol=paho.MQTTv311
-            )
+            # A device's client id is its device id; the service account's start with "replenish".
+            client_id = f"{device_id}/publisher" if secret else f"replenish-test-{free_port()}"
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
             if secret:
                 client.username_pw_set(device_id, secret)
             else:
@@ -177,7 +177,7 @@ class CommandListener:
         self.received = threading.Condition()
         subscribed = threading.Event()
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-listener-{free_port()}", protocol=paho.MQTTv311
+            CallbackAPIVersion.VERSION2, client_id=f"replenish-test-listener-{free_port()}", protocol=paho.MQTTv311
         )
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: subscribed.set()

@@ -261,3 +261,19 @@ def test_a_customers_rates_help_the_fleet_only_with_consent(platform, api, publi
     assert newcomers_prior() == pytest.approx(0.04, rel=0.05)
     set_consent(api, lenders[0], {"default_mode": "off", "fleet_learning_allowed": False})
     assert newcomers_prior() is None, "two lenders are too few for a prior"
+
+
+def test_a_released_order_goes_back_to_where_it_was_and_fulfilment_may_still_ship_a_held_one(
+    platform, api, publisher, clock, customer
+):
+    run_low(platform, publisher, clock, slots=("black", "cyan"))
+    platform.jobs.evaluate()
+    first, second = sorted(api.get("/orders").json(), key=lambda o: o["id"])
+    api.post(f"/orders/{first['id']}/fulfilment", json={"status": "confirmed"}).raise_for_status()
+    set_consent(api, customer, {"default_mode": "off", "on_revoke": "hold"})
+    assert {api.get(f"/orders/{o['id']}").json()["status"] for o in (first, second)} == {"held"}
+    with customer_api(platform, "ada@example.com") as ada:
+        assert ada.post(f"/orders/{first['id']}/approve").json()["status"] == "confirmed"
+    # The partner shipped the other before it saw the hold: it may say so.
+    shipped = api.post(f"/orders/{second['id']}/fulfilment", json={"status": "shipped"})
+    assert shipped.status_code == 200 and shipped.json()["status"] == "shipped"

@@ -217,9 +217,9 @@ class DeviceSubscriber:
                 self.messages.append(message)
                 self._received.notify_all()
 
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"contract-device-{free_port()}", protocol=paho.MQTTv311
-        )
+        device_id = topic.split("/")[1]
+        client_id = f"{device_id}/subscriber" if device_id in DEVICE_SECRETS else f"replenish-observer-{free_port()}"
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
         device_id = topic.split("/")[1]
@@ -998,7 +998,7 @@ def test_last_will_marks_the_device_offline(rig: Rig) -> None:
     device_id = rig.wearable()
     topic = f"devices/{device_id}/status"
     endpoint = rig.platform.settings.mqtt_endpoint
-    device = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"contract-lwt-{free_port()}", protocol=paho.MQTTv311)
+    device = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv311)
     device.will_set(topic, b'"offline"', qos=1, retain=True)
     device.username_pw_set(device_id, DEVICE_SECRETS[device_id])
     device.connect(endpoint.host, endpoint.port, keepalive=60)
@@ -1097,12 +1097,6 @@ def test_acknowledging_a_fall_alert_publishes_alert_acknowledged_at_qos_1(rig: R
     assert len(message.payload) <= LIMIT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="embedded amqtt 0.12.1 bug: on CONNECT it sends the new client every retained message matching ANY "
-    "client's subscription (broker.py iterates self._subscriptions, not the session's), so a device subscribed only "
-    "to its commands topic receives other devices' retained devices/+/status messages",
-)
 def test_a_device_receives_only_its_commands(rig: Rig) -> None:
     # §2: the platform talks to a device on devices/{device_id}/commands. Another device's retained status (which the
     # platform itself subscribes to) must not reach it.

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session, select
 
-from conftest import customer_api, free_port
+from conftest import customer_api
 from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.config import MqttEndpoint
 from replenish.devices.models import Device
@@ -27,11 +27,15 @@ class Refused(Exception):
 
 
 @contextmanager
-def connected(endpoint: MqttEndpoint, username: str | None, password: str | None) -> Iterator[paho.Client]:
-    """A device's MQTT 3.1.1 client, connected, or Refused with the broker's reason."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"id-test-{free_port()}", protocol=paho.MQTTv311)
+def connected(
+    endpoint: MqttEndpoint, username: str | None, password: str | None, *, client_id: str | None = None, **will: Any
+) -> Iterator[paho.Client]:
+    """A device's MQTT 3.1.1 client (client id: its username unless given), connected, or Refused."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "", protocol=paho.MQTTv311)
     if username is not None:
         client.username_pw_set(username, password)
+    if will:
+        client.will_set(will["topic"], will["payload"], qos=1)
     answered = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -162,3 +166,50 @@ def test_no_device_can_take_the_platforms_own_mqtt_user(api):
     customer_id = create_customer(api, email="ada@example.com")
     answer = api.post("/devices", json={"id": "replenish", "customer_id": customer_id, "kind": "printer", "name": "x"})
     assert answer.status_code == 422 and answer.json()["field"] == "id"
+
+
+def test_a_device_cannot_speak_for_another_through_its_last_will(platform, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    secret = DEVICE_SECRETS["ada-printer"]
+    bobs = {"topic": "devices/bob-printer/events", "payload": b'{"seq": 9, "type": "fall_detected"}'}
+    with pytest.raises(Refused), connected(endpoint, "ada-printer", secret, **bobs):
+        pass
+    own = {"topic": "devices/ada-printer/status", "payload": b'"offline"'}
+    with connected(endpoint, "ada-printer", secret, **own):
+        pass
+
+
+def test_nobody_takes_over_or_wipes_the_ingestors_session(platform, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    ingestor_session = platform.settings.mqtt_client_id
+    for username, password in [("ada-printer", DEVICE_SECRETS["ada-printer"]), (None, None), ("replenish", "guess")]:
+        with pytest.raises(Refused), connected(endpoint, username, password, client_id=ingestor_session):
+            pass
+    # A device's sessions are its own, under no other name.
+    secret = DEVICE_SECRETS["ada-printer"]
+    for other in ("x", "bob-printer", "bob-printer/ada-printer", "ada-printerx"):
+        with pytest.raises(Refused), connected(endpoint, "ada-printer", secret, client_id=other):
+            pass
+    with connected(endpoint, "ada-printer", secret, client_id="ada-printer/second-connection"):
+        pass
+    # The ingestor still has its session and its subscriptions: Bob's telemetry is stored.
+    with connected(endpoint, "bob-printer", DEVICE_SECRETS["bob-printer"]) as bob:
+        publish(bob, "devices/bob-printer/telemetry", {"seq": 1, "levels": {"black": 0.4}})
+    assert wait_until(lambda: stored_for(platform, "bob-printer") == 1)
+
+
+def test_a_device_gets_no_other_devices_retained_status(platform, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    with connected(endpoint, "bob-printer", DEVICE_SECRETS["bob-printer"]) as bob:
+        info = bob.publish("devices/bob-printer/status", b'"online"', qos=1, retain=True)
+        info.wait_for_publish(10)
+    assert wait_until(lambda: platform.ingestor is not None and platform.ingestor.totals.status_updates == 1)
+    received: list[str] = []
+    subscribed = threading.Event()
+    with connected(endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
+        ada.on_message = lambda client, userdata, message: received.append(message.topic)
+        ada.on_subscribe = lambda *args: subscribed.set()
+        ada.subscribe("devices/ada-printer/commands", qos=1)
+        assert subscribed.wait(10)
+        threading.Event().wait(1.0)
+    assert received == []

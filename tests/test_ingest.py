@@ -160,6 +160,8 @@ def test_a_client_we_did_not_write_mosquitto_pub(platform, api, printer):
         endpoint.host,
         "-p",
         str(endpoint.port),
+        "-i",
+        "printer-1",
         "-u",
         "printer-1",
         "-P",

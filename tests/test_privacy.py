@@ -10,7 +10,7 @@ from sqlmodel import Session, func, select
 
 from conftest import START, customer_api, iso
 from helpers import PASSWORD, create_customer, publish_depletion, register_device, set_consent
-from replenish.ingest.models import DeviceMessage, Reading
+from replenish.ingest.models import DeviceMessage
 from replenish.runtime import Platform
 
 DAYS = 8
@@ -70,11 +70,13 @@ def test_deleting_an_account_cancels_open_orders_and_removes_everything_but_anon
     bob_readings = len(api.get("/devices/bob-printer/slots/black/readings").json())
     ada = customer_api(platform, "ada@example.com")
 
-    refused = ada.delete(f"/customers/{ada_id}", params={"confirm": "someone@example.com"})
+    refused = ada.request("DELETE", f"/customers/{ada_id}", json={"confirm": "someone@example.com"})
     assert refused.status_code == 422 and refused.json()["field"] == "confirm"
+    no_password = ada.request("DELETE", f"/customers/{ada_id}", json={"confirm": "ada@example.com"})
+    assert no_password.status_code == 403, "a token alone cannot delete an account"
     assert ada.get("/devices").status_code == 200, "a refused deletion removes nothing"
 
-    removed = ada.delete(f"/customers/{ada_id}", params={"confirm": "Ada@Example.com"})
+    removed = ada.request("DELETE", f"/customers/{ada_id}", json={"confirm": "Ada@Example.com", "password": PASSWORD})
     assert removed.status_code == 200, removed.text
     counts = removed.json()
     assert counts["customers"] == 1 and counts["devices"] == 2 and counts["readings"] == DAYS * 4 + 1
@@ -100,20 +102,37 @@ def test_deleting_an_account_cancels_open_orders_and_removes_everything_but_anon
     register_device(api, customer_id=bob_id, device_id="ada-printer")
 
 
-def test_telemetry_older_than_the_consented_retention_is_deleted(platform, api, publisher, clock):
-    ada_id, _ = two_customers(platform, api, publisher, clock)
+def test_telemetry_received_longer_ago_than_the_consented_retention_is_deleted(platform, api, publisher, clock):
+    ada_id, _ = two_customers(platform, api, publisher, clock)  # all received at START; now START + 8 days
+    # Four more days of readings, received now (their timestamps say START: a device's clock proves nothing).
+    sent = 2 * (DAYS * 4 + 1) + 1
+    sent += publish_depletion(
+        publisher,
+        device_id="ada-printer",
+        slot="cyan",
+        start=START,
+        start_level=0.9,
+        rate_per_day=0.05,
+        days=4,
+        first_seq=1000,
+    )
+    assert platform.ingestor.wait_for(handled=sent, timeout=20)
     set_consent(api, ada_id, {"default_mode": "auto_order", "telemetry_retention_days": 3})
     before = count(platform, "readings")
     removed = platform.jobs.retention()
-    # Ada's readings from the first five of the eight days go; Bob keeps his year.
-    assert removed["readings"] == 5 * 4
-    assert count(platform, "readings") == before - 5 * 4
+    # Ada's black readings, received eight days ago, go; the cyan ones just received stay; Bob keeps his year.
+    assert removed["readings"] == DAYS * 4 + 1
+    assert count(platform, "readings") == before - (DAYS * 4 + 1)
+    assert len(api.get("/devices/ada-printer/slots/cyan/readings").json()) == 4 * 4 + 1
+    assert api.get("/devices/ada-printer/slots/black/readings").json() == []
     with Session(platform.engine) as session:
-        oldest = session.exec(
-            select(func.min(Reading.ts)).join(DeviceMessage).where(DeviceMessage.device_id == "ada-printer")
-        ).one()
-    assert oldest >= clock.now() - timedelta(days=3)
-    # The fall that raised an alert is kept with the alert; the alert still shows.
+
+        def oldest(device_id: str) -> object:
+            query = select(func.min(DeviceMessage.received_at)).where(DeviceMessage.device_id == device_id)
+            return session.exec(query).one()
+
+        assert oldest("ada-printer") >= clock.now() - timedelta(days=3)
+        assert oldest("ada-pendant") == START, "the fall that raised an alert is kept with the alert"
     assert len(api.get("/alerts", params={"customer_id": ada_id}).json()) == 1
     assert api.get("/devices/ada-pendant/events").json()[0]["type"] == "fall_detected"
     assert platform.jobs.retention() == {"readings": 0, "messages": 0, "dead_letters": 0}, "nothing twice"
@@ -123,7 +142,8 @@ def test_sign_up_and_delete_leave_no_account_behind(platform, api):
     anonymous_signup = {"name": "Cy", "email": "cy@example.com", "password": PASSWORD}
     created = api.post("/customers", json=anonymous_signup).json()
     with customer_api(platform, "cy@example.com") as cy:
-        assert cy.delete(f"/customers/{created['id']}", params={"confirm": "cy@example.com"}).status_code == 200
+        deletion = {"confirm": "cy@example.com", "password": PASSWORD}
+        assert cy.request("DELETE", f"/customers/{created['id']}", json=deletion).status_code == 200
     assert count(platform, "accounts") == 1, "only the operator's"
     again = api.post("/customers", json=anonymous_signup)
     assert again.status_code == 201, "the e-mail is free again"

@@ -14,6 +14,8 @@ EMBEDDED_BROKER_HOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 1883
 # The platform's own MQTT clients (ingestor, command publisher) sign in to the embedded broker as this user.
 SERVICE_USERNAME = "replenish"
+# ...with client ids that start with this, which no device id may (a device's client id is its device id).
+SERVICE_CLIENT_ID_PREFIX = "replenish"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,11 @@ class Settings(BaseSettings):
         description="Password of the platform's own clients on the embedded broker (user 'replenish'). Unset, "
         "`replenish up` makes one up for its run; roles in separate processes must share one.",
     )
-    mqtt_client_id: str = Field("replenish-ingest", description="Client id of the ingestor's MQTT session.")
+    mqtt_client_id: str = Field(
+        "replenish-ingest",
+        pattern=f"^{SERVICE_CLIENT_ID_PREFIX}",
+        description="Client id of the ingestor's MQTT session; must start with 'replenish', which no device id may.",
+    )
     api_host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP API.")
     evaluation_interval_seconds: float = Field(

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
-from replenish.config import SERVICE_USERNAME
+from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
 from replenish.db import get_or_raise
 from replenish.devices import credentials
@@ -17,9 +17,10 @@ from replenish.ingest.models import DeviceMessage, Reading
 
 def register(*, session: Session, request: DeviceCreate, actor: str, now: datetime) -> tuple[Device, str]:
     """The new device and its MQTT secret (returned this once; only its hash is stored)."""
-    if request.id == SERVICE_USERNAME:
+    if request.id.startswith(SERVICE_CLIENT_ID_PREFIX):
         raise InvalidRequest(
-            f"{SERVICE_USERNAME!r} is the platform's own MQTT user: pick another device id", field="id"
+            f"device ids starting with {SERVICE_CLIENT_ID_PREFIX!r} are the platform's own MQTT names: pick another",
+            field="id",
         )
     if session.get(Device, request.id) is not None:
         raise Conflict(f"device {request.id!r} is registered already", field="id")

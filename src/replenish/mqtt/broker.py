@@ -10,11 +10,17 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 from sqlmodel import Session as DbSession
+from transitions import MachineError
 
-from replenish.config import SERVICE_USERNAME
+from replenish.config import SERVICE_CLIENT_ID_PREFIX, SERVICE_USERNAME
 from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
 from replenish.db import make_engine
 from replenish.devices import service as devices
@@ -43,9 +49,20 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         username, password = session.username, session.password
         if not username or password is None:
             return False
+        client_id = session.client_id or ""
         if username == self._config.service_username:
+            # The platform's own sessions (the ingestor's holds what arrives while it restarts) are named
+            # replenish-*; no device can take that name, so no device can take such a session over.
+            if not client_id.startswith(SERVICE_CLIENT_ID_PREFIX):
+                return False
             stored: str | None = self._config.service_password_hash
         else:
+            # A device's sessions are its own (client id: its id, or its id/anything, as device ids have no "/"),
+            # and its last will can speak only for itself.
+            if client_id != username and not client_id.startswith(f"{username}/"):
+                return False
+            if session.will_flag and session.will_topic != STATUS_TOPIC.format(device_id=username):
+                return False
             # A database lookup: off the broker's event loop.
             stored = await asyncio.get_running_loop().run_in_executor(None, self._lookup, username)
         session.is_anonymous = False  # a named session keeps what arrives while it is away
@@ -87,14 +104,107 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         return topic == COMMANDS_TOPIC.format(device_id=session.username)
 
 
-class _DrainingBroker(Broker):
-    """amqtt's broker, except that a client's disconnection no longer drops what it published just before.
+class _DeviceBroker(Broker):
+    """amqtt 0.12.1's broker with three of its flaws fixed where amqtt has them (methods copied from amqtt and
+    changed as marked; amqtt is pinned for this reason):
 
-    amqtt 0.12.1 acknowledges a QoS 1 PUBLISH as it reads it and queues it for its client loop; when the DISCONNECT
-    is read before the loop has caught up, the loop leaves and the queued messages are lost, acknowledged. A device
-    that publishes a burst and disconnects at once (a battery device does) lost them. Here the loop first delivers
-    everything that client sent, then handles the disconnection. The rest is amqtt's loop as it is.
+    - It deleted (clean session) or took over (persistent session) the session of a client id before it checked
+      the credentials: anyone could wipe the ingestor's session, or take it and its queued telemetry. Here the
+      credentials (and DeviceAuthPlugin's identity rules) are checked first, and a refused client touches nothing.
+    - It sent a connecting client the retained messages of every subscription in the broker, anyone's: a device
+      saw other devices' status. Here only those of its own subscriptions.
+    - A client's disconnection dropped what it had published just before: amqtt acknowledges a QoS 1 PUBLISH as
+      it reads it and queues it for the client loop, which left when the DISCONNECT came first. Here the loop
+      delivers everything the client sent, then handles the disconnection.
     """
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, client_session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        # Changed: nobody's session is deleted or taken over before the credentials are checked.
+        authenticated = await self._authenticate(client_session, None)  # type: ignore[arg-type]
+        client_session.replenish_authenticated = authenticated  # type: ignore[attr-defined]
+        if not authenticated:
+            return handler, client_session
+        if client_session.clean_session:
+            if client_session.client_id:
+                await self._delete_session(client_session.client_id)
+            else:
+                client_session.client_id = gen_client_id()
+            client_session.parent = 0
+        elif client_session.client_id in self._sessions:
+            existing, _ = self._sessions[client_session.client_id]
+            existing.will_flag = client_session.will_flag
+            existing.will_message = client_session.will_message
+            existing.will_topic = client_session.will_topic
+            existing.will_qos = client_session.will_qos
+            existing.keep_alive = client_session.keep_alive
+            existing.username = client_session.username
+            existing.password = client_session.password
+            existing.replenish_authenticated = True  # type: ignore[attr-defined]
+            client_session = existing
+            client_session.parent = 1
+        else:
+            client_session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if client_session.keep_alive > 0 and isinstance(delay, int):
+            client_session.keep_alive += delay
+        return handler, client_session
+
+    async def _handle_client_session(
+        self,
+        reader: Any,
+        writer: Any,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        if not getattr(client_session, "replenish_authenticated", False):
+            # Changed: refused before anything of the broker's state is touched.
+            handler.attach(client_session, reader, writer)
+            await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            return
+        if client_session.client_id is None:
+            raise BrokerError("Client ID was not correctly created/set.")
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    old_session = self._sessions[client_session.client_id]
+                    await old_session[1].handle_connection_closed()
+                    await old_session[1].stop()
+                    break
+                await asyncio.sleep(1)
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(True)
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED, client_id=client_session.client_id, client_session=client_session
+        )
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+        # Changed: the retained messages of this session's own subscriptions only, not of everyone's.
+        own = [
+            topic
+            for topic, subscribers in self._subscriptions.items()
+            if any(session.client_id == client_session.client_id for session, _ in subscribers)
+        ]
+        for topic in own:
+            await self._publish_retained_messages_for_subscription((topic, QOS_0), client_session)
+        await self._client_message_loop(client_session, handler)
 
     async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
         disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
@@ -163,7 +273,7 @@ class EmbeddedBroker:
         self.port = port
         self._config = broker_config(host, port, database_url=database_url, service_password=service_password)
         self._loop = asyncio.new_event_loop()
-        self._broker: _DrainingBroker | None = None
+        self._broker: _DeviceBroker | None = None
         self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -171,7 +281,7 @@ class EmbeddedBroker:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._broker = _DrainingBroker(self._config, loop=self._loop)
+            self._broker = _DeviceBroker(self._config, loop=self._loop)
             self._loop.run_until_complete(self._broker.start())
         except BaseException as exc:
             self._error = exc

@@ -24,7 +24,10 @@ _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.AWAITING_APPROVAL: frozenset({OrderStatus.PLACED, OrderStatus.DECLINED, OrderStatus.CANCELLED}),
     OrderStatus.PLACED: frozenset({OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.HELD}),
     OrderStatus.CONFIRMED: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELLED, OrderStatus.HELD}),
-    OrderStatus.HELD: frozenset({OrderStatus.PLACED, OrderStatus.CANCELLED}),
+    # Released (to what it was when held), cancelled, or shipped by a partner that had not yet seen the hold.
+    OrderStatus.HELD: frozenset(
+        {OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.CANCELLED, OrderStatus.SHIPPED}
+    ),
     OrderStatus.SHIPPED: frozenset({OrderStatus.DELIVERED}),
     OrderStatus.DELIVERED: frozenset(),
     OrderStatus.DECLINED: frozenset(),
@@ -80,7 +83,13 @@ def list_orders(
     return list(session.exec(query.order_by(col(Order.created_at).desc(), col(Order.id)).offset(offset).limit(limit)))
 
 
-SPENDING_STATUSES = (OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
+SPENDING_STATUSES = (
+    OrderStatus.PLACED,
+    OrderStatus.CONFIRMED,
+    OrderStatus.SHIPPED,
+    OrderStatus.DELIVERED,
+    OrderStatus.HELD,
+)
 
 
 def spent_between(*, session: Session, customer_id: str, start: datetime, end: datetime) -> Decimal:
@@ -120,6 +129,8 @@ def transition(
     if order is None:
         raise NotFound("order", order_id)
     current = OrderStatus(order.status)
+    if current == OrderStatus.HELD and to == OrderStatus.PLACED:
+        to = _status_before_hold(session=session, order_id=order.id)  # a release goes back to where it was
     if to == current:
         return order  # Repeating a request (a retried click or webhook) is harmless.
     if to not in _ALLOWED[current]:
@@ -128,7 +139,7 @@ def transition(
     order.updated_at = now
     session.add(order)
     _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
-    if to == OrderStatus.PLACED and current == OrderStatus.HELD:
+    if current == OrderStatus.HELD and to in (OrderStatus.PLACED, OrderStatus.CONFIRMED):
         # Fulfilment had it already: it may go on. (Spending counts from when it was first placed.)
         _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_RELEASED, reason=reason, now=now)
     elif to == OrderStatus.PLACED:
@@ -176,6 +187,16 @@ def note(*, session: Session, order: Order, actor: str, now: datetime, reason: s
             order_id=order.id, from_status=order.status, to_status=order.status, at=now, actor=actor, reason=reason
         )
     )
+
+
+def _status_before_hold(*, session: Session, order_id: str) -> OrderStatus:
+    held = session.exec(
+        select(OrderEvent.from_status)
+        .where(OrderEvent.order_id == order_id, OrderEvent.to_status == OrderStatus.HELD)
+        .order_by(col(OrderEvent.id).desc())
+        .limit(1)
+    ).first()
+    return OrderStatus(held) if held else OrderStatus.PLACED
 
 
 def _tell_fulfilment(*, session: Session, order: Order, kind: OutboxKind, reason: str | None, now: datetime) -> None:

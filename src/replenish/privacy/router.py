@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep
 from replenish.audit import service as audit
+from replenish.auth import service as auth
 from replenish.constants import AuditAction
 from replenish.customers import service as customers
 from replenish.db import transaction
-from replenish.errors import InvalidRequest
+from replenish.errors import Forbidden, InvalidRequest
 from replenish.privacy import service
 
 router = APIRouter(prefix="/customers/{customer_id}", tags=["data rights"])
@@ -44,13 +46,22 @@ def export(customer_id: str, principal: CurrentPrincipal, engine: EngineDep, clo
     )
 
 
+class AccountDeletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: str = Field(description="The customer's e-mail address, to show that this is meant.")
+    password: SecretStr | None = Field(
+        None, description="The customer's password (a customer deleting their own account); not for an operator."
+    )
+
+
 @router.delete("", summary="Delete the customer and everything about them")
 def delete_customer(
     customer_id: str,
     principal: CurrentPrincipal,
     engine: EngineDep,
     clock: ClockDep,
-    confirm: str | None = Query(None, description="The customer's e-mail address, to show that this is meant."),
+    body: AccountDeletion | None = None,
 ) -> dict[str, int]:
     """Irreversible. Orders not yet shipped are cancelled first (fulfilment is told); then the customer, their
     accounts and tokens, consent, devices, telemetry, forecasts, decisions, orders, alerts and notifications are
@@ -58,6 +69,11 @@ def delete_customer(
     principal.check_access(customer_id, entity="customer", key=customer_id)
     with transaction(engine) as session:
         customer = customers.get(session=session, customer_id=customer_id)
-        if confirm is None or confirm.strip().lower() != customer.email:
+        if body is None or body.confirm.strip().lower() != customer.email:
             raise InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
+        if not principal.is_operator:
+            # A token alone, stolen, must not be enough to destroy everything.
+            password = body.password.get_secret_value() if body.password else ""
+            if auth.authenticate(session=session, email=principal.email, password=password) is None:
+                raise Forbidden("the password is not right", field="password")
         return service.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=clock.now())

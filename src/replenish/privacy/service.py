@@ -6,6 +6,7 @@ What deletion purges and what it keeps is stated in docs/privacy.md; keep the tw
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,8 @@ from replenish.notifications.models import Notification
 from replenish.orders import service as orders
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
+
+log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "replenish-export/1"
 # Never exported: secrets, even hashed.
@@ -98,12 +101,15 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     Orders not yet shipped are cancelled first (fulfilment is told). The audit log keeps its events, with the
     e-mail addresses in them replaced, and gains a customer.deleted event.
     """
+    consent.lock_customer(session=session, customer_id=customer_id)  # no decision for them commits meanwhile
     customer = customers.get(session=session, customer_id=customer_id)
     emails = {customer.email, *session.exec(select(Account.email).where(Account.customer_id == customer_id))}
     for order in session.exec(
         select(Order).where(
             Order.customer_id == customer_id,
-            col(Order.status).in_((OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED)),
+            col(Order.status).in_(
+                (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.HELD)
+            ),
         )
     ).all():
         orders.transition(
@@ -125,6 +131,19 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             ),
         ),
         ("notifications", delete(Notification).where(Notification.customer_id == customer_id)),
+        (
+            # Commands for their devices: a device id freed here may be registered by someone else.
+            "device_commands",
+            delete(OutboxMessage).where(col(OutboxMessage.stream).in_([f"device:{d}" for d in device_ids])),
+        ),
+        (
+            # Order messages already delivered to fulfilment; undelivered ones (the cancellations above) go first.
+            "delivered_order_messages",
+            delete(OutboxMessage).where(
+                col(OutboxMessage.stream).in_([f"order:{o}" for o in order_ids]),
+                col(OutboxMessage.delivered_at).is_not(None),
+            ),
+        ),
         ("alerts", delete(Alert).where(Alert.customer_id == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("orders", delete(Order).where(Order.customer_id == customer_id)),
@@ -165,23 +184,22 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
 
 
 def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dict[str, int]:
-    """Delete the customer's telemetry older than their consent keeps it: readings, stored messages (except an
-    event that raised an alert, kept with the alert) and dead letters of their devices."""
+    """Delete the customer's telemetry received longer ago than their consent keeps it: stored messages (except an
+    event that raised an alert, kept with the alert) with their readings, and dead letters of their devices. Age is
+    counted from when the platform received it: a device's own clock may be anything."""
     _, document = consent.current_document(session=session, customer_id=customer_id)
     cutoff = now - timedelta(days=document.telemetry_retention_days)
     device_ids = select(Device.id).where(Device.customer_id == customer_id)
     slot_ids = select(Slot.id).where(col(Slot.device_id).in_(device_ids))
     old_messages = select(DeviceMessage.id).where(
         col(DeviceMessage.device_id).in_(device_ids),
-        DeviceMessage.ts < cutoff,
+        DeviceMessage.received_at < cutoff,
         col(DeviceMessage.id).not_in(select(Alert.trigger_message_id).where(Alert.customer_id == customer_id)),
     )
     connection = session.connection()
     removed = {
         "readings": connection.execute(
-            delete(Reading).where(
-                col(Reading.slot_id).in_(slot_ids), (Reading.ts < cutoff) | col(Reading.message_id).in_(old_messages)
-            )
+            delete(Reading).where(col(Reading.slot_id).in_(slot_ids), col(Reading.message_id).in_(old_messages))
         ).rowcount,
     }
     removed["messages"] = connection.execute(
@@ -202,8 +220,12 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
         customer_ids = list(session.exec(select(Customer.id)))
     totals: dict[str, int] = {}
     for customer_id in customer_ids:
-        with transaction(engine) as session:
-            removed = apply_retention(session=session, customer_id=customer_id, now=now)
+        try:
+            with transaction(engine) as session:
+                removed = apply_retention(session=session, customer_id=customer_id, now=now)
+        except Exception:
+            log.exception("retention for customer %s failed; the others go on", customer_id)
+            continue
         for name, count in removed.items():
             totals[name] = totals.get(name, 0) + count
     return totals

@@ -137,7 +137,7 @@ class _Connection:
         self._offline_echoed = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"sim-{device_id}",
+            client_id=client_id or device_id,  # a device signs in as its own session
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
