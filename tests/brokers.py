@@ -25,8 +25,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def local_copy_of_mosquitto_conf(directory: Path, port: int) -> Path:
-    """The production config with only what cannot work here rewritten: port, data directory, user."""
+def local_copy_of_mosquitto_conf(directory: Path, port: int, overrides: dict[str, str] | None = None) -> Path:
+    """The production config with only what cannot work here rewritten: port, data directory, user; and
+    ``overrides`` (directive -> value) replaced or added."""
+    overrides = dict(overrides or {})
     lines = []
     for line in MOSQUITTO_CONF.read_text().splitlines():
         key = line.split(" ", 1)[0]
@@ -36,7 +38,10 @@ def local_copy_of_mosquitto_conf(directory: Path, port: int) -> Path:
             line = f"persistence_location {directory}/"
         elif key == "log_dest":
             line = "log_dest stdout"
+        elif key in overrides:
+            line = f"{key} {overrides.pop(key)}"
         lines.append(line)
+    lines += [f"{key} {value}" for key, value in overrides.items()]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into pytest's tmp dir.
         lines.append("user root")
@@ -67,10 +72,10 @@ class MosquittoRun:
 
 
 @contextmanager
-def running_mosquitto(directory: Path) -> Iterator[MosquittoRun]:
+def running_mosquitto(directory: Path, overrides: dict[str, str] | None = None) -> Iterator[MosquittoRun]:
     """Start Mosquitto from a local copy of deploy/mosquitto/mosquitto.conf; ``output`` is its log after it stops."""
     port = free_port()
-    config = local_copy_of_mosquitto_conf(directory, port)
+    config = local_copy_of_mosquitto_conf(directory, port, overrides)
     process = subprocess.Popen(
         [mosquitto_binary(), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -129,7 +129,11 @@ def test_roles_run_as_separate_processes(tmp_path):
         process(["broker"], broker_env, tmp_path / "broker.log"),
         process(["api"], env, tmp_path / "api.log"),
     ):
-        poll(lambda: httpx.get(f"http://127.0.0.1:{api_port}/readyz").status_code, lambda code: code == 200, 30)
+        try:
+            poll(lambda: httpx.get(f"http://127.0.0.1:{api_port}/readyz").status_code, lambda code: code == 200, 90)
+        except AssertionError as exc:
+            logs = {name: (tmp_path / name).read_text() for name in ("api.log", "broker.log")}
+            raise AssertionError(f"{exc}\n{logs}") from None
         # Sign up, sign in, register a device as that customer.
         signup = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
         httpx.post(f"{base}/customers", json=signup).raise_for_status()

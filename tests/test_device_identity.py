@@ -4,9 +4,14 @@ speak only for itself."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -14,12 +19,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session, select
 
+from brokers import running_mosquitto
 from conftest import customer_api
 from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.config import MqttEndpoint
 from replenish.devices.models import Device
 from replenish.ingest.models import DeadLetter, DeviceMessage
 from replenish.runtime import Platform
+
+REPLENISH = str(Path(sys.executable).parent / "replenish")
 
 
 class Refused(Exception):
@@ -213,3 +221,75 @@ def test_a_device_gets_no_other_devices_retained_status(platform, two_printers):
         assert subscribed.wait(10)
         threading.Event().wait(1.0)
     assert received == []
+
+
+def test_on_mosquitto_the_generated_files_confine_each_device_to_its_own_topics(platform, api, two_printers, tmp_path):
+    """Mosquitto, the production broker, with the password file and ACL `replenish mosquitto-files` writes."""
+    service_password = "the platform's own"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "REPLENISH_DATABASE_URL": platform.settings.resolved_database_url,
+        "REPLENISH_BROKER_SERVICE_PASSWORD": service_password,
+    }
+    auth_dir = tmp_path / "mosquitto-auth"
+
+    def generate() -> None:
+        done = subprocess.run(
+            [REPLENISH, "mosquitto-files", "--out", str(auth_dir)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+
+    generate()
+    assert (
+        "$7$" in (auth_dir / "passwd").read_text()
+        and DEVICE_SECRETS["ada-printer"] not in (auth_dir / "passwd").read_text()
+    )
+    overrides = {
+        "allow_anonymous": "false",
+        "password_file": str(auth_dir / "passwd"),
+        "acl_file": str(auth_dir / "acl"),
+    }
+    (tmp_path / "data").mkdir()
+    with running_mosquitto(tmp_path / "data", overrides) as broker:
+        endpoint = MqttEndpoint(host="127.0.0.1", port=broker.port)
+        for username, password in [(None, None), ("ada-printer", "not its secret"), ("replenish", "a guess")]:
+            with pytest.raises(Refused), connected(endpoint, username, password):
+                pass
+        seen: list[str] = []
+        subscribed = threading.Event()
+        with connected(endpoint, "replenish", service_password, client_id="replenish-observer") as observer:
+            observer.on_message = lambda client, userdata, message: seen.append(message.topic)
+            observer.on_subscribe = lambda *args: subscribed.set()
+            observer.subscribe("devices/#", qos=1)
+            assert subscribed.wait(10)
+            with connected(endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
+                publish(ada, "devices/bob-printer/telemetry", {"seq": 1, "levels": {"black": 0.01}})
+                publish(ada, "devices/bob-printer/events", {"seq": 2, "type": "fall_detected"})
+                publish(ada, "devices/ada-printer/telemetry", {"seq": 3, "levels": {"black": 0.5}})
+            assert wait_until(lambda: "devices/ada-printer/telemetry" in seen)
+        assert seen == ["devices/ada-printer/telemetry"], "Bob's topics got nothing from Ada"
+
+        # A rotated secret: the files are written again and Mosquitto reloads them on SIGHUP.
+        old = DEVICE_SECRETS["ada-printer"]
+        new = api.post("/devices/ada-printer/credentials").json()["mqtt_password"]
+        generate()
+        broker.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: _refused(endpoint, "ada-printer", old), timeout=10)
+        with connected(endpoint, "ada-printer", new):
+            pass
+
+
+def _refused(endpoint: MqttEndpoint, username: str, password: str) -> bool:
+    try:
+        with connected(endpoint, username, password):
+            return False
+    except Refused:
+        return True
+
+
+def test_a_publish_that_breaks_the_protocol_ends_the_connection(platform, two_printers):
+    gone = threading.Event()
+    with connected(platform.settings.mqtt_endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
+        ada.on_disconnect = lambda *args: gone.set()
+        ada.publish("$SYS/pretend", b"x", qos=0)  # [MQTT-4.7.2-1]: not for clients
+        assert gone.wait(10), "the broker closed the connection rather than leave it half alive"

@@ -236,6 +236,30 @@ def create_operator(
     typer.echo(f"operator {account.email} created; sign in at POST /api/v1/auth/token")
 
 
+@app.command("mosquitto-files")
+def mosquitto_files(
+    out: Annotated[Path, typer.Option(help="Directory for `passwd` and `acl` (Mosquitto's password_file, acl_file).")],
+) -> None:
+    """Write Mosquitto's password file (every device, and the service user with REPLENISH_BROKER_SERVICE_PASSWORD)
+    and the ACL that confines each device to its own topics; then send Mosquitto SIGHUP to reload them."""
+    from sqlmodel import Session
+
+    from replenish.db import create_schema, make_engine
+    from replenish.mqtt.mosquitto import write_files
+
+    settings = _settings()
+    if settings.broker_service_password is None:
+        typer.echo("error: set REPLENISH_BROKER_SERVICE_PASSWORD: the platform's clients sign in with it", err=True)
+        raise typer.Exit(2)
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    with Session(engine) as session:
+        passwd, acl = write_files(
+            out, session=session, service_password=settings.broker_service_password.get_secret_value()
+        )
+    typer.echo(f"wrote {passwd} and {acl}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create any missing tables (every role also does this at start-up)."""

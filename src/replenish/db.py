@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,7 +84,8 @@ def create_schema(engine: Engine) -> None:
 
     # Roles start together; on PostgreSQL one creates the tables while the others wait on a lock. SQLite has no
     # such lock: a role that loses the race finds the tables there when it looks again.
-    for attempt in range(3):
+    attempts = 20
+    for attempt in range(attempts):
         try:
             with engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
@@ -91,8 +93,10 @@ def create_schema(engine: Engine) -> None:
                 SQLModel.metadata.create_all(connection)
             return
         except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == 2:
+            # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
+            if not ("already exists" in str(exc) or "database is locked" in str(exc)) or attempt == attempts - 1:
                 raise
+            time.sleep(0.25)
 
 
 @contextmanager

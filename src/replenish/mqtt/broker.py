@@ -104,6 +104,15 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         return topic == COMMANDS_TOPIC.format(device_id=session.username)
 
 
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def _done(result: Any) -> asyncio.Future[Any]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
+
+
 class _DeviceBroker(Broker):
     """amqtt 0.12.1's broker with three of its flaws fixed where amqtt has them (methods copied from amqtt and
     changed as marked; amqtt is pinned for this reason):
@@ -122,9 +131,13 @@ class _DeviceBroker(Broker):
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
         try:
-            handler, client_session = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
+            # Changed: a socket that never sends CONNECT is not held forever.
+            handler, client_session = await asyncio.wait_for(
+                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT_SECONDS
             )
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError("no CONNECT within the timeout") from exc
         except MQTTError as exc:
             await writer.close()
             raise MQTTError(exc) from exc
@@ -134,6 +147,13 @@ class _DeviceBroker(Broker):
         authenticated = await self._authenticate(client_session, None)  # type: ignore[arg-type]
         client_session.replenish_authenticated = authenticated  # type: ignore[attr-defined]
         if not authenticated:
+            log.warning(
+                "refused MQTT client %r (user %r) from %s:%s",
+                client_session.client_id,
+                client_session.username,
+                remote_address,
+                remote_port,
+            )
             return handler, client_session
         if client_session.clean_session:
             if client_session.client_id:
@@ -226,6 +246,9 @@ class _DeviceBroker(Broker):
                     unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
                 if wait_deliver in done:
                     if not await self._handle_message_delivery(client_session, handler, wait_deliver):
+                        # Changed: a protocol violation ends the connection as an abnormal disconnect (will,
+                        # handler stopped), not a loop that leaves the socket open and acknowledging into nothing.
+                        await self._handle_disconnect(client_session, handler, _done(None))
                         break
                     wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
                 if disconnect_waiter in done:
@@ -236,10 +259,8 @@ class _DeviceBroker(Broker):
                         await self._handle_message_delivery(client_session, handler, wait_deliver)
                     queue = client_session.delivered_message_queue
                     while not queue.empty():  # what the client sent before it said goodbye
-                        pending = asyncio.get_running_loop().create_future()
-                        pending.set_result(queue.get_nowait())
-                        if not await self._handle_message_delivery(client_session, handler, pending):
-                            break
+                        if not await self._handle_message_delivery(client_session, handler, _done(queue.get_nowait())):
+                            break  # the disconnection below ends it anyway
                     await self._handle_disconnect(client_session, handler, disconnect_waiter)
                     connected = False
             except asyncio.CancelledError:
