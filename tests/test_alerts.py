@@ -31,6 +31,14 @@ def test_fall_raises_an_alert_without_waiting_for_a_tick(platform: Platform, api
     assert alert["status"] == "open"
     assert alert["device_id"] == "pendant-1"
     assert alert["consent_version"] == 1
+    why = api.get(f"/alerts/{alert['id']}").json()["explanation"]
+    assert why["trigger"]["payload"] == {
+        "seq": 1,
+        "ts": why["trigger"]["payload"]["ts"],
+        "type": "fall_detected",
+        "confidence": 0.93,
+    }
+    assert why["consent_version"] == 1 and why["rule"].startswith("a fall_detected event opens a critical fall alert")
     [notification] = api.get("/notifications").json()
     assert notification["alert_id"] == alert["id"]
 

@@ -5,7 +5,7 @@ from sqlmodel import Session
 
 from replenish.alerts import service
 from replenish.alerts.models import Alert
-from replenish.alerts.schemas import AcknowledgeRequest, AlertRead, ResolveRequest
+from replenish.alerts.schemas import AcknowledgeRequest, AlertDetail, AlertRead, ResolveRequest
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
 from replenish.auth.service import Principal
 from replenish.constants import AlertStatus
@@ -41,9 +41,12 @@ def list_alerts(
     return [AlertRead.model_validate(alert) for alert in found]
 
 
-@router.get("/{alert_id}", response_model=AlertRead, summary="An alert")
-def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) -> AlertRead:
-    return AlertRead.model_validate(_visible(session, principal, alert_id))
+@router.get("/{alert_id}", response_model=AlertDetail, summary="An alert, and the event behind it")
+def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) -> AlertDetail:
+    alert = _visible(session, principal, alert_id)
+    return AlertDetail(
+        **AlertRead.model_validate(alert).model_dump(), explanation=service.explain(session=session, alert=alert)
+    )
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertRead, summary="Acknowledge an open alert")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +23,12 @@ class AlertRead(BaseModel):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     closed_reason: str | None
+
+
+class AlertDetail(AlertRead):
+    explanation: dict[str, Any] = Field(
+        description="The event that raised it (as the device sent it), the rule that applied, the consent version."
+    )
 
 
 class AcknowledgeRequest(BaseModel):

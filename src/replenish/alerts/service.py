@@ -93,6 +93,24 @@ def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | 
     return alert
 
 
+def explain(*, session: Session, alert: Alert) -> dict[str, object]:
+    """Why the alert exists: the event that raised it (as the device sent it), the rule, the consent version."""
+    trigger = session.get(DeviceMessage, alert.trigger_message_id)
+    return {
+        "rule": f"a {trigger.event_type if trigger else 'device'} event opens a {alert.severity} {alert.kind} alert at "
+        "once, without waiting for a scheduler tick; repeats join it while it is open",
+        "trigger": None
+        if trigger is None
+        else {
+            "message_id": trigger.id,
+            "ts": trigger.ts,
+            "received_at": trigger.received_at,
+            "payload": trigger.payload,
+        },
+        "consent_version": alert.consent_version,
+    }
+
+
 def get(*, session: Session, alert_id: str) -> Alert:
     return get_or_raise(session, Alert, alert_id, entity="alert")
 
