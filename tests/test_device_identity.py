@@ -293,3 +293,21 @@ def test_a_publish_that_breaks_the_protocol_ends_the_connection(platform, two_pr
         ada.on_disconnect = lambda *args: gone.set()
         ada.publish("$SYS/pretend", b"x", qos=0)  # [MQTT-4.7.2-1]: not for clients
         assert gone.wait(10), "the broker closed the connection rather than leave it half alive"
+
+
+def test_a_device_that_goes_silent_is_disconnected_and_its_last_will_marks_it_offline(platform, api, two_printers):
+    endpoint = platform.settings.mqtt_endpoint
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="ada-printer", protocol=paho.MQTTv311)
+    client.username_pw_set("ada-printer", DEVICE_SECRETS["ada-printer"])
+    client.will_set("devices/ada-printer/status", b'"offline"', qos=1, retain=True)
+    client.connect(endpoint.host, endpoint.port, keepalive=1)
+    client.loop_start()
+    client.publish("devices/ada-printer/status", b'"online"', qos=1, retain=True).wait_for_publish(10)
+    assert wait_until(lambda: api.get("/devices/ada-printer").json()["online"] is True)
+    client.loop_stop()  # power lost: no more PINGREQs, and no DISCONNECT; the socket stays open
+    try:
+        assert wait_until(lambda: api.get("/devices/ada-printer").json()["online"] is False, timeout=10)
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()

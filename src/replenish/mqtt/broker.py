@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,17 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+# MQTT 3.1.1 §3.1.2.10: a client silent for one and a half keep-alive periods is gone.
+KEEP_ALIVE_GRACE = 1.5
+
+
+class _DeviceHandler(BrokerProtocolHandler):
+    """amqtt's handler, except that a client silent beyond its keep-alive is disconnected (amqtt's did nothing), so
+    that its last will fires: a device that lost power shows offline."""
+
+    def handle_read_timeout(self) -> None:
+        if getattr(self, "_closing", None) is None:
+            self._closing = asyncio.ensure_future(self.handle_connection_closed())
 
 
 def _done(result: Any) -> asyncio.Future[Any]:
@@ -133,7 +145,7 @@ class _DeviceBroker(Broker):
         try:
             # Changed: a socket that never sends CONNECT is not held forever.
             handler, client_session = await asyncio.wait_for(
-                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT_SECONDS
+                _DeviceHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT_SECONDS
             )
         except TimeoutError as exc:
             await writer.close()
@@ -175,9 +187,9 @@ class _DeviceBroker(Broker):
             client_session.parent = 1
         else:
             client_session.parent = 0
-        delay = self.config.get("timeout-disconnect-delay", 0)
-        if client_session.keep_alive > 0 and isinstance(delay, int):
-            client_session.keep_alive += delay
+        # Changed: the read timeout is the keep-alive the spec gives (amqtt's adds a configured delay).
+        if client_session.keep_alive > 0:
+            client_session.keep_alive = math.ceil(client_session.keep_alive * KEEP_ALIVE_GRACE)
         return handler, client_session
 
     async def _handle_client_session(
