@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,18 @@ from conftest import (
     Publisher,
     api_client,
     customer_api,
-    fresh_device_secrets,
     iso,
     make_settings,
     operator_token,
     personal_token,
+    running_platform,
     sign_in,
 )
 from helpers import PASSWORD, create_customer, publish_depletion, register_device
 from replenish.auth.models import AccessToken, Account
 from replenish.auth.service import hash_token
 from replenish.clock import ManualClock
-from replenish.runtime import Platform, Roles
+from replenish.runtime import Platform
 
 
 def test_sign_up_then_sign_in_and_see_who_you_are(platform, api):
@@ -179,14 +179,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from conftest import START as start
 
     clock = ManualClock(start)
-    fresh_device_secrets()
-    platform = Platform(
-        make_settings(tmp_path_factory.mktemp("auth")),
-        roles=Roles(broker=True, ingest=True, scheduler=True, api=True),
-        clock=clock,
-        run_jobs=False,
-    )
-    platform.start()
+    with running_platform(make_settings(tmp_path_factory.mktemp("auth")), clock) as platform:
+        yield from _populated_world(platform, clock, start)
+
+
+def _populated_world(platform: Platform, clock: ManualClock, start: datetime) -> Iterator[World]:
     publisher = Publisher(platform.settings.mqtt_endpoint)
     try:
         operator = api_client(platform, operator_token(platform))
@@ -223,7 +220,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(platform, operator, ada, bob, ids)
     finally:
         publisher.close()
-        platform.stop()
 
 
 # Every route that names an object: (method, path template, how to fill it for a customer's objects, body).

@@ -44,7 +44,7 @@ from sqlalchemy import select
 from sqlmodel import Session, SQLModel
 
 import replenish.models  # noqa: F401  (registers every table with SQLModel.metadata)
-from conftest import Publisher, api_client, free_port, fresh_device_secrets, iso, make_settings, operator_token
+from conftest import Publisher, api_client, free_port, iso, make_settings, operator_token, running_platform
 from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
@@ -180,23 +180,15 @@ def aware(moment: datetime) -> datetime:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     # After every timestamp the tests send: a reading from the future is not taken as the latest level.
     clock = ManualClock(TEN + timedelta(days=2))
-    fresh_device_secrets()
-    platform = Platform(
-        make_settings(tmp_path_factory.mktemp("contract-mqtt")),
-        roles=Roles(broker=True, ingest=True, scheduler=True, api=True),
-        clock=clock,
-        run_jobs=False,
-    )
-    platform.start()
-    try:
-        with api_client(platform, operator_token(platform)) as api:
-            publisher = Publisher(platform.settings.mqtt_endpoint)
-            try:
-                yield Rig(platform, api, publisher, clock)
-            finally:
-                publisher.close()
-    finally:
-        platform.stop()
+    with (
+        running_platform(make_settings(tmp_path_factory.mktemp("contract-mqtt")), clock) as platform,
+        api_client(platform, operator_token(platform)) as api,
+    ):
+        publisher = Publisher(platform.settings.mqtt_endpoint)
+        try:
+            yield Rig(platform, api, publisher, clock)
+        finally:
+            publisher.close()
 
 
 class DeviceSubscriber:
