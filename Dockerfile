@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# One image for every role: `docker run IMAGE api | ingest | scheduler | up`.
+# One image for every role: `docker run IMAGE api | ingest | scheduler | mosquitto-files | up`.
 # Build: docker build -t replenish .   (or `docker compose build`, see docs/deployment.md)
 
 # --- build stage: the project and its dependencies in a virtualenv that is copied as a whole ------
@@ -43,6 +43,14 @@ COPY --from=build /opt/venv /opt/venv
 # (the SQLite database when no REPLENISH_DATABASE_URL is given, demo files).
 WORKDIR /app
 RUN mkdir var && chown -R replenish:replenish /app
+
+# `replenish mosquitto-files` (compose service broker-auth) writes Mosquitto's password files and ACL
+# here, into the mosquitto-auth volume, which takes this directory's owner and mode when first
+# mounted. Group 1883 is the mosquitto group of the eclipse-mosquitto image: the broker reads the
+# files (mode 0640) through it. The setgid bit gives every file written here that group.
+RUN mkdir -p /var/lib/replenish/broker-auth \
+    && chown 10001:1883 /var/lib/replenish/broker-auth \
+    && chmod 2750 /var/lib/replenish/broker-auth
 
 USER 10001:10001
 

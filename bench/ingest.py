@@ -50,13 +50,14 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from replenish.config import SERVICE_USERNAME
+
 ROOT = Path(__file__).resolve().parents[1]
 SLOT_NAMES = ("black", "cyan", "magenta", "yellow", "light_cyan", "light_magenta", "photo_black", "gray")
 # Children are spawned, never forked: this process runs threads (paho, the ingest writer, amqtt).
 SPAWN = mp.get_context("spawn")
 HOST = "127.0.0.1"
-# The embedded broker lets a device publish only as itself; the bench publishes for K devices as the service account.
-SERVICE_USERNAME = "replenish"
+# Both brokers let a device publish only as itself; the bench publishes for K devices as the service account.
 SERVICE_PASSWORD = secrets.token_urlsafe(16)
 # A process at this share of one core or more is the likely bottleneck of its phase (one Python process = one core).
 SATURATED_CPU = 85
@@ -283,56 +284,28 @@ class BrokerHandle:
 
 
 def start_mosquitto(stack: ExitStack, workdir: Path) -> BrokerHandle:
+    """Mosquitto from a copy of the production config, as tests/brokers.py starts it. Everything here (the simulated
+    devices too) signs in on the platform listener as the service user: what is measured is the ingest path, and the
+    device listener's ACL would only add a pattern match per publish."""
     brokers = test_brokers_module()
-    port = brokers.free_port()
     directory = workdir / "mosquitto"
     directory.mkdir()
-    config = brokers.local_copy_of_mosquitto_conf(directory, port)
-    binary = brokers.mosquitto_binary()
-    version = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=10).stdout.splitlines()
-    log_path = directory / "mosquitto.log"
-    # Its log goes to a file, not a pipe read only at the end: a log-heavy run (dropped-message warnings)
-    # would otherwise fill the pipe and block the broker.
-    log_file = stack.enter_context(log_path.open("w"))
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
-    stack.callback(_stop_process, process)
-    deadline = time.monotonic() + 5
-    while not _accepts(port):
-        if process.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mosquitto did not accept a connection on port {port} within 5 s")
-        time.sleep(0.05)
-    label = version[0].strip() if version else "mosquitto"
-    inflight = re.search(r"^max_inflight_messages\s+(\d+)", config.read_text(), re.MULTILINE)
+    run = stack.enter_context(brokers.running_mosquitto(directory, service_password=SERVICE_PASSWORD))
+    version = subprocess.run([brokers.mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=10)
+    first_line = version.stdout.splitlines()
+    label = first_line[0].strip() if first_line else "mosquitto"
+    config = (directory / "mosquitto.conf").read_text()
+    inflight = re.search(r"^max_inflight_messages\s+(\d+)", config, re.MULTILINE)
     return BrokerHandle(
         "mosquitto",
         f"{label} (deploy/mosquitto/mosquitto.conf)",
-        port,
-        process.pid,
-        log_path,
-        None,
+        run.platform_port,
+        run.process.pid,
+        run.log_path,
+        SERVICE_USERNAME,
         int(inflight.group(1)) if inflight else 20,  # Mosquitto's default is 20
+        SERVICE_PASSWORD,
     )
-
-
-def _stop_process(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((HOST, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def start_embedded(

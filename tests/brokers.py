@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+RELOAD_ON_CHANGE = ROOT / "deploy" / "mosquitto" / "reload-on-change.sh"
 # Debian installs the broker in /usr/sbin, which is not on a non-root user's PATH.
 MOSQUITTO_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 START_TIMEOUT = 5.0
@@ -25,29 +27,66 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def local_copy_of_mosquitto_conf(directory: Path, port: int, overrides: dict[str, str] | None = None) -> Path:
-    """The production config with only what cannot work here rewritten: port, data directory, user; and
-    ``overrides`` (directive -> value) replaced or added."""
+DEVICE_LISTENER = 1883
+PLATFORM_LISTENER = 1884
+AUTH_DIR_IN_CONTAINER = "/mosquitto-auth/"
+RELOADING = "Reloading config."
+LOG_FILE = "mosquitto.log"
+# The platform's service password on the Mosquitto brokers tests start.
+SERVICE_PASSWORD = "the platform's own, for tests"
+
+
+def local_copy_of_mosquitto_conf(
+    directory: Path,
+    *,
+    device_port: int,
+    platform_port: int,
+    auth_dir: Path,
+    overrides: dict[str, str] | None = None,
+) -> Path:
+    """The production config with only what cannot work here rewritten: the listeners' ports (on 127.0.0.1), the data
+    and auth directories, the user; and ``overrides`` (directive -> value) replacing every occurrence, or added."""
     overrides = dict(overrides or {})
+    ports = {str(DEVICE_LISTENER): device_port, str(PLATFORM_LISTENER): platform_port}
     lines = []
     for line in MOSQUITTO_CONF.read_text().splitlines():
-        key = line.split(" ", 1)[0]
+        key, _, value = line.partition(" ")
         if key == "listener":
-            line = f"listener {port} 127.0.0.1"
+            line = f"listener {ports[value.strip()]} 127.0.0.1"
         elif key == "persistence_location":
             line = f"persistence_location {directory}/"
         elif key == "log_dest":
-            line = "log_dest stdout"
+            # A file, which Mosquitto flushes line by line (its stdout is block-buffered when not a terminal).
+            line = f"log_dest file {directory / LOG_FILE}"
         elif key in overrides:
-            line = f"{key} {overrides.pop(key)}"
+            line = f"{key} {overrides[key]}"
+        elif value.startswith(AUTH_DIR_IN_CONTAINER):
+            line = f"{key} {auth_dir / value.removeprefix(AUTH_DIR_IN_CONTAINER)}"
         lines.append(line)
-    lines += [f"{key} {value}" for key, value in overrides.items()]
+    present = {line.partition(" ")[0] for line in lines}
+    lines += [f"{key} {value}" for key, value in overrides.items() if key not in present]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into pytest's tmp dir.
         lines.append("user root")
     config = directory / "mosquitto.conf"
     config.write_text("\n".join(lines) + "\n")
     return config
+
+
+def write_auth_files(auth_dir: Path, *, service_password: str, database_url: str = "sqlite://") -> None:
+    """What `replenish mosquitto-files` writes, from the devices in ``database_url`` (default: none)."""
+    from sqlmodel import Session
+
+    from replenish.db import create_schema, make_engine
+    from replenish.mqtt.mosquitto import sync_files
+
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+        with Session(engine) as session:
+            sync_files(auth_dir, session=session, service_password=service_password)
+    finally:
+        engine.dispose()
 
 
 def mosquitto_binary() -> str:
@@ -62,42 +101,92 @@ def mosquitto_binary() -> str:
 
 @dataclass
 class MosquittoRun:
-    port: int
+    device_port: int
+    platform_port: int
+    auth_dir: Path
     process: subprocess.Popen[str]
-    output: str = ""
+    log_path: Path
+    stdout_path: Path
+
+    @property
+    def output(self) -> str:
+        """What it printed before its log was open (a rejected config), then its log."""
+        return "".join(path.read_text() for path in (self.stdout_path, self.log_path) if path.exists())
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """The platform listener, where the platform's clients sign in as the service user."""
+        return f"mqtt://127.0.0.1:{self.platform_port}"
+
+    def reload(self) -> None:
+        """Make Mosquitto read its password files and ACL again, as reload-on-change.sh does in production, and wait
+        until it has: it logs the line first and then reloads before it serves any other client."""
+        before = self.output.count(RELOADING)
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.output.count(RELOADING) == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload within 5 s:\n{self.output}")
+            time.sleep(0.02)
 
 
 @contextmanager
-def running_mosquitto(directory: Path, overrides: dict[str, str] | None = None) -> Iterator[MosquittoRun]:
-    """Start Mosquitto from a local copy of deploy/mosquitto/mosquitto.conf; ``output`` is its log after it stops."""
-    port = free_port()
-    config = local_copy_of_mosquitto_conf(directory, port, overrides)
-    process = subprocess.Popen(
-        [mosquitto_binary(), "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+def running_mosquitto(
+    directory: Path,
+    *,
+    service_password: str = SERVICE_PASSWORD,
+    overrides: dict[str, str] | None = None,
+    reload_check_seconds: float | None = None,
+) -> Iterator[MosquittoRun]:
+    """Start Mosquitto from a local copy of deploy/mosquitto/mosquitto.conf, with the auth files (no devices yet:
+    write them again with write_auth_files and call reload) in ``directory``/auth. ``output`` is its log.
+
+    With ``reload_check_seconds``, through deploy/mosquitto/reload-on-change.sh as the compose file runs it: the
+    process is then the script, which reloads Mosquitto by itself (do not call reload)."""
+    device_port, platform_port = free_port(), free_port()
+    auth_dir = directory / "auth"
+    write_auth_files(auth_dir, service_password=service_password)
+    config = local_copy_of_mosquitto_conf(
+        directory, device_port=device_port, platform_port=platform_port, auth_dir=auth_dir, overrides=overrides
     )
-    run = MosquittoRun(port=port, process=process)
+    stdout_path = directory / "mosquitto.stdout"
+    command = [mosquitto_binary(), "-c", str(config)]
+    env = dict(os.environ)
+    if reload_check_seconds is not None:
+        command = ["sh", str(RELOAD_ON_CHANGE), str(auth_dir), *command]
+        env["RELOAD_CHECK_SECONDS"] = str(reload_check_seconds)
+    with stdout_path.open("w") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env)
+    run = MosquittoRun(
+        device_port=device_port,
+        platform_port=platform_port,
+        auth_dir=auth_dir,
+        process=process,
+        log_path=directory / LOG_FILE,
+        stdout_path=stdout_path,
+    )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"mosquitto exited with {process.returncode} (rejected the config?):\n{output}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not accept a connection on port {port} within 5 s") from None
-                time.sleep(0.05)
+        wait_for_port(run, platform_port)
+        wait_for_port(run, device_port)
         yield run
     finally:
         process.terminate()
         try:
-            run.output, _ = process.communicate(timeout=5)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
-            run.output, _ = process.communicate()
+            process.wait()
+
+
+def wait_for_port(run: MosquittoRun, port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if run.process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {run.process.returncode} (rejected the config?):\n{run.output}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not accept a connection on port {port} within 5 s") from None
+            time.sleep(0.05)

@@ -36,6 +36,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "api_port": free_port(),
         "mqtt_client_id": f"replenish-ingest-{free_port()}",
         "ingest_batch_wait_ms": 5,
+        "broker_credentials_check_seconds": 0.3,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -127,8 +128,10 @@ class Publisher:
     account, which may publish anywhere: how a message the contract refuses can reach the ingestor at all.
     """
 
-    def __init__(self, endpoint: MqttEndpoint) -> None:
+    def __init__(self, endpoint: MqttEndpoint, *, device_port: int | None = None) -> None:
         self.endpoint = endpoint
+        # Mosquitto has a listener for devices apart from the platform's; the embedded broker has one for both.
+        self.device_port = device_port or endpoint.port
         self.clients: dict[str, paho.Client] = {}
 
     def _client(self, topic: str) -> paho.Client:
@@ -145,7 +148,7 @@ class Publisher:
                 client.username_pw_set(device_id, secret)
             else:
                 client.username_pw_set(self.endpoint.username, self.endpoint.password)
-            client.connect(self.endpoint.host, self.endpoint.port)
+            client.connect(self.endpoint.host, self.device_port if secret else self.endpoint.port)
             client.loop_start()
             self.clients[who] = client
         return client

@@ -1,13 +1,20 @@
-"""Test helpers that act through the real interfaces: the HTTP API and the database."""
+"""Test helpers that act through the real interfaces: the HTTP API, MQTT and the database."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from replenish.config import MqttEndpoint
 
 INK_SLOTS = [
     {"name": name, "unit": "fraction", "capacity": 1.0, "product_sku": f"INK-{name.upper()}", "lead_time_days": 3}
@@ -94,3 +101,42 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(condition())
+
+
+class Refused(Exception):
+    pass
+
+
+@contextmanager
+def connected(
+    endpoint: MqttEndpoint, username: str | None, password: str | None, *, client_id: str | None = None, **will: Any
+) -> Iterator[paho.Client]:
+    """A device's MQTT 3.1.1 client (client id: its username unless given), connected, or Refused."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "", protocol=paho.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if will:
+        client.will_set(will["topic"], will["payload"], qos=1)
+    answered = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        outcome["reason"] = reason
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        assert answered.wait(10), "no CONNACK"
+        if outcome["reason"].is_failure:
+            raise Refused(str(outcome["reason"]))
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:
+    info = client.publish(topic, json.dumps(payload).encode(), qos=1)
+    info.wait_for_publish(10)

@@ -1,8 +1,9 @@
 """The production deployment files agree with the code.
 
 docker-compose.yml: bind-mounted files exist, every REPLENISH_* variable is a real setting and parses, every
-platform container runs a real role. deploy/mosquitto/mosquitto.conf: Mosquitto syntax, the directives the
-ingest path depends on, and a real `mosquitto` started from it. None of this needs Docker.
+platform container runs a real role, Mosquitto finds the files broker-auth writes. deploy/mosquitto/mosquitto.conf:
+Mosquitto syntax, the directives the ingest path and device identity depend on, and a real `mosquitto` started from
+it, probed by the compose healthcheck itself. None of this needs Docker.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,24 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from brokers import MOSQUITTO_CONF, running_mosquitto
-from replenish.config import Settings
+from brokers import (
+    AUTH_DIR_IN_CONTAINER,
+    DEVICE_LISTENER,
+    MOSQUITTO_CONF,
+    PLATFORM_LISTENER,
+    RELOAD_ON_CHANGE,
+    SERVICE_PASSWORD,
+    running_mosquitto,
+)
+from replenish.config import SERVICE_USERNAME, Settings
+from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 ENV_PREFIX = "REPLENISH_"
 ROLE_COMMANDS = {"api", "ingest", "scheduler"}
-PLATFORM_SERVICES = {"api", "ingest", "scheduler"}
+PLATFORM_SERVICES = {"api", "ingest", "scheduler", "broker-auth"}
 INFRA_SERVICES = {"mosquitto", "postgres"}
 
 # `key value...`: Mosquitto directives are lower-case words with underscores, followed by their value(s).
@@ -37,7 +48,9 @@ MOSQUITTO_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"
 # MQTT 3.1.1 CONNECT: clean session, keepalive 60 s, empty client id (the broker assigns one); and the
 # CONNACK that accepts it.
 MQTT_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 0])
-MQTT_CONNACK_ACCEPTED = bytes([0x20, 2, 0, 0])
+MQTT_CONNACK_NOT_AUTHORIZED = bytes([0x20, 2, 0, 5])
+# A compose variable that must come from the environment or .env: ${NAME:?message}.
+REQUIRED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]*\}")
 
 
 # -- compose helpers -------------------------------------------------------------------------------------------
@@ -89,14 +102,20 @@ def settings_variables() -> set[str]:
     return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
 
 
+def interpolated(value: str, variables: dict[str, str]) -> str:
+    """Compose's ${NAME:?message} with NAME given, as `docker compose` would substitute it."""
+    return REQUIRED_VARIABLE.sub(lambda match: variables[match.group("name")], value)
+
+
 def settings_from(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings as the container would build them: only the compose file's variables, no .env file."""
+    """Settings as the container would build them: only the compose file's variables (the service password from
+    .env), no .env file of ours."""
     for name in list(os.environ):
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and value is not None:
-            monkeypatch.setenv(name, value)
+            monkeypatch.setenv(name, interpolated(value, {"REPLENISH_BROKER_SERVICE_PASSWORD": SERVICE_PASSWORD}))
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
@@ -144,11 +163,43 @@ def test_platform_services_run_a_role(compose: dict[str, Any]) -> None:
 
     cli_commands = {info.name or info.callback.__name__ for info in app.registered_commands if info.callback}
     assert cli_commands >= ROLE_COMMANDS, f"the CLI lost a role subcommand: {sorted(ROLE_COMMANDS - cli_commands)}"
-    for name, service in platform_services(compose).items():
+    roles = {name: service for name, service in platform_services(compose).items() if name != "broker-auth"}
+    for name, service in roles.items():
         assert len(command(service)) == 1 and command(service)[0] in ROLE_COMMANDS, (
             f"{name}: command {service.get('command')!r} is not one of {sorted(ROLE_COMMANDS)}"
         )
-    assert sorted(command(service)[0] for service in platform_services(compose).values()) == sorted(ROLE_COMMANDS)
+    assert sorted(command(service)[0] for service in roles.values()) == sorted(ROLE_COMMANDS)
+    assert "mosquitto-files" in cli_commands
+
+
+def volume_target(service: dict[str, Any], volume: str) -> str:
+    targets = [entry.split(":")[1] for entry in service.get("volumes") or [] if entry.split(":")[0] == volume]
+    assert len(targets) == 1, f"expected {volume} mounted once in {service}"
+    return targets[0]
+
+
+def test_mosquitto_reads_the_files_broker_auth_writes(compose: dict[str, Any]) -> None:
+    """broker-auth writes into the mosquitto-auth volume; Mosquitto mounts it where mosquitto.conf looks, and the
+    wrapper that reloads it watches the same place."""
+    broker_auth, mosquitto = services(compose)["broker-auth"], services(compose)["mosquitto"]
+    arguments = command(broker_auth)
+    assert arguments[0] == "mosquitto-files" and float(arguments[arguments.index("--every") + 1]) <= 10
+    written_to = arguments[arguments.index("--out") + 1]
+    assert volume_target(broker_auth, "mosquitto-auth") == written_to
+    assert "mosquitto-auth" in compose["volumes"]
+
+    read_from = volume_target(mosquitto, "mosquitto-auth")
+    assert read_from.rstrip("/") + "/" == AUTH_DIR_IN_CONTAINER
+    paths = [value for key, value in mosquitto_directives(MOSQUITTO_CONF.read_text()) if key.endswith("_file")]
+    assert sorted(paths) == sorted(
+        AUTH_DIR_IN_CONTAINER + name for name in (DEVICES_PASSWORD_FILE, DEVICES_ACL_FILE, PLATFORM_PASSWORD_FILE)
+    )
+    # The wrapper is mounted from the repository and given the same directory.
+    entrypoint = [str(part) for part in mosquitto["entrypoint"]]
+    assert entrypoint[2] == read_from
+    assert f"./{RELOAD_ON_CHANGE.relative_to(ROOT)}:{entrypoint[1]}:ro" in mosquitto["volumes"]
+    assert mosquitto["depends_on"]["broker-auth"]["condition"] == "service_healthy"
+    assert written_to in " ".join(broker_auth["healthcheck"]["test"])
 
 
 def test_healthy_dependencies_have_healthchecks(compose: dict[str, Any]) -> None:
@@ -167,13 +218,11 @@ def test_settings_accept_the_compose_values(
     env = environment(services(compose)[service_name])
     settings = settings_from(env, monkeypatch)
 
-    # The external broker, not the embedded one, on the port mosquitto.conf listens on.
+    # The external broker, not the embedded one, on mosquitto.conf's platform listener, as the service user.
     assert not settings.uses_embedded_broker
-    assert settings.mqtt_endpoint.host == "mosquitto"
-    listeners = [
-        value.split()[0] for key, value in mosquitto_directives(MOSQUITTO_CONF.read_text()) if key == "listener"
-    ]
-    assert settings.mqtt_endpoint.port == int(listeners[0])
+    endpoint = settings.mqtt_endpoint
+    assert (endpoint.host, endpoint.port) == ("mosquitto", PLATFORM_LISTENER)
+    assert (endpoint.username, endpoint.password) == (SERVICE_USERNAME, SERVICE_PASSWORD)
 
     # PostgreSQL through psycopg 3, with the credentials the postgres container is initialised with.
     url = make_url(settings.resolved_database_url)
@@ -197,39 +246,69 @@ def test_settings_accept_the_compose_values(
 # -- mosquitto.conf --------------------------------------------------------------------------------------------
 
 
-def test_mosquitto_conf_is_mosquitto_syntax_with_the_ingest_settings() -> None:
+def test_mosquitto_conf_is_mosquitto_syntax_with_the_ingest_and_identity_settings(compose: dict[str, Any]) -> None:
     text = MOSQUITTO_CONF.read_text()
     bad = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     bad = [line for line in bad if not MOSQUITTO_LINE.match(line)]
     assert not bad, f"not `key value...` lines: {bad}"
 
-    directives = dict(mosquitto_directives(text))
-    assert directives["listener"] == "1883", "listen on every interface (no bind address)"
-    assert directives["allow_anonymous"] == "true"
-    assert directives["persistence"] == "true"
-    assert directives["persistence_location"] == "/mosquitto/data/"
-    assert directives["log_dest"] == "stdout"
+    directives = mosquitto_directives(text)
+    settings = dict(directives)
+    assert settings["per_listener_settings"] == "true"
+    # Each listener's own settings follow it: the device listener, then the platform listener.
+    listeners = [index for index, (key, _) in enumerate(directives) if key == "listener"]
+    assert [directives[index][1] for index in listeners] == [str(DEVICE_LISTENER), str(PLATFORM_LISTENER)]
+    device_listener = dict(directives[listeners[0] + 1 : listeners[1]])
+    platform_listener = dict(directives[listeners[1] + 1 :])
+    assert device_listener["allow_anonymous"] == platform_listener["allow_anonymous"] == "false"
+    assert device_listener["password_file"] == AUTH_DIR_IN_CONTAINER + DEVICES_PASSWORD_FILE
+    assert device_listener["acl_file"] == AUTH_DIR_IN_CONTAINER + DEVICES_ACL_FILE
+    assert device_listener["use_username_as_clientid"] == "true"
+    assert platform_listener["password_file"] == AUTH_DIR_IN_CONTAINER + PLATFORM_PASSWORD_FILE
+    published = [str(mapping).rsplit(":", 1)[-1] for mapping in services(compose)["mosquitto"]["ports"]]
+    assert published == [str(DEVICE_LISTENER)], "devices reach 1883; the platform listener stays internal"
+
+    assert settings["persistence"] == "true"
+    assert settings["persistence_location"] == "/mosquitto/data/"
+    assert settings["log_dest"] == "stdout"
     # The default of 1000 queued messages drops telemetry while the ingestor restarts (perf-limits).
-    assert int(directives["max_queued_messages"]) >= 100_000
-    assert int(directives["max_inflight_messages"]) >= 1000
+    assert int(settings["max_queued_messages"]) >= 100_000
+    assert int(settings["max_inflight_messages"]) >= 1000
     # Oversize payloads must reach the platform to be dead-lettered, not be dropped by the broker.
-    assert "max_packet_size" not in directives
-    assert "message_size_limit" not in directives
+    assert "max_packet_size" not in settings
+    assert "message_size_limit" not in settings
 
 
-def test_mosquitto_starts_from_the_config(tmp_path: Path) -> None:
-    with (
-        running_mosquitto(tmp_path) as broker,
-        socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock,
-    ):
-        sock.sendall(MQTT_CONNECT)
-        connack = sock.recv(4)
-    assert connack == MQTT_CONNACK_ACCEPTED, (
-        f"broker refused an anonymous MQTT 3.1.1 client: {connack!r}\n{broker.output}"
-    )
+def test_mosquitto_starts_from_the_config_and_passes_the_compose_healthcheck(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    with running_mosquitto(tmp_path) as broker:
+        for port in (broker.device_port, broker.platform_port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(MQTT_CONNECT)
+                assert sock.recv(4) == MQTT_CONNACK_NOT_AUTHORIZED, f"port {port} let an anonymous client in"
+
+        # The healthcheck, as the container's shell runs it (compose turns $$ into $), against this broker.
+        kind, script = services(compose)["mosquitto"]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL" and f"-p {PLATFORM_LISTENER} " in script
+        script = script.replace("$$", "$").replace(f"-p {PLATFORM_LISTENER} ", f"-p {broker.platform_port} ")
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin"])
+
+        def healthcheck(password: str) -> int:
+            env = {"PATH": search_path, "REPLENISH_BROKER_SERVICE_PASSWORD": password}
+            return subprocess.run(["sh", "-c", script], env=env, capture_output=True, timeout=10).returncode
+
+        assert healthcheck(SERVICE_PASSWORD) == 0, broker.output
+        assert healthcheck("not the password") != 0, "the healthcheck must fail when it cannot sign in"
     complaints = [
         line
         for line in broker.output.splitlines()
         if ("Error" in line or "Warning" in line) and "should not be run as root" not in line
     ]
     assert not complaints, f"mosquitto complained about the config: {complaints}"
+
+
+def test_every_setting_is_in_the_deployment_guide() -> None:
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    missing = sorted(variable for variable in settings_variables() if f"| `{variable}` |" not in guide)
+    assert not missing, f"docs/deployment.md's table of environment variables lacks {missing}"

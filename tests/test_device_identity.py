@@ -4,14 +4,7 @@ speak only for itself."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -19,54 +12,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session, select
 
-from brokers import running_mosquitto
 from conftest import customer_api
-from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
-from replenish.config import MqttEndpoint
+from helpers import DEVICE_SECRETS, PASSWORD, Refused, connected, create_customer, publish, register_device, wait_until
 from replenish.devices.models import Device
 from replenish.ingest.models import DeadLetter, DeviceMessage
 from replenish.runtime import Platform
-
-REPLENISH = str(Path(sys.executable).parent / "replenish")
-
-
-class Refused(Exception):
-    pass
-
-
-@contextmanager
-def connected(
-    endpoint: MqttEndpoint, username: str | None, password: str | None, *, client_id: str | None = None, **will: Any
-) -> Iterator[paho.Client]:
-    """A device's MQTT 3.1.1 client (client id: its username unless given), connected, or Refused."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "", protocol=paho.MQTTv311)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if will:
-        client.will_set(will["topic"], will["payload"], qos=1)
-    answered = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        outcome["reason"] = reason
-        answered.set()
-
-    client.on_connect = on_connect
-    client.connect(endpoint.host, endpoint.port)
-    client.loop_start()
-    try:
-        assert answered.wait(10), "no CONNACK"
-        if outcome["reason"].is_failure:
-            raise Refused(str(outcome["reason"]))
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:
-    info = client.publish(topic, json.dumps(payload).encode(), qos=1)
-    info.wait_for_publish(10)
 
 
 def stored_for(platform: Platform, device_id: str) -> int:
@@ -155,6 +105,29 @@ def test_rotating_the_secret_locks_the_old_one_out(platform, two_printers):
     assert wait_until(lambda: stored_for(platform, "ada-printer") == 1)
 
 
+def test_a_rotated_or_deleted_device_is_cut_off_though_connected(platform, api, two_printers):
+    """As Mosquitto does when it reloads its password file: an open connection outlives neither the secret it signed
+    in with nor the device. (conftest sets REPLENISH_BROKER_CREDENTIALS_CHECK_SECONDS short.)"""
+    endpoint = platform.settings.mqtt_endpoint
+    ada_gone, bob_gone = threading.Event(), threading.Event()
+    with (
+        connected(endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada,
+        connected(endpoint, "bob-printer", DEVICE_SECRETS["bob-printer"]) as bob,
+    ):
+        ada.on_disconnect = lambda *args: ada_gone.set()
+        bob.on_disconnect = lambda *args: bob_gone.set()
+        assert not ada_gone.wait(3 * platform.settings.broker_credentials_check_seconds), "nothing changed yet"
+        with customer_api(platform, "ada@example.com") as customer:
+            assert customer.post("/devices/ada-printer/credentials").status_code == 200
+        assert ada_gone.wait(10), "still connected with the secret that was rotated"
+        assert not bob_gone.is_set()
+        bob_id = api.get("/devices/bob-printer").json()["customer_id"]
+        with customer_api(platform, "bob@example.com") as customer:
+            deletion = {"confirm": "bob@example.com", "password": PASSWORD}
+            assert customer.request("DELETE", f"/customers/{bob_id}", json=deletion).status_code == 200
+        assert bob_gone.wait(10), "a deleted device stayed connected"
+
+
 def test_a_device_that_publishes_a_burst_and_disconnects_loses_nothing(platform, two_printers):
     # amqtt acknowledges a QoS 1 PUBLISH before its client loop has handled it; our broker drains that loop before
     # it handles the DISCONNECT, so nothing acknowledged is lost.
@@ -221,70 +194,6 @@ def test_a_device_gets_no_other_devices_retained_status(platform, two_printers):
         assert subscribed.wait(10)
         threading.Event().wait(1.0)
     assert received == []
-
-
-def test_on_mosquitto_the_generated_files_confine_each_device_to_its_own_topics(platform, api, two_printers, tmp_path):
-    """Mosquitto, the production broker, with the password file and ACL `replenish mosquitto-files` writes."""
-    service_password = "the platform's own"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "REPLENISH_DATABASE_URL": platform.settings.resolved_database_url,
-        "REPLENISH_BROKER_SERVICE_PASSWORD": service_password,
-    }
-    auth_dir = tmp_path / "mosquitto-auth"
-
-    def generate() -> None:
-        done = subprocess.run(
-            [REPLENISH, "mosquitto-files", "--out", str(auth_dir)], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-
-    generate()
-    assert (
-        "$7$" in (auth_dir / "passwd").read_text()
-        and DEVICE_SECRETS["ada-printer"] not in (auth_dir / "passwd").read_text()
-    )
-    overrides = {
-        "allow_anonymous": "false",
-        "password_file": str(auth_dir / "passwd"),
-        "acl_file": str(auth_dir / "acl"),
-    }
-    (tmp_path / "data").mkdir()
-    with running_mosquitto(tmp_path / "data", overrides) as broker:
-        endpoint = MqttEndpoint(host="127.0.0.1", port=broker.port)
-        for username, password in [(None, None), ("ada-printer", "not its secret"), ("replenish", "a guess")]:
-            with pytest.raises(Refused), connected(endpoint, username, password):
-                pass
-        seen: list[str] = []
-        subscribed = threading.Event()
-        with connected(endpoint, "replenish", service_password, client_id="replenish-observer") as observer:
-            observer.on_message = lambda client, userdata, message: seen.append(message.topic)
-            observer.on_subscribe = lambda *args: subscribed.set()
-            observer.subscribe("devices/#", qos=1)
-            assert subscribed.wait(10)
-            with connected(endpoint, "ada-printer", DEVICE_SECRETS["ada-printer"]) as ada:
-                publish(ada, "devices/bob-printer/telemetry", {"seq": 1, "levels": {"black": 0.01}})
-                publish(ada, "devices/bob-printer/events", {"seq": 2, "type": "fall_detected"})
-                publish(ada, "devices/ada-printer/telemetry", {"seq": 3, "levels": {"black": 0.5}})
-            assert wait_until(lambda: "devices/ada-printer/telemetry" in seen)
-        assert seen == ["devices/ada-printer/telemetry"], "Bob's topics got nothing from Ada"
-
-        # A rotated secret: the files are written again and Mosquitto reloads them on SIGHUP.
-        old = DEVICE_SECRETS["ada-printer"]
-        new = api.post("/devices/ada-printer/credentials").json()["mqtt_password"]
-        generate()
-        broker.process.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: _refused(endpoint, "ada-printer", old), timeout=10)
-        with connected(endpoint, "ada-printer", new):
-            pass
-
-
-def _refused(endpoint: MqttEndpoint, username: str, password: str) -> bool:
-    try:
-        with connected(endpoint, username, password):
-            return False
-    except Refused:
-        return True
 
 
 def test_a_publish_that_breaks_the_protocol_ends_the_connection(platform, two_printers):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlmodel import Session, col, func, select
 
-from brokers import running_mosquitto
+from brokers import SERVICE_PASSWORD, running_mosquitto, write_auth_files
 from conftest import START, Publisher, api_client, iso, make_settings, operator_token, running_platform
 from helpers import DEVICE_SECRETS, create_customer, register_device, wait_until
 from replenish.clock import ManualClock
@@ -195,11 +195,15 @@ def test_an_ingestor_restarted_mid_stream_loses_nothing_and_stores_nothing_twice
     and the next ingestor of that session stores it, once. (The embedded amqtt broker drops messages that are in
     flight when a subscriber disconnects, so this guarantee needs Mosquitto.)"""
     with running_mosquitto(tmp_path) as broker:
-        settings = make_settings(tmp_path, mqtt_url=broker.url)
+        settings = make_settings(tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD)
         with running_platform(settings, clock, roles=Roles(ingest=True, scheduler=True, api=True)) as platform:
             with api_client(platform, operator_token(platform)) as api:
                 register_device(api, customer_id=create_customer(api), device_id="printer-1")
-            device = Publisher(settings.mqtt_endpoint)
+            # The device signs in on the device listener once Mosquitto has its hash, as in production.
+            database_url = settings.resolved_database_url
+            write_auth_files(broker.auth_dir, service_password=SERVICE_PASSWORD, database_url=database_url)
+            broker.reload()
+            device = Publisher(settings.mqtt_endpoint, device_port=broker.device_port)
             first = platform.ingestor
             for seq in range(300):
                 device.send("devices/printer-1/telemetry", {"seq": seq, "levels": {"black": 0.5}})

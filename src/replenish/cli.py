@@ -238,26 +238,51 @@ def create_operator(
 
 @app.command("mosquitto-files")
 def mosquitto_files(
-    out: Annotated[Path, typer.Option(help="Directory for `passwd` and `acl` (Mosquitto's password_file, acl_file).")],
+    out: Annotated[
+        Path, typer.Option(help="Directory for devices.passwd, devices.acl and platform.passwd (mosquitto.conf).")
+    ],
+    every: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Keep running: bring the files up to date every this many seconds."),
+    ] = None,
 ) -> None:
-    """Write Mosquitto's password file (every device, and the service user with REPLENISH_BROKER_SERVICE_PASSWORD)
-    and the ACL that confines each device to its own topics; then send Mosquitto SIGHUP to reload them."""
+    """Write Mosquitto's password files (every device's stored hash; the service user with
+    REPLENISH_BROKER_SERVICE_PASSWORD) and the ACL that confines each device to its own topics. Mosquitto reads
+    them on SIGHUP (deploy/mosquitto/reload-on-change.sh sends it when they change)."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from replenish.db import create_schema, make_engine
-    from replenish.mqtt.mosquitto import write_files
+    from replenish.mqtt.mosquitto import sync_files
 
     settings = _settings()
     if settings.broker_service_password is None:
         typer.echo("error: set REPLENISH_BROKER_SERVICE_PASSWORD: the platform's clients sign in with it", err=True)
         raise typer.Exit(2)
+    service_password = settings.broker_service_password.get_secret_value()
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
-    with Session(engine) as session:
-        passwd, acl = write_files(
-            out, session=session, service_password=settings.broker_service_password.get_secret_value()
-        )
-    typer.echo(f"wrote {passwd} and {acl}")
+
+    def sync() -> None:
+        with Session(engine) as session:
+            changed = sync_files(out, session=session, service_password=service_password)
+        if changed:
+            typer.echo(f"wrote {', '.join(str(path) for path in changed)}")
+
+    if every is None:
+        sync()
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while True:
+        try:
+            sync()
+        except (SQLAlchemyError, OSError) as exc:
+            # The files keep their last good content; the next pass tries again.
+            logging.getLogger("replenish.mosquitto").error("could not bring the Mosquitto files up to date: %s", exc)
+        if stop.wait(every):
+            return
 
 
 @db_app.command("upgrade")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 1883
-# The platform's own MQTT clients (ingestor, command publisher) sign in to the embedded broker as this user.
+# The platform's own MQTT clients (ingestor, command publisher) sign in to the broker as this user.
 SERVICE_USERNAME = "replenish"
 # ...with client ids that start with this, which no device id may (a device's client id is its device id).
 SERVICE_CLIENT_ID_PREFIX = "replenish"
@@ -57,14 +57,23 @@ class Settings(BaseSettings):
     )
     mqtt_url: str | None = Field(
         None,
-        description="External broker, mqtt://user:pass@host:port. Unset: `replenish up` runs the embedded broker.",
+        description="External broker, mqtt://host:port (the platform listener on Mosquitto; the platform signs in as "
+        "'replenish' with REPLENISH_BROKER_SERVICE_PASSWORD unless the URL carries user:pass@). Unset: `replenish up` "
+        "runs the embedded broker.",
     )
     broker_host: str = Field(EMBEDDED_BROKER_HOST, description="Bind address of the embedded broker.")
     broker_port: int = Field(EMBEDDED_BROKER_PORT, ge=0, le=65535, description="Port of the embedded broker.")
     broker_service_password: SecretStr | None = Field(
         None,
-        description="Password of the platform's own clients on the embedded broker (user 'replenish'). Unset, "
+        description="Password of the platform's own MQTT clients (user 'replenish') on the embedded broker or "
+        "Mosquitto's platform listener (`replenish mosquitto-files` writes its hash). Unset with the embedded broker, "
         "`replenish up` makes one up for its run; roles in separate processes must share one.",
+    )
+    broker_credentials_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the embedded broker disconnects devices whose secret was rotated, or that were "
+        "deleted, since they signed in.",
     )
     mqtt_client_id: str = Field(
         "replenish-ingest",
@@ -115,6 +124,10 @@ class Settings(BaseSettings):
     @property
     def mqtt_endpoint(self) -> MqttEndpoint:
         if self.mqtt_url:
-            return MqttEndpoint.parse(self.mqtt_url)
+            endpoint = MqttEndpoint.parse(self.mqtt_url)
+            if endpoint.username is None and self.broker_service_password is not None:
+                secret = self.broker_service_password.get_secret_value()
+                endpoint = replace(endpoint, username=SERVICE_USERNAME, password=secret)
+            return endpoint
         password = self.broker_service_password.get_secret_value() if self.broker_service_password else None
         return MqttEndpoint(host=self.broker_host, port=self.broker_port, username=SERVICE_USERNAME, password=password)

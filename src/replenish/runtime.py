@@ -80,6 +80,7 @@ class Platform:
                 port=self.settings.broker_port,
                 database_url=self.settings.resolved_database_url,
                 service_password=self.settings.broker_service_password.get_secret_value(),
+                credentials_check_seconds=self.settings.broker_credentials_check_seconds,
             )
             self.broker.start()
         if self.roles.ingest:

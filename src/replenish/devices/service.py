@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -69,6 +70,20 @@ def rotate_credentials(*, session: Session, device: Device, actor: str, now: dat
 
 def mqtt_password_hash(*, session: Session, device_id: str) -> str | None:
     return session.exec(select(Device.mqtt_password_hash).where(Device.id == device_id)).first()
+
+
+def mqtt_password_hashes(*, session: Session, device_ids: Collection[str]) -> dict[str, str]:
+    """The stored secret hash of each of these devices that exists and has one."""
+    ids = sorted(device_ids)
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _IN_CLAUSE_CHUNK):
+        chunk = ids[start : start + _IN_CLAUSE_CHUNK]
+        rows = session.exec(select(Device.id, Device.mqtt_password_hash).where(col(Device.id).in_(chunk))).all()
+        found.update({device_id: hashed for device_id, hashed in rows if hashed is not None})
+    return found
+
+
+_IN_CLAUSE_CHUNK = 500
 
 
 def get(*, session: Session, device_id: str) -> Device:

@@ -67,7 +67,11 @@ class DeviceAuthPlugin(BaseAuthPlugin):
             # A database lookup: off the broker's event loop.
             stored = await asyncio.get_running_loop().run_in_executor(None, self._lookup, username)
         session.is_anonymous = False  # a named session keeps what arrives while it is away
-        return stored is not None and verify_secret(password, stored)
+        if stored is None or not verify_secret(password, stored):
+            return False
+        # What it signed in with: a connection outlives neither a rotation nor the device (EmbeddedBroker).
+        session.replenish_password_hash = stored  # type: ignore[attr-defined]
+        return True
 
     def _lookup(self, device_id: str) -> str | None:
         try:
@@ -106,6 +110,7 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+CREDENTIALS_CHECK_SECONDS = 5.0
 # MQTT 3.1.1 §3.1.2.10: a client silent for one and a half keep-alive periods is gone.
 KEEP_ALIVE_GRACE = 1.5
 
@@ -115,6 +120,10 @@ class _DeviceHandler(BrokerProtocolHandler):
     that its last will fires: a device that lost power shows offline."""
 
     def handle_read_timeout(self) -> None:
+        self.cut_off()
+
+    def cut_off(self) -> None:
+        """End the connection as if it had dropped: the client's last will is published."""
         if getattr(self, "_closing", None) is None:
             self._closing = asyncio.ensure_future(self.handle_connection_closed())
 
@@ -183,6 +192,7 @@ class _DeviceBroker(Broker):
             existing.username = client_session.username
             existing.password = client_session.password
             existing.replenish_authenticated = True  # type: ignore[attr-defined]
+            existing.replenish_password_hash = getattr(client_session, "replenish_password_hash", None)  # type: ignore[attr-defined]
             client_session = existing
             client_session.parent = 1
         else:
@@ -282,6 +292,17 @@ class _DeviceBroker(Broker):
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
 
+    def connected_devices(self) -> list[tuple[str, str | None, _DeviceHandler]]:
+        """(device id, the secret hash it signed in with, its handler) of every device connected now."""
+        return [
+            (session.username, getattr(session, "replenish_password_hash", None), handler)
+            for session, handler in self._sessions.values()
+            if isinstance(handler, _DeviceHandler)
+            and session.username
+            and session.username != SERVICE_USERNAME
+            and session.transitions.is_connected()
+        ]
+
 
 def broker_config(host: str, port: int, *, database_url: str, service_password: str) -> dict[str, Any]:
     def path(plugin: type) -> str:
@@ -301,10 +322,24 @@ def broker_config(host: str, port: int, *, database_url: str, service_password: 
 
 
 class EmbeddedBroker:
-    def __init__(self, *, host: str, port: int, database_url: str, service_password: str) -> None:
+    """The broker on its own event loop in a background thread. Every ``credentials_check_seconds`` it ends the
+    connection of any device whose secret was rotated, or that was deleted, since it signed in (as Mosquitto does
+    when its password file is reloaded)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        database_url: str,
+        service_password: str,
+        credentials_check_seconds: float = CREDENTIALS_CHECK_SECONDS,
+    ) -> None:
         self.host = host
         self.port = port
         self._config = broker_config(host, port, database_url=database_url, service_password=service_password)
+        self._engine = make_engine(database_url)
+        self._credentials_check_seconds = credentials_check_seconds
         self._loop = asyncio.new_event_loop()
         self._broker: _DeviceBroker | None = None
         self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
@@ -321,7 +356,31 @@ class EmbeddedBroker:
             self._ready.set()
             return
         self._ready.set()
+        checks = self._loop.create_task(self._check_credentials(self._broker))
         self._loop.run_forever()
+        checks.cancel()
+        self._loop.run_until_complete(asyncio.gather(checks, return_exceptions=True))
+
+    async def _check_credentials(self, broker: _DeviceBroker) -> None:
+        while True:
+            await asyncio.sleep(self._credentials_check_seconds)
+            try:
+                connected = broker.connected_devices()
+                if not connected:
+                    continue
+                current = await asyncio.get_running_loop().run_in_executor(
+                    None, self._current_hashes, {device_id for device_id, _, _ in connected}
+                )
+                for device_id, signed_in_with, handler in connected:
+                    if current.get(device_id) != signed_in_with:
+                        log.warning("device %r: its secret was rotated or it was deleted; disconnecting it", device_id)
+                        handler.cut_off()
+            except Exception:
+                log.exception("could not check connected devices' credentials; trying again")
+
+    def _current_hashes(self, device_ids: set[str]) -> dict[str, str]:
+        with DbSession(self._engine) as db:
+            return devices.mqtt_password_hashes(session=db, device_ids=device_ids)
 
     def start(self, timeout: float = 10.0) -> None:
         self._thread.start()
@@ -341,3 +400,4 @@ class EmbeddedBroker:
             log.exception("embedded broker did not shut down cleanly")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        self._engine.dispose()
