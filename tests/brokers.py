@@ -156,7 +156,10 @@ def running_mosquitto(
         command = ["sh", str(RELOAD_ON_CHANGE), str(auth_dir), *command]
         env["RELOAD_CHECK_SECONDS"] = str(reload_check_seconds)
     with stdout_path.open("w") as stdout:
-        process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env)
+        # Its own process group: the wrapper script and Mosquitto under it are stopped together.
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
     run = MosquittoRun(
         device_port=device_port,
         platform_port=platform_port,
@@ -174,7 +177,7 @@ def running_mosquitto(
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 

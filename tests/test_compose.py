@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from brokers import (
     PLATFORM_LISTENER,
     RELOAD_ON_CHANGE,
     SERVICE_PASSWORD,
+    free_port,
     running_mosquitto,
+    write_auth_files,
 )
 from replenish.config import SERVICE_USERNAME, Settings
-from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE
+from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -37,6 +40,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_PREFIX = "REPLENISH_"
 ROLE_COMMANDS = {"api", "ingest", "scheduler"}
 PLATFORM_SERVICES = {"api", "ingest", "scheduler", "broker-auth"}
+# The services that sign in to the broker, or write its password file, and so get the service password.
+MQTT_SERVICES = {"ingest", "scheduler", "broker-auth"}
 INFRA_SERVICES = {"mosquitto", "postgres"}
 
 # `key value...`: Mosquitto directives are lower-case words with underscores, followed by their value(s).
@@ -222,7 +227,10 @@ def test_settings_accept_the_compose_values(
     assert not settings.uses_embedded_broker
     endpoint = settings.mqtt_endpoint
     assert (endpoint.host, endpoint.port) == ("mosquitto", PLATFORM_LISTENER)
-    assert (endpoint.username, endpoint.password) == (SERVICE_USERNAME, SERVICE_PASSWORD)
+    if service_name in MQTT_SERVICES:
+        assert (endpoint.username, endpoint.password) == (SERVICE_USERNAME, SERVICE_PASSWORD)
+    else:
+        assert settings.broker_service_password is None, f"{service_name} has no use for the broker password"
 
     # PostgreSQL through psycopg 3, with the credentials the postgres container is initialised with.
     url = make_url(settings.resolved_database_url)
@@ -288,18 +296,23 @@ def test_mosquitto_starts_from_the_config_and_passes_the_compose_healthcheck(
                 sock.sendall(MQTT_CONNECT)
                 assert sock.recv(4) == MQTT_CONNACK_NOT_AUTHORIZED, f"port {port} let an anonymous client in"
 
-        # The healthcheck, as the container's shell runs it (compose turns $$ into $), against this broker.
+        # The healthcheck, as the container's shell runs it (compose turns $$ into $), against this broker; and
+        # against a port where nothing answers MQTT.
         kind, script = services(compose)["mosquitto"]["healthcheck"]["test"]
         assert kind == "CMD-SHELL" and f"-p {PLATFORM_LISTENER} " in script
-        script = script.replace("$$", "$").replace(f"-p {PLATFORM_LISTENER} ", f"-p {broker.platform_port} ")
-        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin"])
+        assert "REPLENISH" not in script, "the broker's healthcheck needs no secret"
 
-        def healthcheck(password: str) -> int:
-            env = {"PATH": search_path, "REPLENISH_BROKER_SERVICE_PASSWORD": password}
-            return subprocess.run(["sh", "-c", script], env=env, capture_output=True, timeout=10).returncode
+        def healthcheck(port: int) -> int:
+            probe = script.replace("$$", "$").replace(f"-p {PLATFORM_LISTENER} ", f"-p {port} ")
+            env = {"PATH": os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin"])}
+            return subprocess.run(["sh", "-c", probe], env=env, capture_output=True, timeout=10).returncode
 
-        assert healthcheck(SERVICE_PASSWORD) == 0, broker.output
-        assert healthcheck("not the password") != 0, "the healthcheck must fail when it cannot sign in"
+        assert healthcheck(broker.platform_port) == 0, broker.output
+        with socket.socket() as idle:
+            idle.bind(("127.0.0.1", 0))
+            idle.listen()
+            assert healthcheck(idle.getsockname()[1]) != 0, "healthy although nothing answered MQTT"
+        assert healthcheck(free_port()) != 0, "healthy although nothing listened"
     complaints = [
         line
         for line in broker.output.splitlines()
@@ -312,3 +325,21 @@ def test_every_setting_is_in_the_deployment_guide() -> None:
     guide = (ROOT / "docs" / "deployment.md").read_text()
     missing = sorted(variable for variable in settings_variables() if f"| `{variable}` |" not in guide)
     assert not missing, f"docs/deployment.md's table of environment variables lacks {missing}"
+
+
+def test_broker_auth_is_healthy_only_while_its_passes_succeed(compose: dict[str, Any], tmp_path: Path) -> None:
+    broker_auth = services(compose)["broker-auth"]
+    kind, script = broker_auth["healthcheck"]["test"]
+    directory = command(broker_auth)[command(broker_auth).index("--out") + 1]
+    assert kind == "CMD-SHELL" and directory in script
+    probe = script.replace("$$", "$").replace(directory, str(tmp_path))
+
+    def healthy() -> bool:
+        return subprocess.run(["sh", "-c", probe], capture_output=True, timeout=10).returncode == 0
+
+    assert not healthy(), "no pass yet"
+    write_auth_files(tmp_path, service_password=SERVICE_PASSWORD)
+    assert healthy()
+    two_minutes_ago = time.time() - 120
+    os.utime(tmp_path / SYNCED_MARKER, (two_minutes_ago, two_minutes_ago))
+    assert (tmp_path / PLATFORM_PASSWORD_FILE).exists() and not healthy(), "files of an earlier pass are not enough"

@@ -18,12 +18,14 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from brokers import SERVICE_PASSWORD, MosquittoRun, running_mosquitto, write_auth_files
+from brokers import RELOAD_ON_CHANGE, SERVICE_PASSWORD, MosquittoRun, running_mosquitto, write_auth_files
 from conftest import api_client, make_settings, operator_token, running_platform
 from helpers import DEVICE_SECRETS, Refused, connected, create_customer, publish, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import SERVICE_USERNAME, MqttEndpoint
+from replenish.db import create_schema, make_engine
 from replenish.ingest.models import DeviceMessage
+from replenish.mqtt.mosquitto import DEVICES_PASSWORD_FILE, FILE_MODE, sync_files
 from replenish.runtime import Platform, Roles
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
@@ -183,9 +185,49 @@ def test_in_production_the_files_follow_the_database_and_mosquitto_reloads_them(
             assert wait_until(lambda: refused(rig.devices, "new-printer", old))
         finally:
             keeper.send_signal(signal.SIGTERM)
-            output, _ = keeper.communicate(timeout=10)
+            try:
+                output, _ = keeper.communicate(timeout=10)
+            finally:
+                keeper.kill()
         assert keeper.returncode == 0, output
         assert "reloading" in rig.broker.output
     # The script passed SIGTERM on to Mosquitto, which shut down cleanly.
     assert rig.broker.process.returncode == 0, rig.broker.output
     assert "terminating" in rig.broker.output
+
+
+def test_a_file_mosquitto_could_not_read_is_written_again(tmp_path: Path) -> None:
+    write_auth_files(tmp_path, service_password=SERVICE_PASSWORD)
+    (tmp_path / DEVICES_PASSWORD_FILE).chmod(0o600)  # right content; Mosquitto reads it through the group
+    engine = make_engine("sqlite://")
+    create_schema(engine)
+    with Session(engine) as session:
+        changed = sync_files(tmp_path, session=session, service_password=SERVICE_PASSWORD)
+        assert changed == [tmp_path / DEVICES_PASSWORD_FILE]
+        assert (tmp_path / DEVICES_PASSWORD_FILE).stat().st_mode & 0o777 == FILE_MODE
+        assert sync_files(tmp_path, session=session, service_password=SERVICE_PASSWORD) == [], "nothing to reload"
+
+
+def test_the_reload_script_never_sends_sighup_to_a_process_that_would_die_of_it(tmp_path: Path) -> None:
+    """Mosquitto catches SIGHUP only once it has started; before that, SIGHUP ends it. `sleep` never catches it."""
+    write_auth_files(tmp_path, service_password=SERVICE_PASSWORD)
+    script = subprocess.Popen(
+        ["sh", str(RELOAD_ON_CHANGE), str(tmp_path), "sleep", "30"],
+        env={**os.environ, "RELOAD_CHECK_SECONDS": "0.1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        threading.Event().wait(0.3)
+        (tmp_path / DEVICES_PASSWORD_FILE).write_text("ghost-printer:$7$whatever\n")
+        threading.Event().wait(1.0)
+        assert script.poll() is None, "the child was sent SIGHUP"
+        script.send_signal(signal.SIGTERM)
+        output, _ = script.communicate(timeout=10)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+    assert script.returncode == 128 + signal.SIGTERM, "the script passes on SIGTERM and the child's exit status"
+    assert "reloading" not in output

@@ -26,6 +26,19 @@ fingerprint() {
     cat $files 2>/dev/null | cksum
 }
 
+# Until Mosquitto has installed its signal handlers (after the image's entrypoint has exec'd it and it
+# has loaded its persistence file and opened its listeners), SIGHUP would end it. SigCgt in
+# /proc/PID/status is the mask of caught signals, in hex; SIGHUP is bit 0, so the last digit is odd.
+handles_sighup() {
+    [ -d /proc/self ] || return 0      # no procfs: cannot tell, assume it does
+    [ -r "/proc/$1/status" ] || return 1 # it has exited
+    caught=$(awk '/^SigCgt:/ { print $2 }' "/proc/$1/status")
+    case $caught in
+        *[13579bdfBDF]) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
 child=
 stop() {
     if [ -n "$child" ]; then
@@ -52,7 +65,8 @@ while kill -0 "$child" 2>/dev/null; do
     sleep "$interval" &
     wait $! || true
     now=$(fingerprint)
-    if [ "$now" != "$last" ]; then
+    # A change while Mosquitto is still starting waits for a later pass (it may have read the old files).
+    if [ "$now" != "$last" ] && handles_sighup "$child"; then
         echo "reload-on-change: $auth_dir changed, reloading"
         kill -HUP "$child" 2>/dev/null || true
         last=$now

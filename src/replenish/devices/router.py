@@ -68,8 +68,9 @@ def register_device(
 def rotate_credentials(
     device_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
 ) -> DeviceCredentials:
-    """For a lost or leaked secret: the new one is shown this once; the device must be given it. A connection the
-    device holds now lasts until it reconnects."""
+    """For a lost or leaked secret: the new one is shown this once; the device must be given it. The broker refuses
+    the old one from now on and ends a connection made with it within seconds (embedded broker: every
+    REPLENISH_BROKER_CREDENTIALS_CHECK_SECONDS; Mosquitto: at its next reload, docs/mqtt.md)."""
     with transaction(engine) as session:
         device = _visible(session, principal, device_id)
         secret = service.rotate_credentials(session=session, device=device, actor=principal.actor, now=clock.now())

@@ -52,7 +52,7 @@ def register(*, session: Session, request: DeviceCreate, actor: str, now: dateti
 
 
 def rotate_credentials(*, session: Session, device: Device, actor: str, now: datetime) -> str:
-    """A new MQTT secret for the device; the old one stops working at its next connection."""
+    """A new MQTT secret for the device. The brokers refuse the old one and end connections made with it."""
     secret = credentials.new_secret()
     device.mqtt_password_hash = credentials.hash_secret(secret)
     session.add(device)
