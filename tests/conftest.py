@@ -37,6 +37,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "mqtt_client_id": f"replenish-ingest-{free_port()}",
         "ingest_batch_wait_ms": 5,
         "broker_credentials_check_seconds": 0.3,
+        # Webhook receivers in tests listen on loopback (tests/test_escalation.py shows the default refusing it).
+        "webhook_allow_private_networks": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

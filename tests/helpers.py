@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -140,3 +141,41 @@ def connected(
 def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:
     info = client.publish(topic, json.dumps(payload).encode(), qos=1)
     info.wait_for_publish(10)
+
+
+class WebhookReceiver:
+    """An HTTP receiver on loopback (a fulfilment partner, a contact's webhook) that fails its first ``failures``
+    requests with a 503. ``requests``: (headers, JSON body, time.monotonic() of arrival) of each."""
+
+    def __init__(self, *, failures: int = 0, path: str = "/hook") -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], dict[str, Any], float]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.arrived:
+                    receiver.requests.append((dict(self.headers), body, time.monotonic()))
+                    failing = len(receiver.requests) <= receiver.failures
+                    receiver.arrived.notify_all()
+                self.send_response(503 if failing else 202)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The bodies, once at least ``count`` requests arrived (fewer after the timeout)."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+            return [body for _, body, _ in self.requests]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

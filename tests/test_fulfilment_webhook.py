@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -14,43 +11,16 @@ import pytest
 from sqlmodel import Session, select
 
 from conftest import START, Publisher, api_client, make_settings, operator_token, running_platform
-from helpers import create_customer, publish_depletion, register_device
+from helpers import WebhookReceiver, create_customer, publish_depletion, register_device
 from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 
 
-class Receiver:
-    """A fulfilment partner on loopback that fails the first ``failures`` requests with a 503."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.requests.append((dict(self.headers), body))
-                failing = len(receiver.requests) <= receiver.failures
-                self.send_response(503 if failing else 202)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/orders"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    running = Receiver(failures=2)
+def receiver() -> Iterator[WebhookReceiver]:
+    running = WebhookReceiver(failures=2, path="/orders")
     yield running
     running.close()
 
@@ -81,7 +51,7 @@ def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, re
         for _ in range(3):
             clock.advance(timedelta(seconds=4))
             platform.jobs.dispatch()
-        events = [body["event"] for _, body in receiver.requests]
+        events = [body["event"] for _, body, _ in receiver.requests]
         assert events == ["order.placed", "order.placed", "order.placed", "order.cancelled"]
 
 
@@ -115,9 +85,9 @@ def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receive
 
         platform.jobs.dispatch()  # delivered: never sent again
         assert len(receiver.requests) == 3
-        keys = {headers["Idempotency-Key"] for headers, _ in receiver.requests}
+        keys = {headers["Idempotency-Key"] for headers, _, _ in receiver.requests}
         assert keys == {f"order:{order['id']}:placed"}
-        _, body = receiver.requests[-1]
+        _, body, _ = receiver.requests[-1]
         assert body["event"] == "order.placed"
         assert body["order"]["order_id"] == order["id"]
         assert body["order"]["product_sku"] == "INK-BLACK"

@@ -104,6 +104,25 @@ class Settings(BaseSettings):
     session_hours: float = Field(
         12.0, gt=0, description="How long a token from signing in works (personal API tokens set their own)."
     )
+    escalation_interval_seconds: float = Field(
+        1.0, gt=0, description="How often open safety incidents are checked for their next escalation step."
+    )
+    public_url: HttpUrl | None = Field(
+        None,
+        description="The API's address as people outside reach it (acknowledgement links in notifications). Unset: "
+        "http://API_HOST:API_PORT.",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail notifications. Unset: e-mail is not sent.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_username: str | None = Field(None, description="SMTP user, if the server wants a login.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_sender: str = Field("Replenish <replenish@localhost>", description="From: of e-mail notifications.")
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Let notification webhooks (URLs customers give) reach private, loopback and link-local "
+        "addresses. Off: such a URL is refused, so that nobody can aim the platform at its own network.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("mqtt_url")
@@ -116,6 +135,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'replenish.db'}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return str(self.public_url).rstrip("/") if self.public_url else f"http://{self.api_host}:{self.api_port}"
 
     @property
     def uses_embedded_broker(self) -> bool:

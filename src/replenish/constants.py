@@ -135,3 +135,7 @@ class AuditAction(StrEnum):
     ORDER_STATUS = "order.status_changed"
     CUSTOMER_EXPORTED = "customer.exported"
     CUSTOMER_DELETED = "customer.deleted"
+
+
+# Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).
+ACKNOWLEDGE_PAGE_PATH = "/ack"

@@ -1,6 +1,6 @@
 """Imports every table model so that SQLModel.metadata knows the whole schema."""
 
-from replenish.alerts.models import Alert
+from replenish.alerts.models import Alert, EscalationStep
 from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
@@ -23,6 +23,7 @@ __all__ = [
     "Decision",
     "Device",
     "DeviceMessage",
+    "EscalationStep",
     "Notification",
     "Order",
     "OrderEvent",

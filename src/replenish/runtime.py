@@ -16,12 +16,14 @@ from sqlalchemy import Engine
 from replenish.api.app import create_app
 from replenish.clock import Clock, SystemClock
 from replenish.config import Settings
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH
 from replenish.db import create_schema, make_engine
 from replenish.ingest.consumer import MqttIngestor
 from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
+from replenish.notifications.channels import Channels, SmtpSettings
 from replenish.orders.fulfilment import make_sink
-from replenish.outbox.dispatcher import Dispatcher
+from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
 from replenish.scheduler import Jobs, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ class Roles:
     @classmethod
     def all_in_one(cls, settings: Settings) -> Roles:
         return cls(broker=settings.uses_embedded_broker, ingest=True, scheduler=True, api=True)
+
+
+def make_channels(settings: Settings) -> Channels:
+    smtp = None
+    if settings.smtp_host:
+        smtp = SmtpSettings(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_sender,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            starttls=settings.smtp_starttls,
+        )
+    return Channels(smtp=smtp, allow_private_webhooks=settings.webhook_allow_private_networks)
 
 
 class Platform:
@@ -65,6 +81,8 @@ class Platform:
         self.ingestor: MqttIngestor | None = None
         self.publisher: CommandPublisher | None = None
         self.jobs: Jobs | None = None
+        self.dispatch_loop: DispatchLoop | None = None
+        self.channels: Channels | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
@@ -99,11 +117,20 @@ class Platform:
             self.publisher = CommandPublisher(endpoint, client_id=f"{self.settings.mqtt_client_id}-commands")
             self.publisher.start()
             url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
+            self.channels = make_channels(self.settings)
+            public_url = self.settings.resolved_public_url
             dispatcher = Dispatcher(
-                engine=self.engine, clock=self.clock, fulfilment=make_sink(url), send_command=self.publisher.publish
+                engine=self.engine,
+                clock=self.clock,
+                fulfilment=make_sink(url),
+                send_command=self.publisher.publish,
+                channels=self.channels,
+                acknowledge_url=lambda token: f"{public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}",
             )
             self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
             if self.run_jobs:
+                self.dispatch_loop = DispatchLoop(dispatcher, interval_seconds=self.settings.dispatch_interval_seconds)
+                self.dispatch_loop.start()
                 self.scheduler = make_scheduler(self.jobs)
                 self.scheduler.start()
         if self.roles.api:
@@ -137,6 +164,10 @@ class Platform:
                 self._api_thread.join(10)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self.dispatch_loop is not None:
+            self.dispatch_loop.stop()
+        if self.channels is not None:
+            self.channels.close()
         if self.publisher is not None:
             self.publisher.stop()
         if self.ingestor is not None:

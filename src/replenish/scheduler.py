@@ -1,4 +1,4 @@
-"""The coordinator that owns the periodic work: re-forecasting and deciding, and delivering the outbox."""
+"""The coordinator that owns the periodic work: re-forecasting and deciding, escalating safety incidents, retention."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import logging
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
+from replenish.alerts import service as alerts
 from replenish.automation.service import EvaluationReport, evaluate_all
 from replenish.clock import Clock
 from replenish.config import Settings
+from replenish.db import transaction
 from replenish.outbox.dispatcher import Dispatcher
 from replenish.privacy.service import retention_job
 
@@ -34,6 +38,25 @@ class Jobs:
     def dispatch(self) -> None:
         self.dispatcher.dispatch_due()
 
+    def escalate(self) -> list[str]:
+        """Step every safety incident whose time has come, each in its own transaction: one that fails (a concurrent
+        escalator took the step) does not hold up the others."""
+        now = self.clock.now()
+        with Session(self.engine) as session:
+            due = alerts.due_for_escalation(session=session, now=now)
+        stepped = []
+        for alert_id in due:
+            try:
+                with transaction(self.engine) as session:
+                    if alerts.escalate(session=session, alert_id=alert_id, now=now) is not None:
+                        stepped.append(alert_id)
+            except IntegrityError as exc:
+                # Normally a concurrent escalator that took the step first (unique per incident and level).
+                log.warning("alert %s: escalation step not taken: %s", alert_id, exc.orig)
+            except Exception:
+                log.exception("alert %s: escalation failed; trying again", alert_id)
+        return stepped
+
     def retention(self) -> dict[str, int]:
         removed = retention_job(engine=self.engine, now=self.clock.now())
         if any(removed.values()):
@@ -48,8 +71,9 @@ def make_scheduler(jobs: Jobs) -> BackgroundScheduler:
     scheduler.add_job(
         jobs.evaluate, "interval", seconds=jobs.settings.evaluation_interval_seconds, id="evaluate", **common
     )
+    # The outbox has its own thread (DispatchLoop), woken at once by urgent messages.
     scheduler.add_job(
-        jobs.dispatch, "interval", seconds=jobs.settings.dispatch_interval_seconds, id="dispatch", **common
+        jobs.escalate, "interval", seconds=jobs.settings.escalation_interval_seconds, id="escalate", **common
     )
     scheduler.add_job(
         jobs.retention, "interval", seconds=jobs.settings.retention_interval_seconds, id="retention", **common

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from replenish.db import BigInt, UTCDateTime, new_id
@@ -24,3 +25,30 @@ class Alert(SQLModel, table=True):
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     acknowledged_by: str | None = None
     closed_reason: str | None = None
+    # Safety incidents (fall, help request) escalate; the state lives here so that a restart resumes the chain.
+    cancel_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    escalation_level: int = 0  # steps of the chain taken so far
+    next_escalation_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    escalation_exhausted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class EscalationStep(SQLModel, table=True):
+    """One person (or emergency services) asked to respond to an incident. At most one row per level: the unique
+    constraint is what makes a step happen once, however many escalators race or restart."""
+
+    __tablename__ = "alert_escalations"
+    __table_args__ = (UniqueConstraint("alert_id", "level"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    alert_id: str = Field(foreign_key="alerts.id", index=True)
+    level: int
+    target_kind: str  # contact | emergency_services
+    target_name: str
+    channel: str
+    address: str | None = None
+    notified_at: datetime = Field(sa_type=UTCDateTime)
+    notification_id: str | None = Field(default=None, foreign_key="notifications.id")
+    consent_version: int
+    # SHA-256 of the acknowledgement token sent with the notification (the token itself is not kept).
+    token_hash: str = Field(unique=True)
+    acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -23,12 +23,47 @@ class AlertRead(BaseModel):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     closed_reason: str | None
+    cancel_until: datetime | None = Field(description="End of the wearer's window to cancel a fall (none: no window).")
+    escalation_level: int = Field(description="Steps of the emergency chain taken so far.")
+    next_escalation_at: datetime | None = Field(description="When the next step is due, while the incident is open.")
+    escalation_exhausted_at: datetime | None = Field(
+        description="When the chain ran out with nobody acknowledging; operators must act."
+    )
+
+
+class EscalationStepRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    level: int
+    target_kind: str = Field(description="contact or emergency_services")
+    target_name: str
+    channel: str
+    address: str | None
+    notified_at: datetime
+    notification_id: str | None
+    consent_version: int
+    acknowledged_at: datetime | None
 
 
 class AlertDetail(AlertRead):
     explanation: dict[str, Any] = Field(
         description="The event that raised it (as the device sent it), the rule that applied, the consent version."
     )
+    escalation: list[EscalationStepRead] = Field(description="Whom the incident reached, in order, and when.")
+
+
+class AcknowledgementRead(BaseModel):
+    """What an emergency contact sees behind their link: enough to act, nothing more about the wearer."""
+
+    alert_id: str
+    kind: str
+    device_name: str
+    opened_at: datetime
+    status: str
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    you: str = Field(description="The contact this link was sent to.")
+    level: int = Field(description="Their place in the emergency chain.")
 
 
 class AcknowledgeRequest(BaseModel):

@@ -1,14 +1,20 @@
-"""Alerts raised by device events. Escalation chains come later; today an alert notifies its owner."""
+"""Alerts raised by device events. A fall or a help request is a safety incident: it escalates through the wearer's
+emergency contacts until someone acknowledges (alerts.escalation decides who and when; the state is kept here, in the
+database, so that a restart resumes the chain at the right step and time and nobody is asked twice)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from replenish.alerts.models import Alert
+from replenish.alerts import escalation
+from replenish.alerts.models import Alert, EscalationStep
 from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     COMMANDS_TOPIC,
     AlertKind,
@@ -19,7 +25,7 @@ from replenish.constants import (
 )
 from replenish.db import get_or_raise
 from replenish.devices.models import Device
-from replenish.errors import Conflict
+from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage
 from replenish.notifications import service as notifications
 from replenish.outbox import service as outbox
@@ -31,6 +37,7 @@ _RAISING_EVENTS: dict[str, tuple[AlertKind, AlertSeverity]] = {
     EventType.HELP_REQUESTED: (AlertKind.HELP_REQUESTED, AlertSeverity.CRITICAL),
     EventType.BATTERY_LOW: (AlertKind.BATTERY_LOW, AlertSeverity.WARNING),
 }
+SAFETY_KINDS = (AlertKind.FALL, AlertKind.HELP_REQUESTED)
 
 
 def on_device_event(*, session: Session, device: Device, message: DeviceMessage, now: datetime) -> Alert | None:
@@ -41,15 +48,22 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     if event_type not in _RAISING_EVENTS:
         return None
     kind, severity = _RAISING_EVENTS[event_type]
-    existing = _open(session=session, device_id=device.id, kind=kind)
+    safety = kind in SAFETY_KINDS
+    existing = _open(session=session, device_id=device.id, kinds=SAFETY_KINDS if safety else (kind,))
     if existing is not None:
         # A repeat before anyone has answered joins the open incident instead of paging the same people again.
         # Once acknowledged, a new event is a new incident: it must reach someone.
         existing.event_count += 1
         existing.updated_at = now
+        if event_type == EventType.HELP_REQUESTED and existing.escalation_level == 0:
+            # The wearer asks for help during a fall's cancel window: nobody waits for the window to end.
+            existing.cancel_until = None
+            existing.next_escalation_at = now
         session.add(existing)
+        if safety:
+            _escalate_if_due(session=session, alert=existing, now=now)
         return existing
-    version = consent.current(session=session, customer_id=device.customer_id).version
+    version, document = consent.current_document(session=session, customer_id=device.customer_id)
     alert = Alert(
         customer_id=device.customer_id,
         device_id=device.id,
@@ -61,36 +75,237 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         trigger_message_id=message.id,
         consent_version=version,
     )
+    if safety:
+        policy = escalation.Policy.from_consent(document)
+        skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
+        alert.cancel_until = None if skip_window else now + policy.cancel_window
+        alert.next_escalation_at = escalation.first_escalation_at(
+            opened_at=now, cancel_window=policy.cancel_window, skip_cancel_window=skip_window
+        )
     session.add(alert)
     session.flush()
-    notifications.notify(
+    notifications.notify_customer(
         session=session,
         customer_id=device.customer_id,
-        subject=f"{kind.replace('_', ' ')} alert from {device.name}",
-        body=f"Device {device.id} reported {event_type} at {message.ts.isoformat()}.",
+        document=document,
         consent_version=version,
+        subject=f"{kind.replace('_', ' ')} alert from {device.name}",
+        body=_opening_text(device=device, event_type=event_type, message=message, alert=alert, document=document),
         now=now,
         alert_id=alert.id,
+        urgent=safety,
     )
     log.warning("alert %s opened: %s on %s", alert.id, kind, device.id)
+    if safety:
+        _escalate_if_due(session=session, alert=alert, now=now)
     return alert
 
 
-def _open(*, session: Session, device_id: str, kind: str) -> Alert | None:
+def _opening_text(
+    *, device: Device, event_type: str, message: DeviceMessage, alert: Alert, document: ConsentDocument
+) -> str:
+    text = f"{device.name} ({device.id}) reported {event_type} at {message.ts.isoformat()}."
+    if alert.cancel_until is not None:
+        text += (
+            f" If the wearer does not cancel it by {alert.cancel_until.isoformat()}, their emergency contacts will be"
+            " asked to help, in order."
+        )
+    elif alert.kind in SAFETY_KINDS:
+        text += " Their emergency contacts are being asked to help, in order."
+    if alert.kind in SAFETY_KINDS and not escalation.Policy.from_consent(document).targets:
+        text += " The wearer has no emergency contacts, and emergency services may not be called: please check on them."
+    return text
+
+
+def _open(*, session: Session, device_id: str, kinds: tuple[str, ...]) -> Alert | None:
+    # Locked: the escalator may be stepping the same incident.
     return session.exec(
-        select(Alert).where(Alert.device_id == device_id, Alert.kind == kind, Alert.status == AlertStatus.OPEN)
+        select(Alert)
+        .where(Alert.device_id == device_id, col(Alert.kind).in_(kinds), Alert.status == AlertStatus.OPEN)
+        .with_for_update()
     ).first()
 
 
 def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | None:
-    alert = _open(session=session, device_id=device.id, kind=AlertKind.FALL)
+    alert = _open(session=session, device_id=device.id, kinds=(AlertKind.FALL,))
     if alert is None:
         return None
     alert.status = AlertStatus.CANCELLED
     alert.closed_reason = "cancelled by the wearer"
+    alert.next_escalation_at = None
     alert.updated_at = now
     session.add(alert)
+    _tell_those_asked(
+        session=session,
+        alert=alert,
+        subject=f"False alarm: {device.name}",
+        body=f"The wearer of {device.name} cancelled the fall alert: they are OK. Nothing more is needed.",
+        now=now,
+    )
     return alert
+
+
+# -- escalation ----------------------------------------------------------------------------------------------------
+
+
+def due_for_escalation(*, session: Session, now: datetime, limit: int = 100) -> list[str]:
+    """Open incidents whose next escalation time has come, most overdue first."""
+    return list(
+        session.exec(
+            select(Alert.id)
+            .where(
+                Alert.status == AlertStatus.OPEN,
+                col(Alert.next_escalation_at).is_not(None),
+                col(Alert.next_escalation_at) <= now,
+            )
+            .order_by(col(Alert.next_escalation_at))
+            .limit(limit)
+        )
+    )
+
+
+def escalate(*, session: Session, alert_id: str, now: datetime) -> Alert | None:
+    """Take the incident's escalation step if it is still due; the caller commits. The row is locked (PostgreSQL:
+    skipped if another escalator holds it), and a step is unique per incident and level, so that two escalators, or
+    an escalator and the ingestor, never ask the same person twice."""
+    alert = session.exec(select(Alert).where(Alert.id == alert_id).with_for_update(skip_locked=True)).first()
+    if alert is None:
+        return None
+    _escalate_if_due(session=session, alert=alert, now=now)
+    return alert
+
+
+def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
+    if alert.status != AlertStatus.OPEN or alert.next_escalation_at is None or alert.next_escalation_at > now:
+        return
+    version, document = consent.current_document(session=session, customer_id=alert.customer_id)
+    outcome = escalation.due(
+        policy=escalation.Policy.from_consent(document), steps_taken=alert.escalation_level, now=now
+    )
+    device = session.get(Device, alert.device_id)
+    device_name = device.name if device is not None else alert.device_id
+    if isinstance(outcome, escalation.Exhausted):
+        alert.next_escalation_at = None
+        alert.escalation_exhausted_at = now
+        alert.updated_at = now
+        session.add(alert)
+        log.critical("alert %s (%s on %s): nobody acknowledged; operators must act", alert.id, alert.kind, device_name)
+        notifications.notify_customer(
+            session=session,
+            customer_id=alert.customer_id,
+            document=document,
+            consent_version=version,
+            subject=f"Nobody has answered the {alert.kind.replace('_', ' ')} alert from {device_name}",
+            body=f"Everyone in the wearer's emergency chain was asked ({alert.escalation_level} in all) and nobody "
+            "acknowledged. Please check on the wearer now; our operators have been alerted.",
+            now=now,
+            alert_id=alert.id,
+            urgent=True,
+        )
+        return
+    token = secrets.token_urlsafe(24)
+    target = outcome.target
+    if target.kind == "emergency_services":
+        log.critical(
+            "alert %s: CALL EMERGENCY SERVICES for the wearer of %s (consented; no contact acknowledged)",
+            alert.id,
+            device_name,
+        )
+    notification = notifications.send(
+        session=session,
+        customer_id=alert.customer_id,
+        channel=target.channel,
+        address=target.address,
+        subject=f"Urgent: {alert.kind.replace('_', ' ')} alert for the wearer of {device_name}",
+        body=_request_text(alert=alert, device_name=device_name, target=target, level=outcome.level),
+        consent_version=version,
+        now=now,
+        alert_id=alert.id,
+        acknowledge_token=token,
+        urgent=True,
+    )
+    session.flush()  # the step refers to the notification: its row goes first
+    session.add(
+        EscalationStep(
+            alert_id=alert.id,
+            level=outcome.level,
+            target_kind=target.kind,
+            target_name=target.name,
+            channel=target.channel,
+            address=target.address,
+            notified_at=now,
+            notification_id=notification.id,
+            consent_version=version,
+            token_hash=_token_hash(token),
+        )
+    )
+    alert.escalation_level = outcome.level
+    alert.next_escalation_at = outcome.next_at
+    alert.updated_at = now
+    session.add(alert)
+    # The unique (alert, level) constraint refuses a step a concurrent escalator already took, before any commit.
+    session.flush()
+
+
+def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, level: int) -> str:
+    what = "may have fallen" if alert.kind == AlertKind.FALL else "has asked for help"
+    text = (
+        f"The wearer of {device_name} {what} ({alert.opened_at.isoformat()}). You are step {level}"
+        " of their emergency chain. Please check on them now."
+    )
+    if target.kind == "emergency_services":
+        text = f"Call emergency services for the wearer of {device_name}, who {what}: no emergency contact answered."
+    return text
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _tell_those_asked(*, session: Session, alert: Alert, subject: str, body: str, now: datetime) -> None:
+    """Everyone already asked to help hears that they no longer need to (a cancel, or someone else has it)."""
+    for step in steps(session=session, alert_id=alert.id):
+        if step.target_kind != "contact" or step.acknowledged_at is not None:
+            continue
+        notifications.send(
+            session=session,
+            customer_id=alert.customer_id,
+            channel=step.channel,
+            address=step.address,
+            subject=subject,
+            body=body,
+            consent_version=step.consent_version,
+            now=now,
+            alert_id=alert.id,
+            urgent=True,
+        )
+
+
+def steps(*, session: Session, alert_id: str) -> list[EscalationStep]:
+    query = select(EscalationStep).where(EscalationStep.alert_id == alert_id)
+    return list(session.exec(query.order_by(col(EscalationStep.level))))
+
+
+def step_for_token(*, session: Session, token: str) -> EscalationStep:
+    step = session.exec(select(EscalationStep).where(EscalationStep.token_hash == _token_hash(token))).first()
+    if step is None:
+        raise NotFound("acknowledgement link", "this")
+    return step
+
+
+def acknowledge_by_contact(*, session: Session, token: str, now: datetime) -> tuple[Alert, EscalationStep]:
+    """The contact who followed the link has it in hand."""
+    step = step_for_token(session=session, token=token)
+    alert = get(session=session, alert_id=step.alert_id)
+    if alert.status == AlertStatus.ACKNOWLEDGED and step.acknowledged_at is not None:
+        return alert, step
+    if alert.status == AlertStatus.OPEN:
+        step.acknowledged_at = now  # first: the others asked are told, not the one who answered
+        session.add(step)
+    alert = acknowledge(
+        session=session, alert_id=alert.id, actor=f"{step.target_name} (emergency contact {step.level})", now=now
+    )
+    return alert, step
 
 
 def explain(*, session: Session, alert: Alert) -> dict[str, object]:
@@ -145,8 +360,16 @@ def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime) -
     alert.status = AlertStatus.ACKNOWLEDGED
     alert.acknowledged_at = now
     alert.acknowledged_by = actor
+    alert.next_escalation_at = None
     alert.updated_at = now
     session.add(alert)
+    _tell_those_asked(
+        session=session,
+        alert=alert,
+        subject="Someone is handling it",
+        body=f"{actor} has acknowledged the {alert.kind.replace('_', ' ')} alert and is handling it.",
+        now=now,
+    )
     outbox.enqueue(
         session=session,
         kind=OutboxKind.DEVICE_COMMAND,
@@ -157,6 +380,7 @@ def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime) -
             "command": {"type": "alert_acknowledged", "alert_id": alert.id, "ts": now.isoformat()},
         },
         now=now,
+        urgent=True,  # the wearer is waiting to know that help is coming
     )
     return alert
 
@@ -170,6 +394,7 @@ def resolve(*, session: Session, alert_id: str, actor: str, now: datetime, reaso
         raise Conflict(f"alert {alert_id!r} was cancelled by the wearer; there is nothing to resolve")
     alert.status = AlertStatus.RESOLVED
     alert.closed_reason = reason or f"resolved by {actor}"
+    alert.next_escalation_at = None
     alert.updated_at = now
     session.add(alert)
     return alert

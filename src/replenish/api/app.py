@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from replenish import __version__
+from replenish.alerts.router import acknowledgement_page_router, acknowledgements_router
 from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
 from replenish.audit.router import router as audit_router
@@ -92,6 +93,8 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
         privacy_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
+    app.include_router(acknowledgements_router, prefix=API_PREFIX, responses={404: responses[404], 409: responses[409]})
+    app.include_router(acknowledgement_page_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     def healthz() -> dict[str, str]:

@@ -16,6 +16,7 @@ from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evalu
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
 from replenish.constants import AuditAction, DecisionAction
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
@@ -136,6 +137,7 @@ def evaluate_slot(
         verdict=verdict,
         mode=mode,
         consent_version=version,
+        consent_document=document,
         policy=policy,
         now=now,
     )
@@ -151,6 +153,7 @@ def _act(
     verdict: Verdict,
     mode: str,
     consent_version: int,
+    consent_document: ConsentDocument,
     policy: ReorderPolicy,
     now: datetime,
 ) -> Decision:
@@ -186,12 +189,13 @@ def _act(
         },
     )
     if verdict.action == DecisionAction.NOTIFY:
-        notifications.notify(
+        notifications.notify_customer(
             session=session,
             customer_id=device.customer_id,
+            document=consent_document,
+            consent_version=consent_version,
             subject=f"{device.name}: {slot.name} is running low",
             body=verdict.reason,
-            consent_version=consent_version,
             now=now,
             decision_id=decision.id,
         )

@@ -129,29 +129,31 @@ class ConsentDocument(BaseModel):
         default_factory=lambda: [NotificationChannel(type="log")],
         min_length=1,
         max_length=10,
-        description="Where notifications go (stored; they go to the log until channels are in).",
+        description="Where the customer's own notifications go: the log, e-mail (SMTP) or a webhook (JSON POST).",
     )
     emergency_contacts: list[EmergencyContact] = Field(
         default_factory=list,
         max_length=10,
-        description="Whom a fall alert escalates to, in this order (stored; escalation is not in yet).",
+        description="Whom a fall or help request escalates to, in this order: each is asked (e-mail or webhook, "
+        "with a link to acknowledge) and given escalation_timeout_seconds before the next one is.",
     )
     emergency_services_allowed: bool = Field(
         False,
-        description="Whether emergency services may be called when no contact answers (stored; escalation is "
-        "not in yet).",
+        description="Whether emergency services may be called, last, when no contact acknowledges (the request "
+        "goes to the operators, who place the call).",
     )
     fall_cancel_window_seconds: int = Field(
         DEFAULT_FALL_CANCEL_WINDOW_SECONDS,
         ge=0,
         le=600,
-        description="How long the wearer has to cancel a fall (stored; not in use yet).",
+        description="How long the wearer has to cancel a fall ('I'm OK') before contacts are asked; 0: at once. "
+        "A help request never waits.",
     )
     escalation_timeout_seconds: int = Field(
         DEFAULT_ESCALATION_TIMEOUT_SECONDS,
         ge=10,
         le=3600,
-        description="How long a contact has to acknowledge before the next one is asked (stored; not in use yet).",
+        description="How long a contact has to acknowledge before the next one is asked.",
     )
     telemetry_retention_days: int = Field(
         DEFAULT_TELEMETRY_RETENTION_DAYS, ge=1, le=3650, description="Readings and events older than this are deleted."

@@ -143,12 +143,13 @@ def _revoke(
             orders.transition(
                 session=session, order_id=order.id, to=OrderStatus.HELD, actor=actor, now=now, reason=reason
             )
-            notifications.notify(
+            notifications.notify_customer(
                 session=session,
                 customer_id=customer_id,
+                document=after,
+                consent_version=version,
                 subject=f"Order held: {order.product_sku} for {order.device_id}/{slot_name}",
                 body=f"{reason}. The order is on hold: approve it to let it go on, or cancel it.",
-                consent_version=version,
                 now=now,
             )
         elif order.status == OrderStatus.AWAITING_APPROVAL:

@@ -15,6 +15,7 @@ class Notification(SQLModel, table=True):
     subject: str
     body: str
     channel: str = "log"
+    address: str | None = None  # the e-mail address or webhook URL; none for the log
     decision_id: str | None = Field(default=None, foreign_key="decisions.id")
     alert_id: str | None = Field(default=None, foreign_key="alerts.id")
     consent_version: int

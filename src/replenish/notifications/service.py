@@ -1,29 +1,75 @@
+"""Notifications: a row per recipient and channel, and its delivery through the outbox, in the caller's transaction."""
+
 from __future__ import annotations
 
 from datetime import datetime
 
 from sqlmodel import Session
 
+from replenish.consent.schemas import ConsentDocument
 from replenish.constants import OutboxKind
 from replenish.notifications.models import Notification
 from replenish.outbox import service as outbox
 
 
-def notify(
+def notify_customer(
     *,
     session: Session,
     customer_id: str,
+    document: ConsentDocument,
+    consent_version: int,
+    subject: str,
+    body: str,
+    now: datetime,
+    decision_id: str | None = None,
+    alert_id: str | None = None,
+    urgent: bool = False,
+) -> list[Notification]:
+    """Tell the customer, on every channel their consent names."""
+    return [
+        send(
+            session=session,
+            customer_id=customer_id,
+            channel=channel.type,
+            address=channel.address,
+            subject=subject,
+            body=body,
+            consent_version=consent_version,
+            now=now,
+            decision_id=decision_id,
+            alert_id=alert_id,
+            urgent=urgent,
+        )
+        for channel in document.notification_channels
+    ]
+
+
+def send(
+    *,
+    session: Session,
+    customer_id: str,
+    channel: str,
+    address: str | None,
     subject: str,
     body: str,
     consent_version: int,
     now: datetime,
     decision_id: str | None = None,
     alert_id: str | None = None,
+    acknowledge_token: str | None = None,
+    urgent: bool = False,
 ) -> Notification:
+    """One notification to one address (the customer's, or an emergency contact's on the customer's behalf).
+
+    ``acknowledge_token`` travels in the outbox message only, for the dispatcher to build the link; the notification
+    row keeps the text without it.
+    """
     notification = Notification(
         customer_id=customer_id,
         subject=subject,
         body=body,
+        channel=channel,
+        address=address,
         consent_version=consent_version,
         decision_id=decision_id,
         alert_id=alert_id,
@@ -38,10 +84,14 @@ def notify(
         payload={
             "notification_id": notification.id,
             "customer_id": customer_id,
-            "channel": notification.channel,
+            "channel": channel,
+            "address": address,
             "subject": subject,
             "body": body,
+            "alert_id": alert_id,
+            "acknowledge_token": acknowledge_token,
         },
         now=now,
+        urgent=urgent,
     )
     return notification

@@ -1,8 +1,13 @@
-"""Delivers outbox messages: orders to fulfilment, notifications to their channel, commands to devices."""
+"""Delivers outbox messages: orders to fulfilment, notifications to their channel, commands to devices.
+
+`DispatchLoop` runs the dispatcher in its own thread: every dispatch interval, and at once when a transaction in this
+process commits an urgent message (a safety notification), so a fall reaches its first contact in milliseconds, not at
+the next poll."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +19,7 @@ from sqlmodel import Session
 from replenish.clock import Clock
 from replenish.constants import OutboxKind
 from replenish.db import transaction
+from replenish.notifications.channels import Channels, Delivery
 from replenish.notifications.models import Notification
 from replenish.orders.fulfilment import FulfilmentSink
 from replenish.outbox import service as outbox
@@ -22,6 +28,7 @@ from replenish.outbox.models import OutboxMessage
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(minutes=10)
+DISPATCH_BATCH = 100
 
 CommandSender = Callable[[str, dict[str, Any]], None]
 
@@ -34,14 +41,23 @@ class DispatchReport:
 
 class Dispatcher:
     def __init__(
-        self, *, engine: Engine, clock: Clock, fulfilment: FulfilmentSink, send_command: CommandSender | None
+        self,
+        *,
+        engine: Engine,
+        clock: Clock,
+        fulfilment: FulfilmentSink,
+        send_command: CommandSender | None,
+        channels: Channels,
+        acknowledge_url: Callable[[str], str],
     ) -> None:
         self._engine = engine
         self._clock = clock
         self._fulfilment = fulfilment
         self._send_command = send_command
+        self._channels = channels
+        self._acknowledge_url = acknowledge_url
 
-    def dispatch_due(self, *, limit: int = 100) -> DispatchReport:
+    def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
         report = DispatchReport()
         with Session(self._engine) as session:
             pending = outbox.due(session=session, now=self._clock.now(), limit=limit)
@@ -75,12 +91,19 @@ class Dispatcher:
         ):
             self._fulfilment.send(event=kind, idempotency_key=message.idempotency_key, order=message.payload)
         elif kind == OutboxKind.NOTIFICATION:
-            # The log is today's only channel; e-mail and webhooks per contact come with alert escalation.
-            log.warning(
-                "notify customer %s: %s — %s",
-                message.payload["customer_id"],
-                message.payload["subject"],
-                message.payload["body"],
+            payload = message.payload
+            token = payload.get("acknowledge_token")
+            self._channels.send(
+                Delivery(
+                    notification_id=payload["notification_id"],
+                    idempotency_key=message.idempotency_key,
+                    channel=payload.get("channel", "log"),
+                    address=payload.get("address"),
+                    subject=payload["subject"],
+                    body=payload["body"],
+                    acknowledge_url=self._acknowledge_url(token) if token else None,
+                    alert_id=payload.get("alert_id"),
+                )
             )
         elif kind == OutboxKind.DEVICE_COMMAND:
             if self._send_command is None:
@@ -111,3 +134,35 @@ class Dispatcher:
             stored.available_at = now + min(timedelta(seconds=2**stored.attempts), MAX_BACKOFF)
             session.add(stored)
         log.warning("outbox %s (%s) failed, attempt %d: %r", message.id, message.kind, stored.attempts, error)
+
+
+class DispatchLoop:
+    """The dispatcher's own thread (the scheduler role's, or `replenish up`'s)."""
+
+    def __init__(self, dispatcher: Dispatcher, *, interval_seconds: float) -> None:
+        self._dispatcher = dispatcher
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._wake = outbox.wakeup()
+        self._thread = threading.Thread(target=self._run, name="outbox-dispatch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        outbox.release_wakeup(self._wake)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                report = self._dispatcher.dispatch_due()
+            except Exception:
+                log.exception("outbox dispatch failed; trying again")
+                report = DispatchReport()
+            if report.delivered + report.failed >= DISPATCH_BATCH:
+                continue  # more may be waiting
+            self._wake.wait(self._interval)

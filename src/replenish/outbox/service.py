@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -18,13 +21,49 @@ def enqueue(
     idempotency_key: str,
     payload: dict[str, Any],
     now: datetime,
+    urgent: bool = False,
 ) -> OutboxMessage:
-    """Record an effect to deliver. It commits with the caller's transaction, or not at all."""
+    """Record an effect to deliver. It commits with the caller's transaction, or not at all. An urgent one (a safety
+    notification, a command the wearer waits for) wakes this process's dispatch loops as soon as it commits, rather
+    than at their next poll."""
     message = OutboxMessage(
         kind=kind, stream=stream, idempotency_key=idempotency_key, payload=payload, created_at=now, available_at=now
     )
     session.add(message)
+    if urgent:
+        session.info[_URGENT] = True
     return message
+
+
+_URGENT = "replenish.outbox.urgent"
+_wakeups: set[threading.Event] = set()
+_wakeups_lock = threading.Lock()
+
+
+def wakeup() -> threading.Event:
+    """An event set whenever a transaction in this process commits an urgent message; release it when done."""
+    wake = threading.Event()
+    with _wakeups_lock:
+        _wakeups.add(wake)
+    return wake
+
+
+def release_wakeup(wake: threading.Event) -> None:
+    with _wakeups_lock:
+        _wakeups.discard(wake)
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _wake_dispatch_loops(session: OrmSession) -> None:
+    if session.info.pop(_URGENT, False):
+        with _wakeups_lock:
+            for wake in _wakeups:
+                wake.set()
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _forget_urgency(session: OrmSession) -> None:
+    session.info.pop(_URGENT, None)
 
 
 def due(*, session: Session, now: datetime, limit: int = 100) -> list[OutboxMessage]:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
-from replenish.alerts.models import Alert
+from replenish.alerts.models import Alert, EscalationStep
 from replenish.audit import service as audit
 from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "replenish-export/1"
 # Never exported: secrets, even hashed.
-_SECRET_FIELDS = {Account: {"password_hash"}, AccessToken: {"token_hash"}, Device: {"mqtt_password_hash"}}
+_SECRET_FIELDS = {
+    Account: {"password_hash"},
+    AccessToken: {"token_hash"},
+    Device: {"mqtt_password_hash"},
+    EscalationStep: {"token_hash"},
+}
 _BATCH = 1000
 DELETED_ACTOR = "customer:deleted"
 
@@ -77,6 +82,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("orders", select(Order).where(Order.customer_id == customer_id)),
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("alerts", select(Alert).where(Alert.customer_id == customer_id)),
+        ("alert_escalations", select(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))),
         ("notifications", select(Notification).where(Notification.customer_id == customer_id)),
         ("audit_events", select(AuditEvent).where(AuditEvent.customer_id == customer_id)),
     ]
@@ -93,6 +99,10 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
                 yield ("" if number == 0 else ", ") + json.dumps(_row(row))
             yield "]"
     yield "}"
+
+
+def _alert_ids(customer_id: str) -> Any:
+    return select(Alert.id).where(Alert.customer_id == customer_id)
 
 
 def delete_customer(*, session: Session, customer_id: str, actor: str, now: datetime) -> dict[str, int]:
@@ -122,6 +132,10 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     account_ids = list(session.exec(select(Account.id).where(Account.customer_id == customer_id)))
     # Children before parents: the database checks every foreign key.
     steps = [
+        (
+            "alert_escalations",
+            delete(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id))),
+        ),
         ("readings", delete(Reading).where(col(Reading.slot_id).in_(slot_ids))),
         (
             "notification_deliveries",

@@ -1,0 +1,82 @@
+"""Who a safety incident reaches, and when: pure functions of the wearer's consent, the incident's state and a time.
+
+The chain follows personal emergency response services and the escalation policies of PagerDuty and Opsgenie: a
+cancel window in which the wearer can call off a fall ("I'm OK"), then each emergency contact in the order the wearer
+chose, each given the escalation timeout to acknowledge before the next is asked, then emergency services, last and
+only if the wearer consented. A help request skips the cancel window.
+
+No database, no clock: the service keeps the state (how many steps were taken, when the next one is due) in the
+database, so that a restart resumes the chain where it stood, and asks these functions what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from replenish.consent.schemas import ConsentDocument
+
+EMERGENCY_SERVICES = "emergency services"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One step of the chain: an emergency contact, or emergency services."""
+
+    kind: Literal["contact", "emergency_services"]
+    name: str
+    channel: str
+    address: str | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    targets: tuple[Target, ...]
+    cancel_window: timedelta
+    timeout: timedelta
+
+    @classmethod
+    def from_consent(cls, document: ConsentDocument) -> Policy:
+        targets = [
+            Target(kind="contact", name=contact.name, channel=contact.channel, address=contact.address)
+            for contact in document.emergency_contacts
+        ]
+        if document.emergency_services_allowed:
+            # Handing over to an emergency-call provider is an integration per operator; until one is configured
+            # the call request goes to the operators' log, where the on-call operator places it.
+            targets.append(Target(kind="emergency_services", name=EMERGENCY_SERVICES, channel="log", address=None))
+        return cls(
+            targets=tuple(targets),
+            cancel_window=timedelta(seconds=document.fall_cancel_window_seconds),
+            timeout=timedelta(seconds=document.escalation_timeout_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What is due now: ask ``target`` (the ``level``-th step, counting from 1), then look again at ``next_at``."""
+
+    level: int
+    target: Target
+    next_at: datetime
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """Everyone in the chain was asked and nobody acknowledged within the timeout (or the chain is empty)."""
+
+
+def first_escalation_at(*, opened_at: datetime, cancel_window: timedelta, skip_cancel_window: bool) -> datetime:
+    return opened_at if skip_cancel_window else opened_at + cancel_window
+
+
+def due(*, policy: Policy, steps_taken: int, now: datetime) -> Step | Exhausted:
+    """The step to take now that the incident's next escalation time has come, with ``steps_taken`` steps behind it.
+
+    One step at a time, even after an outage longer than several timeouts: each contact gets the full timeout to
+    answer from the moment they were asked, rather than being skipped because the platform was down.
+    """
+    if steps_taken >= len(policy.targets):
+        return Exhausted()
+    return Step(level=steps_taken + 1, target=policy.targets[steps_taken], next_at=now + policy.timeout)

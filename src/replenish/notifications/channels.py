@@ -1,0 +1,162 @@
+"""Where a notification goes: the log, a webhook (JSON POST) or e-mail (SMTP). The outbox dispatcher calls a channel at
+least once per notification, retrying with backoff while it raises; every delivery carries the notification's
+idempotency key (the webhook's `Idempotency-Key` header, the e-mail's Message-ID), so a receiver can drop a retry.
+
+We looked at apprise, which speaks to a hundred services; but a webhook must carry our own JSON and headers, and an
+e-mail needs only the standard library, so these two are written here. Apprise is the way to add chat and SMS
+services later, as a further channel type whose address is an apprise URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import smtplib
+import socket
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification, ready to send: what the dispatcher reads from the outbox."""
+
+    notification_id: str
+    idempotency_key: str
+    channel: str
+    address: str | None
+    subject: str
+    body: str
+    # The link an emergency contact follows to acknowledge; none for other notifications.
+    acknowledge_url: str | None = None
+    alert_id: str | None = None
+
+    def text(self) -> str:
+        if self.acknowledge_url is None:
+            return self.body
+        return f"{self.body}\n\nTo let everyone know you are handling it, acknowledge here: {self.acknowledge_url}"
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "type": "notification",
+            "notification_id": self.notification_id,
+            "alert_id": self.alert_id,
+            "subject": self.subject,
+            "body": self.body,
+            "acknowledge_url": self.acknowledge_url,
+        }
+
+
+class Channel(Protocol):
+    def send(self, delivery: Delivery) -> None:
+        """Deliver, or raise so that the dispatcher tries again later."""
+        ...
+
+
+class LogChannel:
+    def send(self, delivery: Delivery) -> None:
+        log.warning("notification %s: %s — %s", delivery.notification_id, delivery.subject, delivery.text())
+
+
+class UndeliverableAddress(Exception):
+    """The address is refused by policy (a private network); retrying will not help, but the dispatcher keeps the
+    error on the message for an operator to see."""
+
+
+class WebhookChannel:
+    """POSTs the notification as JSON. A 2xx answer is a delivery; anything else is retried."""
+
+    def __init__(self, *, client: httpx.Client, allow_private_networks: bool) -> None:
+        self._client = client
+        self._allow_private = allow_private_networks
+
+    def send(self, delivery: Delivery) -> None:
+        if delivery.address is None:
+            raise UndeliverableAddress("a webhook notification without a URL")
+        if not self._allow_private:
+            _refuse_private_destinations(delivery.address)
+        response = self._client.post(
+            delivery.address, json=delivery.json(), headers={"Idempotency-Key": delivery.idempotency_key}
+        )
+        response.raise_for_status()
+
+
+def _refuse_private_destinations(url: str) -> None:
+    """A customer-supplied URL must not reach into the platform's own network (SSRF): every address the host name
+    resolves to must be a public one."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise UndeliverableAddress(f"no host in {url!r}")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host!r}: {exc}") from exc
+    private = sorted(address for address in addresses if not ipaddress.ip_address(address).is_global)
+    if private:
+        raise UndeliverableAddress(
+            f"{host!r} resolves to a non-public address ({', '.join(private)}); set "
+            "REPLENISH_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow it"
+        )
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    sender: str
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout: float = 10.0
+
+
+class EmailChannel:
+    def __init__(self, settings: SmtpSettings | None) -> None:
+        self._settings = settings
+
+    def send(self, delivery: Delivery) -> None:
+        if self._settings is None:
+            raise RuntimeError("e-mail is not configured: set REPLENISH_SMTP_HOST")
+        if delivery.address is None:
+            raise UndeliverableAddress("an e-mail notification without an address")
+        smtp = self._settings
+        message = EmailMessage()
+        message["From"] = smtp.sender
+        message["To"] = delivery.address
+        message["Subject"] = delivery.subject
+        # The same Message-ID on a retry, so that a mail system can recognise a repeat.
+        message["Message-ID"] = f"<{delivery.idempotency_key.replace(':', '.')}@replenish.invalid>"
+        message.set_content(delivery.text())
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout) as client:
+            if smtp.starttls:
+                client.starttls()
+            if smtp.username is not None:
+                client.login(smtp.username, smtp.password or "")
+            client.send_message(message)
+
+
+class Channels:
+    """Every channel by name, as consent names them (`log`, `webhook`, `email`)."""
+
+    def __init__(self, *, smtp: SmtpSettings | None, allow_private_webhooks: bool, timeout: float = 10.0) -> None:
+        self._client = httpx.Client(timeout=timeout)
+        self._channels: dict[str, Channel] = {
+            "log": LogChannel(),
+            "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),
+            "email": EmailChannel(smtp),
+        }
+
+    def send(self, delivery: Delivery) -> None:
+        channel = self._channels.get(delivery.channel)
+        if channel is None:
+            raise UndeliverableAddress(f"unknown channel {delivery.channel!r}")
+        channel.send(delivery)
+
+    def close(self) -> None:
+        self._client.close()
