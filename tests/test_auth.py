@@ -211,12 +211,19 @@ def _populated_world(platform: Platform, clock: ManualClock, start: datetime) ->
         assert platform.ingestor.wait_for(handled=sent, timeout=20)
         clock.set(start + timedelta(days=8))
         platform.jobs.evaluate()
+        platform.jobs.health()  # the pendants have been silent for days: offline alarms
         for name in ("ada", "bob"):
             customer_id = ids[name]["customer_id"]
             [order] = operator.get("/orders", params={"customer_id": customer_id}).json()
             [alert] = operator.get("/alerts", params={"customer_id": customer_id}).json()
             notification = operator.get("/notifications", params={"customer_id": customer_id}).json()[0]
-            ids[name] |= {"order_id": order["id"], "alert_id": alert["id"], "notification_id": notification["id"]}
+            [alarm] = operator.get("/alarms", params={"device_id": f"{name}-pendant", "kind": "offline"}).json()
+            ids[name] |= {
+                "order_id": order["id"],
+                "alert_id": alert["id"],
+                "notification_id": notification["id"],
+                "alarm_id": alarm["id"],
+            }
         ada, bob = (customer_api(platform, f"{name}@example.com") for name in ("ada", "bob"))
         for name, client in (("ada", ada), ("bob", bob)):
             ids[name]["token_id"] = client.get("/auth/tokens").json()[0]["id"]
@@ -246,11 +253,13 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/notifications/{notification_id}", None),
     ("POST", "/alerts/{alert_id}/acknowledge", None),
     ("POST", "/alerts/{alert_id}/resolve", None),
+    ("GET", "/alarms/{alarm_id}", None),
+    ("POST", "/alarms/{alarm_id}/acknowledge", None),
     ("DELETE", "/auth/tokens/{token_id}", None),
 ]
 
 
-NOBODY = {key: "0" * 32 for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id")}
+NOBODY = {key: "0" * 32 for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id", "alarm_id")}
 
 
 def _fill(template: str, owner: str, world: World) -> str:
@@ -272,6 +281,7 @@ def _bobs_things(world: World) -> dict[str, Any]:
         "printer": operator.get("/devices/bob-printer").json()["slots"][0]["service_level"],
         "order": operator.get(f"/orders/{bob['order_id']}").json()["status"],
         "alert": operator.get(f"/alerts/{bob['alert_id']}").json()["status"],
+        "alarm": operator.get(f"/alarms/{bob['alarm_id']}").json()["status"],
         "bob signed in": world.bob.get("/auth/me").status_code,
         "bob's devices": sorted(d["id"] for d in world.bob.get("/devices").json()),
     }
@@ -308,7 +318,7 @@ def test_the_owner_and_an_operator_can_read_it(world: World, method, template):
     assert world.operator.get(path).status_code == 200, path
 
 
-@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/notifications", "/audit"])
+@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/alarms", "/notifications", "/audit"])
 def test_lists_show_a_customer_only_their_own(world: World, collection):
     ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]
     mine = world.ada.get(collection).json()

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     escalation_interval_seconds: float = Field(
         1.0, gt=0, description="How often open safety incidents are checked for their next escalation step."
     )
+    health_interval_seconds: float = Field(
+        30.0, gt=0, description="How often every device's health (offline, battery, stuck sensor) is judged."
+    )
     public_url: HttpUrl | None = Field(
         None,
         description="The API's address as people outside reach it (acknowledgement links in notifications). Unset: "

@@ -71,12 +71,28 @@ OPEN_ORDER_STATUSES = frozenset(
 class AlertKind(StrEnum):
     FALL = "fall"
     HELP_REQUESTED = "help_requested"
-    BATTERY_LOW = "battery_low"
 
 
 class AlertSeverity(StrEnum):
     CRITICAL = "critical"
+
+
+class AlarmKind(StrEnum):
+    OFFLINE = "offline"
+    BATTERY_LOW = "battery_low"
+    STUCK_SENSOR = "stuck_sensor"
+
+
+class AlarmSeverity(StrEnum):
+    MAJOR = "major"
     WARNING = "warning"
+    MINOR = "minor"
+
+
+class AlarmStatus(StrEnum):
+    ACTIVE = "active"
+    ACKNOWLEDGED = "acknowledged"
+    CLEARED = "cleared"
 
 
 class AlertStatus(StrEnum):

@@ -7,6 +7,7 @@ from replenish.automation.models import Decision
 from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer
 from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.notifications.models import Notification
 from replenish.orders.models import Order, OrderEvent
@@ -15,6 +16,7 @@ from replenish.outbox.models import OutboxMessage
 __all__ = [
     "AccessToken",
     "Account",
+    "Alarm",
     "Alert",
     "AuditEvent",
     "ConsentVersion",

@@ -7,17 +7,23 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.automation.service import EvaluationReport, evaluate_all
 from replenish.clock import Clock
 from replenish.config import Settings
 from replenish.db import transaction
+from replenish.devices.models import Device
+from replenish.health import service as health
+from replenish.health.rules import HealthPolicy
+from replenish.health.service import HealthReport
 from replenish.outbox.dispatcher import Dispatcher
 from replenish.privacy.service import retention_job
 
 log = logging.getLogger(__name__)
+
+HEALTH_PAGE = 500
 
 
 class Jobs:
@@ -28,6 +34,7 @@ class Jobs:
         self.clock = clock
         self.settings = settings
         self.dispatcher = dispatcher
+        self.policy = HealthPolicy()
 
     def evaluate(self) -> EvaluationReport:
         report = evaluate_all(engine=self.engine, now=self.clock.now(), margin_days=self.settings.reorder_margin_days)
@@ -57,6 +64,28 @@ class Jobs:
                 log.exception("alert %s: escalation failed; trying again", alert_id)
         return stepped
 
+    def health(self) -> HealthReport:
+        """Judge every device's health and bring its alarms in line, a page of devices per transaction."""
+        now = self.clock.now()
+        with Session(self.engine) as session:
+            device_ids = list(session.exec(select(Device.id).order_by(col(Device.id))))
+        report = HealthReport()
+        for start in range(0, len(device_ids), HEALTH_PAGE):
+            try:
+                with transaction(self.engine) as session:
+                    page = health.assess_devices(
+                        session=session, device_ids=device_ids[start : start + HEALTH_PAGE], now=now, policy=self.policy
+                    )
+            except Exception:
+                log.exception("health check of devices %d.. failed; trying again next time", start)
+                continue
+            report.devices += page.devices
+            report.raised += page.raised
+            report.cleared += page.cleared
+        if report.raised or report.cleared:
+            log.info("health: raised %s; cleared %s", report.raised or "none", report.cleared or "none")
+        return report
+
     def retention(self) -> dict[str, int]:
         removed = retention_job(engine=self.engine, now=self.clock.now())
         if any(removed.values()):
@@ -75,6 +104,7 @@ def make_scheduler(jobs: Jobs) -> BackgroundScheduler:
     scheduler.add_job(
         jobs.escalate, "interval", seconds=jobs.settings.escalation_interval_seconds, id="escalate", **common
     )
+    scheduler.add_job(jobs.health, "interval", seconds=jobs.settings.health_interval_seconds, id="health", **common)
     scheduler.add_job(
         jobs.retention, "interval", seconds=jobs.settings.retention_interval_seconds, id="retention", **common
     )

@@ -32,11 +32,12 @@ from replenish.outbox import service as outbox
 
 log = logging.getLogger(__name__)
 
+# Every event that raises an alert raises a safety incident.
 _RAISING_EVENTS: dict[str, tuple[AlertKind, AlertSeverity]] = {
     EventType.FALL_DETECTED: (AlertKind.FALL, AlertSeverity.CRITICAL),
     EventType.HELP_REQUESTED: (AlertKind.HELP_REQUESTED, AlertSeverity.CRITICAL),
-    EventType.BATTERY_LOW: (AlertKind.BATTERY_LOW, AlertSeverity.WARNING),
 }
+# battery_low is a matter of device health (replenish.health): an alarm with hysteresis, not an incident.
 SAFETY_KINDS = (AlertKind.FALL, AlertKind.HELP_REQUESTED)
 
 
@@ -48,8 +49,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     if event_type not in _RAISING_EVENTS:
         return None
     kind, severity = _RAISING_EVENTS[event_type]
-    safety = kind in SAFETY_KINDS
-    existing = _open(session=session, device_id=device.id, kinds=SAFETY_KINDS if safety else (kind,))
+    existing = _open(session=session, device_id=device.id, kinds=SAFETY_KINDS)
     if existing is not None:
         # A repeat before anyone has answered joins the open incident instead of paging the same people again.
         # Once acknowledged, a new event is a new incident: it must reach someone.
@@ -60,8 +60,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
             existing.cancel_until = None
             existing.next_escalation_at = now
         session.add(existing)
-        if safety:
-            _escalate_if_due(session=session, alert=existing, now=now)
+        _escalate_if_due(session=session, alert=existing, now=now)
         return existing
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
     alert = Alert(
@@ -75,13 +74,12 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         trigger_message_id=message.id,
         consent_version=version,
     )
-    if safety:
-        policy = escalation.Policy.from_consent(document)
-        skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
-        alert.cancel_until = None if skip_window else now + policy.cancel_window
-        alert.next_escalation_at = escalation.first_escalation_at(
-            opened_at=now, cancel_window=policy.cancel_window, skip_cancel_window=skip_window
-        )
+    policy = escalation.Policy.from_consent(document)
+    skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
+    alert.cancel_until = None if skip_window else now + policy.cancel_window
+    alert.next_escalation_at = escalation.first_escalation_at(
+        opened_at=now, cancel_window=policy.cancel_window, skip_cancel_window=skip_window
+    )
     session.add(alert)
     session.flush()
     notifications.notify_customer(
@@ -93,11 +91,10 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         body=_opening_text(device=device, event_type=event_type, message=message, alert=alert, document=document),
         now=now,
         alert_id=alert.id,
-        urgent=safety,
+        urgent=True,
     )
     log.warning("alert %s opened: %s on %s", alert.id, kind, device.id)
-    if safety:
-        _escalate_if_due(session=session, alert=alert, now=now)
+    _escalate_if_due(session=session, alert=alert, now=now)
     return alert
 
 
@@ -190,6 +187,8 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         alert.updated_at = now
         session.add(alert)
         log.critical("alert %s (%s on %s): nobody acknowledged; operators must act", alert.id, alert.kind, device_name)
+        if alert.escalation_level == 0:
+            return  # nobody to ask: the customer's first notification said so
         notifications.notify_customer(
             session=session,
             customer_id=alert.customer_id,

@@ -21,6 +21,7 @@ from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.devices.router import router as devices_router
 from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized
+from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import router as orders_router
@@ -87,6 +88,7 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
         devices_router,
         orders_router,
         alerts_router,
+        alarms_router,
         notifications_router,
         dead_letters_router,
         audit_router,

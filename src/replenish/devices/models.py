@@ -23,6 +23,11 @@ class Device(SQLModel, table=True):
     online: bool | None = None
     status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The newest battery reading (telemetry's optional "battery", or a battery_low event's), and the newest
+    # battery_low event: what the health job judges the battery by.
+    battery: float | None = None
+    battery_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    battery_low_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # The hash of the device's MQTT secret (see devices.credentials); the secret itself is shown once.
     mqtt_password_hash: str | None = None
 
@@ -43,6 +48,9 @@ class Slot(SQLModel, table=True):
     unit_price: Decimal | None = Field(default=None, max_digits=12, decimal_places=2)
     level: float | None = None
     level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # How many newest readings in a row carried exactly this level, since when: a stuck sensor repeats itself.
+    same_level_count: int = 0
+    same_level_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Where the current depletion cycle began. Kept, not recomputed: it only moves forward on a confirmed refill,
     # so a late reading or a shifting history window can never make one cycle look like a new one.
     cycle_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -96,6 +96,8 @@ class DeviceRead(BaseModel):
     online: bool | None
     status_changed_at: datetime | None
     last_seen_at: datetime | None
+    battery: float | None = Field(None, description="The newest battery level the device reported, 0..1.")
+    battery_at: datetime | None = None
     slots: list[SlotRead]
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
-from replenish.constants import Channel
+from replenish.constants import Channel, EventType
 from replenish.devices.models import Device, Slot
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.ingest.schemas import (
@@ -154,8 +154,12 @@ def _apply(
 ) -> None:
     assert row.id is not None
     if isinstance(item, ParsedEvent):
+        if item.body.type == EventType.BATTERY_LOW:
+            device.battery_low_at = _latest(device.battery_low_at, row.ts)
+        _note_battery(device, item.body.battery, row)
         alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
         return
+    _note_battery(device, _battery_of(item.raw), row)
     for name, level in item.body.levels.items():
         slot = slots[(device.id, name)]
         session.add(Reading(slot_id=slot.id, message_id=row.id, ts=row.ts, level=level))
@@ -163,8 +167,27 @@ def _apply(
         # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
         plausible = row.ts <= row.received_at + MAX_CLOCK_AHEAD
         if plausible and (slot.level_at is None or row.ts >= slot.level_at):
+            if slot.level == level and slot.same_level_since is not None:
+                slot.same_level_count += 1
+            else:
+                slot.same_level_count, slot.same_level_since = 1, row.ts
             slot.level = level
             slot.level_at = row.ts
+
+
+def _battery_of(raw: dict[str, object]) -> float | None:
+    """Telemetry may carry "battery" (0..1) beyond the contract's fields; anything else there is ignored, never a
+    reason to refuse the message."""
+    value = raw.get("battery")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return None
+
+
+def _note_battery(device: Device, battery: float | None, row: DeviceMessage) -> None:
+    plausible = row.ts <= row.received_at + MAX_CLOCK_AHEAD
+    if battery is not None and plausible and (device.battery_at is None or row.ts >= device.battery_at):
+        device.battery, device.battery_at = battery, row.ts
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:

@@ -18,6 +18,7 @@ class Notification(SQLModel, table=True):
     address: str | None = None  # the e-mail address or webhook URL; none for the log
     decision_id: str | None = Field(default=None, foreign_key="decisions.id")
     alert_id: str | None = Field(default=None, foreign_key="alerts.id")
+    alarm_id: str | None = Field(default=None, foreign_key="device_alarms.id")
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

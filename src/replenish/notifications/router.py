@@ -22,9 +22,11 @@ class NotificationRead(BaseModel):
     customer_id: str
     subject: str
     body: str
-    channel: str
+    channel: str = Field(description="log, email or webhook")
+    address: str | None = Field(description="The e-mail address or webhook URL it went to; none for the log.")
     decision_id: str | None
     alert_id: str | None
+    alarm_id: str | None = Field(description="The device health alarm it is about, if any.")
     consent_version: int
     created_at: datetime
     sent_at: datetime | None
@@ -33,7 +35,7 @@ class NotificationRead(BaseModel):
 class NotificationDetail(NotificationRead):
     explanation: dict[str, Any] | None = Field(
         description="For a notification a decision sent (a slot running low under notify_only): the decision as an "
-        "order's explanation gives it. Null for an alert's notification: the alert says why."
+        "order's explanation gives it. Null for an alert's or alarm's notification: the alert or alarm says why."
     )
 
 

@@ -23,6 +23,7 @@ def notify_customer(
     now: datetime,
     decision_id: str | None = None,
     alert_id: str | None = None,
+    alarm_id: str | None = None,
     urgent: bool = False,
 ) -> list[Notification]:
     """Tell the customer, on every channel their consent names."""
@@ -38,6 +39,7 @@ def notify_customer(
             now=now,
             decision_id=decision_id,
             alert_id=alert_id,
+            alarm_id=alarm_id,
             urgent=urgent,
         )
         for channel in document.notification_channels
@@ -56,6 +58,7 @@ def send(
     now: datetime,
     decision_id: str | None = None,
     alert_id: str | None = None,
+    alarm_id: str | None = None,
     acknowledge_token: str | None = None,
     urgent: bool = False,
 ) -> Notification:
@@ -73,6 +76,7 @@ def send(
         consent_version=consent_version,
         decision_id=decision_id,
         alert_id=alert_id,
+        alarm_id=alarm_id,
         created_at=now,
     )
     session.add(notification)

@@ -26,6 +26,7 @@ from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.notifications.models import Notification
 from replenish.orders import service as orders
@@ -83,6 +84,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("alerts", select(Alert).where(Alert.customer_id == customer_id)),
         ("alert_escalations", select(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))),
+        ("alarms", select(Alarm).where(Alarm.customer_id == customer_id)),
         ("notifications", select(Notification).where(Notification.customer_id == customer_id)),
         ("audit_events", select(AuditEvent).where(AuditEvent.customer_id == customer_id)),
     ]
@@ -159,6 +161,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             ),
         ),
         ("alerts", delete(Alert).where(Alert.customer_id == customer_id)),
+        ("alarms", delete(Alarm).where(Alarm.customer_id == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("orders", delete(Order).where(Order.customer_id == customer_id)),
         ("decisions", delete(Decision).where(Decision.customer_id == customer_id)),
