@@ -7,6 +7,7 @@ import logging
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -57,6 +58,8 @@ class Jobs:
                 with transaction(self.engine) as session:
                     if alerts.escalate(session=session, alert_id=alert_id, now=now) is not None:
                         stepped.append(alert_id)
+            except StaleDataError:
+                log.info("alert %s changed while it was being stepped; it is looked at again", alert_id)
             except IntegrityError as exc:
                 # Normally a concurrent escalator that took the step first (unique per incident and level).
                 log.warning("alert %s: escalation step not taken: %s", alert_id, exc.orig)

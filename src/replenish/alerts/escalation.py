@@ -11,6 +11,7 @@ database, so that a restart resumes the chain where it stood, and asks these fun
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -71,12 +72,16 @@ def first_escalation_at(*, opened_at: datetime, cancel_window: timedelta, skip_c
     return opened_at if skip_cancel_window else opened_at + cancel_window
 
 
-def due(*, policy: Policy, steps_taken: int, now: datetime) -> Step | Exhausted:
-    """The step to take now that the incident's next escalation time has come, with ``steps_taken`` steps behind it.
+def due(*, policy: Policy, asked: Collection[Target], now: datetime) -> Step | Exhausted:
+    """The step to take now that the incident's next escalation time has come: the first target of the chain, as the
+    wearer's consent has it now, who has not been asked yet (``asked``).
 
-    One step at a time, even after an outage longer than several timeouts: each contact gets the full timeout to
-    answer from the moment they were asked, rather than being skipped because the platform was down.
+    Against the current chain, not a position in it: a contact added or removed mid-escalation neither makes anyone
+    be asked twice nor skips anyone. One step at a time, even after an outage longer than several timeouts: each
+    contact gets the full timeout to answer from the moment they were asked, rather than being skipped because the
+    platform was down.
     """
-    if steps_taken >= len(policy.targets):
-        return Exhausted()
-    return Step(level=steps_taken + 1, target=policy.targets[steps_taken], next_at=now + policy.timeout)
+    for target in policy.targets:
+        if target not in asked:
+            return Step(level=len(asked) + 1, target=target, next_at=now + policy.timeout)
+    return Exhausted()

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel
 
+from replenish.alerts.escalation import Target
 from replenish.db import BigInt, UTCDateTime, new_id
 
 
@@ -30,6 +33,14 @@ class Alert(SQLModel, table=True):
     escalation_level: int = 0  # steps of the chain taken so far
     next_escalation_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     escalation_exhausted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Optimistic concurrency: every UPDATE checks and bumps it, so an acknowledgement, a cancel and an escalation
+    # step that read the same state cannot both commit (the loser gets StaleDataError and rolls back). It covers
+    # SQLite, where the row locks the services ask for do not exist.
+    version: int = 1
+
+    @declared_attr  # type: ignore[misc]
+    def __mapper_args__(cls) -> dict[str, Any]:
+        return {"version_id_col": cls.__table__.c.version}
 
 
 class EscalationStep(SQLModel, table=True):
@@ -49,6 +60,11 @@ class EscalationStep(SQLModel, table=True):
     notified_at: datetime = Field(sa_type=UTCDateTime)
     notification_id: str | None = Field(default=None, foreign_key="notifications.id")
     consent_version: int
-    # SHA-256 of the acknowledgement token sent with the notification (the token itself is not kept).
+    # SHA-256 of the acknowledgement token sent with the notification. The token itself travels in the outbox
+    # message only until that is delivered (the dispatcher then blanks it), and is never logged.
     token_hash: str = Field(unique=True)
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    @property
+    def target(self) -> Target:
+        return Target(kind=self.target_kind, name=self.target_name, channel=self.channel, address=self.address)  # type: ignore[arg-type]

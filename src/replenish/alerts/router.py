@@ -4,6 +4,8 @@ from html import escape
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
 from replenish.alerts import service
@@ -60,11 +62,14 @@ def list_alerts(
 @router.get("/{alert_id}", response_model=AlertDetail, summary="An alert, and the event behind it")
 def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) -> AlertDetail:
     alert = _visible(session, principal, alert_id)
+    steps = service.steps(session=session, alert_id=alert.id)
+    delivered = service.delivered_at(session=session, steps=steps)
     return AlertDetail(
         **AlertRead.model_validate(alert).model_dump(),
         explanation=service.explain(session=session, alert=alert),
         escalation=[
-            EscalationStepRead.model_validate(step) for step in service.steps(session=session, alert_id=alert.id)
+            EscalationStepRead.model_validate(step).model_copy(update={"delivered_at": delivered.get(step.id)})
+            for step in steps
         ],
     )
 
@@ -177,4 +182,8 @@ def acknowledgement_page_submit(token: str, engine: EngineDep, clock: ClockDep) 
         view = acknowledge_by_link(token, engine, clock)
     except DomainError as exc:
         return _page("Could not acknowledge", f"<p>{escape(exc.message)}</p>", exc.status_code)
+    except (StaleDataError, IntegrityError):
+        # Someone else acknowledged (or the wearer cancelled) at the same moment: show where it stands now.
+        with Session(engine) as session:
+            return acknowledgement_page(token, session)
     return _page("Thank you", _describe(view) + "<p>Everyone else has been told you are handling it.</p>")

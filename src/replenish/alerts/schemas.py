@@ -39,7 +39,10 @@ class EscalationStepRead(BaseModel):
     target_name: str
     channel: str
     address: str | None
-    notified_at: datetime
+    notified_at: datetime = Field(description="When the step was taken and the notification queued.")
+    delivered_at: datetime | None = Field(
+        None, description="When the channel accepted it; none yet: still being delivered (and retried)."
+    )
     notification_id: str | None
     consent_version: int
     acknowledged_at: datetime | None

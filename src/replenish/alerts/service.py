@@ -28,6 +28,7 @@ from replenish.devices.models import Device
 from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage
 from replenish.notifications import service as notifications
+from replenish.notifications.models import Notification
 from replenish.outbox import service as outbox
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,20 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     if event_type not in _RAISING_EVENTS:
         return None
     kind, severity = _RAISING_EVENTS[event_type]
-    existing = _open(session=session, device_id=device.id, kinds=SAFETY_KINDS)
+    existing = _open(session=session, device_id=device.id, kinds=SAFETY_KINDS, still_escalating=True)
     if existing is not None:
-        # A repeat before anyone has answered joins the open incident instead of paging the same people again.
-        # Once acknowledged, a new event is a new incident: it must reach someone.
+        # A repeat while the chain is still asking people joins the incident instead of paging the same people
+        # again. Once acknowledged, or once the chain ran out with nobody answering, a new event is a new
+        # incident: it must reach someone.
         existing.event_count += 1
         existing.updated_at = now
-        if event_type == EventType.HELP_REQUESTED and existing.escalation_level == 0:
-            # The wearer asks for help during a fall's cancel window: nobody waits for the window to end.
-            existing.cancel_until = None
-            existing.next_escalation_at = now
+        if event_type == EventType.HELP_REQUESTED and existing.kind != AlertKind.HELP_REQUESTED:
+            # The wearer asks for help: that is no longer a fall they might cancel ("I'm OK" cannot close it),
+            # and if the cancel window is still running, nobody waits for it to end.
+            existing.kind = AlertKind.HELP_REQUESTED
+            if existing.escalation_level == 0:
+                existing.cancel_until = None
+                existing.next_escalation_at = now
         session.add(existing)
         _escalate_if_due(session=session, alert=existing, now=now)
         return existing
@@ -114,13 +119,15 @@ def _opening_text(
     return text
 
 
-def _open(*, session: Session, device_id: str, kinds: tuple[str, ...]) -> Alert | None:
-    # Locked: the escalator may be stepping the same incident.
-    return session.exec(
-        select(Alert)
-        .where(Alert.device_id == device_id, col(Alert.kind).in_(kinds), Alert.status == AlertStatus.OPEN)
-        .with_for_update()
-    ).first()
+def _open(*, session: Session, device_id: str, kinds: tuple[str, ...], still_escalating: bool = False) -> Alert | None:
+    """The device's newest open incident of these kinds (``still_escalating``: whose chain has not run out)."""
+    query = select(Alert).where(
+        Alert.device_id == device_id, col(Alert.kind).in_(kinds), Alert.status == AlertStatus.OPEN
+    )
+    if still_escalating:
+        query = query.where(col(Alert.escalation_exhausted_at).is_(None))
+    # Locked: the escalator may be stepping the same incident (PostgreSQL; on SQLite the version check catches it).
+    return session.exec(query.order_by(col(Alert.opened_at).desc()).limit(1).with_for_update()).first()
 
 
 def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | None:
@@ -176,9 +183,8 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
     if alert.status != AlertStatus.OPEN or alert.next_escalation_at is None or alert.next_escalation_at > now:
         return
     version, document = consent.current_document(session=session, customer_id=alert.customer_id)
-    outcome = escalation.due(
-        policy=escalation.Policy.from_consent(document), steps_taken=alert.escalation_level, now=now
-    )
+    asked = [step.target for step in steps(session=session, alert_id=alert.id)]
+    outcome = escalation.due(policy=escalation.Policy.from_consent(document), asked=asked, now=now)
     device = session.get(Device, alert.device_id)
     device_name = device.name if device is not None else alert.device_id
     if isinstance(outcome, escalation.Exhausted):
@@ -285,6 +291,15 @@ def steps(*, session: Session, alert_id: str) -> list[EscalationStep]:
     return list(session.exec(query.order_by(col(EscalationStep.level))))
 
 
+def delivered_at(*, session: Session, steps: list[EscalationStep]) -> dict[str, datetime]:
+    """Step id -> when its notification was delivered, for the steps delivered so far."""
+    by_notification = {step.notification_id: step.id for step in steps if step.notification_id}
+    rows = session.exec(
+        select(Notification.id, Notification.sent_at).where(col(Notification.id).in_(list(by_notification)))
+    )
+    return {by_notification[notification_id]: sent for notification_id, sent in rows if sent is not None}
+
+
 def step_for_token(*, session: Session, token: str) -> EscalationStep:
     step = session.exec(select(EscalationStep).where(EscalationStep.token_hash == _token_hash(token))).first()
     if step is None:
@@ -301,9 +316,8 @@ def acknowledge_by_contact(*, session: Session, token: str, now: datetime) -> tu
     if alert.status == AlertStatus.OPEN:
         step.acknowledged_at = now  # first: the others asked are told, not the one who answered
         session.add(step)
-    alert = acknowledge(
-        session=session, alert_id=alert.id, actor=f"{step.target_name} (emergency contact {step.level})", now=now
-    )
+    role = f"emergency contact {step.level}" if step.target_kind == "contact" else "emergency services"
+    alert = acknowledge(session=session, alert_id=alert.id, actor=f"{step.target_name} ({role})", now=now)
     return alert, step
 
 
@@ -391,9 +405,18 @@ def resolve(*, session: Session, alert_id: str, actor: str, now: datetime, reaso
         return alert
     if alert.status == AlertStatus.CANCELLED:
         raise Conflict(f"alert {alert_id!r} was cancelled by the wearer; there is nothing to resolve")
+    was_open = alert.status == AlertStatus.OPEN
     alert.status = AlertStatus.RESOLVED
     alert.closed_reason = reason or f"resolved by {actor}"
     alert.next_escalation_at = None
     alert.updated_at = now
     session.add(alert)
+    if was_open:
+        _tell_those_asked(
+            session=session,
+            alert=alert,
+            subject="Resolved: no need to act",
+            body=f"{actor} resolved the {alert.kind.replace('_', ' ')} alert: {alert.closed_reason}.",
+            now=now,
+        )
     return alert

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from replenish import __version__
 from replenish.alerts.router import acknowledgement_page_router, acknowledgements_router
@@ -64,8 +65,9 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
             status_code=exc.status_code, content={"detail": exc.message, "field": exc.field}, headers=headers
         )
 
+    @app.exception_handler(StaleDataError)
     @app.exception_handler(IntegrityError)
-    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
+    async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
         # Two requests raced for the same unique thing (an e-mail, a device id, a consent version); one won.
         return JSONResponse(
             status_code=409,

@@ -61,7 +61,9 @@ class Channel(Protocol):
 
 class LogChannel:
     def send(self, delivery: Delivery) -> None:
-        log.warning("notification %s: %s — %s", delivery.notification_id, delivery.subject, delivery.text())
+        # Never the acknowledgement link: whoever reads the log could acknowledge in the contact's name.
+        withheld = " (acknowledgement link not logged)" if delivery.acknowledge_url else ""
+        log.warning("notification %s: %s — %s%s", delivery.notification_id, delivery.subject, delivery.body, withheld)
 
 
 class UndeliverableAddress(Exception):
@@ -97,12 +99,27 @@ def _refuse_private_destinations(url: str) -> None:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host!r}: {exc}") from exc
-    private = sorted(address for address in addresses if not ipaddress.ip_address(address).is_global)
+    private = sorted(address for address in addresses if not _is_public(address))
     if private:
         raise UndeliverableAddress(
             f"{host!r} resolves to a non-public address ({', '.join(private)}); set "
             "REPLENISH_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow it"
         )
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address (mapped, 6to4, NAT64) are judged by the IPv4 address inside.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
+    return ip.is_global
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @dataclass(frozen=True)
@@ -129,7 +146,7 @@ class EmailChannel:
         message = EmailMessage()
         message["From"] = smtp.sender
         message["To"] = delivery.address
-        message["Subject"] = delivery.subject
+        message["Subject"] = " ".join(delivery.subject.split())  # no line breaks from a device name in a header
         # The same Message-ID on a retry, so that a mail system can recognise a repeat.
         message["Message-ID"] = f"<{delivery.idempotency_key.replace(':', '.')}@replenish.invalid>"
         message.set_content(delivery.text())
@@ -145,7 +162,8 @@ class Channels:
     """Every channel by name, as consent names them (`log`, `webhook`, `email`)."""
 
     def __init__(self, *, smtp: SmtpSettings | None, allow_private_webhooks: bool, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(timeout=timeout)
+        # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=3.0))
         self._channels: dict[str, Channel] = {
             "log": LogChannel(),
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(minutes=10)
 DISPATCH_BATCH = 100
+DELIVERY_WORKERS = 8
 
 CommandSender = Callable[[str, dict[str, Any]], None]
 
@@ -58,19 +60,30 @@ class Dispatcher:
         self._acknowledge_url = acknowledge_url
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
+        """Deliver what is due, several at once: one slow or dead endpoint must not hold up the rest (a wearer's
+        emergency contact behind another customer's unresponsive webhook). ``due`` hands out at most one message
+        per stream, so delivering them concurrently keeps each stream's order."""
         report = DispatchReport()
         with Session(self._engine) as session:
             pending = outbox.due(session=session, now=self._clock.now(), limit=limit)
-        for message in pending:
-            try:
-                self._deliver(message)
-            except Exception as exc:
-                report.failed += 1
-                self._guarded(self._record_failure, message, exc)
-            else:
-                report.delivered += 1
-                self._guarded(self._record_delivery, message)
+        if not pending:
+            return report
+        with ThreadPoolExecutor(max_workers=min(DELIVERY_WORKERS, len(pending)), thread_name_prefix="deliver") as pool:
+            for delivered in pool.map(self._deliver_and_record, pending):
+                if delivered:
+                    report.delivered += 1
+                else:
+                    report.failed += 1
         return report
+
+    def _deliver_and_record(self, message: OutboxMessage) -> bool:
+        try:
+            self._deliver(message)
+        except Exception as exc:
+            self._guarded(self._record_failure, message, exc)
+            return False
+        self._guarded(self._record_delivery, message)
+        return True
 
     @staticmethod
     def _guarded(record: Callable[..., None], *args: Any) -> None:
@@ -117,6 +130,10 @@ class Dispatcher:
             assert stored is not None
             stored.delivered_at = now
             stored.attempts += 1
+            if stored.payload.get("acknowledge_token"):
+                # Delivered: the token need not be kept anywhere but in the contact's hands (a hash stays with the
+                # escalation step).
+                stored.payload = {**stored.payload, "acknowledge_token": None}
             session.add(stored)
             if stored.kind == OutboxKind.NOTIFICATION:
                 notification = session.get(Notification, stored.payload["notification_id"])
