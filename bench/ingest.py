@@ -653,7 +653,7 @@ def run_ingest(
     publisher.start(device_ids=device_ids, n=n, slots=args.slot_names, rate=args.rate, timeout=args.timeout)
 
     # The ingestor's in-memory queue: received from the broker, not yet committed, so not yet acknowledged.
-    queue_size = getattr(getattr(ingestor, "_queue", None), "qsize", lambda: -1)
+    queue_size = getattr(ingestor, "queued", lambda: -1)
     queue_peak = [0, 0.0]
 
     def progress() -> int:

@@ -1,4 +1,5 @@
-"""The MQTT ingestor: receives at QoS 1, commits in batches, and acknowledges a message only once it is stored."""
+"""The MQTT ingestor: receives at QoS 1, commits in batches, and acknowledges a message only once it is stored.
+Safety events have a lane of their own."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
-from replenish.constants import INGEST_SUBSCRIPTIONS, MQTT_QOS
+from replenish.constants import INGEST_SUBSCRIPTIONS, MQTT_QOS, Channel
 from replenish.db import transaction
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import BatchResult, dead_letter, ingest_batch
@@ -35,12 +36,116 @@ class _Delivery:
     connection: int
 
 
-class MqttIngestor:
-    """Owns one persistent MQTT session and one writer thread.
+class _Lane:
+    """One persistent MQTT session (its own client id and subscriptions) with its own queue and writer thread."""
 
-    paho's network thread only queues messages; the writer drains the queue into batches, commits each batch in
-    one transaction, and only then sends the PUBACKs (manual ack). A crash before the commit leaves the messages
-    unacknowledged, and the broker delivers them again to the persistent session.
+    def __init__(
+        self,
+        owner: MqttIngestor,
+        *,
+        name: str,
+        client_id: str,
+        subscriptions: tuple[str, ...],
+        unsubscriptions: tuple[str, ...],
+    ) -> None:
+        self.owner = owner
+        self.name = name
+        self.subscriptions = subscriptions
+        # Topics an older version of this session subscribed to and that now travel in another lane.
+        self.unsubscriptions = unsubscriptions
+        # Bounded: when the writer falls behind, paho's network thread waits here and TCP pushes back on the
+        # broker, instead of the backlog piling up in this process's memory (Mosquitto 2.0.11 does not hold
+        # deliveries to max_inflight_messages once acknowledgements flow).
+        self.queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(4 * owner.batch_size, 1000))
+        self.subscribed = threading.Event()
+        self.connection = 0
+        self.writer = threading.Thread(target=self._write_loop, name=f"ingest-{name}", daemon=True)
+        self.client = make_client(owner.endpoint, client_id=client_id, persistent_session=True, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    def start(self) -> None:
+        self.writer.start()
+        self.client.connect_async(self.owner.endpoint.host, self.owner.endpoint.port, keepalive=30)
+        self.client.loop_start()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT connection to %s refused: %s", self.owner.endpoint.url, reason)
+            return
+        self.connection += 1
+        log.info(
+            "ingestor (%s) connected to %s (session present: %s)",
+            self.name,
+            self.owner.endpoint.url,
+            flags.session_present,
+        )
+        if self.unsubscriptions:
+            client.unsubscribe(list(self.unsubscriptions))
+        client.subscribe([(topic, MQTT_QOS) for topic in self.subscriptions])
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        log.info("ingestor subscribed to %s", ", ".join(self.subscriptions))
+        self.subscribed.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connection += 1  # deliveries of the lost connection must not be acknowledged on the next one
+        self.subscribed.clear()
+        if not self.owner.stopping.is_set():
+            log.warning(
+                "ingestor (%s) disconnected from %s (%s); reconnecting", self.name, self.owner.endpoint.url, reason
+            )
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # A topic that is not UTF-8 cannot be a contract topic; keep it readable for the dead letter.
+        topic = message._topic.decode("utf-8", errors="replace")
+        incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self.owner.clock.now())
+        delivery = _Delivery(incoming, message.mid, message.qos, self.connection)
+        while not self.owner.abandon.is_set():
+            try:
+                self.queue.put(delivery, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        # Given up on while stopping: never acknowledged, so the broker delivers it again.
+
+    # -- writer thread ---------------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        owner = self.owner
+        while not (owner.stopping.is_set() and self.queue.empty()) and not owner.abandon.is_set():
+            try:
+                first = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + owner.batch_wait
+            while len(batch) < owner.batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            result = owner.commit(batch)
+            if result is None:
+                return  # abandoned while the database was failing: nothing acknowledged
+            for delivery in batch:
+                # After a reconnect the broker resends what was not acknowledged, and may reuse a packet id for
+                # another message: acknowledging an old delivery there would acknowledge a message never stored.
+                if delivery.qos > 0 and delivery.connection == self.connection:
+                    self.client.ack(delivery.mid, delivery.qos)
+            owner.count(result)
+
+
+class MqttIngestor:
+    """Two lanes, each one persistent MQTT session with its own writer thread: events (a fall, a help request) and
+    everything else (telemetry, status). A safety event never waits behind a backlog of telemetry.
+
+    In each lane paho's network thread only queues messages; the writer drains the queue into batches, commits each
+    batch in one transaction, and only then sends the PUBACKs (manual ack). A crash before the commit leaves the
+    messages unacknowledged, and the broker delivers them again to the persistent session.
     """
 
     def __init__(
@@ -53,122 +158,62 @@ class MqttIngestor:
         batch_size: int = 500,
         batch_wait_seconds: float = 0.02,
     ) -> None:
-        self._engine = engine
-        self._endpoint = endpoint
-        self._clock = clock
-        self._batch_size = batch_size
-        self._batch_wait = batch_wait_seconds
-        # Bounded: when the writer falls behind, paho's network thread waits here and TCP pushes back on the
-        # broker, instead of the backlog piling up in this process's memory (Mosquitto 2.0.11 does not hold
-        # deliveries to max_inflight_messages once acknowledgements flow).
-        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(4 * batch_size, 1000))
-        self._abandon = threading.Event()
-        self._stopping = threading.Event()
-        self._subscribed = threading.Event()
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
-        self._client = make_client(endpoint, client_id=client_id, persistent_session=True, manual_ack=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = self._on_disconnect
-        self._connection = 0
+        self.engine = engine
+        self.endpoint = endpoint
+        self.clock = clock
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait_seconds
+        self.abandon = threading.Event()
+        self.stopping = threading.Event()
         self._totals = BatchResult()
         self._totals_lock = threading.Condition()
+        events = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic.endswith(f"/{Channel.EVENTS}"))
+        rest = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic not in events)
+        self._lanes = (
+            _Lane(self, name="events", client_id=f"{client_id}-events", subscriptions=events, unsubscriptions=()),
+            _Lane(self, name="telemetry", client_id=client_id, subscriptions=rest, unsubscriptions=events),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._writer.start()
-        self._client.connect_async(self._endpoint.host, self._endpoint.port, keepalive=30)
-        self._client.loop_start()
+        for lane in self._lanes:
+            lane.start()
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
-        return self._subscribed.wait(timeout)
+        deadline = time.monotonic() + timeout
+        return all(lane.subscribed.wait(max(0.0, deadline - time.monotonic())) for lane in self._lanes)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Store and acknowledge what has arrived, for up to ``timeout`` seconds, then leave.
 
         What is still queued then stays unacknowledged: the broker delivers it again to this session.
         """
-        self._stopping.set()
-        self._writer.join(timeout)
-        if self._writer.is_alive():
-            self._abandon.set()
-            self._writer.join(RETRY_BACKOFF_MAX_SECONDS)
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for lane in self._lanes:
+            lane.writer.join(max(0.0, deadline - time.monotonic()))
+        if any(lane.writer.is_alive() for lane in self._lanes):
+            self.abandon.set()
+            for lane in self._lanes:
+                lane.writer.join(RETRY_BACKOFF_MAX_SECONDS)
             log.warning(
                 "ingestor stopped with %d message(s) not stored; the broker will deliver them again",
-                self._queue.qsize(),
+                sum(lane.queue.qsize() for lane in self._lanes),
             )
-        # Nothing will be taken off the queue any more: let paho's thread drop what still comes, or it could wait
-        # on a full queue forever and never finish disconnecting.
-        self._abandon.set()
-        self._client.disconnect()
-        self._client.loop_stop()
+        # Nothing will be taken off the queues any more: let paho's threads drop what still comes, or they could
+        # wait on a full queue forever and never finish disconnecting.
+        self.abandon.set()
+        for lane in self._lanes:
+            lane.client.disconnect()
+            lane.client.loop_stop()
 
-    # -- paho callbacks (network thread) ---------------------------------------------------------------------
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.error("MQTT connection to %s refused: %s", self._endpoint.url, reason)
-            return
-        self._connection += 1
-        log.info("ingestor connected to %s (session present: %s)", self._endpoint.url, flags.session_present)
-        client.subscribe([(topic, MQTT_QOS) for topic in INGEST_SUBSCRIPTIONS])
-
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        log.info("ingestor subscribed to %s", ", ".join(INGEST_SUBSCRIPTIONS))
-        self._subscribed.set()
-
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._connection += 1  # deliveries of the lost connection must not be acknowledged on the next one
-        self._subscribed.clear()
-        if not self._stopping.is_set():
-            log.warning("ingestor disconnected from %s (%s); reconnecting", self._endpoint.url, reason)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        # A topic that is not UTF-8 cannot be a contract topic; keep it readable for the dead letter.
-        topic = message._topic.decode("utf-8", errors="replace")
-        incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self._clock.now())
-        delivery = _Delivery(incoming, message.mid, message.qos, self._connection)
-        while not self._abandon.is_set():
-            try:
-                self._queue.put(delivery, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-        # Given up on while stopping: never acknowledged, so the broker delivers it again.
-
-    # -- writer thread ---------------------------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()) and not self._abandon.is_set():
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            batch = [first]
-            deadline = time.monotonic() + self._batch_wait
-            while len(batch) < self._batch_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            result = self._commit(batch)
-            if result is None:
-                return  # abandoned while the database was failing: nothing acknowledged
-            for delivery in batch:
-                # After a reconnect the broker resends what was not acknowledged, and may reuse a packet id for
-                # another message: acknowledging an old delivery there would acknowledge a message never stored.
-                if delivery.qos > 0 and delivery.connection == self._connection:
-                    self._client.ack(delivery.mid, delivery.qos)
-            with self._totals_lock:
-                self._totals.add(result)
-                self._totals_lock.notify_all()
-
-    def _commit(self, batch: list[_Delivery]) -> BatchResult | None:
+    # -- storage (writer threads) ----------------------------------------------------------------------------
+    def commit(self, batch: list[_Delivery]) -> BatchResult | None:
         messages = [delivery.message for delivery in batch]
         backoff = 0.5
         while True:
             try:
-                with transaction(self._engine) as session:
+                with transaction(self.engine) as session:
                     return ingest_batch(session=session, messages=messages)
             except Exception:
                 log.exception("batch of %d failed; storing its messages one by one", len(messages))
@@ -177,7 +222,7 @@ class MqttIngestor:
             except Exception:
                 # The database itself is failing: keep the batch unacknowledged and try again.
                 log.exception("database unavailable; retrying in %.1f s", backoff)
-                if self._abandon.wait(backoff):
+                if self.abandon.wait(backoff):
                     return None
                 backoff = min(backoff * 2, RETRY_BACKOFF_MAX_SECONDS)
 
@@ -185,7 +230,7 @@ class MqttIngestor:
         total = BatchResult()
         for message in messages:
             try:
-                with transaction(self._engine) as session:
+                with transaction(self.engine) as session:
                     result = ingest_batch(session=session, messages=[message])
             except DBAPIError as exc:
                 if _connection_lost(exc):
@@ -198,13 +243,22 @@ class MqttIngestor:
 
     def _dead_letter_after_error(self, message: IncomingMessage, error: Exception) -> BatchResult:
         log.exception("message on %s could not be stored; dead-lettering it", message.topic)
-        with transaction(self._engine) as session:
+        with transaction(self.engine) as session:
             dead_letter(
                 session=session, message=message, reason=f"internal error while storing: {error!r}", device_id=None
             )
         return BatchResult(dead_letters=1)
 
+    def count(self, result: BatchResult) -> None:
+        with self._totals_lock:
+            self._totals.add(result)
+            self._totals_lock.notify_all()
+
     # -- observation -----------------------------------------------------------------------------------------
+    def queued(self) -> int:
+        """Messages received but not yet stored (nor acknowledged), over both lanes."""
+        return sum(lane.queue.qsize() for lane in self._lanes)
+
     @property
     def totals(self) -> BatchResult:
         with self._totals_lock:

@@ -1,0 +1,336 @@
+"""Benchmark: how fast a fall reaches people, with and without background telemetry from the fleet simulator.
+
+One run:
+
+1. starts the platform as `replenish up` runs it (embedded amqtt broker, SQLite, every role in one process) in a
+   temporary directory, and a webhook receiver in this process;
+2. registers W wearables for one customer whose consent sends the customer's own notifications and the first
+   emergency contact's to the receiver (cancel window 0, so a fall asks contact 1 at once);
+3. phase "quiet": F falls, one wearable each, paced, with nothing else going on;
+4. starts `simulators/fleet.py` (printers, their own MQTT clients, registered over the API) at about
+   --background telemetry messages per second, waits for it to settle, and measures the background rate actually
+   stored;
+5. phase "loaded": F more falls on other wearables.
+
+For each fall it records, on this machine's monotonic clock: publish -> the customer's notification received
+(the incident was stored and committed before it left: it is the incident's own transaction that queued it), and
+publish -> contact 1's notification received. It prints p50/p95/p99/max per phase and the loaded/quiet ratios.
+
+    .venv/bin/python bench/alert_latency.py                      # W=F=100, background 1000 msgs/s
+    .venv/bin/python bench/alert_latency.py --falls 200 --background 1500
+
+Target (issue 6): p99 at most 100 ms under 1,000 telemetry messages per second. A bench figure, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLENISH = str(Path(sys.executable).parent / "replenish")
+HOST = "127.0.0.1"
+PASSWORD = "bench password 1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Arrivals:
+    """What the receiver got: per wearable, when its customer and contact notifications arrived."""
+
+    customer: dict[str, float] = field(default_factory=dict)
+    contact: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def start_receiver(arrivals: Arrivals) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            arrived = time.monotonic()
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # Which wearable: its name is in the text ("bench-wearable-0007").
+            text = f"{body.get('subject', '')} {body.get('body', '')}"
+            name = next((word.strip("().,:") for word in text.split() if word.startswith("bench-w")), None)
+            with arrivals.lock:
+                target = arrivals.contact if self.path == "/contact" else arrivals.customer
+                if name is not None:
+                    target.setdefault(name, arrived)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((HOST, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"replenish up exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"replenish up not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+class Wearable:
+    def __init__(self, device_id: str, secret: str, port: int) -> None:
+        self.device_id = device_id
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv311)
+        self.client.username_pw_set(device_id, secret)
+        self.client.connect(HOST, port)
+        self.client.loop_start()
+
+    def fall(self) -> float:
+        payload = json.dumps({"seq": 1, "type": "fall_detected", "confidence": 0.95}).encode()
+        sent = time.monotonic()
+        self.client.publish(f"devices/{self.device_id}/events", payload, qos=1)
+        return sent
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_phase(
+    name: str, wearables: list[Wearable], arrivals: Arrivals, *, spacing: float, timeout: float
+) -> dict[str, list[float]]:
+    sent: dict[str, float] = {}
+    for wearable in wearables:
+        sent[wearable.device_id] = wearable.fall()
+        time.sleep(spacing)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with arrivals.lock:
+            done = all(d in arrivals.customer and d in arrivals.contact for d in sent)
+        if done:
+            break
+        time.sleep(0.1)
+    result: dict[str, list[float]] = {"customer": [], "contact": []}
+    missing = 0
+    with arrivals.lock:
+        for device_id, at in sent.items():
+            for kind, got in (("customer", arrivals.customer), ("contact", arrivals.contact)):
+                if device_id in got:
+                    result[kind].append((got[device_id] - at) * 1000)
+                else:
+                    missing += 1
+    if missing:
+        print(f"! {name}: {missing} notification(s) did not arrive within {timeout:.0f} s", file=sys.stderr)
+    return result
+
+
+def stored_rate(database: Path, seconds: float) -> float:
+    """Messages stored per second over ``seconds``, read from the platform's SQLite file."""
+
+    def count() -> int:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+            return connection.execute("SELECT count(*) FROM device_messages").fetchone()[0]
+
+    before, started = count(), time.monotonic()
+    time.sleep(seconds)
+    return (count() - before) / (time.monotonic() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--falls", type=int, default=100, help="falls per phase F (default 100)")
+    parser.add_argument("--spacing-ms", type=float, default=200, help="between falls (default 200)")
+    parser.add_argument(
+        "--background", type=float, default=1000, help="target background telemetry msgs/s (default 1000)"
+    )
+    parser.add_argument("--printers", type=int, default=100, help="fleet printers sharing the background (100)")
+    parser.add_argument("--settle", type=float, default=10, help="seconds to let the fleet settle (default 10)")
+    parser.add_argument("--keep", type=Path, help="keep the platform's directory and logs here")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
+    api_port, broker_port = free_port(), free_port()
+    api_url = f"http://{HOST}:{api_port}"
+    arrivals = Arrivals()
+    receiver = start_receiver(arrivals)
+    hook = f"http://{HOST}:{receiver.server_address[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLENISH_")} | {
+        "REPLENISH_DATA_DIR": str(workdir),
+        "REPLENISH_API_PORT": str(api_port),
+        "REPLENISH_BROKER_PORT": str(broker_port),
+        "REPLENISH_BROKER_SERVICE_PASSWORD": secrets.token_urlsafe(16),
+        "REPLENISH_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "REPLENISH_LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [REPLENISH, "accounts", "create-operator", "--email", "bench@example.com"],
+        env=env | {"REPLENISH_NEW_OPERATOR_PASSWORD": PASSWORD},
+        check=True,
+        capture_output=True,
+    )
+    platform_log = workdir / "platform.log"
+    fleet: subprocess.Popen[bytes] | None = None
+    wearables: list[Wearable] = []
+    with platform_log.open("wb") as log:
+        platform = subprocess.Popen([REPLENISH, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(api_url, platform, platform_log)
+        token = httpx.post(
+            f"{api_url}/api/v1/auth/token", data={"username": "bench@example.com", "password": PASSWORD}
+        ).json()["access_token"]
+        api = httpx.Client(base_url=f"{api_url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        customer = api.post(
+            "/customers", json={"name": "Wearers", "email": "wearers@example.com", "password": PASSWORD}
+        ).json()["id"]
+        api.put(
+            f"/customers/{customer}/consent",
+            json={
+                "notification_channels": [{"type": "webhook", "address": f"{hook}/customer"}],
+                "emergency_contacts": [{"name": "Contact", "channel": "webhook", "address": f"{hook}/contact"}],
+                "fall_cancel_window_seconds": 0,
+                "escalation_timeout_seconds": 3600,
+            },
+        ).raise_for_status()
+        for i in range(2 * args.falls):
+            device_id = f"bench-wearable-{i:04d}"
+            registered = api.post(
+                "/devices",
+                json={"id": device_id, "customer_id": customer, "kind": "wearable", "name": device_id, "slots": []},
+            )
+            registered.raise_for_status()
+            wearables.append(Wearable(device_id, registered.json()["credentials"]["mqtt_password"], broker_port))
+        time.sleep(1)
+
+        spacing, timeout = args.spacing_ms / 1000, 30.0
+        quiet = run_phase("quiet", wearables[: args.falls], arrivals, spacing=spacing, timeout=timeout)
+
+        # The fleet: each printer reports every simulated minute; speed makes that per_printer msgs/s in real time.
+        per_printer = args.background / args.printers
+        fleet = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "simulators" / "fleet.py"),
+                "--printers",
+                str(args.printers),
+                "--fridges",
+                "0",
+                "--wearables",
+                "0",
+                "--prefix",
+                "bench",
+                "--broker",
+                f"mqtt://{HOST}:{broker_port}",
+                "--interval-minutes",
+                "1",
+                "--speed",
+                str(60 * per_printer),
+                "--history-days",
+                "365",
+                "--register",
+                api_url,
+                "--api-token",
+                token,
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=(workdir / "fleet.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(args.settle)
+        if fleet.poll() is not None:
+            raise RuntimeError(f"fleet simulator exited: {(workdir / 'fleet.log').read_text()[-2000:]}")
+        background_before = stored_rate(workdir / "replenish.db", 5)
+        loaded = run_phase("loaded", wearables[args.falls :], arrivals, spacing=spacing, timeout=timeout)
+        background_after = stored_rate(workdir / "replenish.db", 5)
+    finally:
+        for wearable in wearables:
+            wearable.close()
+        if fleet is not None:
+            fleet.terminate()
+            fleet.wait(20)
+        platform.terminate()
+        try:
+            platform.wait(30)
+        except subprocess.TimeoutExpired:
+            platform.kill()
+        receiver.shutdown()
+
+    background = (background_before + background_after) / 2
+    print(
+        f"platform: `replenish up` (embedded amqtt broker, SQLite), {os.cpu_count()} CPUs; "
+        f"F={args.falls} falls per phase, one every {args.spacing_ms:g} ms, each from its own wearable"
+    )
+    print(
+        f"background: simulators/fleet.py, {args.printers} printers, target {args.background:g} msgs/s, "
+        f"stored {background_before:,.0f} msgs/s before and {background_after:,.0f} after the loaded phase"
+    )
+    print()
+    print("| phase  | notification               | n   | p50 ms | p95 ms | p99 ms | max ms |")
+    print("|--------|----------------------------|-----|--------|--------|--------|--------|")
+    rows: dict[tuple[str, str], list[float]] = {}
+    for phase, result in (("quiet", quiet), ("loaded", loaded)):
+        for kind, label in (("customer", "customer (incident stored)"), ("contact", "emergency contact 1")):
+            values = result[kind]
+            rows[(phase, kind)] = values
+            if not values:
+                print(f"| {phase:<6} | {label:<26} | 0   |        |        |        |        |")
+                continue
+            print(
+                f"| {phase:<6} | {label:<26} | {len(values):<3} | {percentile(values, 50):6.1f} | "
+                f"{percentile(values, 95):6.1f} | {percentile(values, 99):6.1f} | {max(values):6.1f} |"
+            )
+    print("(publish of fall_detected -> the webhook request received, this machine's monotonic clock)")
+    for kind in ("customer", "contact"):
+        quiet_values, loaded_values = rows[("quiet", kind)], rows[("loaded", kind)]
+        if quiet_values and loaded_values:
+            ratio = percentile(loaded_values, 99) / percentile(quiet_values, 99)
+            print(f"loaded/quiet p99, {kind}: {ratio:.2f}")
+    contact_p99 = percentile(rows[("loaded", "contact")], 99) if rows[("loaded", "contact")] else float("inf")
+    verdict = "met" if contact_p99 <= 100 and background >= 0.9 * args.background else "MISSED"
+    print(
+        f"target: contact 1 p99 <= 100 ms under >= {args.background:g} msgs/s: {verdict} "
+        f"(p99 {contact_p99:.1f} ms at {background:,.0f} msgs/s); median contact latency over both phases "
+        f"{statistics.median(rows[('quiet', 'contact')] + rows[('loaded', 'contact')]):.1f} ms"
+    )
+    if args.keep:
+        shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+        print(f"kept {workdir} in {args.keep}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    missing = sum(1 for values in rows.values() if len(values) < args.falls)
+    return 0 if not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
