@@ -2,8 +2,11 @@
 
 One run:
 
-1. starts the platform as `replenish up` runs it (embedded amqtt broker, SQLite, every role in one process) in a
-   temporary directory, and a webhook receiver in this process;
+1. starts the platform in a temporary directory, and a webhook receiver in this process. `--stack up` (the
+   default): as `replenish up` runs it, the embedded amqtt broker and every role in one process. `--stack
+   production`: as docker-compose.yml runs it, Mosquitto from deploy/mosquitto/mosquitto.conf (through
+   reload-on-change.sh, with `replenish mosquitto-files --every 1`) and the api, ingest (telemetry), ingest
+   (events) and scheduler roles each in its own process; SQLite, or --database-url;
 2. registers W wearables for one customer whose consent sends the customer's own notifications and the first
    emergency contact's to the receiver (cancel window 0, so a fall asks contact 1 at once);
 3. phase "quiet": F falls, one wearable each, paced, with nothing else going on;
@@ -16,8 +19,8 @@ For each fall it records, on this machine's monotonic clock: publish -> the cust
 (the incident was stored and committed before it left: it is the incident's own transaction that queued it), and
 publish -> contact 1's notification received. It prints p50/p95/p99/max per phase and the loaded/quiet ratios.
 
-    .venv/bin/python bench/alert_latency.py                      # W=F=100, background 1000 msgs/s
-    .venv/bin/python bench/alert_latency.py --falls 200 --background 1500
+    .venv/bin/python bench/alert_latency.py --stack production   # F=100, background 1000 msgs/s
+    .venv/bin/python bench/alert_latency.py --stack up --background 500
 
 Target (issue 6): p99 at most 100 ms under 1,000 telemetry messages per second. A bench figure, not a test.
 """
@@ -30,13 +33,13 @@ import os
 import secrets
 import shutil
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,6 +48,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLENISH = str(Path(sys.executable).parent / "replenish")
@@ -109,12 +113,59 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise RuntimeError(f"replenish up not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def start_stack(stack: ExitStack, kind: str, env: dict[str, str], workdir: Path, api_url: str, broker_port: int) -> int:
+    """Start the platform; returns the port devices connect to."""
+
+    def role(args: list[str], name: str, role_env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = stack.enter_context((workdir / f"{name}.log").open("wb"))
+        process = subprocess.Popen([REPLENISH, *args], env=role_env, stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(_stop, process)
+        return process
+
+    if kind == "up":
+        platform = role(["up"], "platform", env)
+        wait_ready(api_url, platform, workdir / "platform.log")
+        return broker_port
+    sys.path.insert(0, str(ROOT / "tests"))
+    import brokers  # the tests' Mosquitto starter: the production config, rewritten for this machine
+
+    password = env["REPLENISH_BROKER_SERVICE_PASSWORD"]
+    (workdir / "mosquitto").mkdir()
+    broker = stack.enter_context(
+        brokers.running_mosquitto(workdir / "mosquitto", service_password=password, reload_check_seconds=0.5)
+    )
+    roles_env = env | {"REPLENISH_MQTT_URL": f"mqtt://{HOST}:{broker.platform_port}"}
+    api = role(["api"], "api", roles_env)
+    wait_ready(api_url, api, workdir / "api.log")
+    role(["mosquitto-files", "--out", str(broker.auth_dir), "--every", "1"], "broker-auth", roles_env)
+    # As docker-compose.yml runs them: safety events and telemetry in separate ingest processes.
+    role(["ingest"], "ingest-events", roles_env | {"REPLENISH_INGEST_LANES": "events"})
+    role(["ingest"], "ingest", roles_env | {"REPLENISH_INGEST_LANES": "telemetry"})
+    role(["scheduler"], "scheduler", roles_env)
+    time.sleep(2)
+    return broker.device_port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 class Wearable:
     def __init__(self, device_id: str, secret: str, port: int) -> None:
         self.device_id = device_id
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=paho.MQTTv311)
         self.client.username_pw_set(device_id, secret)
-        self.client.connect(HOST, port)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.connected = threading.Event()
+        # Refused until the broker has the new device's secret (Mosquitto: its next reload); paho tries again.
+        self.client.on_connect = lambda client, userdata, flags, reason, props: (
+            self.connected.set() if not reason.is_failure else None
+        )
+        self.client.connect_async(HOST, port)
         self.client.loop_start()
 
     def fall(self) -> float:
@@ -156,16 +207,20 @@ def run_phase(
     return result
 
 
-def stored_rate(database: Path, seconds: float) -> float:
-    """Messages stored per second over ``seconds``, read from the platform's SQLite file."""
+def stored_rate(database_url: str, seconds: float) -> float:
+    """Messages stored per second over ``seconds``, read from the platform's database."""
+    engine = create_engine(database_url)
 
     def count() -> int:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
-            return connection.execute("SELECT count(*) FROM device_messages").fetchone()[0]
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM device_messages")).scalar_one())
 
-    before, started = count(), time.monotonic()
-    time.sleep(seconds)
-    return (count() - before) / (time.monotonic() - started)
+    try:
+        before, started = count(), time.monotonic()
+        time.sleep(seconds)
+        return (count() - before) / (time.monotonic() - started)
+    finally:
+        engine.dispose()
 
 
 def main() -> int:
@@ -177,6 +232,12 @@ def main() -> int:
     )
     parser.add_argument("--printers", type=int, default=100, help="fleet printers sharing the background (100)")
     parser.add_argument("--settle", type=float, default=10, help="seconds to let the fleet settle (default 10)")
+    parser.add_argument("--stack", choices=("up", "production"), default="up", help="see above (default up)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of an empty database dedicated to the run, e.g. postgresql+psycopg://user@host/db "
+        "(default: a temporary SQLite file)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the platform's directory and logs here")
     args = parser.parse_args()
 
@@ -194,19 +255,19 @@ def main() -> int:
         "REPLENISH_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
         "REPLENISH_LOG_LEVEL": "WARNING",
     }
+    database_url = args.database_url or f"sqlite:///{workdir / 'replenish.db'}"
+    env["REPLENISH_DATABASE_URL"] = database_url
     subprocess.run(
         [REPLENISH, "accounts", "create-operator", "--email", "bench@example.com"],
         env=env | {"REPLENISH_NEW_OPERATOR_PASSWORD": PASSWORD},
         check=True,
         capture_output=True,
     )
-    platform_log = workdir / "platform.log"
     fleet: subprocess.Popen[bytes] | None = None
     wearables: list[Wearable] = []
-    with platform_log.open("wb") as log:
-        platform = subprocess.Popen([REPLENISH, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    stack = ExitStack()
     try:
-        wait_ready(api_url, platform, platform_log)
+        device_port = start_stack(stack, args.stack, env, workdir, api_url, broker_port)
         token = httpx.post(
             f"{api_url}/api/v1/auth/token", data={"username": "bench@example.com", "password": PASSWORD}
         ).json()["access_token"]
@@ -230,7 +291,10 @@ def main() -> int:
                 json={"id": device_id, "customer_id": customer, "kind": "wearable", "name": device_id, "slots": []},
             )
             registered.raise_for_status()
-            wearables.append(Wearable(device_id, registered.json()["credentials"]["mqtt_password"], broker_port))
+            wearables.append(Wearable(device_id, registered.json()["credentials"]["mqtt_password"], device_port))
+        for wearable in wearables:
+            if not wearable.connected.wait(30):
+                raise RuntimeError(f"{wearable.device_id} could not connect to the broker")
         time.sleep(1)
 
         spacing, timeout = args.spacing_ms / 1000, 30.0
@@ -251,7 +315,7 @@ def main() -> int:
                 "--prefix",
                 "bench",
                 "--broker",
-                f"mqtt://{HOST}:{broker_port}",
+                f"mqtt://{HOST}:{device_port}",
                 "--interval-minutes",
                 "1",
                 "--speed",
@@ -271,25 +335,27 @@ def main() -> int:
         time.sleep(args.settle)
         if fleet.poll() is not None:
             raise RuntimeError(f"fleet simulator exited: {(workdir / 'fleet.log').read_text()[-2000:]}")
-        background_before = stored_rate(workdir / "replenish.db", 5)
+        background_before = stored_rate(database_url, 5)
         loaded = run_phase("loaded", wearables[args.falls :], arrivals, spacing=spacing, timeout=timeout)
-        background_after = stored_rate(workdir / "replenish.db", 5)
+        background_after = stored_rate(database_url, 5)
     finally:
         for wearable in wearables:
             wearable.close()
         if fleet is not None:
             fleet.terminate()
             fleet.wait(20)
-        platform.terminate()
-        try:
-            platform.wait(30)
-        except subprocess.TimeoutExpired:
-            platform.kill()
+        stack.close()
         receiver.shutdown()
 
     background = (background_before + background_after) / 2
+    layout = (
+        "`replenish up` (embedded amqtt broker, one process)"
+        if args.stack == "up"
+        else "Mosquitto + api, ingest (telemetry), ingest (events), scheduler in their own processes"
+    )
+    layout += f", {make_url(database_url).get_backend_name()}"
     print(
-        f"platform: `replenish up` (embedded amqtt broker, SQLite), {os.cpu_count()} CPUs; "
+        f"platform: {layout}, {os.cpu_count()} CPUs; "
         f"F={args.falls} falls per phase, one every {args.spacing_ms:g} ms, each from its own wearable"
     )
     print(

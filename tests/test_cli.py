@@ -183,3 +183,18 @@ def test_fleet_simulator_registers_its_devices_and_publishes_per_the_contract(pl
     again = subprocess.run([sys.executable, str(fleet), *args], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert len(api.get("/devices").json()) == 4
+
+
+def test_a_database_from_an_older_version_is_named_plainly(tmp_path):
+    import sqlite3
+
+    env = environment(tmp_path)
+    done = subprocess.run([REPLENISH, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "replenish.db") as connection:
+        connection.execute("ALTER TABLE devices DROP COLUMN battery")  # as a database from before it had one
+    again = subprocess.run([REPLENISH, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert "lacks devices.battery" in again.stderr and "Traceback" not in again.stderr
+    up = subprocess.run([REPLENISH, "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1 and "lacks devices.battery" in up.stderr

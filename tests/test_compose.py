@@ -39,9 +39,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 ENV_PREFIX = "REPLENISH_"
 ROLE_COMMANDS = {"api", "ingest", "scheduler"}
-PLATFORM_SERVICES = {"api", "ingest", "scheduler", "broker-auth"}
+PLATFORM_SERVICES = {"api", "ingest", "ingest-events", "scheduler", "broker-auth"}
 # The services that sign in to the broker, or write its password file, and so get the service password.
-MQTT_SERVICES = {"ingest", "scheduler", "broker-auth"}
+MQTT_SERVICES = {"ingest", "ingest-events", "scheduler", "broker-auth"}
 INFRA_SERVICES = {"mosquitto", "postgres"}
 
 # `key value...`: Mosquitto directives are lower-case words with underscores, followed by their value(s).
@@ -173,7 +173,7 @@ def test_platform_services_run_a_role(compose: dict[str, Any]) -> None:
         assert len(command(service)) == 1 and command(service)[0] in ROLE_COMMANDS, (
             f"{name}: command {service.get('command')!r} is not one of {sorted(ROLE_COMMANDS)}"
         )
-    assert sorted(command(service)[0] for service in roles.values()) == sorted(ROLE_COMMANDS)
+    assert {command(service)[0] for service in roles.values()} == ROLE_COMMANDS
     assert "mosquitto-files" in cli_commands
 
 
@@ -343,3 +343,13 @@ def test_broker_auth_is_healthy_only_while_its_passes_succeed(compose: dict[str,
     two_minutes_ago = time.time() - 120
     os.utime(tmp_path / SYNCED_MARKER, (two_minutes_ago, two_minutes_ago))
     assert (tmp_path / PLATFORM_PASSWORD_FILE).exists() and not healthy(), "files of an earlier pass are not enough"
+
+
+def test_safety_events_and_telemetry_are_ingested_by_separate_processes(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lanes = {
+        name: settings_from(environment(services(compose)[name]), monkeypatch).ingest_lanes
+        for name in ("ingest", "ingest-events")
+    }
+    assert lanes == {"ingest": ("telemetry",), "ingest-events": ("events",)}

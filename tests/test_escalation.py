@@ -482,3 +482,48 @@ def test_killed_mid_escalation_and_started_again_the_chain_goes_on_at_the_right_
     assert timeout_seconds - 0.5 <= carl_asked_after <= timeout_seconds + 2, carl_asked_after
     assert len(contacts.bea.requests) == 1, "Bea was asked once"
     assert [step["target_name"] for step in detail["escalation"]] == ["Bea", "Carl"]
+
+
+def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, contacts, wearer):
+    """The ingest role and the scheduler role each run a dispatcher; claims on the outbox keep them apart."""
+    from replenish.db import transaction
+    from replenish.notifications import service as notifications
+    from replenish.outbox.dispatcher import Dispatcher
+    from replenish.runtime import make_channels
+
+    with transaction(platform.engine) as session:
+        for number in range(40):
+            notifications.send(
+                session=session,
+                customer_id=wearer,
+                channel="webhook",
+                address=contacts.bea.url,
+                subject=f"number {number}",
+                body="-",
+                consent_version=1,
+                now=clock.now(),
+            )
+    assert platform.jobs is not None
+    second = Dispatcher(
+        engine=platform.engine,
+        clock=clock,
+        fulfilment=platform.jobs.dispatcher._fulfilment,
+        send_command=None,
+        channels=make_channels(platform.settings),
+        acknowledge_url=lambda token: token,
+        kinds={OutboxKind.NOTIFICATION},
+    )
+    start = threading.Barrier(2)
+
+    def run(dispatcher: Dispatcher) -> None:
+        start.wait()
+        while dispatcher.dispatch_due(limit=5).delivered:
+            pass
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in (platform.jobs.dispatcher, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    keys = [headers["Idempotency-Key"] for headers, _, _ in contacts.bea.requests]
+    assert len(keys) == 40 and len(set(keys)) == 40

@@ -288,8 +288,12 @@ def mosquitto_files(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create any missing tables (every role also does this at start-up)."""
-    from replenish.db import create_schema, make_engine
+    from replenish.db import OutdatedSchema, create_schema, make_engine
 
     settings = _settings()
-    create_schema(make_engine(settings.resolved_database_url))
+    try:
+        create_schema(make_engine(settings.resolved_database_url))
+    except OutdatedSchema as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"schema ready at {make_url(settings.resolved_database_url).render_as_string(hide_password=True)}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, HttpUrl, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
@@ -95,6 +96,14 @@ class Settings(BaseSettings):
         None, description="Fulfilment webhook: orders are POSTed here. Unset: orders are recorded and logged."
     )
     ingest_batch_size: int = Field(500, ge=1, description="Most messages the ingestor commits in one batch.")
+    # NoDecode: a comma-separated list in the environment, not JSON.
+    ingest_lanes: Annotated[tuple[Literal["events", "telemetry"], ...], NoDecode] = Field(
+        ("events", "telemetry"),
+        min_length=1,
+        description="Which lanes this ingest process runs, comma-separated: events (falls, help requests: few and "
+        "urgent) and telemetry (telemetry and status). Production runs each in a process of its own, so that a fall "
+        "never competes with a telemetry backlog for the same interpreter.",
+    )
     ingest_batch_wait_ms: float = Field(
         20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
     )
@@ -127,6 +136,13 @@ class Settings(BaseSettings):
         "addresses. Off: such a URL is refused, so that nobody can aim the platform at its own network.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("ingest_lanes", mode="before")
+    @classmethod
+    def _lanes_from_a_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("mqtt_url")
     @classmethod

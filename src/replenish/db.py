@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, event, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, event, inspect, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -91,12 +91,34 @@ def create_schema(engine: Engine) -> None:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 SQLModel.metadata.create_all(connection)
+                _check_columns(connection)
             return
         except OperationalError as exc:
             # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
             if not ("already exists" in str(exc) or "database is locked" in str(exc)) or attempt == attempts - 1:
                 raise
             time.sleep(0.25)
+
+
+class OutdatedSchema(RuntimeError):
+    """The database has tables from an older version that lack columns this version needs."""
+
+
+def _check_columns(connection: Any) -> None:
+    """create_all adds missing tables, not missing columns: say so plainly rather than fail on the first query."""
+    inspector = inspect(connection)
+    missing = [
+        f"{table.name}.{column.name}"
+        for table in SQLModel.metadata.sorted_tables
+        for column in table.columns
+        if column.name not in {existing["name"] for existing in inspector.get_columns(table.name)}
+    ]
+    if missing:
+        raise OutdatedSchema(
+            f"the database was created by an older version and lacks {', '.join(missing)}. Schema migrations are "
+            "not in yet: add the columns by hand, or, for a development or demo database, delete it (by default "
+            "var/replenish.db) and start again"
+        )
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from replenish.api.app import create_app
 from replenish.clock import Clock, SystemClock
 from replenish.config import Settings
-from replenish.constants import ACKNOWLEDGE_PAGE_PATH
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH, OutboxKind
 from replenish.db import create_schema, make_engine
 from replenish.ingest.consumer import MqttIngestor
 from replenish.mqtt.broker import EmbeddedBroker
@@ -109,23 +109,39 @@ class Platform:
                 client_id=self.settings.mqtt_client_id,
                 batch_size=self.settings.ingest_batch_size,
                 batch_wait_seconds=self.settings.ingest_batch_wait_ms / 1000,
+                lanes=self.settings.ingest_lanes,
             )
             self.ingestor.start()
             if not self.ingestor.wait_ready(15):
                 log.warning("ingestor not yet subscribed at %s; it keeps retrying", endpoint.url)
+            if not self.roles.scheduler and self.run_jobs:
+                # In a process of its own, the ingestor delivers the notifications its transactions queue (a fall's
+                # first ones) the moment they commit, instead of leaving them to the scheduler's next poll. Claims
+                # on the outbox keep the two dispatchers from delivering one message twice.
+                self.channels = make_channels(self.settings)
+                notifier = Dispatcher(
+                    engine=self.engine,
+                    clock=self.clock,
+                    fulfilment=make_sink(None),
+                    send_command=None,
+                    channels=self.channels,
+                    acknowledge_url=self._acknowledge_url,
+                    kinds={OutboxKind.NOTIFICATION},
+                )
+                self.dispatch_loop = DispatchLoop(notifier, interval_seconds=self.settings.dispatch_interval_seconds)
+                self.dispatch_loop.start()
         if self.roles.scheduler:
             self.publisher = CommandPublisher(endpoint, client_id=f"{self.settings.mqtt_client_id}-commands")
             self.publisher.start()
             url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
             self.channels = make_channels(self.settings)
-            public_url = self.settings.resolved_public_url
             dispatcher = Dispatcher(
                 engine=self.engine,
                 clock=self.clock,
                 fulfilment=make_sink(url),
                 send_command=self.publisher.publish,
                 channels=self.channels,
-                acknowledge_url=lambda token: f"{public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}",
+                acknowledge_url=self._acknowledge_url,
             )
             self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
             if self.run_jobs:
@@ -135,6 +151,9 @@ class Platform:
                 self.scheduler.start()
         if self.roles.api:
             self._start_api()
+
+    def _acknowledge_url(self, token: str) -> str:
+        return f"{self.settings.resolved_public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}"
 
     def _start_api(self) -> None:
         app = create_app(

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,11 @@ class _Lane:
         client_id: str,
         subscriptions: tuple[str, ...],
         unsubscriptions: tuple[str, ...],
+        batch_wait: float,
     ) -> None:
         self.owner = owner
         self.name = name
+        self.batch_wait = batch_wait
         self.subscriptions = subscriptions
         # Topics an older version of this session subscribed to and that now travel in another lane.
         self.unsubscriptions = unsubscriptions
@@ -121,7 +124,7 @@ class _Lane:
             except queue.Empty:
                 continue
             batch = [first]
-            deadline = time.monotonic() + owner.batch_wait
+            deadline = time.monotonic() + self.batch_wait
             while len(batch) < owner.batch_size:
                 remaining = deadline - time.monotonic()
                 try:
@@ -157,22 +160,41 @@ class MqttIngestor:
         client_id: str = "replenish-ingest",
         batch_size: int = 500,
         batch_wait_seconds: float = 0.02,
+        lanes: Collection[str] = ("events", "telemetry"),
     ) -> None:
         self.engine = engine
         self.endpoint = endpoint
         self.clock = clock
         self.batch_size = batch_size
-        self.batch_wait = batch_wait_seconds
         self.abandon = threading.Event()
         self.stopping = threading.Event()
         self._totals = BatchResult()
         self._totals_lock = threading.Condition()
         events = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic.endswith(f"/{Channel.EVENTS}"))
         rest = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic not in events)
-        self._lanes = (
-            _Lane(self, name="events", client_id=f"{client_id}-events", subscriptions=events, unsubscriptions=()),
-            _Lane(self, name="telemetry", client_id=client_id, subscriptions=rest, unsubscriptions=events),
+        all_lanes = (
+            # Events are few and urgent: stored as they come (what arrives together still commits together).
+            _Lane(
+                self,
+                name="events",
+                client_id=f"{client_id}-events",
+                subscriptions=events,
+                unsubscriptions=(),
+                batch_wait=0.0,
+            ),
+            _Lane(
+                self,
+                name="telemetry",
+                client_id=client_id,
+                subscriptions=rest,
+                unsubscriptions=events,
+                batch_wait=batch_wait_seconds,
+            ),
         )
+        unknown = set(lanes) - {lane.name for lane in all_lanes}
+        if unknown or not lanes:
+            raise ValueError(f"ingest lanes must be some of events, telemetry (got {sorted(lanes)})")
+        self._lanes = tuple(lane for lane in all_lanes if lane.name in lanes)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:

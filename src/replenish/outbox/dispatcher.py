@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from replenish.clock import Clock
 from replenish.constants import OutboxKind
@@ -31,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(minutes=10)
 DISPATCH_BATCH = 100
 DELIVERY_WORKERS = 8
+# How long a dispatcher holds a message it is delivering: longer than any delivery takes (timeouts are 10 s).
+CLAIM_LEASE = timedelta(seconds=60)
 
 CommandSender = Callable[[str, dict[str, Any]], None]
 
@@ -51,6 +52,7 @@ class Dispatcher:
         send_command: CommandSender | None,
         channels: Channels,
         acknowledge_url: Callable[[str], str],
+        kinds: Collection[OutboxKind] | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -58,14 +60,23 @@ class Dispatcher:
         self._send_command = send_command
         self._channels = channels
         self._acknowledge_url = acknowledge_url
+        # Only these kinds (None: all). The ingest role delivers notifications it queued itself, at once.
+        self._kinds = kinds
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
         """Deliver what is due, several at once: one slow or dead endpoint must not hold up the rest (a wearer's
         emergency contact behind another customer's unresponsive webhook). ``due`` hands out at most one message
         per stream, so delivering them concurrently keeps each stream's order."""
         report = DispatchReport()
-        with Session(self._engine) as session:
-            pending = outbox.due(session=session, now=self._clock.now(), limit=limit)
+        now = self._clock.now()
+        with transaction(self._engine) as session:
+            candidates = outbox.due(session=session, now=now, limit=limit, kinds=self._kinds)
+            pending = [
+                message
+                for message in candidates
+                if message.id is not None
+                and outbox.claim(session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE)
+            ]
         if not pending:
             return report
         with ThreadPoolExecutor(max_workers=min(DELIVERY_WORKERS, len(pending)), thread_name_prefix="deliver") as pool:
@@ -147,6 +158,7 @@ class Dispatcher:
             stored = session.get(OutboxMessage, message.id)
             assert stored is not None
             stored.attempts += 1
+            stored.claimed_until = None
             stored.last_error = repr(error)[:2000]
             stored.available_at = now + min(timedelta(seconds=2**stored.attempts), MAX_BACKOFF)
             session.add(stored)

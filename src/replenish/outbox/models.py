@@ -24,4 +24,7 @@ class OutboxMessage(SQLModel, table=True):
     available_at: datetime = Field(sa_type=UTCDateTime, index=True)
     attempts: int = 0
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # A dispatcher delivering it holds it until then; another dispatcher (another process) leaves it alone, and
+    # takes it over only if the holder died before it was delivered.
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = None

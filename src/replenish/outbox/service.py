@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, or_, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -66,8 +67,11 @@ def _forget_urgency(session: OrmSession) -> None:
     session.info.pop(_URGENT, None)
 
 
-def due(*, session: Session, now: datetime, limit: int = 100) -> list[OutboxMessage]:
-    """Undelivered messages whose time has come and that wait for no earlier message of their stream."""
+def due(
+    *, session: Session, now: datetime, limit: int = 100, kinds: Collection[str] | None = None
+) -> list[OutboxMessage]:
+    """Undelivered messages whose time has come, that no dispatcher holds, and that wait for no earlier message of
+    their stream."""
     earlier = aliased(OutboxMessage)
     waiting_for_earlier = (
         select(earlier.id)
@@ -78,11 +82,27 @@ def due(*, session: Session, now: datetime, limit: int = 100) -> list[OutboxMess
         )
         .exists()
     )
-    return list(
-        session.exec(
-            select(OutboxMessage)
-            .where(col(OutboxMessage.delivered_at).is_(None), OutboxMessage.available_at <= now, ~waiting_for_earlier)
-            .order_by(col(OutboxMessage.id))
-            .limit(limit)
-        )
+    query = select(OutboxMessage).where(
+        col(OutboxMessage.delivered_at).is_(None),
+        OutboxMessage.available_at <= now,
+        or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
+        ~waiting_for_earlier,
     )
+    if kinds is not None:
+        query = query.where(col(OutboxMessage.kind).in_(list(kinds)))
+    return list(session.exec(query.order_by(col(OutboxMessage.id)).limit(limit)))
+
+
+def claim(*, session: Session, message_id: int, now: datetime, until: datetime) -> bool:
+    """Hold the message for delivery until ``until``; false if it is delivered or another dispatcher holds it. One
+    conditional UPDATE: of two dispatchers racing for it, exactly one wins, on SQLite and PostgreSQL alike."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            col(OutboxMessage.id) == message_id,
+            col(OutboxMessage.delivered_at).is_(None),
+            or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
+        )
+        .values(claimed_until=until)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]

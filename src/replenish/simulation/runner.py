@@ -156,16 +156,17 @@ class _Connection:
         # connect_async + loop_start: paho's thread retries until the broker answers (it may start later)
         self.client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=30)
         self.client.loop_start()
-        if not self._connected.wait(CONNECT_TIMEOUT_SECONDS) or self._refused:
+        if not self._connected.wait(CONNECT_TIMEOUT_SECONDS):
             self.client.loop_stop()
             reason = self._refused or f"no answer within {CONNECT_TIMEOUT_SECONDS:.0f} s"
             raise ConnectionError(f"{self.device_id}: cannot connect to {self.endpoint.url}: {reason}")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            log.error("%s: broker refused the connection: %s", self.device_id, reason_code)
+            # Paho tries again (1 s, then longer): a device registered a moment ago may be refused until the broker
+            # has its secret (Mosquitto reloads its password file every few seconds).
+            log.warning("%s: broker refused the connection (%s); trying again", self.device_id, reason_code)
             self._refused = str(reason_code)
-            self._connected.set()
             return
         log.info("%s: connected to %s", self.device_id, self.endpoint.url)
         # Announced on every (re)connect: the broker may have sent the last will in between.
