@@ -133,6 +133,9 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
             f"  forecasts    curl -s {bearer} {api}/api/v1/devices/demo-printer",
             f"  orders       curl -s {bearer} {api}/api/v1/orders",
             f"  alerts       curl -s {bearer} {api}/api/v1/alerts",
+            "  (the wearable falls after 20 s; 10 s later its emergency contacts are asked, one every 30 s, in the"
+            " log below)",
+            f"  device health curl -s {bearer} {api}/api/v1/alarms",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]
     typer.echo("\n".join(lines))

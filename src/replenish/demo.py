@@ -15,7 +15,7 @@ from sqlmodel import select
 from replenish.auth import service as auth
 from replenish.config import MqttEndpoint
 from replenish.consent import service as consent
-from replenish.consent.schemas import ConsentDocument
+from replenish.consent.schemas import ConsentDocument, EmergencyContact
 from replenish.constants import AccountRole, ConsentMode, TokenKind
 from replenish.customers import service as customers
 from replenish.customers.models import Customer
@@ -37,6 +37,8 @@ FRIDGE_HISTORY = timedelta(days=7)
 # Weeks of history are replayed within about this many seconds, then the devices run in real time.
 CATCH_UP_SECONDS = 25.0
 FALL_AFTER = timedelta(seconds=20)
+DEMO_CANCEL_WINDOW_SECONDS = 10
+DEMO_ESCALATION_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,15 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                 session=session,
                 customer_id=customer.id,
                 document=ConsentDocument(
-                    default_mode=ConsentMode.ASK_FIRST, device_modes={PRINTER_ID: ConsentMode.AUTO_ORDER}
+                    default_mode=ConsentMode.ASK_FIRST,
+                    device_modes={PRINTER_ID: ConsentMode.AUTO_ORDER},
+                    # The wearable's fall escalates in the platform's log: a neighbour, then a daughter.
+                    emergency_contacts=[
+                        EmergencyContact(name="Demo neighbour", channel="log"),
+                        EmergencyContact(name="Demo daughter", channel="log"),
+                    ],
+                    fall_cancel_window_seconds=DEMO_CANCEL_WINDOW_SECONDS,
+                    escalation_timeout_seconds=DEMO_ESCALATION_TIMEOUT_SECONDS,
                 ),
                 actor="demo",
                 now=now,

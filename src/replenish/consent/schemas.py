@@ -64,8 +64,10 @@ class EmergencyContact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    channel: Literal["email", "webhook"]
-    address: str
+    channel: Literal["email", "webhook", "log"] = Field(
+        description="How they are asked: e-mail, a webhook, or the platform's log (for trials and demos)."
+    )
+    address: str | None = Field(None, description="The e-mail address or webhook URL; none for the log.")
 
     @model_validator(mode="after")
     def _address_fits_the_channel(self) -> EmergencyContact:
