@@ -144,10 +144,11 @@ def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:
 
 
 class WebhookReceiver:
-    """An HTTP receiver on loopback (a fulfilment partner, a contact's webhook) that fails its first ``failures``
-    requests with a 503. ``requests``: (headers, JSON body, time.monotonic() of arrival) of each."""
+    """An HTTP receiver on loopback (a fulfilment partner, a contact's webhook) that answers after ``delay`` seconds
+    and fails its first ``failures`` requests with a 503. ``requests``: (headers, JSON body, time.monotonic() of
+    arrival) of each."""
 
-    def __init__(self, *, failures: int = 0, path: str = "/hook") -> None:
+    def __init__(self, *, failures: int = 0, path: str = "/hook", delay: float = 0.0) -> None:
         self.failures = failures
         self.requests: list[tuple[dict[str, str], dict[str, Any], float]] = []
         self.arrived = threading.Condition()
@@ -156,6 +157,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(delay)  # a slow endpoint answers late
                 with receiver.arrived:
                     receiver.requests.append((dict(self.headers), body, time.monotonic()))
                     failing = len(receiver.requests) <= receiver.failures

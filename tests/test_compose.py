@@ -54,8 +54,8 @@ MOSQUITTO_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"
 # CONNACK that accepts it.
 MQTT_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 60, 0, 0])
 MQTT_CONNACK_NOT_AUTHORIZED = bytes([0x20, 2, 0, 5])
-# A compose variable that must come from the environment or .env: ${NAME:?message}.
-REQUIRED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]*\}")
+# A compose variable from the environment or .env: ${NAME:?message} (required) or ${NAME:-default}.
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):(?P<kind>[?-])(?P<rest>[^}]*)\}")
 
 
 # -- compose helpers -------------------------------------------------------------------------------------------
@@ -108,8 +108,14 @@ def settings_variables() -> set[str]:
 
 
 def interpolated(value: str, variables: dict[str, str]) -> str:
-    """Compose's ${NAME:?message} with NAME given, as `docker compose` would substitute it."""
-    return REQUIRED_VARIABLE.sub(lambda match: variables[match.group("name")], value)
+    """As `docker compose` substitutes ${NAME:?message} (NAME must be given) and ${NAME:-default}."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("kind") == "?":
+            return variables[match.group("name")]
+        return variables.get(match.group("name"), match.group("rest"))
+
+    return VARIABLE.sub(substitute, value)
 
 
 def settings_from(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Settings:

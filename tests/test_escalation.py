@@ -527,3 +527,40 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
         thread.join(30)
     keys = [headers["Idempotency-Key"] for headers, _, _ in contacts.bea.requests]
     assert len(keys) == 40 and len(set(keys)) == 40
+
+
+def test_a_slow_endpoint_does_not_hold_up_a_falls_notification(platform, api, clock, contacts, wearer):
+    from replenish.db import transaction
+    from replenish.notifications import service as notifications
+    from replenish.outbox.dispatcher import DispatchLoop
+
+    slow = WebhookReceiver(path="/slow", delay=3.0)
+    assert platform.jobs is not None
+    loop = DispatchLoop(platform.jobs.dispatcher, interval_seconds=30.0)
+    loop.start()
+    try:
+
+        def send(address: str, urgent: bool) -> None:
+            with transaction(platform.engine) as session:
+                notifications.send(
+                    session=session,
+                    customer_id=wearer,
+                    channel="webhook",
+                    address=address,
+                    subject="-",
+                    body="-",
+                    consent_version=1,
+                    now=clock.now(),
+                    urgent=urgent,
+                )
+
+        for _ in range(3):
+            send(slow.url, urgent=True)  # another customer's endpoint, hanging
+        threading.Event().wait(0.3)
+        started = time.monotonic()
+        send(contacts.bea.url, urgent=True)
+        assert contacts.bea.wait_for(1, timeout=5)
+        assert time.monotonic() - started < 1.5, "it waited for the slow deliveries"
+    finally:
+        loop.stop()
+        slow.close()

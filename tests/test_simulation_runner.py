@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import pytest
 from amqtt.broker import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
+from brokers import free_port
 from replenish.config import MqttEndpoint
 from replenish.simulation import runner
 from replenish.simulation.devices import PrinterModel, SimMessage, WearableModel
@@ -27,12 +27,6 @@ WAIT = 5.0  # seconds: the longest any single wait in these tests may take
 
 
 # -- an embedded broker in a background thread (to be moved into a shared fixture) --------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class BrokerThread:

@@ -107,17 +107,23 @@ class OutdatedSchema(RuntimeError):
 def _check_columns(connection: Any) -> None:
     """create_all adds missing tables, not missing columns: say so plainly rather than fail on the first query."""
     inspector = inspect(connection)
-    missing = [
-        f"{table.name}.{column.name}"
-        for table in SQLModel.metadata.sorted_tables
-        for column in table.columns
-        if column.name not in {existing["name"] for existing in inspector.get_columns(table.name)}
-    ]
+    missing = []
+    for table in SQLModel.metadata.sorted_tables:
+        # Lower-cased: SQLite's column names are not case-sensitive.
+        present = {existing["name"].lower() for existing in inspector.get_columns(table.name)}
+        missing += [column for column in table.columns if column.name.lower() not in present]
     if missing:
+        statements = "; ".join(
+            f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} "
+            f"{column.type.compile(dialect=connection.dialect)}"
+            for column in missing
+        )
         raise OutdatedSchema(
-            f"the database was created by an older version and lacks {', '.join(missing)}. Schema migrations are "
-            "not in yet: add the columns by hand, or, for a development or demo database, delete it (by default "
-            "var/replenish.db) and start again"
+            f"the database was created by an older version and lacks "
+            f"{', '.join(f'{column.table.name}.{column.name}' for column in missing)}. Schema migrations are not "
+            f"in yet: add the columns by hand ({statements}; columns that must not be null need a default for the "
+            "rows already there), or, for a development or demo database, delete it (by default var/replenish.db) "
+            "and start again"
         )
 
 

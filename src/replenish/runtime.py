@@ -114,10 +114,11 @@ class Platform:
             self.ingestor.start()
             if not self.ingestor.wait_ready(15):
                 log.warning("ingestor not yet subscribed at %s; it keeps retrying", endpoint.url)
-            if not self.roles.scheduler and self.run_jobs:
-                # In a process of its own, the ingestor delivers the notifications its transactions queue (a fall's
-                # first ones) the moment they commit, instead of leaving them to the scheduler's next poll. Claims
-                # on the outbox keep the two dispatchers from delivering one message twice.
+            if "events" in self.settings.ingest_lanes and not self.roles.scheduler and self.run_jobs:
+                # The events ingest process delivers urgent notifications (a fall's first ones) the moment they
+                # commit, instead of leaving them to the scheduler's next poll. Claims on the outbox keep it and
+                # the scheduler from delivering one message twice. It needs the scheduler's notification settings
+                # (REPLENISH_PUBLIC_URL, SMTP, webhooks): docs/deployment.md.
                 self.channels = make_channels(self.settings)
                 notifier = Dispatcher(
                     engine=self.engine,
@@ -127,6 +128,7 @@ class Platform:
                     channels=self.channels,
                     acknowledge_url=self._acknowledge_url,
                     kinds={OutboxKind.NOTIFICATION},
+                    urgent_only=True,
                 )
                 self.dispatch_loop = DispatchLoop(notifier, interval_seconds=self.settings.dispatch_interval_seconds)
                 self.dispatch_loop.start()
@@ -183,14 +185,14 @@ class Platform:
                 self._api_thread.join(10)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self.ingestor is not None:
+            self.ingestor.stop()  # first: what it stores while draining is still dispatched below
         if self.dispatch_loop is not None:
             self.dispatch_loop.stop()
         if self.channels is not None:
             self.channels.close()
         if self.publisher is not None:
             self.publisher.stop()
-        if self.ingestor is not None:
-            self.ingestor.stop()
         if self.broker is not None:
             self.broker.stop()
         self.engine.dispose()

@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
@@ -26,6 +26,7 @@ from replenish.mqtt.client import make_client
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX_SECONDS = 30.0
+LANE_SUBSCRIBE_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class _Lane:
 
 class MqttIngestor:
     """Two lanes, each one persistent MQTT session with its own writer thread: events (a fall, a help request) and
-    everything else (telemetry, status). A safety event never waits behind a backlog of telemetry.
+    everything else (telemetry, status). A safety event does not queue behind a backlog of telemetry here.
 
     In each lane paho's network thread only queues messages; the writer drains the queue into batches, commits each
     batch in one transaction, and only then sends the PUBACKs (manual ack). A crash before the commit leaves the
@@ -187,7 +188,11 @@ class MqttIngestor:
                 name="telemetry",
                 client_id=client_id,
                 subscriptions=rest,
-                unsubscriptions=events,
+                # The telemetry session of an older version also took events. It lets go of them only where the
+                # events lane runs in this same process and has subscribed first (start): with the events lane in
+                # another process, nothing here can know it is subscribed, and a fall published in between would
+                # reach no session. Delivered to both, an event is stored once ((device, seq) is unique).
+                unsubscriptions=events if "events" in lanes else (),
                 batch_wait=batch_wait_seconds,
             ),
         )
@@ -198,8 +203,10 @@ class MqttIngestor:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        for lane in self._lanes:
+        for lane in self._lanes:  # events first: see the telemetry lane's unsubscriptions
             lane.start()
+            if lane.name == "events" and not lane.subscribed.wait(LANE_SUBSCRIBE_WAIT_SECONDS):
+                log.warning("events lane not yet subscribed; starting the telemetry lane anyway")
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -293,5 +300,7 @@ class MqttIngestor:
 
 
 def _connection_lost(error: DBAPIError) -> bool:
-    """The database went away (retry later), as opposed to refusing this one message (dead-letter it)."""
-    return bool(error.connection_invalidated) or isinstance(error, InterfaceError)
+    """The database went away or is busy (retry later), as opposed to refusing this one message (dead-letter it).
+    SQLite's "database is locked" after its busy timeout is the other writer, not the message."""
+    busy = isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+    return bool(error.connection_invalidated) or isinstance(error, InterfaceError) or busy

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from replenish.clock import Clock
 from replenish.constants import OutboxKind
@@ -53,6 +54,7 @@ class Dispatcher:
         channels: Channels,
         acknowledge_url: Callable[[str], str],
         kinds: Collection[OutboxKind] | None = None,
+        urgent_only: bool = False,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -60,34 +62,42 @@ class Dispatcher:
         self._send_command = send_command
         self._channels = channels
         self._acknowledge_url = acknowledge_url
-        # Only these kinds (None: all). The ingest role delivers notifications it queued itself, at once.
+        # Only these kinds (None: all), only urgent ones: the events ingest process delivers a fall's
+        # notifications itself, at once, and leaves everything else to the scheduler.
         self._kinds = kinds
+        self._urgent_only = urgent_only
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
-        """Deliver what is due, several at once: one slow or dead endpoint must not hold up the rest (a wearer's
-        emergency contact behind another customer's unresponsive webhook). ``due`` hands out at most one message
-        per stream, so delivering them concurrently keeps each stream's order."""
+        """Deliver what is due now, several at once, and wait for all of it (the jobs' tick; DispatchLoop does not
+        wait). ``due`` hands out at most one message per stream, so concurrent delivery keeps each stream's
+        order."""
         report = DispatchReport()
-        now = self._clock.now()
-        with transaction(self._engine) as session:
-            candidates = outbox.due(session=session, now=now, limit=limit, kinds=self._kinds)
-            pending = [
-                message
-                for message in candidates
-                if message.id is not None
-                and outbox.claim(session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE)
-            ]
+        pending = self.pending(limit=limit)
         if not pending:
             return report
         with ThreadPoolExecutor(max_workers=min(DELIVERY_WORKERS, len(pending)), thread_name_prefix="deliver") as pool:
-            for delivered in pool.map(self._deliver_and_record, pending):
-                if delivered:
+            for outcome in pool.map(self.deliver, pending):
+                if outcome is True:
                     report.delivered += 1
-                else:
+                elif outcome is False:
                     report.failed += 1
         return report
 
-    def _deliver_and_record(self, message: OutboxMessage) -> bool:
+    def pending(self, *, limit: int = DISPATCH_BATCH) -> list[OutboxMessage]:
+        with Session(self._engine) as session:
+            return outbox.due(
+                session=session, now=self._clock.now(), limit=limit, kinds=self._kinds, urgent_only=self._urgent_only
+            )
+
+    def deliver(self, message: OutboxMessage) -> bool | None:
+        """Claim the message, deliver it, record the outcome: True delivered, False failed (retried later), None
+        another dispatcher holds it. The claim is taken just before sending, so that its lease covers this one
+        delivery and not a queue of others ahead of it."""
+        now = self._clock.now()
+        assert message.id is not None
+        with transaction(self._engine) as session:
+            if not outbox.claim(session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE):
+                return None
         try:
             self._deliver(message)
         except Exception as exc:
@@ -166,7 +176,9 @@ class Dispatcher:
 
 
 class DispatchLoop:
-    """The dispatcher's own thread (the scheduler role's, or `replenish up`'s)."""
+    """The dispatcher's own thread: every interval, and at once when this process commits an urgent message. It
+    hands messages to a pool of workers without waiting for them, so a new fall's notifications never wait for a
+    slow delivery that is already under way."""
 
     def __init__(self, dispatcher: Dispatcher, *, interval_seconds: float) -> None:
         self._dispatcher = dispatcher
@@ -174,6 +186,9 @@ class DispatchLoop:
         self._stop = threading.Event()
         self._wake = outbox.wakeup()
         self._thread = threading.Thread(target=self._run, name="outbox-dispatch", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=DELIVERY_WORKERS, thread_name_prefix="deliver")
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -182,16 +197,32 @@ class DispatchLoop:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         outbox.release_wakeup(self._wake)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                report = self._dispatcher.dispatch_due()
+                pending = self._dispatcher.pending()
             except Exception:
                 log.exception("outbox dispatch failed; trying again")
-                report = DispatchReport()
-            if report.delivered + report.failed >= DISPATCH_BATCH:
-                continue  # more may be waiting
+                pending = []
+            for message in pending:
+                assert message.id is not None
+                with self._lock:
+                    if message.id in self._in_flight:
+                        continue
+                    self._in_flight.add(message.id)
+                self._pool.submit(self._deliver, message)
             self._wake.wait(self._interval)
+
+    def _deliver(self, message: OutboxMessage) -> None:
+        try:
+            self._dispatcher.deliver(message)
+        except Exception:
+            log.exception("outbox %s: delivery failed", message.id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(message.id)  # type: ignore[arg-type]
+            self._wake.set()  # the next message of its stream may be due now

@@ -28,7 +28,13 @@ def enqueue(
     notification, a command the wearer waits for) wakes this process's dispatch loops as soon as it commits, rather
     than at their next poll."""
     message = OutboxMessage(
-        kind=kind, stream=stream, idempotency_key=idempotency_key, payload=payload, created_at=now, available_at=now
+        kind=kind,
+        stream=stream,
+        idempotency_key=idempotency_key,
+        payload=payload,
+        created_at=now,
+        available_at=now,
+        urgent=urgent,
     )
     session.add(message)
     if urgent:
@@ -68,7 +74,12 @@ def _forget_urgency(session: OrmSession) -> None:
 
 
 def due(
-    *, session: Session, now: datetime, limit: int = 100, kinds: Collection[str] | None = None
+    *,
+    session: Session,
+    now: datetime,
+    limit: int = 100,
+    kinds: Collection[str] | None = None,
+    urgent_only: bool = False,
 ) -> list[OutboxMessage]:
     """Undelivered messages whose time has come, that no dispatcher holds, and that wait for no earlier message of
     their stream."""
@@ -90,6 +101,8 @@ def due(
     )
     if kinds is not None:
         query = query.where(col(OutboxMessage.kind).in_(list(kinds)))
+    if urgent_only:
+        query = query.where(col(OutboxMessage.urgent).is_(True))
     return list(session.exec(query.order_by(col(OutboxMessage.id)).limit(limit)))
 
 
