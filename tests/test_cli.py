@@ -185,16 +185,48 @@ def test_fleet_simulator_registers_its_devices_and_publishes_per_the_contract(pl
     assert len(api.get("/devices").json()) == 4
 
 
-def test_a_database_from_an_older_version_is_named_plainly(tmp_path):
+def test_a_database_from_before_migrations_is_taken_over_or_named_plainly(tmp_path):
+    """Made by create_all before migrations came in: recorded as the baseline when it has every column of it;
+    otherwise the error names what is missing and how to add it."""
     import sqlite3
 
+    from sqlmodel import SQLModel
+
+    from replenish import models  # noqa: F401
+    from replenish.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'replenish.db'}")
+    SQLModel.metadata.create_all(engine)
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "replenish.db") as connection:
+        connection.execute("ALTER TABLE devices DROP COLUMN battery")  # as a database from before it had one
     env = environment(tmp_path)
+    refused = subprocess.run([REPLENISH, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "lacks devices.battery" in refused.stderr and "Traceback" not in refused.stderr
+    assert "ALTER TABLE devices ADD COLUMN battery FLOAT" in refused.stderr
+    up = subprocess.run([REPLENISH, "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1 and "lacks devices.battery" in up.stderr
+
+    with sqlite3.connect(tmp_path / "replenish.db") as connection:
+        connection.execute("ALTER TABLE devices ADD COLUMN battery FLOAT")  # what the error said to do
     done = subprocess.run([REPLENISH, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(tmp_path / "replenish.db") as connection:
-        connection.execute("ALTER TABLE devices DROP COLUMN battery")  # as a database from before it had one
-    again = subprocess.run([REPLENISH, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1
-    assert "lacks devices.battery" in again.stderr and "Traceback" not in again.stderr
-    up = subprocess.run([REPLENISH, "up"], env=env, capture_output=True, text=True, timeout=60)
-    assert up.returncode == 1 and "lacks devices.battery" in up.stderr
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_describe(tmp_path):
+    """A model change without its migration fails here (alembic's autogenerate comparison finds the difference)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    from replenish.db import create_schema, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
+    create_schema(engine)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, SQLModel.metadata) == []
+    engine.dispose()

@@ -288,9 +288,30 @@ def mosquitto_files(
             return
 
 
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="What the migration changes, in a few words.")],
+) -> None:
+    """For developers: write a new migration (src/replenish/migrations/versions) from what the models have and the
+    migrations do not; read it and adjust it before committing it."""
+    import tempfile
+
+    from alembic import command
+
+    from replenish.db import create_schema, make_engine, migration_config
+
+    with tempfile.TemporaryDirectory() as directory:
+        engine = make_engine(f"sqlite:///{Path(directory) / 'head.db'}")
+        create_schema(engine)  # a database at the newest migration, to compare the models with
+        with engine.begin() as connection:
+            script = command.revision(migration_config(connection), message=message, autogenerate=True)
+        engine.dispose()
+    typer.echo(f"wrote {getattr(script, 'path', script)}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create any missing tables (every role also does this at start-up)."""
+    """Apply the schema migrations the database lacks (every role also does this at start-up)."""
     from replenish.db import OutdatedSchema, create_schema, make_engine
 
     settings = _settings()

@@ -79,19 +79,19 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    # Importing the models registers their tables on SQLModel.metadata.
-    from replenish import models  # noqa: F401
+    """Bring the database to the newest schema: Alembic's migrations (replenish/migrations), run by every role at
+    start-up and by `replenish db upgrade`.
 
-    # Roles start together; on PostgreSQL one creates the tables while the others wait on a lock. SQLite has no
-    # such lock: a role that loses the race finds the tables there when it looks again.
+    Roles start together; on PostgreSQL one migrates while the others wait on a lock. SQLite has no such lock: a
+    role that loses the race finds the tables there when it looks again.
+    """
     attempts = 20
     for attempt in range(attempts):
         try:
             with engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                SQLModel.metadata.create_all(connection)
-                _check_columns(connection)
+                _upgrade(connection)
             return
         except OperationalError as exc:
             # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
@@ -100,12 +100,41 @@ def create_schema(engine: Engine) -> None:
             time.sleep(0.25)
 
 
+# The first migration: the schema as it was when migrations came in (2026-11-26).
+BASELINE_REVISION = "0001"
+
+
+def migration_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "replenish:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Any) -> None:
+    from alembic import command
+
+    # Importing the models registers their tables on SQLModel.metadata.
+    from replenish import models  # noqa: F401
+
+    config = migration_config(connection)
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" not in tables and tables & set(SQLModel.metadata.tables):
+        # Made by create_all, before migrations: it is the baseline if nothing is missing (the models were the
+        # baseline when this check was written; with later migrations, compare against the baseline instead).
+        _check_columns(connection)
+        command.stamp(config, BASELINE_REVISION)
+    command.upgrade(config, "head")
+
+
 class OutdatedSchema(RuntimeError):
     """The database has tables from an older version that lack columns this version needs."""
 
 
 def _check_columns(connection: Any) -> None:
-    """create_all adds missing tables, not missing columns: say so plainly rather than fail on the first query."""
+    """A database from before migrations that lacks columns: say so plainly rather than fail on the first query."""
     inspector = inspect(connection)
     missing = []
     for table in SQLModel.metadata.sorted_tables:
@@ -120,9 +149,10 @@ def _check_columns(connection: Any) -> None:
         )
         raise OutdatedSchema(
             f"the database was created by an older version and lacks "
-            f"{', '.join(f'{column.table.name}.{column.name}' for column in missing)}. Schema migrations are not "
-            f"in yet: add the columns by hand ({statements}; columns that must not be null need a default for the "
-            "rows already there), or, for a development or demo database, delete it (by default var/replenish.db) "
+            f"{', '.join(f'{column.table.name}.{column.name}' for column in missing)}, and predates schema "
+            f"migrations: add the columns by hand ({statements}; columns that must not be null need a default for "
+            "the rows already there), then start again, which records it as migrated; or, for a development or demo "
+            "database, delete it (by default var/replenish.db) "
             "and start again"
         )
 
