@@ -36,7 +36,7 @@ def _settings() -> Settings:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     # amqtt logs every connection at INFO; keep the platform's own lines readable.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
-    for noisy in ("apscheduler", "transitions"):
+    for noisy in ("apscheduler", "transitions", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return settings
 

@@ -122,11 +122,37 @@ def _upgrade(connection: Any) -> None:
     config = migration_config(connection)
     tables = set(inspect(connection).get_table_names())
     if "alembic_version" not in tables and tables & set(SQLModel.metadata.tables):
-        # Made by create_all, before migrations: it is the baseline if nothing is missing (the models were the
-        # baseline when this check was written; with later migrations, compare against the baseline instead).
+        # Made by create_all, before migrations: it is the baseline if it has every column of the baseline, and
+        # the migrations after it bring it up to date.
         _check_columns(connection)
         command.stamp(config, BASELINE_REVISION)
     command.upgrade(config, "head")
+
+
+def _baseline_columns() -> dict[str, set[str]]:
+    """Table -> lower-cased column names, as the baseline migration makes them (on a scratch SQLite database)."""
+    from alembic import command
+
+    scratch = create_engine("sqlite://")
+    try:
+        with scratch.begin() as connection:
+            command.upgrade(migration_config(connection), BASELINE_REVISION)
+            inspector = inspect(connection)
+            return {
+                table: {column["name"].lower() for column in inspector.get_columns(table)}
+                for table in inspector.get_table_names()
+                if table != "alembic_version"
+            }
+    finally:
+        scratch.dispose()
+
+
+def _add_column_statement(connection: Any, table: str, column: str) -> str:
+    if column == "*":
+        return f"the whole table {table}"
+    model_column = SQLModel.metadata.tables[table].columns.get(column) if table in SQLModel.metadata.tables else None
+    kind = model_column.type.compile(dialect=connection.dialect) if model_column is not None else "..."
+    return f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
 
 
 class OutdatedSchema(RuntimeError):
@@ -136,20 +162,20 @@ class OutdatedSchema(RuntimeError):
 def _check_columns(connection: Any) -> None:
     """A database from before migrations that lacks columns: say so plainly rather than fail on the first query."""
     inspector = inspect(connection)
-    missing = []
-    for table in SQLModel.metadata.sorted_tables:
+    existing_tables = set(inspector.get_table_names())
+    missing: list[tuple[str, str]] = []
+    for table, columns in sorted(_baseline_columns().items()):
+        if table not in existing_tables:
+            continue  # a whole table: the baseline migration cannot make it on a stamped database, so say so too
         # Lower-cased: SQLite's column names are not case-sensitive.
-        present = {existing["name"].lower() for existing in inspector.get_columns(table.name)}
-        missing += [column for column in table.columns if column.name.lower() not in present]
+        present = {existing["name"].lower() for existing in inspector.get_columns(table)}
+        missing += [(table, column) for column in sorted(columns - present)]
+    missing += [(table, "*") for table in sorted(set(_baseline_columns()) - existing_tables)]
     if missing:
-        statements = "; ".join(
-            f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} "
-            f"{column.type.compile(dialect=connection.dialect)}"
-            for column in missing
-        )
+        statements = "; ".join(_add_column_statement(connection, table, column) for table, column in missing)
         raise OutdatedSchema(
             f"the database was created by an older version and lacks "
-            f"{', '.join(f'{column.table.name}.{column.name}' for column in missing)}, and predates schema "
+            f"{', '.join(f'{table}.{column}' for table, column in missing)}, and predates schema "
             f"migrations: add the columns by hand ({statements}; columns that must not be null need a default for "
             "the rows already there), then start again, which records it as migrated; or, for a development or demo "
             "database, delete it (by default var/replenish.db) "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Dispatcher:
         # notifications itself, at once, and leaves everything else to the scheduler.
         self._kinds = kinds
         self._urgent_only = urgent_only
+        self._identity = uuid.uuid4().hex  # what its claims carry
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
         """Deliver what is due now, several at once, and wait for all of it (the jobs' tick; DispatchLoop does not
@@ -96,7 +98,9 @@ class Dispatcher:
         now = self._clock.now()
         assert message.id is not None
         with transaction(self._engine) as session:
-            if not outbox.claim(session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE):
+            if not outbox.claim(
+                session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE, by=self._identity
+            ):
                 return None
         try:
             self._deliver(message)
@@ -149,6 +153,8 @@ class Dispatcher:
         with transaction(self._engine) as session:
             stored = session.get(OutboxMessage, message.id)
             assert stored is not None
+            if stored.delivered_at is not None:
+                return  # another dispatcher took it over after this one's lease ran out, and recorded it first
             stored.delivered_at = now
             stored.attempts += 1
             if stored.payload.get("acknowledge_token"):
@@ -167,6 +173,8 @@ class Dispatcher:
         with transaction(self._engine) as session:
             stored = session.get(OutboxMessage, message.id)
             assert stored is not None
+            if stored.delivered_at is not None or stored.claimed_by != self._identity:
+                return  # not ours any more: its lease ran out and another dispatcher holds or delivered it
             stored.attempts += 1
             stored.claimed_until = None
             stored.last_error = repr(error)[:2000]

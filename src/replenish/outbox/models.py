@@ -27,6 +27,8 @@ class OutboxMessage(SQLModel, table=True):
     # A dispatcher delivering it holds it until then; another dispatcher (another process) leaves it alone, and
     # takes it over only if the holder died before it was delivered.
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Which dispatcher holds it: one whose lease ran out must not clear the claim of the one that took over.
+    claimed_by: str | None = None
     # A safety notification or a command the wearer waits for: the events ingest process delivers these at once.
     urgent: bool = False
     last_error: str | None = None

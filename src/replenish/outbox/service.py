@@ -106,7 +106,7 @@ def due(
     return list(session.exec(query.order_by(col(OutboxMessage.id)).limit(limit)))
 
 
-def claim(*, session: Session, message_id: int, now: datetime, until: datetime) -> bool:
+def claim(*, session: Session, message_id: int, now: datetime, until: datetime, by: str) -> bool:
     """Hold the message for delivery until ``until``; false if it is delivered or another dispatcher holds it. One
     conditional UPDATE: of two dispatchers racing for it, exactly one wins, on SQLite and PostgreSQL alike."""
     result = session.execute(
@@ -116,6 +116,6 @@ def claim(*, session: Session, message_id: int, now: datetime, until: datetime) 
             col(OutboxMessage.delivered_at).is_(None),
             or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
         )
-        .values(claimed_until=until)
+        .values(claimed_until=until, claimed_by=by)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
