@@ -488,6 +488,7 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
     """The ingest role and the scheduler role each run a dispatcher; claims on the outbox keep them apart."""
     from replenish.db import transaction
     from replenish.notifications import service as notifications
+    from replenish.orders.fulfilment import make_sink
     from replenish.outbox.dispatcher import Dispatcher
     from replenish.runtime import make_channels
 
@@ -507,7 +508,7 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
     second = Dispatcher(
         engine=platform.engine,
         clock=clock,
-        fulfilment=platform.jobs.dispatcher._fulfilment,
+        fulfilment=make_sink(None),
         send_command=None,
         channels=make_channels(platform.settings),
         acknowledge_url=lambda token: token,

@@ -14,7 +14,6 @@ from sqlmodel import Session, col, select
 from replenish.alerts import escalation
 from replenish.alerts.models import Alert, EscalationStep
 from replenish.consent import service as consent
-from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     COMMANDS_TOPIC,
     AlertKind,
@@ -93,7 +92,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         document=document,
         consent_version=version,
         subject=f"{kind.replace('_', ' ')} alert from {device.name}",
-        body=_opening_text(device=device, event_type=event_type, message=message, alert=alert, document=document),
+        body=_opening_text(device=device, event_type=event_type, message=message, alert=alert, policy=policy),
         now=now,
         alert_id=alert.id,
         urgent=True,
@@ -104,7 +103,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
 
 
 def _opening_text(
-    *, device: Device, event_type: str, message: DeviceMessage, alert: Alert, document: ConsentDocument
+    *, device: Device, event_type: str, message: DeviceMessage, alert: Alert, policy: escalation.Policy
 ) -> str:
     text = f"{device.name} ({device.id}) reported {event_type} at {message.ts.isoformat()}."
     if alert.cancel_until is not None:
@@ -112,9 +111,9 @@ def _opening_text(
             f" If the wearer does not cancel it by {alert.cancel_until.isoformat()}, their emergency contacts will be"
             " asked to help, in order."
         )
-    elif alert.kind in SAFETY_KINDS:
+    else:
         text += " Their emergency contacts are being asked to help, in order."
-    if alert.kind in SAFETY_KINDS and not escalation.Policy.from_consent(document).targets:
+    if not policy.targets:
         text += " The wearer has no emergency contacts, and emergency services may not be called: please check on them."
     return text
 
