@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests use: Mosquitto (a broker and a client we did not write).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients
+# Debian packages the tests use: Mosquitto (a broker and a client we did not write) and the PostgreSQL server, the
+# production stack the tests start natively from deploy/ (tests/brokers.py).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql
+# Most tests wait on sockets and timers, so two workers halve the suite's time on a 2-core machine.
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install system-deps run test lint format bench clean
@@ -31,8 +34,10 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-		# The package starts a system broker on port 1883, where `make run` puts the embedded one; tests start their own. \
-		$(SUDO) systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
+		# The packages start a system broker on port 1883, where `make run` puts the embedded one, and a database \
+		# server; tests start their own of each. \
+		$(SUDO) systemctl disable --now mosquitto postgresql >/dev/null 2>&1 || true; \
+		$(SUDO) service postgresql stop >/dev/null 2>&1 || true; \
 	fi
 
 run: install
@@ -40,7 +45,7 @@ run: install
 
 test: install system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .

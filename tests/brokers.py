@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,16 +26,35 @@ START_TIMEOUT = 5.0
 _HANDED_OUT: set[int] = set()
 
 
+# Under pytest-xdist each worker hands out ports from a block of its own, below the kernel's ephemeral range (32768
+# up on Linux), so that no two workers, and no outgoing connection, are ever given the same port.
+PORT_BLOCK_START = 10000
+PORT_BLOCK_SIZE = 5000  # four workers fit below 32768; a whole run hands out about 2,500 ports
+
+
 def free_port() -> int:
     """A port nothing listens on now, and never one this process was given before: two servers of one test (the
     broker and the API) must not be handed the same port the kernel freed in between."""
-    while True:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    candidates = (
+        range(
+            PORT_BLOCK_START + int(worker[2:]) * PORT_BLOCK_SIZE,
+            PORT_BLOCK_START + (int(worker[2:]) + 1) * PORT_BLOCK_SIZE,
+        )
+        if worker.startswith("gw")
+        else itertools.repeat(0)  # port 0: the kernel picks
+    )
+    for candidate in candidates:
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
             port = sock.getsockname()[1]
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+    raise RuntimeError(f"xdist worker {worker} has used up its {PORT_BLOCK_SIZE} ports")
 
 
 DEVICE_LISTENER = 1883
@@ -202,3 +223,105 @@ def wait_for_port(run: MosquittoRun, port: int) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not accept a connection on port {port} within 5 s") from None
             time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PostgreSQL, the production database, started natively from the config file docker-compose.yml mounts
+# ---------------------------------------------------------------------------------------------------------------
+POSTGRES_CONF = ROOT / "deploy" / "postgres" / "postgresql.conf"
+# What cannot work here, rewritten on the command line: where it listens and keeps its socket. fsync=off trades
+# surviving a power cut (irrelevant to a throwaway test cluster) for speed; a kill -9 of our processes, which is
+# what tests do, loses nothing either way.
+POSTGRES_TEST_OVERRIDES = {"listen_addresses": "127.0.0.1", "fsync": "off"}
+
+
+def postgres_bin_dir() -> Path:
+    """Debian's server binaries (/usr/lib/postgresql/VERSION/bin, newest first), else whatever PATH has."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
+    if candidates:
+        return candidates[-1].parent
+    found = shutil.which("postgres", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if found is None:
+        raise RuntimeError(
+            "the PostgreSQL server is not installed. Install it: `make system-deps` (run by `make test`), "
+            "or apt-get install -y postgresql."
+        )
+    return Path(found).parent
+
+
+MIGRATED_TEMPLATE = "replenish_migrated"
+
+
+@dataclass
+class PostgresRun:
+    port: int
+    directory: Path
+    _migrated_template: bool = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str, *, template: str = "template1") -> str:
+        """A new database on this server, a copy of ``template``; its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return self.url(name)
+
+    def create_migrated_database(self, name: str) -> str:
+        """A new database with the current schema: copied from one migrated once per server (as fast as an empty
+        one), where migrating each would take half a second. Roles starting on it find it up to date."""
+        if not self._migrated_template:
+            from replenish.db import create_schema, make_engine
+
+            engine = make_engine(self.create_database(MIGRATED_TEMPLATE))
+            try:
+                create_schema(engine)
+            finally:
+                engine.dispose()  # a template must have no connections when it is copied
+            self._migrated_template = True
+        return self.create_database(name, template=MIGRATED_TEMPLATE)
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresRun]:
+    """A throwaway cluster: initdb, then the server from deploy/postgres/postgresql.conf (as the compose file starts
+    it) with only the listen address, port and socket directory rewritten. Trust authentication on 127.0.0.1.
+
+    The server refuses to run as root, so as root it runs as the `postgres` user the Debian package creates; its
+    directory is then outside pytest's tmp dir, which that user cannot enter."""
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    user = "postgres" if as_root else None
+    directory = Path(tempfile.mkdtemp(prefix="replenish-postgres-"))
+    if as_root:
+        shutil.chown(directory, user="postgres", group="postgres")
+    binaries = postgres_bin_dir()
+    data = directory / "data"
+    log_path = directory / "server.log"
+    port = free_port()
+    try:
+        subprocess.run(
+            [binaries / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+            user=user,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        options = {**POSTGRES_TEST_OVERRIDES, "port": str(port), "unix_socket_directories": str(directory)}
+        server_options = " ".join([f"-c config_file={POSTGRES_CONF}", *(f"-c {k}={v}" for k, v in options.items())])
+        started = subprocess.run(
+            [binaries / "pg_ctl", "-D", data, "-l", log_path, "-o", server_options, "-w", "-t", "60", "start"],
+            user=user,
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode != 0:
+            log = log_path.read_text() if log_path.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start:\n{started.stdout}{started.stderr}{log}")
+        try:
+            yield PostgresRun(port=port, directory=directory)
+        finally:
+            subprocess.run([binaries / "pg_ctl", "-D", data, "-m", "immediate", "stop"], user=user, capture_output=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,11 +1,18 @@
-"""Shared fixtures: a real platform (embedded amqtt broker, SQLite, ingestor, API) on free loopback ports."""
+"""Shared fixtures: a real platform (ingestor, scheduler, API) on free loopback ports, on one of two stacks.
+
+- embedded: the amqtt broker inside the platform and a SQLite file, as `make run` runs it;
+- production: Mosquitto and PostgreSQL, started natively from the config files docker-compose.yml mounts.
+
+Tests get the embedded stack; a module or test marked ``both_stacks`` runs once on each."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import select
 
-from brokers import free_port
+from brokers import (
+    SERVICE_PASSWORD,
+    MosquittoRun,
+    PostgresRun,
+    free_port,
+    running_mosquitto,
+    running_postgres,
+    write_auth_files,
+)
 from helpers import DEVICE_SECRETS, PASSWORD
 from replenish.auth import service as auth
 from replenish.auth.models import Account
@@ -64,10 +79,67 @@ def running_platform(settings: Settings, clock: ManualClock, roles: Roles = ALL_
         running.stop()
 
 
+STACKS = ("embedded", "production")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stack" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stacks"):
+        metafunc.parametrize("stack", STACKS, indirect=True)
+
+
+@dataclass
+class Stack:
+    """Which broker and database a test's platform runs on; for production, the Mosquitto it started."""
+
+    name: str
+    mosquitto: MosquittoRun | None = None
+    database_url: str | None = None
+
+    def publisher(self, platform: Platform) -> Publisher:
+        if self.mosquitto is None:
+            return Publisher(platform.settings.mqtt_endpoint)
+        return Publisher(
+            platform.settings.mqtt_endpoint,
+            device_port=self.mosquitto.device_port,
+            before_device_connects=self.sync_device_accounts,
+        )
+
+    def sync_device_accounts(self) -> None:
+        """What broker-auth and reload-on-change.sh do in production: Mosquitto learns the registered devices."""
+        assert self.mosquitto is not None and self.database_url is not None
+        write_auth_files(self.mosquitto.auth_dir, service_password=SERVICE_PASSWORD, database_url=self.database_url)
+        self.mosquitto.reload()
+
+
 @pytest.fixture
-def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
-    with running_platform(make_settings(tmp_path), clock) as running:
-        yield running
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return Stack(getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresRun]:
+    """One PostgreSQL server for the session, started on first use; each platform gets a database of its own."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def platform(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, stack: Stack) -> Iterator[Platform]:
+    if stack.name == "embedded":
+        with running_platform(make_settings(tmp_path), clock) as running:
+            yield running
+        return
+    server: PostgresRun = request.getfixturevalue("postgres_server")
+    stack.database_url = server.create_migrated_database(f"test_{uuid.uuid4().hex}")
+    broker_dir = tmp_path / "mosquitto"
+    broker_dir.mkdir()
+    with running_mosquitto(broker_dir) as broker:
+        stack.mosquitto = broker
+        settings = make_settings(
+            tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD, database_url=stack.database_url
+        )
+        with running_platform(settings, clock, roles=Roles(ingest=True, scheduler=True, api=True)) as running:
+            yield running
 
 
 def fresh_device_secrets() -> None:
@@ -130,11 +202,26 @@ class Publisher:
     account, which may publish anywhere: how a message the contract refuses can reach the ingestor at all.
     """
 
-    def __init__(self, endpoint: MqttEndpoint, *, device_port: int | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        device_port: int | None = None,
+        before_device_connects: Callable[[], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         # Mosquitto has a listener for devices apart from the platform's; the embedded broker has one for both.
         self.device_port = device_port or endpoint.port
+        # Mosquitto knows a device once its password file is written again and reloaded (the embedded broker asks
+        # the database at each sign-in).
+        self.before_device_connects = before_device_connects
         self.clients: dict[str, paho.Client] = {}
+
+    def devices_port(self) -> int:
+        """The port where registered devices sign in, once the broker knows them: for clients of other makes."""
+        if self.before_device_connects is not None:
+            self.before_device_connects()
+        return self.device_port
 
     def _client(self, topic: str) -> paho.Client:
         parts = topic.split("/")
@@ -150,7 +237,7 @@ class Publisher:
                 client.username_pw_set(device_id, secret)
             else:
                 client.username_pw_set(self.endpoint.username, self.endpoint.password)
-            client.connect(self.endpoint.host, self.device_port if secret else self.endpoint.port)
+            client.connect(self.endpoint.host, self.devices_port() if secret else self.endpoint.port)
             client.loop_start()
             self.clients[who] = client
         return client
@@ -168,8 +255,8 @@ class Publisher:
 
 
 @pytest.fixture
-def publisher(platform: Platform) -> Iterator[Publisher]:
-    device = Publisher(platform.settings.mqtt_endpoint)
+def publisher(platform: Platform, stack: Stack) -> Iterator[Publisher]:
+    device = stack.publisher(platform)
     yield device
     device.close()
 

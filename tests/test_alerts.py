@@ -11,6 +11,8 @@ from conftest import CommandListener, iso
 from helpers import create_customer, register_device
 from replenish.runtime import Platform
 
+pytestmark = pytest.mark.both_stacks
+
 
 @pytest.fixture
 def wearable(api: httpx.Client) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from conftest import START, iso
 from helpers import INK_SLOTS, create_customer, register_device, set_consent
+
+pytestmark = pytest.mark.both_stacks
 
 
 def test_customers_are_created_listed_and_unique_by_email(api):

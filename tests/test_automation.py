@@ -22,6 +22,8 @@ from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders.models import Order
 
+pytestmark = pytest.mark.both_stacks
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from sqlmodel import Session, col, select
 
-from conftest import START, api_client, make_settings, operator_token, running_platform
+from conftest import START, Publisher, api_client, make_settings, operator_token, running_platform
 from helpers import DEVICE_SECRETS, create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
@@ -19,13 +20,17 @@ from replenish.runtime import Platform
 from replenish.simulation.devices import PrinterModel
 from replenish.simulation.runner import run_device
 
+pytestmark = pytest.mark.both_stacks
+
 DAYS = 20
 TICK = timedelta(hours=6)
 
 
-def as_device(platform: Platform, device_id: str) -> MqttEndpoint:
-    """The platform's broker, signed in as a registered device with the secret it was issued."""
-    return replace(platform.settings.mqtt_endpoint, username=device_id, password=DEVICE_SECRETS[device_id])
+def as_device(platform: Platform, device_id: str, publisher: Publisher | None = None) -> MqttEndpoint:
+    """The platform's broker, signed in as a registered device with the secret it was issued (on Mosquitto, on the
+    devices' listener the publisher knows)."""
+    port = publisher.devices_port() if publisher else platform.settings.mqtt_endpoint.port
+    return replace(platform.settings.mqtt_endpoint, port=port, username=device_id, password=DEVICE_SECRETS[device_id])
 
 
 def _printer() -> PrinterModel:
@@ -48,7 +53,7 @@ def _replay(platform: Platform, clock: ManualClock, until: timedelta) -> None:
         moment += TICK
 
 
-def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_first(platform, api, clock):
+def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_first(platform, api, publisher, clock):
     customer_id = create_customer(api, mode="auto_order")
     model = _printer()
     slots = [
@@ -58,7 +63,7 @@ def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_firs
     register_device(api, customer_id=customer_id, device_id=model.device_id, slots=slots)
 
     published = run_device(
-        model, as_device(platform, model.device_id), speed=float("inf"), duration=timedelta(days=DAYS)
+        model, as_device(platform, model.device_id, publisher), speed=float("inf"), duration=timedelta(days=DAYS)
     )
     # Every telemetry message plus the retained "online" and the clean "offline" status.
     assert platform.ingestor.wait_for(handled=published + 2, timeout=30), platform.ingestor.totals

@@ -37,6 +37,8 @@ from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 from test_cli import environment, poll, process
 
+pytestmark = pytest.mark.both_stacks
+
 CANCEL = timedelta(seconds=60)
 TIMEOUT = timedelta(seconds=120)
 

@@ -17,6 +17,8 @@ from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 
+pytestmark = pytest.mark.both_stacks
+
 
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:

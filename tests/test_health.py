@@ -16,6 +16,8 @@ from replenish.clock import ManualClock
 from replenish.health.rules import HEARTBEAT_WINDOWS, HealthPolicy
 from replenish.runtime import Platform
 
+pytestmark = pytest.mark.both_stacks
+
 POLICY = HealthPolicy()
 
 

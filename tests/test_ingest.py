@@ -1,4 +1,4 @@
-"""Telemetry, events and status through the real embedded broker into the real database (contract §1)."""
+"""Telemetry, events and status through a real broker into a real database (contract §1), on both stacks."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from replenish.clock import ManualClock
 from replenish.ingest.consumer import MqttIngestor
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.runtime import Platform, Roles
+
+pytestmark = pytest.mark.both_stacks
 
 
 @pytest.fixture
@@ -152,14 +154,13 @@ def test_unknown_event_types_are_stored_not_fatal(platform, api, publisher, prin
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="make test installs mosquitto-clients")
-def test_a_client_we_did_not_write_mosquitto_pub(platform, api, printer):
-    endpoint = platform.settings.mqtt_endpoint
+def test_a_client_we_did_not_write_mosquitto_pub(platform, api, publisher, printer):
     base = [
         "mosquitto_pub",
         "-h",
-        endpoint.host,
+        platform.settings.mqtt_endpoint.host,
         "-p",
-        str(endpoint.port),
+        str(publisher.devices_port()),
         "-i",
         "printer-1",
         "-u",

@@ -14,6 +14,8 @@ from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 
+pytestmark = pytest.mark.both_stacks
+
 DAYS = 8
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 from sqlmodel import Session, func, select
 
@@ -12,6 +13,8 @@ from conftest import START, customer_api, iso
 from helpers import PASSWORD, create_customer, publish_depletion, register_device, set_consent
 from replenish.ingest.models import DeviceMessage
 from replenish.runtime import Platform
+
+pytestmark = pytest.mark.both_stacks
 
 DAYS = 8
 
