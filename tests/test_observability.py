@@ -291,3 +291,20 @@ def test_the_command_line_logs_json_lines_when_asked(tmp_path: Path):
     records = [json.loads(line) for line in done.stderr.splitlines()]
     assert any(r["logger"].startswith("alembic") and r["message"].startswith("Running upgrade") for r in records)
     assert all(r["level"] == "INFO" and r["correlation_id"] is None for r in records)
+
+
+def test_a_fall_its_alert_notifications_and_escalation_carry_the_events_id(platform, api, publisher, clock, log_lines):
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    publisher.send("devices/pendant-1/events", {"seq": 5, "type": "fall_detected", "confidence": 0.9})
+    assert platform.ingestor.wait_for(handled=1, timeout=10)
+    with Session(platform.engine) as session:
+        queued = session.exec(select(OutboxMessage)).all()
+    assert queued and {message.correlation_id for message in queued} == {"pendant-1:5"}
+
+    clock.advance(timedelta(hours=1))  # past the cancel window: the escalation job takes the next step
+    platform.jobs.escalate()
+    records = [json.loads(line) for line in log_lines["json"].getvalue().splitlines()]
+    trail = [r for r in records if r["correlation_id"] == "pendant-1:5"]
+    assert any(r["logger"] == "replenish.alerts.service" and "opened" in r["message"] for r in trail)
+    assert any(r["logger"] == "replenish.alerts.service" and r["level"] == "CRITICAL" for r in trail), trail
