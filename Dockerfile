@@ -54,8 +54,9 @@ RUN mkdir -p /var/lib/replenish/broker-auth \
 
 USER 10001:10001
 
-# The HTTP API (`replenish api`, with REPLENISH_API_HOST=0.0.0.0 to be reachable from outside).
-EXPOSE 8000
+# The HTTP API (`replenish api`, with REPLENISH_API_HOST=0.0.0.0 to be reachable from outside), and the
+# metrics port compose gives the other roles (REPLENISH_METRICS_PORT, REPLENISH_METRICS_HOST=0.0.0.0).
+EXPOSE 8000 9100
 
 ENTRYPOINT ["replenish"]
 CMD ["--help"]

@@ -171,12 +171,18 @@ def test_openapi_documents_every_route(platform, api):
         "/api/v1/dead-letters",
         "/healthz",
         "/readyz",
+        "/metrics",
     ):
         assert expected in paths
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             assert operation.get("summary"), f"{path} has no summary"
-    assert httpx.get(f"{platform.api_url}/readyz").json() == {"status": "ok", "database": "ok"}
+    assert httpx.get(f"{platform.api_url}/readyz").json() == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "failed": [],
+    }
 
 
 def test_readings_page_by_time(platform, api, publisher):

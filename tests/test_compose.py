@@ -1,13 +1,15 @@
 """The production deployment files agree with the code.
 
 docker-compose.yml: bind-mounted files exist, every REPLENISH_* variable is a real setting and parses, every
-platform container runs a real role, Mosquitto finds the files broker-auth writes. deploy/mosquitto/mosquitto.conf:
-Mosquitto syntax, the directives the ingest path and device identity depend on, and a real `mosquitto` started from
-it, probed by the compose healthcheck itself. None of this needs Docker.
+platform container runs a real role, Mosquitto finds the files broker-auth writes, Prometheus scrapes every role on a
+port it serves metrics on, the Grafana dashboard queries only metrics the code defines.
+deploy/mosquitto/mosquitto.conf: Mosquitto syntax, the directives the ingest path and device identity depend on, and
+a real `mosquitto` started from it, probed by the compose healthcheck itself. None of this needs Docker.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -31,8 +33,10 @@ from brokers import (
     running_mosquitto,
     write_auth_files,
 )
+from replenish.clock import SystemClock
 from replenish.config import SERVICE_USERNAME, Settings
 from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
+from replenish.observability.metrics import DatabaseCollector, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -42,7 +46,15 @@ ROLE_COMMANDS = {"api", "ingest", "scheduler"}
 PLATFORM_SERVICES = {"api", "ingest", "ingest-events", "scheduler", "broker-auth"}
 # The services that sign in to the broker, or write its password file, and so get the service password.
 MQTT_SERVICES = {"ingest", "ingest-events", "scheduler", "broker-auth"}
-INFRA_SERVICES = {"mosquitto", "postgres"}
+INFRA_SERVICES = {"mosquitto", "postgres", "prometheus", "grafana"}
+# The roles Prometheus must scrape: each is a process with metrics of its own.
+SCRAPED_SERVICES = {"api", "ingest", "ingest-events", "scheduler"}
+PROMETHEUS_CONF = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "replenish.json"
+# Metric names in a PromQL expression: ours, and the process and Python ones prometheus_client adds (Prometheus'
+# own `up` is the only other series the dashboard asks for).
+METRIC_NAME = re.compile(r"\b(?:replenish|process|python)_[a-z0-9_]+")
 
 # `key value...`: Mosquitto directives are lower-case words with underscores, followed by their value(s).
 MOSQUITTO_LINE = re.compile(r"^[a-z][a-z0-9_]*(\s+\S.*)?$")
@@ -255,6 +267,8 @@ def test_settings_accept_the_compose_values(
         assert str(settings.api_port) in published, f"API port {settings.api_port} is not published: {published}"
         healthcheck = " ".join(services(compose)["api"]["healthcheck"]["test"])
         assert f":{settings.api_port}/" in healthcheck, "the API healthcheck probes another port"
+        # /readyz wants the broker, which waits for broker-auth, which waits for the API: a first start would hang.
+        assert "/healthz" in healthcheck and "/readyz" not in healthcheck
 
 
 # -- mosquitto.conf --------------------------------------------------------------------------------------------
@@ -359,3 +373,94 @@ def test_safety_events_and_telemetry_are_ingested_by_separate_processes(
         for name in ("ingest", "ingest-events")
     }
     assert lanes == {"ingest": ("telemetry",), "ingest-events": ("events",)}
+
+
+# -- Prometheus and Grafana ------------------------------------------------------------------------------------
+
+
+def scrape_targets() -> list[tuple[str, str]]:
+    config = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    targets = []
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for static in job["static_configs"]:
+            targets += [(job["job_name"], target) for target in static["targets"]]
+    return targets
+
+
+def test_prometheus_scrapes_every_role_on_a_port_it_serves_metrics_on(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prometheus = services(compose)["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), "pin the image"
+    assert f"./{PROMETHEUS_CONF.relative_to(ROOT)}:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+
+    scraped = set()
+    for job, target in scrape_targets():
+        host, port = target.rsplit(":", 1)
+        assert host in services(compose), f"{job}: {target} names no compose service"
+        service = services(compose)[host]
+        settings = settings_from(environment(service), monkeypatch)
+        if command(service) == ["api"]:
+            # The API serves /metrics on its own port; a metrics port there would not be opened.
+            assert int(port) == settings.api_port and settings.metrics_port == 0, f"{job}: {target}"
+        else:
+            assert int(port) == settings.metrics_port, f"{job}: {target} is not {host}'s REPLENISH_METRICS_PORT"
+            assert settings.metrics_host == "0.0.0.0", f"{host}'s metrics are unreachable from prometheus"
+            assert port in [str(exposed) for exposed in service.get("expose", [])], f"{host} does not expose {port}"
+        scraped.add(host)
+    assert scraped == SCRAPED_SERVICES
+
+
+def defined_metric_families() -> dict[str, list[str]]:
+    """Every metric family a Replenish process exposes, with the series names PromQL sees (a counter's _total, a
+    histogram's _bucket ...); the database gauges from their descriptions, without a database."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
+    database = DatabaseCollector(engine=None, clock=SystemClock())  # type: ignore[arg-type]
+    families = [*Metrics(role="test").registry.collect(), *database.describe()]
+    return {family.name: [family.name + suffix for suffix in suffixes.get(family.type, [""])] for family in families}
+
+
+def dashboard_expressions(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return found + [expr for value in node.values() for expr in dashboard_expressions(value)]
+    if isinstance(node, list):
+        return [expr for value in node for expr in dashboard_expressions(value)]
+    return []
+
+
+def test_the_dashboard_queries_only_metrics_the_code_defines() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+    expressions = dashboard_expressions(dashboard)
+    assert len(expressions) >= 10
+    families = defined_metric_families()
+    defined = {series for names in families.values() for series in names}
+    queried = {name for expr in expressions for name in METRIC_NAME.findall(expr)}
+    assert queried - defined == set(), "the dashboard queries metrics no Replenish process exposes"
+    # Every metric of ours has a panel.
+    unused = [name for name, series in families.items() if name.startswith("replenish_") and not queried & set(series)]
+    assert not unused, f"metrics without a panel: {unused}"
+
+    # Every panel asks the data source Grafana is provisioned with.
+    [source] = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090"
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert all(panel["datasource"]["uid"] == source["uid"] for panel in panels)
+    assert all(target["datasource"]["uid"] == source["uid"] for panel in panels for target in panel["targets"])
+
+
+def test_grafana_loads_the_dashboard_from_where_compose_mounts_it(compose: dict[str, Any]) -> None:
+    grafana = services(compose)["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pin the image"
+    mounts = dict(entry.split(":")[:2] for entry in grafana["volumes"] if entry.startswith("./"))
+    provider = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "replenish.yml").read_text())
+    [files] = provider["providers"]
+    assert mounts[f"./{DASHBOARD.parent.relative_to(ROOT)}"] == files["options"]["path"]
+    assert mounts[f"./{(GRAFANA_DIR / 'provisioning').relative_to(ROOT)}"] == "/etc/grafana/provisioning"
+    for service in ("prometheus", "grafana"):
+        published = [str(mapping) for mapping in services(compose)[service]["ports"]]
+        assert all(mapping.startswith("127.0.0.1:") for mapping in published), f"{service} is published to the world"

@@ -16,6 +16,7 @@ from replenish.clock import SystemClock
 from replenish.config import Settings
 from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
 from replenish.demo import DemoDevices, demo_models, seed
+from replenish.observability.logging import configure_logging
 from replenish.runtime import Platform, Roles
 
 app = typer.Typer(
@@ -33,11 +34,7 @@ DEMO_EVALUATION_INTERVAL_SECONDS = 5.0
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # amqtt logs every connection at INFO; keep the platform's own lines readable.
-    logging.getLogger("amqtt").setLevel(logging.WARNING)
-    for noisy in ("apscheduler", "transitions", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     return settings
 
 

@@ -136,6 +136,19 @@ class Settings(BaseSettings):
         "addresses. Off: such a URL is refused, so that nobody can aim the platform at its own network.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one readable line per record; json: one JSON object per line (timestamp, level, logger, "
+        "message, correlation_id), for a log collector.",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics endpoint of a process without the API (ingest, scheduler); 0: "
+        "none. The API serves its metrics at /metrics on its own port.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics endpoint (REPLENISH_METRICS_PORT).")
 
     @field_validator("ingest_lanes", mode="before")
     @classmethod

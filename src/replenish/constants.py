@@ -18,6 +18,20 @@ INGEST_SUBSCRIPTIONS = ("devices/+/telemetry", "devices/+/events", "devices/+/st
 MQTT_QOS = 1
 
 
+class DeadLetterReason(StrEnum):
+    """Why a message was dead-lettered, as a category: the metrics label (a small fixed set, unlike the free-text
+    reason stored with the dead letter)."""
+
+    BAD_TOPIC = "bad_topic"  # not devices/{device_id}/{channel}, an invalid device id, an unknown channel
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"  # not UTF-8, not JSON, not a JSON object, not a status
+    INVALID = "invalid"  # JSON, but not what the contract allows
+    UNKNOWN_DEVICE = "unknown_device"
+    UNKNOWN_SLOT = "unknown_slot"
+    OUT_OF_RANGE = "out_of_range"  # a level outside its slot's capacity
+    INTERNAL_ERROR = "internal_error"  # the platform failed to store it
+
+
 class Channel(StrEnum):
     TELEMETRY = "telemetry"
     EVENTS = "events"
@@ -155,3 +169,12 @@ class AuditAction(StrEnum):
 
 # Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).
 ACKNOWLEDGE_PAGE_PATH = "/ack"
+
+
+# Readiness: the broker check connects with this timeout, and its answer is reused for this long, so that a storm of
+# probes (several orchestrators, many API replicas' load balancer) costs the broker one connection per interval.
+READINESS_BROKER_TIMEOUT_SECONDS = 2.0
+READINESS_CACHE_SECONDS = 2.0
+# Client ids of the readiness probe's MQTT connections start with this (and "replenish", as the service account's
+# must), so that they are easy to spot in the broker's log.
+READINESS_CLIENT_ID_PREFIX = "replenish-readyz"

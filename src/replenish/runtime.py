@@ -21,7 +21,9 @@ from replenish.db import create_schema, make_engine
 from replenish.ingest.consumer import MqttIngestor
 from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
+from replenish.mqtt.probe import BrokerProbe
 from replenish.notifications.channels import Channels, SmtpSettings
+from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
 from replenish.scheduler import Jobs, make_scheduler
@@ -39,6 +41,11 @@ class Roles:
     @property
     def uses_database(self) -> bool:
         return self.ingest or self.scheduler or self.api
+
+    @property
+    def names(self) -> str:
+        """What the process runs, e.g. "ingest" or "broker,ingest,scheduler,api": the role label of its metrics."""
+        return ",".join(name for name in ("broker", "ingest", "scheduler", "api") if getattr(self, name))
 
     @classmethod
     def all_in_one(cls, settings: Settings) -> Roles:
@@ -86,6 +93,8 @@ class Platform:
         self.scheduler: BackgroundScheduler | None = None
         self.api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
+        self.metrics = Metrics(role=roles.names)
+        self.metrics_server: MetricsServer | None = None
 
     def start(self) -> None:
         endpoint = self.settings.mqtt_endpoint
@@ -110,6 +119,7 @@ class Platform:
                 batch_size=self.settings.ingest_batch_size,
                 batch_wait_seconds=self.settings.ingest_batch_wait_ms / 1000,
                 lanes=self.settings.ingest_lanes,
+                metrics=self.metrics,
             )
             self.ingestor.start()
             if not self.ingestor.wait_ready(15):
@@ -129,6 +139,7 @@ class Platform:
                     acknowledge_url=self._acknowledge_url,
                     kinds={OutboxKind.NOTIFICATION},
                     urgent_only=True,
+                    metrics=self.metrics,
                 )
                 self.dispatch_loop = DispatchLoop(notifier, interval_seconds=self.settings.dispatch_interval_seconds)
                 self.dispatch_loop.start()
@@ -144,6 +155,7 @@ class Platform:
                 send_command=self.publisher.publish,
                 channels=self.channels,
                 acknowledge_url=self._acknowledge_url,
+                metrics=self.metrics,
             )
             self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
             if self.run_jobs:
@@ -153,16 +165,33 @@ class Platform:
                 self.scheduler.start()
         if self.roles.api:
             self._start_api()
+        elif self.settings.metrics_port and self.roles.uses_database:
+            # The API serves this process's metrics at /metrics; a process without it gets a port of its own.
+            self.metrics_server = self.metrics.serve(host=self.settings.metrics_host, port=self.settings.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", self.settings.metrics_host, self.metrics_server.port)
 
     def _acknowledge_url(self, token: str) -> str:
         return f"{self.settings.resolved_public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}"
 
     def _start_api(self) -> None:
+        # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.
+        self.metrics.watch_database(engine=self.engine, clock=self.clock)
         app = create_app(
-            engine=self.engine, clock=self.clock, session_lifetime=timedelta(hours=self.settings.session_hours)
+            engine=self.engine,
+            clock=self.clock,
+            metrics=self.metrics,
+            broker=BrokerProbe(self.settings.mqtt_endpoint),
+            session_lifetime=timedelta(hours=self.settings.session_hours),
         )
         config = uvicorn.Config(
-            app, host=self.settings.api_host, port=self.settings.api_port, log_level="warning", lifespan="off"
+            app,
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            lifespan="off",
+            # uvicorn's own logging config gives its loggers handlers of their own: its lines would skip the JSON
+            # format (observability/logging.py). Without it they go to the root logger like everything else.
+            log_config=None,
         )
         self.api_server = uvicorn.Server(config)
         self._api_thread = threading.Thread(target=self.api_server.run, name="api", daemon=True)
@@ -179,6 +208,8 @@ class Platform:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
     def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.api_server is not None:
             self.api_server.should_exit = True
             if self._api_thread is not None:

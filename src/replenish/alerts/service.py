@@ -28,6 +28,7 @@ from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage
 from replenish.notifications import service as notifications
 from replenish.notifications.models import Notification
+from replenish.observability import correlation
 from replenish.outbox import service as outbox
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ def escalate(*, session: Session, alert_id: str, now: datetime) -> Alert | None:
     alert = session.exec(select(Alert).where(Alert.id == alert_id).with_for_update(skip_locked=True)).first()
     if alert is None:
         return None
-    _escalate_if_due(session=session, alert=alert, now=now)
+    # The step's log lines and notifications carry the correlation id of the event that opened the incident.
+    trigger = session.get(DeviceMessage, alert.trigger_message_id)
+    with correlation.bound(correlation.for_device_message(trigger.device_id, trigger.seq) if trigger else None):
+        _escalate_if_due(session=session, alert=alert, now=now)
     return alert
 
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -24,7 +25,9 @@ from replenish.devices.router import router as devices_router
 from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized
 from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
+from replenish.mqtt.probe import OK, BrokerProbe
 from replenish.notifications.router import router as notifications_router
+from replenish.observability.metrics import Metrics
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
 
@@ -48,7 +51,26 @@ the field (`detail[].loc`, or `field`).
 """
 
 
-def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = timedelta(hours=12)) -> FastAPI:
+class Readiness(BaseModel):
+    """/readyz's answer, 200 or 503 alike."""
+
+    status: str = Field(description='"ok" when every dependency answered, "unavailable" otherwise.')
+    database: str = Field(description='"ok", or the class of the error the database driver raised.')
+    broker: str = Field(
+        description='"ok" when the MQTT broker answered a CONNECT (any CONNACK but "server unavailable"), or what '
+        "went wrong in a few words. Checked at most every couple of seconds; later probes get the same answer."
+    )
+    failed: list[str] = Field(description='The dependencies that did not answer: "database", "broker"; empty if none.')
+
+
+def create_app(
+    *,
+    engine: Engine,
+    clock: Clock,
+    metrics: Metrics,
+    broker: BrokerProbe,
+    session_lifetime: timedelta = timedelta(hours=12),
+) -> FastAPI:
     app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.clock = clock
@@ -104,14 +126,40 @@ def create_app(*, engine: Engine, clock: Clock, session_lifetime: timedelta = ti
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="The database answers")
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="The database and the MQTT broker answer",
+        description="200 when both answer, 503 naming the one that did not (`failed`). No authentication, as for "
+        "/healthz: for orchestrators and load balancers.",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A dependency did not answer; `failed` names it."}},
+    )
     def readyz(engine: EngineDep) -> JSONResponse:
+        database = OK
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except Exception as exc:
             # The error class only: a driver's message can carry the host and user of the database.
-            return JSONResponse(status_code=503, content={"status": "unavailable", "database": type(exc).__name__})
-        return JSONResponse(content={"status": "ok", "database": "ok"})
+            database = type(exc).__name__
+        answers = {"database": database, "broker": broker.check()}
+        failed = [name for name, answer in answers.items() if answer != OK]
+        readiness = Readiness(status="unavailable" if failed else "ok", failed=failed, **answers)
+        return JSONResponse(status_code=503 if failed else 200, content=readiness.model_dump())
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        description="This process's metrics, and the database gauges (orders and alerts by status, outbox backlog, "
+        "escalation timers), in Prometheus' text format. No authentication: keep it off the public internet at "
+        "the reverse proxy. docs/deployment.md lists the metrics.",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
+    )
+    def metrics_endpoint() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(content=body, media_type=content_type)
 
     return app

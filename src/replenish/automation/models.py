@@ -31,3 +31,6 @@ class Decision(SQLModel, table=True):
     reason: str
     forecast: dict[str, Any] = Field(sa_type=JSONType)
     policy: dict[str, Any] = Field(sa_type=JSONType)
+    # The correlation id of the newest reading's message when it decided (observability/correlation.py): the
+    # message that tipped the forecast, and what an operator greps the logs for, from that message to the order.
+    correlation_id: str | None = None

@@ -22,8 +22,9 @@ from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import fleet_prior, lends_to_fleet
-from replenish.ingest.models import Reading
+from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
+from replenish.observability import correlation
 from replenish.orders import service as orders
 
 log = logging.getLogger(__name__)
@@ -128,19 +129,36 @@ def evaluate_slot(
             session=session, customer_id=device.customer_id, start=month_start, end=month_end
         ),
     )
-    return _act(
-        session=session,
-        slot=slot,
-        device=device,
-        cycle_started_at=evaluation.cycle_started_at,
-        forecast=evaluation.forecast,
-        verdict=verdict,
-        mode=mode,
-        consent_version=version,
-        consent_document=document,
-        policy=policy,
-        now=now,
-    )
+    trigger = _newest_message(session=session, slot=slot, now=now)
+    # The decision, its order or notification, their outbox messages and log lines: all carry the trigger's id.
+    with correlation.bound(trigger):
+        return _act(
+            session=session,
+            slot=slot,
+            device=device,
+            cycle_started_at=evaluation.cycle_started_at,
+            forecast=evaluation.forecast,
+            verdict=verdict,
+            mode=mode,
+            consent_version=version,
+            consent_document=document,
+            policy=policy,
+            now=now,
+            correlation_id=trigger,
+        )
+
+
+def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:
+    """The correlation id of the message behind the newest reading the forecast used (as slot_readings chose them):
+    the one that tipped the decision."""
+    newest = session.exec(
+        select(DeviceMessage.device_id, DeviceMessage.seq)
+        .join(Reading, col(Reading.message_id) == col(DeviceMessage.id))
+        .where(Reading.slot_id == slot.id, Reading.ts <= now)
+        .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
+        .limit(1)
+    ).first()
+    return correlation.for_device_message(*newest) if newest else None
 
 
 def _act(
@@ -156,6 +174,7 @@ def _act(
     consent_document: ConsentDocument,
     policy: ReorderPolicy,
     now: datetime,
+    correlation_id: str | None,
 ) -> Decision:
     decision = Decision(
         slot_id=slot.id,
@@ -169,6 +188,7 @@ def _act(
         reason=verdict.reason,
         forecast=forecast.to_json(),
         policy=policy.to_json(),
+        correlation_id=correlation_id,
     )
     session.add(decision)
     # Flush first: the unique (slot, cycle) constraint rejects a second decision before anything else is written.

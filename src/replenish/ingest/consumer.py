@@ -17,11 +17,12 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
-from replenish.constants import INGEST_SUBSCRIPTIONS, MQTT_QOS, Channel
+from replenish.constants import INGEST_SUBSCRIPTIONS, MQTT_QOS, Channel, DeadLetterReason
 from replenish.db import transaction
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import BatchResult, dead_letter, ingest_batch
 from replenish.mqtt.client import make_client
+from replenish.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class _Delivery:
     qos: int
     # Which connection delivered it: a PUBACK is only meaningful on that one.
     connection: int
+    # time.monotonic() on arrival, for the receive -> commit lag (the injectable clock may be a test's manual one).
+    arrived: float
 
 
 class _Lane:
@@ -63,6 +66,7 @@ class _Lane:
         self.queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(4 * owner.batch_size, 1000))
         self.subscribed = threading.Event()
         self.connection = 0
+        owner.metrics.ingest_queue(lane=name, qsize=self.queue.qsize)
         self.writer = threading.Thread(target=self._write_loop, name=f"ingest-{name}", daemon=True)
         self.client = make_client(owner.endpoint, client_id=client_id, persistent_session=True, manual_ack=True)
         self.client.on_connect = self._on_connect
@@ -107,7 +111,7 @@ class _Lane:
         # A topic that is not UTF-8 cannot be a contract topic; keep it readable for the dead letter.
         topic = message._topic.decode("utf-8", errors="replace")
         incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self.owner.clock.now())
-        delivery = _Delivery(incoming, message.mid, message.qos, self.connection)
+        delivery = _Delivery(incoming, message.mid, message.qos, self.connection, time.monotonic())
         while not self.owner.abandon.is_set():
             try:
                 self.queue.put(delivery, timeout=0.5)
@@ -135,6 +139,10 @@ class _Lane:
             result = owner.commit(batch)
             if result is None:
                 return  # abandoned while the database was failing: nothing acknowledged
+            committed = time.monotonic()
+            owner.metrics.ingest_committed(
+                lane=self.name, result=result, lags=(committed - delivery.arrived for delivery in batch)
+            )
             for delivery in batch:
                 # After a reconnect the broker resends what was not acknowledged, and may reuse a packet id for
                 # another message: acknowledging an old delivery there would acknowledge a message never stored.
@@ -162,8 +170,11 @@ class MqttIngestor:
         batch_size: int = 500,
         batch_wait_seconds: float = 0.02,
         lanes: Collection[str] = ("events", "telemetry"),
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
+        # Without a registry given (a benchmark, a test's second ingestor), counted into one nobody reads.
+        self.metrics = metrics or Metrics(role="ingest")
         self.endpoint = endpoint
         self.clock = clock
         self.batch_size = batch_size
@@ -274,9 +285,13 @@ class MqttIngestor:
         log.exception("message on %s could not be stored; dead-lettering it", message.topic)
         with transaction(self.engine) as session:
             dead_letter(
-                session=session, message=message, reason=f"internal error while storing: {error!r}", device_id=None
+                session=session,
+                message=message,
+                reason=f"internal error while storing: {error!r}",
+                category=DeadLetterReason.INTERNAL_ERROR,
+                device_id=None,
             )
-        return BatchResult(dead_letters=1)
+        return BatchResult(dead_letters=1, dead_letter_reasons={DeadLetterReason.INTERNAL_ERROR: 1})
 
     def count(self, result: BatchResult) -> None:
         with self._totals_lock:
@@ -291,7 +306,7 @@ class MqttIngestor:
     @property
     def totals(self) -> BatchResult:
         with self._totals_lock:
-            return BatchResult(**vars(self._totals))
+            return self._totals.copy()
 
     def wait_for(self, *, handled: int, timeout: float) -> bool:
         """Block until at least ``handled`` messages (stored, duplicate, dead-lettered or status) were processed."""

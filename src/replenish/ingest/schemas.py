@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel
+from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel, DeadLetterReason
 
 MAX_EVENT_TYPE_LENGTH = 256
 # Epoch seconds outside this range are almost surely milliseconds or garbage, not a real clock.
@@ -104,6 +104,8 @@ class ParsedStatus:
 class Rejected:
     reason: str
     device_id: str | None = None
+    # Required: every rejection names its category (metrics count by it; the reason above is free text).
+    category: DeadLetterReason = field(kw_only=True)
 
 
 Parsed = ParsedTelemetry | ParsedEvent | ParsedStatus | Rejected
@@ -128,18 +130,27 @@ def parse_message(message: IncomingMessage) -> Parsed:
     """Check one message against the contract. Pure: no database, no clock."""
     split = split_topic(message.topic)
     if split is None:
-        return Rejected(f"topic {message.topic[:200]!r} is not devices/{{device_id}}/{{channel}}")
+        return Rejected(
+            f"topic {message.topic[:200]!r} is not devices/{{device_id}}/{{channel}}",
+            category=DeadLetterReason.BAD_TOPIC,
+        )
     device_id, channel = split
     if not DEVICE_ID_RE.match(device_id):
-        return Rejected(f"device_id {device_id[:80]!r} does not match [A-Za-z0-9_-]{{1,64}}")
+        return Rejected(
+            f"device_id {device_id[:80]!r} does not match [A-Za-z0-9_-]{{1,64}}", category=DeadLetterReason.BAD_TOPIC
+        )
     if channel not in (Channel.TELEMETRY, Channel.EVENTS, Channel.STATUS):
-        return Rejected(f"unknown channel {channel[:40]!r}", device_id)
+        return Rejected(f"unknown channel {channel[:40]!r}", device_id, category=DeadLetterReason.BAD_TOPIC)
     if len(message.payload) > MAX_PAYLOAD_BYTES:
-        return Rejected(f"payload of {len(message.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}", device_id)
+        return Rejected(
+            f"payload of {len(message.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+            device_id,
+            category=DeadLetterReason.TOO_LARGE,
+        )
     try:
         text = message.payload.decode("utf-8")
     except UnicodeDecodeError:
-        return Rejected("payload is not UTF-8", device_id)
+        return Rejected("payload is not UTF-8", device_id, category=DeadLetterReason.MALFORMED)
 
     if channel == Channel.STATUS:
         return _parse_status(device_id, text)
@@ -147,15 +158,19 @@ def parse_message(message: IncomingMessage) -> Parsed:
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
-        return Rejected(f"payload is not JSON: {exc}", device_id)
+        return Rejected(f"payload is not JSON: {exc}", device_id, category=DeadLetterReason.MALFORMED)
     if not isinstance(document, dict):
-        return Rejected(f"payload must be a JSON object, got {type(document).__name__}", device_id)
+        return Rejected(
+            f"payload must be a JSON object, got {type(document).__name__}",
+            device_id,
+            category=DeadLetterReason.MALFORMED,
+        )
     try:
         if channel == Channel.TELEMETRY:
             return ParsedTelemetry(device_id, TelemetryPayload.model_validate(document), document)
         return ParsedEvent(device_id, EventPayload.model_validate(document), document)
     except ValidationError as exc:
-        return Rejected(f"invalid {channel} payload: {_describe(exc)}", device_id)
+        return Rejected(f"invalid {channel} payload: {_describe(exc)}", device_id, category=DeadLetterReason.INVALID)
 
 
 def _reject_constant(name: str) -> Any:
@@ -166,9 +181,17 @@ def _parse_status(device_id: str, text: str) -> Parsed:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        return Rejected(f'status is not JSON (expected "online" or "offline"): {exc}', device_id)
+        return Rejected(
+            f'status is not JSON (expected "online" or "offline"): {exc}',
+            device_id,
+            category=DeadLetterReason.MALFORMED,
+        )
     if value == "online":
         return ParsedStatus(device_id, True)
     if value == "offline":
         return ParsedStatus(device_id, False)
-    return Rejected(f'status must be "online" or "offline", got {text.strip()[:40]!r}', device_id)
+    return Rejected(
+        f'status must be "online" or "offline", got {text.strip()[:40]!r}',
+        device_id,
+        category=DeadLetterReason.MALFORMED,
+    )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
-from replenish.constants import Channel, EventType
+from replenish.constants import Channel, DeadLetterReason, EventType
 from replenish.devices.models import Device, Slot
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.ingest.schemas import (
@@ -22,6 +22,7 @@ from replenish.ingest.schemas import (
     Rejected,
     parse_message,
 )
+from replenish.observability import correlation
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,38 @@ class BatchResult:
     duplicates: int = 0
     dead_letters: int = 0
     status_updates: int = 0
+    # Dead letters by category (DeadLetterReason): what the metrics count.
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: BatchResult) -> None:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.dead_letters += other.dead_letters
         self.status_updates += other.status_updates
+        for reason, count in other.dead_letter_reasons.items():
+            self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + count
+
+    def copy(self) -> BatchResult:
+        result = BatchResult()
+        result.add(self)
+        return result
 
     @property
     def handled(self) -> int:
         return self.stored + self.duplicates + self.dead_letters + self.status_updates
 
 
-def dead_letter(*, session: Session, message: IncomingMessage, reason: str, device_id: str | None) -> DeadLetter:
+def dead_letter(
+    *,
+    session: Session,
+    message: IncomingMessage,
+    reason: str,
+    category: DeadLetterReason,
+    device_id: str | None,
+) -> DeadLetter:
+    with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
+        # The topic is cut short: it is whatever the sender chose, and the dead letter keeps all of it.
+        log.info("dead letter (%s) on %s: %s", category, message.topic[:200], reason[:500])
     letter = DeadLetter(
         topic=message.topic[:1024],
         device_id=device_id,
@@ -74,12 +94,22 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
     for message, item in parsed:
         outcome = _check(item, devices=devices, slots=slots)
         if isinstance(outcome, Rejected):
-            dead_letter(session=session, message=message, reason=outcome.reason, device_id=outcome.device_id)
+            dead_letter(
+                session=session,
+                message=message,
+                reason=outcome.reason,
+                category=outcome.category,
+                device_id=outcome.device_id,
+            )
             result.dead_letters += 1
+            result.dead_letter_reasons[outcome.category] = result.dead_letter_reasons.get(outcome.category, 0) + 1
             continue
         device = devices[outcome.device_id]
         device.last_seen_at = _latest(device.last_seen_at, message.received_at)
         if isinstance(outcome, ParsedStatus):
+            if log.isEnabledFor(logging.DEBUG):
+                with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
+                    log.debug("status of %s: %s", device.id, "online" if outcome.online else "offline")
             device.online = outcome.online
             device.status_changed_at = message.received_at
             result.status_updates += 1
@@ -98,7 +128,10 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
     # must still cancel it.
     accepted.sort(key=lambda entry: (entry[0].device_id, entry[0].seq))
     for row, item, device in accepted:
-        _apply(session=session, row=row, item=item, device=device, slots=slots)
+        # What _apply causes here (an alert, its notifications) carries the message's correlation id.
+        with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
+            log.debug("stored %s message %s (seq %d)", row.channel, row.id, row.seq)
+            _apply(session=session, row=row, item=item, device=device, slots=slots)
     result.stored = len(accepted)
     return result
 
@@ -119,15 +152,25 @@ def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, s
     if isinstance(item, Rejected):
         return item
     if item.device_id not in devices:
-        return Rejected(f"unknown device {item.device_id!r}: register it first", item.device_id)
+        return Rejected(
+            f"unknown device {item.device_id!r}: register it first",
+            item.device_id,
+            category=DeadLetterReason.UNKNOWN_DEVICE,
+        )
     if isinstance(item, ParsedTelemetry):
         for name, level in item.body.levels.items():
             slot = slots.get((item.device_id, name))
             if slot is None:
-                return Rejected(f"unknown slot {name!r} for device {item.device_id!r}", item.device_id)
+                return Rejected(
+                    f"unknown slot {name!r} for device {item.device_id!r}",
+                    item.device_id,
+                    category=DeadLetterReason.UNKNOWN_SLOT,
+                )
             if not 0 <= level <= slot.capacity:
                 return Rejected(
-                    f"level {level} of slot {name!r} is outside 0..{slot.capacity:g} {slot.unit}", item.device_id
+                    f"level {level} of slot {name!r} is outside 0..{slot.capacity:g} {slot.unit}",
+                    item.device_id,
+                    category=DeadLetterReason.OUT_OF_RANGE,
                 )
     return item
 

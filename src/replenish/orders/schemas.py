@@ -45,6 +45,11 @@ class DecisionExplanation(BaseModel):
     """Why the order exists: what the platform saw, what it predicted, the rule, and the consent that allowed it."""
 
     decision_id: str
+    correlation_id: str | None = Field(
+        description="The correlation id of the device message whose reading was the newest when the platform decided "
+        "(device_id:seq): grep the logs for it to follow that message to this order. Null for decisions from before "
+        "it was recorded."
+    )
     decided_at: datetime
     action: str
     reason: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 
@@ -16,6 +17,8 @@ from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox import service as outbox
+
+log = logging.getLogger(__name__)
 
 # An order's explanation lists at most this many of the readings behind it (the newest).
 EVIDENCE_LIMIT = 500
@@ -57,6 +60,15 @@ def create(
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now)
+    log.info(
+        "order %s %s: %d x %s for %s (decision %s)",
+        order.id,
+        order.status,
+        order.quantity,
+        order.product_sku,
+        order.device_id,
+        decision.id,
+    )
     return order
 
 
@@ -269,6 +281,7 @@ def explain_decision(*, session: Session, decision_id: str) -> dict[str, object]
         readings = [{"ts": ts, "level": level} for ts, level in reversed(rows.all())]
     return {
         "decision_id": decision.id,
+        "correlation_id": decision.correlation_id,
         "decided_at": decision.decided_at,
         "action": decision.action,
         "reason": decision.reason,

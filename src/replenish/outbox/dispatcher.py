@@ -23,6 +23,8 @@ from replenish.constants import OutboxKind
 from replenish.db import transaction
 from replenish.notifications.channels import Channels, Delivery
 from replenish.notifications.models import Notification
+from replenish.observability import correlation
+from replenish.observability.metrics import Metrics
 from replenish.orders.fulfilment import FulfilmentSink
 from replenish.outbox import service as outbox
 from replenish.outbox.models import OutboxMessage
@@ -56,6 +58,7 @@ class Dispatcher:
         acknowledge_url: Callable[[str], str],
         kinds: Collection[OutboxKind] | None = None,
         urgent_only: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -68,6 +71,7 @@ class Dispatcher:
         self._kinds = kinds
         self._urgent_only = urgent_only
         self._identity = uuid.uuid4().hex  # what its claims carry
+        self._metrics = metrics
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
         """Deliver what is due now, several at once, and wait for all of it (the jobs' tick; DispatchLoop does not
@@ -97,18 +101,27 @@ class Dispatcher:
         delivery and not a queue of others ahead of it."""
         now = self._clock.now()
         assert message.id is not None
-        with transaction(self._engine) as session:
-            if not outbox.claim(
-                session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE, by=self._identity
-            ):
-                return None
-        try:
-            self._deliver(message)
-        except Exception as exc:
-            self._guarded(self._record_failure, message, exc)
-            return False
-        self._guarded(self._record_delivery, message)
-        return True
+        # Delivery threads start without a context: the id comes from the row (it may have been written elsewhere).
+        with correlation.bound(message.correlation_id):
+            with transaction(self._engine) as session:
+                if not outbox.claim(
+                    session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE, by=self._identity
+                ):
+                    return None
+            try:
+                self._deliver(message)
+            except Exception as exc:
+                self._count(message, delivered=False)
+                self._guarded(self._record_failure, message, exc)
+                return False
+            self._count(message, delivered=True)
+            self._guarded(self._record_delivery, message)
+            log.debug("outbox %s (%s) delivered", message.id, message.kind)
+            return True
+
+    def _count(self, message: OutboxMessage, *, delivered: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_delivered(kind=message.kind, delivered=delivered)
 
     @staticmethod
     def _guarded(record: Callable[..., None], *args: Any) -> None:

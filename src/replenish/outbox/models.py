@@ -32,3 +32,5 @@ class OutboxMessage(SQLModel, table=True):
     # A safety notification or a command the wearer waits for: the events ingest process delivers these at once.
     urgent: bool = False
     last_error: str | None = None
+    # The correlation id of what caused it (observability/correlation.py): the dispatcher logs its delivery with it.
+    correlation_id: str | None = None

@@ -11,6 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from replenish.constants import OutboxKind
+from replenish.observability import correlation
 from replenish.outbox.models import OutboxMessage
 
 
@@ -26,7 +27,7 @@ def enqueue(
 ) -> OutboxMessage:
     """Record an effect to deliver. It commits with the caller's transaction, or not at all. An urgent one (a safety
     notification, a command the wearer waits for) wakes this process's dispatch loops as soon as it commits, rather
-    than at their next poll."""
+    than at their next poll. It carries the correlation id of the work that enqueues it."""
     message = OutboxMessage(
         kind=kind,
         stream=stream,
@@ -35,6 +36,7 @@ def enqueue(
         created_at=now,
         available_at=now,
         urgent=urgent,
+        correlation_id=correlation.current(),
     )
     session.add(message)
     if urgent:
