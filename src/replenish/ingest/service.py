@@ -48,7 +48,10 @@ class BatchResult:
 
 def dead_letter(*, session: Session, message: IncomingMessage, reason: str, device_id: str | None) -> DeadLetter:
     letter = DeadLetter(
-        topic=message.topic[:1024],
+        # MQTT forbids U+0000 in topics but the embedded broker passes it on, and PostgreSQL text cannot hold it: a
+        # dead letter that cannot be written would be retried forever and stop its lane. Shown as paho shows bytes
+        # that are not UTF-8.
+        topic=message.topic[:1024].replace("\x00", "\ufffd"),
         device_id=device_id,
         payload=message.payload,
         payload_size=len(message.payload),
