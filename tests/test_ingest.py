@@ -237,3 +237,43 @@ def test_a_reading_from_a_clock_far_ahead_does_not_become_the_latest_level(platf
     black = next(s for s in api.get("/devices/printer-1").json()["slots"] if s["name"] == "black")
     assert (black["level"], black["level_at"]) == (0.45, iso(START))
     assert len(api.get("/devices/printer-1/slots/black/readings").json()) == 3, "stored all the same"
+
+
+TELEMETRY = "devices/printer-1/telemetry"
+EVENTS = "devices/printer-1/events"
+# Found by tests/test_bad_input.py. The first five were stored on SQLite; on PostgreSQL each failed its whole batch at
+# commit (jsonb and text refuse U+0000, unpaired surrogates and Infinity), then became a dead letter as an "internal
+# error" after every message of the batch had been retried one by one. The next four raised out of the parser
+# (RecursionError, OverflowError): "internal error" dead letters as well. The last, U+0000 in a topic (which the
+# embedded broker passes on), could not even be written as a dead letter on PostgreSQL: retried forever, its lane
+# stopped.
+UNSTORABLE = [
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "note": "\\u0000"}', "payload cannot be stored: text '\\x00'"),
+    (EVENTS, b'{"seq": 1, "type": "fall\\u0000"}', "payload cannot be stored: text 'fall\\x00'"),
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "\\udfff": 1}', "payload cannot be stored: text '\\udfff'"),
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "battery": 1e400}', "payload cannot be stored: number 1e400"),
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "x": ' + b"[" * 40 + b"]" * 40 + b"}", "payload cannot be stored: JSON"),
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "payload cannot be stored: JSON"),
+    ("devices/printer-1/status", b"[" * 5000 + b"]" * 5000, 'status must be "online" or "offline"'),
+    (TELEMETRY, b'{"seq": 1, "levels": {}, "ts": "0001-01-01T00:00:00+01:00"}', "invalid telemetry payload: ts"),
+    (EVENTS, b'{"seq": 1, "type": "x", "ts": "9999-12-31T23:59:59-01:00"}', "invalid events payload: ts"),
+    ("devices/a\x00b/telemetry", b"{}", "device_id 'a\\x00b' does not match"),
+]
+
+
+def test_what_no_database_keeps_is_a_dead_letter_with_its_own_reason(platform, publisher, printer, stack):
+    # Mosquitto disconnects a client that publishes to a topic with U+0000; only the embedded broker passes it on.
+    cases = [case for case in UNSTORABLE if stack.name == "embedded" or "\x00" not in case[0]]
+    for topic, payload, _ in cases:
+        publisher.send(topic, payload)
+    publisher.send(TELEMETRY, {"seq": 7, "levels": {"black": 0.5}})
+    assert platform.ingestor.wait_for(handled=len(cases) + 1, timeout=20)
+    with Session(platform.engine) as session:
+        letters = session.exec(select(DeadLetter)).all()
+        assert session.exec(select(DeviceMessage.seq)).all() == [7]
+    # The events lane stores apart from the telemetry lane: matched by content, not order.
+    by_content = {(letter.topic, letter.payload): letter.reason for letter in letters}
+    assert len(letters) == len(by_content) == len(cases)
+    for topic, payload, reason in cases:
+        # A topic keeps its text, with U+0000 shown as U+FFFD (as paho shows bytes that are not UTF-8).
+        assert by_content[(topic.replace("\x00", "\ufffd"), payload)].startswith(reason), (reason, by_content)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(
         1.0, gt=0, description="How often the outbox dispatcher delivers orders, notifications and commands."
     )
+    outbox_retry_base_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="A failed delivery (order, notification, command) is retried after twice this, then each time "
+        "twice as long, up to 10 minutes.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a fulfilment or notification webhook may take to answer before it is retried."
+    )
+    outbox_claim_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a dispatcher holds a message it is delivering. A dispatcher that died mid-delivery "
+        "holds it this long before another takes it over; longer than the webhook timeout, so a slow delivery "
+        "is never taken over while it is still under way.",
+    )
     reorder_margin_days: float = Field(
         1.0, ge=0, description="Safety margin added to a slot's lead time before it must be reordered."
     )
@@ -156,6 +172,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> Settings:
+        if self.outbox_claim_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "outbox_claim_lease_seconds must be longer than webhook_timeout_seconds: a delivery still under way "
+                "would be taken over and sent twice"
+            )
+        return self
 
     @field_validator("mqtt_url")
     @classmethod

@@ -26,6 +26,7 @@ class DeadLetterReason(StrEnum):
     TOO_LARGE = "too_large"
     MALFORMED = "malformed"  # not UTF-8, not JSON, not a JSON object, not a status
     INVALID = "invalid"  # JSON, but not what the contract allows
+    UNSTORABLE = "unstorable"  # JSON no database keeps alike: NUL, lone surrogates, huge numbers, deep nesting
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_SLOT = "unknown_slot"
     OUT_OF_RANGE = "out_of_range"  # a level outside its slot's capacity

@@ -63,7 +63,19 @@ def make_channels(settings: Settings) -> Channels:
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             starttls=settings.smtp_starttls,
         )
-    return Channels(smtp=smtp, allow_private_webhooks=settings.webhook_allow_private_networks)
+    return Channels(
+        smtp=smtp,
+        allow_private_webhooks=settings.webhook_allow_private_networks,
+        timeout=settings.webhook_timeout_seconds,
+    )
+
+
+def outbox_timing(settings: Settings) -> dict[str, timedelta]:
+    """The dispatcher's lease and retry timing from the settings."""
+    return {
+        "claim_lease": timedelta(seconds=settings.outbox_claim_lease_seconds),
+        "retry_base": timedelta(seconds=settings.outbox_retry_base_seconds),
+    }
 
 
 class Platform:
@@ -140,6 +152,7 @@ class Platform:
                     kinds={OutboxKind.NOTIFICATION},
                     urgent_only=True,
                     metrics=self.metrics,
+                    **outbox_timing(self.settings),
                 )
                 self.dispatch_loop = DispatchLoop(notifier, interval_seconds=self.settings.dispatch_interval_seconds)
                 self.dispatch_loop.start()
@@ -151,11 +164,12 @@ class Platform:
             dispatcher = Dispatcher(
                 engine=self.engine,
                 clock=self.clock,
-                fulfilment=make_sink(url),
+                fulfilment=make_sink(url, timeout=self.settings.webhook_timeout_seconds),
                 send_command=self.publisher.publish,
                 channels=self.channels,
                 acknowledge_url=self._acknowledge_url,
                 metrics=self.metrics,
+                **outbox_timing(self.settings),
             )
             self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
             if self.run_jobs:

@@ -13,6 +13,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel, DeadLetterReason
 
 MAX_EVENT_TYPE_LENGTH = 256
+# Far beyond any payload the contract describes (two levels). A deeper document is refused by name here rather than
+# by a RecursionError wherever the stack happens to be deepest (parsing, validating, or encoding it for the database).
+MAX_JSON_DEPTH = 32
+# Python refuses to convert longer integers; no field of the contract needs more than 20 digits.
+MAX_INTEGER_DIGITS = 4300
 # Epoch seconds outside this range are almost surely milliseconds or garbage, not a real clock.
 _EPOCH_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 _EPOCH_MAX = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
@@ -32,7 +37,11 @@ def _parse_ts(value: Any) -> datetime:
             raise ValueError(f"ts is not ISO 8601: {value[:64]!r}") from exc
         if parsed.tzinfo is None:
             raise ValueError("ts must carry a UTC offset, e.g. 2026-11-24T10:00:00Z")
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError as exc:
+            # 0001-01-01T00:00:00+01:00 has no UTC time; pydantic turns only ValueError into a validation error.
+            raise ValueError(f"ts is out of range in UTC: {value[:64]!r}") from exc
     raise ValueError("ts must be an ISO 8601 string with offset or epoch seconds")
 
 
@@ -156,15 +165,26 @@ def parse_message(message: IncomingMessage) -> Parsed:
         return _parse_status(device_id, text)
 
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except _Unstorable as exc:
+        return Rejected(f"payload cannot be stored: {exc}", device_id, category=DeadLetterReason.UNSTORABLE)
     except ValueError as exc:
         return Rejected(f"payload is not JSON: {exc}", device_id, category=DeadLetterReason.MALFORMED)
+    except RecursionError:
+        return Rejected(
+            f"payload cannot be stored: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            device_id,
+            category=DeadLetterReason.UNSTORABLE,
+        )
     if not isinstance(document, dict):
         return Rejected(
             f"payload must be a JSON object, got {type(document).__name__}",
             device_id,
             category=DeadLetterReason.MALFORMED,
         )
+    unstorable = _unstorable(document)
+    if unstorable:
+        return Rejected(f"payload cannot be stored: {unstorable}", device_id, category=DeadLetterReason.UNSTORABLE)
     try:
         if channel == Channel.TELEMETRY:
             return ParsedTelemetry(device_id, TelemetryPayload.model_validate(document), document)
@@ -177,12 +197,59 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _Unstorable(ValueError):
+    """Valid JSON that no database column can hold as it is: refused with its own reason, the same on SQLite and
+    PostgreSQL (whose jsonb and text refuse it only at commit, which would dead-letter it as an internal error)."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        # 1e400 is valid JSON but only infinity as a float, and Infinity is not JSON.
+        raise _Unstorable(f"number {literal[:40]} is out of range")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise _Unstorable(f"integer of {len(literal)} digits is out of range")
+    return int(literal)
+
+
+def _unstorable(document: dict[str, Any]) -> str | None:
+    """Why the parsed document cannot be stored as it came, if it cannot: too deep, or a string (key or value) with
+    U+0000 or an unpaired surrogate (both only reachable through JSON escapes; neither is text PostgreSQL keeps)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return f"text {value[:40]!r} contains U+0000"
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"text {value[:40]!r} contains an unpaired surrogate"
+    return None
+
+
 def _parse_status(device_id: str, text: str) -> Parsed:
     try:
         value = json.loads(text)
     except ValueError as exc:
         return Rejected(
             f'status is not JSON (expected "online" or "offline"): {exc}',
+            device_id,
+            category=DeadLetterReason.MALFORMED,
+        )
+    except RecursionError:
+        return Rejected(
+            'status must be "online" or "offline", got JSON nested too deeply to read',
             device_id,
             category=DeadLetterReason.MALFORMED,
         )

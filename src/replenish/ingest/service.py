@@ -68,7 +68,10 @@ def dead_letter(
         # The topic is cut short: it is whatever the sender chose, and the dead letter keeps all of it.
         log.info("dead letter (%s) on %s: %s", category, message.topic[:200], reason[:500])
     letter = DeadLetter(
-        topic=message.topic[:1024],
+        # MQTT forbids U+0000 in topics but the embedded broker passes it on, and PostgreSQL text cannot hold it: a
+        # dead letter that cannot be written would be retried forever and stop its lane. Shown as paho shows bytes
+        # that are not UTF-8.
+        topic=message.topic[:1024].replace("\x00", "\ufffd"),
         device_id=device_id,
         payload=message.payload,
         payload_size=len(message.payload),

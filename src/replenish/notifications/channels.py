@@ -163,7 +163,7 @@ class Channels:
 
     def __init__(self, *, smtp: SmtpSettings | None, allow_private_webhooks: bool, timeout: float = 10.0) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=3.0))
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self._channels: dict[str, Channel] = {
             "log": LogChannel(),
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),

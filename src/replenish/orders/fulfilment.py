@@ -42,5 +42,5 @@ class WebhookSink:
         self._client.close()
 
 
-def make_sink(webhook_url: str | None) -> FulfilmentSink:
-    return WebhookSink(webhook_url) if webhook_url else LoggingSink()
+def make_sink(webhook_url: str | None, *, timeout: float = 10.0) -> FulfilmentSink:
+    return WebhookSink(webhook_url, timeout=timeout) if webhook_url else LoggingSink()

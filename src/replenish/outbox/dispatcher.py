@@ -32,9 +32,11 @@ from replenish.outbox.models import OutboxMessage
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(minutes=10)
+RETRY_BASE = timedelta(seconds=1)
 DISPATCH_BATCH = 100
 DELIVERY_WORKERS = 8
-# How long a dispatcher holds a message it is delivering: longer than any delivery takes (timeouts are 10 s).
+# How long a dispatcher holds a message it is delivering, by default: longer than any delivery takes (timeouts are
+# 10 s by default; Settings keeps the lease longer than the timeout).
 CLAIM_LEASE = timedelta(seconds=60)
 
 CommandSender = Callable[[str, dict[str, Any]], None]
@@ -59,6 +61,8 @@ class Dispatcher:
         kinds: Collection[OutboxKind] | None = None,
         urgent_only: bool = False,
         metrics: Metrics | None = None,
+        claim_lease: timedelta = CLAIM_LEASE,
+        retry_base: timedelta = RETRY_BASE,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -70,6 +74,8 @@ class Dispatcher:
         # notifications itself, at once, and leaves everything else to the scheduler.
         self._kinds = kinds
         self._urgent_only = urgent_only
+        self._claim_lease = claim_lease
+        self._retry_base = retry_base
         self._identity = uuid.uuid4().hex  # what its claims carry
         self._metrics = metrics
 
@@ -105,7 +111,7 @@ class Dispatcher:
         with correlation.bound(message.correlation_id):
             with transaction(self._engine) as session:
                 if not outbox.claim(
-                    session=session, message_id=message.id, now=now, until=now + CLAIM_LEASE, by=self._identity
+                    session=session, message_id=message.id, now=now, until=now + self._claim_lease, by=self._identity
                 ):
                     return None
             try:
@@ -191,7 +197,7 @@ class Dispatcher:
             stored.attempts += 1
             stored.claimed_until = None
             stored.last_error = repr(error)[:2000]
-            stored.available_at = now + min(timedelta(seconds=2**stored.attempts), MAX_BACKOFF)
+            stored.available_at = now + min(self._retry_base * 2**stored.attempts, MAX_BACKOFF)
             session.add(stored)
         log.warning("outbox %s (%s) failed, attempt %d: %r", message.id, message.kind, stored.attempts, error)
 
