@@ -193,8 +193,8 @@ def test_heartbeat_with_no_levels_is_accepted(platform, api, publisher, printer)
 
 def test_an_ingestor_restarted_mid_stream_loses_nothing_and_stores_nothing_twice(tmp_path, clock):
     """On Mosquitto, the production broker: a stopped ingestor's persistent session keeps what arrives meanwhile,
-    and the next ingestor of that session stores it, once. (The embedded amqtt broker drops messages that are in
-    flight when a subscriber disconnects, so this guarantee needs Mosquitto.)"""
+    and the next ingestor of that session stores it, once. (tests/test_ingest_crash.py kills the process instead,
+    on both brokers.)"""
     with running_mosquitto(tmp_path) as broker:
         settings = make_settings(tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD)
         with running_platform(settings, clock, roles=Roles(ingest=True, scheduler=True, api=True)) as platform:

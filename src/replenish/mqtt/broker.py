@@ -13,10 +13,10 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.constants import QOS_0
+from amqtt.mqtt.constants import QOS_0, QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
-from amqtt.session import Session
+from amqtt.session import OUTGOING, Session
 from amqtt.utils import gen_client_id
 from sqlmodel import Session as DbSession
 from transitions import MachineError
@@ -113,14 +113,52 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 CREDENTIALS_CHECK_SECONDS = 5.0
 # MQTT 3.1.1 §3.1.2.10: a client silent for one and a half keep-alive periods is gone.
 KEEP_ALIVE_GRACE = 1.5
+PUBACK_TIMEOUT_SECONDS = 5  # amqtt's
 
 
 class _DeviceHandler(BrokerProtocolHandler):
-    """amqtt's handler, except that a client silent beyond its keep-alive is disconnected (amqtt's did nothing), so
-    that its last will fires: a device that lost power shows offline."""
+    """amqtt's handler, with two of its flaws fixed:
+
+    - A client silent beyond its keep-alive is disconnected (amqtt's did nothing), so that its last will fires: a
+      device that lost power shows offline.
+    - A QoS 1 message sent to a persistent session stays in the session's in-flight list until its PUBACK arrives.
+      amqtt's dropped it when the connection ended before the PUBACK (or after 5 s without one), so an ingestor
+      killed between receiving a message and acknowledging it never got it again: the message was lost (amqtt
+      issue 401). Kept, it is sent again, marked DUP, when the session reconnects, as MQTT 3.1.1 §4.4 requires.
+    """
 
     def handle_read_timeout(self) -> None:
         self.cut_off()
+
+    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+        # Copied from amqtt 0.12.1 for the outgoing direction and changed as marked.
+        if app_message.direction != OUTGOING or app_message.qos != QOS_1 or self.session is None:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        inflight = self.session.inflight_out
+        inflight.setdefault(app_message.packet_id, app_message)
+        retry = app_message.publish_packet is not None
+        publish_packet = app_message.build_publish_packet(dup=retry)
+        await self._send_packet(publish_packet)
+        app_message.publish_packet = publish_packet
+        waiter: asyncio.Future[Any] = asyncio.Future()
+        self._puback_waiters[app_message.packet_id] = waiter
+        try:
+            app_message.puback_packet = await asyncio.wait_for(waiter, timeout=PUBACK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise TimeoutError(f"Timeout waiting for PUBACK for packet ID {app_message.packet_id}") from None
+        finally:
+            self._puback_waiters.pop(app_message.packet_id, None)
+        # Changed: discarded only once acknowledged (amqtt discarded it in the finally clause above).
+        inflight.pop(app_message.packet_id, None)
+
+    async def handle_puback(self, puback: Any) -> None:
+        packet_id = puback.variable_header.packet_id if puback.variable_header is not None else None
+        if packet_id is not None and packet_id not in self._puback_waiters and self.session is not None:
+            # A PUBACK after the wait gave up, or for a message sent again after a reconnect: it is delivered now.
+            self.session.inflight_out.pop(packet_id, None)
+            return
+        await super().handle_puback(puback)
 
     def cut_off(self) -> None:
         """End the connection as if it had dropped: the client's last will is published."""
