@@ -558,6 +558,30 @@ def _collect_publish(phase: Phase, publisher: PublisherHandle, args: argparse.Na
         phase.notes.append(f"publisher: broker acknowledged {pub['acked']} of {pub['sent']} publishes")
 
 
+def resident_mb() -> float:
+    """VmRSS of this process, MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_summary(samples: list[tuple[float, float]]) -> str:
+    """RSS over the phase: after a warm-up (the first 10%), a flat line has a slope near zero."""
+    warm = [sample for sample in samples if sample[0] >= samples[-1][0] * 0.1]
+    times = [t for t, _ in warm]
+    values = [v for _, v in warm]
+    mean_t, mean_v = sum(times) / len(times), sum(values) / len(values)
+    spread = sum((t - mean_t) ** 2 for t in times)
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in warm) / spread * 60 if spread else 0.0
+    at = {q: values[min(len(values) - 1, int(q * (len(values) - 1)))] for q in (0.0, 0.5, 1.0)}
+    return (
+        f"RSS of the ingest process after warm-up: {at[0.0]:.1f} MB -> {at[0.5]:.1f} MB (middle) -> {at[1.0]:.1f} MB "
+        f"(end), peak {max(v for _, v in samples):.1f} MB; least-squares slope {slope:+.2f} MB/min over "
+        f"{(times[-1] - times[0]) / 60:.1f} min ({len(samples)} samples)"
+    )
+
+
 def run_ingest(
     args: argparse.Namespace,
     broker: BrokerHandle,
@@ -655,11 +679,16 @@ def run_ingest(
     # The ingestor's in-memory queue: received from the broker, not yet committed, so not yet acknowledged.
     queue_size = getattr(ingestor, "queued", lambda: -1)
     queue_peak = [0, 0.0]
+    # Resident memory of this process (the ingestor; the publisher and poller are other processes), every second.
+    rss_samples: list[tuple[float, float]] = []
 
     def progress() -> int:
         size = queue_size()
         if size > queue_peak[0]:
             queue_peak[:] = [size, time.monotonic() - started]
+        elapsed = time.monotonic() - started
+        if not rss_samples or elapsed - rss_samples[-1][0] >= 1.0:
+            rss_samples.append((elapsed, resident_mb()))
         totals = ingestor.totals
         return totals.stored + totals.dead_letters
 
@@ -690,6 +719,8 @@ def run_ingest(
             f"peak {queue_peak[0]} messages received but not yet committed (nor acknowledged), "
             f"{queue_peak[1]:.1f} s into the phase (sampled every 0.1 s)"
         )
+    if len(rss_samples) >= 10:
+        info["memory"] = memory_summary(rss_samples)
     phase.duplicates = totals.duplicates
     with platform.engine.connect() as connection:
         rows = connection.execute(
@@ -934,6 +965,8 @@ def report(
         out.append(f"commit poller: {info['poller']}")
     if "queue_peak" in info:
         out.append(f"ingestor queue: {info['queue_peak']}")
+    if "memory" in info:
+        out.append(f"memory: {info['memory']}")
     if "totals" in info:
         t = info["totals"]
         out.append(
@@ -970,7 +1003,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="embedded only: run the broker inside the ingest process, as `replenish up` does "
         "(default: its own process, as `replenish broker` + `replenish ingest`)",
     )
-    parser.add_argument("--database-url", help="SQLAlchemy URL of a dedicated database (default: temporary SQLite)")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite: a temporary file; postgres: a throwaway PostgreSQL cluster started from "
+        "deploy/postgres/postgresql.conf as tests/brokers.py starts it, fsync on (default: sqlite)",
+    )
+    parser.add_argument("--database-url", help="SQLAlchemy URL of a dedicated database (instead of --database)")
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        help="soak: publish at --rate for this many minutes (N = rate x 60 x minutes, no ceiling phase) and "
+        "report the ingest process's memory over the run",
+    )
     parser.add_argument("-n", "--messages", type=int, default=20_000, help="telemetry messages N (default 20000)")
     parser.add_argument("-k", "--devices", type=int, default=50, help="devices K, round-robin (default 50)")
     parser.add_argument(
@@ -1010,6 +1056,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rate must be positive")
     if args.broker_in_process and args.broker != "embedded":
         parser.error("--broker-in-process applies to --broker embedded only")
+    if args.soak_minutes is not None:
+        if args.rate is None or args.soak_minutes <= 0:
+            parser.error("--soak-minutes needs --rate, and a positive number of minutes")
+        args.messages = round(args.rate * 60 * args.soak_minutes)
+        args.timeout = max(args.timeout, 60 * args.soak_minutes + 120)
+        args.no_ceiling = True
     args.slot_names = SLOT_NAMES[: args.slots]
     return args
 
@@ -1032,11 +1084,20 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = secrets.token_hex(3)
     device_ids = [f"bench{run_id}-{index:04d}" for index in range(args.devices)]
+    databases = ExitStack()
     if args.database_url:
         from sqlalchemy.engine import make_url
 
         db_url = args.database_url
         db_label = make_url(db_url).render_as_string(hide_password=True)
+    elif args.database == "postgres":
+        # fsync and synchronous_commit stay as deploy/postgres/postgresql.conf has them: a production commit.
+        server = databases.enter_context(test_brokers_module().running_postgres(overrides={}))
+        db_url = server.create_database("bench")
+        version = subprocess.run(
+            [test_brokers_module().postgres_bin_dir() / "postgres", "--version"], capture_output=True, text=True
+        )
+        db_label = f"{version.stdout.strip()} (throwaway cluster, deploy/postgres/postgresql.conf)"
     else:
         db_url = f"sqlite:///{workdir / 'bench.db'}"
         db_label = "sqlite (temporary file, WAL)"
@@ -1077,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {failure!r} (log: {workdir / 'platform.log'})")
     root.removeHandler(file_handler)
     file_handler.close()
+    databases.close()
     if args.keep or failure is not None:
         print(f"work directory kept: {workdir}")
     else:

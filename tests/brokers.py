@@ -285,9 +285,10 @@ class PostgresRun:
 
 
 @contextmanager
-def running_postgres() -> Iterator[PostgresRun]:
+def running_postgres(overrides: dict[str, str] | None = None) -> Iterator[PostgresRun]:
     """A throwaway cluster: initdb, then the server from deploy/postgres/postgresql.conf (as the compose file starts
-    it) with only the listen address, port and socket directory rewritten. Trust authentication on 127.0.0.1.
+    it) with only the listen address, port and socket directory rewritten, and ``overrides`` (default:
+    POSTGRES_TEST_OVERRIDES; benchmarks keep fsync on). Trust authentication on 127.0.0.1.
 
     The server refuses to run as root, so as root it runs as the `postgres` user the Debian package creates; its
     directory is then outside pytest's tmp dir, which that user cannot enter."""
@@ -308,7 +309,13 @@ def running_postgres() -> Iterator[PostgresRun]:
             capture_output=True,
             text=True,
         )
-        options = {**POSTGRES_TEST_OVERRIDES, "port": str(port), "unix_socket_directories": str(directory)}
+        chosen = POSTGRES_TEST_OVERRIDES if overrides is None else overrides
+        options = {
+            "listen_addresses": "127.0.0.1",
+            **chosen,
+            "port": str(port),
+            "unix_socket_directories": str(directory),
+        }
         server_options = " ".join([f"-c config_file={POSTGRES_CONF}", *(f"-c {k}={v}" for k, v in options.items())])
         started = subprocess.run(
             [binaries / "pg_ctl", "-D", data, "-l", log_path, "-o", server_options, "-w", "-t", "60", "start"],
