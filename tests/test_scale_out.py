@@ -277,7 +277,7 @@ def test_two_ingestors_split_the_stream_and_lose_nothing_through_a_kill(producti
     assert "Traceback" not in first.output() + replacement.output()
 
 
-def test_a_third_ingestor_waits_for_no_one_and_a_stopped_member_frees_its_number(production):
+def test_a_stopped_member_frees_its_number_for_the_next_process(production):
     """Member numbers are taken while a process lives: a stopped (SIGINT) member's number goes to the next process."""
     _, _, roles = production
     roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
