@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         "urgent) and telemetry (telemetry and status). Production runs each in a process of its own, so that a fall "
         "never competes with a telemetry backlog for the same interpreter.",
     )
+    ingest_share_group: str | None = Field(
+        None,
+        pattern=r"^[^/+#\s]+$",
+        description="MQTT 5 shared subscription group of the ingest processes: each subscribes to "
+        "$share/GROUP/devices/+/telemetry (and the other device topics) and the broker hands each message to one of "
+        "them. Each process takes the lowest free member number n and connects as REPLENISH_MQTT_CLIENT_ID-n. Needs an "
+        "external broker (REPLENISH_MQTT_URL): the embedded one has no shared subscriptions. Unset: plain "
+        "subscriptions, one ingest process per lane.",
+    )
     ingest_batch_wait_ms: float = Field(
         20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
     )
@@ -166,12 +175,27 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics endpoint (REPLENISH_METRICS_PORT).")
 
+    @field_validator("ingest_share_group", mode="before")
+    @classmethod
+    def _empty_group_is_none(cls, value: object) -> object:
+        # REPLENISH_INGEST_SHARE_GROUP= (empty) turns it off, e.g. for a `docker compose run` of a service that sets it.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("ingest_lanes", mode="before")
     @classmethod
     def _lanes_from_a_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _shared_subscriptions_need_an_external_broker(self) -> Settings:
+        if self.ingest_share_group and self.mqtt_url is None:
+            raise ValueError(
+                "ingest_share_group needs an external broker (REPLENISH_MQTT_URL): the embedded amqtt broker speaks "
+                "MQTT 3.1.1 only and takes $share/... as a plain topic filter that no device message matches"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_a_delivery(self) -> Settings:

@@ -16,6 +16,26 @@ STATUS_TOPIC = "devices/{device_id}/status"
 COMMANDS_TOPIC = "devices/{device_id}/commands"
 INGEST_SUBSCRIPTIONS = ("devices/+/telemetry", "devices/+/events", "devices/+/status")
 MQTT_QOS = 1
+# MQTT 5 shared subscriptions: with REPLENISH_INGEST_SHARE_GROUP set, each ingest process subscribes to
+# $share/{group}/{topic}, and the broker hands each message to one member of the group.
+SHARED_SUBSCRIPTION_PREFIX = "$share"
+# A member of a share group takes the lowest free member number (1, 2, ...), which names its persistent sessions: a
+# process that replaces a dead one takes over its sessions and the messages the broker queued for them.
+INGEST_SHARE_MAX_MEMBERS = 64
+# MQTT 5 Session Expiry Interval of the ingestor's persistent sessions: 0xFFFFFFFF is "never", as an MQTT 3.1.1
+# session without clean session is (what the ingestor keeps when it speaks 3.1.1).
+INGEST_SESSION_EXPIRY_NEVER = 0xFFFFFFFF
+
+# PostgreSQL advisory locks, all in one place so that no two uses share a key. Arbitrary, constant numbers.
+# Schema migrations, held for the migrating transaction (pg_advisory_xact_lock).
+SCHEMA_LOCK_KEY = 0x5E_1E_15
+# The scheduler's leader, held for the leader's database session (pg_try_advisory_lock).
+SCHEDULER_LEADER_LOCK_KEY = 0x5E_1E_16
+# An ingest member's MQTT sessions: one lock per client id, key = this namespace and a hash of the client id
+# (pg_try_advisory_lock(int4, int4)), held for the member's database session.
+MQTT_SESSION_LOCK_NAMESPACE = 0x5E_1E_17
+# How often a held lock's session is checked, and a standby tries to take a free one.
+LOCK_CHECK_SECONDS = 1.0
 
 
 class DeadLetterReason(StrEnum):

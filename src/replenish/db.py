@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
+from replenish.constants import SCHEMA_LOCK_KEY
 from replenish.errors import NotFound
 
 
@@ -38,9 +39,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-SCHEMA_LOCK_KEY = 0x5E_1E_15  # arbitrary, constant: the advisory lock that serialises schema creation
 
 
 ModelT = TypeVar("ModelT", bound=SQLModel)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,10 +18,13 @@ from sqlalchemy import Engine
 
 from replenish.api.app import create_app
 from replenish.clock import Clock, SystemClock
+from replenish.cluster.leader import LeaderElection
+from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postgres
+from replenish.cluster.membership import MembershipWatch, claim_member
 from replenish.config import Settings
-from replenish.constants import ACKNOWLEDGE_PAGE_PATH, OutboxKind
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH, LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, OutboxKind
 from replenish.db import create_schema, make_engine
-from replenish.ingest.consumer import MqttIngestor
+from replenish.ingest.consumer import MqttIngestor, lane_client_ids
 from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
 from replenish.mqtt.probe import BrokerProbe
@@ -27,6 +33,10 @@ from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
 from replenish.scheduler import Jobs, make_scheduler
+
+# A process-wide identity for MQTT clients that keep no session (the command publisher): unique, so that two
+# scheduler processes never take each other's connection at the broker.
+PROCESS_TAG = f"{os.getpid()}-{secrets.token_hex(3)}"
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +91,15 @@ def outbox_timing(settings: Settings) -> dict[str, timedelta]:
 class Platform:
     """Starts the chosen roles in order (broker, database, ingestor, scheduler, API) and stops them in reverse."""
 
-    def __init__(self, settings: Settings, *, roles: Roles, clock: Clock | None = None, run_jobs: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        roles: Roles,
+        clock: Clock | None = None,
+        run_jobs: bool = True,
+        on_fatal: Callable[[], None] | None = None,
+    ):
         if settings.uses_embedded_broker and settings.broker_service_password is None:
             if not roles.broker:
                 raise RuntimeError(
@@ -107,6 +125,11 @@ class Platform:
         self._api_thread: threading.Thread | None = None
         self.metrics = Metrics(role=roles.names)
         self.metrics_server: MetricsServer | None = None
+        self.election: LeaderElection | None = None
+        self.membership: MembershipWatch | None = None
+        # What a part does when this process must stop at once (its ingest member's sessions were taken by another
+        # process): by default, what Ctrl-C does.
+        self.on_fatal = on_fatal or (lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     def start(self) -> None:
         endpoint = self.settings.mqtt_endpoint
@@ -123,11 +146,23 @@ class Platform:
             )
             self.broker.start()
         if self.roles.ingest:
+            client_id = self.settings.mqtt_client_id
+            if self.settings.ingest_share_group:
+                lanes = self.settings.ingest_lanes
+                membership = claim_member(
+                    self.settings.resolved_database_url,
+                    client_id=client_id,
+                    session_ids=lambda member: lane_client_ids(member, lanes),
+                )
+                client_id = membership.client_id
+                self.membership = MembershipWatch(membership, on_lost=self.on_fatal)
+                self.membership.start()
             self.ingestor = MqttIngestor(
                 engine=self.engine,
                 endpoint=endpoint,
                 clock=self.clock,
-                client_id=self.settings.mqtt_client_id,
+                client_id=client_id,
+                share_group=self.settings.ingest_share_group,
                 batch_size=self.settings.ingest_batch_size,
                 batch_wait_seconds=self.settings.ingest_batch_wait_ms / 1000,
                 lanes=self.settings.ingest_lanes,
@@ -157,7 +192,9 @@ class Platform:
                 self.dispatch_loop = DispatchLoop(notifier, interval_seconds=self.settings.dispatch_interval_seconds)
                 self.dispatch_loop.start()
         if self.roles.scheduler:
-            self.publisher = CommandPublisher(endpoint, client_id=f"{self.settings.mqtt_client_id}-commands")
+            self.publisher = CommandPublisher(
+                endpoint, client_id=f"{self.settings.mqtt_client_id}-commands-{PROCESS_TAG}"
+            )
             self.publisher.start()
             url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
             self.channels = make_channels(self.settings)
@@ -173,9 +210,21 @@ class Platform:
             )
             self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
             if self.run_jobs:
+                # Every scheduler process dispatches the outbox, leader or not: claims with a lease keep two from
+                # delivering one message, and a standby's dispatcher keeps orders and notifications flowing while
+                # the leader is being replaced.
                 self.dispatch_loop = DispatchLoop(dispatcher, interval_seconds=self.settings.dispatch_interval_seconds)
                 self.dispatch_loop.start()
-                self.scheduler = make_scheduler(self.jobs)
+                self.election = LeaderElection(
+                    self._leader_lock(),
+                    name="scheduler",
+                    interval=LOCK_CHECK_SECONDS,
+                    on_change=lambda leading: self.metrics.scheduler_leader.set(1 if leading else 0),
+                )
+                self.election.start()
+                self.scheduler = make_scheduler(
+                    self.jobs, leading=lambda: self.election is not None and self.election.is_leader
+                )
                 self.scheduler.start()
         if self.roles.api:
             self._start_api()
@@ -183,6 +232,13 @@ class Platform:
             # The API serves this process's metrics at /metrics; a process without it gets a port of its own.
             self.metrics_server = self.metrics.serve(host=self.settings.metrics_host, port=self.settings.metrics_port)
             log.info("metrics at http://%s:%d/metrics", self.settings.metrics_host, self.metrics_server.port)
+
+    def _leader_lock(self) -> HeldLock:
+        """On PostgreSQL, the scheduler processes elect a leader; on SQLite (one machine, `make run`) there is one."""
+        url = self.settings.resolved_database_url
+        if is_postgres(url):
+            return AdvisoryLock(url, keys=(SCHEDULER_LEADER_LOCK_KEY,), name="scheduler leader")
+        return AlwaysHeld()
 
     def _acknowledge_url(self, token: str) -> str:
         return f"{self.settings.resolved_public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}"
@@ -230,8 +286,12 @@ class Platform:
                 self._api_thread.join(10)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self.election is not None:
+            self.election.stop()  # after the jobs: a standby takes over only once none of ours runs
         if self.ingestor is not None:
             self.ingestor.stop()  # first: what it stores while draining is still dispatched below
+        if self.membership is not None:
+            self.membership.stop()  # after the ingestor left the broker: the next holder of the sessions may connect
         if self.dispatch_loop is not None:
             self.dispatch_loop.stop()
         if self.channels is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
@@ -96,19 +98,28 @@ class Jobs:
         return removed
 
 
-def make_scheduler(jobs: Jobs) -> BackgroundScheduler:
+def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) -> BackgroundScheduler:
+    """The periodic jobs, each run only while ``leading()`` says this process is the scheduler's leader: two
+    evaluators would decide on one slot at once, two escalators step one incident, two health checks raise one alarm.
+    (The outbox dispatcher is not among them: it runs in every scheduler process, see runtime.)"""
     scheduler = BackgroundScheduler(timezone="UTC")
     # One run at a time per job; a late run is coalesced rather than stacked up behind a slow one.
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-    scheduler.add_job(
-        jobs.evaluate, "interval", seconds=jobs.settings.evaluation_interval_seconds, id="evaluate", **common
-    )
-    # The outbox has its own thread (DispatchLoop), woken at once by urgent messages.
-    scheduler.add_job(
-        jobs.escalate, "interval", seconds=jobs.settings.escalation_interval_seconds, id="escalate", **common
-    )
-    scheduler.add_job(jobs.health, "interval", seconds=jobs.settings.health_interval_seconds, id="health", **common)
-    scheduler.add_job(
-        jobs.retention, "interval", seconds=jobs.settings.retention_interval_seconds, id="retention", **common
-    )
+
+    def when_leading(job: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if leading():
+                job()
+
+        return run
+
+    intervals = {
+        "evaluate": (jobs.evaluate, jobs.settings.evaluation_interval_seconds),
+        # The outbox has its own thread (DispatchLoop), woken at once by urgent messages.
+        "escalate": (jobs.escalate, jobs.settings.escalation_interval_seconds),
+        "health": (jobs.health, jobs.settings.health_interval_seconds),
+        "retention": (jobs.retention, jobs.settings.retention_interval_seconds),
+    }
+    for job_id, (job, seconds) in intervals.items():
+        scheduler.add_job(when_leading(job), "interval", seconds=seconds, id=job_id, **common)
     return scheduler

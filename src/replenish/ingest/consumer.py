@@ -17,11 +17,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
-from replenish.constants import INGEST_SUBSCRIPTIONS, MQTT_QOS, Channel, DeadLetterReason
+from replenish.constants import (
+    INGEST_SUBSCRIPTIONS,
+    MQTT_QOS,
+    SHARED_SUBSCRIPTION_PREFIX,
+    Channel,
+    DeadLetterReason,
+)
 from replenish.db import transaction
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import BatchResult, dead_letter, ingest_batch
-from replenish.mqtt.client import make_client
+from replenish.mqtt.client import connect_async, make_client
 from replenish.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +74,10 @@ class _Lane:
         self.connection = 0
         owner.metrics.ingest_queue(lane=name, qsize=self.queue.qsize)
         self.writer = threading.Thread(target=self._write_loop, name=f"ingest-{name}", daemon=True)
-        self.client = make_client(owner.endpoint, client_id=client_id, persistent_session=True, manual_ack=True)
+        self.client_id = client_id
+        self.client = make_client(
+            owner.endpoint, client_id=client_id, persistent_session=True, manual_ack=True, mqtt5=owner.mqtt5
+        )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -76,7 +85,7 @@ class _Lane:
 
     def start(self) -> None:
         self.writer.start()
-        self.client.connect_async(self.owner.endpoint.host, self.owner.endpoint.port, keepalive=30)
+        connect_async(self.client, self.owner.endpoint, persistent_session=True)
         self.client.loop_start()
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------------
@@ -86,9 +95,10 @@ class _Lane:
             return
         self.connection += 1
         log.info(
-            "ingestor (%s) connected to %s (session present: %s)",
+            "ingestor (%s) connected to %s as %s (session present: %s)",
             self.name,
             self.owner.endpoint.url,
+            self.client_id,
             flags.session_present,
         )
         if self.unsubscriptions:
@@ -96,6 +106,13 @@ class _Lane:
         client.subscribe([(topic, MQTT_QOS) for topic in self.subscriptions])
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        granted = zip(self.subscriptions, reasons, strict=False)
+        refused = [f"{topic} ({reason})" for topic, reason in granted if reason.is_failure]
+        if refused:
+            # A broker without shared subscriptions (or one that forbids a filter) answers here, and nothing would
+            # ever arrive: say so loudly rather than wait in silence.
+            log.error("ingestor (%s): the broker refused the subscription to %s", self.name, ", ".join(refused))
+            return
         log.info("ingestor subscribed to %s", ", ".join(self.subscriptions))
         self.subscribed.set()
 
@@ -171,6 +188,7 @@ class MqttIngestor:
         batch_wait_seconds: float = 0.02,
         lanes: Collection[str] = ("events", "telemetry"),
         metrics: Metrics | None = None,
+        share_group: str | None = None,
     ) -> None:
         self.engine = engine
         # Without a registry given (a benchmark, a test's second ingestor), counted into one nobody reads.
@@ -178,18 +196,21 @@ class MqttIngestor:
         self.endpoint = endpoint
         self.clock = clock
         self.batch_size = batch_size
+        # Shared subscriptions are MQTT 5; without a group, 3.1.1 as ever (the embedded broker speaks nothing newer).
+        self.mqtt5 = bool(share_group)
         self.abandon = threading.Event()
         self.stopping = threading.Event()
         self._totals = BatchResult()
         self._totals_lock = threading.Condition()
-        events = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic.endswith(f"/{Channel.EVENTS}"))
-        rest = tuple(topic for topic in INGEST_SUBSCRIPTIONS if topic not in events)
+        topics = tuple(shared(topic, share_group) for topic in INGEST_SUBSCRIPTIONS)
+        events = tuple(topic for topic in topics if topic.endswith(f"/{Channel.EVENTS}"))
+        rest = tuple(topic for topic in topics if topic not in events)
         all_lanes = (
             # Events are few and urgent: stored as they come (what arrives together still commits together).
             _Lane(
                 self,
                 name="events",
-                client_id=f"{client_id}-events",
+                client_id=lane_client_id(client_id, "events"),
                 subscriptions=events,
                 unsubscriptions=(),
                 batch_wait=0.0,
@@ -197,7 +218,7 @@ class MqttIngestor:
             _Lane(
                 self,
                 name="telemetry",
-                client_id=client_id,
+                client_id=lane_client_id(client_id, "telemetry"),
                 subscriptions=rest,
                 # The telemetry session of an older version also took events. It lets go of them only where the
                 # events lane runs in this same process and has subscribed first (start): with the events lane in
@@ -312,6 +333,21 @@ class MqttIngestor:
         """Block until at least ``handled`` messages (stored, duplicate, dead-lettered or status) were processed."""
         with self._totals_lock:
             return self._totals_lock.wait_for(lambda: self._totals.handled >= handled, timeout)
+
+
+def shared(topic: str, group: str | None) -> str:
+    """The topic filter as a member of ``group`` subscribes to it (MQTT 5 shared subscription), or as it is."""
+    return f"{SHARED_SUBSCRIPTION_PREFIX}/{group}/{topic}" if group else topic
+
+
+def lane_client_id(client_id: str, lane: str) -> str:
+    """Each lane is a persistent session of its own; the telemetry lane keeps the plain id that older versions used
+    for their one session."""
+    return f"{client_id}-events" if lane == "events" else client_id
+
+
+def lane_client_ids(client_id: str, lanes: Collection[str]) -> tuple[str, ...]:
+    return tuple(lane_client_id(client_id, lane) for lane in ("events", "telemetry") if lane in lanes)
 
 
 def _connection_lost(error: DBAPIError) -> bool:

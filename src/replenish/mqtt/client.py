@@ -9,9 +9,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from replenish.config import MqttEndpoint
-from replenish.constants import MQTT_QOS
+from replenish.constants import INGEST_SESSION_EXPIRY_NEVER, MQTT_QOS
 
 log = logging.getLogger(__name__)
 
@@ -19,20 +21,50 @@ CONNECTED_WAIT_SECONDS = 1.0
 
 
 def make_client(
-    endpoint: MqttEndpoint, *, client_id: str, persistent_session: bool = False, manual_ack: bool = False
+    endpoint: MqttEndpoint,
+    *,
+    client_id: str,
+    persistent_session: bool = False,
+    manual_ack: bool = False,
+    mqtt5: bool = False,
 ) -> paho.Client:
-    # MQTT 3.1.1: the embedded amqtt broker speaks nothing newer, and Mosquitto speaks it too.
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=paho.MQTTv311,
-        clean_session=not persistent_session,
-        manual_ack=manual_ack,
-    )
+    """A client; connect it with ``connect_async``, which knows how each protocol asks for a persistent session.
+
+    MQTT 3.1.1 unless ``mqtt5``: the embedded amqtt broker speaks nothing newer, and Mosquitto speaks it too. Shared
+    subscriptions ($share/...) are MQTT 5."""
+    if mqtt5:
+        # MQTT 5 has no clean session flag: clean start and a session expiry interval, given at connect.
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+        )
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=not persistent_session,
+            manual_ack=manual_ack,
+        )
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
+
+
+def connect_async(
+    client: paho.Client, endpoint: MqttEndpoint, *, persistent_session: bool, keepalive: int = 30
+) -> None:
+    """Connect in the background (loop_start runs it), resuming the session on every connection when persistent."""
+    if client.protocol != paho.MQTTv5:
+        client.connect_async(endpoint.host, endpoint.port, keepalive=keepalive)
+        return
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = INGEST_SESSION_EXPIRY_NEVER if persistent_session else 0
+    # paho's default cleans the session on the first connection: a restarted ingestor would throw away the messages
+    # the broker kept for it. False resumes it on every connection.
+    client.connect_async(
+        endpoint.host, endpoint.port, keepalive=keepalive, clean_start=not persistent_session, properties=properties
+    )
 
 
 class CommandPublisher:

@@ -129,6 +129,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.scheduler_leader = Gauge(
+            "replenish_scheduler_leader",
+            "1 while this process is the scheduler's leader and runs its jobs (evaluation, escalation, health, "
+            "retention); 0 on a standby and on processes without the scheduler role. Summed over processes: 1.",
+            registry=self.registry,
+        )
         # Every series from the start, at 0: rate() needs a first sample before the first increment.
         for lane in INGEST_LANES:
             for outcome in IngestOutcome.ALL:
