@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import tuple_
+from sqlalchemy import insert, tuple_
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -92,7 +92,7 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
         (slot.device_id, slot.name): slot for slot in session.exec(select(Slot).where(col(Slot.device_id).in_(devices)))
     }
     seen = _stored_sequences(session=session, parsed=[p for _, p in parsed])
-    accepted: list[tuple[DeviceMessage, ParsedTelemetry | ParsedEvent, Device]] = []
+    accepted: list[tuple[IncomingMessage, ParsedTelemetry | ParsedEvent, Device]] = []
 
     for message, item in parsed:
         outcome = _check(item, devices=devices, slots=slots)
@@ -122,21 +122,83 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
             result.duplicates += 1
             continue
         seen.add(key)
-        accepted.append((_message_row(message, outcome), outcome, device))
+        accepted.append((message, outcome, device))
 
-    # One INSERT for the batch's messages (their ids come back with it), then what hangs off each, in order.
-    session.add_all([row for row, _, _ in accepted])
-    session.flush()
     # In each device's own order (seq), not arrival order: a fall_cancelled delivered before its fall_detected
-    # must still cancel it.
-    accepted.sort(key=lambda entry: (entry[0].device_id, entry[0].seq))
-    for row, item, device in accepted:
-        # What _apply causes here (an alert, its notifications) carries the message's correlation id.
+    # must still cancel it, and a slot's run of equal levels is counted in the device's order.
+    accepted.sort(key=lambda entry: (entry[2].id, entry[1].body.seq))
+    telemetry = [(message, item, device) for message, item, device in accepted if isinstance(item, ParsedTelemetry)]
+    _store_telemetry(session=session, accepted=telemetry, slots=slots)
+    # Events are few, and an alert needs the stored message as an object.
+    events = [
+        (_message_row(message, item), item, device)
+        for message, item, device in accepted
+        if isinstance(item, ParsedEvent)
+    ]
+    session.add_all([row for row, _, _ in events])
+    session.flush()
+    for row, event, device in events:
+        # What an event causes here (an alert, its notifications) carries the message's correlation id.
         with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
-            log.debug("stored %s message %s (seq %d)", row.channel, row.id, row.seq)
-            _apply(session=session, row=row, item=item, device=device, slots=slots)
+            log.debug("stored event message %s (seq %d)", row.id, row.seq)
+            _apply_event(session=session, row=row, item=event, device=device)
     result.stored = len(accepted)
     return result
+
+
+def _store_telemetry(
+    *,
+    session: Session,
+    accepted: list[tuple[IncomingMessage, ParsedTelemetry, Device]],
+    slots: dict[tuple[str, str], Slot],
+) -> None:
+    """The hot path: one bulk INSERT for the messages (their ids come back in order) and one for their readings, of
+    plain values: building and flushing an ORM object per row cost more than the database's work."""
+    if not accepted:
+        return
+    rows = [
+        {
+            "device_id": item.device_id,
+            "seq": item.body.seq,
+            "channel": Channel.TELEMETRY,
+            "event_type": None,
+            "ts": item.body.ts or message.received_at,
+            "received_at": message.received_at,
+            "payload": item.raw,
+        }
+        for message, item, _ in accepted
+    ]
+    ids = session.execute(
+        insert(DeviceMessage).returning(DeviceMessage.id, sort_by_parameter_order=True), rows
+    ).scalars()
+    readings: list[dict[str, object]] = []
+    debug = log.isEnabledFor(logging.DEBUG)
+    latest: dict[str, _LatestLevel] = {}
+    for message_id, row, (_, item, device) in zip(ids, rows, accepted, strict=True):
+        ts, received_at = row["ts"], row["received_at"]
+        assert isinstance(ts, datetime) and isinstance(received_at, datetime)
+        if debug:
+            with correlation.bound(correlation.for_device_message(item.device_id, item.body.seq)):
+                log.debug("stored telemetry message %s (seq %d)", message_id, item.body.seq)
+        _note_battery(device, _battery_of(item.raw), ts=ts, received_at=received_at)
+        for name, level in item.body.levels.items():
+            slot = slots[(device.id, name)]
+            readings.append({"slot_id": slot.id, "message_id": message_id, "ts": ts, "level": level})
+            state = latest.get(slot.id)
+            if state is None:
+                state = latest[slot.id] = _LatestLevel(
+                    slot.level, slot.level_at, slot.same_level_count, slot.same_level_since
+                )
+            state.note(level, ts=ts, received_at=received_at)
+    if readings:
+        session.execute(insert(Reading), readings)
+    # Written back once per slot: setting a model attribute costs more than the bookkeeping above.
+    by_id = {slot.id: slot for slot in slots.values()}
+    for slot_id, state in latest.items():
+        slot = by_id[slot_id]
+        if state != _LatestLevel(slot.level, slot.level_at, slot.same_level_count, slot.same_level_since):
+            slot.level, slot.level_at = state.level, state.level_at
+            slot.same_level_count, slot.same_level_since = state.same_level_count, state.same_level_since
 
 
 def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[str, int]]:
@@ -178,47 +240,46 @@ def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, s
     return item
 
 
-def _message_row(message: IncomingMessage, item: ParsedTelemetry | ParsedEvent) -> DeviceMessage:
+def _message_row(message: IncomingMessage, item: ParsedEvent) -> DeviceMessage:
     return DeviceMessage(
         device_id=item.device_id,
         seq=item.body.seq,
-        channel=Channel.TELEMETRY if isinstance(item, ParsedTelemetry) else Channel.EVENTS,
-        event_type=item.body.type if isinstance(item, ParsedEvent) else None,
+        channel=Channel.EVENTS,
+        event_type=item.body.type,
         ts=item.body.ts or message.received_at,
         received_at=message.received_at,
         payload=item.raw,
     )
 
 
-def _apply(
-    *,
-    session: Session,
-    row: DeviceMessage,
-    item: ParsedTelemetry | ParsedEvent,
-    device: Device,
-    slots: dict[tuple[str, str], Slot],
-) -> None:
+def _apply_event(*, session: Session, row: DeviceMessage, item: ParsedEvent, device: Device) -> None:
     assert row.id is not None
-    if isinstance(item, ParsedEvent):
-        if item.body.type == EventType.BATTERY_LOW:
-            device.battery_low_at = _latest(device.battery_low_at, row.ts)
-        _note_battery(device, item.body.battery, row)
-        alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
-        return
-    _note_battery(device, _battery_of(item.raw), row)
-    for name, level in item.body.levels.items():
-        slot = slots[(device.id, name)]
-        session.add(Reading(slot_id=slot.id, message_id=row.id, ts=row.ts, level=level))
+    if item.body.type == EventType.BATTERY_LOW:
+        device.battery_low_at = _latest(device.battery_low_at, row.ts)
+    _note_battery(device, item.body.battery, ts=row.ts, received_at=row.received_at)
+    alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
+
+
+@dataclass
+class _LatestLevel:
+    """A slot's latest level and its run of equal readings, as the batch goes."""
+
+    level: float | None
+    level_at: datetime | None
+    same_level_count: int
+    same_level_since: datetime | None
+
+    def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
         # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
         # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
-        plausible = row.ts <= row.received_at + MAX_CLOCK_AHEAD
-        if plausible and (slot.level_at is None or row.ts >= slot.level_at):
-            if slot.level == level and slot.same_level_since is not None:
-                slot.same_level_count += 1
+        plausible = ts <= received_at + MAX_CLOCK_AHEAD
+        if plausible and (self.level_at is None or ts >= self.level_at):
+            if self.level == level and self.same_level_since is not None:
+                self.same_level_count += 1
             else:
-                slot.same_level_count, slot.same_level_since = 1, row.ts
-            slot.level = level
-            slot.level_at = row.ts
+                self.same_level_count, self.same_level_since = 1, ts
+            self.level = level
+            self.level_at = ts
 
 
 def _battery_of(raw: dict[str, object]) -> float | None:
@@ -230,10 +291,10 @@ def _battery_of(raw: dict[str, object]) -> float | None:
     return None
 
 
-def _note_battery(device: Device, battery: float | None, row: DeviceMessage) -> None:
-    plausible = row.ts <= row.received_at + MAX_CLOCK_AHEAD
-    if battery is not None and plausible and (device.battery_at is None or row.ts >= device.battery_at):
-        device.battery, device.battery_at = battery, row.ts
+def _note_battery(device: Device, battery: float | None, *, ts: datetime, received_at: datetime) -> None:
+    plausible = ts <= received_at + MAX_CLOCK_AHEAD
+    if battery is not None and plausible and (device.battery_at is None or ts >= device.battery_at):
+        device.battery, device.battery_at = battery, ts
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:
