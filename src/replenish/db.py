@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, event, inspect, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Table, event, insert, inspect, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -195,6 +196,44 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 # 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
 # INTEGER to remain the auto-incrementing rowid.
+def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, return_ids: bool = False) -> list[int]:
+    """Insert many rows of plain values (every row with the same keys) in the session's transaction; with
+    ``return_ids``, their new ids, in the rows' order.
+
+    On PostgreSQL through COPY, several times faster than even a batched INSERT (no statement per row for the
+    server, no huge multi-row statement for the driver to parse); ids are drawn from the table's sequence first.
+    Elsewhere one bulk INSERT (… RETURNING id). The ingest hot path's writes."""
+    if not rows:
+        return []
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        statement = insert(table)
+        if not return_ids:
+            connection.execute(statement, rows)
+            return []
+        returning = statement.returning(table.c.id, sort_by_parameter_order=True)
+        return list(connection.execute(returning, rows).scalars())
+    ids: list[int] = []
+    if return_ids:
+        ids = list(
+            connection.execute(
+                text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)"),
+                {"table": table.name, "count": len(rows)},
+            ).scalars()
+        )
+    columns = (["id"] if return_ids else []) + list(rows[0])
+    json_columns = {name for name in rows[0] if isinstance(table.c[name].type, JSON)}
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        quoted = ", ".join(f'"{name}"' for name in columns)
+        with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+            for index, row in enumerate(rows):
+                values = [json.dumps(row[n]) if n in json_columns else row[n] for n in rows[0]]
+                copy.write_row([ids[index], *values] if return_ids else values)
+    return ids
+
+
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.

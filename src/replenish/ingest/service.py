@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, tuple_
+from sqlalchemy import tuple_
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.constants import Channel, DeadLetterReason, EventType
+from replenish.db import insert_rows
 from replenish.devices.models import Device, Slot
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.ingest.schemas import (
@@ -168,9 +169,7 @@ def _store_telemetry(
         }
         for message, item, _ in accepted
     ]
-    ids = session.execute(
-        insert(DeviceMessage).returning(DeviceMessage.id, sort_by_parameter_order=True), rows
-    ).scalars()
+    ids = insert_rows(session, DeviceMessage.__table__, rows, return_ids=True)  # type: ignore[arg-type]
     readings: list[dict[str, object]] = []
     debug = log.isEnabledFor(logging.DEBUG)
     latest: dict[str, _LatestLevel] = {}
@@ -190,8 +189,7 @@ def _store_telemetry(
                     slot.level, slot.level_at, slot.same_level_count, slot.same_level_since
                 )
             state.note(level, ts=ts, received_at=received_at)
-    if readings:
-        session.execute(insert(Reading), readings)
+    insert_rows(session, Reading.__table__, readings)  # type: ignore[arg-type]
     # Written back once per slot: setting a model attribute costs more than the bookkeeping above.
     by_id = {slot.id: slot for slot in slots.values()}
     for slot_id, state in latest.items():
