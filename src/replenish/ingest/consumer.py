@@ -146,11 +146,21 @@ class _Lane:
             except queue.Empty:
                 continue
             batch = [first]
-            deadline = time.monotonic() + self.batch_wait
+            # Under load a backlog built up while the last batch committed: take it and commit at once. Only a
+            # lane that found nothing else waiting gives stragglers batch_wait to join (a burst shares a commit);
+            # waiting under load would idle the database for batch_wait on every batch.
             while len(batch) < owner.batch_size:
-                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait())
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) == 1 or (len(batch) < owner.batch_size and not self.queue.empty()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self.queue.get(timeout=remaining))
                 except queue.Empty:
                     break
             result = owner.commit(batch)

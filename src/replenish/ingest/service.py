@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import tuple_
+from sqlalchemy import bindparam, or_, tuple_, update
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -84,19 +84,23 @@ def dead_letter(
 
 
 def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchResult:
-    """Validate and store messages in arrival order. Never raises for bad input: that becomes a dead letter."""
+    """Validate and store messages in arrival order. Never raises for bad input: that becomes a dead letter.
+
+    Safe beside other writers (the other ingest lane, other ingest processes of a shared subscription): what a
+    message changes on its device or slot is written by conditional SQL updates, so an older message never
+    overwrites what a newer one stored, whichever transaction commits last."""
     result = BatchResult()
     parsed = [(message, parse_message(message)) for message in messages]
     device_ids = {p.device_id for _, p in parsed if not isinstance(p, Rejected)}
-    devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(device_ids)))}
-    slots: dict[tuple[str, str], Slot] = {
-        (slot.device_id, slot.name): slot for slot in session.exec(select(Slot).where(col(Slot.device_id).in_(devices)))
-    }
+    known = set(session.exec(select(Device.id).where(col(Device.id).in_(device_ids)))) if device_ids else set()
+    slots = _slots_of(session=session, device_ids=known)
     seen = _stored_sequences(session=session, parsed=[p for _, p in parsed])
-    accepted: list[tuple[IncomingMessage, ParsedTelemetry | ParsedEvent, Device]] = []
+    accepted: list[tuple[IncomingMessage, ParsedTelemetry | ParsedEvent]] = []
+    seen_at: dict[str, datetime] = {}
+    statuses: list[tuple[IncomingMessage, ParsedStatus]] = []
 
     for message, item in parsed:
-        outcome = _check(item, devices=devices, slots=slots)
+        outcome = _check(item, devices=known, slots=slots)
         if isinstance(outcome, Rejected):
             dead_letter(
                 session=session,
@@ -108,53 +112,103 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
             result.dead_letters += 1
             result.dead_letter_reasons[outcome.category] = result.dead_letter_reasons.get(outcome.category, 0) + 1
             continue
-        device = devices[outcome.device_id]
-        device.last_seen_at = _latest(device.last_seen_at, message.received_at)
+        seen_at[outcome.device_id] = _latest(seen_at.get(outcome.device_id), message.received_at)
         if isinstance(outcome, ParsedStatus):
-            if log.isEnabledFor(logging.DEBUG):
-                with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
-                    log.debug("status of %s: %s", device.id, "online" if outcome.online else "offline")
-            device.online = outcome.online
-            device.status_changed_at = message.received_at
+            statuses.append((message, outcome))
             result.status_updates += 1
             continue
-        key = (device.id, outcome.body.seq)
+        key = (outcome.device_id, outcome.body.seq)
         if key in seen:
             result.duplicates += 1
             continue
         seen.add(key)
-        accepted.append((message, outcome, device))
+        accepted.append((message, outcome))
 
     # In each device's own order (seq), not arrival order: a fall_cancelled delivered before its fall_detected
     # must still cancel it, and a slot's run of equal levels is counted in the device's order.
-    accepted.sort(key=lambda entry: (entry[2].id, entry[1].body.seq))
-    telemetry = [(message, item, device) for message, item, device in accepted if isinstance(item, ParsedTelemetry)]
-    _store_telemetry(session=session, accepted=telemetry, slots=slots)
-    # Events are few, and an alert needs the stored message as an object.
-    events = [
-        (_message_row(message, item), item, device)
-        for message, item, device in accepted
-        if isinstance(item, ParsedEvent)
-    ]
-    session.add_all([row for row, _, _ in events])
+    accepted.sort(key=lambda entry: (entry[1].device_id, entry[1].body.seq))
+    batteries: dict[str, tuple[float, datetime]] = {}
+    _store_telemetry(
+        session=session,
+        accepted=[(message, item) for message, item in accepted if isinstance(item, ParsedTelemetry)],
+        slots=slots,
+        batteries=batteries,
+    )
+    for message, status in statuses:
+        _apply_status(session=session, message=message, status=status)
+    # Events are few, and an alert needs the stored message and its device as objects.
+    events = [(_message_row(message, item), item) for message, item in accepted if isinstance(item, ParsedEvent)]
+    session.add_all([row for row, _ in events])
     session.flush()
-    for row, event, device in events:
+    for row, event in events:
+        _note_battery(batteries, row.device_id, event.body.battery, ts=row.ts, received_at=row.received_at)
         # What an event causes here (an alert, its notifications) carries the message's correlation id.
         with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
             log.debug("stored event message %s (seq %d)", row.id, row.seq)
-            _apply_event(session=session, row=row, item=event, device=device)
+            _apply_event(session=session, row=row, item=event)
+    _update_devices(session=session, seen_at=seen_at, batteries=batteries)
     result.stored = len(accepted)
     return result
+
+
+@dataclass
+class _SlotState:
+    """What ingest needs of a slot, read without building a model object per slot per batch, and its latest level
+    and run of equal readings as the batch goes."""
+
+    id: str
+    capacity: float
+    unit: str
+    level: float | None
+    level_at: datetime | None
+    same_level_count: int
+    same_level_since: datetime | None
+    changed: bool = False
+
+    def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
+        # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
+        # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
+        plausible = ts <= received_at + MAX_CLOCK_AHEAD
+        if plausible and (self.level_at is None or ts >= self.level_at):
+            if self.level == level and self.same_level_since is not None:
+                self.same_level_count += 1
+            else:
+                self.same_level_count, self.same_level_since = 1, ts
+            self.level = level
+            self.level_at = ts
+            self.changed = True
+
+
+def _slots_of(*, session: Session, device_ids: set[str]) -> dict[tuple[str, str], _SlotState]:
+    if not device_ids:
+        return {}
+    table = Slot.__table__
+    rows = session.execute(
+        select(
+            table.c.device_id,
+            table.c.name,
+            table.c.id,
+            table.c.capacity,
+            table.c.unit,
+            table.c.level,
+            table.c.level_at,
+            table.c.same_level_count,
+            table.c.same_level_since,
+        ).where(table.c.device_id.in_(device_ids))
+    )
+    return {(row[0], row[1]): _SlotState(*row[2:]) for row in rows}
 
 
 def _store_telemetry(
     *,
     session: Session,
-    accepted: list[tuple[IncomingMessage, ParsedTelemetry, Device]],
-    slots: dict[tuple[str, str], Slot],
+    accepted: list[tuple[IncomingMessage, ParsedTelemetry]],
+    slots: dict[tuple[str, str], _SlotState],
+    batteries: dict[str, tuple[float, datetime]],
 ) -> None:
-    """The hot path: one bulk INSERT for the messages (their ids come back in order) and one for their readings, of
-    plain values: building and flushing an ORM object per row cost more than the database's work."""
+    """The hot path: one bulk insert for the messages (their ids come back in order), one for their readings, one
+    update per changed slot; plain values, no model object per row (building and flushing those cost more than the
+    database's work)."""
     if not accepted:
         return
     rows = [
@@ -167,36 +221,81 @@ def _store_telemetry(
             "received_at": message.received_at,
             "payload": item.raw,
         }
-        for message, item, _ in accepted
+        for message, item in accepted
     ]
     ids = insert_rows(session, DeviceMessage.__table__, rows, return_ids=True)  # type: ignore[arg-type]
     readings: list[dict[str, object]] = []
     debug = log.isEnabledFor(logging.DEBUG)
-    latest: dict[str, _LatestLevel] = {}
-    for message_id, row, (_, item, device) in zip(ids, rows, accepted, strict=True):
+    for message_id, row, (_, item) in zip(ids, rows, accepted, strict=True):
         ts, received_at = row["ts"], row["received_at"]
         assert isinstance(ts, datetime) and isinstance(received_at, datetime)
         if debug:
             with correlation.bound(correlation.for_device_message(item.device_id, item.body.seq)):
                 log.debug("stored telemetry message %s (seq %d)", message_id, item.body.seq)
-        _note_battery(device, _battery_of(item.raw), ts=ts, received_at=received_at)
+        _note_battery(batteries, item.device_id, _battery_of(item.raw), ts=ts, received_at=received_at)
         for name, level in item.body.levels.items():
-            slot = slots[(device.id, name)]
+            slot = slots[(item.device_id, name)]
             readings.append({"slot_id": slot.id, "message_id": message_id, "ts": ts, "level": level})
-            state = latest.get(slot.id)
-            if state is None:
-                state = latest[slot.id] = _LatestLevel(
-                    slot.level, slot.level_at, slot.same_level_count, slot.same_level_since
-                )
-            state.note(level, ts=ts, received_at=received_at)
+            slot.note(level, ts=ts, received_at=received_at)
     insert_rows(session, Reading.__table__, readings)  # type: ignore[arg-type]
-    # Written back once per slot: setting a model attribute costs more than the bookkeeping above.
-    by_id = {slot.id: slot for slot in slots.values()}
-    for slot_id, state in latest.items():
-        slot = by_id[slot_id]
-        if state != _LatestLevel(slot.level, slot.level_at, slot.same_level_count, slot.same_level_since):
-            slot.level, slot.level_at = state.level, state.level_at
-            slot.same_level_count, slot.same_level_since = state.same_level_count, state.same_level_since
+    changed = [slot for slot in slots.values() if slot.changed]
+    if changed:
+        table = Slot.__table__
+        # Only where this level is the newest: another writer may have stored a newer one since this batch read
+        # the slot. (The run count is then this batch's view; it only feeds the stuck-sensor alarm.)
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("slot_id"),
+                or_(table.c.level_at.is_(None), table.c.level_at <= bindparam("new_level_at")),
+            )
+            .values(
+                level=bindparam("new_level"),
+                level_at=bindparam("new_level_at"),
+                same_level_count=bindparam("new_count"),
+                same_level_since=bindparam("new_since"),
+            ),
+            [
+                {
+                    "slot_id": slot.id,
+                    "new_level": slot.level,
+                    "new_level_at": slot.level_at,
+                    "new_count": slot.same_level_count,
+                    "new_since": slot.same_level_since,
+                }
+                for slot in changed
+            ],
+        )
+
+
+def _update_devices(
+    *, session: Session, seen_at: dict[str, datetime], batteries: dict[str, tuple[float, datetime]]
+) -> None:
+    """A device's last sighting and newest battery reading, each only ever moved forward (other writers too)."""
+    table = Device.__table__
+    if seen_at:
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("device_id"),
+                or_(table.c.last_seen_at.is_(None), table.c.last_seen_at < bindparam("seen_at")),
+            )
+            .values(last_seen_at=bindparam("seen_at")),
+            [{"device_id": device_id, "seen_at": moment} for device_id, moment in seen_at.items()],
+        )
+    if batteries:
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("device_id"),
+                or_(table.c.battery_at.is_(None), table.c.battery_at <= bindparam("battery_at")),
+            )
+            .values(battery=bindparam("new_battery"), battery_at=bindparam("battery_at")),
+            [
+                {"device_id": device_id, "new_battery": battery, "battery_at": moment}
+                for device_id, (battery, moment) in batteries.items()
+            ],
+        )
 
 
 def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[str, int]]:
@@ -211,7 +310,7 @@ def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[st
     return {(device_id, seq) for device_id, seq in rows}
 
 
-def _check(item: Parsed, *, devices: dict[str, Device], slots: dict[tuple[str, str], Slot]) -> Parsed:
+def _check(item: Parsed, *, devices: set[str], slots: dict[tuple[str, str], _SlotState]) -> Parsed:
     if isinstance(item, Rejected):
         return item
     if item.device_id not in devices:
@@ -250,34 +349,21 @@ def _message_row(message: IncomingMessage, item: ParsedEvent) -> DeviceMessage:
     )
 
 
-def _apply_event(*, session: Session, row: DeviceMessage, item: ParsedEvent, device: Device) -> None:
+def _apply_status(*, session: Session, message: IncomingMessage, status: ParsedStatus) -> None:
+    device = session.get_one(Device, status.device_id)
+    if log.isEnabledFor(logging.DEBUG):
+        with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
+            log.debug("status of %s: %s", device.id, "online" if status.online else "offline")
+    device.online = status.online
+    device.status_changed_at = message.received_at
+
+
+def _apply_event(*, session: Session, row: DeviceMessage, item: ParsedEvent) -> None:
     assert row.id is not None
+    device = session.get_one(Device, row.device_id)
     if item.body.type == EventType.BATTERY_LOW:
         device.battery_low_at = _latest(device.battery_low_at, row.ts)
-    _note_battery(device, item.body.battery, ts=row.ts, received_at=row.received_at)
     alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
-
-
-@dataclass
-class _LatestLevel:
-    """A slot's latest level and its run of equal readings, as the batch goes."""
-
-    level: float | None
-    level_at: datetime | None
-    same_level_count: int
-    same_level_since: datetime | None
-
-    def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
-        # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
-        # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
-        plausible = ts <= received_at + MAX_CLOCK_AHEAD
-        if plausible and (self.level_at is None or ts >= self.level_at):
-            if self.level == level and self.same_level_since is not None:
-                self.same_level_count += 1
-            else:
-                self.same_level_count, self.same_level_since = 1, ts
-            self.level = level
-            self.level_at = ts
 
 
 def _battery_of(raw: dict[str, object]) -> float | None:
@@ -289,10 +375,19 @@ def _battery_of(raw: dict[str, object]) -> float | None:
     return None
 
 
-def _note_battery(device: Device, battery: float | None, *, ts: datetime, received_at: datetime) -> None:
+def _note_battery(
+    batteries: dict[str, tuple[float, datetime]],
+    device_id: str,
+    battery: float | None,
+    *,
+    ts: datetime,
+    received_at: datetime,
+) -> None:
+    """The batch's newest plausible battery reading per device (written by _update_devices)."""
     plausible = ts <= received_at + MAX_CLOCK_AHEAD
-    if battery is not None and plausible and (device.battery_at is None or ts >= device.battery_at):
-        device.battery, device.battery_at = battery, ts
+    newest = batteries.get(device_id)
+    if battery is not None and plausible and (newest is None or ts >= newest[1]):
+        batteries[device_id] = (battery, ts)
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:
