@@ -383,8 +383,11 @@ def scrape_targets() -> list[tuple[str, str]]:
     targets = []
     for job in config["scrape_configs"]:
         assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
-        for static in job["static_configs"]:
-            targets += [(job["job_name"], target) for target in static["targets"]]
+        # Each replica of a service (`--scale`) is its own target: found through Docker's DNS, one A record each.
+        assert "static_configs" not in job, f"{job['job_name']}: a static target is one random replica per scrape"
+        for lookup in job["dns_sd_configs"]:
+            assert lookup["type"] == "A", job["job_name"]
+            targets += [(job["job_name"], f"{name}:{lookup['port']}") for name in lookup["names"]]
     return targets
 
 
@@ -401,13 +404,12 @@ def test_prometheus_scrapes_every_role_on_a_port_it_serves_metrics_on(
         assert host in services(compose), f"{job}: {target} names no compose service"
         service = services(compose)[host]
         settings = settings_from(environment(service), monkeypatch)
-        if command(service) == ["api"]:
-            # The API serves /metrics on its own port; a metrics port there would not be opened.
-            assert int(port) == settings.api_port and settings.metrics_port == 0, f"{job}: {target}"
-        else:
-            assert int(port) == settings.metrics_port, f"{job}: {target} is not {host}'s REPLENISH_METRICS_PORT"
-            assert settings.metrics_host == "0.0.0.0", f"{host}'s metrics are unreachable from prometheus"
-            assert port in [str(exposed) for exposed in service.get("expose", [])], f"{host} does not expose {port}"
+        # Every role, the API too, serves metrics on a port of its own, never on a published one.
+        assert int(port) == settings.metrics_port, f"{job}: {target} is not {host}'s REPLENISH_METRICS_PORT"
+        assert settings.metrics_host == "0.0.0.0", f"{host}'s metrics are unreachable from prometheus"
+        assert port in [str(exposed) for exposed in service.get("expose", [])], f"{host} does not expose {port}"
+        published = [str(mapping).rsplit(":", 1)[-1] for mapping in service.get("ports", [])]
+        assert port not in published, f"{host} publishes its metrics port"
         scraped.add(host)
     assert scraped == SCRAPED_SERVICES
 

@@ -28,6 +28,7 @@ from replenish.automation.models import Decision
 from replenish.clock import ManualClock
 from replenish.constants import DeadLetterReason, OrderStatus, OutboxKind
 from replenish.observability.logging import make_handler
+from replenish.observability.metrics import DatabaseCollector
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform, Roles
 
@@ -43,6 +44,18 @@ def scrape(url: str) -> Samples:
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
+
+
+@pytest.fixture
+def platform(tmp_path: Path, clock: ManualClock) -> Iterator[Platform]:
+    """All roles, serving metrics on a port of their own (as every compose service does)."""
+    with running_platform(make_settings(tmp_path, metrics_port=free_port()), clock) as running:
+        yield running
+
+
+def metrics_url(platform: Platform) -> str:
+    assert platform.metrics_server is not None
+    return f"http://127.0.0.1:{platform.metrics_server.port}/metrics"
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -77,7 +90,7 @@ def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) ->
 def test_metrics_count_stored_and_dead_lettered_messages_by_reason(platform, api, publisher):
     customer_id = create_customer(api)
     register_device(api, customer_id=customer_id, device_id="printer-1")
-    before = scrape(f"{platform.api_url}/metrics")
+    before = scrape(metrics_url(platform))
 
     publisher.send("devices/printer-1/telemetry", {"seq": 1, "levels": {"black": 0.5}})
     publisher.send("devices/printer-1/telemetry", {"seq": 2, "levels": {"black": 0.49}})
@@ -85,7 +98,7 @@ def test_metrics_count_stored_and_dead_lettered_messages_by_reason(platform, api
     publisher.send("devices/printer-1/telemetry", {"seq": 3, "levels": {"glitter-secret": 0.5}})
     publisher.send("devices/printer-1/telemetry", b"not json at all")
     assert platform.ingestor.wait_for(handled=5, timeout=10), platform.ingestor.totals
-    after = scrape(f"{platform.api_url}/metrics")
+    after = scrape(metrics_url(platform))
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -112,14 +125,14 @@ def test_metrics_count_stored_and_dead_lettered_messages_by_reason(platform, api
 
 
 def test_database_gauges_follow_an_order_through_the_outbox(platform, api, clock):
-    empty = scrape(f"{platform.api_url}/metrics")
+    empty = scrape(metrics_url(platform))
     assert value(empty, "replenish_database_metrics_up") == 1
     assert label_values(empty, "replenish_orders", "status") == {status.value for status in OrderStatus}
     assert all(value(empty, "replenish_orders", status=status.value) == 0 for status in OrderStatus)
 
     order, _ = place_an_order(platform, api, clock)
     clock.advance(timedelta(seconds=30))
-    placed = scrape(f"{platform.api_url}/metrics")
+    placed = scrape(metrics_url(platform))
     assert value(placed, "replenish_orders", status="placed") == 1
     assert value(placed, "replenish_outbox_backlog", kind=OutboxKind.ORDER_PLACED.value) == 1
     assert value(placed, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.ORDER_PLACED.value) == 30
@@ -127,7 +140,8 @@ def test_database_gauges_follow_an_order_through_the_outbox(platform, api, clock
     assert value(placed, "replenish_alerts", status="open") == 0
 
     platform.jobs.dispatch()
-    delivered = scrape(f"{platform.api_url}/metrics")
+    clock.advance(DatabaseCollector.CACHE_FOR)  # the database gauges are read at most every 10 s
+    delivered = scrape(metrics_url(platform))
     assert value(delivered, "replenish_outbox_backlog", kind=OutboxKind.ORDER_PLACED.value) == 0
     assert value(delivered, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.ORDER_PLACED.value) == 0
     deliveries = "replenish_outbox_deliveries_total"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Table, event, insert, inspect, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -194,8 +194,13 @@ def transaction(engine: Engine) -> Iterator[Session]:
             raise
 
 
-# 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
-# INTEGER to remain the auto-incrementing rowid.
+def _aware(value: Any) -> Any:
+    # What UTCDateTime checks on the way in, which COPY bypasses: a naive time would be read in the server's zone.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: times are stored as aware UTC")
+    return value
+
+
 def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, return_ids: bool = False) -> list[int]:
     """Insert many rows of plain values (every row with the same keys) in the session's transaction; with
     ``return_ids``, their new ids, in the rows' order.
@@ -225,15 +230,25 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, r
     json_columns = {name for name in rows[0] if isinstance(table.c[name].type, JSON)}
     raw = connection.connection.driver_connection
     assert raw is not None
-    with raw.cursor() as cursor:
-        quoted = ", ".join(f'"{name}"' for name in columns)
-        with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+    quoted = ", ".join(f'"{name}"' for name in columns)  # names from our own models, never from input
+    statement = f'COPY "{table.name}" ({quoted}) FROM STDIN'
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
             for index, row in enumerate(rows):
-                values = [json.dumps(row[n]) if n in json_columns else row[n] for n in rows[0]]
+                values = [json.dumps(row[n]) if n in json_columns else _aware(row[n]) for n in rows[0]]
                 copy.write_row([ids[index], *values] if return_ids else values)
+    except raw.Error as error:
+        # Raised by the driver, under SQLAlchemy's feet: wrapped as SQLAlchemy wraps its own (an IntegrityError, an
+        # OperationalError, with connection_invalidated when the connection died), so callers tell a refused row
+        # from a database gone away the same way for every statement.
+        raise DBAPIError.instance(
+            statement, None, error, type(raw).Error, connection_invalidated=bool(raw.closed), dialect=connection.dialect
+        ) from error
     return ids
 
 
+# 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
+# INTEGER to remain the auto-incrementing rowid.
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.

@@ -228,8 +228,8 @@ class Platform:
                 self.scheduler.start()
         if self.roles.api:
             self._start_api()
-        elif self.settings.metrics_port and self.roles.uses_database:
-            # The API serves this process's metrics at /metrics; a process without it gets a port of its own.
+        if self.settings.metrics_port and self.roles.uses_database:
+            # A port of its own, apart from the API's public one: metrics are for the operators' Prometheus only.
             self.metrics_server = self.metrics.serve(host=self.settings.metrics_host, port=self.settings.metrics_port)
             log.info("metrics at http://%s:%d/metrics", self.settings.metrics_host, self.metrics_server.port)
 
@@ -249,7 +249,6 @@ class Platform:
         app = create_app(
             engine=self.engine,
             clock=self.clock,
-            metrics=self.metrics,
             broker=BrokerProbe(self.settings.mqtt_endpoint),
             session_lifetime=timedelta(hours=self.settings.session_hours),
         )

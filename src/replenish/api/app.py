@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +27,6 @@ from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK, BrokerProbe
 from replenish.notifications.router import router as notifications_router
-from replenish.observability.metrics import Metrics
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
 
@@ -67,7 +66,6 @@ def create_app(
     *,
     engine: Engine,
     clock: Clock,
-    metrics: Metrics,
     broker: BrokerProbe,
     session_lifetime: timedelta = timedelta(hours=12),
 ) -> FastAPI:
@@ -147,19 +145,5 @@ def create_app(
         failed = [name for name, answer in answers.items() if answer != OK]
         readiness = Readiness(status="unavailable" if failed else "ok", failed=failed, **answers)
         return JSONResponse(status_code=503 if failed else 200, content=readiness.model_dump())
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics",
-        description="This process's metrics, and the database gauges (orders and alerts by status, outbox backlog, "
-        "escalation timers), in Prometheus' text format. No authentication: keep it off the public internet at "
-        "the reverse proxy. docs/deployment.md lists the metrics.",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
-    )
-    def metrics_endpoint() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(content=body, media_type=content_type)
 
     return app

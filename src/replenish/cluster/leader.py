@@ -42,7 +42,10 @@ class LeaderElection:
     def start(self) -> None:
         self._step()  # a process that can lead does so from its first job on
         if not self.is_leader:
-            log.info("%s: standing by; another process leads", self.name)
+            if self.lock.refused:
+                log.info("%s: standing by; another process leads", self.name)
+            else:
+                log.warning("%s: not leading: the lock could not be asked for (see above); retrying", self.name)
         self._thread.start()
 
     def stop(self) -> None:

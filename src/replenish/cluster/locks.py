@@ -28,8 +28,9 @@ LOCK_CONNECT_ARGS = {
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
-    "options": "-c statement_timeout=3000",
 }
+# Set after connecting, not as a startup option: PgBouncer refuses unknown startup parameters.
+LOCK_STATEMENT_TIMEOUT = "SET statement_timeout = 3000"
 
 
 class HeldLock(Protocol):
@@ -76,10 +77,12 @@ class AdvisoryLock:
         try:
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except Exception as exc:
-            log.debug("%s: database unreachable: %s", self.name, exc)
+            # Loud: a scheduler that cannot ask runs no jobs, and nobody else may be running them either.
+            log.warning("%s: cannot reach the database to ask for the lock: %s", self.name, exc)
             return False
         taken: list[int | tuple[int, int]] = []
         try:
+            connection.execute(text(LOCK_STATEMENT_TIMEOUT))
             for key in self.keys:
                 if not connection.execute(_sql("pg_try_advisory_lock", key), _params(key)).scalar_one():
                     break

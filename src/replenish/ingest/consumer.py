@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
@@ -155,7 +155,7 @@ class _Lane:
                 except queue.Empty:
                     break
             deadline = time.monotonic() + self.batch_wait
-            while len(batch) == 1 or (len(batch) < owner.batch_size and not self.queue.empty()):
+            while len(batch) < owner.batch_size and (len(batch) == 1 or not self.queue.empty()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -283,11 +283,20 @@ class MqttIngestor:
         messages = [delivery.message for delivery in batch]
         backoff = 0.5
         while True:
-            try:
-                with transaction(self.engine) as session:
-                    return ingest_batch(session=session, messages=messages)
-            except Exception:
-                log.exception("batch of %d failed; storing its messages one by one", len(messages))
+            for attempt in range(2):
+                try:
+                    with transaction(self.engine) as session:
+                        return ingest_batch(session=session, messages=messages)
+                except DBAPIError as exc:
+                    if attempt == 0 and _worth_another_try(exc):
+                        # Another lane or ingest process committed one of these (device, seq) meanwhile, or the
+                        # two transactions deadlocked: the batch itself is fine, and the next try sees the rows.
+                        log.info("batch of %d collided with another writer (%s); trying again", len(messages), exc)
+                        continue
+                    log.exception("batch of %d failed; storing its messages one by one", len(messages))
+                except Exception:
+                    log.exception("batch of %d failed; storing its messages one by one", len(messages))
+                break
             try:
                 return self._commit_one_by_one(messages)
             except Exception:
@@ -358,6 +367,13 @@ def lane_client_id(client_id: str, lane: str) -> str:
 
 def lane_client_ids(client_id: str, lanes: Collection[str]) -> tuple[str, ...]:
     return tuple(lane_client_id(client_id, lane) for lane in ("events", "telemetry") if lane in lanes)
+
+
+def _worth_another_try(error: DBAPIError) -> bool:
+    """A unique violation (a duplicate another writer stored first), a deadlock or a lock timeout: transient."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    unique_on_sqlite = isinstance(error, IntegrityError) and "UNIQUE constraint failed" in str(error.orig)
+    return sqlstate in {"23505", "40P01", "55P03", "40001"} or unique_on_sqlite
 
 
 def _connection_lost(error: DBAPIError) -> bool:

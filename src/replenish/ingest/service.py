@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, or_, tuple_, update
+from sqlalchemy import and_, bindparam, case, or_, tuple_, update
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -127,56 +128,70 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchR
     # In each device's own order (seq), not arrival order: a fall_cancelled delivered before its fall_detected
     # must still cancel it, and a slot's run of equal levels is counted in the device's order.
     accepted.sort(key=lambda entry: (entry[1].device_id, entry[1].body.seq))
-    batteries: dict[str, tuple[float, datetime]] = {}
-    _store_telemetry(
-        session=session,
-        accepted=[(message, item) for message, item in accepted if isinstance(item, ParsedTelemetry)],
-        slots=slots,
-        batteries=batteries,
-    )
-    for message, status in statuses:
-        _apply_status(session=session, message=message, status=status)
-    # Events are few, and an alert needs the stored message and its device as objects.
     events = [(_message_row(message, item), item) for message, item in accepted if isinstance(item, ParsedEvent)]
+    if events:
+        # An incident is read, then changed: one transaction at a time per device, whichever lane or process
+        # holds its other messages. Every device of the batch, in id order, before any other row lock, so that
+        # writers always lock devices before slots and in one order: no deadlock between them.
+        session.execute(
+            select(Device.id).where(col(Device.id).in_(seen_at)).order_by(Device.id).with_for_update(key_share=True)
+        )
+    devices = _DeviceChanges(seen_at=seen_at)
+    for message, status in statuses:
+        devices.note_status(status.device_id, online=status.online, at=message.received_at)
+        if log.isEnabledFor(logging.DEBUG):
+            with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
+                log.debug("status of %s: %s", status.device_id, "online" if status.online else "offline")
+    telemetry = [(message, item) for message, item in accepted if isinstance(item, ParsedTelemetry)]
+    _store_telemetry(session=session, accepted=telemetry, slots=slots, devices=devices)
+    # Events are few, and an alert needs the stored message and its device as objects.
     session.add_all([row for row, _ in events])
     session.flush()
     for row, event in events:
-        _note_battery(batteries, row.device_id, event.body.battery, ts=row.ts, received_at=row.received_at)
+        devices.note_battery(row.device_id, event.body.battery, ts=row.ts, received_at=row.received_at)
+        if event.body.type == EventType.BATTERY_LOW:
+            devices.note_battery_low(row.device_id, at=row.ts)
         # What an event causes here (an alert, its notifications) carries the message's correlation id.
         with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
             log.debug("stored event message %s (seq %d)", row.id, row.seq)
-            _apply_event(session=session, row=row, item=event)
-    _update_devices(session=session, seen_at=seen_at, batteries=batteries)
+            alerts.on_device_event(
+                session=session, device=session.get_one(Device, row.device_id), message=row, now=row.received_at
+            )
+    devices.write(session=session)
+    _write_slots(session=session, slots=slots)
     result.stored = len(accepted)
     return result
 
 
 @dataclass
 class _SlotState:
-    """What ingest needs of a slot, read without building a model object per slot per batch, and its latest level
-    and run of equal readings as the batch goes."""
+    """What ingest needs of a slot, read without building a model object per slot per batch, and what the batch
+    makes of its latest level and its run of equal readings."""
 
     id: str
     capacity: float
     unit: str
     level: float | None
     level_at: datetime | None
-    same_level_count: int
-    same_level_since: datetime | None
+    stored_since: datetime | None  # same_level_since as read: a run to continue
     changed: bool = False
+    run: int = 0  # readings in a row at the latest level, in this batch
+    run_since: datetime | None = None
+    continues: bool = True  # the run so far extends the stored one (no other level came in between)
 
     def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
         # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
         # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
         plausible = ts <= received_at + MAX_CLOCK_AHEAD
         if plausible and (self.level_at is None or ts >= self.level_at):
-            if self.level == level and self.same_level_since is not None:
-                self.same_level_count += 1
+            same = self.level == level and (self.run > 0 or self.stored_since is not None)
+            if same:
+                self.run += 1
             else:
-                self.same_level_count, self.same_level_since = 1, ts
-            self.level = level
-            self.level_at = ts
-            self.changed = True
+                self.run, self.continues = 1, False
+            if self.run == 1:
+                self.run_since = ts
+            self.level, self.level_at, self.changed = level, ts, True
 
 
 def _slots_of(*, session: Session, device_ids: set[str]) -> dict[tuple[str, str], _SlotState]:
@@ -192,7 +207,6 @@ def _slots_of(*, session: Session, device_ids: set[str]) -> dict[tuple[str, str]
             table.c.unit,
             table.c.level,
             table.c.level_at,
-            table.c.same_level_count,
             table.c.same_level_since,
         ).where(table.c.device_id.in_(device_ids))
     )
@@ -204,11 +218,10 @@ def _store_telemetry(
     session: Session,
     accepted: list[tuple[IncomingMessage, ParsedTelemetry]],
     slots: dict[tuple[str, str], _SlotState],
-    batteries: dict[str, tuple[float, datetime]],
+    devices: _DeviceChanges,
 ) -> None:
-    """The hot path: one bulk insert for the messages (their ids come back in order), one for their readings, one
-    update per changed slot; plain values, no model object per row (building and flushing those cost more than the
-    database's work)."""
+    """The hot path: one bulk insert for the messages (their ids come back in order) and one for their readings,
+    of plain values, no model object per row (building and flushing those cost more than the database's work)."""
     if not accepted:
         return
     rows = [
@@ -232,70 +245,111 @@ def _store_telemetry(
         if debug:
             with correlation.bound(correlation.for_device_message(item.device_id, item.body.seq)):
                 log.debug("stored telemetry message %s (seq %d)", message_id, item.body.seq)
-        _note_battery(batteries, item.device_id, _battery_of(item.raw), ts=ts, received_at=received_at)
+        devices.note_battery(item.device_id, _battery_of(item.raw), ts=ts, received_at=received_at)
         for name, level in item.body.levels.items():
             slot = slots[(item.device_id, name)]
             readings.append({"slot_id": slot.id, "message_id": message_id, "ts": ts, "level": level})
             slot.note(level, ts=ts, received_at=received_at)
     insert_rows(session, Reading.__table__, readings)  # type: ignore[arg-type]
-    changed = [slot for slot in slots.values() if slot.changed]
-    if changed:
-        table = Slot.__table__
-        # Only where this level is the newest: another writer may have stored a newer one since this batch read
-        # the slot. (The run count is then this batch's view; it only feeds the stuck-sensor alarm.)
-        session.execute(
-            update(table)
-            .where(
-                table.c.id == bindparam("slot_id"),
-                or_(table.c.level_at.is_(None), table.c.level_at <= bindparam("new_level_at")),
-            )
-            .values(
-                level=bindparam("new_level"),
-                level_at=bindparam("new_level_at"),
-                same_level_count=bindparam("new_count"),
-                same_level_since=bindparam("new_since"),
+
+
+def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) -> None:
+    """Each changed slot's latest level, only where it is the newest: another writer may have stored a newer one
+    since this batch read the slot. A run of equal readings adds to the stored run when it continues it (SQL
+    compares with the level as stored now, so two writers' runs add up). In id order: see ingest_batch."""
+    changed = sorted((slot for slot in slots.values() if slot.changed), key=lambda slot: slot.id)
+    if not changed:
+        return
+    table = Slot.__table__
+    continued = and_(
+        bindparam("continues"),
+        table.c.level == bindparam("new_level"),
+        table.c.same_level_since.is_not(None),
+    )
+    session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("slot_id"),
+            or_(table.c.level_at.is_(None), table.c.level_at <= bindparam("new_level_at")),
+        )
+        .values(
+            level=bindparam("new_level"),
+            level_at=bindparam("new_level_at"),
+            same_level_count=case((continued, table.c.same_level_count + bindparam("run")), else_=bindparam("run")),
+            same_level_since=case((continued, table.c.same_level_since), else_=bindparam("run_since")),
+        ),
+        [
+            {
+                "slot_id": slot.id,
+                "new_level": slot.level,
+                "new_level_at": slot.level_at,
+                "continues": slot.continues,
+                "run": slot.run,
+                "run_since": slot.run_since,
+            }
+            for slot in changed
+        ],
+    )
+
+
+@dataclass
+class _DeviceChanges:
+    """What a batch learnt of its devices, written by conditional SQL updates that only ever move each fact
+    forward in time, whichever writer (lane, ingest process) commits last."""
+
+    seen_at: dict[str, datetime]
+    batteries: dict[str, tuple[float, datetime]] = field(default_factory=dict)
+    battery_low_at: dict[str, datetime] = field(default_factory=dict)
+    statuses: dict[str, tuple[bool, datetime]] = field(default_factory=dict)
+
+    def note_battery(self, device_id: str, battery: float | None, *, ts: datetime, received_at: datetime) -> None:
+        plausible = ts <= received_at + MAX_CLOCK_AHEAD
+        newest = self.batteries.get(device_id)
+        if battery is not None and plausible and (newest is None or ts >= newest[1]):
+            self.batteries[device_id] = (battery, ts)
+
+    def note_battery_low(self, device_id: str, *, at: datetime) -> None:
+        self.battery_low_at[device_id] = _latest(self.battery_low_at.get(device_id), at)
+
+    def note_status(self, device_id: str, *, online: bool, at: datetime) -> None:
+        newest = self.statuses.get(device_id)
+        if newest is None or at >= newest[1]:
+            self.statuses[device_id] = (online, at)
+
+    def write(self, *, session: Session) -> None:
+        """In device id order: see ingest_batch."""
+        table = Device.__table__
+        device = table.c.id == bindparam("device_id")
+
+        def newer(column: Any, value: str, *, strictly: bool = False) -> Any:
+            later = column < bindparam(value) if strictly else column <= bindparam(value)
+            return or_(column.is_(None), later)
+
+        updates = [
+            (
+                update(table).where(device, newer(table.c.last_seen_at, "at", strictly=True)),
+                {"last_seen_at": bindparam("at")},
+                [{"device_id": key, "at": at} for key, at in sorted(self.seen_at.items())],
             ),
-            [
-                {
-                    "slot_id": slot.id,
-                    "new_level": slot.level,
-                    "new_level_at": slot.level_at,
-                    "new_count": slot.same_level_count,
-                    "new_since": slot.same_level_since,
-                }
-                for slot in changed
-            ],
-        )
-
-
-def _update_devices(
-    *, session: Session, seen_at: dict[str, datetime], batteries: dict[str, tuple[float, datetime]]
-) -> None:
-    """A device's last sighting and newest battery reading, each only ever moved forward (other writers too)."""
-    table = Device.__table__
-    if seen_at:
-        session.execute(
-            update(table)
-            .where(
-                table.c.id == bindparam("device_id"),
-                or_(table.c.last_seen_at.is_(None), table.c.last_seen_at < bindparam("seen_at")),
-            )
-            .values(last_seen_at=bindparam("seen_at")),
-            [{"device_id": device_id, "seen_at": moment} for device_id, moment in seen_at.items()],
-        )
-    if batteries:
-        session.execute(
-            update(table)
-            .where(
-                table.c.id == bindparam("device_id"),
-                or_(table.c.battery_at.is_(None), table.c.battery_at <= bindparam("battery_at")),
-            )
-            .values(battery=bindparam("new_battery"), battery_at=bindparam("battery_at")),
-            [
-                {"device_id": device_id, "new_battery": battery, "battery_at": moment}
-                for device_id, (battery, moment) in batteries.items()
-            ],
-        )
+            (
+                update(table).where(device, newer(table.c.battery_at, "at")),
+                {"battery": bindparam("value"), "battery_at": bindparam("at")},
+                [{"device_id": key, "value": v, "at": at} for key, (v, at) in sorted(self.batteries.items())],
+            ),
+            (
+                update(table).where(device, newer(table.c.battery_low_at, "at", strictly=True)),
+                {"battery_low_at": bindparam("at")},
+                [{"device_id": key, "at": at} for key, at in sorted(self.battery_low_at.items())],
+            ),
+            (
+                update(table).where(device, newer(table.c.status_changed_at, "at")),
+                {"online": bindparam("value"), "status_changed_at": bindparam("at")},
+                [{"device_id": key, "value": v, "at": at} for key, (v, at) in sorted(self.statuses.items())],
+            ),
+        ]
+        for statement, values, parameters in updates:
+            if parameters:
+                session.execute(statement.values(values), parameters)
 
 
 def _stored_sequences(*, session: Session, parsed: list[Parsed]) -> set[tuple[str, int]]:
@@ -349,23 +403,6 @@ def _message_row(message: IncomingMessage, item: ParsedEvent) -> DeviceMessage:
     )
 
 
-def _apply_status(*, session: Session, message: IncomingMessage, status: ParsedStatus) -> None:
-    device = session.get_one(Device, status.device_id)
-    if log.isEnabledFor(logging.DEBUG):
-        with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
-            log.debug("status of %s: %s", device.id, "online" if status.online else "offline")
-    device.online = status.online
-    device.status_changed_at = message.received_at
-
-
-def _apply_event(*, session: Session, row: DeviceMessage, item: ParsedEvent) -> None:
-    assert row.id is not None
-    device = session.get_one(Device, row.device_id)
-    if item.body.type == EventType.BATTERY_LOW:
-        device.battery_low_at = _latest(device.battery_low_at, row.ts)
-    alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
-
-
 def _battery_of(raw: dict[str, object]) -> float | None:
     """Telemetry may carry "battery" (0..1) beyond the contract's fields; anything else there is ignored, never a
     reason to refuse the message."""
@@ -373,21 +410,6 @@ def _battery_of(raw: dict[str, object]) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
         return float(value)
     return None
-
-
-def _note_battery(
-    batteries: dict[str, tuple[float, datetime]],
-    device_id: str,
-    battery: float | None,
-    *,
-    ts: datetime,
-    received_at: datetime,
-) -> None:
-    """The batch's newest plausible battery reading per device (written by _update_devices)."""
-    plausible = ts <= received_at + MAX_CLOCK_AHEAD
-    newest = batteries.get(device_id)
-    if battery is not None and plausible and (newest is None or ts >= newest[1]):
-        batteries[device_id] = (battery, ts)
 
 
 def _latest(current: datetime | None, candidate: datetime) -> datetime:
