@@ -14,9 +14,11 @@ import itertools
 import json
 import re
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, col, func, select
 
-from brokers import SERVICE_PASSWORD, running_mosquitto, write_auth_files
+from brokers import SERVICE_PASSWORD, PostgresRun, running_mosquitto, write_auth_files
 from conftest import Publisher, api_client, make_settings, operator_token, running_platform
 from helpers import INK_SLOTS, create_customer, register_device
 from replenish.clock import ManualClock
@@ -148,6 +150,13 @@ levels_wrong = st.one_of(
 
 def wrong_field(field: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[Bad]:
     return values.map(lambda value: Bad(f"{own}/telemetry", encoded(telemetry(**{field: value})), "invalid_telemetry"))
+
+
+def as_json_numbers(document: Any) -> Any:
+    """A document with its numbers as exact decimals: PostgreSQL's JSONB keeps a number's decimal value, so a float
+    like 2.986060324892647e+16 (as Python parsed the device's text) reads back as the integer 29860603248926470,
+    the same JSON number."""
+    return json.loads(json.dumps(document), parse_float=Decimal, parse_int=Decimal)
 
 
 def invalid_utf8(data: bytes, position: int, junk: bytes) -> bytes:
@@ -352,7 +361,7 @@ class Run:
             ).all()
             assert Counter(row.seq for row in rows) == Counter(list(sent)), "each good message stored exactly once"
             for row in rows:
-                assert row.payload == sent[row.seq], "a stored message keeps what the device sent"
+                assert as_json_numbers(row.payload) == as_json_numbers(sent[row.seq]), "keeps what the device sent"
                 readings = session.exec(select(Reading).where(Reading.message_id == row.id)).all()
                 assert sorted(r.level for r in readings) == sorted(sent[row.seq]["levels"].values())
 
@@ -394,7 +403,14 @@ def run_property(run: Run, *, max_examples: int, mosquitto: bool) -> None:
     if mosquitto:
         messages = messages.filter(lambda items: not any(_mosquitto_refuses(item) for item in items))
 
-    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    # print_blob: a failure in CI prints the @reproduce_failure line that replays it anywhere.
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+        print_blob=True,
+    )
     @given(messages)
     def property_(items: list[Good | Bad | Foreign]) -> None:
         run.send(items)
@@ -429,9 +445,15 @@ def test_bad_input_at_volume_on_the_embedded_broker(registered: Platform, publis
 
 
 @pytest.fixture
-def on_mosquitto(tmp_path: Path, clock: ManualClock) -> Iterator[tuple[Platform, Publisher]]:
+def on_mosquitto(
+    tmp_path: Path, clock: ManualClock, postgres_server: PostgresRun
+) -> Iterator[tuple[Platform, Publisher]]:
+    """The production stack: Mosquitto and PostgreSQL (whose COPY path and JSONB see every random payload)."""
+    database_url = postgres_server.create_migrated_database(f"bad_input_{uuid.uuid4().hex}")
     with running_mosquitto(tmp_path) as broker:
-        settings_ = make_settings(tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD)
+        settings_ = make_settings(
+            tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD, database_url=database_url
+        )
         with running_platform(settings_, clock, roles=Roles(ingest=True, api=True)) as platform:
             with api_client(platform, operator_token(platform)) as api:
                 register_device(api, customer_id=create_customer(api), device_id=DEVICE)

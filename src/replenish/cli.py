@@ -66,6 +66,8 @@ def _run(platform: Platform, *, demo: bool = False) -> None:
         if simulators is not None:
             simulators.stop()
         platform.stop()
+    if platform.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -102,8 +102,10 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="How long a dispatcher holds a message it is delivering. A dispatcher that died mid-delivery "
-        "holds it this long before another takes it over; longer than the webhook timeout, so a slow delivery "
-        "is never taken over while it is still under way.",
+        "holds it this long before another takes it over. Keep it well above the webhook timeout: that timeout "
+        "bounds each phase of a request (connect, send, each read) rather than the whole, and dispatchers on "
+        "other hosts compare it with their own clocks, so a delivery that outlasts the lease could be sent again, "
+        "under the same Idempotency-Key.",
     )
     reorder_margin_days: float = Field(
         1.0, ge=0, description="Safety margin added to a slot's lead time before it must be reordered."
@@ -130,7 +132,10 @@ class Settings(BaseSettings):
         "subscriptions, one ingest process per lane.",
     )
     ingest_batch_wait_ms: float = Field(
-        20.0, ge=0, description="Longest the ingestor waits to fill a batch before it commits."
+        20.0,
+        ge=0,
+        description="Longest an idle ingestor waits for a second message to share a commit; under load the backlog "
+        "that built up meanwhile is committed at once.",
     )
     retention_interval_seconds: float = Field(
         3600.0, gt=0, description="How often telemetry older than each customer's consented retention is deleted."

@@ -129,7 +129,13 @@ class Platform:
         self.membership: MembershipWatch | None = None
         # What a part does when this process must stop at once (its ingest member's sessions were taken by another
         # process): by default, what Ctrl-C does.
-        self.on_fatal = on_fatal or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.on_fatal = on_fatal or self._stop_this_process
+        self.failed = False
+
+    def _stop_this_process(self) -> None:
+        """What Ctrl-C does, marked as a failure: the command exits 1, and an orchestrator restarts it."""
+        self.failed = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def start(self) -> None:
         endpoint = self.settings.mqtt_endpoint

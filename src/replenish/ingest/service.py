@@ -68,7 +68,8 @@ def dead_letter(
 ) -> DeadLetter:
     with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
         # The topic is cut short: it is whatever the sender chose, and the dead letter keeps all of it.
-        log.info("dead letter (%s) on %s: %s", category, message.topic[:200], reason[:500])
+        # %r: the topic and the reason carry the sender's text, which must not forge log lines.
+        log.info("dead letter (%s) on %r: %r", category, message.topic[:200], reason[:500])
     letter = DeadLetter(
         # MQTT forbids U+0000 in topics but the embedded broker passes it on, and PostgreSQL text cannot hold it: a
         # dead letter that cannot be written would be retried forever and stop its lane. Shown as paho shows bytes
@@ -85,7 +86,8 @@ def dead_letter(
 
 
 def ingest_batch(*, session: Session, messages: list[IncomingMessage]) -> BatchResult:
-    """Validate and store messages in arrival order. Never raises for bad input: that becomes a dead letter.
+    """Validate and store messages (each device's in seq order). Never raises for bad input: that becomes a dead
+    letter.
 
     Safe beside other writers (the other ingest lane, other ingest processes of a shared subscription): what a
     message changes on its device or slot is written by conditional SQL updates, so an older message never

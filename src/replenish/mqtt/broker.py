@@ -146,7 +146,9 @@ class _DeviceHandler(BrokerProtocolHandler):
         try:
             app_message.puback_packet = await asyncio.wait_for(waiter, timeout=PUBACK_TIMEOUT_SECONDS)
         except TimeoutError:
-            raise TimeoutError(f"Timeout waiting for PUBACK for packet ID {app_message.packet_id}") from None
+            # A busy subscriber (an ingestor working through a backlog), not an error: the message stays in flight,
+            # handle_puback takes it off when the PUBACK comes, and a reconnect sends it again.
+            return
         finally:
             self._puback_waiters.pop(app_message.packet_id, None)
         # Changed: discarded only once acknowledged (amqtt discarded it in the finally clause above).
