@@ -38,7 +38,8 @@ from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage
 from test_cli import REPLENISH, environment
 
-DEVICES = 40
+# Odd: with two members taking turns, each device's messages go to both, so both write each device and slot.
+DEVICES = 41
 PER_PHASE = 2000
 SHARE_GROUP = "replenish"
 
@@ -163,7 +164,9 @@ class Fleet:
         for _ in range(count):
             device_id = self.device_ids[self.sent % len(self.device_ids)]
             seq = self.sent // len(self.device_ids) + 1
-            payload = f'{{"seq": {seq}, "levels": {{"black": {round(1 - seq / 10000, 4)}}}}}'
+            # The device's own clock: what a member resumed late stores is older than what the other stored.
+            ts = datetime.now(UTC).isoformat()
+            payload = f'{{"seq": {seq}, "ts": "{ts}", "levels": {{"black": {round(1 - seq / 10000, 4)}}}}}'
             infos.append(self.client.publish(f"devices/{device_id}/telemetry", payload, qos=1))
             self.sent += 1
             if published is not None and len(infos) == at:
@@ -272,6 +275,18 @@ def test_two_ingestors_split_the_stream_and_lose_nothing_through_a_kill(producti
         rows, distinct, dead = stored(database_url)
         assert (rows, distinct, dead) == (total, total, 0), "every message stored exactly once, none dead-lettered"
         assert replacement.metric("replenish_ingest_messages_total", lane="telemetry", outcome="stored") > 0
+        # Whichever member committed last, each slot shows its newest reading, each device its newest sighting.
+        with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as db:
+            stale = db.execute(
+                "SELECT s.device_id FROM slots s WHERE s.level_at IS DISTINCT FROM "
+                "(SELECT max(r.ts) FROM readings r WHERE r.slot_id = s.id) OR s.level NOT IN "
+                "(SELECT r.level FROM readings r WHERE r.slot_id = s.id AND r.ts = s.level_at)"
+            ).fetchall()
+            unseen = db.execute(
+                "SELECT d.id FROM devices d WHERE d.last_seen_at IS DISTINCT FROM "
+                "(SELECT max(m.received_at) FROM device_messages m WHERE m.device_id = d.id)"
+            ).fetchall()
+        assert stale == [] and unseen == [], (stale, unseen)
     finally:
         fleet.close()
     assert "Traceback" not in first.output() + replacement.output()
