@@ -286,12 +286,13 @@ class MqttIngestor:
             for attempt in range(2):
                 try:
                     with transaction(self.engine) as session:
-                        return ingest_batch(session=session, messages=messages)
+                        # First without asking which messages are stored already: the unique constraint says so.
+                        return ingest_batch(session=session, messages=messages, check_stored=attempt > 0)
                 except DBAPIError as exc:
                     if attempt == 0 and _worth_another_try(exc):
-                        # Another lane or ingest process committed one of these (device, seq) meanwhile, or the
-                        # two transactions deadlocked: the batch itself is fine, and the next try sees the rows.
-                        log.info("batch of %d collided with another writer (%s); trying again", len(messages), exc)
+                        # A redelivery of a message stored before (or by another lane or ingest process meanwhile),
+                        # or a deadlock: the batch itself is fine, and the next try, which checks, sees the rows.
+                        log.debug("batch of %d collided with stored rows (%s); trying again", len(messages), exc)
                         continue
                     log.exception("batch of %d failed; storing its messages one by one", len(messages))
                 except Exception:
