@@ -602,6 +602,7 @@ def run_ingest(
     from replenish.db import create_schema, transaction
     from replenish.devices import service as devices
     from replenish.devices.schemas import DeviceCreate, SlotCreate
+    from replenish.ingest.consumer import tune_garbage_collection
     from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
     from replenish.runtime import Platform, Roles
 
@@ -647,6 +648,7 @@ def run_ingest(
 
     platform.start()
     stack.callback(platform.stop)
+    tune_garbage_collection()  # as `replenish ingest` does once its platform has started
     ingestor = platform.ingestor
     assert ingestor is not None
     if not ingestor.wait_ready(0):

@@ -16,6 +16,7 @@ from replenish.clock import SystemClock
 from replenish.config import Settings
 from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
 from replenish.demo import DemoDevices, demo_models, seed
+from replenish.ingest.consumer import tune_garbage_collection
 from replenish.observability.logging import configure_logging
 from replenish.runtime import Platform, Roles
 
@@ -56,6 +57,8 @@ def _run(platform: Platform, *, demo: bool = False) -> None:
             # A taken port or an unreachable database: say so plainly rather than with a traceback.
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
+        if platform.roles.ingest:
+            tune_garbage_collection()
         if demo:
             simulators = _start_demo(platform)
         if platform.roles.api:
