@@ -30,6 +30,69 @@ PASSWORD = "correct horse battery"
 DEVICE_SECRETS: dict[str, str] = {}
 
 
+def register_through_services(
+    database_url: str,
+    device_ids: list[str],
+    *,
+    mode: str = "off",
+    kind: str = "printer",
+    now: datetime,
+) -> str:
+    """A customer and its devices (one ink slot, black), written through the service layer in one transaction, as for
+    roles that run as processes of their own: no API needed. The customer's id."""
+    from replenish.consent.schemas import ConsentDocument
+    from replenish.constants import ConsentMode, DeviceKind
+    from replenish.customers import service as customers
+    from replenish.db import make_engine, transaction
+    from replenish.devices import service as devices
+    from replenish.devices.schemas import DeviceCreate, SlotCreate
+
+    engine = make_engine(database_url)
+    try:
+        with transaction(engine) as session:
+            customer = customers.create(
+                session=session,
+                name="Ada",
+                email=f"ada-{device_ids[0]}@example.com",
+                consent_document=ConsentDocument(default_mode=ConsentMode(mode)),
+                actor="test",
+                now=now,
+            )
+            for device_id in device_ids:
+                devices.register(
+                    session=session,
+                    request=DeviceCreate(
+                        id=device_id,
+                        customer_id=customer.id,
+                        kind=DeviceKind(kind),
+                        name=device_id,
+                        slots=[SlotCreate(name="black", product_sku="INK-BLACK")],
+                    ),
+                    actor="test",
+                    now=now,
+                )
+            return customer.id
+    finally:
+        engine.dispose()
+
+
+def stored(database_url: str) -> tuple[int, int, int]:
+    """(messages, readings, dead letters) in the database: what a process apart from the test stored."""
+    from sqlalchemy import text
+
+    from replenish.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT count(*) FROM device_messages")).scalar_one()
+            readings = connection.execute(text("SELECT count(*) FROM readings")).scalar_one()
+            letters = connection.execute(text("SELECT count(*) FROM dead_letters")).scalar_one()
+    finally:
+        engine.dispose()
+    return rows, readings, letters
+
+
 def create_customer(api: httpx.Client, *, email: str = "ada@example.com", mode: str = "ask_first") -> str:
     response = api.post(
         "/customers",

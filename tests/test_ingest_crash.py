@@ -20,15 +20,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import text
 
 from brokers import SERVICE_PASSWORD, free_port, running_mosquitto
-from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode, DeviceKind
-from replenish.customers import service as customers
-from replenish.db import make_engine, transaction
-from replenish.devices import service as devices
-from replenish.devices.schemas import DeviceCreate, SlotCreate
+from helpers import register_through_services, stored
 from test_cli import REPLENISH, environment, poll, process
 
 pytestmark = pytest.mark.timeout(180)
@@ -39,47 +33,9 @@ KILL_AFTER_STORED = 800  # well inside the stream: the publisher is still sendin
 
 
 def register_devices(database_url: str) -> list[str]:
-    engine = make_engine(database_url)
-    now = datetime.now(UTC)
-    try:
-        with transaction(engine) as session:
-            customer = customers.create(
-                session=session,
-                name="Ada",
-                email="ada@example.com",
-                consent_document=ConsentDocument(default_mode=ConsentMode.OFF),
-                actor="test",
-                now=now,
-            )
-            for number in range(DEVICES):
-                devices.register(
-                    session=session,
-                    request=DeviceCreate(
-                        id=f"printer-{number}",
-                        customer_id=customer.id,
-                        kind=DeviceKind.PRINTER,
-                        name="P",
-                        slots=[SlotCreate(name="black", product_sku="INK-BLACK")],
-                    ),
-                    actor="test",
-                    now=now,
-                )
-    finally:
-        engine.dispose()
-    return [f"printer-{number}" for number in range(DEVICES)]
-
-
-def stored(database_url: str) -> tuple[int, int, int]:
-    """(messages, readings, dead letters)."""
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text("SELECT count(*) FROM device_messages")).scalar_one()
-            readings = connection.execute(text("SELECT count(*) FROM readings")).scalar_one()
-            letters = connection.execute(text("SELECT count(*) FROM dead_letters")).scalar_one()
-    finally:
-        engine.dispose()
-    return rows, readings, letters
+    device_ids = [f"printer-{number}" for number in range(DEVICES)]
+    register_through_services(database_url, device_ids, now=datetime.now(UTC))
+    return device_ids
 
 
 class StreamPublisher(threading.Thread):
