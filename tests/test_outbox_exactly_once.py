@@ -25,15 +25,12 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
 from brokers import free_port
+from helpers import register_through_services
 from replenish.automation.models import Decision
 from replenish.config import Settings
-from replenish.consent.schemas import ConsentDocument
-from replenish.constants import ConsentMode, DecisionAction, DeviceKind, OutboxKind
-from replenish.customers import service as customers
+from replenish.constants import ConsentMode, DecisionAction, OutboxKind
 from replenish.db import make_engine, transaction
-from replenish.devices import service as devices
 from replenish.devices.models import Slot
-from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.orders import service as orders
 from replenish.outbox.models import OutboxMessage
 from test_cli import REPLENISH, environment, process
@@ -110,38 +107,18 @@ class FlakyReceiver:
 
 def queue_orders(database_url: str, count: int) -> list[str]:
     """Orders placed through the service layer: each order and its outbox message commit in one transaction."""
-    engine = make_engine(database_url)
     now = datetime.now(UTC)
+    customer_id = register_through_services(database_url, ["printer-1"], mode="auto_order", now=now)
+    engine = make_engine(database_url)
     ids = []
     try:
-        with transaction(engine) as session:
-            customer = customers.create(
-                session=session,
-                name="Ada",
-                email="ada@example.com",
-                consent_document=ConsentDocument(default_mode=ConsentMode.AUTO_ORDER),
-                actor="test",
-                now=now,
-            )
-            devices.register(
-                session=session,
-                request=DeviceCreate(
-                    id="printer-1",
-                    customer_id=customer.id,
-                    kind=DeviceKind.PRINTER,
-                    name="P",
-                    slots=[SlotCreate(name="black", product_sku="INK-BLACK")],
-                ),
-                actor="test",
-                now=now,
-            )
         for number in range(count):
             with transaction(engine) as session:
                 slot = session.exec(select(Slot)).one()
                 decision = Decision(
                     slot_id=slot.id,
                     device_id=slot.device_id,
-                    customer_id=customer.id,
+                    customer_id=customer_id,
                     cycle_started_at=now - timedelta(days=count - number),  # one decision per depletion cycle
                     action=DecisionAction.PLACE_ORDER,
                     consent_mode=ConsentMode.AUTO_ORDER,
