@@ -375,9 +375,10 @@ def lane_client_ids(client_id: str, lanes: Collection[str]) -> tuple[str, ...]:
 # middle one, every tenth of those a full one walking every object the process holds (SQLAlchemy's and pydantic's
 # are many). The ingest path allocates thousands of short-lived dicts per batch, so the default collected
 # constantly and each full collection stalled both the writer and paho's network thread. Measured with
-# bench/ingest.py on Mosquitto + PostgreSQL at 3,500 msgs/s: p99 publish -> committed 222-303 ms before,
-# 141-153 ms after; the maximum rate 4,143-4,412 before, 4,877-4,961 after; memory still flat.
-GC_THRESHOLDS = (50_000, 20, 100)
+# bench/ingest.py on Mosquitto + PostgreSQL: p99 publish -> committed at 3,900 msgs/s 141-244 ms over six runs
+# (220-334 ms with 50,000/20/100, more with the default); the maximum rate 4,143-4,412 msgs/s with the default,
+# 4,730-4,961 after; memory flat over a 10-minute soak (bench/README.md).
+GC_THRESHOLDS = (200_000, 50, 1_000)
 
 
 def tune_garbage_collection() -> None:
