@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from brokers import (
     running_postgres,
     write_auth_files,
 )
-from helpers import DEVICE_SECRETS, PASSWORD
+from helpers import DEVICE_SECRETS, PASSWORD, create_customer, publish_depletion, register_device
 from replenish.auth import service as auth
 from replenish.auth.models import Account
 from replenish.clock import ManualClock
@@ -296,3 +296,21 @@ class CommandListener:
 
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) -> tuple[dict[str, Any], int]:
+    """A printer's black ink runs low over 8 days of readings; the automation job orders it. Returns the order and
+    the seq of the last message sent."""
+    customer_id = create_customer(api, mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    device = Publisher(platform.settings.mqtt_endpoint)
+    sent = publish_depletion(
+        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
+    )
+    device.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
+    clock.set(START + timedelta(days=8))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    return order, sent

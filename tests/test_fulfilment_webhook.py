@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
-import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START, Publisher, api_client, make_settings, operator_token, running_platform
-from helpers import WebhookReceiver, create_customer, publish_depletion, register_device
-from replenish.clock import ManualClock
+from conftest import api_client, make_settings, operator_token, place_an_order, running_platform
+from helpers import WebhookReceiver
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
-from replenish.runtime import Platform
 
 pytestmark = pytest.mark.both_stacks
 
@@ -27,25 +23,10 @@ def receiver() -> Iterator[WebhookReceiver]:
     running.close()
 
 
-def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) -> dict[str, Any]:
-    customer_id = create_customer(api, mode="auto_order")
-    register_device(api, customer_id=customer_id, device_id="printer-1")
-    device = Publisher(platform.settings.mqtt_endpoint)
-    sent = publish_depletion(
-        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
-    )
-    device.close()
-    assert platform.ingestor.wait_for(handled=sent, timeout=10)
-    clock.set(START + timedelta(days=8))
-    platform.jobs.evaluate()
-    [order] = api.get("/orders").json()
-    return order
-
-
 def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, receiver):
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
     with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
-        order = place_an_order(platform, api, clock)
+        order, _ = place_an_order(platform, api, clock)
         platform.jobs.dispatch()  # the partner is down: order.placed waits 2 s
         api.post(f"/orders/{order['id']}/cancel").raise_for_status()
         platform.jobs.dispatch()
@@ -61,7 +42,7 @@ def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receive
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
     with running_platform(settings, clock) as platform:
         with api_client(platform, operator_token(platform)) as api:
-            order = place_an_order(platform, api, clock)
+            order, _ = place_an_order(platform, api, clock)
 
         def outbox_row() -> OutboxMessage:
             with Session(platform.engine) as session:

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, select
 
 from brokers import free_port
-from conftest import START, Publisher, make_settings, running_platform
-from helpers import create_customer, publish_depletion, register_device
+from conftest import Publisher, make_settings, place_an_order, running_platform
+from helpers import create_customer, register_device
 from replenish.automation.models import Decision
 from replenish.clock import ManualClock
 from replenish.constants import DeadLetterReason, OrderStatus, OutboxKind
@@ -64,24 +63,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def label_values(samples: Samples, name: str, label: str) -> set[str]:
     return {dict(labels)[label] for sample_name, labels in samples if sample_name == name}
-
-
-def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) -> tuple[dict[str, Any], int]:
-    """A printer's black ink runs low over 8 days of readings; the automation job orders it. Returns the order and
-    the seq of the last message sent."""
-    customer_id = create_customer(api, mode="auto_order")
-    register_device(api, customer_id=customer_id, device_id="printer-1")
-    device = Publisher(platform.settings.mqtt_endpoint)
-    sent = publish_depletion(
-        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
-    )
-    device.close()
-    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
-    clock.set(START + timedelta(days=8))
-    assert platform.jobs is not None
-    platform.jobs.evaluate()
-    [order] = api.get("/orders").json()
-    return order, sent
 
 
 # -- /metrics ------------------------------------------------------------------------------------------------------
