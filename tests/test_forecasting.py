@@ -361,3 +361,26 @@ def test_days_away_are_days_of_no_use():
     # (The reading on the way back, at the end of the absence, counts: an hour after NOW in use time.)
     assert back.rate_per_day == pytest.approx(0.05, rel=2e-3)
     assert back.evidence_to == later
+
+
+def _steady_with_a_burst(burst_days_ago: float | None) -> list[LevelReading]:
+    """Five weeks at 0.02 a day, read every 6 hours, optionally with a 0.15 burst of use on one day."""
+    readings, level = [], 0.95
+    start = NOW - timedelta(days=35)
+    for step in range(35 * 4 + 1):
+        moment = start + timedelta(hours=6 * step)
+        if step:
+            level -= 0.02 / 4
+            if burst_days_ago is not None and NOW - moment == timedelta(days=burst_days_ago):
+                level -= 0.15
+        readings.append(LevelReading(moment, level))
+    return readings
+
+
+def test_a_burst_weeks_ago_still_widens_the_spread():
+    """The rate follows recent use; the spread remembers that the slot has had a burst and may have another."""
+    steady = forecast_depletion(_steady_with_a_burst(None), now=NOW)
+    bursty = forecast_depletion(_steady_with_a_burst(25), now=NOW)
+    assert bursty.rate_per_day == pytest.approx(steady.rate_per_day, rel=0.1)  # the rate has moved on
+    margin = {name: f.empty_at - f.empty_at_early for name, f in (("steady", steady), ("bursty", bursty))}
+    assert margin["bursty"] > 1.6 * margin["steady"], margin

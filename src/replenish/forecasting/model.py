@@ -51,6 +51,9 @@ REFILL_BASELINE_READINGS = 7
 REFILL_BASELINE_DAYS = 1.0
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 4.0
+# The spread of use remembers longer than the rate: a slot that had a burst of use two weeks ago may have another
+# one, while its rate should follow what it uses now.
+SPREAD_HALF_LIFE_DAYS = 14.0
 # A fit that forgets faster, and how many of its standard errors its rate must exceed the main one's by to win.
 RECENT_HALF_LIFE_DAYS = 1.5
 RECENT_RATE_SES = 1.0
@@ -147,6 +150,7 @@ class Forecast:
     evidence_from: datetime | None = None  # the oldest reading that counted (earlier cycles lend their rate)
     evidence_to: datetime | None = None  # the newest reading: every estimate below is dated from it
     cycles_used: int = 0
+    cycle_peak_level: float | None = None  # the highest level the current cycle's kept readings show
     level_now: float | None = None
     rate_per_day: float | None = None
     rate_per_day_low: float | None = None
@@ -368,6 +372,7 @@ def forecast_depletion(
         "evidence_from": _moment(series.times[int(np.argmax(keep))]) if keep.any() else None,
         "evidence_to": _moment(last_s),
         "cycles_used": int(np.unique(cycle_of[keep]).size),
+        "cycle_peak_level": float(levels[current & keep].max()) if used_current else None,
     }
     if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
         return Forecast(status="insufficient_data", **common)
@@ -394,7 +399,12 @@ def forecast_depletion(
         return Forecast(status="not_consuming", **common)
 
     use_variance_per_day, use_skewness = _use_variance_per_day(
-        days[keep], levels[keep], weights[keep], cycle_of[keep], rate=rate, horizon_days=horizon_days
+        days[keep],
+        levels[keep],
+        0.5 ** (-days[keep] / SPREAD_HALF_LIFE_DAYS),
+        cycle_of[keep],
+        rate=rate,
+        horizon_days=horizon_days,
     )
     spread = _Spread(
         level=level_then,
