@@ -116,6 +116,25 @@ def test_a_late_reading_from_before_a_refill_does_not_start_another_cycle(slot: 
     assert len(slot.orders()) == 2
 
 
+def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
+    moment, step = T0, 0
+    while not slot.orders():
+        slot.report(moment, 0.5 - 0.05 * step / 4)
+        slot.evaluate(moment)
+        moment, step = moment + timedelta(hours=6), step + 1
+        assert step < 60
+    first_order = moment - timedelta(hours=6)
+    # The customer restocks elsewhere (to 0.6) the next morning, then uses it up three times as fast as before.
+    for step in range(12):
+        slot.report(moment, 0.6 - 0.12 * step / 4)
+        slot.evaluate(moment)
+        moment += timedelta(hours=6)
+    orders = slot.orders()
+    assert len(orders) == 2, "the new cycle runs low before the first delivery was due, and gets its own order"
+    second_order = max(order.created_at for order in orders)
+    assert second_order < first_order + timedelta(days=3 + 1)
+
+
 def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot):
     moment, step = T0, 0
     while not slot.orders():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replenish.automation.engine import SlotMemory, evaluate
+from replenish.automation.engine import SlotMemory, evaluate, order_on_its_way
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -186,7 +186,7 @@ class _Replay:
         if memory.open_order_placed_at is not None and moment >= memory.open_order_placed_at + timedelta(
             days=self.policy.lead_time_days
         ):
-            memory = replace(memory, open_order_placed_at=None)  # delivered
+            memory = replace(memory, open_order_placed_at=None, open_order_rate_per_day=None)  # delivered
         evaluation = evaluate(
             series,
             now=moment,
@@ -198,7 +198,12 @@ class _Replay:
         memory = replace(memory, cycle_started_at=evaluation.cycle_started_at)
         if evaluation.verdict is not None:
             self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=moment))
-            memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=moment)
+            memory = replace(
+                memory,
+                decided_cycle_started_at=evaluation.cycle_started_at,
+                open_order_placed_at=moment,
+                open_order_rate_per_day=evaluation.forecast.rate_per_day,
+            )
         state.memory = memory
         state.last_forecast = evaluation.forecast
         state.last_evaluated_at = moment
@@ -241,7 +246,7 @@ def _next_check(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> 
     if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
         return None
     due = forecast.empty_at_early - policy.horizon
-    if memory.open_order_placed_at is not None:
+    if memory.open_order_placed_at is not None and order_on_its_way(forecast, memory=memory, policy=policy, now=now):
         due = max(due, memory.open_order_placed_at + policy.horizon)
     if due <= now or due > forecast.evidence_to + timedelta(days=policy.max_evidence_age_days):
         return None
