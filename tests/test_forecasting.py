@@ -384,3 +384,19 @@ def test_a_burst_weeks_ago_still_widens_the_spread():
     assert bursty.rate_per_day == pytest.approx(steady.rate_per_day, rel=0.1)  # the rate has moved on
     margin = {name: f.empty_at - f.empty_at_early for name, f in (("steady", steady), ("bursty", bursty))}
     assert margin["bursty"] > 1.6 * margin["steady"], margin
+
+
+@pytest.mark.parametrize(
+    ("after_silence", "refilled"),
+    [
+        ((0.45, 0.44, 0.43), True),  # the slot ran low while the device was offline, and was partly refilled
+        ((0.35, 0.34, 0.33), False),  # switched off: nothing used, nothing refilled
+        ((0.38, 0.37, 0.36), False),  # too small a rise over the old level to be told from noise
+        ((0.45, 0.25, 0.24), False),  # not held by the next reading
+    ],
+)
+def test_a_refill_while_the_device_was_silent_starts_a_cycle(after_silence, refilled):
+    before = trace(linear(0.6, 0.05, 5), end=NOW - timedelta(days=6))
+    after = trace(list(after_silence), end=NOW)
+    forecast = forecast_depletion(before + after, now=NOW)
+    assert (forecast.refills_detected == [after[0].ts]) is refilled, forecast.refills_detected

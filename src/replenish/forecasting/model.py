@@ -19,6 +19,7 @@ The model:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import statistics
 from collections.abc import Sequence
@@ -49,6 +50,10 @@ REFILL_CONFIRMATIONS = 1
 # oldest of them does not hide a partial refill after it (0.9, 0.6, 0.1, then 0.6 is a refill).
 REFILL_BASELINE_READINGS = 7
 REFILL_BASELINE_DAYS = 1.0
+# After a silence longer than this, a rise is judged against what the slot's rate leaves of the old level (see
+# _with_refills_after_silences), and needs to be at least this far above the old level itself.
+SILENCE_REFILL_GAP_DAYS = 2.0
+SILENCE_REFILL_MIN_RISE = 0.05
 # Recent readings count more: a reading this old weighs half as much as the newest.
 WEIGHT_HALF_LIFE_DAYS = 4.0
 # The spread of use remembers longer than the rate: a slot that had a burst of use two weeks ago may have another
@@ -229,6 +234,49 @@ def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
     return starts
 
 
+def _with_refills_after_silences(series: ReadingSeries, starts: list[int], prior: RatePrior | None) -> list[int]:
+    """The cycle starts, plus refills made while the device was silent.
+
+    After days without a reading the old level says little: the slot went on being used. A reading after such a
+    silence that stands REFILL_MIN_RISE above what the slot's rate leaves of the old level, and at least
+    SILENCE_REFILL_MIN_RISE above the old level itself, is a refill when the next reading holds it: the slot ran low
+    and was refilled (often partly) while the device was offline. The second condition keeps a device that was
+    switched off, and so used nothing, from faking one.
+    """
+    times, levels = series.times, series.levels
+    after = np.flatnonzero(np.diff(times) > SILENCE_REFILL_GAP_DAYS * SECONDS_PER_DAY) + 1
+    after = after[after < len(levels) - REFILL_CONFIRMATIONS]
+    taken = set(starts)
+    after = [int(index) for index in after if int(index) not in taken]
+    if not after:
+        return starts
+    cycle_of = np.zeros(len(levels), dtype=np.intp)
+    for number, start in enumerate(starts[1:], start=1):
+        cycle_of[start:] = number
+    found = []
+    for index in after:
+        # The rate from the readings before the silence: those after it would flatten it if they are a refill.
+        days = (times[:index] - times[index - 1]) / SECONDS_PER_DAY
+        fit = _fit(
+            days,
+            levels[:index],
+            0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS),
+            cycle_of[:index],
+            cycle_of[index - 1] + 1,
+            prior,
+        )
+        if fit is None or -fit.slope <= MIN_RATE_PER_DAY:
+            continue
+        before = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+        first = max(starts[bisect.bisect_right(starts, index - 1) - 1], index - REFILL_BASELINE_READINGS)
+        old = float(np.median(levels[first:index][times[first:index] >= before]))
+        silence = (times[index] - times[index - 1]) / SECONDS_PER_DAY
+        threshold = max(max(old + fit.slope * silence, 0.0) + REFILL_MIN_RISE, old + SILENCE_REFILL_MIN_RISE)
+        if np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold):
+            found.append(index)
+    return sorted(starts + found) if found else starts
+
+
 def _refill_candidates(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
     count = len(levels)
     last = count - REFILL_CONFIRMATIONS  # indexes from 1 to last - 1 can be confirmed
@@ -307,7 +355,7 @@ def forecast_depletion(
         present = ~absences.inside(series.times)
         series = ReadingSeries(times=series.times[present], levels=series.levels[present])
     series = _without_dips(series)
-    starts = _cycle_starts(series.times, series.levels)
+    starts = _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), prior)
     refills = [_moment(series.times[index]) for index in starts[1:]]
     cycle_start = _moment(series.times[starts[-1]]) if starts else None
     base = {
