@@ -12,9 +12,17 @@ from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
 from replenish.auth.models import AccessToken, Account
-from replenish.constants import TOKEN_PREFIX, AccountRole, AuditAction, TokenKind
+from replenish.constants import (
+    FAILED_SIGN_IN_WINDOW_SECONDS,
+    MAX_FAILED_SIGN_INS,
+    PASSWORD_MAX_LENGTH,
+    TOKEN_PREFIX,
+    AccountRole,
+    AuditAction,
+    TokenKind,
+)
 from replenish.db import get_or_raise
-from replenish.errors import Conflict, NotFound
+from replenish.errors import Conflict, NotFound, TooManyRequests
 
 # Argon2id with pwdlib's recommended parameters.
 _passwords = PasswordHash.recommended()
@@ -137,6 +145,55 @@ def issue_token(
     session.add(token)
     session.flush()
     return token, secret
+
+
+def sign_in(
+    *, session: Session, email: str, password: str, now: datetime, lifetime: timedelta
+) -> tuple[AccessToken, str] | None:
+    """A sign-in token and its secret for the right e-mail and password, or None (which of the two was wrong is
+    not told). Both outcomes go to the audit log; after MAX_FAILED_SIGN_INS failures for one e-mail within the window,
+    every attempt for it is refused (TooManyRequests) until the window has passed. The API's sign-in and the web
+    app's both come here."""
+    email = email.strip().lower()[:320]  # the longest an address can be
+    known = find_account(session=session, email=email)
+    subject = known.id if known else email
+    window = timedelta(seconds=FAILED_SIGN_IN_WINDOW_SECONDS)
+    failures = audit.count_since(
+        session=session, action=AuditAction.SIGN_IN_FAILED, subject_id=subject, since=now - window
+    )
+    if failures >= MAX_FAILED_SIGN_INS:
+        raise TooManyRequests(
+            f"too many failed sign-ins for this e-mail: try again in {FAILED_SIGN_IN_WINDOW_SECONDS // 60} minutes",
+            retry_after_seconds=FAILED_SIGN_IN_WINDOW_SECONDS,
+        )
+    account = None
+    if len(password) <= PASSWORD_MAX_LENGTH:  # no hashing of megabytes
+        account = authenticate(session=session, email=email, password=password)
+    if account is None:
+        # Kept whether or not the e-mail exists; a customer sees the failed attempts on their own account.
+        audit.record(
+            session=session,
+            at=now,
+            actor=f"anonymous:{email}",
+            action=AuditAction.SIGN_IN_FAILED,
+            customer_id=known.customer_id if known else None,
+            subject_type="account",
+            subject_id=subject,
+        )
+        return None
+    issued = issue_token(
+        session=session, account=account, kind=TokenKind.SESSION, name="sign-in", now=now, lifetime=lifetime
+    )
+    audit.record(
+        session=session,
+        at=now,
+        actor=f"{account.role}:{account.email}",
+        action=AuditAction.SIGN_IN,
+        customer_id=account.customer_id,
+        subject_type="account",
+        subject_id=account.id,
+    )
+    return issued
 
 
 def principal_for(*, session: Session, secret: str, now: datetime) -> Principal | None:
