@@ -124,7 +124,7 @@ def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
         moment, step = moment + timedelta(hours=6), step + 1
         assert step < 60
     first_order = moment - timedelta(hours=6)
-    # The customer restocks elsewhere (to 0.6) the next morning, then uses it up three times as fast as before.
+    # The customer restocks elsewhere (to 0.6) the next morning, then uses it 2.4 times as fast as before.
     for step in range(12):
         slot.report(moment, 0.6 - 0.12 * step / 4)
         slot.evaluate(moment)
@@ -135,16 +135,24 @@ def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
     assert second_order < first_order + timedelta(days=3 + 1)
 
 
-def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot):
+@pytest.mark.parametrize("glitch", [(1.0, 1.0, 1.0), (0.6, 0.6)], ids=["full-three-times", "0.6-twice"])
+@pytest.mark.parametrize("then", ["empty", "the-true-level"])
+def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot, glitch: tuple[float, ...], then: str):
     moment, step = T0, 0
     while not slot.orders():
         slot.report(moment, 0.5 - 0.05 * step / 4)
         slot.evaluate(moment)
         moment, step = moment + timedelta(hours=6), step + 1
         assert step < 60
-    # The sensor reads full three times running (a refill to the forecast), then low again.
-    for level in (1.0, 1.0, 1.0, 0.0, 0.0, 0.0):
+    ordered_at = moment - timedelta(hours=6)
+    # The sensor reads high for a few readings running (a refill to the forecast), then low again: empty, or the
+    # level the slot really has, going on down, until the first delivery is due.
+    for level in glitch:
         slot.report(moment, level)
         slot.evaluate(moment)
-        moment += timedelta(hours=6)
+        moment, step = moment + timedelta(hours=6), step + 1
+    while moment < ordered_at + timedelta(days=3 + 1):
+        slot.report(moment, 0.0 if then == "empty" else max(0.5 - 0.05 * step / 4, 0.0))
+        slot.evaluate(moment)
+        moment, step = moment + timedelta(hours=6), step + 1
     assert len(slot.orders()) == 1, "the first order is still on its way"

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
-from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, forecast_depletion, split_cycles
+from replenish.forecasting import (
+    Absences,
+    Forecast,
+    LevelReading,
+    RatePrior,
+    ReadingSeries,
+    forecast_depletion,
+    split_cycles,
+)
 from replenish.forecasting.model import (
     REFILL_BASELINE_DAYS,
     REFILL_BASELINE_READINGS,
     REFILL_CONFIRMATIONS,
     REFILL_MIN_RISE,
+    _cycle_starts,
 )
 from replenish.forecasting.weekly import FLAT_WEEK, after_use_days, use_days
 
@@ -192,6 +202,12 @@ def _split_cycles_by_definition(readings: list[LevelReading]) -> list[int]:
     return starts
 
 
+def _rise_starts(readings: list[LevelReading]) -> list[int]:
+    """The cycle starts from rises alone (refills after silences need the rate, and are tested on their own)."""
+    series = ReadingSeries.of(readings)
+    return _cycle_starts(series.times, series.levels)
+
+
 @pytest.mark.parametrize("hours_between", [1, 6, 30])
 def test_the_fast_refill_detection_equals_the_definition(hours_between):
     rng = np.random.default_rng(7)
@@ -205,11 +221,11 @@ def test_the_fast_refill_detection_equals_the_definition(hours_between):
         gaps = rng.exponential(hours_between, len(levels))  # irregular reports
         moments = NOW - timedelta(hours=float(gaps.sum())) + np.cumsum(gaps) * timedelta(hours=1)
         readings = [LevelReading(ts=moment, level=level) for moment, level in zip(moments, levels, strict=True)]
-        assert split_cycles(readings) == _split_cycles_by_definition(readings), levels
+        assert _rise_starts(readings) == _split_cycles_by_definition(readings), levels
     for _ in range(1500):  # rounded levels repeat: ties in the medians
         levels = np.round(rng.random(int(rng.integers(2, 30))), 2).tolist()
         readings = trace(levels, every=timedelta(hours=hours_between))
-        assert split_cycles(readings) == _split_cycles_by_definition(readings)
+        assert _rise_starts(readings) == _split_cycles_by_definition(readings)
 
 
 def test_a_partial_refill_after_sparse_reports_of_heavy_use_is_a_refill():
@@ -223,6 +239,14 @@ def test_a_stored_forecast_reads_back_equal():
     forecast = forecast_depletion(trace([*linear(0.8, 0.06, 10), *linear(0.9, 0.06, 2)]), now=NOW)
     assert Forecast.from_json(forecast.to_json()) == forecast
     assert Forecast.from_json({"status": "ok"}) is None
+    assert Forecast.from_json(forecast.to_json() | {"a_field_of_a_later_version": 1}) is None
+
+
+def test_a_forecast_stored_before_a_field_was_added_still_reads_back():
+    forecast = forecast_depletion(trace(linear(0.8, 0.06, 10)), now=NOW)
+    stored = forecast.to_json()
+    del stored["cycle_largest_drop"]
+    assert Forecast.from_json(stored) == replace(forecast, cycle_largest_drop=None)
 
 
 def test_a_dip_of_three_readings_is_not_a_refill_when_the_level_comes_back():
@@ -400,3 +424,28 @@ def test_a_refill_while_the_device_was_silent_starts_a_cycle(after_silence, refi
     after = trace(list(after_silence), end=NOW)
     forecast = forecast_depletion(before + after, now=NOW)
     assert (forecast.refills_detected == [after[0].ts]) is refilled, forecast.refills_detected
+
+
+def test_a_refill_after_a_silence_does_not_depend_on_the_fleet_s_prior():
+    readings = trace(linear(0.6, 0.05, 5), end=NOW - timedelta(days=6)) + trace([0.45, 0.44, 0.43], end=NOW)
+    without = forecast_depletion(readings, now=NOW)
+    with_prior = forecast_depletion(readings, now=NOW, prior=RatePrior(rate_per_day=0.01))
+    assert without.refills_detected == with_prior.refills_detected == [readings[-3].ts]
+
+
+def test_a_customer_s_pause_is_not_a_silence_in_which_the_slot_was_used():
+    """Readings during the customer's absence are left out; the gap they leave is not days of use."""
+    before = trace(linear(0.6, 0.05, 5), end=NOW - timedelta(days=6))
+    during = trace([0.35] * 20, every=timedelta(hours=6), end=NOW - timedelta(days=1))
+    after = trace([0.47, 0.46, 0.45], end=NOW)  # a top-up of 0.12: not a refill
+    away = Absences.of([(NOW - timedelta(days=5, hours=23), NOW - timedelta(hours=13))])
+    assert forecast_depletion(before + during + after, now=NOW, absences=away).refills_detected == []
+    assert forecast_depletion(before + after, now=NOW).refills_detected == [after[0].ts]  # without the pause it is
+
+
+def test_refills_after_two_silences_in_a_row():
+    first = trace(linear(0.6, 0.05, 5), end=NOW - timedelta(days=14))
+    second = trace(linear(0.45, 0.05, 3), end=NOW - timedelta(days=8))  # refilled (partly) in the first silence
+    third = trace([0.45, 0.44, 0.43], end=NOW)  # and again in the second
+    forecast = forecast_depletion(first + second + third, now=NOW)
+    assert forecast.refills_detected == [second[0].ts, third[0].ts]

@@ -1,21 +1,22 @@
 """One slot's evaluation, pure: the live service and the backtest both call it, with their own memory of the slot.
 
 Memory is what the platform remembers between evaluations: where the current depletion cycle began, which cycle
-already has a decision, and when the newest still-open order was placed (and the rate it was placed on). The live
-service keeps it in the database; the backtest keeps it in a dict.
+already has a decision, and when the newest still-open order was placed. The live service keeps it in the
+database; the backtest keeps it in a dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
 from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
 from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
+from replenish.forecasting.model import REFILL_MIN_RISE
 
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
@@ -27,13 +28,6 @@ class SlotMemory:
     cycle_started_at: datetime | None = None
     decided_cycle_started_at: datetime | None = None
     open_order_placed_at: datetime | None = None
-    open_order_rate_per_day: float | None = None
-
-
-# A cycle that began while an order was on its way, and has since lost level faster than this many times the rate
-# the order was placed on, is a sensor glitch rather than a refill; never judged over less than GLITCH_MIN_DAYS.
-GLITCH_USE_FACTOR = 5.0
-GLITCH_MIN_DAYS = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,26 +55,18 @@ def order_on_its_way(forecast: Forecast, *, memory: SlotMemory, policy: ReorderP
     """Whether an order placed within the last lead time plus margin holds back a new one.
 
     It does for the cycle it was placed in (once per cycle decides that anyway) and for a cycle that looks like a
-    sensor glitch: a "refill" whose level fell straight back. A genuine refill seen meanwhile (the customer restocked
-    elsewhere, or the delivery came early) is a cycle of its own and gets its order when it runs low: holding it
-    back until the earlier delivery was due ran short cycles out.
+    sensor glitch: a "refill" whose level fell straight back, by as much as a refill rises, from one reading to the
+    next. A genuine refill seen meanwhile (the customer restocked elsewhere, or the delivery came early) is a cycle
+    of its own and gets its order when it runs low: holding it back until the earlier delivery was due ran short
+    cycles out. A slot whose use comes in lumps that big stays held, as every slot was before.
     """
     placed = memory.open_order_placed_at
     if placed is None or placed <= now - policy.horizon:
         return False
     cycle = memory.cycle_started_at
-    if cycle is None or cycle <= placed:
+    if cycle is None or cycle <= placed or forecast.cycle_started_at != cycle:
         return True
-    return not _genuine_cycle(forecast, cycle_started_at=cycle, rate_per_day=memory.open_order_rate_per_day, now=now)
-
-
-def _genuine_cycle(
-    forecast: Forecast, *, cycle_started_at: datetime, rate_per_day: float | None, now: datetime
-) -> bool:
-    if forecast.cycle_peak_level is None or forecast.level_now is None or rate_per_day is None:
-        return False
-    days = max((now - cycle_started_at) / timedelta(days=1), GLITCH_MIN_DAYS)
-    return (forecast.cycle_peak_level - forecast.level_now) / days <= GLITCH_USE_FACTOR * max(rate_per_day, 0.0)
+    return forecast.cycle_largest_drop is None or forecast.cycle_largest_drop >= REFILL_MIN_RISE
 
 
 def evaluate(

@@ -41,8 +41,9 @@ class ReorderPolicy:
         return asdict(self) | {
             "rule": "act when the probability of running empty before now + lead time + margin reaches "
             "1 - service_level (the forecast's early empty estimate falls within that horizon), once per depletion "
-            "cycle, not while an order placed within lead time + margin is open, and only on readings newer "
-            "than max_evidence_age_days"
+            "cycle, not while an order placed within lead time + margin is open for the same cycle (or for a "
+            "'refill' that fell straight back: a sensor glitch), and only on readings newer than "
+            "max_evidence_age_days"
         }
 
 
@@ -102,8 +103,8 @@ def decide(
     """What to do for one slot now, or None.
 
     Acts at most once per depletion cycle, and not while an order placed within the last lead time plus margin
-    is still open: that one is on its way, whatever a glitching sensor says about a new cycle. Nothing at all
-    during one of the customer's pause windows.
+    still holds it back (the engine's order_on_its_way: its own cycle, or a "refill" that was a sensor glitch).
+    Nothing at all during one of the customer's pause windows.
     """
     if paused or already_decided_this_cycle or order_in_transit or not must_reorder(forecast, policy=policy, now=now):
         return None

@@ -26,7 +26,6 @@ from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
 from replenish.orders import service as orders
-from replenish.orders.models import Order
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,6 @@ def evaluate_slot(
         cycle_started_at=slot.cycle_started_at,
         decided_cycle_started_at=latest_decision,
         open_order_placed_at=open_order.created_at if open_order else None,
-        open_order_rate_per_day=_rate_ordered_on(session=session, order=open_order),
     )
     evaluation = evaluate(
         slot_readings(session=session, slot=slot, now=now),
@@ -148,15 +146,6 @@ def evaluate_slot(
             now=now,
             correlation_id=trigger,
         )
-
-
-def _rate_ordered_on(*, session: Session, order: Order | None) -> float | None:
-    """The consumption rate the open order's decision was taken on (its forecast is stored with it)."""
-    if order is None:
-        return None
-    decision = session.get(Decision, order.decision_id)
-    rate = decision.forecast.get("rate_per_day") if decision is not None else None
-    return float(rate) if isinstance(rate, int | float) else None
 
 
 def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:

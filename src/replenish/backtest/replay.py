@@ -186,7 +186,7 @@ class _Replay:
         if memory.open_order_placed_at is not None and moment >= memory.open_order_placed_at + timedelta(
             days=self.policy.lead_time_days
         ):
-            memory = replace(memory, open_order_placed_at=None, open_order_rate_per_day=None)  # delivered
+            memory = replace(memory, open_order_placed_at=None)  # delivered
         evaluation = evaluate(
             series,
             now=moment,
@@ -198,12 +198,7 @@ class _Replay:
         memory = replace(memory, cycle_started_at=evaluation.cycle_started_at)
         if evaluation.verdict is not None:
             self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=moment))
-            memory = replace(
-                memory,
-                decided_cycle_started_at=evaluation.cycle_started_at,
-                open_order_placed_at=moment,
-                open_order_rate_per_day=evaluation.forecast.rate_per_day,
-            )
+            memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=moment)
         state.memory = memory
         state.last_forecast = evaluation.forecast
         state.last_evaluated_at = moment

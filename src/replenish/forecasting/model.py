@@ -23,7 +23,7 @@ import bisect
 import functools
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -155,7 +155,9 @@ class Forecast:
     evidence_from: datetime | None = None  # the oldest reading that counted (earlier cycles lend their rate)
     evidence_to: datetime | None = None  # the newest reading: every estimate below is dated from it
     cycles_used: int = 0
-    cycle_peak_level: float | None = None  # the highest level the current cycle's kept readings show
+    # The largest fall between two consecutive readings of the current cycle, as reported: a "refill" that fell
+    # straight back is a sensor glitch.
+    cycle_largest_drop: float | None = None
     level_now: float | None = None
     rate_per_day: float | None = None
     rate_per_day_low: float | None = None
@@ -178,15 +180,18 @@ class Forecast:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Forecast | None:
-        """A stored forecast back, or None when it was stored by a version with other fields."""
+        """A stored forecast back, or None when it was stored by a version with fields this one does not know, or
+        without one it needs. Fields added since (they have defaults) take their defaults."""
         names = {item.name: item for item in fields(cls)}
-        if set(data) != set(names):
+        required = {name for name, item in names.items() if item.default is MISSING and item.default_factory is MISSING}
+        if not set(data) <= set(names) or not required <= set(data):
             return None
         values = {
             key: datetime.fromisoformat(value) if isinstance(value, str) and key in _DATETIME_FIELDS else value
             for key, value in data.items()
         }
-        values["refills_detected"] = [datetime.fromisoformat(moment) for moment in data["refills_detected"]]
+        if "refills_detected" in data:
+            values["refills_detected"] = [datetime.fromisoformat(moment) for moment in data["refills_detected"]]
         return cls(**values)
 
 
@@ -202,10 +207,12 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     REFILL_CONFIRMATIONS readings stay that far above the old level too: a one-reading glitch is not a refill,
     and consumption right after a refill does not hide it. A rise not yet confirmed is not a refill yet (the
     forecast says refill_pending). Two glitches in a row do pass for a refill: waiting for a second confirming
-    reading costs sparse reporters a whole reporting interval on every refill, which matters more.
+    reading costs sparse reporters a whole reporting interval on every refill, which matters more. After a silence of
+    more than SILENCE_REFILL_GAP_DAYS, the rise is judged against what the slot's rate leaves of the old level
+    (see _with_refills_after_silences).
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    return _cycle_starts(series.times, series.levels)
+    return _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), None)
 
 
 def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
@@ -234,47 +241,44 @@ def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
     return starts
 
 
-def _with_refills_after_silences(series: ReadingSeries, starts: list[int], prior: RatePrior | None) -> list[int]:
+def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absences: Absences | None) -> list[int]:
     """The cycle starts, plus refills made while the device was silent.
 
     After days without a reading the old level says little: the slot went on being used. A reading after such a
-    silence that stands REFILL_MIN_RISE above what the slot's rate leaves of the old level, and at least
-    SILENCE_REFILL_MIN_RISE above the old level itself, is a refill when the next reading holds it: the slot ran low
-    and was refilled (often partly) while the device was offline. The second condition keeps a device that was
-    switched off, and so used nothing, from faking one.
+    silence that stands REFILL_MIN_RISE above what the slot's own rate (fitted on the readings before the silence,
+    without the fleet's prior, which changes from one evaluation to the next) leaves of the level at the silence's
+    start, and at least SILENCE_REFILL_MIN_RISE above that level itself, is a refill when the next reading holds
+    it: the slot ran low and was refilled (often partly) while the device was offline. The second condition keeps
+    a device that was switched off, and so used nothing, from faking one; days of the customer's absences are not
+    days of use.
     """
     times, levels = series.times, series.levels
     after = np.flatnonzero(np.diff(times) > SILENCE_REFILL_GAP_DAYS * SECONDS_PER_DAY) + 1
-    after = after[after < len(levels) - REFILL_CONFIRMATIONS]
-    taken = set(starts)
-    after = [int(index) for index in after if int(index) not in taken]
+    after = [int(index) for index in after if index < len(levels) - REFILL_CONFIRMATIONS and index not in starts]
     if not after:
         return starts
-    cycle_of = np.zeros(len(levels), dtype=np.intp)
-    for number, start in enumerate(starts[1:], start=1):
-        cycle_of[start:] = number
-    found = []
-    for index in after:
-        # The rate from the readings before the silence: those after it would flatten it if they are a refill.
+    starts = list(starts)
+    for index in after:  # in time order, each found refill a cycle start for the silences after it
+        cycle_of = np.zeros(index, dtype=np.intp)
+        earlier = [start for start in starts if start < index]
+        for number, start in enumerate(earlier[1:], start=1):
+            cycle_of[start:] = number
         days = (times[:index] - times[index - 1]) / SECONDS_PER_DAY
-        fit = _fit(
-            days,
-            levels[:index],
-            0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS),
-            cycle_of[:index],
-            cycle_of[index - 1] + 1,
-            prior,
-        )
+        if np.ptp(days) < MIN_SPAN.total_seconds() / SECONDS_PER_DAY:
+            continue
+        fit = _fit(days, levels[:index], 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS), cycle_of, len(earlier), None)
         if fit is None or -fit.slope <= MIN_RATE_PER_DAY:
             continue
-        before = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
-        first = max(starts[bisect.bisect_right(starts, index - 1) - 1], index - REFILL_BASELINE_READINGS)
-        old = float(np.median(levels[first:index][times[first:index] >= before]))
-        silence = (times[index] - times[index - 1]) / SECONDS_PER_DAY
+        # The level before the silence as read (the median of the cycle's readings within a day before it), not
+        # the fitted one: a line that lags below a level that held would make the bar too low.
+        first = max(earlier[-1], index - REFILL_BASELINE_READINGS)
+        recent = times[first:index] >= times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+        old = float(np.median(levels[first:index][recent]))
+        silence = float(np.diff(use_days(times[index - 1 : index + 1], FLAT_WEEK, absences))[0])
         threshold = max(max(old + fit.slope * silence, 0.0) + REFILL_MIN_RISE, old + SILENCE_REFILL_MIN_RISE)
         if np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold):
-            found.append(index)
-    return sorted(starts + found) if found else starts
+            bisect.insort(starts, index)
+    return starts
 
 
 def _refill_candidates(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -355,7 +359,7 @@ def forecast_depletion(
         present = ~absences.inside(series.times)
         series = ReadingSeries(times=series.times[present], levels=series.levels[present])
     series = _without_dips(series)
-    starts = _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), prior)
+    starts = _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), absences)
     refills = [_moment(series.times[index]) for index in starts[1:]]
     cycle_start = _moment(series.times[starts[-1]]) if starts else None
     base = {
@@ -420,7 +424,7 @@ def forecast_depletion(
         "evidence_from": _moment(series.times[int(np.argmax(keep))]) if keep.any() else None,
         "evidence_to": _moment(last_s),
         "cycles_used": int(np.unique(cycle_of[keep]).size),
-        "cycle_peak_level": float(levels[current & keep].max()) if used_current else None,
+        "cycle_largest_drop": float(max(-np.diff(levels[current]).min(), 0.0)) if current.sum() > 1 else 0.0,
     }
     if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
         return Forecast(status="insufficient_data", **common)
