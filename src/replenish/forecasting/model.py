@@ -423,7 +423,7 @@ def forecast_depletion(
         "outliers_dropped": int((current & ~keep).sum()),
         "evidence_from": _moment(series.times[int(np.argmax(keep))]) if keep.any() else None,
         "evidence_to": _moment(last_s),
-        "cycles_used": int(np.unique(cycle_of[keep]).size),
+        "cycles_used": int(np.count_nonzero(np.diff(cycle_of[keep]))) + 1 if keep.any() else 0,  # cycle_of ascends
         "cycle_largest_drop": float(max(-np.diff(levels[current]).min(), 0.0)) if current.sum() > 1 else 0.0,
     }
     if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
