@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests use: Mosquitto (a broker and a client we did not write) and the PostgreSQL server, the
-# production stack the tests start natively from deploy/ (tests/brokers.py).
-SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql
+# production stack the tests start natively from deploy/ (tests/brokers.py); Chromium and a font for the web app's
+# browser tests (Playwright drives the system's browser: its own download is not available here).
+SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
 # Most tests wait on sockets and timers, so two workers halve the suite's time on a 2-core machine.
 TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -298,10 +298,12 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def place_an_order(platform: Platform, api: httpx.Client, clock: ManualClock) -> tuple[dict[str, Any], int]:
-    """A printer's black ink runs low over 8 days of readings; the automation job orders it. Returns the order and
-    the seq of the last message sent."""
-    customer_id = create_customer(api, mode="auto_order")
+def place_an_order(
+    platform: Platform, api: httpx.Client, clock: ManualClock, *, mode: str = "auto_order"
+) -> tuple[dict[str, Any], int]:
+    """A printer's black ink runs low over 8 days of readings; the automation job orders it (or, ask-first, asks
+    for approval). Returns the order and the seq of the last message sent."""
+    customer_id = create_customer(api, mode=mode)
     register_device(api, customer_id=customer_id, device_id="printer-1")
     device = Publisher(platform.settings.mqtt_endpoint)
     sent = publish_depletion(

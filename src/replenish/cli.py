@@ -117,6 +117,7 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
     lines = [
         "",
         "Replenish is running.",
+        f"  web app      {api}/app",
         f"  API docs     {api}/docs",
         f"  MQTT broker  {platform.settings.mqtt_endpoint.url}" + (" (embedded)" if platform.roles.broker else ""),
         f"  database     {make_url(platform.settings.resolved_database_url).render_as_string(hide_password=True)}",

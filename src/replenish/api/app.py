@@ -29,6 +29,7 @@ from replenish.mqtt.probe import OK, BrokerProbe
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
+from replenish.web import router as web
 
 API_PREFIX = "/api/v1"
 
@@ -146,4 +147,5 @@ def create_app(
         readiness = Readiness(status="unavailable" if failed else "ok", failed=failed, **answers)
         return JSONResponse(status_code=503 if failed else 200, content=readiness.model_dump())
 
+    web.install(app)
     return app

@@ -72,6 +72,11 @@ def create(
     return order
 
 
+def can_become(current: OrderStatus, to: OrderStatus) -> bool:
+    """Whether an order in `current` may move to `to` (what transition allows)."""
+    return to in _ALLOWED[current]
+
+
 def get(*, session: Session, order_id: str) -> Order:
     return get_or_raise(session, Order, order_id, entity="order")
 
@@ -145,7 +150,7 @@ def transition(
         to = _status_before_hold(session=session, order_id=order.id)  # a release goes back to where it was
     if to == current:
         return order  # Repeating a request (a retried click or webhook) is harmless.
-    if to not in _ALLOWED[current]:
+    if not can_become(current, to):
         raise Conflict(f"order {order_id!r} is {current}; it cannot become {to}")
     order.status = to
     order.updated_at = now

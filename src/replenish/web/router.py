@@ -1,0 +1,275 @@
+"""The customer web app under /app: server-rendered pages over the same services the API uses.
+
+Pages read through the domain services with the signed-in principal's scope, exactly as the API's routes do, so a
+customer sees only their own devices and orders and another customer's answers 404. Forms post back here (with the
+session's CSRF token) and redirect, so a reload never repeats an action.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlmodel import Session
+
+from replenish.auth import service as auth
+from replenish.auth.service import Principal
+from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus
+from replenish.db import transaction
+from replenish.devices import service as devices
+from replenish.errors import DomainError, NotFound, TooManyRequests
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+from replenish.web.charts import ChartOrder, slot_chart
+from replenish.web.filters import FILTERS
+from replenish.web.session import (
+    COOKIE_NAME,
+    CSRF_FIELD,
+    CsrfRejected,
+    SignInRequired,
+    check_csrf,
+    csrf_token,
+    require_principal,
+    session_secret,
+    signed_in,
+)
+
+PREFIX = "/app"
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters.update(FILTERS)
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+WebPrincipal = Annotated[Principal, Depends(require_principal)]
+# The order's actions offered on its page, and the status each leads to.
+ACTIONS = {"approve": OrderStatus.PLACED, "decline": OrderStatus.DECLINED, "cancel": OrderStatus.CANCELLED}
+CHART_READINGS = 2000
+
+
+class PageNotFound(Exception):
+    """Answered with the app's 404 page: missing and another customer's look the same."""
+
+
+def install(app: FastAPI) -> None:
+    """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
+    app.include_router(router)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="web-static")
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in_first(request: Request, exc: SignInRequired) -> Response:
+        return RedirectResponse(f"{PREFIX}/sign-in?next={quote(exc.next_path)}", status_code=status.HTTP_303_SEE_OTHER)
+
+    @app.exception_handler(PageNotFound)
+    async def _not_found(request: Request, exc: PageNotFound) -> Response:
+        return _page(request, "not_found.html", {"title": "Not found"}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(CsrfRejected)
+    async def _csrf(request: Request, exc: CsrfRejected) -> Response:
+        context = {"title": "Form expired", "message": "This form has expired: go back, reload the page and try again."}
+        return _page(request, "message.html", context, status_code=status.HTTP_403_FORBIDDEN)
+
+
+def _page(request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:
+    principal = context.get("principal") or signed_in(request)
+    secret = session_secret(request)
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"principal": principal, "csrf_field": CSRF_FIELD, "csrf": csrf_token(secret) if secret else ""} | context,
+        status_code=status_code,
+    )
+
+
+def _now(request: Request) -> datetime:
+    return request.app.state.clock.now()
+
+
+def _redirect(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Every device with its slots: level now, the forecast empty date with its band, the next order, health."""
+    now = _now(request)
+    with Session(request.app.state.engine) as session:
+        found = devices.list_devices(session=session, customer_id=principal.scope(None), limit=200)
+        described = devices.describe_many(session=session, devices=found)
+        placed = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+        by_slot: dict[str, list[Order]] = {}
+        for order in placed:
+            by_slot.setdefault(order.slot_id, []).append(order)
+        cards = []
+        for device in described:
+            slots = []
+            for slot in device.slots:
+                slot_orders = by_slot.get(slot.id, [])
+                readings = devices.readings(
+                    session=session,
+                    slot=devices.get_slot(session=session, device_id=device.id, slot_name=slot.name),
+                    since=now - timedelta(days=21),
+                    limit=CHART_READINGS,
+                )
+                slots.append(
+                    {
+                        "slot": slot,
+                        "forecast": slot.forecast or {},
+                        "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
+                        "chart": slot_chart(
+                            title=f"{device.name} {slot.name}: level and forecast",
+                            readings=[(r.ts, r.level) for r in reversed(readings)],
+                            forecast=slot.forecast,
+                            orders=[ChartOrder(created_at=o.created_at, status=o.status) for o in slot_orders],
+                            lead_time_days=slot.lead_time_days,
+                            now=now,
+                        ),
+                    }
+                )
+            cards.append({"device": device, "slots": slots})
+    return _page(request, "overview.html", {"title": "Supplies", "principal": principal, "cards": cards, "now": now})
+
+
+@router.get("/orders", response_class=HTMLResponse)
+def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Orders awaiting approval first, then the history, newest first."""
+    with Session(request.app.state.engine) as session:
+        found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+    waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
+    history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
+    context = {"title": "Orders", "principal": principal, "waiting": waiting, "history": history}
+    return _page(request, "orders.html", context)
+
+
+def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
+    try:
+        order = orders.get(session=session, order_id=order_id)
+        principal.check_access(order.customer_id, entity="order", key=order_id)
+    except NotFound:
+        raise PageNotFound from None
+    return order
+
+
+@router.get("/orders/{order_id}", response_class=HTMLResponse)
+def order_page(request: Request, order_id: str, principal: WebPrincipal, error: str | None = None) -> HTMLResponse:
+    """One order and why: the readings, the forecast, the policy and the consent version behind it."""
+    with Session(request.app.state.engine) as session:
+        order = _own_order(session, principal, order_id)
+        explanation = orders.explain(session=session, order=order)
+        history = orders.history(session=session, order_id=order.id)
+    # Awaiting approval: approve or decline (declining is its cancel); later, cancel while it may still be.
+    offered = ("approve", "decline") if order.status == OrderStatus.AWAITING_APPROVAL else ("cancel",)
+    actions = [name for name in offered if orders.can_become(OrderStatus(order.status), ACTIONS[name])]
+    context = {
+        "title": f"Order {order.product_sku}",
+        "principal": principal,
+        "order": order,
+        "explanation": explanation,
+        "history": history,
+        "actions": actions,
+        "error": error,
+    }
+    return _page(request, "order.html", context)
+
+
+@router.post("/orders/{order_id}/{action}")
+def order_action(
+    request: Request,
+    order_id: str,
+    action: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+    back: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Approve, decline or cancel: the same transition the API's routes make, by the signed-in customer."""
+    check_csrf(request, csrf)
+    if action not in ACTIONS:
+        raise PageNotFound
+    with transaction(request.app.state.engine) as session:
+        _own_order(session, principal, order_id)
+        try:
+            orders.transition(
+                session=session, order_id=order_id, to=ACTIONS[action], actor=principal.actor, now=_now(request)
+            )
+        except DomainError as exc:
+            session.rollback()
+            return _redirect(f"{PREFIX}/orders/{order_id}?error={quote(str(exc))}")
+    return _redirect(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+def sign_in_page(request: Request, next: str = PREFIX) -> Response:
+    if signed_in(request) is not None:
+        return _redirect(_safe_next(next))
+    return _page(request, "sign_in.html", {"title": "Sign in", "next": _safe_next(next), "email": ""})
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+def sign_in(
+    request: Request,
+    email: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = PREFIX,
+) -> Response:
+    """The API's sign-in (same rate limit, audit and token lifetime), the token kept in an HttpOnly cookie."""
+    errors: dict[str, str] = {}
+    if not email.strip():
+        errors["email"] = "Enter the e-mail address you signed up with."
+    if not password:
+        errors["password"] = "Enter your password."
+    issued = None
+    if not errors:
+        try:
+            with transaction(request.app.state.engine) as session:
+                issued = auth.sign_in(
+                    session=session,
+                    email=email,
+                    password=password,
+                    now=_now(request),
+                    lifetime=request.app.state.session_lifetime,
+                )
+        except TooManyRequests as exc:
+            errors["email"] = str(exc).capitalize() + "."
+        else:
+            if issued is None:
+                errors["password"] = "That e-mail and password do not match an account."
+    if issued is None:
+        context = {"title": "Sign in", "next": _safe_next(next), "email": email, "errors": errors}
+        # 200, not 401: the form is shown again with its errors, and a browser logs every 4xx as a console error.
+        return _page(request, "sign_in.html", context)
+    token, secret = issued
+    response = _redirect(_safe_next(next))
+    max_age = int((token.expires_at - _now(request)).total_seconds()) if token.expires_at else None
+    response.set_cookie(
+        COOKIE_NAME,
+        secret,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path=PREFIX,
+    )
+    return response
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None) -> Response:
+    check_csrf(request, csrf)
+    principal = signed_in(request)
+    if principal is not None:
+        with transaction(request.app.state.engine) as session:
+            auth.revoke_token(
+                session=session, account_id=principal.account_id, token_id=principal.token_id, now=_now(request)
+            )
+    response = _redirect(f"{PREFIX}/sign-in")
+    response.delete_cookie(COOKIE_NAME, path=PREFIX)
+    return response
+
+
+def _safe_next(path: str) -> str:
+    """Only a path of this app: never an open redirect to another site."""
+    return path if path.startswith(PREFIX) and not path.startswith("//") and "\\" not in path else PREFIX

@@ -1,0 +1,64 @@
+"""Signing in to the web app: the API's own sign-in tokens, carried in a cookie, and a CSRF token per sign-in.
+
+The cookie holds the same kind of token `POST /api/v1/auth/token` issues, so the web app and the API share one set
+of session rules: the same lifetime, revocation on sign-out or password change, and the same scoping of every
+object to its customer. The cookie is HttpOnly and SameSite=Strict; every form also carries a CSRF token derived
+from the session's secret, checked on each POST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request
+from sqlmodel import Session
+
+from replenish.auth import service as auth
+from replenish.auth.service import Principal
+
+COOKIE_NAME = "replenish_session"
+CSRF_FIELD = "csrf_token"
+_CSRF_LABEL = b"replenish web form"
+
+
+class SignInRequired(Exception):
+    """The page needs a signed-in user; the app answers with a redirect to the sign-in page."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+class CsrfRejected(Exception):
+    """A form came without the CSRF token of the session that sent it."""
+
+
+def session_secret(request: Request) -> str | None:
+    return request.cookies.get(COOKIE_NAME)
+
+
+def csrf_token(secret: str) -> str:
+    """The session's CSRF token: a keyed hash of its secret, so only a page served to that session carries it."""
+    return hmac.new(secret.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
+
+
+def signed_in(request: Request) -> Principal | None:
+    secret = session_secret(request)
+    if not secret:
+        return None
+    with Session(request.app.state.engine) as session:
+        return auth.principal_for(session=session, secret=secret, now=request.app.state.clock.now())
+
+
+def require_principal(request: Request) -> Principal:
+    principal = signed_in(request)
+    if principal is None:
+        raise SignInRequired(request.url.path)
+    return principal
+
+
+def check_csrf(request: Request, submitted: str | None) -> None:
+    secret = session_secret(request)
+    if not secret or not submitted or not hmac.compare_digest(csrf_token(secret), submitted):
+        raise CsrfRejected
