@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from conftest import place_an_order
-from helpers import PASSWORD, create_customer
+from conftest import START, CommandListener, Publisher, place_an_order
+from helpers import PASSWORD, create_customer, publish_depletion, register_device
 from replenish.clock import ManualClock
 from replenish.runtime import Platform
 
@@ -129,3 +130,110 @@ def test_signing_out_ends_the_session(
     expect(page).to_have_url(f"{platform.api_url}/app/sign-in")
     page.goto(f"{platform.api_url}/app/orders")
     expect(page).to_have_url(f"{platform.api_url}/app/sign-in?next=/app/orders")
+
+
+def test_acknowledging_a_fall_alert_publishes_the_command_to_the_device(
+    page: Page, platform: Platform, api: httpx.Client, publisher: Publisher, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    listener = CommandListener(platform.settings.mqtt_endpoint)
+    try:
+        publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+        assert platform.ingestor is not None and platform.ingestor.wait_for(handled=1, timeout=10)
+        sign_in(page, platform)
+        page.get_by_role("link", name="Alerts").click()
+        page.get_by_role("button", name="Acknowledge the fall alert on wearable pendant-1").click()
+        expect(page.get_by_text("No open alerts.")).to_be_visible()
+        [alert] = api.get("/alerts").json()
+        assert alert["status"] == "acknowledged" and alert["acknowledged_by"] == "customer:ada@example.com"
+        assert platform.jobs is not None
+        platform.jobs.dispatch()
+        [(topic, command)] = listener.wait_for(1)
+        assert topic == "devices/pendant-1/commands"
+        assert command["type"] == "alert_acknowledged" and command["alert_id"] == alert["id"]
+        page.get_by_role("link", name="fall").click()
+        expect(page.get_by_role("list").last).to_contain_text("acknowledged by customer:ada@example.com")
+    finally:
+        listener.close()
+
+
+def _printer_running_low(platform: Platform, api: httpx.Client) -> str:
+    """Ada (ask first) and a printer whose black ink runs low over 8 days of readings; nothing evaluated yet."""
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    device = Publisher(platform.settings.mqtt_endpoint)
+    sent = publish_depletion(
+        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
+    )
+    device.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
+    return customer_id
+
+
+def test_switching_a_slot_to_notify_only_changes_the_next_decision(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    customer_id = _printer_running_low(platform, api)
+    sign_in(page, platform)
+    page.get_by_role("link", name="Consent").click()
+    page.get_by_label("Black").select_option("notify_only")
+    page.get_by_role("button", name="Save what Replenish may do").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    newest = page.get_by_role("region", name="Versions").locator("tbody tr").first
+    expect(newest).to_contain_text("slot modes")
+    expect(newest).to_contain_text("customer:ada@example.com")
+    consent = api.get(f"/customers/{customer_id}/consent").json()
+    assert consent["version"] == 2 and consent["document"]["slot_modes"] == {"printer-1/black": "notify_only"}
+    assert consent["document"]["default_mode"] == "ask_first"
+
+    clock.set(START + timedelta(days=8))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    assert api.get("/orders").json() == []
+    [notification] = api.get("/notifications").json()
+    assert "black" in notification["subject"] + notification["body"]
+
+
+def test_a_pause_window_stops_an_order(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    customer_id = _printer_running_low(platform, api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    today = (START + timedelta(days=8)).date()
+    page.get_by_label("First day away").fill(str(today - timedelta(days=1)))
+    page.get_by_label("Last day away").fill(str(today + timedelta(days=6)))
+    page.get_by_label("Covers").select_option("printer-1")
+    page.get_by_label("Note (optional)").fill("skiing")
+    page.get_by_role("button", name="Add the pause").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    expect(page.get_by_role("list").filter(has_text="skiing")).to_contain_text("printer-1")
+    [window] = api.get(f"/customers/{customer_id}/consent").json()["document"]["pause_windows"]
+    assert window == {
+        "start": str(today - timedelta(days=1)),
+        "end": str(today + timedelta(days=6)),
+        "targets": ["printer-1"],
+        "note": "skiing",
+    }
+
+    clock.set(START + timedelta(days=8))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    assert api.get("/orders").json() == []
+    assert api.get("/notifications").json() == []
+
+
+def test_a_pause_that_ends_before_it_starts_is_refused_next_to_the_field(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    page.get_by_label("First day away").fill("2026-12-26")
+    page.get_by_label("Last day away").fill("2026-12-12")
+    page.get_by_role("button", name="Add the pause").click()
+    expect(page.locator("#pause-error")).to_have_text("a pause window cannot end before it starts")
+    expect(page.get_by_label("Last day away")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("First day away")).to_have_value("2026-12-26")  # what was typed stays
+    assert api.get(f"/customers/{customer_id}/consent").json()["version"] == 1

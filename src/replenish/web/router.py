@@ -7,6 +7,7 @@ session's CSRF token) and redirect, so a reload never repeats an action.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,11 +17,16 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlmodel import Session
 
+from replenish.alerts import service as alerts
+from replenish.alerts.models import Alert
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
-from replenish.constants import OPEN_ORDER_STATUSES, OrderStatus
+from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import OPEN_ORDER_STATUSES, AlertStatus, ConsentMode, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.errors import DomainError, NotFound, TooManyRequests
@@ -199,6 +205,239 @@ def order_action(
             session.rollback()
             return _redirect(f"{PREFIX}/orders/{order_id}?error={quote(str(exc))}")
     return _redirect(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Open incidents first, with who has been asked so far; then the closed ones."""
+    with Session(request.app.state.engine) as session:
+        found = alerts.list_alerts(session=session, customer_id=principal.scope(None), limit=200)
+        names = {
+            device.id: device.name
+            for device in devices.list_devices(session=session, customer_id=principal.scope(None), limit=500)
+        }
+        asked = {
+            alert.id: alerts.steps(session=session, alert_id=alert.id)
+            for alert in found
+            if alert.status == AlertStatus.OPEN
+        }
+    open_ = [alert for alert in found if alert.status == AlertStatus.OPEN]
+    closed = [alert for alert in found if alert.status != AlertStatus.OPEN]
+    context = {
+        "title": "Alerts",
+        "principal": principal,
+        "open": open_,
+        "closed": closed,
+        "names": names,
+        "asked": asked,
+    }
+    return _page(request, "alerts.html", context)
+
+
+def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
+    try:
+        alert = alerts.get(session=session, alert_id=alert_id)
+        principal.check_access(alert.customer_id, entity="alert", key=alert_id)
+    except NotFound:
+        raise PageNotFound from None
+    return alert
+
+
+@router.get("/alerts/{alert_id}", response_class=HTMLResponse)
+def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: str | None = None) -> HTMLResponse:
+    """One alert: the event that raised it, and its escalation timeline (who was asked when, who answered)."""
+    with Session(request.app.state.engine) as session:
+        alert = _own_alert(session, principal, alert_id)
+        steps = alerts.steps(session=session, alert_id=alert.id)
+        delivered = alerts.delivered_at(session=session, steps=steps)
+        explanation = alerts.explain(session=session, alert=alert)
+        device = devices.get(session=session, device_id=alert.device_id)
+    context = {
+        "title": f"Alert: {alert.kind.replace('_', ' ')}",
+        "principal": principal,
+        "alert": alert,
+        "device": device,
+        "steps": steps,
+        "delivered": delivered,
+        "explanation": explanation,
+        "error": error,
+    }
+    return _page(request, "alert.html", context)
+
+
+@router.post("/alerts/{alert_id}/acknowledge")
+def acknowledge_alert(
+    request: Request,
+    alert_id: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+    back: Annotated[str | None, Form()] = None,
+) -> Response:
+    """The API's acknowledgement: escalation stops, those asked are told, and the device gets alert_acknowledged."""
+    check_csrf(request, csrf)
+    with transaction(request.app.state.engine) as session:
+        _own_alert(session, principal, alert_id)
+        try:
+            alerts.acknowledge(session=session, alert_id=alert_id, actor=principal.actor, now=_now(request))
+        except DomainError as exc:
+            session.rollback()
+            return _redirect(f"{PREFIX}/alerts/{alert_id}?error={quote(str(exc))}")
+    return _redirect(back if back == f"{PREFIX}/alerts" else f"{PREFIX}/alerts/{alert_id}")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form's text fields (a form with dynamic field names: one per device and slot)."""
+    return {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+
+
+FormData = Annotated[dict[str, str], Depends(_form)]
+MODE_CHOICES = [(mode.value, mode.value.replace("_", " ")) for mode in ConsentMode]
+
+
+def _customer_of(principal: Principal) -> str:
+    if principal.customer_id is None:
+        raise PageNotFound  # operators manage a customer's consent through the API, on the customer's behalf
+    return principal.customer_id
+
+
+def _consent_page(
+    request: Request,
+    principal: Principal,
+    *,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
+    customer_id = _customer_of(principal)
+    with Session(request.app.state.engine) as session:
+        versions = consent.history(session=session, customer_id=customer_id)
+        described = devices.describe_many(
+            session=session, devices=devices.list_devices(session=session, customer_id=customer_id, limit=500)
+        )
+    document = ConsentDocument.model_validate(versions[-1].document)
+    changes = []
+    for before, after in zip([None, *versions[:-1]], versions, strict=True):
+        changed = sorted(
+            key for key, value in after.document.items() if before is None or before.document.get(key) != value
+        )
+        changes.append({"version": after, "changed": changed})
+    context = {
+        "title": "Consent",
+        "principal": principal,
+        "version": versions[-1].version,
+        "document": document,
+        "devices": described,
+        "modes": MODE_CHOICES,
+        "history": list(reversed(changes)),
+        "errors": errors or {},
+        "values": values or {},
+    }
+    return _page(request, "consent.html", context)
+
+
+@router.get("/consent", response_class=HTMLResponse)
+def consent_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """What the platform may do, per customer, device and slot; limits; pause windows; and every earlier version."""
+    return _consent_page(request, principal)
+
+
+def _save_consent(
+    request: Request, principal: Principal, change: Callable[[dict[str, Any]], None], values: dict[str, str]
+) -> Response:
+    """Apply a change to the current document and record it as the next version; invalid input is shown again
+    next to its field, and nothing is recorded."""
+    customer_id = _customer_of(principal)
+    with transaction(request.app.state.engine) as session:
+        _, current = consent.current_document(session=session, customer_id=customer_id)
+        data = current.model_dump(mode="json")
+        try:
+            change(data)
+            document = ConsentDocument.model_validate(data)
+            consent.record(
+                session=session, customer_id=customer_id, document=document, actor=principal.actor, now=_now(request)
+            )
+        except (ValidationError, _FieldError, DomainError) as exc:
+            session.rollback()
+            return _consent_page(request, principal, errors=_field_errors(exc), values=values)
+    return _redirect(f"{PREFIX}/consent?saved=1")
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _field_errors(exc: Exception) -> dict[str, str]:
+    """Errors by the form field they concern."""
+    if isinstance(exc, _FieldError):
+        return {exc.field: str(exc)}
+    if isinstance(exc, ValidationError):
+        found: dict[str, str] = {}
+        for error in exc.errors():
+            location = [str(part) for part in error["loc"]]
+            field = "pause" if location and location[0] == "pause_windows" else (location[0] if location else "form")
+            found.setdefault(field, error["msg"].removeprefix("Value error, "))
+        return found
+    return {"form": str(exc)}
+
+
+@router.post("/consent/modes")
+def save_modes(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """The default mode, and a mode per device and per slot ('' inherits from the level above)."""
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        data["default_mode"] = form.get("default_mode", data["default_mode"])
+        data["device_modes"] = {
+            key.removeprefix("device:"): value for key, value in form.items() if key.startswith("device:") and value
+        }
+        data["slot_modes"] = {
+            key.removeprefix("slot:"): value for key, value in form.items() if key.startswith("slot:") and value
+        }
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/limits")
+def save_limits(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """The monthly spending cap and the largest quantity an automatic order may ask for (blank: no limit)."""
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        data["monthly_spending_cap"] = form.get("monthly_spending_cap", "").strip() or None
+        data["max_quantity_per_order"] = form.get("max_quantity_per_order", "").strip() or None
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/pauses")
+def add_pause(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """A pause window: nothing is ordered for what it covers, from its first day to its last, both included."""
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        start, end = form.get("start", "").strip(), form.get("end", "").strip()
+        if not start:
+            raise _FieldError("pause_start", "Choose the first day you are away.")
+        if not end:
+            raise _FieldError("pause_end", "Choose the last day you are away.")
+        target = form.get("target", "")
+        window = {"start": start, "end": end, "targets": [target] if target else [], "note": form.get("note") or None}
+        data["pause_windows"] = [*data["pause_windows"], window]
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/pauses/{index}/remove")
+def remove_pause(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        if not 0 <= index < len(data["pause_windows"]):
+            raise _FieldError("pause", "That pause window has already been removed.")
+        data["pause_windows"] = [window for number, window in enumerate(data["pause_windows"]) if number != index]
+
+    return _save_consent(request, principal, change, form)
 
 
 @router.get("/sign-in", response_class=HTMLResponse)
