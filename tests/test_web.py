@@ -237,3 +237,95 @@ def test_a_pause_that_ends_before_it_starts_is_refused_next_to_the_field(
     expect(page.get_by_label("Last day away")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("First day away")).to_have_value("2026-12-26")  # what was typed stays
     assert api.get(f"/customers/{customer_id}/consent").json()["version"] == 1
+
+
+def test_another_customer_cannot_act_on_an_order_even_with_a_valid_form(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    order, _ = place_an_order(platform, api, clock, mode="ask_first")
+    create_customer(api, email="bob@example.com")
+    sign_in(page, platform, email="bob@example.com")
+    bob_s_token = page.locator("form.sign-out input[name=csrf_token]").get_attribute("value")
+    response = page.request.post(
+        f"{platform.api_url}/app/orders/{order['id']}/approve", form={"csrf_token": bob_s_token or ""}
+    )
+    assert response.status == 404
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "awaiting_approval"
+
+
+def test_the_session_cookie_and_signing_out_for_real(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    create_customer(api)
+    sign_in(page, platform)
+    [cookie] = page.context.cookies()
+    assert (cookie["name"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]) == (
+        "replenish_session",
+        "/app",
+        True,
+        "Strict",
+    )
+    with httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10) as client:
+        bearer = {"Authorization": f"Bearer {cookie['value']}"}
+        assert client.get("/auth/me", headers=bearer).status_code == 200  # the API's own sign-in token
+        page.get_by_role("button", name="Sign out").click()
+        assert client.get("/auth/me", headers=bearer).status_code == 401  # revoked, not just forgotten
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(platform: Platform, api: httpx.Client) -> None:
+    create_customer(api)
+    response = httpx.post(
+        f"{platform.api_url}/app/sign-in",
+        data={"email": "ada@example.com", "password": PASSWORD},
+        headers={"Origin": "https://elsewhere.example"},
+        timeout=10,
+    )
+    assert response.status_code == 403 and "set-cookie" not in response.headers
+
+
+def test_levels_in_units_show_as_shares_of_the_slot(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    eggs = {"name": "eggs", "unit": "eggs", "capacity": 12, "product_sku": "EGGS-12", "lead_time_days": 2}
+    register_device(api, customer_id=customer_id, device_id="fridge-1", kind="fridge", slots=[eggs])
+    device = Publisher(platform.settings.mqtt_endpoint)
+    sent = publish_depletion(
+        device, device_id="fridge-1", slot="eggs", start=START, start_level=6, rate_per_day=0.6, days=7
+    )
+    device.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
+    clock.set(START + timedelta(days=7))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    [order] = api.get("/orders").json()
+    sign_in(page, platform)
+    expect(page.get_by_role("article", name="fridge fridge-1 eggs").locator(".level-now")).to_contain_text("15%")
+    page.goto(f"{platform.api_url}/app/orders/{order['id']}")
+    page.get_by_text("readings it used").click()
+    expect(page.get_by_role("cell", name="6 eggs (50%)")).to_be_visible()
+
+
+def test_every_page_fits_a_phone_and_is_reachable_by_keyboard(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    order, _ = place_an_order(platform, api, clock, mode="ask_first")
+    sign_in(page, platform)
+    page.set_viewport_size({"width": 375, "height": 740})
+    for path in ("/app", "/app/orders", f"/app/orders/{order['id']}", "/app/alerts", "/app/consent", "/app/nowhere"):
+        page.goto(f"{platform.api_url}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+    console_errors[:] = [error for error in console_errors if "status of 404" not in error]  # /app/nowhere
+    page.goto(f"{platform.api_url}/app/orders")
+    approve = page.get_by_role("button", name="Approve the order for INK-BLACK")
+    box = approve.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 375, box  # on the screen, not scrolled off it
+    for _ in range(20):  # Tab from the top of the page until the button has the focus, then press it
+        page.keyboard.press("Tab")
+        if approve.evaluate("button => button === document.activeElement"):
+            break
+    else:
+        pytest.fail("the Approve button is not reachable with Tab")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Nothing is waiting for you.")).to_be_visible()
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "placed"

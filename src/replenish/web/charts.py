@@ -37,12 +37,12 @@ def slot_chart(
     lead_time_days: float,
     now: datetime,
 ) -> Markup:
-    """Levels (as fractions of the slot) over the last three weeks, the forecast from the newest reading to empty
-    with its band (early to late empty date), the lead time from now, and the orders placed."""
+    """Levels (fractions of the slot's capacity) over the last three weeks, the forecast from when it was computed to
+    empty with its band (early to late empty date), the lead time from now, and the orders placed."""
     empty_at = _parse((forecast or {}).get("empty_at"))
     early = _parse((forecast or {}).get("empty_at_early"))
     late = _parse((forecast or {}).get("empty_at_late"))
-    evidence = _parse((forecast or {}).get("evidence_to"))
+    computed = _parse((forecast or {}).get("computed_at"))  # level_now is the level then
     level_now = (forecast or {}).get("level_now")
     lead_end = now + timedelta(days=lead_time_days)
     start = now - HISTORY
@@ -70,16 +70,16 @@ def slot_chart(
         parts.append(
             f'<text class="axis" x="{x(moment):.1f}" y="{HEIGHT - 6}" text-anchor="middle">{moment:%d %b}</text>'
         )
-    if evidence is not None and isinstance(level_now, int | float) and empty_at is not None:
+    if computed is not None and isinstance(level_now, int | float) and empty_at is not None:
         band_late = late or end
         band_early = early or empty_at
         parts.append(
-            f'<polygon class="band" points="{x(evidence):.1f},{y(level_now):.1f} {x(band_early):.1f},{y(0):.1f} '
+            f'<polygon class="band" points="{x(computed):.1f},{y(level_now):.1f} {x(band_early):.1f},{y(0):.1f} '
             f'{x(band_late):.1f},{y(0):.1f}"><title>forecast band: empty between {band_early:%d %b} and '
             f"{'later' if late is None else f'{late:%d %b}'}</title></polygon>"
         )
         parts.append(
-            f'<line class="forecast" x1="{x(evidence):.1f}" y1="{y(level_now):.1f}" x2="{x(empty_at):.1f}" '
+            f'<line class="forecast" x1="{x(computed):.1f}" y1="{y(level_now):.1f}" x2="{x(empty_at):.1f}" '
             f'y2="{y(0):.1f}"/>'
         )
     shown = [(moment, level) for moment, level in readings if moment >= start]

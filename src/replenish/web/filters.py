@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from jinja2 import Undefined
+
+
+def _missing(value: Any) -> bool:
+    """A value a stored forecast or policy may not have (an older version wrote it): shown as "-"."""
+    return value is None or value == "" or isinstance(value, Undefined)
 
 
 def when(value: Any) -> str:
     """A moment (a datetime, or ISO 8601 text as stored in forecasts) as "Thu 26 Nov 14:05 UTC"."""
-    if value is None or value == "":
+    if _missing(value):
         return "-"
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return f"{moment:%a %d %b %H:%M} UTC"
+    return f"{moment.astimezone(UTC):%a %d %b %H:%M} UTC"
 
 
 def percent(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.0%}"
+    return "-" if _missing(value) else f"{float(value):.0%}"
 
 
 def status(value: Any) -> str:
-    return str(value).replace("_", " ")
+    return "-" if _missing(value) else str(value).replace("_", " ")
 
 
 def days(value: Any) -> str:
+    if _missing(value):
+        return "-"
     count = float(value)
     return f"{count:g} day" + ("" if count == 1 else "s")
 

@@ -7,7 +7,7 @@ session's CSRF token) and redirect, so a reload never repeats an action.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +29,7 @@ from replenish.consent.schemas import ConsentDocument
 from replenish.constants import OPEN_ORDER_STATUSES, AlertStatus, ConsentMode, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
+from replenish.devices.models import Slot
 from replenish.errors import DomainError, NotFound, TooManyRequests
 from replenish.orders import service as orders
 from replenish.orders.models import Order
@@ -40,6 +41,7 @@ from replenish.web.session import (
     CsrfRejected,
     SignInRequired,
     check_csrf,
+    check_same_origin,
     csrf_token,
     require_principal,
     session_secret,
@@ -54,6 +56,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 WebPrincipal = Annotated[Principal, Depends(require_principal)]
 # The order's actions offered on its page, and the status each leads to.
 ACTIONS = {"approve": OrderStatus.PLACED, "decline": OrderStatus.DECLINED, "cancel": OrderStatus.CANCELLED}
+ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelled", "acknowledge": "acknowledged"}
 CHART_READINGS = 2000
 
 
@@ -61,10 +64,29 @@ class PageNotFound(Exception):
     """Answered with the app's 404 page: missing and another customer's look the same."""
 
 
+# Pages carry a customer's data: not kept in caches (nor shown from one after signing out), never framed by
+# another site (a one-click Approve under someone else's page), and nothing loaded from anywhere else.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def install(app: FastAPI) -> None:
     """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
-    app.include_router(router)
+    # The static files first: the pages' router ends with a catch-all that answers the app's 404 page.
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="web-static")
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def _page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        path = request.url.path
+        if (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
+            response.headers.update(PAGE_HEADERS)
+        return response
 
     @app.exception_handler(SignInRequired)
     async def _sign_in_first(request: Request, exc: SignInRequired) -> Response:
@@ -115,11 +137,10 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
             slots = []
             for slot in device.slots:
                 slot_orders = by_slot.get(slot.id, [])
+                stored = session.get(Slot, slot.id)
+                assert stored is not None
                 readings = devices.readings(
-                    session=session,
-                    slot=devices.get_slot(session=session, device_id=device.id, slot_name=slot.name),
-                    since=now - timedelta(days=21),
-                    limit=CHART_READINGS,
+                    session=session, slot=stored, since=now - timedelta(days=21), limit=CHART_READINGS
                 )
                 slots.append(
                     {
@@ -128,7 +149,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                         "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
                         "chart": slot_chart(
                             title=f"{device.name} {slot.name}: level and forecast",
-                            readings=[(r.ts, r.level) for r in reversed(readings)],
+                            readings=[(r.ts, r.level / slot.capacity) for r in reversed(readings)],
                             forecast=slot.forecast,
                             orders=[ChartOrder(created_at=o.created_at, status=o.status) for o in slot_orders],
                             lead_time_days=slot.lead_time_days,
@@ -167,6 +188,7 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         order = _own_order(session, principal, order_id)
         explanation = orders.explain(session=session, order=order)
         history = orders.history(session=session, order_id=order.id)
+        slot = session.get(Slot, order.slot_id)
     # Awaiting approval: approve or decline (declining is its cancel); later, cancel while it may still be.
     offered = ("approve", "decline") if order.status == OrderStatus.AWAITING_APPROVAL else ("cancel",)
     actions = [name for name in offered if orders.can_become(OrderStatus(order.status), ACTIONS[name])]
@@ -177,7 +199,10 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         "explanation": explanation,
         "history": history,
         "actions": actions,
-        "error": error,
+        "slot": slot,
+        "error": f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
+        if error in ACTION_PAST
+        else None,
     }
     return _page(request, "order.html", context)
 
@@ -201,9 +226,9 @@ def order_action(
             orders.transition(
                 session=session, order_id=order_id, to=ACTIONS[action], actor=principal.actor, now=_now(request)
             )
-        except DomainError as exc:
+        except DomainError:
             session.rollback()
-            return _redirect(f"{PREFIX}/orders/{order_id}?error={quote(str(exc))}")
+            return _redirect(f"{PREFIX}/orders/{order_id}?error={action}")
     return _redirect(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
 
 
@@ -260,7 +285,7 @@ def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: 
         "steps": steps,
         "delivered": delivered,
         "explanation": explanation,
-        "error": error,
+        "error": f"It could not be acknowledged: it is {alert.status} now." if error == "acknowledge" else None,
     }
     return _page(request, "alert.html", context)
 
@@ -279,9 +304,9 @@ def acknowledge_alert(
         _own_alert(session, principal, alert_id)
         try:
             alerts.acknowledge(session=session, alert_id=alert_id, actor=principal.actor, now=_now(request))
-        except DomainError as exc:
+        except DomainError:
             session.rollback()
-            return _redirect(f"{PREFIX}/alerts/{alert_id}?error={quote(str(exc))}")
+            return _redirect(f"{PREFIX}/alerts/{alert_id}?error=acknowledge")
     return _redirect(back if back == f"{PREFIX}/alerts" else f"{PREFIX}/alerts/{alert_id}")
 
 
@@ -455,6 +480,7 @@ def sign_in(
     next: Annotated[str, Form()] = PREFIX,
 ) -> Response:
     """The API's sign-in (same rate limit, audit and token lifetime), the token kept in an HttpOnly cookie."""
+    check_same_origin(request)
     errors: dict[str, str] = {}
     if not email.strip():
         errors["email"] = "Enter the e-mail address you signed up with."
@@ -510,5 +536,11 @@ def sign_out(request: Request, csrf: Annotated[str | None, Form(alias=CSRF_FIELD
 
 
 def _safe_next(path: str) -> str:
-    """Only a path of this app: never an open redirect to another site."""
-    return path if path.startswith(PREFIX) and not path.startswith("//") and "\\" not in path else PREFIX
+    """Only a page of this app: never a redirect to another site, nor out of /app."""
+    inside = path == PREFIX or path.startswith(f"{PREFIX}/") or path.startswith(f"{PREFIX}?")
+    return path if inside and ".." not in path and "//" not in path and "\\" not in path else PREFIX
+
+
+@router.get("/{rest:path}", response_class=HTMLResponse)
+def unknown_page(rest: str) -> HTMLResponse:
+    raise PageNotFound

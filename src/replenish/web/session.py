@@ -54,11 +54,24 @@ def signed_in(request: Request) -> Principal | None:
 def require_principal(request: Request) -> Principal:
     principal = signed_in(request)
     if principal is None:
-        raise SignInRequired(request.url.path)
+        # Back to the page after signing in; a form's POST cannot be repeated by a GET, so that one goes home.
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise SignInRequired(back if request.method == "GET" else "/app")
     return principal
 
 
+def check_same_origin(request: Request) -> None:
+    """Refuse a form posted from another site. SameSite=Strict keeps the session cookie off such requests, but a
+    sign-in form posted from elsewhere would set a cookie (signing the victim in to the attacker's account)."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise CsrfRejected
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        raise CsrfRejected
+
+
 def check_csrf(request: Request, submitted: str | None) -> None:
+    check_same_origin(request)
     secret = session_secret(request)
     if not secret or not submitted or not hmac.compare_digest(csrf_token(secret), submitted):
         raise CsrfRejected
