@@ -11,12 +11,13 @@ SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberat
 TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps run test lint format bench clean
+.PHONY: help install system-deps run test lint format bench screenshots clean
 
 help:
 	@echo "make run    start the platform with the demo (embedded broker + SQLite)"
 	@echo "make test   lint and run the test suite"
 	@echo "make bench  run the benchmarks (bench/README.md), not part of CI"
+	@echo "make screenshots  a PNG of every web page, desktop and phone width, into docs/screenshots/"
 
 $(STAMP): pyproject.toml
 	@# Debian ships venv separately (python3-venv); fall back to installing it, or to virtualenv from PyPI.
@@ -55,6 +56,9 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+screenshots: install system-deps
+	$(BIN)/python -m pytest tests/test_web.py -m screenshots -q
 
 bench: install system-deps
 	$(BIN)/python bench/ingest.py --broker embedded
