@@ -54,6 +54,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "broker_credentials_check_seconds": 0.3,
         # Webhook receivers in tests listen on loopback (tests/test_escalation.py shows the default refusing it).
         "webhook_allow_private_networks": True,
+        "web_live_seconds": 1.0,  # the web app's pages follow new orders and alerts quickly in browser tests
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -6,19 +6,22 @@ Playwright's own browser download is not available on our machines, so the brows
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from conftest import START, CommandListener, Publisher, place_an_order
+from conftest import OPERATOR_EMAIL, START, CommandListener, Publisher, free_port, place_an_order
 from helpers import PASSWORD, create_customer, publish_depletion, register_device
 from replenish.clock import ManualClock
 from replenish.runtime import Platform
+from test_cli import environment, poll, process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (make installs it)")
@@ -329,3 +332,165 @@ def test_every_page_fits_a_phone_and_is_reachable_by_keyboard(
     page.keyboard.press("Enter")
     expect(page.get_by_text("Nothing is waiting for you.")).to_be_visible()
     assert api.get(f"/orders/{order['id']}").json()["status"] == "placed"
+
+
+def test_a_new_order_awaiting_approval_appears_without_a_reload(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    _printer_running_low(platform, api)
+    clock.set(START + timedelta(days=8))  # before signing in: the session's lifetime runs on the platform's clock
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/orders")
+    expect(page.get_by_text("Nothing is waiting for you.")).to_be_visible()
+    page.evaluate("window.notReloaded = true")
+    assert platform.jobs is not None
+    platform.jobs.evaluate()  # the automation job asks for approval
+    expect(page.get_by_role("button", name="Approve the order for INK-BLACK")).to_be_visible(timeout=10_000)
+    expect(page.locator("#waiting-count")).to_have_text("1")
+    assert page.evaluate("window.notReloaded") is True  # the same page, redrawn in place
+
+
+def test_my_data_downloads_and_deleting_the_account_needs_a_clear_confirmation(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    sign_in(page, platform)
+    page.get_by_role("link", name="Your data").click()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download my data").click()
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["customer"]["email"] == "ada@example.com"
+    assert [device["id"] for device in exported["devices"]] == ["printer-1"]
+
+    page.get_by_label("Type your e-mail address").fill("ada@example.com")
+    page.get_by_label("Your password").fill("not the password")
+    page.get_by_role("button", name="Delete my account and all my data").click()
+    expect(page.locator("#password-error")).to_have_text("That is not your password.")
+    assert api.get(f"/customers/{customer_id}").status_code == 200  # nothing deleted
+
+    page.get_by_label("Type your e-mail address").fill("ada@example.com")
+    page.get_by_label("Your password").fill(PASSWORD)
+    page.get_by_role("button", name="Delete my account and all my data").click()
+    expect(page.get_by_role("status")).to_have_text("Your account and everything stored about it have been deleted.")
+    assert api.get(f"/customers/{customer_id}").status_code == 404
+    assert page.context.cookies() == []
+
+
+def test_operators_see_the_fleet_and_customers_do_not(
+    page: Page, platform: Platform, api: httpx.Client, publisher: Publisher, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "battery_low"})
+    publisher.send("devices/pendant-1/telemetry", {"seq": 2, "levels": "not an object"})  # refused: a dead letter
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=2, timeout=10)
+    assert platform.jobs is not None
+    platform.jobs.health()
+
+    sign_in(page, platform)  # Ada, a customer
+    response = page.goto(f"{platform.api_url}/app/fleet")
+    assert response is not None and response.status == 404
+    console_errors.clear()  # that 404 was the point
+    page.get_by_role("button", name="Sign out").click()
+
+    sign_in(page, platform, email=OPERATOR_EMAIL)
+    page.get_by_role("link", name="Fleet").click()
+    needs_attention = page.get_by_role("region", name="Devices that need attention")
+    expect(needs_attention.get_by_role("row", name="pendant-1")).to_contain_text("battery low")
+    dead = page.get_by_role("region", name="Dead letters")
+    expect(dead).to_contain_text("devices/pendant-1/telemetry")
+    expect(page.locator(".rate").first).to_contain_text("1 message")  # the event; the refused one is a dead letter
+
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+WIDTHS = {"desktop": 1280, "phone": 390}
+
+
+@pytest.mark.screenshots
+def test_screenshots_of_every_page(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, publisher: Publisher
+) -> None:
+    """`make screenshots`: every page at desktop and phone width, into docs/screenshots/ (not part of `make test`)."""
+    order, _ = place_an_order(platform, api, clock, mode="ask_first")
+    customer_id = order["customer_id"]
+    register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected", "confidence": 0.93})
+    publisher.send("devices/printer-1/telemetry", {"seq": 999, "levels": "not an object"})
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=2, timeout=10)
+    [alert] = api.get("/alerts").json()
+    pages = {
+        "supplies": "/app",
+        "orders": "/app/orders",
+        "order": f"/app/orders/{order['id']}",
+        "alerts": "/app/alerts",
+        "alert": f"/app/alerts/{alert['id']}",
+        "consent": "/app/consent",
+        "your-data": "/app/data",
+    }
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for width_name, width in WIDTHS.items():
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(f"{platform.api_url}/app/sign-in")
+        page.screenshot(path=SCREENSHOTS / f"sign-in-{width_name}.png", full_page=True)
+        sign_in(page, platform)
+        for name, path in pages.items():
+            page.goto(f"{platform.api_url}{path}")
+            page.screenshot(path=SCREENSHOTS / f"{name}-{width_name}.png", full_page=True)
+        page.get_by_role("button", name="Sign out").click()
+        sign_in(page, platform, email=OPERATOR_EMAIL)
+        page.goto(f"{platform.api_url}/app/fleet")
+        page.screenshot(path=SCREENSHOTS / f"fleet-{width_name}.png", full_page=True)
+        page.get_by_role("button", name="Sign out").click()
+
+
+def test_emergency_contacts_and_escalation_timing(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    page.get_by_label("Name").fill("Grace")
+    page.get_by_label("Asked by").select_option("email")
+    page.get_by_label("E-mail address or URL").fill("not an address")
+    page.get_by_role("button", name="Add the contact").click()
+    expect(page.locator("#contact_address-error")).to_contain_text("email")
+    expect(page.get_by_label("Name")).to_have_value("Grace")  # what was typed stays
+    page.get_by_label("E-mail address or URL").fill("grace@example.com")
+    page.get_by_role("button", name="Add the contact").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    page.get_by_label("Seconds each contact has to answer").fill("5")
+    page.get_by_role("button", name="Save the timing").click()
+    expect(page.locator("#escalation_timeout_seconds-error")).to_contain_text("10")
+    page.get_by_label("Seconds each contact has to answer").fill("300")
+    page.get_by_label("Call emergency services last").check()
+    page.get_by_role("button", name="Save the timing").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 3.")
+    document = api.get(f"/customers/{customer_id}/consent").json()["document"]
+    assert document["emergency_contacts"] == [{"name": "Grace", "channel": "email", "address": "grace@example.com"}]
+    assert (document["escalation_timeout_seconds"], document["emergency_services_allowed"]) == (300, True)
+
+
+def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[str]) -> None:
+    """As a new user tries it: `replenish up --demo`, the printed URL, the demo's credentials, the demo devices."""
+    api_port = free_port()
+    env = environment(tmp_path, REPLENISH_API_PORT=str(api_port), REPLENISH_BROKER_PORT=str(free_port()))
+    log = tmp_path / "up.log"
+    with process(["up", "--demo"], env, log):
+        credentials_file = tmp_path / "demo-credentials.json"
+        poll(lambda: credentials_file.exists() and "Ctrl-C" in log.read_text(), bool, timeout=60)
+        url = f"http://127.0.0.1:{api_port}/app"
+        assert url in log.read_text(), "the banner prints the web app's address"
+        customer = json.loads(credentials_file.read_text())["customer"]
+        page.goto(url)
+        page.get_by_label("E-mail").fill(customer["email"])
+        page.get_by_label("Password").fill(customer["password"])
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Supplies")).to_be_visible()
+        for device in ("demo-printer", "demo-fridge"):
+            expect(page.locator(f"#device-{device}")).to_be_visible()
+        black = page.locator("section.device").filter(has=page.locator("#device-demo-printer")).locator("article").first
+        expect(black.locator(".empty-at")).to_contain_text("UTC", timeout=60_000)  # its forecast, once replayed
+        page.reload()
+        page.get_by_role("link", name="Orders").click()
+        expect(page.get_by_role("heading", name="Awaiting your approval")).to_be_visible()

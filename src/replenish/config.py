@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     session_hours: float = Field(
         12.0, gt=0, description="How long a token from signing in works (personal API tokens set their own)."
     )
+    web_live_seconds: float = Field(
+        10.0, gt=0, description="How often the web app's pages check for new orders awaiting approval and alerts."
+    )
     escalation_interval_seconds: float = Field(
         1.0, gt=0, description="How often open safety incidents are checked for their next escalation step."
     )

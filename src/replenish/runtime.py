@@ -257,6 +257,7 @@ class Platform:
             clock=self.clock,
             broker=BrokerProbe(self.settings.mqtt_endpoint),
             session_lifetime=timedelta(hours=self.settings.session_hours),
+            web_live_seconds=self.settings.web_live_seconds,
         )
         config = uvicorn.Config(
             app,

@@ -69,11 +69,13 @@ def create_app(
     clock: Clock,
     broker: BrokerProbe,
     session_lifetime: timedelta = timedelta(hours=12),
+    web_live_seconds: float = 10.0,
 ) -> FastAPI:
     app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.clock = clock
     app.state.session_lifetime = session_lifetime
+    app.state.web_live_seconds = web_live_seconds
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:

@@ -5,10 +5,9 @@ from datetime import datetime
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlmodel import col, select
 
 from replenish.api.deps import CurrentOperator, Limit, Offset, ReadSession
-from replenish.ingest.models import DeadLetter
+from replenish.ingest import service
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 
@@ -34,10 +33,7 @@ def list_dead_letters(
 ) -> list[DeadLetterRead]:
     """Each keeps its topic, raw bytes (base64; as text too when it is UTF-8) and the reason it was refused.
     Operators only: a dead letter may be anyone's."""
-    query = select(DeadLetter)
-    if device_id:
-        query = query.where(DeadLetter.device_id == device_id)
-    rows = session.exec(query.order_by(col(DeadLetter.id).desc()).offset(offset).limit(limit))
+    rows = service.list_dead_letters(session=session, device_id=device_id, limit=limit, offset=offset)
     result = []
     for row in rows:
         try:

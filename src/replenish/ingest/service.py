@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, or_, tuple_, update
+from sqlalchemy import and_, bindparam, case, func, or_, tuple_, update
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -83,6 +83,31 @@ def dead_letter(
     )
     session.add(letter)
     return letter
+
+
+def list_dead_letters(
+    *, session: Session, device_id: str | None = None, limit: int = 100, offset: int = 0
+) -> list[DeadLetter]:
+    """Messages that did not fit the contract, newest first."""
+    query = select(DeadLetter)
+    if device_id:
+        query = query.where(DeadLetter.device_id == device_id)
+    return list(session.exec(query.order_by(col(DeadLetter.id).desc()).offset(offset).limit(limit)))
+
+
+def dead_letters_by_reason(*, session: Session, since: datetime) -> dict[str, int]:
+    """How many messages were refused since a moment, by reason."""
+    rows = session.exec(
+        select(DeadLetter.reason, func.count()).where(DeadLetter.received_at >= since).group_by(DeadLetter.reason)
+    )
+    return {reason: count for reason, count in rows}
+
+
+def messages_received(*, session: Session, since: datetime) -> int:
+    """How many device messages were stored since a moment: the ingest rate over a window."""
+    return int(
+        session.exec(select(func.count()).select_from(DeviceMessage).where(DeviceMessage.received_at >= since)).one()
+    )
 
 
 def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_stored: bool = True) -> BatchResult:

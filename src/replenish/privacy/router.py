@@ -1,16 +1,17 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy import Engine
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep
 from replenish.audit import service as audit
-from replenish.auth import service as auth
 from replenish.constants import AuditAction
 from replenish.customers import service as customers
 from replenish.db import transaction
-from replenish.errors import Forbidden, InvalidRequest
 from replenish.privacy import service
 
 router = APIRouter(prefix="/customers/{customer_id}", tags=["data rights"])
@@ -27,13 +28,17 @@ def export(customer_id: str, principal: CurrentPrincipal, engine: EngineDep, clo
     forecasts, every stored message and reading, dead letters of their devices, decisions, orders and their
     history, alerts, notifications and the audit events about them. Streamed: telemetry can be large."""
     principal.check_access(customer_id, entity="customer", key=customer_id)
-    now = clock.now()
+    return export_response(engine=engine, customer_id=customer_id, actor=principal.actor, now=clock.now())
+
+
+def export_response(*, engine: Engine, customer_id: str, actor: str, now: datetime) -> StreamingResponse:
+    """The export as a download, its audit record committed first (the API's route and the web app's)."""
     with transaction(engine) as session:
         customers.get(session=session, customer_id=customer_id)
         audit.record(
             session=session,
             at=now,
-            actor=principal.actor,
+            actor=actor,
             action=AuditAction.CUSTOMER_EXPORTED,
             customer_id=customer_id,
             subject_type="customer",
@@ -68,12 +73,11 @@ def delete_customer(
     deleted. The audit log keeps its events without the e-mail addresses. Answers what was removed, per kind."""
     principal.check_access(customer_id, entity="customer", key=customer_id)
     with transaction(engine) as session:
-        customer = customers.get(session=session, customer_id=customer_id)
-        if body is None or body.confirm.strip().lower() != customer.email:
-            raise InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
-        if not principal.is_operator:
-            # A token alone, stolen, must not be enough to destroy everything.
-            password = body.password.get_secret_value() if body.password else ""
-            if auth.authenticate(session=session, email=principal.email, password=password) is None:
-                raise Forbidden("the password is not right", field="password")
+        service.check_deletion(
+            session=session,
+            customer_id=customer_id,
+            principal=principal,
+            confirm=body.confirm if body else "",
+            password=body.password.get_secret_value() if body and body.password else "",
+        )
         return service.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=clock.now())

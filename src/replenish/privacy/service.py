@@ -17,7 +17,9 @@ from sqlmodel import Session, SQLModel, col, select
 from replenish.alerts.models import Alert, EscalationStep
 from replenish.audit import service as audit
 from replenish.audit.models import AuditEvent
+from replenish.auth import service as auth
 from replenish.auth.models import AccessToken, Account
+from replenish.auth.service import Principal
 from replenish.automation.models import Decision
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
@@ -26,6 +28,7 @@ from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.errors import Forbidden, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.notifications.models import Notification
@@ -105,6 +108,19 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
 
 def _alert_ids(customer_id: str) -> Any:
     return select(Alert.id).where(Alert.customer_id == customer_id)
+
+
+def check_deletion(*, session: Session, customer_id: str, principal: Principal, confirm: str, password: str) -> None:
+    """That a deletion is meant: the customer's e-mail typed out, and a customer's own password (a token alone,
+    stolen, must not be enough to destroy everything; an operator acts on a request received elsewhere)."""
+    customer = customers.get(session=session, customer_id=customer_id)
+    if confirm.strip().lower() != customer.email:
+        raise InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
+    if (
+        not principal.is_operator
+        and auth.authenticate(session=session, email=principal.email, password=password) is None
+    ):
+        raise Forbidden("the password is not right", field="password")
 
 
 def delete_customer(*, session: Session, customer_id: str, actor: str, now: datetime) -> dict[str, int]:

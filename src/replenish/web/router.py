@@ -31,8 +31,12 @@ from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
 from replenish.errors import DomainError, NotFound, TooManyRequests
+from replenish.health import service as health
+from replenish.ingest import service as ingest
 from replenish.orders import service as orders
 from replenish.orders.models import Order
+from replenish.privacy import service as privacy
+from replenish.privacy.router import export_response
 from replenish.web.charts import ChartOrder, slot_chart
 from replenish.web.filters import FILTERS
 from replenish.web.session import (
@@ -108,7 +112,14 @@ def _page(request: Request, name: str, context: dict[str, Any], *, status_code: 
     return templates.TemplateResponse(
         request,
         name,
-        {"principal": principal, "csrf_field": CSRF_FIELD, "csrf": csrf_token(secret) if secret else ""} | context,
+        {
+            "principal": principal,
+            "csrf_field": CSRF_FIELD,
+            "csrf": csrf_token(secret) if secret else "",
+            "live_page": "",
+            "live_seconds": request.app.state.web_live_seconds,
+        }
+        | context,
         status_code=status_code,
     )
 
@@ -158,7 +169,8 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                     }
                 )
             cards.append({"device": device, "slots": slots})
-    return _page(request, "overview.html", {"title": "Supplies", "principal": principal, "cards": cards, "now": now})
+    context = {"title": "Supplies", "principal": principal, "cards": cards, "now": now, "live_page": "overview"}
+    return _page(request, "overview.html", context)
 
 
 @router.get("/orders", response_class=HTMLResponse)
@@ -168,7 +180,7 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
         found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
     waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
     history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
-    context = {"title": "Orders", "principal": principal, "waiting": waiting, "history": history}
+    context = {"title": "Orders", "principal": principal, "waiting": waiting, "history": history, "live_page": "orders"}
     return _page(request, "orders.html", context)
 
 
@@ -232,6 +244,19 @@ def order_action(
     return _redirect(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
 
 
+@router.get("/live")
+def live(request: Request, principal: WebPrincipal) -> dict[str, list[str]]:
+    """What the pages follow without a reload: the orders awaiting approval and the open alerts, by id."""
+    with Session(request.app.state.engine) as session:
+        waiting = orders.list_orders(
+            session=session, customer_id=principal.scope(None), status=OrderStatus.AWAITING_APPROVAL, limit=500
+        )
+        open_ = alerts.list_alerts(
+            session=session, customer_id=principal.scope(None), status=AlertStatus.OPEN, limit=500
+        )
+    return {"waiting_orders": [order.id for order in waiting], "open_alerts": [alert.id for alert in open_]}
+
+
 @router.get("/alerts", response_class=HTMLResponse)
 def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Open incidents first, with who has been asked so far; then the closed ones."""
@@ -255,6 +280,7 @@ def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
         "closed": closed,
         "names": names,
         "asked": asked,
+        "live_page": "alerts",
     }
     return _page(request, "alerts.html", context)
 
@@ -400,7 +426,9 @@ def _field_errors(exc: Exception) -> dict[str, str]:
         found: dict[str, str] = {}
         for error in exc.errors():
             location = [str(part) for part in error["loc"]]
-            field = "pause" if location and location[0] == "pause_windows" else (location[0] if location else "form")
+            field = {"pause_windows": "pause", "emergency_contacts": "contact_address"}.get(
+                location[0] if location else "", location[0] if location else "form"
+            )
             found.setdefault(field, error["msg"].removeprefix("Value error, "))
         return found
     return {"form": str(exc)}
@@ -461,6 +489,125 @@ def remove_pause(request: Request, index: int, principal: WebPrincipal, form: Fo
         if not 0 <= index < len(data["pause_windows"]):
             raise _FieldError("pause", "That pause window has already been removed.")
         data["pause_windows"] = [window for number, window in enumerate(data["pause_windows"]) if number != index]
+
+    return _save_consent(request, principal, change, form)
+
+
+FLEET_RATE_WINDOWS = (timedelta(minutes=5), timedelta(hours=1))
+
+
+@router.get("/fleet", response_class=HTMLResponse)
+def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Operators: devices offline or low on battery (their open health alarms), dead letters with their reasons,
+    and the ingest rate."""
+    if not principal.is_operator:
+        raise PageNotFound
+    now = _now(request)
+    with Session(request.app.state.engine) as session:
+        open_alarms = [alarm for alarm in health.list_alarms(session=session, limit=500) if alarm.cleared_at is None]
+        dead = ingest.list_dead_letters(session=session, limit=50)
+        reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
+        rates = [
+            (window, ingest.messages_received(session=session, since=now - window)) for window in FLEET_RATE_WINDOWS
+        ]
+    context = {
+        "title": "Fleet",
+        "principal": principal,
+        "alarms": open_alarms,
+        "dead_letters": dead,
+        "reasons": sorted(reasons.items(), key=lambda item: -item[1]),
+        "rates": rates,
+    }
+    return _page(request, "fleet.html", context)
+
+
+@router.get("/data", response_class=HTMLResponse)
+def data_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Everything stored about you as one download, and deleting your account with everything about it."""
+    _customer_of(principal)
+    return _page(request, "data.html", {"title": "Your data", "principal": principal, "errors": {}})
+
+
+@router.get("/data/export")
+def data_export(request: Request, principal: WebPrincipal) -> Response:
+    """The API's export (the same document, the same audit record), as a download."""
+    customer_id = _customer_of(principal)
+    return export_response(
+        engine=request.app.state.engine, customer_id=customer_id, actor=principal.actor, now=_now(request)
+    )
+
+
+@router.post("/data/delete")
+def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """The API's deletion: the e-mail typed out and the password, then everything goes; the session with it."""
+    check_csrf(request, form.get(CSRF_FIELD))
+    customer_id = _customer_of(principal)
+    try:
+        with transaction(request.app.state.engine) as session:
+            privacy.check_deletion(
+                session=session,
+                customer_id=customer_id,
+                principal=principal,
+                confirm=form.get("confirm", ""),
+                password=form.get("password", ""),
+            )
+            privacy.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=_now(request))
+    except DomainError as exc:
+        field = exc.field if exc.field in ("confirm", "password") else "confirm"
+        message = {
+            "confirm": "Type the e-mail address of your account exactly.",
+            "password": "That is not your password.",
+        }[field]
+        context = {
+            "title": "Your data",
+            "principal": principal,
+            "errors": {field: message},
+            "confirm": form.get("confirm", ""),
+        }
+        return _page(request, "data.html", context)
+    response = _redirect(f"{PREFIX}/sign-in?deleted=1")
+    response.delete_cookie(COOKIE_NAME, path=PREFIX)
+    return response
+
+
+@router.post("/consent/contacts")
+def add_contact(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """An emergency contact, asked after those before them when a fall or help request is not acknowledged."""
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        name = form.get("contact_name", "").strip()
+        if not name:
+            raise _FieldError("contact_name", "Enter the contact's name.")
+        contact = {"name": name, "channel": form.get("contact_channel", "email"), "address": None}
+        if contact["channel"] != "log":
+            contact["address"] = form.get("contact_address", "").strip()
+        data["emergency_contacts"] = [*data["emergency_contacts"], contact]
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/contacts/{index}/remove")
+def remove_contact(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        if not 0 <= index < len(data["emergency_contacts"]):
+            raise _FieldError("contacts", "That contact has already been removed.")
+        data["emergency_contacts"] = [c for number, c in enumerate(data["emergency_contacts"]) if number != index]
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/escalation")
+def save_escalation(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """How long the wearer has to cancel a fall, how long each contact has to answer, and emergency services."""
+    check_csrf(request, form.get(CSRF_FIELD))
+
+    def change(data: dict[str, Any]) -> None:
+        data["fall_cancel_window_seconds"] = form.get("fall_cancel_window_seconds", "").strip()
+        data["escalation_timeout_seconds"] = form.get("escalation_timeout_seconds", "").strip()
+        data["emergency_services_allowed"] = form.get("emergency_services_allowed") == "yes"
 
     return _save_consent(request, principal, change, form)
 
