@@ -299,19 +299,44 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def run_low(
+    platform: Platform,
+    api: httpx.Client,
+    *,
+    mode: str = "auto_order",
+    device_id: str = "printer-1",
+    kind: str = "printer",
+    slots: list[dict[str, Any]] | None = None,
+    slot: str = "black",
+    start_level: float = 0.5,
+    rate_per_day: float = 0.05,
+    days: float = 8,
+) -> tuple[str, int]:
+    """Ada and a device whose slot runs low over `days` of readings from START (by default a printer's black ink),
+    all ingested; nothing evaluated yet. Returns the customer's id and how many messages were sent."""
+    customer_id = create_customer(api, mode=mode)
+    register_device(api, customer_id=customer_id, device_id=device_id, kind=kind, slots=slots)
+    device = Publisher(platform.settings.mqtt_endpoint)
+    sent = publish_depletion(
+        device,
+        device_id=device_id,
+        slot=slot,
+        start=START,
+        start_level=start_level,
+        rate_per_day=rate_per_day,
+        days=days,
+    )
+    device.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
+    return customer_id, sent
+
+
 def place_an_order(
     platform: Platform, api: httpx.Client, clock: ManualClock, *, mode: str = "auto_order"
 ) -> tuple[dict[str, Any], int]:
     """A printer's black ink runs low over 8 days of readings; the automation job orders it (or, ask-first, asks
     for approval). Returns the order and the seq of the last message sent."""
-    customer_id = create_customer(api, mode=mode)
-    register_device(api, customer_id=customer_id, device_id="printer-1")
-    device = Publisher(platform.settings.mqtt_endpoint)
-    sent = publish_depletion(
-        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
-    )
-    device.close()
-    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
+    _, sent = run_low(platform, api, mode=mode)
     clock.set(START + timedelta(days=8))
     assert platform.jobs is not None
     platform.jobs.evaluate()

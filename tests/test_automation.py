@@ -116,13 +116,20 @@ def test_a_late_reading_from_before_a_refill_does_not_start_another_cycle(slot: 
     assert len(slot.orders()) == 2
 
 
-def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
+def _until_the_first_order(slot: Slot) -> tuple[datetime, int]:
+    """Half a cartridge used at 0.05 a day, read every 6 hours, until the slot orders. Returns the next reading's
+    moment and step."""
     moment, step = T0, 0
     while not slot.orders():
         slot.report(moment, 0.5 - 0.05 * step / 4)
         slot.evaluate(moment)
         moment, step = moment + timedelta(hours=6), step + 1
         assert step < 60
+    return moment, step
+
+
+def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
+    moment, _ = _until_the_first_order(slot)
     first_order = moment - timedelta(hours=6)
     # The customer restocks elsewhere (to 0.6) the next morning, then uses it 2.4 times as fast as before.
     for step in range(12):
@@ -138,12 +145,7 @@ def test_a_refill_while_an_order_is_on_its_way_gets_its_own_order(slot: Slot):
 @pytest.mark.parametrize("glitch", [(1.0, 1.0, 1.0), (0.6, 0.6)], ids=["full-three-times", "0.6-twice"])
 @pytest.mark.parametrize("then", ["empty", "the-true-level"])
 def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot, glitch: tuple[float, ...], then: str):
-    moment, step = T0, 0
-    while not slot.orders():
-        slot.report(moment, 0.5 - 0.05 * step / 4)
-        slot.evaluate(moment)
-        moment, step = moment + timedelta(hours=6), step + 1
-        assert step < 60
+    moment, step = _until_the_first_order(slot)
     ordered_at = moment - timedelta(hours=6)
     # The sensor reads high for a few readings running (a refill to the forecast), then low again: empty, or the
     # level the slot really has, going on down, until the first delivery is due.

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from conftest import OPERATOR_EMAIL, START, CommandListener, Publisher, free_port, place_an_order
-from helpers import PASSWORD, create_customer, publish_depletion, register_device
+from conftest import OPERATOR_EMAIL, START, CommandListener, Publisher, free_port, place_an_order, run_low
+from helpers import PASSWORD, create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.runtime import Platform
 from test_cli import environment, poll, process
@@ -161,23 +161,10 @@ def test_acknowledging_a_fall_alert_publishes_the_command_to_the_device(
         listener.close()
 
 
-def _printer_running_low(platform: Platform, api: httpx.Client) -> str:
-    """Ada (ask first) and a printer whose black ink runs low over 8 days of readings; nothing evaluated yet."""
-    customer_id = create_customer(api)
-    register_device(api, customer_id=customer_id, device_id="printer-1")
-    device = Publisher(platform.settings.mqtt_endpoint)
-    sent = publish_depletion(
-        device, device_id="printer-1", slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=8
-    )
-    device.close()
-    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
-    return customer_id
-
-
 def test_switching_a_slot_to_notify_only_changes_the_next_decision(
     page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
 ) -> None:
-    customer_id = _printer_running_low(platform, api)
+    customer_id, _ = run_low(platform, api, mode="ask_first")
     sign_in(page, platform)
     page.get_by_role("link", name="Consent").click()
     page.get_by_label("Black").select_option("notify_only")
@@ -201,7 +188,7 @@ def test_switching_a_slot_to_notify_only_changes_the_next_decision(
 def test_a_pause_window_stops_an_order(
     page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
 ) -> None:
-    customer_id = _printer_running_low(platform, api)
+    customer_id, _ = run_low(platform, api, mode="ask_first")
     sign_in(page, platform)
     page.goto(f"{platform.api_url}/app/consent")
     today = (START + timedelta(days=8)).date()
@@ -289,15 +276,19 @@ def test_a_sign_in_posted_from_another_site_is_refused(platform: Platform, api: 
 def test_levels_in_units_show_as_shares_of_the_slot(
     page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
 ) -> None:
-    customer_id = create_customer(api)
     eggs = {"name": "eggs", "unit": "eggs", "capacity": 12, "product_sku": "EGGS-12", "lead_time_days": 2}
-    register_device(api, customer_id=customer_id, device_id="fridge-1", kind="fridge", slots=[eggs])
-    device = Publisher(platform.settings.mqtt_endpoint)
-    sent = publish_depletion(
-        device, device_id="fridge-1", slot="eggs", start=START, start_level=6, rate_per_day=0.6, days=7
+    run_low(
+        platform,
+        api,
+        mode="ask_first",
+        device_id="fridge-1",
+        kind="fridge",
+        slots=[eggs],
+        slot="eggs",
+        start_level=6,
+        rate_per_day=0.6,
+        days=7,
     )
-    device.close()
-    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=10)
     clock.set(START + timedelta(days=7))
     assert platform.jobs is not None
     platform.jobs.evaluate()
@@ -337,7 +328,7 @@ def test_every_page_fits_a_phone_and_is_reachable_by_keyboard(
 def test_a_new_order_awaiting_approval_appears_without_a_reload(
     page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
 ) -> None:
-    _printer_running_low(platform, api)
+    run_low(platform, api, mode="ask_first")
     clock.set(START + timedelta(days=8))  # before signing in: the session's lifetime runs on the platform's clock
     sign_in(page, platform)
     page.goto(f"{platform.api_url}/app/orders")
