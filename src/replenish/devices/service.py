@@ -159,6 +159,26 @@ def readings(
     return [ReadingRead(ts=row.ts, level=row.level, message_id=row.message_id) for row in rows]
 
 
+def level_history(
+    *, session: Session, slot_ids: Collection[str], since: datetime, most: int = 600
+) -> dict[str, list[tuple[datetime, float]]]:
+    """Each slot's readings since a moment, oldest first, in one query; thinned to at most `most` per slot (every
+    n-th, the newest always kept), which is as many as a chart can show."""
+    found: dict[str, list[tuple[datetime, float]]] = {slot_id: [] for slot_id in slot_ids}
+    rows = session.exec(
+        select(Reading.slot_id, Reading.ts, Reading.level)
+        .where(col(Reading.slot_id).in_(list(found)), Reading.ts >= since)
+        .order_by(col(Reading.slot_id), col(Reading.ts))
+    )
+    for slot_id, ts, level in rows:
+        found[slot_id].append((ts, level))
+    for slot_id, points in found.items():
+        if len(points) > most:
+            step = -(-len(points) // most)
+            found[slot_id] = points[-1::-step][::-1]
+    return found
+
+
 def events(
     *, session: Session, device_id: str, event_type: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[EventRead]:

@@ -13,7 +13,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 640, 170
-LEFT, RIGHT, TOP, BOTTOM = 34, 10, 10, 22
+LEFT, RIGHT, TOP, BOTTOM = 44, 10, 10, 22
 HISTORY = timedelta(days=21)
 MAX_AHEAD = timedelta(days=30)
 

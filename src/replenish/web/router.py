@@ -37,7 +37,7 @@ from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.privacy import service as privacy
 from replenish.privacy.router import export_response
-from replenish.web.charts import ChartOrder, slot_chart
+from replenish.web.charts import HISTORY, ChartOrder, slot_chart
 from replenish.web.filters import FILTERS
 from replenish.web.session import (
     COOKIE_NAME,
@@ -61,7 +61,6 @@ WebPrincipal = Annotated[Principal, Depends(require_principal)]
 # The order's actions offered on its page, and the status each leads to.
 ACTIONS = {"approve": OrderStatus.PLACED, "decline": OrderStatus.DECLINED, "cancel": OrderStatus.CANCELLED}
 ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelled", "acknowledge": "acknowledged"}
-CHART_READINGS = 2000
 
 
 class PageNotFound(Exception):
@@ -143,16 +142,14 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
         by_slot: dict[str, list[Order]] = {}
         for order in placed:
             by_slot.setdefault(order.slot_id, []).append(order)
+        history = devices.level_history(
+            session=session, slot_ids=[slot.id for device in described for slot in device.slots], since=now - HISTORY
+        )
         cards = []
         for device in described:
             slots = []
             for slot in device.slots:
                 slot_orders = by_slot.get(slot.id, [])
-                stored = session.get(Slot, slot.id)
-                assert stored is not None
-                readings = devices.readings(
-                    session=session, slot=stored, since=now - timedelta(days=21), limit=CHART_READINGS
-                )
                 slots.append(
                     {
                         "slot": slot,
@@ -160,7 +157,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                         "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
                         "chart": slot_chart(
                             title=f"{device.name} {slot.name}: level and forecast",
-                            readings=[(r.ts, r.level / slot.capacity) for r in reversed(readings)],
+                            readings=[(ts, level / slot.capacity) for ts, level in history[slot.id]],
                             forecast=slot.forecast,
                             orders=[ChartOrder(created_at=o.created_at, status=o.status) for o in slot_orders],
                             lead_time_days=slot.lead_time_days,
@@ -654,6 +651,12 @@ def sign_in(
         # 200, not 401: the form is shown again with its errors, and a browser logs every 4xx as a console error.
         return _page(request, "sign_in.html", context)
     token, secret = issued
+    previous = signed_in(request)
+    if previous is not None:  # signing in again in the same browser: the old session ends, not just its cookie
+        with transaction(request.app.state.engine) as session:
+            auth.revoke_token(
+                session=session, account_id=previous.account_id, token_id=previous.token_id, now=_now(request)
+            )
     response = _redirect(_safe_next(next))
     max_age = int((token.expires_at - _now(request)).total_seconds()) if token.expires_at else None
     response.set_cookie(
