@@ -72,12 +72,16 @@ def delete_customer(
     accounts and tokens, consent, devices, telemetry, forecasts, decisions, orders, alerts and notifications are
     deleted. The audit log keeps its events without the e-mail addresses. Answers what was removed, per kind."""
     principal.check_access(customer_id, entity="customer", key=customer_id)
+    now = clock.now()
     with transaction(engine) as session:
-        service.check_deletion(
+        refused = service.check_deletion(
             session=session,
             customer_id=customer_id,
             principal=principal,
             confirm=body.confirm if body else "",
             password=body.password.get_secret_value() if body and body.password else "",
+            now=now,
         )
-        return service.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=clock.now())
+        if refused is None:
+            return service.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=now)
+    raise refused  # after the commit: a wrong password stays counted

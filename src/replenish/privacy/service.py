@@ -23,12 +23,19 @@ from replenish.auth.service import Principal
 from replenish.automation.models import Decision
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
-from replenish.constants import AuditAction, OrderStatus, OutboxKind
+from replenish.constants import (
+    FAILED_SIGN_IN_WINDOW_SECONDS,
+    MAX_FAILED_SIGN_INS,
+    PASSWORD_MAX_LENGTH,
+    AuditAction,
+    OrderStatus,
+    OutboxKind,
+)
 from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.errors import Forbidden, InvalidRequest
+from replenish.errors import DomainError, Forbidden, InvalidRequest, TooManyRequests
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.notifications.models import Notification
@@ -110,17 +117,41 @@ def _alert_ids(customer_id: str) -> Any:
     return select(Alert.id).where(Alert.customer_id == customer_id)
 
 
-def check_deletion(*, session: Session, customer_id: str, principal: Principal, confirm: str, password: str) -> None:
-    """That a deletion is meant: the customer's e-mail typed out, and a customer's own password (a token alone,
-    stolen, must not be enough to destroy everything; an operator acts on a request received elsewhere)."""
+def check_deletion(
+    *, session: Session, customer_id: str, principal: Principal, confirm: str, password: str, now: datetime
+) -> DomainError | None:
+    """Why a deletion is refused, or None when it is meant: the customer's e-mail typed out, and a customer's own
+    password (a token alone, stolen, must not be enough to destroy everything; an operator acts on a request
+    received elsewhere). A wrong password counts as a failed sign-in, recorded in the session (the caller commits
+    it and then raises the answer), and the sign-in's limit applies: guessing here is no easier than there."""
     customer = customers.get(session=session, customer_id=customer_id)
     if confirm.strip().lower() != customer.email:
-        raise InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
-    if (
-        not principal.is_operator
-        and auth.authenticate(session=session, email=principal.email, password=password) is None
+        return InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
+    if principal.is_operator:
+        return None
+    window = timedelta(seconds=FAILED_SIGN_IN_WINDOW_SECONDS)
+    failures = audit.count_since(
+        session=session, action=AuditAction.SIGN_IN_FAILED, subject_id=principal.account_id, since=now - window
+    )
+    if failures >= MAX_FAILED_SIGN_INS:
+        return TooManyRequests(
+            f"too many wrong passwords: try again in {FAILED_SIGN_IN_WINDOW_SECONDS // 60} minutes",
+            retry_after_seconds=FAILED_SIGN_IN_WINDOW_SECONDS,
+        )
+    if len(password) <= PASSWORD_MAX_LENGTH and auth.authenticate(
+        session=session, email=principal.email, password=password
     ):
-        raise Forbidden("the password is not right", field="password")
+        return None
+    audit.record(
+        session=session,
+        at=now,
+        actor=principal.actor,
+        action=AuditAction.SIGN_IN_FAILED,
+        customer_id=customer_id,
+        subject_type="account",
+        subject_id=principal.account_id,
+    )
+    return Forbidden("the password is not right", field="password")
 
 
 def delete_customer(*, session: Session, customer_id: str, actor: str, now: datetime) -> dict[str, int]:

@@ -26,7 +26,7 @@ from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import OPEN_ORDER_STATUSES, AlertStatus, ConsentMode, OrderStatus
+from replenish.constants import OPEN_ORDER_STATUSES, AlarmStatus, AlertStatus, ConsentMode, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
@@ -395,9 +395,12 @@ def _save_consent(
     next to its field, and nothing is recorded."""
     customer_id = _customer_of(principal)
     with transaction(request.app.state.engine) as session:
-        _, current = consent.current_document(session=session, customer_id=customer_id)
+        version, current = consent.current_document(session=session, customer_id=customer_id)
         data = current.model_dump(mode="json")
         try:
+            if values.get("version") != str(version):
+                # Removing "the second contact" of an older page would remove someone else: start from what is.
+                raise _FieldError("form", "Your consent changed meanwhile (in another tab?): here it is now.")
             change(data)
             document = ConsentDocument.model_validate(data)
             consent.record(
@@ -501,7 +504,11 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         raise PageNotFound
     now = _now(request)
     with Session(request.app.state.engine) as session:
-        open_alarms = [alarm for alarm in health.list_alarms(session=session, limit=500) if alarm.cleared_at is None]
+        open_alarms = [
+            alarm
+            for status in (AlarmStatus.ACTIVE, AlarmStatus.ACKNOWLEDGED)
+            for alarm in health.list_alarms(session=session, status=status, limit=500)
+        ]
         dead = ingest.list_dead_letters(session=session, limit=50)
         reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
         rates = [
@@ -539,22 +546,28 @@ def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Re
     """The API's deletion: the e-mail typed out and the password, then everything goes; the session with it."""
     check_csrf(request, form.get(CSRF_FIELD))
     customer_id = _customer_of(principal)
-    try:
-        with transaction(request.app.state.engine) as session:
-            privacy.check_deletion(
-                session=session,
-                customer_id=customer_id,
-                principal=principal,
-                confirm=form.get("confirm", ""),
-                password=form.get("password", ""),
-            )
-            privacy.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=_now(request))
-    except DomainError as exc:
-        field = exc.field if exc.field in ("confirm", "password") else "confirm"
-        message = {
-            "confirm": "Type the e-mail address of your account exactly.",
-            "password": "That is not your password.",
-        }[field]
+    now = _now(request)
+    with transaction(request.app.state.engine) as session:
+        refused = privacy.check_deletion(
+            session=session,
+            customer_id=customer_id,
+            principal=principal,
+            confirm=form.get("confirm", ""),
+            password=form.get("password", ""),
+            now=now,
+        )
+        if refused is None:
+            privacy.delete_customer(session=session, customer_id=customer_id, actor=principal.actor, now=now)
+    if refused is not None:  # the wrong password is counted (committed) all the same
+        field = "password" if refused.field == "password" or isinstance(refused, TooManyRequests) else "confirm"
+        message = (
+            str(refused).capitalize() + "."
+            if isinstance(refused, TooManyRequests)
+            else {
+                "confirm": "Type the e-mail address of your account exactly.",
+                "password": "That is not your password.",
+            }[field]
+        )
         context = {
             "title": "Your data",
             "principal": principal,
@@ -576,9 +589,8 @@ def add_contact(request: Request, principal: WebPrincipal, form: FormData) -> Re
         name = form.get("contact_name", "").strip()
         if not name:
             raise _FieldError("contact_name", "Enter the contact's name.")
-        contact = {"name": name, "channel": form.get("contact_channel", "email"), "address": None}
-        if contact["channel"] != "log":
-            contact["address"] = form.get("contact_address", "").strip()
+        address = form.get("contact_address", "").strip() or None
+        contact = {"name": name, "channel": form.get("contact_channel", "email"), "address": address}
         data["emergency_contacts"] = [*data["emergency_contacts"], contact]
 
     return _save_consent(request, principal, change, form)

@@ -6,39 +6,46 @@
   if (!body.dataset.liveSeconds) return; // not signed in
   const page = body.dataset.live;
   const seconds = Math.max(Number(body.dataset.liveSeconds) || 10, 1);
-  let last = null;
+  let drawn = null; // what the page's content shows; a change not drawn yet is tried again at the next poll
+  let pointerMoved = 0;
+  document.addEventListener("pointermove", () => { pointerMoved = Date.now(); }, { passive: true });
 
   function show(id, count, label) {
     const badge = document.getElementById(id);
     if (!badge) return;
     badge.textContent = count ? String(count) : "";
-    badge.title = count ? `${count} ${label}` : "";
+    badge.setAttribute("aria-label", count ? `${count} ${label}` : "");
   }
 
+  // Whether the content was redrawn. Never under someone's fingers: not while anything in it has the focus, nor
+  // while the pointer is moving over the page (a row moving down under a click would approve another order).
   async function redraw() {
-    const active = document.activeElement;
-    if (active && active.closest("main form")) return; // never under someone's fingers
+    const main = document.querySelector("main");
+    if (main.contains(document.activeElement) || Date.now() - pointerMoved < 1500) return false;
     const response = await fetch(location.href, { credentials: "same-origin" });
-    if (!response.ok) return;
+    if (!response.ok || response.redirected) return false;
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("main");
-    if (fresh) document.querySelector("main").replaceChildren(...fresh.childNodes);
+    if (!fresh) return false;
+    main.replaceChildren(...fresh.childNodes);
+    return true;
   }
 
   async function poll() {
     try {
       const response = await fetch("/app/live", { credentials: "same-origin" });
-      if (response.redirected || !response.ok) return; // signed out meanwhile
-      const now = await response.json();
-      show("waiting-count", now.waiting_orders.length, "awaiting approval");
-      show("alert-count", now.open_alerts.length, "open alerts");
-      const key = JSON.stringify(now);
-      if (last !== null && key !== last && page) await redraw();
-      last = key;
+      if (response.redirected) return; // signed out meanwhile: stop
+      if (response.ok) {
+        const now = await response.json();
+        show("waiting-count", now.waiting_orders.length, "awaiting approval");
+        show("alert-count", now.open_alerts.length, "open alerts");
+        const key = JSON.stringify(now);
+        if (drawn === null || !page) drawn = key;
+        else if (key !== drawn && (await redraw())) drawn = key;
+      }
     } catch (error) {
       // offline for a moment: try again at the next tick
-    } finally {
-      setTimeout(poll, seconds * 1000);
     }
+    setTimeout(poll, seconds * 1000);
   }
   poll();
 })();
