@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
@@ -181,13 +181,21 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     return _page(request, "orders.html", context)
 
 
-def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
+Owned = TypeVar("Owned", Order, Alert)
+
+
+def _visible(principal: Principal, load: Callable[[], Owned], *, entity: str, key: str) -> Owned:
+    """The object if the principal may see it; missing and another customer's answer the same 404 page."""
     try:
-        order = orders.get(session=session, order_id=order_id)
-        principal.check_access(order.customer_id, entity="order", key=order_id)
+        found = load()
+        principal.check_access(found.customer_id, entity=entity, key=key)
     except NotFound:
         raise PageNotFound from None
-    return order
+    return found
+
+
+def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
+    return _visible(principal, lambda: orders.get(session=session, order_id=order_id), entity="order", key=order_id)
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
@@ -283,12 +291,7 @@ def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 
 
 def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
-    try:
-        alert = alerts.get(session=session, alert_id=alert_id)
-        principal.check_access(alert.customer_id, entity="alert", key=alert_id)
-    except NotFound:
-        raise PageNotFound from None
-    return alert
+    return _visible(principal, lambda: alerts.get(session=session, alert_id=alert_id), entity="alert", key=alert_id)
 
 
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
