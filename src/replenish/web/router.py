@@ -497,6 +497,7 @@ def remove_pause(request: Request, index: int, principal: WebPrincipal, form: Fo
 
 
 FLEET_RATE_WINDOWS = (timedelta(minutes=5), timedelta(hours=1))
+FLEET_COUNT_MOST = 100_000
 
 
 @router.get("/fleet", response_class=HTMLResponse)
@@ -515,7 +516,8 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         dead = ingest.list_dead_letters(session=session, limit=50)
         reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
         rates = [
-            (window, ingest.messages_received(session=session, since=now - window)) for window in FLEET_RATE_WINDOWS
+            (window, ingest.messages_received(session=session, since=now - window, most=FLEET_COUNT_MOST))
+            for window in FLEET_RATE_WINDOWS
         ]
     context = {
         "title": "Fleet",
@@ -524,6 +526,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         "dead_letters": dead,
         "reasons": sorted(reasons.items(), key=lambda item: -item[1]),
         "rates": rates,
+        "count_most": FLEET_COUNT_MOST,
     }
     return _page(request, "fleet.html", context)
 
