@@ -70,7 +70,8 @@ def delete_customer(
 ) -> dict[str, int]:
     """Irreversible. Orders not yet shipped are cancelled first (fulfilment is told); then the customer, their
     accounts and tokens, consent, devices, telemetry, forecasts, decisions, orders, alerts and notifications are
-    deleted. The audit log keeps its events without the e-mail addresses. Answers what was removed, per kind."""
+    deleted. The audit log keeps its events without the e-mail addresses. Answers what was removed, per kind.
+    A wrong password counts as a failed sign-in; after 10 within 15 minutes the answer is 429."""
     principal.check_access(customer_id, entity="customer", key=customer_id)
     now = clock.now()
     with transaction(engine) as session:
