@@ -40,27 +40,24 @@ class Device:
         self.platform, self.publisher, self.device_id = platform, publisher, device_id
         self.seq = 0
 
-    def _sent(self) -> None:
+    def _send(self, channel: str, payload: Any, **options: Any) -> None:
+        """Publish, then wait until the ingestor has handled it. The count is read before sending: the message may
+        well be handled before send() returns."""
         assert self.platform.ingestor is not None
         handled = self.platform.ingestor.totals.handled
+        self.publisher.send(f"devices/{self.device_id}/{channel}", payload, **options)
         assert self.platform.ingestor.wait_for(handled=handled + 1, timeout=10)
 
     def status(self, word: str) -> None:
-        self.publisher.send(f"devices/{self.device_id}/status", word, retain=True)
-        self._sent()
+        self._send("status", word, retain=True)
 
     def telemetry(self, **body: Any) -> None:
         self.seq += 1
-        self.publisher.send(
-            f"devices/{self.device_id}/telemetry",
-            {"seq": self.seq, "ts": iso(self.platform.clock.now()), "levels": {}} | body,
-        )
-        self._sent()
+        self._send("telemetry", {"seq": self.seq, "ts": iso(self.platform.clock.now()), "levels": {}} | body)
 
     def event(self, kind: str, **body: Any) -> None:
         self.seq += 1
-        self.publisher.send(f"devices/{self.device_id}/events", {"seq": self.seq, "type": kind} | body)
-        self._sent()
+        self._send("events", {"seq": self.seq, "type": kind} | body)
 
 
 def alarms(api: httpx.Client, **params: str) -> list[dict[str, Any]]:
