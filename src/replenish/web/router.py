@@ -396,6 +396,7 @@ def _save_consent(
 ) -> Response:
     """Apply a change to the current document and record it as the next version; invalid input is shown again
     next to its field, and nothing is recorded."""
+    check_csrf(request, values.get(CSRF_FIELD))
     customer_id = _customer_of(principal)
     with transaction(request.app.state.engine) as session:
         version, current = consent.current_document(session=session, customer_id=customer_id)
@@ -440,7 +441,6 @@ def _field_errors(exc: Exception) -> dict[str, str]:
 @router.post("/consent/modes")
 def save_modes(request: Request, principal: WebPrincipal, form: FormData) -> Response:
     """The default mode, and a mode per device and per slot ('' inherits from the level above)."""
-    check_csrf(request, form.get(CSRF_FIELD))
 
     def change(data: dict[str, Any]) -> None:
         data["default_mode"] = form.get("default_mode", data["default_mode"])
@@ -457,7 +457,6 @@ def save_modes(request: Request, principal: WebPrincipal, form: FormData) -> Res
 @router.post("/consent/limits")
 def save_limits(request: Request, principal: WebPrincipal, form: FormData) -> Response:
     """The monthly spending cap and the largest quantity an automatic order may ask for (blank: no limit)."""
-    check_csrf(request, form.get(CSRF_FIELD))
 
     def change(data: dict[str, Any]) -> None:
         data["monthly_spending_cap"] = form.get("monthly_spending_cap", "").strip() or None
@@ -469,7 +468,6 @@ def save_limits(request: Request, principal: WebPrincipal, form: FormData) -> Re
 @router.post("/consent/pauses")
 def add_pause(request: Request, principal: WebPrincipal, form: FormData) -> Response:
     """A pause window: nothing is ordered for what it covers, from its first day to its last, both included."""
-    check_csrf(request, form.get(CSRF_FIELD))
 
     def change(data: dict[str, Any]) -> None:
         start, end = form.get("start", "").strip(), form.get("end", "").strip()
@@ -484,15 +482,20 @@ def add_pause(request: Request, principal: WebPrincipal, form: FormData) -> Resp
     return _save_consent(request, principal, change, form)
 
 
-@router.post("/consent/pauses/{index}/remove")
-def remove_pause(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
-    check_csrf(request, form.get(CSRF_FIELD))
+def _without(key: str, index: int, *, field: str, gone: str) -> Callable[[dict[str, Any]], None]:
+    """A consent change removing the index-th entry of a list (the form's version makes sure it is the one shown)."""
 
     def change(data: dict[str, Any]) -> None:
-        if not 0 <= index < len(data["pause_windows"]):
-            raise _FieldError("pause", "That pause window has already been removed.")
-        data["pause_windows"] = [window for number, window in enumerate(data["pause_windows"]) if number != index]
+        if not 0 <= index < len(data[key]):
+            raise _FieldError(field, gone)
+        data[key] = [entry for number, entry in enumerate(data[key]) if number != index]
 
+    return change
+
+
+@router.post("/consent/pauses/{index}/remove")
+def remove_pause(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
+    change = _without("pause_windows", index, field="pause", gone="That pause window has already been removed.")
     return _save_consent(request, principal, change, form)
 
 
@@ -589,7 +592,6 @@ def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Re
 @router.post("/consent/contacts")
 def add_contact(request: Request, principal: WebPrincipal, form: FormData) -> Response:
     """An emergency contact, asked after those before them when a fall or help request is not acknowledged."""
-    check_csrf(request, form.get(CSRF_FIELD))
 
     def change(data: dict[str, Any]) -> None:
         name = form.get("contact_name", "").strip()
@@ -604,20 +606,13 @@ def add_contact(request: Request, principal: WebPrincipal, form: FormData) -> Re
 
 @router.post("/consent/contacts/{index}/remove")
 def remove_contact(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
-    check_csrf(request, form.get(CSRF_FIELD))
-
-    def change(data: dict[str, Any]) -> None:
-        if not 0 <= index < len(data["emergency_contacts"]):
-            raise _FieldError("contacts", "That contact has already been removed.")
-        data["emergency_contacts"] = [c for number, c in enumerate(data["emergency_contacts"]) if number != index]
-
+    change = _without("emergency_contacts", index, field="contacts", gone="That contact has already been removed.")
     return _save_consent(request, principal, change, form)
 
 
 @router.post("/consent/escalation")
 def save_escalation(request: Request, principal: WebPrincipal, form: FormData) -> Response:
     """How long the wearer has to cancel a fall, how long each contact has to answer, and emergency services."""
-    check_csrf(request, form.get(CSRF_FIELD))
 
     def change(data: dict[str, Any]) -> None:
         data["fall_cancel_window_seconds"] = form.get("fall_cancel_window_seconds", "").strip()
