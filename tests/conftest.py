@@ -32,7 +32,7 @@ from brokers import (
     running_postgres,
     write_auth_files,
 )
-from helpers import DEVICE_SECRETS, PASSWORD, create_customer, publish_depletion, register_device
+from helpers import DEVICE_SECRETS, PASSWORD, Mailbox, create_customer, publish_depletion, register_device
 from replenish.auth import service as auth
 from replenish.auth.models import Account
 from replenish.clock import ManualClock
@@ -58,6 +58,13 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    running = Mailbox()
+    yield running
+    running.close()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import threading
 import time
@@ -244,3 +246,30 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd): every message it accepts, parsed."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from brokers import free_port
+
+        self.messages: list[email.message.EmailMessage] = []
+        self.port = free_port()
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                mailbox.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [message for message in self.messages if message["To"] == address]
+
+    def close(self) -> None:
+        self.controller.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,16 @@ def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(
             timeout=90,
         )
         alerts = poll(lambda: api.get("/alerts").json(), lambda found: len(found) >= 1, timeout=60)
+        # The fridge asks first: the request reaches the customer (the log is the demo's channel) with its one-tap
+        # links while there is still milk left.
+        request = poll(
+            lambda: re.search(r"Approve\? Simulated fridge demo-fridge milk.*\nApprove: (\S+)", log.read_text()),
+            bool,
+            timeout=60,
+        )
+        assert request is not None and "/answer/" in request.group(1)
+        milk = next(s for s in api.get("/devices/demo-fridge").json()["slots"] if s["name"] == "milk")
+        assert milk["level"] > 0
         printer = api.get("/devices/demo-printer").json()
 
         assert len(orders) == 1

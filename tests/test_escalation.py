@@ -4,8 +4,6 @@ real SMTP server (aiosmtpd). The manual clock runs the minutes; the jobs are tic
 
 from __future__ import annotations
 
-import email
-import email.policy
 import threading
 import time
 from collections.abc import Iterator
@@ -15,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
 from brokers import free_port
 from conftest import START, CommandListener, Publisher, api_client, make_settings, operator_token, running_platform
 from helpers import (
     PASSWORD,
+    Mailbox,
     WebhookReceiver,
     connected,
     create_customer,
@@ -317,30 +315,6 @@ def test_a_link_is_good_for_its_own_alert_only(platform, api, publisher, clock, 
     assert httpx.get(f"{platform.api_url}/ack/nothing").status_code == 404
 
 
-class Mailbox:
-    """A real SMTP server on loopback."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-        self.port = free_port()
-        mailbox = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                mailbox.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-                return "250 OK"
-
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    running = Mailbox()
-    yield running
-    running.controller.stop()
-
-
 def test_contacts_by_e_mail_over_smtp(tmp_path: Path, clock: ManualClock, mailbox: Mailbox, contacts: Contacts):
     settings = make_settings(tmp_path, smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_sender="alerts@example.com")
     with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
@@ -513,7 +487,7 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
         fulfilment=make_sink(None),
         send_command=None,
         channels=make_channels(platform.settings),
-        acknowledge_url=lambda token: token,
+        public_url=platform.settings.resolved_public_url,
         kinds={OutboxKind.NOTIFICATION},
     )
     start = threading.Barrier(2)

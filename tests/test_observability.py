@@ -258,7 +258,7 @@ def test_one_correlation_id_follows_a_message_to_the_order_it_caused(platform, a
     # The rows carry it too, and the order's explanation shows it.
     with Session(platform.engine) as session:
         decision = session.exec(select(Decision)).one()
-        [outbox_row] = session.exec(select(OutboxMessage)).all()
+        [outbox_row] = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_PLACED)).all()
     assert decision.correlation_id == outbox_row.correlation_id == correlation_id
     assert api.get(f"/orders/{order['id']}").json()["explanation"]["correlation_id"] == correlation_id
 

@@ -70,6 +70,7 @@ def test_deleting_an_account_cancels_open_orders_and_removes_everything_but_anon
 ):
     ada_id, bob_id = two_customers(platform, api, publisher, clock)
     [order] = api.get("/orders", params={"customer_id": ada_id}).json()
+    platform.jobs.dispatch()  # fulfilment has the order
     bob_readings = len(api.get("/devices/bob-printer/slots/black/readings").json())
     ada = customer_api(platform, "ada@example.com")
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from replenish.clock import SystemClock
 from replenish.config import Settings
 from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
-from replenish.demo import DemoDevices, demo_models, seed
+from replenish.demo import CATCH_UP_SECONDS, DemoDevices, demo_models, seed
 from replenish.ingest.consumer import tune_garbage_collection
 from replenish.observability.logging import configure_logging
 from replenish.runtime import Platform, Roles
@@ -104,6 +104,13 @@ def _start_demo(platform: Platform) -> DemoDevices:
     path.chmod(0o600)
     path.write_text(json.dumps(accounts.to_json(), indent=2))
     simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models, secrets=accounts.device_secrets)
+    if platform.scheduler is not None:
+        # A half-replayed history is days old: deciding on it would ask about milk "running out yesterday". The
+        # first evaluation comes once the devices have caught up with now, as a real fridge always is.
+        platform.scheduler.pause_job("evaluate")
+        resume = threading.Timer(CATCH_UP_SECONDS, platform.scheduler.resume_job, args=("evaluate",))
+        resume.daemon = True
+        resume.start()
     simulators.start()
     return simulators
 

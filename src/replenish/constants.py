@@ -86,6 +86,38 @@ class DecisionAction(StrEnum):
     NOTIFY = "notify"
 
 
+class NoAnswer(StrEnum):
+    """What happens to an order awaiting approval when its latest useful answer time passes unanswered."""
+
+    KEEP_WAITING = "keep_waiting"
+    DECLINE = "decline"
+    APPROVE = "approve"
+
+
+class LinkAction(StrEnum):
+    """What a one-tap link in a notification does to its order."""
+
+    APPROVE = "approve"
+    DECLINE = "decline"
+    CANCEL = "cancel"
+
+
+class NoticeKind(StrEnum):
+    """What a customer's notification is about: how the web app and the channels tell them apart."""
+
+    LOW = "low"  # notify-only: a slot is running low
+    APPROVAL_REQUEST = "approval_request"
+    APPROVAL_REMINDER = "approval_reminder"
+    NO_ANSWER = "no_answer"  # the latest useful answer time passed, and what happened then
+    ORDER_PLACED = "order_placed"  # an automatic order, with its cancel window
+    ORDER_SHIPPED = "order_shipped"
+    ORDER_DELIVERED = "order_delivered"
+    DELIVERY_NUDGE = "delivery_nudge"  # delivered, but the slot still reads low
+    SAFETY = "safety"  # a fall or help request, its escalation
+    DEVICE_HEALTH = "device_health"  # a device offline, low on battery, a stuck sensor
+    ORDER_CHANGED = "order_changed"  # a consent change cancelled or held an order
+
+
 class OrderStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     PLACED = "placed"
@@ -184,12 +216,17 @@ class AuditAction(StrEnum):
     DEVICE_CREDENTIALS_ROTATED = "device.credentials_rotated"
     DECISION = "automation.decision"
     ORDER_STATUS = "order.status_changed"
+    ORDER_NO_ANSWER = "order.no_answer"
+    ORDER_LINK_USED = "order.link_used"
+    ORDER_LINK_REFUSED = "order.link_refused"
     CUSTOMER_EXPORTED = "customer.exported"
     CUSTOMER_DELETED = "customer.deleted"
 
 
 # Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).
 ACKNOWLEDGE_PAGE_PATH = "/ack"
+# Where a customer's one-tap order links point (approve, decline, cancel): a confirmation page, then the action.
+ANSWER_PAGE_PATH = "/answer"
 
 
 # Readiness: the broker check connects with this timeout, and its answer is reused for this long, so that a storm of

@@ -34,6 +34,8 @@ FRIDGE_ID = "demo-fridge"
 WEARABLE_ID = "demo-wearable"
 PRINTER_HISTORY = timedelta(days=21)
 FRIDGE_HISTORY = timedelta(days=7)
+# A two-litre bottle lasts about four days: bought again twice in the replayed week, before it ran out.
+MILK_BOUGHT_AGO = (timedelta(days=5), timedelta(hours=36))
 # Weeks of history are replayed within about this many seconds, then the devices run in real time.
 CATCH_UP_SECONDS = 25.0
 FALL_AFTER = timedelta(seconds=20)
@@ -144,7 +146,17 @@ def demo_models(now: datetime) -> list[DeviceModel]:
         # Black runs out first: about three days of ink left at the end of the replayed history.
         initial_levels={"black": 0.97, "cyan": 0.9, "magenta": 0.85, "yellow": 0.95},
     )
-    fridge = FridgeModel(FRIDGE_ID, start=now - FRIDGE_HISTORY, seed=11, report_interval=timedelta(hours=3))
+    fridge = FridgeModel(
+        FRIDGE_ID,
+        start=now - FRIDGE_HISTORY,
+        seed=11,
+        report_interval=timedelta(hours=3),
+        initial_levels={"milk": 2.0, "eggs": 12},
+    )
+    # Nothing runs out during the replayed week: the approval requests (with their one-tap links, in the log) come
+    # while there is still milk and eggs left.
+    for ago in MILK_BOUGHT_AGO:
+        fridge.refill("milk", now - ago)
     wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + FALL_AFTER)
     for model in (printer, fridge, wearable):
         model.seq = seq_base

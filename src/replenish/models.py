@@ -1,6 +1,7 @@
 """Imports every table model so that SQLModel.metadata knows the whole schema."""
 
 from replenish.alerts.models import Alert, EscalationStep
+from replenish.answers.models import OrderLink
 from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
@@ -29,6 +30,7 @@ __all__ = [
     "Notification",
     "Order",
     "OrderEvent",
+    "OrderLink",
     "OutboxMessage",
     "Reading",
     "Slot",

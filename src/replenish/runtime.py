@@ -22,7 +22,7 @@ from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postgres
 from replenish.cluster.membership import MembershipWatch, claim_member
 from replenish.config import Settings
-from replenish.constants import ACKNOWLEDGE_PAGE_PATH, LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, OutboxKind
+from replenish.constants import LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, OutboxKind
 from replenish.db import create_schema, make_engine
 from replenish.ingest.consumer import MqttIngestor, lane_client_ids
 from replenish.mqtt.broker import EmbeddedBroker
@@ -189,7 +189,7 @@ class Platform:
                     fulfilment=make_sink(None),
                     send_command=None,
                     channels=self.channels,
-                    acknowledge_url=self._acknowledge_url,
+                    public_url=self.settings.resolved_public_url,
                     kinds={OutboxKind.NOTIFICATION},
                     urgent_only=True,
                     metrics=self.metrics,
@@ -210,7 +210,7 @@ class Platform:
                 fulfilment=make_sink(url, timeout=self.settings.webhook_timeout_seconds),
                 send_command=self.publisher.publish,
                 channels=self.channels,
-                acknowledge_url=self._acknowledge_url,
+                public_url=self.settings.resolved_public_url,
                 metrics=self.metrics,
                 **outbox_timing(self.settings),
             )
@@ -245,9 +245,6 @@ class Platform:
         if is_postgres(url):
             return AdvisoryLock(url, keys=(SCHEDULER_LEADER_LOCK_KEY,), name="scheduler leader")
         return AlwaysHeld()
-
-    def _acknowledge_url(self, token: str) -> str:
-        return f"{self.settings.resolved_public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}"
 
     def _start_api(self) -> None:
         # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.

@@ -1,4 +1,5 @@
-"""The coordinator that owns the periodic work: re-forecasting and deciding, escalating safety incidents, retention."""
+"""The coordinator that owns the periodic work: re-forecasting and deciding, following up unanswered requests,
+escalating safety incidents, retention."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
+from replenish.answers.scheduled import FollowUpReport, follow_up
 from replenish.automation.service import EvaluationReport, evaluate_all
 from replenish.clock import Clock
 from replenish.config import Settings
@@ -43,6 +45,13 @@ class Jobs:
         report = evaluate_all(engine=self.engine, now=self.clock.now(), margin_days=self.settings.reorder_margin_days)
         if report.decisions or report.errors:
             log.info("evaluated %d slots: %d decisions, %d errors", report.slots, len(report.decisions), report.errors)
+        return report
+
+    def follow_up(self) -> FollowUpReport:
+        """Remind the customer of unanswered approval requests, and act on the ones whose deadline passed."""
+        report = follow_up(engine=self.engine, now=self.clock.now())
+        if report.reminded or report.unanswered:
+            log.info("follow-up: reminded %s; no answer %s", report.reminded or "none", report.unanswered or "none")
         return report
 
     def dispatch(self) -> None:
@@ -115,6 +124,7 @@ def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) ->
 
     intervals = {
         "evaluate": (jobs.evaluate, jobs.settings.evaluation_interval_seconds),
+        "follow_up": (jobs.follow_up, jobs.settings.evaluation_interval_seconds),
         # The outbox has its own thread (DispatchLoop), woken at once by urgent messages.
         "escalate": (jobs.escalate, jobs.settings.escalation_interval_seconds),
         "health": (jobs.health, jobs.settings.health_interval_seconds),

@@ -20,6 +20,7 @@ from replenish.constants import (
     AlertSeverity,
     AlertStatus,
     EventType,
+    NoticeKind,
     OutboxKind,
 )
 from replenish.db import get_or_raise
@@ -97,6 +98,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         now=now,
         alert_id=alert.id,
         urgent=True,
+        kind=NoticeKind.SAFETY,
     )
     log.warning("alert %s opened: %s on %s", alert.id, kind, device.id)
     _escalate_if_due(session=session, alert=alert, now=now)
@@ -209,6 +211,7 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
             now=now,
             alert_id=alert.id,
             urgent=True,
+            kind=NoticeKind.SAFETY,
         )
         return
     token = secrets.token_urlsafe(24)
@@ -231,6 +234,7 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         alert_id=alert.id,
         acknowledge_token=token,
         urgent=True,
+        kind=NoticeKind.SAFETY,
     )
     session.flush()  # the step refers to the notification: its row goes first
     session.add(
@@ -286,6 +290,7 @@ def _tell_those_asked(*, session: Session, alert: Alert, subject: str, body: str
             now=now,
             alert_id=alert.id,
             urgent=True,
+            kind=NoticeKind.SAFETY,
         )
 
 

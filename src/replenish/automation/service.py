@@ -11,13 +11,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from replenish.answers import service as answers
 from replenish.audit import service as audit
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AuditAction, DecisionAction
+from replenish.constants import AuditAction, DecisionAction, NoticeKind
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -218,15 +219,43 @@ def _act(
             body=verdict.reason,
             now=now,
             decision_id=decision.id,
+            kind=NoticeKind.LOW,
+        )
+    elif verdict.action == DecisionAction.REQUEST_APPROVAL:
+        order = orders.create(
+            session=session, decision=decision, slot=slot, awaiting_approval=True, now=now, actor=ACTOR
+        )
+        answers.request_approval(
+            session=session,
+            order=order,
+            lead_time_days=slot.lead_time_days,
+            empty_at_early=forecast.empty_at_early,
+            document=consent_document,
+            consent_version=consent_version,
+            now=now,
         )
     else:
-        orders.create(
+        order = orders.create(
             session=session,
             decision=decision,
             slot=slot,
-            awaiting_approval=verdict.action == DecisionAction.REQUEST_APPROVAL,
+            awaiting_approval=False,
             now=now,
             actor=ACTOR,
+            hand_off_at=answers.hand_off_time(
+                document=consent_document,
+                lead_time_days=slot.lead_time_days,
+                empty_at_early=forecast.empty_at_early,
+                now=now,
+            ),
+        )
+        answers.announce_order(
+            session=session,
+            order=order,
+            lead_time_days=slot.lead_time_days,
+            document=consent_document,
+            consent_version=consent_version,
+            now=now,
         )
     log.info("decision %s: %s for %s/%s (%s)", decision.id, verdict.action, device.id, slot.name, verdict.reason)
     return decision

@@ -8,11 +8,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from replenish.automation.policy import OrderLimits
-from replenish.constants import ConsentMode
+from replenish.constants import ConsentMode, NoAnswer
 
 DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
 DEFAULT_ESCALATION_TIMEOUT_SECONDS = 120
 DEFAULT_TELEMETRY_RETENTION_DAYS = 365
+DEFAULT_APPROVAL_REMINDER_HOURS = 6.0
+# Amazon's Dash Replenishment gives 24 hours; two keep an order quick while leaving time to see the message.
+DEFAULT_CANCEL_WINDOW_MINUTES = 120
 
 
 class PauseWindow(BaseModel):
@@ -126,6 +129,29 @@ class ConsentDocument(BaseModel):
         description="When a change takes ordering away from a slot, its open orders not yet shipped are cancelled "
         "with the reason (cancel), or held (hold): fulfilment is told to hold placed ones until the customer "
         "approves or cancels them, and orders awaiting approval keep waiting.",
+    )
+    on_no_answer: NoAnswer = Field(
+        NoAnswer.KEEP_WAITING,
+        description="What happens to an order awaiting approval when its latest useful answer time (the forecast's "
+        "early empty date minus the lead time) passes unanswered: keep_waiting (nothing is ordered, the request "
+        "stays open and the customer is told), decline, or approve (only within the spending cap and quantity "
+        "limit; otherwise it keeps waiting and says why). The order's history records which it was, and under "
+        "which consent version.",
+    )
+    approval_reminder_hours: float = Field(
+        DEFAULT_APPROVAL_REMINDER_HOURS,
+        ge=0,
+        le=168,
+        description="How long before the latest useful answer time a reminder goes out for an unanswered request "
+        "(at the latest halfway there, when the request came later than that); 0: no reminder.",
+    )
+    cancel_window_minutes: int = Field(
+        DEFAULT_CANCEL_WINDOW_MINUTES,
+        ge=0,
+        le=2880,
+        description="How long an automatic order waits, announced with a one-tap cancel link, before it is handed "
+        "to fulfilment; shortened when the slot's early empty date leaves no room. A cancel inside the window never "
+        "reaches fulfilment. 0: handed over at once.",
     )
     notification_channels: list[NotificationChannel] = Field(
         default_factory=lambda: [NotificationChannel(type="log")],

@@ -7,7 +7,7 @@ from sqlmodel import Session, col, func, select
 from replenish.audit import service as audit
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AuditAction, ConsentMode, OrderStatus
+from replenish.constants import AuditAction, ConsentMode, NoticeKind, OrderStatus
 from replenish.customers.models import Customer
 from replenish.devices.models import Device, Slot
 from replenish.errors import InvalidRequest, NotFound
@@ -151,6 +151,9 @@ def _revoke(
                 subject=f"Order held: {order.product_sku} for {order.device_id}/{slot_name}",
                 body=f"{reason}. The order is on hold: approve it to let it go on, or cancel it.",
                 now=now,
+                kind=NoticeKind.ORDER_CHANGED,
+                order_id=order.id,
+                app_path=f"/app/orders/{order.id}",
             )
         elif order.status == OrderStatus.AWAITING_APPROVAL:
             orders.note(session=session, order=order, actor=actor, now=now, reason=f"still awaiting approval: {reason}")

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AlarmKind, AlarmSeverity, AlarmStatus
+from replenish.constants import AlarmKind, AlarmSeverity, AlarmStatus, NoticeKind
 from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot
 from replenish.health import rules
@@ -160,6 +160,7 @@ def _reconcile(
                 body=_explain(kind, device, detail),
                 now=now,
                 alarm_id=alarm.id,
+                kind=NoticeKind.DEVICE_HEALTH,
             )
         return "raised"
     if alarm is None:
@@ -195,6 +196,7 @@ def _reconcile(
             f"{alarm.occurrences} occurrence(s).",
             now=now,
             alarm_id=alarm.id,
+            kind=NoticeKind.DEVICE_HEALTH,
         )
     return "cleared"
 

@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Link:
+    """A link the message offers: a one-tap answer (Approve, Decline, Cancel) or the app's page about it."""
+
+    label: str
+    url: str
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One notification, ready to send: what the dispatcher reads from the outbox."""
 
@@ -36,20 +44,33 @@ class Delivery:
     # The link an emergency contact follows to acknowledge; none for other notifications.
     acknowledge_url: str | None = None
     alert_id: str | None = None
+    kind: str | None = None
+    order_id: str | None = None
+    # The customer's one-tap answers and the app's page: each needs no sign-in but a confirmation.
+    links: tuple[Link, ...] = ()
+
+    def link_lines(self) -> str:
+        return "\n".join(f"{link.label}: {link.url}" for link in self.links)
 
     def text(self) -> str:
-        if self.acknowledge_url is None:
-            return self.body
-        return f"{self.body}\n\nTo let everyone know you are handling it, acknowledge here: {self.acknowledge_url}"
+        text = self.body
+        if self.links:
+            text += f"\n\n{self.link_lines()}"
+        if self.acknowledge_url is not None:
+            text += f"\n\nTo let everyone know you are handling it, acknowledge here: {self.acknowledge_url}"
+        return text
 
     def json(self) -> dict[str, Any]:
         return {
             "type": "notification",
+            "kind": self.kind,
             "notification_id": self.notification_id,
             "alert_id": self.alert_id,
+            "order_id": self.order_id,
             "subject": self.subject,
             "body": self.body,
             "acknowledge_url": self.acknowledge_url,
+            "links": [{"label": link.label, "url": link.url} for link in self.links],
         }
 
 
@@ -61,9 +82,13 @@ class Channel(Protocol):
 
 class LogChannel:
     def send(self, delivery: Delivery) -> None:
-        # Never the acknowledgement link: whoever reads the log could acknowledge in the contact's name.
+        # Never the acknowledgement link: whoever reads the log could acknowledge in the contact's name. A customer
+        # who chose the log for their own notices (trials, the demo) answers from it: their links are shown.
         withheld = " (acknowledgement link not logged)" if delivery.acknowledge_url else ""
-        log.warning("notification %s: %s — %s%s", delivery.notification_id, delivery.subject, delivery.body, withheld)
+        links = f"\n{delivery.link_lines()}" if delivery.links else ""
+        log.warning(
+            "notification %s: %s — %s%s%s", delivery.notification_id, delivery.subject, delivery.body, withheld, links
+        )
 
 
 class UndeliverableAddress(Exception):

@@ -19,6 +19,9 @@ class Notification(SQLModel, table=True):
     decision_id: str | None = Field(default=None, foreign_key="decisions.id")
     alert_id: str | None = Field(default=None, foreign_key="alerts.id")
     alarm_id: str | None = Field(default=None, foreign_key="device_alarms.id")
+    order_id: str | None = Field(default=None, foreign_key="orders.id", index=True)
+    # What it is about (constants.NoticeKind); null for notifications from before kinds were recorded.
+    kind: str | None = None
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

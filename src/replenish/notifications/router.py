@@ -27,6 +27,13 @@ class NotificationRead(BaseModel):
     decision_id: str | None
     alert_id: str | None
     alarm_id: str | None = Field(description="The device health alarm it is about, if any.")
+    order_id: str | None = Field(None, description="The order it is about, if any.")
+    kind: str | None = Field(
+        None,
+        description="What it is about: low, approval_request, approval_reminder, no_answer, order_placed, "
+        "order_shipped, order_delivered, delivery_nudge, safety, device_health, order_changed (null: sent before "
+        "kinds were recorded).",
+    )
     consent_version: int
     created_at: datetime
     sent_at: datetime | None

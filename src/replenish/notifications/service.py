@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import OutboxKind
+from replenish.constants import NoticeKind, OutboxKind
 from replenish.notifications.models import Notification
 from replenish.outbox import service as outbox
 
@@ -25,8 +25,13 @@ def notify_customer(
     alert_id: str | None = None,
     alarm_id: str | None = None,
     urgent: bool = False,
+    kind: NoticeKind | None = None,
+    order_id: str | None = None,
+    links: list[tuple[str, str]] | None = None,
+    app_path: str | None = None,
 ) -> list[Notification]:
-    """Tell the customer, on every channel their consent names."""
+    """Tell the customer, on every channel their consent names. ``links`` are one-tap answers, (label, token) pairs
+    the dispatcher turns into URLs; ``app_path``, the web app's page about it."""
     return [
         send(
             session=session,
@@ -41,6 +46,10 @@ def notify_customer(
             alert_id=alert_id,
             alarm_id=alarm_id,
             urgent=urgent,
+            kind=kind,
+            order_id=order_id,
+            links=links,
+            app_path=app_path,
         )
         for channel in document.notification_channels
     ]
@@ -61,11 +70,15 @@ def send(
     alarm_id: str | None = None,
     acknowledge_token: str | None = None,
     urgent: bool = False,
+    kind: NoticeKind | None = None,
+    order_id: str | None = None,
+    links: list[tuple[str, str]] | None = None,
+    app_path: str | None = None,
 ) -> Notification:
     """One notification to one address (the customer's, or an emergency contact's on the customer's behalf).
 
-    ``acknowledge_token`` travels in the outbox message only, for the dispatcher to build the link; the notification
-    row keeps the text without it.
+    ``acknowledge_token`` and the tokens of ``links`` travel in the outbox message only, for the dispatcher to build
+    the links, and are wiped from it once delivered; the notification row keeps the text without them.
     """
     notification = Notification(
         customer_id=customer_id,
@@ -77,6 +90,8 @@ def send(
         decision_id=decision_id,
         alert_id=alert_id,
         alarm_id=alarm_id,
+        order_id=order_id,
+        kind=kind,
         created_at=now,
     )
     session.add(notification)
@@ -94,6 +109,10 @@ def send(
             "body": body,
             "alert_id": alert_id,
             "acknowledge_token": acknowledge_token,
+            "kind": kind,
+            "order_id": order_id,
+            "links": [{"label": label, "token": token} for label, token in links or ()],
+            "app_path": app_path,
         },
         now=now,
         urgent=urgent,

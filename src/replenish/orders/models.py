@@ -26,6 +26,15 @@ class Order(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
     # When it was placed (by itself, or approved): the month whose spending it counts toward.
     placed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # Awaiting approval: the latest useful answer (the forecast's early empty date minus the lead time), when the
+    # reminder goes out, when it went, and when the deadline passed unanswered and the consent's on_no_answer acted.
+    answer_by: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    remind_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    reminded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    no_answer_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Placed: when fulfilment receives it. An automatic order waits its cancel window first; until then a cancel
+    # never reaches fulfilment.
+    hand_off_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class OrderEvent(SQLModel, table=True):

@@ -24,6 +24,22 @@ class OrderRead(BaseModel):
     consent_version: int
     created_at: datetime
     updated_at: datetime
+    answer_by: datetime | None = Field(
+        None,
+        description="Awaiting approval: the latest useful answer (the forecast's early empty date minus the lead "
+        "time, at least an hour after asking). When it passes unanswered, the consent's on_no_answer acts. Null "
+        "when there is no deadline (an order asked for over a limit waits).",
+    )
+    remind_at: datetime | None = Field(None, description="When the reminder of an unanswered request goes out.")
+    reminded_at: datetime | None = Field(None, description="When the reminder went out.")
+    no_answer_at: datetime | None = Field(
+        None, description="When the deadline passed unanswered and on_no_answer acted (the history says how)."
+    )
+    hand_off_at: datetime | None = Field(
+        None,
+        description="Placed: when the order goes (or went) to fulfilment. Until then a cancel withdraws it and "
+        "fulfilment never hears of it: an automatic order waits the consent's cancel_window_minutes.",
+    )
 
 
 class OrderEventRead(BaseModel):

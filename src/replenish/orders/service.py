@@ -39,8 +39,17 @@ _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
 
 
 def create(
-    *, session: Session, decision: Decision, slot: Slot, awaiting_approval: bool, now: datetime, actor: str
+    *,
+    session: Session,
+    decision: Decision,
+    slot: Slot,
+    awaiting_approval: bool,
+    now: datetime,
+    actor: str,
+    hand_off_at: datetime | None = None,
 ) -> Order:
+    """A new order for the decision. A placed one goes to fulfilment at ``hand_off_at`` (default: now); until then
+    a cancel withdraws it and fulfilment never hears of it."""
     order = Order(
         decision_id=decision.id,
         customer_id=decision.customer_id,
@@ -55,8 +64,10 @@ def create(
         created_at=now,
         updated_at=now,
         placed_at=None if awaiting_approval else now,
+        hand_off_at=None if awaiting_approval else max(hand_off_at or now, now),
     )
     session.add(order)
+    session.flush()  # rows that refer to it (its history, links, notices) come after it
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now)
@@ -157,14 +168,26 @@ def transition(
     session.add(order)
     _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
     if current == OrderStatus.HELD and to in (OrderStatus.PLACED, OrderStatus.CONFIRMED):
-        # Fulfilment had it already: it may go on. (Spending counts from when it was first placed.)
-        _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_RELEASED, reason=reason, now=now)
+        # Spending counts from when it was first placed.
+        if outbox.exists(session=session, idempotency_key=_placed_key(order)):
+            _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_RELEASED, reason=reason, now=now)
+        else:  # held inside its cancel window: fulfilment never had it, and gets it now
+            order.hand_off_at = now
+            _send_to_fulfilment(session=session, order=order, now=now)
     elif to == OrderStatus.PLACED:
         order.placed_at = now
+        order.hand_off_at = now  # the customer said yes just now: no cancel window
         _send_to_fulfilment(session=session, order=order, now=now)
     elif to == OrderStatus.HELD:
-        _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_HELD, reason=reason, now=now)
-    elif to == OrderStatus.CANCELLED and current != OrderStatus.AWAITING_APPROVAL:
+        if not _withdraw_from_fulfilment(session=session, order=order, actor=actor, now=now):
+            _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_HELD, reason=reason, now=now)
+    elif (
+        to == OrderStatus.CANCELLED
+        and current != OrderStatus.AWAITING_APPROVAL
+        # Inside the cancel window the hand-off is simply taken back; a fulfilment that has it is told.
+        and not _withdraw_from_fulfilment(session=session, order=order, actor=actor, now=now)
+        and outbox.exists(session=session, idempotency_key=_placed_key(order))
+    ):
         outbox.enqueue(
             session=session,
             kind=OutboxKind.ORDER_CANCELLED,
@@ -174,6 +197,24 @@ def transition(
             now=now,
         )
     return order
+
+
+def _placed_key(order: Order) -> str:
+    return f"order:{order.id}:placed"
+
+
+def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now: datetime) -> bool:
+    """Inside its cancel window an order has not left yet: take its hand-off back, so fulfilment never hears of
+    it. False once fulfilment has it (or is being handed it this moment): then fulfilment is told."""
+    if not outbox.withdraw(session=session, idempotency_key=_placed_key(order), now=now):
+        return False
+    note(session=session, order=order, actor=actor, now=now, reason="withdrawn before it reached fulfilment")
+    return True
+
+
+def in_cancel_window(order: Order, *, now: datetime) -> bool:
+    """Placed, and not yet handed to fulfilment: a cancel now never reaches it."""
+    return order.status == OrderStatus.PLACED and order.hand_off_at is not None and order.hand_off_at > now
 
 
 def _record(
@@ -209,7 +250,11 @@ def note(*, session: Session, order: Order, actor: str, now: datetime, reason: s
 def _status_before_hold(*, session: Session, order_id: str) -> OrderStatus:
     held = session.exec(
         select(OrderEvent.from_status)
-        .where(OrderEvent.order_id == order_id, OrderEvent.to_status == OrderStatus.HELD)
+        .where(
+            OrderEvent.order_id == order_id,
+            OrderEvent.to_status == OrderStatus.HELD,
+            OrderEvent.from_status != OrderStatus.HELD,  # not a note made while it was held
+        )
         .order_by(col(OrderEvent.id).desc())
         .limit(1)
     ).first()
@@ -248,9 +293,10 @@ def _send_to_fulfilment(*, session: Session, order: Order, now: datetime) -> Non
         session=session,
         kind=OutboxKind.ORDER_PLACED,
         stream=f"order:{order.id}",
-        idempotency_key=f"order:{order.id}:placed",
+        idempotency_key=_placed_key(order),
         payload=fulfilment_payload(order),
         now=now,
+        available_at=order.hand_off_at,
     )
 
 

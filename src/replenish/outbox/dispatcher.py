@@ -19,9 +19,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from replenish.clock import Clock
-from replenish.constants import OutboxKind
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH, ANSWER_PAGE_PATH, OutboxKind
 from replenish.db import transaction
-from replenish.notifications.channels import Channels, Delivery
+from replenish.notifications.channels import Channels, Delivery, Link
 from replenish.notifications.models import Notification
 from replenish.observability import correlation
 from replenish.observability.metrics import Metrics
@@ -57,7 +57,7 @@ class Dispatcher:
         fulfilment: FulfilmentSink,
         send_command: CommandSender | None,
         channels: Channels,
-        acknowledge_url: Callable[[str], str],
+        public_url: str,
         kinds: Collection[OutboxKind] | None = None,
         urgent_only: bool = False,
         metrics: Metrics | None = None,
@@ -69,7 +69,8 @@ class Dispatcher:
         self._fulfilment = fulfilment
         self._send_command = send_command
         self._channels = channels
-        self._acknowledge_url = acknowledge_url
+        # Where people reach the platform from outside: the base of the links in notifications.
+        self._public_url = public_url.rstrip("/")
         # Only these kinds (None: all), only urgent ones: the events ingest process delivers a fall's
         # notifications itself, at once, and leaves everything else to the scheduler.
         self._kinds = kinds
@@ -148,24 +149,35 @@ class Dispatcher:
         ):
             self._fulfilment.send(event=kind, idempotency_key=message.idempotency_key, order=message.payload)
         elif kind == OutboxKind.NOTIFICATION:
-            payload = message.payload
-            token = payload.get("acknowledge_token")
-            self._channels.send(
-                Delivery(
-                    notification_id=payload["notification_id"],
-                    idempotency_key=message.idempotency_key,
-                    channel=payload.get("channel", "log"),
-                    address=payload.get("address"),
-                    subject=payload["subject"],
-                    body=payload["body"],
-                    acknowledge_url=self._acknowledge_url(token) if token else None,
-                    alert_id=payload.get("alert_id"),
-                )
-            )
+            self._channels.send(self._delivery(message))
         elif kind == OutboxKind.DEVICE_COMMAND:
             if self._send_command is None:
                 raise RuntimeError("no MQTT publisher configured for device commands")
             self._send_command(message.payload["topic"], message.payload["command"])
+
+    def _delivery(self, message: OutboxMessage) -> Delivery:
+        payload = message.payload
+        token = payload.get("acknowledge_token")
+        links = [
+            Link(link["label"], f"{self._public_url}{ANSWER_PAGE_PATH}/{link['token']}")
+            for link in payload.get("links") or ()
+            if link.get("token")
+        ]
+        if payload.get("app_path"):
+            links.append(Link("Open in the app", f"{self._public_url}{payload['app_path']}"))
+        return Delivery(
+            notification_id=payload["notification_id"],
+            idempotency_key=message.idempotency_key,
+            channel=payload.get("channel", "log"),
+            address=payload.get("address"),
+            subject=payload["subject"],
+            body=payload["body"],
+            acknowledge_url=f"{self._public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}" if token else None,
+            alert_id=payload.get("alert_id"),
+            kind=payload.get("kind"),
+            order_id=payload.get("order_id"),
+            links=tuple(links),
+        )
 
     def _record_delivery(self, message: OutboxMessage) -> None:
         now = self._clock.now()
@@ -176,10 +188,14 @@ class Dispatcher:
                 return  # another dispatcher took it over after this one's lease ran out, and recorded it first
             stored.delivered_at = now
             stored.attempts += 1
-            if stored.payload.get("acknowledge_token"):
-                # Delivered: the token need not be kept anywhere but in the contact's hands (a hash stays with the
-                # escalation step).
-                stored.payload = {**stored.payload, "acknowledge_token": None}
+            if stored.payload.get("acknowledge_token") or stored.payload.get("links"):
+                # Delivered: a token need not be kept anywhere but in the recipient's hands (a hash stays with the
+                # escalation step or the order's link).
+                stored.payload = {
+                    **stored.payload,
+                    "acknowledge_token": None,
+                    "links": [{**link, "token": None} for link in stored.payload.get("links") or ()],
+                }
             session.add(stored)
             if stored.kind == OutboxKind.NOTIFICATION:
                 notification = session.get(Notification, stored.payload["notification_id"])

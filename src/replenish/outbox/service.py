@@ -5,7 +5,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, or_, update
+from sqlalchemy import delete, event, or_, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -24,17 +24,19 @@ def enqueue(
     payload: dict[str, Any],
     now: datetime,
     urgent: bool = False,
+    available_at: datetime | None = None,
 ) -> OutboxMessage:
     """Record an effect to deliver. It commits with the caller's transaction, or not at all. An urgent one (a safety
     notification, a command the wearer waits for) wakes this process's dispatch loops as soon as it commits, rather
-    than at their next poll. It carries the correlation id of the work that enqueues it."""
+    than at their next poll. It carries the correlation id of the work that enqueues it. ``available_at`` holds it
+    back until then (an automatic order's cancel window)."""
     message = OutboxMessage(
         kind=kind,
         stream=stream,
         idempotency_key=idempotency_key,
         payload=payload,
         created_at=now,
-        available_at=now,
+        available_at=available_at or now,
         urgent=urgent,
         correlation_id=correlation.current(),
     )
@@ -106,6 +108,29 @@ def due(
     if urgent_only:
         query = query.where(col(OutboxMessage.urgent).is_(True))
     return list(session.exec(query.order_by(col(OutboxMessage.id)).limit(limit)))
+
+
+def withdraw(*, session: Session, idempotency_key: str, now: datetime) -> bool:
+    """Take back a message that no dispatcher has tried to deliver or holds: true if it is gone (its receiver
+    never hears of it), false if it was delivered, is being delivered, or an attempt failed. One conditional DELETE,
+    so of a withdrawal and a dispatcher's claim racing each other exactly one wins, as with two claims."""
+    result = session.execute(
+        delete(OutboxMessage).where(
+            col(OutboxMessage.idempotency_key) == idempotency_key,
+            col(OutboxMessage.delivered_at).is_(None),
+            # A receiver that failed an attempt (a 503, a timeout) may still have acted on it: it must be told.
+            col(OutboxMessage.attempts) == 0,
+            or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def exists(*, session: Session, idempotency_key: str) -> bool:
+    return (
+        session.exec(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == idempotency_key)).first()
+        is not None
+    )
 
 
 def claim(*, session: Session, message_id: int, now: datetime, until: datetime, by: str) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
 from replenish.alerts.models import Alert, EscalationStep
+from replenish.answers.models import OrderLink
 from replenish.audit import service as audit
 from replenish.audit.models import AuditEvent
 from replenish.auth import service as auth
@@ -92,6 +93,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("decisions", select(Decision).where(Decision.customer_id == customer_id)),
         ("orders", select(Order).where(Order.customer_id == customer_id)),
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
+        ("order_links", select(OrderLink).where(OrderLink.customer_id == customer_id)),
         ("alerts", select(Alert).where(Alert.customer_id == customer_id)),
         ("alert_escalations", select(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))),
         ("alarms", select(Alarm).where(Alarm.customer_id == customer_id)),
@@ -210,6 +212,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("alerts", delete(Alert).where(Alert.customer_id == customer_id)),
         ("alarms", delete(Alarm).where(Alarm.customer_id == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
+        ("order_links", delete(OrderLink).where(OrderLink.customer_id == customer_id)),
         ("orders", delete(Order).where(Order.customer_id == customer_id)),
         ("decisions", delete(Decision).where(Decision.customer_id == customer_id)),
         ("messages", delete(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),

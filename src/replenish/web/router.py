@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlmodel import Session
 
@@ -26,7 +24,14 @@ from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import OPEN_ORDER_STATUSES, AlarmStatus, AlertStatus, ConsentMode, OrderStatus
+from replenish.constants import (
+    ANSWER_PAGE_PATH,
+    OPEN_ORDER_STATUSES,
+    AlarmStatus,
+    AlertStatus,
+    ConsentMode,
+    OrderStatus,
+)
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
@@ -37,8 +42,9 @@ from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.privacy import service as privacy
 from replenish.privacy.router import export_response
+from replenish.web import answers as answer_pages
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
-from replenish.web.filters import FILTERS
+from replenish.web.rendering import STATIC_DIR, templates
 from replenish.web.session import (
     COOKIE_NAME,
     CSRF_FIELD,
@@ -53,9 +59,6 @@ from replenish.web.session import (
 )
 
 PREFIX = "/app"
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.filters.update(FILTERS)
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 WebPrincipal = Annotated[Principal, Depends(require_principal)]
 # The order's actions offered on its page, and the status each leads to.
@@ -80,8 +83,9 @@ PAGE_HEADERS = {
 def install(app: FastAPI) -> None:
     """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
     # The static files first: the pages' router ends with a catch-all that answers the app's 404 page.
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="web-static")
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="web-static")
     app.include_router(router)
+    app.include_router(answer_pages.router)
 
     @app.middleware("http")
     async def _page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -89,6 +93,9 @@ def install(app: FastAPI) -> None:
         path = request.url.path
         if (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
             response.headers.update(PAGE_HEADERS)
+        elif path.startswith(f"{ANSWER_PAGE_PATH}/"):
+            # The link's token is in the address: never sent on as a referrer.
+            response.headers.update(PAGE_HEADERS | {"Referrer-Policy": "no-referrer"})
         return response
 
     @app.exception_handler(SignInRequired)
@@ -217,6 +224,7 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         "history": history,
         "actions": actions,
         "slot": slot,
+        "now": _now(request),
         "error": f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
         if error in ACTION_PAST
         else None,
@@ -461,6 +469,17 @@ def save_limits(request: Request, principal: WebPrincipal, form: FormData) -> Re
     def change(data: dict[str, Any]) -> None:
         data["monthly_spending_cap"] = form.get("monthly_spending_cap", "").strip() or None
         data["max_quantity_per_order"] = form.get("max_quantity_per_order", "").strip() or None
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/answers")
+def save_answers(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """What an unanswered request does at its deadline, when the reminder goes out, and the cancel window."""
+
+    def change(data: dict[str, Any]) -> None:
+        for name in ("on_no_answer", "approval_reminder_hours", "cancel_window_minutes"):
+            data[name] = form.get(name, "").strip() or data.get(name)
 
     return _save_consent(request, principal, change, form)
 

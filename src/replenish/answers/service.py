@@ -1,0 +1,472 @@
+"""Asking the customer and acting on their answer, in the caller's transaction.
+
+An order awaiting approval is announced at once on every channel the consent names, with one-tap Approve and Decline
+links, its deadline (the latest useful answer) and a reminder before it; at the deadline the consent's on_no_answer
+decides. An automatic order is announced with a one-tap Cancel link that works until it leaves for fulfilment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlmodel import Session, col, select
+
+from replenish.answers import messages, timing
+from replenish.answers.messages import OrderFacts
+from replenish.answers.models import OrderLink
+from replenish.audit import service as audit
+from replenish.automation.models import Decision
+from replenish.automation.policy import Verdict, within_limits
+from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import AuditAction, DecisionAction, LinkAction, NoAnswer, NoticeKind, OrderStatus
+from replenish.devices.models import Device, Slot
+from replenish.errors import Conflict
+from replenish.forecasting import Forecast
+from replenish.notifications import service as notifications
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+
+log = logging.getLogger(__name__)
+
+# Who acts when the deadline passes unanswered, and who acts through a link (the link's id is in the audit record).
+NO_ANSWER_ACTOR = "automation (no answer)"
+LINK_ACTOR = "customer (one-tap link)"
+LINK_LABELS = {LinkAction.APPROVE: "Approve", LinkAction.DECLINE: "Decline", LinkAction.CANCEL: "Cancel"}
+# The status each link action leads to, and the statuses in which it still can.
+LINK_TARGET = {
+    LinkAction.APPROVE: OrderStatus.PLACED,
+    LinkAction.DECLINE: OrderStatus.DECLINED,
+    LinkAction.CANCEL: OrderStatus.CANCELLED,
+}
+
+
+def app_path(order: Order) -> str:
+    return f"/app/orders/{order.id}"
+
+
+def _facts(*, session: Session, order: Order, document: ConsentDocument) -> OrderFacts:
+    device = session.get(Device, order.device_id)
+    slot = session.get(Slot, order.slot_id)
+    decision = session.get(Decision, order.decision_id)
+    forecast = Forecast.from_json(decision.forecast) if decision is not None else None
+    return OrderFacts(
+        device_name=device.name if device is not None else order.device_id,
+        slot_name=slot.name if slot is not None else "",
+        product_sku=order.product_sku,
+        quantity=order.quantity,
+        total_price=order.total_price,
+        zone=document.zone,
+        empty_at_early=forecast.empty_at_early if forecast is not None else None,
+    )
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _issue_links(
+    *,
+    session: Session,
+    order: Order,
+    actions: tuple[LinkAction, ...],
+    notice: NoticeKind,
+    consent_version: int,
+    on_no_answer: NoAnswer,
+    now: datetime,
+) -> list[tuple[str, str]]:
+    """Fresh links for one message, as (label, token): the tokens go out in the message only."""
+    issued = []
+    for action in actions:
+        token = secrets.token_urlsafe(24)
+        session.add(
+            OrderLink(
+                token_hash=_token_hash(token),
+                order_id=order.id,
+                customer_id=order.customer_id,
+                action=action,
+                notice=notice,
+                consent_version=consent_version,
+                created_at=now,
+                expires_at=timing.link_expires_at(
+                    action=action,
+                    now=now,
+                    answer_by=order.answer_by,
+                    hand_off_at=order.hand_off_at,
+                    on_no_answer=on_no_answer,
+                ),
+            )
+        )
+        issued.append((LINK_LABELS[action], token))
+    return issued
+
+
+def _tell(
+    *,
+    session: Session,
+    order: Order,
+    document: ConsentDocument,
+    consent_version: int,
+    kind: NoticeKind,
+    text: tuple[str, str],
+    now: datetime,
+    actions: tuple[LinkAction, ...] = (),
+) -> None:
+    links = _issue_links(
+        session=session,
+        order=order,
+        actions=actions,
+        notice=kind,
+        consent_version=consent_version,
+        on_no_answer=document.on_no_answer,
+        now=now,
+    )
+    subject, body = text
+    notifications.notify_customer(
+        session=session,
+        customer_id=order.customer_id,
+        document=document,
+        consent_version=consent_version,
+        subject=subject,
+        body=body,
+        now=now,
+        decision_id=order.decision_id,
+        kind=kind,
+        order_id=order.id,
+        links=links,
+        app_path=app_path(order),
+    )
+
+
+def request_approval(
+    *,
+    session: Session,
+    order: Order,
+    lead_time_days: float,
+    empty_at_early: datetime | None,
+    document: ConsentDocument,
+    consent_version: int,
+    now: datetime,
+) -> None:
+    """Ask at once: the deadline and reminder go on the order, the request with its links to every channel."""
+    window = timing.answer_window(
+        latest_useful=timing.latest_useful_answer(empty_at_early=empty_at_early, lead_time_days=lead_time_days),
+        now=now,
+        reminder_before=timedelta(hours=document.approval_reminder_hours),
+    )
+    order.answer_by, order.remind_at = window.answer_by, window.remind_at
+    session.add(order)
+    facts = _facts(session=session, order=order, document=document)
+    _tell(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=consent_version,
+        kind=NoticeKind.APPROVAL_REQUEST,
+        text=messages.approval_request(facts, answer_by=order.answer_by, on_no_answer=document.on_no_answer),
+        now=now,
+        actions=(LinkAction.APPROVE, LinkAction.DECLINE),
+    )
+
+
+def hand_off_time(
+    *, document: ConsentDocument, lead_time_days: float, empty_at_early: datetime | None, now: datetime
+) -> datetime:
+    """When an automatic order decided now goes to fulfilment (see timing.hand_off_at)."""
+    return timing.hand_off_at(
+        now=now,
+        cancel_window=timedelta(minutes=document.cancel_window_minutes),
+        latest_useful=timing.latest_useful_answer(empty_at_early=empty_at_early, lead_time_days=lead_time_days),
+    )
+
+
+def announce_order(
+    *,
+    session: Session,
+    order: Order,
+    lead_time_days: float,
+    document: ConsentDocument,
+    consent_version: int,
+    now: datetime,
+) -> None:
+    """An automatic order tells the customer what, when it arrives, and until when one tap cancels it."""
+    hand_off = order.hand_off_at or now
+    facts = _facts(session=session, order=order, document=document)
+    _tell(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=consent_version,
+        kind=NoticeKind.ORDER_PLACED,
+        text=messages.order_placed(
+            facts, hand_off_at=hand_off, arriving_at=hand_off + timedelta(days=lead_time_days), now=now
+        ),
+        now=now,
+        actions=(LinkAction.CANCEL,) if hand_off > now else (),
+    )
+
+
+# --- the scheduler's follow-up: reminders and deadlines --------------------------------------------------------
+
+
+def reminders_due(*, session: Session, now: datetime) -> list[str]:
+    return list(
+        session.exec(
+            select(Order.id).where(
+                Order.status == OrderStatus.AWAITING_APPROVAL,
+                col(Order.remind_at) <= now,
+                col(Order.reminded_at).is_(None),
+                col(Order.no_answer_at).is_(None),
+            )
+        )
+    )
+
+
+def deadlines_due(*, session: Session, now: datetime) -> list[str]:
+    return list(
+        session.exec(
+            select(Order.id).where(
+                Order.status == OrderStatus.AWAITING_APPROVAL,
+                col(Order.answer_by) <= now,
+                col(Order.no_answer_at).is_(None),
+            )
+        )
+    )
+
+
+def _locked(*, session: Session, order_id: str) -> Order | None:
+    # A concurrent answer (a link, the app) and the follow-up must see each other's result.
+    return session.get(Order, order_id, with_for_update=True, populate_existing=True)
+
+
+def remind(*, session: Session, order_id: str, now: datetime) -> bool:
+    """The reminder of an unanswered request, once; False if it was answered meanwhile (or already reminded)."""
+    order = _locked(session=session, order_id=order_id)
+    if order is None or order.status != OrderStatus.AWAITING_APPROVAL or order.reminded_at is not None:
+        return False
+    if order.answer_by is None or order.no_answer_at is not None:
+        return False
+    version, document = consent.current_document(session=session, customer_id=order.customer_id)
+    order.reminded_at = now
+    session.add(order)
+    facts = _facts(session=session, order=order, document=document)
+    _tell(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=version,
+        kind=NoticeKind.APPROVAL_REMINDER,
+        text=messages.approval_reminder(facts, answer_by=order.answer_by, on_no_answer=document.on_no_answer),
+        now=now,
+        actions=(LinkAction.APPROVE, LinkAction.DECLINE),
+    )
+    return True
+
+
+def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAnswer | None:
+    """The deadline passed unanswered: do what the consent says now (its current version), record that it was for
+    lack of an answer and under which version, and tell the customer. None if it was answered meanwhile."""
+    order = _locked(session=session, order_id=order_id)
+    if order is None or order.status != OrderStatus.AWAITING_APPROVAL or order.no_answer_at is not None:
+        return None
+    if order.answer_by is None or order.answer_by > now:
+        return None
+    version, document = consent.current_document(session=session, customer_id=order.customer_id)
+    outcome = document.on_no_answer
+    why = f"no answer by {order.answer_by:%Y-%m-%d %H:%M} UTC; consent version {version} says on_no_answer={outcome}"
+    refusal = None
+    if outcome is NoAnswer.APPROVE:
+        refusal = _over_a_limit(session=session, order=order, document=document, now=now)
+        if refusal is not None:
+            outcome = NoAnswer.KEEP_WAITING
+            why += f", but it keeps waiting: {refusal}"
+    order.no_answer_at = now
+    session.add(order)
+    if outcome is NoAnswer.KEEP_WAITING:
+        orders.note(session=session, order=order, actor=NO_ANSWER_ACTOR, now=now, reason=why)
+    else:
+        orders.transition(
+            session=session,
+            order_id=order.id,
+            to=OrderStatus.PLACED if outcome is NoAnswer.APPROVE else OrderStatus.DECLINED,
+            actor=NO_ANSWER_ACTOR,
+            now=now,
+            reason=why,
+        )
+    audit.record(
+        session=session,
+        at=now,
+        actor=NO_ANSWER_ACTOR,
+        action=AuditAction.ORDER_NO_ANSWER,
+        customer_id=order.customer_id,
+        subject_type="order",
+        subject_id=order.id,
+        detail={
+            "answer_by": order.answer_by.isoformat(),
+            "on_no_answer": document.on_no_answer,
+            "outcome": outcome,
+            "consent_version": version,
+            "refused": refusal,
+        },
+    )
+    facts = _facts(session=session, order=order, document=document)
+    _tell(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=version,
+        kind=NoticeKind.NO_ANSWER,
+        text=messages.no_answer(facts, outcome=outcome, reason=refusal),
+        now=now,
+        # Still waiting: the answer can still come, in one tap.
+        actions=(LinkAction.APPROVE, LinkAction.DECLINE) if outcome is NoAnswer.KEEP_WAITING else (),
+    )
+    log.info("order %s: no answer by %s; %s", order.id, order.answer_by.isoformat(), outcome)
+    return outcome
+
+
+def _over_a_limit(*, session: Session, order: Order, document: ConsentDocument, now: datetime) -> str | None:
+    """Why approving for lack of an answer would break the consent's spending cap or quantity limit, if it would."""
+    month_start, month_end = document.calendar_month(now)
+    verdict = within_limits(
+        Verdict(action=DecisionAction.PLACE_ORDER, reason="no answer"),
+        limits=document.limits,
+        quantity=order.quantity,
+        total_price=order.total_price,
+        spent_this_month=orders.spent_between(
+            session=session, customer_id=order.customer_id, start=month_start, end=month_end
+        ),
+    )
+    if verdict.action is DecisionAction.PLACE_ORDER:
+        return None
+    return verdict.reason.split("asks first: ", 1)[-1]
+
+
+# --- one-tap links ---------------------------------------------------------------------------------------------
+
+
+LinkProblem = Literal["unknown", "expired", "used", "answered", "consent_changed"]
+
+
+class LinkRefused(Exception):
+    """A link that does nothing: forged or tampered (unknown), expired, used, its order answered since, or the
+    consent changed since it was sent. The page says which; an audit record keeps it."""
+
+    def __init__(self, problem: LinkProblem, message: str, *, link: OrderLink | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.message = message
+        self.link = link
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What the confirmation page shows."""
+
+    link: OrderLink
+    order: Order
+    facts: OrderFacts
+    action: LinkAction
+
+
+def _check(*, session: Session, token: str, now: datetime) -> LinkView:
+    link = session.exec(select(OrderLink).where(OrderLink.token_hash == _token_hash(token))).first()
+    if link is None:
+        raise LinkRefused("unknown", "This link is not one of ours, or it was changed on the way.")
+    order = session.get(Order, link.order_id)
+    if order is None:
+        raise LinkRefused("unknown", "The order this link was about no longer exists.", link=link)
+    version, document = consent.current_document(session=session, customer_id=order.customer_id)
+    facts = _facts(session=session, order=order, document=document)
+    view = LinkView(link=link, order=order, facts=facts, action=LinkAction(link.action))
+    if link.used_at is not None:
+        raise LinkRefused("used", f"This link was used already, on {view.facts.at(link.used_at)}.", link=link)
+    if not orders.can_become(OrderStatus(order.status), LINK_TARGET[view.action]):
+        status = order.status.replace("_", " ")
+        raise LinkRefused("answered", f"Nothing to do: the order is {status} now.", link=link)
+    if view.action is LinkAction.CANCEL and not orders.in_cancel_window(order, now=now):
+        raise LinkRefused(
+            "expired",
+            "The cancel window has closed: the order has gone to the supplier. You can still cancel it in the app "
+            "until it ships.",
+            link=link,
+        )
+    if link.expires_at <= now:
+        raise LinkRefused("expired", f"This link expired on {view.facts.at(link.expires_at)}.", link=link)
+    if link.consent_version != version:
+        raise LinkRefused(
+            "consent_changed",
+            "Your settings have changed since this was sent, so this link no longer answers for you. Open the order "
+            "in the app to decide.",
+            link=link,
+        )
+    return view
+
+
+def _refused(*, session: Session, refusal: LinkRefused, token: str, now: datetime, step: str) -> None:
+    link = refusal.link
+    audit.record(
+        session=session,
+        at=now,
+        actor="one-tap link",
+        action=AuditAction.ORDER_LINK_REFUSED,
+        customer_id=link.customer_id if link is not None else None,
+        subject_type="order_link",
+        subject_id=link.id if link is not None else _token_hash(token)[:16],
+        detail={
+            "problem": refusal.problem,
+            "step": step,
+            "order_id": link.order_id if link is not None else None,
+            "action": link.action if link is not None else None,
+        },
+    )
+
+
+def read_link(*, session: Session, token: str, now: datetime) -> LinkView:
+    """What a link would do, changing nothing (a mail scanner fetching it approves nothing). A refused link raises
+    LinkRefused after recording it: the caller commits that record."""
+    try:
+        return _check(session=session, token=token, now=now)
+    except LinkRefused as refusal:
+        _refused(session=session, refusal=refusal, token=token, now=now, step="view")
+        raise
+
+
+def use_link(*, session: Session, token: str, now: datetime) -> LinkView:
+    """Do what the link says, through the same transition as the API, once. Refused: LinkRefused, recorded (the
+    caller commits the record and nothing else)."""
+    try:
+        view = _check(session=session, token=token, now=now)
+        order = orders.transition(
+            session=session,
+            order_id=view.order.id,
+            to=LINK_TARGET[view.action],
+            actor=LINK_ACTOR,
+            now=now,
+            reason=f"one tap in the {view.link.notice.replace('_', ' ')}",
+        )
+    except Conflict as exc:  # it changed under us: answered in the same moment elsewhere
+        refusal = LinkRefused("answered", f"Nothing to do: {exc.message}")
+        _refused(session=session, refusal=refusal, token=token, now=now, step="use")
+        raise refusal from exc
+    except LinkRefused as refusal:
+        _refused(session=session, refusal=refusal, token=token, now=now, step="use")
+        raise
+    view.link.used_at = now
+    session.add(view.link)
+    audit.record(
+        session=session,
+        at=now,
+        actor=LINK_ACTOR,
+        action=AuditAction.ORDER_LINK_USED,
+        customer_id=order.customer_id,
+        subject_type="order",
+        subject_id=order.id,
+        detail={"link_id": view.link.id, "action": view.action, "consent_version": view.link.consent_version},
+    )
+    return LinkView(link=view.link, order=order, facts=view.facts, action=view.action)

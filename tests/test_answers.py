@@ -1,0 +1,363 @@
+"""Every decision reaches the customer, who answers it in one tap: approval requests by e-mail (a real SMTP server)
+with one-tap links, their reminder and deadline, automatic orders announced with a cancel window that fulfilment (a
+real HTTP receiver) never sees past. The manual clock runs the hours; the jobs are ticked as the scheduler would."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from conftest import START, api_client, make_settings, operator_token, run_low, running_platform
+from helpers import Mailbox, WebhookReceiver, set_consent, wait_until
+from replenish.answers.timing import MIN_ANSWER_WINDOW
+from replenish.audit.models import AuditEvent
+from replenish.clock import ManualClock
+from replenish.constants import AuditAction, OutboxKind
+from replenish.outbox.models import OutboxMessage
+from replenish.runtime import Platform
+
+ADA = "ada@example.com"
+
+
+class Loop:
+    """A platform that mails the customer and hands orders to a fulfilment receiver, with an operator's API."""
+
+    def __init__(self, platform: Platform, api: httpx.Client, clock: ManualClock, mailbox: Mailbox, partner):
+        self.platform, self.api, self.clock, self.mailbox, self.partner = platform, api, clock, mailbox, partner
+
+    def consent(self, customer_id: str, **document: Any) -> None:
+        set_consent(
+            self.api,
+            customer_id,
+            {"notification_channels": [{"type": "email", "address": ADA}, {"type": "log"}], **document},
+        )
+
+    def tick(self) -> None:
+        """What the scheduler does each minute: evaluate, follow up, deliver."""
+        assert self.platform.jobs is not None
+        self.platform.jobs.evaluate()
+        self.platform.jobs.follow_up()
+        self.platform.jobs.dispatch()
+
+    def orders(self) -> list[dict[str, Any]]:
+        return self.api.get("/orders").json()
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        return self.api.get(f"/orders/{order_id}").json()
+
+    def mails(self, count: int) -> list[Any]:
+        assert wait_until(lambda: len(self.mailbox.to(ADA)) >= count), [m["Subject"] for m in self.mailbox.messages]
+        return self.mailbox.to(ADA)
+
+    def fulfilment_events(self) -> list[tuple[str, str]]:
+        return [(body["event"], body["order"]["order_id"]) for _, body, _ in self.partner.requests]
+
+    def notices(self, kind: str) -> list[dict[str, Any]]:
+        """The customer's notifications of this kind, by e-mail (each goes to the log as well)."""
+        return [n for n in self.api.get("/notifications").json() if n["kind"] == kind and n["channel"] == "email"]
+
+    def audit(self, action: AuditAction) -> list[AuditEvent]:
+        with Session(self.platform.engine) as session:
+            return list(session.exec(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+@pytest.fixture
+def loop(tmp_path: Path, clock: ManualClock, mailbox: Mailbox) -> Iterator[Loop]:
+    partner = WebhookReceiver(path="/fulfilment")
+    settings = make_settings(
+        tmp_path,
+        smtp_host="127.0.0.1",
+        smtp_port=mailbox.port,
+        smtp_sender="orders@example.com",
+        order_webhook_url=partner.url,
+    )
+    try:
+        with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
+            yield Loop(platform, api, clock, mailbox, partner)
+    finally:
+        partner.close()
+
+
+def links_in(message: Any) -> dict[str, str]:
+    """The labelled links of a notification e-mail: {"Approve": url, ...}."""
+    return dict(re.findall(r"^(Approve|Decline|Cancel|Open in the app): (\S+)\r?$", message.get_content(), re.M))
+
+
+def ask_first(loop: Loop, **consent: Any) -> dict[str, Any]:
+    """Ada's printer asks first; black runs low over 8 days; the next tick asks her. Returns the order."""
+    customer_id, _ = run_low(loop.platform, loop.api, mode="ask_first")
+    loop.consent(customer_id, default_mode="ask_first", **consent)
+    loop.clock.set(START + timedelta(days=8))
+    loop.tick()
+    [order] = loop.orders()
+    assert order["status"] == "awaiting_approval"
+    return order
+
+
+def test_an_approval_request_is_mailed_at_once_and_approved_in_one_tap_without_signing_in(loop: Loop):
+    order = ask_first(loop)
+    [request] = loop.mails(1)
+    assert request["Subject"] == "Approve? printer printer-1 black: 1 x INK-BLACK"
+    text = request.get_content()
+    assert "Answer by" in text and "we keep waiting for you and order nothing" in text
+    links = links_in(request)
+    assert set(links) == {"Approve", "Decline", "Open in the app"}
+    assert links["Open in the app"] == f"{loop.platform.api_url}/app/orders/{order['id']}"
+    assert loop.order(order["id"])["answer_by"] is not None
+
+    with httpx.Client(timeout=10) as browser:  # no cookie, no token: the link is the credential
+        # Following the link (as a mail scanner does) only shows what it would do.
+        page = browser.get(links["Approve"])
+        assert page.status_code == 200 and "Approve this order?" in page.text and "1 x INK-BLACK" in page.text
+        assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+        assert loop.order(order["id"])["status"] == "awaiting_approval"
+        loop.tick()
+        assert loop.fulfilment_events() == []
+
+        done = browser.post(links["Approve"])
+        assert done.status_code == 200 and "Approved" in done.text
+        approved = loop.order(order["id"])
+        assert approved["status"] == "placed"
+        assert approved["history"][-1]["actor"] == "customer (one-tap link)"
+        loop.tick()
+        assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+
+        # The link works once; the request's other link finds the order answered. Nothing changes either way.
+        again = browser.post(links["Approve"])
+        assert again.status_code == 410 and "used already" in again.text
+        decline = browser.post(links["Decline"])
+        assert decline.status_code == 409 and "placed now" in decline.text
+        loop.tick()
+        assert loop.fulfilment_events() == [("order.placed", order["id"])], "fulfilment received the order once"
+        assert loop.order(order["id"])["status"] == "placed"
+
+    refused = {event.detail["problem"] for event in loop.audit(AuditAction.ORDER_LINK_REFUSED)}
+    assert refused == {"used", "answered"}
+    [used] = loop.audit(AuditAction.ORDER_LINK_USED)
+    assert used.subject_id == order["id"] and used.detail["action"] == "approve"
+
+
+def test_a_forged_or_tampered_link_gets_a_clear_page_and_an_audit_record(loop: Loop):
+    order = ask_first(loop)
+    approve = links_in(loop.mails(1)[0])["Approve"]
+    with httpx.Client(timeout=10) as browser:
+        for url in (approve[:-2] + ("AA" if not approve.endswith("AA") else "BB"), approve.rsplit("/", 1)[0] + "/x"):
+            for method in (browser.get, browser.post):
+                page = method(url)
+                assert page.status_code == 404 and "Link not valid" in page.text, page.text
+                assert "<button" not in page.text
+    assert loop.order(order["id"])["status"] == "awaiting_approval"
+    assert len(loop.audit(AuditAction.ORDER_LINK_REFUSED)) == 4
+    assert {event.detail["problem"] for event in loop.audit(AuditAction.ORDER_LINK_REFUSED)} == {"unknown"}
+
+
+def test_a_link_sent_under_an_older_consent_does_nothing(loop: Loop):
+    order = ask_first(loop)
+    approve = links_in(loop.mails(1)[0])["Approve"]
+    loop.consent(order["customer_id"], default_mode="ask_first", monthly_spending_cap="50")
+    with httpx.Client(timeout=10) as browser:
+        page = browser.post(approve)
+    assert page.status_code == 409 and "settings have changed" in page.text
+    assert loop.order(order["id"])["status"] == "awaiting_approval"
+    [refused] = loop.audit(AuditAction.ORDER_LINK_REFUSED)
+    assert refused.detail["problem"] == "consent_changed" and refused.customer_id == order["customer_id"]
+
+
+def test_keep_waiting_reminds_says_so_and_keeps_the_request_open(loop: Loop):
+    order = ask_first(loop)
+    detail = loop.order(order["id"])
+    remind_at, answer_by = detail["remind_at"], detail["answer_by"]
+    # Black is already inside its lead time: the customer still gets the minimum window, reminded halfway.
+    assert (loop.clock.now() + MIN_ANSWER_WINDOW).isoformat().replace("+00:00", "Z") == answer_by
+    loop.clock.advance(MIN_ANSWER_WINDOW / 2)
+    loop.tick()
+    [_, reminder] = loop.mails(2)
+    assert reminder["Subject"] == "Reminder: approve printer printer-1 black?"
+    assert "we keep waiting for you and order nothing" in reminder.get_content()
+    assert "run out before a delivery" in reminder.get_content()
+    assert set(links_in(reminder)) == {"Approve", "Decline", "Open in the app"}
+    assert loop.order(order["id"])["reminded_at"] is not None and remind_at is not None
+    loop.tick()
+    assert len(loop.mails(2)) == 2, "one reminder"
+
+    loop.clock.advance(MIN_ANSWER_WINDOW / 2)
+    loop.tick()
+    [_, _, waiting] = loop.mails(3)
+    assert waiting["Subject"] == "Still waiting: printer printer-1 black"
+    after = loop.order(order["id"])
+    assert after["status"] == "awaiting_approval" and after["no_answer_at"] is not None
+    last = after["history"][-1]
+    assert last["actor"] == "automation (no answer)"
+    assert "on_no_answer=keep_waiting" in last["reason"] and "consent version 2" in last["reason"]
+    loop.clock.advance(timedelta(hours=6))
+    loop.tick()
+    assert len(loop.mails(3)) == 3 and loop.fulfilment_events() == []
+    # The answer can still come, from the newest message.
+    with httpx.Client(timeout=10) as browser:
+        assert browser.post(links_in(waiting)["Approve"]).status_code == 200
+    loop.tick()
+    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+
+
+@pytest.mark.parametrize("outcome", ["decline", "approve"])
+def test_at_the_deadline_on_no_answer_decides_and_says_it_was_for_lack_of_an_answer(loop: Loop, outcome: str):
+    order = ask_first(loop, on_no_answer=outcome)
+    assert "without an answer by then, we " + ("decline it" if outcome == "decline" else "place it") in (
+        loop.mails(1)[0].get_content()
+    )
+    loop.clock.advance(MIN_ANSWER_WINDOW)
+    loop.tick()
+    after = loop.order(order["id"])
+    assert after["status"] == ("declined" if outcome == "decline" else "placed")
+    last = next(event for event in reversed(after["history"]) if event["to_status"] == after["status"])
+    assert last["actor"] == "automation (no answer)"
+    assert f"consent version 2 says on_no_answer={outcome}" in last["reason"]
+    [audit] = loop.audit(AuditAction.ORDER_NO_ANSWER)
+    assert audit.detail["outcome"] == outcome and audit.detail["consent_version"] == 2
+    [notice] = loop.notices("no_answer")[-1:]
+    assert ("Not ordered" if outcome == "decline" else "Ordered") in notice["subject"]
+    loop.tick()
+    expected = [("order.placed", order["id"])] if outcome == "approve" else []
+    assert wait_until(lambda: loop.fulfilment_events() == expected) and loop.fulfilment_events() == expected
+    # The request's links went with it.
+    with httpx.Client(timeout=10) as browser:
+        assert browser.post(links_in(loop.mails(1)[0])["Approve"]).status_code in (409, 410)
+
+
+def test_approving_for_lack_of_an_answer_stays_within_the_spending_cap(loop: Loop):
+    # The ink's price is unknown, so no order can be shown to keep within a cap: it keeps waiting, and says why.
+    order = ask_first(loop, on_no_answer="approve", monthly_spending_cap="100")
+    loop.clock.advance(MIN_ANSWER_WINDOW)
+    loop.tick()
+    after = loop.order(order["id"])
+    assert after["status"] == "awaiting_approval" and after["no_answer_at"] is not None
+    assert "keeps waiting: the price is unknown" in after["history"][-1]["reason"]
+    [notice] = loop.notices("no_answer")
+    assert notice["subject"].startswith("Still waiting") and "price is unknown" in notice["body"]
+    loop.tick()
+    assert loop.fulfilment_events() == []
+
+
+def auto_order_with_room(loop: Loop, *, cancel_window_minutes: int = 120) -> dict[str, Any]:
+    """Ada lets the printer order by itself; the scheduler ticks every 6 hours as black runs down, and orders as
+    soon as it must, with a day to spare before the latest useful moment."""
+    customer_id, _ = run_low(loop.platform, loop.api, mode="auto_order")
+    loop.consent(customer_id, default_mode="auto_order", cancel_window_minutes=cancel_window_minutes)
+    loop.clock.set(START + timedelta(days=3))
+    while not loop.orders():
+        loop.clock.advance(timedelta(hours=6))
+        loop.tick()
+        assert loop.clock.now() < START + timedelta(days=8)
+    [order] = loop.orders()
+    assert order["status"] == "placed"
+    return order
+
+
+def test_an_automatic_order_is_announced_and_cancelled_in_its_window_never_reaches_fulfilment(loop: Loop):
+    order = auto_order_with_room(loop)
+    hand_off = loop.clock.now() + timedelta(hours=2)
+    assert loop.order(order["id"])["hand_off_at"] == hand_off.isoformat().replace("+00:00", "Z")
+    [announcement] = loop.mails(1)
+    assert announcement["Subject"] == "Ordered: 1 x INK-BLACK for printer printer-1"
+    text = announcement.get_content()
+    assert "arriving about" in text and "cancel until" in text
+    assert set(links_in(announcement)) == {"Cancel", "Open in the app"}
+    loop.tick()
+    assert loop.fulfilment_events() == [], "fulfilment waits for the cancel window"
+
+    loop.clock.advance(timedelta(minutes=90))
+    with httpx.Client(timeout=10) as browser:
+        assert "Cancel this order?" in browser.get(links_in(announcement)["Cancel"]).text
+        done = browser.post(links_in(announcement)["Cancel"])
+    assert done.status_code == 200 and "never reached the supplier" in done.text
+    loop.clock.advance(timedelta(hours=3))
+    loop.tick()
+    assert loop.order(order["id"])["status"] == "cancelled"
+    assert loop.fulfilment_events() == [], "a cancel inside the window never reaches fulfilment"
+    with Session(loop.platform.engine) as session:
+        kinds = set(session.exec(select(OutboxMessage.kind).where(OutboxMessage.kind != OutboxKind.NOTIFICATION)))
+    assert kinds == set()
+    assert "withdrawn before it reached fulfilment" in [e["reason"] for e in loop.order(order["id"])["history"]]
+
+
+def test_after_its_window_an_automatic_order_is_cancelled_through_fulfilment(loop: Loop):
+    order = auto_order_with_room(loop)
+    [announcement] = loop.mails(1)
+    loop.clock.advance(timedelta(hours=2))
+    loop.tick()
+    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    with httpx.Client(timeout=10) as browser:
+        late = browser.post(links_in(announcement)["Cancel"])
+    assert late.status_code == 410 and "cancel window has closed" in late.text
+    assert loop.order(order["id"])["status"] == "placed"
+    cancelled = loop.api.post(f"/orders/{order['id']}/cancel", json={"reason": "bought one"}).json()
+    assert cancelled["status"] == "cancelled"
+    loop.tick()
+    assert wait_until(lambda: len(loop.fulfilment_events()) == 2)
+    assert loop.fulfilment_events() == [("order.placed", order["id"]), ("order.cancelled", order["id"])]
+
+
+def test_a_window_the_forecast_has_no_room_for_is_shortened(loop: Loop):
+    # Black is already inside its lead time when it is first evaluated: the order leaves at once, and says so.
+    customer_id, _ = run_low(loop.platform, loop.api, mode="auto_order")
+    loop.consent(customer_id, default_mode="auto_order", cancel_window_minutes=600)
+    loop.clock.set(START + timedelta(days=8))
+    loop.tick()
+    [order] = loop.orders()
+    assert loop.order(order["id"])["hand_off_at"] == loop.clock.now().isoformat().replace("+00:00", "Z")
+    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    [announcement] = loop.mails(1)
+    assert "has gone to the supplier" in announcement.get_content()
+    assert set(links_in(announcement)) == {"Open in the app"}
+
+
+# --- the timing rules, pure ----------------------------------------------------------------------------------
+
+
+def test_the_deadline_is_the_latest_useful_answer_and_never_sooner_than_an_hour():
+    from replenish.answers.timing import answer_window, latest_useful_answer
+
+    now = START
+    latest = latest_useful_answer(empty_at_early=now + timedelta(days=4), lead_time_days=3)
+    assert latest == now + timedelta(days=1)
+    window = answer_window(latest_useful=latest, now=now, reminder_before=timedelta(hours=6))
+    assert (window.answer_by, window.remind_at) == (now + timedelta(days=1), now + timedelta(hours=18))
+    late = answer_window(latest_useful=now - timedelta(days=1), now=now, reminder_before=timedelta(hours=6))
+    assert (late.answer_by, late.remind_at) == (now + MIN_ANSWER_WINDOW, now + MIN_ANSWER_WINDOW / 2)
+    quiet = answer_window(latest_useful=latest, now=now, reminder_before=timedelta(0))
+    assert quiet.remind_at is None
+    assert answer_window(latest_useful=None, now=now, reminder_before=timedelta(hours=6)).answer_by is None
+
+
+def test_the_cancel_window_shrinks_to_what_the_forecast_leaves():
+    from replenish.answers.timing import hand_off_at
+
+    window = timedelta(hours=2)
+    assert hand_off_at(now=START, cancel_window=window, latest_useful=START + timedelta(days=1)) == START + window
+    assert hand_off_at(now=START, cancel_window=window, latest_useful=START + timedelta(minutes=30)) == (
+        START + timedelta(minutes=30)
+    )
+    assert hand_off_at(now=START, cancel_window=window, latest_useful=START - timedelta(days=1)) == START
+    assert hand_off_at(now=START, cancel_window=window, latest_useful=None) == START + window
+
+
+def test_links_expire_with_their_request():
+    from replenish.answers.timing import WAITING_LINK_LIFETIME, link_expires_at
+    from replenish.constants import LinkAction, NoAnswer
+
+    by = START + timedelta(hours=5)
+    common = {"now": START, "answer_by": by, "hand_off_at": START + timedelta(hours=2)}
+    assert link_expires_at(action=LinkAction.APPROVE, on_no_answer=NoAnswer.DECLINE, **common) == by
+    assert link_expires_at(action=LinkAction.DECLINE, on_no_answer=NoAnswer.KEEP_WAITING, **common) == (
+        by + WAITING_LINK_LIFETIME
+    )
+    assert link_expires_at(action=LinkAction.CANCEL, on_no_answer=NoAnswer.DECLINE, **common) == (
+        START + timedelta(hours=2)
+    )
