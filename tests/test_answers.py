@@ -4,6 +4,7 @@ real HTTP receiver) never sees past. The manual clock runs the hours; the jobs a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,6 +25,7 @@ from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 
 ADA = "ada@example.com"
+PARTNER_SECRET = "acme-signing-secret-0123456789"
 
 
 class Loop:
@@ -77,6 +79,7 @@ def loop(tmp_path: Path, clock: ManualClock, mailbox: Mailbox) -> Iterator[Loop]
         smtp_port=mailbox.port,
         smtp_sender="orders@example.com",
         order_webhook_url=partner.url,
+        fulfilment_partner_secrets={"acme": PARTNER_SECRET},
     )
     try:
         with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
@@ -116,7 +119,7 @@ def test_an_approval_request_is_mailed_at_once_and_approved_in_one_tap_without_s
         # Following the link (as a mail scanner does) only shows what it would do.
         page = browser.get(links["Approve"])
         assert page.status_code == 200 and "Approve this order?" in page.text and "1 x INK-BLACK" in page.text
-        assert page.headers["referrer-policy"] == "no-referrer" and page.headers["cache-control"] == "no-store"
+        assert page.headers["referrer-policy"] == "same-origin" and page.headers["cache-control"] == "no-store"
         assert loop.order(order["id"])["status"] == "awaiting_approval"
         loop.tick()
         assert loop.fulfilment_events() == []
@@ -361,3 +364,162 @@ def test_links_expire_with_their_request():
     assert link_expires_at(action=LinkAction.CANCEL, on_no_answer=NoAnswer.DECLINE, **common) == (
         START + timedelta(hours=2)
     )
+
+
+# --- order now: the API, the supplies page's button (tests/test_web.py), the device's reorder button ----------
+
+
+def test_order_now_orders_once_and_automation_does_not_order_the_cycle_again(loop: Loop):
+    customer_id, _ = run_low(loop.platform, loop.api, mode="auto_order")
+    loop.consent(customer_id, default_mode="auto_order")
+    loop.clock.set(START + timedelta(days=5))
+    first = loop.api.post("/devices/printer-1/slots/black/order")
+    assert first.status_code == 201, first.text
+    order = first.json()
+    assert (order["status"], order["quantity"]) == ("placed", 1)
+    assert order["explanation"]["reason"] == "operator:operator@example.com ordered it now"
+    again = loop.api.post("/devices/printer-1/slots/black/order", json={"quantity": 3})
+    assert again.status_code == 200 and again.json()["id"] == order["id"], "a second press orders nothing new"
+    loop.platform.jobs.dispatch()
+    [announcement] = loop.mails(1)
+    assert announcement["Subject"].startswith("Ordered: 1 x INK-BLACK") and "Cancel" in links_in(announcement)
+
+    loop.clock.set(START + timedelta(days=8))  # black runs low within the same cycle
+    loop.tick()
+    assert [o["id"] for o in loop.orders()] == [order["id"]], "automation knows the cycle is decided"
+    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    assert loop.api.post("/devices/printer-1/slots/nope/order").status_code == 404
+    assert loop.api.post("/devices/printer-1/slots/black/order", json={"quantity": 0}).status_code == 422
+
+
+def test_order_now_over_the_cap_becomes_an_approval_request(loop: Loop):
+    from helpers import create_customer, register_device
+    from test_consent import priced
+
+    customer_id = create_customer(loop.api, mode="auto_order")
+    register_device(loop.api, customer_id=customer_id, device_id="printer-1", slots=priced("30.00"))
+    loop.consent(customer_id, default_mode="auto_order", monthly_spending_cap="40")
+    placed = loop.api.post("/devices/printer-1/slots/black/order").json()
+    assert placed["status"] == "placed" and placed["total_price"] == "30.00"
+    asked = loop.api.post("/devices/printer-1/slots/cyan/order").json()
+    assert asked["status"] == "awaiting_approval"
+    assert "exceeds the cap of 40" in asked["explanation"]["reason"]
+    assert asked["answer_by"] is None, "no forecast, no deadline: it waits for the answer"
+    loop.platform.jobs.dispatch()
+    subjects = [m["Subject"] for m in loop.mails(2)]
+    assert "Approve? printer printer-1 cyan: 1 x INK-CYAN" in subjects
+
+
+def test_the_devices_reorder_button_orders_once_as_its_consent_says(loop: Loop):
+    from conftest import Publisher
+    from helpers import create_customer, register_device
+
+    customer_id = create_customer(loop.api, mode="ask_first")
+    register_device(loop.api, customer_id=customer_id, device_id="printer-1")
+    loop.consent(customer_id, default_mode="ask_first", slot_modes={"printer-1/cyan": "off"})
+    device = Publisher(loop.platform.settings.mqtt_endpoint)
+    ingestor = loop.platform.ingestor
+    assert ingestor is not None
+    try:
+        press = {"type": "reorder_requested", "slot": "black", "ts": START.isoformat()}
+        for seq in (1, 2):  # pressed twice
+            device.send("devices/printer-1/events", {"seq": seq, **press})
+        device.send("devices/printer-1/events", {"seq": 3, **press, "slot": "cyan"})  # ordering is off there
+        device.send("devices/printer-1/events", {"seq": 4, **press, "slot": "toner"})
+        device.send("devices/printer-1/events", {"seq": 5, "type": "reorder_requested"})
+        assert ingestor.wait_for(handled=5, timeout=10)
+    finally:
+        device.close()
+    [order] = loop.orders()
+    assert order["status"] == "awaiting_approval"
+    detail = loop.order(order["id"])
+    assert detail["history"][0]["actor"] == "device:printer-1"
+    assert "reorder button was pressed" in detail["explanation"]["reason"]
+    loop.tick()
+    assert loop.mails(1)[0]["Subject"] == "Approve? printer printer-1 black: 1 x INK-BLACK"
+    letters = {letter["reason"] for letter in loop.api.get("/dead-letters").json()}
+    assert letters == {"unknown slot 'toner' for device 'printer-1'", "a reorder_requested event must name its slot"}
+    assert len(loop.api.get("/devices/printer-1/events").json()) == 3, "the presses are stored as events"
+
+
+# --- fulfilment's signed webhook, and what the customer hears -------------------------------------------------
+
+
+def partner_post(
+    loop: Loop,
+    event: dict[str, Any],
+    *,
+    secret: str = PARTNER_SECRET,
+    partner: str = "acme",
+    age: timedelta = timedelta(0),
+    tampered: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """Post the event signed as the partner signs it; ``tampered``: what is sent instead of what was signed."""
+    from replenish.orders.signatures import sign
+
+    raw = json.dumps(event).encode()
+    timestamp = int((loop.clock.now() - age).timestamp())
+    return httpx.post(
+        f"{loop.platform.api_url}/api/v1/fulfilment/{partner}/events",
+        content=json.dumps(tampered).encode() if tampered is not None else raw,
+        headers={
+            "Content-Type": "application/json",
+            "X-Replenish-Timestamp": str(timestamp),
+            "X-Replenish-Signature": sign(secret, timestamp=timestamp, body=raw),
+        },
+        timeout=10,
+    )
+
+
+def test_a_signed_partner_reports_shipped_and_delivered_and_the_customer_hears_it(loop: Loop):
+    customer_id, _ = run_low(loop.platform, loop.api, mode="auto_order")
+    loop.consent(customer_id, default_mode="auto_order")
+    loop.clock.set(START + timedelta(days=8))
+    loop.tick()
+    [order] = loop.orders()
+    arriving = loop.clock.now() + timedelta(days=2)
+    shipped = {"order_id": order["id"], "status": "shipped", "arriving_at": arriving.isoformat()}
+
+    # Refused, each with its reason, nothing changed: a wrong secret, a body changed after signing, an old
+    # timestamp (a replay), an unknown partner, no signature at all.
+    assert partner_post(loop, shipped, secret="not-the-partners-secret").status_code == 401
+    changed = partner_post(loop, shipped, tampered={**shipped, "status": "delivered"})
+    assert changed.status_code == 401 and "does not match" in changed.json()["detail"]
+    loop.api.post(f"/orders/{order['id']}/fulfilment", json={"status": "confirmed"}).raise_for_status()
+    stale = partner_post(loop, shipped, age=timedelta(minutes=10))
+    assert stale.status_code == 401 and "replay" in stale.json()["detail"]
+    assert partner_post(loop, shipped, partner="mallory").status_code == 401
+    bare = httpx.post(f"{loop.platform.api_url}/api/v1/fulfilment/acme/events", json=shipped, timeout=10)
+    assert bare.status_code == 401 and "required" in bare.json()["detail"]
+    assert loop.order(order["id"])["status"] == "confirmed"
+    assert len(loop.audit(AuditAction.FULFILMENT_REFUSED)) == 5
+
+    ok = partner_post(loop, shipped)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["status"] == "shipped" and ok.json()["arriving_at"].startswith(arriving.date().isoformat())
+    assert partner_post(loop, shipped).status_code == 200, "a repeat changes nothing"
+    assert partner_post(loop, {"order_id": "nope", "status": "shipped"}).status_code == 404
+    assert partner_post(loop, {"order_id": order["id"], "status": "confirmed"}).status_code == 409
+    invalid = partner_post(loop, {"order_id": order["id"], "status": "lost"})
+    assert invalid.status_code == 422 and invalid.json()["field"] == "status"
+    loop.tick()
+    subjects = [m["Subject"] for m in loop.mails(2)]
+    assert subjects.count("Shipped: 1 x INK-BLACK for printer printer-1") == 1
+    assert "arriving about" in loop.mailbox.to(ADA)[-1].get_content()
+
+    assert partner_post(loop, {"order_id": order["id"], "status": "delivered"}).status_code == 200
+    loop.tick()
+    assert loop.mails(3)[-1]["Subject"] == "Delivered: 1 x INK-BLACK for printer printer-1"
+    # A day on, the printer still reads what it read: one nudge.
+    loop.clock.advance(timedelta(hours=23))
+    loop.tick()
+    assert len(loop.mailbox.to(ADA)) == 3
+    loop.clock.advance(timedelta(hours=2))
+    loop.tick()
+    nudge = loop.mails(4)[-1]
+    assert nudge["Subject"] == "Did it go in? printer printer-1 black"
+    black = next(slot for slot in loop.api.get("/devices/printer-1").json()["slots"] if slot["name"] == "black")
+    assert f"still reads {black['level']:.0%} for black" in nudge.get_content()
+    loop.clock.advance(timedelta(days=1))
+    loop.tick()
+    assert len(loop.mailbox.to(ADA)) == 4, "one nudge"

@@ -7,6 +7,7 @@ Playwright's own browser download is not available on our machines, so the brows
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,7 +19,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from conftest import OPERATOR_EMAIL, START, CommandListener, Publisher, free_port, place_an_order, run_low
-from helpers import PASSWORD, create_customer, register_device
+from helpers import PASSWORD, WebhookReceiver, create_customer, register_device, set_consent
 from replenish.clock import ManualClock
 from replenish.runtime import Platform
 from test_cli import environment, poll, process
@@ -524,3 +525,54 @@ def test_wrong_passwords_when_deleting_count_as_failed_sign_ins(
     page.get_by_role("button", name="Delete my account and all my data").click()
     expect(page.locator("#password-error")).to_contain_text("Too many wrong passwords")
     assert api.get(f"/customers/{customer_id}").status_code == 200
+
+
+def test_approving_from_a_notifications_link_needs_no_sign_in_and_a_confirmation(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    inbox = WebhookReceiver(path="/ada")
+    try:
+        customer_id, _ = run_low(platform, api, mode="ask_first")
+        set_consent(api, customer_id, {"notification_channels": [{"type": "webhook", "address": inbox.url}]})
+        clock.set(START + timedelta(days=8))
+        assert platform.jobs is not None
+        platform.jobs.evaluate()
+        platform.jobs.dispatch()
+        [request] = inbox.wait_for(1)
+    finally:
+        inbox.close()
+    links = {link["label"]: link["url"] for link in request["links"]}
+    assert set(links) == {"Approve", "Decline", "Open in the app"}
+    [order] = api.get("/orders").json()
+    page.goto(links["Approve"])  # a browser with no session at all
+    expect(page.get_by_role("heading", name="Approve this order?")).to_be_visible()
+    expect(page.get_by_text("1 x INK-BLACK for printer printer-1 black")).to_be_visible()
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "awaiting_approval", "opening it changes nothing"
+    page.get_by_role("button", name="Approve order").click()
+    expect(page.get_by_role("heading", name="Approved")).to_be_visible()
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "placed"
+    page.goto(links["Decline"])
+    expect(page.get_by_role("heading", name="Nothing changed")).to_be_visible()
+    expect(page.get_by_text("Nothing to do: the order is placed now.")).to_be_visible()
+    page.get_by_role("link", name="Open in the app").click()
+    expect(page).to_have_url(re.compile(r"/app/sign-in\?next=/app/orders/"))
+    console_errors[:] = [error for error in console_errors if "status of 409" not in error]
+
+
+def test_order_now_from_the_supplies_page(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    run_low(platform, api, mode="auto_order")
+    clock.set(START + timedelta(days=3))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    sign_in(page, platform)
+    cyan = page.get_by_role("article", name="printer printer-1 cyan")
+    cyan.get_by_role("button", name="Order cyan for printer printer-1 now").click()
+    expect(page).to_have_url(re.compile(r"/app/orders/\w+$"))
+    expect(page.get_by_text("Cancel until")).to_be_visible()
+    [order] = api.get("/orders").json()
+    assert order["status"] == "placed" and order["product_sku"] == "INK-CYAN"
+    assert api.get(f"/orders/{order['id']}").json()["history"][0]["actor"] == "customer:ada@example.com"
+    page.goto(f"{platform.api_url}/app")
+    expect(page.get_by_role("article", name="printer printer-1 cyan").locator(".next-order")).to_have_text("placed")

@@ -10,6 +10,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS
+
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
 EMBEDDED_BROKER_PORT = 1883
@@ -108,10 +110,21 @@ class Settings(BaseSettings):
         "under the same Idempotency-Key.",
     )
     reorder_margin_days: float = Field(
-        1.0, ge=0, description="Safety margin added to a slot's lead time before it must be reordered."
+        DEFAULT_REORDER_MARGIN_DAYS,
+        ge=0,
+        description="Safety margin added to a slot's lead time before it must be reordered.",
     )
     order_webhook_url: HttpUrl | None = Field(
         None, description="Fulfilment webhook: orders are POSTed here. Unset: orders are recorded and logged."
+    )
+    fulfilment_partner_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="Fulfilment partners that report progress to POST /api/v1/fulfilment/{partner}/events, each with "
+        "the secret its HMAC-SHA256 signatures use, comma-separated: 'acme:s3cret,other:an0ther'. Empty: only the "
+        "operator-token route takes fulfilment updates.",
+    )
+    fulfilment_signature_tolerance_seconds: float = Field(
+        300.0, gt=0, description="How far a signed fulfilment request's timestamp may be from now (replay window)."
     )
     ingest_batch_size: int = Field(500, ge=1, description="Most messages the ingestor commits in one batch.")
     # NoDecode: a comma-separated list in the environment, not JSON.
@@ -188,6 +201,19 @@ class Settings(BaseSettings):
     def _empty_group_is_none(cls, value: object) -> object:
         # REPLENISH_INGEST_SHARE_GROUP= (empty) turns it off, e.g. for a `docker compose run` of a service that sets it.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("fulfilment_partner_secrets", mode="before")
+    @classmethod
+    def _partners_from_a_list(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        partners = {}
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            name, separator, secret = entry.partition(":")
+            if not separator or not name.strip() or len(secret.strip()) < 16:
+                raise ValueError("each fulfilment partner is 'name:secret' with a secret of at least 16 characters")
+            partners[name.strip()] = secret.strip()
+        return partners
 
     @field_validator("ingest_lanes", mode="before")
     @classmethod

@@ -78,6 +78,8 @@ class EventType(StrEnum):
     FALL_CANCELLED = "fall_cancelled"
     HELP_REQUESTED = "help_requested"
     BATTERY_LOW = "battery_low"
+    # A physical reorder button (as Dash buttons were): order the named slot's consumable now.
+    REORDER_REQUESTED = "reorder_requested"
 
 
 class DecisionAction(StrEnum):
@@ -180,6 +182,8 @@ class OutboxKind(StrEnum):
 
 # The probability a slot's delivery should arrive before it runs empty, unless the slot sets its own.
 DEFAULT_SERVICE_LEVEL = 0.97
+# Days added to a slot's lead time before it must be reordered (REPLENISH_REORDER_MARGIN_DAYS).
+DEFAULT_REORDER_MARGIN_DAYS = 1.0
 
 
 class AccountRole(StrEnum):
@@ -219,6 +223,7 @@ class AuditAction(StrEnum):
     ORDER_NO_ANSWER = "order.no_answer"
     ORDER_LINK_USED = "order.link_used"
     ORDER_LINK_REFUSED = "order.link_refused"
+    FULFILMENT_REFUSED = "order.fulfilment_refused"
     CUSTOMER_EXPORTED = "customer.exported"
     CUSTOMER_DELETED = "customer.deleted"
 

@@ -255,6 +255,10 @@ class Platform:
             broker=BrokerProbe(self.settings.mqtt_endpoint),
             session_lifetime=timedelta(hours=self.settings.session_hours),
             web_live_seconds=self.settings.web_live_seconds,
+            fulfilment_secrets={
+                name: secret.get_secret_value() for name, secret in self.settings.fulfilment_partner_secrets.items()
+            },
+            fulfilment_tolerance_seconds=self.settings.fulfilment_signature_tolerance_seconds,
         )
         config = uvicorn.Config(
             app,

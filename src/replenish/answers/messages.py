@@ -99,3 +99,28 @@ def order_placed(facts: OrderFacts, *, hand_off_at: datetime, arriving_at: datet
         else "; it has gone to the supplier, and can still be cancelled in the app until it ships"
     )
     return subject, f"Ordered: {facts.what}, arriving about {facts.day(arriving_at)}{cancel}.{facts.runs_low()}"
+
+
+def shipped(facts: OrderFacts, *, arriving_at: datetime) -> tuple[str, str]:
+    return (
+        f"Shipped: {facts.quantity} x {facts.product_sku} for {facts.device_name}",
+        f"{facts.what} has shipped, arriving about {facts.day(arriving_at)}.",
+    )
+
+
+def delivered(facts: OrderFacts) -> tuple[str, str]:
+    return (
+        f"Delivered: {facts.quantity} x {facts.product_sku} for {facts.device_name}",
+        f"{facts.what} has been delivered. {facts.device_name} shows the refill once it is in.",
+    )
+
+
+def delivery_nudge(facts: OrderFacts, *, delivered_at: datetime, level_share: float | None) -> tuple[str, str]:
+    reads = (
+        f"; {facts.device_name} still reads {level_share:.0%} for {facts.slot_name}" if level_share is not None else ""
+    )
+    return (
+        f"Did it go in? {facts.device_name} {facts.slot_name}",
+        f"Your {facts.product_sku} arrived on {facts.day(delivered_at)}{reads}. Once it is in, the forecasts pick up "
+        "the new level by themselves; if it did not arrive, tell us in the app.",
+    )

@@ -1,5 +1,6 @@
-"""The follow-up job: reminders of unanswered requests and what their deadlines do, each order in its own
-transaction, so that one that fails (answered in the same moment, say) does not hold up the others."""
+"""The follow-up job: reminders of unanswered requests, what their deadlines do, and the nudge after a delivery
+that the slot does not show; each order in its own transaction, so that one that fails (answered in the same
+moment, say) does not hold up the others."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ T = TypeVar("T")
 @dataclass
 class FollowUpReport:
     reminded: list[str] = field(default_factory=list)
+    nudged: list[str] = field(default_factory=list)
     unanswered: dict[str, NoAnswer] = field(default_factory=dict)  # order id -> what on_no_answer did
     errors: int = 0
 
@@ -32,6 +34,7 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
     with Session(engine) as session:
         reminders = service.reminders_due(session=session, now=now)
         deadlines = service.deadlines_due(session=session, now=now)
+        nudges = service.nudges_due(session=session, now=now)
     # Deadlines first: a request whose reminder and deadline both came due (the platform was down) is not reminded
     # of a deadline that has passed.
     for order_id in deadlines:
@@ -45,6 +48,9 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
             engine, report, order_id, lambda s, o=order_id: service.remind(session=s, order_id=o, now=now)
         ):
             report.reminded.append(order_id)
+    for order_id in nudges:
+        if _alone(engine, report, order_id, lambda s, o=order_id: service.nudge(session=s, order_id=o, now=now)):
+            report.nudged.append(order_id)
     return report
 
 

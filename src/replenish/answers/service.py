@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from replenish.answers import messages, timing
@@ -345,6 +346,86 @@ def _over_a_limit(*, session: Session, order: Order, document: ConsentDocument, 
     if verdict.action is DecisionAction.PLACE_ORDER:
         return None
     return verdict.reason.split("asks first: ", 1)[-1]
+
+
+# --- fulfilment's progress, told to the customer ----------------------------------------------------------------
+
+
+def report_progress(
+    *,
+    session: Session,
+    order_id: str,
+    status: OrderStatus,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+    arriving_at: datetime | None = None,
+) -> Order:
+    """Fulfilment says the order is confirmed, shipped or delivered: the same transition as ever, and the customer
+    hears "shipped, arriving ..." and "delivered". A repeated report changes nothing and tells nobody again."""
+    before = orders.get(session=session, order_id=order_id).status
+    order = orders.transition(session=session, order_id=order_id, to=status, actor=actor, now=now, reason=reason)
+    if order.status == before:
+        return order
+    version, document = consent.current_document(session=session, customer_id=order.customer_id)
+    facts = _facts(session=session, order=order, document=document)
+    if status is OrderStatus.SHIPPED:
+        slot = session.get(Slot, order.slot_id)
+        order.arriving_at = arriving_at or now + timedelta(days=slot.lead_time_days if slot is not None else 0)
+        text = messages.shipped(facts, arriving_at=order.arriving_at)
+        kind = NoticeKind.ORDER_SHIPPED
+    elif status is OrderStatus.DELIVERED:
+        order.delivered_at = now
+        text, kind = messages.delivered(facts), NoticeKind.ORDER_DELIVERED
+    else:
+        return order
+    session.add(order)
+    _tell(session=session, order=order, document=document, consent_version=version, kind=kind, text=text, now=now)
+    return order
+
+
+def nudges_due(*, session: Session, now: datetime) -> list[str]:
+    """Delivered orders not yet nudged whose slot has shown no refill since the order was made (a refill starts a
+    new cycle). Whether enough time has passed is each customer's consent: nudge() decides."""
+    return list(
+        session.exec(
+            select(Order.id)
+            .join(Slot, col(Slot.id) == col(Order.slot_id))
+            .where(
+                Order.status == OrderStatus.DELIVERED,
+                col(Order.delivered_at) <= now,
+                col(Order.nudged_at).is_(None),
+                or_(col(Slot.cycle_started_at).is_(None), col(Slot.cycle_started_at) <= col(Order.created_at)),
+            )
+        )
+    )
+
+
+def nudge(*, session: Session, order_id: str, now: datetime) -> bool:
+    """One nudge, once delivery_nudge_hours have passed since delivery with no refill seen."""
+    order = _locked(session=session, order_id=order_id)
+    if order is None or order.delivered_at is None or order.nudged_at is not None:
+        return False
+    version, document = consent.current_document(session=session, customer_id=order.customer_id)
+    if not document.delivery_nudge_hours or now < order.delivered_at + timedelta(hours=document.delivery_nudge_hours):
+        return False
+    slot = session.get(Slot, order.slot_id)
+    if slot is None or (slot.cycle_started_at is not None and slot.cycle_started_at > order.created_at):
+        return False  # refilled meanwhile
+    order.nudged_at = now
+    session.add(order)
+    level = slot.level / slot.capacity if slot.level is not None and slot.capacity else None
+    facts = _facts(session=session, order=order, document=document)
+    _tell(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=version,
+        kind=NoticeKind.DELIVERY_NUDGE,
+        text=messages.delivery_nudge(facts, delivered_at=order.delivered_at, level_share=level),
+        now=now,
+    )
+    return True
 
 
 # --- one-tap links ---------------------------------------------------------------------------------------------

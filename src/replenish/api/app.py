@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK, BrokerProbe
 from replenish.notifications.router import router as notifications_router
+from replenish.orders.router import fulfilment_router, slot_orders_router
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
 from replenish.web import router as web
@@ -70,12 +72,17 @@ def create_app(
     broker: BrokerProbe,
     session_lifetime: timedelta = timedelta(hours=12),
     web_live_seconds: float = 10.0,
+    fulfilment_secrets: Mapping[str, str] | None = None,
+    fulfilment_tolerance_seconds: float = 300.0,
 ) -> FastAPI:
     app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.clock = clock
     app.state.session_lifetime = session_lifetime
     app.state.web_live_seconds = web_live_seconds
+    # Fulfilment partners' webhook secrets (REPLENISH_FULFILMENT_PARTNER_SECRETS) and the replay window.
+    app.state.fulfilment_secrets = dict(fulfilment_secrets or {})
+    app.state.fulfilment_tolerance_seconds = fulfilment_tolerance_seconds
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
@@ -112,6 +119,7 @@ def create_app(
         consent_router,
         devices_router,
         orders_router,
+        slot_orders_router,
         alerts_router,
         alarms_router,
         notifications_router,
@@ -120,6 +128,7 @@ def create_app(
         privacy_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
+    app.include_router(fulfilment_router, prefix=API_PREFIX, responses={404: responses[404], 409: responses[409]})
     app.include_router(acknowledgements_router, prefix=API_PREFIX, responses={404: responses[404], 409: responses[409]})
     app.include_router(acknowledgement_page_router)
 

@@ -26,6 +26,9 @@ FORECAST_HISTORY_DAYS = 42
 @dataclass(frozen=True)
 class SlotMemory:
     cycle_started_at: datetime | None = None
+    # The newest decision's key: its cycle's start, or the moment of an order the customer asked for themselves
+    # (order now, a device's reorder button), which falls inside the cycle it was made in. Either way the cycle
+    # starting at or before it has been decided.
     decided_cycle_started_at: datetime | None = None
     open_order_placed_at: datetime | None = None
 
@@ -106,7 +109,8 @@ def evaluate(
         forecast,
         mode=mode,
         policy=policy,
-        already_decided_this_cycle=memory.decided_cycle_started_at == cycle,
+        already_decided_this_cycle=memory.decided_cycle_started_at is not None
+        and memory.decided_cycle_started_at >= cycle,
         order_in_transit=in_transit,
         paused=bool(absences) and bool(absences.inside(np.array([now.timestamp()]))[0]),
         now=now,

@@ -18,7 +18,7 @@ from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AuditAction, DecisionAction, NoticeKind
+from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS, AuditAction, ConsentMode, DecisionAction, NoticeKind
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -27,6 +27,7 @@ from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
 from replenish.orders import service as orders
+from replenish.orders.models import Order
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,90 @@ def evaluate_slot(
         )
 
 
+@dataclass(frozen=True)
+class OrderNow:
+    """What an order-now request came to: the order (new, or the slot's open one) and whether it is new."""
+
+    order: Order
+    created: bool
+
+
+def order_now(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    now: datetime,
+    actor: str,
+    quantity: int | None = None,
+    from_device: bool = False,
+    margin_days: float = DEFAULT_REORDER_MARGIN_DAYS,
+) -> OrderNow | None:
+    """The customer orders a slot's consumable now: from the app, the API, or the device's reorder button.
+
+    Idempotent over the open order's lifetime: while the slot has an open order, that order is the answer and
+    nothing new is made (a double press orders once). Otherwise a decision keyed by this moment (so that automation
+    counts the slot's current cycle as decided and does not order it a second time) and its order, under the same
+    limits as automatic orders: over the spending cap or quantity limit it becomes an approval request. The
+    customer asking in the app or the API places it (their own act; consent governs what the platform does by
+    itself); a device's button follows the slot's consent mode: auto_order places it, ask_first and notify_only
+    ask first, off does nothing (None). A placed one gets the consent's cancel window, announced, as any
+    automatic order.
+    """
+    consent.lock_customer(session=session, customer_id=device.customer_id)
+    open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
+    if open_order is not None:
+        return OrderNow(order=open_order, created=False)
+    version, document = consent.current_document(session=session, customer_id=device.customer_id)
+    mode = document.mode_for(device_id=device.id, slot_name=slot.name)
+    if from_device and mode == ConsentMode.OFF:
+        log.info("reorder button of %s/%s: consent mode off, nothing ordered", device.id, slot.name)
+        return None
+    stored = session.get(SlotForecast, slot.id)
+    forecast = Forecast.from_json(stored.forecast) if stored is not None else None
+    policy = ReorderPolicy(
+        lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
+    )
+    asked = "the device's reorder button was pressed" if from_device else f"{actor} ordered it now"
+    verdict = Verdict(action=DecisionAction.PLACE_ORDER, reason=asked)
+    if from_device and mode in (ConsentMode.ASK_FIRST, ConsentMode.NOTIFY_ONLY):
+        verdict = Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{asked}; consent mode {mode}: asks first")
+    order_quantity = quantity or slot.order_quantity
+    month_start, month_end = document.calendar_month(now)
+    verdict = within_limits(
+        verdict,
+        limits=document.limits,
+        quantity=order_quantity,
+        total_price=slot.unit_price * order_quantity if slot.unit_price is not None else None,
+        spent_this_month=orders.spent_between(
+            session=session, customer_id=device.customer_id, start=month_start, end=month_end
+        ),
+    )
+    decision = _act(
+        session=session,
+        slot=slot,
+        device=device,
+        cycle_started_at=now,
+        # No forecast yet (a new slot): the explanation says so.
+        forecast=forecast
+        or Forecast(
+            status="insufficient_data", computed_at=now, cycle_started_at=None, readings_used=0, outliers_dropped=0
+        ),
+        verdict=verdict,
+        mode=mode,
+        consent_version=version,
+        consent_document=document,
+        policy=policy,
+        now=now,
+        correlation_id=correlation.current(),
+        actor=actor,
+        quantity=order_quantity,
+    )
+    order = orders.order_for_decision(session=session, decision_id=decision.id)
+    assert order is not None
+    return OrderNow(order=order, created=True)
+
+
 def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:
     """The correlation id of the message behind the newest reading the forecast used (as slot_readings chose them):
     the one that tipped the decision."""
@@ -176,6 +261,8 @@ def _act(
     policy: ReorderPolicy,
     now: datetime,
     correlation_id: str | None,
+    actor: str = ACTOR,
+    quantity: int | None = None,
 ) -> Decision:
     decision = Decision(
         slot_id=slot.id,
@@ -197,7 +284,7 @@ def _act(
     audit.record(
         session=session,
         at=now,
-        actor=ACTOR,
+        actor=actor,
         action=AuditAction.DECISION,
         customer_id=device.customer_id,
         subject_type="decision",
@@ -223,7 +310,13 @@ def _act(
         )
     elif verdict.action == DecisionAction.REQUEST_APPROVAL:
         order = orders.create(
-            session=session, decision=decision, slot=slot, awaiting_approval=True, now=now, actor=ACTOR
+            session=session,
+            decision=decision,
+            slot=slot,
+            awaiting_approval=True,
+            now=now,
+            actor=actor,
+            quantity=quantity,
         )
         answers.request_approval(
             session=session,
@@ -241,7 +334,8 @@ def _act(
             slot=slot,
             awaiting_approval=False,
             now=now,
-            actor=ACTOR,
+            actor=actor,
+            quantity=quantity,
             hand_off_at=answers.hand_off_time(
                 document=consent_document,
                 lead_time_days=slot.lead_time_days,

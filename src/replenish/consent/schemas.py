@@ -16,6 +16,7 @@ DEFAULT_TELEMETRY_RETENTION_DAYS = 365
 DEFAULT_APPROVAL_REMINDER_HOURS = 6.0
 # Amazon's Dash Replenishment gives 24 hours; two keep an order quick while leaving time to see the message.
 DEFAULT_CANCEL_WINDOW_MINUTES = 120
+DEFAULT_DELIVERY_NUDGE_HOURS = 24.0
 
 
 class PauseWindow(BaseModel):
@@ -152,6 +153,13 @@ class ConsentDocument(BaseModel):
         description="How long an automatic order waits, announced with a one-tap cancel link, before it is handed "
         "to fulfilment; shortened when the slot's early empty date leaves no room. A cancel inside the window never "
         "reaches fulfilment. 0: handed over at once.",
+    )
+    delivery_nudge_hours: float = Field(
+        DEFAULT_DELIVERY_NUDGE_HOURS,
+        ge=0,
+        le=720,
+        description="When a delivered order's slot shows no refill this long after delivery, the customer gets one "
+        "nudge ('your ink arrived on Tuesday; the printer still reads 3 %'); 0: never.",
     )
     notification_channels: list[NotificationChannel] = Field(
         default_factory=lambda: [NotificationChannel(type="log")],

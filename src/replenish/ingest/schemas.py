@@ -78,6 +78,8 @@ class EventPayload(_DeviceMessage):
     type: str = Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH)
     confidence: UnitInterval | None = None
     battery: UnitInterval | None = None
+    # reorder_requested: which slot (required there, checked against the device's slots).
+    slot: str | None = Field(None, min_length=1, max_length=64)
 
 
 @dataclass(frozen=True)

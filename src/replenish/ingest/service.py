@@ -11,6 +11,7 @@ from sqlalchemy import and_, bindparam, case, func, or_, tuple_, update
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
+from replenish.automation import service as automation
 from replenish.constants import Channel, DeadLetterReason, EventType
 from replenish.db import insert_rows
 from replenish.devices.models import Device, Slot
@@ -187,9 +188,20 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_sto
         # What an event causes here (an alert, its notifications) carries the message's correlation id.
         with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
             log.debug("stored event message %s (seq %d)", row.id, row.seq)
-            alerts.on_device_event(
-                session=session, device=session.get_one(Device, row.device_id), message=row, now=row.received_at
-            )
+            device = session.get_one(Device, row.device_id)
+            alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
+            if event.body.type == EventType.REORDER_REQUESTED:
+                assert event.body.slot is not None  # _check refused it otherwise
+                automation.order_now(
+                    session=session,
+                    slot=session.exec(
+                        select(Slot).where(Slot.device_id == device.id, Slot.name == event.body.slot)
+                    ).one(),
+                    device=device,
+                    now=row.received_at,
+                    actor=f"device:{device.id}",
+                    from_device=True,
+                )
     devices.write(session=session)
     _write_slots(session=session, slots=slots)
     result.stored = len(accepted)
@@ -406,6 +418,17 @@ def _check(item: Parsed, *, devices: set[str], slots: dict[tuple[str, str], _Slo
             item.device_id,
             category=DeadLetterReason.UNKNOWN_DEVICE,
         )
+    if isinstance(item, ParsedEvent) and item.body.type == EventType.REORDER_REQUESTED:
+        if item.body.slot is None:
+            return Rejected(
+                "a reorder_requested event must name its slot", item.device_id, category=DeadLetterReason.INVALID
+            )
+        if (item.device_id, item.body.slot) not in slots:
+            return Rejected(
+                f"unknown slot {item.body.slot!r} for device {item.device_id!r}",
+                item.device_id,
+                category=DeadLetterReason.UNKNOWN_SLOT,
+            )
     if isinstance(item, ParsedTelemetry):
         for name, level in item.body.levels.items():
             slot = slots.get((item.device_id, name))

@@ -35,6 +35,11 @@ class Order(SQLModel, table=True):
     # Placed: when fulfilment receives it. An automatic order waits its cancel window first; until then a cancel
     # never reaches fulfilment.
     hand_off_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What fulfilment reported: when it expects the delivery (with "shipped"), and when it was delivered. Once
+    # delivered, one nudge if the slot shows no refill in time.
+    arriving_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    nudged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class OrderEvent(SQLModel, table=True):

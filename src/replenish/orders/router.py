@@ -1,17 +1,44 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlmodel import Session
+import logging
+from typing import Annotated
 
+from fastapi import APIRouter, Header, Request, Response, status
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from replenish.answers import service as answers
 from replenish.api.deps import ClockDep, CurrentOperator, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.audit import service as audit
 from replenish.auth.service import Principal
-from replenish.constants import OrderStatus
+from replenish.automation import service as automation
+from replenish.clock import Clock
+from replenish.constants import AuditAction, OrderStatus
 from replenish.db import transaction
-from replenish.orders import service
+from replenish.devices import service as devices
+from replenish.errors import InvalidRequest, Unauthorized
+from replenish.orders import service, signatures
 from replenish.orders.models import Order
-from replenish.orders.schemas import ActionRequest, FulfilmentUpdate, OrderDetail, OrderEventRead, OrderRead
+from replenish.orders.schemas import (
+    ActionRequest,
+    FulfilmentUpdate,
+    OrderDetail,
+    OrderEventRead,
+    OrderNowRequest,
+    OrderRead,
+    PartnerEvent,
+)
+from replenish.orders.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+# Fulfilment partners' signed webhooks: no bearer token, a signature instead.
+fulfilment_router = APIRouter(prefix="/fulfilment", tags=["orders"])
+# Ordering a slot now lives with the slot it orders for.
+slot_orders_router = APIRouter(prefix="/devices", tags=["orders"])
 
 
 def _detail(session: Session, order: Order) -> OrderDetail:
@@ -96,5 +123,138 @@ def cancel(
 def fulfilment(
     order_id: str, body: FulfilmentUpdate, operator: CurrentOperator, engine: EngineDep, clock: ClockDep
 ) -> OrderDetail:
-    """Operators only (the fulfilment partner signs in with an operator's API token)."""
-    return _transition(engine, clock, operator, order_id, OrderStatus(body.status), body.reason)
+    """Operators only (a fulfilment partner signs in with an operator's API token, or uses its signed webhook,
+    `POST /fulfilment/{partner}/events`). The customer is told when it ships (with `arriving_at`, default the
+    slot's lead time from now) and when it is delivered."""
+    with transaction(engine) as session:
+        order = answers.report_progress(
+            session=session,
+            order_id=order_id,
+            status=OrderStatus(body.status),
+            actor=operator.actor,
+            now=clock.now(),
+            reason=body.reason,
+            arriving_at=body.arriving_at,
+        )
+        return _detail(session, order)
+
+
+@fulfilment_router.post(
+    "/{partner}/events",
+    response_model=OrderRead,
+    summary="A fulfilment partner reports an order's progress (signed webhook)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PartnerEvent.model_json_schema()}},
+        }
+    },
+    responses={401: {"description": "Unknown partner, missing or wrong signature, or a timestamp out of range."}},
+)
+async def partner_event(
+    partner: str,
+    request: Request,
+    engine: EngineDep,
+    clock: ClockDep,
+    timestamp: Annotated[str | None, Header(alias=TIMESTAMP_HEADER)] = None,
+    signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
+) -> OrderRead:
+    """No bearer token: the partner signs each request. `X-Replenish-Timestamp` is the Unix time in seconds;
+    `X-Replenish-Signature` is `sha256=` and the hex HMAC-SHA256, keyed with the partner's secret
+    (REPLENISH_FULFILMENT_PARTNER_SECRETS), of the timestamp, a dot and the raw body. A request older (or newer)
+    than REPLENISH_FULFILMENT_SIGNATURE_TOLERANCE_SECONDS is refused: a captured one cannot be replayed later.
+    A refusal answers 401 with the reason, changes nothing, is logged and audited. An unknown order answers 404,
+    a move its status does not allow 409; repeating the status an order is in answers 200 and changes nothing."""
+    body = await request.body()
+    return await run_in_threadpool(_partner_event, request, engine, clock, partner, timestamp, signature, body)
+
+
+def _partner_event(
+    request: Request,
+    engine: Engine,
+    clock: Clock,
+    partner: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+) -> OrderRead:
+    now = clock.now()
+    try:
+        signatures.verify(
+            secrets=request.app.state.fulfilment_secrets,
+            partner=partner,
+            timestamp=timestamp,
+            signature=signature,
+            body=body,
+            now=now,
+            tolerance_seconds=request.app.state.fulfilment_tolerance_seconds,
+        )
+    except signatures.SignatureRefused as refused:
+        log.warning("fulfilment webhook of %r refused: %s", partner, refused)
+        with transaction(engine) as session:
+            audit.record(
+                session=session,
+                at=now,
+                actor=f"fulfilment partner {partner[:64]!r}",
+                action=AuditAction.FULFILMENT_REFUSED,
+                subject_type="fulfilment_webhook",
+                subject_id=partner[:64],
+                detail={"reason": str(refused)},
+            )
+        raise Unauthorized(str(refused)) from None
+    try:
+        event = PartnerEvent.model_validate_json(body)
+    except ValidationError as invalid:
+        first = invalid.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"{field or 'body'}: {first['msg']}", field=field) from None
+    with transaction(engine) as session:
+        order = answers.report_progress(
+            session=session,
+            order_id=event.order_id,
+            status=OrderStatus(event.status),
+            actor=f"fulfilment partner {partner}",
+            now=now,
+            reason=event.reason,
+            arriving_at=event.arriving_at,
+        )
+        return OrderRead.model_validate(order)
+
+
+@slot_orders_router.post(
+    "/{device_id}/slots/{slot_name}/order",
+    response_model=OrderDetail,
+    status_code=status.HTTP_201_CREATED,
+    summary="Order a slot's consumable now",
+    responses={200: {"description": "The slot already has an open order: that order, and nothing new."}},
+)
+def order_now(
+    device_id: str,
+    slot_name: str,
+    principal: CurrentPrincipal,
+    engine: EngineDep,
+    clock: ClockDep,
+    response: Response,
+    body: OrderNowRequest | None = None,
+) -> OrderDetail:
+    """The customer orders now, whatever the forecast says (201). Within the consent's spending cap and quantity
+    limit it is placed, announced with the consent's cancel window, and handed to fulfilment after it; over a limit
+    it becomes an approval request, as an automatic order would. While the slot has an open order (awaiting
+    approval, placed, confirmed, shipped or held) the answer is that order (200) and nothing new is made: pressing
+    twice orders once. Automation then counts the slot's current cycle as decided."""
+    with transaction(engine) as session:
+        device = devices.get(session=session, device_id=device_id)
+        principal.check_access(device.customer_id, entity="device", key=device_id)
+        slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+        outcome = automation.order_now(
+            session=session,
+            slot=slot,
+            device=device,
+            now=clock.now(),
+            actor=principal.actor,
+            quantity=body.quantity if body else None,
+        )
+        assert outcome is not None  # only a device's button can be refused by consent
+        if not outcome.created:
+            response.status_code = status.HTTP_200_OK
+        return _detail(session, outcome.order)

@@ -41,6 +41,12 @@ class OrderRead(BaseModel):
         "fulfilment never hears of it: an automatic order waits the consent's cancel_window_minutes.",
     )
 
+    arriving_at: datetime | None = Field(None, description="When fulfilment expects it to arrive (with 'shipped').")
+    delivered_at: datetime | None = Field(None, description="When fulfilment reported it delivered.")
+    nudged_at: datetime | None = Field(
+        None, description="When the customer was told it arrived but the slot still showed no refill."
+    )
+
 
 class OrderEventRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -92,6 +98,12 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(None, max_length=500, description="Why, kept in the order's history.")
 
 
+class OrderNowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: int | None = Field(None, ge=1, le=1000, description="Units to order; default the slot's order_quantity.")
+
+
 class FulfilmentUpdate(BaseModel):
     """A fulfilment partner reports progress."""
 
@@ -99,3 +111,12 @@ class FulfilmentUpdate(BaseModel):
 
     status: Literal["confirmed", "shipped", "delivered"]
     reason: str | None = Field(None, max_length=500)
+    arriving_at: datetime | None = Field(
+        None, description="With 'shipped': when it should arrive (the customer is told); default: the lead time."
+    )
+
+
+class PartnerEvent(FulfilmentUpdate):
+    """What a fulfilment partner posts to its signed webhook: one order's progress."""
+
+    order_id: str = Field(min_length=1, max_length=64)

@@ -47,18 +47,20 @@ def create(
     now: datetime,
     actor: str,
     hand_off_at: datetime | None = None,
+    quantity: int | None = None,
 ) -> Order:
     """A new order for the decision. A placed one goes to fulfilment at ``hand_off_at`` (default: now); until then
     a cancel withdraws it and fulfilment never hears of it."""
+    quantity = quantity or slot.order_quantity
     order = Order(
         decision_id=decision.id,
         customer_id=decision.customer_id,
         device_id=decision.device_id,
         slot_id=slot.id,
         product_sku=slot.product_sku,
-        quantity=slot.order_quantity,
+        quantity=quantity,
         unit_price=slot.unit_price,
-        total_price=slot.unit_price * slot.order_quantity if slot.unit_price is not None else None,
+        total_price=slot.unit_price * quantity if slot.unit_price is not None else None,
         status=OrderStatus.AWAITING_APPROVAL if awaiting_approval else OrderStatus.PLACED,
         consent_version=decision.consent_version,
         created_at=now,
@@ -81,6 +83,10 @@ def create(
         decision.id,
     )
     return order
+
+
+def order_for_decision(*, session: Session, decision_id: str) -> Order | None:
+    return session.exec(select(Order).where(Order.decision_id == decision_id)).first()
 
 
 def can_become(current: OrderStatus, to: OrderStatus) -> bool:

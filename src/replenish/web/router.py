@@ -22,6 +22,7 @@ from replenish.alerts import service as alerts
 from replenish.alerts.models import Alert
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
+from replenish.automation import service as automation
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
@@ -94,8 +95,9 @@ def install(app: FastAPI) -> None:
         if (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
             response.headers.update(PAGE_HEADERS)
         elif path.startswith(f"{ANSWER_PAGE_PATH}/"):
-            # The link's token is in the address: never sent on as a referrer.
-            response.headers.update(PAGE_HEADERS | {"Referrer-Policy": "no-referrer"})
+            # The link's token is in the address: same-origin keeps it from any other site as a referrer (and
+            # unlike no-referrer, lets the page's own form send its Origin, which the POST checks).
+            response.headers.update(PAGE_HEADERS)
         return response
 
     @app.exception_handler(SignInRequired)
@@ -255,6 +257,31 @@ def order_action(
             session.rollback()
             return _redirect(f"{PREFIX}/orders/{order_id}?error={action}")
     return _redirect(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
+
+
+@router.post("/devices/{device_id}/slots/{slot_name}/order")
+def order_now(
+    request: Request,
+    device_id: str,
+    slot_name: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+) -> Response:
+    """Order a slot now (the API's order now, by the signed-in customer): to the order's page, new or open."""
+    check_csrf(request, csrf)
+    with transaction(request.app.state.engine) as session:
+        try:
+            device = devices.get(session=session, device_id=device_id)
+            principal.check_access(device.customer_id, entity="device", key=device_id)
+            slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+        except NotFound:
+            raise PageNotFound from None
+        outcome = automation.order_now(
+            session=session, slot=slot, device=device, now=_now(request), actor=principal.actor
+        )
+        assert outcome is not None
+        order_id = outcome.order.id
+    return _redirect(f"{PREFIX}/orders/{order_id}")
 
 
 @router.get("/live")
