@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -159,6 +160,8 @@ PUBLIC_ROUTES = {("POST", "/api/v1/auth/token"), ("POST", "/api/v1/customers")}
 # An emergency contact has no account: the link they were sent is the credential (tests/test_escalation.py shows that
 # a wrong or another alert's token gets nothing).
 LINK_ROUTES = {("GET", "/api/v1/acknowledgements/{token}"), ("POST", "/api/v1/acknowledgements/{token}")}
+# A fulfilment partner signs its requests instead (tests/test_answers.py: a wrong, changed or old signature gets 401).
+SIGNED_ROUTES = {("POST", "/api/v1/fulfilment/{partner}/events")}
 OPERATOR_ONLY = {
     ("GET", "/api/v1/customers"),
     ("GET", "/api/v1/dead-letters"),
@@ -218,7 +221,17 @@ def _populated_world(platform: Platform, clock: ManualClock, start: datetime) ->
             [alert] = operator.get("/alerts", params={"customer_id": customer_id}).json()
             notification = operator.get("/notifications", params={"customer_id": customer_id}).json()[0]
             [alarm] = operator.get("/alarms", params={"device_id": f"{name}-pendant", "kind": "offline"}).json()
+            browser = operator.post(
+                "/push/subscriptions",
+                json={
+                    "endpoint": f"https://push.example.com/{name}",
+                    "keys": {"p256dh": _b64(b"\x04" + bytes(64)), "auth": _b64(bytes(16))},
+                    "customer_id": customer_id,
+                },
+            )
+            assert browser.status_code == 201, browser.text
             ids[name] |= {
+                "subscription_id": browser.json()["id"],
                 "order_id": order["id"],
                 "alert_id": alert["id"],
                 "notification_id": notification["id"],
@@ -256,10 +269,19 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/alarms/{alarm_id}", None),
     ("POST", "/alarms/{alarm_id}/acknowledge", None),
     ("DELETE", "/auth/tokens/{token_id}", None),
+    ("POST", "/devices/{device_id}/slots/{slot_name}/order", None),
+    ("DELETE", "/push/subscriptions/{subscription_id}", None),
 ]
 
 
-NOBODY = {key: "0" * 32 for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id", "alarm_id")}
+NOBODY = {
+    key: "0" * 32
+    for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id", "alarm_id", "subscription_id")
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _fill(template: str, owner: str, world: World) -> str:
@@ -276,6 +298,7 @@ def _fill(template: str, owner: str, world: World) -> str:
 def _bobs_things(world: World) -> dict[str, Any]:
     """Everything of Bob's, as the operator sees it, to prove that Ada's attempts changed none of it."""
     bob, operator = world.ids["bob"], world.operator
+    of_bob = {"customer_id": bob["customer_id"]}
     return {
         "consent": operator.get(f"/customers/{bob['customer_id']}/consent/versions").json(),
         "printer": operator.get("/devices/bob-printer").json()["slots"][0]["service_level"],
@@ -284,6 +307,8 @@ def _bobs_things(world: World) -> dict[str, Any]:
         "alarm": operator.get(f"/alarms/{bob['alarm_id']}").json()["status"],
         "bob signed in": world.bob.get("/auth/me").status_code,
         "bob's devices": sorted(d["id"] for d in world.bob.get("/devices").json()),
+        "bob's orders": sorted(o["id"] for o in operator.get("/orders", params=of_bob).json()),
+        "bob's browsers": len(operator.get("/push/subscriptions", params=of_bob).json()),
     }
 
 
@@ -362,11 +387,11 @@ def test_every_route_is_covered_and_none_answers_without_a_token(world: World):
     assert {path for _, path in routes if not path.startswith("/api/v1/")} == {"/healthz", "/readyz"}
     routes = {(method, path) for method, path in routes if path.startswith("/api/v1/")}
     with_objects = {(m, f"/api/v1{t}") for m, t, _ in OBJECT_ROUTES}
-    named = {r for r in routes if "{" in r[1]} - OPERATOR_ONLY - LINK_ROUTES
+    named = {r for r in routes if "{" in r[1]} - OPERATOR_ONLY - LINK_ROUTES - SIGNED_ROUTES
     assert named == with_objects, "a route naming an object is untested"
-    assert routes >= LINK_ROUTES
+    assert routes >= LINK_ROUTES | SIGNED_ROUTES
     anonymous = api_client(world.platform, None)
-    for method, path in sorted(routes - PUBLIC_ROUTES - LINK_ROUTES):
+    for method, path in sorted(routes - PUBLIC_ROUTES - LINK_ROUTES - SIGNED_ROUTES):
         concrete = _fill(path.removeprefix("/api/v1"), "ada", world)
         answer = anonymous.request(method, concrete)
         assert answer.status_code == 401, f"{method} {path} answered {answer.status_code} without a token"

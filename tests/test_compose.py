@@ -36,6 +36,7 @@ from brokers import (
 from replenish.clock import SystemClock
 from replenish.config import SERVICE_USERNAME, Settings
 from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
+from replenish.notifications.push import new_private_key
 from replenish.observability.metrics import DatabaseCollector, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,13 @@ def bind_mount_sources(service: dict[str, Any]) -> list[str]:
     return sources
 
 
+# What an operator's .env holds, as docs/deployment.md says to make it.
+FROM_DOT_ENV = {
+    "REPLENISH_BROKER_SERVICE_PASSWORD": SERVICE_PASSWORD,
+    "REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY": new_private_key(),
+}
+
+
 def settings_variables() -> set[str]:
     return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
 
@@ -138,7 +146,7 @@ def settings_from(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -
             monkeypatch.delenv(name)
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and value is not None:
-            monkeypatch.setenv(name, interpolated(value, {"REPLENISH_BROKER_SERVICE_PASSWORD": SERVICE_PASSWORD}))
+            monkeypatch.setenv(name, interpolated(value, FROM_DOT_ENV))
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 

@@ -486,7 +486,7 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
         clock=clock,
         fulfilment=make_sink(None),
         send_command=None,
-        channels=make_channels(platform.settings),
+        channels=make_channels(platform.settings, platform.engine),
         public_url=platform.settings.resolved_public_url,
         kinds={OutboxKind.NOTIFICATION},
     )

@@ -576,3 +576,16 @@ def test_order_now_from_the_supplies_page(
     assert api.get(f"/orders/{order['id']}").json()["history"][0]["actor"] == "customer:ada@example.com"
     page.goto(f"{platform.api_url}/app")
     expect(page.get_by_role("article", name="printer printer-1 cyan").locator(".next-order")).to_have_text("placed")
+
+
+def test_the_consent_page_offers_notifications_in_this_browser(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    create_customer(api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    expect(page.get_by_role("button", name="Turn on notifications in this browser")).to_be_visible()
+    scope = page.evaluate("navigator.serviceWorker.ready.then((registration) => registration.scope)")
+    assert scope == f"{platform.api_url}/app/"
+    key = api.get("/push/key").json()["application_server_key"]
+    assert page.locator("#push").get_attribute("data-key") == key

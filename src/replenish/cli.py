@@ -17,6 +17,7 @@ from replenish.config import Settings
 from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
 from replenish.demo import CATCH_UP_SECONDS, DemoDevices, demo_models, seed
 from replenish.ingest.consumer import tune_garbage_collection
+from replenish.notifications.push import new_private_key
 from replenish.observability.logging import configure_logging
 from replenish.runtime import Platform, Roles
 
@@ -247,6 +248,13 @@ def create_operator(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"operator {account.email} created; sign in at POST /api/v1/auth/token")
+
+
+@app.command("vapid-key")
+def vapid_key() -> None:
+    """Print a new VAPID private key for Web Push, as REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY takes it (for .env). Every
+    process must have the same one; changing it later unsubscribes every browser."""
+    typer.echo(f"REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY={new_private_key()}")
 
 
 @app.command("mosquitto-files")

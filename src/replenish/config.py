@@ -176,6 +176,17 @@ class Settings(BaseSettings):
     smtp_username: str | None = Field(None, description="SMTP user, if the server wants a login.")
     smtp_password: SecretStr | None = Field(None, description="SMTP password.")
     smtp_sender: str = Field("Replenish <replenish@localhost>", description="From: of e-mail notifications.")
+    webpush_vapid_private_key: SecretStr | None = Field(
+        None,
+        description="The platform's VAPID private key for Web Push (the same in every process: browsers subscribe "
+        "to its public key): one line of base64url as `replenish vapid-key` prints it, or PEM. Unset: a key made on "
+        "first use and kept in DATA_DIR/vapid-private.pem, which suits one process (replenish up).",
+    )
+    webpush_vapid_subject: str = Field(
+        "mailto:replenish@localhost",
+        pattern=r"^(mailto:|https://)",
+        description="Who push services contact about this platform's messages (VAPID 'sub'): mailto: or https://.",
+    )
     webhook_allow_private_networks: bool = Field(
         False,
         description="Let notification webhooks (URLs customers give) reach private, loopback and link-local "

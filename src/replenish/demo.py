@@ -34,8 +34,10 @@ FRIDGE_ID = "demo-fridge"
 WEARABLE_ID = "demo-wearable"
 PRINTER_HISTORY = timedelta(days=21)
 FRIDGE_HISTORY = timedelta(days=7)
-# A two-litre bottle lasts about four days: bought again twice in the replayed week, before it ran out.
-MILK_BOUGHT_AGO = (timedelta(days=5), timedelta(hours=36))
+# A two-litre bottle lasts about four days: bought again twice in the replayed week, before it ran out, the
+# second time two and a half days ago (a day and a half left now). A dozen eggs, four days ago (half left).
+MILK_BOUGHT_AGO = (timedelta(days=5), timedelta(hours=60))
+EGGS_BOUGHT_AGO = timedelta(days=4)
 # Weeks of history are replayed within about this many seconds, then the devices run in real time.
 CATCH_UP_SECONDS = 25.0
 FALL_AFTER = timedelta(seconds=20)
@@ -157,6 +159,7 @@ def demo_models(now: datetime) -> list[DeviceModel]:
     # while there is still milk and eggs left.
     for ago in MILK_BOUGHT_AGO:
         fridge.refill("milk", now - ago)
+    fridge.refill("eggs", now - EGGS_BOUGHT_AGO)
     wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + FALL_AFTER)
     for model in (printer, fridge, wearable):
         model.seq = seq_base

@@ -36,6 +36,12 @@ class InvalidRequest(DomainError):
     status_code = 422
 
 
+class SignatureRejected(DomainError):
+    """A signed request (a fulfilment partner's webhook) whose signature does not hold: 401, no Bearer challenge."""
+
+    status_code = 401
+
+
 class Unauthorized(DomainError):
     """No valid credentials: answered with `WWW-Authenticate: Bearer`."""
 

@@ -10,7 +10,7 @@ from replenish.customers.models import Customer
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
-from replenish.notifications.models import Notification
+from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
 
@@ -32,6 +32,7 @@ __all__ = [
     "OrderEvent",
     "OrderLink",
     "OutboxMessage",
+    "PushSubscription",
     "Reading",
     "Slot",
     "SlotForecast",

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
+from py_vapid import Vapid02
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
@@ -23,12 +24,14 @@ from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postg
 from replenish.cluster.membership import MembershipWatch, claim_member
 from replenish.config import Settings
 from replenish.constants import LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, OutboxKind
-from replenish.db import create_schema, make_engine
+from replenish.db import create_schema, make_engine, transaction
 from replenish.ingest.consumer import MqttIngestor, lane_client_ids
 from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
 from replenish.mqtt.probe import BrokerProbe
-from replenish.notifications.channels import Channels, SmtpSettings
+from replenish.notifications import service as push
+from replenish.notifications.channels import Channels, SmtpSettings, refuse_private_destinations
+from replenish.notifications.push import KEY_FILE_NAME, WebPushSender, application_server_key, load_vapid
 from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
@@ -62,7 +65,13 @@ class Roles:
         return cls(broker=settings.uses_embedded_broker, ingest=True, scheduler=True, api=True)
 
 
-def make_channels(settings: Settings) -> Channels:
+def vapid_key(settings: Settings) -> Vapid02:
+    """The platform's Web Push identity (notifications.push.load_vapid)."""
+    key = settings.webpush_vapid_private_key
+    return load_vapid(configured=key.get_secret_value() if key else None, key_file=settings.data_dir / KEY_FILE_NAME)
+
+
+def make_channels(settings: Settings, engine: Engine) -> Channels:
     smtp = None
     if settings.smtp_host:
         smtp = SmtpSettings(
@@ -73,10 +82,26 @@ def make_channels(settings: Settings) -> Channels:
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             starttls=settings.smtp_starttls,
         )
+
+    def check_endpoint(url: str) -> None:
+        if not settings.webhook_allow_private_networks:
+            refuse_private_destinations(url)
+
+    def forget(endpoint: str) -> None:
+        with transaction(engine) as session:
+            push.forget_subscription(session=session, endpoint=endpoint)
+
     return Channels(
         smtp=smtp,
         allow_private_webhooks=settings.webhook_allow_private_networks,
         timeout=settings.webhook_timeout_seconds,
+        webpush=WebPushSender(
+            vapid=vapid_key(settings),
+            subject=settings.webpush_vapid_subject,
+            timeout=settings.webhook_timeout_seconds,
+            check_endpoint=check_endpoint,
+        ),
+        on_push_gone=forget,
     )
 
 
@@ -182,7 +207,7 @@ class Platform:
                 # commit, instead of leaving them to the scheduler's next poll. Claims on the outbox keep it and
                 # the scheduler from delivering one message twice. It needs the scheduler's notification settings
                 # (REPLENISH_PUBLIC_URL, SMTP, webhooks): docs/deployment.md.
-                self.channels = make_channels(self.settings)
+                self.channels = make_channels(self.settings, self.engine)
                 notifier = Dispatcher(
                     engine=self.engine,
                     clock=self.clock,
@@ -203,7 +228,7 @@ class Platform:
             )
             self.publisher.start()
             url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
-            self.channels = make_channels(self.settings)
+            self.channels = make_channels(self.settings, self.engine)
             dispatcher = Dispatcher(
                 engine=self.engine,
                 clock=self.clock,
@@ -259,6 +284,7 @@ class Platform:
                 name: secret.get_secret_value() for name, secret in self.settings.fulfilment_partner_secrets.items()
             },
             fulfilment_tolerance_seconds=self.settings.fulfilment_signature_tolerance_seconds,
+            push_public_key=application_server_key(vapid_key(self.settings)),
         )
         config = uvicorn.Config(
             app,

@@ -27,6 +27,7 @@ from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthoriz
 from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK, BrokerProbe
+from replenish.notifications.router import push_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import fulfilment_router, slot_orders_router
 from replenish.orders.router import router as orders_router
@@ -74,6 +75,7 @@ def create_app(
     web_live_seconds: float = 10.0,
     fulfilment_secrets: Mapping[str, str] | None = None,
     fulfilment_tolerance_seconds: float = 300.0,
+    push_public_key: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
@@ -83,6 +85,8 @@ def create_app(
     # Fulfilment partners' webhook secrets (REPLENISH_FULFILMENT_PARTNER_SECRETS) and the replay window.
     app.state.fulfilment_secrets = dict(fulfilment_secrets or {})
     app.state.fulfilment_tolerance_seconds = fulfilment_tolerance_seconds
+    # Web Push: the VAPID public key browsers subscribe with (None: Web Push is off).
+    app.state.push_public_key = push_public_key
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
@@ -123,6 +127,7 @@ def create_app(
         alerts_router,
         alarms_router,
         notifications_router,
+        push_router,
         dead_letters_router,
         audit_router,
         privacy_router,

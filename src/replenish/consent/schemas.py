@@ -55,8 +55,12 @@ class PauseWindow(BaseModel):
 class NotificationChannel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["log", "email", "webhook"]
-    address: str | None = Field(None, description="The e-mail address (email) or URL (webhook); none for log.")
+    type: Literal["log", "email", "webhook", "webpush"]
+    address: str | None = Field(
+        None,
+        description="The e-mail address (email) or URL (webhook); none for log, and for webpush, which reaches "
+        "every browser the customer subscribed (POST /api/v1/push-subscriptions, or the consent page's toggle).",
+    )
 
     @model_validator(mode="after")
     def _address_fits_the_type(self) -> NotificationChannel:
@@ -86,9 +90,9 @@ def _check_address(kind: str, address: str | None) -> None:
     class _Url(BaseModel):
         value: AnyHttpUrl
 
-    if kind == "log":
+    if kind in ("log", "webpush"):
         if address is not None:
-            raise ValueError("a log channel takes no address")
+            raise ValueError(f"a {kind} channel takes no address")
         return
     if not address:
         raise ValueError(f"an {kind} channel needs an address" if kind == "email" else f"a {kind} channel needs a URL")

@@ -13,12 +13,15 @@ import ipaddress
 import logging
 import smtplib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
+
+from replenish.notifications.push import PushMessage, SubscriptionGone, WebPushSender
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class Delivery:
     order_id: str | None = None
     # The customer's one-tap answers and the app's page: each needs no sign-in but a confirmation.
     links: tuple[Link, ...] = ()
+    # webpush: the subscription's keys (p256dh, auth); the address is its push service endpoint.
+    push_keys: tuple[str, str] | None = None
 
     def link_lines(self) -> str:
         return "\n".join(f"{link.label}: {link.url}" for link in self.links)
@@ -107,14 +112,14 @@ class WebhookChannel:
         if delivery.address is None:
             raise UndeliverableAddress("a webhook notification without a URL")
         if not self._allow_private:
-            _refuse_private_destinations(delivery.address)
+            refuse_private_destinations(delivery.address)
         response = self._client.post(
             delivery.address, json=delivery.json(), headers={"Idempotency-Key": delivery.idempotency_key}
         )
         response.raise_for_status()
 
 
-def _refuse_private_destinations(url: str) -> None:
+def refuse_private_destinations(url: str) -> None:
     """A customer-supplied URL must not reach into the platform's own network (SSRF): every address the host name
     resolves to must be a public one."""
     host = urlsplit(url).hostname
@@ -183,16 +188,60 @@ class EmailChannel:
             client.send_message(message)
 
 
-class Channels:
-    """Every channel by name, as consent names them (`log`, `webhook`, `email`)."""
+class WebPushChannel:
+    """Web Push to one subscribed browser: the service worker shows the title, the body and the one-tap answers
+    as the notification's actions; a tap opens the first link (or the app). A subscription the push service says
+    is gone is forgotten (``on_gone``) and the notification counts as delivered: there is nobody left to retry for.
+    """
 
-    def __init__(self, *, smtp: SmtpSettings | None, allow_private_webhooks: bool, timeout: float = 10.0) -> None:
+    def __init__(self, sender: WebPushSender | None, *, on_gone: Callable[[str], None]) -> None:
+        self._sender = sender
+        self._on_gone = on_gone
+
+    def send(self, delivery: Delivery) -> None:
+        if self._sender is None:
+            raise RuntimeError("Web Push is not configured")
+        if delivery.address is None or delivery.push_keys is None:
+            raise UndeliverableAddress("a webpush notification without its subscription")
+        answers = [link for link in delivery.links if link.label != "Open in the app"]
+        opens = next((link.url for link in delivery.links if link.label == "Open in the app"), None)
+        message = PushMessage(
+            title=delivery.subject,
+            body=delivery.body,
+            url=opens,
+            actions=[
+                {"action": str(index), "title": link.label, "url": link.url} for index, link in enumerate(answers)
+            ],
+            tag=delivery.order_id or delivery.alert_id,
+        )
+        try:
+            self._sender.send(
+                endpoint=delivery.address, p256dh=delivery.push_keys[0], auth=delivery.push_keys[1], message=message
+            )
+        except SubscriptionGone:
+            log.info("notification %s: the browser's push subscription is gone", delivery.notification_id)
+            self._on_gone(delivery.address)
+
+
+class Channels:
+    """Every channel by name, as consent names them (`log`, `webhook`, `email`, `webpush`)."""
+
+    def __init__(
+        self,
+        *,
+        smtp: SmtpSettings | None,
+        allow_private_webhooks: bool,
+        timeout: float = 10.0,
+        webpush: WebPushSender | None = None,
+        on_push_gone: Callable[[str], None] = lambda endpoint: None,
+    ) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self._channels: dict[str, Channel] = {
             "log": LogChannel(),
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),
             "email": EmailChannel(smtp),
+            "webpush": WebPushChannel(webpush, on_gone=on_push_gone),
         }
 
     def send(self, delivery: Delivery) -> None:

@@ -7,6 +7,21 @@ from sqlmodel import Field, SQLModel
 from replenish.db import UTCDateTime, new_id
 
 
+class PushSubscription(SQLModel, table=True):
+    """A browser (or app) the customer subscribed to Web Push: the push service's endpoint and the keys that encrypt
+    messages for it (RFC 8291). The consent's "webpush" channel reaches every one of them."""
+
+    __tablename__ = "push_subscriptions"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    endpoint: str = Field(unique=True, max_length=2048)
+    p256dh: str = Field(max_length=200)
+    auth: str = Field(max_length=100)
+    user_agent: str | None = Field(default=None, max_length=300)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class Notification(SQLModel, table=True):
     __tablename__ = "notifications"
 

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request, Response, status
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import col, select
 
-from replenish.api.deps import CurrentPrincipal, Limit, Offset, ReadSession
-from replenish.db import get_or_raise
-from replenish.notifications.models import Notification
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.db import get_or_raise, transaction
+from replenish.errors import InvalidRequest, NotFound
+from replenish.notifications import service
+from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.service import explain_decision
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
+push_router = APIRouter(prefix="/push", tags=["notifications"])
 
 
 class NotificationRead(BaseModel):
@@ -72,3 +77,114 @@ def get_notification(notification_id: str, session: ReadSession, principal: Curr
         explain_decision(session=session, decision_id=notification.decision_id) if notification.decision_id else None
     )
     return NotificationDetail(**NotificationRead.model_validate(notification).model_dump(), explanation=explanation)
+
+
+def _key_bytes(value: str, *, size: int, name: str) -> str:
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} must be base64url") from None
+    if len(decoded) != size:
+        raise ValueError(f"{name} must be {size} bytes, got {len(decoded)}")
+    return value
+
+
+class PushKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    p256dh: str = Field(max_length=200, description="The browser's P-256 public key, base64url (65 bytes).")
+    auth: str = Field(max_length=100, description="The browser's authentication secret, base64url (16 bytes).")
+
+    @field_validator("p256dh")
+    @classmethod
+    def _point(cls, value: str) -> str:
+        return _key_bytes(value, size=65, name="p256dh")
+
+    @field_validator("auth")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return _key_bytes(value, size=16, name="auth")
+
+
+class PushSubscriptionCreate(BaseModel):
+    """A browser's PushSubscription, as `subscription.toJSON()` gives it (expirationTime is ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    endpoint: AnyHttpUrl = Field(description="The push service's URL for this browser.")
+    keys: PushKeys
+    customer_id: str | None = Field(None, description="Operators: whose browser it is.")
+
+
+class PushSubscriptionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    customer_id: str
+    endpoint: str
+    user_agent: str | None
+    created_at: datetime
+
+
+class PushKey(BaseModel):
+    application_server_key: str = Field(
+        description="The platform's VAPID public key, base64url: PushManager.subscribe's applicationServerKey."
+    )
+
+
+@push_router.get("/key", response_model=PushKey, summary="The public key browsers subscribe to Web Push with")
+def push_key(request: Request, principal: CurrentPrincipal) -> PushKey:
+    key = request.app.state.push_public_key
+    if key is None:
+        raise NotFound("web push key", "-")
+    return PushKey(application_server_key=key)
+
+
+@push_router.post(
+    "/subscriptions",
+    response_model=PushSubscriptionRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Subscribe a browser to the customer's Web Push notifications",
+)
+def subscribe(
+    body: PushSubscriptionCreate, request: Request, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+) -> PushSubscriptionRead:
+    """The consent's `webpush` notification channel reaches every subscribed browser (add `{"type": "webpush"}`
+    to `notification_channels`). The same endpoint again replaces its keys."""
+    customer_id = principal.scope(body.customer_id)
+    if customer_id is None:
+        raise InvalidRequest("an operator must say whose browser it is", field="customer_id")
+    principal.check_access(customer_id, entity="customer", key=customer_id)
+    with transaction(engine) as session:
+        found = service.subscribe(
+            session=session,
+            customer_id=customer_id,
+            endpoint=str(body.endpoint),
+            p256dh=body.keys.p256dh,
+            auth=body.keys.auth,
+            user_agent=(request.headers.get("user-agent") or "")[:300] or None,
+            now=clock.now(),
+        )
+        return PushSubscriptionRead.model_validate(found)
+
+
+@push_router.get("/subscriptions", response_model=list[PushSubscriptionRead], summary="Subscribed browsers")
+def list_subscriptions(
+    session: ReadSession, principal: CurrentPrincipal, customer_id: str | None = None
+) -> list[PushSubscriptionRead]:
+    query = select(PushSubscription)
+    scope = principal.scope(customer_id)
+    if scope:
+        query = query.where(PushSubscription.customer_id == scope)
+    return [PushSubscriptionRead.model_validate(row) for row in session.exec(query.order_by(col(PushSubscription.id)))]
+
+
+@push_router.delete(
+    "/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Unsubscribe a browser"
+)
+def unsubscribe(subscription_id: str, principal: CurrentPrincipal, engine: EngineDep) -> Response:
+    with transaction(engine) as session:
+        found = get_or_raise(session, PushSubscription, subscription_id, entity="push subscription")
+        principal.check_access(found.customer_id, entity="push subscription", key=subscription_id)
+        session.delete(found)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

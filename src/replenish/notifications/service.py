@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import NoticeKind, OutboxKind
-from replenish.notifications.models import Notification
+from replenish.notifications.models import Notification, PushSubscription
 from replenish.outbox import service as outbox
 
 
@@ -30,29 +31,45 @@ def notify_customer(
     links: list[tuple[str, str]] | None = None,
     app_path: str | None = None,
 ) -> list[Notification]:
-    """Tell the customer, on every channel their consent names. ``links`` are one-tap answers, (label, token) pairs
-    the dispatcher turns into URLs; ``app_path``, the web app's page about it."""
-    return [
-        send(
-            session=session,
-            customer_id=customer_id,
-            channel=channel.type,
-            address=channel.address,
-            subject=subject,
-            body=body,
-            consent_version=consent_version,
-            now=now,
-            decision_id=decision_id,
-            alert_id=alert_id,
-            alarm_id=alarm_id,
-            urgent=urgent,
-            kind=kind,
-            order_id=order_id,
-            links=links,
-            app_path=app_path,
+    """Tell the customer, on every channel their consent names (webpush: each browser they subscribed). ``links``
+    are one-tap answers, (label, token) pairs the dispatcher turns into URLs; ``app_path``, the web app's page
+    about it."""
+    common: dict[str, Any] = {
+        "session": session,
+        "customer_id": customer_id,
+        "subject": subject,
+        "body": body,
+        "consent_version": consent_version,
+        "now": now,
+        "decision_id": decision_id,
+        "alert_id": alert_id,
+        "alarm_id": alarm_id,
+        "urgent": urgent,
+        "kind": kind,
+        "order_id": order_id,
+        "links": links,
+        "app_path": app_path,
+    }
+    sent = []
+    for channel in document.notification_channels:
+        if channel.type == "webpush":
+            sent += [
+                send(**common, channel="webpush", address=browser.endpoint, push_keys=(browser.p256dh, browser.auth))
+                for browser in push_subscriptions(session=session, customer_id=customer_id)
+            ]
+        else:
+            sent.append(send(**common, channel=channel.type, address=channel.address))
+    return sent
+
+
+def push_subscriptions(*, session: Session, customer_id: str) -> list[PushSubscription]:
+    return list(
+        session.exec(
+            select(PushSubscription)
+            .where(PushSubscription.customer_id == customer_id)
+            .order_by(col(PushSubscription.created_at))
         )
-        for channel in document.notification_channels
-    ]
+    )
 
 
 def send(
@@ -74,6 +91,7 @@ def send(
     order_id: str | None = None,
     links: list[tuple[str, str]] | None = None,
     app_path: str | None = None,
+    push_keys: tuple[str, str] | None = None,
 ) -> Notification:
     """One notification to one address (the customer's, or an emergency contact's on the customer's behalf).
 
@@ -113,8 +131,35 @@ def send(
             "order_id": order_id,
             "links": [{"label": label, "token": token} for label, token in links or ()],
             "app_path": app_path,
+            "push_keys": {"p256dh": push_keys[0], "auth": push_keys[1]} if push_keys else None,
         },
         now=now,
         urgent=urgent,
     )
     return notification
+
+
+def subscribe(
+    *, session: Session, customer_id: str, endpoint: str, p256dh: str, auth: str, user_agent: str | None, now: datetime
+) -> PushSubscription:
+    """Remember a browser's push subscription for the customer; the same endpoint again (a browser subscribing
+    anew, or after another account used it) becomes this customer's, with the new keys."""
+    found = session.exec(select(PushSubscription).where(PushSubscription.endpoint == endpoint)).first()
+    if found is None:
+        found = PushSubscription(customer_id=customer_id, endpoint=endpoint, p256dh=p256dh, auth=auth, created_at=now)
+    found.customer_id, found.p256dh, found.auth, found.user_agent = customer_id, p256dh, auth, user_agent
+    session.add(found)
+    session.flush()
+    return found
+
+
+def forget_subscription(*, session: Session, endpoint: str, customer_id: str | None = None) -> bool:
+    """Forget a subscription by its endpoint (the customer's own, when customer_id is given)."""
+    query = select(PushSubscription).where(PushSubscription.endpoint == endpoint)
+    if customer_id is not None:
+        query = query.where(PushSubscription.customer_id == customer_id)
+    found = session.exec(query).first()
+    if found is None:
+        return False
+    session.delete(found)
+    return True

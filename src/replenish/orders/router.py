@@ -18,7 +18,7 @@ from replenish.clock import Clock
 from replenish.constants import AuditAction, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
-from replenish.errors import InvalidRequest, Unauthorized
+from replenish.errors import InvalidRequest, SignatureRejected
 from replenish.orders import service, signatures
 from replenish.orders.models import Order
 from replenish.orders.schemas import (
@@ -201,7 +201,7 @@ def _partner_event(
                 subject_id=partner[:64],
                 detail={"reason": str(refused)},
             )
-        raise Unauthorized(str(refused)) from None
+        raise SignatureRejected(str(refused)) from None
     try:
         event = PartnerEvent.model_validate_json(body)
     except ValidationError as invalid:

@@ -177,6 +177,9 @@ class Dispatcher:
             kind=payload.get("kind"),
             order_id=payload.get("order_id"),
             links=tuple(links),
+            push_keys=(payload["push_keys"]["p256dh"], payload["push_keys"]["auth"])
+            if payload.get("push_keys")
+            else None,
         )
 
     def _record_delivery(self, message: OutboxMessage) -> None:

@@ -39,7 +39,7 @@ from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.errors import DomainError, Forbidden, InvalidRequest, TooManyRequests
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
-from replenish.notifications.models import Notification
+from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
@@ -98,6 +98,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("alert_escalations", select(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))),
         ("alarms", select(Alarm).where(Alarm.customer_id == customer_id)),
         ("notifications", select(Notification).where(Notification.customer_id == customer_id)),
+        ("push_subscriptions", select(PushSubscription).where(PushSubscription.customer_id == customer_id)),
         ("audit_events", select(AuditEvent).where(AuditEvent.customer_id == customer_id)),
     ]
     yield f'{{"format": "{EXPORT_FORMAT}", "exported_at": {json.dumps(now.isoformat())}, '
@@ -196,6 +197,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             ),
         ),
         ("notifications", delete(Notification).where(Notification.customer_id == customer_id)),
+        ("push_subscriptions", delete(PushSubscription).where(PushSubscription.customer_id == customer_id)),
         (
             # Commands for their devices: a device id freed here may be registered by someone else.
             "device_commands",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -24,7 +24,7 @@ from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.automation import service as automation
 from replenish.consent import service as consent
-from replenish.consent.schemas import ConsentDocument
+from replenish.consent.schemas import ConsentDocument, NotificationChannel
 from replenish.constants import (
     ANSWER_PAGE_PATH,
     OPEN_ORDER_STATUSES,
@@ -36,9 +36,11 @@ from replenish.constants import (
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
-from replenish.errors import DomainError, NotFound, TooManyRequests
+from replenish.errors import DomainError, InvalidRequest, NotFound, TooManyRequests
 from replenish.health import service as health
 from replenish.ingest import service as ingest
+from replenish.notifications import service as notifications
+from replenish.notifications.router import PushSubscriptionCreate
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.privacy import service as privacy
@@ -284,6 +286,58 @@ def order_now(
     return _redirect(f"{PREFIX}/orders/{order_id}")
 
 
+@router.get("/sw.js", include_in_schema=False)
+def service_worker() -> FileResponse:
+    """The service worker, served from /app/ so that its scope is the whole app."""
+    return FileResponse(STATIC_DIR / "sw.js", media_type="text/javascript")
+
+
+@router.post("/push/subscribe")
+async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str, str]:
+    """This browser's push subscription (the toggle on the consent page), and the webpush channel in the consent
+    when it is not there yet (a new version)."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    customer_id = _customer_of(principal)
+    try:
+        body = PushSubscriptionCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidRequest(f"not a push subscription: {exc.errors()[0]['msg']}") from None
+    now = _now(request)
+    with transaction(request.app.state.engine) as session:
+        notifications.subscribe(
+            session=session,
+            customer_id=customer_id,
+            endpoint=str(body.endpoint),
+            p256dh=body.keys.p256dh,
+            auth=body.keys.auth,
+            user_agent=(request.headers.get("user-agent") or "")[:300] or None,
+            now=now,
+        )
+        _, document = consent.current_document(session=session, customer_id=customer_id)
+        if not any(channel.type == "webpush" for channel in document.notification_channels):
+            channels = [*document.notification_channels, NotificationChannel(type="webpush")]
+            consent.record(
+                session=session,
+                customer_id=customer_id,
+                document=document.model_copy(update={"notification_channels": channels}),
+                actor=principal.actor,
+                now=now,
+            )
+    return {"status": "subscribed"}
+
+
+@router.post("/push/unsubscribe")
+async def push_unsubscribe(request: Request, principal: WebPrincipal) -> dict[str, str]:
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    try:
+        endpoint = str((await request.json())["endpoint"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest("send the subscription's endpoint", field="endpoint") from None
+    with transaction(request.app.state.engine) as session:
+        notifications.forget_subscription(session=session, endpoint=endpoint, customer_id=_customer_of(principal))
+    return {"status": "unsubscribed"}
+
+
 @router.get("/live")
 def live(request: Request, principal: WebPrincipal) -> dict[str, list[str]]:
     """What the pages follow without a reload: the orders awaiting approval and the open alerts, by id."""
@@ -399,6 +453,7 @@ def _consent_page(
         described = devices.describe_many(
             session=session, devices=devices.list_devices(session=session, customer_id=customer_id, limit=500)
         )
+        browsers = notifications.push_subscriptions(session=session, customer_id=customer_id)
     document = ConsentDocument.model_validate(versions[-1].document)
     changes = []
     for before, after in zip([None, *versions[:-1]], versions, strict=True):
@@ -416,6 +471,8 @@ def _consent_page(
         "history": list(reversed(changes)),
         "errors": errors or {},
         "values": values or {},
+        "push_key": request.app.state.push_public_key,
+        "webpush_browsers": len(browsers),
     }
     return _page(request, "consent.html", context)
 
