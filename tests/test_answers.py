@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -523,3 +524,95 @@ def test_a_signed_partner_reports_shipped_and_delivered_and_the_customer_hears_i
     loop.clock.advance(timedelta(days=1))
     loop.tick()
     assert len(loop.mailbox.to(ADA)) == 4, "one nudge"
+
+
+# --- preferences: quiet hours per channel, the daily digest ---------------------------------------------------
+
+
+def test_quiet_hours_hold_a_request_until_morning_but_never_a_fall(loop: Loop):
+    from conftest import Publisher
+    from helpers import register_device
+
+    customer_id, _ = run_low(loop.platform, loop.api, mode="ask_first")
+    register_device(loop.api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+    quiet = {"start": "22:00", "end": "07:00"}
+    loop.consent(
+        customer_id,
+        default_mode="ask_first",
+        timezone="Europe/Berlin",
+        notification_channels=[{"type": "email", "address": ADA, "quiet_hours": quiet}],
+    )
+    night = datetime(2026, 11, 9, 23, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    loop.clock.set(night)
+    loop.tick()
+    [order] = loop.orders()
+    detail = loop.order(order["id"])
+    morning = datetime(2026, 11, 10, 7, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    # The hour to answer counts from when the request can reach her.
+    assert detail["answer_by"] == (morning + MIN_ANSWER_WINDOW).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    [held] = loop.notices("approval_request")
+    assert held["deliver_after"] == morning.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert loop.mailbox.to(ADA) == []
+
+    device = Publisher(loop.platform.settings.mqtt_endpoint)
+    try:
+        device.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+        assert loop.platform.ingestor is not None and loop.platform.ingestor.wait_for(handled=1, timeout=10)
+    finally:
+        device.close()
+    loop.tick()
+    [fall] = loop.mails(1)
+    assert "fall alert" in fall["Subject"], "safety ignores quiet hours"
+
+    loop.clock.set(morning - timedelta(minutes=1))
+    loop.tick()
+    assert len(loop.mailbox.to(ADA)) == 1
+    loop.clock.set(morning)
+    loop.tick()
+    assert loop.mails(2)[-1]["Subject"].startswith("Approve?")
+
+
+def test_the_daily_digest_gathers_low_priority_notices(loop: Loop):
+    customer_id, _ = run_low(loop.platform, loop.api, mode="notify_only")
+    loop.consent(customer_id, default_mode="notify_only", daily_digest=True, digest_time="08:00")
+    loop.clock.set(START + timedelta(days=8, hours=2))  # 10:00 UTC
+    loop.tick()
+    [low] = loop.notices("low")
+    assert low["for_digest"] is True and low["digest_id"] is None
+    loop.clock.set(START + timedelta(days=9) - timedelta(minutes=1))  # 07:59 the next day
+    loop.tick()
+    assert loop.mailbox.to(ADA) == [], "nothing one by one"
+    loop.clock.set(START + timedelta(days=9))
+    loop.tick()
+    [digest] = loop.mails(1)
+    assert digest["Subject"] == "Your daily digest: 1 update"
+    assert "black is running low" in digest.get_content()
+    [sent] = loop.notices("digest")
+    assert loop.notices("low")[0]["digest_id"] == sent["id"]
+    loop.clock.advance(timedelta(days=1))
+    loop.tick()
+    assert len(loop.mailbox.to(ADA)) == 1, "each notice goes in one digest"
+
+
+def test_quiet_hours_and_digest_times_pure():
+    from datetime import time
+
+    from replenish.notifications.timing import next_digest_at, quiet_until, reachable_at
+
+    zone = ZoneInfo("Europe/Berlin")
+    evening = datetime(2026, 11, 9, 23, 0, tzinfo=zone)
+    assert quiet_until(evening, start=time(22), end=time(7), zone=zone) == datetime(2026, 11, 10, 7, tzinfo=zone)
+    early = datetime(2026, 11, 10, 6, 59, tzinfo=zone)
+    assert quiet_until(early, start=time(22), end=time(7), zone=zone) == datetime(2026, 11, 10, 7, tzinfo=zone)
+    assert quiet_until(datetime(2026, 11, 10, 7, tzinfo=zone), start=time(22), end=time(7), zone=zone) is None
+    assert quiet_until(datetime(2026, 11, 10, 13, tzinfo=zone), start=time(12), end=time(14), zone=zone) == (
+        datetime(2026, 11, 10, 14, tzinfo=zone)
+    )
+    assert reachable_at(evening, quiet_hours=[(time(22), time(7)), None], zone=zone) == evening
+    assert reachable_at(evening, quiet_hours=[(time(22), time(7)), (time(21), time(6))], zone=zone) == (
+        datetime(2026, 11, 10, 6, tzinfo=zone)
+    )
+    assert next_digest_at(evening, at=time(8), zone=zone) == datetime(2026, 11, 10, 8, tzinfo=zone)
+    assert next_digest_at(datetime(2026, 11, 10, 8, tzinfo=zone), at=time(8), zone=zone) == (
+        datetime(2026, 11, 11, 8, tzinfo=zone)
+    )

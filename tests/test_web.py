@@ -589,3 +589,28 @@ def test_the_consent_page_offers_notifications_in_this_browser(
     assert scope == f"{platform.api_url}/app/"
     key = api.get("/push/key").json()["application_server_key"]
     assert page.locator("#push").get_attribute("data-key") == key
+
+
+def test_quiet_hours_and_the_daily_digest_on_the_consent_page(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    page.locator("#quiet_start_0").fill("22:00")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator("#quiet_0-error")).to_contain_text("both times")
+    page.locator("#quiet_start_0").fill("22:00")
+    page.locator("#quiet_end_0").fill("07:00")
+    page.get_by_label("One daily digest of low-priority notices").check()
+    page.get_by_label("Digest time").fill("18:30")
+    page.get_by_label("When you do not answer a request in time").select_option("decline")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("status").first).to_have_text("Saved as version 2.")
+    document = api.get(f"/customers/{customer_id}/consent").json()["document"]
+    assert document["notification_channels"][0]["quiet_hours"] == {"start": "22:00:00", "end": "07:00:00"}
+    assert (document["daily_digest"], document["digest_time"], document["on_no_answer"]) == (
+        True,
+        "18:30:00",
+        "decline",
+    )

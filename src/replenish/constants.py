@@ -118,6 +118,7 @@ class NoticeKind(StrEnum):
     SAFETY = "safety"  # a fall or help request, its escalation
     DEVICE_HEALTH = "device_health"  # a device offline, low on battery, a stuck sensor
     ORDER_CHANGED = "order_changed"  # a consent change cancelled or held an order
+    DIGEST = "digest"  # the day's low-priority notices together
 
 
 class OrderStatus(StrEnum):

@@ -1,6 +1,6 @@
-"""The follow-up job: reminders of unanswered requests, what their deadlines do, and the nudge after a delivery
-that the slot does not show; each order in its own transaction, so that one that fails (answered in the same
-moment, say) does not hold up the others."""
+"""The follow-up job: reminders of unanswered requests, what their deadlines do, the nudge after a delivery that
+the slot does not show, and each customer's daily digest; each in its own transaction, so that one that fails
+(answered in the same moment, say) does not hold up the others."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from replenish.answers import service
+from replenish.consent import service as consent
 from replenish.constants import NoAnswer
 from replenish.db import transaction
+from replenish.notifications import service as notifications
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -25,6 +27,7 @@ T = TypeVar("T")
 class FollowUpReport:
     reminded: list[str] = field(default_factory=list)
     nudged: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)  # customers who were sent their daily digest
     unanswered: dict[str, NoAnswer] = field(default_factory=dict)  # order id -> what on_no_answer did
     errors: int = 0
 
@@ -35,6 +38,7 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
         reminders = service.reminders_due(session=session, now=now)
         deadlines = service.deadlines_due(session=session, now=now)
         nudges = service.nudges_due(session=session, now=now)
+        digest_waiting = notifications.customers_with_digest_waiting(session=session)
     # Deadlines first: a request whose reminder and deadline both came due (the platform was down) is not reminded
     # of a deadline that has passed.
     for order_id in deadlines:
@@ -51,15 +55,28 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
     for order_id in nudges:
         if _alone(engine, report, order_id, lambda s, o=order_id: service.nudge(session=s, order_id=o, now=now)):
             report.nudged.append(order_id)
+    for customer_id in digest_waiting:
+        if _alone(engine, report, customer_id, lambda s, c=customer_id: _digest(session=s, customer_id=c, now=now)):
+            report.digests.append(customer_id)
     return report
 
 
-def _alone(engine: Engine, report: FollowUpReport, order_id: str, act: Callable[[Session], T]) -> T | None:
-    """One order's step in a transaction of its own; a failure is counted and logged, and tried again next time."""
+def _digest(*, session: Session, customer_id: str, now: datetime) -> bool:
+    version, document = consent.current_document(session=session, customer_id=customer_id)
+    return bool(
+        notifications.send_digest(
+            session=session, customer_id=customer_id, document=document, consent_version=version, now=now
+        )
+    )
+
+
+def _alone(engine: Engine, report: FollowUpReport, key: str, act: Callable[[Session], T]) -> T | None:
+    """One order's (or customer's) step in a transaction of its own; a failure is counted and logged, and tried
+    again next time."""
     try:
         with transaction(engine) as session:
             return act(session)
     except Exception:
         report.errors += 1
-        log.exception("order %s: follow-up failed; trying again next time", order_id)
+        log.exception("%s: follow-up failed; trying again next time", key)
         return None

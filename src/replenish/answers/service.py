@@ -30,6 +30,7 @@ from replenish.devices.models import Device, Slot
 from replenish.errors import Conflict
 from replenish.forecasting import Forecast
 from replenish.notifications import service as notifications
+from replenish.notifications.timing import reachable_at
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 
@@ -155,9 +156,19 @@ def request_approval(
     now: datetime,
 ) -> None:
     """Ask at once: the deadline and reminder go on the order, the request with its links to every channel."""
+    # Asked in the customer's quiet hours, the request reaches them when those end: their time to answer (and the
+    # reminder) counts from then.
+    reachable = reachable_at(
+        now,
+        quiet_hours=[
+            (channel.quiet_hours.start, channel.quiet_hours.end) if channel.quiet_hours else None
+            for channel in document.notification_channels
+        ],
+        zone=document.zone,
+    )
     window = timing.answer_window(
         latest_useful=timing.latest_useful_answer(empty_at_early=empty_at_early, lead_time_days=lead_time_days),
-        now=now,
+        now=reachable,
         reminder_before=timedelta(hours=document.approval_reminder_hours),
     )
     order.answer_by, order.remind_at = window.answer_by, window.remind_at

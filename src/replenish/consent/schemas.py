@@ -52,6 +52,22 @@ class PauseWindow(BaseModel):
         )
 
 
+class QuietHours(BaseModel):
+    """Hours of the day (the consent's time zone) when a channel stays quiet: a notification that comes then waits
+    until they end. Safety notifications (a fall, a help request) ignore them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: time = Field(description="When the quiet begins, e.g. 22:00.", examples=["22:00"])
+    end: time = Field(description="When it ends, e.g. 07:00 (the next morning when earlier than start).")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours must start and end at different times")
+        return self
+
+
 class NotificationChannel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,8 +75,9 @@ class NotificationChannel(BaseModel):
     address: str | None = Field(
         None,
         description="The e-mail address (email) or URL (webhook); none for log, and for webpush, which reaches "
-        "every browser the customer subscribed (POST /api/v1/push-subscriptions, or the consent page's toggle).",
+        "every browser the customer subscribed (POST /api/v1/push/subscriptions, or the consent page's toggle).",
     )
+    quiet_hours: QuietHours | None = Field(None, description="When this channel stays quiet; none: never.")
 
     @model_validator(mode="after")
     def _address_fits_the_type(self) -> NotificationChannel:
@@ -165,6 +182,13 @@ class ConsentDocument(BaseModel):
         description="When a delivered order's slot shows no refill this long after delivery, the customer gets one "
         "nudge ('your ink arrived on Tuesday; the printer still reads 3 %'); 0: never.",
     )
+    daily_digest: bool = Field(
+        False,
+        description="Low-priority notices (a slot running low under notify_only, shipped, delivered, the nudge after "
+        "a delivery) come together once a day, at digest_time, instead of one by one. Requests, announcements of "
+        "orders, reminders and safety notifications always come at once.",
+    )
+    digest_time: time = Field(time(8, 0), description="When the daily digest goes out (the consent's time zone).")
     notification_channels: list[NotificationChannel] = Field(
         default_factory=lambda: [NotificationChannel(type="log")],
         min_length=1,

@@ -37,6 +37,10 @@ class Notification(SQLModel, table=True):
     order_id: str | None = Field(default=None, foreign_key="orders.id", index=True)
     # What it is about (constants.NoticeKind); null for notifications from before kinds were recorded.
     kind: str | None = None
+    # Quiet hours: it goes out then. Daily digest: it waits for the digest (for_digest), then names it (digest_id).
+    deliver_after: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    for_digest: bool = Field(default=False, index=True)
+    digest_id: str | None = None
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -27,8 +27,10 @@ class NotificationRead(BaseModel):
     customer_id: str
     subject: str
     body: str
-    channel: str = Field(description="log, email or webhook")
-    address: str | None = Field(description="The e-mail address or webhook URL it went to; none for the log.")
+    channel: str = Field(description="log, email, webhook or webpush")
+    address: str | None = Field(
+        description="The e-mail address, webhook URL or push endpoint it went to; none for the log."
+    )
     decision_id: str | None
     alert_id: str | None
     alarm_id: str | None = Field(description="The device health alarm it is about, if any.")
@@ -36,9 +38,14 @@ class NotificationRead(BaseModel):
     kind: str | None = Field(
         None,
         description="What it is about: low, approval_request, approval_reminder, no_answer, order_placed, "
-        "order_shipped, order_delivered, delivery_nudge, safety, device_health, order_changed (null: sent before "
-        "kinds were recorded).",
+        "order_shipped, order_delivered, delivery_nudge, safety, device_health, order_changed, digest (null: sent "
+        "before kinds were recorded).",
     )
+    deliver_after: datetime | None = Field(
+        None, description="It came in the channel's quiet hours: it goes out at their end."
+    )
+    for_digest: bool = Field(False, description="It waits for (or went in) the customer's daily digest.")
+    digest_id: str | None = Field(None, description="The digest notification that carried it.")
     consent_version: int
     created_at: datetime
     sent_at: datetime | None

@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import NoticeKind, OutboxKind
 from replenish.notifications.models import Notification, PushSubscription
+from replenish.notifications.timing import DIGEST_KINDS, next_digest_at, quiet_until
 from replenish.outbox import service as outbox
 
 
@@ -51,14 +52,26 @@ def notify_customer(
         "app_path": app_path,
     }
     sent = []
+    for_digest = document.daily_digest and not urgent and kind in DIGEST_KINDS
     for channel in document.notification_channels:
+        quiet = None
+        if channel.quiet_hours is not None and not urgent:
+            hours = channel.quiet_hours
+            quiet = quiet_until(now, start=hours.start, end=hours.end, zone=document.zone)
+        timing = {"deliver_after": quiet, "for_digest": for_digest}
         if channel.type == "webpush":
             sent += [
-                send(**common, channel="webpush", address=browser.endpoint, push_keys=(browser.p256dh, browser.auth))
+                send(
+                    **common,
+                    **timing,
+                    channel="webpush",
+                    address=browser.endpoint,
+                    push_keys=(browser.p256dh, browser.auth),
+                )
                 for browser in push_subscriptions(session=session, customer_id=customer_id)
             ]
         else:
-            sent.append(send(**common, channel=channel.type, address=channel.address))
+            sent.append(send(**common, **timing, channel=channel.type, address=channel.address))
     return sent
 
 
@@ -92,11 +105,15 @@ def send(
     links: list[tuple[str, str]] | None = None,
     app_path: str | None = None,
     push_keys: tuple[str, str] | None = None,
+    deliver_after: datetime | None = None,
+    for_digest: bool = False,
 ) -> Notification:
     """One notification to one address (the customer's, or an emergency contact's on the customer's behalf).
 
     ``acknowledge_token`` and the tokens of ``links`` travel in the outbox message only, for the dispatcher to build
     the links, and are wiped from it once delivered; the notification row keeps the text without them.
+    ``deliver_after``: the end of the channel's quiet hours, when it goes out. ``for_digest``: no message now; the
+    daily digest carries it.
     """
     notification = Notification(
         customer_id=customer_id,
@@ -111,8 +128,12 @@ def send(
         order_id=order_id,
         kind=kind,
         created_at=now,
+        deliver_after=deliver_after,
+        for_digest=for_digest,
     )
     session.add(notification)
+    if for_digest:
+        return notification
     outbox.enqueue(
         session=session,
         kind=OutboxKind.NOTIFICATION,
@@ -135,6 +156,7 @@ def send(
         },
         now=now,
         urgent=urgent,
+        available_at=deliver_after,
     )
     return notification
 
@@ -163,3 +185,72 @@ def forget_subscription(*, session: Session, endpoint: str, customer_id: str | N
         return False
     session.delete(found)
     return True
+
+
+# --- the daily digest -----------------------------------------------------------------------------------------
+
+
+def customers_with_digest_waiting(*, session: Session) -> list[str]:
+    return list(
+        session.exec(
+            select(Notification.customer_id)
+            .where(col(Notification.for_digest).is_(True), col(Notification.digest_id).is_(None))
+            .distinct()
+        )
+    )
+
+
+def send_digest(
+    *, session: Session, customer_id: str, document: ConsentDocument, consent_version: int, now: datetime
+) -> list[Notification]:
+    """The customer's waiting low-priority notices as one message per channel and address, once the first digest
+    time after the oldest of them has come; each notice then names its digest. Nothing before that time."""
+    waiting = list(
+        session.exec(
+            select(Notification)
+            .where(
+                Notification.customer_id == customer_id,
+                col(Notification.for_digest).is_(True),
+                col(Notification.digest_id).is_(None),
+            )
+            .order_by(col(Notification.created_at), col(Notification.id))
+            .with_for_update()
+        )
+    )
+    if not waiting or now < next_digest_at(waiting[0].created_at, at=document.digest_time, zone=document.zone):
+        return []
+    groups: dict[tuple[str, str | None], list[Notification]] = {}
+    for notice in waiting:
+        groups.setdefault((notice.channel, notice.address), []).append(notice)
+    browsers = {browser.endpoint: browser for browser in push_subscriptions(session=session, customer_id=customer_id)}
+    quiet_by_channel = {channel.type: channel.quiet_hours for channel in document.notification_channels}
+    digests = []
+    for (channel, address), notices in groups.items():
+        push_keys = None
+        if channel == "webpush":
+            browser = browsers.get(address or "")
+            if browser is None:  # unsubscribed since: those notices go nowhere more
+                for notice in notices:
+                    notice.digest_id = "-"
+                    session.add(notice)
+                continue
+            push_keys = (browser.p256dh, browser.auth)
+        hours = quiet_by_channel.get(channel)
+        digest = send(
+            session=session,
+            customer_id=customer_id,
+            channel=channel,
+            address=address,
+            subject=f"Your daily digest: {len(notices)} update{'s' if len(notices) != 1 else ''}",
+            body="\n".join(f"- {notice.subject}: {notice.body}" for notice in notices),
+            consent_version=consent_version,
+            now=now,
+            kind=NoticeKind.DIGEST,
+            push_keys=push_keys,
+            deliver_after=quiet_until(now, start=hours.start, end=hours.end, zone=document.zone) if hours else None,
+        )
+        for notice in notices:
+            notice.digest_id = digest.id
+            session.add(notice)
+        digests.append(digest)
+    return digests

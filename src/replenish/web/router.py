@@ -525,6 +525,8 @@ def _field_errors(exc: Exception) -> dict[str, str]:
             field = {"pause_windows": "pause", "emergency_contacts": "contact_address"}.get(
                 location[0] if location else "", location[0] if location else "form"
             )
+            if field == "notification_channels" and len(location) > 1:
+                field = f"quiet_{location[1]}"  # the one thing of a channel this page changes
             found.setdefault(field, error["msg"].removeprefix("Value error, "))
         return found
     return {"form": str(exc)}
@@ -562,8 +564,15 @@ def save_answers(request: Request, principal: WebPrincipal, form: FormData) -> R
     """What an unanswered request does at its deadline, when the reminder goes out, and the cancel window."""
 
     def change(data: dict[str, Any]) -> None:
-        for name in ("on_no_answer", "approval_reminder_hours", "cancel_window_minutes"):
+        for name in ("on_no_answer", "approval_reminder_hours", "cancel_window_minutes", "digest_time"):
             data[name] = form.get(name, "").strip() or data.get(name)
+        data["daily_digest"] = form.get("daily_digest") == "on"
+        for index, channel in enumerate(data["notification_channels"]):
+            start = form.get(f"quiet_start_{index}", "").strip()
+            end = form.get(f"quiet_end_{index}", "").strip()
+            if bool(start) != bool(end):
+                raise _FieldError(f"quiet_{index}", "Give both times, or neither for no quiet hours.")
+            channel["quiet_hours"] = {"start": start, "end": end} if start else None
 
     return _save_consent(request, principal, change, form)
 
