@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
@@ -14,6 +12,7 @@ from replenish.db import get_or_raise, transaction
 from replenish.errors import InvalidRequest, NotFound
 from replenish.notifications import service
 from replenish.notifications.models import Notification, PushSubscription
+from replenish.notifications.schemas import PushKey, PushSubscriptionCreate, PushSubscriptionRead
 from replenish.orders.service import explain_decision
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
@@ -86,59 +85,6 @@ def get_notification(notification_id: str, session: ReadSession, principal: Curr
     return NotificationDetail(**NotificationRead.model_validate(notification).model_dump(), explanation=explanation)
 
 
-def _key_bytes(value: str, *, size: int, name: str) -> str:
-    try:
-        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} must be base64url") from None
-    if len(decoded) != size:
-        raise ValueError(f"{name} must be {size} bytes, got {len(decoded)}")
-    return value
-
-
-class PushKeys(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    p256dh: str = Field(max_length=200, description="The browser's P-256 public key, base64url (65 bytes).")
-    auth: str = Field(max_length=100, description="The browser's authentication secret, base64url (16 bytes).")
-
-    @field_validator("p256dh")
-    @classmethod
-    def _point(cls, value: str) -> str:
-        return _key_bytes(value, size=65, name="p256dh")
-
-    @field_validator("auth")
-    @classmethod
-    def _secret(cls, value: str) -> str:
-        return _key_bytes(value, size=16, name="auth")
-
-
-class PushSubscriptionCreate(BaseModel):
-    """A browser's PushSubscription, as `subscription.toJSON()` gives it (expirationTime is ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    endpoint: AnyHttpUrl = Field(description="The push service's URL for this browser.")
-    keys: PushKeys
-    customer_id: str | None = Field(None, description="Operators: whose browser it is.")
-
-
-class PushSubscriptionRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    customer_id: str
-    endpoint: str
-    user_agent: str | None
-    created_at: datetime
-
-
-class PushKey(BaseModel):
-    application_server_key: str = Field(
-        description="The platform's VAPID public key, base64url: PushManager.subscribe's applicationServerKey."
-    )
-
-
 @push_router.get("/key", response_model=PushKey, summary="The public key browsers subscribe to Web Push with")
 def push_key(request: Request, principal: CurrentPrincipal) -> PushKey:
     key = request.app.state.push_public_key
@@ -166,10 +112,8 @@ def subscribe(
         found = service.subscribe(
             session=session,
             customer_id=customer_id,
-            endpoint=str(body.endpoint),
-            p256dh=body.keys.p256dh,
-            auth=body.keys.auth,
-            user_agent=(request.headers.get("user-agent") or "")[:300] or None,
+            subscription=body,
+            user_agent=request.headers.get("user-agent"),
             now=clock.now(),
         )
         return PushSubscriptionRead.model_validate(found)

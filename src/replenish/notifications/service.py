@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import NoticeKind, OutboxKind
 from replenish.notifications.models import Notification, PushSubscription
+from replenish.notifications.schemas import PushSubscriptionCreate
 from replenish.notifications.timing import DIGEST_KINDS, next_digest_at, quiet_until
 from replenish.outbox import service as outbox
 
@@ -162,14 +163,22 @@ def send(
 
 
 def subscribe(
-    *, session: Session, customer_id: str, endpoint: str, p256dh: str, auth: str, user_agent: str | None, now: datetime
+    *,
+    session: Session,
+    customer_id: str,
+    subscription: PushSubscriptionCreate,
+    user_agent: str | None,
+    now: datetime,
 ) -> PushSubscription:
     """Remember a browser's push subscription for the customer; the same endpoint again (a browser subscribing
     anew, or after another account used it) becomes this customer's, with the new keys."""
+    endpoint = str(subscription.endpoint)
     found = session.exec(select(PushSubscription).where(PushSubscription.endpoint == endpoint)).first()
     if found is None:
-        found = PushSubscription(customer_id=customer_id, endpoint=endpoint, p256dh=p256dh, auth=auth, created_at=now)
-    found.customer_id, found.p256dh, found.auth, found.user_agent = customer_id, p256dh, auth, user_agent
+        found = PushSubscription(customer_id=customer_id, endpoint=endpoint, p256dh="", auth="", created_at=now)
+    found.customer_id = customer_id
+    found.p256dh, found.auth = subscription.keys.p256dh, subscription.keys.auth
+    found.user_agent = (user_agent or "")[:300] or None
     session.add(found)
     session.flush()
     return found

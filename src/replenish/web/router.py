@@ -40,7 +40,7 @@ from replenish.errors import DomainError, InvalidRequest, NotFound, TooManyReque
 from replenish.health import service as health
 from replenish.ingest import service as ingest
 from replenish.notifications import service as notifications
-from replenish.notifications.router import PushSubscriptionCreate
+from replenish.notifications.schemas import PushSubscriptionCreate
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.privacy import service as privacy
@@ -307,10 +307,8 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
         notifications.subscribe(
             session=session,
             customer_id=customer_id,
-            endpoint=str(body.endpoint),
-            p256dh=body.keys.p256dh,
-            auth=body.keys.auth,
-            user_agent=(request.headers.get("user-agent") or "")[:300] or None,
+            subscription=body,
+            user_agent=request.headers.get("user-agent"),
             now=now,
         )
         _, document = consent.current_document(session=session, customer_id=customer_id)
