@@ -165,10 +165,18 @@ def test_a_forged_or_tampered_link_gets_a_clear_page_and_an_audit_record(loop: L
 def test_a_link_sent_under_an_older_consent_does_nothing(loop: Loop):
     order = ask_first(loop)
     approve = links_in(loop.mails(1)[0])["Approve"]
-    loop.consent(order["customer_id"], default_mode="ask_first", monthly_spending_cap="50")
+    # A change that the answer does not rest on (quiet hours on another day's evening) leaves the link good ...
+    loop.consent(
+        order["customer_id"],
+        default_mode="ask_first",
+        notification_channels=[{"type": "email", "address": ADA, "quiet_hours": {"start": "23:00", "end": "06:00"}}],
+    )
     with httpx.Client(timeout=10) as browser:
+        assert browser.get(approve).status_code == 200
+        # ... one to its limits (or to the slot's mode) does not.
+        loop.consent(order["customer_id"], default_mode="ask_first", monthly_spending_cap="50")
         page = browser.post(approve)
-    assert page.status_code == 409 and "settings have changed" in page.text
+    assert page.status_code == 409 and "settings for this have changed" in page.text
     assert loop.order(order["id"])["status"] == "awaiting_approval"
     [refused] = loop.audit(AuditAction.ORDER_LINK_REFUSED)
     assert refused.detail["problem"] == "consent_changed" and refused.customer_id == order["customer_id"]
@@ -616,3 +624,85 @@ def test_quiet_hours_and_digest_times_pure():
     assert next_digest_at(datetime(2026, 11, 10, 8, tzinfo=zone), at=time(8), zone=zone) == (
         datetime(2026, 11, 11, 8, tzinfo=zone)
     )
+
+
+# --- from the review: where the new features meet older state -------------------------------------------------
+
+
+def test_the_deadline_never_approves_what_the_consent_has_taken_away_since(loop: Loop):
+    order = ask_first(loop, on_no_answer="approve", on_revoke="hold")
+    loop.consent(order["customer_id"], default_mode="off", on_no_answer="approve", on_revoke="hold")
+    assert loop.order(order["id"])["status"] == "awaiting_approval", "held: it waits for the customer"
+    loop.clock.advance(MIN_ANSWER_WINDOW)
+    loop.tick()
+    after = loop.order(order["id"])
+    assert after["status"] == "awaiting_approval"
+    assert "the consent's mode for this slot is now off" in after["history"][-1]["reason"]
+    assert loop.fulfilment_events() == []
+
+
+def test_a_hand_off_a_dispatcher_took_is_never_withdrawn(loop: Loop):
+    from replenish.db import transaction
+    from replenish.outbox import service as outbox
+
+    order = auto_order_with_room(loop)
+    key = f"order:{order['id']}:placed"
+    with Session(loop.platform.engine) as session:
+        message = session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == key)).one()
+    # A dispatcher took it (and may have sent it) but never recorded the delivery; its lease has run out.
+    with transaction(loop.platform.engine) as session:
+        assert message.id is not None
+        now = loop.clock.now()
+        assert outbox.claim(session=session, message_id=message.id, now=now, until=now + timedelta(seconds=1), by="x")
+    loop.clock.advance(timedelta(minutes=5))
+    assert loop.api.post(f"/orders/{order['id']}/cancel").json()["status"] == "cancelled"
+    with Session(loop.platform.engine) as session:
+        keys = set(
+            session.exec(select(OutboxMessage.idempotency_key).where(OutboxMessage.stream == f"order:{order['id']}"))
+        )
+    assert keys == {key, f"order:{order['id']}:cancelled"}, "fulfilment may have it: it is told"
+
+
+def test_a_cancelled_order_now_leaves_the_cycle_to_automation(loop: Loop):
+    customer_id, _ = run_low(loop.platform, loop.api, mode="auto_order")
+    loop.consent(customer_id, default_mode="auto_order")
+    loop.clock.set(START + timedelta(days=3))
+    pressed = loop.api.post("/devices/printer-1/slots/black/order").json()
+    assert loop.api.post(f"/orders/{pressed['id']}/cancel").json()["status"] == "cancelled"
+    loop.clock.set(START + timedelta(days=8))
+    loop.tick()
+    automatic = [o for o in loop.orders() if o["id"] != pressed["id"]]
+    assert len(automatic) == 1 and automatic[0]["status"] == "placed", "a press taken back decides nothing"
+
+
+def test_the_log_channel_leaves_one_tap_links_out_unless_asked(caplog):
+    import logging
+
+    from replenish.notifications.channels import Delivery, Link, LogChannel
+
+    delivery = Delivery(
+        notification_id="n1",
+        idempotency_key="k",
+        channel="log",
+        address=None,
+        subject="Approve?",
+        body="Shall we?",
+        links=(Link("Approve", "http://example.test/answer/SECRET"),),
+    )
+    with caplog.at_level(logging.WARNING):
+        LogChannel().send(delivery)
+        assert "SECRET" not in caplog.text and "one-tap links not logged" in caplog.text
+        LogChannel(show_links=True).send(delivery)
+        assert "Approve: http://example.test/answer/SECRET" in caplog.text
+
+
+def test_quiet_hours_lengthen_the_cancel_window_to_the_customers_morning():
+    from replenish.answers.timing import hand_off_at
+
+    night, morning = START, START + timedelta(hours=8)
+    assert hand_off_at(
+        now=night, cancel_window=timedelta(hours=2), latest_useful=night + timedelta(days=1), reachable=morning
+    ) == morning + timedelta(hours=2)
+    assert hand_off_at(
+        now=night, cancel_window=timedelta(hours=2), latest_useful=night + timedelta(hours=5), reachable=morning
+    ) == night + timedelta(hours=5), "never later than the latest useful moment"

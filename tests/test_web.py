@@ -640,7 +640,7 @@ def test_quiet_hours_and_the_daily_digest_on_the_consent_page(
     page.get_by_label("Digest time").fill("18:30")
     page.get_by_label("When you do not answer a request in time").select_option("decline")
     page.get_by_role("button", name="Save", exact=True).click()
-    expect(page.get_by_role("status").first).to_have_text("Saved as version 2.")
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
     document = api.get(f"/customers/{customer_id}/consent").json()["document"]
     assert document["notification_channels"][0]["quiet_hours"] == {"start": "22:00:00", "end": "07:00:00"}
     assert (document["daily_digest"], document["digest_time"], document["on_no_answer"]) == (

@@ -82,7 +82,9 @@ def up(
     settings = _settings()
     if demo:
         updates: dict[str, object] = {
-            "evaluation_interval_seconds": min(settings.evaluation_interval_seconds, DEMO_EVALUATION_INTERVAL_SECONDS)
+            "evaluation_interval_seconds": min(settings.evaluation_interval_seconds, DEMO_EVALUATION_INTERVAL_SECONDS),
+            # The demo customer's channel is the log: its requests are answered from there.
+            "log_notification_links": True,
         }
         if settings.database_url is None:
             # A fresh database each run: the demo replays weeks of device history into it.

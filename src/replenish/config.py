@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         pattern=r"^(mailto:|https://)",
         description="Who push services contact about this platform's messages (VAPID 'sub'): mailto: or https://.",
     )
+    log_notification_links: bool = Field(
+        False,
+        description="Write the one-tap links (approve, decline, cancel) of notifications on the log channel into the "
+        "log. Off: the log says they were left out, as whoever reads the log could use them. `replenish up --demo` "
+        "turns it on, so that the demo's requests can be answered from the log.",
+    )
     webhook_allow_private_networks: bool = Field(
         False,
         description="Let notification webhooks (URLs customers give) reach private, loopback and link-local "

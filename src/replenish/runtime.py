@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,7 +31,7 @@ from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
 from replenish.mqtt.probe import BrokerProbe
 from replenish.notifications import service as push
-from replenish.notifications.channels import Channels, SmtpSettings, refuse_private_destinations
+from replenish.notifications.channels import Channels, SmtpSettings, UndeliverableAddress, refuse_private_destinations
 from replenish.notifications.push import KEY_FILE_NAME, WebPushSender, application_server_key, load_vapid
 from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import make_sink
@@ -85,6 +86,8 @@ def make_channels(settings: Settings, engine: Engine) -> Channels:
 
     def check_endpoint(url: str) -> None:
         if not settings.webhook_allow_private_networks:
+            if urlsplit(url).scheme != "https":
+                raise UndeliverableAddress(f"a push endpoint must be https: {url!r}")
             refuse_private_destinations(url)
 
     def forget(endpoint: str) -> None:
@@ -102,6 +105,7 @@ def make_channels(settings: Settings, engine: Engine) -> Channels:
             check_endpoint=check_endpoint,
         ),
         on_push_gone=forget,
+        log_links=settings.log_notification_links,
     )
 
 

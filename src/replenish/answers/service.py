@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from replenish.answers import messages, timing
@@ -25,9 +25,17 @@ from replenish.automation.models import Decision
 from replenish.automation.policy import Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AuditAction, DecisionAction, LinkAction, NoAnswer, NoticeKind, OrderStatus
+from replenish.constants import (
+    AuditAction,
+    ConsentMode,
+    DecisionAction,
+    LinkAction,
+    NoAnswer,
+    NoticeKind,
+    OrderStatus,
+)
 from replenish.devices.models import Device, Slot
-from replenish.errors import Conflict
+from replenish.errors import Conflict, NotFound
 from replenish.forecasting import Forecast
 from replenish.notifications import service as notifications
 from replenish.notifications.timing import reachable_at
@@ -145,6 +153,18 @@ def _tell(
     )
 
 
+def _reachable(document: ConsentDocument, now: datetime) -> datetime:
+    """When a notice sent now first reaches the customer, given each channel's quiet hours."""
+    return reachable_at(
+        now,
+        quiet_hours=[
+            (channel.quiet_hours.start, channel.quiet_hours.end) if channel.quiet_hours else None
+            for channel in document.notification_channels
+        ],
+        zone=document.zone,
+    )
+
+
 def request_approval(
     *,
     session: Session,
@@ -158,14 +178,7 @@ def request_approval(
     """Ask at once: the deadline and reminder go on the order, the request with its links to every channel."""
     # Asked in the customer's quiet hours, the request reaches them when those end: their time to answer (and the
     # reminder) counts from then.
-    reachable = reachable_at(
-        now,
-        quiet_hours=[
-            (channel.quiet_hours.start, channel.quiet_hours.end) if channel.quiet_hours else None
-            for channel in document.notification_channels
-        ],
-        zone=document.zone,
-    )
+    reachable = _reachable(document, now)
     window = timing.answer_window(
         latest_useful=timing.latest_useful_answer(empty_at_early=empty_at_early, lead_time_days=lead_time_days),
         now=reachable,
@@ -194,6 +207,7 @@ def hand_off_time(
         now=now,
         cancel_window=timedelta(minutes=document.cancel_window_minutes),
         latest_useful=timing.latest_useful_answer(empty_at_early=empty_at_early, lead_time_days=lead_time_days),
+        reachable=_reachable(document, now),  # the window is the customer's time, not the night's
     )
 
 
@@ -266,6 +280,8 @@ def remind(*, session: Session, order_id: str, now: datetime) -> bool:
     version, document = consent.current_document(session=session, customer_id=order.customer_id)
     order.reminded_at = now
     session.add(order)
+    if _reachable(document, now) >= order.answer_by:
+        return False  # it would reach them (after quiet hours) only once the deadline has passed: no use
     facts = _facts(session=session, order=order, document=document)
     _tell(
         session=session,
@@ -283,6 +299,11 @@ def remind(*, session: Session, order_id: str, now: datetime) -> bool:
 def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAnswer | None:
     """The deadline passed unanswered: do what the consent says now (its current version), record that it was for
     lack of an answer and under which version, and tell the customer. None if it was answered meanwhile."""
+    found = session.get(Order, order_id)
+    if found is None:
+        return None
+    # As every decision does: the consent cannot change under it, and two decisions never spend one part of the cap.
+    consent.lock_customer(session=session, customer_id=found.customer_id)
     order = _locked(session=session, order_id=order_id)
     if order is None or order.status != OrderStatus.AWAITING_APPROVAL or order.no_answer_at is not None:
         return None
@@ -293,7 +314,9 @@ def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAns
     why = f"no answer by {order.answer_by:%Y-%m-%d %H:%M} UTC; consent version {version} says on_no_answer={outcome}"
     refusal = None
     if outcome is NoAnswer.APPROVE:
-        refusal = _over_a_limit(session=session, order=order, document=document, now=now)
+        refusal = _no_longer_orderable(session=session, order=order, document=document) or _over_a_limit(
+            session=session, order=order, document=document, now=now
+        )
         if refusal is not None:
             outcome = NoAnswer.KEEP_WAITING
             why += f", but it keeps waiting: {refusal}"
@@ -342,6 +365,19 @@ def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAns
     return outcome
 
 
+def _slot_mode(*, session: Session, order: Order, document: ConsentDocument) -> ConsentMode:
+    slot = session.get(Slot, order.slot_id)
+    return document.mode_for(device_id=order.device_id, slot_name=slot.name if slot is not None else "")
+
+
+def _no_longer_orderable(*, session: Session, order: Order, document: ConsentDocument) -> str | None:
+    """Why the platform may no longer order this slot by itself (the consent took ordering away since), if so."""
+    mode = _slot_mode(session=session, order=order, document=document)
+    if mode in (ConsentMode.AUTO_ORDER, ConsentMode.ASK_FIRST):
+        return None
+    return f"the consent's mode for this slot is now {mode}, which lets nothing be ordered by itself"
+
+
 def _over_a_limit(*, session: Session, order: Order, document: ConsentDocument, now: datetime) -> str | None:
     """Why approving for lack of an answer would break the consent's spending cap or quantity limit, if it would."""
     month_start, month_end = document.calendar_month(now)
@@ -374,7 +410,13 @@ def report_progress(
 ) -> Order:
     """Fulfilment says the order is confirmed, shipped or delivered: the same transition as ever, and the customer
     hears "shipped, arriving ..." and "delivered". A repeated report changes nothing and tells nobody again."""
-    before = orders.get(session=session, order_id=order_id).status
+    # Locked before it is read: two copies of one report at once must not both find it changed and tell twice.
+    found = _locked(session=session, order_id=order_id)
+    if found is None:
+        raise NotFound("order", order_id)
+    if orders.in_cancel_window(found, now=now):
+        raise Conflict(f"order {order_id!r} has not been handed to fulfilment yet (its cancel window is open)")
+    before = found.status
     order = orders.transition(session=session, order_id=order_id, to=status, actor=actor, now=now, reason=reason)
     if order.status == before:
         return order
@@ -490,14 +532,24 @@ def _check(*, session: Session, token: str, now: datetime) -> LinkView:
         )
     if link.expires_at <= now:
         raise LinkRefused("expired", f"This link expired on {view.facts.at(link.expires_at)}.", link=link)
-    if link.consent_version != version:
+    if link.consent_version != version and _changed_for(session=session, order=order, link=link, current=document):
         raise LinkRefused(
             "consent_changed",
-            "Your settings have changed since this was sent, so this link no longer answers for you. Open the order "
-            "in the app to decide.",
+            "Your settings for this have changed since this was sent, so this link no longer answers for you. Open "
+            "the order in the app to decide.",
             link=link,
         )
     return view
+
+
+def _changed_for(*, session: Session, order: Order, link: OrderLink, current: ConsentDocument) -> bool:
+    """Whether the consent changed, since the link's version, in what the link's answer rests on: the slot's mode
+    or the limits on orders. (Quiet hours, a new channel or a pause elsewhere leave the link as good as it was.)"""
+    then = consent.document_of(session=session, customer_id=order.customer_id, version=link.consent_version)
+    if then is None:
+        return True
+    mode_then = _slot_mode(session=session, order=order, document=then)
+    return mode_then != _slot_mode(session=session, order=order, document=current) or then.limits != current.limits
 
 
 def _refused(*, session: Session, refusal: LinkRefused, token: str, now: datetime, step: str) -> None:
@@ -549,8 +601,12 @@ def use_link(*, session: Session, token: str, now: datetime) -> LinkView:
     except LinkRefused as refusal:
         _refused(session=session, refusal=refusal, token=token, now=now, step="use")
         raise
-    view.link.used_at = now
-    session.add(view.link)
+    # Works once, even when the same link is posted twice at once: only one of them marks it used.
+    marked = session.execute(
+        update(OrderLink).where(col(OrderLink.id) == view.link.id, col(OrderLink.used_at).is_(None)).values(used_at=now)
+    )
+    if marked.rowcount != 1:  # type: ignore[attr-defined]
+        raise LinkRefused("used", "This link was used already.", link=view.link)
     audit.record(
         session=session,
         at=now,

@@ -40,10 +40,13 @@ def answer_window(*, latest_useful: datetime | None, now: datetime, reminder_bef
     return AnswerWindow(answer_by=answer_by, remind_at=max(answer_by - reminder_before, now + (answer_by - now) / 2))
 
 
-def hand_off_at(*, now: datetime, cancel_window: timedelta, latest_useful: datetime | None) -> datetime:
-    """When an automatic order goes to fulfilment: after the customer's cancel window, shortened so that it still
-    leaves by the latest useful moment (at once when that has passed)."""
-    room = cancel_window
+def hand_off_at(
+    *, now: datetime, cancel_window: timedelta, latest_useful: datetime | None, reachable: datetime | None = None
+) -> datetime:
+    """When an automatic order goes to fulfilment: the customer's cancel window after the announcement can reach
+    them (``reachable``: the end of their quiet hours; default now), shortened so that it still leaves by the
+    latest useful moment (at once when that has passed)."""
+    room = (max(reachable, now) - now if reachable is not None else timedelta(0)) + cancel_window
     if latest_useful is not None:
         room = min(room, max(latest_useful - now, timedelta(0)))
     return now + room

@@ -34,3 +34,6 @@ class Decision(SQLModel, table=True):
     # The correlation id of the newest reading's message when it decided (observability/correlation.py): the
     # message that tipped the forecast, and what an operator greps the logs for, from that message to the order.
     correlation_id: str | None = None
+    # Who asked for it, for an order the customer asked for themselves (order now, a device's reorder button):
+    # its key is then a moment inside the cycle it was made in, not the cycle's start.
+    requested_by: str | None = None

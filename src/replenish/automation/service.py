@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -18,7 +18,14 @@ from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS, AuditAction, ConsentMode, DecisionAction, NoticeKind
+from replenish.constants import (
+    DEFAULT_REORDER_MARGIN_DAYS,
+    AuditAction,
+    ConsentMode,
+    DecisionAction,
+    NoticeKind,
+    OrderStatus,
+)
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -97,12 +104,7 @@ def evaluate_slot(
         lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
     )
     open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
-    latest_decision = session.exec(
-        select(Decision.cycle_started_at)
-        .where(Decision.slot_id == slot.id)
-        .order_by(col(Decision.cycle_started_at).desc())
-        .limit(1)
-    ).first()
+    latest_decision = _latest_decision_key(session=session, slot_id=slot.id)
     memory = SlotMemory(
         cycle_started_at=slot.cycle_started_at,
         decided_cycle_started_at=latest_decision,
@@ -213,7 +215,7 @@ def order_now(
         session=session,
         slot=slot,
         device=device,
-        cycle_started_at=now,
+        cycle_started_at=_request_key(session=session, slot=slot, now=now),
         # No forecast yet (a new slot): the explanation says so.
         forecast=forecast
         or Forecast(
@@ -228,10 +230,43 @@ def order_now(
         correlation_id=correlation.current(),
         actor=actor,
         quantity=order_quantity,
+        requested_by=actor,
     )
     order = orders.order_for_decision(session=session, decision_id=decision.id)
     assert order is not None
     return OrderNow(order=order, created=True)
+
+
+def _latest_decision_key(
+    *, session: Session, slot_id: str, counting_withdrawn_requests: bool = False
+) -> datetime | None:
+    """The newest decision's key: what tells the engine which cycle is decided. An order the customer asked for and
+    then cancelled or declined (a button pressed by mistake) decides nothing: automation still watches that cycle."""
+    query = (
+        select(Decision.cycle_started_at)
+        .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
+        .where(Decision.slot_id == slot_id)
+    )
+    if not counting_withdrawn_requests:
+        query = query.where(
+            or_(
+                col(Decision.requested_by).is_(None),
+                col(Order.status).not_in([OrderStatus.CANCELLED, OrderStatus.DECLINED]),
+            )
+        )
+    return session.exec(query.order_by(col(Decision.cycle_started_at).desc()).limit(1)).first()
+
+
+def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
+    """The key of an order the customer asks for now: the slot's newest reading's time (the device's clock, as the
+    cycles' starts are), so that a refill reported after it starts a cycle of its own even when the device's clock
+    runs behind the platform's; after the cycle's start, and after every earlier decision's key (unique)."""
+    # A microsecond after it: never the very time of a reading, which may yet become a cycle's start and its key.
+    key = max(filter(None, (slot.level_at, slot.cycle_started_at)), default=now) + timedelta(microseconds=1)
+    latest = _latest_decision_key(session=session, slot_id=slot.id, counting_withdrawn_requests=True)
+    if latest is not None and key <= latest:
+        key = latest + timedelta(microseconds=1)
+    return key
 
 
 def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:
@@ -263,6 +298,7 @@ def _act(
     correlation_id: str | None,
     actor: str = ACTOR,
     quantity: int | None = None,
+    requested_by: str | None = None,
 ) -> Decision:
     decision = Decision(
         slot_id=slot.id,
@@ -277,6 +313,7 @@ def _act(
         forecast=forecast.to_json(),
         policy=policy.to_json(),
         correlation_id=correlation_id,
+        requested_by=requested_by,
     )
     session.add(decision)
     # Flush first: the unique (slot, cycle) constraint rejects a second decision before anything else is written.
@@ -322,7 +359,8 @@ def _act(
             session=session,
             order=order,
             lead_time_days=slot.lead_time_days,
-            empty_at_early=forecast.empty_at_early,
+            # The customer's own order waits for their answer: no deadline decides it for them.
+            empty_at_early=None if requested_by else forecast.empty_at_early,
             document=consent_document,
             consent_version=consent_version,
             now=now,

@@ -49,6 +49,13 @@ def current_document(*, session: Session, customer_id: str) -> tuple[int, Consen
     return version.version, ConsentDocument.model_validate(version.document)
 
 
+def document_of(*, session: Session, customer_id: str, version: int) -> ConsentDocument | None:
+    found = session.exec(
+        select(ConsentVersion).where(ConsentVersion.customer_id == customer_id, ConsentVersion.version == version)
+    ).first()
+    return ConsentDocument.model_validate(found.document) if found is not None else None
+
+
 def history(*, session: Session, customer_id: str) -> list[ConsentVersion]:
     return list(
         session.exec(

@@ -86,11 +86,18 @@ class Channel(Protocol):
 
 
 class LogChannel:
+    """The platform's log, for trials and demos. Never the acknowledgement link (whoever reads the log could
+    acknowledge in the contact's name), and the customer's one-tap links only where the operator asked for them
+    (``show_links``, the demo): whoever reads the log could approve or cancel with them."""
+
+    def __init__(self, *, show_links: bool = False) -> None:
+        self._show_links = show_links
+
     def send(self, delivery: Delivery) -> None:
-        # Never the acknowledgement link: whoever reads the log could acknowledge in the contact's name. A customer
-        # who chose the log for their own notices (trials, the demo) answers from it: their links are shown.
         withheld = " (acknowledgement link not logged)" if delivery.acknowledge_url else ""
-        links = f"\n{delivery.link_lines()}" if delivery.links else ""
+        links = ""
+        if delivery.links:
+            links = f"\n{delivery.link_lines()}" if self._show_links else " (one-tap links not logged)"
         log.warning(
             "notification %s: %s — %s%s%s", delivery.notification_id, delivery.subject, delivery.body, withheld, links
         )
@@ -234,11 +241,12 @@ class Channels:
         timeout: float = 10.0,
         webpush: WebPushSender | None = None,
         on_push_gone: Callable[[str], None] = lambda endpoint: None,
+        log_links: bool = False,
     ) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
         self._channels: dict[str, Channel] = {
-            "log": LogChannel(),
+            "log": LogChannel(show_links=log_links),
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),
             "email": EmailChannel(smtp),
             "webpush": WebPushChannel(webpush, on_gone=on_push_gone),

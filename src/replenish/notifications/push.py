@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
 from pywebpush import WebPushException, webpush
@@ -88,6 +89,10 @@ class WebPushSender:
         self._subject = subject
         self._timeout = timeout
         self._check_endpoint = check_endpoint
+        # The endpoint is checked, not where it might redirect to: a redirect is refused rather than followed
+        # (a push service never redirects; an endpoint that does is someone aiming the platform elsewhere).
+        self._session = requests.Session()
+        self._session.max_redirects = 0
 
     def send(self, *, endpoint: str, p256dh: str, auth: str, message: PushMessage) -> None:
         self._check_endpoint(endpoint)
@@ -99,6 +104,7 @@ class WebPushSender:
                 vapid_claims={"sub": self._subject},
                 timeout=self._timeout,
                 ttl=PUSH_TTL_SECONDS,
+                requests_session=self._session,
             )
         except WebPushException as exc:
             status = exc.response.status_code if exc.response is not None else None

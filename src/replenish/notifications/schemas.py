@@ -41,7 +41,7 @@ class PushSubscriptionCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    endpoint: AnyHttpUrl = Field(description="The push service's URL for this browser.")
+    endpoint: AnyHttpUrl = Field(max_length=2048, description="The push service's URL for this browser.")
     keys: PushKeys
     customer_id: str | None = Field(None, description="Operators: whose browser it is.")
 

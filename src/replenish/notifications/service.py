@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from replenish.consent.schemas import ConsentDocument
+from replenish.consent.schemas import ConsentDocument, QuietHours
 from replenish.constants import NoticeKind, OutboxKind
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.notifications.schemas import PushSubscriptionCreate
@@ -199,6 +199,10 @@ def forget_subscription(*, session: Session, endpoint: str, customer_id: str | N
 # --- the daily digest -----------------------------------------------------------------------------------------
 
 
+# A waiting notice whose channel the customer removed before the digest went: it goes in no digest.
+DROPPED_FROM_DIGEST = "-"
+
+
 def customers_with_digest_waiting(*, session: Session) -> list[str]:
     return list(
         session.exec(
@@ -228,23 +232,26 @@ def send_digest(
     )
     if not waiting or now < next_digest_at(waiting[0].created_at, at=document.digest_time, zone=document.zone):
         return []
+    # Where the customer's consent sends notices now: a channel or browser removed since gets no digest.
+    quiet: dict[tuple[str, str | None], QuietHours | None] = {}
+    for channel in document.notification_channels:
+        if channel.type == "webpush":
+            for browser in push_subscriptions(session=session, customer_id=customer_id):
+                quiet[("webpush", browser.endpoint)] = channel.quiet_hours
+        else:
+            quiet[(channel.type, channel.address)] = channel.quiet_hours
+    browsers = {browser.endpoint: browser for browser in push_subscriptions(session=session, customer_id=customer_id)}
     groups: dict[tuple[str, str | None], list[Notification]] = {}
     for notice in waiting:
-        groups.setdefault((notice.channel, notice.address), []).append(notice)
-    browsers = {browser.endpoint: browser for browser in push_subscriptions(session=session, customer_id=customer_id)}
-    quiet_by_channel = {channel.type: channel.quiet_hours for channel in document.notification_channels}
+        if (notice.channel, notice.address) in quiet:
+            groups.setdefault((notice.channel, notice.address), []).append(notice)
+        else:
+            notice.digest_id = DROPPED_FROM_DIGEST
+            session.add(notice)
     digests = []
     for (channel, address), notices in groups.items():
-        push_keys = None
-        if channel == "webpush":
-            browser = browsers.get(address or "")
-            if browser is None:  # unsubscribed since: those notices go nowhere more
-                for notice in notices:
-                    notice.digest_id = "-"
-                    session.add(notice)
-                continue
-            push_keys = (browser.p256dh, browser.auth)
-        hours = quiet_by_channel.get(channel)
+        browser = browsers.get(address or "") if channel == "webpush" else None
+        hours = quiet[(channel, address)]
         digest = send(
             session=session,
             customer_id=customer_id,
@@ -255,7 +262,7 @@ def send_digest(
             consent_version=consent_version,
             now=now,
             kind=NoticeKind.DIGEST,
-            push_keys=push_keys,
+            push_keys=(browser.p256dh, browser.auth) if browser is not None else None,
             deliver_after=quiet_until(now, start=hours.start, end=hours.end, zone=document.zone) if hours else None,
         )
         for notice in notices:

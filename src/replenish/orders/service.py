@@ -212,7 +212,7 @@ def _placed_key(order: Order) -> str:
 def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now: datetime) -> bool:
     """Inside its cancel window an order has not left yet: take its hand-off back, so fulfilment never hears of
     it. False once fulfilment has it (or is being handed it this moment): then fulfilment is told."""
-    if not outbox.withdraw(session=session, idempotency_key=_placed_key(order), now=now):
+    if not outbox.withdraw(session=session, idempotency_key=_placed_key(order)):
         return False
     note(session=session, order=order, actor=actor, now=now, reason="withdrawn before it reached fulfilment")
     return True

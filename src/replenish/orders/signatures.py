@@ -48,7 +48,8 @@ def verify(
         moment = int(timestamp)
     except ValueError:
         raise SignatureRefused(f"{TIMESTAMP_HEADER} must be whole Unix seconds") from None
-    if not hmac.compare_digest(sign(secret, timestamp=moment, body=body), signature.strip()):
+    # As bytes: compare_digest refuses non-ASCII text, which a forged header may carry.
+    if not hmac.compare_digest(sign(secret, timestamp=moment, body=body).encode(), signature.strip().encode()):
         raise SignatureRefused("the signature does not match the body and timestamp")
     age = now.timestamp() - moment
     if abs(age) > tolerance_seconds:

@@ -110,17 +110,18 @@ def due(
     return list(session.exec(query.order_by(col(OutboxMessage.id)).limit(limit)))
 
 
-def withdraw(*, session: Session, idempotency_key: str, now: datetime) -> bool:
-    """Take back a message that no dispatcher has tried to deliver or holds: true if it is gone (its receiver
-    never hears of it), false if it was delivered, is being delivered, or an attempt failed. One conditional DELETE,
-    so of a withdrawal and a dispatcher's claim racing each other exactly one wins, as with two claims."""
+def withdraw(*, session: Session, idempotency_key: str) -> bool:
+    """Take back a message that no dispatcher has ever claimed: true if it is gone (its receiver never hears of it),
+    false if any dispatcher took it to deliver, whatever came of that. One conditional DELETE, so of a withdrawal
+    and a dispatcher's claim racing each other exactly one wins, as with two claims."""
     result = session.execute(
         delete(OutboxMessage).where(
             col(OutboxMessage.idempotency_key) == idempotency_key,
             col(OutboxMessage.delivered_at).is_(None),
-            # A receiver that failed an attempt (a 503, a timeout) may still have acted on it: it must be told.
+            # Never claimed: a dispatcher that claimed it may have sent it (and died, or failed to record it, or got
+            # a 503 from a receiver that acted anyway): then the receiver must be told, not left guessing.
+            col(OutboxMessage.claimed_by).is_(None),
             col(OutboxMessage.attempts) == 0,
-            or_(col(OutboxMessage.claimed_until).is_(None), col(OutboxMessage.claimed_until) < now),
         )
     )
     return result.rowcount == 1  # type: ignore[attr-defined]

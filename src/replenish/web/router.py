@@ -311,6 +311,9 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
             user_agent=request.headers.get("user-agent"),
             now=now,
         )
+        # Read under the customer's lock: a consent saved in another tab at the same moment is not lost, and the
+        # channel is added once.
+        consent.lock_customer(session=session, customer_id=customer_id)
         _, document = consent.current_document(session=session, customer_id=customer_id)
         if not any(channel.type == "webpush" for channel in document.notification_channels):
             channels = [*document.notification_channels, NotificationChannel(type="webpush")]
