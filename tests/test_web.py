@@ -648,3 +648,23 @@ def test_quiet_hours_and_the_daily_digest_on_the_consent_page(
         "18:30:00",
         "decline",
     )
+
+
+def test_adding_an_e_mail_channel_on_the_consent_page(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    sign_in(page, platform)
+    page.goto(f"{platform.api_url}/app/consent")
+    page.get_by_label("Channel").select_option("email")
+    page.get_by_label("E-mail address or URL").first.fill("not an address")
+    page.get_by_role("button", name="Add the channel").click()
+    expect(page.locator("#channel_address-error")).to_contain_text("email")
+    page.get_by_label("E-mail address or URL").first.fill("ada@example.com")
+    page.get_by_role("button", name="Add the channel").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    page.get_by_role("button", name="Stop telling me by log").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 3.")
+    channels = api.get(f"/customers/{customer_id}/consent").json()["document"]["notification_channels"]
+    assert [(c["type"], c["address"]) for c in channels] == [("email", "ada@example.com")]
+    expect(page.get_by_role("button", name="Stop telling me by email ada@example.com")).to_have_count(0)

@@ -526,8 +526,8 @@ def _field_errors(exc: Exception) -> dict[str, str]:
             field = {"pause_windows": "pause", "emergency_contacts": "contact_address"}.get(
                 location[0] if location else "", location[0] if location else "form"
             )
-            if field == "notification_channels" and len(location) > 1:
-                field = f"quiet_{location[1]}"  # the one thing of a channel this page changes
+            if field == "notification_channels":  # the list itself, or a channel's quiet hours (what is edited)
+                field = f"quiet_{location[1]}" if len(location) > 1 else "channels"
             found.setdefault(field, error["msg"].removeprefix("Value error, "))
         return found
     return {"form": str(exc)}
@@ -700,6 +700,35 @@ def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Re
     response = _redirect(f"{PREFIX}/sign-in?deleted=1")
     response.delete_cookie(COOKIE_NAME, path=PREFIX)
     return response
+
+
+@router.post("/consent/channels")
+def add_channel(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """Another channel for the customer's own notifications: e-mail, a webhook, or the log."""
+
+    def change(data: dict[str, Any]) -> None:
+        channel = {
+            "type": form.get("channel_type", "email"),
+            "address": form.get("channel_address", "").strip() or None,
+        }
+        try:
+            NotificationChannel.model_validate(channel)
+        except ValidationError as exc:
+            raise _FieldError("channel_address", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if any(
+            (known["type"], known.get("address")) == (channel["type"], channel["address"])
+            for known in data["notification_channels"]
+        ):
+            raise _FieldError("channel_address", "You are told there already.")
+        data["notification_channels"] = [*data["notification_channels"], channel]
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/channels/{index}/remove")
+def remove_channel(request: Request, index: int, principal: WebPrincipal, form: FormData) -> Response:
+    change = _without("notification_channels", index, field="channels", gone="That channel has already been removed.")
+    return _save_consent(request, principal, change, form)
 
 
 @router.post("/consent/contacts")
