@@ -508,3 +508,31 @@ def test_only_an_operator_sets_prices(platform, api):
         api.patch("/devices/p-1/slots/black", json={"unit_price": "24.90"}).json()["slots"][0]["unit_price"] == "24.90"
     )
     assert customer_id
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/tokens", lambda password: {"name": "script", "password": password}),
+        ("/auth/password", lambda password: {"current_password": password, "new_password": "another good password"}),
+    ],
+    ids=["personal-token", "new-password"],
+)
+def test_asking_the_password_again_shares_the_sign_ins_limit_and_audit(platform, api, path, body):
+    from replenish.constants import MAX_FAILED_SIGN_INS
+
+    create_customer(api, email="ada@example.com")
+    stolen = api_client(platform, sign_in(platform, "ada@example.com"))  # a token someone else holds
+    for _ in range(MAX_FAILED_SIGN_INS):
+        wrong = stolen.post(path, json=body("a guess at it"))
+        assert wrong.status_code == 403 and wrong.json()["field"] == "password"
+    right = stolen.post(path, json=body(PASSWORD))
+    assert right.status_code == 429, "even the right password waits out the window"
+    assert int(right.headers["retry-after"]) > 0
+    failed = api.get("/audit", params={"action": "auth.sign_in_failed"}).json()
+    assert len(failed) == MAX_FAILED_SIGN_INS
+    # The sign-in itself counts the same failures.
+    refused = httpx.post(
+        f"{platform.api_url}/api/v1/auth/token", data={"username": "ada@example.com", "password": PASSWORD}
+    )
+    assert refused.status_code == 429

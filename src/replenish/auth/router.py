@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
@@ -24,7 +25,7 @@ from replenish.constants import (
     TokenKind,
 )
 from replenish.db import transaction
-from replenish.errors import ErrorBody, Forbidden, Unauthorized
+from replenish.errors import ErrorBody, Unauthorized
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -63,8 +64,8 @@ def change_password(
     """Every token of the account is revoked, this one and personal tokens included; the answer is a new sign-in
     token."""
     now = clock.now()
+    _reauthenticate(engine, principal, body.current_password.get_secret_value(), now)
     with transaction(engine) as session:
-        _reauthenticate(session, principal, body.current_password.get_secret_value())
         account = service.set_password(
             session=session, email=principal.email, password=body.new_password.get_secret_value(), now=now
         )
@@ -89,9 +90,12 @@ def change_password(
         return TokenIssued(access_token=secret, expires_at=token.expires_at)
 
 
-def _reauthenticate(session: Session, principal: Principal, password: str) -> None:
-    if service.authenticate(session=session, email=principal.email, password=password) is None:
-        raise Forbidden("the password is not right", field="password")
+def _reauthenticate(engine: Engine, principal: Principal, password: str, now: datetime) -> None:
+    """The caller's password again, under the sign-in's limit and audit: a failure is committed, then refused."""
+    with transaction(engine) as session:
+        refused = service.check_password(session=session, principal=principal, password=password, now=now)
+    if refused is not None:
+        raise refused
 
 
 def _record_token_event(
@@ -140,8 +144,8 @@ def create_token(
 ) -> PersonalTokenCreated:
     lifetime = timedelta(days=body.expires_in_days) if body.expires_in_days is not None else None
     now = clock.now()
+    _reauthenticate(engine, principal, body.password.get_secret_value(), now)
     with transaction(engine) as session:
-        _reauthenticate(session, principal, body.password.get_secret_value())
         account = service.get_account(session=session, account_id=principal.account_id)
         token, secret = service.issue_token(
             session=session, account=account, kind=TokenKind.PERSONAL, name=body.name, now=now, lifetime=lifetime

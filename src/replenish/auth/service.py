@@ -22,7 +22,7 @@ from replenish.constants import (
     TokenKind,
 )
 from replenish.db import get_or_raise
-from replenish.errors import Conflict, NotFound, TooManyRequests
+from replenish.errors import Conflict, DomainError, Forbidden, NotFound, TooManyRequests
 
 # Argon2id with pwdlib's recommended parameters.
 _passwords = PasswordHash.recommended()
@@ -194,6 +194,34 @@ def sign_in(
         subject_id=account.id,
     )
     return issued
+
+
+def check_password(*, session: Session, principal: Principal, password: str, now: datetime) -> DomainError | None:
+    """Why the signed-in caller's password, asked again before something grave (a personal token, a new password,
+    deleting the account), is refused, or None when it is right. A wrong one counts as a failed sign-in, recorded in
+    the session (the caller commits it, then raises the answer), and the sign-in's limit applies: with a stolen
+    token, guessing the password here is no easier than at the sign-in."""
+    window = timedelta(seconds=FAILED_SIGN_IN_WINDOW_SECONDS)
+    failures = audit.count_since(
+        session=session, action=AuditAction.SIGN_IN_FAILED, subject_id=principal.account_id, since=now - window
+    )
+    if failures >= MAX_FAILED_SIGN_INS:
+        return TooManyRequests(
+            f"too many wrong passwords: try again in {FAILED_SIGN_IN_WINDOW_SECONDS // 60} minutes",
+            retry_after_seconds=FAILED_SIGN_IN_WINDOW_SECONDS,
+        )
+    if len(password) <= PASSWORD_MAX_LENGTH and authenticate(session=session, email=principal.email, password=password):
+        return None
+    audit.record(
+        session=session,
+        at=now,
+        actor=principal.actor,
+        action=AuditAction.SIGN_IN_FAILED,
+        customer_id=principal.customer_id,
+        subject_type="account",
+        subject_id=principal.account_id,
+    )
+    return Forbidden("the password is not right", field="password")
 
 
 def principal_for(*, session: Session, secret: str, now: datetime) -> Principal | None:

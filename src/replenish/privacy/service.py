@@ -25,9 +25,6 @@ from replenish.automation.models import Decision
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
-    FAILED_SIGN_IN_WINDOW_SECONDS,
-    MAX_FAILED_SIGN_INS,
-    PASSWORD_MAX_LENGTH,
     AuditAction,
     OrderStatus,
     OutboxKind,
@@ -36,7 +33,7 @@ from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.errors import DomainError, Forbidden, InvalidRequest, TooManyRequests
+from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
@@ -132,29 +129,7 @@ def check_deletion(
         return InvalidRequest("confirm must be the customer's e-mail address", field="confirm")
     if principal.is_operator:
         return None
-    window = timedelta(seconds=FAILED_SIGN_IN_WINDOW_SECONDS)
-    failures = audit.count_since(
-        session=session, action=AuditAction.SIGN_IN_FAILED, subject_id=principal.account_id, since=now - window
-    )
-    if failures >= MAX_FAILED_SIGN_INS:
-        return TooManyRequests(
-            f"too many wrong passwords: try again in {FAILED_SIGN_IN_WINDOW_SECONDS // 60} minutes",
-            retry_after_seconds=FAILED_SIGN_IN_WINDOW_SECONDS,
-        )
-    if len(password) <= PASSWORD_MAX_LENGTH and auth.authenticate(
-        session=session, email=principal.email, password=password
-    ):
-        return None
-    audit.record(
-        session=session,
-        at=now,
-        actor=principal.actor,
-        action=AuditAction.SIGN_IN_FAILED,
-        customer_id=customer_id,
-        subject_type="account",
-        subject_id=principal.account_id,
-    )
-    return Forbidden("the password is not right", field="password")
+    return auth.check_password(session=session, principal=principal, password=password, now=now)
 
 
 def delete_customer(*, session: Session, customer_id: str, actor: str, now: datetime) -> dict[str, int]:
