@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 
 from replenish.clock import SystemClock
@@ -233,6 +234,11 @@ def create_operator(
     if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
         typer.echo(f"error: the password needs {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters", err=True)
         raise typer.Exit(2)
+    try:  # the same check as signing up: an address nobody could sign up with is no operator's either
+        email = TypeAdapter(EmailStr).validate_python(email)
+    except ValidationError as exc:
+        typer.echo(f"error: {email!r} is not an e-mail address: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
     settings = _settings()
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)

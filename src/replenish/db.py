@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,7 +62,12 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Everything about every customer is in it: the owner's alone (SQLite gives its -wal and -shm files the
+            # database file's permissions).
+            database = Path(parsed.database)
+            database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not database.exists():
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -62,7 +62,9 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 ReadSession = Annotated[Session, Depends(read_session)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Most items to return.")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip, for paging.")]
+# Bounded: a 64-bit offset overflows the databases' OFFSET (a 500); nobody pages past a million items.
+MAX_OFFSET = 1_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip, for paging (at most 1,000,000).")]
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentOperator = Annotated[Principal, Depends(current_operator)]
