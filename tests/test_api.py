@@ -105,7 +105,7 @@ def test_consent_is_versioned_and_append_only(api):
     # Privacy by default: nothing is shared for fleet learning, telemetry is kept a year, notifications go to the log.
     assert document["fleet_learning_allowed"] is False
     assert document["telemetry_retention_days"] == 365
-    assert document["notification_channels"] == [{"type": "log", "address": None}]
+    assert document["notification_channels"] == [{"type": "log", "address": None, "quiet_hours": None}]
 
     second = set_consent(
         api, customer_id, {"default_mode": "notify_only", "slot_modes": {"printer-1/black": "auto_order"}}
