@@ -273,3 +273,11 @@ class Mailbox:
 
     def close(self) -> None:
         self.controller.stop()
+
+
+def dead_letters_with_payloads(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    """The dead letters as GET /dead-letters lists them (no payloads), each with its payload from
+    GET /dead-letters/{id}."""
+    response = api.get("/dead-letters", params={"limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    return [api.get(f"/dead-letters/{letter['id']}").json() for letter in response.json()]

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS
+from replenish.constants import DEAD_LETTERS_PER_DEVICE_HOUR, DEFAULT_REORDER_MARGIN_DAYS
 
 DEFAULT_DATA_DIR = Path("var")
 EMBEDDED_BROKER_HOST = "127.0.0.1"
@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         "them. Each process takes the lowest free member number n and connects as REPLENISH_MQTT_CLIENT_ID-n. Needs an "
         "external broker (REPLENISH_MQTT_URL): the embedded one has no shared subscriptions. Unset: plain "
         "subscriptions, one ingest process per lane.",
+    )
+    dead_letters_per_device_hour: int = Field(
+        DEAD_LETTERS_PER_DEVICE_HOUR,
+        ge=1,
+        description="Most dead letters kept per device and hour (all unregistered senders share one such allowance); "
+        "beyond, refused messages are only counted (GET /api/v1/dead-letters/overflow), so that a flood cannot fill "
+        "the database.",
     )
     ingest_batch_wait_ms: float = Field(
         20.0,

@@ -8,6 +8,17 @@ from enum import StrEnum
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 MAX_PAYLOAD_BYTES = 16 * 1024
+# The largest MQTT packet either broker takes (Mosquitto's max_packet_size; the embedded broker's reader): a client
+# that sends a larger one is disconnected, and nothing of it is stored. Payloads between MAX_PAYLOAD_BYTES and this
+# still reach the ingestor, which keeps them as dead letters (too_large) with their first DEAD_LETTER_KEEP_BYTES.
+MAX_PACKET_BYTES = 64 * 1024
+# What a dead letter keeps of its payload (and its full size): enough to see what was sent, bounded however much.
+DEAD_LETTER_KEEP_BYTES = 4 * 1024
+# By default at most this many dead letters per device (all unregistered senders share one allowance) and hour;
+# beyond, they are counted, not kept (REPLENISH_DEAD_LETTERS_PER_DEVICE_HOUR).
+DEAD_LETTERS_PER_DEVICE_HOUR = 1000
+# The allowance all messages from unregistered or unnamed senders share.
+UNREGISTERED_SENDERS = "(unregistered)"
 
 TOPIC_PREFIX = "devices"
 TELEMETRY_TOPIC = "devices/{device_id}/telemetry"

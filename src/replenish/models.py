@@ -9,7 +9,7 @@ from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.health.models import Alarm
-from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
@@ -23,6 +23,7 @@ __all__ = [
     "ConsentVersion",
     "Customer",
     "DeadLetter",
+    "DeadLetterOverflow",
     "Decision",
     "Device",
     "DeviceMessage",

@@ -202,6 +202,7 @@ class Platform:
                 batch_wait_seconds=self.settings.ingest_batch_wait_ms / 1000,
                 lanes=self.settings.ingest_lanes,
                 metrics=self.metrics,
+                dead_letters_per_hour=self.settings.dead_letters_per_device_hour,
             )
             self.ingestor.start()
             if not self.ingestor.wait_ready(15):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
 from replenish.constants import (
+    DEAD_LETTERS_PER_DEVICE_HOUR,
     INGEST_SUBSCRIPTIONS,
     MQTT_QOS,
     SHARED_SUBSCRIPTION_PREFIX,
@@ -200,7 +201,9 @@ class MqttIngestor:
         lanes: Collection[str] = ("events", "telemetry"),
         metrics: Metrics | None = None,
         share_group: str | None = None,
+        dead_letters_per_hour: int = DEAD_LETTERS_PER_DEVICE_HOUR,
     ) -> None:
+        self.dead_letters_per_hour = dead_letters_per_hour
         self.engine = engine
         # Without a registry given (a benchmark, a test's second ingestor), counted into one nobody reads.
         self.metrics = metrics or Metrics(role="ingest")
@@ -288,7 +291,12 @@ class MqttIngestor:
                 try:
                     with transaction(self.engine) as session:
                         # First without asking which messages are stored already: the unique constraint says so.
-                        return ingest_batch(session=session, messages=messages, check_stored=attempt > 0)
+                        return ingest_batch(
+                            session=session,
+                            messages=messages,
+                            check_stored=attempt > 0,
+                            dead_letters_per_hour=self.dead_letters_per_hour,
+                        )
                 except DBAPIError as exc:
                     if attempt == 0 and _worth_another_try(exc):
                         # A redelivery of a message stored before (or by another lane or ingest process meanwhile),
@@ -313,7 +321,9 @@ class MqttIngestor:
         for message in messages:
             try:
                 with transaction(self.engine) as session:
-                    result = ingest_batch(session=session, messages=[message])
+                    result = ingest_batch(
+                        session=session, messages=[message], dead_letters_per_hour=self.dead_letters_per_hour
+                    )
             except DBAPIError as exc:
                 if _connection_lost(exc):
                     raise  # the database, not the message: retry the batch, acknowledge nothing

@@ -37,7 +37,22 @@ class Reading(SQLModel, table=True):
     level: float
 
 
+class DeadLetterOverflow(SQLModel, table=True):
+    """Dead letters not kept because their sender used up its hourly allowance: how many, per sender and hour."""
+
+    __tablename__ = "dead_letter_overflow"
+
+    sender: str = Field(primary_key=True)  # the device id, or UNREGISTERED_SENDERS
+    hour: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    dropped: int = 0
+    dropped_bytes: int = Field(default=0, sa_type=BigInt)
+    last_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class DeadLetter(SQLModel, table=True):
+    """A message that did not fit the contract: its topic, the first DEAD_LETTER_KEEP_BYTES of its payload and the
+    payload's full size (payload_size), and why."""
+
     __tablename__ = "dead_letters"
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInt)

@@ -12,10 +12,17 @@ from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.automation import service as automation
-from replenish.constants import Channel, DeadLetterReason, EventType
-from replenish.db import insert_rows
+from replenish.constants import (
+    DEAD_LETTER_KEEP_BYTES,
+    DEAD_LETTERS_PER_DEVICE_HOUR,
+    UNREGISTERED_SENDERS,
+    Channel,
+    DeadLetterReason,
+    EventType,
+)
+from replenish.db import add_to_counters, insert_rows
 from replenish.devices.models import Device, Slot
-from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.ingest.schemas import (
     IncomingMessage,
     Parsed,
@@ -28,6 +35,7 @@ from replenish.ingest.schemas import (
 from replenish.observability import correlation
 
 log = logging.getLogger(__name__)
+HOUR = timedelta(hours=1)
 
 MAX_CLOCK_AHEAD = timedelta(days=1)
 
@@ -66,24 +74,78 @@ def dead_letter(
     reason: str,
     category: DeadLetterReason,
     device_id: str | None,
-) -> DeadLetter:
+    allowance: DeadLetterAllowance | None = None,
+) -> DeadLetter | None:
+    """Keep a refused message: its topic, its first DEAD_LETTER_KEEP_BYTES and its size, and why. Beyond its
+    sender's hourly allowance it is only counted (dead_letter_overflow): None."""
     with correlation.bound(correlation.for_raw_message(message.topic, message.payload)):
         # The topic is cut short: it is whatever the sender chose, and the dead letter keeps all of it.
         # %r: the topic and the reason carry the sender's text, which must not forge log lines.
         log.info("dead letter (%s) on %r: %r", category, message.topic[:200], reason[:500])
+    if allowance is not None and not allowance.take(device_id=device_id, message=message):
+        return None
     letter = DeadLetter(
         # MQTT forbids U+0000 in topics but the embedded broker passes it on, and PostgreSQL text cannot hold it: a
         # dead letter that cannot be written would be retried forever and stop its lane. Shown as paho shows bytes
         # that are not UTF-8.
         topic=message.topic[:1024].replace("\x00", "\ufffd"),
         device_id=device_id,
-        payload=message.payload,
+        payload=message.payload[:DEAD_LETTER_KEEP_BYTES],
         payload_size=len(message.payload),
         reason=reason[:2000],
         received_at=message.received_at,
     )
     session.add(letter)
     return letter
+
+
+class DeadLetterAllowance:
+    """How many dead letters each sender may still leave this hour, within one ingest transaction: the count of
+    what it left is read once per sender and batch, then kept here; what goes beyond is counted and, at flush(),
+    added to dead_letter_overflow. All unregistered (or unnamed) senders share one allowance, so that a flood under
+    made-up device ids is bounded too."""
+
+    def __init__(self, *, session: Session, per_hour: int, registered: set[str]) -> None:
+        self._session = session
+        self._per_hour = per_hour
+        self._registered = registered
+        self._left: dict[tuple[str, datetime], int] = {}
+        self._over: dict[tuple[str, datetime], tuple[int, int, datetime]] = {}
+
+    def sender(self, device_id: str | None) -> str:
+        return device_id if device_id is not None and device_id in self._registered else UNREGISTERED_SENDERS
+
+    def take(self, *, device_id: str | None, message: IncomingMessage) -> bool:
+        sender = self.sender(device_id)
+        hour = message.received_at.replace(minute=0, second=0, microsecond=0)
+        key = (sender, hour)
+        if key not in self._left:
+            query = select(func.count()).where(DeadLetter.received_at >= hour, DeadLetter.received_at < hour + HOUR)
+            if sender == UNREGISTERED_SENDERS:
+                registered = select(Device.id).where(col(Device.id) == col(DeadLetter.device_id)).exists()
+                query = query.where(or_(col(DeadLetter.device_id).is_(None), ~registered))
+            else:
+                query = query.where(DeadLetter.device_id == sender)
+            self._left[key] = self._per_hour - int(self._session.exec(query).one())
+        if self._left[key] > 0:
+            self._left[key] -= 1
+            return True
+        count, size, _ = self._over.get(key, (0, 0, message.received_at))
+        self._over[key] = (count + 1, size + len(message.payload), message.received_at)
+        return False
+
+    def flush(self) -> None:
+        table = DeadLetterOverflow.__table__  # type: ignore[attr-defined]
+        for (sender, hour), (count, size, last_at) in self._over.items():
+            add_to_counters(
+                self._session,
+                table,
+                key={"sender": sender, "hour": hour},
+                add={"dropped": count, "dropped_bytes": size},
+                latest={"last_at": last_at},
+            )
+            log.warning("%d dead letters of %s not kept this hour (its allowance is %d)", count, sender, self._per_hour)
+        self._over.clear()
 
 
 def list_dead_letters(
@@ -94,6 +156,17 @@ def list_dead_letters(
     if device_id:
         query = query.where(DeadLetter.device_id == device_id)
     return list(session.exec(query.order_by(col(DeadLetter.id).desc()).offset(offset).limit(limit)))
+
+
+def dead_letter_overflow(*, session: Session, since: datetime) -> list[DeadLetterOverflow]:
+    """Refused messages counted but not kept since a moment (their hour), by sender, most first."""
+    return list(
+        session.exec(
+            select(DeadLetterOverflow)
+            .where(DeadLetterOverflow.hour >= since.replace(minute=0, second=0, microsecond=0))
+            .order_by(col(DeadLetterOverflow.dropped).desc())
+        )
+    )
 
 
 def dead_letters_by_reason(*, session: Session, since: datetime) -> dict[str, int]:
@@ -115,7 +188,13 @@ def messages_received(*, session: Session, since: datetime, most: int = 100_000)
     return int(session.exec(select(func.count()).select_from(newest).where(newest.c.received_at >= since)).one())
 
 
-def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_stored: bool = True) -> BatchResult:
+def ingest_batch(
+    *,
+    session: Session,
+    messages: list[IncomingMessage],
+    check_stored: bool = True,
+    dead_letters_per_hour: int = DEAD_LETTERS_PER_DEVICE_HOUR,
+) -> BatchResult:
     """Validate and store messages (each device's in seq order). Never raises for bad input: that becomes a dead
     letter.
 
@@ -134,6 +213,12 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_sto
     seen_at: dict[str, datetime] = {}
     statuses: list[tuple[IncomingMessage, ParsedStatus]] = []
 
+    # Which senders of refused messages are registered devices, each with its own allowance of dead letters.
+    refused_senders = {p.device_id for _, p in parsed if isinstance(p, Rejected) and p.device_id} - device_ids
+    registered = known | (
+        set(session.exec(select(Device.id).where(col(Device.id).in_(refused_senders)))) if refused_senders else set()
+    )
+    allowance = DeadLetterAllowance(session=session, per_hour=dead_letters_per_hour, registered=registered)
     for message, item in parsed:
         outcome = _check(item, devices=known, slots=slots)
         if isinstance(outcome, Rejected):
@@ -143,6 +228,7 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_sto
                 reason=outcome.reason,
                 category=outcome.category,
                 device_id=outcome.device_id,
+                allowance=allowance,
             )
             result.dead_letters += 1
             result.dead_letter_reasons[outcome.category] = result.dead_letter_reasons.get(outcome.category, 0) + 1
@@ -204,6 +290,7 @@ def ingest_batch(*, session: Session, messages: list[IncomingMessage], check_sto
                 )
     devices.write(session=session)
     _write_slots(session=session, slots=slots)
+    allowance.flush()
     result.stored = len(accepted)
     return result
 

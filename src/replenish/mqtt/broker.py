@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -22,7 +23,7 @@ from sqlmodel import Session as DbSession
 from transitions import MachineError
 
 from replenish.config import SERVICE_CLIENT_ID_PREFIX, SERVICE_USERNAME
-from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
+from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, MAX_PACKET_BYTES, STATUS_TOPIC, TELEMETRY_TOPIC
 from replenish.db import make_engine
 from replenish.devices import service as devices
 from replenish.devices.credentials import hash_secret, verify_secret
@@ -168,6 +169,28 @@ class _DeviceHandler(BrokerProtocolHandler):
             self._closing = asyncio.ensure_future(self.handle_connection_closed())
 
 
+class PacketTooLarge(AMQTTError):
+    """A client sent an MQTT packet larger than MAX_PACKET_BYTES."""
+
+
+class _BoundedReader(ReaderAdapter):
+    """amqtt reads a packet's body in reads as large as its announced length, and has no limit of its own: a
+    client could make the broker buffer hundreds of megabytes. Here a read beyond MAX_PACKET_BYTES ends the
+    connection, as Mosquitto's max_packet_size does."""
+
+    def __init__(self, reader: ReaderAdapter, limit: int = MAX_PACKET_BYTES) -> None:
+        self._reader = reader
+        self._limit = limit
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._limit:
+            raise PacketTooLarge(f"a packet of more than {self._limit} bytes")
+        return await self._reader.read(n)
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
 def _done(result: Any) -> asyncio.Future[Any]:
     future = asyncio.get_running_loop().create_future()
     future.set_result(result)
@@ -194,7 +217,8 @@ class _DeviceBroker(Broker):
         try:
             # Changed: a socket that never sends CONNECT is not held forever.
             handler, client_session = await asyncio.wait_for(
-                _DeviceHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT_SECONDS
+                _DeviceHandler.init_from_connect(_BoundedReader(reader), writer, self.plugins_manager),
+                CONNECT_TIMEOUT_SECONDS,
             )
         except TimeoutError as exc:
             await writer.close()
@@ -259,6 +283,7 @@ class _DeviceBroker(Broker):
             return
         if client_session.client_id is None:
             raise BrokerError("Client ID was not correctly created/set.")
+        reader = _BoundedReader(reader)  # every packet after CONNECT too
         while True:
             try:
                 client_session.transitions.connect()

@@ -35,7 +35,7 @@ from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
-from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
+from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
 from replenish.orders.models import Order, OrderEvent
@@ -194,6 +194,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("decisions", delete(Decision).where(Decision.customer_id == customer_id)),
         ("messages", delete(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),
         ("dead_letters", delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
+        ("dead_letter_overflow", delete(DeadLetterOverflow).where(col(DeadLetterOverflow.sender).in_(device_ids))),
         ("forecasts", delete(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids))),
         ("slots", delete(Slot).where(col(Slot.id).in_(slot_ids))),
         ("devices", delete(Device).where(col(Device.id).in_(device_ids))),

@@ -631,6 +631,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         ]
         dead = ingest.list_dead_letters(session=session, limit=50)
         reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
+        overflow = ingest.dead_letter_overflow(session=session, since=now - timedelta(days=1))
         rates = [
             (window, ingest.messages_received(session=session, since=now - window, most=FLEET_COUNT_MOST))
             for window in FLEET_RATE_WINDOWS
@@ -641,6 +642,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         "alarms": open_alarms,
         "dead_letters": dead,
         "reasons": sorted(reasons.items(), key=lambda item: -item[1]),
+        "overflow": overflow,
         "rates": rates,
         "count_most": FLEET_COUNT_MOST,
     }
