@@ -158,3 +158,11 @@ def test_a_glitch_right_after_an_order_does_not_order_again(slot: Slot, glitch: 
         slot.evaluate(moment)
         moment, step = moment + timedelta(hours=6), step + 1
     assert len(slot.orders()) == 1, "the first order is still on its way"
+
+
+def test_a_pass_stops_between_slots_when_the_process_stops(slot: Slot):
+    slot.report(T0, 0.5)
+    report = evaluate_all(engine=slot.engine, now=T0, margin_days=1.0, should_stop=lambda: True)
+    assert report.interrupted and report.slots == 0, "nothing more is started once the process stops"
+    report = evaluate_all(engine=slot.engine, now=T0, margin_days=1.0)
+    assert not report.interrupted and report.slots == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -279,3 +280,28 @@ def test_what_no_database_keeps_is_a_dead_letter_with_its_own_reason(platform, p
         # A topic keeps its text, with U+0000 shown as U+FFFD (as paho shows bytes that are not UTF-8).
         kept = payload[:DEAD_LETTER_KEEP_BYTES]
         assert by_content[(topic.replace("\x00", "\ufffd"), kept)].startswith(reason), reason
+
+
+def test_a_stopping_ingestor_takes_nothing_new(platform, api, publisher, printer):
+    ingestor = platform.ingestor
+    ingestor.stopping.set()  # as stop() does first
+    publisher.send("devices/printer-1/telemetry", {"seq": 1, "levels": {"black": 0.5}})
+    time.sleep(1.0)
+    assert count(platform, DeviceMessage) == 0, "not taken"
+    assert all(lane.queue.empty() for lane in ingestor._lanes)
+    ingestor.stop()
+    # Not acknowledged either: the broker delivers it again to the session, here to its next holder.
+    from replenish.ingest.consumer import MqttIngestor
+
+    successor = MqttIngestor(
+        engine=platform.engine,
+        endpoint=platform.settings.mqtt_endpoint,
+        clock=platform.clock,
+        client_id=platform.settings.mqtt_client_id,
+    )
+    successor.start()
+    try:
+        assert successor.wait_for(handled=1, timeout=10)
+        assert count(platform, DeviceMessage) == 1
+    finally:
+        successor.stop()

@@ -322,6 +322,8 @@ class Platform:
             self.api_server.should_exit = True
             if self._api_thread is not None:
                 self._api_thread.join(10)
+        if self.jobs is not None:
+            self.jobs.stopping.set()  # a running pass ends at its next slot: leadership is released within moments
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         if self.election is not None:

@@ -4,6 +4,7 @@ escalating safety incidents, retention."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +41,16 @@ class Jobs:
         self.settings = settings
         self.dispatcher = dispatcher
         self.policy = HealthPolicy()
+        # Set when the process stops: a running pass ends between items, so that leadership passes on at once.
+        self.stopping = threading.Event()
 
     def evaluate(self) -> EvaluationReport:
-        report = evaluate_all(engine=self.engine, now=self.clock.now(), margin_days=self.settings.reorder_margin_days)
+        report = evaluate_all(
+            engine=self.engine,
+            now=self.clock.now(),
+            margin_days=self.settings.reorder_margin_days,
+            should_stop=self.stopping.is_set,
+        )
         if report.decisions or report.errors:
             log.info("evaluated %d slots: %d decisions, %d errors", report.slots, len(report.decisions), report.errors)
         return report

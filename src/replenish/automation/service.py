@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -47,6 +48,7 @@ class EvaluationReport:
     forecasts: int = 0
     decisions: list[str] = field(default_factory=list)
     errors: int = 0
+    interrupted: bool = False  # stopped between slots: the process is stopping
 
 
 def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
@@ -403,13 +405,20 @@ def _store_forecast(*, session: Session, slot_id: str, forecast: Forecast, now: 
     session.add(stored)
 
 
-def evaluate_all(*, engine: Engine, now: datetime, margin_days: float) -> EvaluationReport:
-    """The scheduler job: every slot in its own transaction, so one bad slot cannot stall the rest."""
+def evaluate_all(
+    *, engine: Engine, now: datetime, margin_days: float, should_stop: Callable[[], bool] = lambda: False
+) -> EvaluationReport:
+    """The scheduler job: every slot in its own transaction, so one bad slot cannot stall the rest. It stops between
+    slots once ``should_stop()`` says so (the process is stopping): the rest waits for the next pass, here or in the
+    process that leads next."""
     report = EvaluationReport()
     with Session(engine) as session:
         targets = list(session.exec(select(Slot.id, Slot.device_id).order_by(col(Slot.device_id), col(Slot.name))))
         fleet = fleet_priors(session=session)
     for slot_id, device_id in targets:
+        if should_stop():
+            report.interrupted = True
+            break
         report.slots += 1
         try:
             with transaction(engine) as session:

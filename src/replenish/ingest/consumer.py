@@ -131,6 +131,10 @@ class _Lane:
         topic = message._topic.decode("utf-8", errors="replace")
         incoming = IncomingMessage(topic=topic, payload=bytes(message.payload), received_at=self.owner.clock.now())
         delivery = _Delivery(incoming, message.mid, message.qos, self.connection, time.monotonic())
+        if self.owner.stopping.is_set():
+            # Stopping: what is in hand is committed, nothing more is taken. Never acknowledged, this one is
+            # delivered again to the session (another member's, or this one's after a restart).
+            return
         while not self.owner.abandon.is_set():
             try:
                 self.queue.put(delivery, timeout=0.5)
@@ -259,9 +263,10 @@ class MqttIngestor:
         return all(lane.subscribed.wait(max(0.0, deadline - time.monotonic())) for lane in self._lanes)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Store and acknowledge what has arrived, for up to ``timeout`` seconds, then leave.
+        """Take nothing new, store and acknowledge what is in hand (for up to ``timeout`` seconds), then leave.
 
-        What is still queued then stays unacknowledged: the broker delivers it again to this session.
+        What arrives meanwhile, or is still queued at the timeout, stays unacknowledged: the broker delivers it again
+        to this session.
         """
         self.stopping.set()
         deadline = time.monotonic() + timeout
