@@ -291,6 +291,7 @@ def _fill(template: str, owner: str, world: World) -> str:
     values = (NOBODY if owner == "nobody" else world.ids[owner]) | {
         "device_id": f"{owner}-printer",
         "slot_name": "black",
+        "dead_letter_id": "1",
     }
     if "/events" in template or template.startswith("/alerts"):
         values = values | {"device_id": f"{owner}-pendant"}

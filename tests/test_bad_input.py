@@ -39,6 +39,7 @@ from replenish.runtime import Platform, Roles
 DEVICE = "printer-1"
 SLOTS = [slot["name"] for slot in INK_SLOTS]
 WAIT = 20.0
+UNBOUNDED = 10**9  # dead letters an hour: as many as the test sends
 
 # The reason a dead letter must give, by what broke (docs/mqtt.md, "Rules").
 REASONS = {
@@ -436,6 +437,9 @@ def _mosquitto_refuses(item: Good | Bad | Foreign) -> bool:
 @pytest.fixture
 def registered(platform: Platform, api: httpx.Client) -> Platform:
     register_device(api, customer_id=create_customer(api), device_id=DEVICE)
+    # Every bad message must be kept here: the hourly allowance of dead letters is tested in test_dead_letters.py.
+    assert platform.ingestor is not None
+    platform.ingestor.dead_letters_per_hour = UNBOUNDED
     return platform
 
 
@@ -453,7 +457,11 @@ def on_mosquitto(
     database_url = postgres_server.create_migrated_database(f"bad_input_{uuid.uuid4().hex}")
     with running_mosquitto(tmp_path) as broker:
         settings_ = make_settings(
-            tmp_path, mqtt_url=broker.url, broker_service_password=SERVICE_PASSWORD, database_url=database_url
+            tmp_path,
+            mqtt_url=broker.url,
+            broker_service_password=SERVICE_PASSWORD,
+            database_url=database_url,
+            dead_letters_per_device_hour=UNBOUNDED,
         )
         with running_platform(settings_, clock, roles=Roles(ingest=True, api=True)) as platform:
             with api_client(platform, operator_token(platform)) as api:
@@ -470,6 +478,6 @@ def on_mosquitto(
 
 
 def test_bad_input_at_volume_on_mosquitto(on_mosquitto: tuple[Platform, Publisher]) -> None:
-    """The production broker, with its production config (no packet size limit: oversize payloads reach the platform).
+    """The production broker, with its production config (oversize payloads up to its packet limit reach the platform).
     Mosquitto disconnects a client whose topic holds U+0000, so none are sent here."""
     run_property(Run(*on_mosquitto), max_examples=150, mosquitto=True)

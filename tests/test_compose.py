@@ -35,6 +35,7 @@ from brokers import (
 )
 from replenish.clock import SystemClock
 from replenish.config import SERVICE_USERNAME, Settings
+from replenish.constants import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
 from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
 from replenish.notifications.push import new_private_key
 from replenish.observability.metrics import DatabaseCollector, Metrics
@@ -310,8 +311,9 @@ def test_mosquitto_conf_is_mosquitto_syntax_with_the_ingest_and_identity_setting
     # The default of 1000 queued messages drops telemetry while the ingestor restarts (perf-limits).
     assert int(settings["max_queued_messages"]) >= 100_000
     assert int(settings["max_inflight_messages"]) >= 1000
-    # Oversize payloads must reach the platform to be dead-lettered, not be dropped by the broker.
-    assert "max_packet_size" not in settings
+    # Packets are bounded (issue 17), but above the contract's payload maximum: oversize payloads still reach the
+    # platform to be dead-lettered.
+    assert int(settings["max_packet_size"]) == MAX_PACKET_BYTES > MAX_PAYLOAD_BYTES
     assert "message_size_limit" not in settings
 
 
