@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -186,14 +187,37 @@ def request_approval(
     )
     order.answer_by, order.remind_at = window.answer_by, window.remind_at
     session.add(order)
+    _ask(
+        session=session,
+        order=order,
+        document=document,
+        consent_version=consent_version,
+        kind=NoticeKind.APPROVAL_REQUEST,
+        write=messages.approval_request,
+        now=now,
+    )
+
+
+def _ask(
+    *,
+    session: Session,
+    order: Order,
+    document: ConsentDocument,
+    consent_version: int,
+    kind: NoticeKind,
+    write: Callable[..., tuple[str, str]],
+    now: datetime,
+) -> None:
+    """A request or its reminder: what it says (``write``, given the order's facts, deadline and on_no_answer),
+    with fresh Approve and Decline links."""
     facts = _facts(session=session, order=order, document=document)
     _tell(
         session=session,
         order=order,
         document=document,
         consent_version=consent_version,
-        kind=NoticeKind.APPROVAL_REQUEST,
-        text=messages.approval_request(facts, answer_by=order.answer_by, on_no_answer=document.on_no_answer),
+        kind=kind,
+        text=write(facts, answer_by=order.answer_by, on_no_answer=document.on_no_answer),
         now=now,
         actions=(LinkAction.APPROVE, LinkAction.DECLINE),
     )
@@ -282,16 +306,14 @@ def remind(*, session: Session, order_id: str, now: datetime) -> bool:
     session.add(order)
     if _reachable(document, now) >= order.answer_by:
         return False  # it would reach them (after quiet hours) only once the deadline has passed: no use
-    facts = _facts(session=session, order=order, document=document)
-    _tell(
+    _ask(
         session=session,
         order=order,
         document=document,
         consent_version=version,
         kind=NoticeKind.APPROVAL_REMINDER,
-        text=messages.approval_reminder(facts, answer_by=order.answer_by, on_no_answer=document.on_no_answer),
+        write=messages.approval_reminder,
         now=now,
-        actions=(LinkAction.APPROVE, LinkAction.DECLINE),
     )
     return True
 

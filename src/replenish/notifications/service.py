@@ -233,14 +233,13 @@ def send_digest(
     if not waiting or now < next_digest_at(waiting[0].created_at, at=document.digest_time, zone=document.zone):
         return []
     # Where the customer's consent sends notices now: a channel or browser removed since gets no digest.
+    browsers = {browser.endpoint: browser for browser in push_subscriptions(session=session, customer_id=customer_id)}
     quiet: dict[tuple[str, str | None], QuietHours | None] = {}
     for channel in document.notification_channels:
         if channel.type == "webpush":
-            for browser in push_subscriptions(session=session, customer_id=customer_id):
-                quiet[("webpush", browser.endpoint)] = channel.quiet_hours
+            quiet |= {("webpush", endpoint): channel.quiet_hours for endpoint in browsers}
         else:
             quiet[(channel.type, channel.address)] = channel.quiet_hours
-    browsers = {browser.endpoint: browser for browser in push_subscriptions(session=session, customer_id=customer_id)}
     groups: dict[tuple[str, str | None], list[Notification]] = {}
     for notice in waiting:
         if (notice.channel, notice.address) in quiet:
