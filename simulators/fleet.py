@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 catch_up=options.catch_up,
                 duration=options.duration,
                 stop=stop,
+                keep_until_stored=options.keep_until_stored,
             )
         except Exception:
             log.exception("%s failed", model.device_id)

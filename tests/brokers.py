@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +137,21 @@ class MosquittoRun:
     process: subprocess.Popen[str]
     log_path: Path
     stdout_path: Path
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def restart(self, *, down_for: float = 0.0) -> None:
+        """Stop Mosquitto as `docker compose restart` does (SIGTERM: it saves its persistence file), keep it down
+        ``down_for`` seconds, and start it again from the same config and data, on the same ports."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        time.sleep(down_for)
+        with self.stdout_path.open("a") as stdout:
+            self.process = subprocess.Popen(
+                self.command, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True
+            )
+        wait_for_port(self, self.platform_port)
+        wait_for_port(self, self.device_port)
 
     @property
     def output(self) -> str:
@@ -197,18 +212,20 @@ def running_mosquitto(
         process=process,
         log_path=directory / LOG_FILE,
         stdout_path=stdout_path,
+        command=command,
+        env=env,
     )
     try:
         wait_for_port(run, platform_port)
         wait_for_port(run, device_port)
         yield run
     finally:
-        process.terminate()
+        run.process.terminate()
         try:
-            process.wait(timeout=5)
+            run.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait()
 
 
 def wait_for_port(run: MosquittoRun, port: int) -> None:
@@ -316,7 +333,13 @@ def running_postgres(overrides: dict[str, str] | None = None) -> Iterator[Postgr
             "port": str(port),
             "unix_socket_directories": str(directory),
         }
-        server_options = " ".join([f"-c config_file={POSTGRES_CONF}", *(f"-c {k}={v}" for k, v in options.items())])
+        # A copy beside the data: the `postgres` user may not be able to enter the checkout (a clone under a 0700
+        # directory), and the file must be the one the compose file mounts, unchanged.
+        config = directory / POSTGRES_CONF.name
+        shutil.copyfile(POSTGRES_CONF, config)
+        if as_root:
+            shutil.chown(config, user="postgres", group="postgres")
+        server_options = " ".join([f"-c config_file={config}", *(f"-c {k}={v}" for k, v in options.items())])
         started = subprocess.run(
             [binaries / "pg_ctl", "-D", data, "-l", log_path, "-o", server_options, "-w", "-t", "60", "start"],
             user=user,

@@ -16,6 +16,7 @@ from conftest import customer_api
 from helpers import DEVICE_SECRETS, PASSWORD, Refused, connected, create_customer, publish, register_device, wait_until
 from replenish.devices.models import Device
 from replenish.ingest.models import DeadLetter, DeviceMessage
+from replenish.mqtt.broker import _SubscriptionTable
 from replenish.runtime import Platform
 
 
@@ -88,6 +89,23 @@ def test_a_device_subscribes_only_to_its_own_commands(platform, two_printers):
             ada.subscribe(topic, qos=1)
         assert done.wait(10)
     assert [granted[key] for key in sorted(granted, key=int)] == [[1], [128], [128], [128]]
+
+
+def test_the_broadcast_walks_a_snapshot_of_the_subscriptions(platform):
+    """amqtt's broadcast walks the subscription table across awaits: a client subscribing or leaving meanwhile ended
+    the walk with "dictionary changed size during iteration" and the message reached nobody, the ingestor included
+    (seen in the demo as the simulators subscribed to their confirmations; 20 to 1,644 of 3,000 messages lost in
+    runs of a stream with clients subscribing beside it). Its items() must be a snapshot, lists included."""
+    assert platform.broker is not None
+    assert isinstance(platform.broker._broker._subscriptions, _SubscriptionTable)
+    table = _SubscriptionTable({"devices/+/telemetry": [("ingestor", 1), ("other member", 1)], "devices/a/stored": []})
+    walk = iter(table.items())
+    _, subscribers = next(walk)
+    table["devices/b/stored"] = [("b", 0)]  # a subscribe while the broadcast awaits
+    del table["devices/a/stored"]  # a client leaving
+    table["devices/+/telemetry"].pop(0)  # a member unsubscribing
+    assert [topic for topic, _ in walk] == ["devices/a/stored"], "the walk goes on over what was there"
+    assert subscribers == [("ingestor", 1), ("other member", 1)], "nobody skipped"
 
 
 def test_rotating_the_secret_locks_the_old_one_out(platform, two_printers):

@@ -138,6 +138,7 @@ def test_two_simulated_days_at_infinite_speed_all_arrive_in_order(broker: Broker
             broker.endpoint,
             speed=float("inf"),
             duration=timedelta(days=2),
+            keep_until_stored=False,  # a bare broker: no platform confirms anything
         )
         assert published == len(expected) == 49
         received = watcher.wait_for(has_status(device_id, "offline"))
@@ -168,7 +169,9 @@ def test_online_is_retained_while_running_and_events_are_published(broker: Broke
     stop = threading.Event()
     result: list[int] = []
     thread = threading.Thread(
-        target=lambda: result.append(run_device(model, broker.endpoint, speed=600, stop=stop, tick_seconds=0.05))
+        target=lambda: result.append(
+            run_device(model, broker.endpoint, speed=600, stop=stop, tick_seconds=0.05, keep_until_stored=False)
+        )
     )
     thread.start()
     try:
@@ -200,7 +203,15 @@ def test_catch_up_replays_history_then_follows_real_time(broker: BrokerThread, d
     model = PrinterModel(device_id, start=start)
     thread = threading.Thread(
         target=lambda: result.append(
-            run_device(model, broker.endpoint, speed=float("inf"), catch_up=True, stop=stop, tick_seconds=0.05)
+            run_device(
+                model,
+                broker.endpoint,
+                speed=float("inf"),
+                catch_up=True,
+                stop=stop,
+                tick_seconds=0.05,
+                keep_until_stored=False,
+            )
         )
     )
     thread.start()
@@ -229,7 +240,13 @@ def test_offline_is_published_even_when_the_model_fails(broker: BrokerThread, de
     watcher = Subscriber(broker.endpoint, f"devices/{device_id}/#")
     try:
         with pytest.raises(RuntimeError, match="simulated crash"):
-            run_device(Broken(device_id, start=START), broker.endpoint, speed=float("inf"), duration=timedelta(1))
+            run_device(
+                Broken(device_id, start=START),
+                broker.endpoint,
+                speed=float("inf"),
+                duration=timedelta(1),
+                keep_until_stored=False,
+            )
         received = watcher.wait_for(has_status(device_id, "offline"))
     finally:
         watcher.close()

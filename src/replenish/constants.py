@@ -25,6 +25,12 @@ TELEMETRY_TOPIC = "devices/{device_id}/telemetry"
 EVENTS_TOPIC = "devices/{device_id}/events"
 STATUS_TOPIC = "devices/{device_id}/status"
 COMMANDS_TOPIC = "devices/{device_id}/commands"
+# Platform -> device, QoS 0: the seqs the platform has stored or refused for good (docs/mqtt.md, "Confirmations").
+STORED_TOPIC = "devices/{device_id}/stored"
+# The ingestor gathers confirmations for this long and sends each device at most one message per interval.
+CONFIRM_INTERVAL_SECONDS = 0.5
+# Ranges per confirmation message: 1,000 ranges of two 64-bit seqs stay well inside MAX_PACKET_BYTES.
+CONFIRM_MAX_RANGES = 1000
 INGEST_SUBSCRIPTIONS = ("devices/+/telemetry", "devices/+/events", "devices/+/status")
 MQTT_QOS = 1
 # MQTT 5 shared subscriptions: with REPLENISH_INGEST_SHARE_GROUP set, each ingest process subscribes to

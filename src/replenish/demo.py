@@ -32,6 +32,7 @@ DEMO_OPERATOR_EMAIL = "operator@replenish.example"
 PRINTER_ID = "demo-printer"
 FRIDGE_ID = "demo-fridge"
 WEARABLE_ID = "demo-wearable"
+DEMO_STORED_TIMEOUT_SECONDS = 3.0
 PRINTER_HISTORY = timedelta(days=21)
 FRIDGE_HISTORY = timedelta(days=7)
 # A two-litre bottle lasts about four days: bought again twice in the replayed week, before it ran out, the
@@ -183,7 +184,14 @@ class DemoDevices:
             thread = threading.Thread(
                 target=run_device,
                 args=(model, replace(self.endpoint, username=model.device_id, password=self.secrets[model.device_id])),
-                kwargs={"speed": speed, "catch_up": True, "stop": self.stop_event, "client_id": model.device_id},
+                kwargs={
+                    "speed": speed,
+                    "catch_up": True,
+                    "stop": self.stop_event,
+                    "client_id": model.device_id,
+                    # The platform stops with the demo: a last confirmation may never come.
+                    "stored_timeout": DEMO_STORED_TIMEOUT_SECONDS,
+                },
                 name=f"sim-{model.device_id}",
                 daemon=True,
             )

@@ -19,15 +19,17 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from replenish.clock import Clock
 from replenish.config import MqttEndpoint
 from replenish.constants import (
+    CONFIRM_INTERVAL_SECONDS,
     DEAD_LETTERS_PER_DEVICE_HOUR,
     INGEST_SUBSCRIPTIONS,
     MQTT_QOS,
     SHARED_SUBSCRIPTION_PREFIX,
+    STORED_TOPIC,
     Channel,
     DeadLetterReason,
 )
 from replenish.db import transaction
-from replenish.ingest.schemas import IncomingMessage
+from replenish.ingest.schemas import IncomingMessage, confirmation_payloads
 from replenish.ingest.service import BatchResult, dead_letter, ingest_batch
 from replenish.mqtt.client import connect_async, make_client
 from replenish.observability.metrics import Metrics
@@ -47,6 +49,34 @@ class _Delivery:
     connection: int
     # time.monotonic() on arrival, for the receive -> commit lag (the injectable clock may be a test's manual one).
     arrived: float
+
+
+class _Confirmations:
+    """What a lane has stored or refused since it last told the devices, per device; sent at most every
+    CONFIRM_INTERVAL_SECONDS, one message per device, at QoS 0: a confirmation lost on the way only makes the device
+    send the message again, which is stored once and confirmed again (docs/mqtt.md, "Confirmations")."""
+
+    def __init__(self) -> None:
+        self._stored: dict[str, list[int]] = {}
+        self._refused: dict[str, list[int]] = {}
+        self._next = time.monotonic() + CONFIRM_INTERVAL_SECONDS
+
+    def note(self, result: BatchResult) -> None:
+        for mine, theirs in ((self._stored, result.stored_seqs), (self._refused, result.refused_seqs)):
+            for device_id, seqs in theirs.items():
+                mine.setdefault(device_id, []).extend(seqs)
+
+    def send_if_due(self, client: paho.Client) -> None:
+        if time.monotonic() >= self._next:
+            self.send(client)
+
+    def send(self, client: paho.Client) -> None:
+        self._next = time.monotonic() + CONFIRM_INTERVAL_SECONDS
+        stored, refused, self._stored, self._refused = self._stored, self._refused, {}, {}
+        for device_id in stored.keys() | refused.keys():
+            topic = STORED_TOPIC.format(device_id=device_id)
+            for payload in confirmation_payloads(stored=stored.get(device_id, ()), refused=refused.get(device_id, ())):
+                client.publish(topic, payload, qos=0)
 
 
 class _Lane:
@@ -74,6 +104,7 @@ class _Lane:
         self.queue: queue.Queue[_Delivery] = queue.Queue(maxsize=max(4 * owner.batch_size, 1000))
         self.subscribed = threading.Event()
         self.connection = 0
+        self.confirmations = _Confirmations()
         owner.metrics.ingest_queue(lane=name, qsize=self.queue.qsize)
         self.writer = threading.Thread(target=self._write_loop, name=f"ingest-{name}", daemon=True)
         self.client_id = client_id
@@ -147,6 +178,7 @@ class _Lane:
     def _write_loop(self) -> None:
         owner = self.owner
         while not (owner.stopping.is_set() and self.queue.empty()) and not owner.abandon.is_set():
+            self.confirmations.send_if_due(self.client)
             try:
                 first = self.queue.get(timeout=0.1)
             except queue.Empty:
@@ -181,7 +213,9 @@ class _Lane:
                 # another message: acknowledging an old delivery there would acknowledge a message never stored.
                 if delivery.qos > 0 and delivery.connection == self.connection:
                     self.client.ack(delivery.mid, delivery.qos)
+            self.confirmations.note(result)
             owner.count(result)
+        self.confirmations.send(self.client)
 
 
 class MqttIngestor:
@@ -352,7 +386,7 @@ class MqttIngestor:
 
     def count(self, result: BatchResult) -> None:
         with self._totals_lock:
-            self._totals.add(result)
+            self._totals.add_counts(result)
             self._totals_lock.notify_all()
 
     # -- observation -----------------------------------------------------------------------------------------

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from replenish.constants import DEVICE_ID_RE, MAX_PAYLOAD_BYTES, TOPIC_PREFIX, Channel, DeadLetterReason
+from replenish.constants import (
+    CONFIRM_MAX_RANGES,
+    DEVICE_ID_RE,
+    MAX_PAYLOAD_BYTES,
+    TOPIC_PREFIX,
+    Channel,
+    DeadLetterReason,
+)
 
 MAX_EVENT_TYPE_LENGTH = 256
 # Far beyond any payload the contract describes (two levels). A deeper document is refused by name here rather than
@@ -117,6 +125,8 @@ class Rejected:
     device_id: str | None = None
     # Required: every rejection names its category (metrics count by it; the reason above is free text).
     category: DeadLetterReason = field(kw_only=True)
+    # The message's seq when it can be read, so that the device is told not to send it again (docs/mqtt.md).
+    seq: int | None = field(default=None, kw_only=True)
 
 
 Parsed = ParsedTelemetry | ParsedEvent | ParsedStatus | Rejected
@@ -184,15 +194,26 @@ def parse_message(message: IncomingMessage) -> Parsed:
             device_id,
             category=DeadLetterReason.MALFORMED,
         )
+    seq = _readable_seq(document)
     unstorable = _unstorable(document)
     if unstorable:
-        return Rejected(f"payload cannot be stored: {unstorable}", device_id, category=DeadLetterReason.UNSTORABLE)
+        return Rejected(
+            f"payload cannot be stored: {unstorable}", device_id, category=DeadLetterReason.UNSTORABLE, seq=seq
+        )
     try:
         if channel == Channel.TELEMETRY:
             return ParsedTelemetry(device_id, TelemetryPayload.model_validate(document), document)
         return ParsedEvent(device_id, EventPayload.model_validate(document), document)
     except ValidationError as exc:
-        return Rejected(f"invalid {channel} payload: {_describe(exc)}", device_id, category=DeadLetterReason.INVALID)
+        return Rejected(
+            f"invalid {channel} payload: {_describe(exc)}", device_id, category=DeadLetterReason.INVALID, seq=seq
+        )
+
+
+def _readable_seq(document: dict[str, Any]) -> int | None:
+    """The seq of a payload that breaks another rule, when the seq itself is valid (an integer >= 0, no boolean)."""
+    seq = document.get("seq")
+    return seq if type(seq) is int and 0 <= seq < 2**63 else None
 
 
 def _reject_constant(name: str) -> Any:
@@ -264,3 +285,27 @@ def _parse_status(device_id: str, text: str) -> Parsed:
         device_id,
         category=DeadLetterReason.MALFORMED,
     )
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[list[int]]:
+    """Sorted, distinct seqs as [first, last] runs of consecutive numbers: [1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
+    ranges: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and ranges[-1][1] == seq - 1:
+            ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
+
+
+def confirmation_payloads(*, stored: Iterable[int], refused: Iterable[int]) -> list[bytes]:
+    """The messages on devices/{device_id}/stored that confirm these seqs of one device (docs/mqtt.md,
+    "Confirmations"): ``{"stored": [[first, last], ...], "refused": [...]}``, at most CONFIRM_MAX_RANGES ranges each."""
+    ranges = [("stored", run) for run in seq_ranges(stored)] + [("refused", run) for run in seq_ranges(refused)]
+    payloads = []
+    for start in range(0, len(ranges), CONFIRM_MAX_RANGES):
+        document: dict[str, list[list[int]]] = {"stored": [], "refused": []}
+        for key, run in ranges[start : start + CONFIRM_MAX_RANGES]:
+            document[key].append(run)
+        payloads.append(json.dumps(document, separators=(",", ":")).encode())
+    return payloads

@@ -48,8 +48,19 @@ class BatchResult:
     status_updates: int = 0
     # Dead letters by category (DeadLetterReason): what the metrics count.
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    # Per device, the seqs of this batch that are stored (now or before: duplicates) and those refused for good (dead
+    # letters whose seq could be read): what the ingestor confirms to the device (docs/mqtt.md, "Confirmations").
+    stored_seqs: dict[str, list[int]] = field(default_factory=dict)
+    refused_seqs: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, other: BatchResult) -> None:
+        self.add_counts(other)
+        for mine, theirs in ((self.stored_seqs, other.stored_seqs), (self.refused_seqs, other.refused_seqs)):
+            for device_id, seqs in theirs.items():
+                mine.setdefault(device_id, []).extend(seqs)
+
+    def add_counts(self, other: BatchResult) -> None:
+        """Add the counts only: a running total must not keep every seq it ever saw."""
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.dead_letters += other.dead_letters
@@ -232,6 +243,8 @@ def ingest_batch(
             )
             result.dead_letters += 1
             result.dead_letter_reasons[outcome.category] = result.dead_letter_reasons.get(outcome.category, 0) + 1
+            if outcome.device_id is not None and outcome.seq is not None:
+                result.refused_seqs.setdefault(outcome.device_id, []).append(outcome.seq)
             continue
         seen_at[outcome.device_id] = _latest(seen_at.get(outcome.device_id), message.received_at)
         if isinstance(outcome, ParsedStatus):
@@ -239,6 +252,7 @@ def ingest_batch(
             result.status_updates += 1
             continue
         key = (outcome.device_id, outcome.body.seq)
+        result.stored_seqs.setdefault(outcome.device_id, []).append(outcome.body.seq)
         if key in seen:
             result.duplicates += 1
             continue
@@ -504,17 +518,22 @@ def _check(item: Parsed, *, devices: set[str], slots: dict[tuple[str, str], _Slo
             f"unknown device {item.device_id!r}: register it first",
             item.device_id,
             category=DeadLetterReason.UNKNOWN_DEVICE,
+            seq=item.body.seq,
         )
     if isinstance(item, ParsedEvent) and item.body.type == EventType.REORDER_REQUESTED:
         if item.body.slot is None:
             return Rejected(
-                "a reorder_requested event must name its slot", item.device_id, category=DeadLetterReason.INVALID
+                "a reorder_requested event must name its slot",
+                item.device_id,
+                category=DeadLetterReason.INVALID,
+                seq=item.body.seq,
             )
         if (item.device_id, item.body.slot) not in slots:
             return Rejected(
                 f"unknown slot {item.body.slot!r} for device {item.device_id!r}",
                 item.device_id,
                 category=DeadLetterReason.UNKNOWN_SLOT,
+                seq=item.body.seq,
             )
     if isinstance(item, ParsedTelemetry):
         for name, level in item.body.levels.items():
@@ -524,12 +543,14 @@ def _check(item: Parsed, *, devices: set[str], slots: dict[tuple[str, str], _Slo
                     f"unknown slot {name!r} for device {item.device_id!r}",
                     item.device_id,
                     category=DeadLetterReason.UNKNOWN_SLOT,
+                    seq=item.body.seq,
                 )
             if not 0 <= level <= slot.capacity:
                 return Rejected(
                     f"level {level} of slot {name!r} is outside 0..{slot.capacity:g} {slot.unit}",
                     item.device_id,
                     category=DeadLetterReason.OUT_OF_RANGE,
+                    seq=item.body.seq,
                 )
     return item
 

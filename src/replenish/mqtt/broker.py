@@ -23,7 +23,14 @@ from sqlmodel import Session as DbSession
 from transitions import MachineError
 
 from replenish.config import SERVICE_CLIENT_ID_PREFIX, SERVICE_USERNAME
-from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, MAX_PACKET_BYTES, STATUS_TOPIC, TELEMETRY_TOPIC
+from replenish.constants import (
+    COMMANDS_TOPIC,
+    EVENTS_TOPIC,
+    MAX_PACKET_BYTES,
+    STATUS_TOPIC,
+    STORED_TOPIC,
+    TELEMETRY_TOPIC,
+)
 from replenish.db import make_engine
 from replenish.devices import service as devices
 from replenish.devices.credentials import hash_secret, verify_secret
@@ -88,7 +95,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):
 
 class DeviceTopicPlugin(BaseTopicPlugin):
     """A device publishes only under devices/{its id}/ (telemetry, events, status) and subscribes to, and
-    receives, only its own commands. The service account may do anything."""
+    receives, only its own commands and confirmations. The service account may do anything."""
 
     @dataclass
     class Config:
@@ -107,7 +114,7 @@ class DeviceTopicPlugin(BaseTopicPlugin):
                 template.format(device_id=session.username)
                 for template in (TELEMETRY_TOPIC, EVENTS_TOPIC, STATUS_TOPIC)
             }
-        return topic == COMMANDS_TOPIC.format(device_id=session.username)
+        return topic in {template.format(device_id=session.username) for template in (COMMANDS_TOPIC, STORED_TOPIC)}
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -197,6 +204,14 @@ def _done(result: Any) -> asyncio.Future[Any]:
     return future
 
 
+class _SubscriptionTable(dict[str, list[tuple[Session, int]]]):
+    """amqtt's table of topic filter -> subscribers, whose items() is a snapshot: the broadcast awaits between
+    subscribers, and a subscribe or unsubscribe meanwhile must neither end it nor make it skip anyone."""
+
+    def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
+        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
+
+
 class _DeviceBroker(Broker):
     """amqtt 0.12.1's broker with three of its flaws fixed where amqtt has them (methods copied from amqtt and
     changed as marked; amqtt is pinned for this reason):
@@ -209,7 +224,14 @@ class _DeviceBroker(Broker):
     - A client's disconnection dropped what it had published just before: amqtt acknowledges a QoS 1 PUBLISH as
       it reads it and queues it for the client loop, which left when the DISCONNECT came first. Here the loop
       delivers everything the client sent, then handles the disconnection.
+    - Its broadcast walked the subscription table across awaits: a client subscribing meanwhile ended the walk with
+      "dictionary changed size during iteration", and the message reached nobody, the ingestor included (seen in
+      the demo when the simulators subscribe to their confirmations). Here the walk is over a snapshot.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SubscriptionTable()
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int

@@ -18,6 +18,7 @@ from replenish.constants import INGEST_SESSION_EXPIRY_NEVER, MQTT_QOS
 log = logging.getLogger(__name__)
 
 CONNECTED_WAIT_SECONDS = 1.0
+RECONNECT_MAX_DELAY_SECONDS = 2
 
 
 def make_client(
@@ -47,7 +48,9 @@ def make_client(
         )
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # Back within 2 s of the broker's return: until the ingestor has re-subscribed, a broker that does not restore
+    # shared subscriptions (Mosquitto 2.0) drops what devices publish, and only their resending recovers it.
+    client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY_SECONDS)
     return client
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from replenish.config import SERVICE_USERNAME
-from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, STATUS_TOPIC, TELEMETRY_TOPIC
+from replenish.constants import COMMANDS_TOPIC, EVENTS_TOPIC, STATUS_TOPIC, STORED_TOPIC, TELEMETRY_TOPIC
 from replenish.devices.credentials import hash_secret, verify_secret
 from replenish.devices.models import Device
 
@@ -40,6 +40,7 @@ def devices_acl() -> str:
             ("events", EVENTS_TOPIC),
             ("status", STATUS_TOPIC),
             ("commands", COMMANDS_TOPIC),
+            ("stored", STORED_TOPIC),
         )
     }
     return "\n".join(
@@ -49,6 +50,7 @@ def devices_acl() -> str:
             f"pattern write {own['events']}",
             f"pattern write {own['status']}",
             f"pattern read {own['commands']}",
+            f"pattern read {own['stored']}",
             "",
         ]
     )

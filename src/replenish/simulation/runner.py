@@ -43,10 +43,20 @@ ECHO_TIMEOUT_SECONDS = 5.0
 MAX_UNACKED = 1000
 #: At speed=inf the model is advanced this much per loop, so ``stop`` is noticed between chunks.
 FAST_FORWARD_CHUNK = timedelta(hours=12)
+#: A message the platform has not confirmed (devices/{id}/stored) this long after it was sent is sent again.
+RESEND_AFTER_SECONDS = 15.0
+#: How long ``close`` waits for the platform to confirm what is still unconfirmed.
+STORED_TIMEOUT_SECONDS = 30.0
+#: The most unconfirmed messages a device keeps; beyond, the oldest are given up (and counted).
+MAX_UNCONFIRMED = 100_000
 
 
 def status_topic(device_id: str) -> str:
     return f"devices/{device_id}/status"
+
+
+def stored_topic(device_id: str) -> str:
+    return f"devices/{device_id}/stored"
 
 
 def message_topic(device_id: str, channel: str) -> str:
@@ -124,12 +134,91 @@ def simulated_now(
     return start + timedelta(seconds=speed * elapsed_seconds)
 
 
+@dataclass
+class _Unconfirmed:
+    topic: str
+    payload: bytes
+    sent_at: float  # time.monotonic()
+
+
+class UnconfirmedMessages:
+    """The device's side of the platform's confirmations (docs/mqtt.md, "Confirmations"): every telemetry and event
+    message is kept until a message on devices/{id}/stored covers its seq, and sent again while it is not. A broker
+    that acknowledged a message and then lost it (a restart before anyone subscribed) cannot lose it for good."""
+
+    def __init__(self, *, limit: int = MAX_UNCONFIRMED) -> None:
+        self._cond = threading.Condition()
+        self._messages: dict[int, _Unconfirmed] = {}  # by seq, oldest first
+        self._limit = limit
+        self.given_up = 0
+        self.refused = 0
+
+    def keep(self, seq: int, topic: str, payload: bytes, *, now: float) -> None:
+        with self._cond:
+            self._messages[seq] = _Unconfirmed(topic, payload, now)
+            while len(self._messages) > self._limit:
+                del self._messages[next(iter(self._messages))]
+                self.given_up += 1
+
+    def confirm(self, document: Any) -> None:
+        """Forget the seqs a confirmation covers. Anything malformed confirms nothing."""
+        if not isinstance(document, dict):
+            return
+        with self._cond:
+            for key in ("stored", "refused"):
+                for run in document.get(key) or ():
+                    if not (isinstance(run, list) and len(run) == 2 and all(type(n) is int for n in run)):
+                        continue
+                    first, last = run
+                    if last - first < len(self._messages):
+                        covered = [seq for seq in range(first, last + 1) if seq in self._messages]
+                    else:
+                        covered = [seq for seq in self._messages if first <= seq <= last]
+                    for seq in covered:
+                        del self._messages[seq]
+                    if key == "refused":
+                        self.refused += len(covered)
+            self._cond.notify_all()
+
+    def due(self, *, now: float, after: float = RESEND_AFTER_SECONDS) -> list[tuple[str, bytes]]:
+        """The messages unconfirmed ``after`` seconds after they were last sent, marked as sent again now."""
+        with self._cond:
+            due = [message for message in self._messages.values() if now - message.sent_at >= after]
+            for message in due:
+                message.sent_at = now
+            return [(message.topic, message.payload) for message in due]
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return len(self._messages)
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._messages, timeout)
+
+
 class _Connection:
     """A connected paho client with status handling and acknowledgement tracking."""
 
-    def __init__(self, device_id: str, endpoint: MqttEndpoint, client_id: str | None) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        endpoint: MqttEndpoint,
+        client_id: str | None,
+        *,
+        keep_until_stored: bool = True,
+        stored_timeout: float = STORED_TIMEOUT_SECONDS,
+        resend_after: float = RESEND_AFTER_SECONDS,
+    ) -> None:
         self.device_id = device_id
+        self.resend_after = resend_after
         self.tracker = PublishTracker()
+        self.unconfirmed = UnconfirmedMessages() if keep_until_stored else None
+        self.stored_timeout = stored_timeout
+        # Held while subscribing, so that the SUBACK's callback sees which subscription it answers.
+        self._subscribing = threading.Lock()
+        self._status_subscription: int | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
         self._subscribed = threading.Event()
@@ -169,6 +258,9 @@ class _Connection:
             self._refused = str(reason_code)
             return
         log.info("%s: connected to %s", self.device_id, self.endpoint.url)
+        if self.unconfirmed is not None:
+            # A clean session: subscribed again on every connection. QoS 0 is all the platform sends.
+            client.subscribe(stored_topic(self.device_id), qos=0)
         # Announced on every (re)connect: the broker may have sent the last will in between.
         self._publish_status(ONLINE)
         self._connected.set()
@@ -180,10 +272,22 @@ class _Connection:
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any
     ) -> None:
+        with self._subscribing:
+            status = mid == self._status_subscription
+        if not status:
+            if any(code.is_failure for code in reason_codes):
+                log.warning("%s: the broker refused the subscription to its confirmations", self.device_id)
+            return
         self._subscribe_refused = any(code.is_failure for code in reason_codes)
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.unconfirmed is not None and message.topic == stored_topic(self.device_id):
+            try:
+                self.unconfirmed.confirm(json.loads(message.payload))
+            except ValueError:
+                log.warning("%s: a confirmation that is not JSON: %r", self.device_id, message.payload[:100])
+            return
         # Only our own "offline" coming back live (retained copies have the retain flag set) matters.
         # Anything else is ignored: amqtt 0.12.1 even sends unsolicited retained messages on connect.
         if message.topic == status_topic(self.device_id) and not message.retain and message.payload == OFFLINE.encode():
@@ -194,8 +298,37 @@ class _Connection:
         self.tracker.track(info.mid)
 
     def publish(self, messages: list[SimMessage]) -> None:
+        if self.unconfirmed is not None:
+            now = time.monotonic()
+            for message in messages:
+                topic = message_topic(self.device_id, message.channel)
+                self.unconfirmed.keep(message.payload["seq"], topic, encode(message.payload), now=now)
         for info in publish_messages(self.client, self.device_id, messages):
             self.tracker.track(info.mid)
+
+    def resend_unconfirmed(self) -> int:
+        """Send again what the platform has not confirmed in time (only while connected: paho would queue it twice)."""
+        if self.unconfirmed is None or not self.client.is_connected():
+            return 0
+        due = self.unconfirmed.due(now=time.monotonic(), after=self.resend_after)
+        for topic, payload in due:
+            info = self.client.publish(topic, payload, qos=QOS)
+            self.tracker.track(info.mid)
+        if due:
+            log.info("%s: sent %d unconfirmed message(s) again", self.device_id, len(due))
+        return len(due)
+
+    def wait_stored(self, timeout: float) -> bool:
+        """Until the platform has confirmed everything (sending again what it has not), at most ``timeout``."""
+        if self.unconfirmed is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while not self.unconfirmed.wait_empty(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                log.warning("%s: %d message(s) not confirmed by the platform", self.device_id, self.unconfirmed.count)
+                return False
+            self.resend_unconfirmed()
+        return True
 
     def close(self) -> None:
         """Say "offline" (retained), make sure the broker has passed everything on, and disconnect.
@@ -206,6 +339,7 @@ class _Connection:
         everything before it has been forwarded (and the retained status really is "offline").
         """
         try:
+            self.wait_stored(self.stored_timeout)
             connected = self.client.is_connected()
             echo = connected and self._subscribe_to_own_status()
             self._publish_status(OFFLINE)
@@ -221,7 +355,8 @@ class _Connection:
 
     def _subscribe_to_own_status(self) -> bool:
         """Subscribe to the device's status topic; False if the broker will not allow or confirm it."""
-        self.client.subscribe(status_topic(self.device_id), qos=QOS)
+        with self._subscribing:
+            _, self._status_subscription = self.client.subscribe(status_topic(self.device_id), qos=QOS)
         if not self._subscribed.wait(ECHO_TIMEOUT_SECONDS) or self._subscribe_refused:
             log.debug("%s: cannot subscribe to its own status; stopping without confirmation", self.device_id)
             return False
@@ -238,12 +373,20 @@ def run_device(
     stop: threading.Event | None = None,
     tick_seconds: float = 0.2,
     client_id: str | None = None,
+    keep_until_stored: bool = True,
+    stored_timeout: float = STORED_TIMEOUT_SECONDS,
+    resend_after: float = RESEND_AFTER_SECONDS,
 ) -> int:
     """Simulate ``model`` and publish its messages until ``duration`` of simulated time or ``stop``.
 
     ``speed`` is simulated seconds per real second; ``float("inf")`` publishes as fast as possible up to
     ``model.start + duration`` (or, with ``catch_up``, up to the present and then in real time). Returns
     the number of device messages (telemetry and events, not status) the broker acknowledged.
+
+    With ``keep_until_stored`` (the default) the device keeps every message until the platform confirms it, sends
+    again what stays unconfirmed for ``resend_after`` seconds, and on stopping waits up to ``stored_timeout`` for the
+    last confirmations. Without, it trusts the broker's PUBACK, as devices that predate the confirmations do (and as a
+    test of a bare broker must).
     """
     if not speed > 0:
         raise ValueError(f"speed must be positive, got {speed}")
@@ -253,7 +396,14 @@ def run_device(
     stop = stop or threading.Event()
     end = model.start + duration if duration is not None else None
 
-    connection = _Connection(model.device_id, endpoint, client_id)
+    connection = _Connection(
+        model.device_id,
+        endpoint,
+        client_id,
+        keep_until_stored=keep_until_stored,
+        stored_timeout=stored_timeout,
+        resend_after=resend_after,
+    )
     connection.open()
     handed_over = 0
     try:
@@ -273,6 +423,7 @@ def run_device(
                 target = min(target, end)
             messages = model.advance_to(target)
             connection.publish(messages)
+            connection.resend_unconfirmed()
             handed_over += len(messages)
             if not connection.tracker.wait(below=MAX_UNACKED, timeout=DRAIN_TIMEOUT_SECONDS):
                 log.warning("%s: broker is not acknowledging, publishing on", model.device_id)
@@ -304,6 +455,7 @@ class CliOptions:
     duration: timedelta | None  # None: until Ctrl-C
     start: datetime
     catch_up: bool
+    keep_until_stored: bool
 
 
 def parse_speed(text: str) -> float:
@@ -374,6 +526,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, interval_minutes: f
         help="bearer token for --register (default: $REPLENISH_API_TOKEN): a customer's registers the devices as "
         "theirs; an operator's, under a 'Simulated devices' customer",
     )
+    parser.add_argument(
+        "--trust-broker",
+        action="store_true",
+        help="forget a message once the broker acknowledges it, as devices that predate the platform's "
+        "confirmations do (default: keep it until devices/{id}/stored confirms it, and send it again meanwhile)",
+    )
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
 
 
@@ -405,6 +563,7 @@ def parse_common(parser: argparse.ArgumentParser, argv: list[str] | None = None)
         duration=timedelta(hours=args.duration_hours) if args.duration_hours else None,
         start=now - timedelta(days=args.history_days),
         catch_up=args.history_days > 0,
+        keep_until_stored=not args.trust_broker,
     )
 
 
@@ -448,6 +607,7 @@ def run_cli(model: DeviceModel, options: CliOptions, stop: threading.Event | Non
             catch_up=options.catch_up,
             duration=options.duration,
             stop=stop or stop_on_signals(),
+            keep_until_stored=options.keep_until_stored,
         )
     except (ConnectionError, httpx.HTTPError) as exc:
         log.error("%s", exc)
