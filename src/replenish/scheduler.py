@@ -51,6 +51,8 @@ class Jobs:
             margin_days=self.settings.reorder_margin_days,
             should_stop=self.stopping.is_set,
         )
+        if report.interrupted:
+            log.info("evaluation stopped between slots after %d: the process is stopping", report.slots)
         if report.decisions or report.errors:
             log.info("evaluated %d slots: %d decisions, %d errors", report.slots, len(report.decisions), report.errors)
         return report

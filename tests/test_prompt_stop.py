@@ -1,0 +1,194 @@
+"""Prompt, clean stops on the production stack (issue 17): SIGTERM of the leading scheduler in the middle of an
+evaluation pass steps down between slots, so the standby leads at once; SIGTERM of an ingest process under load takes
+nothing new, stores and acknowledges what it holds, and leaves. bench/prompt_stop.py runs the same scenarios
+repeatedly and prints the times (target: every role exits within 3 s, the standby leads within 2 s)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from brokers import SERVICE_PASSWORD, PostgresRun, running_mosquitto
+from helpers import register_through_services, stored
+from replenish.db import make_engine
+from test_cli import environment
+from test_scale_out import Fleet, Role, Roles, leader_of, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+SLOTS = 200
+HISTORY = timedelta(days=10)
+READING_EVERY = timedelta(minutes=15)
+
+
+@dataclass
+class Production:
+    database_url: str
+    broker_url: str
+    roles: Roles
+
+
+@pytest.fixture
+def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[Production]:
+    database_url = postgres_server.create_migrated_database(f"stop_{uuid.uuid4().hex}")
+    broker_dir = tmp_path / "mosquitto"
+    broker_dir.mkdir()
+    with running_mosquitto(broker_dir) as broker, ExitStack() as cleanup:
+        env = environment(
+            tmp_path,
+            REPLENISH_DATABASE_URL=database_url,
+            REPLENISH_MQTT_URL=broker.url,
+            REPLENISH_BROKER_SERVICE_PASSWORD=SERVICE_PASSWORD,
+        )
+        roles = Roles(tmp_path, env)
+        cleanup.callback(roles.stop_all)
+        yield Production(database_url, broker.url, roles)
+
+
+def slots_with_history(database_url: str, *, slots: int = SLOTS) -> list[str]:
+    """``slots`` printers of one slot each, with HISTORY of readings every READING_EVERY: an evaluation pass over them
+    takes seconds. Written by SQL, as an ingestor would have stored it over the days."""
+    now = datetime.now(UTC)
+    device_ids = [f"printer-{number:04d}" for number in range(slots)]
+    register_through_services(database_url, device_ids, mode="notify_only", now=now - HISTORY)
+    readings = int(HISTORY / READING_EVERY)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO device_messages (device_id, seq, channel, ts, received_at, payload) "
+                    "SELECT d.id, n, 'telemetry', :start + n * :every, :start + n * :every, '{}'::jsonb "
+                    "FROM devices d CROSS JOIN generate_series(1, :readings) AS n WHERE d.id = ANY(:ids)"
+                ),
+                {"start": now - HISTORY, "every": READING_EVERY, "readings": readings, "ids": device_ids},
+            )
+            # A steady fall with a little noise, from full: each slot is well inside a cycle.
+            connection.execute(
+                text(
+                    "INSERT INTO readings (slot_id, message_id, ts, level) "
+                    "SELECT s.id, m.id, m.ts, greatest(0, 1 - m.seq * 0.0008 + (random() - 0.5) * 0.004) "
+                    "FROM device_messages m JOIN slots s ON s.device_id = m.device_id WHERE m.device_id = ANY(:ids)"
+                ),
+                {"ids": device_ids},
+            )
+    finally:
+        engine.dispose()
+    return device_ids
+
+
+def forecasts(database_url: str) -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM slot_forecasts")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def metrics_ready(role: Role) -> bool:
+    try:
+        return role.metric("replenish_build_info") is not None
+    except (httpx.TransportError, AssertionError):
+        return False
+
+
+@dataclass
+class SchedulerStop:
+    exited_after: float  # SIGTERM -> the leader's process ended
+    standby_led_after: float  # SIGTERM -> the standby reports itself the leader
+    forecasts_at_stop: int
+    leader_output: str
+
+
+def stop_the_leader_mid_pass(production: Production, *, slots: int = SLOTS) -> SchedulerStop:
+    production.roles.env["REPLENISH_EVALUATION_INTERVAL_SECONDS"] = "2"  # the first pass soon after the start
+    slots_with_history(production.database_url, slots=slots)
+    leader = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
+    wait_for(lambda: metrics_ready(leader), 30, leader.output)
+    standby = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
+    wait_for(lambda: metrics_ready(standby) and "standing by" in standby.output(), 30, standby.output)
+    assert leader_of([leader, standby]) == [leader]
+    # Mid-pass: some slots forecast, most not yet.
+    wait_for(lambda: forecasts(production.database_url) >= 10, 60, leader.output)
+    at_stop = forecasts(production.database_url)
+    leader.process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    standby_led: list[float] = []
+
+    def watch_standby() -> None:
+        while time.monotonic() - stopped < 30:
+            try:
+                if standby.metric("replenish_scheduler_leader") == 1:
+                    standby_led.append(time.monotonic() - stopped)
+                    return
+            except (httpx.TransportError, AssertionError):
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_standby)
+    watcher.start()
+    leader.process.wait(30)
+    exited = time.monotonic() - stopped
+    watcher.join()
+    assert standby_led, standby.output()
+    return SchedulerStop(exited, standby_led[0], at_stop, leader.output())
+
+
+@dataclass
+class IngestStop:
+    exited_after: float
+    sent: int
+    stored_at_stop: int
+    stored_in_the_end: tuple[int, int, int]
+    returncode: int
+
+
+def stop_ingest_under_load(production: Production, *, messages: int = 20_000) -> IngestStop:
+    device_ids = [f"printer-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    register_through_services(production.database_url, device_ids, now=datetime.now(UTC))
+    first = production.roles.start("ingest", f"ingest-{uuid.uuid4().hex[:6]}")
+    wait_for(lambda: first.output().count("ingestor subscribed") >= 2, 30, first.output)
+    fleet = Fleet(production.broker_url, device_ids)
+    publishing = threading.Thread(target=fleet.publish, args=(messages,))
+    publishing.start()
+    try:
+        wait_for(lambda: stored(production.database_url)[0] >= messages // 5, 60, first.output)
+        first.process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        first.process.wait(30)
+        exited = time.monotonic() - stopped
+        at_stop = stored(production.database_url)[0]
+        # The rest, and what the stopped one did not acknowledge, reaches the next process of the same session.
+        second = production.roles.start("ingest", f"ingest-{uuid.uuid4().hex[:6]}")
+        publishing.join(120)
+    finally:
+        fleet.close()
+    wait_for(lambda: stored(production.database_url)[0] >= messages, 60, second.output)
+    time.sleep(1)  # a duplicate would show now
+    return IngestStop(exited, fleet.sent, at_stop, stored(production.database_url), first.process.returncode)
+
+
+def test_a_leader_stopped_mid_pass_steps_down_between_slots_and_the_standby_leads(production: Production) -> None:
+    stop = stop_the_leader_mid_pass(production)
+    assert stop.forecasts_at_stop < SLOTS, "stopped in the middle of the pass"
+    assert "evaluation stopped between slots" in stop.leader_output, stop.leader_output[-3000:]
+    assert "stepping down" in stop.leader_output
+
+
+def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_nothing(production: Production) -> None:
+    stop = stop_ingest_under_load(production)
+    assert stop.returncode == 0
+    assert stop.stored_at_stop < stop.sent, "stopped while the stream was still coming"
+    assert stop.stored_in_the_end == (stop.sent, stop.sent, 0), "every message once, none lost, no dead letter"
