@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from helpers import create_customer, register_device
+from replenish.errors import ErrorBody, UnprocessableBody
 from replenish.runtime import Platform
 
 
@@ -69,3 +71,35 @@ def test_an_operator_needs_an_address_sign_up_would_take(tmp_path: Path):
             [replenish, "accounts", "create-operator", "--email", address], env=env, capture_output=True, text=True
         )
         assert done.returncode == 2 and "is not an e-mail address" in done.stderr, (address, done.stderr)
+
+
+def test_a_time_in_a_query_is_iso_8601_with_its_offset_never_a_number(api: httpx.Client):
+    customer = create_customer(api)
+    register_device(api, customer_id=customer, device_id="ada-printer")
+    readings = "/devices/ada-printer/slots/black/readings"
+    for since in ("0.5", "1764000000", "2026-11-24T10:00:00"):  # epoch seconds once; no offset
+        answer = api.get(readings, params={"since": since})
+        assert answer.status_code == 422, (since, answer.text)
+        assert answer.json()["detail"][0]["loc"] == ["query", "since"]
+    assert api.get(readings, params={"since": "2026-11-24T10:00:00Z"}).status_code == 200
+    assert api.get(readings, params={"before": "2026-11-24T10:00:00+01:00"}).status_code == 200
+
+
+def test_every_error_body_fits_the_schema_the_api_declares(platform: Platform, api: httpx.Client):
+    schema = httpx.get(f"{platform.api_url}/openapi.json").json()
+    sign_up = schema["paths"]["/api/v1/customers"]["post"]["responses"]
+    assert sign_up["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/UnprocessableBody")
+    token = schema["paths"]["/api/v1/auth/token"]["post"]["responses"]
+    assert token["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+    business_rule = httpx.post(f"{platform.api_url}/api/v1/customers", json={"name": "Ada", "email": "a@example.com"})
+    malformed = api.post("/customers", content=b"{not json", headers={"content-type": "application/json"})
+    unreadable = httpx.post(
+        f"{platform.api_url}/api/v1/auth/token",
+        content=b"\xff\xfe",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert (business_rule.status_code, malformed.status_code, unreadable.status_code) == (422, 422, 400)
+    assert UnprocessableBody.model_validate(business_rule.json()).field == "password"
+    assert isinstance(UnprocessableBody.model_validate(malformed.json()).detail, list)
+    assert ErrorBody.model_validate(unreadable.json()).detail

@@ -9,7 +9,23 @@ class ErrorBody(BaseModel):
     """Every 4xx from a business rule."""
 
     detail: str
-    field: str | None = Field(description="The request field the error concerns, when one does.")
+    field: str | None = Field(None, description="The request field the error concerns, when one does.")
+
+
+class ValidationIssue(BaseModel):
+    """One invalid part of a request, as FastAPI reports it."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class UnprocessableBody(BaseModel):
+    """A 422: either the request does not fit its schema (``detail`` lists each issue, FastAPI's shape) or it fits
+    and breaks a business rule (``detail`` says which, ``field`` names the field)."""
+
+    detail: str | list[ValidationIssue]
+    field: str | None = Field(None, description="With a business rule: the request field it concerns, if one.")
 
 
 class DomainError(Exception):

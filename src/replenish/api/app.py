@@ -24,7 +24,7 @@ from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.devices.router import router as devices_router
-from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized
+from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized, UnprocessableBody
 from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK, BrokerProbe
@@ -122,10 +122,16 @@ def create_app(
         return {"model": ErrorBody, "description": description}
 
     responses: dict[int | str, dict[str, Any]] = {
+        400: error("The request body could not be read (a malformed form or multipart body)."),
         401: error("No valid bearer token (also for a wrong e-mail or password at sign-in)."),
         403: error("The caller's role may not do this."),
         404: error("No such object, or it is another customer's."),
         409: error("The object's state does not allow this change, or a concurrent request changed it first."),
+        422: {
+            "model": UnprocessableBody,
+            "description": "The request does not fit its schema (`detail`: a list of issues), or breaks a business "
+            "rule (`detail`: which, `field`: where).",
+        },
     }
     for router in (
         auth_router,
@@ -143,8 +149,9 @@ def create_app(
         privacy_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
-    app.include_router(fulfilment_router, prefix=API_PREFIX, responses={404: responses[404], 409: responses[409]})
-    app.include_router(acknowledgements_router, prefix=API_PREFIX, responses={404: responses[404], 409: responses[409]})
+    unauthenticated = {status: responses[status] for status in (400, 404, 409, 422)}
+    app.include_router(fulfilment_router, prefix=API_PREFIX, responses=unauthenticated)
+    app.include_router(acknowledgements_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgement_page_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

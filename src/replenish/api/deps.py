@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import AwareDatetime, BeforeValidator
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -68,3 +70,17 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip, f
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentOperator = Annotated[Principal, Depends(current_operator)]
+
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(value: Any) -> Any:
+    # Pydantic reads a number as epoch seconds: `since=0.5` would mean 1970, silently.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("expected an ISO 8601 time with a UTC offset, e.g. 2026-11-24T10:00:00Z, not a number")
+    return value
+
+
+#: A time in a query: ISO 8601 with its UTC offset, never a bare number.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]

@@ -2,10 +2,19 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from replenish.automation.policy import OrderLimits
 from replenish.constants import ConsentMode, NoAnswer
@@ -17,6 +26,16 @@ DEFAULT_APPROVAL_REMINDER_HOURS = 6.0
 # Amazon's Dash Replenishment gives 24 hours; two keep an order quick while leaving time to see the message.
 DEFAULT_CANCEL_WINDOW_MINUTES = 120
 DEFAULT_DELIVERY_NUDGE_HOURS = 24.0
+
+
+# A wall-clock time of day in the consent's time zone, written "HH:MM" or "HH:MM:SS". JSON Schema's "time" format
+# wants an offset ("08:00:00Z"), which a time of day in a named zone does not have: the schema says what is sent.
+LocalTime = Annotated[
+    time,
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?$", "examples": ["08:00"]}
+    ),
+]
 
 
 class PauseWindow(BaseModel):
@@ -58,8 +77,8 @@ class QuietHours(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: time = Field(description="When the quiet begins, e.g. 22:00.", examples=["22:00"])
-    end: time = Field(description="When it ends, e.g. 07:00 (the next morning when earlier than start).")
+    start: LocalTime = Field(description="When the quiet begins, e.g. 22:00.", examples=["22:00"])
+    end: LocalTime = Field(description="When it ends, e.g. 07:00 (the next morning when earlier than start).")
 
     @model_validator(mode="after")
     def _not_empty(self) -> QuietHours:
@@ -188,7 +207,7 @@ class ConsentDocument(BaseModel):
         "a delivery) come together once a day, at digest_time, instead of one by one. Requests, announcements of "
         "orders, reminders and safety notifications always come at once.",
     )
-    digest_time: time = Field(time(8, 0), description="When the daily digest goes out (the consent's time zone).")
+    digest_time: LocalTime = Field(time(8, 0), description="When the daily digest goes out (the consent's time zone).")
     notification_channels: list[NotificationChannel] = Field(
         default_factory=lambda: [NotificationChannel(type="log")],
         min_length=1,

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Query, status
 from sqlmodel import Session
 
-from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, Timestamp
 from replenish.auth.service import Principal
 from replenish.customers.models import Customer
 from replenish.db import transaction
@@ -122,15 +120,14 @@ def slot_readings(
     slot_name: str,
     session: ReadSession,
     principal: CurrentPrincipal,
-    since: datetime | None = Query(None, description="Only readings at or after this time (ISO 8601 with offset)."),
-    before: datetime | None = Query(
-        None, description="Only readings before this time: pass the oldest ts of a page to get the next page."
+    since: Timestamp | None = Query(None, description="Only readings at or after this time (ISO 8601 with offset)."),
+    before: Timestamp | None = Query(
+        None,
+        description="Only readings before this time (ISO 8601 with offset): pass the oldest ts of a page to get the "
+        "next page.",
     ),
     limit: Limit = 1000,
 ) -> list[ReadingRead]:
-    for name, value in (("since", since), ("before", before)):
-        if value is not None and value.tzinfo is None:
-            raise InvalidRequest(f"{name} must carry a UTC offset, e.g. 2026-11-24T10:00:00Z", field=name)
     _visible(session, principal, device_id)
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.readings(session=session, slot=slot, since=since, before=before, limit=limit)

@@ -118,6 +118,9 @@ class DeviceTopicPlugin(BaseTopicPlugin):
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+MQTT5_PROTOCOL_LEVEL = 5
+# CONNACK, remaining length 2, no session present, return code 0x01: unacceptable protocol level.
+UNACCEPTABLE_PROTOCOL_CONNACK = b"\x20\x02\x00\x01"
 CREDENTIALS_CHECK_SECONDS = 5.0
 # MQTT 3.1.1 §3.1.2.10: a client silent for one and a half keep-alive periods is gone.
 KEEP_ALIVE_GRACE = 1.5
@@ -188,11 +191,37 @@ class _BoundedReader(ReaderAdapter):
     def __init__(self, reader: ReaderAdapter, limit: int = MAX_PACKET_BYTES) -> None:
         self._reader = reader
         self._limit = limit
+        self._replay = b""  # read ahead by protocol_level, handed out again first
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self._limit:
             raise PacketTooLarge(f"a packet of more than {self._limit} bytes")
+        if self._replay:
+            served, self._replay = self._replay[:n], self._replay[n:]
+            return served + (await self._reader.read(n - len(served)) if len(served) < n else b"")
         return await self._reader.read(n)
+
+    async def protocol_level(self) -> int | None:
+        """The protocol level of the CONNECT the client opens with (4: MQTT 3.1.1, 5: MQTT 5), or None when it does
+        not open with one. What it reads is read again by amqtt."""
+        head = await self._reader.read(1)
+        seen = bytearray(head)
+        if head != b"\x10":
+            self._replay = bytes(seen)
+            return None
+        for _ in range(4):  # the remaining length: up to four bytes, the last without its high bit
+            byte = await self._reader.read(1)
+            seen += byte
+            if not byte[0] & 0x80:
+                break
+        name_length = await self._reader.read(2)
+        seen += name_length
+        name = await self._reader.read(min(int.from_bytes(name_length, "big"), 16))
+        seen += name
+        level = await self._reader.read(1)
+        seen += level
+        self._replay = bytes(seen)
+        return level[0]
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
@@ -236,10 +265,18 @@ class _DeviceBroker(Broker):
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
+        bounded = _BoundedReader(reader)
         try:
+            # Changed: amqtt misreads an MQTT 5 CONNECT (its properties) and waits for bytes that never come: such a
+            # client is refused at once, as MQTT 3.1.1 §3.1.2.2 says (CONNACK 0x01, unacceptable protocol level).
+            if await asyncio.wait_for(bounded.protocol_level(), CONNECT_TIMEOUT_SECONDS) == MQTT5_PROTOCOL_LEVEL:
+                writer.write(UNACCEPTABLE_PROTOCOL_CONNACK)
+                await writer.drain()
+                await writer.close()
+                raise AMQTTError("an MQTT 5 client: the embedded broker speaks MQTT 3.1.1")
             # Changed: a socket that never sends CONNECT is not held forever.
             handler, client_session = await asyncio.wait_for(
-                _DeviceHandler.init_from_connect(_BoundedReader(reader), writer, self.plugins_manager),
+                _DeviceHandler.init_from_connect(bounded, writer, self.plugins_manager),
                 CONNECT_TIMEOUT_SECONDS,
             )
         except TimeoutError as exc:
