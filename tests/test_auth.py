@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,36 +27,103 @@ from conftest import (
     running_platform,
     sign_in,
 )
-from helpers import PASSWORD, create_customer, publish_depletion, register_device
+from helpers import PASSWORD, Mailbox, create_customer, publish_depletion, register_device, wait_until
 from replenish.auth.models import AccessToken, Account
 from replenish.auth.service import hash_token
 from replenish.clock import ManualClock
+from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 
 
-def test_sign_up_then_sign_in_and_see_who_you_are(platform, api):
+@pytest.fixture
+def mailing_platform(tmp_path: Path, clock: ManualClock, mailbox: Mailbox) -> Iterator[Platform]:
+    """A platform that sends its e-mail to ``mailbox``."""
+    settings = make_settings(tmp_path, smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_sender="hello@example.com")
+    with running_platform(settings, clock) as platform:
+        yield platform
+
+
+def mailed_link(platform: Platform, mailbox: Mailbox, address: str) -> str | None:
+    """Deliver what the outbox holds; the sign-up link in the newest e-mail to ``address``, if it has one."""
+    platform.jobs.dispatch()
+    assert wait_until(lambda: len(mailbox.to(address)) >= 1)
+    body = mailbox.to(address)[-1].get_content()
+    found = re.search(r"(http\S+/app/sign-up/(\S+))", body)
+    return found.group(2) if found else None
+
+
+def test_sign_up_by_e_mail_then_sign_in_and_see_who_you_are(mailing_platform: Platform, mailbox: Mailbox):
+    platform = mailing_platform
     anonymous = api_client(platform, None)
-    created = anonymous.post("/customers", json={"name": "Ada", "email": "Ada@Example.com", "password": PASSWORD})
+    requested = anonymous.post("/customers", json={"name": "Ada", "email": "Ada@Example.com", "password": PASSWORD})
+    assert requested.status_code == 202, requested.text
+    assert requested.json()["email"] == "ada@example.com" and "e-mail" in requested.json()["detail"]
+    with pytest.raises(AssertionError):
+        sign_in(platform, "ada@example.com")  # nothing exists before the link is followed
+    token = mailed_link(platform, mailbox, "ada@example.com")
+    assert token is not None
+    # The page the link opens changes nothing; its button (or the API) creates the account, once.
+    page = httpx.get(f"{platform.api_url}/app/sign-up/{token}")
+    assert page.status_code == 200 and "Create my account" in page.text
+    created = anonymous.post(f"/sign-ups/{token}")
     assert created.status_code == 201, created.text
-    token = sign_in(platform, "ada@example.com")
-    me = api_client(platform, token).get("/auth/me").json()
+    assert anonymous.post(f"/sign-ups/{token}").status_code == 404, "the link works once"
+    me = api_client(platform, sign_in(platform, "ada@example.com")).get("/auth/me").json()
     assert me == {
         "account_id": me["account_id"],
         "email": "ada@example.com",
         "role": "customer",
         "customer_id": created.json()["id"],
     }
+    with Session(platform.engine) as session:
+        outbox = session.exec(select(OutboxMessage)).all()
+    assert all(token not in json.dumps(message.payload) for message in outbox), "the link is not kept once sent"
 
 
-def test_sign_up_needs_a_good_password_and_a_new_email(platform, api):
+def test_sign_up_answers_the_same_whether_or_not_the_address_has_an_account(
+    mailing_platform: Platform, mailbox: Mailbox
+):
+    platform = mailing_platform
+    anonymous = api_client(platform, None)
+    with api_client(platform, operator_token(platform)) as operator:
+        create_customer(operator, email="ada@example.com")
+    answers = [
+        anonymous.post("/customers", json={"name": "Someone", "email": email, "password": PASSWORD})
+        for email in ("ADA@example.com", "new@example.com")
+    ]
+    assert [answer.status_code for answer in answers] == [202, 202]
+    assert [{**answer.json(), "email": None} for answer in answers] == [{**answers[1].json(), "email": None}] * 2
+    # The owner of the address hears about the attempt; nothing about the account changed.
+    assert mailed_link(platform, mailbox, "ada@example.com") is None
+    assert "has one already" in mailbox.to("ada@example.com")[-1].get_content()
+    assert mailed_link(platform, mailbox, "new@example.com") is not None
+    sign_in(platform, "ada@example.com")  # still Ada's own password
+
+
+def test_a_sign_up_link_expires_and_only_the_newest_works(mailing_platform: Platform, mailbox: Mailbox, clock):
+    platform = mailing_platform
+    anonymous = api_client(platform, None)
+    sign_up = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
+    anonymous.post("/customers", json=sign_up)
+    first = mailed_link(platform, mailbox, "ada@example.com")
+    anonymous.post("/customers", json=sign_up)
+    second = mailed_link(platform, mailbox, "ada@example.com")
+    assert first != second and anonymous.post(f"/sign-ups/{first}").status_code == 404
+    clock.advance(timedelta(hours=24, seconds=1))
+    expired = anonymous.post(f"/sign-ups/{second}")
+    assert expired.status_code == 410 and "expired" in expired.json()["detail"]
+    assert httpx.get(f"{platform.api_url}/app/sign-up/{second}").status_code == 410
+
+
+def test_sign_up_needs_a_good_password_and_an_operator_a_new_email(platform, api):
     anonymous = api_client(platform, None)
     missing = anonymous.post("/customers", json={"name": "Ada", "email": "ada@example.com"})
     assert missing.status_code == 422 and missing.json()["field"] == "password"
     short = anonymous.post("/customers", json={"name": "Ada", "email": "ada@example.com", "password": "short"})
     assert short.status_code == 422 and short.json()["detail"][0]["loc"] == ["body", "password"]
     create_customer(api, email="ada@example.com")
-    again = anonymous.post("/customers", json={"name": "Ada", "email": "ADA@example.com", "password": PASSWORD})
-    assert again.status_code == 409
+    again = api.post("/customers", json={"name": "Ada", "email": "ADA@example.com", "password": PASSWORD})
+    assert again.status_code == 409, "an operator may know the address is taken"
     # Nothing half-made is left behind: still one customer, one account.
     assert len(api.get("/customers").json()) == 1
 
@@ -159,7 +228,12 @@ def test_an_operator_account_is_made_on_the_command_line(platform, tmp_path):
 PUBLIC_ROUTES = {("POST", "/api/v1/auth/token"), ("POST", "/api/v1/customers")}
 # An emergency contact has no account: the link they were sent is the credential (tests/test_escalation.py shows that
 # a wrong or another alert's token gets nothing).
-LINK_ROUTES = {("GET", "/api/v1/acknowledgements/{token}"), ("POST", "/api/v1/acknowledgements/{token}")}
+# So does whoever signed up: the link mailed to the address (a wrong, used or expired one creates nothing: above).
+LINK_ROUTES = {
+    ("GET", "/api/v1/acknowledgements/{token}"),
+    ("POST", "/api/v1/acknowledgements/{token}"),
+    ("POST", "/api/v1/sign-ups/{token}"),
+}
 # A fulfilment partner signs its requests instead (tests/test_answers.py: a wrong, changed or old signature gets 401).
 SIGNED_ROUTES = {("POST", "/api/v1/fulfilment/{partner}/events")}
 OPERATOR_ONLY = {

@@ -250,6 +250,9 @@ class AuditAction(StrEnum):
 ACKNOWLEDGE_PAGE_PATH = "/ack"
 # Where a customer's one-tap order links point (approve, decline, cancel): a confirmation page, then the action.
 ANSWER_PAGE_PATH = "/answer"
+# Where the link that confirms a sign-up's e-mail address leads, and how long it works.
+SIGN_UP_PAGE_PATH = "/app/sign-up"
+SIGN_UP_LINK_HOURS = 24
 
 
 # Readiness: the broker check connects with this timeout, and its answer is reused for this long, so that a storm of

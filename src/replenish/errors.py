@@ -48,6 +48,12 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class Gone(DomainError):
+    """It existed and no longer works (an expired link)."""
+
+    status_code = 410
+
+
 class InvalidRequest(DomainError):
     status_code = 422
 

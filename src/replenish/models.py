@@ -6,7 +6,7 @@ from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
 from replenish.consent.models import ConsentVersion
-from replenish.customers.models import Customer
+from replenish.customers.models import Customer, PendingSignUp
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
@@ -33,6 +33,7 @@ __all__ = [
     "OrderEvent",
     "OrderLink",
     "OutboxMessage",
+    "PendingSignUp",
     "PushSubscription",
     "Reading",
     "Slot",

@@ -290,6 +290,8 @@ class Platform:
             },
             fulfilment_tolerance_seconds=self.settings.fulfilment_signature_tolerance_seconds,
             push_public_key=application_server_key(vapid_key(self.settings)),
+            # Without SMTP a sign-up's link goes to the log, shown only where the operator asked for links there.
+            sign_up_channel="email" if self.settings.smtp_host else "log",
         )
         config = uvicorn.Config(
             app,

@@ -23,6 +23,7 @@ from replenish.auth.router import router as auth_router
 from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
+from replenish.customers.router import sign_ups as sign_ups_router
 from replenish.devices.router import router as devices_router
 from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized, UnprocessableBody
 from replenish.health.router import router as alarms_router
@@ -77,12 +78,14 @@ def create_app(
     fulfilment_secrets: Mapping[str, str] | None = None,
     fulfilment_tolerance_seconds: float = 300.0,
     push_public_key: str | None = None,
+    sign_up_channel: str = "email",
 ) -> FastAPI:
     # The docs' pages (/docs, /redoc) with their scripts and styles served from the package, not from a CDN: they
     # work offline and load nothing from anywhere else.
     app = FastAPIOffline(title="Replenish", version=__version__, description=DESCRIPTION)
     app.state.engine = engine
     app.state.clock = clock
+    app.state.sign_up_channel = sign_up_channel
     app.state.session_lifetime = session_lifetime
     app.state.web_live_seconds = web_live_seconds
     # Fulfilment partners' webhook secrets (REPLENISH_FULFILMENT_PARTNER_SECRETS) and the replay window.
@@ -151,6 +154,7 @@ def create_app(
         app.include_router(router, prefix=API_PREFIX, responses=responses)
     unauthenticated = {status: responses[status] for status in (400, 404, 409, 422)}
     app.include_router(fulfilment_router, prefix=API_PREFIX, responses=unauthenticated)
+    app.include_router(sign_ups_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgements_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgement_page_router)
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.db import JSONType, UTCDateTime, new_id
 
 
 class Customer(SQLModel, table=True):
@@ -14,3 +15,19 @@ class Customer(SQLModel, table=True):
     name: str
     email: str = Field(unique=True, index=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PendingSignUp(SQLModel, table=True):
+    """A sign-up waiting for its e-mail address to be confirmed: the account exists only once the link in the e-mail
+    is followed, so that sign-up never tells anyone whether an address already has an account."""
+
+    __tablename__ = "sign_ups"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    token_hash: str = Field(unique=True, index=True)  # SHA-256 of the link's token; the token itself is only mailed
+    email: str = Field(index=True)
+    name: str
+    password_hash: str
+    consent: dict[str, Any] = Field(sa_type=JSONType)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)

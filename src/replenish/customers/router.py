@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, Response, status
 
 from replenish.api.deps import (
     ClockDep,
@@ -13,9 +13,9 @@ from replenish.api.deps import (
     ReadSession,
 )
 from replenish.customers import service
-from replenish.customers.schemas import CustomerCreate, CustomerRead
+from replenish.customers.schemas import CustomerCreate, CustomerRead, SignUpRequested
 from replenish.db import transaction
-from replenish.errors import Forbidden, InvalidRequest
+from replenish.errors import ErrorBody, Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/customers", tags=["customers"])
 
@@ -23,32 +23,74 @@ router = APIRouter(prefix="/customers", tags=["customers"])
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=CustomerRead,
+    response_model=CustomerRead | SignUpRequested,
     summary="Sign up, or create a customer",
     # The bearer token is optional here: without one this is sign-up.
     openapi_extra={"security": [{}]},
+    responses={
+        201: {"model": CustomerRead, "description": "An operator created the customer."},
+        202: {"model": SignUpRequested, "description": "Sign-up: a link to finish it was mailed to the address."},
+    },
 )
 def create_customer(
-    body: CustomerCreate, principal: OptionalPrincipal, engine: EngineDep, clock: ClockDep
-) -> CustomerRead:
-    """Without a token this is sign-up: a password is required, and the new customer signs in with their e-mail
-    and it. An operator may create a customer without a password. Creates version 1 of the customer's consent (by
+    body: CustomerCreate,
+    principal: OptionalPrincipal,
+    engine: EngineDep,
+    clock: ClockDep,
+    request: Request,
+    response: Response,
+) -> CustomerRead | SignUpRequested:
+    """Without a token this is sign-up: a password is required, and the answer is always 202. The address gets a
+    link that creates the account (`POST /api/v1/sign-ups/{token}`, or the page it opens), or, when it has an
+    account already, a note saying so: nobody learns from sign-up whether an address is registered. An operator
+    creates the customer at once (201), with or without a password. Either way the consent starts at version 1 (by
     default: ask first for everything)."""
     if principal is not None and not principal.is_operator:
         raise Forbidden("a signed-in customer cannot create another customer")
-    if principal is None and body.password is None:
-        raise InvalidRequest("a password is required to sign up", field="password")
     with transaction(engine) as session:
+        if principal is None:
+            if body.password is None:
+                raise InvalidRequest("a password is required to sign up", field="password")
+            service.request_sign_up(
+                session=session,
+                name=body.name,
+                email=body.email,
+                password=body.password.get_secret_value(),
+                consent_document=body.consent,
+                now=clock.now(),
+                channel=request.app.state.sign_up_channel,
+            )
+            response.status_code = status.HTTP_202_ACCEPTED
+            return SignUpRequested(email=body.email.lower())
         customer = service.create(
             session=session,
             name=body.name,
             email=body.email,
             consent_document=body.consent,
-            actor=principal.actor if principal else "sign-up",
+            actor=principal.actor,
             now=clock.now(),
             password=body.password.get_secret_value() if body.password else None,
         )
         return CustomerRead.model_validate(customer)
+
+
+sign_ups = APIRouter(prefix="/sign-ups", tags=["customers"])
+
+
+@sign_ups.post(
+    "/{token}",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CustomerRead,
+    summary="Finish signing up: the link mailed to the address",
+    openapi_extra={"security": [{}]},
+    responses={410: {"model": ErrorBody, "description": "The link expired: sign up again."}},
+)
+def confirm_sign_up(token: str, engine: EngineDep, clock: ClockDep) -> CustomerRead:
+    """Creates the customer and account the sign-up asked for; the customer then signs in with the e-mail and
+    password given at sign-up. The link works once: 404 after that (or for a link that never was), 410 once expired,
+    409 when the address got an account meanwhile."""
+    with transaction(engine) as session:
+        return CustomerRead.model_validate(service.confirm_sign_up(session=session, token=token, now=clock.now()))
 
 
 @router.get("", response_model=list[CustomerRead], summary="List customers (operators only)")

@@ -31,3 +31,13 @@ class CustomerRead(BaseModel):
     name: str
     email: str
     created_at: datetime
+
+
+class SignUpRequested(BaseModel):
+    """The same answer whether or not the address has an account: what happens next is in the e-mail."""
+
+    email: str
+    detail: str = Field(
+        "Check your e-mail: a link to finish signing up is on its way (it works once, for 24 hours).",
+        description="What to do next.",
+    )

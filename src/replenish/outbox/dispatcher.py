@@ -159,7 +159,7 @@ class Dispatcher:
         payload = message.payload
         token = payload.get("acknowledge_token")
         links = [
-            Link(link["label"], f"{self._public_url}{ANSWER_PAGE_PATH}/{link['token']}")
+            Link(link["label"], f"{self._public_url}{link.get('path', ANSWER_PAGE_PATH)}/{link['token']}")
             for link in payload.get("links") or ()
             if link.get("token")
         ]

@@ -30,7 +30,7 @@ from replenish.constants import (
     OutboxKind,
 )
 from replenish.customers import service as customers
-from replenish.customers.models import Customer
+from replenish.customers.models import Customer, PendingSignUp
 from replenish.db import transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.errors import DomainError, InvalidRequest
@@ -273,4 +273,9 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
             continue
         for name, count in removed.items():
             totals[name] = totals.get(name, 0) + count
+    # A sign-up never confirmed keeps a name, an address and a password hash: gone once its link expired.
+    with transaction(engine) as session:
+        expired = session.exec(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now))
+        if expired.rowcount:
+            totals["sign_ups"] = expired.rowcount
     return totals

@@ -46,6 +46,7 @@ from replenish.orders.models import Order
 from replenish.privacy import service as privacy
 from replenish.privacy.router import export_response
 from replenish.web import answers as answer_pages
+from replenish.web import sign_up as sign_up_pages
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
 from replenish.web.rendering import STATIC_DIR, templates
 from replenish.web.session import (
@@ -87,6 +88,7 @@ def install(app: FastAPI) -> None:
     """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
     # The static files first: the pages' router ends with a catch-all that answers the app's 404 page.
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="web-static")
+    app.include_router(sign_up_pages.router)  # before the pages' catch-all under the same /app prefix
     app.include_router(router)
     app.include_router(answer_pages.router)
 
