@@ -41,10 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-from sqlalchemy import text
-
 from replenish.config import SERVICE_USERNAME, MqttEndpoint
-from replenish.db import make_engine
 from replenish.simulation.devices import WearableModel
 from replenish.simulation.runner import run_device
 
@@ -120,23 +117,6 @@ class Ingest:
             self.stop(process)
 
 
-def counts(database_url: str) -> tuple[int, int, int, int]:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return tuple(  # type: ignore[return-value]
-                connection.execute(text(query)).scalar_one()
-                for query in (
-                    "SELECT count(*) FROM device_messages",
-                    "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS d",
-                    "SELECT count(*) FROM device_messages WHERE event_type = 'fall_detected'",
-                    "SELECT count(*) FROM alerts WHERE kind = 'fall'",
-                )
-            )
-    finally:
-        engine.dispose()
-
-
 def run_case(args: argparse.Namespace, *, case: str, devices_keep: bool, postgres: object, directory: Path) -> Outcome:
     brokers = tests_module("brokers")
     helpers = tests_module("helpers")
@@ -177,7 +157,7 @@ def run_case(args: argparse.Namespace, *, case: str, devices_keep: bool, postgre
 
         sent, falls, waited = run_fleet(args, broker, device_ids, devices_keep=devices_keep, restart=restart)
         time.sleep(2)  # what a trusting device's broker still delivers
-        messages, distinct, falls_stored, alerts = counts(database_url)
+        messages, distinct, falls_stored, alerts = tests_module("test_broker_restart").counts(database_url)
     return Outcome(
         case=case,
         devices_keep=devices_keep,

@@ -21,8 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import uuid
-from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 
@@ -49,7 +47,6 @@ def main() -> int:
     brokers = tests_module("brokers")
     scenarios = tests_module("test_prompt_stop")
     scale_out = tests_module("test_scale_out")
-    cli = tests_module("test_cli")
     exits: dict[str, list[float]] = {"scheduler": [], "ingest": []}
     takeovers: list[float] = []
     lost = 0
@@ -58,19 +55,8 @@ def main() -> int:
         for run in range(args.runs):
             for scenario in ("scheduler", "ingest"):
                 directory = Path(temp) / f"{scenario}-{run}"
-                (directory / "mosquitto").mkdir(parents=True)
-                database_url = postgres.create_migrated_database(f"bench_stop_{uuid.uuid4().hex[:12]}")
-                with ExitStack() as stack:
-                    broker = stack.enter_context(brokers.running_mosquitto(directory / "mosquitto"))
-                    env = cli.environment(
-                        directory,
-                        REPLENISH_DATABASE_URL=database_url,
-                        REPLENISH_MQTT_URL=broker.url,
-                        REPLENISH_BROKER_SERVICE_PASSWORD=brokers.SERVICE_PASSWORD,
-                    )
-                    roles = scale_out.Roles(directory, env)
-                    stack.callback(roles.stop_all)
-                    production = scenarios.Production(database_url, broker.url, roles)
+                directory.mkdir()
+                with scale_out.production_stack(directory, postgres) as production:
                     if scenario == "scheduler":
                         stopped = scenarios.stop_the_leader_mid_pass(production, slots=args.slots)
                         exits["scheduler"].append(stopped.exited_after)

@@ -175,10 +175,17 @@ class Refused(Exception):
 
 @contextmanager
 def connected(
-    endpoint: MqttEndpoint, username: str | None, password: str | None, *, client_id: str | None = None, **will: Any
+    endpoint: MqttEndpoint,
+    username: str | None,
+    password: str | None,
+    *,
+    client_id: str | None = None,
+    mqtt5: bool = False,
+    **will: Any,
 ) -> Iterator[paho.Client]:
-    """A device's MQTT 3.1.1 client (client id: its username unless given), connected, or Refused."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "", protocol=paho.MQTTv311)
+    """A device's MQTT 3.1.1 (or 5) client (client id: its username unless given), connected, or Refused."""
+    protocol = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "", protocol=protocol)
     if username is not None:
         client.username_pw_set(username, password)
     if will:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,14 +19,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, running_mosquitto
+from brokers import SERVICE_PASSWORD, PostgresRun
 from replenish.config import MqttEndpoint
 from replenish.constants import DeviceKind
 from replenish.db import make_engine
 from replenish.simulation.devices import WearableModel
 from replenish.simulation.runner import run_device
-from test_cli import environment
-from test_scale_out import SHARE_GROUP, Role, Roles, register_devices, subscribed, wait_for
+from test_scale_out import SHARE_GROUP, ProductionStack, Role, production_stack, register_devices, subscribed, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,48 +39,31 @@ RESTART_AT_SECONDS = 3.0
 RESEND_AFTER_SECONDS = 3.0
 
 
-@dataclass
-class Stack:
-    database_url: str
-    broker: MosquittoRun
-    roles: Roles
-
-    def counts(self) -> tuple[int, int, int, int]:
-        """(messages, distinct (device, seq), falls stored, fall alerts)."""
-        engine = make_engine(self.database_url)
-        try:
-            with engine.connect() as connection:
-                return tuple(
-                    connection.execute(text(query)).scalar_one()
-                    for query in (
-                        "SELECT count(*) FROM device_messages",
-                        "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS d",
-                        "SELECT count(*) FROM device_messages WHERE event_type = 'fall_detected'",
-                        "SELECT count(*) FROM alerts WHERE kind = 'fall'",
-                    )
-                )  # type: ignore[return-value]
-        finally:
-            engine.dispose()
+def counts(database_url: str) -> tuple[int, int, int, int]:
+    """(messages, distinct (device, seq), falls stored, fall alerts)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return tuple(  # type: ignore[return-value]
+                connection.execute(text(query)).scalar_one()
+                for query in (
+                    "SELECT count(*) FROM device_messages",
+                    "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS d",
+                    "SELECT count(*) FROM device_messages WHERE event_type = 'fall_detected'",
+                    "SELECT count(*) FROM alerts WHERE kind = 'fall'",
+                )
+            )
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
-def stack(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[Stack]:
-    database_url = postgres_server.create_migrated_database(f"restart_{uuid.uuid4().hex}")
-    broker_dir = tmp_path / "mosquitto"
-    broker_dir.mkdir()
-    with running_mosquitto(broker_dir) as broker, ExitStack() as cleanup:
-        env = environment(
-            tmp_path,
-            REPLENISH_DATABASE_URL=database_url,
-            REPLENISH_MQTT_URL=broker.url,
-            REPLENISH_BROKER_SERVICE_PASSWORD=SERVICE_PASSWORD,
-        )
-        roles = Roles(tmp_path, env)
-        cleanup.callback(roles.stop_all)
-        yield Stack(database_url, broker, roles)
+def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[ProductionStack]:
+    with production_stack(tmp_path, postgres_server) as stack:
+        yield stack
 
 
-def start_ingest(stack: Stack, name: str, *, shared: bool) -> Role:
+def start_ingest(stack: ProductionStack, name: str, *, shared: bool) -> Role:
     role = stack.roles.start("ingest", name)
     if shared:
         wait_for(lambda: subscribed(role), 30, role.output)
@@ -93,7 +72,7 @@ def start_ingest(stack: Stack, name: str, *, shared: bool) -> Role:
     return role
 
 
-def run_fleet(stack: Stack, device_ids: list[str], *, during: Any) -> tuple[list[int], int]:
+def run_fleet(stack: ProductionStack, device_ids: list[str], *, during: Any) -> tuple[list[int], int]:
     """The devices publish for RUN_SECONDS, ``during`` runs after RESTART_AT_SECONDS; every device then waits until
     the platform has confirmed everything. (messages each device published, falls among them)."""
     start = datetime.now(UTC) - timedelta(days=30)
@@ -137,40 +116,40 @@ def run_fleet(stack: Stack, device_ids: list[str], *, during: Any) -> tuple[list
     return [model.seq - 1 for model in models], falls
 
 
-def assert_all_stored_once(stack: Stack, sent: list[int], falls: int) -> None:
+def assert_all_stored_once(stack: ProductionStack, sent: list[int], falls: int) -> None:
     total = sum(sent)
     assert total >= DEVICES * RUN_SECONDS * MESSAGES_PER_DEVICE_SECOND * 0.9, sent
     # Confirmed to every device, so stored: nothing more arrives after the devices stopped waiting.
-    messages, distinct, stored_falls, alerts = stack.counts()
+    messages, distinct, stored_falls, alerts = counts(stack.database_url)
     assert (messages, distinct) == (total, total), f"{messages} rows, {distinct} distinct, of {total} sent"
     assert stored_falls == falls == DEVICES
     assert alerts == DEVICES, "every fall became an alert, the ones in the gap too"
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-subscription", "plain-subscription"])
-def test_a_broker_restart_under_load_loses_nothing_with_ingest_up(stack: Stack, shared: bool) -> None:
+def test_a_broker_restart_under_load_loses_nothing_with_ingest_up(production: ProductionStack, shared: bool) -> None:
     if shared:
-        stack.roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
-    device_ids = register_devices(stack.database_url, DEVICES, kind=DeviceKind.WEARABLE, now=datetime.now(UTC))
-    ingestors = [start_ingest(stack, f"ingest-{n}", shared=shared) for n in range(2 if shared else 1)]
-    sent, falls = run_fleet(stack, device_ids, during=lambda: stack.broker.restart(down_for=0.5))
-    assert_all_stored_once(stack, sent, falls)
+        production.roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
+    device_ids = register_devices(production.database_url, DEVICES, kind=DeviceKind.WEARABLE, now=datetime.now(UTC))
+    ingestors = [start_ingest(production, f"ingest-{n}", shared=shared) for n in range(2 if shared else 1)]
+    sent, falls = run_fleet(production, device_ids, during=lambda: production.broker.restart(down_for=0.5))
+    assert_all_stored_once(production, sent, falls)
     for role in ingestors:
         assert role.process.poll() is None, "the ingestors rode through the restart"
         assert "disconnected from" in role.output()
 
 
-def test_a_broker_restart_with_ingest_down_across_it_loses_nothing(stack: Stack) -> None:
-    stack.roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
-    device_ids = register_devices(stack.database_url, DEVICES, kind=DeviceKind.WEARABLE, now=datetime.now(UTC))
-    first = start_ingest(stack, "ingest-before", shared=True)
+def test_a_broker_restart_with_ingest_down_across_it_loses_nothing(production: ProductionStack) -> None:
+    production.roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
+    device_ids = register_devices(production.database_url, DEVICES, kind=DeviceKind.WEARABLE, now=datetime.now(UTC))
+    first = start_ingest(production, "ingest-before", shared=True)
 
     def ingest_down_across_the_restart() -> None:
         first.process.send_signal(2)
         first.process.wait(20)
-        stack.broker.restart(down_for=0.5)
+        production.broker.restart(down_for=0.5)
         time.sleep(1.0)  # devices publish to a broker no ingestor has subscribed to yet
-        start_ingest(stack, "ingest-after", shared=True)
+        start_ingest(production, "ingest-after", shared=True)
 
-    sent, falls = run_fleet(stack, device_ids, during=ingest_down_across_the_restart)
-    assert_all_stored_once(stack, sent, falls)
+    sent, falls = run_fleet(production, device_ids, during=ingest_down_across_the_restart)
+    assert_all_stored_once(production, sent, falls)

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,11 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from brokers import SERVICE_PASSWORD, PostgresRun, running_mosquitto
+from brokers import PostgresRun
 from helpers import register_through_services, stored
 from replenish.db import make_engine
-from test_cli import environment
-from test_scale_out import Fleet, Role, Roles, leader_of, wait_for
+from test_scale_out import Fleet, ProductionStack, Role, leader_of, production_stack, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,28 +30,10 @@ HISTORY = timedelta(days=10)
 READING_EVERY = timedelta(minutes=15)
 
 
-@dataclass
-class Production:
-    database_url: str
-    broker_url: str
-    roles: Roles
-
-
 @pytest.fixture
-def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[Production]:
-    database_url = postgres_server.create_migrated_database(f"stop_{uuid.uuid4().hex}")
-    broker_dir = tmp_path / "mosquitto"
-    broker_dir.mkdir()
-    with running_mosquitto(broker_dir) as broker, ExitStack() as cleanup:
-        env = environment(
-            tmp_path,
-            REPLENISH_DATABASE_URL=database_url,
-            REPLENISH_MQTT_URL=broker.url,
-            REPLENISH_BROKER_SERVICE_PASSWORD=SERVICE_PASSWORD,
-        )
-        roles = Roles(tmp_path, env)
-        cleanup.callback(roles.stop_all)
-        yield Production(database_url, broker.url, roles)
+def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[ProductionStack]:
+    with production_stack(tmp_path, postgres_server) as stack:
+        yield stack
 
 
 def slots_with_history(database_url: str, *, slots: int = SLOTS) -> list[str]:
@@ -112,7 +92,7 @@ class SchedulerStop:
     leader_output: str
 
 
-def stop_the_leader_mid_pass(production: Production, *, slots: int = SLOTS) -> SchedulerStop:
+def stop_the_leader_mid_pass(production: ProductionStack, *, slots: int = SLOTS) -> SchedulerStop:
     production.roles.env["REPLENISH_EVALUATION_INTERVAL_SECONDS"] = "2"  # the first pass soon after the start
     slots_with_history(production.database_url, slots=slots)
     leader = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
@@ -155,7 +135,7 @@ class IngestStop:
     returncode: int
 
 
-def stop_ingest_under_load(production: Production, *, messages: int = 20_000) -> IngestStop:
+def stop_ingest_under_load(production: ProductionStack, *, messages: int = 20_000) -> IngestStop:
     device_ids = [f"printer-{uuid.uuid4().hex[:8]}" for _ in range(20)]
     register_through_services(production.database_url, device_ids, now=datetime.now(UTC))
     first = production.roles.start("ingest", f"ingest-{uuid.uuid4().hex[:6]}")
@@ -180,14 +160,16 @@ def stop_ingest_under_load(production: Production, *, messages: int = 20_000) ->
     return IngestStop(exited, fleet.sent, at_stop, stored(production.database_url), first.process.returncode)
 
 
-def test_a_leader_stopped_mid_pass_steps_down_between_slots_and_the_standby_leads(production: Production) -> None:
+def test_a_leader_stopped_mid_pass_steps_down_between_slots_and_the_standby_leads(production: ProductionStack) -> None:
     stop = stop_the_leader_mid_pass(production)
     assert stop.forecasts_at_stop < SLOTS, "stopped in the middle of the pass"
     assert "evaluation stopped between slots" in stop.leader_output, stop.leader_output[-3000:]
     assert "stepping down" in stop.leader_output
 
 
-def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_nothing(production: Production) -> None:
+def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_nothing(
+    production: ProductionStack,
+) -> None:
     stop = stop_ingest_under_load(production)
     assert stop.returncode == 0
     assert stop.stored_at_stop < stop.sent, "stopped while the stream was still coming"

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from brokers import SERVICE_PASSWORD, PostgresRun, free_port, running_mosquitto
+from brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, free_port, running_mosquitto
 from helpers import register_through_services, stored
 from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock
@@ -151,23 +151,44 @@ class Fleet:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[tuple[str, str, Roles]]:
+@dataclass
+class ProductionStack:
     """A migrated PostgreSQL database, Mosquitto from the production config, and a way to start roles on both."""
-    database_url = postgres_server.create_migrated_database(f"scale_{uuid.uuid4().hex}")
-    broker_dir = tmp_path / "mosquitto"
+
+    database_url: str
+    broker: MosquittoRun
+    roles: Roles
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker.url
+
+
+@contextmanager
+def production_stack(directory: Path, postgres: PostgresRun, **env: str) -> Iterator[ProductionStack]:
+    """The stack in ``directory``; ``env`` adds settings for the roles. Every role started is stopped at the end."""
+    database_url = postgres.create_migrated_database(f"stack_{uuid.uuid4().hex}")
+    broker_dir = directory / "mosquitto"
     broker_dir.mkdir()
     with running_mosquitto(broker_dir) as broker, ExitStack() as cleanup:
-        env = environment(
-            tmp_path,
-            REPLENISH_DATABASE_URL=database_url,
-            REPLENISH_MQTT_URL=broker.url,
-            REPLENISH_BROKER_SERVICE_PASSWORD=SERVICE_PASSWORD,
-            REPLENISH_INGEST_BATCH_WAIT_MS="5",
+        roles = Roles(
+            directory,
+            environment(
+                directory,
+                REPLENISH_DATABASE_URL=database_url,
+                REPLENISH_MQTT_URL=broker.url,
+                REPLENISH_BROKER_SERVICE_PASSWORD=SERVICE_PASSWORD,
+                **env,
+            ),
         )
-        roles = Roles(tmp_path, env)
         cleanup.callback(roles.stop_all)
-        yield database_url, broker.url, roles
+        yield ProductionStack(database_url, broker, roles)
+
+
+@pytest.fixture
+def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[tuple[str, str, Roles]]:
+    with production_stack(tmp_path, postgres_server, REPLENISH_INGEST_BATCH_WAIT_MS="5") as stack:
+        yield stack.database_url, stack.broker_url, stack.roles
 
 
 def member(role: Role) -> int:
