@@ -46,6 +46,7 @@ def test_no_request_the_api_describes_gets_a_server_error_or_an_undeclared_answe
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,  # its cache of failures found, replayed by later runs: each run starts from none
     )
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert " generated, " in run.stdout and "passed" in run.stdout, run.stdout[-2000:]

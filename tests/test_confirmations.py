@@ -15,7 +15,7 @@ from helpers import DEVICE_SECRETS, connected, create_customer, publish, registe
 from replenish.config import MqttEndpoint
 from replenish.constants import CONFIRM_MAX_RANGES, MAX_PACKET_BYTES
 from replenish.ingest.schemas import confirmation_payloads, seq_ranges
-from replenish.simulation.runner import UnconfirmedMessages
+from replenish.simulation.runner import MAX_SENDS, UnconfirmedMessages
 
 
 class Confirmations:
@@ -100,8 +100,14 @@ def test_a_device_keeps_what_is_unconfirmed_and_sends_it_again_when_due() -> Non
     assert messages.due(now=110.0, after=15.0) == []
     assert messages.due(now=115.0, after=15.0) == [("devices/d/telemetry", b"m3"), ("devices/d/telemetry", b"m5")]
     assert messages.due(now=120.0, after=15.0) == [], "sent again just now: not due again yet"
+    assert messages.due(now=144.0, after=15.0) == [] and len(messages.due(now=145.0, after=15.0)) == 2, "30 s later"
+    assert messages.due(now=205.0, after=15.0, limit=1) == [("devices/d/telemetry", b"m3")], "60 s later, one at most"
     for seq in range(6, 10):
         messages.keep(seq, "devices/d/telemetry", b"m", now=121.0)
     assert messages.count == 5 and messages.given_up == 1, "beyond the limit, the oldest is given up"
     messages.confirm({"stored": [[0, 2**63 - 1]]})
     assert messages.count == 0 and messages.wait_empty(0)
+    # A platform that never confirms a message: it is sent MAX_SENDS times in all, then given up.
+    messages.keep(1, "devices/d/telemetry", b"m", now=0.0)
+    resent = sum(len(messages.due(now=float(day * 86_400), after=15.0)) for day in range(1, 20))
+    assert resent == MAX_SENDS - 1 and messages.count == 0 and messages.given_up == 2

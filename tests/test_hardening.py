@@ -92,7 +92,9 @@ def test_every_error_body_fits_the_schema_the_api_declares(platform: Platform, a
     token = schema["paths"]["/api/v1/auth/token"]["post"]["responses"]
     assert token["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
 
-    business_rule = httpx.post(f"{platform.api_url}/api/v1/customers", json={"name": "Ada", "email": "a@example.com"})
+    business_rule = httpx.post(
+        f"{platform.api_url}/api/v1/customers", json={"name": "Ada", "email": "a@example.com", "password": "0123456789"}
+    )
     malformed = api.post("/customers", content=b"{not json", headers={"content-type": "application/json"})
     unreadable = httpx.post(
         f"{platform.api_url}/api/v1/auth/token",

@@ -175,8 +175,9 @@ def test_in_production_the_files_follow_the_database_and_mosquitto_reloads_them(
             text=True,
         )
         try:
-            # Registered before the keeper started: admitted once it has written the files.
-            assert wait_until(lambda: not refused(rig.devices, "ada-printer", DEVICE_SECRETS["ada-printer"]))
+            # Registered before the keeper started: admitted once it has written the files (the keeper's own start, a
+            # Python process importing the platform, takes seconds on a loaded machine).
+            assert wait_until(lambda: not refused(rig.devices, "ada-printer", DEVICE_SECRETS["ada-printer"]), 30)
             customer = rig.api.get("/customers").json()[0]["id"]
             register_device(rig.api, customer_id=customer, device_id="new-printer")
             assert wait_until(lambda: not refused(rig.devices, "new-printer", DEVICE_SECRETS["new-printer"]))

@@ -165,6 +165,9 @@ def test_a_leader_stopped_mid_pass_steps_down_between_slots_and_the_standby_lead
     assert stop.forecasts_at_stop < SLOTS, "stopped in the middle of the pass"
     assert "evaluation stopped between slots" in stop.leader_output, stop.leader_output[-3000:]
     assert "stepping down" in stop.leader_output
+    # Before, the leader held its lock until the pass ended (10-18 s). Loose bounds here, for a loaded CI machine;
+    # bench/prompt_stop.py measures the targets (exit within 3 s, the standby leading within 2 s).
+    assert stop.exited_after < 8 and stop.standby_led_after < 8, stop
 
 
 def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_nothing(
@@ -172,5 +175,6 @@ def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_not
 ) -> None:
     stop = stop_ingest_under_load(production)
     assert stop.returncode == 0
+    assert stop.exited_after < 8, "before, it ran into its 10 s stop timeout under load"
     assert stop.stored_at_stop < stop.sent, "stopped while the stream was still coming"
     assert stop.stored_in_the_end == (stop.sent, stop.sent, 0), "every message once, none lost, no dead letter"

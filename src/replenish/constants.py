@@ -253,6 +253,8 @@ ANSWER_PAGE_PATH = "/answer"
 # Where the link that confirms a sign-up's e-mail address leads, and how long it works.
 SIGN_UP_PAGE_PATH = "/app/sign-up"
 SIGN_UP_LINK_HOURS = 24
+# Live sign-up links per address at most: beyond, a sign-up mails nothing (and answers the same).
+MAX_LIVE_SIGN_UPS = 3
 
 
 # Readiness: the broker check connects with this timeout, and its answer is reused for this long, so that a storm of

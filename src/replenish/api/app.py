@@ -43,12 +43,13 @@ Replenish ingests device telemetry over MQTT, forecasts when each consumable run
 as the customer has consented: order, ask first, notify, or nothing. Every order explains itself: the readings,
 the forecast, the rule and the consent version behind it.
 
-Authentication: every route but sign-in (`POST /api/v1/auth/token`) and sign-up (`POST /api/v1/customers`)
-needs `Authorization: Bearer <token>`: a token from signing in, or a personal API token (`POST
-/api/v1/auth/tokens`). A customer sees and changes only their own customer record, consent, devices, orders,
-alerts and notifications; anything of another customer's answers 404, exactly like something that does not
-exist. Operators see everything; some routes (dead letters, fulfilment updates, the customer list) are theirs only
-and answer 403 to a customer.
+Authentication: every route but sign-in (`POST /api/v1/auth/token`), sign-up (`POST /api/v1/customers`, then `POST
+/api/v1/sign-ups/{token}` with the link mailed to the address), the links sent to emergency contacts
+(`/api/v1/acknowledgements/{token}`) and fulfilment partners' signed events needs `Authorization: Bearer <token>`: a
+token from signing in, or a personal API token (`POST /api/v1/auth/tokens`). A customer sees and changes only their
+own customer record, consent, devices, orders, alerts and notifications; anything of another customer's answers 404,
+exactly like something that does not exist. Operators see everything; some routes (dead letters, fulfilment updates,
+the customer list) are theirs only and answer 403 to a customer.
 
 Errors: 401 without a valid token, 403 for a route the caller's role may not use, 404 for an unknown object,
 409 for a state change that is not allowed (e.g. approving a declined order), 422 for an invalid request, naming

@@ -71,29 +71,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def hash_password(password: str) -> str:
-    return _passwords.hash(password)
-
-
 def create_account(
-    *,
-    session: Session,
-    email: str,
-    password: str | None = None,
-    password_hash: str | None = None,
-    role: AccountRole,
-    customer_id: str | None,
-    now: datetime,
+    *, session: Session, email: str, password: str, role: AccountRole, customer_id: str | None, now: datetime
 ) -> Account:
-    """With the password, or its hash when it was taken earlier (a sign-up confirmed by e-mail)."""
     email = email.lower()
     if session.exec(select(Account.id).where(Account.email == email)).first():
         raise Conflict(f"an account with email {email!r} exists already", field="email")
-    if password_hash is None:
-        if password is None:
-            raise ValueError("an account needs a password or its hash")
-        password_hash = hash_password(password)
-    account = Account(email=email, password_hash=password_hash, role=role, customer_id=customer_id, created_at=now)
+    account = Account(
+        email=email, password_hash=_passwords.hash(password), role=role, customer_id=customer_id, created_at=now
+    )
     session.add(account)
     session.flush()
     audit.record(

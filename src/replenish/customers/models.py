@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import JSONType, UTCDateTime, new_id
+from replenish.db import UTCDateTime, new_id
 
 
 class Customer(SQLModel, table=True):
@@ -18,16 +17,14 @@ class Customer(SQLModel, table=True):
 
 
 class PendingSignUp(SQLModel, table=True):
-    """A sign-up waiting for its e-mail address to be confirmed: the account exists only once the link in the e-mail
-    is followed, so that sign-up never tells anyone whether an address already has an account."""
+    """A sign-up waiting for its e-mail address to be confirmed. It holds the address only: the name, the password and
+    the consent are given with the mailed link, so that whoever asked for it cannot choose them for the address's
+    owner; and nothing exists before, so sign-up never tells anyone whether an address has an account."""
 
     __tablename__ = "sign_ups"
 
     id: str = Field(default_factory=new_id, primary_key=True)
     token_hash: str = Field(unique=True, index=True)  # SHA-256 of the link's token; the token itself is only mailed
     email: str = Field(index=True)
-    name: str
-    password_hash: str
-    consent: dict[str, Any] = Field(sa_type=JSONType)
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)

@@ -13,7 +13,7 @@ from replenish.api.deps import (
     ReadSession,
 )
 from replenish.customers import service
-from replenish.customers.schemas import CustomerCreate, CustomerRead, SignUpRequested
+from replenish.customers.schemas import CustomerCreate, CustomerRead, SignUpConfirm, SignUpRequested
 from replenish.db import transaction
 from replenish.errors import ErrorBody, Forbidden, InvalidRequest
 
@@ -40,25 +40,22 @@ def create_customer(
     request: Request,
     response: Response,
 ) -> CustomerRead | SignUpRequested:
-    """Without a token this is sign-up: a password is required, and the answer is always 202. The address gets a
-    link that creates the account (`POST /api/v1/sign-ups/{token}`, or the page it opens), or, when it has an
-    account already, a note saying so: nobody learns from sign-up whether an address is registered. An operator
-    creates the customer at once (201), with or without a password. Either way the consent starts at version 1 (by
+    """Without a token this is sign-up, and only `email` is used: the answer is always 202, and the address gets a
+    link to finish signing up (the page it opens, or `POST /api/v1/sign-ups/{token}` with the name, password and
+    consent), or, when it has an account already, a note saying so. Nobody learns from sign-up whether an address
+    is registered, and nobody but the address's owner chooses its password. A password here is refused (422).
+    An operator creates the customer at once (201), with or without a password; its consent starts at version 1 (by
     default: ask first for everything)."""
     if principal is not None and not principal.is_operator:
         raise Forbidden("a signed-in customer cannot create another customer")
     with transaction(engine) as session:
         if principal is None:
-            if body.password is None:
-                raise InvalidRequest("a password is required to sign up", field="password")
+            if body.password is not None:
+                raise InvalidRequest(
+                    "choose the password with the link mailed to the address, not here", field="password"
+                )
             service.request_sign_up(
-                session=session,
-                name=body.name,
-                email=body.email,
-                password=body.password.get_secret_value(),
-                consent_document=body.consent,
-                now=clock.now(),
-                channel=request.app.state.sign_up_channel,
+                session=session, email=body.email, now=clock.now(), channel=request.app.state.sign_up_channel
             )
             response.status_code = status.HTTP_202_ACCEPTED
             return SignUpRequested(email=body.email.lower())
@@ -85,12 +82,21 @@ sign_ups = APIRouter(prefix="/sign-ups", tags=["customers"])
     openapi_extra={"security": [{}]},
     responses={410: {"model": ErrorBody, "description": "The link expired: sign up again."}},
 )
-def confirm_sign_up(token: str, engine: EngineDep, clock: ClockDep) -> CustomerRead:
-    """Creates the customer and account the sign-up asked for; the customer then signs in with the e-mail and
-    password given at sign-up. The link works once: 404 after that (or for a link that never was), 410 once expired,
-    409 when the address got an account meanwhile."""
+def confirm_sign_up(token: str, body: SignUpConfirm, engine: EngineDep, clock: ClockDep) -> CustomerRead:
+    """Creates the customer and account for the address the link was mailed to, with the name, password and consent
+    given here; the customer then signs in with the e-mail and this password. The link works once (every link sent
+    to the address stops working): 404 after that or for a link that never was, 410 once expired, 409 when the
+    address got an account meanwhile."""
     with transaction(engine) as session:
-        return CustomerRead.model_validate(service.confirm_sign_up(session=session, token=token, now=clock.now()))
+        customer = service.confirm_sign_up(
+            session=session,
+            token=token,
+            name=body.name,
+            password=body.password.get_secret_value(),
+            consent_document=body.consent,
+            now=clock.now(),
+        )
+        return CustomerRead.model_validate(customer)
 
 
 @router.get("", response_model=list[CustomerRead], summary="List customers (operators only)")

@@ -17,7 +17,8 @@ class CustomerCreate(BaseModel):
         None,
         min_length=PASSWORD_MIN_LENGTH,
         max_length=PASSWORD_MAX_LENGTH,
-        description="Signs in with the e-mail. Required to sign up; an operator may create a customer without one.",
+        description="Signs in with the e-mail. Given by an operator (or left out: no account); a customer signing up "
+        "chooses it with the link mailed to the address (POST /api/v1/sign-ups/{token}), not here.",
     )
     consent: ConsentDocument = Field(
         default_factory=ConsentDocument, description="Initial consent (version 1). Default: ask first for everything."
@@ -38,6 +39,21 @@ class SignUpRequested(BaseModel):
 
     email: str
     detail: str = Field(
-        "Check your e-mail: a link to finish signing up is on its way (it works once, for 24 hours).",
+        "Check your e-mail: a link to finish signing up (your name and password) is on its way. It works once, "
+        "for 24 hours.",
         description="What to do next.",
+    )
+
+
+class SignUpConfirm(BaseModel):
+    """What the owner of the address chooses when following the link: nobody else could have chosen it for them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    password: SecretStr = Field(
+        min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH, description="Signs in with the e-mail."
+    )
+    consent: ConsentDocument = Field(
+        default_factory=ConsentDocument, description="Initial consent (version 1). Default: ask first for everything."
     )

@@ -203,25 +203,31 @@ class _BoundedReader(ReaderAdapter):
 
     async def protocol_level(self) -> int | None:
         """The protocol level of the CONNECT the client opens with (4: MQTT 3.1.1, 5: MQTT 5), or None when it does
-        not open with one. What it reads is read again by amqtt."""
-        head = await self._reader.read(1)
-        seen = bytearray(head)
-        if head != b"\x10":
+        not open with one. What it reads is read again by amqtt. A client gone before (a port probe): NoDataError,
+        as amqtt's own reads say it."""
+        seen = bytearray()
+
+        async def take(count: int) -> bytes:
+            try:
+                data = await self._reader.read(count)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise NoDataError("the client left before its CONNECT") from exc
+            if len(data) < count:
+                raise NoDataError("the client left before its CONNECT")
+            seen.extend(data)
+            return data
+
+        try:
+            if await take(1) != b"\x10":
+                return None
+            for _ in range(4):  # the remaining length: up to four bytes, the last without its high bit
+                if not (await take(1))[0] & 0x80:
+                    break
+            name_length = int.from_bytes(await take(2), "big")
+            await take(min(name_length, 16))
+            return (await take(1))[0]
+        finally:
             self._replay = bytes(seen)
-            return None
-        for _ in range(4):  # the remaining length: up to four bytes, the last without its high bit
-            byte = await self._reader.read(1)
-            seen += byte
-            if not byte[0] & 0x80:
-                break
-        name_length = await self._reader.read(2)
-        seen += name_length
-        name = await self._reader.read(min(int.from_bytes(name_length, "big"), 16))
-        seen += name
-        level = await self._reader.read(1)
-        seen += level
-        self._replay = bytes(seen)
-        return level[0]
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()

@@ -25,6 +25,7 @@ from replenish.automation.models import Decision
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
+    SIGN_UP_LINK_HOURS,
     AuditAction,
     OrderStatus,
     OutboxKind,
@@ -273,9 +274,16 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
             continue
         for name, count in removed.items():
             totals[name] = totals.get(name, 0) + count
-    # A sign-up never confirmed keeps a name, an address and a password hash: gone once its link expired.
+    # A sign-up keeps an address, in its row and in the e-mail the outbox sent: both go once its link expired.
     with transaction(engine) as session:
         expired = session.exec(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now))
-        if expired.rowcount:
+        sent = session.exec(
+            delete(OutboxMessage).where(
+                col(OutboxMessage.stream).startswith("sign-up:"),
+                col(OutboxMessage.created_at) <= now - timedelta(hours=SIGN_UP_LINK_HOURS),
+            )
+        )
+        if expired.rowcount or sent.rowcount:
             totals["sign_ups"] = expired.rowcount
+            totals["sign_up_emails"] = sent.rowcount
     return totals

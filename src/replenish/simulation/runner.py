@@ -43,8 +43,11 @@ ECHO_TIMEOUT_SECONDS = 5.0
 MAX_UNACKED = 1000
 #: At speed=inf the model is advanced this much per loop, so ``stop`` is noticed between chunks.
 FAST_FORWARD_CHUNK = timedelta(hours=12)
-#: A message the platform has not confirmed (devices/{id}/stored) this long after it was sent is sent again.
+#: A message the platform has not confirmed (devices/{id}/stored) this long after it was sent is sent again; each
+#: further time after twice as long, up to MAX_RESEND_INTERVAL_SECONDS, and at most MAX_SENDS times in all.
 RESEND_AFTER_SECONDS = 15.0
+MAX_RESEND_INTERVAL_SECONDS = 300.0
+MAX_SENDS = 8
 #: How long ``close`` waits for the platform to confirm what is still unconfirmed.
 STORED_TIMEOUT_SECONDS = 30.0
 #: The most unconfirmed messages a device keeps; beyond, the oldest are given up (and counted).
@@ -139,6 +142,7 @@ class _Unconfirmed:
     topic: str
     payload: bytes
     sent_at: float  # time.monotonic()
+    sends: int = 1
 
 
 class UnconfirmedMessages:
@@ -180,13 +184,36 @@ class UnconfirmedMessages:
                         self.refused += len(covered)
             self._cond.notify_all()
 
-    def due(self, *, now: float, after: float = RESEND_AFTER_SECONDS) -> list[tuple[str, bytes]]:
-        """The messages unconfirmed ``after`` seconds after they were last sent, marked as sent again now."""
+    def due(
+        self, *, now: float, after: float = RESEND_AFTER_SECONDS, limit: int | None = None
+    ) -> list[tuple[str, bytes]]:
+        """The messages (oldest first, at most ``limit``) unconfirmed for long enough since they were last sent:
+        ``after`` seconds the first time, twice as long each time after. They are marked as sent again now; one sent
+        MAX_SENDS times is given up instead (a platform that never confirms it will not start now)."""
         with self._cond:
-            due = [message for message in self._messages.values() if now - message.sent_at >= after]
-            for message in due:
-                message.sent_at = now
+            due: list[_Unconfirmed] = []
+            for seq, message in list(self._messages.items()):
+                if limit is not None and len(due) >= limit:
+                    break
+                wait = min(after * 2 ** (message.sends - 1), max(after, MAX_RESEND_INTERVAL_SECONDS))
+                if now - message.sent_at < wait:
+                    continue
+                if message.sends >= MAX_SENDS:
+                    del self._messages[seq]
+                    self.given_up += 1
+                    continue
+                message.sent_at, message.sends = now, message.sends + 1
+                due.append(message)
+            if self.given_up:
+                self._cond.notify_all()
             return [(message.topic, message.payload) for message in due]
+
+    def forget(self) -> None:
+        """Stop keeping anything: the broker refused the subscription to the confirmations, none will come."""
+        with self._cond:
+            self.given_up += len(self._messages)
+            self._messages.clear()
+            self._cond.notify_all()
 
     @property
     def count(self) -> int:
@@ -219,6 +246,7 @@ class _Connection:
         # Held while subscribing, so that the SUBACK's callback sees which subscription it answers.
         self._subscribing = threading.Lock()
         self._status_subscription: int | None = None
+        self._confirmations_refused = False
         self._connected = threading.Event()
         self._refused: str | None = None
         self._subscribed = threading.Event()
@@ -260,7 +288,8 @@ class _Connection:
         log.info("%s: connected to %s", self.device_id, self.endpoint.url)
         if self.unconfirmed is not None:
             # A clean session: subscribed again on every connection. QoS 0 is all the platform sends.
-            client.subscribe(stored_topic(self.device_id), qos=0)
+            with self._subscribing:
+                client.subscribe(stored_topic(self.device_id), qos=0)
         # Announced on every (re)connect: the broker may have sent the last will in between.
         self._publish_status(ONLINE)
         self._connected.set()
@@ -298,7 +327,7 @@ class _Connection:
         self.tracker.track(info.mid)
 
     def publish(self, messages: list[SimMessage]) -> None:
-        if self.unconfirmed is not None:
+        if self.unconfirmed is not None and not self._confirmations_refused:
             now = time.monotonic()
             for message in messages:
                 topic = message_topic(self.device_id, message.channel)
@@ -308,9 +337,13 @@ class _Connection:
 
     def resend_unconfirmed(self) -> int:
         """Send again what the platform has not confirmed in time (only while connected: paho would queue it twice)."""
-        if self.unconfirmed is None or not self.client.is_connected():
+        if self.unconfirmed is None or self._confirmations_refused or not self.client.is_connected():
             return 0
-        due = self.unconfirmed.due(now=time.monotonic(), after=self.resend_after)
+        # Within the window of unacknowledged publishes: a backlog goes out at the pace the broker takes it.
+        room = MAX_UNACKED - self.tracker.pending
+        if room <= 0:
+            return 0
+        due = self.unconfirmed.due(now=time.monotonic(), after=self.resend_after, limit=room)
         for topic, payload in due:
             info = self.client.publish(topic, payload, qos=QOS)
             self.tracker.track(info.mid)

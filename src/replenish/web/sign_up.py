@@ -1,13 +1,20 @@
-"""The page the sign-up e-mail's link opens: following it creates nothing (a mail scanner fetches links); its one
-button creates the account, through the same service call as `POST /api/v1/sign-ups/{token}`."""
+"""The page the sign-up e-mail's link opens: following it creates nothing (a mail scanner fetches links); its form,
+where the owner of the address chooses their name and password, creates the account through the same service call as
+`POST /api/v1/sign-ups/{token}`."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
-from fastapi.responses import HTMLResponse
+from typing import Annotated
 
-from replenish.constants import SIGN_UP_PAGE_PATH
+from fastapi import APIRouter, Form, Request, status
+from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from replenish.constants import PASSWORD_MIN_LENGTH, SIGN_UP_PAGE_PATH
 from replenish.customers import service as customers
+from replenish.customers.schemas import SignUpConfirm
 from replenish.db import transaction
 from replenish.errors import Conflict, Gone, NotFound
 from replenish.web.rendering import templates
@@ -15,16 +22,39 @@ from replenish.web.session import check_same_origin
 
 router = APIRouter(prefix=SIGN_UP_PAGE_PATH, include_in_schema=False)
 
+_USED = "This link does not work: it was used already, or the account exists. Sign in instead."
 _REFUSED = {
-    NotFound: (status.HTTP_404_NOT_FOUND, "This link does not work: it was used already, or a newer one was sent."),
+    NotFound: (status.HTTP_404_NOT_FOUND, _USED),
     Gone: (status.HTTP_410_GONE, "This link has expired: sign up again for a new one."),
     Conflict: (status.HTTP_409_CONFLICT, "This address has an account already: sign in instead."),
 }
 
 
-def _page(request: Request, *, title: str, message: str, confirm: bool = False, status_code: int = 200) -> HTMLResponse:
-    context = {"title": title, "principal": None, "message": message, "confirm": confirm}
+def _page(
+    request: Request,
+    *,
+    title: str,
+    message: str | None = None,
+    email: str | None = None,
+    name: str = "",
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = {
+        "title": title,
+        "principal": None,
+        "message": message,
+        "email": email,
+        "name": name,
+        "errors": errors,
+        "min_length": PASSWORD_MIN_LENGTH,
+    }
     return templates.TemplateResponse(request, "sign_up.html", context, status_code=status_code)
+
+
+def _refused(request: Request, refused: Exception) -> HTMLResponse:
+    code, message = _REFUSED[type(refused)]
+    return _page(request, title="Nothing created", message=message, status_code=code)
 
 
 @router.get("/{token}", response_class=HTMLResponse)
@@ -34,25 +64,47 @@ def sign_up_page(request: Request, token: str) -> HTMLResponse:
         try:
             pending = customers.read_sign_up(session=session, token=token, now=clock.now())
         except (NotFound, Gone) as refused:
-            code, message = _REFUSED[type(refused)]
-            return _page(request, title="Link not valid", message=message, status_code=code)
-        return _page(
-            request,
-            title="Finish signing up",
-            message=f"Create the account of {pending.name} for {pending.email}, with the password you chose.",
-            confirm=True,
-        )
+            return _refused(request, refused)
+        return _page(request, title="Finish signing up", email=pending.email)
 
 
 @router.post("/{token}", response_class=HTMLResponse)
-def sign_up(request: Request, token: str) -> HTMLResponse:
+def sign_up(
+    request: Request, token: str, name: Annotated[str, Form()] = "", password: Annotated[str, Form()] = ""
+) -> HTMLResponse:
     check_same_origin(request)
     engine, clock = request.app.state.engine, request.app.state.clock
     try:
+        form = SignUpConfirm.model_validate({"name": name.strip(), "password": password})
+    except ValidationError as invalid:
+        errors = {str(error["loc"][0]): error["msg"] for error in invalid.errors(include_url=False)}
         with transaction(engine) as session:
-            customer = customers.confirm_sign_up(session=session, token=token, now=clock.now())
+            try:
+                pending = customers.read_sign_up(session=session, token=token, now=clock.now())
+            except (NotFound, Gone) as refused:
+                return _refused(request, refused)
+        return _page(
+            request,
+            title="Finish signing up",
+            email=pending.email,
+            name=name,
+            errors=errors,
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )
+    try:
+        with transaction(engine) as session:
+            customer = customers.confirm_sign_up(
+                session=session,
+                token=token,
+                name=form.name,
+                password=form.password.get_secret_value(),
+                consent_document=form.consent,
+                now=clock.now(),
+            )
             email = customer.email
     except (NotFound, Gone, Conflict) as refused:
-        code, message = _REFUSED[type(refused)]
-        return _page(request, title="Nothing created", message=message, status_code=code)
-    return _page(request, title="Your account is ready", message=f"Sign in with {email} and your password.")
+        return _refused(request, refused)
+    except (IntegrityError, StaleDataError):
+        # The same link confirmed twice at once (or the address taken meanwhile): one of them created the account.
+        return _refused(request, Conflict("taken"))
+    return _page(request, title="Your account is ready", message=f"Sign in with {email} and your new password.")
