@@ -84,12 +84,16 @@ def test_sign_up_by_e_mail_then_sign_in_and_see_who_you_are(mailing_platform: Pl
     assert all(token not in json.dumps(message.payload) for message in outbox), "the link is not kept once sent"
 
 
-def test_the_web_page_of_the_link_creates_the_account(mailing_platform: Platform, mailbox: Mailbox):
+def test_signing_up_in_the_web_app(mailing_platform: Platform, mailbox: Mailbox):
     platform = mailing_platform
-    api_client(platform, None).post("/customers", json={"name": "Ada", "email": "ada@example.com"})
+    origin = {"origin": platform.api_url}
+    assert 'href="/app/sign-up"' in httpx.get(f"{platform.api_url}/app/sign-in").text
+    ask = f"{platform.api_url}/app/sign-up"
+    assert httpx.post(ask, data={"email": "not an address"}, headers=origin).status_code == 422
+    asked = httpx.post(ask, data={"email": "Ada@example.com"}, headers=origin)
+    assert asked.status_code == 200 and "Check your e-mail" in asked.text
     token = mailed_link(platform, mailbox, "ada@example.com")
     page = f"{platform.api_url}/app/sign-up/{token}"
-    origin = {"origin": platform.api_url}
     refused = httpx.post(page, data={"name": "Ada", "password": "short"}, headers=origin)
     assert refused.status_code == 422 and 'aria-invalid="true"' in refused.text
     created = httpx.post(page, data={"name": "Ada", "password": PASSWORD}, headers=origin)

@@ -1,6 +1,7 @@
-"""The page the sign-up e-mail's link opens: following it creates nothing (a mail scanner fetches links); its form,
-where the owner of the address chooses their name and password, creates the account through the same service call as
-`POST /api/v1/sign-ups/{token}`."""
+"""Signing up in the web app: a form that asks for the e-mail address only (`POST /api/v1/customers` without a
+token, the same service call), and the page the mailed link opens. Following the link creates nothing (a mail scanner
+fetches links); its form, where the owner of the address chooses their name and password, creates the account through
+the same service call as `POST /api/v1/sign-ups/{token}`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import HTMLResponse
-from pydantic import ValidationError
+from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -50,6 +51,36 @@ def _page(
         "min_length": PASSWORD_MIN_LENGTH,
     }
     return templates.TemplateResponse(request, "sign_up.html", context, status_code=status_code)
+
+
+_EMAIL = TypeAdapter(EmailStr)
+
+
+@router.get("", response_class=HTMLResponse)
+def ask_page(request: Request) -> HTMLResponse:
+    return templates.TemplateResponse(request, "sign_up_ask.html", {"title": "Create an account", "principal": None})
+
+
+@router.post("", response_class=HTMLResponse)
+def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
+    check_same_origin(request)
+    try:
+        address = _EMAIL.validate_python(email.strip())
+    except ValidationError:
+        context = {"title": "Create an account", "principal": None, "email": email, "error": "Enter an e-mail address."}
+        return templates.TemplateResponse(
+            request, "sign_up_ask.html", context, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY
+        )
+    engine, clock = request.app.state.engine, request.app.state.clock
+    with transaction(engine) as session:
+        customers.request_sign_up(
+            session=session, email=address, now=clock.now(), channel=request.app.state.sign_up_channel
+        )
+    return _page(
+        request,
+        title="Check your e-mail",
+        message=f"A link to finish signing up is on its way to {address.lower()}. It works once, for 24 hours.",
+    )
 
 
 def _refused(request: Request, refused: Exception) -> HTMLResponse:
