@@ -64,6 +64,8 @@ screenshots: install system-deps
 bench: install system-deps
 	$(BIN)/python bench/ingest.py --broker embedded
 	$(BIN)/python bench/ingest.py --broker mosquitto
+	$(BIN)/python bench/broker_restart.py
+	$(BIN)/python bench/prompt_stop.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -18,7 +18,6 @@ from sqlmodel import Session, select
 from brokers import free_port
 from conftest import START, CommandListener, Publisher, api_client, make_settings, operator_token, running_platform
 from helpers import (
-    PASSWORD,
     Mailbox,
     WebhookReceiver,
     connected,
@@ -33,7 +32,7 @@ from replenish.config import MqttEndpoint
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
-from test_cli import environment, poll, process
+from test_cli import environment, poll, process, signed_up_customer
 
 pytestmark = pytest.mark.both_stacks
 
@@ -422,10 +421,7 @@ def test_killed_mid_escalation_and_started_again_the_chain_goes_on_at_the_right_
 
     with process(["up"], env, tmp_path / "first.log") as first:
         wait_ready()
-        signup = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
-        httpx.post(f"{base}/customers", json=signup).raise_for_status()
-        token = httpx.post(f"{base}/auth/token", data={"username": "ada@example.com", "password": PASSWORD}).json()
-        ada = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"})
+        ada = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {signed_up_customer(env, base)}"})
         registered = ada.post("/devices", json={"id": "pendant-1", "kind": "wearable", "name": "Pendant", "slots": []})
         registered.raise_for_status()
         secret = registered.json()["credentials"]["mqtt_password"]
