@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -58,7 +59,9 @@ def main() -> int:
                 directory.mkdir()
                 with scale_out.production_stack(directory, postgres) as production:
                     if scenario == "scheduler":
-                        stopped = scenarios.stop_the_leader_mid_pass(production, slots=args.slots)
+                        stopped = scenarios.stop_the_leader_mid_pass(
+                            production, slots=args.slots, history=timedelta(days=10)
+                        )
                         exits["scheduler"].append(stopped.exited_after)
                         takeovers.append(stopped.standby_led_after)
                         print(
@@ -68,7 +71,7 @@ def main() -> int:
                             flush=True,
                         )
                     else:
-                        ingest = scenarios.stop_ingest_under_load(production)
+                        ingest = scenarios.stop_ingest_under_load(production, messages=20_000)
                         exits["ingest"].append(ingest.exited_after)
                         messages = ingest.stored_in_the_end[0]
                         lost += ingest.sent - messages

@@ -21,6 +21,8 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlmodel import select
 
 from brokers import (
@@ -58,6 +60,25 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+# Argon2 as configured takes ~140 ms per hash or check, and nearly every test creates accounts and signs in several
+# times: seconds of CPU per test on a 2-core machine. Elsewhere the same hasher with the cheapest parameters (the same
+# code paths, the same $argon2id$ format); tests/test_auth.py keeps the real one. Roles started as processes hash
+# for real.
+CHEAP_PASSWORDS = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+REAL_PASSWORD_MODULES = {"test_auth"}
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.module.__name__ in REAL_PASSWORD_MODULES:
+        return
+    monkeypatch.setattr(auth, "_passwords", CHEAP_PASSWORDS)
+    monkeypatch.setattr(auth, "_DUMMY_HASH", CHEAP_DUMMY_HASH)
+
+
+CHEAP_DUMMY_HASH = CHEAP_PASSWORDS.hash("nobody's password")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from conftest import personal_token
 from helpers import create_customer, register_device
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "st")
-EXAMPLES_PER_OPERATION = 10
+EXAMPLES_PER_OPERATION = 6
 
 
 def test_no_request_the_api_describes_gets_a_server_error_or_an_undeclared_answer(platform, api, tmp_path):

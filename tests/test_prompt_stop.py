@@ -25,8 +25,8 @@ from test_scale_out import Fleet, ProductionStack, Role, leader_of, production_s
 
 pytestmark = pytest.mark.timeout(240)
 
-SLOTS = 200
-HISTORY = timedelta(days=10)
+SLOTS = 150
+HISTORY = timedelta(days=7)
 READING_EVERY = timedelta(minutes=15)
 
 
@@ -36,13 +36,13 @@ def production(tmp_path: Path, postgres_server: PostgresRun) -> Iterator[Product
         yield stack
 
 
-def slots_with_history(database_url: str, *, slots: int = SLOTS) -> list[str]:
-    """``slots`` printers of one slot each, with HISTORY of readings every READING_EVERY: an evaluation pass over them
-    takes seconds. Written by SQL, as an ingestor would have stored it over the days."""
+def slots_with_history(database_url: str, *, slots: int = SLOTS, history: timedelta = HISTORY) -> list[str]:
+    """``slots`` printers of one slot each, with ``history`` of readings every READING_EVERY: an evaluation pass over
+    them takes seconds. Written by SQL, as an ingestor would have stored it over the days."""
     now = datetime.now(UTC)
     device_ids = [f"printer-{number:04d}" for number in range(slots)]
-    register_through_services(database_url, device_ids, mode="notify_only", now=now - HISTORY)
-    readings = int(HISTORY / READING_EVERY)
+    register_through_services(database_url, device_ids, mode="notify_only", now=now - history)
+    readings = int(history / READING_EVERY)
     engine = make_engine(database_url)
     try:
         with engine.begin() as connection:
@@ -52,7 +52,7 @@ def slots_with_history(database_url: str, *, slots: int = SLOTS) -> list[str]:
                     "SELECT d.id, n, 'telemetry', :start + n * :every, :start + n * :every, '{}'::jsonb "
                     "FROM devices d CROSS JOIN generate_series(1, :readings) AS n WHERE d.id = ANY(:ids)"
                 ),
-                {"start": now - HISTORY, "every": READING_EVERY, "readings": readings, "ids": device_ids},
+                {"start": now - history, "every": READING_EVERY, "readings": readings, "ids": device_ids},
             )
             # A steady fall with a little noise, from full: each slot is well inside a cycle.
             connection.execute(
@@ -92,9 +92,11 @@ class SchedulerStop:
     leader_output: str
 
 
-def stop_the_leader_mid_pass(production: ProductionStack, *, slots: int = SLOTS) -> SchedulerStop:
+def stop_the_leader_mid_pass(
+    production: ProductionStack, *, slots: int = SLOTS, history: timedelta = HISTORY
+) -> SchedulerStop:
     production.roles.env["REPLENISH_EVALUATION_INTERVAL_SECONDS"] = "2"  # the first pass soon after the start
-    slots_with_history(production.database_url, slots=slots)
+    slots_with_history(production.database_url, slots=slots, history=history)
     leader = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
     wait_for(lambda: metrics_ready(leader), 30, leader.output)
     standby = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
@@ -135,7 +137,7 @@ class IngestStop:
     returncode: int
 
 
-def stop_ingest_under_load(production: ProductionStack, *, messages: int = 20_000) -> IngestStop:
+def stop_ingest_under_load(production: ProductionStack, *, messages: int = 8_000) -> IngestStop:
     device_ids = [f"printer-{uuid.uuid4().hex[:8]}" for _ in range(20)]
     register_through_services(production.database_url, device_ids, now=datetime.now(UTC))
     first = production.roles.start("ingest", f"ingest-{uuid.uuid4().hex[:6]}")
