@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
 # Most tests wait on sockets and timers, so more workers than cores pay: on a 2-core machine three workers ran the
-# 670 tests in 8:54 where two took 10:30 (tests/brokers.py gives up to four workers ports of their own).
+# 688 tests in 8:06 on 2 cores (tests/brokers.py gives up to four workers ports of their own; four were no faster).
 TEST_WORKERS ?= 3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
