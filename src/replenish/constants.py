@@ -255,6 +255,8 @@ SIGN_UP_PAGE_PATH = "/app/sign-up"
 SIGN_UP_LINK_HOURS = 24
 # Live sign-up links per address at most: beyond, a sign-up mails nothing (and answers the same).
 MAX_LIVE_SIGN_UPS = 3
+# The mails of a sign-up are deliveries of no notification row: their ids start so (retention finds them by it).
+SIGN_UP_NOTICE_PREFIX = "sign-up:"
 
 
 # Readiness: the broker check connects with this timeout, and its answer is reused for this long, so that a storm of

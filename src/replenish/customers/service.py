@@ -12,14 +12,14 @@ from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     MAX_LIVE_SIGN_UPS,
     SIGN_UP_LINK_HOURS,
+    SIGN_UP_NOTICE_PREFIX,
     SIGN_UP_PAGE_PATH,
     AccountRole,
-    OutboxKind,
 )
 from replenish.customers.models import Customer, PendingSignUp
 from replenish.db import get_or_raise
 from replenish.errors import Conflict, Gone, NotFound
-from replenish.outbox import service as outbox
+from replenish.notifications import service as notifications
 
 
 def create(
@@ -71,30 +71,31 @@ def request_sign_up(*, session: Session, email: str, now: datetime, channel: str
     )
     session.add(pending)  # for a taken address too: it counts toward the limit, and its link is never sent
     if has_account or is_customer:
-        _mail(
+        notifications.enqueue_delivery(
             session=session,
-            email=email,
-            reference=f"sign-up:{pending.id}",
+            notification_id=f"{SIGN_UP_NOTICE_PREFIX}{pending.id}",
+            customer_id=None,
+            channel=channel,
+            address=email,
             subject="Someone tried to sign up with your address",
             body="Replenish was asked to create an account for this address, which has one already. If it was you, "
             "sign in instead (or ask your operator to reset your password). If not, you need do nothing: no account "
             "was created or changed.",
-            links=[],
             app_path="/app/sign-in",
-            channel=channel,
             now=now,
         )
         return
-    _mail(
+    notifications.enqueue_delivery(
         session=session,
-        email=email,
-        reference=f"sign-up:{pending.id}",
+        notification_id=f"{SIGN_UP_NOTICE_PREFIX}{pending.id}",
+        customer_id=None,
+        channel=channel,
+        address=email,
         subject="Finish signing up to Replenish",
         body=f"Follow the link to choose your name and password and create your account. It works once, for "
         f"{SIGN_UP_LINK_HOURS} hours. If you did not sign up, ignore this e-mail: nothing is created without it.",
-        links=[{"label": "Finish signing up", "token": token, "path": SIGN_UP_PAGE_PATH}],
-        app_path=None,
-        channel=channel,
+        links=[("Finish signing up", token)],
+        link_path=SIGN_UP_PAGE_PATH,
         now=now,
     )
 
@@ -126,38 +127,6 @@ def confirm_sign_up(
         actor="sign-up",
         now=now,
         password=password,
-    )
-
-
-def _mail(
-    *,
-    session: Session,
-    email: str,
-    reference: str,
-    subject: str,
-    body: str,
-    links: list[dict[str, str]],
-    app_path: str | None,
-    channel: str,
-    now: datetime,
-) -> None:
-    # A notification of no customer (there is none yet), sent by e-mail through the outbox like any other.
-    outbox.enqueue(
-        session=session,
-        kind=OutboxKind.NOTIFICATION,
-        stream=reference,
-        idempotency_key=reference,
-        payload={
-            "notification_id": reference,
-            "customer_id": None,
-            "channel": channel,
-            "address": email,
-            "subject": subject,
-            "body": body,
-            "links": links,
-            "app_path": app_path,
-        },
-        now=now,
     )
 
 

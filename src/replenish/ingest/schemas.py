@@ -194,11 +194,13 @@ def parse_message(message: IncomingMessage) -> Parsed:
             device_id,
             category=DeadLetterReason.MALFORMED,
         )
-    seq = _readable_seq(document)
     unstorable = _unstorable(document)
     if unstorable:
         return Rejected(
-            f"payload cannot be stored: {unstorable}", device_id, category=DeadLetterReason.UNSTORABLE, seq=seq
+            f"payload cannot be stored: {unstorable}",
+            device_id,
+            category=DeadLetterReason.UNSTORABLE,
+            seq=_readable_seq(document),
         )
     try:
         if channel == Channel.TELEMETRY:
@@ -206,7 +208,10 @@ def parse_message(message: IncomingMessage) -> Parsed:
         return ParsedEvent(device_id, EventPayload.model_validate(document), document)
     except ValidationError as exc:
         return Rejected(
-            f"invalid {channel} payload: {_describe(exc)}", device_id, category=DeadLetterReason.INVALID, seq=seq
+            f"invalid {channel} payload: {_describe(exc)}",
+            device_id,
+            category=DeadLetterReason.INVALID,
+            seq=_readable_seq(document),
         )
 
 

@@ -135,13 +135,59 @@ def send(
     session.add(notification)
     if for_digest:
         return notification
+    enqueue_delivery(
+        session=session,
+        notification_id=notification.id,
+        customer_id=customer_id,
+        channel=channel,
+        address=address,
+        subject=subject,
+        body=body,
+        now=now,
+        alert_id=alert_id,
+        acknowledge_token=acknowledge_token,
+        kind=kind,
+        order_id=order_id,
+        links=links,
+        app_path=app_path,
+        push_keys=push_keys,
+        urgent=urgent,
+        available_at=deliver_after,
+    )
+    return notification
+
+
+def enqueue_delivery(
+    *,
+    session: Session,
+    notification_id: str,
+    customer_id: str | None,
+    channel: str,
+    address: str | None,
+    subject: str,
+    body: str,
+    now: datetime,
+    alert_id: str | None = None,
+    acknowledge_token: str | None = None,
+    kind: NoticeKind | None = None,
+    order_id: str | None = None,
+    links: list[tuple[str, str]] | None = None,
+    link_path: str | None = None,
+    app_path: str | None = None,
+    push_keys: tuple[str, str] | None = None,
+    urgent: bool = False,
+    available_at: datetime | None = None,
+) -> None:
+    """The outbox message the dispatcher turns into one delivery on one channel: for a notification row, or for a
+    mail with no customer behind it yet (a sign-up). ``links`` are (label, token); their pages are under
+    ``link_path`` (default: the one-tap answer pages)."""
     outbox.enqueue(
         session=session,
         kind=OutboxKind.NOTIFICATION,
-        stream=f"notification:{notification.id}",
-        idempotency_key=f"notification:{notification.id}",
+        stream=f"notification:{notification_id}",
+        idempotency_key=f"notification:{notification_id}",
         payload={
-            "notification_id": notification.id,
+            "notification_id": notification_id,
             "customer_id": customer_id,
             "channel": channel,
             "address": address,
@@ -151,15 +197,17 @@ def send(
             "acknowledge_token": acknowledge_token,
             "kind": kind,
             "order_id": order_id,
-            "links": [{"label": label, "token": token} for label, token in links or ()],
+            "links": [
+                {"label": label, "token": token, **({"path": link_path} if link_path else {})}
+                for label, token in links or ()
+            ],
             "app_path": app_path,
             "push_keys": {"p256dh": push_keys[0], "auth": push_keys[1]} if push_keys else None,
         },
         now=now,
         urgent=urgent,
-        available_at=deliver_after,
+        available_at=available_at,
     )
-    return notification
 
 
 def subscribe(

@@ -26,6 +26,7 @@ from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
     SIGN_UP_LINK_HOURS,
+    SIGN_UP_NOTICE_PREFIX,
     AuditAction,
     OrderStatus,
     OutboxKind,
@@ -279,7 +280,7 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
         expired = session.exec(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now))
         sent = session.exec(
             delete(OutboxMessage).where(
-                col(OutboxMessage.stream).startswith("sign-up:"),
+                col(OutboxMessage.stream).startswith(f"notification:{SIGN_UP_NOTICE_PREFIX}"),
                 col(OutboxMessage.created_at) <= now - timedelta(hours=SIGN_UP_LINK_HOURS),
             )
         )

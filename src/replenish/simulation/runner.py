@@ -288,8 +288,7 @@ class _Connection:
         log.info("%s: connected to %s", self.device_id, self.endpoint.url)
         if self.unconfirmed is not None:
             # A clean session: subscribed again on every connection. QoS 0 is all the platform sends.
-            with self._subscribing:
-                client.subscribe(stored_topic(self.device_id), qos=0)
+            client.subscribe(stored_topic(self.device_id), qos=0)
         # Announced on every (re)connect: the broker may have sent the last will in between.
         self._publish_status(ONLINE)
         self._connected.set()
