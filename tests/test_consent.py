@@ -3,6 +3,7 @@ pause windows and fleet learning."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -241,7 +242,7 @@ def test_a_customers_rates_help_the_fleet_only_with_consent(platform, api, publi
         )
         for number in range(3)
     )
-    sent += publish_depletion(
+    newcomers = publish_depletion(
         publisher,
         device_id="printer-new",
         slot="black",
@@ -250,11 +251,22 @@ def test_a_customers_rates_help_the_fleet_only_with_consent(platform, api, publi
         rate_per_day=0.04,
         days=0.25,
     )
+    sent += newcomers
     assert platform.ingestor.wait_for(handled=sent, timeout=20)
     clock.set(START + timedelta(days=DAYS))
+    newcomers_readings = itertools.count(newcomers + 1)
 
     def newcomers_prior() -> float | None:
-        platform.jobs.evaluate()  # the lenders' forecasts first, then the fleet they make
+        platform.jobs.evaluate()  # the lenders' forecasts (a consent change makes them due again)
+        # Once the evaluator reads the fleet's rates again, the newcomer's next reading is forecast with them.
+        clock.advance(platform.jobs.fleet.refresh)
+        publisher.send(
+            "devices/printer-new/telemetry",
+            {"seq": next(newcomers_readings), "ts": clock.now().isoformat(), "levels": {"black": 0.78}},
+        )
+        nonlocal sent
+        sent += 1
+        assert platform.ingestor.wait_for(handled=sent, timeout=20)
         platform.jobs.evaluate()
         black = next(s for s in api.get("/devices/printer-new").json()["slots"] if s["name"] == "black")
         return black["forecast"]["prior_rate_per_day"]

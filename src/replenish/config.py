@@ -86,7 +86,17 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
     api_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP API.")
     evaluation_interval_seconds: float = Field(
-        60.0, gt=0, description="How often the automation job re-forecasts slots and decides."
+        60.0,
+        gt=0,
+        description="How often the automation job evaluates the slots that are due: those with new readings, whose "
+        "order moment has come, or whose consent, orders or settings changed.",
+    )
+    evaluation_batch_size: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="How many due slots an evaluator claims at once. On PostgreSQL every scheduler process "
+        "evaluates, each claiming its own batches.",
     )
     dispatch_interval_seconds: float = Field(
         1.0, gt=0, description="How often the outbox dispatcher delivers orders, notifications and commands."

@@ -325,11 +325,14 @@ class Platform:
             if self._api_thread is not None:
                 self._api_thread.join(10)
         if self.jobs is not None:
-            self.jobs.stopping.set()  # a running pass ends at its next slot: leadership is released within moments
+            self.jobs.stopping.set()  # a running pass ends at its next item or transaction
+            self.jobs.leader_work.wait_idle(timeout=60)
+        if self.election is not None:
+            # Once no leader's job of ours runs, and before an evaluation batch ends: a standby takes over at once,
+            # so an escalation step never waits on an evaluation.
+            self.election.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
-        if self.election is not None:
-            self.election.stop()  # after the jobs: a standby takes over only once none of ours runs
         if self.ingestor is not None:
             self.ingestor.stop()  # first: what it stores while draining is still dispatched below
         if self.membership is not None:

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.answers.scheduled import FollowUpReport, follow_up
-from replenish.automation.service import EvaluationReport, evaluate_all
+from replenish.automation.service import EvaluationReport, FleetRatesCache, evaluate_due
 from replenish.clock import Clock
 from replenish.config import Settings
 from replenish.db import transaction
@@ -32,6 +32,28 @@ log = logging.getLogger(__name__)
 HEALTH_PAGE = 500
 
 
+class LeaderWork:
+    """Counts the leader's jobs running now: a stopping process waits for them to end before it lets leadership
+    go, and for nothing else (an evaluation batch is no leader's work)."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._running -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._running == 0, timeout)
+
+
 class Jobs:
     """The jobs themselves, callable directly: tests and replays tick them with a manual clock."""
 
@@ -43,16 +65,24 @@ class Jobs:
         self.policy = HealthPolicy()
         # Set when the process stops: a running pass ends between items, so that leadership passes on at once.
         self.stopping = threading.Event()
+        self.leader_work = LeaderWork()
+        self.fleet = FleetRatesCache()
+        # On PostgreSQL every scheduler process evaluates (due slots are claimed with SKIP LOCKED); on SQLite the
+        # one writer would only make several evaluators wait on each other.
+        self.evaluation_shared = engine.dialect.name == "postgresql"
 
     def evaluate(self) -> EvaluationReport:
-        report = evaluate_all(
+        """Evaluate the slots that are due (automation.service.evaluate_due)."""
+        report = evaluate_due(
             engine=self.engine,
             now=self.clock.now(),
             margin_days=self.settings.reorder_margin_days,
+            fleet=self.fleet,
+            batch_size=self.settings.evaluation_batch_size,
             should_stop=self.stopping.is_set,
         )
         if report.interrupted:
-            log.info("evaluation stopped between slots after %d: the process is stopping", report.slots)
+            log.info("evaluation stopped between transactions after %d slots: the process is stopping", report.slots)
         if report.decisions or report.errors:
             log.info("evaluated %d slots: %d decisions, %d errors", report.slots, len(report.decisions), report.errors)
         return report
@@ -119,15 +149,25 @@ class Jobs:
 
 def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) -> BackgroundScheduler:
     """The periodic jobs, each run only while ``leading()`` says this process is the scheduler's leader: two
-    evaluators would decide on one slot at once, two escalators step one incident, two health checks raise one alarm.
-    (The outbox dispatcher is not among them: it runs in every scheduler process, see runtime.)"""
+    escalators would step one incident, two health checks raise one alarm. Evaluation is the exception on
+    PostgreSQL: every process takes a share of the due slots (Jobs.evaluation_shared). (The outbox dispatcher is not
+    among them either: it runs in every scheduler process, see runtime.)"""
     scheduler = BackgroundScheduler(timezone="UTC")
     # One run at a time per job; a late run is coalesced rather than stacked up behind a slow one.
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
     def when_leading(job: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
-            if leading():
+            if jobs.stopping.is_set() or not leading():
+                return
+            with jobs.leader_work:
+                job()
+
+        return run
+
+    def unless_stopping(job: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if not jobs.stopping.is_set():
                 job()
 
         return run
@@ -141,5 +181,8 @@ def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) ->
         "retention": (jobs.retention, jobs.settings.retention_interval_seconds),
     }
     for job_id, (job, seconds) in intervals.items():
-        scheduler.add_job(when_leading(job), "interval", seconds=seconds, id=job_id, **common)
+        shared = job_id == "evaluate" and jobs.evaluation_shared
+        scheduler.add_job(
+            unless_stopping(job) if shared else when_leading(job), "interval", seconds=seconds, id=job_id, **common
+        )
     return scheduler

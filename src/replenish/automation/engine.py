@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from replenish.forecasting.model import REFILL_MIN_RISE
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
 FORECAST_HISTORY_DAYS = 42
+# A slot is evaluated again at least this often, whatever its forecast says: the fleet's rates that it borrows
+# move, and its stored forecast should not grow old.
+REFRESH_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,31 @@ class SlotEvaluation:
     forecast: Forecast
     cycle_started_at: datetime | None
     verdict: Verdict | None
+    # When evaluating again may decide something, if nothing else happens first (a reading, a change of consent or
+    # of an order): see next_evaluation.
+    evaluate_again_at: datetime
+
+
+def next_evaluation(
+    forecast: Forecast,
+    *,
+    decided: bool,
+    open_order_placed_at: datetime | None,
+    policy: ReorderPolicy,
+    pauses: Sequence[tuple[datetime, datetime]],
+    now: datetime,
+) -> datetime:
+    """The next moment at which the slot's decision may change without anything new happening: its order moment
+    (the early empty date less lead time and margin), the end of the hold an open order puts on it, the start or
+    end of a pause, and at the latest REFRESH_AFTER from now. Everything else that can change a decision (a
+    reading, consent, an order's status, the slot's settings) marks the slot due when it happens."""
+    moments = [now + REFRESH_AFTER]
+    if not decided and forecast.status == "ok" and forecast.empty_at_early is not None:
+        moments.append(forecast.empty_at_early - policy.horizon)
+    if open_order_placed_at is not None:
+        moments.append(open_order_placed_at + policy.horizon)
+    moments.extend(moment for pause in pauses for moment in pause)
+    return min(moment for moment in moments if moment > now)
 
 
 def advance_cycle(cycle_started_at: datetime | None, forecast: Forecast) -> datetime | None:
@@ -103,16 +131,27 @@ def evaluate(
     )
     cycle = advance_cycle(memory.cycle_started_at, forecast)
     if cycle is None:
-        return SlotEvaluation(forecast=forecast, cycle_started_at=None, verdict=None)
+        again = next_evaluation(
+            forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now
+        )
+        return SlotEvaluation(forecast=forecast, cycle_started_at=None, verdict=None, evaluate_again_at=again)
     in_transit = order_on_its_way(forecast, memory=replace(memory, cycle_started_at=cycle), policy=policy, now=now)
+    decided = memory.decided_cycle_started_at is not None and memory.decided_cycle_started_at >= cycle
     verdict = decide(
         forecast,
         mode=mode,
         policy=policy,
-        already_decided_this_cycle=memory.decided_cycle_started_at is not None
-        and memory.decided_cycle_started_at >= cycle,
+        already_decided_this_cycle=decided,
         order_in_transit=in_transit,
         paused=bool(absences) and bool(absences.inside(np.array([now.timestamp()]))[0]),
         now=now,
     )
-    return SlotEvaluation(forecast=forecast, cycle_started_at=cycle, verdict=verdict)
+    again = next_evaluation(
+        forecast,
+        decided=decided or verdict is not None,
+        open_order_placed_at=now if verdict is not None else memory.open_order_placed_at,
+        policy=policy,
+        pauses=pauses,
+        now=now,
+    )
+    return SlotEvaluation(forecast=forecast, cycle_started_at=cycle, verdict=verdict, evaluate_again_at=again)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine, or_
+from sqlalchemy import Engine, Float, String, bindparam, case, cast, func, or_, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -27,8 +29,9 @@ from replenish.constants import (
     NoticeKind,
     OrderStatus,
 )
-from replenish.db import transaction
+from replenish.db import UTCDateTime, transaction
 from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.devices.service import due_no_later_than
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import fleet_prior, lends_to_fleet
 from replenish.ingest.models import DeviceMessage, Reading
@@ -48,29 +51,71 @@ class EvaluationReport:
     forecasts: int = 0
     decisions: list[str] = field(default_factory=list)
     errors: int = 0
-    interrupted: bool = False  # stopped between slots: the process is stopping
+    interrupted: bool = False  # stopped between transactions: the process is stopping
 
 
 def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
-    """What an evaluation needs: the slot's readings over the forecast's history window."""
+    """What an evaluation needs: the slot's readings over the forecast's history window.
+
+    The hot read of an evaluation: thousands of rows per slot, fetched as plain numbers and text instead of
+    datetime objects (PostgreSQL gives epoch seconds; SQLite's stored text is parsed by numpy, to the microsecond).
+    """
     since = now - timedelta(days=FORECAST_HISTORY_DAYS)
-    rows = session.exec(
-        select(Reading.ts, Reading.level)
-        .where(Reading.slot_id == slot.id, Reading.ts > since, Reading.ts <= now)
-        .order_by(col(Reading.ts), col(Reading.id))
-    ).all()
-    return ReadingSeries(
-        times=np.fromiter((ts.timestamp() for ts, _ in rows), dtype=float, count=len(rows)),
-        levels=np.fromiter((level / slot.capacity for _, level in rows), dtype=float, count=len(rows)),
+    table = Reading.__table__
+    postgres = session.get_bind().dialect.name == "postgresql"
+    moment = cast(func.extract("epoch", table.c.ts), Float) if postgres else type_coerce(table.c.ts, String)
+    rows = (
+        session.connection()
+        .execute(
+            select(moment, table.c.level)
+            .where(table.c.slot_id == slot.id, table.c.ts > since, table.c.ts <= now)
+            .order_by(table.c.ts, table.c.id)
+        )
+        .all()
     )
+    if not rows:
+        return ReadingSeries(times=np.empty(0), levels=np.empty(0))
+    moments, levels = zip(*rows, strict=True)
+    times = (
+        np.array(moments, dtype=float)
+        if postgres
+        else np.array(moments, dtype="datetime64[us]").astype(np.int64) / 1_000_000
+    )
+    return ReadingSeries(times=times, levels=np.array(levels, dtype=float) / slot.capacity)
 
 
-def fleet_priors(*, session: Session) -> dict[tuple[str, str], list[tuple[str, float]]]:
-    """Per (device kind, slot name), the slots whose latest forecast rests on enough of their own readings, with
-    their rates: what a slot with little history borrows (see prior_for). Only slots of customers whose current
-    consent allows fleet learning lend their rate."""
-    rates: dict[tuple[str, str], list[tuple[str, float]]] = {}
+# A group of at least this many lenders gives every slot the same prior, its whole group's, computed once: one
+# slot's own rate moves the group's median by at most one place among them. A smaller group's prior leaves out the
+# asking slot's own rate.
+SHARED_PRIOR_LENDERS = 50
+
+
+@dataclass
+class FleetRates:
+    """Per (device kind, slot name), the rates of the slots that lend theirs (see fleet_rates)."""
+
+    rates: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    _shared: dict[tuple[str, str], RatePrior | None] = field(default_factory=dict)
+
+    def prior_for(self, *, device: Device, slot: Slot) -> RatePrior | None:
+        key = (device.kind, slot.name)
+        group = self.rates.get(key)
+        if not group:
+            return None
+        if len(group) >= SHARED_PRIOR_LENDERS:
+            if key not in self._shared:
+                self._shared[key] = fleet_prior(np.fromiter(group.values(), dtype=float, count=len(group)))
+            return self._shared[key]
+        return fleet_prior([rate for slot_id, rate in group.items() if slot_id != slot.id])
+
+
+def fleet_rates(*, session: Session) -> FleetRates:
+    """The slots whose latest forecast rests on enough of their own readings, with their rates: what a slot with
+    little history borrows. Only slots of customers whose current consent allows fleet learning lend their rate."""
+    fleet = FleetRates()
     lending = set(consent.customers_allowing_fleet_learning(session=session))
+    if not lending:
+        return fleet
     rows = session.exec(
         select(Device.kind, Slot.name, Slot.id, SlotForecast.forecast, Device.customer_id)
         .join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
@@ -82,12 +127,8 @@ def fleet_priors(*, session: Session) -> dict[tuple[str, str], list[tuple[str, f
         forecast = Forecast.from_json(stored)
         if forecast is not None and lends_to_fleet(forecast):
             assert forecast.rate_per_day is not None
-            rates.setdefault((kind, name), []).append((slot_id, forecast.rate_per_day))
-    return rates
-
-
-def prior_for(fleet: dict[tuple[str, str], list[tuple[str, float]]], *, device: Device, slot: Slot) -> RatePrior | None:
-    return fleet_prior([rate for slot_id, rate in fleet.get((device.kind, slot.name), []) if slot_id != slot.id])
+            fleet.rates.setdefault((kind, name), {})[slot_id] = forecast.rate_per_day
+    return fleet
 
 
 def evaluate_slot(
@@ -98,9 +139,19 @@ def evaluate_slot(
     now: datetime,
     margin_days: float,
     prior: RatePrior | None = None,
-) -> Decision | None:
-    consent.lock_customer(session=session, customer_id=device.customer_id)
-    version, document = consent.current_document(session=session, customer_id=device.customer_id)
+    consents: dict[str, tuple[int, ConsentDocument]] | None = None,
+) -> tuple[Decision | None, datetime]:
+    """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again.
+
+    ``consents`` remembers, for a transaction that evaluates many slots, the customers it has locked and their
+    current consent: the lock holds until the transaction ends, so their consent cannot change meanwhile."""
+    known = consents.get(device.customer_id) if consents is not None else None
+    if known is None:
+        consent.lock_customer(session=session, customer_id=device.customer_id)
+        known = consent.current_document(session=session, customer_id=device.customer_id)
+        if consents is not None:
+            consents[device.customer_id] = known
+    version, document = known
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
         lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
@@ -124,7 +175,7 @@ def evaluate_slot(
     _store_forecast(session=session, slot_id=slot.id, forecast=evaluation.forecast, now=now)
     slot.cycle_started_at = evaluation.cycle_started_at
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
-        return None
+        return None, evaluation.evaluate_again_at
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
         evaluation.verdict,
@@ -138,7 +189,7 @@ def evaluate_slot(
     trigger = _newest_message(session=session, slot=slot, now=now)
     # The decision, its order or notification, their outbox messages and log lines: all carry the trigger's id.
     with correlation.bound(trigger):
-        return _act(
+        decision = _act(
             session=session,
             slot=slot,
             device=device,
@@ -152,6 +203,7 @@ def evaluate_slot(
             now=now,
             correlation_id=trigger,
         )
+    return decision, evaluation.evaluate_again_at
 
 
 @dataclass(frozen=True)
@@ -405,42 +457,252 @@ def _store_forecast(*, session: Session, slot_id: str, forecast: Forecast, now: 
     session.add(stored)
 
 
-def evaluate_all(
-    *, engine: Engine, now: datetime, margin_days: float, should_stop: Callable[[], bool] = lambda: False
+# How many due slots an evaluator claims at once, and for how long: a claim expires, so the slots of an evaluator
+# that was killed are taken by another one then.
+EVALUATION_BATCH = 200
+CLAIM_LEASE = timedelta(minutes=2)
+# A transaction of a batch is committed after about this long: it holds the row locks of the customers and slots
+# it decided on (on SQLite, the one writer's lock) meanwhile, which ingest and the API may be waiting for.
+TRANSACTION_SECONDS = 0.5
+# A slot whose evaluation failed is tried again after this long, not again and again within one pass.
+RETRY_AFTER = timedelta(minutes=1)
+# How many times one pass evaluates a slot that was marked due again while it was being evaluated.
+EVALUATIONS_PER_PASS = 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    slot_id: str
+    marks: int  # the slot's due_marks when it was claimed: a mark since means evaluate it again
+
+
+def claim_due(*, session: Session, now: datetime, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` slots due by ``now`` and not claimed by another evaluator, soonest due first. On
+    PostgreSQL the rows another evaluator is claiming at the same moment are skipped (SKIP LOCKED), so several
+    evaluators share the due slots without waiting for each other; SQLite has one writer at a time anyway."""
+    table = Slot.__table__
+    due = (
+        select(table.c.id)
+        .where(
+            table.c.due_at <= now,
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= now),
+        )
+        .order_by(table.c.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(table)
+        .where(table.c.id.in_(due.scalar_subquery()))
+        .values(claimed_until=now + CLAIM_LEASE)
+        .returning(table.c.id, table.c.due_marks)
+    )
+    return [Claim(slot_id=slot_id, marks=marks) for slot_id, marks in rows]
+
+
+def finish_claims(*, session: Session, claims: list[Claim], next_at: dict[str, datetime]) -> None:
+    """Release the claims and set each slot's next due moment, unless something marked the slot since it was
+    claimed: then it stays due (a reading stored during its evaluation is evaluated too)."""
+    if not claims:
+        return
+    table = Slot.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("slot_id"))
+        .values(
+            due_at=case(
+                (table.c.due_marks == bindparam("marks"), bindparam("next_at", type_=UTCDateTime)),
+                else_=table.c.due_at,
+            ),
+            claimed_until=None,
+        ),
+        [{"slot_id": claim.slot_id, "marks": claim.marks, "next_at": next_at[claim.slot_id]} for claim in claims],
+    )
+
+
+def evaluate_due(
+    *,
+    engine: Engine,
+    now: datetime,
+    margin_days: float,
+    fleet: FleetRatesCache | None = None,
+    batch_size: int = EVALUATION_BATCH,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> EvaluationReport:
-    """The scheduler job: every slot in its own transaction, so one bad slot cannot stall the rest. It stops between
-    slots once ``should_stop()`` says so (the process is stopping): the rest waits for the next pass, here or in the
-    process that leads next."""
+    """The evaluation job: every slot due by ``now`` (see Slot.due_at), claimed in batches, many slots per
+    transaction. Any number of evaluators may run it at once. A slot whose evaluation fails is retried alone, so
+    one bad slot cannot hold up its batch, and again after RETRY_AFTER. It stops between transactions once
+    ``should_stop()`` says so (the process is stopping), handing its unfinished claims back."""
     report = EvaluationReport()
-    with Session(engine) as session:
-        targets = list(session.exec(select(Slot.id, Slot.device_id).order_by(col(Slot.device_id), col(Slot.name))))
-        fleet = fleet_priors(session=session)
-    for slot_id, device_id in targets:
+    fleet = fleet or FleetRatesCache()
+    evaluations: dict[str, int] = {}
+    while True:
         if should_stop():
             report.interrupted = True
             break
-        report.slots += 1
-        try:
+        with transaction(engine) as session:
+            claims = claim_due(session=session, now=now, limit=batch_size)
+        if not claims:
+            break
+        again = [claim for claim in claims if evaluations.get(claim.slot_id, 0) >= EVALUATIONS_PER_PASS]
+        if again:  # marked due over and over while this pass ran: the next pass takes it
             with transaction(engine) as session:
-                slot = session.get(Slot, slot_id)
-                device = session.get(Device, device_id)
-                if slot is None or device is None:
-                    continue  # deleted since the list was read
-                decision = evaluate_slot(
+                _release(session=session, slot_ids=[claim.slot_id for claim in again])
+        claims = [claim for claim in claims if evaluations.get(claim.slot_id, 0) < EVALUATIONS_PER_PASS]
+        for claim in claims:
+            evaluations[claim.slot_id] = evaluations.get(claim.slot_id, 0) + 1
+        priors = fleet.get(engine=engine, now=now)
+        while claims:
+            if should_stop():
+                report.interrupted = True
+                with transaction(engine) as session:
+                    _release(session=session, slot_ids=[claim.slot_id for claim in claims])
+                return report
+            claims = _evaluate_claims(
+                engine=engine, claims=claims, now=now, margin_days=margin_days, priors=priors, report=report
+            )
+    return report
+
+
+def _release(*, session: Session, slot_ids: list[str]) -> None:
+    table = Slot.__table__
+    session.execute(update(table).where(table.c.id.in_(slot_ids)).values(claimed_until=None))
+
+
+def _evaluate_claims(
+    *,
+    engine: Engine,
+    claims: list[Claim],
+    now: datetime,
+    margin_days: float,
+    priors: FleetRates,
+    report: EvaluationReport,
+) -> list[Claim]:
+    """Evaluate claimed slots in one transaction, in customer order (the order decisions lock customers in, so two
+    evaluators never wait on each other in a circle), for about TRANSACTION_SECONDS; the claims not reached are
+    returned. When a slot fails, the transaction is rolled back and its slots are evaluated one per transaction."""
+    started = time.monotonic()
+    waiting = {claim.slot_id: claim for claim in claims}
+    done: list[Claim] = []
+    decisions: list[str] = []
+    next_at: dict[str, datetime] = {}
+    try:
+        with transaction(engine) as session:
+            rows = session.exec(
+                select(Slot, Device)
+                .join(Device, col(Device.id) == col(Slot.device_id))
+                .where(col(Slot.id).in_(list(waiting)))
+                .order_by(col(Device.customer_id), col(Slot.id))
+            ).all()
+            present = {slot.id for slot, _ in rows}
+            consents: dict[str, tuple[int, ConsentDocument]] = {}
+            for slot, device in rows:
+                if done and time.monotonic() - started > TRANSACTION_SECONDS:
+                    break
+                decision, next_at[slot.id] = evaluate_slot(
                     session=session,
                     slot=slot,
                     device=device,
                     now=now,
                     margin_days=margin_days,
-                    prior=prior_for(fleet, device=device, slot=slot),
+                    prior=priors.prior_for(device=device, slot=slot),
+                    consents=consents,
                 )
-                report.forecasts += 1
+                done.append(waiting.pop(slot.id))
                 if decision is not None:
-                    report.decisions.append(decision.id)
-        except IntegrityError:
-            # Another evaluator decided this cycle first; the database kept exactly one decision.
-            log.info("slot %s: decision already taken for this cycle", slot_id)
-        except Exception:
-            report.errors += 1
-            log.exception("slot %s: evaluation failed", slot_id)
-    return report
+                    decisions.append(decision.id)
+            finish_claims(session=session, claims=done, next_at=next_at)
+    except Exception:
+        log.info("a transaction of %d slots failed; they are evaluated one by one", len(claims), exc_info=True)
+        for claim in claims:
+            _evaluate_alone(engine=engine, claim=claim, now=now, margin_days=margin_days, priors=priors, report=report)
+        return []
+    report.slots += len(done)
+    report.forecasts += len(done)
+    report.decisions.extend(decisions)
+    return [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted meanwhile
+
+
+def _evaluate_alone(
+    *,
+    engine: Engine,
+    claim: Claim,
+    now: datetime,
+    margin_days: float,
+    priors: FleetRates,
+    report: EvaluationReport,
+) -> None:
+    report.slots += 1
+    try:
+        with transaction(engine) as session:
+            found = session.exec(
+                select(Slot, Device).join(Device, col(Device.id) == col(Slot.device_id)).where(Slot.id == claim.slot_id)
+            ).first()
+            if found is None:
+                return  # deleted since it was claimed
+            slot, device = found
+            decision, next_at = evaluate_slot(
+                session=session,
+                slot=slot,
+                device=device,
+                now=now,
+                margin_days=margin_days,
+                prior=priors.prior_for(device=device, slot=slot),
+            )
+            finish_claims(session=session, claims=[claim], next_at={claim.slot_id: next_at})
+        report.forecasts += 1
+        if decision is not None:
+            report.decisions.append(decision.id)
+        return
+    except IntegrityError:
+        # Another evaluator decided this cycle first; the database kept exactly one decision. Evaluated again.
+        log.info("slot %s: decision already taken for this cycle", claim.slot_id)
+        retry_at = now
+    except Exception:
+        report.errors += 1
+        log.exception("slot %s: evaluation failed; trying again in %s", claim.slot_id, RETRY_AFTER)
+        retry_at = now + RETRY_AFTER
+    try:
+        with transaction(engine) as session:
+            finish_claims(session=session, claims=[claim], next_at={claim.slot_id: retry_at})
+    except Exception:
+        log.exception("slot %s: its claim could not be released; it expires", claim.slot_id)
+
+
+class FleetRatesCache:
+    """The fleet's rates that slots with little history borrow (see fleet_rates), read at most every ``refresh``:
+    the fleet moves slowly, and reading every slot's forecast is the costliest read there is."""
+
+    def __init__(self, refresh: timedelta = timedelta(minutes=10)) -> None:
+        self.refresh = refresh
+        self._taken: datetime | None = None
+        self._rates = FleetRates()
+        self._lock = threading.Lock()
+
+    def get(self, *, engine: Engine, now: datetime) -> FleetRates:
+        with self._lock:
+            if self._taken is None or not self._taken <= now < self._taken + self.refresh:
+                with Session(engine) as session:
+                    self._rates = fleet_rates(session=session)
+                self._taken = now
+            return self._rates
+
+    def forget(self) -> None:
+        with self._lock:
+            self._taken = None
+
+
+def evaluate_all(
+    *,
+    engine: Engine,
+    now: datetime,
+    margin_days: float,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EvaluationReport:
+    """Every slot, due or not: `replenish forecasts rebuild`, and what a test or a replay that wants every slot
+    looked at again calls. Marks every slot due, then evaluates as the job does."""
+    with transaction(engine) as session:
+        session.execute(
+            update(Slot.__table__).values(due_at=due_no_later_than(now), due_marks=Slot.__table__.c.due_marks + 1)
+        )
+    return evaluate_due(engine=engine, now=now, margin_days=margin_days, should_stop=should_stop)

@@ -119,13 +119,15 @@ class EmergencyContact(BaseModel):
         return self
 
 
+class _Email(BaseModel):
+    value: EmailStr
+
+
+class _Url(BaseModel):
+    value: AnyHttpUrl
+
+
 def _check_address(kind: str, address: str | None) -> None:
-    class _Email(BaseModel):
-        value: EmailStr
-
-    class _Url(BaseModel):
-        value: AnyHttpUrl
-
     if kind in ("log", "webpush"):
         if address is not None:
             raise ValueError(f"a {kind} channel takes no address")

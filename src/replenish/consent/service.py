@@ -9,6 +9,7 @@ from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import AuditAction, ConsentMode, NoticeKind, OrderStatus
 from replenish.customers.models import Customer
+from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot
 from replenish.errors import InvalidRequest, NotFound
 from replenish.notifications import service as notifications
@@ -115,6 +116,7 @@ def record(
             actor=actor,
             now=now,
         )
+    devices.mark_slots_due(session=session, at=now, customer_id=customer_id)  # every slot decides by it from now
     return version
 
 

@@ -55,6 +55,16 @@ class Slot(SQLModel, table=True):
     # so a late reading or a shifting history window can never make one cycle look like a new one.
     cycle_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    # When the slot must next be evaluated (None: nothing pending): marked by whatever can change its forecast or
+    # its decision (a reading, consent, an order's status, its settings), and set by the evaluator to the next
+    # moment its forecast says something may change (see automation.engine.next_evaluation). Only due slots are
+    # evaluated, so a quiet fleet costs nothing.
+    due_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # Counts the marks: an evaluator that finishes a slot sets its next due moment only when nothing marked the
+    # slot meanwhile, so a reading stored during an evaluation is never lost.
+    due_marks: int = 0
+    # An evaluator's claim on the slot, until this moment: claims expire, so a killed evaluator loses nothing.
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SlotForecast(SQLModel, table=True):

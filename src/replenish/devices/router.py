@@ -77,7 +77,7 @@ def rotate_credentials(
 
 @router.patch("/{device_id}/slots/{slot_name}", response_model=DeviceRead, summary="Change a slot's settings")
 def update_slot(
-    device_id: str, slot_name: str, body: SlotUpdate, principal: CurrentPrincipal, engine: EngineDep
+    device_id: str, slot_name: str, body: SlotUpdate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
 ) -> DeviceRead:
     """Changes what a slot orders (product_sku), how long a delivery takes (lead_time_days) and how sure the
     platform must be that a delivery arrives in time (service_level). The next evaluation uses them."""
@@ -86,7 +86,7 @@ def update_slot(
     with transaction(engine) as session:
         device = _visible(session, principal, device_id)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
-        service.update_slot(session=session, slot=slot, request=body)
+        service.update_slot(session=session, slot=slot, request=body, now=clock.now())
         return service.describe(session=session, device=device)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
+from sqlalchemy import ColumnElement, case, or_, update
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
@@ -97,13 +98,38 @@ def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
     return slot
 
 
-def update_slot(*, session: Session, slot: Slot, request: SlotUpdate) -> Slot:
+def update_slot(*, session: Session, slot: Slot, request: SlotUpdate, now: datetime) -> Slot:
     for name, value in request.model_dump(exclude_unset=True).items():
         if value is None:
             raise InvalidRequest(f"{name} cannot be null", field=name)
         setattr(slot, name, value)
     session.add(slot)
+    session.flush()
+    mark_slots_due(session=session, at=now, slot_ids=[slot.id])  # a new lead time or service level decides anew
     return slot
+
+
+def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """A slot's due moment brought forward to ``at``, never pushed back: the SQL for an UPDATE's SET."""
+    due_at = Slot.__table__.c.due_at
+    return case((or_(due_at.is_(None), due_at > at), at), else_=due_at)
+
+
+def mark_slots_due(
+    *, session: Session, at: datetime, slot_ids: Collection[str] | None = None, customer_id: str | None = None
+) -> None:
+    """Something that can change these slots' forecasts or decisions happened at ``at`` (consent, an order's
+    status, a slot's settings): the evaluator looks at them again from then. Ingest marks the slots it stores
+    readings for itself, in the same statement that stores their latest level."""
+    table = Slot.__table__
+    statement = update(table).values(due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1)
+    if slot_ids is not None:
+        statement = statement.where(table.c.id.in_(sorted(slot_ids)))
+    if customer_id is not None:
+        statement = statement.where(
+            table.c.device_id.in_(select(Device.id).where(Device.customer_id == customer_id).scalar_subquery())
+        )
+    session.execute(statement)
 
 
 def list_devices(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, tuple_, update
+from sqlalchemy import Boolean, Float, Integer, and_, bindparam, case, func, or_, tuple_, update
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -20,8 +20,9 @@ from replenish.constants import (
     DeadLetterReason,
     EventType,
 )
-from replenish.db import add_to_counters, insert_rows
+from replenish.db import UTCDateTime, add_to_counters, insert_rows
 from replenish.devices.models import Device, Slot
+from replenish.devices.service import due_no_later_than
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.ingest.schemas import (
     IncomingMessage,
@@ -324,8 +325,13 @@ class _SlotState:
     run: int = 0  # readings in a row at the latest level, in this batch
     run_since: datetime | None = None
     continues: bool = True  # the run so far extends the stored one (no other level came in between)
+    due: datetime | None = None  # when the readings of this batch make the slot due for evaluation
 
     def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
+        # The forecast sees a reading from its ts on (never before it has arrived): the slot is due from the first
+        # of the batch's readings to become visible.
+        visible_from = max(ts, received_at)
+        self.due = visible_from if self.due is None else min(self.due, visible_from)
         # Messages may arrive out of order; the latest level is the one with the newest ts, but not one stamped
         # implausibly far ahead of its arrival (a device clock gone wrong), which would stick until that date.
         plausible = ts <= received_at + MAX_CLOCK_AHEAD
@@ -400,40 +406,52 @@ def _store_telemetry(
 
 
 def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) -> None:
-    """Each changed slot's latest level, only where it is the newest: another writer may have stored a newer one
-    since this batch read the slot. A run of equal readings adds to the stored run when it continues it (SQL
-    compares with the level as stored now, so two writers' runs add up). In id order: see ingest_batch."""
-    changed = sorted((slot for slot in slots.values() if slot.changed), key=lambda slot: slot.id)
-    if not changed:
+    """Each slot with readings in the batch is marked due for evaluation (automation.service.evaluate_due), late
+    readings included. A changed slot's latest level is written only where it is the newest: another writer may
+    have stored a newer one since this batch read the slot. A run of equal readings adds to the stored run when it
+    continues it (SQL compares with the level as stored now, so two writers' runs add up). In id order: see
+    ingest_batch."""
+    read = sorted((slot for slot in slots.values() if slot.due is not None), key=lambda slot: slot.id)
+    if not read:
         return
     table = Slot.__table__
+    new_level, new_level_at = bindparam("new_level", type_=Float), bindparam("new_level_at", type_=UTCDateTime)
+    run, run_since = bindparam("run", type_=Integer), bindparam("run_since", type_=UTCDateTime)
+    newer = and_(bindparam("changed", type_=Boolean), or_(table.c.level_at.is_(None), table.c.level_at <= new_level_at))
     continued = and_(
-        bindparam("continues"),
-        table.c.level == bindparam("new_level"),
-        table.c.same_level_since.is_not(None),
+        bindparam("continues", type_=Boolean), table.c.level == new_level, table.c.same_level_since.is_not(None)
     )
     session.execute(
         update(table)
-        .where(
-            table.c.id == bindparam("slot_id"),
-            or_(table.c.level_at.is_(None), table.c.level_at <= bindparam("new_level_at")),
-        )
+        .where(table.c.id == bindparam("slot_id"))
         .values(
-            level=bindparam("new_level"),
-            level_at=bindparam("new_level_at"),
-            same_level_count=case((continued, table.c.same_level_count + bindparam("run")), else_=bindparam("run")),
-            same_level_since=case((continued, table.c.same_level_since), else_=bindparam("run_since")),
+            level=case((newer, new_level), else_=table.c.level),
+            level_at=case((newer, new_level_at), else_=table.c.level_at),
+            same_level_count=case(
+                (and_(newer, continued), table.c.same_level_count + run),
+                (newer, run),
+                else_=table.c.same_level_count,
+            ),
+            same_level_since=case(
+                (and_(newer, continued), table.c.same_level_since),
+                (newer, run_since),
+                else_=table.c.same_level_since,
+            ),
+            due_at=due_no_later_than(bindparam("due", type_=UTCDateTime)),
+            due_marks=table.c.due_marks + 1,
         ),
         [
             {
                 "slot_id": slot.id,
+                "changed": slot.changed,
                 "new_level": slot.level,
                 "new_level_at": slot.level_at,
                 "continues": slot.continues,
                 "run": slot.run,
                 "run_since": slot.run_since,
+                "due": slot.due,
             }
-            for slot in changed
+            for slot in read
         ],
     )
 

@@ -12,6 +12,7 @@ from replenish.audit import service as audit
 from replenish.automation.models import Decision
 from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
 from replenish.db import get_or_raise
+from replenish.devices import service as devices
 from replenish.devices.models import Slot
 from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
@@ -172,6 +173,8 @@ def transition(
     order.status = to
     order.updated_at = now
     session.add(order)
+    # An order no longer open, or open again, changes what the slot may decide (see automation.engine).
+    devices.mark_slots_due(session=session, at=now, slot_ids=[order.slot_id])
     _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
     if current == OrderStatus.HELD and to in (OrderStatus.PLACED, OrderStatus.CONFIRMED):
         # Spending counts from when it was first placed.

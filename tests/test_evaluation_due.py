@@ -1,0 +1,254 @@
+"""Only due slots are evaluated: a reading, the order moment, consent, an order's status or a slot's settings make a
+slot due; several evaluators share the due slots, and a killed one's claims expire. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from replenish.automation.engine import REFRESH_AFTER
+from replenish.automation.models import Decision
+from replenish.automation.service import CLAIM_LEASE, claim_due, evaluate_due, finish_claims
+from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import ConsentMode, OrderStatus
+from replenish.customers import service as customers
+from replenish.db import create_schema, make_engine, transaction
+from replenish.devices import service as devices
+from replenish.devices.models import Slot, SlotForecast
+from replenish.devices.schemas import DeviceCreate, SlotCreate, SlotUpdate
+from replenish.forecasting import Forecast
+from replenish.ingest.schemas import IncomingMessage
+from replenish.ingest.service import ingest_batch
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+MARGIN_DAYS = 1.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'due.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_migrated_database(f"test_{uuid.uuid4().hex}")
+    engine = make_engine(url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+class Printers:
+    """Printers of one customer, one black slot each; readings go in through the real ingest service."""
+
+    def __init__(self, engine: Engine, count: int, *, mode: ConsentMode = ConsentMode.AUTO_ORDER) -> None:
+        self.engine = engine
+        self.seqs: dict[str, int] = {}
+        with transaction(engine) as session:
+            self.customer_id = customers.create(
+                session=session,
+                name="Ada",
+                email=f"ada-{uuid.uuid4().hex[:6]}@example.com",
+                consent_document=ConsentDocument(default_mode=mode),
+                actor="test",
+                now=T0,
+            ).id
+            for number in range(count):
+                device_id = f"printer-{number}"
+                devices.register(
+                    session=session,
+                    actor="test",
+                    request=DeviceCreate(
+                        id=device_id,
+                        customer_id=self.customer_id,
+                        kind="printer",
+                        name=f"P{number}",
+                        slots=[SlotCreate(name="black", product_sku="INK", lead_time_days=3)],
+                    ),
+                    now=T0,
+                )
+                self.seqs[device_id] = 0
+
+    def report(self, device_ids: list[str], at: datetime, level: float) -> None:
+        messages = []
+        for device_id in device_ids:
+            self.seqs[device_id] += 1
+            payload = json.dumps({"seq": self.seqs[device_id], "ts": at.isoformat(), "levels": {"black": level}})
+            messages.append(IncomingMessage(f"devices/{device_id}/telemetry", payload.encode(), received_at=at))
+        with transaction(self.engine) as session:
+            assert ingest_batch(session=session, messages=messages).stored == len(messages)
+
+    def falling(self, device_ids: list[str], *, start: datetime, days: float, start_level: float, rate: float) -> None:
+        """Readings every 6 hours, falling steadily."""
+        moment = start
+        while moment <= start + timedelta(days=days):
+            self.report(device_ids, moment, round(start_level - rate * (moment - start) / timedelta(days=1), 4))
+            moment += timedelta(hours=6)
+
+    def evaluate(self, at: datetime) -> int:
+        report = evaluate_due(engine=self.engine, now=at, margin_days=MARGIN_DAYS)
+        assert report.errors == 0
+        return report.slots
+
+    def slot(self, device_id: str = "printer-0") -> Slot:
+        with Session(self.engine) as session:
+            return devices.get_slot(session=session, device_id=device_id, slot_name="black")
+
+    def forecast(self, device_id: str = "printer-0") -> Forecast:
+        with Session(self.engine) as session:
+            stored = session.get_one(SlotForecast, self.slot(device_id).id)
+        forecast = Forecast.from_json(stored.forecast)
+        assert forecast is not None
+        return forecast
+
+    def decisions(self) -> int:
+        with Session(self.engine) as session:
+            return session.exec(select(func.count()).select_from(Decision)).one()
+
+
+def test_a_quiet_fleet_costs_nothing_and_a_reading_makes_its_slot_due(engine: Engine):
+    printers = Printers(engine, 3)
+    names = list(printers.seqs)
+    printers.falling(names, start=T0, days=2, start_level=0.95, rate=0.02)
+    now = T0 + timedelta(days=2)
+    assert printers.evaluate(now) == 3
+    assert printers.evaluate(now) == 0, "nothing new: nothing evaluated"
+    assert printers.evaluate(now + timedelta(hours=1)) == 0, "time passing alone changes nothing yet"
+    printers.report(["printer-1"], now + timedelta(hours=2), 0.9)
+    assert printers.evaluate(now + timedelta(hours=2)) == 1, "only the slot that reported"
+    assert printers.slot("printer-1").due_at == now + timedelta(hours=2) + REFRESH_AFTER, "looked at daily at least"
+
+
+def test_a_late_reading_makes_its_slot_due_too(engine: Engine):
+    printers = Printers(engine, 1)
+    printers.falling(["printer-0"], start=T0, days=2, start_level=0.95, rate=0.02)
+    now = T0 + timedelta(days=2)
+    printers.evaluate(now)
+    printers.report(["printer-0"], now - timedelta(hours=3), 0.9)  # older than the newest reading
+    assert printers.slot().due_at == now - timedelta(hours=3), "due from when it arrived"
+    assert printers.evaluate(now) == 1
+
+
+def test_the_order_moment_is_stored_and_the_order_placed_then_without_a_new_reading(engine: Engine):
+    printers = Printers(engine, 1)
+    # 5 %/day from 0.7: empty in about 14 days; lead time 3 + margin 1 puts the order moment about 9 days out.
+    printers.falling(["printer-0"], start=T0, days=3, start_level=0.7, rate=0.05)
+    now = T0 + timedelta(days=3)
+    assert printers.evaluate(now) == 1
+    forecast = printers.forecast()
+    assert forecast.empty_at_early is not None
+    order_moment = forecast.empty_at_early - timedelta(days=3 + MARGIN_DAYS)
+    # The device goes on reporting daily; each reading moves the order moment a little.
+    moment = now
+    while moment + timedelta(days=1) < order_moment:
+        moment += timedelta(days=1)
+        level = round(0.7 - 0.05 * (moment - T0) / timedelta(days=1), 4)
+        printers.report(["printer-0"], moment, level)
+        assert printers.evaluate(moment) == 1
+        assert printers.decisions() == 0
+        forecast = printers.forecast()
+        assert forecast.empty_at_early is not None
+        order_moment = forecast.empty_at_early - timedelta(days=3 + MARGIN_DAYS)
+    assert moment < order_moment < moment + timedelta(days=1)
+    assert printers.slot().due_at == order_moment, "the order moment, stored with the forecast"
+    assert printers.evaluate(order_moment - timedelta(seconds=1)) == 0
+    assert printers.evaluate(order_moment) == 1
+    assert printers.decisions() == 1, "ordered at its moment, between two readings"
+
+
+def test_consent_an_order_and_the_slots_settings_make_it_due(engine: Engine):
+    printers = Printers(engine, 2, mode=ConsentMode.OFF)
+    names = list(printers.seqs)
+    printers.falling(names, start=T0, days=3, start_level=0.3, rate=0.08)  # about to run out
+    now = T0 + timedelta(days=3)
+    assert printers.evaluate(now) == 2
+    assert printers.decisions() == 0, "consent is off"
+    later = now + timedelta(minutes=5)
+    with transaction(engine) as session:
+        consent.record(
+            session=session,
+            customer_id=printers.customer_id,
+            document=ConsentDocument(default_mode=ConsentMode.AUTO_ORDER),
+            actor="test",
+            now=later,
+        )
+    assert printers.evaluate(later) == 2, "a new consent version: every slot of the customer"
+    assert printers.decisions() == 2
+    with Session(engine) as session:
+        order = session.exec(select(Order).where(Order.device_id == "printer-0")).one()
+    assert printers.evaluate(later + timedelta(minutes=1)) == 0
+    with transaction(engine) as session:
+        orders.transition(
+            session=session, order_id=order.id, to=OrderStatus.CANCELLED, actor="test", now=later + timedelta(minutes=2)
+        )
+    assert printers.evaluate(later + timedelta(minutes=2)) == 1, "the cancelled order's slot"
+    with transaction(engine) as session:
+        slot = devices.get_slot(session=session, device_id="printer-1", slot_name="black")
+        devices.update_slot(
+            session=session, slot=slot, request=SlotUpdate(lead_time_days=5), now=later + timedelta(minutes=3)
+        )
+    assert printers.evaluate(later + timedelta(minutes=3)) == 1, "the slot whose settings changed"
+
+
+def test_a_reading_stored_during_an_evaluation_keeps_the_slot_due(engine: Engine):
+    printers = Printers(engine, 1)
+    printers.falling(["printer-0"], start=T0, days=2, start_level=0.95, rate=0.02)
+    now = T0 + timedelta(days=2)
+    with transaction(engine) as session:
+        [claim] = claim_due(session=session, now=now, limit=10)
+    printers.report(["printer-0"], now, 0.9)  # between the claim and the end of the evaluation
+    with transaction(engine) as session:
+        assert claim_due(session=session, now=now, limit=10) == [], "claimed: no other evaluator takes it"
+    # The claim's evaluation ends (as evaluate_due ends it): the mark since the claim keeps the slot due.
+    with transaction(engine) as session:
+        finish_claims(session=session, claims=[claim], next_at={claim.slot_id: now + timedelta(days=1)})
+    assert printers.slot().due_at is not None and printers.slot().due_at <= now
+    assert printers.evaluate(now) == 1
+
+
+def test_a_killed_evaluators_claims_expire_and_nothing_is_lost(engine: Engine):
+    printers = Printers(engine, 6)
+    names = list(printers.seqs)
+    printers.falling(names, start=T0, days=2, start_level=0.95, rate=0.02)
+    now = T0 + timedelta(days=2)
+    with transaction(engine) as session:
+        killed = claim_due(session=session, now=now, limit=2)  # and then the process is killed
+    assert printers.evaluate(now) == 4, "the others take the rest, not its claims"
+    assert printers.evaluate(now + CLAIM_LEASE - timedelta(seconds=1)) == 0
+    assert printers.evaluate(now + CLAIM_LEASE) == 2, "its claims expired"
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(SlotForecast)).one() == 6
+    assert {claim.slot_id for claim in killed} <= {printers.slot(name).id for name in names}
+
+
+def test_several_evaluators_share_the_due_slots_and_decide_each_once(engine: Engine):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one evaluator: its one writer would make several wait on each other")
+    printers = Printers(engine, 40)
+    names = list(printers.seqs)
+    printers.falling(names, start=T0, days=3, start_level=0.3, rate=0.08)  # every slot orders
+    now = T0 + timedelta(days=3)
+    reports = []
+
+    def evaluator() -> None:
+        reports.append(evaluate_due(engine=engine, now=now, margin_days=MARGIN_DAYS, batch_size=3))
+
+    threads = [threading.Thread(target=evaluator) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(report.errors for report in reports) == 0
+    assert sum(report.slots for report in reports) >= 40
+    assert sum(len(report.decisions) for report in reports) == 40, "one decision per slot, whoever took it"
+    assert printers.decisions() == 40
+    assert sum(1 for report in reports if report.slots) >= 2, "the work was shared"
