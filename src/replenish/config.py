@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="How many due slots an evaluator claims at once. On PostgreSQL every scheduler process "
         "evaluates, each claiming its own batches.",
     )
+    evaluation_claim_seconds: float = Field(
+        120.0,
+        ge=5,
+        description="How long an evaluator's claim on a batch of due slots lasts: the slots of an evaluator that "
+        "died mid-batch are taken by another one after this long. A batch's transactions commit about every half "
+        "second, so a claim far outlasts them.",
+    )
     dispatch_interval_seconds: float = Field(
         1.0, gt=0, description="How often the outbox dispatcher delivers orders, notifications and commands."
     )

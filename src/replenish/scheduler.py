@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -79,6 +80,7 @@ class Jobs:
             margin_days=self.settings.reorder_margin_days,
             fleet=self.fleet,
             batch_size=self.settings.evaluation_batch_size,
+            claim_lease=timedelta(seconds=self.settings.evaluation_claim_seconds),
             should_stop=self.stopping.is_set,
         )
         if report.interrupted:

@@ -23,6 +23,7 @@ from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     DEFAULT_REORDER_MARGIN_DAYS,
+    OPEN_ORDER_STATUSES,
     AuditAction,
     ConsentMode,
     DecisionAction,
@@ -131,6 +132,44 @@ def fleet_rates(*, session: Session) -> FleetRates:
     return fleet
 
 
+@dataclass
+class EvaluationContext:
+    """What evaluating a set of slots reads besides their readings, read for all of them at once: their customers
+    (locked, in id order, until the transaction ends: the lock order of decisions, so two evaluators never wait
+    on each other in a circle) and current consent, each slot's newest open order, its newest decision's key, and
+    its stored forecast."""
+
+    consents: dict[str, tuple[int, ConsentDocument]]
+    open_orders: dict[str, Order]
+    decided: dict[str, datetime]
+    forecasts: dict[str, SlotForecast]
+
+    @classmethod
+    def load(cls, *, session: Session, slots: list[tuple[Slot, Device]]) -> EvaluationContext:
+        slot_ids = [slot.id for slot, _ in slots]
+        customer_ids = sorted({device.customer_id for _, device in slots})
+        consents = {
+            customer_id: (version.version, ConsentDocument.model_validate(version.document))
+            for customer_id, version in consent.lock_customers(session=session, customer_ids=customer_ids).items()
+        }
+        open_orders: dict[str, Order] = {}
+        for order in session.exec(
+            select(Order)
+            .where(col(Order.slot_id).in_(slot_ids), col(Order.status).in_(OPEN_ORDER_STATUSES))
+            .order_by(col(Order.created_at))
+        ):
+            open_orders[order.slot_id] = order  # the newest last
+        return cls(
+            consents=consents,
+            open_orders=open_orders,
+            decided=_latest_decision_keys(session=session, slot_ids=slot_ids),
+            forecasts={
+                stored.slot_id: stored
+                for stored in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids)))
+            },
+        )
+
+
 def evaluate_slot(
     *,
     session: Session,
@@ -138,29 +177,20 @@ def evaluate_slot(
     device: Device,
     now: datetime,
     margin_days: float,
+    context: EvaluationContext,
     prior: RatePrior | None = None,
-    consents: dict[str, tuple[int, ConsentDocument]] | None = None,
 ) -> tuple[Decision | None, datetime]:
     """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again.
-
-    ``consents`` remembers, for a transaction that evaluates many slots, the customers it has locked and their
-    current consent: the lock holds until the transaction ends, so their consent cannot change meanwhile."""
-    known = consents.get(device.customer_id) if consents is not None else None
-    if known is None:
-        consent.lock_customer(session=session, customer_id=device.customer_id)
-        known = consent.current_document(session=session, customer_id=device.customer_id)
-        if consents is not None:
-            consents[device.customer_id] = known
-    version, document = known
+    ``context`` holds what was read for it (EvaluationContext.load), its customer locked."""
+    version, document = context.consents[device.customer_id]
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
         lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
     )
-    open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
-    latest_decision = _latest_decision_key(session=session, slot_id=slot.id)
+    open_order = context.open_orders.get(slot.id)
     memory = SlotMemory(
         cycle_started_at=slot.cycle_started_at,
-        decided_cycle_started_at=latest_decision,
+        decided_cycle_started_at=context.decided.get(slot.id),
         open_order_placed_at=open_order.created_at if open_order else None,
     )
     evaluation = evaluate(
@@ -172,7 +202,13 @@ def evaluate_slot(
         prior=prior,
         pauses=document.pauses_for(device_id=device.id, slot_name=slot.name),
     )
-    _store_forecast(session=session, slot_id=slot.id, forecast=evaluation.forecast, now=now)
+    _store_forecast(
+        session=session,
+        stored=context.forecasts.get(slot.id),
+        slot_id=slot.id,
+        forecast=evaluation.forecast,
+        now=now,
+    )
     slot.cycle_started_at = evaluation.cycle_started_at
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
         return None, evaluation.evaluate_again_at
@@ -296,10 +332,20 @@ def _latest_decision_key(
 ) -> datetime | None:
     """The newest decision's key: what tells the engine which cycle is decided. An order the customer asked for and
     then cancelled or declined (a button pressed by mistake) decides nothing: automation still watches that cycle."""
+    return _latest_decision_keys(
+        session=session, slot_ids=[slot_id], counting_withdrawn_requests=counting_withdrawn_requests
+    ).get(slot_id)
+
+
+def _latest_decision_keys(
+    *, session: Session, slot_ids: list[str], counting_withdrawn_requests: bool = False
+) -> dict[str, datetime]:
+    """_latest_decision_key of each slot that has one."""
     query = (
-        select(Decision.cycle_started_at)
+        select(Decision.slot_id, func.max(Decision.cycle_started_at))
         .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
-        .where(Decision.slot_id == slot_id)
+        .where(col(Decision.slot_id).in_(slot_ids))
+        .group_by(col(Decision.slot_id))
     )
     if not counting_withdrawn_requests:
         query = query.where(
@@ -308,7 +354,7 @@ def _latest_decision_key(
                 col(Order.status).not_in([OrderStatus.CANCELLED, OrderStatus.DECLINED]),
             )
         )
-    return session.exec(query.order_by(col(Decision.cycle_started_at).desc()).limit(1)).first()
+    return dict(session.exec(query).all())
 
 
 def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
@@ -447,8 +493,9 @@ def _act(
     return decision
 
 
-def _store_forecast(*, session: Session, slot_id: str, forecast: Forecast, now: datetime) -> None:
-    stored = session.get(SlotForecast, slot_id)
+def _store_forecast(
+    *, session: Session, stored: SlotForecast | None, slot_id: str, forecast: Forecast, now: datetime
+) -> None:
     if stored is None:
         stored = SlotForecast(slot_id=slot_id, computed_at=now, forecast=forecast.to_json())
     else:
@@ -476,7 +523,7 @@ class Claim:
     marks: int  # the slot's due_marks when it was claimed: a mark since means evaluate it again
 
 
-def claim_due(*, session: Session, now: datetime, limit: int) -> list[Claim]:
+def claim_due(*, session: Session, now: datetime, limit: int, lease: timedelta = CLAIM_LEASE) -> list[Claim]:
     """Claim up to ``limit`` slots due by ``now`` and not claimed by another evaluator, soonest due first. On
     PostgreSQL the rows another evaluator is claiming at the same moment are skipped (SKIP LOCKED), so several
     evaluators share the due slots without waiting for each other; SQLite has one writer at a time anyway."""
@@ -494,7 +541,7 @@ def claim_due(*, session: Session, now: datetime, limit: int) -> list[Claim]:
     rows = session.execute(
         update(table)
         .where(table.c.id.in_(due.scalar_subquery()))
-        .values(claimed_until=now + CLAIM_LEASE)
+        .values(claimed_until=now + lease)
         .returning(table.c.id, table.c.due_marks)
     )
     return [Claim(slot_id=slot_id, marks=marks) for slot_id, marks in rows]
@@ -527,6 +574,7 @@ def evaluate_due(
     margin_days: float,
     fleet: FleetRatesCache | None = None,
     batch_size: int = EVALUATION_BATCH,
+    claim_lease: timedelta = CLAIM_LEASE,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> EvaluationReport:
     """The evaluation job: every slot due by ``now`` (see Slot.due_at), claimed in batches, many slots per
@@ -541,7 +589,7 @@ def evaluate_due(
             report.interrupted = True
             break
         with transaction(engine) as session:
-            claims = claim_due(session=session, now=now, limit=batch_size)
+            claims = claim_due(session=session, now=now, limit=batch_size, lease=claim_lease)
         if not claims:
             break
         again = [claim for claim in claims if evaluations.get(claim.slot_id, 0) >= EVALUATIONS_PER_PASS]
@@ -595,7 +643,7 @@ def _evaluate_claims(
                 .order_by(col(Device.customer_id), col(Slot.id))
             ).all()
             present = {slot.id for slot, _ in rows}
-            consents: dict[str, tuple[int, ConsentDocument]] = {}
+            context = EvaluationContext.load(session=session, slots=list(rows))
             for slot, device in rows:
                 if done and time.monotonic() - started > TRANSACTION_SECONDS:
                     break
@@ -606,7 +654,7 @@ def _evaluate_claims(
                     now=now,
                     margin_days=margin_days,
                     prior=priors.prior_for(device=device, slot=slot),
-                    consents=consents,
+                    context=context,
                 )
                 done.append(waiting.pop(slot.id))
                 if decision is not None:
@@ -648,6 +696,7 @@ def _evaluate_alone(
                 now=now,
                 margin_days=margin_days,
                 prior=priors.prior_for(device=device, slot=slot),
+                context=EvaluationContext.load(session=session, slots=[(slot, device)]),
             )
             finish_claims(session=session, claims=[claim], next_at={claim.slot_id: next_at})
         report.forecasts += 1
