@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from conftest import START, customer_api
 from helpers import INK_SLOTS, create_customer, publish_depletion, register_device, set_consent
+from replenish.automation.engine import DECIDED_STEP, FAR_STEP
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
@@ -258,8 +259,9 @@ def test_a_customers_rates_help_the_fleet_only_with_consent(platform, api, publi
 
     def newcomers_prior() -> float | None:
         platform.jobs.evaluate()  # the lenders' forecasts (a consent change makes them due again)
-        # Once the evaluator reads the fleet's rates again, the newcomer's next reading is forecast with them.
-        clock.advance(platform.jobs.fleet.refresh)
+        # The newcomer's next reading once the evaluator has read the fleet's rates again, and once no screen lets
+        # the reading wait: it is forecast with the fleet's rates of then.
+        clock.advance(max(platform.jobs.fleet.refresh, FAR_STEP, DECIDED_STEP))
         publisher.send(
             "devices/printer-new/telemetry",
             {"seq": next(newcomers_readings), "ts": clock.now().isoformat(), "levels": {"black": 0.78}},

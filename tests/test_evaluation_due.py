@@ -4,6 +4,9 @@ slot due; several evaluators share the due slots, and a killed one's claims expi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ from replenish.orders import service as orders
 from replenish.orders.models import Order
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
+REPLENISH = str(Path(sys.executable).parent / "replenish")
 MARGIN_DAYS = 1.0
 
 
@@ -125,7 +129,38 @@ def test_a_quiet_fleet_costs_nothing_and_a_reading_makes_its_slot_due(engine: En
     assert printers.evaluate(now + timedelta(hours=1)) == 0, "time passing alone changes nothing yet"
     printers.report(["printer-1"], now + timedelta(hours=2), 0.9)
     assert printers.evaluate(now + timedelta(hours=2)) == 1, "only the slot that reported"
-    assert printers.slot("printer-1").due_at == now + timedelta(hours=2) + REFRESH_AFTER, "looked at daily at least"
+    assert printers.slot("printer-1").due_at == now + REFRESH_AFTER, "and then at least daily"
+
+
+def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is(engine: Engine):
+    printers = Printers(engine, 2)
+    printers.falling(["printer-0", "printer-1"], start=T0, days=2, start_level=0.6, rate=0.02)
+    now = T0 + timedelta(days=2)
+    printers.evaluate(now)
+    computed = printers.forecast().computed_at
+
+    def evaluate(at: datetime) -> tuple[int, int]:
+        report = evaluate_due(engine=engine, now=at, margin_days=MARGIN_DAYS)
+        assert report.errors == 0
+        return report.forecasts, report.screened
+
+    printers.report(["printer-0"], now + timedelta(hours=1), 0.555)
+    assert evaluate(now + timedelta(hours=1)) == (0, 1), "as the forecast said: it can wait"
+    assert printers.forecast().computed_at == computed
+    printers.report(["printer-0"], now + timedelta(hours=4), 0.4)  # a sharp drop, past the near step
+    assert evaluate(now + timedelta(hours=4)) == (1, 0)
+    printers.report(["printer-1"], now + timedelta(hours=5), 0.95)  # a rise that may be a refill
+    assert evaluate(now + timedelta(hours=5)) == (1, 0)
+    with transaction(engine) as session:  # anything but a reading: evaluated in full at once
+        consent.record(
+            session=session,
+            customer_id=printers.customer_id,
+            document=ConsentDocument(default_mode=ConsentMode.ASK_FIRST),
+            actor="test",
+            now=now + timedelta(hours=6),
+        )
+    printers.report(["printer-0", "printer-1"], now + timedelta(hours=6), 0.55)
+    assert evaluate(now + timedelta(hours=6)) == (2, 0)
 
 
 def test_a_late_reading_makes_its_slot_due_too(engine: Engine):
@@ -252,3 +287,19 @@ def test_several_evaluators_share_the_due_slots_and_decide_each_once(engine: Eng
     assert sum(len(report.decisions) for report in reports) == 40, "one decision per slot, whoever took it"
     assert printers.decisions() == 40
     assert sum(1 for report in reports if report.slots) >= 2, "the work was shared"
+
+
+def test_replenish_forecasts_rebuild_forecasts_every_slot_from_its_readings(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'rebuild.db'}")
+    create_schema(engine)
+    printers = Printers(engine, 3)
+    names = list(printers.seqs)
+    recent = datetime.now(UTC) - timedelta(days=2)
+    printers.falling(names, start=recent, days=1.5, start_level=0.95, rate=0.02)
+    env = {**os.environ, "REPLENISH_DATABASE_URL": str(engine.url)}
+    done = subprocess.run([REPLENISH, "forecasts", "rebuild"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "3 slots forecast, 0 decisions, 0 errors" in done.stdout
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(SlotForecast)).one() == 3
+    assert printers.forecast("printer-2").status == "ok"

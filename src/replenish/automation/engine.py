@@ -7,6 +7,7 @@ database; the backtest keeps it in a dict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,6 +22,14 @@ from replenish.forecasting.model import REFILL_MIN_RISE
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
 FORECAST_HISTORY_DAYS = 42
+# How long a new reading can wait for a later evaluation (see Screen): at most NEAR_STEP while the early empty date
+# is within NEAR of the order horizon (or right after a sharp drop), less often the further it is; once the cycle
+# is decided, until a rise that may be a refill, or DECIDED_STEP.
+NEAR = timedelta(days=2)
+NEAR_STEP = timedelta(hours=3)
+FAR_STEP = timedelta(hours=48)
+DECIDED_STEP = timedelta(days=2)
+SHARP_DROP = 0.1
 # A slot is evaluated again at least this often, whatever its forecast says: the fleet's rates that it borrows
 # move, and its stored forecast should not grow old.
 REFRESH_AFTER = timedelta(days=1)
@@ -44,6 +53,60 @@ class SlotEvaluation:
     # When evaluating again may decide something, if nothing else happens first (a reading, a change of consent or
     # of an order): see next_evaluation.
     evaluate_again_at: datetime
+    # Which new readings can wait for a later evaluation.
+    screen: Screen
+
+
+@dataclass(frozen=True)
+class Screen:
+    """Whether a new reading can wait for a later evaluation, as an evaluation leaves the slot.
+
+    The forecast moves little from one reading to the next, and the slot is evaluated anyway at the moment its
+    forecast says to order (next_evaluation), so evaluating at every reading would mostly repeat the same answer.
+    The further the slot is from its order moment, the longer a reading can wait; a reading at or above ``high``
+    (it may be a refill: the customer should see it in the forecast at once) never waits, and one below ``low``
+    (a sharp drop) waits only until ``until_dropped``.
+    The live evaluator and the backtest both screen readings with it.
+    """
+
+    until: datetime
+    until_dropped: datetime
+    low: float = -math.inf
+    high: float = math.inf
+
+    def lets_wait(self, level: float, *, now: datetime) -> bool:
+        """Whether a reading of ``level`` (a fraction of capacity), the newest, can wait at ``now``."""
+        if level >= self.high:
+            return False
+        return now < (self.until if level >= self.low else self.until_dropped)
+
+    @classmethod
+    def after(cls, forecast: Forecast, *, memory: SlotMemory, policy: ReorderPolicy, evaluated_at: datetime) -> Screen:
+        """The screen an evaluation at ``evaluated_at`` leaves: ``memory`` as it stands after it."""
+        if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
+            # Only a refill can change anything now: evaluate on a rise that may be one, and now and then anyway.
+            high = forecast.level_now + REFILL_MIN_RISE if forecast.level_now is not None else math.inf
+            until = evaluated_at + DECIDED_STEP
+            return cls(until=until, until_dropped=until, high=high)
+        if forecast.empty_at_early is None or forecast.level_now is None:
+            # Only a slot that is not being used can wait long; a pending refill or a new slot may need an order.
+            until = evaluated_at + (FAR_STEP if forecast.status == "not_consuming" else NEAR_STEP)
+            return cls(until=until, until_dropped=until)
+        # At t the slack is order_moment - t: a reading can wait while t - evaluated_at < min(FAR_STEP, slack / 2)
+        # and the slack is above NEAR, then while t - evaluated_at < NEAR_STEP.
+        order_moment = forecast.empty_at_early - policy.horizon
+        near_from = order_moment - NEAR
+        far_until = min(evaluated_at + FAR_STEP, evaluated_at + (order_moment - evaluated_at) / 3)
+        until_near = evaluated_at + NEAR_STEP
+        until = far_until if far_until < near_from else max(near_from, until_near)
+        if evaluated_at >= near_from:
+            until = until_near
+        return cls(
+            until=until,
+            until_dropped=min(until, until_near),
+            low=forecast.level_now - SHARP_DROP,
+            high=forecast.level_now + REFILL_MIN_RISE,
+        )
 
 
 def next_evaluation(
@@ -134,7 +197,10 @@ def evaluate(
         again = next_evaluation(
             forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now
         )
-        return SlotEvaluation(forecast=forecast, cycle_started_at=None, verdict=None, evaluate_again_at=again)
+        screen = Screen.after(forecast, memory=replace(memory, cycle_started_at=None), policy=policy, evaluated_at=now)
+        return SlotEvaluation(
+            forecast=forecast, cycle_started_at=None, verdict=None, evaluate_again_at=again, screen=screen
+        )
     in_transit = order_on_its_way(forecast, memory=replace(memory, cycle_started_at=cycle), policy=policy, now=now)
     decided = memory.decided_cycle_started_at is not None and memory.decided_cycle_started_at >= cycle
     verdict = decide(
@@ -154,4 +220,15 @@ def evaluate(
         pauses=pauses,
         now=now,
     )
-    return SlotEvaluation(forecast=forecast, cycle_started_at=cycle, verdict=verdict, evaluate_again_at=again)
+    after = replace(
+        memory,
+        cycle_started_at=cycle,
+        decided_cycle_started_at=cycle if verdict is not None else memory.decided_cycle_started_at,
+    )
+    return SlotEvaluation(
+        forecast=forecast,
+        cycle_started_at=cycle,
+        verdict=verdict,
+        evaluate_again_at=again,
+        screen=Screen.after(forecast, memory=after, policy=policy, evaluated_at=now),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from replenish.answers import service as answers
 from replenish.audit import service as audit
-from replenish.automation.engine import FORECAST_HISTORY_DAYS, SlotMemory, evaluate
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
 from replenish.consent import service as consent
@@ -32,7 +33,7 @@ from replenish.constants import (
 )
 from replenish.db import UTCDateTime, transaction
 from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.devices.service import due_no_later_than
+from replenish.devices.service import mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import fleet_prior, lends_to_fleet
 from replenish.ingest.models import DeviceMessage, Reading
@@ -48,11 +49,12 @@ ACTOR = "automation"
 
 @dataclass
 class EvaluationReport:
-    slots: int = 0
+    slots: int = 0  # due slots taken: evaluated in full (forecasts) or screened
     forecasts: int = 0
     decisions: list[str] = field(default_factory=list)
     errors: int = 0
     interrupted: bool = False  # stopped between transactions: the process is stopping
+    screened: int = 0  # due slots whose new readings could wait for a later evaluation
 
 
 def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
@@ -132,6 +134,16 @@ def fleet_rates(*, session: Session) -> FleetRates:
     return fleet
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """What evaluating a slot came to: its decision, if any, when to evaluate it in full again, and which new
+    readings can wait until then."""
+
+    decision: Decision | None
+    next_at: datetime
+    screen: Screen
+
+
 @dataclass
 class EvaluationContext:
     """What evaluating a set of slots reads besides their readings, read for all of them at once: their customers
@@ -179,7 +191,7 @@ def evaluate_slot(
     margin_days: float,
     context: EvaluationContext,
     prior: RatePrior | None = None,
-) -> tuple[Decision | None, datetime]:
+) -> Evaluated:
     """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again.
     ``context`` holds what was read for it (EvaluationContext.load), its customer locked."""
     version, document = context.consents[device.customer_id]
@@ -211,7 +223,7 @@ def evaluate_slot(
     )
     slot.cycle_started_at = evaluation.cycle_started_at
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
-        return None, evaluation.evaluate_again_at
+        return Evaluated(decision=None, next_at=evaluation.evaluate_again_at, screen=evaluation.screen)
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
         evaluation.verdict,
@@ -239,7 +251,7 @@ def evaluate_slot(
             now=now,
             correlation_id=trigger,
         )
-    return decision, evaluation.evaluate_again_at
+    return Evaluated(decision=decision, next_at=evaluation.evaluate_again_at, screen=evaluation.screen)
 
 
 @dataclass(frozen=True)
@@ -521,6 +533,20 @@ EVALUATIONS_PER_PASS = 2
 class Claim:
     slot_id: str
     marks: int  # the slot's due_marks when it was claimed: a mark since means evaluate it again
+    level: float | None = None  # its newest level, a fraction of capacity
+    evaluate_by: datetime | None = None
+    screen: Screen | None = None  # what its last full evaluation left (None: evaluate it in full)
+
+    def can_wait(self, now: datetime) -> bool:
+        """Whether the slot's new readings can wait for a later evaluation (automation.engine.Screen): nothing but
+        readings made it due, its full evaluation is not due yet, and its newest level lets them wait."""
+        return (
+            self.screen is not None
+            and self.evaluate_by is not None
+            and now < self.evaluate_by
+            and self.level is not None
+            and self.screen.lets_wait(self.level, now=now)
+        )
 
 
 def claim_due(*, session: Session, now: datetime, limit: int, lease: timedelta = CLAIM_LEASE) -> list[Claim]:
@@ -542,29 +568,95 @@ def claim_due(*, session: Session, now: datetime, limit: int, lease: timedelta =
         update(table)
         .where(table.c.id.in_(due.scalar_subquery()))
         .values(claimed_until=now + lease)
-        .returning(table.c.id, table.c.due_marks)
+        .returning(
+            table.c.id,
+            table.c.due_marks,
+            table.c.level,
+            table.c.capacity,
+            table.c.evaluate_by,
+            table.c.screen_until,
+            table.c.screen_until_dropped,
+            table.c.screen_low,
+            table.c.screen_high,
+        )
     )
-    return [Claim(slot_id=slot_id, marks=marks) for slot_id, marks in rows]
+    claims = []
+    for slot_id, marks, level, capacity, evaluate_by, until, until_dropped, low, high in rows:
+        screen = None
+        if until is not None and until_dropped is not None:
+            screen = Screen(
+                until=until,
+                until_dropped=until_dropped,
+                low=-math.inf if low is None else low,
+                high=math.inf if high is None else high,
+            )
+        claims.append(
+            Claim(
+                slot_id=slot_id,
+                marks=marks,
+                level=level / capacity if level is not None and capacity else None,
+                evaluate_by=evaluate_by,
+                screen=screen,
+            )
+        )
+    return claims
 
 
-def finish_claims(*, session: Session, claims: list[Claim], next_at: dict[str, datetime]) -> None:
+def finish_claims(
+    *,
+    session: Session,
+    claims: list[Claim],
+    next_at: dict[str, datetime],
+    screens: dict[str, Screen] | None = None,
+) -> None:
     """Release the claims and set each slot's next due moment, unless something marked the slot since it was
-    claimed: then it stays due (a reading stored during its evaluation is evaluated too)."""
+    claimed: then it stays due (a reading stored during its evaluation is evaluated too). A slot evaluated in full
+    gets its new screen (``screens``) and is evaluated in full by ``next_at``; one marked meanwhile gets none, so
+    that its next evaluation is a full one whatever marked it."""
     if not claims:
         return
+    screens = screens or {}
     table = Slot.__table__
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("slot_id"))
-        .values(
-            due_at=case(
-                (table.c.due_marks == bindparam("marks"), bindparam("next_at", type_=UTCDateTime)),
-                else_=table.c.due_at,
+    unchanged = table.c.due_marks == bindparam("marks")
+    values = {
+        "due_at": case((unchanged, bindparam("next_at", type_=UTCDateTime)), else_=table.c.due_at),
+        "claimed_until": None,
+    }
+    statement = update(table).where(table.c.id == bindparam("slot_id"))
+    others = [claim for claim in claims if claim.slot_id not in screens]
+    if others:
+        session.execute(
+            statement.values(**values),
+            [{"slot_id": claim.slot_id, "marks": claim.marks, "next_at": next_at[claim.slot_id]} for claim in others],
+        )
+    evaluated = [claim for claim in claims if claim.slot_id in screens]
+    if evaluated:
+        session.execute(
+            statement.values(
+                **values,
+                evaluate_by=case((unchanged, bindparam("next_at", type_=UTCDateTime)), else_=None),
+                screen_until=case((unchanged, bindparam("until", type_=UTCDateTime)), else_=None),
+                screen_until_dropped=bindparam("until_dropped", type_=UTCDateTime),
+                screen_low=bindparam("low", type_=Float),
+                screen_high=bindparam("high", type_=Float),
             ),
-            claimed_until=None,
-        ),
-        [{"slot_id": claim.slot_id, "marks": claim.marks, "next_at": next_at[claim.slot_id]} for claim in claims],
-    )
+            [
+                {
+                    "slot_id": claim.slot_id,
+                    "marks": claim.marks,
+                    "next_at": next_at[claim.slot_id],
+                    "until": screens[claim.slot_id].until,
+                    "until_dropped": screens[claim.slot_id].until_dropped,
+                    "low": _finite_or_none(screens[claim.slot_id].low),
+                    "high": _finite_or_none(screens[claim.slot_id].high),
+                }
+                for claim in evaluated
+            ],
+        )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def evaluate_due(
@@ -597,6 +689,19 @@ def evaluate_due(
             with transaction(engine) as session:
                 _release(session=session, slot_ids=[claim.slot_id for claim in again])
         claims = [claim for claim in claims if evaluations.get(claim.slot_id, 0) < EVALUATIONS_PER_PASS]
+        waiting = [claim for claim in claims if claim.can_wait(now)]
+        if waiting:  # new readings that can wait for a later evaluation: no forecast now
+            with transaction(engine) as session:
+                finish_claims(
+                    session=session,
+                    claims=waiting,
+                    next_at={claim.slot_id: claim.evaluate_by for claim in waiting if claim.evaluate_by is not None},
+                )
+            report.slots += len(waiting)
+            report.screened += len(waiting)
+            claims = [claim for claim in claims if not claim.can_wait(now)]
+            if not claims:
+                continue
         for claim in claims:
             evaluations[claim.slot_id] = evaluations.get(claim.slot_id, 0) + 1
         priors = fleet.get(engine=engine, now=now)
@@ -634,6 +739,7 @@ def _evaluate_claims(
     done: list[Claim] = []
     decisions: list[str] = []
     next_at: dict[str, datetime] = {}
+    screens: dict[str, Screen] = {}
     try:
         with transaction(engine) as session:
             rows = session.exec(
@@ -647,7 +753,7 @@ def _evaluate_claims(
             for slot, device in rows:
                 if done and time.monotonic() - started > TRANSACTION_SECONDS:
                     break
-                decision, next_at[slot.id] = evaluate_slot(
+                evaluated = evaluate_slot(
                     session=session,
                     slot=slot,
                     device=device,
@@ -656,10 +762,11 @@ def _evaluate_claims(
                     prior=priors.prior_for(device=device, slot=slot),
                     context=context,
                 )
+                next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
                 done.append(waiting.pop(slot.id))
-                if decision is not None:
-                    decisions.append(decision.id)
-            finish_claims(session=session, claims=done, next_at=next_at)
+                if evaluated.decision is not None:
+                    decisions.append(evaluated.decision.id)
+            finish_claims(session=session, claims=done, next_at=next_at, screens=screens)
     except Exception:
         log.info("a transaction of %d slots failed; they are evaluated one by one", len(claims), exc_info=True)
         for claim in claims:
@@ -689,7 +796,7 @@ def _evaluate_alone(
             if found is None:
                 return  # deleted since it was claimed
             slot, device = found
-            decision, next_at = evaluate_slot(
+            evaluated = evaluate_slot(
                 session=session,
                 slot=slot,
                 device=device,
@@ -698,10 +805,15 @@ def _evaluate_alone(
                 prior=priors.prior_for(device=device, slot=slot),
                 context=EvaluationContext.load(session=session, slots=[(slot, device)]),
             )
-            finish_claims(session=session, claims=[claim], next_at={claim.slot_id: next_at})
+            finish_claims(
+                session=session,
+                claims=[claim],
+                next_at={claim.slot_id: evaluated.next_at},
+                screens={claim.slot_id: evaluated.screen},
+            )
         report.forecasts += 1
-        if decision is not None:
-            report.decisions.append(decision.id)
+        if evaluated.decision is not None:
+            report.decisions.append(evaluated.decision.id)
         return
     except IntegrityError:
         # Another evaluator decided this cycle first; the database kept exactly one decision. Evaluated again.
@@ -751,7 +863,5 @@ def evaluate_all(
     """Every slot, due or not: `replenish forecasts rebuild`, and what a test or a replay that wants every slot
     looked at again calls. Marks every slot due, then evaluates as the job does."""
     with transaction(engine) as session:
-        session.execute(
-            update(Slot.__table__).values(due_at=due_no_later_than(now), due_marks=Slot.__table__.c.due_marks + 1)
-        )
+        mark_slots_due(session=session, at=now)
     return evaluate_due(engine=engine, now=now, margin_days=margin_days, should_stop=should_stop)

@@ -19,24 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from replenish.automation.engine import SlotMemory, evaluate, order_on_its_way
+from replenish.automation.engine import Screen, SlotMemory, evaluate, order_on_its_way
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import REFILL_MIN_RISE, fleet_prior, lends_to_fleet
+from replenish.forecasting.model import fleet_prior, lends_to_fleet
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
-# Evaluation cadence. The live scheduler evaluates every minute. The replay evaluates a slot when it reports: at
-# most every NEAR_STEP of simulated time while the early empty estimate is within NEAR of the order horizon (or
-# right after a sharp drop), less often the further it is; once this cycle's order is placed, on a rise that may be
-# a refill and otherwise every DECIDED_STEP;
-# and in between, at the moment its latest forecast says to order.
-NEAR = timedelta(days=2)
-NEAR_STEP = timedelta(hours=3)
-FAR_STEP = timedelta(hours=48)
-DECIDED_STEP = timedelta(days=2)
-SHARP_DROP = 0.1
+# Evaluation cadence, as the live evaluator's: a slot is evaluated when it reports, unless the reading can wait
+# (automation.engine.Screen), and in between at the moment its latest forecast says to order.
 
 
 class ReadingsError(ValueError):
@@ -67,7 +59,7 @@ class _SlotReplay:
     count: int = 0
     memory: SlotMemory = field(default_factory=SlotMemory)
     last_forecast: Forecast | None = None
-    last_evaluated_at: datetime | None = None
+    screen: Screen | None = None  # which new readings can wait for a later evaluation
     evaluations: int = 0  # a scheduled check is stale once the slot has been evaluated again
 
     def append(self, moment: float, level: float) -> None:
@@ -178,7 +170,8 @@ class _Replay:
     def _evaluate(self, key: tuple[str, str], *, now: float, scheduled: bool) -> None:
         state = self.slots[key]
         moment = _utc(now)
-        if not scheduled and _can_wait(state, now=moment, policy=self.policy):
+        newest = float(state.levels[state.count - 1])
+        if not scheduled and state.screen is not None and state.screen.lets_wait(newest, now=moment):
             return
         # Views of the buffers: the engine reads only its history window of them.
         series = ReadingSeries(times=state.times[: state.count], levels=state.levels[: state.count])
@@ -201,35 +194,12 @@ class _Replay:
             memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=moment)
         state.memory = memory
         state.last_forecast = evaluation.forecast
-        state.last_evaluated_at = moment
+        state.screen = evaluation.screen
         state.evaluations += 1
         self.fleet.observe(state.slot, key, evaluation.forecast)
         check = _next_check(state, now=moment, policy=self.policy)
         if check is not None:
             heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
-
-
-def _can_wait(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> bool:
-    """Whether a new reading can wait for a later evaluation. The forecast moves little from one reading to the
-    next, and the scheduled check acts at the moment the forecast says, so evaluating at every reading would mostly
-    repeat the same answer; the further the slot is from its order time, the longer it can wait, unless its level
-    has just dropped sharply."""
-    forecast = state.last_forecast
-    if state.last_evaluated_at is None or forecast is None:
-        return False
-    since = now - state.last_evaluated_at
-    memory = state.memory
-    if memory.cycle_started_at is not None and memory.decided_cycle_started_at == memory.cycle_started_at:
-        # Only a refill can change anything now: evaluate on a rise that may be one, and now and then anyway.
-        rise = forecast.level_now is not None and state.levels[state.count - 1] >= forecast.level_now + REFILL_MIN_RISE
-        return not rise and since < DECIDED_STEP
-    if forecast.empty_at_early is None or forecast.level_now is None:
-        # Only a slot that is not being used can wait long; a pending refill or a new slot may need an order soon.
-        return since < FAR_STEP if forecast.status == "not_consuming" else since < NEAR_STEP
-    slack = forecast.empty_at_early - (now + policy.horizon)
-    if slack <= NEAR or state.levels[state.count - 1] < forecast.level_now - SHARP_DROP:
-        return since < NEAR_STEP
-    return since < min(FAR_STEP, slack / 2)
 
 
 def _next_check(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> datetime | None:

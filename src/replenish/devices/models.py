@@ -65,6 +65,14 @@ class Slot(SQLModel, table=True):
     due_marks: int = 0
     # An evaluator's claim on the slot, until this moment: claims expire, so a killed evaluator loses nothing.
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What the last full evaluation left (automation.engine.Screen): until when, and for which newest levels
+    # (fractions of capacity; None: no bound), a new reading can wait for a later evaluation, and when the slot is
+    # evaluated in full whatever it reports. None: the next evaluation is a full one.
+    evaluate_by: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    screen_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    screen_until_dropped: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    screen_low: float | None = None
+    screen_high: float | None = None
 
 
 class SlotForecast(SQLModel, table=True):

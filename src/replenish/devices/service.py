@@ -122,7 +122,10 @@ def mark_slots_due(
     status, a slot's settings): the evaluator looks at them again from then. Ingest marks the slots it stores
     readings for itself, in the same statement that stores their latest level."""
     table = Slot.__table__
-    statement = update(table).values(due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1)
+    # No screen: the next evaluation is a full one.
+    statement = update(table).values(
+        due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1, screen_until=None
+    )
     if slot_ids is not None:
         statement = statement.where(table.c.id.in_(sorted(slot_ids)))
     if customer_id is not None:
