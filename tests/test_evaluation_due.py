@@ -303,3 +303,21 @@ def test_replenish_forecasts_rebuild_forecasts_every_slot_from_its_readings(tmp_
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(SlotForecast)).one() == 3
     assert printers.forecast("printer-2").status == "ok"
+
+
+def test_a_slot_marked_during_every_evaluation_does_not_hold_the_pass(engine: Engine):
+    printers = Printers(engine, 1)
+    printers.falling(["printer-0"], start=T0, days=2, start_level=0.95, rate=0.02)
+    now = T0 + timedelta(days=2)
+    slot_id = printers.slot().id
+
+    def marked_meanwhile() -> bool:
+        """Between every two transactions of the pass, something marks the slot (a chatty device, say)."""
+        with transaction(engine) as session:
+            devices.mark_slots_due(session=session, at=now + timedelta(seconds=1), slot_ids=[slot_id])
+        return False
+
+    report = evaluate_due(engine=engine, now=now, margin_days=MARGIN_DAYS, should_stop=marked_meanwhile)
+    assert report.forecasts == 2, "evaluated again once for the marks, then left to the next pass"
+    assert printers.slot().due_at == now + timedelta(microseconds=1)
+    assert printers.evaluate(now + timedelta(seconds=1)) == 1

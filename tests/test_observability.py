@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from conftest import Publisher, make_settings, place_an_order, running_platform
 from helpers import create_customer, register_device
 from replenish.automation.models import Decision
 from replenish.clock import ManualClock
-from replenish.constants import DeadLetterReason, OrderStatus, OutboxKind
+from replenish.constants import READINESS_CACHE_SECONDS, DeadLetterReason, OrderStatus, OutboxKind
 from replenish.observability.logging import make_handler
 from replenish.observability.metrics import DatabaseCollector
 from replenish.outbox.models import OutboxMessage
@@ -210,10 +211,14 @@ def counting_broker() -> Iterator[CountingBroker]:
 def test_a_storm_of_readiness_probes_costs_the_broker_one_connection(tmp_path, clock, counting_broker):
     settings = make_settings(tmp_path, mqtt_url=f"mqtt://127.0.0.1:{counting_broker.port}")
     with running_platform(settings, clock, roles=Roles(api=True)) as platform:
+        started = time.monotonic()
         answers = [httpx.get(f"{platform.api_url}/readyz", timeout=10) for _ in range(10)]
+        took = time.monotonic() - started
     assert [answer.status_code for answer in answers] == [200] * 10
     assert answers[0].json()["broker"] == "ok", "a CONNACK refusing an anonymous client still proves the broker"
-    assert counting_broker.connections == 1
+    # One connection per READINESS_CACHE_SECONDS at most (a loaded machine may take longer than that for ten).
+    assert counting_broker.connections <= 1 + int(took // READINESS_CACHE_SECONDS), took
+    assert counting_broker.connections < 10
 
 
 # -- logs and the correlation id -----------------------------------------------------------------------------------

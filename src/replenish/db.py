@@ -189,10 +189,15 @@ def _check_columns(connection: Any) -> None:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on error. Services never commit themselves."""
+def transaction(engine: Engine, *, immediate: bool = False) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back on error. Services never commit themselves.
+
+    ``immediate``: on SQLite, take the one writer's lock at once (BEGIN IMMEDIATE) rather than at the first write,
+    so that what the unit reads before it writes cannot change under it (PostgreSQL locks rows instead)."""
     with Session(engine, expire_on_commit=False) as session:
         try:
+            if immediate and engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
         except BaseException:

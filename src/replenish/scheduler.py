@@ -160,9 +160,9 @@ def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) ->
 
     def when_leading(job: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
-            if jobs.stopping.is_set() or not leading():
-                return
-            with jobs.leader_work:
+            with jobs.leader_work:  # counted before the check: a stopping process waits for it or it does nothing
+                if jobs.stopping.is_set() or not leading():
+                    return
                 job()
 
         return run

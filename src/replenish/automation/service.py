@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, Float, String, bindparam, case, cast, func, or_, type_coerce, update
@@ -147,9 +148,9 @@ class Evaluated:
 @dataclass
 class EvaluationContext:
     """What evaluating a set of slots reads besides their readings, read for all of them at once: their customers
-    (locked, in id order, until the transaction ends: the lock order of decisions, so two evaluators never wait
-    on each other in a circle) and current consent, each slot's newest open order, its newest decision's key, and
-    its stored forecast."""
+    and then the slots themselves (locked until the transaction ends, each in id order: the lock order of every
+    writer of several, so that none waits on another in a circle) and the customers' current consent, each slot's
+    newest open order, its newest decision's key, and its stored forecast."""
 
     consents: dict[str, tuple[int, ConsentDocument]]
     open_orders: dict[str, Order]
@@ -164,6 +165,11 @@ class EvaluationContext:
             customer_id: (version.version, ConsentDocument.model_validate(version.document))
             for customer_id, version in consent.lock_customers(session=session, customer_ids=customer_ids).items()
         }
+        # Then the slots, in id order as every writer of several slots takes them (ingest, mark_slots_due).
+        session.exec(
+            select(Slot.id).where(col(Slot.id).in_(sorted(slot_ids))).order_by(col(Slot.id)).with_for_update()
+        ).all()
+
         open_orders: dict[str, Order] = {}
         for order in session.exec(
             select(Order)
@@ -222,8 +228,11 @@ def evaluate_slot(
         now=now,
     )
     slot.cycle_started_at = evaluation.cycle_started_at
+    next_at = evaluation.evaluate_again_at
+    if slot.level_at is not None and now < slot.level_at < next_at:
+        next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
-        return Evaluated(decision=None, next_at=evaluation.evaluate_again_at, screen=evaluation.screen)
+        return Evaluated(decision=None, next_at=next_at, screen=evaluation.screen)
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
         evaluation.verdict,
@@ -251,7 +260,7 @@ def evaluate_slot(
             now=now,
             correlation_id=trigger,
         )
-    return Evaluated(decision=decision, next_at=evaluation.evaluate_again_at, screen=evaluation.screen)
+    return Evaluated(decision=decision, next_at=next_at, screen=evaluation.screen)
 
 
 @dataclass(frozen=True)
@@ -549,16 +558,20 @@ class Claim:
         )
 
 
-def claim_due(*, session: Session, now: datetime, limit: int, lease: timedelta = CLAIM_LEASE) -> list[Claim]:
-    """Claim up to ``limit`` slots due by ``now`` and not claimed by another evaluator, soonest due first. On
+def claim_due(
+    *, session: Session, now: datetime, limit: int, lease: timedelta = CLAIM_LEASE, at: datetime | None = None
+) -> list[Claim]:
+    """Claim up to ``limit`` slots due by ``now`` and not claimed by another evaluator, soonest due first, until
+    ``at`` (the time of the claim; a pass evaluates at one ``now`` however long it takes) plus ``lease``. On
     PostgreSQL the rows another evaluator is claiming at the same moment are skipped (SKIP LOCKED), so several
     evaluators share the due slots without waiting for each other; SQLite has one writer at a time anyway."""
+    at = at or now
     table = Slot.__table__
     due = (
         select(table.c.id)
         .where(
             table.c.due_at <= now,
-            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= now),
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= at),
         )
         .order_by(table.c.due_at)
         .limit(limit)
@@ -567,7 +580,7 @@ def claim_due(*, session: Session, now: datetime, limit: int, lease: timedelta =
     rows = session.execute(
         update(table)
         .where(table.c.id.in_(due.scalar_subquery()))
-        .values(claimed_until=now + lease)
+        .values(claimed_until=at + lease)
         .returning(
             table.c.id,
             table.c.due_marks,
@@ -667,12 +680,14 @@ def evaluate_due(
     fleet: FleetRatesCache | None = None,
     batch_size: int = EVALUATION_BATCH,
     claim_lease: timedelta = CLAIM_LEASE,
+    clock: Callable[[], datetime] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> EvaluationReport:
     """The evaluation job: every slot due by ``now`` (see Slot.due_at), claimed in batches, many slots per
     transaction. Any number of evaluators may run it at once. A slot whose evaluation fails is retried alone, so
     one bad slot cannot hold up its batch, and again after RETRY_AFTER. It stops between transactions once
-    ``should_stop()`` says so (the process is stopping), handing its unfinished claims back."""
+    ``should_stop()`` says so (the process is stopping), handing its unfinished claims back. ``clock`` dates the
+    claims (default: ``now``), so that a long pass's claims still last their lease."""
     report = EvaluationReport()
     fleet = fleet or FleetRatesCache()
     evaluations: dict[str, int] = {}
@@ -681,13 +696,15 @@ def evaluate_due(
             report.interrupted = True
             break
         with transaction(engine) as session:
-            claims = claim_due(session=session, now=now, limit=batch_size, lease=claim_lease)
+            claims = claim_due(
+                session=session, now=now, limit=batch_size, lease=claim_lease, at=clock() if clock else now
+            )
         if not claims:
             break
         again = [claim for claim in claims if evaluations.get(claim.slot_id, 0) >= EVALUATIONS_PER_PASS]
-        if again:  # marked due over and over while this pass ran: the next pass takes it
+        if again:  # marked due over and over while this pass ran: the next pass takes it, not this one
             with transaction(engine) as session:
-                _release(session=session, slot_ids=[claim.slot_id for claim in again])
+                _release(session=session, slot_ids=[claim.slot_id for claim in again], due_after=now)
         claims = [claim for claim in claims if evaluations.get(claim.slot_id, 0) < EVALUATIONS_PER_PASS]
         waiting = [claim for claim in claims if claim.can_wait(now)]
         if waiting:  # new readings that can wait for a later evaluation: no forecast now
@@ -717,9 +734,15 @@ def evaluate_due(
     return report
 
 
-def _release(*, session: Session, slot_ids: list[str]) -> None:
+def _release(*, session: Session, slot_ids: list[str], due_after: datetime | None = None) -> None:
+    """Hand claims back. With ``due_after``, a slot due by then is due just after it: the pass evaluating at that
+    moment does not take it again, the next one does."""
     table = Slot.__table__
-    session.execute(update(table).where(table.c.id.in_(slot_ids)).values(claimed_until=None))
+    values: dict[str, Any] = {"claimed_until": None}
+    if due_after is not None:
+        later = due_after + timedelta(microseconds=1)
+        values["due_at"] = case((table.c.due_at < later, later), else_=table.c.due_at)
+    session.execute(update(table).where(table.c.id.in_(slot_ids)).values(**values))
 
 
 def _evaluate_claims(
@@ -741,7 +764,7 @@ def _evaluate_claims(
     next_at: dict[str, datetime] = {}
     screens: dict[str, Screen] = {}
     try:
-        with transaction(engine) as session:
+        with transaction(engine, immediate=True) as session:
             rows = session.exec(
                 select(Slot, Device)
                 .join(Device, col(Device.id) == col(Slot.device_id))
@@ -789,7 +812,7 @@ def _evaluate_alone(
 ) -> None:
     report.slots += 1
     try:
-        with transaction(engine) as session:
+        with transaction(engine, immediate=True) as session:
             found = session.exec(
                 select(Slot, Device).join(Device, col(Device.id) == col(Slot.device_id)).where(Slot.id == claim.slot_id)
             ).first()

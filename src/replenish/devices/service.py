@@ -3,13 +3,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, or_, update
+from sqlalchemy import ColumnElement, case, literal, or_, update
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
 from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
-from replenish.db import get_or_raise
+from replenish.db import UTCDateTime, get_or_raise
 from replenish.devices import credentials
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
@@ -37,7 +37,8 @@ def register(*, session: Session, request: DeviceCreate, actor: str, now: dateti
     )
     session.add(device)
     for slot in request.slots:
-        session.add(Slot(device_id=device.id, created_at=now, **slot.model_dump()))
+        # Due at once: its forecast says "insufficient data" until it has reported enough.
+        session.add(Slot(device_id=device.id, created_at=now, due_at=now, **slot.model_dump()))
     session.flush()
     audit.record(
         session=session,
@@ -112,7 +113,8 @@ def update_slot(*, session: Session, slot: Slot, request: SlotUpdate, now: datet
 def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[datetime]:
     """A slot's due moment brought forward to ``at``, never pushed back: the SQL for an UPDATE's SET."""
     due_at = Slot.__table__.c.due_at
-    return case((or_(due_at.is_(None), due_at > at), at), else_=due_at)
+    moment = literal(at, UTCDateTime) if isinstance(at, datetime) else at
+    return case((or_(due_at.is_(None), due_at > moment), moment), else_=due_at)
 
 
 def mark_slots_due(
@@ -122,17 +124,23 @@ def mark_slots_due(
     status, a slot's settings): the evaluator looks at them again from then. Ingest marks the slots it stores
     readings for itself, in the same statement that stores their latest level."""
     table = Slot.__table__
-    # No screen: the next evaluation is a full one.
-    statement = update(table).values(
-        due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1, screen_until=None
-    )
+    chosen = select(table.c.id)
     if slot_ids is not None:
-        statement = statement.where(table.c.id.in_(sorted(slot_ids)))
+        chosen = chosen.where(table.c.id.in_(sorted(slot_ids)))
     if customer_id is not None:
-        statement = statement.where(
+        chosen = chosen.where(
             table.c.device_id.in_(select(Device.id).where(Device.customer_id == customer_id).scalar_subquery())
         )
-    session.execute(statement)
+    # Locked in id order first, as every writer of several slots takes them: no deadlock with ingest.
+    ids = list(session.execute(chosen.order_by(table.c.id).with_for_update()).scalars())
+    if not ids:
+        return
+    # No screen: the next evaluation is a full one.
+    session.execute(
+        update(table)
+        .where(table.c.id.in_(ids))
+        .values(due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1, screen_until=None)
+    )
 
 
 def list_devices(
