@@ -101,6 +101,7 @@ class ProcessesReport:
     errors: int
     wall: float  # from the start signal to the last process's end (process start-up not counted)
     process_cpu: list[float]  # CPU seconds of each evaluator process
+    screened: int = 0
     interrupted: bool = False
 
 
@@ -118,7 +119,16 @@ def _evaluator_process(url: str, now: datetime, max_seconds: float | None, ready
         margin_days=DEFAULT_REORDER_MARGIN_DAYS,
         should_stop=lambda: deadline is not None and time.monotonic() >= deadline,
     )
-    results.put((report.slots, len(report.decisions), report.errors, time.process_time() - cpu0, report.interrupted))
+    results.put(
+        (
+            report.slots,
+            len(report.decisions),
+            report.errors,
+            time.process_time() - cpu0,
+            report.interrupted,
+            report.screened,
+        )
+    )
     engine.dispose()
 
 
@@ -151,6 +161,7 @@ def due_in_processes(count: int) -> Evaluator:
             wall=wall,
             process_cpu=[outcome[3] for outcome in outcomes],
             interrupted=any(outcome[4] for outcome in outcomes),
+            screened=sum(outcome[5] for outcome in outcomes),
         )
 
     return run
@@ -256,6 +267,7 @@ def measure(evaluator: str, name: str, fn: Evaluator, engine: Engine, now: datet
                 None,
                 [
                     "stopped at --max-seconds" if getattr(report, "interrupted", False) else "",
+                    f"{report.screened} screened (no forecast)" if getattr(report, "screened", 0) else "",
                     f"evaluator processes' CPU s: {', '.join(f'{seconds:.1f}' for seconds in process_cpu)}"
                     if process_cpu
                     else "",
