@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 
 from brokers import free_port
 from conftest import Publisher, make_settings, place_an_order, running_platform
-from helpers import create_customer, register_device
+from helpers import create_customer, register_device, wait_until
 from replenish.automation.models import Decision
 from replenish.clock import ManualClock
 from replenish.constants import READINESS_CACHE_SECONDS, DeadLetterReason, OrderStatus, OutboxKind
@@ -129,6 +129,34 @@ def test_database_gauges_follow_an_order_through_the_outbox(platform, api, clock
     deliveries = "replenish_outbox_deliveries_total"
     assert value(delivered, deliveries, kind=OutboxKind.ORDER_PLACED.value, outcome="delivered") == 1
     assert value(delivered, deliveries, kind=OutboxKind.ORDER_PLACED.value, outcome="failed") == 0
+    assert order["status"] == "placed"
+
+
+def test_evaluation_metrics_show_the_due_backlog_and_what_the_evaluator_did(platform, api, clock, publisher):
+    empty = scrape(metrics_url(platform))
+    order, last_seq = place_an_order(platform, api, clock)  # readings over 8 days, then one evaluation pass
+    clock.advance(DatabaseCollector.CACHE_FOR)
+    evaluated = scrape(metrics_url(platform))
+
+    def moved(outcome: str) -> float:
+        return value(evaluated, "replenish_evaluations_total", outcome=outcome) - value(
+            empty, "replenish_evaluations_total", outcome=outcome
+        )
+
+    assert moved("forecast") >= 1 and moved("decided") == 1 and moved("failed") == 0
+    assert value(evaluated, "replenish_evaluation_due_slots") == 0
+    assert value(evaluated, "replenish_evaluation_behind_seconds") == 0
+
+    # A new reading no evaluator has taken yet: due, and waiting longer with every second.
+    publisher.send(
+        "devices/printer-1/telemetry",
+        {"seq": last_seq + 1, "ts": clock.now().isoformat(), "levels": {"black": 0.05}},
+    )
+    assert wait_until(lambda: platform.ingestor.totals.stored >= last_seq + 1, timeout=20)
+    clock.advance(timedelta(seconds=90))
+    waiting = scrape(metrics_url(platform))
+    assert value(waiting, "replenish_evaluation_due_slots") == 1
+    assert value(waiting, "replenish_evaluation_behind_seconds") == 90
     assert order["status"] == "placed"
 
 

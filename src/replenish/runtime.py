@@ -244,7 +244,13 @@ class Platform:
                 metrics=self.metrics,
                 **outbox_timing(self.settings),
             )
-            self.jobs = Jobs(engine=self.engine, clock=self.clock, settings=self.settings, dispatcher=dispatcher)
+            self.jobs = Jobs(
+                engine=self.engine,
+                clock=self.clock,
+                settings=self.settings,
+                dispatcher=dispatcher,
+                metrics=self.metrics,
+            )
             if self.run_jobs:
                 # Every scheduler process dispatches the outbox, leader or not: claims with a lease keep two from
                 # delivering one message, and a standby's dispatcher keeps orders and notifications flowing while

@@ -25,6 +25,7 @@ from replenish.devices.models import Device
 from replenish.health import service as health
 from replenish.health.rules import HealthPolicy
 from replenish.health.service import HealthReport
+from replenish.observability.metrics import Metrics
 from replenish.outbox.dispatcher import Dispatcher
 from replenish.privacy.service import retention_job
 
@@ -58,8 +59,17 @@ class LeaderWork:
 class Jobs:
     """The jobs themselves, callable directly: tests and replays tick them with a manual clock."""
 
-    def __init__(self, *, engine: Engine, clock: Clock, settings: Settings, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        clock: Clock,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.clock = clock
         self.settings = settings
         self.dispatcher = dispatcher
@@ -81,8 +91,16 @@ class Jobs:
             fleet=self.fleet,
             batch_size=self.settings.evaluation_batch_size,
             claim_lease=timedelta(seconds=self.settings.evaluation_claim_seconds),
+            clock=self.clock.now,
             should_stop=self.stopping.is_set,
         )
+        if self.metrics is not None:
+            self.metrics.evaluated(
+                forecast=report.forecasts,
+                screened=report.screened,
+                decided=len(report.decisions),
+                failed=report.errors,
+            )
         if report.interrupted:
             log.info("evaluation stopped between transactions after %d slots: the process is stopping", report.slots)
         if report.decisions or report.errors:

@@ -33,13 +33,14 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import Engine
+from sqlalchemy import Engine, or_
 from sqlmodel import Session, col, func, select
 
 from replenish import __version__
 from replenish.alerts.models import Alert
 from replenish.clock import Clock
 from replenish.constants import AlarmKind, AlarmStatus, AlertStatus, DeadLetterReason, OrderStatus, OutboxKind
+from replenish.devices.models import Slot
 from replenish.health.models import Alarm
 from replenish.orders.models import Order
 from replenish.outbox.models import OutboxMessage
@@ -74,6 +75,9 @@ class DeliveryOutcome:
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Up to REPLENISH_INGEST_BATCH_SIZE (500 by default) messages per commit.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+EVALUATION_OUTCOMES = ("forecast", "screened", "decided", "failed")
 
 
 class Metrics:
@@ -127,9 +131,16 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.evaluations = Counter(
+            "replenish_evaluations",
+            "Due slots this process's evaluator took: forecast (evaluated in full), screened (a new reading that "
+            "could wait), decided (a decision taken), failed (tried again later).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.scheduler_leader = Gauge(
             "replenish_scheduler_leader",
-            "1 while this process is the scheduler's leader and runs its jobs (evaluation, escalation, health, "
+            "1 while this process is the scheduler's leader and runs its jobs (follow-ups, escalation, health, "
             "retention); 0 on a standby and on processes without the scheduler role. Summed over processes: 1.",
             registry=self.registry,
         )
@@ -142,6 +153,8 @@ class Metrics:
         for kind in OutboxKind:
             for outcome in DeliveryOutcome.ALL:
                 self.outbox_deliveries.labels(kind=kind.value, outcome=outcome)
+        for outcome in EVALUATION_OUTCOMES:
+            self.evaluations.labels(outcome=outcome)
 
     # -- what the ingestor and the dispatcher report -----------------------------------------------------------
     def ingest_queue(self, *, lane: str, qsize: Callable[[], int]) -> None:
@@ -165,6 +178,13 @@ class Metrics:
         lag = self.ingest_lag.labels(lane=lane)
         for seconds in lags:
             lag.observe(max(seconds, 0.0))
+
+    def evaluated(self, *, forecast: int, screened: int, decided: int, failed: int) -> None:
+        """One evaluation pass of this process."""
+        counts = zip(EVALUATION_OUTCOMES, (forecast, screened, decided, failed), strict=True)
+        for outcome, count in counts:
+            if count:
+                self.evaluations.labels(outcome=outcome).inc(count)
 
     def outbox_delivered(self, *, kind: str, delivered: bool) -> None:
         outcome = DeliveryOutcome.DELIVERED if delivered else DeliveryOutcome.FAILED
@@ -276,7 +296,16 @@ class DatabaseCollector:
             "How far past its time the most overdue escalation step is (0 when none is due): above a few seconds, "
             "no scheduler is escalating.",
         )
-        families: list[Metric] = [orders, alerts, alarms, backlog, oldest, timers, overdue]
+        due = GaugeMetricFamily(
+            "replenish_evaluation_due_slots",
+            "Slots due for evaluation now (a reading, an order moment, a change) that no evaluator has claimed yet.",
+        )
+        due_behind = GaugeMetricFamily(
+            "replenish_evaluation_behind_seconds",
+            "How long the longest-waiting due slot has waited (0 when none waits): above a couple of evaluation "
+            "intervals, the evaluators are falling behind.",
+        )
+        families: list[Metric] = [orders, alerts, alarms, backlog, oldest, timers, overdue, due, due_behind]
         if session is None or now is None:
             return families
 
@@ -317,4 +346,12 @@ class DatabaseCollector:
         ).one()
         timers.add_metric([], count)
         overdue.add_metric([], max((now - first_due).total_seconds(), 0.0) if first_due else 0.0)
+
+        count, first_due = session.exec(
+            select(func.count(), func.min(Slot.due_at)).where(
+                col(Slot.due_at) <= now, or_(col(Slot.claimed_until).is_(None), col(Slot.claimed_until) <= now)
+            )
+        ).one()
+        due.add_metric([], count)
+        due_behind.add_metric([], max((now - first_due).total_seconds(), 0.0) if first_due else 0.0)
         return families
