@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func
-from sqlmodel import Session, select
+from sqlalchemy import Engine, delete, func
+from sqlmodel import Session, col, select
 
 from replenish.automation.engine import REFRESH_AFTER
 from replenish.automation.models import Decision
-from replenish.automation.service import CLAIM_LEASE, claim_due, evaluate_due, finish_claims
+from replenish.automation.service import CLAIM_LEASE, RETRY_AFTER, claim_due, evaluate_due, finish_claims
 from replenish.consent import service as consent
+from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import ConsentMode, OrderStatus
 from replenish.customers import service as customers
@@ -54,7 +55,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 class Printers:
     """Printers of one customer, one black slot each; readings go in through the real ingest service."""
 
-    def __init__(self, engine: Engine, count: int, *, mode: ConsentMode = ConsentMode.AUTO_ORDER) -> None:
+    def __init__(
+        self, engine: Engine, count: int, *, mode: ConsentMode = ConsentMode.AUTO_ORDER, prefix: str = "printer"
+    ) -> None:
         self.engine = engine
         self.seqs: dict[str, int] = {}
         with transaction(engine) as session:
@@ -67,7 +70,7 @@ class Printers:
                 now=T0,
             ).id
             for number in range(count):
-                device_id = f"printer-{number}"
+                device_id = f"{prefix}-{number}"
                 devices.register(
                     session=session,
                     actor="test",
@@ -321,3 +324,17 @@ def test_a_slot_marked_during_every_evaluation_does_not_hold_the_pass(engine: En
     assert report.forecasts == 2, "evaluated again once for the marks, then left to the next pass"
     assert printers.slot().due_at == now + timedelta(microseconds=1)
     assert printers.evaluate(now + timedelta(seconds=1)) == 1
+
+
+def test_a_slot_that_fails_holds_up_no_other_and_is_tried_again_later(engine: Engine):
+    healthy = Printers(engine, 2)
+    broken = Printers(engine, 1, prefix="broken")
+    now = T0 + timedelta(days=2)
+    healthy.falling(list(healthy.seqs), start=T0, days=2, start_level=0.95, rate=0.02)
+    broken.falling(["broken-0"], start=T0, days=2, start_level=0.95, rate=0.02)
+    with transaction(engine) as session:  # a customer without any consent: its slot cannot be decided on
+        session.execute(delete(ConsentVersion).where(col(ConsentVersion.customer_id) == broken.customer_id))
+    report = evaluate_due(engine=engine, now=now, margin_days=MARGIN_DAYS)
+    assert (report.slots, report.forecasts, report.errors) == (3, 2, 1), "the batch was redone slot by slot"
+    assert broken.slot("broken-0").due_at == now + RETRY_AFTER
+    assert healthy.slot("printer-1").due_at is not None and healthy.slot("printer-1").due_at > now

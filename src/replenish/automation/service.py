@@ -745,6 +745,55 @@ def _release(*, session: Session, slot_ids: list[str], due_after: datetime | Non
     session.execute(update(table).where(table.c.id.in_(slot_ids)).values(**values))
 
 
+@dataclass
+class _Transaction:
+    """What one evaluation transaction did: the claims it finished, the decisions it took, the claims it left."""
+
+    done: list[Claim] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+    left: list[Claim] = field(default_factory=list)
+
+
+def _evaluate_in_one_transaction(
+    *, engine: Engine, claims: list[Claim], now: datetime, margin_days: float, priors: FleetRates
+) -> _Transaction:
+    """Evaluate claimed slots in one transaction, in customer order, for about TRANSACTION_SECONDS (at least one
+    slot); the claims not reached are left. Raises what a slot raised: nothing of the transaction is kept then."""
+    started = time.monotonic()
+    waiting = {claim.slot_id: claim for claim in claims}
+    outcome = _Transaction()
+    next_at: dict[str, datetime] = {}
+    screens: dict[str, Screen] = {}
+    with transaction(engine, immediate=True) as session:
+        rows = session.exec(
+            select(Slot, Device)
+            .join(Device, col(Device.id) == col(Slot.device_id))
+            .where(col(Slot.id).in_(list(waiting)))
+            .order_by(col(Device.customer_id), col(Slot.id))
+        ).all()
+        present = {slot.id for slot, _ in rows}
+        context = EvaluationContext.load(session=session, slots=list(rows))
+        for slot, device in rows:
+            if outcome.done and time.monotonic() - started > TRANSACTION_SECONDS:
+                break
+            evaluated = evaluate_slot(
+                session=session,
+                slot=slot,
+                device=device,
+                now=now,
+                margin_days=margin_days,
+                prior=priors.prior_for(device=device, slot=slot),
+                context=context,
+            )
+            next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
+            outcome.done.append(waiting.pop(slot.id))
+            if evaluated.decision is not None:
+                outcome.decisions.append(evaluated.decision.id)
+        finish_claims(session=session, claims=outcome.done, next_at=next_at, screens=screens)
+    outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
+    return outcome
+
+
 def _evaluate_claims(
     *,
     engine: Engine,
@@ -754,51 +803,22 @@ def _evaluate_claims(
     priors: FleetRates,
     report: EvaluationReport,
 ) -> list[Claim]:
-    """Evaluate claimed slots in one transaction, in customer order (the order decisions lock customers in, so two
-    evaluators never wait on each other in a circle), for about TRANSACTION_SECONDS; the claims not reached are
-    returned. When a slot fails, the transaction is rolled back and its slots are evaluated one per transaction."""
-    started = time.monotonic()
-    waiting = {claim.slot_id: claim for claim in claims}
-    done: list[Claim] = []
-    decisions: list[str] = []
-    next_at: dict[str, datetime] = {}
-    screens: dict[str, Screen] = {}
+    """One transaction's worth of the claims (see _evaluate_in_one_transaction); the claims not reached are
+    returned. When a slot fails, the transaction is rolled back and its slots are evaluated one per transaction,
+    so that one bad slot cannot hold up the others."""
     try:
-        with transaction(engine, immediate=True) as session:
-            rows = session.exec(
-                select(Slot, Device)
-                .join(Device, col(Device.id) == col(Slot.device_id))
-                .where(col(Slot.id).in_(list(waiting)))
-                .order_by(col(Device.customer_id), col(Slot.id))
-            ).all()
-            present = {slot.id for slot, _ in rows}
-            context = EvaluationContext.load(session=session, slots=list(rows))
-            for slot, device in rows:
-                if done and time.monotonic() - started > TRANSACTION_SECONDS:
-                    break
-                evaluated = evaluate_slot(
-                    session=session,
-                    slot=slot,
-                    device=device,
-                    now=now,
-                    margin_days=margin_days,
-                    prior=priors.prior_for(device=device, slot=slot),
-                    context=context,
-                )
-                next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
-                done.append(waiting.pop(slot.id))
-                if evaluated.decision is not None:
-                    decisions.append(evaluated.decision.id)
-            finish_claims(session=session, claims=done, next_at=next_at, screens=screens)
+        outcome = _evaluate_in_one_transaction(
+            engine=engine, claims=claims, now=now, margin_days=margin_days, priors=priors
+        )
     except Exception:
         log.info("a transaction of %d slots failed; they are evaluated one by one", len(claims), exc_info=True)
         for claim in claims:
             _evaluate_alone(engine=engine, claim=claim, now=now, margin_days=margin_days, priors=priors, report=report)
         return []
-    report.slots += len(done)
-    report.forecasts += len(done)
-    report.decisions.extend(decisions)
-    return [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted meanwhile
+    report.slots += len(outcome.done)
+    report.forecasts += len(outcome.done)
+    report.decisions.extend(outcome.decisions)
+    return outcome.left
 
 
 def _evaluate_alone(
@@ -812,31 +832,11 @@ def _evaluate_alone(
 ) -> None:
     report.slots += 1
     try:
-        with transaction(engine, immediate=True) as session:
-            found = session.exec(
-                select(Slot, Device).join(Device, col(Device.id) == col(Slot.device_id)).where(Slot.id == claim.slot_id)
-            ).first()
-            if found is None:
-                return  # deleted since it was claimed
-            slot, device = found
-            evaluated = evaluate_slot(
-                session=session,
-                slot=slot,
-                device=device,
-                now=now,
-                margin_days=margin_days,
-                prior=priors.prior_for(device=device, slot=slot),
-                context=EvaluationContext.load(session=session, slots=[(slot, device)]),
-            )
-            finish_claims(
-                session=session,
-                claims=[claim],
-                next_at={claim.slot_id: evaluated.next_at},
-                screens={claim.slot_id: evaluated.screen},
-            )
-        report.forecasts += 1
-        if evaluated.decision is not None:
-            report.decisions.append(evaluated.decision.id)
+        outcome = _evaluate_in_one_transaction(
+            engine=engine, claims=[claim], now=now, margin_days=margin_days, priors=priors
+        )
+        report.forecasts += len(outcome.done)
+        report.decisions.extend(outcome.decisions)
         return
     except IntegrityError:
         # Another evaluator decided this cycle first; the database kept exactly one decision. Evaluated again.
