@@ -7,7 +7,8 @@
 FROM python:3.11-slim AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache
 
 RUN python -m venv /opt/venv
 WORKDIR /build
@@ -22,14 +23,16 @@ RUN mkdir -p src/replenish && touch src/replenish/__init__.py \
 # Then the project itself (.dockerignore lets in only pyproject.toml, README.md and src/).
 COPY . .
 RUN /opt/venv/bin/pip install --no-deps --force-reinstall . \
-    && /opt/venv/bin/replenish --help > /dev/null
+    && /opt/venv/bin/replenish --help > /dev/null \
+    && /opt/venv/bin/python -c "from replenish.forecasting.model import compile_ahead; compile_ahead()"
 
 # --- runtime stage -------------------------------------------------------------------------------
 FROM python:3.11-slim
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache
 
 # A fixed numeric uid/gid, so orchestrators can check "runs as non-root" and volume ownership is
 # predictable.
@@ -38,6 +41,8 @@ RUN groupadd --system --gid 10001 replenish \
        --shell /usr/sbin/nologin replenish
 
 COPY --from=build /opt/venv /opt/venv
+# The forecast model compiled at build time (forecasting/compiled.py), where the service user may add to it.
+COPY --from=build --chown=10001:10001 /opt/numba-cache /opt/numba-cache
 
 # The working directory is writable by the service user: REPLENISH_DATA_DIR defaults to ./var
 # (the SQLite database when no REPLENISH_DATABASE_URL is given, demo files).

@@ -41,6 +41,7 @@ from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint, Settings
 from replenish.constants import AccountRole
 from replenish.db import transaction
+from replenish.forecasting.model import compile_ahead
 from replenish.runtime import Platform, Roles
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -68,6 +69,12 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 # for real.
 CHEAP_PASSWORDS = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
 REAL_PASSWORD_MODULES = {"test_auth"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, before any worker starts
+        # Fill numba's disk cache once, instead of every worker compiling the model at its first forecast.
+        compile_ahead()
 
 
 @pytest.fixture(autouse=True)

@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from replenish.constants import DEFAULT_SERVICE_LEVEL
 from replenish.forecasting.absence import Absences
+from replenish.forecasting.compiled import compiled, small_median
 from replenish.forecasting.weekly import (
     FLAT_WEEK,
     MIN_RATE_PER_DAY,
@@ -110,6 +110,13 @@ class ReadingSeries:
 
     times: np.ndarray
     levels: np.ndarray
+
+    def __post_init__(self) -> None:
+        # The compiled kernels take contiguous float64 arrays (anything else would be compiled again, for seconds).
+        object.__setattr__(self, "times", np.ascontiguousarray(self.times, dtype=float))
+        object.__setattr__(self, "levels", np.ascontiguousarray(self.levels, dtype=float))
+        if self.times.shape != self.levels.shape or self.times.ndim != 1:  # compiled code does not check bounds
+            raise ValueError(f"times {self.times.shape} and levels {self.levels.shape} must be 1-D, of one length")
 
     @classmethod
     def of(cls, readings: list[LevelReading]) -> ReadingSeries:
@@ -216,29 +223,33 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
 
 
 def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
-    if len(levels) == 0:
-        return []
-    starts = [0]
-    # Vectorised first pass: each index against the old level as if no refill had happened. That is exact once a
-    # cycle is longer than the window; within the window after a cycle start, where the window is cut at the start,
-    # every index is checked exactly instead.
-    candidates = _refill_candidates(times, levels)
-    time_values, values = times.tolist(), levels.tolist()  # the exact checks look at a handful of values
-    last = len(levels) - REFILL_CONFIRMATIONS
-    index = 1
-    while index < last:
-        if index - starts[-1] <= REFILL_BASELINE_READINGS:
-            if _is_refill(time_values, values, index, cycle_start=starts[-1]):
-                starts.append(index)
-            index += 1
-            continue
-        following = int(np.searchsorted(candidates, index))
-        if following == len(candidates):
-            break
-        index = int(candidates[following])
-        starts.append(index)
-        index += 1
-    return starts
+    return _cycle_start_indexes(times, levels).tolist()
+
+
+@compiled
+def _cycle_start_indexes(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    count = len(levels)
+    starts = np.zeros(max(count, 1), dtype=np.int64)
+    if count == 0:
+        return starts[:0]
+    found = 1
+    recent = np.empty(REFILL_BASELINE_READINGS)
+    for index in range(1, count - REFILL_CONFIRMATIONS):
+        # The old level: the readings before the rise, within this cycle and REFILL_BASELINE_DAYS of the newest.
+        since = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+        used = 0
+        for before in range(max(starts[found - 1], index - REFILL_BASELINE_READINGS), index):
+            if times[before] >= since:
+                recent[used] = levels[before]
+                used += 1
+        threshold = small_median(recent, used) + REFILL_MIN_RISE
+        held = True
+        for ahead in range(index, index + 1 + REFILL_CONFIRMATIONS):
+            held = held and levels[ahead] >= threshold
+        if held:
+            starts[found] = index
+            found += 1
+    return starts[:found].copy()
 
 
 def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absences: Absences | None) -> list[int]:
@@ -253,16 +264,13 @@ def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absen
     days of use.
     """
     times, levels = series.times, series.levels
-    after = np.flatnonzero(np.diff(times) > SILENCE_REFILL_GAP_DAYS * SECONDS_PER_DAY) + 1
-    after = [int(index) for index in after if index < len(levels) - REFILL_CONFIRMATIONS and index not in starts]
+    after = [index for index in _silence_ends(times).tolist() if index not in starts]
     if not after:
         return starts
     starts = list(starts)
     for index in after:  # in time order, each found refill a cycle start for the silences after it
-        cycle_of = np.zeros(index, dtype=np.intp)
         earlier = [start for start in starts if start < index]
-        for number, start in enumerate(earlier[1:], start=1):
-            cycle_of[start:] = number
+        cycle_of = _cycle_numbers(index, np.array(earlier, dtype=np.int64))
         days = (times[:index] - times[index - 1]) / SECONDS_PER_DAY
         if np.ptp(days) < MIN_SPAN.total_seconds() / SECONDS_PER_DAY:
             continue
@@ -281,36 +289,25 @@ def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absen
     return starts
 
 
-def _refill_candidates(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    count = len(levels)
-    last = count - REFILL_CONFIRMATIONS  # indexes from 1 to last - 1 can be confirmed
-    if last <= 1:
-        return np.empty(0, dtype=int)
-    window = REFILL_BASELINE_READINGS
-    # Row i - 1 holds the readings window..1 places before index i (NaN before the first reading).
-    padded_levels = np.concatenate([np.full(window, np.nan), levels[: last - 1]])
-    padded_times = np.concatenate([np.full(window, -np.inf), times[: last - 1]])
-    before = sliding_window_view(padded_levels, window)[1:]
-    taken = sliding_window_view(padded_times, window)[1:]
-    recent = taken >= taken[:, -1:] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
-    ordered = np.sort(np.where(recent, before, np.nan), axis=1)  # NaN sorts last
-    used = recent.sum(axis=1)
-    rows = np.arange(len(ordered))
-    baseline = (ordered[rows, (used - 1) // 2] + ordered[rows, used // 2]) / 2
-    threshold = baseline + REFILL_MIN_RISE
-    held = levels[1:last] >= threshold
-    for ahead in range(1, REFILL_CONFIRMATIONS + 1):
-        held &= levels[1 + ahead : last + ahead] >= threshold
-    return np.flatnonzero(held) + 1
+@compiled
+def _silence_ends(times: np.ndarray) -> np.ndarray:
+    """The readings that end a silence of more than SILENCE_REFILL_GAP_DAYS and can be confirmed by a next one."""
+    ends = np.empty(len(times), dtype=np.int64)
+    found = 0
+    for index in range(1, len(times) - REFILL_CONFIRMATIONS):
+        if times[index] - times[index - 1] > SILENCE_REFILL_GAP_DAYS * SECONDS_PER_DAY:
+            ends[found] = index
+            found += 1
+    return ends[:found]
 
 
-def _is_refill(times: list[float], levels: list[float], index: int, *, cycle_start: int) -> bool:
-    first = max(cycle_start, index - REFILL_BASELINE_READINGS)
-    since = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
-    recent = [level for moment, level in zip(times[first:index], levels[first:index], strict=True) if moment >= since]
-    old_level = statistics.median(recent)
-    threshold = old_level + REFILL_MIN_RISE
-    return all(level >= threshold for level in levels[index : index + 1 + REFILL_CONFIRMATIONS])
+@compiled
+def _cycle_numbers(count: int, starts: np.ndarray) -> np.ndarray:
+    """Each reading's cycle (0, 1, ...) from the indexes at which cycles start (the first one at 0)."""
+    cycle_of = np.zeros(count, dtype=np.intp)
+    for number in range(1, len(starts)):
+        cycle_of[starts[number] :] = number
+    return cycle_of
 
 
 def lends_to_fleet(forecast: Forecast) -> bool:
@@ -324,14 +321,40 @@ def lends_to_fleet(forecast: Forecast) -> bool:
     )
 
 
+@functools.cache  # once per process
+def compile_ahead() -> None:
+    """Compile the model's loops now (or load them from numba's disk cache: about a second), so that the first
+    forecast a process makes is not seconds late. Forecasts a few made-up slots that take every path the kernels
+    have: refills, a refill after a silence, a dip, a weekly rhythm, a prior, an absence."""
+    hours = np.arange(0.0, 35 * 24.0)
+    times = 1_767_225_600.0 + hours * 3600.0  # 2026-01-01, a Thursday
+    weekday = ((times / SECONDS_PER_DAY + 3) % 7) < 5
+    used = np.cumsum(np.where(weekday, 0.004, 0.0005))
+    levels = np.clip(1.0 - (used % 0.8), 0.0, 1.0)
+    levels[100:102] = 0.0  # a dip
+    keep = (hours < 400) | (hours > 470)  # a silence of about three days
+    series = ReadingSeries(times=times[keep], levels=levels[keep])
+    now = _moment(float(series.times[-1]) + 3600.0)
+    away = Absences.of([(now - timedelta(days=9), now - timedelta(days=6))])
+    for prior, absences in ((None, None), (RatePrior(rate_per_day=0.05), away)):
+        forecast_depletion(series, now=now, prior=prior, absences=absences)
+    fleet_prior([0.01, 0.02, 0.03])
+
+
 def fleet_prior(rates: Sequence[float] | np.ndarray) -> RatePrior | None:
     """The prior a slot borrows from its fleet (slots of the same kind and name): their median rate, with their
     robust spread."""
     if len(rates) < FLEET_MIN_SLOTS:
         return None
-    values = np.asarray(rates, dtype=float)
-    median = float(np.median(values))
-    return RatePrior(rate_per_day=median, rate_sd=1.4826 * float(np.median(np.abs(values - median))))
+    median, deviation = _median_and_deviation(np.asarray(rates, dtype=float))
+    return RatePrior(rate_per_day=median, rate_sd=1.4826 * deviation)
+
+
+@compiled
+def _median_and_deviation(values: np.ndarray) -> tuple[float, float]:
+    """The median and the median absolute deviation from it."""
+    median = np.median(values)
+    return median, np.median(np.abs(values - median))
 
 
 def forecast_depletion(
@@ -384,15 +407,15 @@ def forecast_depletion(
 
     days = days_before_newest(FLAT_WEEK)
     levels = series.levels
-    cycle_of = np.zeros(len(series), dtype=np.intp)
-    for number, start in enumerate(starts[1:], start=1):
-        cycle_of[start:] = number
+    cycle_of = _cycle_numbers(len(series), np.array(starts, dtype=np.int64))
     cycles = len(starts)
+    current = slice(starts[-1], None)  # the current cycle's readings
     weights = 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS)
 
     fit = _fit(days, levels, weights, cycle_of, cycles, prior)
     keep = np.ones(len(series), dtype=bool)
     profile = FLAT_WEEK
+    kept = _Kept(days, levels, cycle_of, keep)
     if fit is not None:
         keep = _not_outliers(levels - fit.predict(days, cycle_of), cycle_of)
         # Use follows the week (offices print on weekdays, homes on weekends): the line is fitted against
@@ -405,37 +428,42 @@ def forecast_depletion(
         profile = weekly_profile(series.times, levels, segment, keep)
         if profile is not FLAT_WEEK:
             days = days_before_newest(profile)
-        if (not keep.all() or profile is not FLAT_WEEK) and keep[cycle_of == cycles - 1].any():
-            fit = _fit(days[keep], levels[keep], weights[keep], cycle_of[keep], cycles, prior)
-        if fit is not None and keep[cycle_of == cycles - 1].any():
+        kept = _Kept(days, levels, cycle_of, keep)
+        if (kept.dropped or profile is not FLAT_WEEK) and keep[current].any():
+            fit = _fit(kept.days, kept.levels, kept.of(weights), kept.cycle_of, cycles, prior)
+        if fit is not None and keep[current].any():
             # Use that has just sped up (a regime change, a busy spell) shows first in the newest readings: when a
             # fit that forgets fast sees a clearly higher rate, it is the one to plan with.
-            recent_weights = 0.5 ** (-days / RECENT_HALF_LIFE_DAYS)
-            recent = _fit(days[keep], levels[keep], recent_weights[keep], cycle_of[keep], cycles, prior)
+            recent_weights = 0.5 ** (-kept.days / RECENT_HALF_LIFE_DAYS)
+            recent = _fit(kept.days, kept.levels, recent_weights, kept.cycle_of, cycles, prior)
             if recent is not None and -recent.slope - RECENT_RATE_SES * recent.slope_se > -fit.slope:
                 fit = recent
-    current = cycle_of == cycles - 1
-    used_current = int((current & keep).sum())
-    span = float(np.ptp(days[keep])) if keep.any() else 0.0
+    used_current = int(keep[current].sum())
+    any_kept = len(kept.days) > 0
+    span = float(kept.days[-1] - kept.days[0]) if any_kept else 0.0  # days ascend
+    current_levels = levels[current]
     common = {
         **base,
         "readings_used": used_current,
-        "outliers_dropped": int((current & ~keep).sum()),
-        "evidence_from": _moment(series.times[int(np.argmax(keep))]) if keep.any() else None,
+        "outliers_dropped": len(current_levels) - used_current,
+        "evidence_from": _moment(series.times[int(np.argmax(keep))]) if any_kept else None,
         "evidence_to": _moment(last_s),
-        "cycles_used": int(np.count_nonzero(np.diff(cycle_of[keep]))) + 1 if keep.any() else 0,  # cycle_of ascends
-        "cycle_largest_drop": float(max(-np.diff(levels[current]).min(), 0.0)) if current.sum() > 1 else 0.0,
+        "cycles_used": int(np.count_nonzero(np.diff(kept.cycle_of))) + 1 if any_kept else 0,  # cycle_of ascends
+        "cycle_largest_drop": max(-float(np.diff(current_levels).min()), 0.0) if len(current_levels) > 1 else 0.0,
     }
     if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
         return Forecast(status="insufficient_data", **common)
 
-    level_then = float(np.clip(fit.level_current, 0.0, 1.0))
+    level_then = min(max(fit.level_current, 0.0), 1.0)
     rate = -fit.slope
-    days_since = float(np.diff(use_days(np.array([last_s, now_s]), profile, absences))[0])
+    if absences is None and profile is FLAT_WEEK:
+        days_since = (now_s - last_s) / SECONDS_PER_DAY
+    else:
+        days_since = float(np.diff(use_days(np.array([last_s, now_s]), profile, absences))[0])
     common["weekly_profile"] = None if profile is FLAT_WEEK else [round(float(value), 3) for value in profile]
     rate_z = _z(LATE_QUANTILE)
     common |= {
-        "level_now": float(np.clip(level_then - max(rate, 0.0) * days_since, 0.0, 1.0)),
+        "level_now": min(max(level_then - max(rate, 0.0) * days_since, 0.0), 1.0),
         "rate_per_day": rate,
         "rate_per_day_low": rate - rate_z * fit.slope_se,
         "rate_per_day_high": rate + rate_z * fit.slope_se,
@@ -451,12 +479,7 @@ def forecast_depletion(
         return Forecast(status="not_consuming", **common)
 
     use_variance_per_day, use_skewness = _use_variance_per_day(
-        days[keep],
-        levels[keep],
-        0.5 ** (-days[keep] / SPREAD_HALF_LIFE_DAYS),
-        cycle_of[keep],
-        rate=rate,
-        horizon_days=horizon_days,
+        kept.days, kept.levels, 0.5 ** (-kept.days / SPREAD_HALF_LIFE_DAYS), kept.cycle_of, rate, float(horizon_days)
     )
     spread = _Spread(
         level=level_then,
@@ -483,6 +506,18 @@ def forecast_depletion(
     )
 
 
+class _Kept:
+    """The readings that are not outliers: the arrays as they are when every reading is kept, copies otherwise."""
+
+    def __init__(self, days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> None:
+        self.dropped = not keep.all()
+        self._keep = keep
+        self.days, self.levels, self.cycle_of = self.of(days), self.of(levels), self.of(cycle_of)
+
+    def of(self, values: np.ndarray) -> np.ndarray:
+        return values[self._keep] if self.dropped else values
+
+
 def _without_dips(series: ReadingSeries) -> ReadingSeries:
     """The readings without dips: runs of empty readings straight after a level well above empty.
 
@@ -491,24 +526,33 @@ def _without_dips(series: ReadingSeries) -> ReadingSeries:
     DIP_MAX_READINGS long, and a run still going on at the end is held back until it has lasted DIP_MAX; a slot
     that really emptied stays empty and is believed then.
     """
-    levels = series.levels
-    empty = levels <= EMPTY_LEVEL
-    if len(levels) < 2 or not empty[1:].any():
+    keep = _not_dips(series.times, series.levels)
+    if keep.all():
         return series
-    starts = np.flatnonzero(empty[1:] & ~empty[:-1]) + 1
-    cliffs = starts[levels[starts - 1] >= DIP_FROM]
-    if not len(cliffs):
-        return series
-    ends = np.flatnonzero(~empty[1:] & empty[:-1]) + 1  # first non-empty index after each run
-    keep = np.ones(len(levels), dtype=bool)
-    for start in cliffs.tolist():
-        later = ends[ends > start]
-        end = int(later[0]) if len(later) else len(levels)
-        brief = series.times[end - 1] - series.times[start] < DIP_MAX.total_seconds()
+    return ReadingSeries(times=series.times[keep], levels=series.levels[keep])
+
+
+_DIP_MAX_SECONDS = DIP_MAX.total_seconds()
+
+
+@compiled
+def _not_dips(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    count = len(levels)
+    keep = np.ones(count, dtype=np.bool_)
+    index = 1
+    while index < count:
+        if not (levels[index] <= EMPTY_LEVEL and levels[index - 1] >= DIP_FROM):
+            index += 1
+            continue
+        end = index  # the first reading after the run of empty ones, or count
+        while end < count and levels[end] <= EMPTY_LEVEL:
+            end += 1
+        brief = times[end - 1] - times[index] < _DIP_MAX_SECONDS
         # Only a short run is a dip: a long one is a slot that was empty, whatever spike came before or after it.
-        if brief or (len(later) and end - start <= DIP_MAX_READINGS):
-            keep[start:end] = False
-    return ReadingSeries(times=series.times[keep], levels=levels[keep])
+        if brief or (end < count and end - index <= DIP_MAX_READINGS):
+            keep[index:end] = False
+        index = end
+    return keep
 
 
 def _cornish_fisher(z: float, skewness: float) -> float:
@@ -549,58 +593,106 @@ def _fit(
     prior: RatePrior | None,
 ) -> _Fit | None:
     """Weighted least squares: level = intercept[cycle] + slope * days, one slope for every cycle."""
-    total = np.bincount(cycle_of, weights, minlength=cycles)
-    present = total > 0
-    if not present[cycles - 1]:
-        return None
-    safe = np.where(present, total, 1.0)
-    day_mean = np.bincount(cycle_of, weights * days, minlength=cycles) / safe
-    level_mean = np.bincount(cycle_of, weights * levels, minlength=cycles) / safe
-    dx = days - day_mean[cycle_of]
-    dy = levels - level_mean[cycle_of]
-    sxx = float((weights * dx * dx).sum())
-    sxy = float((weights * dx * dy).sum())
-    weight_sum = float(weights.sum())
-    # A prior on the slope is worth as much as weight_days of readings as dense as the slot's own.
-    prior_sxx = 0.0
-    if prior is not None:
-        density = weight_sum / max(float(np.ptp(days)), 1.0)
-        prior_sxx = density * prior.weight_days**3 / 12.0
-        sxy -= prior_sxx * prior.rate_per_day
-    if sxx + prior_sxx <= 0:
-        return None
-    slope = sxy / (sxx + prior_sxx)
-    intercepts = level_mean - slope * day_mean
-    residuals = dy - slope * dx
-    # Kish's effective sample size for weighted data, then fewer again for correlated residuals: bursty use leaves
-    # long runs above or below the line, which say much less than as many independent readings would.
-    n_eff = weight_sum**2 / float((weights**2).sum())
-    dof = max(n_eff - int(present.sum()) - 1.0, 1.0)
-    # Never less than a good sensor's noise: a fit through one or two readings is not exact.
-    residual_var = max(float((weights * residuals**2).sum()) / weight_sum * n_eff / dof, MIN_LEVEL_SD**2)
-    squares = float((residuals**2).sum())
-    rho = float((residuals[:-1] * residuals[1:]).sum()) / squares if squares > 0 else 0.0
-    inflation = (1 + min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)) / (
-        1 - min(max(rho, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
+    fitted, slope, slope_se, intercepts, level_variance, residual_sd = _fit_arrays(
+        days,
+        levels,
+        weights,
+        cycle_of,
+        cycles,
+        np.nan if prior is None else float(prior.rate_per_day),
+        0.0 if prior is None else float(prior.weight_days),
+        0.0 if prior is None else float(prior.rate_variance),
     )
-    slope_var = residual_var * inflation / (sxx + prior_sxx) * (weight_sum / n_eff)
-    if prior is not None:
-        # The share of the slope that is the fleet's carries the fleet's own spread.
-        slope_var += (prior_sxx / (sxx + prior_sxx)) ** 2 * prior.rate_variance
-    current = cycle_of == cycles - 1
-    current_weights = weights[current]
-    n_current = max(current_weights.sum() ** 2 / float((current_weights**2).sum()) / inflation, 1.0)
-    level_variance = residual_var / n_current + float(day_mean[cycles - 1]) ** 2 * slope_var
+    if not fitted:
+        return None
     return _Fit(
         slope=slope,
-        slope_se=float(np.sqrt(slope_var)),
+        slope_se=slope_se,
         intercepts=intercepts,
         level_current=float(intercepts[cycles - 1]),
         level_variance=level_variance,
-        residual_sd=float(np.sqrt(residual_var)),
+        residual_sd=residual_sd,
     )
 
 
+@compiled
+def _fit_arrays(
+    days: np.ndarray,
+    levels: np.ndarray,
+    weights: np.ndarray,
+    cycle_of: np.ndarray,
+    cycles: int,
+    prior_rate: float,  # NaN: no prior
+    prior_weight_days: float,
+    prior_rate_variance: float,
+) -> tuple[bool, float, float, np.ndarray, float, float]:
+    count = len(days)
+    total = np.zeros(cycles)
+    day_mean = np.zeros(cycles)
+    level_mean = np.zeros(cycles)
+    for index in range(count):
+        cycle, weight = cycle_of[index], weights[index]
+        total[cycle] += weight
+        day_mean[cycle] += weight * days[index]
+        level_mean[cycle] += weight * levels[index]
+    if not total[cycles - 1] > 0:
+        return False, 0.0, 0.0, np.zeros(cycles), 0.0, 0.0
+    present = 0
+    for cycle in range(cycles):
+        if total[cycle] > 0:
+            present += 1
+            day_mean[cycle] /= total[cycle]
+            level_mean[cycle] /= total[cycle]
+    sxx = sxy = weight_sum = weight_squares = 0.0
+    for index in range(count):
+        cycle, weight = cycle_of[index], weights[index]
+        dx = days[index] - day_mean[cycle]
+        dy = levels[index] - level_mean[cycle]
+        sxx += weight * dx * dx
+        sxy += weight * dx * dy
+        weight_sum += weight
+        weight_squares += weight * weight
+    # A prior on the slope is worth as much as weight_days of readings as dense as the slot's own.
+    prior_sxx = 0.0
+    if not np.isnan(prior_rate):
+        density = weight_sum / max(days.max() - days.min(), 1.0)
+        prior_sxx = density * prior_weight_days**3 / 12.0
+        sxy -= prior_sxx * prior_rate
+    if sxx + prior_sxx <= 0:
+        return False, 0.0, 0.0, np.zeros(cycles), 0.0, 0.0
+    slope = sxy / (sxx + prior_sxx)
+    intercepts = level_mean - slope * day_mean
+    weighted_squares = squares = lagged = previous = 0.0
+    current_sum = current_squares = 0.0
+    for index in range(count):
+        cycle, weight = cycle_of[index], weights[index]
+        residual = (levels[index] - level_mean[cycle]) - slope * (days[index] - day_mean[cycle])
+        weighted_squares += weight * residual * residual
+        squares += residual * residual
+        if index:
+            lagged += previous * residual
+        previous = residual
+        if cycle == cycles - 1:
+            current_sum += weight
+            current_squares += weight * weight
+    # Kish's effective sample size for weighted data, then fewer again for correlated residuals: bursty use leaves
+    # long runs above or below the line, which say much less than as many independent readings would.
+    n_eff = weight_sum**2 / weight_squares
+    dof = max(n_eff - present - 1.0, 1.0)
+    # Never less than a good sensor's noise: a fit through one or two readings is not exact.
+    residual_var = max(weighted_squares / weight_sum * n_eff / dof, MIN_LEVEL_SD**2)
+    rho = min(max(lagged / squares if squares > 0 else 0.0, 0.0), MAX_RESIDUAL_AUTOCORRELATION)
+    inflation = (1 + rho) / (1 - rho)
+    slope_var = residual_var * inflation / (sxx + prior_sxx) * (weight_sum / n_eff)
+    if not np.isnan(prior_rate):
+        # The share of the slope that is the fleet's carries the fleet's own spread.
+        slope_var += (prior_sxx / (sxx + prior_sxx)) ** 2 * prior_rate_variance
+    n_current = max(current_sum**2 / current_squares / inflation, 1.0)
+    level_variance = residual_var / n_current + day_mean[cycles - 1] ** 2 * slope_var
+    return True, slope, np.sqrt(slope_var), intercepts, level_variance, np.sqrt(residual_var)
+
+
+@compiled
 def _not_outliers(residuals: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
     """False for a reading that stands alone: far from the median of its two neighbours on each side (in its cycle).
 
@@ -608,33 +700,30 @@ def _not_outliers(residuals: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
     confirms it, and a lone zero at the end cannot order anything.
     """
     count = len(residuals)
+    keep = np.ones(count, dtype=np.bool_)
     if count < 3:
-        return np.ones(count, dtype=bool)
-    padded = np.full(count + 4, np.inf)
-    padded[2:-2] = residuals
-    cycle_padded = np.full(count + 4, -1)
-    cycle_padded[2:-2] = cycle_of
-    windows = sliding_window_view(padded, 5).copy()
-    outside = sliding_window_view(cycle_padded, 5) != cycle_of[:, None]
-    windows[outside] = np.inf  # sorts last
-    windows.sort(axis=1)
-    size = 5 - outside.sum(axis=1)
-    rows = np.arange(count)
-    neighbourhood = (windows[rows, (size - 1) // 2] + windows[rows, size // 2]) / 2
-    deviation = residuals - neighbourhood
-    scale = 1.4826 * float(np.median(np.abs(deviation)))
-    # A reading with fewer than three in its neighbourhood (a two-reading cycle) cannot stand alone against it.
-    return (np.abs(deviation) <= max(OUTLIER_SDS * scale, OUTLIER_MIN_DEVIATION)) | (size < 3)
+        return keep
+    deviation = np.empty(count)
+    neighbours = np.empty(count, dtype=np.int64)
+    window = np.empty(5)
+    for index in range(count):
+        size = 0
+        for other in range(max(index - 2, 0), min(index + 3, count)):
+            if cycle_of[other] == cycle_of[index]:
+                window[size] = residuals[other]
+                size += 1
+        neighbours[index] = size
+        deviation[index] = residuals[index] - small_median(window, size)
+    bound = max(OUTLIER_SDS * 1.4826 * np.median(np.abs(deviation)), OUTLIER_MIN_DEVIATION)
+    for index in range(count):
+        # A reading with fewer than three in its neighbourhood (a two-reading cycle) cannot stand alone against it.
+        keep[index] = abs(deviation[index]) <= bound or neighbours[index] < 3
+    return keep
 
 
+@compiled
 def _use_variance_per_day(
-    days: np.ndarray,
-    levels: np.ndarray,
-    weights: np.ndarray,
-    cycle_of: np.ndarray,
-    *,
-    rate: float,
-    horizon_days: float,
+    days: np.ndarray, levels: np.ndarray, weights: np.ndarray, cycle_of: np.ndarray, rate: float, horizon_days: float
 ) -> tuple[float, float]:
     """How much the slot's use varies around rate x time, per day, and how skewed it is: (variance, skewness).
 
@@ -643,51 +732,70 @@ def _use_variance_per_day(
     history. Bursty use is skewed: a few windows use far more than the rate says, none far less than nothing.
     """
     window = max(horizon_days / 2, MIN_USE_WINDOW_DAYS)  # shorter than the horizon: short cycles have windows too
-    ends = np.searchsorted(days, days + window, side="left")
-    valid = ends < len(days)
-    starts = np.flatnonzero(valid)
-    ends = ends[valid]
-    gap = days[ends] - days[starts] if len(starts) else np.empty(0)
-    same = (cycle_of[starts] == cycle_of[ends]) & (gap <= 2 * window) if len(starts) else np.empty(0, bool)
+    count = len(days)
+    # Each window: from a reading to the first one at least `window` later, in the same cycle, at most twice that.
+    starts = np.empty(count, dtype=np.int64)
+    ends = np.empty(count, dtype=np.int64)
+    windows_found = 0
+    end = 0
+    for start in range(count):
+        while end < count and days[end] < days[start] + window:
+            end += 1
+        if end == count:
+            break
+        if cycle_of[start] == cycle_of[end] and days[end] - days[start] <= 2 * window:
+            starts[windows_found] = start
+            ends[windows_found] = end
+            windows_found += 1
     default = rate * PRIOR_BURST_SIZE
-    if not same.any():
+    if windows_found == 0:
         return default, 0.0
-    starts, ends, gap = starts[same], ends[same], gap[same]
+    starts, ends = starts[:windows_found], ends[:windows_found]
+    gap = days[ends] - days[starts]
     surprise = (levels[starts] - levels[ends]) - rate * gap
-    noise_var = _noise_variance(days, levels, cycle_of, rate=rate)
+    noise_var = _noise_variance(days, levels, cycle_of, rate)
     window_weights = weights[starts]
-    observed = float((window_weights * (surprise**2 - 2 * noise_var) / gap).sum() / window_weights.sum())
-    windows = float(np.ptp(days[starts])) / window + 1.0
+    weight_sum = window_weights.sum()
+    observed = (window_weights * (surprise**2 - 2 * noise_var) / gap).sum() / weight_sum
+    windows = (days[starts[-1]] - days[starts[0]]) / window + 1.0
     estimate = max(observed, 0.0)
     variance = (windows * estimate + PRIOR_SPREAD_WINDOWS * default) / (windows + PRIOR_SPREAD_WINDOWS)
     scaled = surprise / np.sqrt(gap)
-    centred = scaled - float((window_weights * scaled).sum() / window_weights.sum())
-    second = float((window_weights * centred**2).sum() / window_weights.sum())
-    third = float((window_weights * centred**3).sum() / window_weights.sum())
-    skewness = third / second**1.5 if second > 0 else 0.0
+    centred = scaled - (window_weights * scaled).sum() / weight_sum
+    second = (window_weights * centred**2).sum() / weight_sum
+    third = (window_weights * centred**3).sum() / weight_sum
+    # Windows that all used alike (one window, say) have no skewness: a spread at rounding-error level is none.
+    skewness = third / second**1.5 if second > 1e-12 * (window_weights * scaled**2).sum() / weight_sum else 0.0
     # A sample's skewness is noisy: trusted in proportion to how many windows it rests on.
     skewness *= windows / (windows + SKEW_PRIOR_WINDOWS)
-    return variance, float(np.clip(skewness, 0.0, MAX_SKEWNESS))
+    return variance, min(max(skewness, 0.0), MAX_SKEWNESS)
 
 
-def _noise_variance(days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, *, rate: float) -> float:
+@compiled
+def _noise_variance(days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, rate: float) -> float:
     """Sensor noise (and quantization) of one reading, from differences of consecutive readings of one cycle."""
-    same = cycle_of[1:] == cycle_of[:-1]
     quantization = _quantization_step(levels) ** 2 / 12.0  # the variance of a rounding error
-    if not same.any():
+    squares = np.empty(max(len(days) - 1, 0))
+    found = 0
+    for index in range(1, len(days)):
+        if cycle_of[index] == cycle_of[index - 1]:
+            step = (levels[index] - levels[index - 1]) + rate * (days[index] - days[index - 1])
+            squares[found] = step**2
+            found += 1
+    if found == 0:
         return quantization
-    step = (np.diff(levels) + rate * np.diff(days))[same]
     # Half the mean square of a difference of two readings; robust to the odd burst through the median. With
     # quantized levels most differences are zero, so the rounding error is the better floor.
-    return max(float(np.median(step**2)) / 0.455 / 2.0, quantization)
+    return max(np.median(squares[:found]) / 0.455 / 2.0, quantization)
 
 
+@compiled
 def _quantization_step(levels: np.ndarray) -> float:
     """The step the device reports its level in (0.1, 0.05, ...), or 0 when the levels are not quantized."""
     recent = levels[-QUANTIZATION_SAMPLE:]
     for step in QUANTIZATION_STEPS:
         scaled = recent / step
-        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
+        if np.all(np.abs(scaled - np.rint(scaled)) < 1e-6):
             return step
     return 0.0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from replenish.forecasting.absence import Absences
+from replenish.forecasting.compiled import compiled
 
 SECONDS_PER_DAY = 86_400.0
 # Below this consumption the slot is "not being used" rather than "empties in 40 years".
@@ -27,16 +28,20 @@ FLAT_WEEK = np.ones(7)
 FLAT_WEEK.flags.writeable = False
 
 
-def weekday_days(epoch_seconds: np.ndarray) -> np.ndarray:
-    """Days spent on each weekday (Monday first, UTC) from the epoch to each moment: shape (n, 7)."""
-    days = epoch_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
-    weeks = np.floor(days / 7)
-    into_week = days - weeks * 7
-    return weeks[:, None] + np.clip(into_week[:, None] - np.arange(7), 0.0, 1.0)
-
-
+@compiled
 def effective_days(epoch_seconds: np.ndarray, profile: np.ndarray) -> np.ndarray:
-    return weekday_days(epoch_seconds) @ profile
+    """Effective days from the epoch to each moment: the days spent on each weekday (Monday first, UTC), each
+    counted as the profile says."""
+    result = np.empty(len(epoch_seconds))
+    for index in range(len(epoch_seconds)):
+        days = epoch_seconds[index] / SECONDS_PER_DAY + EPOCH_WEEKDAY
+        weeks = np.floor(days / 7)
+        into_week = days - weeks * 7
+        total = 0.0
+        for weekday in range(7):
+            total += (weeks + min(max(into_week - weekday, 0.0), 1.0)) * profile[weekday]
+        result[index] = total
+    return result
 
 
 def after_effective_days(start_seconds: float, effective: float, profile: np.ndarray) -> float:
@@ -95,43 +100,70 @@ def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, 
     random lumps gets no rhythm it does not have. Every day of the history counts alike: a rhythm is steadier
     than a rate, and needs weeks to show.
     """
-    times, levels, cycle_of = times[keep], levels[keep], cycle_of[keep]
-    if len(levels) < 3:
-        return FLAT_WEEK
-    start, end = times[:-1], times[1:]
-    length = end - start
-    drop = levels[:-1] - levels[1:]
-    idle = (np.abs(drop) <= WEEKLY_IDLE_DROP) & (length <= WEEKLY_MAX_IDLE_DAYS * SECONDS_PER_DAY)
-    usable = (cycle_of[1:] == cycle_of[:-1]) & (length > 0) & ((length <= WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY) | idle)
-    if not usable.any():
-        return FLAT_WEEK
-    start, end, length, drop = start[usable], end[usable], length[usable], drop[usable]
-    first_day = np.floor(start / SECONDS_PER_DAY)
-    spans = [first_day + ahead for ahead in range(int(np.ceil(WEEKLY_MAX_IDLE_DAYS)) + 1)]
-    overlap = [
-        np.clip(np.minimum(end, (day + 1) * SECONDS_PER_DAY) - np.maximum(start, day * SECONDS_PER_DAY), 0.0, None)
-        for day in spans
-    ]
-    days, day_of = np.unique(np.concatenate(spans), return_inverse=True)
-    used = np.bincount(day_of, np.concatenate([drop * seconds / length for seconds in overlap]))
-    covered = np.bincount(day_of, np.concatenate(overlap)) / SECONDS_PER_DAY
-    whole = covered >= WEEKLY_MIN_COVERAGE
-    if whole.sum() < WEEKLY_MIN_HISTORY_DAYS:
-        return FLAT_WEEK
+    profile = _weekly_profile(times[keep], levels[keep], cycle_of[keep])
+    return FLAT_WEEK if profile is None else profile
+
+
+_MAX_IDLE_SECONDS = WEEKLY_MAX_IDLE_DAYS * SECONDS_PER_DAY
+_MAX_GAP_SECONDS = WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY
+_DAYS_SPANNED = int(np.ceil(WEEKLY_MAX_IDLE_DAYS)) + 1  # calendar days an interval can touch
+
+
+@compiled
+def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray) -> np.ndarray | None:
+    count = len(levels)
+    if count < 3:
+        return None
+    # The intervals between consecutive readings that tell when the use happened.
+    usable = np.empty(count - 1, dtype=np.int64)
+    found = 0
+    for index in range(count - 1):
+        length = times[index + 1] - times[index]
+        drop = levels[index] - levels[index + 1]
+        idle = abs(drop) <= WEEKLY_IDLE_DROP and length <= _MAX_IDLE_SECONDS
+        if cycle_of[index + 1] == cycle_of[index] and length > 0 and (length <= _MAX_GAP_SECONDS or idle):
+            usable[found] = index
+            found += 1
+    if found == 0:
+        return None
+    usable = usable[:found]
+    first_day = np.floor(times[usable] / SECONDS_PER_DAY)
+    lowest = first_day.min()
+    calendar = int(first_day.max() - lowest) + _DAYS_SPANNED
+    used = np.zeros(calendar)
+    covered = np.zeros(calendar)
+    # Each drop shared among the calendar days its interval spans, in proportion to the time spent in each.
+    for ahead in range(_DAYS_SPANNED):
+        for which in range(found):
+            index = usable[which]
+            start, end = times[index], times[index + 1]
+            day = first_day[which] + ahead
+            overlap = max(min(end, (day + 1) * SECONDS_PER_DAY) - max(start, day * SECONDS_PER_DAY), 0.0)
+            slot = int(day - lowest)
+            used[slot] += (levels[index] - levels[index + 1]) * overlap / (end - start)
+            covered[slot] += overlap
+    covered /= SECONDS_PER_DAY
+    whole = np.flatnonzero(covered >= WEEKLY_MIN_COVERAGE)
+    if len(whole) < WEEKLY_MIN_HISTORY_DAYS:
+        return None
     daily = used[whole] / covered[whole]
-    weekday = ((days[whole] + EPOCH_WEEKDAY) % 7).astype(np.intp)
-    count = np.bincount(weekday, minlength=7)
-    if (count < 2).any():
-        return FLAT_WEEK
-    mean = np.bincount(weekday, daily, minlength=7) / count
+    weekday = ((whole + lowest + EPOCH_WEEKDAY) % 7).astype(np.int64)
+    count_of = np.zeros(7, dtype=np.int64)
+    mean = np.zeros(7)
+    for which in range(len(whole)):
+        count_of[weekday[which]] += 1
+        mean[weekday[which]] += daily[which]
+    if (count_of < 2).any():
+        return None
+    mean /= count_of
     # One day-to-day variance for all weekdays: a weekday with two or three days, all alike by chance (all zero
     # between two lumps), must not look certain.
-    day_to_day = float(((daily - mean[weekday]) ** 2).sum()) / (len(daily) - 7)
-    chance = day_to_day / count
-    overall = float(mean.mean())
-    rhythm = float(np.var(mean, ddof=1) - chance.mean())
+    day_to_day = ((daily - mean[weekday]) ** 2).sum() / (len(daily) - 7)
+    chance = day_to_day / count_of
+    overall = mean.mean()
+    rhythm = ((mean - overall) ** 2).sum() / 6 - chance.mean()
     if overall <= MIN_RATE_PER_DAY or rhythm <= 0:
-        return FLAT_WEEK
+        return None
     shrunk = overall + rhythm / (rhythm + chance) * (mean - overall)
     profile = np.maximum(shrunk / overall, WEEKLY_MIN_SHARE)
     return profile / profile.mean()
