@@ -36,7 +36,7 @@ from replenish.db import UTCDateTime, transaction
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.service import mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import fleet_prior, lends_to_fleet
+from replenish.forecasting.model import compile_ahead, fleet_prior, lends_to_fleet
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
@@ -68,15 +68,15 @@ def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeri
     table = Reading.__table__
     postgres = session.get_bind().dialect.name == "postgresql"
     moment = cast(func.extract("epoch", table.c.ts), Float) if postgres else type_coerce(table.c.ts, String)
-    rows = (
-        session.connection()
-        .execute(
-            select(moment, table.c.level)
-            .where(table.c.slot_id == slot.id, table.c.ts > since, table.c.ts <= now)
-            .order_by(table.c.ts, table.c.id)
-        )
-        .all()
+    result = session.connection().execute(
+        select(moment, table.c.level)
+        .where(table.c.slot_id == slot.id, table.c.ts > since, table.c.ts <= now)
+        .order_by(table.c.ts, table.c.id)
     )
+    try:
+        rows = result.cursor.fetchall()  # the driver's plain tuples: Row objects cost more than the query
+    finally:
+        result.close()
     if not rows:
         return ReadingSeries(times=np.empty(0), levels=np.empty(0))
     moments, levels = zip(*rows, strict=True)
@@ -722,6 +722,8 @@ def evaluate_due(
         for claim in claims:
             evaluations[claim.slot_id] = evaluations.get(claim.slot_id, 0) + 1
         priors = fleet.get(engine=engine, now=now)
+        # Outside any transaction: compiling the model inside one would hold SQLite's write lock for seconds.
+        compile_ahead()
         while claims:
             if should_stop():
                 report.interrupted = True
