@@ -8,6 +8,8 @@ Tests get the embedded stack; a module or test marked ``both_stacks`` runs once 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,7 +43,6 @@ from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint, Settings
 from replenish.constants import AccountRole
 from replenish.db import transaction
-from replenish.forecasting.model import compile_ahead
 from replenish.runtime import Platform, Roles
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -71,10 +72,22 @@ CHEAP_PASSWORDS = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, para
 REAL_PASSWORD_MODULES = {"test_auth"}
 
 
+_COMPILER = pytest.StashKey[subprocess.Popen[bytes]]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controller, before any worker starts
-        # Fill numba's disk cache once, instead of every worker compiling the model at its first forecast.
-        compile_ahead()
+        # Compile the forecast model (about half a minute on a cold cache) in a process of its own while the
+        # workers start on the tests: the first worker to forecast waits for it and loads its cache
+        # (forecasting/compiled.py takes one compiler at a time), instead of every worker compiling.
+        code = "from replenish.forecasting.model import compile_ahead; compile_ahead()"
+        config.stash[_COMPILER] = subprocess.Popen([sys.executable, "-c", code])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    compiler = config.stash.get(_COMPILER, None)
+    if compiler is not None and compiler.wait(timeout=300) != 0:
+        raise RuntimeError(f"compiling the forecast model failed (exit status {compiler.returncode})")
 
 
 @pytest.fixture(autouse=True)

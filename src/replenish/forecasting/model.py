@@ -19,7 +19,6 @@ The model:
 
 from __future__ import annotations
 
-import bisect
 import functools
 import statistics
 from collections.abc import Sequence
@@ -30,14 +29,15 @@ from typing import Any
 import numpy as np
 
 from replenish.constants import DEFAULT_SERVICE_LEVEL
+from replenish.forecasting import compiled as compiled_code
 from replenish.forecasting.absence import Absences
 from replenish.forecasting.compiled import compiled, small_median
 from replenish.forecasting.weekly import (
-    FLAT_WEEK,
     MIN_RATE_PER_DAY,
+    NO_ABSENCES,
     SECONDS_PER_DAY,
-    after_use_days,
-    use_days,
+    after_use_days_of,
+    use_days_of,
     weekly_profile,
 )
 
@@ -219,7 +219,8 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     (see _with_refills_after_silences).
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    return _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), None)
+    starts = _cycle_start_indexes(series.times, series.levels)
+    return _refills_after_silences(series.times, series.levels, starts, NO_ABSENCES, NO_ABSENCES).tolist()
 
 
 def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
@@ -252,7 +253,10 @@ def _cycle_start_indexes(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return starts[:found].copy()
 
 
-def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absences: Absences | None) -> list[int]:
+@compiled
+def _refills_after_silences(
+    times: np.ndarray, levels: np.ndarray, starts: np.ndarray, absence_starts: np.ndarray, absence_ends: np.ndarray
+) -> np.ndarray:
     """The cycle starts, plus refills made while the device was silent.
 
     After days without a reading the old level says little: the slot went on being used. A reading after such a
@@ -263,30 +267,53 @@ def _with_refills_after_silences(series: ReadingSeries, starts: list[int], absen
     a device that was switched off, and so used nothing, from faking one; days of the customer's absences are not
     days of use.
     """
-    times, levels = series.times, series.levels
-    after = [index for index in _silence_ends(times).tolist() if index not in starts]
-    if not after:
-        return starts
-    starts = list(starts)
-    for index in after:  # in time order, each found refill a cycle start for the silences after it
-        earlier = [start for start in starts if start < index]
-        cycle_of = _cycle_numbers(index, np.array(earlier, dtype=np.int64))
-        days = (times[:index] - times[index - 1]) / SECONDS_PER_DAY
-        if np.ptp(days) < MIN_SPAN.total_seconds() / SECONDS_PER_DAY:
+    recent = np.empty(REFILL_BASELINE_READINGS)
+    for index in _silence_ends(times):  # in time order, each found refill a cycle start for the silences after it
+        if index in starts:
             continue
-        fit = _fit(days, levels[:index], 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS), cycle_of, len(earlier), None)
-        if fit is None or -fit.slope <= MIN_RATE_PER_DAY:
+        earlier = starts[starts < index]
+        cycle_of = _cycle_numbers(index, earlier)
+        days = (times[:index] - times[index - 1]) / SECONDS_PER_DAY
+        if days.max() - days.min() < _MIN_SPAN_DAYS:
+            continue
+        weights = 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS)
+        fitted, slope, _, _, _, _ = _fit_arrays(days, levels[:index], weights, cycle_of, len(earlier), np.nan, 0.0, 0.0)
+        if not fitted or -slope <= MIN_RATE_PER_DAY:
             continue
         # The level before the silence as read (the median of the cycle's readings within a day before it), not
         # the fitted one: a line that lags below a level that held would make the bar too low.
-        first = max(earlier[-1], index - REFILL_BASELINE_READINGS)
-        recent = times[first:index] >= times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
-        old = float(np.median(levels[first:index][recent]))
-        silence = float(np.diff(use_days(times[index - 1 : index + 1], FLAT_WEEK, absences))[0])
-        threshold = max(max(old + fit.slope * silence, 0.0) + REFILL_MIN_RISE, old + SILENCE_REFILL_MIN_RISE)
-        if np.all(levels[index : index + 1 + REFILL_CONFIRMATIONS] >= threshold):
-            bisect.insort(starts, index)
+        since = times[index - 1] - REFILL_BASELINE_DAYS * SECONDS_PER_DAY
+        used = 0
+        for before in range(max(earlier[-1], index - REFILL_BASELINE_READINGS), index):
+            if times[before] >= since:
+                recent[used] = levels[before]
+                used += 1
+        old = small_median(recent, used)
+        silence_days = use_days_of(times[index - 1 : index + 1], np.ones(7), True, absence_starts, absence_ends)
+        silence = silence_days[1] - silence_days[0]
+        threshold = max(max(old + slope * silence, 0.0) + REFILL_MIN_RISE, old + SILENCE_REFILL_MIN_RISE)
+        held = True
+        for ahead in range(index, index + 1 + REFILL_CONFIRMATIONS):
+            held = held and levels[ahead] >= threshold
+        if held:
+            starts = _with_start(starts, index)
     return starts
+
+
+@compiled
+def _with_start(starts: np.ndarray, index: int) -> np.ndarray:
+    """The cycle starts with one more, in order."""
+    result = np.empty(len(starts) + 1, dtype=np.int64)
+    position = 0
+    while position < len(starts) and starts[position] < index:
+        result[position] = starts[position]
+        position += 1
+    result[position] = index
+    result[position + 1 :] = starts[position:]
+    return result
+
+
+_MIN_SPAN_DAYS = MIN_SPAN.total_seconds() / SECONDS_PER_DAY
 
 
 @compiled
@@ -321,11 +348,16 @@ def lends_to_fleet(forecast: Forecast) -> bool:
     )
 
 
-@functools.cache  # once per process
 def compile_ahead() -> None:
-    """Compile the model's loops now (or load them from numba's disk cache: about a second), so that the first
-    forecast a process makes is not seconds late. Forecasts a few made-up slots that take every path the kernels
-    have: refills, a refill after a silence, a dip, a weekly rhythm, a prior, an absence."""
+    """Compile the model's loops now, or load them from numba's disk cache (about a second), so that the first
+    forecast a process makes is not late: the evaluator calls this before its first transaction."""
+    compiled_code.load()
+
+
+@compiled_code.warm_up
+def _forecast_made_up_slots() -> None:
+    """Forecasts a few made-up slots, with and without a prior and an absence: every kernel with the argument
+    types it gets in use."""
     hours = np.arange(0.0, 35 * 24.0)
     times = 1_767_225_600.0 + hours * 3600.0  # 2026-01-01, a Thursday
     weekday = ((times / SECONDS_PER_DAY + 3) % 7) < 5
@@ -373,163 +405,315 @@ def forecast_depletion(
     ``absences`` nothing is used: their readings are left out, and their days add to the time until empty.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    now_s = now.timestamp()
-    if len(series) and series.times[-1] > now_s:
-        cut = int(np.searchsorted(series.times, now_s, side="right"))
-        series = ReadingSeries(times=series.times[:cut], levels=series.levels[:cut])
-    absences = absences or None
-    if absences is not None:
-        present = ~absences.inside(series.times)
-        series = ReadingSeries(times=series.times[present], levels=series.levels[present])
-    series = _without_dips(series)
-    starts = _with_refills_after_silences(series, _cycle_starts(series.times, series.levels), absences)
-    refills = [_moment(series.times[index]) for index in starts[1:]]
-    cycle_start = _moment(series.times[starts[-1]]) if starts else None
-    base = {
+    absence_starts, absence_ends = (absences.starts, absences.ends) if absences else (NO_ABSENCES, NO_ABSENCES)
+    (
+        outcome,
+        refills,
+        cycle_start,
+        evidence_from,
+        evidence_to,
+        readings_used,
+        outliers_dropped,
+        cycles_used,
+        cycle_largest_drop,
+        level_now,
+        rate,
+        rate_se,
+        profile,
+        empty,
+        early,
+        late,
+    ) = _forecast(
+        series.times,
+        series.levels,
+        now.timestamp(),
+        _z(service_level),
+        _z(LATE_QUANTILE),
+        float(horizon_days),
+        np.nan if prior is None else float(prior.rate_per_day),
+        0.0 if prior is None else float(prior.weight_days),
+        0.0 if prior is None else float(prior.rate_variance),
+        absence_starts,
+        absence_ends,
+    )
+    base: dict[str, Any] = {
         "computed_at": now,
-        "cycle_started_at": cycle_start,
-        "refills_detected": refills,
+        "cycle_started_at": _moment(cycle_start) if np.isfinite(cycle_start) else None,
+        "refills_detected": [_moment(moment) for moment in refills.tolist()],
         "service_level": service_level,
         "horizon_days": horizon_days,
         "prior_rate_per_day": prior.rate_per_day if prior else None,
     }
-    if not len(series):
+    if outcome == _NO_READINGS:
         return Forecast(status="insufficient_data", readings_used=0, outliers_dropped=0, **base)
+    common = {
+        **base,
+        "readings_used": readings_used,
+        "outliers_dropped": outliers_dropped,
+        "evidence_from": _moment(evidence_from) if np.isfinite(evidence_from) else None,
+        "evidence_to": _moment(evidence_to),
+        "cycles_used": cycles_used,
+        "cycle_largest_drop": cycle_largest_drop,
+    }
+    if outcome == _TOO_LITTLE:
+        return Forecast(status="insufficient_data", **common)
+    rate_z = _z(LATE_QUANTILE)
+    common |= {
+        "weekly_profile": [round(float(value), 3) for value in profile] if len(profile) else None,
+        "level_now": level_now,
+        "rate_per_day": rate,
+        "rate_per_day_low": rate - rate_z * rate_se,
+        "rate_per_day_high": rate + rate_z * rate_se,
+    }
+    dates = {
+        "empty_at": _moment(empty) if np.isfinite(empty) else None,
+        "empty_at_early": _moment(early) if np.isfinite(early) else None,
+        "empty_at_late": _moment(late) if np.isfinite(late) else None,
+    }
+    return Forecast(status=_STATUSES[outcome], **common, **dates)
 
-    last_s = float(series.times[-1])
 
-    def days_before_newest(profile: np.ndarray) -> np.ndarray:
-        """Days of use from each reading to the newest (<= 0): everything is dated from the newest reading."""
-        if absences is None and profile is FLAT_WEEK:
-            return (series.times - last_s) / SECONDS_PER_DAY
-        days = use_days(series.times, profile, absences)
-        return days - days[-1]
+# What _forecast came to.
+_NO_READINGS, _TOO_LITTLE, _REFILL_PENDING, _NOT_CONSUMING, _OK = range(5)
+_STATUSES = {_REFILL_PENDING: "refill_pending", _NOT_CONSUMING: "not_consuming", _OK: "ok"}
 
-    days = days_before_newest(FLAT_WEEK)
-    levels = series.levels
-    cycle_of = _cycle_numbers(len(series), np.array(starts, dtype=np.int64))
+
+@compiled
+def _forecast(
+    times: np.ndarray,
+    levels: np.ndarray,
+    now_s: float,
+    early_z: float,
+    late_z: float,
+    horizon_days: float,
+    prior_rate: float,  # NaN: no prior
+    prior_weight_days: float,
+    prior_rate_variance: float,
+    absence_starts: np.ndarray,
+    absence_ends: np.ndarray,
+) -> tuple[
+    int, np.ndarray, float, float, float, int, int, int, float, float, float, float, np.ndarray, float, float, float
+]:
+    """forecast_depletion's work, on epoch seconds: (outcome, refill moments, cycle start, evidence from, evidence
+    to, readings used, outliers dropped, cycles used, largest drop, level now, rate, its standard error, weekly
+    profile (empty: flat), empty at, early, late); NaN where a moment is unknown or never."""
+    count = len(times)
+    while count and times[count - 1] > now_s:  # readings after now are ignored
+        count -= 1
+    times, levels = times[:count], levels[:count]
+    absent = len(absence_starts) > 0
+    if absent:
+        present = np.ones(count, dtype=np.bool_)
+        for index in range(count):
+            for absence in range(len(absence_starts)):
+                if absence_starts[absence] <= times[index] < absence_ends[absence]:
+                    present[index] = False
+        times, levels = times[present], levels[present]
+    keep_readings = _not_dips(times, levels)
+    times, levels = times[keep_readings], levels[keep_readings]
+    count = len(times)
+    starts = _refills_after_silences(times, levels, _cycle_start_indexes(times, levels), absence_starts, absence_ends)
+    refills = times[starts[1:]]
+    nothing = np.nan
+    if count == 0:
+        return (
+            _NO_READINGS,
+            refills,
+            nothing,
+            nothing,
+            nothing,
+            0,
+            0,
+            0,
+            nothing,
+            nothing,
+            nothing,
+            nothing,
+            np.empty(0),
+            nothing,
+            nothing,
+            nothing,
+        )
+    cycle_start = times[starts[-1]]
+    last_s = times[-1]
+    # Everything is dated from the newest reading: days of use from each reading to it (<= 0).
+    profile, flat = np.ones(7), True
+    days = _days_before(times, last_s, profile, flat, absence_starts, absence_ends)
+    cycle_of = _cycle_numbers(count, starts)
     cycles = len(starts)
-    current = slice(starts[-1], None)  # the current cycle's readings
+    current = starts[-1]  # the current cycle's readings are those from here on
     weights = 0.5 ** (-days / WEIGHT_HALF_LIFE_DAYS)
 
-    fit = _fit(days, levels, weights, cycle_of, cycles, prior)
-    keep = np.ones(len(series), dtype=bool)
-    profile = FLAT_WEEK
-    kept = _Kept(days, levels, cycle_of, keep)
-    if fit is not None:
-        keep = _not_outliers(levels - fit.predict(days, cycle_of), cycle_of)
+    fitted, slope, slope_se, intercepts, level_variance, _ = _fit_arrays(
+        days, levels, weights, cycle_of, cycles, prior_rate, prior_weight_days, prior_rate_variance
+    )
+    keep = np.ones(count, dtype=np.bool_)
+    if fitted:
+        keep = _not_outliers(levels - (intercepts[cycle_of] + slope * days), cycle_of)
         # Use follows the week (offices print on weekdays, homes on weekends): the line is fitted against
         # "effective days", each weekday counting as much as the slot uses on it, so a Friday forecast knows
         # that the weekend is coming.
         # Pairs of readings across an absence say nothing about which days the use fell on.
-        segment = (
-            cycle_of if absences is None else cycle_of * (len(absences.starts) + 1) + absences.before(series.times)
-        )
-        profile = weekly_profile(series.times, levels, segment, keep)
-        if profile is not FLAT_WEEK:
-            days = days_before_newest(profile)
-        kept = _Kept(days, levels, cycle_of, keep)
-        if (kept.dropped or profile is not FLAT_WEEK) and keep[current].any():
-            fit = _fit(kept.days, kept.levels, kept.of(weights), kept.cycle_of, cycles, prior)
-        if fit is not None and keep[current].any():
+        segment = cycle_of
+        if absent:
+            segment = cycle_of * (len(absence_starts) + 1) + np.searchsorted(absence_starts, times, side="right")
+        weekly = weekly_profile(times[keep], levels[keep], segment[keep])
+        if len(weekly):
+            profile, flat = weekly, False
+            days = _days_before(times, last_s, profile, flat, absence_starts, absence_ends)
+        current_kept = keep[current:].any()
+        if (not keep.all() or not flat) and current_kept:
+            fitted, slope, slope_se, intercepts, level_variance, _ = _fit_arrays(
+                days[keep],
+                levels[keep],
+                weights[keep],
+                cycle_of[keep],
+                cycles,
+                prior_rate,
+                prior_weight_days,
+                prior_rate_variance,
+            )
+        if fitted and current_kept:
             # Use that has just sped up (a regime change, a busy spell) shows first in the newest readings: when a
             # fit that forgets fast sees a clearly higher rate, it is the one to plan with.
-            recent_weights = 0.5 ** (-kept.days / RECENT_HALF_LIFE_DAYS)
-            recent = _fit(kept.days, kept.levels, recent_weights, kept.cycle_of, cycles, prior)
-            if recent is not None and -recent.slope - RECENT_RATE_SES * recent.slope_se > -fit.slope:
-                fit = recent
-    used_current = int(keep[current].sum())
-    any_kept = len(kept.days) > 0
-    span = float(kept.days[-1] - kept.days[0]) if any_kept else 0.0  # days ascend
-    current_levels = levels[current]
-    common = {
-        **base,
-        "readings_used": used_current,
-        "outliers_dropped": len(current_levels) - used_current,
-        "evidence_from": _moment(series.times[int(np.argmax(keep))]) if any_kept else None,
-        "evidence_to": _moment(last_s),
-        "cycles_used": int(np.count_nonzero(np.diff(kept.cycle_of))) + 1 if any_kept else 0,  # cycle_of ascends
-        "cycle_largest_drop": max(-float(np.diff(current_levels).min()), 0.0) if len(current_levels) > 1 else 0.0,
-    }
-    if fit is None or used_current == 0 or (prior is None and span < MIN_SPAN.total_seconds() / SECONDS_PER_DAY):
-        return Forecast(status="insufficient_data", **common)
-
-    level_then = min(max(fit.level_current, 0.0), 1.0)
-    rate = -fit.slope
-    if absences is None and profile is FLAT_WEEK:
-        days_since = (now_s - last_s) / SECONDS_PER_DAY
+            recent_weights = 0.5 ** (-days[keep] / RECENT_HALF_LIFE_DAYS)
+            recent = _fit_arrays(
+                days[keep],
+                levels[keep],
+                recent_weights,
+                cycle_of[keep],
+                cycles,
+                prior_rate,
+                prior_weight_days,
+                prior_rate_variance,
+            )
+            if recent[0] and -recent[1] - RECENT_RATE_SES * recent[2] > -slope:
+                fitted, slope, slope_se, intercepts, level_variance, _ = recent
+    kept_days, kept_levels, kept_cycles = days[keep], levels[keep], cycle_of[keep]
+    readings_used = int(keep[current:].sum())
+    current_levels = levels[current:]
+    outliers_dropped = len(current_levels) - readings_used
+    evidence_from = nothing
+    cycles_used = 0
+    span = 0.0
+    if len(kept_days):
+        evidence_from = times[np.argmax(keep)]
+        cycles_used = int(np.count_nonzero(np.diff(kept_cycles))) + 1  # cycle_of ascends
+        span = kept_days[-1] - kept_days[0]  # days ascend
+    cycle_largest_drop = 0.0
+    if len(current_levels) > 1:
+        cycle_largest_drop = max(-np.diff(current_levels).min(), 0.0)
+    outcome = _OK
+    level_now = rate = empty_at = early_at = late_at = nothing
+    if not fitted or readings_used == 0 or (np.isnan(prior_rate) and span < _MIN_SPAN_DAYS):
+        outcome = _TOO_LITTLE
     else:
-        days_since = float(np.diff(use_days(np.array([last_s, now_s]), profile, absences))[0])
-    common["weekly_profile"] = None if profile is FLAT_WEEK else [round(float(value), 3) for value in profile]
-    rate_z = _z(LATE_QUANTILE)
-    common |= {
-        "level_now": min(max(level_then - max(rate, 0.0) * days_since, 0.0), 1.0),
-        "rate_per_day": rate,
-        "rate_per_day_low": rate - rate_z * fit.slope_se,
-        "rate_per_day_high": rate + rate_z * fit.slope_se,
-    }
-    evidence = _moment(last_s)
-    if levels[-1] >= level_then + REFILL_MIN_RISE:
-        # The newest reading is far above the line: a refill that the next readings will confirm, or a spike that
-        # they will not. Either way nothing should be ordered on the old level now.
-        return Forecast(status="refill_pending", **common)
-    if level_then <= EMPTY_LEVEL:
-        return Forecast(status="ok", empty_at=evidence, empty_at_early=evidence, empty_at_late=evidence, **common)
-    if rate <= MIN_RATE_PER_DAY:
-        return Forecast(status="not_consuming", **common)
+        level_then = min(max(intercepts[cycles - 1], 0.0), 1.0)
+        rate = -slope
+        since = _days_before(np.array([now_s]), last_s, profile, flat, absence_starts, absence_ends)[0]
+        level_now = min(max(level_then - max(rate, 0.0) * since, 0.0), 1.0)
+        if levels[-1] >= level_then + REFILL_MIN_RISE:
+            # The newest reading is far above the line: a refill that the next readings will confirm, or a spike
+            # that they will not. Either way nothing should be ordered on the old level now.
+            outcome = _REFILL_PENDING
+        elif level_then <= EMPTY_LEVEL:
+            empty_at = early_at = late_at = last_s
+        elif rate <= MIN_RATE_PER_DAY:
+            outcome = _NOT_CONSUMING
+        else:
+            empty_at, early_at, late_at = _empty_moments(
+                kept_days,
+                kept_levels,
+                kept_cycles,
+                level_then,
+                rate,
+                slope_se,
+                level_variance,
+                horizon_days,
+                early_z,
+                late_z,
+                last_s,
+                profile,
+                flat,
+                absence_starts,
+                absence_ends,
+            )
+    shown_profile = np.empty(0) if flat else profile
+    return (
+        outcome,
+        refills,
+        cycle_start,
+        evidence_from,
+        last_s,
+        readings_used,
+        outliers_dropped,
+        cycles_used,
+        cycle_largest_drop,
+        level_now,
+        rate,
+        slope_se,
+        shown_profile,
+        empty_at,
+        early_at,
+        late_at,
+    )
 
+
+@compiled
+def _days_before(
+    moments: np.ndarray,
+    reference: float,
+    profile: np.ndarray,
+    flat: bool,
+    absence_starts: np.ndarray,
+    absence_ends: np.ndarray,
+) -> np.ndarray:
+    """Days of use from the reference to each moment (negative for a moment before it)."""
+    if flat and len(absence_starts) == 0:
+        return (moments - reference) / SECONDS_PER_DAY
+    days = use_days_of(np.append(moments, reference), profile, flat, absence_starts, absence_ends)
+    return days[:-1] - days[-1]
+
+
+@compiled
+def _empty_moments(
+    days: np.ndarray,
+    levels: np.ndarray,
+    cycle_of: np.ndarray,
+    level: float,
+    rate: float,
+    rate_se: float,
+    level_variance: float,
+    horizon_days: float,
+    early_z: float,
+    late_z: float,
+    last_s: float,
+    profile: np.ndarray,
+    flat: bool,
+    absence_starts: np.ndarray,
+    absence_ends: np.ndarray,
+) -> tuple[float, float, float]:
+    """When a slot that is being used runs empty: the median, the early and the late quantile (NaN: it may never)."""
     use_variance_per_day, use_skewness = _use_variance_per_day(
-        kept.days, kept.levels, 0.5 ** (-kept.days / SPREAD_HALF_LIFE_DAYS), kept.cycle_of, rate, float(horizon_days)
+        days, levels, 0.5 ** (-days / SPREAD_HALF_LIFE_DAYS), cycle_of, rate, horizon_days
     )
-    spread = _Spread(
-        level=level_then,
-        rate=rate,
-        use_variance_per_day=use_variance_per_day,
-        rate_variance=fit.slope_se**2,
-        level_variance=fit.level_variance,
-    )
+    rate_variance = rate_se**2
     # The use over the horizon is skewed; the quantiles get the Cornish-Fisher correction for the share of the
     # spread that is use.
-    skewness = use_skewness * spread.use_share(horizon_days) ** 1.5
-    early = spread.days_until(_cornish_fisher(_z(service_level), skewness))
-    late = spread.days_until(_cornish_fisher(-_z(LATE_QUANTILE), skewness))
-
-    def after(effective: float) -> datetime:
-        return _moment(after_use_days(last_s, min(effective, MAX_FORECAST_DAYS), profile, absences))
-
-    return Forecast(
-        status="ok",
-        empty_at=after(level_then / rate),
-        empty_at_early=after(early),
-        empty_at_late=after(late) if late is not None and late < MAX_FORECAST_DAYS else None,
-        **common,
-    )
-
-
-class _Kept:
-    """The readings that are not outliers: the arrays as they are when every reading is kept, copies otherwise."""
-
-    def __init__(self, days: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> None:
-        self.dropped = not keep.all()
-        self._keep = keep
-        self.days, self.levels, self.cycle_of = self.of(days), self.of(levels), self.of(cycle_of)
-
-    def of(self, values: np.ndarray) -> np.ndarray:
-        return values[self._keep] if self.dropped else values
-
-
-def _without_dips(series: ReadingSeries) -> ReadingSeries:
-    """The readings without dips: runs of empty readings straight after a level well above empty.
-
-    A bottle taken out of the fridge, a cartridge being swapped, a sensor reading nothing: the level falls off a
-    cliff to zero and comes back. Such a run is dropped if it lasted less than DIP_MAX or was at most
-    DIP_MAX_READINGS long, and a run still going on at the end is held back until it has lasted DIP_MAX; a slot
-    that really emptied stays empty and is believed then.
-    """
-    keep = _not_dips(series.times, series.levels)
-    if keep.all():
-        return series
-    return ReadingSeries(times=series.times[keep], levels=series.levels[keep])
+    use = use_variance_per_day * horizon_days
+    total = use + rate_variance * horizon_days**2 + level_variance
+    skewness = use_skewness * (use / total if total > 0 else 0.0) ** 1.5
+    spread = (level, rate, use_variance_per_day, rate_variance, level_variance)
+    early = _days_until(spread, _cornish_fisher(early_z, skewness))
+    late = _days_until(spread, _cornish_fisher(-late_z, skewness))
+    moments = np.array([level / rate, early, late])
+    for which in range(3):
+        if which == 2 and not (np.isfinite(late) and late < MAX_FORECAST_DAYS):
+            moments[which] = np.nan
+        else:
+            days_of_use = min(moments[which], MAX_FORECAST_DAYS)
+            moments[which] = after_use_days_of(last_s, days_of_use, profile, flat, absence_starts, absence_ends)
+    return moments[0], moments[1], moments[2]
 
 
 _DIP_MAX_SECONDS = DIP_MAX.total_seconds()
@@ -537,6 +721,13 @@ _DIP_MAX_SECONDS = DIP_MAX.total_seconds()
 
 @compiled
 def _not_dips(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """False for a reading of a dip: a run of empty readings straight after a level well above empty.
+
+    A bottle taken out of the fridge, a cartridge being swapped, a sensor reading nothing: the level falls off a
+    cliff to zero and comes back. Such a run is dropped if it lasted less than DIP_MAX or was at most
+    DIP_MAX_READINGS long, and a run still going on at the end is held back until it has lasted DIP_MAX; a slot
+    that really emptied stays empty and is believed then.
+    """
     count = len(levels)
     keep = np.ones(count, dtype=np.bool_)
     index = 1
@@ -555,6 +746,7 @@ def _not_dips(times: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return keep
 
 
+@compiled
 def _cornish_fisher(z: float, skewness: float) -> float:
     """The normal quantile z moved for a skewed distribution (first-order Cornish-Fisher expansion).
 
@@ -569,50 +761,6 @@ def _cornish_fisher(z: float, skewness: float) -> float:
 @functools.lru_cache(maxsize=64)
 def _z(probability: float) -> float:
     return statistics.NormalDist().inv_cdf(probability)
-
-
-@dataclass(frozen=True)
-class _Fit:
-    slope: float  # level per day, common to all cycles
-    slope_se: float
-    intercepts: np.ndarray  # per cycle: the fitted level at the newest reading's time
-    level_current: float
-    level_variance: float
-    residual_sd: float
-
-    def predict(self, days: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
-        return self.intercepts[cycle_of] + self.slope * days
-
-
-def _fit(
-    days: np.ndarray,
-    levels: np.ndarray,
-    weights: np.ndarray,
-    cycle_of: np.ndarray,
-    cycles: int,
-    prior: RatePrior | None,
-) -> _Fit | None:
-    """Weighted least squares: level = intercept[cycle] + slope * days, one slope for every cycle."""
-    fitted, slope, slope_se, intercepts, level_variance, residual_sd = _fit_arrays(
-        days,
-        levels,
-        weights,
-        cycle_of,
-        cycles,
-        np.nan if prior is None else float(prior.rate_per_day),
-        0.0 if prior is None else float(prior.weight_days),
-        0.0 if prior is None else float(prior.rate_variance),
-    )
-    if not fitted:
-        return None
-    return _Fit(
-        slope=slope,
-        slope_se=slope_se,
-        intercepts=intercepts,
-        level_current=float(intercepts[cycles - 1]),
-        level_variance=level_variance,
-        residual_sd=residual_sd,
-    )
 
 
 @compiled
@@ -800,36 +948,23 @@ def _quantization_step(levels: np.ndarray) -> float:
     return 0.0
 
 
-@dataclass(frozen=True)
-class _Spread:
-    level: float
-    rate: float
-    use_variance_per_day: float
-    rate_variance: float
-    level_variance: float
+@compiled
+def _days_until(spread: tuple[float, float, float, float, float], z: float) -> float:
+    """Days h at which level - rate*h = z * sd(use over h, level): the empty time's quantile for this z.
 
-    def use_share(self, days: float) -> float:
-        """The share of the variance over `days` that is the slot's use (the rest: the rate and the level now)."""
-        use = self.use_variance_per_day * days
-        total = use + self.rate_variance * days**2 + self.level_variance
-        return use / total if total > 0 else 0.0
-
-    def days_until(self, z: float) -> float | None:
-        """Days h at which level - rate*h = z * sd(use over h, level): the empty time's quantile for this z.
-
-        (level - rate h)^2 = z^2 (v h + s^2 h^2 + l^2) is a quadratic in h; z > 0 takes the root before the median,
-        z < 0 the one after it (None when the rate is too uncertain for the slot ever to be sure to empty).
-        """
-        v, s2, l2 = self.use_variance_per_day, self.rate_variance, self.level_variance
-        z2 = z * z
-        a = self.rate**2 - z2 * s2
-        b = -(2 * self.level * self.rate + z2 * v)
-        c = self.level**2 - z2 * l2
-        discriminant = max(b * b - 4 * a * c, 0.0)
-        if z >= 0:
-            if c <= 0:
-                return 0.0
-            return float(2 * c / (-b + np.sqrt(discriminant)))
-        if a <= 0:
-            return None
-        return float((-b + np.sqrt(discriminant)) / (2 * a))
+    (level - rate h)^2 = z^2 (v h + s^2 h^2 + l^2) is a quadratic in h; z > 0 takes the root before the median,
+    z < 0 the one after it (NaN when the rate is too uncertain for the slot ever to be sure to empty).
+    """
+    level, rate, v, s2, l2 = spread  # v: the variance of use per day, s2 the rate's, l2 the level's
+    z2 = z * z
+    a = rate**2 - z2 * s2
+    b = -(2 * level * rate + z2 * v)
+    c = level**2 - z2 * l2
+    discriminant = max(b * b - 4 * a * c, 0.0)
+    if z >= 0:
+        if c <= 0:
+            return 0.0
+        return 2 * c / (-b + np.sqrt(discriminant))
+    if a <= 0:
+        return np.nan
+    return (-b + np.sqrt(discriminant)) / (2 * a)

@@ -34,63 +34,117 @@ def effective_days(epoch_seconds: np.ndarray, profile: np.ndarray) -> np.ndarray
     counted as the profile says."""
     result = np.empty(len(epoch_seconds))
     for index in range(len(epoch_seconds)):
-        days = epoch_seconds[index] / SECONDS_PER_DAY + EPOCH_WEEKDAY
-        weeks = np.floor(days / 7)
-        into_week = days - weeks * 7
-        total = 0.0
-        for weekday in range(7):
-            total += (weeks + min(max(into_week - weekday, 0.0), 1.0)) * profile[weekday]
-        result[index] = total
+        result[index] = _effective_day(epoch_seconds[index], profile)
     return result
 
 
-def after_effective_days(start_seconds: float, effective: float, profile: np.ndarray) -> float:
-    """The moment (epoch seconds) at which `effective` days of use have passed after `start_seconds`."""
-    if not np.isfinite(effective) or effective < 0:
-        raise ValueError(f"effective days must be finite and not negative, got {effective}")
-    if profile is FLAT_WEEK:
-        return start_seconds + effective * SECONDS_PER_DAY
-    day = start_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
-    weeks = np.floor(effective / profile.sum())
-    day += 7 * weeks
-    remaining = effective - weeks * profile.sum()
-    while True:
-        weekday, midnight = int(np.floor(day)) % 7, np.floor(day) + 1
-        today = profile[weekday] * (midnight - day)
-        if remaining <= today:
-            return float((day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY)
-        remaining -= today
-        day = midnight
+@compiled
+def _effective_day(epoch_seconds: float, profile: np.ndarray) -> float:
+    days = epoch_seconds / SECONDS_PER_DAY + EPOCH_WEEKDAY
+    weeks = np.floor(days / 7)
+    into_week = days - weeks * 7
+    total = 0.0
+    for weekday in range(7):
+        total += (weeks + min(max(into_week - weekday, 0.0), 1.0)) * profile[weekday]
+    return total
+
+
+@compiled
+def _use_day(epoch_seconds: float, profile: np.ndarray, flat: bool) -> float:
+    return epoch_seconds / SECONDS_PER_DAY if flat else _effective_day(epoch_seconds, profile)
+
+
+# What the compiled functions take for "no absences" and for the flat week (a writable array: numba compiles
+# read-only ones apart).
+NO_ABSENCES = np.empty(0)
+_ONES = np.ones(7)
+
+
+def _profile_arguments(profile: np.ndarray) -> tuple[np.ndarray, bool]:
+    return (_ONES, True) if profile is FLAT_WEEK else (np.ascontiguousarray(profile, dtype=float), False)
+
+
+def _absence_arguments(absences: Absences | None) -> tuple[np.ndarray, np.ndarray]:
+    return (absences.starts, absences.ends) if absences else (NO_ABSENCES, NO_ABSENCES)
 
 
 def use_days(epoch_seconds: np.ndarray, profile: np.ndarray, absences: Absences | None = None) -> np.ndarray:
     """Days of use from the epoch to each moment: effective days (see module doc) less those spent absent."""
-    days = epoch_seconds / SECONDS_PER_DAY if profile is FLAT_WEEK else effective_days(epoch_seconds, profile)
-    if not absences:
-        return days
-    inside = np.clip(epoch_seconds[..., None], absences.starts, absences.ends)  # (n, absences)
-    starts = np.broadcast_to(absences.starts, inside.shape)
-    return days - (use_days(inside.ravel(), profile) - use_days(starts.ravel(), profile)).reshape(inside.shape).sum(-1)
+    return use_days_of(
+        np.ascontiguousarray(epoch_seconds, dtype=float), *_profile_arguments(profile), *_absence_arguments(absences)
+    )
+
+
+@compiled
+def use_days_of(
+    epoch_seconds: np.ndarray, profile: np.ndarray, flat: bool, absence_starts: np.ndarray, absence_ends: np.ndarray
+) -> np.ndarray:
+    """use_days for compiled callers: the profile with a flag for the flat week, the absences as arrays."""
+    days = np.empty(len(epoch_seconds))
+    for index in range(len(epoch_seconds)):
+        absent = 0.0
+        for absence in range(len(absence_starts)):
+            inside = min(max(epoch_seconds[index], absence_starts[absence]), absence_ends[absence])
+            absent += _use_day(inside, profile, flat) - _use_day(absence_starts[absence], profile, flat)
+        days[index] = _use_day(epoch_seconds[index], profile, flat) - absent
+    return days
 
 
 def after_use_days(start_seconds: float, days: float, profile: np.ndarray, absences: Absences | None = None) -> float:
     """The moment (epoch seconds) at which `days` days of use have passed after `start_seconds`."""
+    if not np.isfinite(days) or days < 0:
+        raise ValueError(f"days of use must be finite and not negative, got {days}")
+    return after_use_days_of(
+        float(start_seconds), float(days), *_profile_arguments(profile), *_absence_arguments(absences)
+    )
+
+
+@compiled
+def after_use_days_of(
+    start_seconds: float,
+    days: float,
+    profile: np.ndarray,
+    flat: bool,
+    absence_starts: np.ndarray,
+    absence_ends: np.ndarray,
+) -> float:
+    """after_use_days for compiled callers (``days`` finite, not negative)."""
     moment, remaining = start_seconds, days
-    if absences:
-        for begin, end in zip(absences.starts.tolist(), absences.ends.tolist(), strict=True):
-            if end <= moment:
-                continue
-            if begin > moment:
-                available = float(np.diff(use_days(np.array([moment, begin]), profile))[0])
-                if remaining < available:  # (reached just as the absence begins: when use resumes after it)
-                    break
-                remaining -= available
-            moment = end  # nothing is used until the absence ends
-    return after_effective_days(moment, remaining, profile)
+    for absence in range(len(absence_starts)):
+        begin, end = absence_starts[absence], absence_ends[absence]
+        if end <= moment:
+            continue
+        if begin > moment:
+            available = _use_day(begin, profile, flat) - _use_day(moment, profile, flat)
+            if remaining < available:  # (reached just as the absence begins: when use resumes after it)
+                break
+            remaining -= available
+        moment = end  # nothing is used until the absence ends
+    if flat:
+        return moment + remaining * SECONDS_PER_DAY
+    # Whole weeks at once, then day by day.
+    day = moment / SECONDS_PER_DAY + EPOCH_WEEKDAY
+    weeks = np.floor(remaining / profile.sum())
+    day += 7 * weeks
+    remaining -= weeks * profile.sum()
+    while True:
+        weekday, midnight = int(np.floor(day)) % 7, np.floor(day) + 1
+        today = profile[weekday] * (midnight - day)
+        if remaining <= today:
+            return (day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY
+        remaining -= today
+        day = midnight
 
 
-def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """How much the slot uses on each weekday relative to its average day (mean 1), or FLAT_WEEK.
+_MAX_IDLE_SECONDS = WEEKLY_MAX_IDLE_DAYS * SECONDS_PER_DAY
+_MAX_GAP_SECONDS = WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY
+_DAYS_SPANNED = int(np.ceil(WEEKLY_MAX_IDLE_DAYS)) + 1  # calendar days an interval can touch
+
+
+@compiled
+def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray) -> np.ndarray:
+    """How much the slot uses on each weekday relative to its average day (mean 1), from the
+    readings that count; empty when it shows no rhythm.
 
     Each drop between two readings of one cycle (at most WEEKLY_MAX_GAP_DAYS apart) is shared among the calendar
     days it spans, which gives the use of every day the readings cover. A longer gap (up to WEEKLY_MAX_IDLE_DAYS)
@@ -100,20 +154,9 @@ def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray, 
     random lumps gets no rhythm it does not have. Every day of the history counts alike: a rhythm is steadier
     than a rate, and needs weeks to show.
     """
-    profile = _weekly_profile(times[keep], levels[keep], cycle_of[keep])
-    return FLAT_WEEK if profile is None else profile
-
-
-_MAX_IDLE_SECONDS = WEEKLY_MAX_IDLE_DAYS * SECONDS_PER_DAY
-_MAX_GAP_SECONDS = WEEKLY_MAX_GAP_DAYS * SECONDS_PER_DAY
-_DAYS_SPANNED = int(np.ceil(WEEKLY_MAX_IDLE_DAYS)) + 1  # calendar days an interval can touch
-
-
-@compiled
-def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray) -> np.ndarray | None:
     count = len(levels)
     if count < 3:
-        return None
+        return np.empty(0)  # no rhythm
     # The intervals between consecutive readings that tell when the use happened.
     usable = np.empty(count - 1, dtype=np.int64)
     found = 0
@@ -125,7 +168,7 @@ def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray)
             usable[found] = index
             found += 1
     if found == 0:
-        return None
+        return np.empty(0)  # no rhythm
     usable = usable[:found]
     first_day = np.floor(times[usable] / SECONDS_PER_DAY)
     lowest = first_day.min()
@@ -145,7 +188,7 @@ def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray)
     covered /= SECONDS_PER_DAY
     whole = np.flatnonzero(covered >= WEEKLY_MIN_COVERAGE)
     if len(whole) < WEEKLY_MIN_HISTORY_DAYS:
-        return None
+        return np.empty(0)  # no rhythm
     daily = used[whole] / covered[whole]
     weekday = ((whole + lowest + EPOCH_WEEKDAY) % 7).astype(np.int64)
     count_of = np.zeros(7, dtype=np.int64)
@@ -154,7 +197,7 @@ def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray)
         count_of[weekday[which]] += 1
         mean[weekday[which]] += daily[which]
     if (count_of < 2).any():
-        return None
+        return np.empty(0)  # no rhythm
     mean /= count_of
     # One day-to-day variance for all weekdays: a weekday with two or three days, all alike by chance (all zero
     # between two lumps), must not look certain.
@@ -163,7 +206,7 @@ def _weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray)
     overall = mean.mean()
     rhythm = ((mean - overall) ** 2).sum() / 6 - chance.mean()
     if overall <= MIN_RATE_PER_DAY or rhythm <= 0:
-        return None
+        return np.empty(0)  # no rhythm
     shrunk = overall + rhythm / (rhythm + chance) * (mean - overall)
     profile = np.maximum(shrunk / overall, WEEKLY_MIN_SHARE)
     return profile / profile.mean()
