@@ -179,7 +179,7 @@ def evaluate(
     cycles lend the current one their rate and their spread of use. During the customer's pause windows
     (``pauses``, half-open UTC intervals) the slot is not used, and nothing is decided.
     """
-    absences = Absences.of(pauses)
+    absences = Absences.of(pauses) if pauses else None
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     if len(series):
         start = int(np.searchsorted(series.times, now.timestamp() - FORECAST_HISTORY_DAYS * 86_400.0, side="right"))
@@ -209,7 +209,7 @@ def evaluate(
         policy=policy,
         already_decided_this_cycle=decided,
         order_in_transit=in_transit,
-        paused=bool(absences) and bool(absences.inside(np.array([now.timestamp()]))[0]),
+        paused=absences is not None and bool(absences.inside(np.array([now.timestamp()]))[0]),
         now=now,
     )
     again = next_evaluation(

@@ -81,32 +81,36 @@ def read_readings(path: Path) -> Iterator[RecordedReading]:
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
-            reading = _parse_row(row, where=f"{path}:{line}")
+            try:
+                reading = _parse_row(row)
+            except ReadingsError as error:
+                raise ReadingsError(f"{path}:{line}: {error}") from None
             if previous is not None and reading.ts < previous:
                 raise ReadingsError(f"{path}:{line}: rows must be sorted by ts ({reading.ts} after {previous})")
             previous = reading.ts
             yield reading
 
 
-def _parse_row(row: list[str], *, where: str) -> RecordedReading:
+def _parse_row(row: list[str]) -> RecordedReading:
+    """One row, checked; a ReadingsError says what is wrong (the caller adds where)."""
     if len(row) != len(READINGS_HEADER):
-        raise ReadingsError(f"{where}: expected 4 columns, got {len(row)}")
-    device_id, slot, ts_text, level_text = (value.strip() for value in row)
+        raise ReadingsError(f"expected 4 columns, got {len(row)}")
+    device_id, slot, ts_text, level_text = row[0].strip(), row[1].strip(), row[2].strip(), row[3].strip()
     if not DEVICE_ID_RE.match(device_id):
-        raise ReadingsError(f"{where}: device_id {device_id!r} does not match [A-Za-z0-9_-]{{1,64}}")
+        raise ReadingsError(f"device_id {device_id!r} does not match [A-Za-z0-9_-]{{1,64}}")
     if not slot:
-        raise ReadingsError(f"{where}: slot is empty")
+        raise ReadingsError("slot is empty")
     try:
         ts = datetime.fromisoformat(ts_text)
     except ValueError:
-        raise ReadingsError(f"{where}: ts {ts_text!r} is not ISO 8601") from None
+        raise ReadingsError(f"ts {ts_text!r} is not ISO 8601") from None
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)  # the contract says UTC
     try:
         level = float(level_text)
     except ValueError:
-        raise ReadingsError(f"{where}: level {level_text!r} is not a number") from None
+        raise ReadingsError(f"level {level_text!r} is not a number") from None
     if not math.isfinite(level) or not 0 <= level <= 1:
-        raise ReadingsError(f"{where}: level {level_text} is outside [0, 1]")
+        raise ReadingsError(f"level {level_text} is outside [0, 1]")
     return RecordedReading(device_id=device_id, slot=slot, ts=ts, level=level)
 
 
@@ -120,8 +124,9 @@ def replay(
     """The orders the platform would have placed, every slot on auto-order. Readings must come in ts order."""
     run = _Replay(ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level))
     for reading in readings:
-        run.advance_to(reading.ts.timestamp())
-        run.add(reading)
+        moment = reading.ts.timestamp()
+        run.advance_to(moment)
+        run.add(reading, moment)
     run.advance_to(math.inf)
     return sorted(run.orders, key=lambda order: (order.ordered_at, order.device_id, order.slot))
 
@@ -145,14 +150,14 @@ class _Replay:
         self.fleet = FleetRates()
         self._tie = itertools.count()
 
-    def add(self, reading: RecordedReading) -> None:
+    def add(self, reading: RecordedReading, moment: float) -> None:
         key = (reading.device_id, reading.slot)
         state = self.slots.get(key)
         if state is None:
             state = self.slots[key] = _SlotReplay(slot=reading.slot)
         if not self.reported or self.reported[-1] != key:
             self.reported.append(key)
-        state.append(reading.ts.timestamp(), reading.level)
+        state.append(moment, reading.level)
 
     def advance_to(self, moment: float) -> None:
         if moment <= self.clock:
@@ -226,6 +231,8 @@ class FleetRates:
         self._changes: dict[str, int] = {}
         # Per name: (changes when taken, the rates then, those rates sorted).
         self._snapshots: dict[str, tuple[int, dict[tuple[str, str], float], np.ndarray]] = {}
+        # Per slot: (its name's snapshot it was computed from, its prior), until the snapshot is retaken.
+        self._priors: dict[tuple[str, str], tuple[int, RatePrior | None]] = {}
 
     def observe(self, name: str, key: tuple[str, str], forecast: Forecast) -> None:
         if lends_to_fleet(forecast):
@@ -244,11 +251,16 @@ class FleetRates:
         if snapshot is None or changes - snapshot[0] >= max(1, len(rates) // 10):
             snapshot = (changes, dict(rates), np.sort(np.fromiter(rates.values(), dtype=float)))
             self._snapshots[name] = snapshot
-        _, taken, ordered = snapshot
+        taken_at, taken, ordered = snapshot
+        cached = self._priors.get(exclude)
+        if cached is not None and cached[0] == taken_at:
+            return cached[1]
         own = taken.get(exclude)
         if own is not None:
             ordered = np.delete(ordered, int(np.searchsorted(ordered, own)))
-        return fleet_prior(ordered)
+        prior = fleet_prior(ordered)
+        self._priors[exclude] = (taken_at, prior)
+        return prior
 
 
 def _utc(epoch_seconds: float) -> datetime:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -181,9 +181,13 @@ class Forecast:
     refills_detected: list[datetime] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in asdict(self).items()
-        } | {"refills_detected": [moment.isoformat() for moment in self.refills_detected]}
+        data: dict[str, Any] = {}
+        for name in _FIELD_NAMES:  # not dataclasses.asdict: its deep copy is most of the cost
+            value = getattr(self, name)
+            data[name] = value.isoformat() if isinstance(value, datetime) else value
+        data["refills_detected"] = [moment.isoformat() for moment in self.refills_detected]
+        data["weekly_profile"] = None if self.weekly_profile is None else list(self.weekly_profile)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Forecast | None:
@@ -202,6 +206,7 @@ class Forecast:
         return cls(**values)
 
 
+_FIELD_NAMES = tuple(item.name for item in fields(Forecast))
 _DATETIME_FIELDS = frozenset(
     {"computed_at", "cycle_started_at", "evidence_from", "evidence_to", "empty_at", "empty_at_early", "empty_at_late"}
 )
