@@ -14,7 +14,10 @@ One run:
    a. first: the first full evaluation at ``now`` (no slot evaluated before: every forecast written, every slot
       that runs low decided);
    b. tick: ``--share`` of the slots get one new reading at now + 15 min through the ingest service (not timed
-      with the evaluation; ingest marks them due), then the evaluation at that moment.
+      with the evaluation; ingest marks them due), then the evaluation at that moment;
+   c. with ``--soak-minutes M`` (evaluator ``due`` only): ticks like b., each 15 simulated minutes after the last
+      (a slot that reaches empty is refilled), for M minutes of wall time, with this process's resident memory
+      after each: its start, middle, end and least-squares slope after the first 10 %.
 
 For each it prints slots/s, ms per slot, wall time, CPU seconds of this process and of the PostgreSQL server
 (postmaster and its backends, from /proc), and the peak RSS of this process during the evaluation.
@@ -43,7 +46,7 @@ import time
 from collections.abc import Callable, Sized
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +56,7 @@ for path in (ROOT / "bench", ROOT / "tests"):
         sys.path.insert(0, str(path))
 
 from fleet import Fleet, add_tick_readings, build_fleet  # noqa: E402
+from memory import memory_summary, resident_mb  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
 import replenish  # noqa: E402
@@ -361,6 +365,27 @@ def source_state() -> str:
     return f"replenish from {source} (git {head}{', src/ modified in the working tree' if dirty else ''})"
 
 
+def soak(fleet: Fleet, engine: Engine, *, at: datetime, share: float, minutes: float) -> None:
+    """Ticks, 15 simulated minutes apart, for ``minutes`` of wall time; this process's RSS after each."""
+    samples: list[tuple[float, float]] = []
+    ticks = slots = screened = decisions = errors = 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < minutes * 60:
+        at += fleet.interval
+        add_tick_readings(fleet.url, fleet, share=share, at=at, engine=engine, refill_empty=True)
+        report = evaluate_due(engine=engine, now=at, margin_days=DEFAULT_REORDER_MARGIN_DAYS)
+        ticks, slots, screened = ticks + 1, slots + report.slots, screened + report.screened
+        decisions, errors = decisions + len(report.decisions), errors + report.errors
+        samples.append((time.monotonic() - started, resident_mb()))
+    print(
+        f"soak: {ticks} ticks in {elapsed / 60:.1f} min ({(at - NOW) / timedelta(days=1):.1f} simulated days), "
+        f"{slots} due slots ({screened} screened, {decisions} decided, {errors} errors)",
+        flush=True,
+    )
+    if len(samples) >= 10:
+        print(f"soak: {memory_summary(samples, process='the evaluator (this process)')}", flush=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time the evaluation job on a synthetic fleet: the first full evaluation, then a steady tick.",
@@ -380,6 +405,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-seconds", type=float, help="stop each evaluation after this long (evaluators that honour should_stop)"
+    )
+    parser.add_argument(
+        "--soak-minutes", type=float, default=0, help="after the tick, tick on for this long and report memory (due)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SQLite databases)")
     args = parser.parse_args(argv)
@@ -442,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 phases.append(phase)
                 print(table([phase]).splitlines()[-1], flush=True)
+                if args.soak_minutes and name == "due":
+                    soak(own, engine, at=at, share=args.share, minutes=args.soak_minutes)
             finally:
                 engine.dispose()
     print()

@@ -441,10 +441,13 @@ def build_fleet(
 # ---------------------------------------------------------------------------------------------------------------
 # A tick
 # ---------------------------------------------------------------------------------------------------------------
-def add_tick_readings(url: str, fleet: Fleet, *, share: float, at: datetime, engine: Engine | None = None) -> Tick:
+def add_tick_readings(
+    url: str, fleet: Fleet, *, share: float, at: datetime, engine: Engine | None = None, refill_empty: bool = False
+) -> Tick:
     """Give ``share`` of the slots (at least one) one new reading at ``at``, each device's in one telemetry message,
     through the ingest service as the ingestor stores them (batches of INGEST_BATCH messages, one transaction each),
-    which marks their slots due. Updates ``fleet`` (levels, seqs)."""
+    which marks their slots due. Updates ``fleet`` (levels, seqs). With ``refill_empty``, a slot whose reading
+    would be empty reads full instead: it was refilled."""
     rng = np.random.default_rng([fleet.seed, int(at.timestamp())])
     count = min(fleet.slots, max(1, round(share * fleet.slots)))
     chosen = np.sort(rng.choice(fleet.slots, count, replace=False))
@@ -458,6 +461,8 @@ def add_tick_readings(url: str, fleet: Fleet, *, share: float, at: datetime, eng
         for s in members:
             level = fleet.last_levels[s] - fleet.rates[s] * step_days * rng.gamma(2.0, 0.5)
             level = min(1.0, max(0.0, round(level + rng.normal(0.0, SENSOR_NOISE), 3)))
+            if refill_empty and level <= 0.0:
+                level = 1.0
             fleet.last_levels[s] = level
             levels[fleet.slot_names[s]] = level
         fleet.last_seq[d] += 1

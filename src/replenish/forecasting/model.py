@@ -344,12 +344,19 @@ def _cycle_numbers(count: int, starts: np.ndarray) -> np.ndarray:
 
 def lends_to_fleet(forecast: Forecast) -> bool:
     """Whether a slot's forecast rests on enough of its own readings to be part of its fleet's prior."""
+    return lends(forecast.status, forecast.rate_per_day, forecast.evidence_from, forecast.evidence_to)
+
+
+def lends(
+    status: str, rate_per_day: float | None, evidence_from: datetime | None, evidence_to: datetime | None
+) -> bool:
+    """lends_to_fleet from a forecast's fields, for a reader that has only those."""
     return (
-        forecast.status == "ok"
-        and forecast.rate_per_day is not None
-        and forecast.evidence_from is not None
-        and forecast.evidence_to is not None
-        and forecast.evidence_to - forecast.evidence_from >= FLEET_MIN_EVIDENCE
+        status == "ok"
+        and rate_per_day is not None
+        and evidence_from is not None
+        and evidence_to is not None
+        and evidence_to - evidence_from >= FLEET_MIN_EVIDENCE
     )
 
 
