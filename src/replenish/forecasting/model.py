@@ -19,6 +19,7 @@ The model:
 
 from __future__ import annotations
 
+import collections
 import functools
 import statistics
 from collections.abc import Sequence
@@ -418,24 +419,7 @@ def forecast_depletion(
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     absence_starts, absence_ends = (absences.starts, absences.ends) if absences else (NO_ABSENCES, NO_ABSENCES)
-    (
-        outcome,
-        refills,
-        cycle_start,
-        evidence_from,
-        evidence_to,
-        readings_used,
-        outliers_dropped,
-        cycles_used,
-        cycle_largest_drop,
-        level_now,
-        rate,
-        rate_se,
-        profile,
-        empty,
-        early,
-        late,
-    ) = _forecast(
+    result = _forecast(
         series.times,
         series.levels,
         now.timestamp(),
@@ -450,44 +434,49 @@ def forecast_depletion(
     )
     base: dict[str, Any] = {
         "computed_at": now,
-        "cycle_started_at": _moment(cycle_start) if np.isfinite(cycle_start) else None,
-        "refills_detected": [_moment(moment) for moment in refills.tolist()],
+        "cycle_started_at": _moment(result.cycle_start) if np.isfinite(result.cycle_start) else None,
+        "refills_detected": [_moment(moment) for moment in result.refills.tolist()],
         "service_level": service_level,
         "horizon_days": horizon_days,
         "prior_rate_per_day": prior.rate_per_day if prior else None,
     }
-    if outcome == _NO_READINGS:
+    if result.outcome == _NO_READINGS:
         return Forecast(status="insufficient_data", readings_used=0, outliers_dropped=0, **base)
     common = {
         **base,
-        "readings_used": readings_used,
-        "outliers_dropped": outliers_dropped,
-        "evidence_from": _moment(evidence_from) if np.isfinite(evidence_from) else None,
-        "evidence_to": _moment(evidence_to),
-        "cycles_used": cycles_used,
-        "cycle_largest_drop": cycle_largest_drop,
+        "readings_used": result.readings_used,
+        "outliers_dropped": result.outliers_dropped,
+        "evidence_from": _moment(result.evidence_from) if np.isfinite(result.evidence_from) else None,
+        "evidence_to": _moment(result.evidence_to),
+        "cycles_used": result.cycles_used,
+        "cycle_largest_drop": result.cycle_largest_drop,
     }
-    if outcome == _TOO_LITTLE:
+    if result.outcome == _TOO_LITTLE:
         return Forecast(status="insufficient_data", **common)
     rate_z = _z(LATE_QUANTILE)
     common |= {
-        "weekly_profile": [round(float(value), 3) for value in profile] if len(profile) else None,
-        "level_now": level_now,
-        "rate_per_day": rate,
-        "rate_per_day_low": rate - rate_z * rate_se,
-        "rate_per_day_high": rate + rate_z * rate_se,
+        "weekly_profile": [round(float(value), 3) for value in result.profile] if len(result.profile) else None,
+        "level_now": result.level_now,
+        "rate_per_day": result.rate,
+        "rate_per_day_low": result.rate - rate_z * result.rate_se,
+        "rate_per_day_high": result.rate + rate_z * result.rate_se,
     }
     dates = {
-        "empty_at": _moment(empty) if np.isfinite(empty) else None,
-        "empty_at_early": _moment(early) if np.isfinite(early) else None,
-        "empty_at_late": _moment(late) if np.isfinite(late) else None,
+        "empty_at": _moment(result.empty) if np.isfinite(result.empty) else None,
+        "empty_at_early": _moment(result.early) if np.isfinite(result.early) else None,
+        "empty_at_late": _moment(result.late) if np.isfinite(result.late) else None,
     }
-    return Forecast(status=_STATUSES[outcome], **common, **dates)
+    return Forecast(status=_STATUSES[result.outcome], **common, **dates)
 
 
-# What _forecast came to.
+# What _forecast came to: an outcome, and moments in epoch seconds (NaN where unknown or never).
 _NO_READINGS, _TOO_LITTLE, _REFILL_PENDING, _NOT_CONSUMING, _OK = range(5)
 _STATUSES = {_REFILL_PENDING: "refill_pending", _NOT_CONSUMING: "not_consuming", _OK: "ok"}
+_Forecasted = collections.namedtuple(
+    "_Forecasted",
+    "outcome refills cycle_start evidence_from evidence_to readings_used outliers_dropped cycles_used"
+    " cycle_largest_drop level_now rate rate_se profile empty early late",
+)
 
 
 @compiled
@@ -503,12 +492,8 @@ def _forecast(
     prior_rate_variance: float,
     absence_starts: np.ndarray,
     absence_ends: np.ndarray,
-) -> tuple[
-    int, np.ndarray, float, float, float, int, int, int, float, float, float, float, np.ndarray, float, float, float
-]:
-    """forecast_depletion's work, on epoch seconds: (outcome, refill moments, cycle start, evidence from, evidence
-    to, readings used, outliers dropped, cycles used, largest drop, level now, rate, its standard error, weekly
-    profile (empty: flat), empty at, early, late); NaN where a moment is unknown or never."""
+) -> _Forecasted:
+    """forecast_depletion's work, on epoch seconds (the weekly profile empty when it is flat)."""
     count = len(times)
     while count and times[count - 1] > now_s:  # readings after now are ignored
         count -= 1
@@ -528,24 +513,10 @@ def _forecast(
     refills = times[starts[1:]]
     nothing = np.nan
     if count == 0:
-        return (
-            _NO_READINGS,
-            refills,
-            nothing,
-            nothing,
-            nothing,
-            0,
-            0,
-            0,
-            nothing,
-            nothing,
-            nothing,
-            nothing,
-            np.empty(0),
-            nothing,
-            nothing,
-            nothing,
-        )
+        return _Forecasted(
+            _NO_READINGS, refills, nothing, nothing, nothing, 0, 0, 0, nothing, nothing, nothing, nothing,
+            np.empty(0), nothing, nothing, nothing,
+        )  # fmt: skip
     cycle_start = times[starts[-1]]
     last_s = times[-1]
     # Everything is dated from the newest reading: days of use from each reading to it (<= 0).
@@ -651,24 +622,10 @@ def _forecast(
                 absence_ends,
             )
     shown_profile = np.empty(0) if flat else profile
-    return (
-        outcome,
-        refills,
-        cycle_start,
-        evidence_from,
-        last_s,
-        readings_used,
-        outliers_dropped,
-        cycles_used,
-        cycle_largest_drop,
-        level_now,
-        rate,
-        slope_se,
-        shown_profile,
-        empty_at,
-        early_at,
-        late_at,
-    )
+    return _Forecasted(
+        outcome, refills, cycle_start, evidence_from, last_s, readings_used, outliers_dropped, cycles_used,
+        cycle_largest_drop, level_now, rate, slope_se, shown_profile, empty_at, early_at, late_at,
+    )  # fmt: skip
 
 
 @compiled
