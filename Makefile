@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
 # Most tests wait on sockets and timers, so more workers than cores pay: on a 2-core machine three workers ran the
-# 710 tests in 7:35–9:18 (tests/brokers.py gives up to four workers ports of their own; four were no faster).
+# 715 tests in 7:57–9:02 (tests/brokers.py gives up to four workers ports of their own; four were no faster).
 TEST_WORKERS ?= 3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -719,7 +719,8 @@ def evaluate_due(
             with transaction(engine) as session:
                 _release(session=session, slot_ids=[claim.slot_id for claim in again], due_after=now)
         claims = [claim for claim in claims if evaluations.get(claim.slot_id, 0) < EVALUATIONS_PER_PASS]
-        waiting = [claim for claim in claims if claim.can_wait(now)]
+        can_wait = {claim.slot_id for claim in claims if claim.can_wait(now)}
+        waiting = [claim for claim in claims if claim.slot_id in can_wait]
         if waiting:  # new readings that can wait for a later evaluation: no forecast now
             with transaction(engine) as session:
                 finish_claims(
@@ -729,7 +730,7 @@ def evaluate_due(
                 )
             report.slots += len(waiting)
             report.screened += len(waiting)
-            claims = [claim for claim in claims if not claim.can_wait(now)]
+            claims = [claim for claim in claims if claim.slot_id not in can_wait]
             if not claims:
                 continue
         for claim in claims:
