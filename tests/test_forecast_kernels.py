@@ -24,7 +24,7 @@ from replenish.forecasting.model import (
 )
 from replenish.forecasting.weekly import EPOCH_WEEKDAY, SECONDS_PER_DAY
 
-CHECKS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CHECKS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
