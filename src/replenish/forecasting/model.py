@@ -35,8 +35,8 @@ from replenish.forecasting.absence import Absences
 from replenish.forecasting.compiled import compiled, small_median
 from replenish.forecasting.weekly import (
     MIN_RATE_PER_DAY,
-    NO_ABSENCES,
     SECONDS_PER_DAY,
+    absence_arrays,
     after_use_days_of,
     use_days_of,
     weekly_profile,
@@ -226,7 +226,7 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     starts = _cycle_start_indexes(series.times, series.levels)
-    return _refills_after_silences(series.times, series.levels, starts, NO_ABSENCES, NO_ABSENCES).tolist()
+    return _refills_after_silences(series.times, series.levels, starts, *absence_arrays(None)).tolist()
 
 
 def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
@@ -418,7 +418,7 @@ def forecast_depletion(
     ``absences`` nothing is used: their readings are left out, and their days add to the time until empty.
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
-    absence_starts, absence_ends = (absences.starts, absences.ends) if absences else (NO_ABSENCES, NO_ABSENCES)
+    absence_starts, absence_ends = absence_arrays(absences)
     result = _forecast(
         series.times,
         series.levels,

@@ -56,7 +56,7 @@ def _use_day(epoch_seconds: float, profile: np.ndarray, flat: bool) -> float:
 
 # What the compiled functions take for "no absences" and for the flat week (a writable array: numba compiles
 # read-only ones apart).
-NO_ABSENCES = np.empty(0)
+_NO_ABSENCES = np.empty(0)
 _ONES = np.ones(7)
 
 
@@ -64,14 +64,15 @@ def _profile_arguments(profile: np.ndarray) -> tuple[np.ndarray, bool]:
     return (_ONES, True) if profile is FLAT_WEEK else (np.ascontiguousarray(profile, dtype=float), False)
 
 
-def _absence_arguments(absences: Absences | None) -> tuple[np.ndarray, np.ndarray]:
-    return (absences.starts, absences.ends) if absences else (NO_ABSENCES, NO_ABSENCES)
+def absence_arrays(absences: Absences | None) -> tuple[np.ndarray, np.ndarray]:
+    """The absences as the compiled functions take them: their starts and their ends."""
+    return (absences.starts, absences.ends) if absences else (_NO_ABSENCES, _NO_ABSENCES)
 
 
 def use_days(epoch_seconds: np.ndarray, profile: np.ndarray, absences: Absences | None = None) -> np.ndarray:
     """Days of use from the epoch to each moment: effective days (see module doc) less those spent absent."""
     return use_days_of(
-        np.ascontiguousarray(epoch_seconds, dtype=float), *_profile_arguments(profile), *_absence_arguments(absences)
+        np.ascontiguousarray(epoch_seconds, dtype=float), *_profile_arguments(profile), *absence_arrays(absences)
     )
 
 
@@ -94,9 +95,7 @@ def after_use_days(start_seconds: float, days: float, profile: np.ndarray, absen
     """The moment (epoch seconds) at which `days` days of use have passed after `start_seconds`."""
     if not np.isfinite(days) or days < 0:
         raise ValueError(f"days of use must be finite and not negative, got {days}")
-    return after_use_days_of(
-        float(start_seconds), float(days), *_profile_arguments(profile), *_absence_arguments(absences)
-    )
+    return after_use_days_of(float(start_seconds), float(days), *_profile_arguments(profile), *absence_arrays(absences))
 
 
 @compiled
