@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
-from replenish.automation.engine import REFRESH_AFTER
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, REFRESH_AFTER
 from replenish.automation.models import Decision
-from replenish.automation.service import CLAIM_LEASE, RETRY_AFTER, claim_due, evaluate_due, finish_claims
+from replenish.automation.service import CLAIM_LEASE, RETRY_AFTER, claim_due, evaluate_due, finish_claims, slot_readings
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
@@ -30,6 +30,7 @@ from replenish.devices import service as devices
 from replenish.devices.models import Slot, SlotForecast
 from replenish.devices.schemas import DeviceCreate, SlotCreate, SlotUpdate
 from replenish.forecasting import Forecast
+from replenish.ingest.models import Reading
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders import service as orders
@@ -164,6 +165,32 @@ def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is
         )
     printers.report(["printer-0", "printer-1"], now + timedelta(hours=6), 0.55)
     assert evaluate(now + timedelta(hours=6)) == (2, 0)
+
+
+def test_one_read_gives_each_slot_of_a_batch_its_own_readings_in_its_own_unit(engine: Engine):
+    printers = Printers(engine, 4)
+    with transaction(engine) as session:  # a slot measured in its own unit: levels run 0..250
+        session.execute(update(Slot).where(col(Slot.device_id) == "printer-1").values(capacity=250.0))
+    printers.falling(["printer-0", "printer-1"], start=T0, days=1, start_level=0.9, rate=0.05)
+    printers.falling(["printer-2"], start=T0 - timedelta(days=60), days=1, start_level=0.8, rate=0.01)  # too old
+    printers.falling(["printer-2"], start=T0 + timedelta(hours=3), days=0.5, start_level=0.7, rate=0.02)
+    now = T0 + timedelta(days=1)
+    with Session(engine) as session:
+        slots = [printers.slot(f"printer-{number}") for number in (3, 1, 2, 0)]  # printer-3 never reported
+        series = slot_readings(session=session, slots=slots, now=now - timedelta(hours=6))
+        for slot in slots:
+            expected = session.exec(
+                select(Reading)
+                .where(
+                    Reading.slot_id == slot.id,
+                    Reading.ts > now - timedelta(hours=6) - timedelta(days=FORECAST_HISTORY_DAYS),
+                    Reading.ts <= now - timedelta(hours=6),
+                )
+                .order_by(col(Reading.ts))
+            ).all()
+            assert [round(t, 6) for t in series[slot.id].times] == [r.ts.timestamp() for r in expected]
+            assert list(series[slot.id].levels) == pytest.approx([r.level / slot.capacity for r in expected])
+    assert [len(series[slot.id].times) for slot in slots] == [0, 4, 3, 4]
 
 
 def test_a_late_reading_makes_its_slot_due_too(engine: Engine):

@@ -258,23 +258,41 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, r
     return ids
 
 
+def _upsert_statement(session: Session, table: Table) -> Any:
+    """INSERT ... ON CONFLICT for the session's dialect (PostgreSQL and SQLite)."""
+    if session.connection().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table)
+
+
 def add_to_counters(
     session: Session, table: Table, *, key: dict[str, Any], add: dict[str, int], latest: dict[str, Any]
 ) -> None:
     """Add to a row's counters (and set its ``latest`` columns), making the row if it is not there: one statement,
     safe when other processes count the same row at the same time (INSERT ... ON CONFLICT, PostgreSQL and SQLite)."""
-    dialect = session.connection().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    statement = upsert(table).values(**key, **add, **latest)
+    statement = _upsert_statement(session, table).values(**key, **add, **latest)
     statement = statement.on_conflict_do_update(
         index_elements=list(key),
         set_={name: table.c[name] + statement.excluded[name] for name in add}
         | {name: statement.excluded[name] for name in latest},
     )
     session.execute(statement)
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, key: list[str]) -> None:
+    """Insert the rows, or update the ones whose ``key`` columns are already there: one statement for them all (the
+    rows share their columns)."""
+    if not rows:
+        return
+    statement = _upsert_statement(session, table)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=key, set_={name: statement.excluded[name] for name in rows[0] if name not in key}
+        ),
+        rows,
+    )
 
 
 # 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, Float, String, bindparam, case, cast, func, or_, type_coerce, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from replenish.answers import service as answers
@@ -32,7 +34,7 @@ from replenish.constants import (
     NoticeKind,
     OrderStatus,
 )
-from replenish.db import UTCDateTime, transaction
+from replenish.db import UTCDateTime, transaction, upsert
 from replenish.devices.models import Device, Slot, SlotForecast
 from replenish.devices.service import mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -58,34 +60,45 @@ class EvaluationReport:
     screened: int = 0  # due slots whose new readings could wait for a later evaluation
 
 
-def slot_readings(*, session: Session, slot: Slot, now: datetime) -> ReadingSeries:
-    """What an evaluation needs: the slot's readings over the forecast's history window.
+def slot_readings(*, session: Session, slots: list[Slot], now: datetime) -> dict[str, ReadingSeries]:
+    """What evaluating the slots needs: each one's readings over the forecast's history window, read in one query
+    (every slot asked for has its series, empty when it has no readings there).
 
     The hot read of an evaluation: thousands of rows per slot, fetched as plain numbers and text instead of
-    datetime objects (PostgreSQL gives epoch seconds; SQLite's stored text is parsed by numpy, to the microsecond).
+    datetime objects (PostgreSQL gives epoch seconds; SQLite's stored text is parsed by numpy, to the microsecond),
+    each slot's rows together (the covering index's order), so that its series is a slice of the arrays.
     """
     since = now - timedelta(days=FORECAST_HISTORY_DAYS)
     table = Reading.__table__
     postgres = session.get_bind().dialect.name == "postgresql"
     moment = cast(func.extract("epoch", table.c.ts), Float) if postgres else type_coerce(table.c.ts, String)
     result = session.connection().execute(
-        select(moment, table.c.level)
-        .where(table.c.slot_id == slot.id, table.c.ts > since, table.c.ts <= now)
-        .order_by(table.c.ts, table.c.id)
+        select(table.c.slot_id, moment, table.c.level)
+        .where(table.c.slot_id.in_(sorted({slot.id for slot in slots})), table.c.ts > since, table.c.ts <= now)
+        .order_by(table.c.slot_id, table.c.ts, table.c.id)
     )
     try:
         rows = result.cursor.fetchall()  # the driver's plain tuples: Row objects cost more than the query
     finally:
         result.close()
+    series = {slot.id: ReadingSeries(times=np.empty(0), levels=np.empty(0)) for slot in slots}
     if not rows:
-        return ReadingSeries(times=np.empty(0), levels=np.empty(0))
-    moments, levels = zip(*rows, strict=True)
+        return series
+    slot_ids, moments, levels = zip(*rows, strict=True)
     times = (
         np.array(moments, dtype=float)
         if postgres
         else np.array(moments, dtype="datetime64[us]").astype(np.int64) / 1_000_000
     )
-    return ReadingSeries(times=times, levels=np.array(levels, dtype=float) / slot.capacity)
+    fractions = np.array(levels, dtype=float)
+    capacities = {slot.id: slot.capacity for slot in slots}
+    start = 0
+    # Each slot's rows are one run, and a Counter keeps its keys in the order they first came: the runs' order.
+    for slot_id, count in Counter(slot_ids).items():
+        end = start + count
+        series[slot_id] = ReadingSeries(times=times[start:end], levels=fractions[start:end] / capacities[slot_id])
+        start = end
+    return series
 
 
 # A group of at least this many lenders gives every slot the same prior, its whole group's, computed once: one
@@ -156,6 +169,7 @@ class Evaluated:
     decision: Decision | None
     next_at: datetime
     screen: Screen
+    forecast: Forecast
 
 
 @dataclass
@@ -163,12 +177,13 @@ class EvaluationContext:
     """What evaluating a set of slots reads besides their readings, read for all of them at once: their customers
     and then the slots themselves (locked until the transaction ends, each in id order: the lock order of every
     writer of several, so that none waits on another in a circle) and the customers' current consent, each slot's
-    newest open order, its newest decision's key, and its stored forecast."""
+    newest open order and its newest decision's key. Their readings are read a chunk of slots at a time, as the
+    evaluation reaches them (``readings_for``)."""
 
     consents: dict[str, tuple[int, ConsentDocument]]
     open_orders: dict[str, Order]
     decided: dict[str, datetime]
-    forecasts: dict[str, SlotForecast]
+    readings: dict[str, ReadingSeries] = field(default_factory=dict)
 
     @classmethod
     def load(cls, *, session: Session, slots: list[tuple[Slot, Device]]) -> EvaluationContext:
@@ -194,11 +209,15 @@ class EvaluationContext:
             consents=consents,
             open_orders=open_orders,
             decided=_latest_decision_keys(session=session, slot_ids=slot_ids),
-            forecasts={
-                stored.slot_id: stored
-                for stored in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids)))
-            },
         )
+
+    def readings_for(self, *, session: Session, slots: list[Slot], now: datetime) -> ReadingSeries:
+        """The readings of ``slots[0]``, read with those of the next slots (up to READ_CHUNK in all) unless they
+        were read already."""
+        slot = slots[0]
+        if slot.id not in self.readings:
+            self.readings.update(slot_readings(session=session, slots=slots[:READ_CHUNK], now=now))
+        return self.readings.pop(slot.id)
 
 
 def evaluate_slot(
@@ -208,11 +227,14 @@ def evaluate_slot(
     device: Device,
     now: datetime,
     margin_days: float,
+    readings: ReadingSeries,
     context: EvaluationContext,
     prior: RatePrior | None = None,
 ) -> Evaluated:
-    """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again.
-    ``context`` holds what was read for it (EvaluationContext.load), its customer locked."""
+    """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again and the
+    forecast, for the caller to store (store_forecasts). ``context`` holds what was read for it
+    (EvaluationContext.load), its customer locked. The slot's new cycle start is set on ``slot`` as if stored: the
+    caller stores it (store_cycle_starts)."""
     version, document = context.consents[device.customer_id]
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
@@ -225,7 +247,7 @@ def evaluate_slot(
         open_order_placed_at=open_order.created_at if open_order else None,
     )
     evaluation = evaluate(
-        slot_readings(session=session, slot=slot, now=now),
+        readings,
         now=now,
         mode=mode,
         policy=policy,
@@ -233,19 +255,12 @@ def evaluate_slot(
         prior=prior,
         pauses=document.pauses_for(device_id=device.id, slot_name=slot.name),
     )
-    _store_forecast(
-        session=session,
-        stored=context.forecasts.get(slot.id),
-        slot_id=slot.id,
-        forecast=evaluation.forecast,
-        now=now,
-    )
-    slot.cycle_started_at = evaluation.cycle_started_at
+    set_committed_value(slot, "cycle_started_at", evaluation.cycle_started_at)
     next_at = evaluation.evaluate_again_at
     if slot.level_at is not None and now < slot.level_at < next_at:
         next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
-        return Evaluated(decision=None, next_at=next_at, screen=evaluation.screen)
+        return Evaluated(decision=None, next_at=next_at, screen=evaluation.screen, forecast=evaluation.forecast)
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
         evaluation.verdict,
@@ -273,7 +288,7 @@ def evaluate_slot(
             now=now,
             correlation_id=trigger,
         )
-    return Evaluated(decision=decision, next_at=next_at, screen=evaluation.screen)
+    return Evaluated(decision=decision, next_at=next_at, screen=evaluation.screen, forecast=evaluation.forecast)
 
 
 @dataclass(frozen=True)
@@ -527,20 +542,38 @@ def _act(
     return decision
 
 
-def _store_forecast(
-    *, session: Session, stored: SlotForecast | None, slot_id: str, forecast: Forecast, now: datetime
-) -> None:
-    if stored is None:
-        stored = SlotForecast(slot_id=slot_id, computed_at=now, forecast=forecast.to_json())
-    else:
-        stored.computed_at = now
-        stored.forecast = forecast.to_json()
-    session.add(stored)
+def store_forecasts(*, session: Session, forecasts: dict[str, Forecast], now: datetime) -> None:
+    """Store each slot's latest forecast, computed ``now``: one statement for them all."""
+    upsert(
+        session,
+        SlotForecast.__table__,
+        [
+            {"slot_id": slot_id, "computed_at": now, "forecast": forecast.to_json()}
+            for slot_id, forecast in forecasts.items()
+        ],
+        key=["slot_id"],
+    )
+
+
+def store_cycle_starts(*, session: Session, starts: dict[str, datetime | None]) -> None:
+    """Store the slots' cycle starts: one statement for them all."""
+    if not starts:
+        return
+    table = Slot.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("slot_id"))
+        .values(cycle_started_at=bindparam("started_at", type_=UTCDateTime)),
+        [{"slot_id": slot_id, "started_at": started_at} for slot_id, started_at in starts.items()],
+    )
 
 
 # How many due slots an evaluator claims at once, and for how long: a claim expires, so the slots of an evaluator
 # that was killed are taken by another one then.
 EVALUATION_BATCH = 200
+# How many slots' readings one query reads: enough to save the round trips, few enough that a transaction cut short
+# (TRANSACTION_SECONDS) has not read many it did not reach.
+READ_CHUNK = 50
 CLAIM_LEASE = timedelta(minutes=2)
 # A transaction of a batch is committed after about this long: it holds the row locks of the customers and slots
 # it decided on (on SQLite, the one writer's lock) meanwhile, which ingest and the API may be waiting for.
@@ -780,6 +813,8 @@ def _evaluate_in_one_transaction(
     outcome = _Transaction()
     next_at: dict[str, datetime] = {}
     screens: dict[str, Screen] = {}
+    forecasts: dict[str, Forecast] = {}
+    cycle_starts: dict[str, datetime | None] = {}
     with transaction(engine, immediate=True) as session:
         rows = session.exec(
             select(Slot, Device)
@@ -789,9 +824,11 @@ def _evaluate_in_one_transaction(
         ).all()
         present = {slot.id for slot, _ in rows}
         context = EvaluationContext.load(session=session, slots=list(rows))
-        for slot, device in rows:
+        slots = [slot for slot, _ in rows]
+        for index, (slot, device) in enumerate(rows):
             if outcome.done and time.monotonic() - started > TRANSACTION_SECONDS:
                 break
+            cycle_started_at = slot.cycle_started_at
             evaluated = evaluate_slot(
                 session=session,
                 slot=slot,
@@ -799,12 +836,18 @@ def _evaluate_in_one_transaction(
                 now=now,
                 margin_days=margin_days,
                 prior=priors.prior_for(device=device, slot=slot),
+                readings=context.readings_for(session=session, slots=slots[index:], now=now),
                 context=context,
             )
             next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
+            forecasts[slot.id] = evaluated.forecast
+            if slot.cycle_started_at != cycle_started_at:
+                cycle_starts[slot.id] = slot.cycle_started_at
             outcome.done.append(waiting.pop(slot.id))
             if evaluated.decision is not None:
                 outcome.decisions.append(evaluated.decision.id)
+        store_forecasts(session=session, forecasts=forecasts, now=now)
+        store_cycle_starts(session=session, starts=cycle_starts)
         finish_claims(session=session, claims=outcome.done, next_at=next_at, screens=screens)
     outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
     return outcome
