@@ -63,7 +63,8 @@ import replenish  # noqa: E402
 import replenish.models  # noqa: E402  (every table: the services' queries join across them)
 from replenish.automation.service import evaluate_all, evaluate_due  # noqa: E402
 from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS  # noqa: E402
-from replenish.db import create_schema, make_engine  # noqa: E402
+from replenish.db import create_schema, make_engine, transaction  # noqa: E402
+from replenish.devices.service import forget_windows, mark_slots_due  # noqa: E402
 
 # A fixed moment: runs are comparable (weekday pattern, calendar month of the spending queries).
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -409,6 +410,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--soak-minutes", type=float, default=0, help="after the tick, tick on for this long and report memory (due)"
     )
+    parser.add_argument(
+        "--again",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the tick, every slot due again and evaluated in full twice: from the stored reading windows "
+        "('again'), then with the windows dropped, reading each slot's whole history ('again-whole')",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SQLite databases)")
     args = parser.parse_args(argv)
     args.evaluator = args.evaluator or ["due"]
@@ -470,6 +478,18 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 phases.append(phase)
                 print(table([phase]).splitlines()[-1], flush=True)
+                if args.again and name != "every-slot":
+                    for label, whole in (("again", False), ("again-whole", True)):
+                        with transaction(engine) as session:
+                            if whole:
+                                forget_windows(session=session)
+                            mark_slots_due(session=session, at=at)
+                        phase = measure(
+                            name, label, EVALUATORS[name], engine, at, postmaster=databases.postmaster,
+                            max_seconds=args.max_seconds,
+                        )  # fmt: skip
+                        phases.append(phase)
+                        print(table([phase]).splitlines()[-1], flush=True)
                 if args.soak_minutes and name == "due":
                     soak(own, engine, at=at, share=args.share, minutes=args.soak_minutes)
             finally:

@@ -13,13 +13,25 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, REFRESH_AFTER
 from replenish.automation.models import Decision
-from replenish.automation.service import CLAIM_LEASE, RETRY_AFTER, claim_due, evaluate_due, finish_claims, slot_readings
+from replenish.automation.service import (
+    CLAIM_LEASE,
+    FORECAST_HISTORY,
+    RETRY_AFTER,
+    claim_due,
+    evaluate_due,
+    finish_claims,
+    reading_windows,
+    slot_readings,
+)
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
@@ -365,3 +377,51 @@ def test_a_slot_that_fails_holds_up_no_other_and_is_tried_again_later(engine: En
     assert (report.slots, report.forecasts, report.errors) == (3, 2, 1), "the batch was redone slot by slot"
     assert broken.slot("broken-0").due_at == now + RETRY_AFTER
     assert healthy.slot("printer-1").due_at is not None and healthy.slot("printer-1").due_at > now
+
+
+_STEPS = st.lists(
+    st.one_of(
+        # Readings of some of the three slots, stamped around the evaluator's clock: late (before readings already
+        # stored) or ahead of it.
+        st.tuples(
+            st.just("report"),
+            st.sets(st.integers(0, 2), min_size=1),
+            st.floats(-60.0, 6.0),
+            st.floats(0.0, 1.0).map(lambda level: round(level, 3)),
+        ),
+        # The evaluator's clock moves on (now and then past the whole history window) and evaluates the due slots.
+        st.tuples(st.just("evaluate"), st.sampled_from([0.0, 0.25, 3.0, 20.0, 24.0 * 50]), st.just(0.0)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS)
+def test_a_stored_window_and_the_readings_since_always_equal_a_whole_read(engine: Engine, steps: list[tuple]):
+    printers = Printers(engine, 3, prefix=f"p{uuid.uuid4().hex[:8]}")
+    names = list(printers.seqs)
+    clock = T0
+    for step in steps:
+        if step[0] == "report":
+            _, which, hours, level = step
+            printers.report([names[index] for index in sorted(which)], clock + timedelta(hours=hours), level)
+            continue
+        clock += timedelta(hours=step[1])
+        assert evaluate_due(engine=engine, now=clock, margin_days=MARGIN_DAYS).errors == 0
+        with Session(engine) as session:
+            slots = [printers.slot(name) for name in names]
+            for now in (clock, clock + timedelta(hours=5)):
+                whole = slot_readings(session=session, slots=slots, now=now)
+                windows, _ = reading_windows(
+                    session=session,
+                    slot_ids=[slot.id for slot in slots],
+                    now=now,
+                    changed_from={slot.id: slot.readings_changed_from for slot in slots},
+                )
+                for slot in slots:
+                    series = windows[slot.id].series(now=now, capacity=slot.capacity)
+                    start = int(np.searchsorted(series.times, (now - FORECAST_HISTORY).timestamp(), side="right"))
+                    assert list(series.times[start:]) == list(whole[slot.id].times)
+                    assert list(series.levels[start:]) == list(whole[slot.id].levels)

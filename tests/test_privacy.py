@@ -11,6 +11,9 @@ from sqlmodel import Session, func, select
 
 from conftest import START, customer_api, iso
 from helpers import PASSWORD, create_customer, publish_depletion, register_device, set_consent
+from replenish.db import transaction
+from replenish.devices.models import Slot, SlotForecast, SlotWindow
+from replenish.devices.service import mark_slots_due
 from replenish.ingest.models import DeviceMessage
 from replenish.runtime import Platform
 
@@ -106,6 +109,18 @@ def test_deleting_an_account_cancels_open_orders_and_removes_everything_but_anon
     register_device(api, customer_id=bob_id, device_id="ada-printer")
 
 
+def windows_of(platform: Platform, device_id: str) -> int:
+    with Session(platform.engine) as session:
+        query = select(func.count()).select_from(SlotWindow).join(Slot).where(Slot.device_id == device_id)
+        return session.exec(query).one()
+
+
+def black_forecast(platform: Platform) -> dict[str, object]:
+    with Session(platform.engine) as session:
+        query = select(SlotForecast).join(Slot).where(Slot.device_id == "ada-printer", Slot.name == "black")
+        return session.exec(query).one().forecast
+
+
 def test_telemetry_received_longer_ago_than_the_consented_retention_is_deleted(platform, api, publisher, clock):
     ada_id, _ = two_customers(platform, api, publisher, clock)  # all received at START; now START + 8 days
     # Four more days of readings, received now (their timestamps say START: a device's clock proves nothing).
@@ -122,6 +137,9 @@ def test_telemetry_received_longer_ago_than_the_consented_retention_is_deleted(p
     )
     assert platform.ingestor.wait_for(handled=sent, timeout=20)
     set_consent(api, ada_id, {"default_mode": "auto_order", "telemetry_retention_days": 3})
+    platform.jobs.evaluate()  # the evaluator keeps each slot's reading window (SlotWindow)
+    assert windows_of(platform, "ada-printer") > 0 and windows_of(platform, "bob-printer") > 0
+    bob_windows = windows_of(platform, "bob-printer")
     before = count(platform, "readings")
     removed = platform.jobs.retention()
     # Ada's black readings, received eight days ago, go; the cyan ones just received stay; Bob keeps his year.
@@ -129,6 +147,13 @@ def test_telemetry_received_longer_ago_than_the_consented_retention_is_deleted(p
     assert count(platform, "readings") == before - (DAYS * 4 + 1)
     assert len(api.get("/devices/ada-printer/slots/cyan/readings").json()) == 4 * 4 + 1
     assert api.get("/devices/ada-printer/slots/black/readings").json() == []
+    # The windows that held Ada's deleted readings go too: her slots are read whole at their next evaluation.
+    assert windows_of(platform, "ada-printer") == 0 and windows_of(platform, "bob-printer") == bob_windows
+    assert black_forecast(platform)["readings_used"] > 0
+    with transaction(platform.engine) as session:
+        mark_slots_due(session=session, at=clock.now())
+    platform.jobs.evaluate()
+    assert black_forecast(platform)["readings_used"] == 0, "no forecast from deleted readings"
     with Session(platform.engine) as session:
 
         def oldest(device_id: str) -> object:

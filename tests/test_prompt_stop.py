@@ -64,10 +64,14 @@ def slots_with_history(database_url: str, *, slots: int = SLOTS, history: timede
                 ),
                 {"ids": device_ids},
             )
-            # As ingest marks the slots it stores readings for: due for evaluation.
+            # As ingest marks the slots it stores readings for: due for evaluation, their readings changed from
+            # the first one on (an evaluator's stored window of them is out of date from there).
             connection.execute(
-                text("UPDATE slots SET due_at = :now, due_marks = due_marks + 1 WHERE device_id = ANY(:ids)"),
-                {"now": now, "ids": device_ids},
+                text(
+                    "UPDATE slots SET due_at = :now, due_marks = due_marks + 1, readings_changed_from = :start "
+                    "WHERE device_id = ANY(:ids)"
+                ),
+                {"now": now, "start": now - history, "ids": device_ids},
             )
     finally:
         engine.dispose()
@@ -105,7 +109,11 @@ class SchedulerStop:
 def stop_the_leader_mid_pass(
     production: ProductionStack, *, slots: int = SLOTS, history: timedelta = HISTORY
 ) -> SchedulerStop:
-    production.roles.env["REPLENISH_EVALUATION_INTERVAL_SECONDS"] = "2"  # the first pass soon after the start
+    production.roles.env |= {
+        "REPLENISH_EVALUATION_INTERVAL_SECONDS": "2",  # the first pass soon after the start
+        # Many short transactions: the pass is still going when the first slots' forecasts are in.
+        "REPLENISH_EVALUATION_BATCH_SIZE": "10",
+    }
     leader = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")
     wait_for(lambda: metrics_ready(leader), 30, leader.output)
     standby = production.roles.start("scheduler", f"scheduler-{uuid.uuid4().hex[:6]}")

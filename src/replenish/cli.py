@@ -354,7 +354,8 @@ def db_upgrade() -> None:
 @forecasts_app.command("rebuild")
 def forecasts_rebuild() -> None:
     """Forecast every slot again from its readings and decide on it now, as the evaluation job would; a running
-    scheduler's evaluators share the work (every slot is marked due)."""
+    scheduler's evaluators share the work (every slot is marked due). The stored reading windows are dropped
+    first: each slot's is rebuilt from the readings table."""
     from replenish import models  # noqa: F401  (every table: decisions reach orders, notifications, alerts)
     from replenish.automation.service import evaluate_all
     from replenish.db import create_schema, make_engine

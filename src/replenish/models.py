@@ -7,7 +7,7 @@ from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
 from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer, PendingSignUp
-from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
@@ -38,4 +38,5 @@ __all__ = [
     "Reading",
     "Slot",
     "SlotForecast",
+    "SlotWindow",
 ]

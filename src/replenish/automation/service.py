@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, Float, String, bindparam, case, cast, func, or_, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Float,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
@@ -35,8 +51,8 @@ from replenish.constants import (
     OrderStatus,
 )
 from replenish.db import UTCDateTime, transaction, upsert
-from replenish.devices.models import Device, Slot, SlotForecast
-from replenish.devices.service import mark_slots_due
+from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
+from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import compile_ahead, fleet_prior, lends
 from replenish.ingest.models import DeviceMessage, Reading
@@ -60,45 +76,199 @@ class EvaluationReport:
     screened: int = 0  # due slots whose new readings could wait for a later evaluation
 
 
-def slot_readings(*, session: Session, slots: list[Slot], now: datetime) -> dict[str, ReadingSeries]:
-    """What evaluating the slots needs: each one's readings over the forecast's history window, read in one query
-    (every slot asked for has its series, empty when it has no readings there).
+FORECAST_HISTORY = timedelta(days=FORECAST_HISTORY_DAYS)
+_NO_TIMES = np.empty(0)
 
-    The hot read of an evaluation: thousands of rows per slot, fetched as plain numbers and text instead of
-    datetime objects (PostgreSQL gives epoch seconds; SQLite's stored text is parsed by numpy, to the microsecond),
-    each slot's rows together (the covering index's order), so that its series is a slice of the arrays.
+
+@dataclass(frozen=True)
+class ReadingWindow:
+    """A slot's readings stamped after ``since``, in (ts, id) order: epoch seconds, levels in the slot's unit. What
+    SlotWindow stores."""
+
+    since: datetime
+    times: np.ndarray
+    levels: np.ndarray
+
+    def series(self, *, now: datetime, capacity: float) -> ReadingSeries:
+        """The readings an evaluation at ``now`` sees (none stamped after it), as fractions of capacity."""
+        end = int(np.searchsorted(self.times, now.timestamp(), side="right"))
+        return ReadingSeries(times=self.times[:end], levels=self.levels[:end] / capacity)
+
+    def after(self, moment: datetime) -> ReadingWindow:
+        """The same window, starting after ``moment`` (later than ``since``)."""
+        start = int(np.searchsorted(self.times, moment.timestamp(), side="right"))
+        return ReadingWindow(since=moment, times=self.times[start:], levels=self.levels[start:])
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_readings(
+    *, session: Session, since: datetime, whole: list[str], newer: dict[str, datetime]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The readings of the ``whole`` slots stamped after ``since`` and of the ``newer`` ones stamped at or after
+    their own moment, in one query: per slot, its times (epoch seconds) and levels (its unit), in (ts, id) order.
+
+    The hot read of an evaluation, thousands of readings per slot from the covering index. PostgreSQL packs each
+    slot's into two byte strings of float64 (one row per slot: a row per reading, each naming its slot, cost more
+    to send and parse than the server's scan). SQLite, in process, gives plain tuples, its stored text parsed by
+    numpy to the microsecond, each slot's rows together, so that its arrays are a slice of the whole read's.
     """
-    since = now - timedelta(days=FORECAST_HISTORY_DAYS)
+    if not whole and not newer:
+        return {}
     table = Reading.__table__
-    postgres = session.get_bind().dialect.name == "postgresql"
-    moment = cast(func.extract("epoch", table.c.ts), Float) if postgres else type_coerce(table.c.ts, String)
+    wanted = [and_(table.c.slot_id == slot_id, table.c.ts >= start) for slot_id, start in sorted(newer.items())]
+    if whole:
+        wanted.append(and_(table.c.slot_id.in_(sorted(whole)), table.c.ts > since))
+    if session.get_bind().dialect.name == "postgresql":
+        return _read_packed(session=session, where=or_(*wanted))
     result = session.connection().execute(
-        select(table.c.slot_id, moment, table.c.level)
-        .where(table.c.slot_id.in_(sorted({slot.id for slot in slots})), table.c.ts > since, table.c.ts <= now)
+        select(table.c.slot_id, type_coerce(table.c.ts, String), table.c.level)
+        .where(or_(*wanted))
         .order_by(table.c.slot_id, table.c.ts, table.c.id)
     )
-    try:
-        rows = result.cursor.fetchall()  # the driver's plain tuples: Row objects cost more than the query
-    finally:
-        result.close()
-    series = {slot.id: ReadingSeries(times=np.empty(0), levels=np.empty(0)) for slot in slots}
-    if not rows:
-        return series
-    slot_ids, moments, levels = zip(*rows, strict=True)
-    times = (
-        np.array(moments, dtype=float)
-        if postgres
-        else np.array(moments, dtype="datetime64[us]").astype(np.int64) / 1_000_000
-    )
-    fractions = np.array(levels, dtype=float)
-    capacities = {slot.id: slot.capacity for slot in slots}
+    # A read makes a hundred thousand row tuples at once, enough to set off full garbage collections over every
+    # object of the process (numba's are many) while they pile up: 3.4x the read's time. They hold no reference
+    # cycles, so the collector has nothing to find in them.
+    with _collector_paused():
+        try:
+            rows = result.cursor.fetchall()  # the driver's plain tuples: Row objects cost more than the query
+        finally:
+            result.close()
+        if not rows:
+            return {}
+        slot_ids, moments, levels = zip(*rows, strict=True)
+        del rows
+    times = np.array(moments, dtype="datetime64[us]").astype(np.int64) / 1_000_000
+    values = np.array(levels, dtype=float)
+    read = {}
     start = 0
     # Each slot's rows are one run, and a Counter keeps its keys in the order they first came: the runs' order.
     for slot_id, count in Counter(slot_ids).items():
-        end = start + count
-        series[slot_id] = ReadingSeries(times=times[start:end], levels=fractions[start:end] / capacities[slot_id])
-        start = end
-    return series
+        read[slot_id] = (times[start : start + count], values[start : start + count])
+        start += count
+    return read
+
+
+def _read_packed(*, session: Session, where: ColumnElement[bool]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """_read_readings on PostgreSQL: per slot, its readings' times, levels and ids packed by string_agg (8 bytes
+    each, big-endian), in whatever order the aggregate took them, sorted here by (ts, id): an ORDER BY in the
+    aggregate sorts each slot's rows on the server (PostgreSQL 15), and costs it more than the scan."""
+    table = Reading.__table__
+    nothing = literal_column("''::bytea")
+    result = session.connection().execute(
+        select(
+            table.c.slot_id,
+            func.string_agg(func.float8send(cast(func.extract("epoch", table.c.ts), Float)), nothing),
+            func.string_agg(func.float8send(cast(table.c.level, Float)), nothing),
+            func.string_agg(func.int8send(table.c.id), nothing),
+        )
+        .where(where)
+        .group_by(table.c.slot_id)
+    )
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    read = {}
+    for slot_id, packed_times, packed_levels, packed_ids in rows:
+        times = np.frombuffer(packed_times, dtype=">f8").astype(np.float64)
+        order = np.lexsort((np.frombuffer(packed_ids, dtype=">i8"), times))
+        read[slot_id] = (times[order], np.frombuffer(packed_levels, dtype=">f8").astype(np.float64)[order])
+    return read
+
+
+def reading_windows(
+    *, session: Session, slot_ids: list[str], now: datetime, changed_from: dict[str, datetime | None]
+) -> tuple[dict[str, ReadingWindow], dict[str, ReadingWindow]]:
+    """Each slot's readings for an evaluation at ``now``: its stored window (SlotWindow) and the readings stored
+    since (``changed_from``: Slot.readings_changed_from, read under the slot's lock), or, for a slot without a
+    window reaching back far enough, its whole history window from the readings table. Returns every slot's window
+    and, apart, those that changed (to be stored with store_windows once the evaluation is kept)."""
+    since = now - FORECAST_HISTORY
+    table = SlotWindow.__table__
+    stored = {
+        slot_id: ReadingWindow(
+            since=window_since,
+            # Copies: an array over the driver's bytes is read-only, which the compiled model would take for
+            # another type of argument and compile for again.
+            times=np.frombuffer(times, dtype=np.float64).copy(),
+            levels=np.frombuffer(levels, dtype=np.float64).copy(),
+        )
+        for slot_id, window_since, times, levels in session.execute(
+            select(table.c.slot_id, table.c.since, table.c.times, table.c.levels).where(
+                table.c.slot_id.in_(sorted(slot_ids))
+            )
+        )
+    }
+    whole = [slot_id for slot_id in slot_ids if slot_id not in stored or stored[slot_id].since > since]
+    newer = {
+        slot_id: start
+        for slot_id in slot_ids
+        if slot_id not in whole and (start := changed_from.get(slot_id)) is not None
+    }
+    read = _read_readings(session=session, since=since, whole=whole, newer=newer)
+    windows, changed = {}, {}
+    for slot_id in slot_ids:
+        times, levels = read.get(slot_id, (_NO_TIMES, _NO_TIMES))
+        if slot_id in whole:
+            window = ReadingWindow(since=since, times=times, levels=levels)
+        elif slot_id in newer:
+            # Every reading stamped from that moment on was read again (late ones among them): the stored ones
+            # from then on give way to them, the rest keep their (ts, id) order before them.
+            kept = stored[slot_id].after(since)
+            cut = int(np.searchsorted(kept.times, newer[slot_id].timestamp(), side="left"))
+            window = ReadingWindow(
+                since=since,
+                times=np.concatenate((kept.times[:cut], times)),
+                levels=np.concatenate((kept.levels[:cut], levels)),
+            )
+        else:
+            windows[slot_id] = stored[slot_id]
+            continue
+        windows[slot_id] = changed[slot_id] = window
+    return windows, changed
+
+
+def store_windows(*, session: Session, windows: dict[str, ReadingWindow]) -> None:
+    """Store the slots' reading windows: within the transaction that read them under the slots' locks, which also
+    records that they hold every reading there is (finish_claims clears Slot.readings_changed_from)."""
+    if not windows:
+        return
+    upsert(
+        session,
+        SlotWindow.__table__,
+        [
+            {
+                "slot_id": slot_id,
+                "since": window.since,
+                "times": np.ascontiguousarray(window.times, dtype=np.float64).tobytes(),
+                "levels": np.ascontiguousarray(window.levels, dtype=np.float64).tobytes(),
+            }
+            for slot_id, window in windows.items()
+        ],
+        key=["slot_id"],
+    )
+
+
+def slot_readings(*, session: Session, slots: list[Slot], now: datetime) -> dict[str, ReadingSeries]:
+    """Each slot's readings over the forecast's history window, straight from the readings table (every slot asked
+    for has its series, empty when it has no readings there): what a stored window must always equal."""
+    since = now - FORECAST_HISTORY
+    read = _read_readings(session=session, since=since, whole=[slot.id for slot in slots], newer={})
+    return {
+        slot.id: ReadingWindow(since=since, times=times, levels=levels).series(now=now, capacity=slot.capacity)
+        for slot in slots
+        for times, levels in [read.get(slot.id, (_NO_TIMES, _NO_TIMES))]
+    }
 
 
 # A group of at least this many lenders gives every slot the same prior, its whole group's, computed once: one
@@ -183,7 +353,9 @@ class EvaluationContext:
     consents: dict[str, tuple[int, ConsentDocument]]
     open_orders: dict[str, Order]
     decided: dict[str, datetime]
-    readings: dict[str, ReadingSeries] = field(default_factory=dict)
+    changed_from: dict[str, datetime | None]
+    windows: dict[str, ReadingWindow] = field(default_factory=dict)
+    changed_windows: dict[str, ReadingWindow] = field(default_factory=dict)
 
     @classmethod
     def load(cls, *, session: Session, slots: list[tuple[Slot, Device]]) -> EvaluationContext:
@@ -193,10 +365,16 @@ class EvaluationContext:
             customer_id: (version.version, ConsentDocument.model_validate(version.document))
             for customer_id, version in consent.lock_customers(session=session, customer_ids=customer_ids).items()
         }
-        # Then the slots, in id order as every writer of several slots takes them (ingest, mark_slots_due).
-        session.exec(
-            select(Slot.id).where(col(Slot.id).in_(sorted(slot_ids))).order_by(col(Slot.id)).with_for_update()
-        ).all()
+        # Then the slots, in id order as every writer of several slots takes them (ingest, mark_slots_due); with
+        # when their readings last changed, as of the lock: ingest sets it in the transaction storing them.
+        changed_from = dict(
+            session.exec(
+                select(Slot.id, Slot.readings_changed_from)
+                .where(col(Slot.id).in_(sorted(slot_ids)))
+                .order_by(col(Slot.id))
+                .with_for_update()
+            ).all()
+        )
 
         open_orders: dict[str, Order] = {}
         for order in session.exec(
@@ -209,15 +387,23 @@ class EvaluationContext:
             consents=consents,
             open_orders=open_orders,
             decided=_latest_decision_keys(session=session, slot_ids=slot_ids),
+            changed_from=changed_from,
         )
 
     def readings_for(self, *, session: Session, slots: list[Slot], now: datetime) -> ReadingSeries:
         """The readings of ``slots[0]``, read with those of the next slots (up to READ_CHUNK in all) unless they
-        were read already."""
+        were read already (reading_windows)."""
         slot = slots[0]
-        if slot.id not in self.readings:
-            self.readings.update(slot_readings(session=session, slots=slots[:READ_CHUNK], now=now))
-        return self.readings.pop(slot.id)
+        if slot.id not in self.windows:
+            windows, changed = reading_windows(
+                session=session,
+                slot_ids=[other.id for other in slots[:READ_CHUNK]],
+                now=now,
+                changed_from=self.changed_from,
+            )
+            self.windows.update(windows)
+            self.changed_windows.update(changed)
+        return self.windows[slot.id].series(now=now, capacity=slot.capacity)
 
 
 def evaluate_slot(
@@ -234,7 +420,7 @@ def evaluate_slot(
     """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again and the
     forecast, for the caller to store (store_forecasts). ``context`` holds what was read for it
     (EvaluationContext.load), its customer locked. The slot's new cycle start is set on ``slot`` as if stored: the
-    caller stores it (store_cycle_starts)."""
+    caller stores it (finish_claims)."""
     version, document = context.consents[device.customer_id]
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
@@ -555,19 +741,6 @@ def store_forecasts(*, session: Session, forecasts: dict[str, Forecast], now: da
     )
 
 
-def store_cycle_starts(*, session: Session, starts: dict[str, datetime | None]) -> None:
-    """Store the slots' cycle starts: one statement for them all."""
-    if not starts:
-        return
-    table = Slot.__table__
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("slot_id"))
-        .values(cycle_started_at=bindparam("started_at", type_=UTCDateTime)),
-        [{"slot_id": slot_id, "started_at": started_at} for slot_id, started_at in starts.items()],
-    )
-
-
 # How many due slots an evaluator claims at once, and for how long: a claim expires, so the slots of an evaluator
 # that was killed are taken by another one then.
 EVALUATION_BATCH = 200
@@ -667,14 +840,17 @@ def finish_claims(
     claims: list[Claim],
     next_at: dict[str, datetime],
     screens: dict[str, Screen] | None = None,
+    cycle_starts: dict[str, datetime | None] | None = None,
 ) -> None:
     """Release the claims and set each slot's next due moment, unless something marked the slot since it was
     claimed: then it stays due (a reading stored during its evaluation is evaluated too). A slot evaluated in full
     gets its new screen (``screens``) and is evaluated in full by ``next_at``; one marked meanwhile gets none, so
-    that its next evaluation is a full one whatever marked it."""
+    that its next evaluation is a full one whatever marked it. A slot evaluated in full also gets its cycle start
+    (``cycle_starts``, every such slot's) and its readings marked as all in its stored window (store_windows, in the
+    same transaction): one row update per slot."""
     if not claims:
         return
-    screens = screens or {}
+    screens, cycle_starts = screens or {}, cycle_starts or {}
     table = Slot.__table__
     unchanged = table.c.due_marks == bindparam("marks")
     values = {
@@ -698,6 +874,8 @@ def finish_claims(
                 screen_until_dropped=bindparam("until_dropped", type_=UTCDateTime),
                 screen_low=bindparam("low", type_=Float),
                 screen_high=bindparam("high", type_=Float),
+                cycle_started_at=bindparam("started_at", type_=UTCDateTime),
+                readings_changed_from=None,
             ),
             [
                 {
@@ -708,6 +886,7 @@ def finish_claims(
                     "until_dropped": screens[claim.slot_id].until_dropped,
                     "low": _finite_or_none(screens[claim.slot_id].low),
                     "high": _finite_or_none(screens[claim.slot_id].high),
+                    "started_at": cycle_starts[claim.slot_id],
                 }
                 for claim in evaluated
             ],
@@ -828,7 +1007,6 @@ def _evaluate_in_one_transaction(
         for index, (slot, device) in enumerate(rows):
             if outcome.done and time.monotonic() - started > TRANSACTION_SECONDS:
                 break
-            cycle_started_at = slot.cycle_started_at
             evaluated = evaluate_slot(
                 session=session,
                 slot=slot,
@@ -841,14 +1019,16 @@ def _evaluate_in_one_transaction(
             )
             next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
             forecasts[slot.id] = evaluated.forecast
-            if slot.cycle_started_at != cycle_started_at:
-                cycle_starts[slot.id] = slot.cycle_started_at
+            cycle_starts[slot.id] = slot.cycle_started_at
             outcome.done.append(waiting.pop(slot.id))
             if evaluated.decision is not None:
                 outcome.decisions.append(evaluated.decision.id)
         store_forecasts(session=session, forecasts=forecasts, now=now)
-        store_cycle_starts(session=session, starts=cycle_starts)
-        finish_claims(session=session, claims=outcome.done, next_at=next_at, screens=screens)
+        store_windows(
+            session=session,
+            windows={slot_id: window for slot_id, window in context.changed_windows.items() if slot_id in forecasts},
+        )
+        finish_claims(session=session, claims=outcome.done, next_at=next_at, screens=screens, cycle_starts=cycle_starts)
     outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
     return outcome
 
@@ -945,5 +1125,6 @@ def evaluate_all(
     """Every slot, due or not: `replenish forecasts rebuild`, and what a test or a replay that wants every slot
     looked at again calls. Marks every slot due, then evaluates as the job does."""
     with transaction(engine) as session:
+        forget_windows(session=session)  # rebuilt from the readings themselves
         mark_slots_due(session=session, at=now)
     return evaluate_due(engine=engine, now=now, margin_days=margin_days, should_stop=should_stop)

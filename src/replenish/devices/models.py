@@ -73,6 +73,26 @@ class Slot(SQLModel, table=True):
     screen_until_dropped: datetime | None = Field(default=None, sa_type=UTCDateTime)
     screen_low: float | None = None
     screen_high: float | None = None
+    # The earliest time (the readings' ts) of the readings stored since the evaluator last brought the slot's
+    # reading window (SlotWindow) up to date: set by ingest in the transaction that stores them, cleared by the
+    # evaluator under the slot's lock. None: the window holds every reading there is.
+    readings_changed_from: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SlotWindow(SQLModel, table=True):
+    """The slot's readings over the forecast's history window, as the evaluator last read them: every reading
+    stamped after ``since`` (future-stamped ones too), in (ts, id) order, as two packed arrays of float64 (epoch
+    seconds; levels in the slot's unit). The evaluator reads this one row and the readings stored since
+    (Slot.readings_changed_from) instead of the whole window: derived state, dropped whenever readings are deleted
+    and rebuilt from the readings table (`replenish forecasts rebuild`, or any evaluation that finds it missing or
+    too short)."""
+
+    __tablename__ = "slot_windows"
+
+    slot_id: str = Field(foreign_key="slots.id", primary_key=True)
+    since: datetime = Field(sa_type=UTCDateTime)
+    times: bytes
+    levels: bytes
 
 
 class SlotForecast(SQLModel, table=True):

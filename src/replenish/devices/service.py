@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, literal, or_, update
+from sqlalchemy import ColumnElement, Select, case, delete, literal, or_, update
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
@@ -11,7 +12,7 @@ from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
 from replenish.db import UTCDateTime, get_or_raise
 from replenish.devices import credentials
-from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
 from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
@@ -237,3 +238,14 @@ def events(
         )
         for row in rows
     ]
+
+
+def forget_windows(*, session: Session, slot_ids: Collection[str] | Select[Any] | None = None) -> None:
+    """Drop stored reading windows (SlotWindow): all, or those of ``slot_ids`` (a list or a subquery of slot ids).
+    After readings were deleted, or to rebuild them from the readings table: the next evaluation of each slot reads
+    its whole history window."""
+    table = SlotWindow.__table__
+    statement = delete(table)
+    if slot_ids is not None:
+        statement = statement.where(table.c.slot_id.in_(slot_ids))
+    session.execute(statement)

@@ -326,8 +326,10 @@ class _SlotState:
     run_since: datetime | None = None
     continues: bool = True  # the run so far extends the stored one (no other level came in between)
     due: datetime | None = None  # when the readings of this batch make the slot due for evaluation
+    earliest: datetime | None = None  # the earliest ts of the batch's readings (Slot.readings_changed_from)
 
     def note(self, level: float, *, ts: datetime, received_at: datetime) -> None:
+        self.earliest = ts if self.earliest is None else min(self.earliest, ts)
         # The forecast sees a reading from its ts on (never before it has arrived): the slot is due from the first
         # of the batch's readings to become visible.
         visible_from = max(ts, received_at)
@@ -417,6 +419,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
     table = Slot.__table__
     new_level, new_level_at = bindparam("new_level", type_=Float), bindparam("new_level_at", type_=UTCDateTime)
     run, run_since = bindparam("run", type_=Integer), bindparam("run_since", type_=UTCDateTime)
+    earliest = bindparam("earliest", type_=UTCDateTime)
     newer = and_(bindparam("changed", type_=Boolean), or_(table.c.level_at.is_(None), table.c.level_at <= new_level_at))
     continued = and_(
         bindparam("continues", type_=Boolean), table.c.level == new_level, table.c.same_level_since.is_not(None)
@@ -439,6 +442,13 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
             ),
             due_at=due_no_later_than(bindparam("due", type_=UTCDateTime)),
             due_marks=table.c.due_marks + 1,
+            readings_changed_from=case(
+                (
+                    or_(table.c.readings_changed_from.is_(None), table.c.readings_changed_from > earliest),
+                    earliest,
+                ),
+                else_=table.c.readings_changed_from,
+            ),
         ),
         [
             {
@@ -450,6 +460,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
                 "run": slot.run,
                 "run_since": slot.run_since,
                 "due": slot.due,
+                "earliest": slot.earliest,
             }
             for slot in read
         ],

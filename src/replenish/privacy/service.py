@@ -34,7 +34,8 @@ from replenish.constants import (
 from replenish.customers import service as customers
 from replenish.customers.models import Customer, PendingSignUp
 from replenish.db import transaction
-from replenish.devices.models import Device, Slot, SlotForecast
+from replenish.devices import service as devices
+from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
@@ -198,6 +199,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("dead_letters", delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
         ("dead_letter_overflow", delete(DeadLetterOverflow).where(col(DeadLetterOverflow.sender).in_(device_ids))),
         ("forecasts", delete(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids))),
+        ("reading_windows", delete(SlotWindow).where(col(SlotWindow.slot_id).in_(slot_ids))),
         ("slots", delete(Slot).where(col(Slot.id).in_(slot_ids))),
         ("devices", delete(Device).where(col(Device.id).in_(device_ids))),
         ("consent_versions", delete(ConsentVersion).where(ConsentVersion.customer_id == customer_id)),
@@ -249,6 +251,8 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
             delete(Reading).where(col(Reading.slot_id).in_(slot_ids), col(Reading.message_id).in_(old_messages))
         ).rowcount,
     }
+    if removed["readings"]:
+        devices.forget_windows(session=session, slot_ids=slot_ids)  # they held some of those readings
     removed["messages"] = connection.execute(
         delete(DeviceMessage).where(
             col(DeviceMessage.id).in_(old_messages),
