@@ -8,8 +8,10 @@ Tests get the embedded stack; a module or test marked ``both_stacks`` runs once 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,7 +50,30 @@ from replenish.runtime import Platform, Roles
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 
+_MIGRATED_SQLITE: list[Path] = []
+
+
+def migrated_sqlite_copy(path: Path) -> None:
+    """A SQLite database at ``path`` with the current schema: a copy of one migrated once per test process (a file
+    copy takes a millisecond, migrating a fresh database a fifth of a second). Roles starting on it find it up to
+    date."""
+    if not _MIGRATED_SQLITE:
+        from replenish.db import create_schema, make_engine
+
+        template = Path(tempfile.mkdtemp(prefix="replenish-migrated-")) / "template.db"
+        engine = make_engine(f"sqlite:///{template}")
+        try:
+            create_schema(engine)
+        finally:
+            engine.dispose()  # the last connection checkpoints the write-ahead log into the file
+        _MIGRATED_SQLITE.append(template)
+    shutil.copyfile(_MIGRATED_SQLITE[0], path)
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    if "database_url" not in overrides and not (data_dir / "replenish.db").exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        migrated_sqlite_copy(data_dir / "replenish.db")
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "broker_port": free_port(),
