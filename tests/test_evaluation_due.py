@@ -425,3 +425,16 @@ def test_a_stored_window_and_the_readings_since_always_equal_a_whole_read(engine
                     start = int(np.searchsorted(series.times, (now - FORECAST_HISTORY).timestamp(), side="right"))
                     assert list(series.times[start:]) == list(whole[slot.id].times)
                     assert list(series.levels[start:]) == list(whole[slot.id].levels)
+
+
+def test_marking_every_slot_due_goes_in_chunks_and_reaches_every_slot(engine: Engine, monkeypatch: pytest.MonkeyPatch):
+    # `replenish forecasts rebuild` marks every slot: one statement for 100,000 ids would pass PostgreSQL's
+    # 65,535 parameters.
+    monkeypatch.setattr(devices, "MARK_CHUNK", 4)
+    printers = Printers(engine, 10)
+    later = T0 + timedelta(days=3)
+    with transaction(engine) as session:
+        session.execute(update(Slot).values(due_at=None))
+        devices.mark_slots_due(session=session, at=later)
+    with Session(engine) as session:
+        assert session.exec(select(Slot.due_at)).all() == [later] * len(printers.seqs)

@@ -118,6 +118,9 @@ def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[d
     return case((or_(due_at.is_(None), due_at > moment), moment), else_=due_at)
 
 
+MARK_CHUNK = 10_000
+
+
 def mark_slots_due(
     *, session: Session, at: datetime, slot_ids: Collection[str] | None = None, customer_id: str | None = None
 ) -> None:
@@ -136,12 +139,14 @@ def mark_slots_due(
     ids = list(session.execute(chosen.order_by(table.c.id).with_for_update()).scalars())
     if not ids:
         return
-    # No screen: the next evaluation is a full one.
-    session.execute(
-        update(table)
-        .where(table.c.id.in_(ids))
-        .values(due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1, screen_until=None)
-    )
+    # No screen: the next evaluation is a full one. In chunks: a statement takes at most 65,535 parameters on
+    # PostgreSQL, and `replenish forecasts rebuild` marks every slot.
+    for start in range(0, len(ids), MARK_CHUNK):
+        session.execute(
+            update(table)
+            .where(table.c.id.in_(ids[start : start + MARK_CHUNK]))
+            .values(due_at=due_no_later_than(at), due_marks=table.c.due_marks + 1, screen_until=None)
+        )
 
 
 def list_devices(
