@@ -39,7 +39,7 @@ from replenish.constants import ConsentMode, OrderStatus
 from replenish.customers import service as customers
 from replenish.db import create_schema, make_engine, transaction
 from replenish.devices import service as devices
-from replenish.devices.models import Slot, SlotForecast
+from replenish.devices.models import Slot, SlotForecast, SlotWindow
 from replenish.devices.schemas import DeviceCreate, SlotCreate, SlotUpdate
 from replenish.forecasting import Forecast
 from replenish.ingest.models import Reading
@@ -412,6 +412,10 @@ def test_a_stored_window_and_the_readings_since_always_equal_a_whole_read(engine
         assert evaluate_due(engine=engine, now=clock, margin_days=MARGIN_DAYS).errors == 0
         with Session(engine) as session:
             slots = [printers.slot(name) for name in names]
+            stored = session.exec(
+                select(func.count()).select_from(SlotWindow).where(col(SlotWindow.slot_id).in_([s.id for s in slots]))
+            ).one()
+            assert stored == len(slots), "every slot was evaluated (due since it was registered) and kept its window"
             for now in (clock, clock + timedelta(hours=5)):
                 whole = slot_readings(session=session, slots=slots, now=now)
                 windows, _ = reading_windows(

@@ -236,6 +236,9 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
     """Delete the customer's telemetry received longer ago than their consent keeps it: stored messages (except an
     event that raised an alert, kept with the alert) with their readings, and dead letters of their devices. Age is
     counted from when the platform received it: a device's own clock may be anything."""
+    # As an evaluation of their slots takes it first: none reads a reading window before this deletes it and stores
+    # it back after, with the deleted readings in it.
+    consent.lock_customer(session=session, customer_id=customer_id)
     _, document = consent.current_document(session=session, customer_id=customer_id)
     cutoff = now - timedelta(days=document.telemetry_retention_days)
     device_ids = select(Device.id).where(Device.customer_id == customer_id)
