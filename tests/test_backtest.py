@@ -13,6 +13,7 @@ import pytest
 
 from replenish.backtest.replay import FleetRates, RecordedReading, read_readings, replay
 from replenish.forecasting import Forecast
+from replenish.forecasting.model import SHARED_PRIOR_LENDERS, fleet_prior
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -186,3 +187,30 @@ def test_the_fleet_prior_leaves_out_the_asking_slot():
     assert fleet_rates.prior("milk", exclude=("fridge-0", "milk")).rate_per_day == pytest.approx(0.03)
     assert fleet_rates.prior("milk", exclude=("other", "milk")).rate_per_day == pytest.approx(0.025)
     assert fleet_rates.prior("eggs", exclude=("fridge-0", "eggs")) is None
+
+
+def _fleet_of(lenders: int) -> FleetRates:
+    fleet_rates = FleetRates()
+    for number in range(lenders):
+        forecast = Forecast(
+            status="ok",
+            computed_at=T0,
+            cycle_started_at=T0,
+            readings_used=50,
+            outliers_dropped=0,
+            evidence_from=T0,
+            evidence_to=T0 + timedelta(days=10),
+            rate_per_day=0.01 * (number + 1),
+        )
+        fleet_rates.observe("milk", (f"fridge-{number}", "milk"), forecast)
+    return fleet_rates
+
+
+def test_a_big_fleet_shares_one_prior_as_the_live_evaluator_does():
+    big = _fleet_of(SHARED_PRIOR_LENDERS)
+    whole_group = fleet_prior([0.01 * (number + 1) for number in range(SHARED_PRIOR_LENDERS)])
+    first, last = ("fridge-0", "milk"), (f"fridge-{SHARED_PRIOR_LENDERS - 1}", "milk")
+    assert big.prior("milk", exclude=first) == big.prior("milk", exclude=last) == whole_group
+    # One lender fewer, and each slot's own rate is left out again: the lowest rate's prior sits higher.
+    smaller = _fleet_of(SHARED_PRIOR_LENDERS - 1)
+    assert smaller.prior("milk", exclude=first).rate_per_day > smaller.prior("milk", exclude=last).rate_per_day

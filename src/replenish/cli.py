@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import EmailStr, TypeAdapter, ValidationError
@@ -16,11 +16,14 @@ from sqlalchemy.engine import make_url
 from replenish.clock import SystemClock
 from replenish.config import Settings
 from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
-from replenish.demo import CATCH_UP_SECONDS, DemoDevices, demo_models, seed
-from replenish.ingest.consumer import tune_garbage_collection
-from replenish.notifications.push import new_private_key
 from replenish.observability.logging import configure_logging
-from replenish.runtime import Platform, Roles
+
+if TYPE_CHECKING:
+    from replenish.demo import DemoDevices
+    from replenish.runtime import Platform
+
+# The platform, the demo and the web push keys are imported by the commands that use them: a backtest or a
+# migration should not pay a second for loading the web app.
 
 app = typer.Typer(
     help="Replenish: IoT auto-replenishment and device monitoring.",
@@ -62,6 +65,8 @@ def _run(platform: Platform, *, demo: bool = False) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         if platform.roles.ingest:
+            from replenish.ingest.consumer import tune_garbage_collection
+
             tune_garbage_collection()
         if demo:
             simulators = _start_demo(platform)
@@ -96,10 +101,13 @@ def up(
                 leftover.unlink()
             updates["database_url"] = f"sqlite:///{demo_db}"
         settings = settings.model_copy(update=updates)
+    from replenish.runtime import Platform, Roles
+
     _run(Platform(settings, roles=Roles.all_in_one(settings)), demo=demo)
 
 
 def _start_demo(platform: Platform) -> DemoDevices:
+    from replenish.demo import CATCH_UP_SECONDS, DemoDevices, demo_models, seed
 
     now = platform.clock.now()
     models = demo_models(now)
@@ -160,24 +168,32 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
 @app.command()
 def api() -> None:
     """Run the HTTP API only."""
+    from replenish.runtime import Platform, Roles
+
     _run(Platform(_settings(), roles=Roles(api=True)))
 
 
 @app.command()
 def ingest() -> None:
     """Run the MQTT ingestor only (needs REPLENISH_MQTT_URL or a broker on the default address)."""
+    from replenish.runtime import Platform, Roles
+
     _run(Platform(_settings(), roles=Roles(ingest=True)))
 
 
 @app.command()
 def scheduler() -> None:
     """Run the forecasting/automation job and the outbox dispatcher only."""
+    from replenish.runtime import Platform, Roles
+
     _run(Platform(_settings(), roles=Roles(scheduler=True)))
 
 
 @app.command()
 def broker() -> None:
     """Run the embedded amqtt broker only (for development; production uses Mosquitto)."""
+    from replenish.runtime import Platform, Roles
+
     _run(Platform(_settings(), roles=Roles(broker=True)))
 
 
@@ -264,6 +280,8 @@ def create_operator(
 def vapid_key() -> None:
     """Print a new VAPID private key for Web Push, as REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY takes it (for .env). Every
     process must have the same one; changing it later unsubscribes every browser."""
+    from replenish.notifications.push import new_private_key
+
     typer.echo(f"REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY={new_private_key()}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -43,6 +43,10 @@ class SlotMemory:
     # starting at or before it has been decided.
     decided_cycle_started_at: datetime | None = None
     open_order_placed_at: datetime | None = None
+
+    def with_cycle(self, cycle_started_at: datetime | None) -> SlotMemory:
+        # Not dataclasses.replace: it costs as much as the rest of an evaluation's bookkeeping.
+        return SlotMemory(cycle_started_at, self.decided_cycle_started_at, self.open_order_placed_at)
 
 
 @dataclass(frozen=True)
@@ -197,11 +201,11 @@ def evaluate(
         again = next_evaluation(
             forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now
         )
-        screen = Screen.after(forecast, memory=replace(memory, cycle_started_at=None), policy=policy, evaluated_at=now)
+        screen = Screen.after(forecast, memory=memory.with_cycle(None), policy=policy, evaluated_at=now)
         return SlotEvaluation(
             forecast=forecast, cycle_started_at=None, verdict=None, evaluate_again_at=again, screen=screen
         )
-    in_transit = order_on_its_way(forecast, memory=replace(memory, cycle_started_at=cycle), policy=policy, now=now)
+    in_transit = order_on_its_way(forecast, memory=memory.with_cycle(cycle), policy=policy, now=now)
     decided = memory.decided_cycle_started_at is not None and memory.decided_cycle_started_at >= cycle
     verdict = decide(
         forecast,
@@ -220,10 +224,10 @@ def evaluate(
         pauses=pauses,
         now=now,
     )
-    after = replace(
-        memory,
+    after = SlotMemory(
         cycle_started_at=cycle,
         decided_cycle_started_at=cycle if verdict is not None else memory.decided_cycle_started_at,
+        open_order_placed_at=memory.open_order_placed_at,
     )
     return SlotEvaluation(
         forecast=forecast,

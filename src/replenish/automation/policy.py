@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,7 +34,7 @@ class ReorderPolicy:
     def horizon_days(self) -> float:
         return self.lead_time_days + self.margin_days
 
-    @property
+    @functools.cached_property  # read at every evaluation
     def horizon(self) -> timedelta:
         return timedelta(days=self.horizon_days)
 

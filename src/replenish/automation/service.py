@@ -54,7 +54,7 @@ from replenish.db import UTCDateTime, transaction, upsert
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import compile_ahead, fleet_prior, lends
+from replenish.forecasting.model import compile_ahead, fleet_prior, lends, prior_is_shared
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
@@ -271,12 +271,6 @@ def slot_readings(*, session: Session, slots: list[Slot], now: datetime) -> dict
     }
 
 
-# A group of at least this many lenders gives every slot the same prior, its whole group's, computed once: one
-# slot's own rate moves the group's median by at most one place among them. A smaller group's prior leaves out the
-# asking slot's own rate.
-SHARED_PRIOR_LENDERS = 50
-
-
 @dataclass
 class FleetRates:
     """Per (device kind, slot name), the rates of the slots that lend theirs (see fleet_rates)."""
@@ -289,7 +283,7 @@ class FleetRates:
         group = self.rates.get(key)
         if not group:
             return None
-        if len(group) >= SHARED_PRIOR_LENDERS:
+        if prior_is_shared(len(group)):
             if key not in self._shared:
                 self._shared[key] = fleet_prior(np.fromiter(group.values(), dtype=float, count=len(group)))
             return self._shared[key]

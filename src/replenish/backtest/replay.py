@@ -13,9 +13,10 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from replenish.automation.engine import Screen, SlotMemory, evaluate, order_on_i
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
-from replenish.forecasting.model import fleet_prior, lends_to_fleet
+from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -35,8 +36,7 @@ class ReadingsError(ValueError):
     """The readings file does not follow the contract; the message names the line."""
 
 
-@dataclass(frozen=True)
-class RecordedReading:
+class RecordedReading(NamedTuple):
     device_id: str
     slot: str
     ts: datetime
@@ -57,6 +57,7 @@ class _SlotReplay:
     times: np.ndarray = field(default_factory=lambda: np.empty(256))
     levels: np.ndarray = field(default_factory=lambda: np.empty(256))
     count: int = 0
+    newest: float = 0.0  # the newest level
     memory: SlotMemory = field(default_factory=SlotMemory)
     last_forecast: Forecast | None = None
     screen: Screen | None = None  # which new readings can wait for a later evaluation
@@ -69,6 +70,7 @@ class _SlotReplay:
         self.times[self.count] = moment
         self.levels[self.count] = level
         self.count += 1
+        self.newest = level
 
 
 def read_readings(path: Path) -> Iterator[RecordedReading]:
@@ -77,12 +79,13 @@ def read_readings(path: Path) -> Iterator[RecordedReading]:
         header = next(rows, None)
         if header is None or [column.strip() for column in header] != READINGS_HEADER:
             raise ReadingsError(f"{path}:1: the header must be {','.join(READINGS_HEADER)}, got {header!r}")
+        parse = _RowParser()
         previous: datetime | None = None
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             try:
-                reading = _parse_row(row)
+                reading = parse(row)
             except ReadingsError as error:
                 raise ReadingsError(f"{path}:{line}: {error}") from None
             if previous is not None and reading.ts < previous:
@@ -91,27 +94,39 @@ def read_readings(path: Path) -> Iterator[RecordedReading]:
             yield reading
 
 
-def _parse_row(row: list[str]) -> RecordedReading:
-    """One row, checked; a ReadingsError says what is wrong (the caller adds where)."""
-    if len(row) != len(READINGS_HEADER):
-        raise ReadingsError(f"expected 4 columns, got {len(row)}")
-    device_id, slot, ts_text, level_text = row[0].strip(), row[1].strip(), row[2].strip(), row[3].strip()
-    if not DEVICE_ID_RE.match(device_id):
-        raise ReadingsError(f"device_id {device_id!r} does not match [A-Za-z0-9_-]{{1,64}}")
-    if not slot:
-        raise ReadingsError("slot is empty")
-    try:
-        ts = datetime.fromisoformat(ts_text)
-    except ValueError:
-        raise ReadingsError(f"ts {ts_text!r} is not ISO 8601") from None
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)  # the contract says UTC
-    try:
-        level = float(level_text)
-    except ValueError:
-        raise ReadingsError(f"level {level_text!r} is not a number") from None
-    if not math.isfinite(level) or not 0 <= level <= 1:
-        raise ReadingsError(f"level {level_text} is outside [0, 1]")
-    return RecordedReading(device_id=device_id, slot=slot, ts=ts, level=level)
+class _RowParser:
+    """Checks and parses rows; a ReadingsError says what is wrong (the caller adds where). A file repeats its device
+    ids and, for the slots of one message, its times: each is checked and parsed once."""
+
+    def __init__(self) -> None:
+        self.device_ids: set[str] = set()
+        self.ts_text = ""
+        self.ts = datetime.min
+
+    def __call__(self, row: list[str]) -> RecordedReading:
+        if len(row) != len(READINGS_HEADER):
+            raise ReadingsError(f"expected 4 columns, got {len(row)}")
+        device_id, slot, ts_text, level_text = row[0].strip(), row[1].strip(), row[2].strip(), row[3].strip()
+        if device_id not in self.device_ids:
+            if not DEVICE_ID_RE.match(device_id):
+                raise ReadingsError(f"device_id {device_id!r} does not match [A-Za-z0-9_-]{{1,64}}")
+            self.device_ids.add(device_id)
+        if not slot:
+            raise ReadingsError("slot is empty")
+        if ts_text != self.ts_text:
+            try:
+                ts = datetime.fromisoformat(ts_text)
+            except ValueError:
+                raise ReadingsError(f"ts {ts_text!r} is not ISO 8601") from None
+            self.ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)  # the contract says UTC
+            self.ts_text = ts_text
+        try:
+            level = float(level_text)
+        except ValueError:
+            raise ReadingsError(f"level {level_text!r} is not a number") from None
+        if not 0 <= level <= 1:  # also false for NaN; infinities are outside
+            raise ReadingsError(f"level {level_text} is outside [0, 1]")
+        return RecordedReading(device_id, slot, self.ts, level)
 
 
 def replay(
@@ -142,6 +157,7 @@ class _Replay:
 
     def __init__(self, policy: ReorderPolicy) -> None:
         self.policy = policy
+        self.lead_time = timedelta(days=policy.lead_time_days)
         self.slots: dict[tuple[str, str], _SlotReplay] = {}
         self.orders: list[ReplayedOrder] = []
         self.clock = -math.inf
@@ -162,47 +178,45 @@ class _Replay:
     def advance_to(self, moment: float) -> None:
         if moment <= self.clock:
             return
-        now = self.clock
-        for key in dict.fromkeys(self.reported):
-            self._evaluate(key, now=now, scheduled=False)
-        self.reported.clear()
+        if self.reported:
+            now = _utc(self.clock)
+            for key in dict.fromkeys(self.reported):
+                self._evaluate(key, now=now, scheduled=False)
+            self.reported.clear()
         while self.checks and self.checks[0][0] < moment:
             when, _, key, evaluation = heapq.heappop(self.checks)
             if self.slots[key].evaluations == evaluation:
-                self._evaluate(key, now=when, scheduled=True)
+                self._evaluate(key, now=_utc(when), scheduled=True)
         self.clock = moment
 
-    def _evaluate(self, key: tuple[str, str], *, now: float, scheduled: bool) -> None:
+    def _evaluate(self, key: tuple[str, str], *, now: datetime, scheduled: bool) -> None:
         state = self.slots[key]
-        moment = _utc(now)
-        newest = float(state.levels[state.count - 1])
-        if not scheduled and state.screen is not None and state.screen.lets_wait(newest, now=moment):
+        if not scheduled and state.screen is not None and state.screen.lets_wait(state.newest, now=now):
             return
         # Views of the buffers: the engine reads only its history window of them.
         series = ReadingSeries(times=state.times[: state.count], levels=state.levels[: state.count])
         memory = state.memory
-        if memory.open_order_placed_at is not None and moment >= memory.open_order_placed_at + timedelta(
-            days=self.policy.lead_time_days
-        ):
-            memory = replace(memory, open_order_placed_at=None)  # delivered
+        if memory.open_order_placed_at is not None and now >= memory.open_order_placed_at + self.lead_time:
+            memory = SlotMemory(memory.cycle_started_at, memory.decided_cycle_started_at, None)  # delivered
         evaluation = evaluate(
             series,
-            now=moment,
+            now=now,
             mode=ConsentMode.AUTO_ORDER,
             policy=self.policy,
             memory=memory,
             prior=self.fleet.prior(state.slot, exclude=key),
         )
-        memory = replace(memory, cycle_started_at=evaluation.cycle_started_at)
         if evaluation.verdict is not None:
-            self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=moment))
-            memory = replace(memory, decided_cycle_started_at=evaluation.cycle_started_at, open_order_placed_at=moment)
+            self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
+            memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
+        else:
+            memory = memory.with_cycle(evaluation.cycle_started_at)
         state.memory = memory
         state.last_forecast = evaluation.forecast
         state.screen = evaluation.screen
         state.evaluations += 1
         self.fleet.observe(state.slot, key, evaluation.forecast)
-        check = _next_check(state, now=moment, policy=self.policy)
+        check = _next_check(state, now=now, policy=self.policy)
         if check is not None:
             heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
 
@@ -231,8 +245,9 @@ class FleetRates:
         self._changes: dict[str, int] = {}
         # Per name: (changes when taken, the rates then, those rates sorted).
         self._snapshots: dict[str, tuple[int, dict[tuple[str, str], float], np.ndarray]] = {}
-        # Per slot: (its name's snapshot it was computed from, its prior), until the snapshot is retaken.
-        self._priors: dict[tuple[str, str], tuple[int, RatePrior | None]] = {}
+        # Per (name, slot; None for the prior a whole group shares): (the snapshot it was computed from, the prior),
+        # until the snapshot is retaken.
+        self._priors: dict[tuple[str, tuple[str, str] | None], tuple[int, RatePrior | None]] = {}
 
     def observe(self, name: str, key: tuple[str, str], forecast: Forecast) -> None:
         if lends_to_fleet(forecast):
@@ -245,21 +260,24 @@ class FleetRates:
         if not rates:
             return None
         # The fleet moves slowly: a snapshot is retaken after every tenth of the fleet has reported, not at every
-        # evaluation. The asking slot's own rate in it is left out.
+        # evaluation. The asking slot's own rate in it is left out, unless the group is big enough to share one prior
+        # (forecasting.model.prior_is_shared, as in the live evaluator).
         changes = self._changes[name]
         snapshot = self._snapshots.get(name)
         if snapshot is None or changes - snapshot[0] >= max(1, len(rates) // 10):
             snapshot = (changes, dict(rates), np.sort(np.fromiter(rates.values(), dtype=float)))
             self._snapshots[name] = snapshot
         taken_at, taken, ordered = snapshot
-        cached = self._priors.get(exclude)
+        leaving_out = None if prior_is_shared(len(taken)) else exclude
+        cached = self._priors.get((name, leaving_out))
         if cached is not None and cached[0] == taken_at:
             return cached[1]
-        own = taken.get(exclude)
+        own = None if leaving_out is None else taken.get(leaving_out)
         if own is not None:
-            ordered = np.delete(ordered, int(np.searchsorted(ordered, own)))
+            place = int(np.searchsorted(ordered, own))
+            ordered = np.concatenate((ordered[:place], ordered[place + 1 :]))
         prior = fleet_prior(ordered)
-        self._priors[exclude] = (taken_at, prior)
+        self._priors[(name, leaving_out)] = (taken_at, prior)
         return prior
 
 

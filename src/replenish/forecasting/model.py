@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -93,6 +94,7 @@ MIN_LEVEL_SD = 0.005
 # A slot lends its rate to the fleet's prior once it has this much evidence; a prior needs this many slots.
 FLEET_MIN_EVIDENCE = timedelta(days=7)
 FLEET_MIN_SLOTS = 3
+SHARED_PRIOR_LENDERS = 50  # see prior_is_shared
 # Steps devices commonly report levels in, coarsest first.
 QUANTIZATION_STEPS = (0.25, 0.2, 0.1, 0.05, 0.02)
 QUANTIZATION_SAMPLE = 64  # readings: enough to tell
@@ -386,6 +388,13 @@ def _forecast_made_up_slots() -> None:
     fleet_prior([0.01, 0.02, 0.03])
 
 
+def prior_is_shared(lenders: int) -> bool:
+    """Whether a group of this many lenders gives every slot the same prior, its whole group's (computed once): one
+    slot's own rate moves the group's median by at most one place among them. A smaller group's prior leaves out the
+    asking slot's own rate. The live evaluator and the backtest both follow it."""
+    return lenders >= SHARED_PRIOR_LENDERS
+
+
 def fleet_prior(rates: Sequence[float] | np.ndarray) -> RatePrior | None:
     """The prior a slot borrows from its fleet (slots of the same kind and name): their median rate, with their
     robust spread."""
@@ -434,7 +443,7 @@ def forecast_depletion(
     )
     base: dict[str, Any] = {
         "computed_at": now,
-        "cycle_started_at": _moment(result.cycle_start) if np.isfinite(result.cycle_start) else None,
+        "cycle_started_at": _moment(result.cycle_start) if math.isfinite(result.cycle_start) else None,
         "refills_detected": [_moment(moment) for moment in result.refills.tolist()],
         "service_level": service_level,
         "horizon_days": horizon_days,
@@ -446,7 +455,7 @@ def forecast_depletion(
         **base,
         "readings_used": result.readings_used,
         "outliers_dropped": result.outliers_dropped,
-        "evidence_from": _moment(result.evidence_from) if np.isfinite(result.evidence_from) else None,
+        "evidence_from": _moment(result.evidence_from) if math.isfinite(result.evidence_from) else None,
         "evidence_to": _moment(result.evidence_to),
         "cycles_used": result.cycles_used,
         "cycle_largest_drop": result.cycle_largest_drop,
@@ -455,16 +464,16 @@ def forecast_depletion(
         return Forecast(status="insufficient_data", **common)
     rate_z = _z(LATE_QUANTILE)
     common |= {
-        "weekly_profile": [round(float(value), 3) for value in result.profile] if len(result.profile) else None,
+        "weekly_profile": [round(value, 3) for value in result.profile.tolist()] if len(result.profile) else None,
         "level_now": result.level_now,
         "rate_per_day": result.rate,
         "rate_per_day_low": result.rate - rate_z * result.rate_se,
         "rate_per_day_high": result.rate + rate_z * result.rate_se,
     }
     dates = {
-        "empty_at": _moment(result.empty) if np.isfinite(result.empty) else None,
-        "empty_at_early": _moment(result.early) if np.isfinite(result.early) else None,
-        "empty_at_late": _moment(result.late) if np.isfinite(result.late) else None,
+        "empty_at": _moment(result.empty) if math.isfinite(result.empty) else None,
+        "empty_at_early": _moment(result.early) if math.isfinite(result.early) else None,
+        "empty_at_late": _moment(result.late) if math.isfinite(result.late) else None,
     }
     return Forecast(status=_STATUSES[result.outcome], **common, **dates)
 
