@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -350,6 +351,24 @@ class EvaluationContext:
     changed_from: dict[str, datetime | None]
     windows: dict[str, ReadingWindow] = field(default_factory=dict)
     changed_windows: dict[str, ReadingWindow] = field(default_factory=dict)
+    # Per customer: what their orders cost this calendar month, read when a slot of theirs first decides, plus what
+    # this transaction has placed since (placed): one query per customer, not one per decision.
+    spent: dict[str, Decimal] = field(default_factory=dict)
+
+    def spent_this_month(self, *, session: Session, customer_id: str, now: datetime) -> Decimal:
+        if customer_id not in self.spent:
+            month_start, month_end = self.consents[customer_id][1].calendar_month(now)
+            # Nothing of this customer's is pending yet (their first decision in the transaction): writing out the
+            # other customers' decisions first would be a flush for nothing.
+            with session.no_autoflush:
+                self.spent[customer_id] = orders.spent_between(
+                    session=session, customer_id=customer_id, start=month_start, end=month_end
+                )
+        return self.spent[customer_id]
+
+    def placed(self, *, customer_id: str, total_price: Decimal | None) -> None:
+        if total_price is not None:
+            self.spent[customer_id] += total_price
 
     @classmethod
     def load(cls, *, session: Session, slots: list[tuple[Slot, Device]]) -> EvaluationContext:
@@ -441,16 +460,16 @@ def evaluate_slot(
         next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
     if evaluation.verdict is None or evaluation.cycle_started_at is None:
         return Evaluated(decision=None, next_at=next_at, screen=evaluation.screen, forecast=evaluation.forecast)
-    month_start, month_end = document.calendar_month(now)
+    total_price = slot.unit_price * slot.order_quantity if slot.unit_price is not None else None
     verdict = within_limits(
         evaluation.verdict,
         limits=document.limits,
         quantity=slot.order_quantity,
-        total_price=slot.unit_price * slot.order_quantity if slot.unit_price is not None else None,
-        spent_this_month=orders.spent_between(
-            session=session, customer_id=device.customer_id, start=month_start, end=month_end
-        ),
+        total_price=total_price,
+        spent_this_month=context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
     )
+    if verdict.action == DecisionAction.PLACE_ORDER:
+        context.placed(customer_id=device.customer_id, total_price=total_price)
     trigger = _newest_message(session=session, slot=slot, now=now)
     # The decision, its order or notification, their outbox messages and log lines: all carry the trigger's id.
     with correlation.bound(trigger):
@@ -601,13 +620,14 @@ def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
 def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:
     """The correlation id of the message behind the newest reading the forecast used (as slot_readings chose them):
     the one that tipped the decision."""
-    newest = session.exec(
-        select(DeviceMessage.device_id, DeviceMessage.seq)
-        .join(Reading, col(Reading.message_id) == col(DeviceMessage.id))
-        .where(Reading.slot_id == slot.id, Reading.ts <= now)
-        .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
-        .limit(1)
-    ).first()
+    with session.no_autoflush:  # what the transaction has pending is decisions, orders and such: not readings
+        newest = session.exec(
+            select(DeviceMessage.device_id, DeviceMessage.seq)
+            .join(Reading, col(Reading.message_id) == col(DeviceMessage.id))
+            .where(Reading.slot_id == slot.id, Reading.ts <= now)
+            .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
+            .limit(1)
+        ).first()
     return correlation.for_device_message(*newest) if newest else None
 
 
