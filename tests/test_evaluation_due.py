@@ -4,6 +4,7 @@ slot due; several evaluators share the due slots, and a killed one's claims expi
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, func, update
 from sqlmodel import Session, col, select
 
-from replenish.automation.engine import FORECAST_HISTORY_DAYS, REFRESH_AFTER
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, REFRESH_AFTER, Screen
 from replenish.automation.models import Decision
 from replenish.automation.service import (
     CLAIM_LEASE,
@@ -30,6 +31,7 @@ from replenish.automation.service import (
     evaluate_due,
     finish_claims,
     reading_windows,
+    screen_due,
     slot_readings,
 )
 from replenish.consent import service as consent
@@ -119,6 +121,11 @@ class Printers:
         assert report.errors == 0
         return report.slots
 
+    @staticmethod
+    def slot_by_id(engine: Engine, slot_id: str) -> Slot:
+        with Session(engine) as session:
+            return session.get_one(Slot, slot_id)
+
     def slot(self, device_id: str = "printer-0") -> Slot:
         with Session(self.engine) as session:
             return devices.get_slot(session=session, device_id=device_id, slot_name="black")
@@ -177,6 +184,72 @@ def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is
         )
     printers.report(["printer-0", "printer-1"], now + timedelta(hours=6), 0.55)
     assert evaluate(now + timedelta(hours=6)) == (2, 0)
+
+
+def test_the_screen_in_sql_lets_exactly_the_readings_wait_that_the_engines_screen_does(engine: Engine):
+    """screen_due is Screen.lets_wait (which the backtest runs) written in SQL: the same answer at every boundary."""
+    slot_id = Printers(engine, 1).slot().id
+    minutes = st.integers(min_value=-1, max_value=1).map(lambda count: T0 + timedelta(minutes=count))
+    fractions = st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1)
+
+    later = T0 + timedelta(minutes=1)
+    # Every boundary, whatever the search finds: a level at the drop bound (the longer wait) and at the refill bound
+    # (no wait), a screen or a full evaluation ending right now (no wait).
+    edge = {"capacity": 3.0, "until": later, "until_dropped": later, "evaluate_by": later, "reported": True}
+
+    @settings(max_examples=150, deadline=None)
+    @example(**edge | {"level": 0.5, "low": 0.5, "high": None, "until_dropped": T0})
+    @example(**edge | {"level": 0.5, "low": None, "high": 0.5})
+    @example(**edge | {"level": 0.5, "low": None, "high": None, "until": T0})
+    @example(**edge | {"level": 0.5, "low": None, "high": None, "evaluate_by": T0})
+    @given(
+        level=fractions,
+        capacity=st.sampled_from([1.0, 3.0, 250.0]),
+        until=st.none() | minutes,
+        until_dropped=st.none() | minutes,
+        evaluate_by=st.none() | minutes,
+        low=st.none() | fractions,
+        high=st.none() | fractions,
+        reported=st.booleans(),
+    )
+    def screens_alike(level, capacity, until, until_dropped, evaluate_by, low, high, reported) -> None:
+        stored = level * capacity if reported else None
+        with transaction(engine) as session:
+            session.execute(
+                update(Slot)
+                .where(col(Slot.id) == slot_id)
+                .values(
+                    level=stored,
+                    capacity=capacity,
+                    due_at=T0,
+                    claimed_until=None,
+                    evaluate_by=evaluate_by,
+                    screen_until=until,
+                    screen_until_dropped=until_dropped,
+                    screen_low=low,
+                    screen_high=high,
+                )
+            )
+        with transaction(engine) as session:
+            screened = screen_due(session=session, now=T0)
+        expected = (
+            until is not None
+            and until_dropped is not None
+            and evaluate_by is not None
+            and evaluate_by > T0
+            and stored is not None
+            and Screen(
+                until=until,
+                until_dropped=until_dropped,
+                low=-math.inf if low is None else low,
+                high=math.inf if high is None else high,
+            ).lets_wait(stored / capacity, now=T0)
+        )
+        assert screened == int(expected)
+        slot = Printers.slot_by_id(engine, slot_id)
+        assert slot.due_at == (evaluate_by if expected else T0)
+
+    screens_alike()
 
 
 def test_one_read_gives_each_slot_of_a_batch_its_own_readings_in_its_own_unit(engine: Engine):

@@ -775,20 +775,51 @@ EVALUATIONS_PER_PASS = 2
 class Claim:
     slot_id: str
     marks: int  # the slot's due_marks when it was claimed: a mark since means evaluate it again
-    level: float | None = None  # its newest level, a fraction of capacity
-    evaluate_by: datetime | None = None
-    screen: Screen | None = None  # what its last full evaluation left (None: evaluate it in full)
 
-    def can_wait(self, now: datetime) -> bool:
-        """Whether the slot's new readings can wait for a later evaluation (automation.engine.Screen): nothing but
-        readings made it due, its full evaluation is not due yet, and its newest level lets them wait."""
-        return (
-            self.screen is not None
-            and self.evaluate_by is not None
-            and now < self.evaluate_by
-            and self.level is not None
-            and self.screen.lets_wait(self.level, now=now)
+
+# How many due slots one statement of screen_due takes: its row locks are held for one short statement.
+SCREEN_CHUNK = 5_000
+
+
+def screen_due(*, session: Session, now: datetime, at: datetime | None = None, limit: int = SCREEN_CHUNK) -> int:
+    """Hand the due slots whose new readings can wait (automation.engine.Screen, as their last full evaluation
+    stored it) back to the moment they must be evaluated in full, without reading them: one statement for up to
+    ``limit`` slots. A slot can wait when nothing but readings made it due (anything else clears its screen), its
+    full evaluation is not due yet, and its newest level lets it (Screen.lets_wait, here in SQL). How many it took.
+
+    Rows another evaluator or ingest holds are skipped (SKIP LOCKED on PostgreSQL) and never waited for: a slot
+    marked while this runs is left due."""
+    at = at or now
+    table = Slot.__table__
+    moment = bindparam("now", now, type_=UTCDateTime)
+    fraction = table.c.level / table.c.capacity
+    screen_ends = case(
+        (or_(table.c.screen_low.is_(None), fraction >= table.c.screen_low), table.c.screen_until),
+        else_=table.c.screen_until_dropped,
+    )
+    waiting = (
+        select(table.c.id)
+        .where(
+            table.c.due_at <= moment,
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= bindparam("at", at, type_=UTCDateTime)),
+            table.c.screen_until.is_not(None),
+            table.c.screen_until_dropped.is_not(None),
+            table.c.evaluate_by > moment,
+            table.c.level.is_not(None),
+            table.c.capacity != 0,
+            or_(table.c.screen_high.is_(None), fraction < table.c.screen_high),
+            screen_ends > moment,
         )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        update(table)
+        .where(table.c.id.in_(waiting.scalar_subquery()))
+        .values(due_at=table.c.evaluate_by, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
 
 
 def claim_due(
@@ -814,38 +845,9 @@ def claim_due(
         update(table)
         .where(table.c.id.in_(due.scalar_subquery()))
         .values(claimed_until=at + lease)
-        .returning(
-            table.c.id,
-            table.c.due_marks,
-            table.c.level,
-            table.c.capacity,
-            table.c.evaluate_by,
-            table.c.screen_until,
-            table.c.screen_until_dropped,
-            table.c.screen_low,
-            table.c.screen_high,
-        )
+        .returning(table.c.id, table.c.due_marks)
     )
-    claims = []
-    for slot_id, marks, level, capacity, evaluate_by, until, until_dropped, low, high in rows:
-        screen = None
-        if until is not None and until_dropped is not None:
-            screen = Screen(
-                until=until,
-                until_dropped=until_dropped,
-                low=-math.inf if low is None else low,
-                high=math.inf if high is None else high,
-            )
-        claims.append(
-            Claim(
-                slot_id=slot_id,
-                marks=marks,
-                level=level / capacity if level is not None and capacity else None,
-                evaluate_by=evaluate_by,
-                screen=screen,
-            )
-        )
-    return claims
+    return [Claim(slot_id=slot_id, marks=marks) for slot_id, marks in rows]
 
 
 def finish_claims(
@@ -930,6 +932,15 @@ def evaluate_due(
     report = EvaluationReport()
     fleet = fleet or FleetRatesCache()
     evaluations: dict[str, int] = {}
+    # First the slots whose new readings can wait, a statement for thousands; once per pass, as each statement
+    # looks at every due slot (a slot marked while the pass runs is evaluated in full).
+    while not should_stop():
+        with transaction(engine) as session:
+            screened = screen_due(session=session, now=now, at=clock() if clock else now)
+        report.slots += screened
+        report.screened += screened
+        if screened < SCREEN_CHUNK:
+            break
     while True:
         if should_stop():
             report.interrupted = True
@@ -945,20 +956,8 @@ def evaluate_due(
             with transaction(engine) as session:
                 _release(session=session, slot_ids=[claim.slot_id for claim in again], due_after=now)
         claims = [claim for claim in claims if evaluations.get(claim.slot_id, 0) < EVALUATIONS_PER_PASS]
-        can_wait = {claim.slot_id for claim in claims if claim.can_wait(now)}
-        waiting = [claim for claim in claims if claim.slot_id in can_wait]
-        if waiting:  # new readings that can wait for a later evaluation: no forecast now
-            with transaction(engine) as session:
-                finish_claims(
-                    session=session,
-                    claims=waiting,
-                    next_at={claim.slot_id: claim.evaluate_by for claim in waiting if claim.evaluate_by is not None},
-                )
-            report.slots += len(waiting)
-            report.screened += len(waiting)
-            claims = [claim for claim in claims if claim.slot_id not in can_wait]
-            if not claims:
-                continue
+        if not claims:
+            continue
         for claim in claims:
             evaluations[claim.slot_id] = evaluations.get(claim.slot_id, 0) + 1
         priors = fleet.get(engine=engine, now=now)
