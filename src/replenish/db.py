@@ -16,8 +16,9 @@ from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Table, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import relationship
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Relationship, Session, SQLModel, create_engine
 
 from replenish.constants import SCHEMA_LOCK_KEY
 from replenish.errors import NotFound
@@ -52,6 +53,14 @@ def get_or_raise(session: Session, model: type[ModelT], key: str, *, entity: str
     if row is None:
         raise NotFound(entity, key)
     return row
+
+
+def written_after(model: str) -> Any:
+    """A relationship that only orders writes: one flush inserts the ``model`` row that a foreign key refers to
+    before the row that refers to it (the unit of work orders rows by relationships, not by foreign keys), so that a
+    decision, its order and their history, links and notices go out in one flush, a statement per table, instead of
+    a flush each. Never loaded (lazy="raise"): read the id column."""
+    return Relationship(sa_relationship=relationship(model, lazy="raise"))
 
 
 def new_id() -> str:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.db import UTCDateTime, new_id, written_after
+
+if TYPE_CHECKING:
+    from replenish.orders.models import Order
 
 
 class OrderLink(SQLModel, table=True):
@@ -27,3 +31,4 @@ class OrderLink(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    order: Order | None = written_after("Order")

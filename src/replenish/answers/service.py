@@ -61,10 +61,14 @@ def app_path(order: Order) -> str:
     return f"/app/orders/{order.id}"
 
 
-def _facts(*, session: Session, order: Order, document: ConsentDocument) -> OrderFacts:
+def _facts(
+    *, session: Session, order: Order, document: ConsentDocument, decision: Decision | None = None
+) -> OrderFacts:
+    """What a message says about the order. ``decision``: the order's, when the caller has it (a new one is not
+    written yet: looking it up would write out the whole transaction first)."""
     device = session.get(Device, order.device_id)
     slot = session.get(Slot, order.slot_id)
-    decision = session.get(Decision, order.decision_id)
+    decision = decision or session.get(Decision, order.decision_id)
     forecast = Forecast.from_json(decision.forecast) if decision is not None else None
     return OrderFacts(
         device_name=device.name if device is not None else order.device_id,
@@ -175,8 +179,10 @@ def request_approval(
     document: ConsentDocument,
     consent_version: int,
     now: datetime,
+    decision: Decision | None = None,
 ) -> None:
-    """Ask at once: the deadline and reminder go on the order, the request with its links to every channel."""
+    """Ask at once: the deadline and reminder go on the order, the request with its links to every channel.
+    ``decision``: the order's, when the caller has it (see _facts)."""
     # Asked in the customer's quiet hours, the request reaches them when those end: their time to answer (and the
     # reminder) counts from then.
     reachable = _reachable(document, now)
@@ -195,6 +201,7 @@ def request_approval(
         kind=NoticeKind.APPROVAL_REQUEST,
         write=messages.approval_request,
         now=now,
+        decision=decision,
     )
 
 
@@ -207,10 +214,11 @@ def _ask(
     kind: NoticeKind,
     write: Callable[..., tuple[str, str]],
     now: datetime,
+    decision: Decision | None = None,
 ) -> None:
     """A request or its reminder: what it says (``write``, given the order's facts, deadline and on_no_answer),
     with fresh Approve and Decline links."""
-    facts = _facts(session=session, order=order, document=document)
+    facts = _facts(session=session, order=order, document=document, decision=decision)
     _tell(
         session=session,
         order=order,
@@ -243,10 +251,12 @@ def announce_order(
     document: ConsentDocument,
     consent_version: int,
     now: datetime,
+    decision: Decision | None = None,
 ) -> None:
-    """An automatic order tells the customer what, when it arrives, and until when one tap cancels it."""
+    """An automatic order tells the customer what, when it arrives, and until when one tap cancels it.
+    ``decision``: the order's, when the caller has it (see _facts)."""
     hand_off = order.hand_off_at or now
-    facts = _facts(session=session, order=order, document=document)
+    facts = _facts(session=session, order=order, document=document, decision=decision)
     _tell(
         session=session,
         order=order,

@@ -664,9 +664,10 @@ def _act(
         correlation_id=correlation_id,
         requested_by=requested_by,
     )
+    # Not flushed here: the decision and everything it brings (order, history, links, notices, outbox) go out
+    # together (db.written_after orders them). A second decision for the cycle fails that flush, unique on
+    # (slot, cycle), and nothing of the transaction is kept.
     session.add(decision)
-    # Flush first: the unique (slot, cycle) constraint rejects a second decision before anything else is written.
-    session.flush()
     audit.record(
         session=session,
         at=now,
@@ -713,6 +714,7 @@ def _act(
             document=consent_document,
             consent_version=consent_version,
             now=now,
+            decision=decision,
         )
     else:
         order = orders.create(
@@ -737,6 +739,7 @@ def _act(
             document=consent_document,
             consent_version=consent_version,
             now=now,
+            decision=decision,
         )
     log.info("decision %s: %s for %s/%s (%s)", decision.id, verdict.action, device.id, slot.name, verdict.reason)
     return decision

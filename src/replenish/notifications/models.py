@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.db import UTCDateTime, new_id, written_after
+
+if TYPE_CHECKING:
+    from replenish.automation.models import Decision
+    from replenish.orders.models import Order
 
 
 class PushSubscription(SQLModel, table=True):
@@ -44,3 +49,5 @@ class Notification(SQLModel, table=True):
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decision: Decision | None = written_after("Decision")
+    order: Order | None = written_after("Order")

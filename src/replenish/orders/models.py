@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.db import UTCDateTime, new_id, written_after
+
+if TYPE_CHECKING:
+    from replenish.automation.models import Decision
 
 
 class Order(SQLModel, table=True):
@@ -40,6 +44,7 @@ class Order(SQLModel, table=True):
     arriving_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     nudged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    decision: Decision | None = written_after("Decision")
 
 
 class OrderEvent(SQLModel, table=True):
@@ -54,3 +59,4 @@ class OrderEvent(SQLModel, table=True):
     at: datetime = Field(sa_type=UTCDateTime)
     actor: str
     reason: str | None = None
+    order: Order | None = written_after("Order")
