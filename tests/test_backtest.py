@@ -169,9 +169,10 @@ def test_a_spike_does_not_delay_the_order():
     assert abs(spiked[0] - calm[0]) <= timedelta(hours=2)
 
 
-def test_the_fleet_prior_leaves_out_the_asking_slot():
+def _fleet_of(rates: list[float]) -> FleetRates:
+    """Fridges fridge-0, fridge-1, ... whose milk slots lend these rates."""
     fleet_rates = FleetRates()
-    for number, rate in enumerate((0.01, 0.02, 0.03, 0.50)):
+    for number, rate in enumerate(rates):
         forecast = Forecast(
             status="ok",
             computed_at=T0,
@@ -183,34 +184,23 @@ def test_the_fleet_prior_leaves_out_the_asking_slot():
             rate_per_day=rate,
         )
         fleet_rates.observe("milk", (f"fridge-{number}", "milk"), forecast)
+    return fleet_rates
+
+
+def test_the_fleet_prior_leaves_out_the_asking_slot():
+    fleet_rates = _fleet_of([0.01, 0.02, 0.03, 0.50])
     assert fleet_rates.prior("milk", exclude=("fridge-3", "milk")).rate_per_day == pytest.approx(0.02)
     assert fleet_rates.prior("milk", exclude=("fridge-0", "milk")).rate_per_day == pytest.approx(0.03)
     assert fleet_rates.prior("milk", exclude=("other", "milk")).rate_per_day == pytest.approx(0.025)
     assert fleet_rates.prior("eggs", exclude=("fridge-0", "eggs")) is None
 
 
-def _fleet_of(lenders: int) -> FleetRates:
-    fleet_rates = FleetRates()
-    for number in range(lenders):
-        forecast = Forecast(
-            status="ok",
-            computed_at=T0,
-            cycle_started_at=T0,
-            readings_used=50,
-            outliers_dropped=0,
-            evidence_from=T0,
-            evidence_to=T0 + timedelta(days=10),
-            rate_per_day=0.01 * (number + 1),
-        )
-        fleet_rates.observe("milk", (f"fridge-{number}", "milk"), forecast)
-    return fleet_rates
-
-
 def test_a_big_fleet_shares_one_prior_as_the_live_evaluator_does():
-    big = _fleet_of(SHARED_PRIOR_LENDERS)
-    whole_group = fleet_prior([0.01 * (number + 1) for number in range(SHARED_PRIOR_LENDERS)])
+    rates = [0.01 * (number + 1) for number in range(SHARED_PRIOR_LENDERS)]
+    big = _fleet_of(rates)
+    whole_group = fleet_prior(rates)
     first, last = ("fridge-0", "milk"), (f"fridge-{SHARED_PRIOR_LENDERS - 1}", "milk")
     assert big.prior("milk", exclude=first) == big.prior("milk", exclude=last) == whole_group
     # One lender fewer, and each slot's own rate is left out again: the lowest rate's prior sits higher.
-    smaller = _fleet_of(SHARED_PRIOR_LENDERS - 1)
+    smaller = _fleet_of(rates[:-1])
     assert smaller.prior("milk", exclude=first).rate_per_day > smaller.prior("milk", exclude=last).rate_per_day
