@@ -99,6 +99,8 @@ def test_truncating_the_file_never_changes_the_orders_before_the_cut(tmp_path: P
         ("device,slot,ts,level\n", "the header must be device_id,slot,ts,level"),
         ("device_id,slot,ts,level\nd1,black,2026-01-01T00:00:00Z,1.5\n", ":2: level 1.5 is outside [0, 1]"),
         ("device_id,slot,ts,level\nd1,black,yesterday,0.5\n", ":2: ts 'yesterday' is not ISO 8601"),
+        ("device_id,slot,ts,level\nd1,black,,0.5\n", ":2: ts '' is not ISO 8601"),
+        ("device_id,slot,ts,level\nd1,black,2026-01-01T00:00:00Z,0.5\nd1,cyan, ,0.4\n", ":3: ts '' is not ISO 8601"),
         (
             "device_id,slot,ts,level\nd1,black,2026-01-02T00:00:00Z,0.5\nd1,black,2026-01-01T00:00:00Z,0.4\n",
             ":3: rows must be sorted by ts",

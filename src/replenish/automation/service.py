@@ -343,7 +343,8 @@ class EvaluationContext:
     and then the slots themselves (locked until the transaction ends, each in id order: the lock order of every
     writer of several, so that none waits on another in a circle) and the customers' current consent, each slot's
     newest open order and its newest decision's key. Their readings are read a chunk of slots at a time, as the
-    evaluation reaches them (``readings_for``)."""
+    evaluation reaches them (``readings_for``), and a customer's spending this month when a slot of theirs first
+    decides (``spent_this_month``)."""
 
     consents: dict[str, tuple[int, ConsentDocument]]
     open_orders: dict[str, Order]
@@ -790,12 +791,12 @@ def screen_due(*, session: Session, now: datetime, at: datetime | None = None, l
     ``limit`` slots. A slot can wait when nothing but readings made it due (anything else clears its screen), its
     full evaluation is not due yet, and its newest level lets it (Screen.lets_wait, here in SQL). How many it took.
 
-    Rows another evaluator or ingest holds are skipped (SKIP LOCKED on PostgreSQL) and never waited for: a slot
-    marked while this runs is left due."""
+    On PostgreSQL, rows another evaluator or ingest holds are skipped (SKIP LOCKED) and never waited for: they stay
+    due for the claims that follow. (SQLite has one writer: the transaction waits for it.)"""
     at = at or now
     table = Slot.__table__
     moment = bindparam("now", now, type_=UTCDateTime)
-    fraction = table.c.level / table.c.capacity
+    fraction = table.c.level / func.nullif(table.c.capacity, 0)  # PostgreSQL may divide before it checks
     screen_ends = case(
         (or_(table.c.screen_low.is_(None), fraction >= table.c.screen_low), table.c.screen_until),
         else_=table.c.screen_until_dropped,
@@ -927,11 +928,12 @@ def evaluate_due(
     clock: Callable[[], datetime] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> EvaluationReport:
-    """The evaluation job: every slot due by ``now`` (see Slot.due_at), claimed in batches, many slots per
-    transaction. Any number of evaluators may run it at once. A slot whose evaluation fails is retried alone, so
-    one bad slot cannot hold up its batch, and again after RETRY_AFTER. It stops between transactions once
-    ``should_stop()`` says so (the process is stopping), handing its unfinished claims back. ``clock`` dates the
-    claims (default: ``now``), so that a long pass's claims still last their lease."""
+    """The evaluation job: every slot due by ``now`` (see Slot.due_at); first those whose new readings can wait
+    (screen_due), then the rest claimed in batches, many slots per transaction. Any number of evaluators may run
+    it at once. A slot whose evaluation fails is retried alone, so one bad slot cannot hold up its batch, and again
+    after RETRY_AFTER. It stops between transactions once ``should_stop()`` says so (the process is stopping),
+    handing its unfinished claims back. ``clock`` dates the claims (default: ``now``), so that a long pass's claims
+    still last their lease."""
     report = EvaluationReport()
     fleet = fleet or FleetRatesCache()
     evaluations: dict[str, int] = {}

@@ -100,7 +100,7 @@ class _RowParser:
 
     def __init__(self) -> None:
         self.device_ids: set[str] = set()
-        self.ts_text = ""
+        self.ts_text: str | None = None  # the previous row's, parsed into self.ts
         self.ts = datetime.min
 
     def __call__(self, row: list[str]) -> RecordedReading:
