@@ -68,6 +68,9 @@ def new_id() -> str:
 
 
 def make_engine(url: str) -> Engine:
+    # Every mapper, before any session uses this engine: relationships name their targets (written_after).
+    from replenish import models  # noqa: F401
+
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
