@@ -288,6 +288,40 @@ def test_a_late_reading_makes_its_slot_due_too(engine: Engine):
     assert printers.evaluate(now) == 1
 
 
+def test_a_customers_approval_waits_for_an_evaluation_of_theirs_under_way(engine: Engine):
+    """An evaluation counts the customer's spending this month once, under the customer's lock: an approval placing
+    an order meanwhile must wait for that transaction, or the evaluation could spend the same part of the cap. It
+    waits before it locks the order: a consent change holding the customer's lock locks the customer's open orders
+    next, and the two must not wait on each other."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: every transaction waits for the one before it anyway")
+    printers = Printers(engine, 1, mode=ConsentMode.ASK_FIRST)
+    printers.falling(["printer-0"], start=T0, days=3, start_level=0.3, rate=0.05)
+    now = T0 + timedelta(days=3)
+    printers.evaluate(now)
+    with Session(engine) as session:
+        asked = session.exec(select(Order)).one()
+    assert asked.status == OrderStatus.AWAITING_APPROVAL
+    approved = threading.Event()
+
+    def approve() -> None:
+        with transaction(engine) as session:
+            orders.transition(session=session, order_id=asked.id, to=OrderStatus.PLACED, actor="customer", now=now)
+        approved.set()
+
+    approval = threading.Thread(target=approve)
+    with transaction(engine) as session:
+        consent.lock_customer(session=session, customer_id=printers.customer_id)  # as an evaluation holds it
+        approval.start()
+        assert not approved.wait(1.0), "the approval placed the order under an evaluation's lock"
+        # As a consent change goes on: the customer's open orders, locked (a deadlock would fail one of the two).
+        assert session.get(Order, asked.id, with_for_update=True, populate_existing=True) is not None
+    approval.join(timeout=30)
+    assert approved.is_set(), "the approval went ahead once the evaluation committed"
+    with Session(engine) as session:
+        assert session.get_one(Order, asked.id).status == OrderStatus.PLACED
+
+
 def test_the_order_moment_is_stored_and_the_order_placed_then_without_a_new_reading(engine: Engine):
     printers = Printers(engine, 1)
     # 5 %/day from 0.7: empty in about 14 days; lead time 3 + margin 1 puts the order moment about 9 days out.

@@ -8,6 +8,7 @@ from replenish.audit import service as audit
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import AuditAction, ConsentMode, NoticeKind, OrderStatus
+from replenish.customers.locks import lock_customer
 from replenish.customers.models import Customer
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot
@@ -20,17 +21,6 @@ from replenish.orders.models import Order
 ORDERING_MODES = frozenset({ConsentMode.AUTO_ORDER, ConsentMode.ASK_FIRST})
 # Orders not yet shipped: a revocation can still stop them.
 REVOCABLE_STATUSES = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.HELD)
-
-
-def lock_customer(*, session: Session, customer_id: str) -> None:
-    """Lock the customer's row until the transaction ends (PostgreSQL; SQLite serialises writers anyway).
-
-    Consent changes and decisions for one customer take it first, so that a decision never commits under a
-    consent version that a concurrent change has already replaced (which would leave an order the revocation never
-    saw), and two decisions never both spend the same part of the monthly cap.
-    """
-    if session.get(Customer, customer_id, with_for_update=True, populate_existing=True) is None:
-        raise NotFound("customer", customer_id)
 
 
 def lock_customers(*, session: Session, customer_ids: list[str]) -> dict[str, ConsentVersion]:

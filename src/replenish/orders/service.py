@@ -11,6 +11,7 @@ from sqlmodel import Session, col, func, select
 from replenish.audit import service as audit
 from replenish.automation.models import Decision
 from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
+from replenish.customers.locks import lock_customer
 from replenish.db import get_or_raise
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
@@ -156,6 +157,13 @@ def open_order_for_slot(*, session: Session, slot_id: str) -> Order | None:
 def transition(
     *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
 ) -> Order:
+    if to == OrderStatus.PLACED:
+        # Placing spends from the customer's monthly cap: under the customer's lock, as every decision is, so that an
+        # evaluation counting this month's spending cannot miss it. The customer first, then the order: the lock
+        # order of every writer of both.
+        found = session.get(Order, order_id)
+        if found is not None:
+            lock_customer(session=session, customer_id=found.customer_id)
     # Lock the row (PostgreSQL; SQLite serialises writers anyway): an approve and a cancel racing each other
     # must see each other's result, not both act on the old status.
     # populate_existing: an Order this session loaded earlier must not stand in for the row just locked.
