@@ -278,6 +278,20 @@ def test_one_read_gives_each_slot_of_a_batch_its_own_readings_in_its_own_unit(en
     assert [len(series[slot.id].times) for slot in slots] == [0, 4, 3, 4]
 
 
+def test_each_decision_of_a_batch_carries_the_message_behind_its_own_newest_reading(engine: Engine):
+    printers = Printers(engine, 3)
+    names = list(printers.seqs)
+    printers.falling(names, start=T0, days=3, start_level=0.3, rate=0.08)  # every slot orders
+    now = T0 + timedelta(days=3)
+    printers.report(["printer-1"], now, 0.05)  # stamped as its 13th was, stored after it: the newer
+    printers.report(["printer-2"], now + timedelta(hours=1), 0.04)  # stamped ahead of the evaluation's clock
+    printers.evaluate(now)
+    with Session(engine) as session:
+        decided = {decision.device_id: decision.correlation_id for decision in session.exec(select(Decision)).all()}
+    # The falling readings' 13th message of each device is stamped `now`.
+    assert decided == {"printer-0": "printer-0:13", "printer-1": "printer-1:14", "printer-2": "printer-2:13"}
+
+
 def test_a_late_reading_makes_its_slot_due_too(engine: Engine):
     printers = Printers(engine, 1)
     printers.falling(["printer-0"], start=T0, days=2, start_level=0.95, rate=0.02)

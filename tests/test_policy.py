@@ -91,12 +91,38 @@ def test_the_reason_names_the_dates_and_the_rule():
 )
 def test_an_automatic_order_that_breaks_a_limit_asks_first(limits, quantity, total, spent, asks_first):
     verdict = Verdict(action=DecisionAction.PLACE_ORDER, reason="low")
-    limited = within_limits(verdict, limits=limits, quantity=quantity, total_price=total, spent_this_month=spent)
+    limited = within_limits(
+        verdict, limits=limits, quantity=quantity, total_price=total, spent_this_month=lambda: spent
+    )
     assert limited.action == (DecisionAction.REQUEST_APPROVAL if asks_first else DecisionAction.PLACE_ORDER)
     assert limited.reason.startswith("low")
     # Limits never turn a notification or a question into an order.
     notify = Verdict(action=DecisionAction.NOTIFY, reason="low")
-    assert within_limits(notify, limits=limits, quantity=quantity, total_price=total, spent_this_month=spent) is notify
+    assert (
+        within_limits(notify, limits=limits, quantity=quantity, total_price=total, spent_this_month=_never_read)
+        is notify
+    )
+
+
+def _never_read() -> Decimal:
+    raise AssertionError("the month's spending was read for a verdict no cap weighs")
+
+
+def test_the_months_spending_is_read_only_when_a_cap_weighs_a_priced_order():
+    order = Verdict(action=DecisionAction.PLACE_ORDER, reason="low")
+    for limits, total in [(OrderLimits(), Decimal(20)), (OrderLimits(monthly_spending_cap=Decimal(50)), None)]:
+        within_limits(order, limits=limits, quantity=1, total_price=total, spent_this_month=_never_read)
+    reads = []
+    capped = within_limits(
+        order,
+        limits=OrderLimits(monthly_spending_cap=Decimal(50)),
+        quantity=1,
+        total_price=Decimal(20),
+        spent_this_month=lambda: reads.append(1) or Decimal(40),
+    )
+    assert reads == [1]
+    assert capped.action == DecisionAction.REQUEST_APPROVAL
+    assert "20 on top of 40 spent this month exceeds the cap of 50" in capped.reason
 
 
 def test_nothing_is_decided_during_a_pause():

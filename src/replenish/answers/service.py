@@ -418,7 +418,7 @@ def _over_a_limit(*, session: Session, order: Order, document: ConsentDocument, 
         limits=document.limits,
         quantity=order.quantity,
         total_price=order.total_price,
-        spent_this_month=orders.spent_between(
+        spent_this_month=lambda: orders.spent_between(
             session=session, customer_id=order.customer_id, start=month_start, end=month_end
         ),
     )

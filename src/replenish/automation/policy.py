@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -63,9 +64,16 @@ class OrderLimits:
 
 
 def within_limits(
-    verdict: Verdict, *, limits: OrderLimits, quantity: int, total_price: Decimal | None, spent_this_month: Decimal
+    verdict: Verdict,
+    *,
+    limits: OrderLimits,
+    quantity: int,
+    total_price: Decimal | None,
+    spent_this_month: Callable[[], Decimal],
 ) -> Verdict:
-    """An automatic order that would break a limit of the consent asks first instead, and says why."""
+    """An automatic order that would break a limit of the consent asks first instead, and says why.
+    ``spent_this_month`` gives what the customer's orders cost this month so far: called only when a spending cap
+    weighs a priced order (most consents have none, and most verdicts are no order)."""
     if verdict.action is not DecisionAction.PLACE_ORDER:
         return verdict
     broken = []
@@ -75,8 +83,8 @@ def within_limits(
     if cap is not None:
         if total_price is None:
             broken.append(f"the price is unknown, so it cannot be shown to stay within the monthly cap of {cap}")
-        elif spent_this_month + total_price > cap:
-            broken.append(f"{total_price} on top of {spent_this_month} spent this month exceeds the cap of {cap}")
+        elif (spent := spent_this_month()) + total_price > cap:
+            broken.append(f"{total_price} on top of {spent} spent this month exceeds the cap of {cap}")
     if not broken:
         return verdict
     return Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{verdict.reason}; asks first: {'; '.join(broken)}")

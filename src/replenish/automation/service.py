@@ -328,13 +328,16 @@ def fleet_rates(*, session: Session) -> FleetRates:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """What evaluating a slot came to: its decision, if any, when to evaluate it in full again, and which new
-    readings can wait until then."""
+    """What forecasting a slot came to (forecast_slot): what to do now, if anything (act_on does it), when to
+    evaluate it in full again, and which new readings can wait until then."""
 
-    decision: Decision | None
+    verdict: Verdict | None
     next_at: datetime
     screen: Screen
     forecast: Forecast
+    cycle_started_at: datetime | None
+    mode: ConsentMode
+    policy: ReorderPolicy
 
 
 @dataclass
@@ -343,8 +346,8 @@ class EvaluationContext:
     and then the slots themselves (locked until the transaction ends, each in id order: the lock order of every
     writer of several, so that none waits on another in a circle) and the customers' current consent, each slot's
     newest open order and its newest decision's key. Their readings are read a chunk of slots at a time, as the
-    evaluation reaches them (``readings_for``), and a customer's spending this month when a slot of theirs first
-    decides (``spent_this_month``)."""
+    evaluation reaches them (``read_windows``), and a customer's spending this month when a cap first weighs an
+    order of theirs (``spent_this_month``)."""
 
     consents: dict[str, tuple[int, ConsentDocument]]
     open_orders: dict[str, Order]
@@ -352,8 +355,8 @@ class EvaluationContext:
     changed_from: dict[str, datetime | None]
     windows: dict[str, ReadingWindow] = field(default_factory=dict)
     changed_windows: dict[str, ReadingWindow] = field(default_factory=dict)
-    # Per customer: what their orders cost this calendar month, read when a slot of theirs first decides, plus what
-    # this transaction has placed since (placed): one query per customer, not one per decision.
+    # Per customer: what their orders cost this calendar month, read when a cap first weighs an order of theirs,
+    # plus what this transaction has placed since (placed): one query per customer, not one per decision.
     spent: dict[str, Decimal] = field(default_factory=dict)
 
     def spent_this_month(self, *, session: Session, customer_id: str, now: datetime) -> Decimal:
@@ -368,7 +371,8 @@ class EvaluationContext:
         return self.spent[customer_id]
 
     def placed(self, *, customer_id: str, total_price: Decimal | None) -> None:
-        if total_price is not None:
+        # Not read: no cap weighs this customer's orders (within_limits read it before any priced order under one).
+        if total_price is not None and customer_id in self.spent:
             self.spent[customer_id] += total_price
 
     @classmethod
@@ -404,25 +408,20 @@ class EvaluationContext:
             changed_from=changed_from,
         )
 
-    def readings_for(self, *, session: Session, slots: list[Slot], now: datetime) -> ReadingSeries:
-        """The readings of ``slots[0]``, read with those of the next slots (up to READ_CHUNK in all) unless they
-        were read already (reading_windows)."""
-        slot = slots[0]
-        if slot.id not in self.windows:
-            windows, changed = reading_windows(
-                session=session,
-                slot_ids=[other.id for other in slots[:READ_CHUNK]],
-                now=now,
-                changed_from=self.changed_from,
-            )
-            self.windows.update(windows)
-            self.changed_windows.update(changed)
+    def read_windows(self, *, session: Session, slots: list[Slot], now: datetime) -> None:
+        """Read the slots' reading windows (reading_windows), for readings_of."""
+        windows, changed = reading_windows(
+            session=session, slot_ids=[slot.id for slot in slots], now=now, changed_from=self.changed_from
+        )
+        self.windows.update(windows)
+        self.changed_windows.update(changed)
+
+    def readings_of(self, *, slot: Slot, now: datetime) -> ReadingSeries:
         return self.windows[slot.id].series(now=now, capacity=slot.capacity)
 
 
-def evaluate_slot(
+def forecast_slot(
     *,
-    session: Session,
     slot: Slot,
     device: Device,
     now: datetime,
@@ -431,11 +430,11 @@ def evaluate_slot(
     context: EvaluationContext,
     prior: RatePrior | None = None,
 ) -> Evaluated:
-    """Forecast the slot, decide, and act on the decision; with the moment it should be evaluated again and the
-    forecast, for the caller to store (store_forecasts). ``context`` holds what was read for it
-    (EvaluationContext.load), its customer locked. The slot's new cycle start is set on ``slot`` as if stored: the
-    caller stores it (finish_claims)."""
-    version, document = context.consents[device.customer_id]
+    """Forecast the slot and decide, without acting on the decision (act_on does): what the slot's evaluation came
+    to, with the moment it should be evaluated again and the forecast, for the caller to store (store_forecasts).
+    ``context`` holds what was read for it (EvaluationContext.load), its customer locked. The slot's new cycle start
+    is set on ``slot`` as if stored: the caller stores it (finish_claims)."""
+    document = context.consents[device.customer_id][1]
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
         lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
@@ -459,36 +458,58 @@ def evaluate_slot(
     next_at = evaluation.evaluate_again_at
     if slot.level_at is not None and now < slot.level_at < next_at:
         next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
-    if evaluation.verdict is None or evaluation.cycle_started_at is None:
-        return Evaluated(decision=None, next_at=next_at, screen=evaluation.screen, forecast=evaluation.forecast)
-    total_price = slot.unit_price * slot.order_quantity if slot.unit_price is not None else None
+    verdict = evaluation.verdict if evaluation.cycle_started_at is not None else None
+    return Evaluated(
+        verdict=verdict,
+        next_at=next_at,
+        screen=evaluation.screen,
+        forecast=evaluation.forecast,
+        cycle_started_at=evaluation.cycle_started_at,
+        mode=mode,
+        policy=policy,
+    )
+
+
+def act_on(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    now: datetime,
+    evaluated: Evaluated,
+    context: EvaluationContext,
+    trigger: str | None,
+) -> Decision:
+    """Act on a slot's verdict (forecast_slot), within the consent's limits: the decision and what it brings.
+    ``trigger``: the correlation id of the message behind the newest reading the forecast used (trigger_messages),
+    which the decision, its order or notification, their outbox messages and log lines all carry."""
+    assert evaluated.verdict is not None and evaluated.cycle_started_at is not None
+    version, document = context.consents[device.customer_id]
+    total_price = orders.total_for(slot=slot, quantity=slot.order_quantity)
     verdict = within_limits(
-        evaluation.verdict,
+        evaluated.verdict,
         limits=document.limits,
         quantity=slot.order_quantity,
         total_price=total_price,
-        spent_this_month=context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
+        spent_this_month=lambda: context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
     )
     if verdict.action == DecisionAction.PLACE_ORDER:
         context.placed(customer_id=device.customer_id, total_price=total_price)
-    trigger = _newest_message(session=session, slot=slot, now=now)
-    # The decision, its order or notification, their outbox messages and log lines: all carry the trigger's id.
     with correlation.bound(trigger):
-        decision = _act(
+        return _act(
             session=session,
             slot=slot,
             device=device,
-            cycle_started_at=evaluation.cycle_started_at,
-            forecast=evaluation.forecast,
+            cycle_started_at=evaluated.cycle_started_at,
+            forecast=evaluated.forecast,
             verdict=verdict,
-            mode=mode,
+            mode=evaluated.mode,
             consent_version=version,
             consent_document=document,
-            policy=policy,
+            policy=evaluated.policy,
             now=now,
             correlation_id=trigger,
         )
-    return Evaluated(decision=decision, next_at=next_at, screen=evaluation.screen, forecast=evaluation.forecast)
 
 
 @dataclass(frozen=True)
@@ -545,8 +566,8 @@ def order_now(
         verdict,
         limits=document.limits,
         quantity=order_quantity,
-        total_price=slot.unit_price * order_quantity if slot.unit_price is not None else None,
-        spent_this_month=orders.spent_between(
+        total_price=orders.total_for(slot=slot, quantity=order_quantity),
+        spent_this_month=lambda: orders.spent_between(
             session=session, customer_id=device.customer_id, start=month_start, end=month_end
         ),
     )
@@ -618,18 +639,30 @@ def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
     return key
 
 
-def _newest_message(*, session: Session, slot: Slot, now: datetime) -> str | None:
-    """The correlation id of the message behind the newest reading the forecast used (as slot_readings chose them):
-    the one that tipped the decision."""
-    with session.no_autoflush:  # what the transaction has pending is decisions, orders and such: not readings
-        newest = session.exec(
-            select(DeviceMessage.device_id, DeviceMessage.seq)
-            .join(Reading, col(Reading.message_id) == col(DeviceMessage.id))
-            .where(Reading.slot_id == slot.id, Reading.ts <= now)
-            .order_by(col(Reading.ts).desc(), col(Reading.id).desc())
-            .limit(1)
-        ).first()
-    return correlation.for_device_message(*newest) if newest else None
+def trigger_messages(*, session: Session, slot_ids: list[str], now: datetime) -> dict[str, str]:
+    """Per slot, the correlation id of the message behind its newest reading stamped by ``now`` (the newest the
+    forecast used, as slot_readings chooses them): the one that tipped its decision. One query for them all, each
+    slot's newest found through the readings' (slot, ts) index. Slots without such a reading have none."""
+    if not slot_ids:
+        return {}
+    table = Reading.__table__
+    newest = (
+        select(table.c.message_id)
+        .where(table.c.slot_id == Slot.__table__.c.id, table.c.ts <= bindparam("now", now, type_=UTCDateTime))
+        .order_by(table.c.ts.desc(), table.c.id.desc())
+        .limit(1)
+        .correlate(Slot.__table__)
+        .scalar_subquery()
+    )
+    # What the transaction has pending is decisions, orders and such: not readings.
+    with session.no_autoflush:
+        rows = session.execute(
+            select(Slot.__table__.c.id, DeviceMessage.__table__.c.device_id, DeviceMessage.__table__.c.seq)
+            .select_from(Slot.__table__)
+            .join(DeviceMessage.__table__, DeviceMessage.__table__.c.id == newest)
+            .where(Slot.__table__.c.id.in_(sorted(slot_ids)))
+        ).all()
+    return {slot_id: correlation.for_device_message(device_id, seq) for slot_id, device_id, seq in rows}
 
 
 def _act(
@@ -762,8 +795,8 @@ def store_forecasts(*, session: Session, forecasts: dict[str, Forecast], now: da
 # How many due slots an evaluator claims at once, and for how long: a claim expires, so the slots of an evaluator
 # that was killed are taken by another one then.
 EVALUATION_BATCH = 200
-# How many slots' readings one query reads: enough to save the round trips, few enough that a transaction cut short
-# (TRANSACTION_SECONDS) has not read many it did not reach.
+# How many slots' readings one query reads (and the messages behind their verdicts): enough to save the round trips,
+# few enough that a transaction cut short (TRANSACTION_SECONDS) has not read many it did not reach.
 READ_CHUNK = 50
 CLAIM_LEASE = timedelta(minutes=2)
 # A transaction of a batch is committed after about this long: it holds the row locks of the customers and slots
@@ -1021,26 +1054,42 @@ def _evaluate_in_one_transaction(
         ).all()
         present = {slot.id for slot, _ in rows}
         context = EvaluationContext.load(session=session, slots=list(rows))
-        slots = [slot for slot, _ in rows]
-        for index, (slot, device) in enumerate(rows):
+        # A chunk of slots at a time: their readings in one query, then each forecast, then the messages behind the
+        # verdicts in one query, then the verdicts acted on.
+        for start in range(0, len(rows), READ_CHUNK):
             if outcome.done and time.monotonic() - started > TRANSACTION_SECONDS:
                 break
-            evaluated = evaluate_slot(
-                session=session,
-                slot=slot,
-                device=device,
-                now=now,
-                margin_days=margin_days,
-                prior=priors.prior_for(device=device, slot=slot),
-                readings=context.readings_for(session=session, slots=slots[index:], now=now),
-                context=context,
-            )
-            next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
-            forecasts[slot.id] = evaluated.forecast
-            cycle_starts[slot.id] = slot.cycle_started_at
-            outcome.done.append(waiting.pop(slot.id))
-            if evaluated.decision is not None:
-                outcome.decisions.append(evaluated.decision.id)
+            chunk = rows[start : start + READ_CHUNK]
+            context.read_windows(session=session, slots=[slot for slot, _ in chunk], now=now)
+            verdicts = []
+            for slot, device in chunk:
+                evaluated = forecast_slot(
+                    slot=slot,
+                    device=device,
+                    now=now,
+                    margin_days=margin_days,
+                    prior=priors.prior_for(device=device, slot=slot),
+                    readings=context.readings_of(slot=slot, now=now),
+                    context=context,
+                )
+                next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
+                forecasts[slot.id] = evaluated.forecast
+                cycle_starts[slot.id] = slot.cycle_started_at
+                outcome.done.append(waiting.pop(slot.id))
+                if evaluated.verdict is not None:
+                    verdicts.append((slot, device, evaluated))
+            triggers = trigger_messages(session=session, slot_ids=[slot.id for slot, _, _ in verdicts], now=now)
+            for slot, device, evaluated in verdicts:
+                decision = act_on(
+                    session=session,
+                    slot=slot,
+                    device=device,
+                    now=now,
+                    evaluated=evaluated,
+                    context=context,
+                    trigger=triggers.get(slot.id),
+                )
+                outcome.decisions.append(decision.id)
         store_forecasts(session=session, forecasts=forecasts, now=now)
         store_windows(
             session=session,

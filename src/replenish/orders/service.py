@@ -40,6 +40,11 @@ _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 
+def total_for(*, slot: Slot, quantity: int) -> Decimal | None:
+    """What ``quantity`` of the slot's consumable costs at its price; None while the price is unknown."""
+    return slot.unit_price * quantity if slot.unit_price is not None else None
+
+
 def create(
     *,
     session: Session,
@@ -62,7 +67,7 @@ def create(
         product_sku=slot.product_sku,
         quantity=quantity,
         unit_price=slot.unit_price,
-        total_price=slot.unit_price * quantity if slot.unit_price is not None else None,
+        total_price=total_for(slot=slot, quantity=quantity),
         status=OrderStatus.AWAITING_APPROVAL if awaiting_approval else OrderStatus.PLACED,
         consent_version=decision.consent_version,
         created_at=now,
