@@ -14,7 +14,8 @@ One run:
    a. first: the first full evaluation at ``now`` (no slot evaluated before: every forecast written, every slot
       that runs low decided);
    b. tick: ``--share`` of the slots get one new reading at now + 15 min through the ingest service (not timed
-      with the evaluation; ingest marks them due), then the evaluation at that moment;
+      with the evaluation; ingest marks due those whose reading cannot wait), then the evaluation at that moment;
+      the note gives the slots with a new reading per second of it;
    c. with ``--soak-minutes M`` (evaluator ``due`` only): ticks like b., each 15 simulated minutes after the last
       (a slot that reaches empty is refilled), for M minutes of wall time, with this process's resident memory
       after each: its start, middle, end and least-squares slope after the first 10 %.
@@ -65,6 +66,7 @@ from replenish.automation.service import FleetRatesCache, evaluate_all, evaluate
 from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS  # noqa: E402
 from replenish.db import create_schema, make_engine, transaction  # noqa: E402
 from replenish.devices.service import forget_windows, mark_slots_due  # noqa: E402
+from replenish.forecasting.model import compile_ahead  # noqa: E402
 
 # A fixed moment: runs are comparable (weekday pattern, calendar month of the spending queries).
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -116,14 +118,17 @@ class ProcessesReport:
     errors: int
     wall: float  # from the start signal to the last process's end (process start-up not counted)
     process_cpu: list[float]  # CPU seconds of each evaluator process
-    screened: int = 0
     interrupted: bool = False
 
 
 def _evaluator_process(url: str, now: datetime, max_seconds: float | None, ready: Any, go: Any, results: Any) -> None:
     engine = make_engine(url)
+    # Ready as a scheduler process that has run before: connected, the model loaded, the fleet's rates read.
     with engine.connect():
-        pass  # connected before the start signal
+        pass
+    compile_ahead()
+    fleet = FleetRatesCache()
+    fleet.get(engine=engine, now=now)
     ready.put(os.getpid())
     go.wait()
     deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -132,6 +137,7 @@ def _evaluator_process(url: str, now: datetime, max_seconds: float | None, ready
         engine=engine,
         now=now,
         margin_days=DEFAULT_REORDER_MARGIN_DAYS,
+        fleet=fleet,
         should_stop=lambda: deadline is not None and time.monotonic() >= deadline,
     )
     results.put(
@@ -141,7 +147,6 @@ def _evaluator_process(url: str, now: datetime, max_seconds: float | None, ready
             report.errors,
             time.process_time() - cpu0,
             report.interrupted,
-            report.screened,
         )
     )
     engine.dispose()
@@ -176,7 +181,6 @@ def due_in_processes(count: int) -> Evaluator:
             wall=wall,
             process_cpu=[outcome[3] for outcome in outcomes],
             interrupted=any(outcome[4] for outcome in outcomes),
-            screened=sum(outcome[5] for outcome in outcomes),
         )
 
     return run
@@ -282,7 +286,6 @@ def measure(evaluator: str, name: str, fn: Evaluator, engine: Engine, now: datet
                 None,
                 [
                     "stopped at --max-seconds" if getattr(report, "interrupted", False) else "",
-                    f"{report.screened} screened (no forecast)" if getattr(report, "screened", 0) else "",
                     f"evaluator processes' CPU s: {', '.join(f'{seconds:.1f}' for seconds in process_cpu)}"
                     if process_cpu
                     else "",
@@ -379,18 +382,19 @@ def source_state() -> str:
 def soak(fleet: Fleet, engine: Engine, *, at: datetime, share: float, minutes: float) -> None:
     """Ticks, 15 simulated minutes apart, for ``minutes`` of wall time; this process's RSS after each."""
     samples: list[tuple[float, float]] = []
-    ticks = slots = screened = decisions = errors = 0
+    ticks = readings = slots = decisions = errors = 0
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < minutes * 60:
         at += fleet.interval
-        add_tick_readings(fleet.url, fleet, share=share, at=at, engine=engine, refill_empty=True)
+        tick = add_tick_readings(fleet.url, fleet, share=share, at=at, engine=engine, refill_empty=True)
         report = evaluate_due(engine=engine, now=at, margin_days=DEFAULT_REORDER_MARGIN_DAYS)
-        ticks, slots, screened = ticks + 1, slots + report.slots, screened + report.screened
+        ticks, readings, slots = ticks + 1, readings + tick.slots, slots + report.slots
         decisions, errors = decisions + len(report.decisions), errors + report.errors
         samples.append((time.monotonic() - started, resident_mb()))
     print(
         f"soak: {ticks} ticks in {elapsed / 60:.1f} min ({(at - NOW) / timedelta(days=1):.1f} simulated days), "
-        f"{slots} due slots ({screened} screened, {decisions} decided, {errors} errors)",
+        f"{readings} new readings, {slots} due slots ({decisions} decided, {errors} errors; the other readings could "
+        "wait: ingest screened them)",
         flush=True,
     )
     if len(samples) >= 10:
@@ -459,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             now=NOW,
             seed=args.seed,
         )
+        compile_ahead()  # as in a scheduler process that has evaluated before (the x2 processes do it too)
         for index, name in enumerate(args.evaluator):
             url = databases.url
             if len(args.evaluator) > 1:
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                 tick = add_tick_readings(url, own, share=args.share, at=at)
                 print(
                     f"{name}: tick at {at:%H:%M}: {tick.slots} slots in {tick.messages} messages ingested in "
-                    f"{tick.seconds:.2f} s",
+                    f"{tick.seconds:.2f} s; {tick.due} of those slots due (the rest can wait: ingest screened them)",
                     flush=True,
                 )
                 if name == "due":
@@ -492,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                     name, "tick", EVALUATORS[name], engine, at, postmaster=databases.postmaster,
                     max_seconds=args.max_seconds,
                 )  # fmt: skip
+                reported = f"{tick.slots} slots with a new reading: {tick.slots / phase.wall:,.0f}/s"
+                phase.note = "; ".join(filter(None, [reported, phase.note]))
                 phases.append(phase)
                 print(table([phase]).splitlines()[-1], flush=True)
                 if args.again and name != "every-slot":

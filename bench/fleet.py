@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, MetaData, Table, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from replenish.consent.models import ConsentVersion
@@ -88,6 +88,7 @@ class Tick:
     slots: int
     messages: int
     seconds: float
+    due: int  # of those slots, how many their new reading made due (the rest can wait: ingest screened them)
 
 
 def mark_due(connection: Connection, at: datetime) -> None:
@@ -483,10 +484,18 @@ def add_tick_readings(
                 result = ingest_batch(session=session, messages=[message for message, _ in batch])
                 if result.stored != len(batch):
                     raise RuntimeError(f"ingest stored {result.stored} of {len(batch)} tick messages: {result}")
+        seconds = time.perf_counter() - started
+        table = Slot.__table__
+        with engine.connect() as connection:
+            due = connection.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.id.in_([fleet.slot_ids[s] for s in chosen.tolist()]), table.c.due_at <= at)
+            ).scalar_one()
     finally:
         if own_engine:
             engine.dispose()
-    return Tick(slots=count, messages=len(messages), seconds=time.perf_counter() - started)
+    return Tick(slots=count, messages=len(messages), seconds=seconds, due=due)
 
 
 def main(argv: list[str] | None = None) -> int:

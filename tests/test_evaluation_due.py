@@ -31,7 +31,6 @@ from replenish.automation.service import (
     evaluate_due,
     finish_claims,
     reading_windows,
-    screen_due,
     slot_readings,
 )
 from replenish.consent import service as consent
@@ -100,12 +99,14 @@ class Printers:
                 )
                 self.seqs[device_id] = 0
 
-    def report(self, device_ids: list[str], at: datetime, level: float) -> None:
+    def report(self, device_ids: list[str], at: datetime, level: float, *, received_at: datetime | None = None) -> None:
         messages = []
         for device_id in device_ids:
             self.seqs[device_id] += 1
             payload = json.dumps({"seq": self.seqs[device_id], "ts": at.isoformat(), "levels": {"black": level}})
-            messages.append(IncomingMessage(f"devices/{device_id}/telemetry", payload.encode(), received_at=at))
+            messages.append(
+                IncomingMessage(f"devices/{device_id}/telemetry", payload.encode(), received_at=received_at or at)
+            )
         with transaction(self.engine) as session:
             assert ingest_batch(session=session, messages=messages).stored == len(messages)
 
@@ -150,9 +151,11 @@ def test_a_quiet_fleet_costs_nothing_and_a_reading_makes_its_slot_due(engine: En
     assert printers.evaluate(now) == 3
     assert printers.evaluate(now) == 0, "nothing new: nothing evaluated"
     assert printers.evaluate(now + timedelta(hours=1)) == 0, "time passing alone changes nothing yet"
-    printers.report(["printer-1"], now + timedelta(hours=2), 0.9)
-    assert printers.evaluate(now + timedelta(hours=2)) == 1, "only the slot that reported"
-    assert printers.slot("printer-1").due_at == now + REFRESH_AFTER, "and then at least daily"
+    printers.report(["printer-0"], now + timedelta(hours=2), 0.905)  # as forecast: it can wait
+    assert printers.evaluate(now + timedelta(hours=2)) == 0
+    printers.report(["printer-1"], now + timedelta(hours=4), 0.7)  # a sharp drop, past the near step
+    assert printers.evaluate(now + timedelta(hours=4)) == 1, "only the slot that reported it"
+    assert printers.slot("printer-1").due_at == now + timedelta(hours=4) + REFRESH_AFTER, "and then at least daily"
 
 
 def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is(engine: Engine):
@@ -162,18 +165,21 @@ def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is
     printers.evaluate(now)
     computed = printers.forecast().computed_at
 
-    def evaluate(at: datetime) -> tuple[int, int]:
+    def evaluate(at: datetime) -> int:
         report = evaluate_due(engine=engine, now=at, margin_days=MARGIN_DAYS)
         assert report.errors == 0
-        return report.forecasts, report.screened
+        return report.forecasts
 
+    due_at = printers.slot().due_at
     printers.report(["printer-0"], now + timedelta(hours=1), 0.555)
-    assert evaluate(now + timedelta(hours=1)) == (0, 1), "as the forecast said: it can wait"
+    assert printers.slot().due_at == due_at, "as the forecast said: it can wait, the slot stays due as it was"
+    assert evaluate(now + timedelta(hours=1)) == 0
     assert printers.forecast().computed_at == computed
     printers.report(["printer-0"], now + timedelta(hours=4), 0.4)  # a sharp drop, past the near step
-    assert evaluate(now + timedelta(hours=4)) == (1, 0)
+    assert printers.slot().due_at == now + timedelta(hours=4)
+    assert evaluate(now + timedelta(hours=4)) == 1
     printers.report(["printer-1"], now + timedelta(hours=5), 0.95)  # a rise that may be a refill
-    assert evaluate(now + timedelta(hours=5)) == (1, 0)
+    assert evaluate(now + timedelta(hours=5)) == 1
     with transaction(engine) as session:  # anything but a reading: evaluated in full at once
         consent.record(
             session=session,
@@ -183,25 +189,30 @@ def test_a_reading_that_can_wait_is_not_forecast_and_a_sharp_drop_or_a_refill_is
             now=now + timedelta(hours=6),
         )
     printers.report(["printer-0", "printer-1"], now + timedelta(hours=6), 0.55)
-    assert evaluate(now + timedelta(hours=6)) == (2, 0)
+    assert evaluate(now + timedelta(hours=6)) == 2
 
 
-def test_the_screen_in_sql_lets_exactly_the_readings_wait_that_the_engines_screen_does(engine: Engine):
-    """screen_due is Screen.lets_wait (which the backtest runs) written in SQL: the same answer at every boundary."""
-    slot_id = Printers(engine, 1).slot().id
+def test_ingest_lets_exactly_the_readings_wait_that_the_engines_screen_does(engine: Engine):
+    """devices.service.due_after_reading, in ingest's update of the slot, is Screen.lets_wait (which the backtest
+    runs) written in SQL: the same answer at every boundary, for the slot's newest level after the reading."""
+    printers = Printers(engine, 1)
+    slot_id = printers.slot().id
     minutes = st.integers(min_value=-1, max_value=1).map(lambda count: T0 + timedelta(minutes=count))
     fractions = st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1)
+    waiting_until = T0 + timedelta(days=1)  # the slot's due moment before the reading: its next full evaluation
 
     later = T0 + timedelta(minutes=1)
     # Every boundary, whatever the search finds: a level at the drop bound (the longer wait) and at the refill bound
     # (no wait), a screen or a full evaluation ending right now (no wait).
-    edge = {"capacity": 3.0, "until": later, "until_dropped": later, "evaluate_by": later, "reported": True}
+    edge = {"capacity": 3.0, "until": later, "until_dropped": later, "evaluate_by": later, "stored": None}
+    edge |= {"late": False}
 
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @example(**edge | {"level": 0.5, "low": 0.5, "high": None, "until_dropped": T0})
     @example(**edge | {"level": 0.5, "low": None, "high": 0.5})
     @example(**edge | {"level": 0.5, "low": None, "high": None, "until": T0})
     @example(**edge | {"level": 0.5, "low": None, "high": None, "evaluate_by": T0})
+    @example(**edge | {"level": 0.9, "low": None, "high": 0.5, "stored": 0.2, "late": True})  # the stored newest
     @given(
         level=fractions,
         capacity=st.sampled_from([1.0, 3.0, 250.0]),
@@ -210,18 +221,20 @@ def test_the_screen_in_sql_lets_exactly_the_readings_wait_that_the_engines_scree
         evaluate_by=st.none() | minutes,
         low=st.none() | fractions,
         high=st.none() | fractions,
-        reported=st.booleans(),
+        stored=st.none() | fractions,
+        late=st.booleans(),
     )
-    def screens_alike(level, capacity, until, until_dropped, evaluate_by, low, high, reported) -> None:
-        stored = level * capacity if reported else None
+    def screens_alike(level, capacity, until, until_dropped, evaluate_by, low, high, stored, late) -> None:
+        late = late and stored is not None  # a reading older than the slot's newest leaves that one the newest
         with transaction(engine) as session:
             session.execute(
                 update(Slot)
                 .where(col(Slot.id) == slot_id)
                 .values(
-                    level=stored,
+                    level=stored * capacity if stored is not None else None,
+                    level_at=(later if late else T0 - timedelta(days=1)) if stored is not None else None,
                     capacity=capacity,
-                    due_at=T0,
+                    due_at=waiting_until,
                     claimed_until=None,
                     evaluate_by=evaluate_by,
                     screen_until=until,
@@ -230,24 +243,23 @@ def test_the_screen_in_sql_lets_exactly_the_readings_wait_that_the_engines_scree
                     screen_high=high,
                 )
             )
-        with transaction(engine) as session:
-            screened = screen_due(session=session, now=T0)
+        printers.report(["printer-0"], T0, level * capacity)
+        newest = stored if late else level
         expected = (
             until is not None
             and until_dropped is not None
             and evaluate_by is not None
             and evaluate_by > T0
-            and stored is not None
             and Screen(
                 until=until,
                 until_dropped=until_dropped,
                 low=-math.inf if low is None else low,
                 high=math.inf if high is None else high,
-            ).lets_wait(stored / capacity, now=T0)
+            ).lets_wait(newest, now=T0)
         )
-        assert screened == int(expected)
         slot = Printers.slot_by_id(engine, slot_id)
-        assert slot.due_at == (evaluate_by if expected else T0)
+        assert slot.level == pytest.approx(newest * capacity)
+        assert slot.due_at == (waiting_until if expected else T0)
 
     screens_alike()
 
@@ -292,14 +304,17 @@ def test_each_decision_of_a_batch_carries_the_message_behind_its_own_newest_read
     assert decided == {"printer-0": "printer-0:13", "printer-1": "printer-1:14", "printer-2": "printer-2:13"}
 
 
-def test_a_late_reading_makes_its_slot_due_too(engine: Engine):
+def test_a_late_reading_can_wait_as_any_reading(engine: Engine):
     printers = Printers(engine, 1)
     printers.falling(["printer-0"], start=T0, days=2, start_level=0.95, rate=0.02)
     now = T0 + timedelta(days=2)
     printers.evaluate(now)
-    printers.report(["printer-0"], now - timedelta(hours=3), 0.9)  # older than the newest reading
-    assert printers.slot().due_at == now - timedelta(hours=3), "due from when it arrived"
-    assert printers.evaluate(now) == 1
+    due_at = printers.slot().due_at
+    assert due_at == now + REFRESH_AFTER
+    # Older than the newest reading, arriving an hour on: the newest level is as forecast, so it can wait.
+    printers.report(["printer-0"], now - timedelta(hours=3), 0.9, received_at=now + timedelta(hours=1))
+    assert printers.slot().due_at == due_at
+    assert printers.evaluate(now + timedelta(hours=1)) == 0
 
 
 def test_a_customers_approval_waits_for_an_evaluation_of_theirs_under_way(engine: Engine):

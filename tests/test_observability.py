@@ -147,10 +147,11 @@ def test_evaluation_metrics_show_the_due_backlog_and_what_the_evaluator_did(plat
     assert value(evaluated, "replenish_evaluation_due_slots") == 0
     assert value(evaluated, "replenish_evaluation_behind_seconds") == 0
 
-    # A new reading no evaluator has taken yet: due, and waiting longer with every second.
+    # A new reading that cannot wait (a rise that may be a refill) no evaluator has taken yet: due, and waiting
+    # longer with every second.
     publisher.send(
         "devices/printer-1/telemetry",
-        {"seq": last_seq + 1, "ts": clock.now().isoformat(), "levels": {"black": 0.05}},
+        {"seq": last_seq + 1, "ts": clock.now().isoformat(), "levels": {"black": 0.95}},
     )
     assert wait_until(lambda: platform.ingestor.totals.stored >= last_seq + 1, timeout=20)
     clock.advance(timedelta(seconds=90))

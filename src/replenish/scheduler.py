@@ -97,7 +97,6 @@ class Jobs:
         if self.metrics is not None:
             self.metrics.evaluated(
                 forecast=report.forecasts,
-                screened=report.screened,
                 decided=len(report.decisions),
                 failed=report.errors,
             )

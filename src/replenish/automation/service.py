@@ -69,12 +69,11 @@ ACTOR = "automation"
 
 @dataclass
 class EvaluationReport:
-    slots: int = 0  # due slots taken: evaluated in full (forecasts) or screened
+    slots: int = 0  # due slots taken
     forecasts: int = 0
     decisions: list[str] = field(default_factory=list)
     errors: int = 0
     interrupted: bool = False  # stopped between transactions: the process is stopping
-    screened: int = 0  # due slots whose new readings could wait for a later evaluation
 
 
 FORECAST_HISTORY = timedelta(days=FORECAST_HISTORY_DAYS)
@@ -814,51 +813,6 @@ class Claim:
     marks: int  # the slot's due_marks when it was claimed: a mark since means evaluate it again
 
 
-# How many due slots one statement of screen_due takes: its row locks are held for one short statement.
-SCREEN_CHUNK = 5_000
-
-
-def screen_due(*, session: Session, now: datetime, at: datetime | None = None, limit: int = SCREEN_CHUNK) -> int:
-    """Hand the due slots whose new readings can wait (automation.engine.Screen, as their last full evaluation
-    stored it) back to the moment they must be evaluated in full, without reading them: one statement for up to
-    ``limit`` slots. A slot can wait when nothing but readings made it due (anything else clears its screen), its
-    full evaluation is not due yet, and its newest level lets it (Screen.lets_wait, here in SQL). How many it took.
-
-    On PostgreSQL, rows another evaluator or ingest holds are skipped (SKIP LOCKED) and never waited for: they stay
-    due for the claims that follow. (SQLite has one writer: the transaction waits for it.)"""
-    at = at or now
-    table = Slot.__table__
-    moment = bindparam("now", now, type_=UTCDateTime)
-    fraction = table.c.level / func.nullif(table.c.capacity, 0)  # PostgreSQL may divide before it checks
-    screen_ends = case(
-        (or_(table.c.screen_low.is_(None), fraction >= table.c.screen_low), table.c.screen_until),
-        else_=table.c.screen_until_dropped,
-    )
-    waiting = (
-        select(table.c.id)
-        .where(
-            table.c.due_at <= moment,
-            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= bindparam("at", at, type_=UTCDateTime)),
-            table.c.screen_until.is_not(None),
-            table.c.screen_until_dropped.is_not(None),
-            table.c.evaluate_by > moment,
-            table.c.level.is_not(None),
-            table.c.capacity != 0,
-            or_(table.c.screen_high.is_(None), fraction < table.c.screen_high),
-            screen_ends > moment,
-        )
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    result = session.execute(
-        update(table)
-        .where(table.c.id.in_(waiting.scalar_subquery()))
-        .values(due_at=table.c.evaluate_by, claimed_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
-
-
 def claim_due(
     *, session: Session, now: datetime, limit: int, lease: timedelta = CLAIM_LEASE, at: datetime | None = None
 ) -> list[Claim]:
@@ -961,24 +915,15 @@ def evaluate_due(
     clock: Callable[[], datetime] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> EvaluationReport:
-    """The evaluation job: every slot due by ``now`` (see Slot.due_at); first those whose new readings can wait
-    (screen_due), then the rest claimed in batches, many slots per transaction. Any number of evaluators may run
-    it at once. A slot whose evaluation fails is retried alone, so one bad slot cannot hold up its batch, and again
-    after RETRY_AFTER. It stops between transactions once ``should_stop()`` says so (the process is stopping),
-    handing its unfinished claims back. ``clock`` dates the claims (default: ``now``), so that a long pass's claims
-    still last their lease."""
+    """The evaluation job: every slot due by ``now`` (see Slot.due_at; a new reading that can wait makes none due:
+    devices.service.due_after_reading), claimed in batches, many slots per transaction. Any number of evaluators
+    may run it at once. A slot whose evaluation fails is retried alone, so one bad slot cannot hold up its batch,
+    and again after RETRY_AFTER. It stops between transactions once ``should_stop()`` says so (the process is
+    stopping), handing its unfinished claims back. ``clock`` dates the claims (default: ``now``), so that a long
+    pass's claims still last their lease."""
     report = EvaluationReport()
     fleet = fleet or FleetRatesCache()
     evaluations: dict[str, int] = {}
-    # First the slots whose new readings can wait, a statement for thousands; once per pass, as each statement
-    # looks at every due slot (a slot marked while the pass runs is evaluated in full).
-    while not should_stop():
-        with transaction(engine) as session:
-            screened = screen_due(session=session, now=now, at=clock() if clock else now)
-        report.slots += screened
-        report.screened += screened
-        if screened < SCREEN_CHUNK:
-            break
     while True:
         if should_stop():
             report.interrupted = True

@@ -4,7 +4,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, delete, literal, or_, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, literal, or_, update
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
@@ -116,6 +116,33 @@ def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[d
     due_at = Slot.__table__.c.due_at
     moment = literal(at, UTCDateTime) if isinstance(at, datetime) else at
     return case((or_(due_at.is_(None), due_at > moment), moment), else_=due_at)
+
+
+def due_after_reading(*, level: ColumnElement[float], at: ColumnElement[datetime]) -> ColumnElement[datetime]:
+    """A slot's due moment after a reading that becomes visible at ``at`` and leaves ``level`` (the slot's unit)
+    its newest: the SQL for ingest's UPDATE. Unchanged when the screen the slot's last full evaluation stored lets
+    the reading wait (automation.engine.Screen.lets_wait, the backtest's cadence, here in SQL: the reading is seen
+    by the evaluation the slot is due for anyway); otherwise brought forward to ``at`` (due_no_later_than).
+
+    Anything else that marks the slot due clears its screen (mark_slots_due), so only readings ever wait; a reading
+    that cannot wait leaves the slot due until it is evaluated, whatever readings follow. Evaluated on the row as
+    the UPDATE finds it, under its lock: never on a screen an evaluation has replaced meanwhile."""
+    table = Slot.__table__
+    fraction = level / func.nullif(table.c.capacity, 0)  # PostgreSQL may divide before it checks the capacity
+    screen_ends = case(
+        (or_(table.c.screen_low.is_(None), fraction >= table.c.screen_low), table.c.screen_until),
+        else_=table.c.screen_until_dropped,
+    )
+    can_wait = and_(
+        table.c.screen_until.is_not(None),
+        table.c.screen_until_dropped.is_not(None),
+        table.c.evaluate_by > at,
+        level.is_not(None),
+        table.c.capacity != 0,
+        or_(table.c.screen_high.is_(None), fraction < table.c.screen_high),
+        screen_ends > at,
+    )
+    return case((can_wait, table.c.due_at), else_=due_no_later_than(at))
 
 
 MARK_CHUNK = 10_000

@@ -22,7 +22,7 @@ from replenish.constants import (
 )
 from replenish.db import UTCDateTime, add_to_counters, insert_rows
 from replenish.devices.models import Device, Slot
-from replenish.devices.service import due_no_later_than
+from replenish.devices.service import due_after_reading
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.ingest.schemas import (
     IncomingMessage,
@@ -409,10 +409,12 @@ def _store_telemetry(
 
 def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) -> None:
     """Each slot with readings in the batch is marked due for evaluation (automation.service.evaluate_due), late
-    readings included. A changed slot's latest level is written only where it is the newest: another writer may
-    have stored a newer one since this batch read the slot. A run of equal readings adds to the stored run when it
-    continues it (SQL compares with the level as stored now, so two writers' runs add up). In id order: see
-    ingest_batch."""
+    readings included, unless its screen lets them wait (devices.service.due_after_reading): most readings need no
+    evaluation of their own, and deciding so needs no statement of its own. Every mark counts (due_marks), so that
+    a reading stored during the slot's evaluation is evaluated too. A changed slot's latest level is written only
+    where it is the newest: another writer may have stored a newer one since this batch read the slot. A run of
+    equal readings adds to the stored run when it continues it (SQL compares with the level as stored now, so two
+    writers' runs add up). In id order: see ingest_batch."""
     read = sorted((slot for slot in slots.values() if slot.due is not None), key=lambda slot: slot.id)
     if not read:
         return
@@ -421,6 +423,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
     run, run_since = bindparam("run", type_=Integer), bindparam("run_since", type_=UTCDateTime)
     earliest = bindparam("earliest", type_=UTCDateTime)
     newer = and_(bindparam("changed", type_=Boolean), or_(table.c.level_at.is_(None), table.c.level_at <= new_level_at))
+    newest_level = case((newer, new_level), else_=table.c.level)
     continued = and_(
         bindparam("continues", type_=Boolean), table.c.level == new_level, table.c.same_level_since.is_not(None)
     )
@@ -428,7 +431,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
         update(table)
         .where(table.c.id == bindparam("slot_id"))
         .values(
-            level=case((newer, new_level), else_=table.c.level),
+            level=newest_level,
             level_at=case((newer, new_level_at), else_=table.c.level_at),
             same_level_count=case(
                 (and_(newer, continued), table.c.same_level_count + run),
@@ -440,7 +443,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
                 (newer, run_since),
                 else_=table.c.same_level_since,
             ),
-            due_at=due_no_later_than(bindparam("due", type_=UTCDateTime)),
+            due_at=due_after_reading(level=newest_level, at=bindparam("due", type_=UTCDateTime)),
             due_marks=table.c.due_marks + 1,
             readings_changed_from=case(
                 (

@@ -77,7 +77,7 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
-EVALUATION_OUTCOMES = ("forecast", "screened", "decided", "failed")
+EVALUATION_OUTCOMES = ("forecast", "decided", "failed")
 
 
 class Metrics:
@@ -133,8 +133,8 @@ class Metrics:
         )
         self.evaluations = Counter(
             "replenish_evaluations",
-            "Due slots this process's evaluator took: forecast (evaluated in full), screened (a new reading that "
-            "could wait), decided (a decision taken), failed (tried again later).",
+            "Due slots this process's evaluator took: forecast (evaluated in full), decided (a decision taken), "
+            "failed (tried again later). A new reading that can wait makes no slot due (ingest screens it).",
             ["outcome"],
             registry=self.registry,
         )
@@ -179,9 +179,9 @@ class Metrics:
         for seconds in lags:
             lag.observe(max(seconds, 0.0))
 
-    def evaluated(self, *, forecast: int, screened: int, decided: int, failed: int) -> None:
+    def evaluated(self, *, forecast: int, decided: int, failed: int) -> None:
         """One evaluation pass of this process."""
-        counts = zip(EVALUATION_OUTCOMES, (forecast, screened, decided, failed), strict=True)
+        counts = zip(EVALUATION_OUTCOMES, (forecast, decided, failed), strict=True)
         for outcome, count in counts:
             if count:
                 self.evaluations.labels(outcome=outcome).inc(count)
