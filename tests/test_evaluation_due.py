@@ -255,7 +255,7 @@ def test_ingest_lets_exactly_the_readings_wait_that_the_engines_screen_does(engi
                 until_dropped=until_dropped,
                 low=-math.inf if low is None else low,
                 high=math.inf if high is None else high,
-            ).lets_wait(newest, now=T0)
+            ).lets_wait(newest * capacity / capacity, now=T0)  # the level stored, over the capacity, as in SQL
         )
         slot = Printers.slot_by_id(engine, slot_id)
         assert slot.level == pytest.approx(newest * capacity)

@@ -361,8 +361,9 @@ class EvaluationContext:
     def spent_this_month(self, *, session: Session, customer_id: str, now: datetime) -> Decimal:
         if customer_id not in self.spent:
             month_start, month_end = self.consents[customer_id][1].calendar_month(now)
-            # Nothing of this customer's is pending yet (their first decision in the transaction): writing out the
-            # other customers' decisions first would be a flush for nothing.
+            # Nothing pending counts: only orders placed or further along do (orders.SPENDING_STATUSES), and none
+            # of this customer's is placed before this read. Writing out the pending decisions first would be a
+            # flush for nothing.
             with session.no_autoflush:
                 self.spent[customer_id] = orders.spent_between(
                     session=session, customer_id=customer_id, start=month_start, end=month_end
@@ -370,9 +371,12 @@ class EvaluationContext:
         return self.spent[customer_id]
 
     def placed(self, *, customer_id: str, total_price: Decimal | None) -> None:
-        # Not read: no cap weighs this customer's orders (within_limits read it before any priced order under one).
-        if total_price is not None and customer_id in self.spent:
-            self.spent[customer_id] += total_price
+        # Never read: no cap weighs this customer's orders. A customer has one cap for all their slots (one consent,
+        # locked for the transaction), and within_limits reads the spending before any priced order under it.
+        if total_price is None or customer_id not in self.spent:
+            assert total_price is None or self.consents[customer_id][1].monthly_spending_cap is None
+            return
+        self.spent[customer_id] += total_price
 
     @classmethod
     def load(cls, *, session: Session, slots: list[tuple[Slot, Device]]) -> EvaluationContext:
@@ -644,22 +648,28 @@ def trigger_messages(*, session: Session, slot_ids: list[str], now: datetime) ->
     slot's newest found through the readings' (slot, ts) index. Slots without such a reading have none."""
     if not slot_ids:
         return {}
-    table = Reading.__table__
+    readings, slots, messages = Reading.__table__, Slot.__table__, DeviceMessage.__table__
     newest = (
-        select(table.c.message_id)
-        .where(table.c.slot_id == Slot.__table__.c.id, table.c.ts <= bindparam("now", now, type_=UTCDateTime))
-        .order_by(table.c.ts.desc(), table.c.id.desc())
+        select(readings.c.message_id)
+        .where(readings.c.slot_id == slots.c.id, readings.c.ts <= bindparam("now", now, type_=UTCDateTime))
+        .order_by(readings.c.ts.desc(), readings.c.id.desc())
         .limit(1)
-        .correlate(Slot.__table__)
+        .correlate(slots)
         .scalar_subquery()
+    )
+    # Each slot's message id first, then the messages by their key: the slots drive the query whatever the planner
+    # makes of the readings.
+    behind = (
+        select(slots.c.id.label("slot_id"), newest.label("message_id"))
+        .where(slots.c.id.in_(sorted(slot_ids)))
+        .subquery()
     )
     # What the transaction has pending is decisions, orders and such: not readings.
     with session.no_autoflush:
         rows = session.execute(
-            select(Slot.__table__.c.id, DeviceMessage.__table__.c.device_id, DeviceMessage.__table__.c.seq)
-            .select_from(Slot.__table__)
-            .join(DeviceMessage.__table__, DeviceMessage.__table__.c.id == newest)
-            .where(Slot.__table__.c.id.in_(sorted(slot_ids)))
+            select(behind.c.slot_id, messages.c.device_id, messages.c.seq).join(
+                messages, messages.c.id == behind.c.message_id
+            )
         ).all()
     return {slot_id: correlation.for_device_message(device_id, seq) for slot_id, device_id, seq in rows}
 
@@ -999,15 +1009,21 @@ def _evaluate_in_one_transaction(
         ).all()
         present = {slot.id for slot, _ in rows}
         context = EvaluationContext.load(session=session, slots=list(rows))
-        # A chunk of slots at a time: their readings in one query, then each forecast, then the messages behind the
-        # verdicts in one query, then the verdicts acted on.
+
+        def out_of_time() -> bool:
+            return bool(outcome.done) and time.monotonic() - started > TRANSACTION_SECONDS
+
+        # A chunk of slots at a time: their readings in one query, then each forecast (until the transaction's time
+        # is up), then the messages behind the verdicts in one query, then the verdicts acted on.
         for start in range(0, len(rows), READ_CHUNK):
-            if outcome.done and time.monotonic() - started > TRANSACTION_SECONDS:
+            if out_of_time():
                 break
             chunk = rows[start : start + READ_CHUNK]
             context.read_windows(session=session, slots=[slot for slot, _ in chunk], now=now)
             verdicts = []
             for slot, device in chunk:
+                if out_of_time():
+                    break
                 evaluated = forecast_slot(
                     slot=slot,
                     device=device,
