@@ -107,22 +107,28 @@ def up(
 
 
 def _start_demo(platform: Platform) -> DemoDevices:
-    from replenish.demo import CATCH_UP_SECONDS, DemoDevices, demo_models, seed
+    from replenish.demo import DemoDevices, demo_models, seed
 
     now = platform.clock.now()
-    models = demo_models(now)
+    catch_up = platform.settings.demo_catch_up_seconds
+    models = demo_models(now, catch_up_seconds=catch_up)
     accounts = seed(engine=platform.engine, now=now, models=models)
     path = demo_credentials_path(platform.settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)  # secrets: readable by their owner only
     path.chmod(0o600)
     path.write_text(json.dumps(accounts.to_json(), indent=2))
-    simulators = DemoDevices(endpoint=platform.settings.mqtt_endpoint, models=models, secrets=accounts.device_secrets)
+    simulators = DemoDevices(
+        endpoint=platform.settings.mqtt_endpoint,
+        models=models,
+        secrets=accounts.device_secrets,
+        catch_up_seconds=catch_up,
+    )
     if platform.scheduler is not None:
         # A half-replayed history is days old: deciding on it would ask about milk "running out yesterday". The
         # first evaluation comes once the devices have caught up with now, as a real fridge always is.
         platform.scheduler.pause_job("evaluate")
-        resume = threading.Timer(CATCH_UP_SECONDS, platform.scheduler.resume_job, args=("evaluate",))
+        resume = threading.Timer(catch_up, platform.scheduler.resume_job, args=("evaluate",))
         resume.daemon = True
         resume.start()
     simulators.start()
@@ -144,6 +150,8 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
         f"  database     {make_url(platform.settings.resolved_database_url).render_as_string(hide_password=True)}",
     ]
     if demo:
+        from replenish.demo import fall_after
+
         credentials = json.loads(demo_credentials_path(platform.settings).read_text())
         customer, operator = credentials["customer"], credentials["operator"]
         bearer = f'-H "Authorization: Bearer {customer["token"]}"'
@@ -157,8 +165,8 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
             f"  forecasts    curl -s {bearer} {api}/api/v1/devices/demo-printer",
             f"  orders       curl -s {bearer} {api}/api/v1/orders",
             f"  alerts       curl -s {bearer} {api}/api/v1/alerts",
-            "  (the wearable falls after 20 s; 10 s later its emergency contacts are asked, one every 30 s, in the"
-            " log below)",
+            f"  (the wearable falls after {fall_after(platform.settings.demo_catch_up_seconds).seconds} s; 10 s later"
+            " its emergency contacts are asked, one every 30 s, in the log below)",
             f"  device health curl -s {bearer} {api}/api/v1/alarms",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]

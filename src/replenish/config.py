@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         "log. Off: the log says they were left out, as whoever reads the log could use them. `replenish up --demo` "
         "turns it on, so that the demo's requests can be answered from the log.",
     )
+    demo_catch_up_seconds: float = Field(
+        25.0,
+        gt=0,
+        le=3600,
+        description="`replenish up --demo`: within how many seconds the demo devices replay their weeks of history "
+        "before they run in real time (the first evaluation comes then), and the wearable falls a little before "
+        "that (four fifths of it).",
+    )
     webhook_allow_private_networks: bool = Field(
         False,
         description="Let notification webhooks (URLs customers give) reach private, loopback and link-local "

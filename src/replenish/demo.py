@@ -39,9 +39,9 @@ FRIDGE_HISTORY = timedelta(days=7)
 # second time two and a half days ago (a day and a half left now). A dozen eggs, four days ago (half left).
 MILK_BOUGHT_AGO = (timedelta(days=5), timedelta(hours=60))
 EGGS_BOUGHT_AGO = timedelta(days=4)
-# Weeks of history are replayed within about this many seconds, then the devices run in real time.
-CATCH_UP_SECONDS = 25.0
-FALL_AFTER = timedelta(seconds=20)
+# The wearable falls after this share of the catch-up (Settings.demo_catch_up_seconds): while the history is
+# replayed, so that its alert comes as the forecasts do.
+FALL_AFTER_CATCH_UP = 0.8
 DEMO_CANCEL_WINDOW_SECONDS = 10
 DEMO_ESCALATION_TIMEOUT_SECONDS = 30
 
@@ -138,7 +138,11 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
         )
 
 
-def demo_models(now: datetime) -> list[DeviceModel]:
+def fall_after(catch_up_seconds: float) -> timedelta:
+    return timedelta(seconds=round(FALL_AFTER_CATCH_UP * catch_up_seconds))
+
+
+def demo_models(now: datetime, *, catch_up_seconds: float) -> list[DeviceModel]:
     # seq must keep growing across demo runs, as a real device's does across reboots.
     seq_base = int(now.timestamp())
     printer = PrinterModel(
@@ -161,7 +165,7 @@ def demo_models(now: datetime) -> list[DeviceModel]:
     for ago in MILK_BOUGHT_AGO:
         fridge.refill("milk", now - ago)
     fridge.refill("eggs", now - EGGS_BOUGHT_AGO)
-    wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + FALL_AFTER)
+    wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + fall_after(catch_up_seconds))
     for model in (printer, fridge, wearable):
         model.seq = seq_base
     return [printer, fridge, wearable]
@@ -174,13 +178,14 @@ class DemoDevices:
     endpoint: MqttEndpoint
     models: list[DeviceModel]
     secrets: dict[str, str]
+    catch_up_seconds: float
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
         for model in self.models:
             history = datetime.now(UTC) - model.start
-            speed = max(history.total_seconds() / CATCH_UP_SECONDS, 1.0)
+            speed = max(history.total_seconds() / self.catch_up_seconds, 1.0)
             thread = threading.Thread(
                 target=run_device,
                 args=(model, replace(self.endpoint, username=model.device_id, password=self.secrets[model.device_id])),
