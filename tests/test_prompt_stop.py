@@ -110,7 +110,11 @@ class SchedulerStop:
 
 
 def stop_the_leader_mid_pass(
-    production: ProductionStack, *, slots: int = SLOTS, history: timedelta = HISTORY
+    production: ProductionStack,
+    *,
+    slots: int = SLOTS,
+    history: timedelta = HISTORY,
+    every: timedelta = READING_EVERY,
 ) -> SchedulerStop:
     production.roles.env |= {
         "REPLENISH_EVALUATION_INTERVAL_SECONDS": "2",  # the first pass soon after the start
@@ -123,7 +127,7 @@ def stop_the_leader_mid_pass(
     wait_for(lambda: metrics_ready(standby) and "standing by" in standby.output(), 30, standby.output)
     assert leader_of([leader, standby]) == [leader]
     # Due once both run (the standby evaluates too): the pass starts with both up, however fast it goes.
-    slots_with_history(production.database_url, slots=slots, history=history)
+    slots_with_history(production.database_url, slots=slots, history=history, every=every)
     # Mid-pass: some slots forecast, most not yet (the standby evaluates beside it).
     wait_for(lambda: forecasts(production.database_url) >= 1, 60, leader.output)
     at_stop = forecasts(production.database_url)
@@ -185,7 +189,7 @@ def stop_ingest_under_load(production: ProductionStack, *, messages: int = 8_000
 
 
 def test_a_leader_stopped_mid_pass_steps_down_at_once_and_the_standby_leads(production: ProductionStack) -> None:
-    stop = stop_the_leader_mid_pass(production)
+    stop = stop_the_leader_mid_pass(production, every=timedelta(hours=1))  # a quarter of the rows to write
     assert stop.forecasts_at_stop < SLOTS, "stopped in the middle of the pass"
     # Its own evaluation pass, if one was running, ends at its next transaction: leadership is not held for it.
     assert "stepping down" in stop.leader_output
