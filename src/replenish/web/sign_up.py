@@ -5,6 +5,7 @@ the same service call as `POST /api/v1/sign-ups/{token}`."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, status
@@ -69,7 +70,7 @@ def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
     except ValidationError:
         context = {"title": "Create an account", "principal": None, "email": email, "error": "Enter an e-mail address."}
         return templates.TemplateResponse(
-            request, "sign_up_ask.html", context, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY
+            request, "sign_up_ask.html", context, status_code=HTTPStatus.UNPROCESSABLE_ENTITY
         )
     engine, clock = request.app.state.engine, request.app.state.clock
     with transaction(engine) as session:
@@ -120,7 +121,7 @@ def sign_up(
             email=pending.email,
             name=name,
             errors=errors,
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status_code=HTTPStatus.UNPROCESSABLE_ENTITY,
         )
     try:
         with transaction(engine) as session:
