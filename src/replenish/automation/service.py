@@ -32,7 +32,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from replenish.answers import service as answers
@@ -436,7 +435,7 @@ def forecast_slot(
     """Forecast the slot and decide, without acting on the decision (act_on does): what the slot's evaluation came
     to, with the moment it should be evaluated again and the forecast, for the caller to store (store_forecasts).
     ``context`` holds what was read for it (EvaluationContext.load), its customer locked. The slot's new cycle start
-    is set on ``slot`` as if stored: the caller stores it (finish_claims)."""
+    is in the result: the caller stores it (finish_claims)."""
     document = context.consents[device.customer_id][1]
     mode = document.mode_for(device_id=device.id, slot_name=slot.name)
     policy = ReorderPolicy(
@@ -457,7 +456,6 @@ def forecast_slot(
         prior=prior,
         pauses=document.pauses_for(device_id=device.id, slot_name=slot.name),
     )
-    set_committed_value(slot, "cycle_started_at", evaluation.cycle_started_at)
     next_at = evaluation.evaluate_again_at
     if slot.level_at is not None and now < slot.level_at < next_at:
         next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
@@ -1035,7 +1033,7 @@ def _evaluate_in_one_transaction(
                 )
                 next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
                 forecasts[slot.id] = evaluated.forecast
-                cycle_starts[slot.id] = slot.cycle_started_at
+                cycle_starts[slot.id] = evaluated.cycle_started_at
                 outcome.done.append(waiting.pop(slot.id))
                 if evaluated.verdict is not None:
                     verdicts.append((slot, device, evaluated))
