@@ -127,7 +127,7 @@ def start_stack(stack: ExitStack, kind: str, env: dict[str, str], workdir: Path,
         wait_ready(api_url, platform, workdir / "platform.log")
         return broker_port
     sys.path.insert(0, str(ROOT / "tests"))
-    import brokers  # the tests' Mosquitto starter: the production config, rewritten for this machine
+    from support import brokers  # the tests' Mosquitto starter: the production config, rewritten for this machine
 
     password = env["REPLENISH_BROKER_SERVICE_PASSWORD"]
     (workdir / "mosquitto").mkdir()

@@ -3,7 +3,7 @@ broker's PUBACK (the baseline) and with devices that keep what the platform has 
 "Confirmations"), measured in the same run on the production stack.
 
 Mosquitto from deploy/mosquitto/mosquitto.conf and PostgreSQL from deploy/postgres/postgresql.conf (fsync on), both
-started natively as tests/brokers.py starts them; `replenish ingest` processes as compose runs them. K simulated
+started natively as tests/support/brokers.py starts them; `replenish ingest` processes as compose runs them. K simulated
 wearables (src/replenish/simulation) send heartbeats at --rate messages a second in all, and each falls once, the
 falls spread over the run. After --restart-at seconds Mosquitto is stopped (SIGTERM, as `docker compose restart`
 does), kept down --down seconds and started again on the same data. The cases:
@@ -118,11 +118,11 @@ class Ingest:
 
 
 def run_case(args: argparse.Namespace, *, case: str, devices_keep: bool, postgres: object, directory: Path) -> Outcome:
-    brokers = tests_module("brokers")
-    helpers = tests_module("helpers")
+    brokers = tests_module("support.brokers")
+    platform_support = tests_module("support.platform")
     database_url = postgres.create_migrated_database(f"bench_restart_{uuid.uuid4().hex[:12]}")  # type: ignore[attr-defined]
     device_ids = [f"wearable-{number:03d}" for number in range(args.devices)]
-    helpers.register_through_services(database_url, device_ids, kind="wearable", now=datetime.now(UTC))
+    platform_support.register_through_services(database_url, device_ids, kind="wearable", now=datetime.now(UTC))
     broker_dir = directory / f"{case}-{'keep' if devices_keep else 'trust'}"
     broker_dir.mkdir()
     with ExitStack() as stack:
@@ -240,7 +240,7 @@ def main() -> int:
     if unknown := set(cases) - set(CASES):
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    brokers = tests_module("brokers")
+    brokers = tests_module("support.brokers")
     version = subprocess.run(
         [brokers.mosquitto_binary(), "-h"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[0]

@@ -4,7 +4,7 @@
 One run:
 
 1. a database: a temporary SQLite file (WAL, as `replenish` runs it), or with ``--database postgres`` a throwaway
-   PostgreSQL cluster from deploy/postgres/postgresql.conf as tests/brokers.py starts it, fsync on (a production
+   PostgreSQL cluster from deploy/postgres/postgresql.conf as tests/support/brokers.py starts it, fsync on (a production
    commit); migrated to the current schema;
 2. a fleet (bench/fleet.py): S slots, 4 per printer, 2 printers per customer, D days of readings every 15 minutes
    up to ``now``, loaded with COPY (PostgreSQL) or executemany (SQLite);
@@ -306,7 +306,7 @@ class Databases:
         self.workdir = workdir
         self.postmaster: int | None = None
         if kind == "postgres":
-            import brokers  # tests/brokers.py
+            from support import brokers  # tests/support/brokers.py
 
             # fsync and synchronous_commit as deploy/postgres/postgresql.conf has them: a production commit.
             self.server = stack.enter_context(brokers.running_postgres(overrides={}))

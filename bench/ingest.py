@@ -260,11 +260,11 @@ def embedded_broker_main(
 # Brokers
 # ---------------------------------------------------------------------------------------------------------------
 def test_brokers_module() -> ModuleType:
-    """tests/brokers.py: the free-port and Mosquitto-config logic the test suite uses."""
+    """tests/support/brokers.py: the free-port and Mosquitto-config logic the test suite uses."""
     tests_dir = str(ROOT / "tests")
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
-    return importlib.import_module("brokers")
+    return importlib.import_module("support.brokers")
 
 
 @dataclass
@@ -285,9 +285,9 @@ class BrokerHandle:
 
 
 def start_mosquitto(stack: ExitStack, workdir: Path) -> BrokerHandle:
-    """Mosquitto from a copy of the production config, as tests/brokers.py starts it. Everything here (the simulated
-    devices too) signs in on the platform listener as the service user: what is measured is the ingest path, and the
-    device listener's ACL would only add a pattern match per publish."""
+    """Mosquitto from a copy of the production config, as tests/support/brokers.py starts it. Everything here (the
+    simulated devices too) signs in on the platform listener as the service user: what is measured is the ingest path,
+    and the device listener's ACL would only add a pattern match per publish."""
     brokers = test_brokers_module()
     directory = workdir / "mosquitto"
     directory.mkdir()
@@ -814,7 +814,8 @@ def broker_log_summary(path: Path | None) -> list[str]:
     if path is None or not path.exists():
         return []
     pattern = re.compile(r"warn|error|drop|denied|exceed|timeout|exception|traceback", re.IGNORECASE)
-    # tests/brokers.py runs Mosquitto as root on purpose when we are root (it cannot write our temp dir otherwise).
+    # tests/support/brokers.py runs Mosquitto as root on purpose when we are root (it cannot write our temp dir
+    # otherwise).
     ignored = "should not be run as root"
     # Only the first line of each log record (they start with a timestamp), not traceback lines.
     lines = [
@@ -987,7 +988,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("sqlite", "postgres"),
         default="sqlite",
         help="sqlite: a temporary file; postgres: a throwaway PostgreSQL cluster started from "
-        "deploy/postgres/postgresql.conf as tests/brokers.py starts it, fsync on (default: sqlite)",
+        "deploy/postgres/postgresql.conf as tests/support/brokers.py starts it, fsync on (default: sqlite)",
     )
     parser.add_argument("--database-url", help="SQLAlchemy URL of a dedicated database (instead of --database)")
     parser.add_argument(

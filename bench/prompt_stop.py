@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each scenario (default 3)")
     parser.add_argument("--slots", type=int, default=400, help="slots in the scheduler's pass (default 400)")
     args = parser.parse_args()
-    brokers = tests_module("brokers")
+    brokers = tests_module("support.brokers")
     scenarios = tests_module("test_prompt_stop")
     scale_out = tests_module("test_scale_out")
     exits: dict[str, list[float]] = {"scheduler": [], "ingest": []}

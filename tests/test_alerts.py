@@ -7,11 +7,12 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from conftest import CommandListener, iso
-from helpers import create_customer, register_device
 from replenish.runtime import Platform
+from support.api import create_customer, iso, register_device
+from support.mqtt import CommandListener
 
-pytestmark = pytest.mark.both_stacks
+# Both stacks only where the broker or the database is what the test is about: a fall through each broker, and a batch
+# that holds a fall and its cancel on each database.
 
 
 @pytest.fixture
@@ -21,6 +22,7 @@ def wearable(api: httpx.Client) -> str:
     return customer_id
 
 
+@pytest.mark.both_stacks
 def test_fall_raises_an_alert_without_waiting_for_a_tick(platform: Platform, api, publisher, clock, wearable):
     publisher.send(
         "devices/pendant-1/events", {"seq": 1, "ts": iso(clock.now()), "type": "fall_detected", "confidence": 0.93}
@@ -124,6 +126,7 @@ def test_a_fall_after_an_acknowledged_one_is_a_new_alert(platform, api, publishe
     assert api.post(f"/alerts/{first['id']}/acknowledge").status_code == 409
 
 
+@pytest.mark.both_stacks
 def test_a_cancel_that_overtakes_its_fall_in_one_batch_still_cancels_it(platform, api, wearable, clock):
     # QoS 1 does not promise order; within one stored batch the device's seq decides.
     import json

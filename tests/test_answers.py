@@ -16,14 +16,17 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START, api_client, make_settings, operator_token, run_low, running_platform
-from helpers import Mailbox, WebhookReceiver, set_consent, wait_until
 from replenish.answers.timing import MIN_ANSWER_WINDOW
 from replenish.audit.models import AuditEvent
 from replenish.clock import ManualClock
 from replenish.constants import AuditAction, OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import api_client, create_customer, operator_token, register_device, set_consent
+from support.mqtt import Publisher
+from support.platform import START, make_settings, run_low, running_platform
+from support.servers import Mailbox, WebhookReceiver
 
 ADA = "ada@example.com"
 PARTNER_SECRET = "acme-signing-secret-0123456789"
@@ -402,7 +405,7 @@ def test_order_now_orders_once_and_automation_does_not_order_the_cycle_again(loo
 
 
 def test_order_now_over_the_cap_becomes_an_approval_request(loop: Loop):
-    from helpers import create_customer, register_device
+
     from test_consent import priced
 
     customer_id = create_customer(loop.api, mode="auto_order")
@@ -420,8 +423,6 @@ def test_order_now_over_the_cap_becomes_an_approval_request(loop: Loop):
 
 
 def test_the_devices_reorder_button_orders_once_as_its_consent_says(loop: Loop):
-    from conftest import Publisher
-    from helpers import create_customer, register_device
 
     customer_id = create_customer(loop.api, mode="ask_first")
     register_device(loop.api, customer_id=customer_id, device_id="printer-1")
@@ -538,8 +539,6 @@ def test_a_signed_partner_reports_shipped_and_delivered_and_the_customer_hears_i
 
 
 def test_quiet_hours_hold_a_request_until_morning_but_never_a_fall(loop: Loop):
-    from conftest import Publisher
-    from helpers import register_device
 
     customer_id, _ = run_low(loop.platform, loop.api, mode="ask_first")
     register_device(loop.api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])

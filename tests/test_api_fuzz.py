@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import personal_token
-from helpers import create_customer, register_device
+from support.api import create_customer, personal_token, register_device
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "st")
 EXAMPLES_PER_OPERATION = 6

@@ -16,25 +16,27 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import (
-    START,
-    Publisher,
-    api_client,
-    customer_api,
-    iso,
-    make_settings,
-    operator_token,
-    personal_token,
-    running_platform,
-    sign_in,
-)
-from helpers import PASSWORD, Mailbox, create_customer, publish_depletion, register_device, wait_until
 from replenish.auth.models import AccessToken, Account
 from replenish.auth.service import hash_token
 from replenish.clock import ManualClock
 from replenish.constants import MAX_LIVE_SIGN_UPS
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import (
+    PASSWORD,
+    api_client,
+    create_customer,
+    customer_api,
+    iso,
+    operator_token,
+    personal_token,
+    register_device,
+    sign_in,
+)
+from support.mqtt import Publisher, publish_depletion
+from support.platform import START, make_settings, running_platform
+from support.servers import Mailbox
 
 
 @pytest.fixture
@@ -287,7 +289,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from conftest import START as start
+    from support.platform import START as start
 
     clock = ManualClock(start)
     with running_platform(make_settings(tmp_path_factory.mktemp("auth")), clock) as platform:

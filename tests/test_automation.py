@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -15,14 +13,12 @@ from replenish.automation.service import evaluate_all
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import ConsentMode
 from replenish.customers import service as customers
-from replenish.db import create_schema, make_engine, transaction
+from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders.models import Order
-
-pytestmark = pytest.mark.both_stacks
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -75,11 +71,8 @@ class Slot:
 
 
 @pytest.fixture
-def slot(tmp_path: Path) -> Iterator[Slot]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'automation.db'}")
-    create_schema(engine)
-    yield Slot(engine)
-    engine.dispose()
+def slot(engine: Engine) -> Slot:
+    return Slot(engine)
 
 
 def test_a_cycle_longer_than_the_history_window_is_ordered_once(slot: Slot):

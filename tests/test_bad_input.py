@@ -28,13 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, col, func, select
 
-from brokers import SERVICE_PASSWORD, PostgresRun, running_mosquitto, write_auth_files
-from conftest import Publisher, api_client, make_settings, operator_token, running_platform
-from helpers import INK_SLOTS, create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.constants import DEAD_LETTER_KEEP_BYTES, MAX_PAYLOAD_BYTES
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.runtime import Platform, Roles
+from support.api import INK_SLOTS, api_client, create_customer, operator_token, register_device
+from support.brokers import SERVICE_PASSWORD, PostgresRun, running_mosquitto, write_auth_files
+from support.mqtt import Publisher
+from support.platform import make_settings, running_platform
 
 DEVICE = "printer-1"
 SLOTS = [slot["name"] for slot in INK_SLOTS]

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from brokers import SERVICE_PASSWORD, PostgresRun
 from replenish.config import MqttEndpoint
 from replenish.constants import DeviceKind
 from replenish.db import make_engine
 from replenish.simulation.devices import WearableModel
 from replenish.simulation.runner import run_device
+from support.brokers import SERVICE_PASSWORD, PostgresRun
 from test_scale_out import SHARE_GROUP, ProductionStack, Role, production_stack, register_devices, subscribed, wait_for
 
 pytestmark = pytest.mark.timeout(240)

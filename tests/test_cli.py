@@ -17,9 +17,10 @@ from urllib.parse import quote
 
 import httpx
 
-from conftest import Publisher, free_port, operator_token
-from helpers import DEVICE_SECRETS, PASSWORD
 from replenish.config import MqttEndpoint
+from support.api import PASSWORD, operator_token
+from support.brokers import free_port
+from support.mqtt import DEVICE_SECRETS, Publisher
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
 

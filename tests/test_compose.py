@@ -22,7 +22,13 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from brokers import (
+from replenish.clock import SystemClock
+from replenish.config import SERVICE_USERNAME, Settings
+from replenish.constants import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
+from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
+from replenish.notifications.push import new_private_key
+from replenish.observability.metrics import DatabaseCollector, Metrics
+from support.brokers import (
     AUTH_DIR_IN_CONTAINER,
     DEVICE_LISTENER,
     MOSQUITTO_CONF,
@@ -33,12 +39,6 @@ from brokers import (
     running_mosquitto,
     write_auth_files,
 )
-from replenish.clock import SystemClock
-from replenish.config import SERVICE_USERNAME, Settings
-from replenish.constants import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
-from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
-from replenish.notifications.push import new_private_key
-from replenish.observability.metrics import DatabaseCollector, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

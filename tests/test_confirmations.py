@@ -11,11 +11,13 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from helpers import DEVICE_SECRETS, connected, create_customer, publish, register_device, wait_until
 from replenish.config import MqttEndpoint
 from replenish.constants import CONFIRM_MAX_RANGES, MAX_PACKET_BYTES
 from replenish.ingest.schemas import confirmation_payloads, seq_ranges
 from replenish.simulation.runner import MAX_SENDS, UnconfirmedMessages
+from support import wait_until
+from support.api import create_customer, register_device
+from support.mqtt import DEVICE_SECRETS, connected, publish
 
 
 class Confirmations:

@@ -11,34 +11,23 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START, customer_api
-from helpers import INK_SLOTS, create_customer, publish_depletion, register_device, set_consent
 from replenish.automation.engine import DECIDED_STEP, FAR_STEP
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support.api import INK_SLOTS, create_customer, customer_api, register_device, set_consent
+from support.mqtt import publish_depletion
+from support.platform import START, report_running_low
 
-pytestmark = pytest.mark.both_stacks
+# Both stacks only where the broker or the database is what the test is about: a revocation locks the customer's open
+# orders.
 
 DAYS = 8
 
 
 def run_low(platform: Platform, publisher, clock, *, device_id: str = "printer-1", slots=("black",)) -> int:
-    """The slots fall from 0.5 by 0.05 a day; after 8 days each has 2 days left, inside lead time plus margin.
-    Returns how many messages were sent."""
-    sent = 0
-    for number, slot in enumerate(slots):
-        sent += publish_depletion(
-            publisher,
-            device_id=device_id,
-            slot=slot,
-            start=START,
-            start_level=0.5,
-            rate_per_day=0.05,
-            days=DAYS,
-            first_seq=1 + 1000 * number,
-        )
-    assert platform.ingestor.wait_for(handled=sent, timeout=20)
+    """The slots run low (support.platform.report_running_low) and the clock moves to the end of their readings."""
+    sent = report_running_low(platform, publisher, device_id=device_id, slots=slots, days=DAYS)
     clock.set(START + timedelta(days=DAYS))
     return sent
 
@@ -79,6 +68,7 @@ def customer(api: httpx.Client) -> str:
     return customer_id
 
 
+@pytest.mark.both_stacks
 def test_a_revocation_cancels_open_orders_at_once_and_the_next_decision_uses_the_new_version(
     platform, api, publisher, clock, customer
 ):

@@ -44,12 +44,15 @@ from sqlalchemy import select
 from sqlmodel import Session, SQLModel
 
 import replenish.models  # noqa: F401  (registers every table with SQLModel.metadata)
-from conftest import Publisher, api_client, free_port, iso, make_settings, operator_token, running_platform
-from helpers import DEVICE_SECRETS, create_customer, dead_letters_with_payloads, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.constants import DEAD_LETTER_KEEP_BYTES
 from replenish.runtime import Platform, Roles
+from support import wait_until
+from support.api import api_client, create_customer, dead_letters_with_payloads, iso, operator_token, register_device
+from support.brokers import free_port
+from support.mqtt import DEVICE_SECRETS, Publisher
+from support.platform import make_settings, running_platform
 
 WAIT = 5.0
 LIMIT = 16 * 1024

@@ -14,11 +14,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import Publisher, Stack, api_client, make_settings, operator_token, running_platform
-from helpers import DEVICE_SECRETS, create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.constants import DEAD_LETTER_KEEP_BYTES, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
 from replenish.runtime import Platform
+from support.api import api_client, create_customer, operator_token, register_device
+from support.mqtt import DEVICE_SECRETS, Publisher
+from support.platform import Stack, make_settings, running_platform
 
 
 @pytest.fixture

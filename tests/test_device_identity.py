@@ -12,12 +12,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session, select
 
-from conftest import customer_api
-from helpers import DEVICE_SECRETS, PASSWORD, Refused, connected, create_customer, publish, register_device, wait_until
 from replenish.devices.models import Device
 from replenish.ingest.models import DeadLetter, DeviceMessage
 from replenish.mqtt.broker import _SubscriptionTable
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import PASSWORD, create_customer, customer_api, register_device
+from support.mqtt import DEVICE_SECRETS, Refused, connected, publish
 
 
 def stored_for(platform: Platform, device_id: str) -> int:

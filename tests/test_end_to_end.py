@@ -9,8 +9,6 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, col, select
 
-from conftest import START, Publisher, api_client, make_settings, operator_token, running_platform
-from helpers import DEVICE_SECRETS, create_customer, register_device
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.constants import OutboxKind
@@ -19,6 +17,9 @@ from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
 from replenish.simulation.devices import PrinterModel
 from replenish.simulation.runner import run_device
+from support.api import api_client, create_customer, operator_token, register_device
+from support.mqtt import DEVICE_SECRETS, Publisher
+from support.platform import START, make_settings, running_platform
 
 pytestmark = pytest.mark.both_stacks
 

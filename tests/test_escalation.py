@@ -15,26 +15,21 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from brokers import free_port
-from conftest import START, CommandListener, Publisher, api_client, make_settings, operator_token, running_platform
-from helpers import (
-    Mailbox,
-    WebhookReceiver,
-    connected,
-    create_customer,
-    publish,
-    register_device,
-    set_consent,
-    wait_until,
-)
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import api_client, create_customer, operator_token, register_device, set_consent
+from support.brokers import free_port
+from support.mqtt import CommandListener, Publisher, connected, publish
+from support.platform import START, make_settings, running_platform
+from support.servers import Mailbox, WebhookReceiver
 from test_cli import environment, poll, process, signed_up_customer
 
-pytestmark = pytest.mark.both_stacks
+# Both stacks only where the broker or the database is what the test is about: the whole chain, a race between an
+# acknowledgement and a cancel, and two dispatchers claiming one outbox.
 
 CANCEL = timedelta(seconds=60)
 TIMEOUT = timedelta(seconds=120)
@@ -97,6 +92,7 @@ def only_alert(api: httpx.Client) -> dict[str, Any]:
     return api.get(f"/alerts/{alert['id']}").json()
 
 
+@pytest.mark.both_stacks
 def test_a_fall_nobody_cancels_reaches_contact_1_then_contact_2_then_emergency_services(
     platform, api, publisher, clock, contacts, wearer
 ):
@@ -230,6 +226,7 @@ def test_a_contact_added_mid_escalation_is_asked_next_and_nobody_twice(
         dora.close()
 
 
+@pytest.mark.both_stacks
 def test_an_acknowledgement_that_read_the_incident_before_a_cancel_does_not_overwrite_it(
     platform, api, publisher, clock, contacts, wearer
 ):
@@ -456,6 +453,7 @@ def test_killed_mid_escalation_and_started_again_the_chain_goes_on_at_the_right_
     assert [step["target_name"] for step in detail["escalation"]] == ["Bea", "Carl"]
 
 
+@pytest.mark.both_stacks
 def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, contacts, wearer):
     """The ingest role and the scheduler role each run a dispatcher; claims on the outbox keep them apart."""
     from replenish.db import transaction

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -53,17 +52,7 @@ T0 = datetime(2026, 3, 2, tzinfo=UTC)
 REPLENISH = str(Path(sys.executable).parent / "replenish")
 MARGIN_DAYS = 1.0
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'due.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").create_migrated_database(f"test_{uuid.uuid4().hex}")
-    engine = make_engine(url)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+pytestmark = pytest.mark.both_stacks
 
 
 class Printers:

@@ -8,12 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from conftest import api_client, make_settings, operator_token, place_an_order, running_platform
-from helpers import WebhookReceiver
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
-
-pytestmark = pytest.mark.both_stacks
+from support.api import api_client, operator_token
+from support.platform import make_settings, place_an_order, running_platform
+from support.servers import WebhookReceiver
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from helpers import create_customer, register_device
 from replenish.errors import ErrorBody, UnprocessableBody
 from replenish.runtime import Platform
+from support.api import create_customer, register_device
 
 
 def test_a_huge_offset_is_a_clear_422_not_a_500(api: httpx.Client):

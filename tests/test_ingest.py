@@ -12,14 +12,16 @@ import httpx
 import pytest
 from sqlmodel import Session, col, func, select
 
-from brokers import SERVICE_PASSWORD, running_mosquitto, write_auth_files
-from conftest import START, Publisher, api_client, iso, make_settings, operator_token, running_platform
-from helpers import DEVICE_SECRETS, create_customer, dead_letters_with_payloads, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.constants import DEAD_LETTER_KEEP_BYTES
 from replenish.ingest.consumer import MqttIngestor
 from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
 from replenish.runtime import Platform, Roles
+from support import wait_until
+from support.api import api_client, create_customer, dead_letters_with_payloads, iso, operator_token, register_device
+from support.brokers import SERVICE_PASSWORD, running_mosquitto, write_auth_files
+from support.mqtt import DEVICE_SECRETS, Publisher
+from support.platform import START, make_settings, running_platform
 
 pytestmark = pytest.mark.both_stacks
 

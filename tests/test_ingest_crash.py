@@ -21,8 +21,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import SERVICE_PASSWORD, free_port, running_mosquitto
-from helpers import register_through_services, stored
+from support.brokers import SERVICE_PASSWORD, free_port, running_mosquitto
+from support.platform import register_through_services, stored
 from test_cli import REPLENISH, environment, poll, process
 
 pytestmark = pytest.mark.timeout(180)

@@ -18,15 +18,17 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from brokers import RELOAD_ON_CHANGE, SERVICE_PASSWORD, MosquittoRun, running_mosquitto, write_auth_files
-from conftest import api_client, make_settings, operator_token, running_platform
-from helpers import DEVICE_SECRETS, Refused, connected, create_customer, publish, register_device, wait_until
 from replenish.clock import ManualClock
 from replenish.config import SERVICE_USERNAME, MqttEndpoint
 from replenish.db import create_schema, make_engine
 from replenish.ingest.models import DeviceMessage
 from replenish.mqtt.mosquitto import DEVICES_PASSWORD_FILE, FILE_MODE, sync_files
 from replenish.runtime import Platform, Roles
+from support import wait_until
+from support.api import api_client, create_customer, operator_token, register_device
+from support.brokers import RELOAD_ON_CHANGE, SERVICE_PASSWORD, MosquittoRun, running_mosquitto, write_auth_files
+from support.mqtt import DEVICE_SECRETS, Refused, connected, publish
+from support.platform import make_settings, running_platform
 
 REPLENISH = str(Path(sys.executable).parent / "replenish")
 

@@ -21,9 +21,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, select
 
-from brokers import free_port
-from conftest import Publisher, make_settings, place_an_order, running_platform
-from helpers import create_customer, register_device, wait_until
 from replenish.automation.models import Decision
 from replenish.clock import ManualClock
 from replenish.constants import READINESS_CACHE_SECONDS, DeadLetterReason, OrderStatus, OutboxKind
@@ -31,6 +28,11 @@ from replenish.observability.logging import make_handler
 from replenish.observability.metrics import DatabaseCollector
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform, Roles
+from support import wait_until
+from support.api import create_customer, register_device
+from support.brokers import free_port
+from support.mqtt import Publisher
+from support.platform import make_settings, place_an_order, running_platform
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

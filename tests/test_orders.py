@@ -8,13 +8,15 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from conftest import START, customer_api
-from helpers import create_customer, publish_depletion, register_device, set_consent
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support.api import create_customer, customer_api, register_device, set_consent
+from support.mqtt import publish_depletion
+from support.platform import START, report_running_low
 
-pytestmark = pytest.mark.both_stacks
+# Both stacks only where the broker or the database is what the test is about: an approval and a cancellation take row
+# locks on PostgreSQL.
 
 DAYS = 8
 
@@ -27,11 +29,8 @@ def customer(api: httpx.Client) -> str:
 
 
 def run_low(platform: Platform, publisher, clock, *, slot: str = "black", device_id: str = "printer-1") -> None:
-    """Black falls from 0.5 by 0.05 a day; after 8 days it has 2 days left, inside lead time plus margin."""
-    sent = publish_depletion(
-        publisher, device_id=device_id, slot=slot, start=START, start_level=0.5, rate_per_day=0.05, days=DAYS
-    )
-    assert platform.ingestor.wait_for(handled=sent, timeout=10)
+    """The slot runs low (support.platform.report_running_low) and the clock moves to the end of its readings."""
+    report_running_low(platform, publisher, device_id=device_id, slots=(slot,), days=DAYS)
     clock.set(START + timedelta(days=DAYS))
 
 
@@ -43,6 +42,7 @@ def outbox_keys(platform: Platform) -> list[str]:
         ]
 
 
+@pytest.mark.both_stacks
 def test_ask_first_waits_for_approval_then_places(platform, api, publisher, clock, customer):
     run_low(platform, publisher, clock)
     platform.jobs.evaluate()
@@ -87,6 +87,7 @@ def test_decline_is_final_and_the_cycle_is_not_asked_again(platform, api, publis
     assert outbox_keys(platform) == []
 
 
+@pytest.mark.both_stacks
 def test_cancel_a_placed_order_tells_fulfilment(platform, api, publisher, clock, customer):
     set_consent(api, customer, {"default_mode": "auto_order"})
     run_low(platform, publisher, clock)

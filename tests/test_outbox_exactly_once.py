@@ -24,8 +24,6 @@ import pytest
 from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
-from brokers import free_port
-from helpers import register_through_services
 from replenish.automation.models import Decision
 from replenish.config import Settings
 from replenish.constants import ConsentMode, DecisionAction, OutboxKind
@@ -33,6 +31,9 @@ from replenish.db import make_engine, transaction
 from replenish.devices.models import Slot
 from replenish.orders import service as orders
 from replenish.outbox.models import OutboxMessage
+from support.brokers import free_port
+from support.platform import register_through_services
+from support.servers import serve_in_background
 from test_cli import REPLENISH, environment, process
 
 ORDERS = 40
@@ -97,7 +98,7 @@ class FlakyReceiver:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/orders"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     def close(self) -> None:
         self.release.set()

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from brokers import PostgresRun
-from helpers import register_through_services, stored
 from replenish.db import make_engine
+from support.brokers import PostgresRun
+from support.platform import register_through_services, stored
 from test_scale_out import Fleet, ProductionStack, Role, leader_of, production_stack, wait_for
 
 pytestmark = pytest.mark.timeout(240)

@@ -24,14 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, free_port, running_mosquitto
-from helpers import register_through_services, stored
 from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock
 from replenish.config import MqttEndpoint, Settings
 from replenish.constants import SCHEDULER_LEADER_LOCK_KEY, DeviceKind
 from replenish.db import make_engine
 from replenish.health.models import Alarm
+from support.brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, free_port, running_mosquitto
+from support.platform import register_through_services, stored
 from test_cli import REPLENISH, environment
 
 # Odd: with two members taking turns, each device's messages go to both, so both write each device and slot.

@@ -16,11 +16,11 @@ import pytest
 from amqtt.broker import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import free_port
 from replenish.config import MqttEndpoint
 from replenish.simulation import runner
 from replenish.simulation.devices import PrinterModel, SimMessage, WearableModel
 from replenish.simulation.runner import run_device, simulated_now
+from support.brokers import free_port
 
 START = datetime(2026, 11, 23, tzinfo=UTC)
 WAIT = 5.0  # seconds: the longest any single wait in these tests may take

@@ -20,24 +20,24 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 from sqlmodel import Session, select
 
-from conftest import (
-    OPERATOR_EMAIL,
-    START,
-    CommandListener,
-    Publisher,
-    api_client,
-    free_port,
-    make_settings,
-    operator_token,
-    place_an_order,
-    run_low,
-    running_platform,
-)
-from helpers import PASSWORD, Mailbox, WebhookReceiver, create_customer, register_device, set_consent, wait_until
 from replenish.clock import ManualClock
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import (
+    OPERATOR_EMAIL,
+    PASSWORD,
+    api_client,
+    create_customer,
+    operator_token,
+    register_device,
+    set_consent,
+)
+from support.brokers import free_port
+from support.mqtt import CommandListener, Publisher
+from support.platform import START, make_settings, place_an_order, run_low, running_platform
+from support.servers import Mailbox, WebhookReceiver
 from test_cli import environment, poll, process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

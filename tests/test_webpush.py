@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import START, customer_api, run_low
-from helpers import set_consent, wait_until
 from replenish.runtime import Platform
+from support import wait_until
+from support.api import customer_api, set_consent
+from support.platform import START, run_low
+from support.servers import serve_in_background
 
 
 def b64(data: bytes) -> str:
@@ -63,7 +64,7 @@ class PushService:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.endpoint = f"{self.origin}/push/subscription-1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_background(self.server)
 
     @property
     def keys(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 RELOAD_ON_CHANGE = ROOT / "deploy" / "mosquitto" / "reload-on-change.sh"
 # Debian installs the broker in /usr/sbin, which is not on a non-root user's PATH.
