@@ -74,7 +74,7 @@ def iso(epoch: float) -> str:
 
 
 def telemetry(seq: int, epoch: float, slots: tuple[str, ...]) -> str:
-    """A contract telemetry payload (contracts.md section 1) with every slot, levels within 0..1."""
+    """A contract telemetry payload (docs/mqtt.md, section 1) with every slot, levels within 0..1."""
     base = 1.0 - (seq % 1000) / 1000
     levels = {name: round(base * (1 - 0.1 * j), 3) for j, name in enumerate(slots)}
     return json.dumps({"seq": seq, "ts": iso(epoch), "levels": levels})

@@ -1,4 +1,4 @@
-"""Contract tests for the MQTT interfaces (docs: /work/shared/contracts.md §1 device → platform, §2 platform → device).
+"""Contract tests for the MQTT interfaces (docs/mqtt.md, sections 1 device → platform and 2 platform → device).
 
 Written from the contract alone, not from the ingest code: every test acts through the real embedded broker and
 asserts what the HTTP API shows (or, where the API has no view of it, the stored rows).

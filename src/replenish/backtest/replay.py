@@ -1,6 +1,6 @@
 """`replenish backtest`: replay recorded readings through the live service's own evaluation, in simulated time.
 
-Contract (shared/contracts.md §3): READINGS.csv has `device_id,slot,ts,level` (level a fraction of a full
+Contract (docs/forecasting.md, "The backtest"): READINGS.csv has `device_id,slot,ts,level` (level a fraction of a full
 slot), rows sorted by ts; ORDERS.csv gets `device_id,slot,ordered_at`, one row per order the platform would
 have placed with every slot on auto-order and a delivery lead time of L days. A decision at time t sees only
 readings with ts <= t, so truncating the input never changes the orders before the cut.

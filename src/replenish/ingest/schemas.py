@@ -1,4 +1,4 @@
-"""What a device may send (../shared/contracts.md §1), as pydantic models, and the parser that applies them."""
+"""What a device may send (docs/mqtt.md, section 1), as pydantic models, and the parser that applies them."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ sent them. Everything random comes from a generator seeded at construction, and 
 fixed grid of instants (internal steps, report times, scheduled actions) anchored at ``start``; so the
 same seed and arguments give the same messages however ``advance_to`` calls are sliced.
 
-Payloads follow the device contract (docs: /work/shared/contracts.md, section 1): every payload has
+Payloads follow the device contract (docs/mqtt.md, section 1): every payload has
 ``seq`` (per device, grows with every message on any channel) and ``ts`` (ISO 8601 UTC with ``Z``).
 """
 
