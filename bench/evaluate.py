@@ -64,9 +64,10 @@ import replenish  # noqa: E402
 import replenish.models  # noqa: E402  (every table: the services' queries join across them)
 from replenish.automation.service import FleetRatesCache, evaluate_all, evaluate_due  # noqa: E402
 from replenish.constants import DEFAULT_REORDER_MARGIN_DAYS  # noqa: E402
-from replenish.db import create_schema, make_engine, transaction  # noqa: E402
+from replenish.db import make_engine, transaction  # noqa: E402
 from replenish.devices.service import forget_windows, mark_slots_due  # noqa: E402
 from replenish.forecasting.model import compile_ahead  # noqa: E402
+from replenish.schema import create_schema  # noqa: E402
 
 # A fixed moment: runs are comparable (weekday pattern, calendar month of the spending queries).
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

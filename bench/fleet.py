@@ -40,10 +40,11 @@ from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import DEFAULT_SERVICE_LEVEL, Channel, ConsentMode
 from replenish.customers.models import Customer
-from replenish.db import create_schema, insert_rows, make_engine, transaction
+from replenish.db import insert_rows, make_engine, transaction
 from replenish.devices.models import Device, Slot
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
+from replenish.schema import create_schema
 
 SLOT_NAMES = ("black", "cyan", "magenta", "yellow", "light_cyan", "light_magenta", "photo_black", "gray")
 # Ink use per day as a fraction of a cartridge (median): black lasts about 3 weeks, a colour about 6.

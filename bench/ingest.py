@@ -576,12 +576,13 @@ def run_ingest(
     from replenish.config import Settings
     from replenish.consent.schemas import ConsentDocument
     from replenish.customers import service as customers
-    from replenish.db import create_schema, transaction
+    from replenish.db import transaction
     from replenish.devices import service as devices
     from replenish.devices.schemas import DeviceCreate, SlotCreate
     from replenish.ingest.consumer import tune_garbage_collection
     from replenish.ingest.models import DeadLetter, DeviceMessage, Reading
     from replenish.runtime import Platform, Roles
+    from replenish.schema import create_schema
 
     n = args.messages
     phase = Phase("ingest: Platform(Roles(ingest=True))", n)

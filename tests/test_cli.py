@@ -227,7 +227,8 @@ def test_a_database_from_before_migrations_is_taken_over_or_named_plainly(tmp_pa
 
     from alembic import command
 
-    from replenish.db import BASELINE_REVISION, make_engine, migration_config
+    from replenish.db import make_engine
+    from replenish.schema import BASELINE_REVISION, migration_config
 
     # What create_all made on the day migrations came in: the baseline's tables, and no record of any migration.
     engine = make_engine(f"sqlite:///{tmp_path / 'replenish.db'}")
@@ -261,7 +262,8 @@ def test_the_migrations_build_exactly_the_schema_the_models_describe(tmp_path):
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    from replenish.db import create_schema, make_engine
+    from replenish.db import make_engine
+    from replenish.schema import create_schema
 
     engine = make_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
     create_schema(engine)

@@ -37,7 +37,7 @@ from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import ConsentMode, OrderStatus
 from replenish.customers import service as customers
-from replenish.db import create_schema, make_engine, transaction
+from replenish.db import make_engine, transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot, SlotForecast, SlotWindow
 from replenish.devices.schemas import DeviceCreate, SlotCreate, SlotUpdate
@@ -47,6 +47,7 @@ from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders import service as orders
 from replenish.orders.models import Order
+from replenish.schema import create_schema
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 REPLENISH = str(Path(sys.executable).parent / "replenish")

@@ -20,10 +20,11 @@ from sqlmodel import Session, select
 
 from replenish.clock import ManualClock
 from replenish.config import SERVICE_USERNAME, MqttEndpoint
-from replenish.db import create_schema, make_engine
+from replenish.db import make_engine
 from replenish.ingest.models import DeviceMessage
 from replenish.mqtt.mosquitto import DEVICES_PASSWORD_FILE, FILE_MODE, sync_files
 from replenish.runtime import Platform, Roles
+from replenish.schema import create_schema
 from support import wait_until
 from support.api import api_client, create_customer, operator_token, register_device
 from support.brokers import RELOAD_ON_CHANGE, SERVICE_PASSWORD, MosquittoRun, running_mosquitto, write_auth_files

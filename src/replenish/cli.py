@@ -254,8 +254,9 @@ def create_operator(
 ) -> None:
     """Create an operator account (operators see every customer, dead letters, and update fulfilment)."""
     from replenish.auth import service as auth
-    from replenish.db import create_schema, make_engine, transaction
+    from replenish.db import make_engine, transaction
     from replenish.errors import DomainError
+    from replenish.schema import create_schema
 
     if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
         typer.echo(f"error: the password needs {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters", err=True)
@@ -309,8 +310,9 @@ def mosquitto_files(
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
-    from replenish.db import create_schema, make_engine
+    from replenish.db import make_engine
     from replenish.mqtt.mosquitto import sync_files
+    from replenish.schema import create_schema
 
     settings = _settings()
     if settings.broker_service_password is None:
@@ -352,7 +354,8 @@ def db_revision(
 
     from alembic import command
 
-    from replenish.db import create_schema, make_engine, migration_config
+    from replenish.db import make_engine
+    from replenish.schema import create_schema, migration_config
 
     with tempfile.TemporaryDirectory() as directory:
         engine = make_engine(f"sqlite:///{Path(directory) / 'head.db'}")
@@ -366,7 +369,8 @@ def db_revision(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations the database lacks (every role also does this at start-up)."""
-    from replenish.db import OutdatedSchema, create_schema, make_engine
+    from replenish.db import make_engine
+    from replenish.schema import OutdatedSchema, create_schema
 
     settings = _settings()
     try:
@@ -384,7 +388,8 @@ def forecasts_rebuild() -> None:
     first: each slot's is rebuilt from the readings table."""
     from replenish import models  # noqa: F401  (every table: decisions reach orders, notifications, alerts)
     from replenish.automation.service import evaluate_all
-    from replenish.db import create_schema, make_engine
+    from replenish.db import make_engine
+    from replenish.schema import create_schema
 
     settings = _settings()
     engine = make_engine(settings.resolved_database_url)

@@ -1,48 +1,22 @@
-"""Engine, sessions and the column types every domain shares."""
+"""Engines, transactions and the bulk statements the services share."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, Table, event, insert, inspect, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, Engine, Table, event, insert, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import relationship
-from sqlalchemy.types import TypeDecorator
-from sqlmodel import Relationship, Session, SQLModel, create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, SQLModel, create_engine
 
-from replenish.constants import SCHEMA_LOCK_KEY
+from replenish import models  # noqa: F401  (every mapper, before any session: relationships name their targets)
 from replenish.errors import NotFound
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which keeps no zone) and PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 ModelT = TypeVar("ModelT", bound=SQLModel)
 
@@ -55,22 +29,7 @@ def get_or_raise(session: Session, model: type[ModelT], key: str, *, entity: str
     return row
 
 
-def written_after(model: str) -> Any:
-    """A relationship that only orders writes: one flush inserts the ``model`` row that a foreign key refers to
-    before the row that refers to it (the unit of work orders rows by relationships, not by foreign keys), so that a
-    decision, its order and their history, links and notices go out in one flush, a statement per table, instead of
-    a flush each. Never loaded (lazy="raise"): read the id column."""
-    return Relationship(sa_relationship=relationship(model, lazy="raise"))
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
 def make_engine(url: str) -> Engine:
-    # Every mapper, before any session uses this engine: relationships name their targets (written_after).
-    from replenish import models  # noqa: F401
-
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -93,111 +52,6 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-
-
-def create_schema(engine: Engine) -> None:
-    """Bring the database to the newest schema: Alembic's migrations (replenish/migrations), run by every role at
-    start-up and by `replenish db upgrade`.
-
-    Roles start together; on PostgreSQL one migrates while the others wait on a lock. SQLite has no such lock: a
-    role that loses the race finds the tables there when it looks again.
-    """
-    attempts = 20
-    for attempt in range(attempts):
-        try:
-            with engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                _upgrade(connection)
-            return
-        except OperationalError as exc:
-            # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
-            if not ("already exists" in str(exc) or "database is locked" in str(exc)) or attempt == attempts - 1:
-                raise
-            time.sleep(0.25)
-
-
-# The first migration: the schema as it was when migrations came in (2026-11-26).
-BASELINE_REVISION = "0001"
-
-
-def migration_config(connection: Any) -> Any:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", "replenish:migrations")
-    config.attributes["connection"] = connection
-    return config
-
-
-def _upgrade(connection: Any) -> None:
-    from alembic import command
-
-    # Importing the models registers their tables on SQLModel.metadata.
-    from replenish import models  # noqa: F401
-
-    config = migration_config(connection)
-    tables = set(inspect(connection).get_table_names())
-    if "alembic_version" not in tables and tables & set(SQLModel.metadata.tables):
-        # Made by create_all, before migrations: it is the baseline if it has every column of the baseline, and
-        # the migrations after it bring it up to date.
-        _check_columns(connection)
-        command.stamp(config, BASELINE_REVISION)
-    command.upgrade(config, "head")
-
-
-def _baseline_columns() -> dict[str, set[str]]:
-    """Table -> lower-cased column names, as the baseline migration makes them (on a scratch SQLite database)."""
-    from alembic import command
-
-    scratch = create_engine("sqlite://")
-    try:
-        with scratch.begin() as connection:
-            command.upgrade(migration_config(connection), BASELINE_REVISION)
-            inspector = inspect(connection)
-            return {
-                table: {column["name"].lower() for column in inspector.get_columns(table)}
-                for table in inspector.get_table_names()
-                if table != "alembic_version"
-            }
-    finally:
-        scratch.dispose()
-
-
-def _add_column_statement(connection: Any, table: str, column: str) -> str:
-    if column == "*":
-        return f"the whole table {table}"
-    model_column = SQLModel.metadata.tables[table].columns.get(column) if table in SQLModel.metadata.tables else None
-    kind = model_column.type.compile(dialect=connection.dialect) if model_column is not None else "..."
-    return f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
-
-
-class OutdatedSchema(RuntimeError):
-    """The database has tables from an older version that lack columns this version needs."""
-
-
-def _check_columns(connection: Any) -> None:
-    """A database from before migrations that lacks columns: say so plainly rather than fail on the first query."""
-    inspector = inspect(connection)
-    existing_tables = set(inspector.get_table_names())
-    missing: list[tuple[str, str]] = []
-    for table, columns in sorted(_baseline_columns().items()):
-        if table not in existing_tables:
-            continue  # a whole table: the baseline migration cannot make it on a stamped database, so say so too
-        # Lower-cased: SQLite's column names are not case-sensitive.
-        present = {existing["name"].lower() for existing in inspector.get_columns(table)}
-        missing += [(table, column) for column in sorted(columns - present)]
-    missing += [(table, "*") for table in sorted(set(_baseline_columns()) - existing_tables)]
-    if missing:
-        statements = "; ".join(_add_column_statement(connection, table, column) for table, column in missing)
-        raise OutdatedSchema(
-            f"the database was created by an older version and lacks "
-            f"{', '.join(f'{table}.{column}' for table, column in missing)}, and predates schema "
-            f"migrations: add the columns by hand ({statements}; columns that must not be null need a default for "
-            "the rows already there), then start again, which records it as migrated; or, for a development or demo "
-            "database, delete it (by default var/replenish.db) "
-            "and start again"
-        )
 
 
 @contextmanager
@@ -309,7 +163,3 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, key: l
 
 # 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
 # INTEGER to remain the auto-incrementing rowid.
-BigInt = BigInteger().with_variant(Integer(), "sqlite")
-
-# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
-JSONType = JSON().with_variant(JSONB(), "postgresql")

@@ -25,7 +25,7 @@ from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postg
 from replenish.cluster.membership import MembershipWatch, claim_member
 from replenish.config import Settings
 from replenish.constants import LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, OutboxKind
-from replenish.db import create_schema, make_engine, transaction
+from replenish.db import make_engine, transaction
 from replenish.ingest.consumer import MqttIngestor, lane_client_ids
 from replenish.mqtt.broker import EmbeddedBroker
 from replenish.mqtt.client import CommandPublisher
@@ -37,6 +37,7 @@ from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
 from replenish.scheduler import Jobs, make_scheduler
+from replenish.schema import create_schema
 
 # A process-wide identity for MQTT clients that keep no session (the command publisher): unique, so that two
 # scheduler processes never take each other's connection at the broker.

@@ -107,8 +107,9 @@ def write_auth_files(auth_dir: Path, *, service_password: str, database_url: str
     """What `replenish mosquitto-files` writes, from the devices in ``database_url`` (default: none)."""
     from sqlmodel import Session
 
-    from replenish.db import create_schema, make_engine
+    from replenish.db import make_engine
     from replenish.mqtt.mosquitto import sync_files
+    from replenish.schema import create_schema
 
     engine = make_engine(database_url)
     try:
@@ -290,7 +291,8 @@ class PostgresRun:
         """A new database with the current schema: copied from one migrated once per server (as fast as an empty
         one), where migrating each would take half a second. Roles starting on it find it up to date."""
         if not self._migrated_template:
-            from replenish.db import create_schema, make_engine
+            from replenish.db import make_engine
+            from replenish.schema import create_schema
 
             engine = make_engine(self.create_database(MIGRATED_TEMPLATE))
             try:

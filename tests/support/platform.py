@@ -32,7 +32,8 @@ def migrated_sqlite_copy(path: Path) -> None:
     copy takes a millisecond, migrating a fresh database a fifth of a second). Roles starting on it find it up to
     date."""
     if not _MIGRATED_SQLITE:
-        from replenish.db import create_schema, make_engine
+        from replenish.db import make_engine
+        from replenish.schema import create_schema
 
         template = Path(tempfile.mkdtemp(prefix="replenish-migrated-")) / "template.db"
         engine = make_engine(f"sqlite:///{template}")

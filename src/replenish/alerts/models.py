@@ -8,7 +8,7 @@ from sqlalchemy.orm import declared_attr
 from sqlmodel import Field, SQLModel
 
 from replenish.alerts.escalation import Target
-from replenish.db import BigInt, UTCDateTime, new_id
+from replenish.columns import BigInt, UTCDateTime, new_id
 
 
 class Alert(SQLModel, table=True):

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.columns import UTCDateTime, new_id
 
 
 class Account(SQLModel, table=True):

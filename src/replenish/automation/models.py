@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from replenish.db import JSONType, UTCDateTime, new_id
+from replenish.columns import JSONType, UTCDateTime, new_id
 
 
 class Decision(SQLModel, table=True):

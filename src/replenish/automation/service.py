@@ -39,6 +39,7 @@ from replenish.audit import service as audit
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
+from replenish.columns import UTCDateTime
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
@@ -50,7 +51,7 @@ from replenish.constants import (
     NoticeKind,
     OrderStatus,
 )
-from replenish.db import UTCDateTime, transaction, upsert
+from replenish.db import transaction, upsert
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -706,7 +707,7 @@ def _act(
         requested_by=requested_by,
     )
     # Not flushed here: the decision and everything it brings (order, history, links, notices, outbox) go out
-    # together (db.written_after orders them). A second decision for the cycle fails that flush, unique on
+    # together (columns.written_after orders them). A second decision for the cycle fails that flush, unique on
     # (slot, cycle), and nothing of the transaction is kept.
     session.add(decision)
     audit.record(

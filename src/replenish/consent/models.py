@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from replenish.db import JSONType, UTCDateTime
+from replenish.columns import JSONType, UTCDateTime
 
 
 class ConsentVersion(SQLModel, table=True):

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id
+from replenish.columns import UTCDateTime, new_id
 
 
 class Customer(SQLModel, table=True):

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from replenish.columns import JSONType, UTCDateTime, new_id
 from replenish.constants import DEFAULT_SERVICE_LEVEL
-from replenish.db import JSONType, UTCDateTime, new_id
 
 
 class Device(SQLModel, table=True):

@@ -8,9 +8,10 @@ from sqlalchemy import ColumnElement, Select, and_, case, delete, func, literal,
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
+from replenish.columns import UTCDateTime
 from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
-from replenish.db import UTCDateTime, get_or_raise
+from replenish.db import get_or_raise
 from replenish.devices import credentials
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate

@@ -6,8 +6,8 @@ from typing import Any
 from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
+from replenish.columns import JSONType, UTCDateTime, new_id
 from replenish.constants import AlarmStatus
-from replenish.db import JSONType, UTCDateTime, new_id
 
 
 class Alarm(SQLModel, table=True):

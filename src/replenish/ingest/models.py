@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from replenish.db import BigInt, JSONType, UTCDateTime
+from replenish.columns import BigInt, JSONType, UTCDateTime
 
 
 class DeviceMessage(SQLModel, table=True):

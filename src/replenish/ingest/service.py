@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.automation import service as automation
+from replenish.columns import UTCDateTime
 from replenish.constants import (
     DEAD_LETTER_KEEP_BYTES,
     DEAD_LETTERS_PER_DEVICE_HOUR,
@@ -20,7 +21,7 @@ from replenish.constants import (
     DeadLetterReason,
     EventType,
 )
-from replenish.db import UTCDateTime, add_to_counters, insert_rows
+from replenish.db import add_to_counters, insert_rows
 from replenish.devices.models import Device, Slot
 from replenish.devices.service import due_after_reading
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading

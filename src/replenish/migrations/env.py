@@ -1,4 +1,5 @@
-"""Alembic's environment for Replenish: the models' metadata, and the connection replenish.db.migrate hands over."""
+"""Alembic's environment for Replenish: the models' metadata, and the connection that
+replenish.schema.create_schema hands over."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ config = context.config
 connection = config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "run migrations through `replenish db upgrade` (replenish.db.migrate), which opens the connection"
+        "run migrations through `replenish db upgrade` (replenish.schema.create_schema), which opens the connection"
     )
 
 context.configure(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import UTCDateTime, new_id, written_after
+from replenish.columns import UTCDateTime, new_id, written_after
 
 if TYPE_CHECKING:
     from replenish.automation.models import Decision

@@ -75,7 +75,7 @@ def create(
         placed_at=None if awaiting_approval else now,
         hand_off_at=None if awaiting_approval else max(hand_off_at or now, now),
     )
-    session.add(order)  # rows that refer to it follow it in the same flush (db.written_after)
+    session.add(order)  # rows that refer to it follow it in the same flush (columns.written_after)
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now)

@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from replenish.db import BigInt, JSONType, UTCDateTime
+from replenish.columns import BigInt, JSONType, UTCDateTime
 
 
 class OutboxMessage(SQLModel, table=True):

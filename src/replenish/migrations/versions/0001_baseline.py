@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import replenish.db
+import replenish.columns
 
 revision = "0001"
 down_revision = None
@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_events",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("action", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("email", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("customers", schema=None) as batch_op:
@@ -59,7 +59,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("payload_size", sa.Integer(), nullable=False),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("received_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("dead_letters", schema=None) as batch_op:
@@ -75,11 +75,11 @@ def upgrade() -> None:
         sa.Column(
             "payload", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("available_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("available_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("delivered_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("claimed_until", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("claimed_until", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("urgent", sa.Boolean(), nullable=False),
         sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
@@ -97,7 +97,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("role", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "(role = 'operator' AND customer_id IS NULL) OR (role = 'customer' AND customer_id IS NOT NULL)",
             name="ck_accounts_role_customer",
@@ -117,7 +117,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column(
             "document", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
@@ -138,13 +138,13 @@ def upgrade() -> None:
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("online", sa.Boolean(), nullable=True),
-        sa.Column("status_changed_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_seen_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("status_changed_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_seen_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("battery", sa.Float(), nullable=True),
-        sa.Column("battery_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("battery_low_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("battery_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("battery_low_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("mqtt_password_hash", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -162,9 +162,9 @@ def upgrade() -> None:
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.id"],
@@ -183,16 +183,16 @@ def upgrade() -> None:
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("slot_name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("raised_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("raised_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("occurrences", sa.Integer(), nullable=False),
         sa.Column("condition_present", sa.Boolean(), nullable=False),
         sa.Column(
             "detail", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
-        sa.Column("acknowledged_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("cleared_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("cleared_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],
@@ -222,8 +222,8 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("event_type", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("ts", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("received_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ts", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "payload", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
@@ -251,11 +251,11 @@ def upgrade() -> None:
         sa.Column("order_quantity", sa.Integer(), nullable=False),
         sa.Column("unit_price", sa.Numeric(precision=12, scale=2), nullable=True),
         sa.Column("level", sa.Float(), nullable=True),
-        sa.Column("level_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("level_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("same_level_count", sa.Integer(), nullable=False),
-        sa.Column("same_level_since", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("cycle_started_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("same_level_since", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("cycle_started_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["device_id"],
             ["devices.id"],
@@ -274,18 +274,18 @@ def upgrade() -> None:
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("severity", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("opened_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("opened_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("trigger_message_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("event_count", sa.Integer(), nullable=False),
         sa.Column("consent_version", sa.Integer(), nullable=False),
-        sa.Column("acknowledged_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("closed_reason", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("cancel_until", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("cancel_until", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("escalation_level", sa.Integer(), nullable=False),
-        sa.Column("next_escalation_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("escalation_exhausted_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_escalation_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("escalation_exhausted_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -313,11 +313,11 @@ def upgrade() -> None:
         sa.Column("slot_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("device_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("cycle_started_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("cycle_started_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("action", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("consent_mode", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("consent_version", sa.Integer(), nullable=False),
-        sa.Column("decided_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column(
             "forecast", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
@@ -349,7 +349,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("slot_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("message_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("ts", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ts", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("level", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
             ["message_id"],
@@ -368,7 +368,7 @@ def upgrade() -> None:
     op.create_table(
         "slot_forecasts",
         sa.Column("slot_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("computed_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("computed_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "forecast", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
@@ -390,8 +390,8 @@ def upgrade() -> None:
         sa.Column("alert_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("alarm_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("consent_version", sa.Integer(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["alarm_id"],
             ["device_alarms.id"],
@@ -426,9 +426,9 @@ def upgrade() -> None:
         sa.Column("total_price", sa.Numeric(precision=14, scale=2), nullable=True),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("consent_version", sa.Integer(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("placed_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("placed_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],
@@ -464,11 +464,11 @@ def upgrade() -> None:
         sa.Column("target_name", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("address", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("notified_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("notified_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("notification_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("consent_version", sa.Integer(), nullable=False),
         sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("acknowledged_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("acknowledged_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["alert_id"],
             ["alerts.id"],
@@ -490,7 +490,7 @@ def upgrade() -> None:
         sa.Column("order_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("from_status", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("to_status", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.ForeignKeyConstraint(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "1dfff895b7ac"
 down_revision = "8b525f975c3b"
@@ -20,9 +20,11 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("slots", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("evaluate_by", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("screen_until", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("screen_until_dropped", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("evaluate_by", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("screen_until", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("screen_until_dropped", replenish.columns.UTCDateTime(timezone=True), nullable=True)
+        )
         batch_op.add_column(sa.Column("screen_low", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("screen_high", sa.Float(), nullable=True))
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "3e17fed06155"
 down_revision = "a25f7d0569cc"
@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("p256dh", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("auth", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
         sa.Column("user_agent", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],

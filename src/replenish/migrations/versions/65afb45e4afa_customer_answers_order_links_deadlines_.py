@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "65afb45e4afa"
 down_revision = "0256927c8d41"
@@ -29,9 +29,9 @@ def upgrade() -> None:
         sa.Column("action", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("notice", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("consent_version", sa.Integer(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", replenish.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", replenish.columns.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],
@@ -54,11 +54,11 @@ def upgrade() -> None:
         batch_op.create_foreign_key("fk_notifications_order_id_orders", "orders", ["order_id"], ["id"])
 
     with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("answer_by", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("remind_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("reminded_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("no_answer_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("hand_off_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("answer_by", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("remind_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("reminded_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("no_answer_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("hand_off_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_orders_answer_by"), ["answer_by"], unique=False)
         batch_op.create_index(batch_op.f("ix_orders_remind_at"), ["remind_at"], unique=False)
 

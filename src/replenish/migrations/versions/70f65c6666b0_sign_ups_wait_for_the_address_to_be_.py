@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "70f65c6666b0"
 down_revision = "a02d8fdb8445"
@@ -25,8 +25,8 @@ def upgrade() -> None:
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("email", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("created_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("sign_ups", schema=None) as batch_op:

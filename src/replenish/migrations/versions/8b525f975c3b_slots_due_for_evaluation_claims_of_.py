@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "8b525f975c3b"
 down_revision = "70f65c6666b0"
@@ -20,9 +20,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("slots", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("due_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("due_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("due_marks", sa.Integer(), nullable=False, server_default=sa.text("0")))
-        batch_op.add_column(sa.Column("claimed_until", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("claimed_until", replenish.columns.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_slots_due_at"), ["due_at"], unique=False)
     # Every slot is evaluated once after the upgrade; from then on only when something makes it due.
     op.execute("UPDATE slots SET due_at = '2000-01-01 00:00:00'")

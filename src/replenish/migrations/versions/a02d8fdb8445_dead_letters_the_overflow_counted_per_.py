@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "a02d8fdb8445"
 down_revision = "e125bc9b82f8"
@@ -23,10 +23,10 @@ def upgrade() -> None:
     op.create_table(
         "dead_letter_overflow",
         sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("hour", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("hour", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("dropped", sa.Integer(), nullable=False),
         sa.Column("dropped_bytes", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("last_at", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("sender", "hour"),
     )
 

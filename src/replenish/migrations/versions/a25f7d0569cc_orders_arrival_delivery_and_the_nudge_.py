@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "a25f7d0569cc"
 down_revision = "65afb45e4afa"
@@ -20,9 +20,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("arriving_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("delivered_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("nudged_at", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("arriving_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("delivered_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("nudged_at", replenish.columns.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_orders_delivered_at"), ["delivered_at"], unique=False)
 
 

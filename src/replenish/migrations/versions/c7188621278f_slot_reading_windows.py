@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import replenish.db
+import replenish.columns
 
 revision = "c7188621278f"
 down_revision = "698083fcada8"
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "slot_windows",
         sa.Column("slot_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("since", replenish.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("since", replenish.columns.UTCDateTime(timezone=True), nullable=False),
         sa.Column("times", sa.LargeBinary(), nullable=False),
         sa.Column("levels", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(["slot_id"], ["slots.id"]),
@@ -34,7 +34,9 @@ def upgrade() -> None:
         op.execute("ALTER TABLE slot_windows ALTER COLUMN times SET STORAGE EXTERNAL")
         op.execute("ALTER TABLE slot_windows ALTER COLUMN levels SET STORAGE EXTERNAL")
     with op.batch_alter_table("slots", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("readings_changed_from", replenish.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("readings_changed_from", replenish.columns.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:

@@ -1,0 +1,116 @@
+"""The database schema: Alembic's migrations (replenish/migrations) brought to the newest, and a database from before
+migrations recognised or refused with the statements that would fix it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
+from sqlmodel import SQLModel, create_engine
+
+from replenish import models  # noqa: F401  (every table on SQLModel.metadata)
+from replenish.constants import SCHEMA_LOCK_KEY
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema: Alembic's migrations (replenish/migrations), run by every role at
+    start-up and by `replenish db upgrade`.
+
+    Roles start together; on PostgreSQL one migrates while the others wait on a lock. SQLite has no such lock: a
+    role that loses the race finds the tables there when it looks again.
+    """
+    attempts = 20
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                _upgrade(connection)
+            return
+        except OperationalError as exc:
+            # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
+            if not ("already exists" in str(exc) or "database is locked" in str(exc)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+
+
+# The first migration: the schema as it was when migrations came in (2026-11-26).
+BASELINE_REVISION = "0001"
+
+
+def migration_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "replenish:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Any) -> None:
+    from alembic import command
+
+    config = migration_config(connection)
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" not in tables and tables & set(SQLModel.metadata.tables):
+        # Made by create_all, before migrations: it is the baseline if it has every column of the baseline, and
+        # the migrations after it bring it up to date.
+        _check_columns(connection)
+        command.stamp(config, BASELINE_REVISION)
+    command.upgrade(config, "head")
+
+
+def _baseline_columns() -> dict[str, set[str]]:
+    """Table -> lower-cased column names, as the baseline migration makes them (on a scratch SQLite database)."""
+    from alembic import command
+
+    scratch = create_engine("sqlite://")
+    try:
+        with scratch.begin() as connection:
+            command.upgrade(migration_config(connection), BASELINE_REVISION)
+            inspector = inspect(connection)
+            return {
+                table: {column["name"].lower() for column in inspector.get_columns(table)}
+                for table in inspector.get_table_names()
+                if table != "alembic_version"
+            }
+    finally:
+        scratch.dispose()
+
+
+def _add_column_statement(connection: Any, table: str, column: str) -> str:
+    if column == "*":
+        return f"the whole table {table}"
+    model_column = SQLModel.metadata.tables[table].columns.get(column) if table in SQLModel.metadata.tables else None
+    kind = model_column.type.compile(dialect=connection.dialect) if model_column is not None else "..."
+    return f"ALTER TABLE {table} ADD COLUMN {column} {kind}"
+
+
+class OutdatedSchema(RuntimeError):
+    """The database has tables from an older version that lack columns this version needs."""
+
+
+def _check_columns(connection: Any) -> None:
+    """A database from before migrations that lacks columns: say so plainly rather than fail on the first query."""
+    inspector = inspect(connection)
+    existing_tables = set(inspector.get_table_names())
+    missing: list[tuple[str, str]] = []
+    for table, columns in sorted(_baseline_columns().items()):
+        if table not in existing_tables:
+            continue  # a whole table: the baseline migration cannot make it on a stamped database, so say so too
+        # Lower-cased: SQLite's column names are not case-sensitive.
+        present = {existing["name"].lower() for existing in inspector.get_columns(table)}
+        missing += [(table, column) for column in sorted(columns - present)]
+    missing += [(table, "*") for table in sorted(set(_baseline_columns()) - existing_tables)]
+    if missing:
+        statements = "; ".join(_add_column_statement(connection, table, column) for table, column in missing)
+        raise OutdatedSchema(
+            f"the database was created by an older version and lacks "
+            f"{', '.join(f'{table}.{column}' for table, column in missing)}, and predates schema "
+            f"migrations: add the columns by hand ({statements}; columns that must not be null need a default for "
+            "the rows already there), then start again, which records it as migrated; or, for a development or demo "
+            "database, delete it (by default var/replenish.db) "
+            "and start again"
+        )
