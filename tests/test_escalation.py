@@ -453,12 +453,18 @@ def test_killed_mid_escalation_and_started_again_the_chain_goes_on_at_the_right_
     assert [step["target_name"] for step in detail["escalation"]] == ["Bea", "Carl"]
 
 
+def test_the_scheduler_delivers_every_kind_of_outbox_message(platform: Platform):
+    """Each domain registers the handler for its kinds (runtime.py): a kind without one would wait forever."""
+    assert platform.jobs is not None
+    assert platform.jobs.dispatcher.kinds == set(OutboxKind)
+
+
 @pytest.mark.both_stacks
 def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, contacts, wearer):
     """The ingest role and the scheduler role each run a dispatcher; claims on the outbox keep them apart."""
     from replenish.db import transaction
     from replenish.notifications import service as notifications
-    from replenish.orders.fulfilment import make_sink
+    from replenish.notifications.delivery import NotificationHandler
     from replenish.outbox.dispatcher import Dispatcher
     from replenish.runtime import make_channels
 
@@ -475,15 +481,10 @@ def test_two_dispatchers_never_deliver_one_message_twice(platform, api, clock, c
                 now=clock.now(),
             )
     assert platform.jobs is not None
-    second = Dispatcher(
-        engine=platform.engine,
-        clock=clock,
-        fulfilment=make_sink(None),
-        send_command=None,
-        channels=make_channels(platform.settings, platform.engine),
-        public_url=platform.settings.resolved_public_url,
-        kinds={OutboxKind.NOTIFICATION},
+    handler = NotificationHandler(
+        channels=make_channels(platform.settings, platform.engine), public_url=platform.settings.resolved_public_url
     )
+    second = Dispatcher(engine=platform.engine, clock=clock, handlers={OutboxKind.NOTIFICATION: handler})
     start = threading.Barrier(2)
 
     def run(dispatcher: Dispatcher) -> None:

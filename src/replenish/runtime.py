@@ -28,14 +28,15 @@ from replenish.constants import LOCK_CHECK_SECONDS, SCHEDULER_LEADER_LOCK_KEY, O
 from replenish.db import make_engine, transaction
 from replenish.ingest.consumer import MqttIngestor, lane_client_ids
 from replenish.mqtt.broker import EmbeddedBroker
-from replenish.mqtt.client import CommandPublisher
+from replenish.mqtt.client import CommandHandler, CommandPublisher
 from replenish.mqtt.probe import BrokerProbe
 from replenish.notifications import service as push
 from replenish.notifications.channels import Channels, SmtpSettings, UndeliverableAddress, refuse_private_destinations
+from replenish.notifications.delivery import NotificationHandler
 from replenish.notifications.push import KEY_FILE_NAME, WebPushSender, application_server_key, load_vapid
 from replenish.observability.metrics import Metrics, MetricsServer
-from replenish.orders.fulfilment import make_sink
-from replenish.outbox.dispatcher import Dispatcher, DispatchLoop
+from replenish.orders.fulfilment import fulfilment_handlers, make_sink
+from replenish.outbox.dispatcher import Dispatcher, DispatchLoop, OutboxHandler
 from replenish.scheduler import Jobs, make_scheduler
 from replenish.schema import create_schema
 
@@ -217,11 +218,7 @@ class Platform:
                 notifier = Dispatcher(
                     engine=self.engine,
                     clock=self.clock,
-                    fulfilment=make_sink(None),
-                    send_command=None,
-                    channels=self.channels,
-                    public_url=self.settings.resolved_public_url,
-                    kinds={OutboxKind.NOTIFICATION},
+                    handlers={OutboxKind.NOTIFICATION: self._notification_handler()},
                     urgent_only=True,
                     metrics=self.metrics,
                     **outbox_timing(self.settings),
@@ -235,13 +232,16 @@ class Platform:
             self.publisher.start()
             url = str(self.settings.order_webhook_url) if self.settings.order_webhook_url else None
             self.channels = make_channels(self.settings, self.engine)
+            # Each domain delivers its own kinds of outbox message.
+            handlers: dict[OutboxKind, OutboxHandler] = {
+                **fulfilment_handlers(make_sink(url, timeout=self.settings.webhook_timeout_seconds)),
+                OutboxKind.NOTIFICATION: self._notification_handler(),
+                OutboxKind.DEVICE_COMMAND: CommandHandler(self.publisher),
+            }
             dispatcher = Dispatcher(
                 engine=self.engine,
                 clock=self.clock,
-                fulfilment=make_sink(url, timeout=self.settings.webhook_timeout_seconds),
-                send_command=self.publisher.publish,
-                channels=self.channels,
-                public_url=self.settings.resolved_public_url,
+                handlers=handlers,
                 metrics=self.metrics,
                 **outbox_timing(self.settings),
             )
@@ -275,6 +275,10 @@ class Platform:
             # A port of its own, apart from the API's public one: metrics are for the operators' Prometheus only.
             self.metrics_server = self.metrics.serve(host=self.settings.metrics_host, port=self.settings.metrics_port)
             log.info("metrics at http://%s:%d/metrics", self.settings.metrics_host, self.metrics_server.port)
+
+    def _notification_handler(self) -> NotificationHandler:
+        assert self.channels is not None
+        return NotificationHandler(channels=self.channels, public_url=self.settings.resolved_public_url)
 
     def _leader_lock(self) -> HeldLock:
         """On PostgreSQL, the scheduler processes elect a leader; on SQLite (one machine, `make run`) there is one."""

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlmodel import Session
 
 from replenish.config import MqttEndpoint
 from replenish.constants import INGEST_SESSION_EXPIRY_NEVER, MQTT_QOS
+from replenish.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +106,17 @@ class CommandPublisher:
         info.wait_for_publish(timeout)
         if not info.is_published():
             raise TimeoutError(f"broker did not acknowledge the command on {topic} within {timeout:g} s")
+
+
+class CommandHandler:
+    """Device commands leave through the outbox: this handler (registered for OutboxKind.DEVICE_COMMAND in
+    runtime.py) publishes each on the device's commands topic."""
+
+    def __init__(self, publisher: CommandPublisher) -> None:
+        self._publisher = publisher
+
+    def deliver(self, message: OutboxMessage) -> None:
+        self._publisher.publish(message.payload["topic"], message.payload["command"])
+
+    def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:
+        pass  # nothing of the device's to update: an acknowledgement is recorded when the device answers

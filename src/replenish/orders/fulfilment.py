@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+from sqlmodel import Session
+
+from replenish.constants import OutboxKind
+from replenish.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +49,25 @@ class WebhookSink:
 
 def make_sink(webhook_url: str | None, *, timeout: float = 10.0) -> FulfilmentSink:
     return WebhookSink(webhook_url, timeout=timeout) if webhook_url else LoggingSink()
+
+
+class FulfilmentHandler:
+    """Order events leave through the outbox: this handler (registered for every ORDER_* kind in runtime.py) hands
+    each to the fulfilment sink under the message's idempotency key."""
+
+    def __init__(self, sink: FulfilmentSink) -> None:
+        self._sink = sink
+
+    def deliver(self, message: OutboxMessage) -> None:
+        self._sink.send(event=message.kind, idempotency_key=message.idempotency_key, order=message.payload)
+
+    def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:
+        pass  # the order's own history records what fulfilment answers (webhooks), not the hand-over
+
+
+ORDER_EVENTS = (OutboxKind.ORDER_PLACED, OutboxKind.ORDER_CANCELLED, OutboxKind.ORDER_HELD, OutboxKind.ORDER_RELEASED)
+
+
+def fulfilment_handlers(sink: FulfilmentSink) -> dict[OutboxKind, FulfilmentHandler]:
+    handler = FulfilmentHandler(sink)
+    return dict.fromkeys(ORDER_EVENTS, handler)

@@ -1,4 +1,6 @@
-"""Delivers outbox messages: orders to fulfilment, notifications to their channel, commands to devices.
+"""Delivers outbox messages through the handler each domain registers for its kind (wired in runtime.py): orders
+to fulfilment (orders.fulfilment), notifications to their channel (notifications.delivery), commands to devices
+(mqtt.client).
 
 `DispatchLoop` runs the dispatcher in its own thread: every dispatch interval, and at once when a transaction in this
 process commits an urgent message (a safety notification), so a fall reaches its first contact in milliseconds, not at
@@ -9,23 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from replenish.clock import Clock
-from replenish.constants import ACKNOWLEDGE_PAGE_PATH, ANSWER_PAGE_PATH, OutboxKind
+from replenish.constants import OutboxKind
 from replenish.db import transaction
-from replenish.notifications.channels import Channels, Delivery, Link
-from replenish.notifications.models import Notification
 from replenish.observability import correlation
 from replenish.observability.metrics import Metrics
-from replenish.orders.fulfilment import FulfilmentSink
 from replenish.outbox import service as outbox
 from replenish.outbox.models import OutboxMessage
 
@@ -39,7 +38,18 @@ DELIVERY_WORKERS = 8
 # 10 s by default; Settings keeps the lease longer than the timeout).
 CLAIM_LEASE = timedelta(seconds=60)
 
-CommandSender = Callable[[str, dict[str, Any]], None]
+
+class OutboxHandler(Protocol):
+    """Delivers the outbox messages of one kind, for the domain that owns them."""
+
+    def deliver(self, message: OutboxMessage) -> None:
+        """Hand the message over, or raise so that the dispatcher retries it later under the same idempotency key."""
+        ...
+
+    def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:
+        """The domain's own bookkeeping once the message is delivered, in the transaction that marks it delivered
+        (``message`` is the stored row, which may be changed)."""
+        ...
 
 
 @dataclass
@@ -54,31 +64,28 @@ class Dispatcher:
         *,
         engine: Engine,
         clock: Clock,
-        fulfilment: FulfilmentSink,
-        send_command: CommandSender | None,
-        channels: Channels,
-        public_url: str,
-        kinds: Collection[OutboxKind] | None = None,
+        handlers: Mapping[OutboxKind, OutboxHandler],
         urgent_only: bool = False,
         metrics: Metrics | None = None,
         claim_lease: timedelta = CLAIM_LEASE,
         retry_base: timedelta = RETRY_BASE,
     ) -> None:
+        """Deliver the kinds ``handlers`` has a handler for (the events ingest process delivers only notifications)
+        and, with ``urgent_only``, only urgent messages: a fall's notifications, at once, leaving everything else to
+        the scheduler."""
         self._engine = engine
         self._clock = clock
-        self._fulfilment = fulfilment
-        self._send_command = send_command
-        self._channels = channels
-        # Where people reach the platform from outside: the base of the links in notifications.
-        self._public_url = public_url.rstrip("/")
-        # Only these kinds (None: all), only urgent ones: the events ingest process delivers a fall's
-        # notifications itself, at once, and leaves everything else to the scheduler.
-        self._kinds = kinds
+        self._handlers = dict(handlers)
         self._urgent_only = urgent_only
         self._claim_lease = claim_lease
         self._retry_base = retry_base
         self._identity = uuid.uuid4().hex  # what its claims carry
         self._metrics = metrics
+
+    @property
+    def kinds(self) -> frozenset[OutboxKind]:
+        """The kinds of message this dispatcher delivers: those it has a handler for."""
+        return frozenset(self._handlers)
 
     def dispatch_due(self, *, limit: int = DISPATCH_BATCH) -> DispatchReport:
         """Deliver what is due now, several at once, and wait for all of it (the jobs' tick; DispatchLoop does not
@@ -99,7 +106,11 @@ class Dispatcher:
     def pending(self, *, limit: int = DISPATCH_BATCH) -> list[OutboxMessage]:
         with Session(self._engine) as session:
             return outbox.due(
-                session=session, now=self._clock.now(), limit=limit, kinds=self._kinds, urgent_only=self._urgent_only
+                session=session,
+                now=self._clock.now(),
+                limit=limit,
+                kinds=self.kinds,
+                urgent_only=self._urgent_only,
             )
 
     def deliver(self, message: OutboxMessage) -> bool | None:
@@ -140,47 +151,7 @@ class Dispatcher:
             log.exception("could not record the outcome of outbox message %s", args[0].id)
 
     def _deliver(self, message: OutboxMessage) -> None:
-        kind = OutboxKind(message.kind)
-        if kind in (
-            OutboxKind.ORDER_PLACED,
-            OutboxKind.ORDER_CANCELLED,
-            OutboxKind.ORDER_HELD,
-            OutboxKind.ORDER_RELEASED,
-        ):
-            self._fulfilment.send(event=kind, idempotency_key=message.idempotency_key, order=message.payload)
-        elif kind == OutboxKind.NOTIFICATION:
-            self._channels.send(self._delivery(message))
-        elif kind == OutboxKind.DEVICE_COMMAND:
-            if self._send_command is None:
-                raise RuntimeError("no MQTT publisher configured for device commands")
-            self._send_command(message.payload["topic"], message.payload["command"])
-
-    def _delivery(self, message: OutboxMessage) -> Delivery:
-        payload = message.payload
-        token = payload.get("acknowledge_token")
-        links = [
-            Link(link["label"], f"{self._public_url}{link.get('path', ANSWER_PAGE_PATH)}/{link['token']}")
-            for link in payload.get("links") or ()
-            if link.get("token")
-        ]
-        if payload.get("app_path"):
-            links.append(Link("Open in the app", f"{self._public_url}{payload['app_path']}"))
-        return Delivery(
-            notification_id=payload["notification_id"],
-            idempotency_key=message.idempotency_key,
-            channel=payload.get("channel", "log"),
-            address=payload.get("address"),
-            subject=payload["subject"],
-            body=payload["body"],
-            acknowledge_url=f"{self._public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}" if token else None,
-            alert_id=payload.get("alert_id"),
-            kind=payload.get("kind"),
-            order_id=payload.get("order_id"),
-            links=tuple(links),
-            push_keys=(payload["push_keys"]["p256dh"], payload["push_keys"]["auth"])
-            if payload.get("push_keys")
-            else None,
-        )
+        self._handlers[OutboxKind(message.kind)].deliver(message)
 
     def _record_delivery(self, message: OutboxMessage) -> None:
         now = self._clock.now()
@@ -191,20 +162,8 @@ class Dispatcher:
                 return  # another dispatcher took it over after this one's lease ran out, and recorded it first
             stored.delivered_at = now
             stored.attempts += 1
-            if stored.payload.get("acknowledge_token") or stored.payload.get("links"):
-                # Delivered: a token need not be kept anywhere but in the recipient's hands (a hash stays with the
-                # escalation step or the order's link).
-                stored.payload = {
-                    **stored.payload,
-                    "acknowledge_token": None,
-                    "links": [{**link, "token": None} for link in stored.payload.get("links") or ()],
-                }
+            self._handlers[OutboxKind(stored.kind)].record_delivery(session=session, message=stored, now=now)
             session.add(stored)
-            if stored.kind == OutboxKind.NOTIFICATION:
-                notification = session.get(Notification, stored.payload["notification_id"])
-                if notification is not None:
-                    notification.sent_at = now
-                    session.add(notification)
 
     def _record_failure(self, message: OutboxMessage, error: Exception) -> None:
         now = self._clock.now()

@@ -1,0 +1,64 @@
+"""Notifications leave through the outbox: this handler (registered for OutboxKind.NOTIFICATION in runtime.py) sends
+each to its channel with its links made absolute, and marks the notification sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session
+
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH, ANSWER_PAGE_PATH
+from replenish.notifications.channels import Channels, Delivery, Link
+from replenish.notifications.models import Notification
+from replenish.outbox.models import OutboxMessage
+
+
+class NotificationHandler:
+    def __init__(self, *, channels: Channels, public_url: str) -> None:
+        self._channels = channels
+        # Where people reach the platform from outside: the base of the links in notifications.
+        self._public_url = public_url.rstrip("/")
+
+    def deliver(self, message: OutboxMessage) -> None:
+        self._channels.send(self.delivery(message))
+
+    def delivery(self, message: OutboxMessage) -> Delivery:
+        payload = message.payload
+        token = payload.get("acknowledge_token")
+        links = [
+            Link(link["label"], f"{self._public_url}{link.get('path', ANSWER_PAGE_PATH)}/{link['token']}")
+            for link in payload.get("links") or ()
+            if link.get("token")
+        ]
+        if payload.get("app_path"):
+            links.append(Link("Open in the app", f"{self._public_url}{payload['app_path']}"))
+        return Delivery(
+            notification_id=payload["notification_id"],
+            idempotency_key=message.idempotency_key,
+            channel=payload.get("channel", "log"),
+            address=payload.get("address"),
+            subject=payload["subject"],
+            body=payload["body"],
+            acknowledge_url=f"{self._public_url}{ACKNOWLEDGE_PAGE_PATH}/{token}" if token else None,
+            alert_id=payload.get("alert_id"),
+            kind=payload.get("kind"),
+            order_id=payload.get("order_id"),
+            links=tuple(links),
+            push_keys=(payload["push_keys"]["p256dh"], payload["push_keys"]["auth"])
+            if payload.get("push_keys")
+            else None,
+        )
+
+    def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:
+        if message.payload.get("acknowledge_token") or message.payload.get("links"):
+            # Delivered: a token need not be kept anywhere but in the recipient's hands (a hash stays with the
+            # escalation step or the order's link).
+            message.payload = {
+                **message.payload,
+                "acknowledge_token": None,
+                "links": [{**link, "token": None} for link in message.payload.get("links") or ()],
+            }
+        notification = session.get(Notification, message.payload["notification_id"])
+        if notification is not None:
+            notification.sent_at = now
+            session.add(notification)
