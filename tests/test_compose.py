@@ -27,7 +27,8 @@ from replenish.config import SERVICE_USERNAME, Settings
 from replenish.constants import MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES
 from replenish.mqtt.mosquitto import DEVICES_ACL_FILE, DEVICES_PASSWORD_FILE, PLATFORM_PASSWORD_FILE, SYNCED_MARKER
 from replenish.notifications.push import new_private_key
-from replenish.observability.metrics import DatabaseCollector, Metrics
+from replenish.observability.database import DatabaseCollector
+from replenish.observability.metrics import Metrics
 from support.brokers import (
     AUTH_DIR_IN_CONTAINER,
     DEVICE_LISTENER,

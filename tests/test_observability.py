@@ -24,8 +24,8 @@ from sqlmodel import Session, select
 from replenish.automation.models import Decision
 from replenish.clock import ManualClock
 from replenish.constants import READINESS_CACHE_SECONDS, DeadLetterReason, OrderStatus, OutboxKind
+from replenish.observability.database import DatabaseCollector
 from replenish.observability.logging import make_handler
-from replenish.observability.metrics import DatabaseCollector
 from replenish.outbox.models import OutboxMessage
 from replenish.runtime import Platform, Roles
 from support import wait_until

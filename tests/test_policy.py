@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from replenish.automation.policy import OrderLimits, ReorderPolicy, Verdict, decide, must_reorder, within_limits
+from replenish.automation.policy import ReorderPolicy, Verdict, decide, must_reorder, within_limits
+from replenish.consent.schemas import OrderLimits
 from replenish.constants import ConsentMode, DecisionAction
 from replenish.forecasting import Forecast
 

@@ -34,6 +34,7 @@ from replenish.notifications import service as push
 from replenish.notifications.channels import Channels, SmtpSettings, UndeliverableAddress, refuse_private_destinations
 from replenish.notifications.delivery import NotificationHandler
 from replenish.notifications.push import KEY_FILE_NAME, WebPushSender, application_server_key, load_vapid
+from replenish.observability.database import DatabaseCollector
 from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import fulfilment_handlers, make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop, OutboxHandler
@@ -289,7 +290,7 @@ class Platform:
 
     def _start_api(self) -> None:
         # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.
-        self.metrics.watch_database(engine=self.engine, clock=self.clock)
+        self.metrics.registry.register(DatabaseCollector(engine=self.engine, clock=self.clock))
         app = create_app(
             engine=self.engine,
             clock=self.clock,

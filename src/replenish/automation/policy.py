@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from replenish.consent.schemas import OrderLimits
 from replenish.constants import DEFAULT_SERVICE_LEVEL, ConsentMode, DecisionAction
 from replenish.forecasting import Forecast
 
@@ -53,14 +54,6 @@ class ReorderPolicy:
 class Verdict:
     action: DecisionAction
     reason: str
-
-
-@dataclass(frozen=True)
-class OrderLimits:
-    """The consent's limits on automatic orders."""
-
-    monthly_spending_cap: Decimal | None = None
-    max_quantity_per_order: int | None = None
 
 
 def within_limits(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -16,7 +17,6 @@ from pydantic import (
     model_validator,
 )
 
-from replenish.automation.policy import OrderLimits
 from replenish.constants import ConsentMode, NoAnswer
 
 DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
@@ -135,6 +135,14 @@ def _check_address(kind: str, address: str | None) -> None:
     if not address:
         raise ValueError(f"an {kind} channel needs an address" if kind == "email" else f"a {kind} channel needs a URL")
     (_Email if kind == "email" else _Url).model_validate({"value": address})
+
+
+@dataclass(frozen=True)
+class OrderLimits:
+    """The consent's limits on automatic orders, as automation.policy.within_limits applies them."""
+
+    monthly_spending_cap: Decimal | None = None
+    max_quantity_per_order: int | None = None
 
 
 class ConsentDocument(BaseModel):

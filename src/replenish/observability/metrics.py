@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the platform, defined here and nowhere else.
+"""Every Prometheus metric the platform counts, defined here and nowhere else (the database gauges: database.py).
 
 Each process has a registry of its own (``Metrics``), exposed by the API at /metrics, or by a process without the
 API (ingest, scheduler) on REPLENISH_METRICS_PORT. Prometheus scrapes every process and adds them up in its queries
@@ -7,17 +7,15 @@ directory (gunicorn); our roles are separate containers, which share nothing but
 away custom collectors and the process metrics. A registry per ``Platform`` rather than the global one also keeps
 the many platforms a test run starts in one interpreter from counting into each other.
 
-The database gauges (orders and alerts by state, outbox backlog, escalation timers) are read at scrape time by
-``DatabaseCollector``, a few COUNT ... GROUP BY queries, and only by the API process: every role sees the same
-database, and one copy of those numbers is enough.
+The database gauges (orders and alerts by state, outbox backlog, escalation timers) are defined apart, in
+observability/database.py: they read every domain's tables, and this module imports no domain.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -32,18 +30,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import Engine, or_
-from sqlmodel import Session, col, func, select
 
 from replenish import __version__
-from replenish.alerts.models import Alert
-from replenish.clock import Clock
-from replenish.constants import AlarmKind, AlarmStatus, AlertStatus, DeadLetterReason, OrderStatus, OutboxKind
-from replenish.devices.models import Slot
-from replenish.health.models import Alarm
-from replenish.orders.models import Order
-from replenish.outbox.models import OutboxMessage
+from replenish.constants import DeadLetterReason, OutboxKind
 
 if TYPE_CHECKING:
     from replenish.ingest.service import BatchResult
@@ -191,9 +180,6 @@ class Metrics:
         self.outbox_deliveries.labels(kind=OutboxKind(kind).value, outcome=outcome).inc()
 
     # -- exposition ----------------------------------------------------------------------------------------------
-    def watch_database(self, *, engine: Engine, clock: Clock) -> None:
-        self.registry.register(DatabaseCollector(engine=engine, clock=clock))
-
     def serve(self, *, host: str, port: int) -> MetricsServer:
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         return MetricsServer(server, thread)
@@ -214,144 +200,3 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
-
-
-class DatabaseCollector:
-    """Gauges of what the database holds, read when Prometheus scrapes: a handful of COUNT ... GROUP BY queries over
-    indexed columns, rather than bookkeeping on every request that could drift from the truth.
-
-    Label values come from the platform's enums, each always present (0 when there is none), so a series never
-    vanishes when the last order of a status moves on."""
-
-    # A scrape answers from what was read at most this long ago: Prometheus scrapes every 15 s, anyone else who can
-    # reach the port would otherwise set the pace of these queries.
-    CACHE_FOR = timedelta(seconds=10)
-
-    def __init__(self, *, engine: Engine, clock: Clock) -> None:
-        self._engine = engine
-        self._clock = clock
-        self._cached: tuple[datetime, list[Metric]] | None = None
-        self._lock = threading.Lock()
-
-    def describe(self) -> Iterable[Metric]:
-        # Names only, so that registering runs no query (prometheus_client calls describe() on register).
-        return [self._up(), *self._families()]
-
-    @staticmethod
-    def _up() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "replenish_database_metrics_up", "1 when this scrape could read the database gauges, 0 when it could not."
-        )
-
-    def collect(self) -> Iterator[Metric]:
-        up = self._up()
-        try:
-            families = self._read()
-        except Exception as exc:
-            # A failing database must not fail the whole scrape: the process metrics still matter then.
-            log.warning("database gauges unavailable: %s", type(exc).__name__)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from families
-
-    def _read(self) -> list[Metric]:
-        now = self._clock.now()
-        with self._lock:
-            if self._cached is not None and now - self._cached[0] < self.CACHE_FOR:
-                return self._cached[1]
-            with Session(self._engine) as session:
-                families = self._families(session=session, now=now)
-            self._cached = (now, families)
-            return families
-
-    def _families(self, *, session: Session | None = None, now: datetime | None = None) -> list[Metric]:
-        orders = GaugeMetricFamily("replenish_orders", "Orders by status.", labels=["status"])
-        alerts = GaugeMetricFamily(
-            "replenish_alerts", "Safety alerts (falls, help requests) by status.", labels=["status"]
-        )
-        alarms = GaugeMetricFamily(
-            "replenish_device_alarms",
-            "Device health alarms not yet cleared, by kind and status (active, acknowledged).",
-            labels=["kind", "status"],
-        )
-        backlog = GaugeMetricFamily(
-            "replenish_outbox_backlog",
-            "Outbox messages not yet delivered (due, retrying or being sent), by kind.",
-            labels=["kind"],
-        )
-        oldest = GaugeMetricFamily(
-            "replenish_outbox_oldest_pending_seconds",
-            "Age of the oldest outbox message not yet delivered, by kind (0 when none waits).",
-            labels=["kind"],
-        )
-        timers = GaugeMetricFamily(
-            "replenish_escalation_timers_pending",
-            "Safety incidents waiting for their next escalation step (a cancel window or a contact's timeout).",
-        )
-        overdue = GaugeMetricFamily(
-            "replenish_escalation_overdue_seconds",
-            "How far past its time the most overdue escalation step is (0 when none is due): above a few seconds, "
-            "no scheduler is escalating.",
-        )
-        due = GaugeMetricFamily(
-            "replenish_evaluation_due_slots",
-            "Slots due for evaluation now (a reading, an order moment, a change) that no evaluator has claimed yet.",
-        )
-        due_behind = GaugeMetricFamily(
-            "replenish_evaluation_behind_seconds",
-            "How long the longest-waiting due slot has waited (0 when none waits): above a couple of evaluation "
-            "intervals, the evaluators are falling behind.",
-        )
-        families: list[Metric] = [orders, alerts, alarms, backlog, oldest, timers, overdue, due, due_behind]
-        if session is None or now is None:
-            return families
-
-        by_status = dict(session.exec(select(Order.status, func.count()).group_by(col(Order.status))).all())
-        for status in OrderStatus:
-            orders.add_metric([status.value], by_status.get(status.value, 0))
-
-        by_status = dict(session.exec(select(Alert.status, func.count()).group_by(col(Alert.status))).all())
-        for status in AlertStatus:
-            alerts.add_metric([status.value], by_status.get(status.value, 0))
-
-        unacknowledged = col(Alarm.acknowledged_at).is_(None)
-        rows = session.exec(
-            select(Alarm.kind, unacknowledged, func.count())
-            .where(col(Alarm.cleared_at).is_(None))
-            .group_by(col(Alarm.kind), unacknowledged)
-        ).all()
-        by_kind = {
-            (kind, AlarmStatus.ACTIVE if active else AlarmStatus.ACKNOWLEDGED): count for kind, active, count in rows
-        }
-        for kind in AlarmKind:
-            for status in (AlarmStatus.ACTIVE, AlarmStatus.ACKNOWLEDGED):
-                alarms.add_metric([kind.value, status.value], by_kind.get((kind.value, status), 0))
-
-        rows = session.exec(
-            select(OutboxMessage.kind, func.count(), func.min(OutboxMessage.created_at))
-            .where(col(OutboxMessage.delivered_at).is_(None))
-            .group_by(col(OutboxMessage.kind))
-        ).all()
-        pending = {kind: (count, created) for kind, count, created in rows}
-        for kind in OutboxKind:
-            count, created = pending.get(kind.value, (0, None))
-            backlog.add_metric([kind.value], count)
-            oldest.add_metric([kind.value], max((now - created).total_seconds(), 0.0) if created else 0.0)
-
-        count, first_due = session.exec(
-            select(func.count(), func.min(Alert.next_escalation_at)).where(col(Alert.next_escalation_at).is_not(None))
-        ).one()
-        timers.add_metric([], count)
-        overdue.add_metric([], max((now - first_due).total_seconds(), 0.0) if first_due else 0.0)
-
-        count, first_due = session.exec(
-            select(func.count(), func.min(Slot.due_at)).where(
-                col(Slot.due_at) <= now, or_(col(Slot.claimed_until).is_(None), col(Slot.claimed_until) <= now)
-            )
-        ).one()
-        due.add_metric([], count)
-        due_behind.add_metric([], max((now - first_due).total_seconds(), 0.0) if first_due else 0.0)
-        return families

@@ -1,16 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import Engine
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep
-from replenish.audit import service as audit
-from replenish.constants import AuditAction
-from replenish.customers import service as customers
 from replenish.db import transaction
 from replenish.privacy import service
 
@@ -28,26 +22,13 @@ def export(customer_id: str, principal: CurrentPrincipal, engine: EngineDep, clo
     forecasts, every stored message and reading, dead letters of their devices, decisions, orders and their
     history, alerts, notifications and the audit events about them. Streamed: telemetry can be large."""
     principal.check_access(customer_id, entity="customer", key=customer_id)
-    return export_response(engine=engine, customer_id=customer_id, actor=principal.actor, now=clock.now())
-
-
-def export_response(*, engine: Engine, customer_id: str, actor: str, now: datetime) -> StreamingResponse:
-    """The export as a download, its audit record committed first (the API's route and the web app's)."""
-    with transaction(engine) as session:
-        customers.get(session=session, customer_id=customer_id)
-        audit.record(
-            session=session,
-            at=now,
-            actor=actor,
-            action=AuditAction.CUSTOMER_EXPORTED,
-            customer_id=customer_id,
-            subject_type="customer",
-            subject_id=customer_id,
-        )
+    now = clock.now()
+    with transaction(engine) as session:  # the audit record commits before the first byte goes out
+        service.record_export(session=session, customer_id=customer_id, actor=principal.actor, now=now)
     return StreamingResponse(
         service.export(engine=engine, customer_id=customer_id, now=now),
         media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="replenish-{customer_id}.json"'},
+        headers={"Content-Disposition": f'attachment; filename="{service.export_filename(customer_id)}"'},
     )
 
 

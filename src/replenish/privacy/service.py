@@ -65,6 +65,25 @@ def _row(row: SQLModel) -> dict[str, Any]:
     return data
 
 
+def record_export(*, session: Session, customer_id: str, actor: str, now: datetime) -> None:
+    """Before an export streams (the API's route and the web app's download): the customer exists (NotFound
+    otherwise), and the audit record of who took it, committed by the caller before the first byte goes out."""
+    customers.get(session=session, customer_id=customer_id)
+    audit.record(
+        session=session,
+        at=now,
+        actor=actor,
+        action=AuditAction.CUSTOMER_EXPORTED,
+        customer_id=customer_id,
+        subject_type="customer",
+        subject_id=customer_id,
+    )
+
+
+def export_filename(customer_id: str) -> str:
+    return f"replenish-{customer_id}.json"
+
+
 def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
     """Everything stored about the customer, as one JSON document in chunks (telemetry can be large).
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -44,7 +44,6 @@ from replenish.notifications.schemas import PushSubscriptionCreate
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.privacy import service as privacy
-from replenish.privacy.router import export_response
 from replenish.web import answers as answer_pages
 from replenish.web import sign_up as sign_up_pages
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
@@ -662,8 +661,13 @@ def data_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
 def data_export(request: Request, principal: WebPrincipal) -> Response:
     """The API's export (the same document, the same audit record), as a download."""
     customer_id = _customer_of(principal)
-    return export_response(
-        engine=request.app.state.engine, customer_id=customer_id, actor=principal.actor, now=_now(request)
+    engine, now = request.app.state.engine, _now(request)
+    with transaction(engine) as session:
+        privacy.record_export(session=session, customer_id=customer_id, actor=principal.actor, now=now)
+    return StreamingResponse(
+        privacy.export(engine=engine, customer_id=customer_id, now=now),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{privacy.export_filename(customer_id)}"'},
     )
 
 
