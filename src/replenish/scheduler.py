@@ -20,8 +20,8 @@ from replenish.answers.scheduled import FollowUpReport, follow_up
 from replenish.automation.service import EvaluationReport, FleetRatesCache, evaluate_due
 from replenish.clock import Clock
 from replenish.config import Settings
-from replenish.db import transaction
 from replenish.devices.models import Device
+from replenish.each import EachAlone
 from replenish.health import service as health
 from replenish.health.rules import HealthPolicy
 from replenish.health.service import HealthReport
@@ -78,6 +78,10 @@ class Jobs:
         self.stopping = threading.Event()
         self.leader_work = LeaderWork()
         self.fleet = FleetRatesCache()
+        # A concurrent escalator that took the step first (unique per incident and level), or changed the incident
+        # while it was being stepped: expected, and the incident is looked at again.
+        self._escalations = EachAlone("escalation of alert", log=log, expected=(StaleDataError, IntegrityError))
+        self._health_pages = EachAlone("health check of devices", log=log)
         # On PostgreSQL every scheduler process evaluates (due slots are claimed with SKIP LOCKED); on SQLite the
         # one writer would only make several evaluators wait on each other.
         self.evaluation_shared = engine.dialect.name == "postgresql"
@@ -124,17 +128,11 @@ class Jobs:
             due = alerts.due_for_escalation(session=session, now=now)
         stepped = []
         for alert_id in due:
-            try:
-                with transaction(self.engine) as session:
-                    if alerts.escalate(session=session, alert_id=alert_id, now=now) is not None:
-                        stepped.append(alert_id)
-            except StaleDataError:
-                log.info("alert %s changed while it was being stepped; it is looked at again", alert_id)
-            except IntegrityError as exc:
-                # Normally a concurrent escalator that took the step first (unique per incident and level).
-                log.warning("alert %s: escalation step not taken: %s", alert_id, exc.orig)
-            except Exception:
-                log.exception("alert %s: escalation failed; trying again", alert_id)
+            outcome = self._escalations.run(
+                self.engine, alert_id, lambda session, a=alert_id: alerts.escalate(session=session, alert_id=a, now=now)
+            )
+            if outcome.value is not None:
+                stepped.append(alert_id)
         return stepped
 
     def health(self) -> HealthReport:
@@ -144,14 +142,17 @@ class Jobs:
             device_ids = list(session.exec(select(Device.id).order_by(col(Device.id))))
         report = HealthReport()
         for start in range(0, len(device_ids), HEALTH_PAGE):
-            try:
-                with transaction(self.engine) as session:
-                    page = health.assess_devices(
-                        session=session, device_ids=device_ids[start : start + HEALTH_PAGE], now=now, policy=self.policy
-                    )
-            except Exception:
-                log.exception("health check of devices %d.. failed; trying again next time", start)
+            page_ids = device_ids[start : start + HEALTH_PAGE]
+            outcome = self._health_pages.run(
+                self.engine,
+                f"{page_ids[0]}..{page_ids[-1]}",
+                lambda session, ids=page_ids: health.assess_devices(
+                    session=session, device_ids=ids, now=now, policy=self.policy
+                ),
+            )
+            if outcome.value is None:
                 continue
+            page = outcome.value
             report.devices += page.devices
             report.raised += page.raised
             report.cleared += page.cleared

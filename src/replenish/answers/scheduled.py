@@ -16,7 +16,7 @@ from sqlmodel import Session
 from replenish.answers import service
 from replenish.consent import service as consent
 from replenish.constants import NoAnswer
-from replenish.db import transaction
+from replenish.each import EachAlone
 from replenish.notifications import service as notifications
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,12 @@ def _digest(*, session: Session, customer_id: str, now: datetime) -> bool:
     )
 
 
+_FOLLOW_UPS = EachAlone("follow-up of", log=log)
+
+
 def _alone(engine: Engine, report: FollowUpReport, key: str, act: Callable[[Session], T]) -> T | None:
-    """One order's (or customer's) step in a transaction of its own; a failure is counted and logged, and tried
-    again next time."""
-    try:
-        with transaction(engine) as session:
-            return act(session)
-    except Exception:
-        report.errors += 1
-        log.exception("%s: follow-up failed; trying again next time", key)
-        return None
+    """One order's (or customer's) step in a transaction of its own; a failure is counted, and tried again next
+    time."""
+    outcome = _FOLLOW_UPS.run(engine, key, act)
+    report.errors += outcome.failed
+    return outcome.value

@@ -36,6 +36,7 @@ from replenish.customers.models import Customer, PendingSignUp
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
+from replenish.each import EachAlone
 from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
@@ -287,19 +288,19 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
     return removed
 
 
+_RETENTION = EachAlone("retention for customer", log=log)
+
+
 def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
     """The scheduled job: every customer in their own transaction."""
     with Session(engine) as session:
         customer_ids = list(session.exec(select(Customer.id)))
     totals: dict[str, int] = {}
     for customer_id in customer_ids:
-        try:
-            with transaction(engine) as session:
-                removed = apply_retention(session=session, customer_id=customer_id, now=now)
-        except Exception:
-            log.exception("retention for customer %s failed; the others go on", customer_id)
-            continue
-        for name, count in removed.items():
+        outcome = _RETENTION.run(
+            engine, customer_id, lambda session, c=customer_id: apply_retention(session=session, customer_id=c, now=now)
+        )
+        for name, count in (outcome.value or {}).items():
             totals[name] = totals.get(name, 0) + count
     # A sign-up keeps an address, in its row and in the e-mail the outbox sent: both go once its link expired.
     with transaction(engine) as session:

@@ -1,0 +1,70 @@
+"""Periodic jobs that work through items (orders, customers, incidents, pages of devices), each in a transaction of its
+own, so that one item that fails holds up no other."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from replenish.db import transaction
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one item's transaction gave: its value, or that it failed (and was rolled back)."""
+
+    value: T | None = None
+    failed: bool = False
+
+
+class EachAlone:
+    """Runs items of a job one transaction each. A failure is logged with its traceback the first time, and only as
+    a debug line while the same item keeps failing, until it succeeds again, which is logged too: a customer whose
+    retention fails every hour shows up once in the log, not 24 times a day.
+
+    ``expected`` exceptions (say, a concurrent writer that got there first) are logged on one info line, never with
+    a traceback, and do not count as failing."""
+
+    def __init__(self, job: str, *, log: logging.Logger, expected: tuple[type[Exception], ...] = ()) -> None:
+        self._job = job
+        self._log = log
+        self._expected = expected
+        self._failing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def run(self, engine: Engine, key: str, act: Callable[[Session], T]) -> Outcome[T]:
+        try:
+            with transaction(engine) as session:
+                value = act(session)
+        except self._expected as exc:
+            self._log.info("%s %s: not done, %s; tried again next time", self._job, key, exc)
+            return Outcome(failed=True)
+        except Exception:
+            with self._lock:
+                first = key not in self._failing
+                self._failing.add(key)
+            if first:
+                self._log.exception("%s %s failed; the others go on, and it is tried again next time", self._job, key)
+            else:
+                self._log.debug("%s %s failed again", self._job, key, exc_info=True)
+            return Outcome(failed=True)
+        with self._lock:
+            recovered = key in self._failing
+            self._failing.discard(key)
+        if recovered:
+            self._log.info("%s %s succeeded again", self._job, key)
+        return Outcome(value=value)
+
+    @property
+    def failing(self) -> frozenset[str]:
+        """The items whose last attempt failed."""
+        with self._lock:
+            return frozenset(self._failing)
