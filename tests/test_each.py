@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine
@@ -20,7 +21,7 @@ NOW = datetime(2026, 12, 7, tzinfo=UTC)
 log = logging.getLogger("test_each")
 
 
-def add_customer(session: Session, name: str) -> str:
+def add_customer(*, session: Session, name: str) -> str:
     return customers.create(
         session=session, name=name, email=f"{name}@example.com", consent_document=ConsentDocument(), actor="test",
         now=NOW,
@@ -30,13 +31,13 @@ def add_customer(session: Session, name: str) -> str:
 def test_a_failing_item_is_rolled_back_and_the_others_go_on(engine: Engine) -> None:
     each = EachAlone("import of", log=log)
 
-    def broken(session: Session) -> str:
-        add_customer(session, "half")
+    def broken(*, session: Session) -> str:
+        add_customer(session=session, name="half")
         raise RuntimeError("the item's own fault")
 
-    results = [each.run(engine, name, lambda s, n=name: add_customer(s, n)) for name in ("ada", "bea")]
+    results = [each.run(engine, name, partial(add_customer, name=name)) for name in ("ada", "bea")]
     failed = each.run(engine, "half", broken)
-    results.append(each.run(engine, "cy", lambda s: add_customer(s, "cy")))
+    results.append(each.run(engine, "cy", partial(add_customer, name="cy")))
     assert failed.failed and failed.value is None
     assert all(not outcome.failed and outcome.value for outcome in results)
     with Session(engine) as session:
@@ -48,11 +49,11 @@ def test_a_failure_is_logged_once_until_the_item_succeeds_again(engine: Engine, 
     each = EachAlone("import of", log=log)
     attempts = iter([RuntimeError("down"), RuntimeError("still down"), None])
 
-    def flaky(session: Session) -> str:
+    def flaky(*, session: Session) -> str:
         error = next(attempts)
         if error is not None:
             raise error
-        return add_customer(session, "ada")
+        return add_customer(session=session, name="ada")
 
     with caplog.at_level(logging.DEBUG, logger="test_each"):
         for _ in range(3):
@@ -65,9 +66,9 @@ def test_a_failure_is_logged_once_until_the_item_succeeds_again(engine: Engine, 
 
 def test_an_expected_clash_is_one_info_line_and_not_failing(engine: Engine, caplog: pytest.LogCaptureFixture):
     each = EachAlone("import of", log=log, expected=(Conflict,))
-    each.run(engine, "ada", lambda s: add_customer(s, "ada"))
+    each.run(engine, "ada", partial(add_customer, name="ada"))
     with caplog.at_level(logging.INFO, logger="test_each"):
-        clash = each.run(engine, "ada again", lambda s: add_customer(s, "ada"))  # the same e-mail address
+        clash = each.run(engine, "ada again", partial(add_customer, name="ada"))  # the same e-mail address
     assert clash.failed
     assert [(record.levelname, record.exc_info) for record in caplog.records] == [("INFO", None)]
     assert each.failing == frozenset()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from replenish.db import transaction
 
@@ -40,10 +39,12 @@ class EachAlone:
         self._failing: set[str] = set()
         self._lock = threading.Lock()
 
-    def run(self, engine: Engine, key: str, act: Callable[[Session], T]) -> Outcome[T]:
+    def run(self, engine: Engine, key: str, act: Callable[..., T]) -> Outcome[T]:
+        """``act(session=...)`` in a transaction of its own: a service function with its other arguments bound
+        (``functools.partial(service.remind, order_id=..., now=...)``)."""
         try:
             with transaction(engine) as session:
-                value = act(session)
+                value = act(session=session)
         except self._expected as exc:
             self._log.info("%s %s: not done, %s; tried again next time", self._job, key, exc)
             return Outcome(failed=True)

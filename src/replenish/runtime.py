@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -112,7 +113,12 @@ def make_channels(settings: Settings, engine: Engine) -> Channels:
     )
 
 
-def outbox_timing(settings: Settings) -> dict[str, timedelta]:
+class OutboxTiming(TypedDict):
+    claim_lease: timedelta
+    retry_base: timedelta
+
+
+def outbox_timing(settings: Settings) -> OutboxTiming:
     """The dispatcher's lease and retry timing from the settings."""
     return {
         "claim_lease": timedelta(seconds=settings.outbox_claim_lease_seconds),

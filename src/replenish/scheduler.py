@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -128,9 +129,7 @@ class Jobs:
             due = alerts.due_for_escalation(session=session, now=now)
         stepped = []
         for alert_id in due:
-            outcome = self._escalations.run(
-                self.engine, alert_id, lambda session, a=alert_id: alerts.escalate(session=session, alert_id=a, now=now)
-            )
+            outcome = self._escalations.run(self.engine, alert_id, partial(alerts.escalate, alert_id=alert_id, now=now))
             if outcome.value is not None:
                 stepped.append(alert_id)
         return stepped
@@ -146,9 +145,7 @@ class Jobs:
             outcome = self._health_pages.run(
                 self.engine,
                 f"{page_ids[0]}..{page_ids[-1]}",
-                lambda session, ids=page_ids: health.assess_devices(
-                    session=session, device_ids=ids, now=now, policy=self.policy
-                ),
+                partial(health.assess_devices, device_ids=page_ids, now=now, policy=self.policy),
             )
             if outcome.value is None:
                 continue

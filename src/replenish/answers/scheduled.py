@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -42,21 +43,19 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
     # Deadlines first: a request whose reminder and deadline both came due (the platform was down) is not reminded
     # of a deadline that has passed.
     for order_id in deadlines:
-        outcome = _alone(
-            engine, report, order_id, lambda s, o=order_id: service.act_on_no_answer(session=s, order_id=o, now=now)
-        )
+        outcome = _alone(engine, report, order_id, partial(service.act_on_no_answer, order_id=order_id, now=now))
         if outcome is not None:
             report.unanswered[order_id] = outcome
     for order_id in reminders:
         if order_id not in report.unanswered and _alone(
-            engine, report, order_id, lambda s, o=order_id: service.remind(session=s, order_id=o, now=now)
+            engine, report, order_id, partial(service.remind, order_id=order_id, now=now)
         ):
             report.reminded.append(order_id)
     for order_id in nudges:
-        if _alone(engine, report, order_id, lambda s, o=order_id: service.nudge(session=s, order_id=o, now=now)):
+        if _alone(engine, report, order_id, partial(service.nudge, order_id=order_id, now=now)):
             report.nudged.append(order_id)
     for customer_id in digest_waiting:
-        if _alone(engine, report, customer_id, lambda s, c=customer_id: _digest(session=s, customer_id=c, now=now)):
+        if _alone(engine, report, customer_id, partial(_digest, customer_id=customer_id, now=now)):
             report.digests.append(customer_id)
     return report
 
@@ -73,7 +72,7 @@ def _digest(*, session: Session, customer_id: str, now: datetime) -> bool:
 _FOLLOW_UPS = EachAlone("follow-up of", log=log)
 
 
-def _alone(engine: Engine, report: FollowUpReport, key: str, act: Callable[[Session], T]) -> T | None:
+def _alone(engine: Engine, report: FollowUpReport, key: str, act: Callable[..., T]) -> T | None:
     """One order's (or customer's) step in a transaction of its own; a failure is counted, and tried again next
     time."""
     outcome = _FOLLOW_UPS.run(engine, key, act)

@@ -35,6 +35,7 @@ from replenish.constants import (
     NoticeKind,
     OrderStatus,
 )
+from replenish.customers.locks import lock_customer
 from replenish.devices.models import Device, Slot
 from replenish.errors import Conflict, NotFound
 from replenish.forecasting import Forecast
@@ -335,7 +336,7 @@ def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAns
     if found is None:
         return None
     # As every decision does: the consent cannot change under it, and two decisions never spend one part of the cap.
-    consent.lock_customer(session=session, customer_id=found.customer_id)
+    lock_customer(session=session, customer_id=found.customer_id)
     order = _locked(session=session, order_id=order_id)
     if order is None or order.status != OrderStatus.AWAITING_APPROVAL or order.no_answer_at is not None:
         return None

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Protocol
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -128,7 +128,7 @@ class AdvisoryLock:
                 connection.close()
 
 
-def _sql(function: str, key: int | tuple[int, int]) -> object:
+def _sql(function: str, key: int | tuple[int, int]) -> TextClause:
     return text(f"SELECT {function}(:a, :b)" if isinstance(key, tuple) else f"SELECT {function}(:a)")
 
 

@@ -107,4 +107,4 @@ def small_median(values: np.ndarray, count: int) -> float:
             values[other + 1] = values[other]
             other -= 1
         values[other + 1] = value
-    return (values[(count - 1) // 2] + values[count // 2]) / 2
+    return float((values[(count - 1) // 2] + values[count // 2]) / 2)

@@ -64,7 +64,7 @@ def connect_async(
     if client.protocol != paho.MQTTv5:
         client.connect_async(endpoint.host, endpoint.port, keepalive=keepalive)
         return
-    properties = Properties(PacketTypes.CONNECT)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
     properties.SessionExpiryInterval = INGEST_SESSION_EXPIRY_NEVER if persistent_session else 0
     # paho's default cleans the session on the first connection: a restarted ingestor would throw away the messages
     # the broker kept for it. False resumes it on every connection.

@@ -229,5 +229,6 @@ class DispatchLoop:
             log.exception("outbox %s: delivery failed", message.id)
         finally:
             with self._lock:
-                self._in_flight.discard(message.id)  # type: ignore[arg-type]
+                if message.id is not None:
+                    self._in_flight.discard(message.id)
             self._wake.set()  # the next message of its stream may be due now

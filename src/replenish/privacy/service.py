@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, delete, update
@@ -297,9 +298,7 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
         customer_ids = list(session.exec(select(Customer.id)))
     totals: dict[str, int] = {}
     for customer_id in customer_ids:
-        outcome = _RETENTION.run(
-            engine, customer_id, lambda session, c=customer_id: apply_retention(session=session, customer_id=c, now=now)
-        )
+        outcome = _RETENTION.run(engine, customer_id, partial(apply_retention, customer_id=customer_id, now=now))
         for name, count in (outcome.value or {}).items():
             totals[name] = totals.get(name, 0) + count
     # A sign-up keeps an address, in its row and in the e-mail the outbox sent: both go once its link expired.

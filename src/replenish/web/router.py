@@ -23,6 +23,7 @@ from replenish.alerts.models import Alert
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.automation import service as automation
+from replenish.clock import Clock
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, NotificationChannel
 from replenish.constants import (
@@ -33,6 +34,7 @@ from replenish.constants import (
     ConsentMode,
     OrderStatus,
 )
+from replenish.customers.locks import lock_customer
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.models import Slot
@@ -136,7 +138,8 @@ def _page(request: Request, name: str, context: dict[str, Any], *, status_code: 
 
 
 def _now(request: Request) -> datetime:
-    return request.app.state.clock.now()
+    clock: Clock = request.app.state.clock
+    return clock.now()
 
 
 def _redirect(path: str) -> RedirectResponse:
@@ -314,7 +317,7 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
         )
         # Read under the customer's lock: a consent saved in another tab at the same moment is not lost, and the
         # channel is added once.
-        consent.lock_customer(session=session, customer_id=customer_id)
+        lock_customer(session=session, customer_id=customer_id)
         _, document = consent.current_document(session=session, customer_id=customer_id)
         if not any(channel.type == "webpush" for channel in document.notification_channels):
             channels = [*document.notification_channels, NotificationChannel(type="webpush")]
