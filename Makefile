@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests use: Mosquitto (a broker and a client we did not write) and the PostgreSQL server, the
-# production stack the tests start natively from deploy/ (tests/brokers.py); Chromium and a font for the web app's
+# production stack the tests start natively from deploy/ (tests/support/brokers.py); Chromium and a font for the web app's
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
 # Most tests wait on sockets and timers, so more workers than cores pay: on a 2-core machine three workers ran the
-# 715 tests in 7:57–9:02 (tests/brokers.py gives up to four workers ports of their own; four were no faster).
+# 715 tests in 7:57–9:02 (tests/support/brokers.py gives up to four workers ports of their own; four were no faster).
 TEST_WORKERS ?= 3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

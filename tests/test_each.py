@@ -1,5 +1,5 @@
 """Jobs that work through items one transaction each (replenish.each.EachAlone): one that fails holds up no other, is
-rolled back, is logged once with its traceback until it succeeds again, and an expected clash is one info line."""
+rolled back, is logged once with its traceback until it succeeds again, and an expected clash is one warning line."""
 
 from __future__ import annotations
 
@@ -64,11 +64,24 @@ def test_a_failure_is_logged_once_until_the_item_succeeds_again(engine: Engine, 
     assert each.failing == frozenset()
 
 
-def test_an_expected_clash_is_one_info_line_and_not_failing(engine: Engine, caplog: pytest.LogCaptureFixture):
+def test_an_expected_clash_is_one_warning_line_and_not_failing(engine: Engine, caplog: pytest.LogCaptureFixture):
     each = EachAlone("import of", log=log, expected=(Conflict,))
     each.run(engine, "ada", partial(add_customer, name="ada"))
     with caplog.at_level(logging.INFO, logger="test_each"):
         clash = each.run(engine, "ada again", partial(add_customer, name="ada"))  # the same e-mail address
     assert clash.failed
-    assert [(record.levelname, record.exc_info) for record in caplog.records] == [("INFO", None)]
+    assert [(record.levelname, record.exc_info) for record in caplog.records] == [("WARNING", None)]
+    assert "Conflict" in caplog.records[0].getMessage()
     assert each.failing == frozenset()
+
+
+def test_items_gone_from_a_run_are_forgotten(engine: Engine) -> None:
+    each = EachAlone("import of", log=log)
+
+    def broken(*, session: Session) -> None:
+        raise RuntimeError("down")
+
+    each.run(engine, "ada", broken)
+    each.run(engine, "bea", broken)
+    each.keep_only(["bea", "cy"])
+    assert each.failing == {"bea"}

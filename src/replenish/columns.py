@@ -46,6 +46,8 @@ def written_after(model: str) -> Any:
     return Relationship(sa_relationship=relationship(model, lazy="raise"))
 
 
+# 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
+# INTEGER to remain the auto-incrementing rowid.
 BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.

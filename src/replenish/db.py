@@ -159,7 +159,3 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, key: l
         ),
         rows,
     )
-
-
-# 64-bit keys and counters on PostgreSQL; on SQLite an INTEGER primary key is already 64-bit and must stay
-# INTEGER to remain the auto-incrementing rowid.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -29,8 +29,9 @@ class EachAlone:
     a debug line while the same item keeps failing, until it succeeds again, which is logged too: a customer whose
     retention fails every hour shows up once in the log, not 24 times a day.
 
-    ``expected`` exceptions (say, a concurrent writer that got there first) are logged on one info line, never with
-    a traceback, and do not count as failing."""
+    ``expected`` exceptions (say, a concurrent writer that got there first) are logged on one warning line, with
+    the database's own message and not the statement's parameters, never with a traceback, and do not count as
+    failing. A job calls ``keep_only`` with the keys of its run, so that items gone meanwhile are forgotten."""
 
     def __init__(self, job: str, *, log: logging.Logger, expected: tuple[type[Exception], ...] = ()) -> None:
         self._job = job
@@ -46,7 +47,11 @@ class EachAlone:
             with transaction(engine) as session:
                 value = act(session=session)
         except self._expected as exc:
-            self._log.info("%s %s: not done, %s; tried again next time", self._job, key, exc)
+            # The driver's message (a unique key's values, say), not SQLAlchemy's, which carries the parameters.
+            reason = getattr(exc, "orig", None) or exc
+            self._log.warning(
+                "%s %s: not done (%s: %s); tried again next time", self._job, key, type(exc).__name__, reason
+            )
             return Outcome(failed=True)
         except Exception:
             with self._lock:
@@ -63,6 +68,12 @@ class EachAlone:
         if recovered:
             self._log.info("%s %s succeeded again", self._job, key)
         return Outcome(value=value)
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        """Forget the failing items that are not among ``keys`` (this run's): they are gone, or no longer due."""
+        wanted = set(keys)
+        with self._lock:
+            self._failing &= wanted
 
     @property
     def failing(self) -> frozenset[str]:

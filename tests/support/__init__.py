@@ -1,6 +1,6 @@
 """What the tests share, by concern: the brokers and database they start (`brokers`), the platform and its settings
 (`platform`), the API as customers and operators see it (`api`), devices on MQTT (`mqtt`), and the servers that
-stand in for the outside world: webhooks, a mailbox, a push service (`servers`). Fixtures stay in conftest.py."""
+stand in for the outside world: a webhook receiver and a mailbox (`servers`). Fixtures stay in conftest.py."""
 
 from __future__ import annotations
 

@@ -297,6 +297,7 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
     with Session(engine) as session:
         customer_ids = list(session.exec(select(Customer.id)))
     totals: dict[str, int] = {}
+    _RETENTION.keep_only(customer_ids)
     for customer_id in customer_ids:
         outcome = _RETENTION.run(engine, customer_id, partial(apply_retention, customer_id=customer_id, now=now))
         for name, count in (outcome.value or {}).items():
