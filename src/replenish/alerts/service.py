@@ -69,6 +69,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         _escalate_if_due(session=session, alert=existing, now=now)
         return existing
     version, document = consent.current_document(session=session, customer_id=device.customer_id)
+    assert message.id is not None  # stored (and flushed) by ingest before its alert
     alert = Alert(
         customer_id=device.customer_id,
         device_id=device.id,

@@ -133,7 +133,7 @@ def refuse_private_destinations(url: str) -> None:
     if not host:
         raise UndeliverableAddress(f"no host in {url!r}")
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host!r}: {exc}") from exc
     private = sorted(address for address in addresses if not _is_public(address))

@@ -142,7 +142,7 @@ def spent_between(*, session: Session, customer_id: str, start: datetime, end: d
             col(Order.status).in_(SPENDING_STATUSES),
         )
     ).one()
-    return Decimal(total)
+    return Decimal(total or 0)  # coalesce makes it 0 already; the type does not know
 
 
 def history(*, session: Session, order_id: str) -> list[OrderEvent]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, event, or_, update
+from sqlalchemy import CursorResult, delete, event, or_, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -124,7 +124,7 @@ def withdraw(*, session: Session, idempotency_key: str) -> bool:
             col(OutboxMessage.attempts) == 0,
         )
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return cast("CursorResult[Any]", result).rowcount == 1  # a DELETE or UPDATE: a cursor result
 
 
 def exists(*, session: Session, idempotency_key: str) -> bool:
@@ -146,4 +146,4 @@ def claim(*, session: Session, message_id: int, now: datetime, until: datetime, 
         )
         .values(claimed_until=until, claimed_by=by)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return cast("CursorResult[Any]", result).rowcount == 1  # a DELETE or UPDATE: a cursor result
