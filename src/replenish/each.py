@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -31,18 +32,23 @@ class EachAlone:
 
     ``expected`` exceptions (say, a concurrent writer that got there first) are logged on one warning line, with
     the database's own message and not the statement's parameters, never with a traceback, and do not count as
-    failing. A job calls ``keep_only`` with the keys of its run, so that items gone meanwhile are forgotten."""
+    failing. A job runs its items inside ``one_pass()``: failing items the pass did not run (gone meanwhile, or no
+    longer due) are forgotten at its end."""
 
     def __init__(self, job: str, *, log: logging.Logger, expected: tuple[type[Exception], ...] = ()) -> None:
         self._job = job
         self._log = log
         self._expected = expected
         self._failing: set[str] = set()
+        self._ran: set[str] | None = None  # the keys of the pass under way
         self._lock = threading.Lock()
 
     def run(self, engine: Engine, key: str, act: Callable[..., T]) -> Outcome[T]:
         """``act(session=...)`` in a transaction of its own: a service function with its other arguments bound
         (``functools.partial(service.remind, order_id=..., now=...)``)."""
+        with self._lock:
+            if self._ran is not None:
+                self._ran.add(key)
         try:
             with transaction(engine) as session:
                 value = act(session=session)
@@ -69,11 +75,17 @@ class EachAlone:
             self._log.info("%s %s succeeded again", self._job, key)
         return Outcome(value=value)
 
-    def keep_only(self, keys: Iterable[str]) -> None:
-        """Forget the failing items that are not among ``keys`` (this run's): they are gone, or no longer due."""
-        wanted = set(keys)
+    @contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """One pass of the job over its items: at its end, failing items it did not run are forgotten."""
         with self._lock:
-            self._failing &= wanted
+            self._ran = set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._failing &= self._ran or set()
+                self._ran = None
 
     @property
     def failing(self) -> frozenset[str]:

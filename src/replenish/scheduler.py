@@ -128,11 +128,11 @@ class Jobs:
         with Session(self.engine) as session:
             due = alerts.due_for_escalation(session=session, now=now)
         stepped = []
-        self._escalations.keep_only(due)
-        for alert_id in due:
-            outcome = self._escalations.run(self.engine, alert_id, partial(alerts.escalate, alert_id=alert_id, now=now))
-            if outcome.value is not None:
-                stepped.append(alert_id)
+        with self._escalations.one_pass():
+            for alert_id in due:
+                step = partial(alerts.escalate, alert_id=alert_id, now=now)
+                if self._escalations.run(self.engine, alert_id, step).value is not None:
+                    stepped.append(alert_id)
         return stepped
 
     def health(self) -> HealthReport:
@@ -141,21 +141,16 @@ class Jobs:
         with Session(self.engine) as session:
             device_ids = list(session.exec(select(Device.id).order_by(col(Device.id))))
         report = HealthReport()
-        pages = [device_ids[start : start + HEALTH_PAGE] for start in range(0, len(device_ids), HEALTH_PAGE)]
-        keys = [f"{page_ids[0]}..{page_ids[-1]}" for page_ids in pages]  # its first and last device
-        self._health_pages.keep_only(keys)
-        for key, page_ids in zip(keys, pages, strict=True):
-            outcome = self._health_pages.run(
-                self.engine,
-                key,
-                partial(health.assess_devices, device_ids=page_ids, now=now, policy=self.policy),
-            )
-            if outcome.value is None:
-                continue
-            page = outcome.value
-            report.devices += page.devices
-            report.raised += page.raised
-            report.cleared += page.cleared
+        with self._health_pages.one_pass():
+            for start in range(0, len(device_ids), HEALTH_PAGE):
+                page_ids = device_ids[start : start + HEALTH_PAGE]
+                check = partial(health.assess_devices, device_ids=page_ids, now=now, policy=self.policy)
+                page = self._health_pages.run(self.engine, f"{page_ids[0]}..{page_ids[-1]}", check).value
+                if page is None:
+                    continue
+                report.devices += page.devices
+                report.raised += page.raised
+                report.cleared += page.cleared
         if report.raised or report.cleared:
             log.info("health: raised %s; cleared %s", report.raised or "none", report.cleared or "none")
         return report

@@ -31,7 +31,6 @@ class FollowUpReport:
     digests: list[str] = field(default_factory=list)  # customers who were sent their daily digest
     unanswered: dict[str, NoAnswer] = field(default_factory=dict)  # order id -> what on_no_answer did
     errors: int = 0
-    attempted: list[str] = field(default_factory=list)  # every step's key, for EachAlone.keep_only
 
 
 def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
@@ -43,29 +42,31 @@ def follow_up(*, engine: Engine, now: datetime) -> FollowUpReport:
         digest_waiting = notifications.customers_with_digest_waiting(session=session)
     # Deadlines first: a request whose reminder and deadline both came due (the platform was down) is not reminded
     # of a deadline that has passed.
-    for order_id in deadlines:
-        outcome = _alone(
-            engine,
-            report,
-            f"deadline of order {order_id}",
-            partial(service.act_on_no_answer, order_id=order_id, now=now),
-        )
-        if outcome is not None:
-            report.unanswered[order_id] = outcome
-    for order_id in reminders:
-        if order_id not in report.unanswered and _alone(
-            engine, report, f"reminder of order {order_id}", partial(service.remind, order_id=order_id, now=now)
-        ):
-            report.reminded.append(order_id)
-    for order_id in nudges:
-        if _alone(engine, report, f"nudge for order {order_id}", partial(service.nudge, order_id=order_id, now=now)):
-            report.nudged.append(order_id)
-    for customer_id in digest_waiting:
-        if _alone(
-            engine, report, f"digest for customer {customer_id}", partial(_digest, customer_id=customer_id, now=now)
-        ):
-            report.digests.append(customer_id)
-    _FOLLOW_UPS.keep_only(report.attempted)
+    with _FOLLOW_UPS.one_pass():
+        for order_id in deadlines:
+            outcome = _alone(
+                engine,
+                report,
+                f"deadline of order {order_id}",
+                partial(service.act_on_no_answer, order_id=order_id, now=now),
+            )
+            if outcome is not None:
+                report.unanswered[order_id] = outcome
+        for order_id in reminders:
+            if order_id not in report.unanswered and _alone(
+                engine, report, f"reminder of order {order_id}", partial(service.remind, order_id=order_id, now=now)
+            ):
+                report.reminded.append(order_id)
+        for order_id in nudges:
+            if _alone(
+                engine, report, f"nudge for order {order_id}", partial(service.nudge, order_id=order_id, now=now)
+            ):
+                report.nudged.append(order_id)
+        for customer_id in digest_waiting:
+            if _alone(
+                engine, report, f"digest for customer {customer_id}", partial(_digest, customer_id=customer_id, now=now)
+            ):
+                report.digests.append(customer_id)
     return report
 
 
@@ -84,7 +85,6 @@ _FOLLOW_UPS = EachAlone("follow-up:", log=log)
 def _alone(engine: Engine, report: FollowUpReport, key: str, act: Callable[..., T]) -> T | None:
     """One order's (or customer's) step in a transaction of its own; a failure is counted, and tried again next
     time."""
-    report.attempted.append(key)
     outcome = _FOLLOW_UPS.run(engine, key, act)
     report.errors += outcome.failed
     return outcome.value

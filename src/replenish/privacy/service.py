@@ -297,11 +297,11 @@ def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
     with Session(engine) as session:
         customer_ids = list(session.exec(select(Customer.id)))
     totals: dict[str, int] = {}
-    _RETENTION.keep_only(customer_ids)
-    for customer_id in customer_ids:
-        outcome = _RETENTION.run(engine, customer_id, partial(apply_retention, customer_id=customer_id, now=now))
-        for name, count in (outcome.value or {}).items():
-            totals[name] = totals.get(name, 0) + count
+    with _RETENTION.one_pass():
+        for customer_id in customer_ids:
+            outcome = _RETENTION.run(engine, customer_id, partial(apply_retention, customer_id=customer_id, now=now))
+            for name, count in (outcome.value or {}).items():
+                totals[name] = totals.get(name, 0) + count
     # A sign-up keeps an address, in its row and in the e-mail the outbox sent: both go once its link expired.
     with transaction(engine) as session:
         expired = session.exec(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now))
