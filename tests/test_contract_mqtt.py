@@ -138,7 +138,7 @@ class Rig:
         return response.json()
 
     def dead_letters(self, topic: str) -> list[dict[str, Any]]:
-        return [letter for letter in dead_letters_with_payloads(self.api) if letter["topic"] == topic]
+        return dead_letters_with_payloads(self.api, topic=topic)
 
     def stored(self, device_id: str) -> list[dict[str, Any]]:
         return stored_messages(self.platform, device_id)
