@@ -7,6 +7,7 @@ Tests get the embedded stack; a module or test marked ``both_stacks`` runs once 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import Engine
@@ -30,11 +32,17 @@ from support.platform import STACKS, START, Stack, make_settings, migrated_sqlit
 from support.servers import Mailbox
 
 # Argon2 as configured takes ~140 ms per hash or check, and nearly every test creates accounts and signs in several
-# times: seconds of CPU per test on a 2-core machine. Elsewhere the same hasher with the cheapest parameters (the same
-# code paths, the same $argon2id$ format); tests/test_auth.py keeps the real one. Roles started as processes hash
-# for real.
+# times: seconds of CPU per test on a 2-core machine. Tests get the same hasher with the cheapest parameters (the same
+# code paths, the same $argon2id$ format); tests marked real_passwords (the hashing itself, the equal answers for a
+# wrong password and an unknown address) keep the configured one, as do roles started as processes.
 CHEAP_PASSWORDS = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-REAL_PASSWORD_MODULES = {"test_auth"}
+
+
+# How hard the property tests search: "ci" in make test; HYPOTHESIS_PROFILE=thorough for a longer hunt (ten times the
+# examples) before a release or after touching ingest. Tests that set max_examples themselves keep their own count.
+hypothesis_settings.register_profile("ci", max_examples=100)
+hypothesis_settings.register_profile("thorough", max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 _COMPILER = pytest.StashKey[subprocess.Popen[bytes]]()
@@ -57,7 +65,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if request.module.__name__ in REAL_PASSWORD_MODULES:
+    if request.node.get_closest_marker("real_passwords"):
         return
     monkeypatch.setattr(auth, "_passwords", CHEAP_PASSWORDS)
     monkeypatch.setattr(auth, "_DUMMY_HASH", CHEAP_DUMMY_HASH)

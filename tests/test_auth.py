@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pwdlib import PasswordHash
 from sqlmodel import Session, select
 
 from replenish.auth.models import AccessToken, Account
@@ -159,6 +160,7 @@ def test_sign_up_takes_no_password_and_an_operator_hears_of_a_taken_email(platfo
     assert len(api.get("/customers").json()) == 1
 
 
+@pytest.mark.real_passwords
 def test_a_wrong_password_and_an_unknown_email_get_the_same_401(platform, api):
     create_customer(api, email="ada@example.com")
     answers = [
@@ -170,6 +172,7 @@ def test_a_wrong_password_and_an_unknown_email_get_the_same_401(platform, api):
     assert all(a.headers["www-authenticate"] == "Bearer" for a in answers)
 
 
+@pytest.mark.real_passwords
 def test_passwords_and_tokens_are_stored_only_as_hashes(platform, api):
     create_customer(api, email="ada@example.com")
     token = personal_token(platform, "ada@example.com")
@@ -177,6 +180,8 @@ def test_passwords_and_tokens_are_stored_only_as_hashes(platform, api):
         account = session.exec(select(Account).where(Account.email == "ada@example.com")).one()
         stored = session.exec(select(AccessToken.token_hash)).all()
     assert account.password_hash.startswith("$argon2id$") and PASSWORD not in account.password_hash
+    # With the recommended parameters (memory, iterations, lanes), not weaker ones.
+    assert not PasswordHash.recommended().hashers[0].check_needs_rehash(account.password_hash)
     assert token.startswith("rpl_") and token not in stored and hash_token(token) in stored
 
 

@@ -402,6 +402,8 @@ class Run:
 
 
 def run_property(run: Run, *, max_examples: int, mosquitto: bool) -> None:
+    """``max_examples`` comes from the loaded hypothesis profile (tests/conftest.py): fewer in make test, many more in
+    a thorough run."""
     messages = sequences()
     if mosquitto:
         messages = messages.filter(lambda items: not any(_mosquitto_refuses(item) for item in items))
@@ -447,7 +449,7 @@ def registered(platform: Platform, api: httpx.Client) -> Platform:
 def test_bad_input_at_volume_on_the_embedded_broker(registered: Platform, publisher: Publisher) -> None:
     """amqtt also passes on topics with U+0000 and control characters (MQTT forbids or discourages them): they must
     not trouble the ingestor either."""
-    run_property(Run(registered, publisher), max_examples=300, mosquitto=False)
+    run_property(Run(registered, publisher), max_examples=settings().max_examples, mosquitto=False)
 
 
 @pytest.fixture
@@ -481,4 +483,4 @@ def on_mosquitto(
 def test_bad_input_at_volume_on_mosquitto(on_mosquitto: tuple[Platform, Publisher]) -> None:
     """The production broker, with its production config (oversize payloads up to its packet limit reach the platform).
     Mosquitto disconnects a client whose topic holds U+0000, so none are sent here."""
-    run_property(Run(*on_mosquitto), max_examples=150, mosquitto=True)
+    run_property(Run(*on_mosquitto), max_examples=settings().max_examples // 2, mosquitto=True)
