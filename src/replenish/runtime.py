@@ -19,7 +19,6 @@ from py_vapid import Vapid02
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from replenish.api.app import create_app
 from replenish.clock import Clock, SystemClock
 from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postgres
@@ -295,6 +294,10 @@ class Platform:
         return AlwaysHeld()
 
     def _start_api(self) -> None:
+        # Imported here: the routers, FastAPI and the web app are most of what a process loads, and an ingest or
+        # scheduler process (several per deployment, restarted on every release) serves none of them.
+        from replenish.api.app import create_app
+
         # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.
         self.metrics.registry.register(DatabaseCollector(engine=self.engine, clock=self.clock))
         app = create_app(
