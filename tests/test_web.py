@@ -492,7 +492,7 @@ def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[
         tmp_path,
         REPLENISH_API_PORT=str(api_port),
         REPLENISH_BROKER_PORT=str(free_port()),
-        REPLENISH_DEMO_CATCH_UP_SECONDS="6",  # the history replayed in 6 s rather than 25: the same story, sooner
+        REPLENISH_DEMO_CATCH_UP_SECONDS="3",  # the history replayed in 3 s rather than 25: the same story, sooner
     )
     log = tmp_path / "up.log"
     with process(["up", "--demo"], env, log):

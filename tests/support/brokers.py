@@ -29,21 +29,22 @@ _HANDED_OUT: set[int] = set()
 # Under pytest-xdist each worker hands out ports from a block of its own, below the kernel's ephemeral range (32768
 # up on Linux), so that no two workers, and no outgoing connection, are ever given the same port.
 PORT_BLOCK_START = 10000
-PORT_BLOCK_SIZE = 5000  # four workers fit below 32768; a whole run hands out about 2,500 ports
+EPHEMERAL_PORTS_START = 32768
+
+
+def port_block(worker: str) -> range:
+    """Worker gwN's share of the ports below the ephemeral range (a whole run hands out about 2,500 ports)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (EPHEMERAL_PORTS_START - PORT_BLOCK_START) // workers
+    number = int(worker[2:])
+    return range(PORT_BLOCK_START + number * size, PORT_BLOCK_START + (number + 1) * size)
 
 
 def free_port() -> int:
     """A port nothing listens on now, and never one this process was given before: two servers of one test (the
     broker and the API) must not be handed the same port the kernel freed in between."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    candidates = (
-        range(
-            PORT_BLOCK_START + int(worker[2:]) * PORT_BLOCK_SIZE,
-            PORT_BLOCK_START + (int(worker[2:]) + 1) * PORT_BLOCK_SIZE,
-        )
-        if worker.startswith("gw")
-        else itertools.repeat(0)  # port 0: the kernel picks
-    )
+    candidates = port_block(worker) if worker.startswith("gw") else itertools.repeat(0)  # port 0: the kernel picks
     for candidate in candidates:
         with socket.socket() as sock:
             try:
@@ -54,7 +55,7 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
-    raise RuntimeError(f"xdist worker {worker} has used up its {PORT_BLOCK_SIZE} ports")
+    raise RuntimeError(f"xdist worker {worker} has used up its {len(port_block(worker))} ports")
 
 
 DEVICE_LISTENER = 1883
