@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Engine, Table, event, insert, text
+from sqlalchemy import JSON, Engine, Table, event, insert, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, SQLModel, create_engine, select
 
 from replenish import models  # noqa: F401  (every mapper, before any session: relationships name their targets)
 from replenish.errors import NotFound
@@ -21,9 +21,19 @@ from replenish.errors import NotFound
 ModelT = TypeVar("ModelT", bound=SQLModel)
 
 
-def get_or_raise(session: Session, model: type[ModelT], key: str, *, entity: str) -> ModelT:
-    """The row with this primary key, or NotFound (a 404 at the API)."""
-    row = session.get(model, key)
+def get_or_raise(
+    session: Session, model: type[ModelT], key: str, *, entity: str, customer_id: str | None = None
+) -> ModelT:
+    """The row with this primary key, or NotFound (a 404 at the API). Given ``customer_id``, only that customer's
+    (filtered in SQL): another customer's row answers exactly as a missing one does, its existence not given away."""
+    if customer_id is None:
+        row = session.get(model, key)
+    else:
+        mapper = inspect(model)
+        [primary_key] = mapper.primary_key
+        row = session.exec(
+            select(model).where(primary_key == key, mapper.columns["customer_id"] == customer_id)
+        ).first()
     if row is None:
         raise NotFound(entity, key)
     return row

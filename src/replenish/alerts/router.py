@@ -19,7 +19,6 @@ from replenish.alerts.schemas import (
     ResolveRequest,
 )
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
-from replenish.auth.service import Principal
 from replenish.constants import ACKNOWLEDGE_PAGE_PATH, AlertStatus
 from replenish.db import transaction
 from replenish.devices.models import Device
@@ -30,12 +29,6 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 acknowledgements_router = APIRouter(prefix="/acknowledgements", tags=["alerts"])
 # The same, as a page for a phone's browser (the link in an e-mail leads here).
 acknowledgement_page_router = APIRouter(prefix=ACKNOWLEDGE_PAGE_PATH, include_in_schema=False)
-
-
-def _visible(session: Session, principal: Principal, alert_id: str) -> Alert:
-    alert = service.get(session=session, alert_id=alert_id)
-    principal.check_access(alert.customer_id, entity="alert", key=alert_id)
-    return alert
 
 
 @router.get("", response_model=list[AlertRead], summary="List alerts, newest first")
@@ -61,7 +54,7 @@ def list_alerts(
 
 @router.get("/{alert_id}", response_model=AlertDetail, summary="An alert, and the event behind it")
 def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) -> AlertDetail:
-    alert = _visible(session, principal, alert_id)
+    alert = service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
     steps = service.steps(session=session, alert_id=alert.id)
     delivered = service.delivered_at(session=session, steps=steps)
     return AlertDetail(
@@ -84,7 +77,7 @@ def acknowledge(
 ) -> AlertRead:
     """Marks the alert acknowledged and sends `alert_acknowledged` to the device's commands topic."""
     with transaction(engine) as session:
-        _visible(session, principal, alert_id)
+        service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
         actor = principal.actor if not (body and body.by) else f"{body.by} (via {principal.actor})"
         alert = service.acknowledge(session=session, alert_id=alert_id, actor=actor, now=clock.now())
         return AlertRead.model_validate(alert)
@@ -96,7 +89,7 @@ def resolve(
 ) -> AlertRead:
     request = body or ResolveRequest()
     with transaction(engine) as session:
-        _visible(session, principal, alert_id)
+        service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
         alert = service.resolve(
             session=session,
             alert_id=alert_id,

@@ -348,8 +348,9 @@ def explain(*, session: Session, alert: Alert) -> dict[str, object]:
     }
 
 
-def get(*, session: Session, alert_id: str) -> Alert:
-    return get_or_raise(session, Alert, alert_id, entity="alert")
+def get(*, session: Session, alert_id: str, customer_id: str | None = None) -> Alert:
+    """The alert; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Alert, alert_id, entity="alert", customer_id=customer_id)
 
 
 def list_alerts(

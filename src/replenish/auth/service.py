@@ -49,6 +49,11 @@ class Principal:
         """How the caller appears in histories and audit records."""
         return f"{self.role}:{self.email}"
 
+    @property
+    def visible_customer(self) -> str | None:
+        """The one customer whose objects this caller may read or act on; None for an operator, who may any."""
+        return None if self.is_operator else self.customer_id
+
     def may_access(self, customer_id: str) -> bool:
         return self.is_operator or self.customer_id == customer_id
 

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
-from sqlmodel import Session
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, Timestamp
-from replenish.auth.service import Principal
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
-from replenish.devices.models import Device
 from replenish.devices.schemas import (
     DeviceCreate,
     DeviceCredentials,
@@ -21,12 +18,6 @@ from replenish.devices.schemas import (
 from replenish.errors import Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
-
-
-def _visible(session: Session, principal: Principal, device_id: str) -> Device:
-    device = service.get(session=session, device_id=device_id)
-    principal.check_access(device.customer_id, entity="device", key=device_id)
-    return device
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRegistered, summary="Register a device")
@@ -70,7 +61,7 @@ def rotate_credentials(
     the old one from now on and ends a connection made with it within seconds (embedded broker: every
     REPLENISH_BROKER_CREDENTIALS_CHECK_SECONDS; Mosquitto: at its next reload, docs/mqtt.md)."""
     with transaction(engine) as session:
-        device = _visible(session, principal, device_id)
+        device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
         secret = service.rotate_credentials(session=session, device=device, actor=principal.actor, now=clock.now())
         return DeviceCredentials(mqtt_username=device.id, mqtt_password=secret)
 
@@ -84,7 +75,7 @@ def update_slot(
     if not principal.is_operator and "unit_price" in body.model_fields_set:
         raise Forbidden("prices come from the catalogue: only an operator sets a slot's unit_price")
     with transaction(engine) as session:
-        device = _visible(session, principal, device_id)
+        device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         service.update_slot(session=session, slot=slot, request=body, now=clock.now())
         return service.describe(session=session, device=device)
@@ -107,7 +98,10 @@ def list_devices(
 
 @router.get("/{device_id}", response_model=DeviceRead, summary="A device with its latest levels and forecasts")
 def get_device(device_id: str, session: ReadSession, principal: CurrentPrincipal) -> DeviceRead:
-    return service.describe(session=session, device=_visible(session, principal, device_id))
+    return service.describe(
+        session=session,
+        device=service.get(session=session, device_id=device_id, customer_id=principal.visible_customer),
+    )
 
 
 @router.get(
@@ -128,7 +122,7 @@ def slot_readings(
     ),
     limit: Limit = 1000,
 ) -> list[ReadingRead]:
-    _visible(session, principal, device_id)
+    service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.readings(session=session, slot=slot, since=since, before=before, limit=limit)
 
@@ -143,5 +137,5 @@ def device_events(
     offset: Offset = 0,
 ) -> list[EventRead]:
     """Every event the device sent, including types the platform does not act on."""
-    _visible(session, principal, device_id)
+    service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
     return service.events(session=session, device_id=device_id, event_type=type, limit=limit, offset=offset)

@@ -90,8 +90,9 @@ def mqtt_password_hashes(*, session: Session, device_ids: Collection[str]) -> di
 _IN_CLAUSE_CHUNK = 500
 
 
-def get(*, session: Session, device_id: str) -> Device:
-    return get_or_raise(session, Device, device_id, entity="device")
+def get(*, session: Session, device_id: str, customer_id: str | None = None) -> Device:
+    """The device; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Device, device_id, entity="device", customer_id=customer_id)
 
 
 def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:

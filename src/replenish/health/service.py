@@ -225,8 +225,9 @@ def _status_word(online: bool | None) -> str:
     return "unknown" if online is None else ("online" if online else "offline")
 
 
-def get(*, session: Session, alarm_id: str) -> Alarm:
-    return get_or_raise(session, Alarm, alarm_id, entity="alarm")
+def get(*, session: Session, alarm_id: str, customer_id: str | None = None) -> Alarm:
+    """The alarm; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Alarm, alarm_id, entity="alarm", customer_id=customer_id)
 
 
 def list_alarms(

@@ -77,8 +77,9 @@ def list_notifications(
 
 @router.get("/{notification_id}", response_model=NotificationDetail, summary="A notification and why it was sent")
 def get_notification(notification_id: str, session: ReadSession, principal: CurrentPrincipal) -> NotificationDetail:
-    notification = get_or_raise(session, Notification, notification_id, entity="notification")
-    principal.check_access(notification.customer_id, entity="notification", key=notification_id)
+    notification = get_or_raise(
+        session, Notification, notification_id, entity="notification", customer_id=principal.visible_customer
+    )
     explanation = (
         explain_decision(session=session, decision_id=notification.decision_id) if notification.decision_id else None
     )
@@ -135,7 +136,12 @@ def list_subscriptions(
 )
 def unsubscribe(subscription_id: str, principal: CurrentPrincipal, engine: EngineDep) -> Response:
     with transaction(engine) as session:
-        found = get_or_raise(session, PushSubscription, subscription_id, entity="push subscription")
-        principal.check_access(found.customer_id, entity="push subscription", key=subscription_id)
+        found = get_or_raise(
+            session,
+            PushSubscription,
+            subscription_id,
+            entity="push subscription",
+            customer_id=principal.visible_customer,
+        )
         session.delete(found)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -72,18 +72,14 @@ def list_orders(
 
 @router.get("/{order_id}", response_model=OrderDetail, summary="An order, the decision behind it, and its history")
 def get_order(order_id: str, session: ReadSession, principal: CurrentPrincipal) -> OrderDetail:
-    order = service.get(session=session, order_id=order_id)
-    principal.check_access(order.customer_id, entity="order", key=order_id)
-    return _detail(session, order)
+    return _detail(session, service.get(session=session, order_id=order_id, customer_id=principal.visible_customer))
 
 
 def _transition(
     engine: EngineDep, clock: ClockDep, principal: Principal, order_id: str, to: OrderStatus, reason: str | None
 ) -> OrderDetail:
     with transaction(engine) as session:
-        principal.check_access(
-            service.get(session=session, order_id=order_id).customer_id, entity="order", key=order_id
-        )
+        service.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
         order = service.transition(
             session=session, order_id=order_id, to=to, actor=principal.actor, now=clock.now(), reason=reason
         )
@@ -243,8 +239,7 @@ def order_now(
     approval, placed, confirmed, shipped or held) the answer is that order (200) and nothing new is made: pressing
     twice orders once. Automation then counts the slot's current cycle as decided."""
     with transaction(engine) as session:
-        device = devices.get(session=session, device_id=device_id)
-        principal.check_access(device.customer_id, entity="device", key=device_id)
+        device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
         slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         outcome = automation.order_now(
             session=session,

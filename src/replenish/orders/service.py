@@ -100,8 +100,9 @@ def can_become(current: OrderStatus, to: OrderStatus) -> bool:
     return to in _ALLOWED[current]
 
 
-def get(*, session: Session, order_id: str) -> Order:
-    return get_or_raise(session, Order, order_id, entity="order")
+def get(*, session: Session, order_id: str, customer_id: str | None = None) -> Order:
+    """The order; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Order, order_id, entity="order", customer_id=customer_id)
 
 
 def list_orders(

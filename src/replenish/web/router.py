@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, status
@@ -196,21 +196,12 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     return _page(request, "orders.html", context)
 
 
-Owned = TypeVar("Owned", Order, Alert)
-
-
-def _visible(principal: Principal, load: Callable[[], Owned], *, entity: str, key: str) -> Owned:
-    """The object if the principal may see it; missing and another customer's answer the same 404 page."""
+def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
+    """The order if it is the principal's to see; missing and another customer's answer the same 404 page."""
     try:
-        found = load()
-        principal.check_access(found.customer_id, entity=entity, key=key)
+        return orders.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
     except NotFound:
         raise PageNotFound from None
-    return found
-
-
-def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
-    return _visible(principal, lambda: orders.get(session=session, order_id=order_id), entity="order", key=order_id)
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
@@ -277,8 +268,7 @@ def order_now(
     check_csrf(request, csrf)
     with transaction(request.app.state.engine) as session:
         try:
-            device = devices.get(session=session, device_id=device_id)
-            principal.check_access(device.customer_id, entity="device", key=device_id)
+            device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
             slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         except NotFound:
             raise PageNotFound from None
@@ -385,7 +375,11 @@ def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 
 
 def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
-    return _visible(principal, lambda: alerts.get(session=session, alert_id=alert_id), entity="alert", key=alert_id)
+    """The alert if it is the principal's to see; missing and another customer's answer the same 404 page."""
+    try:
+        return alerts.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
+    except NotFound:
+        raise PageNotFound from None
 
 
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
