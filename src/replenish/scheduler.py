@@ -1,5 +1,6 @@
-"""The coordinator that owns the periodic work: re-forecasting and deciding, following up unanswered requests,
-escalating safety incidents, retention."""
+"""The coordinator that owns the periodic work: which jobs run, how often, and only on the leader. The work itself is
+each domain's (automation.service.evaluate_due and the domains' scheduled.py: answers, alerts, health, privacy);
+Jobs adds the clock, the settings, the metrics and the log lines."""
 
 from __future__ import annotations
 
@@ -7,32 +8,24 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
-from sqlmodel import Session, col, select
 
-from replenish.alerts import service as alerts
+from replenish.alerts.scheduled import escalate_due
 from replenish.answers.scheduled import FollowUpReport, follow_up
 from replenish.automation.service import EvaluationReport, FleetRatesCache, evaluate_due
 from replenish.clock import Clock
 from replenish.config import Settings
-from replenish.devices.models import Device
-from replenish.each import EachAlone
-from replenish.health import service as health
 from replenish.health.rules import HealthPolicy
+from replenish.health.scheduled import assess_fleet
 from replenish.health.service import HealthReport
 from replenish.observability.metrics import Metrics
 from replenish.outbox.dispatcher import Dispatcher
-from replenish.privacy.service import retention_job
+from replenish.privacy.scheduled import retention
 
 log = logging.getLogger(__name__)
-
-HEALTH_PAGE = 500
 
 
 class LeaderWork:
@@ -79,10 +72,6 @@ class Jobs:
         self.stopping = threading.Event()
         self.leader_work = LeaderWork()
         self.fleet = FleetRatesCache()
-        # A concurrent escalator that took the step first (unique per incident and level), or changed the incident
-        # while it was being stepped: expected, and the incident is looked at again.
-        self._escalations = EachAlone("escalation of alert", log=log, expected=(StaleDataError, IntegrityError))
-        self._health_pages = EachAlone("health check of devices", log=log)
         # On PostgreSQL every scheduler process evaluates (due slots are claimed with SKIP LOCKED); on SQLite the
         # one writer would only make several evaluators wait on each other.
         self.evaluation_shared = engine.dialect.name == "postgresql"
@@ -122,41 +111,18 @@ class Jobs:
         self.dispatcher.dispatch_due()
 
     def escalate(self) -> list[str]:
-        """Step every safety incident whose time has come, each in its own transaction: one that fails (a concurrent
-        escalator took the step) does not hold up the others."""
-        now = self.clock.now()
-        with Session(self.engine) as session:
-            due = alerts.due_for_escalation(session=session, now=now)
-        stepped = []
-        with self._escalations.one_pass():
-            for alert_id in due:
-                step = partial(alerts.escalate, alert_id=alert_id, now=now)
-                if self._escalations.run(self.engine, alert_id, step).value is not None:
-                    stepped.append(alert_id)
-        return stepped
+        """Step every safety incident whose time has come (alerts.scheduled)."""
+        return escalate_due(engine=self.engine, now=self.clock.now())
 
     def health(self) -> HealthReport:
-        """Judge every device's health and bring its alarms in line, a page of devices per transaction."""
-        now = self.clock.now()
-        with Session(self.engine) as session:
-            device_ids = list(session.exec(select(Device.id).order_by(col(Device.id))))
-        report = HealthReport()
-        with self._health_pages.one_pass():
-            for start in range(0, len(device_ids), HEALTH_PAGE):
-                page_ids = device_ids[start : start + HEALTH_PAGE]
-                check = partial(health.assess_devices, device_ids=page_ids, now=now, policy=self.policy)
-                page = self._health_pages.run(self.engine, f"{page_ids[0]}..{page_ids[-1]}", check).value
-                if page is None:
-                    continue
-                report.devices += page.devices
-                report.raised += page.raised
-                report.cleared += page.cleared
+        """Judge every device's health and bring its alarms in line (health.scheduled)."""
+        report = assess_fleet(engine=self.engine, now=self.clock.now(), policy=self.policy)
         if report.raised or report.cleared:
             log.info("health: raised %s; cleared %s", report.raised or "none", report.cleared or "none")
         return report
 
     def retention(self) -> dict[str, int]:
-        removed = retention_job(engine=self.engine, now=self.clock.now())
+        removed = retention(engine=self.engine, now=self.clock.now())
         if any(removed.values()):
             log.info("retention: removed %s", ", ".join(f"{count} {name}" for name, count in removed.items()))
         return removed

@@ -9,7 +9,6 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, delete, update
@@ -26,18 +25,14 @@ from replenish.automation.models import Decision
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
-    SIGN_UP_LINK_HOURS,
-    SIGN_UP_NOTICE_PREFIX,
     AuditAction,
     OrderStatus,
     OutboxKind,
 )
 from replenish.customers import service as customers
-from replenish.customers.models import Customer, PendingSignUp
-from replenish.db import transaction
+from replenish.customers.models import Customer
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
-from replenish.each import EachAlone
 from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
@@ -287,31 +282,3 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
         delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids), DeadLetter.received_at < cutoff)
     ).rowcount
     return removed
-
-
-_RETENTION = EachAlone("retention for customer", log=log)
-
-
-def retention_job(*, engine: Engine, now: datetime) -> dict[str, int]:
-    """The scheduled job: every customer in their own transaction."""
-    with Session(engine) as session:
-        customer_ids = list(session.exec(select(Customer.id)))
-    totals: dict[str, int] = {}
-    with _RETENTION.one_pass():
-        for customer_id in customer_ids:
-            outcome = _RETENTION.run(engine, customer_id, partial(apply_retention, customer_id=customer_id, now=now))
-            for name, count in (outcome.value or {}).items():
-                totals[name] = totals.get(name, 0) + count
-    # A sign-up keeps an address, in its row and in the e-mail the outbox sent: both go once its link expired.
-    with transaction(engine) as session:
-        expired = session.exec(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now))
-        sent = session.exec(
-            delete(OutboxMessage).where(
-                col(OutboxMessage.stream).startswith(f"notification:{SIGN_UP_NOTICE_PREFIX}"),
-                col(OutboxMessage.created_at) <= now - timedelta(hours=SIGN_UP_LINK_HOURS),
-            )
-        )
-        if expired.rowcount or sent.rowcount:
-            totals["sign_ups"] = expired.rowcount
-            totals["sign_up_emails"] = sent.rowcount
-    return totals

@@ -1,0 +1,35 @@
+"""The escalation job: every safety incident whose time has come takes its next step, each in its own transaction,
+so that one that fails (a concurrent escalator took the step first) does not hold up the others."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import partial
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+from sqlmodel import Session
+
+from replenish.alerts import service
+from replenish.each import EachAlone
+
+log = logging.getLogger(__name__)
+
+# A concurrent escalator that took the step first (unique per incident and level), or changed the incident while it
+# was being stepped: expected, and the incident is looked at again on the next pass.
+_ESCALATIONS = EachAlone("escalation of alert", log=log, expected=(StaleDataError, IntegrityError))
+
+
+def escalate_due(*, engine: Engine, now: datetime) -> list[str]:
+    """Step every incident due for escalation at ``now``; the ids of those that took a step."""
+    with Session(engine) as session:
+        due = service.due_for_escalation(session=session, now=now)
+    stepped = []
+    with _ESCALATIONS.one_pass():
+        for alert_id in due:
+            step = partial(service.escalate, alert_id=alert_id, now=now)
+            if _ESCALATIONS.run(engine, alert_id, step).value is not None:
+                stepped.append(alert_id)
+    return stepped
