@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 # production stack the tests start natively from deploy/ (tests/support/brokers.py); Chromium and a font for the web app's
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
-# Most tests wait on sockets and timers, so more workers than cores pay: on a 2-core machine three workers ran the
-# 715 tests in 7:57–9:02 (tests/support/brokers.py gives up to four workers ports of their own; four were no faster).
-TEST_WORKERS ?= 3
+# Most tests wait on sockets, timers and processes, so more workers than cores pay: on a 2-core machine the 695 tests
+# took 3:35 on four workers with worksteal (slow tests first, spread over them: tests/conftest.py), 3:57 on six, and
+# 3:52 on four or three with xdist's default scheduling. tests/support/brokers.py gives each worker ports of its own.
+TEST_WORKERS ?= 4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install system-deps run test lint format bench screenshots clean
@@ -50,7 +51,7 @@ test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(BIN)/ruff check .

@@ -101,6 +101,37 @@ UNUSED_MARK = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_first(config, items)
+    check_both_stacks_marks(config, items)
+
+
+def slow_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow (seconds each: processes started and killed, a demo replayed) run first, spread over the
+    workers, so that a parallel run does not end with one worker still on a long test while the others wait.
+
+    `make test` runs `--dist worksteal`, which hands worker k the k-th of equal consecutive slices of this order and
+    lets an idle worker take the back half of a busy one's: each slice starts with its share of the slow tests and
+    goes on with the others in file order (a module's tests together: its module fixtures start once or twice).
+    Every worker collects and orders alike, as xdist requires."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if not slow:
+        return
+    others = [item for item in items if not item.get_closest_marker("slow")]
+    stealing = config.getoption("dist", "no") == "worksteal"
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) if stealing else 1
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for number in range(workers):
+        size = remaining // (workers - number)  # as worksteal sizes its slices
+        remaining -= size
+        own = slow[number::workers]
+        ordered += own
+        ordered += others[: max(size - len(own), 0)]
+        del others[: max(size - len(own), 0)]
+    items[:] = ordered + others
+
+
+def check_both_stacks_marks(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A module marked both_stacks where no test runs on a stack is an error, not a silent no-op (a test that starts
     its own platform in such a module may run on the embedded stack only). Judged on whole modules only: a run of
     chosen tests (by node id, or the last failed) may well hold none that runs on a stack."""

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.api import create_customer, personal_token, register_device
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "st")
 EXAMPLES_PER_OPERATION = 6
 
 
+@pytest.mark.slow
 def test_no_request_the_api_describes_gets_a_server_error_or_an_undeclared_answer(platform, api, tmp_path):
     customer = create_customer(api, email="ada@example.com")
     register_device(api, customer_id=customer, device_id="ada-printer")

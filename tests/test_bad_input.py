@@ -446,6 +446,7 @@ def registered(platform: Platform, api: httpx.Client) -> Platform:
     return platform
 
 
+@pytest.mark.slow
 def test_bad_input_at_volume_on_the_embedded_broker(registered: Platform, publisher: Publisher) -> None:
     """amqtt also passes on topics with U+0000 and control characters (MQTT forbids or discourages them): they must
     not trouble the ingestor either."""

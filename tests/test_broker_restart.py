@@ -27,7 +27,7 @@ from replenish.simulation.runner import run_device
 from support.brokers import SERVICE_PASSWORD, PostgresRun
 from test_scale_out import SHARE_GROUP, ProductionStack, Role, production_stack, register_devices, subscribed, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 DEVICES = 20
 # 20 devices x 25 messages a second: the 500 msgs/s the issue measures at.

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 
 from replenish.config import MqttEndpoint
 from support.api import PASSWORD, operator_token
@@ -80,6 +81,7 @@ def signed_up_customer(env: dict[str, str], base: str) -> str:
     return str(token["access_token"])
 
 
+@pytest.mark.slow
 def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(tmp_path):
     api_port = free_port()
     env = environment(
@@ -149,6 +151,7 @@ def test_up_demo_shows_forecasts_an_order_and_a_fall_alert_then_stops_on_ctrl_c(
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_roles_run_as_separate_processes(tmp_path):
     """As in production: broker, ingestor and API are separate processes sharing one database."""
     broker_port, api_port = free_port(), free_port()
@@ -220,6 +223,7 @@ def test_fleet_simulator_registers_its_devices_and_publishes_per_the_contract(pl
     assert len(api.get("/devices").json()) == 4
 
 
+@pytest.mark.slow
 def test_a_database_from_before_migrations_is_taken_over_or_named_plainly(tmp_path):
     """Made by create_all before migrations came in: recorded as the baseline when it has every column of it;
     otherwise the error names what is missing and how to add it."""

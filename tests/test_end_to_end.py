@@ -54,6 +54,7 @@ def _replay(platform: Platform, clock: ManualClock, until: timedelta) -> None:
         moment += TICK
 
 
+@pytest.mark.slow
 def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_first(platform, api, publisher, clock):
     customer_id = create_customer(api, mode="auto_order")
     model = _printer()

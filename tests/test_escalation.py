@@ -396,6 +396,7 @@ def test_the_first_contact_is_asked_within_milliseconds_when_the_dispatcher_runs
             loop.stop()
 
 
+@pytest.mark.slow
 def test_killed_mid_escalation_and_started_again_the_chain_goes_on_at_the_right_time_with_no_repeats(
     tmp_path: Path, contacts: Contacts
 ):

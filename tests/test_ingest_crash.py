@@ -25,7 +25,7 @@ from support.brokers import SERVICE_PASSWORD, free_port, running_mosquitto
 from support.platform import register_through_services, stored
 from test_cli import REPLENISH, environment, poll, process
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 AFTER_KILL = 1500
 DEVICES = 10

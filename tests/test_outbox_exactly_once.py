@@ -173,6 +173,7 @@ def undelivered(database_url: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_every_order_arrives_and_no_key_as_two_orders_through_failures_and_a_kill(tmp_path, receiver_and_orders):
     receiver, order_ids, env = receiver_and_orders
     database_url = env["REPLENISH_DATABASE_URL"]

@@ -24,7 +24,7 @@ from support.brokers import PostgresRun
 from support.platform import register_through_services, stored
 from test_scale_out import Fleet, ProductionStack, Role, leader_of, production_stack, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 SLOTS = 300
 HISTORY = timedelta(days=7)

@@ -205,6 +205,7 @@ def subscribed(role: Role) -> bool:
 # -- ingest --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_ingestors_split_the_stream_and_lose_nothing_through_a_kill(production):
     database_url, broker_url, roles = production
     roles.env["REPLENISH_INGEST_SHARE_GROUP"] = SHARE_GROUP
@@ -306,6 +307,7 @@ def offline_alarms(database_url: str) -> set[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_one_scheduler_leads_and_the_standby_takes_over_within_seconds_of_a_kill(production):
     database_url, _, roles = production
     roles.env["REPLENISH_HEALTH_INTERVAL_SECONDS"] = "0.5"

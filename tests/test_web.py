@@ -485,6 +485,7 @@ def test_emergency_contacts_and_escalation_timing(
     assert (document["escalation_timeout_seconds"], document["emergency_services_allowed"]) == (300, True)
 
 
+@pytest.mark.slow
 def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[str]) -> None:
     """As a new user tries it: `replenish up --demo`, the printed URL, the demo's credentials, the demo devices."""
     api_port = free_port()
