@@ -7,11 +7,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, Table, inspect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import relationship
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Relationship
+from sqlmodel import Relationship, SQLModel
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -52,3 +52,10 @@ BigInt = BigInteger().with_variant(Integer(), "sqlite")
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Table, for Core statements (SQLModel leaves ``__table__`` untyped)."""
+    table = inspect(model).local_table
+    assert isinstance(table, Table), f"{model.__name__} is not a table model"
+    return table

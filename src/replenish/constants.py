@@ -189,6 +189,13 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class TargetKind(StrEnum):
+    """Who one step of a safety incident's escalation asks."""
+
+    CONTACT = "contact"
+    EMERGENCY_SERVICES = "emergency_services"
+
+
 class OutboxKind(StrEnum):
     ORDER_PLACED = "order.placed"
     ORDER_CANCELLED = "order.cancelled"

@@ -118,9 +118,9 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, r
     raw = connection.connection.driver_connection
     assert raw is not None
     quoted = ", ".join(f'"{name}"' for name in columns)  # names from our own models, never from input
-    statement = f'COPY "{table.name}" ({quoted}) FROM STDIN'
+    copy_sql = f'COPY "{table.name}" ({quoted}) FROM STDIN'
     try:
-        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
             for index, row in enumerate(rows):
                 values = [json.dumps(row[n]) if n in json_columns else _aware(row[n]) for n in rows[0]]
                 copy.write_row([ids[index], *values] if return_ids else values)
@@ -129,7 +129,7 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, r
         # OperationalError, with connection_invalidated when the connection died), so callers tell a refused row
         # from a database gone away the same way for every statement.
         raise DBAPIError.instance(
-            statement, None, error, type(raw).Error, connection_invalidated=bool(raw.closed), dialect=connection.dialect
+            copy_sql, None, error, type(raw).Error, connection_invalidated=bool(raw.closed), dialect=connection.dialect
         ) from error
     return ids
 
@@ -137,10 +137,12 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], *, r
 def _upsert_statement(session: Session, table: Table) -> Any:
     """INSERT ... ON CONFLICT for the session's dialect (PostgreSQL and SQLite)."""
     if session.connection().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table)
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def add_to_counters(

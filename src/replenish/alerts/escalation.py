@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 from replenish.consent.schemas import ConsentDocument
+from replenish.constants import TargetKind
 
 EMERGENCY_SERVICES = "emergency services"
 
@@ -25,7 +25,7 @@ EMERGENCY_SERVICES = "emergency services"
 class Target:
     """One step of the chain: an emergency contact, or emergency services."""
 
-    kind: Literal["contact", "emergency_services"]
+    kind: TargetKind
     name: str
     channel: str
     address: str | None
@@ -40,13 +40,15 @@ class Policy:
     @classmethod
     def from_consent(cls, document: ConsentDocument) -> Policy:
         targets = [
-            Target(kind="contact", name=contact.name, channel=contact.channel, address=contact.address)
+            Target(kind=TargetKind.CONTACT, name=contact.name, channel=contact.channel, address=contact.address)
             for contact in document.emergency_contacts
         ]
         if document.emergency_services_allowed:
             # Handing over to an emergency-call provider is an integration per operator; until one is configured
             # the call request goes to the operators' log, where the on-call operator places it.
-            targets.append(Target(kind="emergency_services", name=EMERGENCY_SERVICES, channel="log", address=None))
+            targets.append(
+                Target(kind=TargetKind.EMERGENCY_SERVICES, name=EMERGENCY_SERVICES, channel="log", address=None)
+            )
         return cls(
             targets=tuple(targets),
             cancel_window=timedelta(seconds=document.fall_cancel_window_seconds),

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import UniqueConstraint
-from sqlalchemy.orm import declared_attr
+from sqlalchemy import Column, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from replenish.alerts.escalation import Target
 from replenish.columns import BigInt, UTCDateTime, new_id
+from replenish.constants import TargetKind
+
+# Alert.version's column, named once more in the class's mapper arguments (optimistic concurrency, below).
+_ALERT_VERSION = Column("version", Integer, nullable=False)
 
 
 class Alert(SQLModel, table=True):
@@ -36,11 +39,8 @@ class Alert(SQLModel, table=True):
     # Optimistic concurrency: every UPDATE checks and bumps it, so an acknowledgement, a cancel and an escalation
     # step that read the same state cannot both commit (the loser gets StaleDataError and rolls back). It covers
     # SQLite, where the row locks the services ask for do not exist.
-    version: int = 1
-
-    @declared_attr  # type: ignore[misc]
-    def __mapper_args__(cls) -> dict[str, Any]:
-        return {"version_id_col": cls.__table__.c.version}
+    version: int = Field(default=1, sa_column=_ALERT_VERSION)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": _ALERT_VERSION}
 
 
 class EscalationStep(SQLModel, table=True):
@@ -53,7 +53,7 @@ class EscalationStep(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     alert_id: str = Field(foreign_key="alerts.id", index=True)
     level: int
-    target_kind: str  # contact | emergency_services
+    target_kind: str  # a TargetKind
     target_name: str
     channel: str
     address: str | None = None
@@ -67,4 +67,6 @@ class EscalationStep(SQLModel, table=True):
 
     @property
     def target(self) -> Target:
-        return Target(kind=self.target_kind, name=self.target_name, channel=self.channel, address=self.address)  # type: ignore[arg-type]
+        return Target(
+            kind=TargetKind(self.target_kind), name=self.target_name, channel=self.channel, address=self.address
+        )

@@ -22,6 +22,7 @@ from replenish.constants import (
     EventType,
     NoticeKind,
     OutboxKind,
+    TargetKind,
 )
 from replenish.db import get_or_raise
 from replenish.devices.models import Device
@@ -217,7 +218,7 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         return
     token = secrets.token_urlsafe(24)
     target = outcome.target
-    if target.kind == "emergency_services":
+    if target.kind is TargetKind.EMERGENCY_SERVICES:
         log.critical(
             "alert %s: CALL EMERGENCY SERVICES for the wearer of %s (consented; no contact acknowledged)",
             alert.id,
@@ -266,7 +267,7 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
         f"The wearer of {device_name} {what} ({alert.opened_at.isoformat()}). You are step {level}"
         " of their emergency chain. Please check on them now."
     )
-    if target.kind == "emergency_services":
+    if target.kind is TargetKind.EMERGENCY_SERVICES:
         text = f"Call emergency services for the wearer of {device_name}, who {what}: no emergency contact answered."
     return text
 

@@ -635,10 +635,10 @@ def use_link(*, session: Session, token: str, now: datetime) -> LinkView:
         _refused(session=session, refusal=refusal, token=token, now=now, step="use")
         raise
     # Works once, even when the same link is posted twice at once: only one of them marks it used.
-    marked = session.execute(
+    marked = session.exec(
         update(OrderLink).where(col(OrderLink.id) == view.link.id, col(OrderLink.used_at).is_(None)).values(used_at=now)
     )
-    if marked.rowcount != 1:  # type: ignore[attr-defined]
+    if marked.rowcount != 1:
         raise LinkRefused("used", "This link was used already.", link=view.link)
     audit.record(
         session=session,

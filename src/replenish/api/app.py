@@ -153,7 +153,7 @@ def create_app(
         privacy_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
-    unauthenticated = {status: responses[status] for status in (400, 404, 409, 422)}
+    unauthenticated: dict[int | str, dict[str, Any]] = {status: responses[status] for status in (400, 404, 409, 422)}
     app.include_router(fulfilment_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(sign_ups_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgements_router, prefix=API_PREFIX, responses=unauthenticated)

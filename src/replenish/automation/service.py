@@ -39,7 +39,7 @@ from replenish.audit import service as audit
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
-from replenish.columns import UTCDateTime
+from replenish.columns import UTCDateTime, table_of
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
@@ -124,7 +124,7 @@ def _read_readings(
     """
     if not whole and not newer:
         return {}
-    table = Reading.__table__
+    table = table_of(Reading)
     wanted = [and_(table.c.slot_id == slot_id, table.c.ts >= start) for slot_id, start in sorted(newer.items())]
     if whole:
         wanted.append(and_(table.c.slot_id.in_(sorted(whole)), table.c.ts > since))
@@ -162,7 +162,7 @@ def _read_packed(*, session: Session, where: ColumnElement[bool]) -> dict[str, t
     """_read_readings on PostgreSQL: per slot, its readings' times, levels and ids packed by string_agg (8 bytes
     each, big-endian), in whatever order the aggregate took them, sorted here by (ts, id): an ORDER BY in the
     aggregate sorts each slot's rows on the server (PostgreSQL 15), and costs it more than the scan."""
-    table = Reading.__table__
+    table = table_of(Reading)
     nothing = literal_column("''::bytea")
     result = session.connection().execute(
         select(
@@ -194,7 +194,7 @@ def reading_windows(
     window reaching back far enough, its whole history window from the readings table. Returns every slot's window
     and, apart, those that changed (to be stored with store_windows once the evaluation is kept)."""
     since = now - FORECAST_HISTORY
-    table = SlotWindow.__table__
+    table = table_of(SlotWindow)
     stored = {
         slot_id: ReadingWindow(
             since=window_since,
@@ -245,7 +245,7 @@ def store_windows(*, session: Session, windows: dict[str, ReadingWindow]) -> Non
         return
     upsert(
         session,
-        SlotWindow.__table__,
+        table_of(SlotWindow),
         [
             {
                 "slot_id": slot_id,
@@ -299,7 +299,7 @@ def fleet_rates(*, session: Session) -> FleetRates:
         return fleet
     # Four fields of each stored forecast, not the whole document: at 100,000 slots the documents were most of the
     # time and the memory of this read.
-    stored = SlotForecast.__table__.c.forecast
+    stored = table_of(SlotForecast).c.forecast
     rows = session.execute(
         select(
             Device.kind,
@@ -647,7 +647,7 @@ def trigger_messages(*, session: Session, slot_ids: list[str], now: datetime) ->
     slot's newest found through the readings' (slot, ts) index. Slots without such a reading have none."""
     if not slot_ids:
         return {}
-    readings, slots, messages = Reading.__table__, Slot.__table__, DeviceMessage.__table__
+    readings, slots, messages = table_of(Reading), table_of(Slot), table_of(DeviceMessage)
     newest = (
         select(readings.c.message_id)
         .where(readings.c.slot_id == slots.c.id, readings.c.ts <= bindparam("now", now, type_=UTCDateTime))
@@ -791,7 +791,7 @@ def store_forecasts(*, session: Session, forecasts: dict[str, Forecast], now: da
     """Store each slot's latest forecast, computed ``now``: one statement for them all."""
     upsert(
         session,
-        SlotForecast.__table__,
+        table_of(SlotForecast),
         [
             {"slot_id": slot_id, "computed_at": now, "forecast": forecast.to_json()}
             for slot_id, forecast in forecasts.items()
@@ -830,7 +830,7 @@ def claim_due(
     PostgreSQL the rows another evaluator is claiming at the same moment are skipped (SKIP LOCKED), so several
     evaluators share the due slots without waiting for each other; SQLite has one writer at a time anyway."""
     at = at or now
-    table = Slot.__table__
+    table = table_of(Slot)
     due = (
         select(table.c.id)
         .where(
@@ -867,7 +867,7 @@ def finish_claims(
     if not claims:
         return
     screens, cycle_starts = screens or {}, cycle_starts or {}
-    table = Slot.__table__
+    table = table_of(Slot)
     unchanged = table.c.due_marks == bindparam("marks")
     values = {
         "due_at": case((unchanged, bindparam("next_at", type_=UTCDateTime)), else_=table.c.due_at),
@@ -970,7 +970,7 @@ def evaluate_due(
 def _release(*, session: Session, slot_ids: list[str], due_after: datetime | None = None) -> None:
     """Hand claims back. With ``due_after``, a slot due by then is due just after it: the pass evaluating at that
     moment does not take it again, the next one does."""
-    table = Slot.__table__
+    table = table_of(Slot)
     values: dict[str, Any] = {"claimed_until": None}
     if due_after is not None:
         later = due_after + timedelta(microseconds=1)

@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, delete, func, literal,
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
-from replenish.columns import UTCDateTime
+from replenish.columns import UTCDateTime, table_of
 from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
 from replenish.db import get_or_raise
@@ -26,6 +26,8 @@ def register(*, session: Session, request: DeviceCreate, actor: str, now: dateti
             f"device ids starting with {SERVICE_CLIENT_ID_PREFIX!r} are the platform's own MQTT names: pick another",
             field="id",
         )
+    if request.customer_id is None:  # the router fills in the caller's own
+        raise InvalidRequest("whose device it is must be said", field="customer_id")
     if session.get(Device, request.id) is not None:
         raise Conflict(f"device {request.id!r} is registered already", field="id")
     secret = credentials.new_secret()
@@ -115,7 +117,7 @@ def update_slot(*, session: Session, slot: Slot, request: SlotUpdate, now: datet
 
 def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[datetime]:
     """A slot's due moment brought forward to ``at``, never pushed back: the SQL for an UPDATE's SET."""
-    due_at = Slot.__table__.c.due_at
+    due_at = table_of(Slot).c.due_at
     moment = literal(at, UTCDateTime) if isinstance(at, datetime) else at
     return case((or_(due_at.is_(None), due_at > moment), moment), else_=due_at)
 
@@ -129,7 +131,7 @@ def due_after_reading(*, level: ColumnElement[float], at: ColumnElement[datetime
     Anything else that marks the slot due clears its screen (mark_slots_due), so only readings ever wait; a reading
     that cannot wait leaves the slot due until it is evaluated, whatever readings follow. Evaluated on the row as
     the UPDATE finds it, under its lock: never on a screen an evaluation has replaced meanwhile."""
-    table = Slot.__table__
+    table = table_of(Slot)
     fraction = level / func.nullif(table.c.capacity, 0)  # PostgreSQL may divide before it checks the capacity
     screen_ends = case(
         (or_(table.c.screen_low.is_(None), fraction >= table.c.screen_low), table.c.screen_until),
@@ -156,7 +158,7 @@ def mark_slots_due(
     """Something that can change these slots' forecasts or decisions happened at ``at`` (consent, an order's
     status, a slot's settings): the evaluator looks at them again from then. Ingest marks the slots it stores
     readings for itself, in the same statement that stores their latest level."""
-    table = Slot.__table__
+    table = table_of(Slot)
     chosen = select(table.c.id)
     if slot_ids is not None:
         chosen = chosen.where(table.c.id.in_(sorted(slot_ids)))
@@ -278,7 +280,7 @@ def forget_windows(*, session: Session, slot_ids: Collection[str] | Select[Any] 
     """Drop stored reading windows (SlotWindow): all, or those of ``slot_ids`` (a list or a subquery of slot ids).
     After readings were deleted, or to rebuild them from the readings table: the next evaluation of each slot reads
     its whole history window."""
-    table = SlotWindow.__table__
+    table = table_of(SlotWindow)
     statement = delete(table)
     if slot_ids is not None:
         statement = statement.where(table.c.slot_id.in_(slot_ids))

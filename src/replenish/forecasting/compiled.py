@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -47,9 +47,13 @@ class Kernel:
         return self.dispatcher(*args)
 
 
-def compiled(function: Callable[..., Any]) -> Any:
-    """Mark a function of numbers and arrays for numba (nopython mode: no Python objects inside)."""
-    return Kernel(function)
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def compiled(function: Function) -> Function:
+    """Mark a function of numbers and arrays for numba (nopython mode: no Python objects inside). The kernel is
+    called as the function is, so it keeps the function's signature."""
+    return cast(Function, Kernel(function))
 
 
 def warm_up(function: Callable[[], None]) -> Callable[[], None]:

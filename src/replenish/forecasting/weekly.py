@@ -130,7 +130,8 @@ def after_use_days_of(
         weekday, midnight = int(np.floor(day)) % 7, np.floor(day) + 1
         today = profile[weekday] * (midnight - day)
         if remaining <= today:
-            return (day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY
+            reached: float = (day + remaining / profile[weekday] - EPOCH_WEEKDAY) * SECONDS_PER_DAY
+            return reached
         remaining -= today
         day = midnight
 
@@ -208,4 +209,5 @@ def weekly_profile(times: np.ndarray, levels: np.ndarray, cycle_of: np.ndarray) 
         return np.empty(0)  # no rhythm
     shrunk = overall + rhythm / (rhythm + chance) * (mean - overall)
     profile = np.maximum(shrunk / overall, WEEKLY_MIN_SHARE)
-    return profile / profile.mean()
+    normalised: np.ndarray = profile / profile.mean()
+    return normalised

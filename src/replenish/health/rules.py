@@ -63,15 +63,18 @@ def offline(presence: Presence, *, policy: HealthPolicy, now: datetime) -> Judge
     heartbeat = policy.heartbeat(presence.kind)
     heard_from = presence.last_seen_at or presence.created_at
     silent = now - heard_from >= heartbeat
-    # The last will (or the device) said offline, and nothing was heard from it since.
-    said_offline = (
-        presence.online is False
-        and presence.status_changed_at is not None
-        and (presence.last_seen_at is None or presence.last_seen_at <= presence.status_changed_at)
+    # The last will (or the device) said offline, and nothing was heard from it since: for how long.
+    changed_at = presence.status_changed_at
+    said_offline_for = (
+        now - changed_at
+        if presence.online is False
+        and changed_at is not None
+        and (presence.last_seen_at is None or presence.last_seen_at <= changed_at)
+        else None
     )
-    if silent or (said_offline and now - presence.status_changed_at >= policy.offline_debounce):  # type: ignore[operator]
+    if silent or (said_offline_for is not None and said_offline_for >= policy.offline_debounce):
         return Judgement.BAD
-    if said_offline or presence.last_seen_at is None:
+    if said_offline_for is not None or presence.last_seen_at is None:
         return Judgement.UNSURE
     if presence.online is True and presence.status_changed_at is not None:
         steady = now - presence.status_changed_at >= policy.clear_after

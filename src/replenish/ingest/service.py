@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
 from replenish.automation import service as automation
-from replenish.columns import UTCDateTime
+from replenish.columns import UTCDateTime, table_of
 from replenish.constants import (
     DEAD_LETTER_KEEP_BYTES,
     DEAD_LETTERS_PER_DEVICE_HOUR,
@@ -148,7 +148,7 @@ class DeadLetterAllowance:
         return False
 
     def flush(self) -> None:
-        table = DeadLetterOverflow.__table__  # type: ignore[attr-defined]
+        table = table_of(DeadLetterOverflow)
         for (sender, hour), (count, size, last_at) in self._over.items():
             add_to_counters(
                 self._session,
@@ -352,7 +352,7 @@ class _SlotState:
 def _slots_of(*, session: Session, device_ids: set[str]) -> dict[tuple[str, str], _SlotState]:
     if not device_ids:
         return {}
-    table = Slot.__table__
+    table = table_of(Slot)
     rows = session.execute(
         select(
             table.c.device_id,
@@ -391,7 +391,7 @@ def _store_telemetry(
         }
         for message, item in accepted
     ]
-    ids = insert_rows(session, DeviceMessage.__table__, rows, return_ids=True)  # type: ignore[arg-type]
+    ids = insert_rows(session, table_of(DeviceMessage), rows, return_ids=True)
     readings: list[dict[str, object]] = []
     debug = log.isEnabledFor(logging.DEBUG)
     for message_id, row, (_, item) in zip(ids, rows, accepted, strict=True):
@@ -405,7 +405,7 @@ def _store_telemetry(
             slot = slots[(item.device_id, name)]
             readings.append({"slot_id": slot.id, "message_id": message_id, "ts": ts, "level": level})
             slot.note(level, ts=ts, received_at=received_at)
-    insert_rows(session, Reading.__table__, readings)  # type: ignore[arg-type]
+    insert_rows(session, table_of(Reading), readings)
 
 
 def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) -> None:
@@ -419,7 +419,7 @@ def _write_slots(*, session: Session, slots: dict[tuple[str, str], _SlotState]) 
     read = sorted((slot for slot in slots.values() if slot.due is not None), key=lambda slot: slot.id)
     if not read:
         return
-    table = Slot.__table__
+    table = table_of(Slot)
     new_level, new_level_at = bindparam("new_level", type_=Float), bindparam("new_level_at", type_=UTCDateTime)
     run, run_since = bindparam("run", type_=Integer), bindparam("run_since", type_=UTCDateTime)
     earliest = bindparam("earliest", type_=UTCDateTime)
@@ -497,7 +497,7 @@ class _DeviceChanges:
 
     def write(self, *, session: Session) -> None:
         """In device id order: see ingest_batch."""
-        table = Device.__table__
+        table = table_of(Device)
         device = table.c.id == bindparam("device_id")
 
         def newer(column: Any, value: str, *, strictly: bool = False) -> Any:

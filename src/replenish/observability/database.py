@@ -118,37 +118,40 @@ class DatabaseCollector:
         if session is None or now is None:
             return families
 
-        by_status = dict(session.exec(select(Order.status, func.count()).group_by(col(Order.status))).all())
-        for status in OrderStatus:
-            orders.add_metric([status.value], by_status.get(status.value, 0))
+        orders_by_status = dict(session.exec(select(Order.status, func.count()).group_by(col(Order.status))).all())
+        for order_status in OrderStatus:
+            orders.add_metric([order_status.value], orders_by_status.get(order_status.value, 0))
 
-        by_status = dict(session.exec(select(Alert.status, func.count()).group_by(col(Alert.status))).all())
-        for status in AlertStatus:
-            alerts.add_metric([status.value], by_status.get(status.value, 0))
+        alerts_by_status = dict(session.exec(select(Alert.status, func.count()).group_by(col(Alert.status))).all())
+        for alert_status in AlertStatus:
+            alerts.add_metric([alert_status.value], alerts_by_status.get(alert_status.value, 0))
 
         unacknowledged = col(Alarm.acknowledged_at).is_(None)
-        rows = session.exec(
+        alarm_rows = session.exec(
             select(Alarm.kind, unacknowledged, func.count())
             .where(col(Alarm.cleared_at).is_(None))
             .group_by(col(Alarm.kind), unacknowledged)
         ).all()
         by_kind = {
-            (kind, AlarmStatus.ACTIVE if active else AlarmStatus.ACKNOWLEDGED): count for kind, active, count in rows
+            (kind, AlarmStatus.ACTIVE if active else AlarmStatus.ACKNOWLEDGED): count
+            for kind, active, count in alarm_rows
         }
-        for kind in AlarmKind:
-            for status in (AlarmStatus.ACTIVE, AlarmStatus.ACKNOWLEDGED):
-                alarms.add_metric([kind.value, status.value], by_kind.get((kind.value, status), 0))
+        for alarm_kind in AlarmKind:
+            for alarm_status in (AlarmStatus.ACTIVE, AlarmStatus.ACKNOWLEDGED):
+                alarms.add_metric(
+                    [alarm_kind.value, alarm_status.value], by_kind.get((alarm_kind.value, alarm_status), 0)
+                )
 
-        rows = session.exec(
+        outbox_rows = session.exec(
             select(OutboxMessage.kind, func.count(), func.min(OutboxMessage.created_at))
             .where(col(OutboxMessage.delivered_at).is_(None))
             .group_by(col(OutboxMessage.kind))
         ).all()
-        pending = {kind: (count, created) for kind, count, created in rows}
-        for kind in OutboxKind:
-            count, created = pending.get(kind.value, (0, None))
-            backlog.add_metric([kind.value], count)
-            oldest.add_metric([kind.value], max((now - created).total_seconds(), 0.0) if created else 0.0)
+        pending = {kind: (waiting, created) for kind, waiting, created in outbox_rows}
+        for outbox_kind in OutboxKind:
+            waiting, created = pending.get(outbox_kind.value, (0, None))
+            backlog.add_metric([outbox_kind.value], waiting)
+            oldest.add_metric([outbox_kind.value], max((now - created).total_seconds(), 0.0) if created else 0.0)
 
         count, first_due = session.exec(
             select(func.count(), func.min(Alert.next_escalation_at)).where(col(Alert.next_escalation_at).is_not(None))

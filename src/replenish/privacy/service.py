@@ -22,6 +22,7 @@ from replenish.auth import service as auth
 from replenish.auth.models import AccessToken, Account
 from replenish.auth.service import Principal
 from replenish.automation.models import Decision
+from replenish.columns import table_of
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
@@ -124,7 +125,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
             yield f', "{name}": ['
             entity = query.column_descriptions[0]["entity"]
             rows = session.exec(
-                query.order_by(*entity.__table__.primary_key.columns).execution_options(yield_per=_BATCH)
+                query.order_by(*table_of(entity).primary_key.columns).execution_options(yield_per=_BATCH)
             )
             for number, row in enumerate(rows):
                 yield ("" if number == 0 else ", ") + json.dumps(_row(row))
