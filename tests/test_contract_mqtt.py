@@ -287,12 +287,21 @@ def test_registration_applies_the_same_device_id_rule(rig: Rig, device_id: str, 
     assert response.status_code == status, response.text
 
 
-def test_unknown_device_is_a_dead_letter(rig: Rig) -> None:
-    topic = "devices/never-registered-1/telemetry"
-    payload = {"seq": 1, "ts": iso(TEN), "levels": {"black": 0.5}}
+@pytest.mark.parametrize(
+    ("channel", "payload"),
+    [
+        ("telemetry", {"seq": 1, "ts": iso(TEN), "levels": {"black": 0.5}}),
+        ("events", {"seq": 1, "ts": iso(TEN), "type": "fall_detected"}),
+        # A deleted device's last will arrives after it is gone: a status has no seq, and is refused all the same.
+        ("status", "offline"),
+    ],
+)
+def test_unknown_device_is_a_dead_letter(rig: Rig, channel: str, payload: Any) -> None:
+    topic = f"devices/never-registered-{channel}/{channel}"
     rig.send(topic, payload)
     letter = assert_dead_letter(rig.dead_letters(topic), encode(payload))
-    assert letter["device_id"] in ("never-registered-1", None)
+    assert letter["device_id"] in (f"never-registered-{channel}", None)
+    assert "unknown device" in letter["reason"]
 
 
 def test_device_id_is_case_sensitive(rig: Rig) -> None:

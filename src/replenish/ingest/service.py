@@ -551,7 +551,7 @@ def _check(item: Parsed, *, devices: set[str], slots: dict[tuple[str, str], _Slo
             f"unknown device {item.device_id!r}: register it first",
             item.device_id,
             category=DeadLetterReason.UNKNOWN_DEVICE,
-            seq=item.body.seq,
+            seq=None if isinstance(item, ParsedStatus) else item.body.seq,  # a status has none
         )
     if isinstance(item, ParsedEvent) and item.body.type == EventType.REORDER_REQUESTED:
         if item.body.slot is None:
