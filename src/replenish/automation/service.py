@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     Engine,
     Float,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy import select as select_columns  # Core's: sqlmodel's select is typed for at most four columns
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -51,6 +53,7 @@ from replenish.constants import (
     NoticeKind,
     OrderStatus,
 )
+from replenish.customers.locks import lock_customer
 from replenish.db import transaction, upsert
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.service import forget_windows, mark_slots_due
@@ -163,7 +166,7 @@ def _read_packed(*, session: Session, where: ColumnElement[bool]) -> dict[str, t
     each, big-endian), in whatever order the aggregate took them, sorted here by (ts, id): an ORDER BY in the
     aggregate sorts each slot's rows on the server (PostgreSQL 15), and costs it more than the scan."""
     table = table_of(Reading)
-    nothing = literal_column("''::bytea")
+    nothing: ColumnClause[Any] = literal_column("''::bytea")
     result = session.connection().execute(
         select(
             table.c.slot_id,
@@ -301,11 +304,11 @@ def fleet_rates(*, session: Session) -> FleetRates:
     # time and the memory of this read.
     stored = table_of(SlotForecast).c.forecast
     rows = session.execute(
-        select(
-            Device.kind,
-            Slot.name,
-            Slot.id,
-            Device.customer_id,
+        select_columns(
+            col(Device.kind),
+            col(Slot.name),
+            col(Slot.id),
+            col(Device.customer_id),
             stored["rate_per_day"].as_float(),
             stored["evidence_from"].as_string(),
             stored["evidence_to"].as_string(),
@@ -544,7 +547,7 @@ def order_now(
     ask first, off does nothing (None). A placed one gets the consent's cancel window, announced, as any
     automatic order.
     """
-    consent.lock_customer(session=session, customer_id=device.customer_id)
+    lock_customer(session=session, customer_id=device.customer_id)
     open_order = orders.open_order_for_slot(session=session, slot_id=slot.id)
     if open_order is not None:
         return OrderNow(order=open_order, created=False)

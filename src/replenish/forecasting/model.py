@@ -200,7 +200,7 @@ class Forecast:
         required = {name for name, item in names.items() if item.default is MISSING and item.default_factory is MISSING}
         if not set(data) <= set(names) or not required <= set(data):
             return None
-        values = {
+        values: dict[str, Any] = {
             key: datetime.fromisoformat(value) if isinstance(value, str) and key in _DATETIME_FIELDS else value
             for key, value in data.items()
         }
@@ -228,11 +228,13 @@ def split_cycles(readings: list[LevelReading] | ReadingSeries) -> list[int]:
     """
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
     starts = _cycle_start_indexes(series.times, series.levels)
-    return _refills_after_silences(series.times, series.levels, starts, *absence_arrays(None)).tolist()
+    indexes: list[int] = _refills_after_silences(series.times, series.levels, starts, *absence_arrays(None)).tolist()
+    return indexes
 
 
 def _cycle_starts(times: np.ndarray, levels: np.ndarray) -> list[int]:
-    return _cycle_start_indexes(times, levels).tolist()
+    indexes: list[int] = _cycle_start_indexes(times, levels).tolist()
+    return indexes
 
 
 @compiled
@@ -470,12 +472,13 @@ def forecast_depletion(
         "rate_per_day_low": result.rate - rate_z * result.rate_se,
         "rate_per_day_high": result.rate + rate_z * result.rate_se,
     }
-    dates = {
-        "empty_at": _moment(result.empty) if math.isfinite(result.empty) else None,
-        "empty_at_early": _moment(result.early) if math.isfinite(result.early) else None,
-        "empty_at_late": _moment(result.late) if math.isfinite(result.late) else None,
-    }
-    return Forecast(status=_STATUSES[result.outcome], **common, **dates)
+    return Forecast(
+        status=_STATUSES[result.outcome],
+        **common,
+        empty_at=_moment(result.empty) if math.isfinite(result.empty) else None,
+        empty_at_early=_moment(result.early) if math.isfinite(result.early) else None,
+        empty_at_late=_moment(result.late) if math.isfinite(result.late) else None,
+    )
 
 
 # What _forecast came to: an outcome, and moments in epoch seconds (NaN where unknown or never).
@@ -650,7 +653,8 @@ def _days_before(
     if flat and len(absence_starts) == 0:
         return (moments - reference) / SECONDS_PER_DAY
     days = use_days_of(np.append(moments, reference), profile, flat, absence_starts, absence_ends)
-    return days[:-1] - days[-1]
+    relative: np.ndarray = days[:-1] - days[-1]
+    return relative
 
 
 @compiled
@@ -942,7 +946,9 @@ def _days_until(spread: tuple[float, float, float, float, float], z: float) -> f
     if z >= 0:
         if c <= 0:
             return 0.0
-        return 2 * c / (-b + np.sqrt(discriminant))
+        nearer: float = 2 * c / (-b + np.sqrt(discriminant))
+        return nearer
     if a <= 0:
         return np.nan
-    return (-b + np.sqrt(discriminant)) / (2 * a)
+    farther: float = (-b + np.sqrt(discriminant)) / (2 * a)
+    return farther

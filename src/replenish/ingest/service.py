@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Integer, and_, bindparam, case, func, or_, tuple_, update
+from sqlalchemy import BindParameter, Boolean, Float, Integer, Update, and_, bindparam, case, func, or_, tuple_, update
+from sqlalchemy import select as select_columns  # Core's: sqlmodel's select is typed for at most four columns
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -354,7 +355,7 @@ def _slots_of(*, session: Session, device_ids: set[str]) -> dict[tuple[str, str]
         return {}
     table = table_of(Slot)
     rows = session.execute(
-        select(
+        select_columns(
             table.c.device_id,
             table.c.name,
             table.c.id,
@@ -504,7 +505,7 @@ class _DeviceChanges:
             later = column < bindparam(value) if strictly else column <= bindparam(value)
             return or_(column.is_(None), later)
 
-        updates = [
+        updates: list[tuple[Update, dict[str, BindParameter[Any]], list[dict[str, Any]]]] = [
             (
                 update(table).where(device, newer(table.c.last_seen_at, "at", strictly=True)),
                 {"last_seen_at": bindparam("at")},

@@ -50,7 +50,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
-        config: DeviceAuthPlugin.Config = self.context.config  # type: ignore[assignment]
+        config: DeviceAuthPlugin.Config = self.context.config
         self._config = config
         self._engine = make_engine(config.database_url)
 
@@ -78,7 +78,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         if stored is None or not verify_secret(password, stored):
             return False
         # What it signed in with: a connection outlives neither a rotation nor the device (EmbeddedBroker).
-        session.replenish_password_hash = stored  # type: ignore[attr-defined]
+        session.replenish_password_hash = stored
         return True
 
     def _lookup(self, device_id: str) -> str | None:
@@ -104,7 +104,7 @@ class DeviceTopicPlugin(BaseTopicPlugin):
     async def topic_filtering(
         self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
     ) -> bool:
-        config: DeviceTopicPlugin.Config = self.context.config  # type: ignore[assignment]
+        config: DeviceTopicPlugin.Config = self.context.config
         if session is None or not session.username or topic is None:
             return False
         if session.username == config.service_username:
@@ -198,8 +198,10 @@ class _BoundedReader(ReaderAdapter):
             raise PacketTooLarge(f"a packet of more than {self._limit} bytes")
         if self._replay:
             served, self._replay = self._replay[:n], self._replay[n:]
-            return served + (await self._reader.read(n - len(served)) if len(served) < n else b"")
-        return await self._reader.read(n)
+            rest: bytes = await self._reader.read(n - len(served)) if len(served) < n else b""
+            return served + rest
+        data: bytes = await self._reader.read(n)
+        return data
 
     async def protocol_level(self) -> int | None:
         """The protocol level of the CONNECT the client opens with (4: MQTT 3.1.1, 5: MQTT 5), or None when it does
@@ -209,7 +211,7 @@ class _BoundedReader(ReaderAdapter):
 
         async def take(count: int) -> bytes:
             try:
-                data = await self._reader.read(count)
+                data: bytes = await self._reader.read(count)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise NoDataError("the client left before its CONNECT") from exc
             if len(data) < count:
@@ -243,6 +245,7 @@ class _SubscriptionTable(dict[str, list[tuple[Session, int]]]):
     """amqtt's table of topic filter -> subscribers, whose items() is a snapshot: the broadcast awaits between
     subscribers, and a subscribe or unsubscribe meanwhile must neither end it nor make it skip anyone."""
 
+    # A list where dict's items() gives a view: what amqtt does with it (iterate) works on both.
     def items(self) -> list[tuple[str, list[tuple[Session, int]]]]:  # type: ignore[override]
         return [(topic, list(subscribers)) for topic, subscribers in super().items()]
 
@@ -294,8 +297,8 @@ class _DeviceBroker(Broker):
         except (AMQTTError, NoDataError) as exc:
             raise AMQTTError(exc) from exc
         # Changed: nobody's session is deleted or taken over before the credentials are checked.
-        authenticated = await self._authenticate(client_session, None)  # type: ignore[arg-type]
-        client_session.replenish_authenticated = authenticated  # type: ignore[attr-defined]
+        authenticated = await self._authenticate(client_session, None)
+        client_session.replenish_authenticated = authenticated
         if not authenticated:
             log.warning(
                 "refused MQTT client %r (user %r) from %s:%s",
@@ -320,8 +323,8 @@ class _DeviceBroker(Broker):
             existing.keep_alive = client_session.keep_alive
             existing.username = client_session.username
             existing.password = client_session.password
-            existing.replenish_authenticated = True  # type: ignore[attr-defined]
-            existing.replenish_password_hash = getattr(client_session, "replenish_password_hash", None)  # type: ignore[attr-defined]
+            existing.replenish_authenticated = True
+            existing.replenish_password_hash = getattr(client_session, "replenish_password_hash", None)
             client_session = existing
             client_session.parent = 1
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from functools import partial
 
 from sqlmodel import Session, col, select
 
@@ -36,22 +36,23 @@ def notify_customer(
     """Tell the customer, on every channel their consent names (webpush: each browser they subscribed). ``links``
     are one-tap answers, (label, token) pairs the dispatcher turns into URLs; ``app_path``, the web app's page
     about it."""
-    common: dict[str, Any] = {
-        "session": session,
-        "customer_id": customer_id,
-        "subject": subject,
-        "body": body,
-        "consent_version": consent_version,
-        "now": now,
-        "decision_id": decision_id,
-        "alert_id": alert_id,
-        "alarm_id": alarm_id,
-        "urgent": urgent,
-        "kind": kind,
-        "order_id": order_id,
-        "links": links,
-        "app_path": app_path,
-    }
+    deliver = partial(
+        send,
+        session=session,
+        customer_id=customer_id,
+        subject=subject,
+        body=body,
+        consent_version=consent_version,
+        now=now,
+        decision_id=decision_id,
+        alert_id=alert_id,
+        alarm_id=alarm_id,
+        urgent=urgent,
+        kind=kind,
+        order_id=order_id,
+        links=links,
+        app_path=app_path,
+    )
     sent = []
     for_digest = document.daily_digest and not urgent and kind in DIGEST_KINDS
     for channel in document.notification_channels:
@@ -59,12 +60,11 @@ def notify_customer(
         if channel.quiet_hours is not None and not urgent:
             hours = channel.quiet_hours
             quiet = quiet_until(now, start=hours.start, end=hours.end, zone=document.zone)
-        timing = {"deliver_after": quiet, "for_digest": for_digest}
         if channel.type == "webpush":
             sent += [
-                send(
-                    **common,
-                    **timing,
+                deliver(
+                    deliver_after=quiet,
+                    for_digest=for_digest,
                     channel="webpush",
                     address=browser.endpoint,
                     push_keys=(browser.p256dh, browser.auth),
@@ -72,7 +72,9 @@ def notify_customer(
                 for browser in push_subscriptions(session=session, customer_id=customer_id)
             ]
         else:
-            sent.append(send(**common, **timing, channel=channel.type, address=channel.address))
+            sent.append(
+                deliver(deliver_after=quiet, for_digest=for_digest, channel=channel.type, address=channel.address)
+            )
     return sent
 
 
@@ -296,13 +298,13 @@ def send_digest(
             notice.digest_id = DROPPED_FROM_DIGEST
             session.add(notice)
     digests = []
-    for (channel, address), notices in groups.items():
-        browser = browsers.get(address or "") if channel == "webpush" else None
-        hours = quiet[(channel, address)]
+    for (channel_type, address), notices in groups.items():
+        browser = browsers.get(address or "") if channel_type == "webpush" else None
+        hours = quiet[(channel_type, address)]
         digest = send(
             session=session,
             customer_id=customer_id,
-            channel=channel,
+            channel=channel_type,
             address=address,
             subject=f"Your daily digest: {len(notices)} update{'s' if len(notices) != 1 else ''}",
             body="\n".join(f"- {notice.subject}: {notice.body}" for notice in notices),

@@ -31,6 +31,7 @@ from replenish.constants import (
     OutboxKind,
 )
 from replenish.customers import service as customers
+from replenish.customers.locks import lock_customer
 from replenish.customers.models import Customer
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
@@ -158,7 +159,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     Orders not yet shipped are cancelled first (fulfilment is told). The audit log keeps its events, with the
     e-mail addresses in them replaced, and gains a customer.deleted event.
     """
-    consent.lock_customer(session=session, customer_id=customer_id)  # no decision for them commits meanwhile
+    lock_customer(session=session, customer_id=customer_id)  # no decision for them commits meanwhile
     customer = customers.get(session=session, customer_id=customer_id)
     emails = {customer.email, *session.exec(select(Account.email).where(Account.customer_id == customer_id))}
     for order in session.exec(
@@ -187,12 +188,12 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         (
             "notification_deliveries",
             delete(OutboxMessage).where(
-                OutboxMessage.kind == OutboxKind.NOTIFICATION,
+                col(OutboxMessage.kind) == OutboxKind.NOTIFICATION,
                 col(OutboxMessage.stream).in_([f"notification:{n}" for n in notification_ids]),
             ),
         ),
-        ("notifications", delete(Notification).where(Notification.customer_id == customer_id)),
-        ("push_subscriptions", delete(PushSubscription).where(PushSubscription.customer_id == customer_id)),
+        ("notifications", delete(Notification).where(col(Notification.customer_id) == customer_id)),
+        ("push_subscriptions", delete(PushSubscription).where(col(PushSubscription.customer_id) == customer_id)),
         (
             # Commands for their devices: a device id freed here may be registered by someone else.
             "device_commands",
@@ -206,12 +207,12 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
                 col(OutboxMessage.delivered_at).is_not(None),
             ),
         ),
-        ("alerts", delete(Alert).where(Alert.customer_id == customer_id)),
-        ("alarms", delete(Alarm).where(Alarm.customer_id == customer_id)),
+        ("alerts", delete(Alert).where(col(Alert.customer_id) == customer_id)),
+        ("alarms", delete(Alarm).where(col(Alarm.customer_id) == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
-        ("order_links", delete(OrderLink).where(OrderLink.customer_id == customer_id)),
-        ("orders", delete(Order).where(Order.customer_id == customer_id)),
-        ("decisions", delete(Decision).where(Decision.customer_id == customer_id)),
+        ("order_links", delete(OrderLink).where(col(OrderLink.customer_id) == customer_id)),
+        ("orders", delete(Order).where(col(Order.customer_id) == customer_id)),
+        ("decisions", delete(Decision).where(col(Decision.customer_id) == customer_id)),
         ("messages", delete(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),
         ("dead_letters", delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
         ("dead_letter_overflow", delete(DeadLetterOverflow).where(col(DeadLetterOverflow.sender).in_(device_ids))),
@@ -219,7 +220,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("reading_windows", delete(SlotWindow).where(col(SlotWindow.slot_id).in_(slot_ids))),
         ("slots", delete(Slot).where(col(Slot.id).in_(slot_ids))),
         ("devices", delete(Device).where(col(Device.id).in_(device_ids))),
-        ("consent_versions", delete(ConsentVersion).where(ConsentVersion.customer_id == customer_id)),
+        ("consent_versions", delete(ConsentVersion).where(col(ConsentVersion.customer_id) == customer_id)),
         ("tokens", delete(AccessToken).where(col(AccessToken.account_id).in_(account_ids))),
         ("accounts", delete(Account).where(col(Account.id).in_(account_ids))),
         ("customers", delete(Customer).where(col(Customer.id) == customer_id)),
@@ -255,7 +256,7 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
     counted from when the platform received it: a device's own clock may be anything."""
     # As an evaluation of their slots takes it first: none reads a reading window before this deletes it and stores
     # it back after, with the deleted readings in it.
-    consent.lock_customer(session=session, customer_id=customer_id)
+    lock_customer(session=session, customer_id=customer_id)
     _, document = consent.current_document(session=session, customer_id=customer_id)
     cutoff = now - timedelta(days=document.telemetry_retention_days)
     device_ids = select(Device.id).where(Device.customer_id == customer_id)
@@ -280,6 +281,6 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
         )
     ).rowcount
     removed["dead_letters"] = connection.execute(
-        delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids), DeadLetter.received_at < cutoff)
+        delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids), col(DeadLetter.received_at) < cutoff)
     ).rowcount
     return removed
