@@ -1,0 +1,27 @@
+"""What every page polls for live updates (static/live.js): the ids of the orders awaiting approval and of the open
+alerts, whose counts show in the navigation and whose changes redraw the supplies, orders and alerts pages."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlmodel import Session
+
+from replenish.alerts import service as alerts
+from replenish.constants import AlertStatus, OrderStatus
+from replenish.orders import service as orders
+from replenish.web.pages import PREFIX, WebPrincipal
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@router.get("/live")
+def live(request: Request, principal: WebPrincipal) -> dict[str, list[str]]:
+    """What the pages follow without a reload: the orders awaiting approval and the open alerts, by id."""
+    with Session(request.app.state.engine) as session:
+        waiting = orders.list_orders(
+            session=session, customer_id=principal.scope(None), status=OrderStatus.AWAITING_APPROVAL, limit=500
+        )
+        open_ = alerts.list_alerts(
+            session=session, customer_id=principal.scope(None), status=AlertStatus.OPEN, limit=500
+        )
+    return {"waiting_orders": [order.id for order in waiting], "open_alerts": [alert.id for alert in open_]}

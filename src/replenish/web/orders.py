@@ -1,0 +1,96 @@
+"""The orders pages: the list (awaiting approval first), one order with why it was made, and its actions (approve,
+decline, cancel) through the same transitions as the API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session
+
+from replenish.auth.service import Principal
+from replenish.constants import OrderStatus
+from replenish.db import transaction
+from replenish.devices.models import Slot
+from replenish.errors import DomainError, NotFound
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, redirect_to, render_page
+from replenish.web.session import CSRF_FIELD, check_csrf
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+# The order's actions offered on its page, and the status each leads to.
+ACTIONS = {"approve": OrderStatus.PLACED, "decline": OrderStatus.DECLINED, "cancel": OrderStatus.CANCELLED}
+ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelled", "acknowledge": "acknowledged"}
+
+
+@router.get("/orders", response_class=HTMLResponse)
+def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Orders awaiting approval first, then the history, newest first."""
+    with Session(request.app.state.engine) as session:
+        found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+    waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
+    history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
+    context = {"title": "Orders", "principal": principal, "waiting": waiting, "history": history, "live_page": "orders"}
+    return render_page(request, "orders.html", context)
+
+
+def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
+    """The order if it is the principal's to see; missing and another customer's answer the same 404 page."""
+    try:
+        return orders.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
+    except NotFound:
+        raise PageNotFound from None
+
+
+@router.get("/orders/{order_id}", response_class=HTMLResponse)
+def order_page(request: Request, order_id: str, principal: WebPrincipal, error: str | None = None) -> HTMLResponse:
+    """One order and why: the readings, the forecast, the policy and the consent version behind it."""
+    with Session(request.app.state.engine) as session:
+        order = _own_order(session, principal, order_id)
+        explanation = orders.explain(session=session, order=order)
+        history = orders.history(session=session, order_id=order.id)
+        slot = session.get(Slot, order.slot_id)
+    # Awaiting approval: approve or decline (declining is its cancel); later, cancel while it may still be.
+    offered = ("approve", "decline") if order.status == OrderStatus.AWAITING_APPROVAL else ("cancel",)
+    actions = [name for name in offered if orders.can_become(OrderStatus(order.status), ACTIONS[name])]
+    context = {
+        "title": f"Order {order.product_sku}",
+        "principal": principal,
+        "order": order,
+        "explanation": explanation,
+        "history": history,
+        "actions": actions,
+        "slot": slot,
+        "now": now_of(request),
+        "error": f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
+        if error in ACTION_PAST
+        else None,
+    }
+    return render_page(request, "order.html", context)
+
+
+@router.post("/orders/{order_id}/{action}")
+def order_action(
+    request: Request,
+    order_id: str,
+    action: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+    back: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Approve, decline or cancel: the same transition the API's routes make, by the signed-in customer."""
+    check_csrf(request, csrf)
+    if action not in ACTIONS:
+        raise PageNotFound
+    with transaction(request.app.state.engine) as session:
+        _own_order(session, principal, order_id)
+        try:
+            orders.transition(
+                session=session, order_id=order_id, to=ACTIONS[action], actor=principal.actor, now=now_of(request)
+            )
+        except DomainError:
+            session.rollback()
+            return redirect_to(f"{PREFIX}/orders/{order_id}?error={action}")
+    return redirect_to(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")

@@ -1,0 +1,67 @@
+"""What the web app's page modules share: the /app prefix, the signed-in principal, the 404 page's exception, and
+rendering a page, reading the clock and the posted form, and redirecting after a form."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from replenish.auth.service import Principal
+from replenish.clock import Clock
+from replenish.web.rendering import templates
+from replenish.web.session import CSRF_FIELD, csrf_token, require_principal, session_secret, signed_in
+
+PREFIX = "/app"
+WebPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+class PageNotFound(Exception):
+    """Answered with the app's 404 page: missing and another customer's look the same."""
+
+
+def render_page(request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:
+    """The template with what every page needs (the principal, the CSRF token, live updates) under its context."""
+    principal = context.get("principal") or signed_in(request)
+    secret = session_secret(request)
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "principal": principal,
+            "csrf_field": CSRF_FIELD,
+            "csrf": csrf_token(secret) if secret else "",
+            "live_page": "",
+            "live_seconds": request.app.state.web_live_seconds,
+        }
+        | context,
+        status_code=status_code,
+    )
+
+
+def now_of(request: Request) -> datetime:
+    """Now, by the application's clock."""
+    clock: Clock = request.app.state.clock
+    return clock.now()
+
+
+def redirect_to(path: str) -> RedirectResponse:
+    """After a form: 303, so that the browser gets the page and a reload never repeats the action."""
+    return RedirectResponse(path, status_code=status.HTTP_303_SEE_OTHER)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The posted form's text fields (a form with dynamic field names: one per device and slot)."""
+    return {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+
+
+FormData = Annotated[dict[str, str], Depends(read_form)]
+
+
+def customer_of(principal: Principal) -> str:
+    """The signed-in customer's id, for the pages that are a customer's own (consent, push, their data)."""
+    if principal.customer_id is None:
+        raise PageNotFound  # operators manage a customer's consent through the API, on the customer's behalf
+    return principal.customer_id

@@ -1,0 +1,86 @@
+"""The supplies page (the app's home, /app): every device with its slots, their levels, forecasts and next orders;
+and ordering a slot now from it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session
+
+from replenish.automation import service as automation
+from replenish.constants import OPEN_ORDER_STATUSES
+from replenish.db import transaction
+from replenish.devices import service as devices
+from replenish.errors import NotFound
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+from replenish.web.charts import HISTORY, ChartOrder, slot_chart
+from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, redirect_to, render_page
+from replenish.web.session import CSRF_FIELD, check_csrf
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
+    """Every device with its slots: level now, the forecast empty date with its band, the next order, health."""
+    now = now_of(request)
+    with Session(request.app.state.engine) as session:
+        found = devices.list_devices(session=session, customer_id=principal.scope(None), limit=200)
+        described = devices.describe_many(session=session, devices=found)
+        placed = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+        by_slot: dict[str, list[Order]] = {}
+        for order in placed:
+            by_slot.setdefault(order.slot_id, []).append(order)
+        history = devices.level_history(
+            session=session, slot_ids=[slot.id for device in described for slot in device.slots], since=now - HISTORY
+        )
+        cards = []
+        for device in described:
+            slots = []
+            for slot in device.slots:
+                slot_orders = by_slot.get(slot.id, [])
+                slots.append(
+                    {
+                        "slot": slot,
+                        "forecast": slot.forecast or {},
+                        "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
+                        "chart": slot_chart(
+                            title=f"{device.name} {slot.name}: level and forecast",
+                            readings=[(ts, level / slot.capacity) for ts, level in history[slot.id]],
+                            forecast=slot.forecast,
+                            orders=[ChartOrder(created_at=o.created_at, status=o.status) for o in slot_orders],
+                            lead_time_days=slot.lead_time_days,
+                            now=now,
+                        ),
+                    }
+                )
+            cards.append({"device": device, "slots": slots})
+    context = {"title": "Supplies", "principal": principal, "cards": cards, "now": now, "live_page": "overview"}
+    return render_page(request, "overview.html", context)
+
+
+@router.post("/devices/{device_id}/slots/{slot_name}/order")
+def order_now(
+    request: Request,
+    device_id: str,
+    slot_name: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+) -> Response:
+    """Order a slot now (the API's order now, by the signed-in customer): to the order's page, new or open."""
+    check_csrf(request, csrf)
+    with transaction(request.app.state.engine) as session:
+        try:
+            device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+            slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+        except NotFound:
+            raise PageNotFound from None
+        outcome = automation.order_now(
+            session=session, slot=slot, device=device, now=now_of(request), actor=principal.actor
+        )
+        assert outcome is not None
+        order_id = outcome.order.id
+    return redirect_to(f"{PREFIX}/orders/{order_id}")
