@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,11 +39,12 @@ from support.servers import Mailbox
 CHEAP_PASSWORDS = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
 
 
-# How hard the property tests search: "ci" in make test; HYPOTHESIS_PROFILE=thorough for a longer hunt (ten times the
-# examples) before a release or after touching ingest. Tests that set max_examples themselves keep their own count.
-hypothesis_settings.register_profile("ci", max_examples=100)
+# How hard the property tests search: hypothesis's own profiles in make test (100 examples; its "ci" profile when CI
+# is set), HYPOTHESIS_PROFILE=thorough for a longer hunt (ten times the examples) before a release or after touching
+# ingest. The bad-input volume tests take their count from the profile; tests that set max_examples keep theirs.
 hypothesis_settings.register_profile("thorough", max_examples=1000)
-hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    hypothesis_settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 _COMPILER = pytest.StashKey[subprocess.Popen[bytes]]()
@@ -112,13 +114,14 @@ def slow_first(config: pytest.Config, items: list[pytest.Item]) -> None:
     `make test` runs `--dist worksteal`, which hands worker k the k-th of equal consecutive slices of this order and
     lets an idle worker take the back half of a busy one's: each slice starts with its share of the slow tests and
     goes on with the others in file order (a module's tests together: its module fixtures start once or twice).
-    Every worker collects and orders alike, as xdist requires."""
+    Every worker collects and orders alike, as xdist requires. (A worker's own options say nothing of the
+    controller's --dist: its workerinput gives the number of workers.)"""
     slow = [item for item in items if item.get_closest_marker("slow")]
     if not slow:
         return
     others = [item for item in items if not item.get_closest_marker("slow")]
-    stealing = config.getoption("dist", "no") == "worksteal"
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) if stealing else 1
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    workers = int(workerinput.get("workercount", 1))
     ordered: list[pytest.Item] = []
     remaining = len(items)
     for number in range(workers):

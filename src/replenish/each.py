@@ -1,5 +1,8 @@
 """Periodic jobs that work through items (orders, customers, incidents, pages of devices), each in a transaction of its
-own, so that one item that fails holds up no other."""
+own, so that one item that fails holds up no other.
+
+Each job's scheduled.py keeps one EachAlone at module level: one per process, which is what its memory of failing
+items is about (what this process saw fail). A job runs one pass at a time (the scheduler's max_instances=1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The coordinator that owns the periodic work: which jobs run, how often, and only on the leader. The work itself is
+"""The coordinator that owns the periodic work: which jobs run, how often, and where (on the leader; evaluation on
+every scheduler process on PostgreSQL). The work itself is
 each domain's (automation.service.evaluate_due and the domains' scheduled.py: answers, alerts, health, privacy);
 Jobs adds the clock, the settings, the metrics and the log lines."""
 

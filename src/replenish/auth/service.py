@@ -52,7 +52,11 @@ class Principal:
     @property
     def visible_customer(self) -> str | None:
         """The one customer whose objects this caller may read or act on; None for an operator, who may any."""
-        return None if self.is_operator else self.customer_id
+        if self.is_operator:
+            return None
+        if self.customer_id is None:  # a customer's account always names its customer: never read as "any"
+            raise Forbidden("this account belongs to no customer")
+        return self.customer_id
 
     def may_access(self, customer_id: str) -> bool:
         return self.is_operator or self.customer_id == customer_id

@@ -27,7 +27,7 @@ def register(*, session: Session, request: DeviceCreate, actor: str, now: dateti
             field="id",
         )
     if request.customer_id is None:  # the router fills in the caller's own
-        raise InvalidRequest("whose device it is must be said", field="customer_id")
+        raise InvalidRequest("an operator must say whose device it is", field="customer_id")
     if session.get(Device, request.id) is not None:
         raise Conflict(f"device {request.id!r} is registered already", field="id")
     secret = credentials.new_secret()

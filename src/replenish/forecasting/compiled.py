@@ -51,8 +51,9 @@ Function = TypeVar("Function", bound=Callable[..., Any])
 
 
 def compiled(function: Function) -> Function:
-    """Mark a function of numbers and arrays for numba (nopython mode: no Python objects inside). The kernel is
-    called as the function is, so it keeps the function's signature."""
+    """Mark a function of numbers and arrays for numba (nopython mode: no Python objects inside). The kernel keeps
+    the function's signature for the type checker; call it with positional arguments (Kernel.__call__ passes no
+    keywords)."""
     return cast(Function, Kernel(function))
 
 

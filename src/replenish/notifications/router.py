@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
-from replenish.db import get_or_raise, transaction
+from replenish.db import transaction
 from replenish.errors import InvalidRequest, NotFound
 from replenish.notifications import service
 from replenish.notifications.models import Notification, PushSubscription
@@ -77,9 +77,7 @@ def list_notifications(
 
 @router.get("/{notification_id}", response_model=NotificationDetail, summary="A notification and why it was sent")
 def get_notification(notification_id: str, session: ReadSession, principal: CurrentPrincipal) -> NotificationDetail:
-    notification = get_or_raise(
-        session, Notification, notification_id, entity="notification", customer_id=principal.visible_customer
-    )
+    notification = service.get(session=session, notification_id=notification_id, customer_id=principal.visible_customer)
     explanation = (
         explain_decision(session=session, decision_id=notification.decision_id) if notification.decision_id else None
     )
@@ -136,12 +134,8 @@ def list_subscriptions(
 )
 def unsubscribe(subscription_id: str, principal: CurrentPrincipal, engine: EngineDep) -> Response:
     with transaction(engine) as session:
-        found = get_or_raise(
-            session,
-            PushSubscription,
-            subscription_id,
-            entity="push subscription",
-            customer_id=principal.visible_customer,
+        found = service.get_push_subscription(
+            session=session, subscription_id=subscription_id, customer_id=principal.visible_customer
         )
         session.delete(found)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

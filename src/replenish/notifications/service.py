@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from replenish.consent.schemas import ConsentDocument, QuietHours
 from replenish.constants import NoticeKind, OutboxKind
+from replenish.db import get_or_raise
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.notifications.schemas import PushSubscriptionCreate
 from replenish.notifications.timing import DIGEST_KINDS, next_digest_at, quiet_until
@@ -76,6 +77,18 @@ def notify_customer(
                 deliver(deliver_after=quiet, for_digest=for_digest, channel=channel.type, address=channel.address)
             )
     return sent
+
+
+def get(*, session: Session, notification_id: str, customer_id: str | None = None) -> Notification:
+    """The notification; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Notification, notification_id, entity="notification", customer_id=customer_id)
+
+
+def get_push_subscription(
+    *, session: Session, subscription_id: str, customer_id: str | None = None
+) -> PushSubscription:
+    """The browser's subscription; given ``customer_id``, only if it is that customer's."""
+    return get_or_raise(session, PushSubscription, subscription_id, entity="push subscription", customer_id=customer_id)
 
 
 def push_subscriptions(*, session: Session, customer_id: str) -> list[PushSubscription]:

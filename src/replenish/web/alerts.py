@@ -15,8 +15,8 @@ from replenish.auth.service import Principal
 from replenish.constants import AlertStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
-from replenish.errors import DomainError, NotFound
-from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, redirect_to, render_page
+from replenish.errors import DomainError
+from replenish.web.pages import PREFIX, WebPrincipal, not_found_page, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -52,10 +52,8 @@ def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 
 def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
     """The alert if it is the principal's to see; missing and another customer's answer the same 404 page."""
-    try:
+    with not_found_page():
         return alerts.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
-    except NotFound:
-        raise PageNotFound from None
 
 
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)

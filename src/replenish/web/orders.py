@@ -13,10 +13,10 @@ from replenish.auth.service import Principal
 from replenish.constants import OrderStatus
 from replenish.db import transaction
 from replenish.devices.models import Slot
-from replenish.errors import DomainError, NotFound
+from replenish.errors import DomainError
 from replenish.orders import service as orders
 from replenish.orders.models import Order
-from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, redirect_to, render_page
+from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, not_found_page, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -38,10 +38,8 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 
 def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
     """The order if it is the principal's to see; missing and another customer's answer the same 404 page."""
-    try:
+    with not_found_page():
         return orders.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
-    except NotFound:
-        raise PageNotFound from None
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)

@@ -3,6 +3,8 @@ rendering a page, reading the clock and the posted form, and redirecting after a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from replenish.auth.service import Principal
 from replenish.clock import Clock
+from replenish.errors import NotFound
 from replenish.web.rendering import templates
 from replenish.web.session import CSRF_FIELD, csrf_token, require_principal, session_secret, signed_in
 
@@ -20,6 +23,16 @@ WebPrincipal = Annotated[Principal, Depends(require_principal)]
 
 class PageNotFound(Exception):
     """Answered with the app's 404 page: missing and another customer's look the same."""
+
+
+@contextmanager
+def not_found_page() -> Iterator[None]:
+    """What the services do not find (missing, or another customer's: the getters filter by the principal's
+    customer) is the app's 404 page."""
+    try:
+        yield
+    except NotFound:
+        raise PageNotFound from None
 
 
 def render_page(request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:

@@ -13,11 +13,10 @@ from replenish.automation import service as automation
 from replenish.constants import OPEN_ORDER_STATUSES
 from replenish.db import transaction
 from replenish.devices import service as devices
-from replenish.errors import NotFound
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
-from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, redirect_to, render_page
+from replenish.web.pages import PREFIX, WebPrincipal, not_found_page, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -73,11 +72,9 @@ def order_now(
     """Order a slot now (the API's order now, by the signed-in customer): to the order's page, new or open."""
     check_csrf(request, csrf)
     with transaction(request.app.state.engine) as session:
-        try:
+        with not_found_page():
             device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
             slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
-        except NotFound:
-            raise PageNotFound from None
         outcome = automation.order_now(
             session=session, slot=slot, device=device, now=now_of(request), actor=principal.actor
         )
