@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
 # Most tests wait on sockets, timers and processes, so more workers than cores pay: on a 2-core machine the 695 tests
-# took 3:35 on four workers with worksteal (slow tests first, spread over them: tests/conftest.py), 3:57 on six, and
-# 3:52 on four or three with xdist's default scheduling. tests/support/brokers.py gives each worker ports of its own.
+# took 3:35-3:40 on four workers with worksteal (slow tests first, spread over them: tests/conftest.py), 3:57 on six,
+# and 3:52 on four or three with xdist's default scheduling. tests/support/brokers.py gives each worker ports of its
+# own.
 TEST_WORKERS ?= 4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
