@@ -34,7 +34,7 @@ from support.api import (
     register_device,
     set_consent,
 )
-from support.brokers import free_port
+from support.brokers import BROWSER_UNSAFE_PORTS, free_port, port_block
 from support.mqtt import CommandListener, Publisher
 from support.platform import START, make_settings, place_an_order, run_low, running_platform
 from support.servers import Mailbox, WebhookReceiver
@@ -483,6 +483,19 @@ def test_emergency_contacts_and_escalation_timing(
     document = api.get(f"/customers/{customer_id}/consent").json()["document"]
     assert document["emergency_contacts"] == [{"name": "Grace", "channel": "email", "address": "grace@example.com"}]
     assert (document["escalation_timeout_seconds"], document["emergency_services_allowed"]) == (300, True)
+
+
+def test_no_port_handed_to_a_server_is_one_browsers_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chromium will not load a page from 10080 (net::ERR_UNSAFE_PORT): a worker's block that holds it skips it."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "300")  # blocks of 75 ports: gw1's holds 10080
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    block = port_block("gw1")
+    assert set(block) >= BROWSER_UNSAFE_PORTS
+    handed = set()
+    with pytest.raises(RuntimeError, match="used up"):
+        for _ in block:
+            handed.add(free_port())
+    assert handed and not handed & BROWSER_UNSAFE_PORTS
 
 
 @pytest.mark.slow

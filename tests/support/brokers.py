@@ -30,6 +30,9 @@ _HANDED_OUT: set[int] = set()
 # up on Linux), so that no two workers, and no outgoing connection, are ever given the same port.
 PORT_BLOCK_START = 10000
 EPHEMERAL_PORTS_START = 32768
+# Browsers refuse pages on a few well-known ports (Chromium: net::ERR_UNSAFE_PORT); the one among those handed out
+# here is 10080 (Amanda backup). A web test whose API got it failed.
+BROWSER_UNSAFE_PORTS = frozenset({10080})
 
 
 def port_block(worker: str) -> range:
@@ -46,6 +49,8 @@ def free_port() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     candidates = port_block(worker) if worker.startswith("gw") else itertools.repeat(0)  # port 0: the kernel picks
     for candidate in candidates:
+        if candidate in BROWSER_UNSAFE_PORTS:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", candidate))
