@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +13,7 @@ from replenish.auth.models import Account
 from replenish.constants import AccountRole
 from replenish.db import transaction
 from replenish.runtime import Platform
+from replenish.tls import client_tls
 from support.mqtt import DEVICE_SECRETS
 
 INK_SLOTS = [
@@ -26,18 +26,13 @@ PASSWORD = "correct horse battery"
 OPERATOR_EMAIL = "operator@example.com"
 
 
-# One certificate store for every client the tests make: httpx loads one per client otherwise (22 ms of CPU each, and
-# a test makes several). The tests speak plain HTTP on loopback; the store is there for the odd https URL.
-TLS = ssl.create_default_context()
-
-
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
 def sign_in(platform: Platform, email: str, password: str = PASSWORD) -> str:
     """A bearer token through the real sign-in route."""
-    with httpx.Client(verify=TLS, timeout=10) as client:
+    with httpx.Client(verify=client_tls(), timeout=10) as client:
         response = client.post(f"{platform.api_url}/api/v1/auth/token", data={"username": email, "password": password})
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
@@ -68,7 +63,7 @@ def operator_token(platform: Platform, email: str = OPERATOR_EMAIL) -> str:
 
 def api_client(platform: Platform, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10, headers=headers, verify=TLS)
+    return httpx.Client(base_url=f"{platform.api_url}/api/v1", timeout=10, headers=headers, verify=client_tls())
 
 
 def customer_api(platform: Platform, email: str) -> httpx.Client:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from replenish.notifications.push import PushMessage, SubscriptionGone, WebPushSender
+from replenish.tls import client_tls
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class Channels:
         log_links: bool = False,
     ) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), verify=client_tls())
         self._channels: dict[str, Channel] = {
             "log": LogChannel(show_links=log_links),
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from replenish.constants import OutboxKind
 from replenish.outbox.models import OutboxMessage
+from replenish.tls import client_tls
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class WebhookSink:
 
     def __init__(self, url: str, *, timeout: float = 10.0, client: httpx.Client | None = None) -> None:
         self._url = url
-        self._client = client or httpx.Client(timeout=timeout)
+        self._client = client or httpx.Client(timeout=timeout, verify=client_tls())
 
     def send(self, *, event: str, idempotency_key: str, order: dict[str, Any]) -> None:
         response = self._client.post(

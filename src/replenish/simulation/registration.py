@@ -9,6 +9,7 @@ import httpx
 from replenish.constants import DeviceKind
 from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.simulation.devices import DeviceModel
+from replenish.tls import client_tls
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def register_over_api(
     """
     secrets: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10, headers=headers) as api:
+    with httpx.Client(
+        base_url=f"{api_url.rstrip('/')}/api/v1", timeout=10, headers=headers, verify=client_tls()
+    ) as api:
         me = api.get("/auth/me").raise_for_status().json()
         customer_id = me["customer_id"] or _simulators_customer(api, email)
         for model in models:
