@@ -70,7 +70,7 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
     if request.node.get_closest_marker("real_passwords"):
         return
     monkeypatch.setattr(auth, "_passwords", CHEAP_PASSWORDS)
-    monkeypatch.setattr(auth, "_DUMMY_HASH", CHEAP_DUMMY_HASH)
+    monkeypatch.setattr(auth, "_dummy_hash", lambda: CHEAP_DUMMY_HASH)
 
 
 CHEAP_DUMMY_HASH = CHEAP_PASSWORDS.hash("nobody's password")

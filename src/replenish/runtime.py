@@ -19,6 +19,7 @@ from py_vapid import Vapid02
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from replenish.auth import service as auth
 from replenish.clock import Clock, SystemClock
 from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock, AlwaysHeld, HeldLock, is_postgres
@@ -298,6 +299,7 @@ class Platform:
         # scheduler process (several per deployment, restarted on every release) serves none of them.
         from replenish.api.app import create_app
 
+        auth.warm_up()  # the first sign-in with an unknown address takes as long as the others
         # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.
         self.metrics.registry.register(DatabaseCollector(engine=self.engine, clock=self.clock))
         app = create_app(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -26,8 +27,19 @@ from replenish.errors import Conflict, DomainError, Forbidden, NotFound, TooMany
 
 # Argon2id with pwdlib's recommended parameters.
 _passwords = PasswordHash.recommended()
-# Verified against when the e-mail is unknown, so that a wrong e-mail takes as long as a wrong password.
-_DUMMY_HASH = _passwords.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the e-mail is unknown, so that a wrong e-mail takes as long as a wrong password. Made
+    on first use, or by warm_up() as the API starts: a process that signs nobody in (ingest, the scheduler) does not
+    spend an Argon2 hash on it."""
+    return _passwords.hash(secrets.token_urlsafe(16))
+
+
+def warm_up() -> None:
+    """Make the dummy hash now, so that the first sign-in with an unknown address takes no longer than the others."""
+    _dummy_hash()
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,7 @@ def authenticate(*, session: Session, email: str, password: str) -> Account | No
     """The account with this e-mail and password, or None (which of the two was wrong is not told)."""
     account = find_account(session=session, email=email)
     if account is None:
-        _passwords.verify(password, _DUMMY_HASH)
+        _passwords.verify(password, _dummy_hash())
         return None
     valid, new_hash = _passwords.verify_and_update(password, account.password_hash)
     if not valid:

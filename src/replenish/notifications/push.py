@@ -19,7 +19,6 @@ from pathlib import Path
 import requests
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
-from pywebpush import WebPushException, webpush
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,9 @@ class WebPushSender:
         self._session.max_redirects = 0
 
     def send(self, *, endpoint: str, p256dh: str, auth: str, message: PushMessage) -> None:
+        # Loaded by the first push (pywebpush brings aiohttp: about 90 ms): an ingest process never sends one.
+        from pywebpush import WebPushException, webpush
+
         self._check_endpoint(endpoint)
         try:
             webpush(
