@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import http_ece
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from replenish.notifications.push import application_server_key, load_vapid
 from replenish.runtime import Platform
 from support import wait_until
 from support.api import customer_api, set_consent
@@ -161,3 +163,19 @@ def test_a_subscription_the_push_service_says_is_gone_is_forgotten(
     assert len(pushed) == 1 and pushed[0]["sent_at"] is not None, "nobody left to retry for"
     platform.jobs.dispatch()
     assert len(push_service.messages) == 1
+
+
+def test_processes_that_make_the_vapid_key_at_once_all_use_one(tmp_path: Path) -> None:
+    """Two schedulers of one deployment start together and both find no key file: the one that writes second takes
+    the first one's key instead of failing to start."""
+
+    class MadeByAnotherMeanwhile(type(Path())):  # PosixPath or WindowsPath, as Path() picks
+        def exists(self, **kwargs: Any) -> bool:
+            return False  # checked just before the other process linked its key into place
+
+    key_file = tmp_path / "vapid-private.pem"
+    first = load_vapid(configured=None, key_file=key_file)
+    second = load_vapid(configured=None, key_file=MadeByAnotherMeanwhile(key_file))
+    assert application_server_key(second) == application_server_key(first)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["vapid-private.pem"]  # nothing left half-written
+    assert key_file.stat().st_mode & 0o777 == 0o600

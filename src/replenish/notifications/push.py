@@ -39,9 +39,18 @@ def load_vapid(*, configured: str | None, key_file: Path) -> Vapid02:
     vapid = Vapid02()
     vapid.generate_keys()
     key_file.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole under a name of this process's own, then linked into place: processes of one deployment that
+    # start together (two schedulers) race to make the key, and the one that loses reads the winner's, complete.
+    written = key_file.with_name(f".{key_file.name}.{os.getpid()}")
+    descriptor = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(vapid.private_pem())
+    try:
+        os.link(written, key_file)
+    except FileExistsError:
+        return Vapid02.from_file(str(key_file))
+    finally:
+        written.unlink()
     log.info("made a VAPID key for Web Push in %s (set REPLENISH_WEBPUSH_VAPID_PRIVATE_KEY to share one)", key_file)
     return vapid
 
