@@ -348,7 +348,7 @@ def test_one_scheduler_leads_and_the_standby_takes_over_within_seconds_of_a_kill
     assert leader_of([standby, returned]) == [standby]
 
 
-def test_a_leader_whose_lock_session_ends_stops_leading_at_once_and_a_standby_leads(postgres_server):
+def test_a_leader_whose_lock_session_ends_stops_leading_at_once_and_one_leads_again(postgres_server):
     """A database restart or a network failure ends the leader's lock session without killing the process: it must
     stop leading by its next check, not go on running jobs beside the new leader."""
     database = f"election_{uuid.uuid4().hex}"
@@ -376,10 +376,14 @@ def test_a_leader_whose_lock_session_ends_stops_leading_at_once_and_a_standby_le
         assert ended == [(True,)], "the leader's lock session, and only it"
         # Each runs on its own timer: the standby may lead a moment before the old leader's next check.
         wait_for(lambda: not elections["a"].is_leader, 5, "the old leader notices it lost the lock")
-        wait_for(lambda: elections["b"].is_leader, 5, "the standby leads")
-        assert changes == {"a": [True, False], "b": [True]}
-        elections["b"].stop()
-        wait_for(lambda: elections["a"].is_leader, 5, "the old leader, competing again, leads once the lock is free")
+        # Then both compete for the free lock, the old leader like any standby: usually the standby's timer comes
+        # first, but on a loaded machine the old leader may take it back. Either way, one leads again.
+        wait_for(lambda: elections["a"].is_leader or elections["b"].is_leader, 5, "someone leads again")
+        leader, other = ("b", "a") if elections["b"].is_leader else ("a", "b")
+        assert not elections[other].is_leader
+        assert changes == ({"a": [True, False], "b": [True]} if leader == "b" else {"a": [True, False, True], "b": []})
+        elections[leader].stop()
+        wait_for(lambda: elections[other].is_leader, 5, "the other leads once the lock is free")
     finally:
         for election in elections.values():
             election.stop()
