@@ -1,7 +1,7 @@
 """The coordinator that owns the periodic work: which jobs run, how often, and where (on the leader; evaluation on
-every scheduler process on PostgreSQL). The work itself is
-each domain's (automation.service.evaluate_due and the domains' scheduled.py: answers, alerts, health, privacy);
-Jobs adds the clock, the settings, the metrics and the log lines."""
+every scheduler process on PostgreSQL). The work itself is each domain's (automation.service.evaluate_due and the
+domains' scheduled.py: answers, alerts, health, privacy); Jobs adds the clock, the settings, the metrics and the log
+lines."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, delete, event, or_, update
+from sqlalchemy import delete, event, or_, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -114,7 +114,7 @@ def withdraw(*, session: Session, idempotency_key: str) -> bool:
     """Take back a message that no dispatcher has ever claimed: true if it is gone (its receiver never hears of it),
     false if any dispatcher took it to deliver, whatever came of that. One conditional DELETE, so of a withdrawal
     and a dispatcher's claim racing each other exactly one wins, as with two claims."""
-    result = session.execute(
+    result = session.exec(
         delete(OutboxMessage).where(
             col(OutboxMessage.idempotency_key) == idempotency_key,
             col(OutboxMessage.delivered_at).is_(None),
@@ -124,7 +124,7 @@ def withdraw(*, session: Session, idempotency_key: str) -> bool:
             col(OutboxMessage.attempts) == 0,
         )
     )
-    return cast("CursorResult[Any]", result).rowcount == 1  # a DELETE or UPDATE: a cursor result
+    return result.rowcount == 1
 
 
 def exists(*, session: Session, idempotency_key: str) -> bool:
@@ -137,7 +137,7 @@ def exists(*, session: Session, idempotency_key: str) -> bool:
 def claim(*, session: Session, message_id: int, now: datetime, until: datetime, by: str) -> bool:
     """Hold the message for delivery until ``until``; false if it is delivered or another dispatcher holds it. One
     conditional UPDATE: of two dispatchers racing for it, exactly one wins, on SQLite and PostgreSQL alike."""
-    result = session.execute(
+    result = session.exec(
         update(OutboxMessage)
         .where(
             col(OutboxMessage.id) == message_id,
@@ -146,4 +146,4 @@ def claim(*, session: Session, message_id: int, now: datetime, until: datetime, 
         )
         .values(claimed_until=until, claimed_by=by)
     )
-    return cast("CursorResult[Any]", result).rowcount == 1  # a DELETE or UPDATE: a cursor result
+    return result.rowcount == 1
