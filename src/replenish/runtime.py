@@ -298,23 +298,26 @@ class Platform:
         # Imported here: the routers, FastAPI and the web app are most of what a process loads, and an ingest or
         # scheduler process (several per deployment, restarted on every release) serves none of them.
         from replenish.api.app import create_app
+        from replenish.api.state import ApiState
 
         auth.warm_up()  # the first sign-in with an unknown address takes as long as the others
         # Only the API reads the database gauges: every role sees the same database, one copy of them is enough.
         self.metrics.registry.register(DatabaseCollector(engine=self.engine, clock=self.clock))
         app = create_app(
-            engine=self.engine,
-            clock=self.clock,
-            broker=BrokerProbe(self.settings.mqtt_endpoint),
-            session_lifetime=timedelta(hours=self.settings.session_hours),
-            web_live_seconds=self.settings.web_live_seconds,
-            fulfilment_secrets={
-                name: secret.get_secret_value() for name, secret in self.settings.fulfilment_partner_secrets.items()
-            },
-            fulfilment_tolerance_seconds=self.settings.fulfilment_signature_tolerance_seconds,
-            push_public_key=application_server_key(vapid_key(self.settings)),
-            # Without SMTP a sign-up's link goes to the log, shown only where the operator asked for links there.
-            sign_up_channel="email" if self.settings.smtp_host else "log",
+            ApiState(
+                engine=self.engine,
+                clock=self.clock,
+                broker=BrokerProbe(self.settings.mqtt_endpoint),
+                session_lifetime=timedelta(hours=self.settings.session_hours),
+                web_live_seconds=self.settings.web_live_seconds,
+                fulfilment_secrets={
+                    name: secret.get_secret_value() for name, secret in self.settings.fulfilment_partner_secrets.items()
+                },
+                fulfilment_tolerance_seconds=self.settings.fulfilment_signature_tolerance_seconds,
+                push_public_key=application_server_key(vapid_key(self.settings)),
+                # Without SMTP a sign-up's link goes to the log, shown only where the operator asked for links there.
+                sign_up_channel="email" if self.settings.smtp_host else "log",
+            )
         )
         config = uvicorn.Config(
             app,

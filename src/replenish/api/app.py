@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -18,9 +18,9 @@ from replenish import __version__
 from replenish.alerts.router import acknowledgement_page_router, acknowledgements_router
 from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
+from replenish.api.state import ApiState, PlatformApp, api_state
 from replenish.audit.router import router as audit_router
 from replenish.auth.router import router as auth_router
-from replenish.clock import Clock
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.customers.router import sign_ups as sign_ups_router
@@ -28,7 +28,7 @@ from replenish.devices.router import router as devices_router
 from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized, UnprocessableBody
 from replenish.health.router import router as alarms_router
 from replenish.ingest.router import router as dead_letters_router
-from replenish.mqtt.probe import OK, BrokerProbe
+from replenish.mqtt.probe import OK
 from replenish.notifications.router import push_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import fulfilment_router, slot_orders_router
@@ -69,31 +69,17 @@ class Readiness(BaseModel):
     failed: list[str] = Field(description='The dependencies that did not answer: "database", "broker"; empty if none.')
 
 
-def create_app(
-    *,
-    engine: Engine,
-    clock: Clock,
-    broker: BrokerProbe,
-    session_lifetime: timedelta = timedelta(hours=12),
-    web_live_seconds: float = 10.0,
-    fulfilment_secrets: Mapping[str, str] | None = None,
-    fulfilment_tolerance_seconds: float = 300.0,
-    push_public_key: str | None = None,
-    sign_up_channel: str = "email",
-) -> FastAPI:
+def create_app(state: ApiState) -> PlatformApp:
+    """The API and the web app, serving one platform's database, clock and broker."""
+    return PlatformApp(application(), state)
+
+
+@functools.cache
+def application() -> FastAPI:
+    """The application every platform in this process serves (replenish.api.state says why one)."""
     # The docs' pages (/docs, /redoc) with their scripts and styles served from the package, not from a CDN: they
     # work offline and load nothing from anywhere else.
     app = FastAPIOffline(title="Replenish", version=__version__, description=DESCRIPTION)
-    app.state.engine = engine
-    app.state.clock = clock
-    app.state.sign_up_channel = sign_up_channel
-    app.state.session_lifetime = session_lifetime
-    app.state.web_live_seconds = web_live_seconds
-    # Fulfilment partners' webhook secrets (REPLENISH_FULFILMENT_PARTNER_SECRETS) and the replay window.
-    app.state.fulfilment_secrets = dict(fulfilment_secrets or {})
-    app.state.fulfilment_tolerance_seconds = fulfilment_tolerance_seconds
-    # Web Push: the VAPID public key browsers subscribe with (None: Web Push is off).
-    app.state.push_public_key = push_public_key
 
     @app.middleware("http")
     async def _no_sniffing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -172,7 +158,7 @@ def create_app(
         response_model=Readiness,
         responses={503: {"model": Readiness, "description": "A dependency did not answer; `failed` names it."}},
     )
-    def readyz(engine: EngineDep) -> JSONResponse:
+    def readyz(request: Request, engine: EngineDep) -> JSONResponse:
         database = OK
         try:
             with engine.connect() as connection:
@@ -180,7 +166,7 @@ def create_app(
         except Exception as exc:
             # The error class only: a driver's message can carry the host and user of the database.
             database = type(exc).__name__
-        answers = {"database": database, "broker": broker.check()}
+        answers = {"database": database, "broker": api_state(request).broker.check()}
         failed = [name for name, answer in answers.items() if answer != OK]
         readiness = Readiness(status="unavailable" if failed else "ok", failed=failed, **answers)
         return JSONResponse(status_code=503 if failed else 200, content=readiness.model_dump())

@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BeforeValidator
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.clock import Clock
@@ -20,12 +21,12 @@ _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
 def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
+    engine: Engine = api_state(request).engine
     return engine
 
 
 def get_clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.clock
+    clock: Clock = api_state(request).clock
     return clock
 
 

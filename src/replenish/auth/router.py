@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, ReadSession
+from replenish.api.state import api_state
 from replenish.audit import service as audit
 from replenish.auth import service
 from replenish.auth.schemas import (
@@ -49,7 +50,7 @@ def sign_in(
             email=form.username,
             password=form.password,
             now=clock.now(),
-            lifetime=request.app.state.session_lifetime,
+            lifetime=api_state(request).session_lifetime,
         )
     if issued is None:
         raise Unauthorized("incorrect e-mail or password")
@@ -76,7 +77,7 @@ def change_password(
             kind=TokenKind.SESSION,
             name="sign-in",
             now=now,
-            lifetime=request.app.state.session_lifetime,
+            lifetime=api_state(request).session_lifetime,
         )
         audit.record(
             session=session,

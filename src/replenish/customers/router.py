@@ -12,6 +12,7 @@ from replenish.api.deps import (
     OptionalPrincipal,
     ReadSession,
 )
+from replenish.api.state import api_state
 from replenish.customers import service
 from replenish.customers.schemas import CustomerCreate, CustomerRead, SignUpConfirm, SignUpRequested
 from replenish.db import transaction
@@ -55,7 +56,7 @@ def create_customer(
                     "choose the password with the link mailed to the address, not here", field="password"
                 )
             service.request_sign_up(
-                session=session, email=body.email, now=clock.now(), channel=request.app.state.sign_up_channel
+                session=session, email=body.email, now=clock.now(), channel=api_state(request).sign_up_channel
             )
             response.status_code = status.HTTP_202_ACCEPTED
             return SignUpRequested(email=body.email.lower())

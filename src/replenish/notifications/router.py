@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.api.state import api_state
 from replenish.db import transaction
 from replenish.errors import InvalidRequest, NotFound
 from replenish.notifications import service
@@ -86,7 +87,7 @@ def get_notification(notification_id: str, session: ReadSession, principal: Curr
 
 @push_router.get("/key", response_model=PushKey, summary="The public key browsers subscribe to Web Push with")
 def push_key(request: Request, principal: CurrentPrincipal) -> PushKey:
-    key = request.app.state.push_public_key
+    key = api_state(request).push_public_key
     if key is None:
         raise NotFound("web push key", "-")
     return PushKey(application_server_key=key)

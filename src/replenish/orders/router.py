@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from replenish.answers import service as answers
 from replenish.api.deps import ClockDep, CurrentOperator, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.api.state import api_state
 from replenish.audit import service as audit
 from replenish.auth.service import Principal
 from replenish.automation import service as automation
@@ -177,13 +178,13 @@ def _partner_event(
     now = clock.now()
     try:
         signatures.verify(
-            secrets=request.app.state.fulfilment_secrets,
+            secrets=api_state(request).fulfilment_secrets,
             partner=partner,
             timestamp=timestamp,
             signature=signature,
             body=body,
             now=now,
-            tolerance_seconds=request.app.state.fulfilment_tolerance_seconds,
+            tolerance_seconds=api_state(request).fulfilment_tolerance_seconds,
         )
     except signatures.SignatureRefused as refused:
         log.warning("fulfilment webhook of %r refused: %s", partner, refused)

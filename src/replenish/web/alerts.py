@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from replenish.alerts import service as alerts
 from replenish.alerts.models import Alert
+from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.constants import AlertStatus
 from replenish.db import transaction
@@ -25,7 +26,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 @router.get("/alerts", response_class=HTMLResponse)
 def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Open incidents first, with who has been asked so far; then the closed ones."""
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         found = alerts.list_alerts(session=session, customer_id=principal.scope(None), limit=200)
         names = {
             device.id: device.name
@@ -59,7 +60,7 @@ def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
 def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: str | None = None) -> HTMLResponse:
     """One alert: the event that raised it, and its escalation timeline (who was asked when, who answered)."""
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         alert = _own_alert(session, principal, alert_id)
         steps = alerts.steps(session=session, alert_id=alert.id)
         delivered = alerts.delivered_at(session=session, steps=steps)
@@ -88,7 +89,7 @@ def acknowledge_alert(
 ) -> Response:
     """The API's acknowledgement: escalation stops, those asked are told, and the device gets alert_acknowledged."""
     check_csrf(request, csrf)
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         _own_alert(session, principal, alert_id)
         try:
             alerts.acknowledge(session=session, alert_id=alert_id, actor=principal.actor, now=now_of(request))

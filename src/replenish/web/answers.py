@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from replenish.answers import service as answers
 from replenish.answers.service import LinkRefused, LinkView
+from replenish.api.state import api_state
 from replenish.constants import ANSWER_PAGE_PATH, LinkAction
 from replenish.db import transaction
 from replenish.web.rendering import templates
@@ -70,7 +71,8 @@ def _refused(request: Request, refusal: LinkRefused) -> HTMLResponse:
 
 @router.get("/{token}", response_class=HTMLResponse)
 def answer_page(request: Request, token: str) -> HTMLResponse:
-    engine, clock = request.app.state.engine, request.app.state.clock
+    state = api_state(request)
+    engine, clock = state.engine, state.clock
     with transaction(engine) as session:  # commits only the audit record of a refused link
         try:
             view = answers.read_link(session=session, token=token, now=clock.now())
@@ -84,7 +86,8 @@ def answer_page(request: Request, token: str) -> HTMLResponse:
 @router.post("/{token}", response_class=HTMLResponse)
 def answer(request: Request, token: str) -> HTMLResponse:
     check_same_origin(request)
-    engine, clock = request.app.state.engine, request.app.state.clock
+    state = api_state(request)
+    engine, clock = state.engine, state.clock
     with transaction(engine) as session:
         try:
             view = answers.use_link(session=session, token=token, now=clock.now())

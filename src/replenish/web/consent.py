@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, NotificationChannel
@@ -35,7 +36,7 @@ def _consent_page(
     values: dict[str, str] | None = None,
 ) -> HTMLResponse:
     customer_id = customer_of(principal)
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         versions = consent.history(session=session, customer_id=customer_id)
         described = devices.describe_many(
             session=session, devices=devices.list_devices(session=session, customer_id=customer_id, limit=500)
@@ -58,7 +59,7 @@ def _consent_page(
         "history": list(reversed(changes)),
         "errors": errors or {},
         "values": values or {},
-        "push_key": request.app.state.push_public_key,
+        "push_key": api_state(request).push_public_key,
         "webpush_browsers": len(browsers),
     }
     return render_page(request, "consent.html", context)
@@ -77,7 +78,7 @@ def _save_consent(
     next to its field, and nothing is recorded."""
     check_csrf(request, values.get(CSRF_FIELD))
     customer_id = customer_of(principal)
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         version, current = consent.current_document(session=session, customer_id=customer_id)
         data = current.model_dump(mode="json")
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from replenish.api.state import api_state
 from replenish.db import transaction
 from replenish.errors import TooManyRequests
 from replenish.privacy import service as privacy
@@ -26,7 +27,7 @@ def data_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
 def data_export(request: Request, principal: WebPrincipal) -> Response:
     """The API's export (the same document, the same audit record), as a download."""
     customer_id = customer_of(principal)
-    engine, now = request.app.state.engine, now_of(request)
+    engine, now = api_state(request).engine, now_of(request)
     with transaction(engine) as session:
         privacy.record_export(session=session, customer_id=customer_id, actor=principal.actor, now=now)
     return StreamingResponse(
@@ -42,7 +43,7 @@ def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Re
     check_csrf(request, form.get(CSRF_FIELD))
     customer_id = customer_of(principal)
     now = now_of(request)
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         refused = privacy.check_deletion(
             session=session,
             customer_id=customer_id,

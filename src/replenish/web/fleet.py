@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.constants import AlarmStatus
 from replenish.health import service as health
 from replenish.ingest import service as ingest
@@ -26,7 +27,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
     if not principal.is_operator:
         raise PageNotFound
     now = now_of(request)
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         open_alarms = [
             alarm
             for status in (AlarmStatus.ACTIVE, AlarmStatus.ACKNOWLEDGED)

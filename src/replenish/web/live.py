@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from sqlmodel import Session
 
 from replenish.alerts import service as alerts
+from replenish.api.state import api_state
 from replenish.constants import AlertStatus, OrderStatus
 from replenish.orders import service as orders
 from replenish.web.pages import PREFIX, WebPrincipal
@@ -17,7 +18,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 @router.get("/live")
 def live(request: Request, principal: WebPrincipal) -> dict[str, list[str]]:
     """What the pages follow without a reload: the orders awaiting approval and the open alerts, by id."""
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         waiting = orders.list_orders(
             session=session, customer_id=principal.scope(None), status=OrderStatus.AWAITING_APPROVAL, limit=500
         )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.constants import OrderStatus
 from replenish.db import transaction
@@ -28,7 +29,7 @@ ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelle
 @router.get("/orders", response_class=HTMLResponse)
 def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Orders awaiting approval first, then the history, newest first."""
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
     waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
     history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
@@ -45,7 +46,7 @@ def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
 def order_page(request: Request, order_id: str, principal: WebPrincipal, error: str | None = None) -> HTMLResponse:
     """One order and why: the readings, the forecast, the policy and the consent version behind it."""
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         order = _own_order(session, principal, order_id)
         explanation = orders.explain(session=session, order=order)
         history = orders.history(session=session, order_id=order.id)
@@ -82,7 +83,7 @@ def order_action(
     check_csrf(request, csrf)
     if action not in ACTIONS:
         raise PageNotFound
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         _own_order(session, principal, order_id)
         try:
             orders.transition(

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.clock import Clock
 from replenish.errors import NotFound
@@ -47,7 +48,7 @@ def render_page(request: Request, name: str, context: dict[str, Any], *, status_
             "csrf_field": CSRF_FIELD,
             "csrf": csrf_token(secret) if secret else "",
             "live_page": "",
-            "live_seconds": request.app.state.web_live_seconds,
+            "live_seconds": api_state(request).web_live_seconds,
         }
         | context,
         status_code=status_code,
@@ -56,7 +57,7 @@ def render_page(request: Request, name: str, context: dict[str, Any], *, status_
 
 def now_of(request: Request) -> datetime:
     """Now, by the application's clock."""
-    clock: Clock = request.app.state.clock
+    clock: Clock = api_state(request).clock
     return clock.now()
 
 

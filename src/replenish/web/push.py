@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
+from replenish.api.state import api_state
 from replenish.consent import service as consent
 from replenish.consent.schemas import NotificationChannel
 from replenish.customers.locks import lock_customer
@@ -38,7 +39,7 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
     except ValidationError as exc:
         raise InvalidRequest(f"not a push subscription: {exc.errors()[0]['msg']}") from None
     now = now_of(request)
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         notifications.subscribe(
             session=session,
             customer_id=customer_id,
@@ -69,6 +70,6 @@ async def push_unsubscribe(request: Request, principal: WebPrincipal) -> dict[st
         endpoint = str((await request.json())["endpoint"])
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest("send the subscription's endpoint", field="endpoint") from None
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         notifications.forget_subscription(session=session, endpoint=endpoint, customer_id=customer_of(principal))
     return {"status": "unsubscribed"}

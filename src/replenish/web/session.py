@@ -14,6 +14,7 @@ import hmac
 from fastapi import Request
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
 
@@ -47,8 +48,8 @@ def signed_in(request: Request) -> Principal | None:
     secret = session_secret(request)
     if not secret:
         return None
-    with Session(request.app.state.engine) as session:
-        return auth.principal_for(session=session, secret=secret, now=request.app.state.clock.now())
+    with Session(api_state(request).engine) as session:
+        return auth.principal_for(session=session, secret=secret, now=api_state(request).clock.now())
 
 
 def require_principal(request: Request) -> Principal:

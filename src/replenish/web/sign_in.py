@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
+from replenish.api.state import api_state
 from replenish.auth import service as auth
 from replenish.db import transaction
 from replenish.errors import TooManyRequests
@@ -41,13 +42,13 @@ def sign_in(
     issued = None
     if not errors:
         try:
-            with transaction(request.app.state.engine) as session:
+            with transaction(api_state(request).engine) as session:
                 issued = auth.sign_in(
                     session=session,
                     email=email,
                     password=password,
                     now=now_of(request),
-                    lifetime=request.app.state.session_lifetime,
+                    lifetime=api_state(request).session_lifetime,
                 )
         except TooManyRequests as exc:
             errors["email"] = str(exc).capitalize() + "."
@@ -61,7 +62,7 @@ def sign_in(
     token, secret = issued
     previous = signed_in(request)
     if previous is not None:  # signing in again in the same browser: the old session ends, not just its cookie
-        with transaction(request.app.state.engine) as session:
+        with transaction(api_state(request).engine) as session:
             auth.revoke_token(
                 session=session, account_id=previous.account_id, token_id=previous.token_id, now=now_of(request)
             )
@@ -84,7 +85,7 @@ def sign_out(request: Request, csrf: Annotated[str | None, Form(alias=CSRF_FIELD
     check_csrf(request, csrf)
     principal = signed_in(request)
     if principal is not None:
-        with transaction(request.app.state.engine) as session:
+        with transaction(api_state(request).engine) as session:
             auth.revoke_token(
                 session=session, account_id=principal.account_id, token_id=principal.token_id, now=now_of(request)
             )

@@ -14,6 +14,7 @@ from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from replenish.api.state import api_state
 from replenish.constants import PASSWORD_MIN_LENGTH, SIGN_UP_PAGE_PATH
 from replenish.customers import service as customers
 from replenish.customers.schemas import SignUpConfirm
@@ -72,10 +73,11 @@ def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
         return templates.TemplateResponse(
             request, "sign_up_ask.html", context, status_code=HTTPStatus.UNPROCESSABLE_ENTITY
         )
-    engine, clock = request.app.state.engine, request.app.state.clock
+    state = api_state(request)
+    engine, clock = state.engine, state.clock
     with transaction(engine) as session:
         customers.request_sign_up(
-            session=session, email=address, now=clock.now(), channel=request.app.state.sign_up_channel
+            session=session, email=address, now=clock.now(), channel=api_state(request).sign_up_channel
         )
     return _page(
         request,
@@ -91,7 +93,8 @@ def _refused(request: Request, refused: Exception) -> HTMLResponse:
 
 @router.get("/{token}", response_class=HTMLResponse)
 def sign_up_page(request: Request, token: str) -> HTMLResponse:
-    engine, clock = request.app.state.engine, request.app.state.clock
+    state = api_state(request)
+    engine, clock = state.engine, state.clock
     with transaction(engine) as session:
         try:
             pending = customers.read_sign_up(session=session, token=token, now=clock.now())
@@ -105,7 +108,8 @@ def sign_up(
     request: Request, token: str, name: Annotated[str, Form()] = "", password: Annotated[str, Form()] = ""
 ) -> HTMLResponse:
     check_same_origin(request)
-    engine, clock = request.app.state.engine, request.app.state.clock
+    state = api_state(request)
+    engine, clock = state.engine, state.clock
     try:
         form = SignUpConfirm.model_validate({"name": name.strip(), "password": password})
     except ValidationError as invalid:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session
 
+from replenish.api.state import api_state
 from replenish.automation import service as automation
 from replenish.constants import OPEN_ORDER_STATUSES
 from replenish.db import transaction
@@ -26,7 +27,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Every device with its slots: level now, the forecast empty date with its band, the next order, health."""
     now = now_of(request)
-    with Session(request.app.state.engine) as session:
+    with Session(api_state(request).engine) as session:
         found = devices.list_devices(session=session, customer_id=principal.scope(None), limit=200)
         described = devices.describe_many(session=session, devices=found)
         placed = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
@@ -71,7 +72,7 @@ def order_now(
 ) -> Response:
     """Order a slot now (the API's order now, by the signed-in customer): to the order's page, new or open."""
     check_csrf(request, csrf)
-    with transaction(request.app.state.engine) as session:
+    with transaction(api_state(request).engine) as session:
         with not_found_page():
             device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
             slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
