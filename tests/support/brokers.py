@@ -109,21 +109,28 @@ def local_copy_of_mosquitto_conf(
     return config
 
 
-def write_auth_files(auth_dir: Path, *, service_password: str, database_url: str = "sqlite://") -> None:
-    """What `replenish mosquitto-files` writes, from the devices in ``database_url`` (default: none)."""
+def write_auth_files(auth_dir: Path, *, service_password: str, database_url: str | None = None) -> None:
+    """What `replenish mosquitto-files` writes, from the devices in ``database_url`` (default: a database with
+    none)."""
     from sqlmodel import Session
 
     from replenish.db import make_engine
     from replenish.mqtt.mosquitto import sync_files
     from replenish.schema import create_schema
+    from support.platform import migrated_sqlite_copy
 
-    engine = make_engine(database_url)
-    try:
-        create_schema(engine)
-        with Session(engine) as session:
-            sync_files(auth_dir, session=session, service_password=service_password)
-    finally:
-        engine.dispose()
+    with tempfile.TemporaryDirectory() as scratch:
+        if database_url is None:
+            empty = Path(scratch) / "empty.db"
+            migrated_sqlite_copy(empty)  # migrating an in-memory database would take a fifth of a second
+            database_url = f"sqlite:///{empty}"
+        engine = make_engine(database_url)
+        try:
+            create_schema(engine)
+            with Session(engine) as session:
+                sync_files(auth_dir, session=session, service_password=service_password)
+        finally:
+            engine.dispose()
 
 
 def mosquitto_binary() -> str:

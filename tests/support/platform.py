@@ -3,6 +3,7 @@ this process, and the stacks (embedded, production) it runs on."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ def migrated_sqlite_copy(path: Path) -> None:
         from replenish.schema import create_schema
 
         template = Path(tempfile.mkdtemp(prefix="replenish-migrated-")) / "template.db"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
         engine = make_engine(f"sqlite:///{template}")
         try:
             create_schema(engine)
