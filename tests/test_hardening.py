@@ -33,6 +33,22 @@ def test_every_answer_says_nosniff(platform: Platform, api: httpx.Client):
         assert response.headers["x-content-type-options"] == "nosniff", response.url
 
 
+def test_the_web_pages_and_only_they_carry_the_page_headers(platform: Platform, api: httpx.Client):
+    pages = (
+        httpx.get(f"{platform.api_url}/app/sign-in"),
+        httpx.get(f"{platform.api_url}/app/no-such-page", follow_redirects=False),
+        httpx.get(f"{platform.api_url}/answer/nothing"),
+    )
+    for page in pages:
+        assert page.headers["cache-control"] == "no-store", page.url
+        assert page.headers["x-frame-options"] == "DENY", page.url
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"], page.url
+        assert page.headers["referrer-policy"] == "same-origin", page.url
+    for other in (api.get("/orders"), httpx.get(f"{platform.api_url}/app/static/app.css")):
+        assert other.status_code == 200, other.url
+        assert "x-frame-options" not in other.headers and "content-security-policy" not in other.headers, other.url
+
+
 def test_the_api_docs_load_nothing_from_elsewhere(platform: Platform):
     for page in ("/docs", "/redoc"):
         html = httpx.get(f"{platform.api_url}{page}").text

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
@@ -18,6 +17,7 @@ from replenish import __version__
 from replenish.alerts.router import acknowledgement_page_router, acknowledgements_router
 from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
+from replenish.api.headers import ResponseHeaders
 from replenish.api.state import ApiState, PlatformApp, api_state
 from replenish.audit.router import router as audit_router
 from replenish.auth.router import router as auth_router
@@ -37,6 +37,7 @@ from replenish.privacy.router import router as privacy_router
 from replenish.web import router as web
 
 API_PREFIX = "/api/v1"
+NO_SNIFFING = {"X-Content-Type-Options": "nosniff"}
 
 DESCRIPTION = """
 Replenish ingests device telemetry over MQTT, forecasts when each consumable runs out, and acts exactly as far
@@ -81,12 +82,8 @@ def application() -> FastAPI:
     # work offline and load nothing from anywhere else.
     app = FastAPIOffline(title="Replenish", version=__version__, description=DESCRIPTION)
 
-    @app.middleware("http")
-    async def _no_sniffing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        # Every answer is what its Content-Type says: a browser never guesses a script out of an uploaded body.
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+    # Every answer is what its Content-Type says: a browser never guesses a script out of an uploaded body.
+    app.add_middleware(ResponseHeaders, headers_for=lambda path: NO_SNIFFING)
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:

@@ -20,12 +20,14 @@ TOKEN_URL = "/api/v1/auth/token"
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-def get_engine(request: Request) -> Engine:
+# The dependencies that only read the request or check what another one returned are async: FastAPI runs a sync
+# one in a worker thread, a hop that costs more than the work. Those that reach the database stay sync.
+async def get_engine(request: Request) -> Engine:
     engine: Engine = api_state(request).engine
     return engine
 
 
-def get_clock(request: Request) -> Clock:
+async def get_clock(request: Request) -> Clock:
     clock: Clock = api_state(request).clock
     return clock
 
@@ -51,13 +53,13 @@ def optional_principal(
     return principal
 
 
-def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+async def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
     if principal is None:
         raise Unauthorized(f"sign in first: send Authorization: Bearer <token> (tokens come from {TOKEN_URL})")
     return principal
 
 
-def current_operator(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def current_operator(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if not principal.is_operator:
         raise Forbidden("only an operator may do this")
     return principal

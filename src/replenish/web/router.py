@@ -11,13 +11,14 @@ One module per group of pages, each with its own router (`supplies`, `orders`, `
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from replenish.api.headers import ResponseHeaders
 from replenish.constants import ANSWER_PAGE_PATH
 from replenish.web import alerts as alert_pages
 from replenish.web import answers as answer_pages
@@ -61,6 +62,16 @@ PAGE_HEADERS = {
 }
 
 
+def _page_headers(path: str) -> Mapping[str, str]:
+    if (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
+        return PAGE_HEADERS
+    if path.startswith(f"{ANSWER_PAGE_PATH}/"):
+        # The link's token is in the address: same-origin keeps it from any other site as a referrer (and unlike
+        # no-referrer, lets the page's own form send its Origin, which the POST checks).
+        return PAGE_HEADERS
+    return {}
+
+
 def install(app: FastAPI) -> None:
     """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
     # The static files first: the pages' routers end with a catch-all that answers the app's 404 page.
@@ -71,17 +82,7 @@ def install(app: FastAPI) -> None:
     app.include_router(router)  # the catch-all, after every other route under /app
     app.include_router(answer_pages.router)
 
-    @app.middleware("http")
-    async def _page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        if (path == PREFIX or path.startswith(f"{PREFIX}/")) and not path.startswith(f"{PREFIX}/static/"):
-            response.headers.update(PAGE_HEADERS)
-        elif path.startswith(f"{ANSWER_PAGE_PATH}/"):
-            # The link's token is in the address: same-origin keeps it from any other site as a referrer (and
-            # unlike no-referrer, lets the page's own form send its Origin, which the POST checks).
-            response.headers.update(PAGE_HEADERS)
-        return response
+    app.add_middleware(ResponseHeaders, headers_for=_page_headers)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in_first(request: Request, exc: SignInRequired) -> Response:
