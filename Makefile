@@ -12,6 +12,10 @@ SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberat
 # and 3:52 on four or three with xdist's default scheduling. tests/support/brokers.py gives each worker ports of its
 # own.
 TEST_WORKERS ?= 4
+# Python's bytecode cache, also where the environment turns it off (PYTHONDONTWRITEBYTECODE=1): without it every
+# worker rewrites the assertions of every test module again (4 s of CPU each, half of a worker's start), and every
+# role process a test starts compiles the package again. The files go to __pycache__ (ignored by git).
+test bench screenshots: export PYTHONDONTWRITEBYTECODE :=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install system-deps run test lint format bench screenshots clean
