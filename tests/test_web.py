@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -501,8 +502,11 @@ def test_no_port_handed_to_a_server_is_one_browsers_refuse(monkeypatch: pytest.M
 
 
 @pytest.mark.slow
-def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[str]) -> None:
-    """As a new user tries it: `replenish up --demo`, the printed URL, the demo's credentials, the demo devices."""
+def test_the_demo_in_the_terminal_and_the_browser_then_ctrl_c(
+    page: Page, tmp_path: Path, console_errors: list[str]
+) -> None:
+    """As a new user tries it: `replenish up --demo`, the printed addresses and credentials, the demo devices in the
+    browser, their forecasts, an order, a fall alert and the fridge asking first; Ctrl-C stops it all cleanly."""
     api_port = free_port()
     env = environment(
         tmp_path,
@@ -510,13 +514,30 @@ def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[
         REPLENISH_BROKER_PORT=str(free_port()),
         REPLENISH_DEMO_CATCH_UP_SECONDS="3",  # the history replayed in 3 s rather than 25: the same story, sooner
     )
+    base = f"http://127.0.0.1:{api_port}/api/v1"
     log = tmp_path / "up.log"
-    with process(["up", "--demo"], env, log):
+    with process(["up", "--demo"], env, log) as proc:
         credentials_file = tmp_path / "demo-credentials.json"
         poll(lambda: credentials_file.exists() and "Ctrl-C" in log.read_text(), bool, timeout=60)
+        credentials = json.loads(credentials_file.read_text())
+        banner = log.read_text()
+        assert credentials_file.stat().st_mode & 0o077 == 0, "secrets readable by the owner only"
+        assert credentials["customer"]["email"] in banner, "the banner says how to sign in"
         url = f"http://127.0.0.1:{api_port}/app"
-        assert url in log.read_text(), "the banner prints the web app's address"
-        customer = json.loads(credentials_file.read_text())["customer"]
+        assert url in banner and f"http://127.0.0.1:{api_port}/docs" in banner, "the web app's and the docs' address"
+        assert set(credentials["devices"]) == {"demo-printer", "demo-fridge", "demo-wearable"}
+        for role, entry in credentials.items():
+            if role == "devices":
+                continue
+            signed_in = httpx.post(
+                f"{base}/auth/token", data={"username": entry["email"], "password": entry["password"]}
+            )
+            for token in (entry["token"], signed_in.json()["access_token"]):
+                me = httpx.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
+                assert me["email"] == entry["email"] and me["role"] == role
+        assert httpx.get(f"{base}/orders").status_code == 401, "nothing without signing in"
+
+        customer = credentials["customer"]
         page.goto(url)
         page.get_by_label("E-mail").fill(customer["email"])
         page.get_by_label("Password").fill(customer["password"])
@@ -529,6 +550,36 @@ def test_the_demo_in_a_browser(page: Page, tmp_path: Path, console_errors: list[
         page.get_by_role("link", name="Orders").click()
         # The fridge's milk and eggs ask first: their orders appear (without a reload) once the history is replayed.
         expect(page.get_by_role("button", name="Approve the order for").first).to_be_visible(timeout=90_000)
+
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {customer['token']}"})
+        orders = poll(
+            lambda: api.get("/orders", params={"device_id": "demo-printer"}).json(),
+            lambda found: len(found) >= 1,
+            timeout=90,
+        )
+        alerts = poll(lambda: api.get("/alerts").json(), lambda found: len(found) >= 1, timeout=60)
+        # The request reaches the customer (the log is the demo's channel) with its one-tap links while there is
+        # still milk left.
+        request = poll(
+            lambda: re.search(r"Approve\? Simulated fridge demo-fridge milk.*\nApprove: (\S+)", log.read_text()),
+            bool,
+            timeout=60,
+        )
+        assert request is not None and "/answer/" in request.group(1)
+        milk = next(s for s in api.get("/devices/demo-fridge").json()["slots"] if s["name"] == "milk")
+        assert milk["level"] > 0
+        assert len(orders) == 1
+        explained = api.get(f"/orders/{orders[0]['id']}").json()
+        assert explained["status"] == "placed"
+        assert explained["explanation"]["slot_name"] == "black", "black is set up to run out first"
+        assert alerts[0]["kind"] == "fall" and alerts[0]["device_id"] == "demo-wearable"
+        forecasts = {slot["name"]: slot["forecast"] for slot in api.get("/devices/demo-printer").json()["slots"]}
+        assert set(forecasts) == {"black", "cyan", "magenta", "yellow"}
+        assert all(f and f["status"] == "ok" for f in forecasts.values()), forecasts
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
 
 
 def test_a_consent_page_left_open_in_another_tab_cannot_remove_the_wrong_contact(
