@@ -10,10 +10,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlsplit
 
-import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from py_vapid import Vapid02
 from pydantic import SecretStr
@@ -41,6 +40,9 @@ from replenish.orders.fulfilment import fulfilment_handlers, make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop, OutboxHandler
 from replenish.scheduler import Jobs, make_scheduler
 from replenish.schema import create_schema
+
+if TYPE_CHECKING:
+    import uvicorn
 
 # A process-wide identity for MQTT clients that keep no session (the command publisher): unique, so that two
 # scheduler processes never take each other's connection at the broker.
@@ -297,6 +299,8 @@ class Platform:
     def _start_api(self) -> None:
         # Imported here: the routers, FastAPI and the web app are most of what a process loads, and an ingest or
         # scheduler process (several per deployment, restarted on every release) serves none of them.
+        import uvicorn
+
         from replenish.api.app import create_app
         from replenish.api.state import ApiState
 

@@ -9,16 +9,20 @@ single-process run without one keeps a generated key in its data directory.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import requests
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +101,17 @@ class WebPushSender:
         self._subject = subject
         self._timeout = timeout
         self._check_endpoint = check_endpoint
+
+    @functools.cached_property
+    def _session(self) -> requests.Session:
+        # Imported by the first push, as pywebpush is: a process that never sends one does not load it.
+        import requests
+
+        session = requests.Session()
         # The endpoint is checked, not where it might redirect to: a redirect is refused rather than followed
         # (a push service never redirects; an endpoint that does is someone aiming the platform elsewhere).
-        self._session = requests.Session()
-        self._session.max_redirects = 0
+        session.max_redirects = 0
+        return session
 
     def send(self, *, endpoint: str, p256dh: str, auth: str, message: PushMessage) -> None:
         # Loaded by the first push (pywebpush brings aiohttp: about 90 ms): an ingest process never sends one.
