@@ -21,10 +21,10 @@ from sqlalchemy import text
 
 from replenish.config import MqttEndpoint
 from replenish.constants import DeviceKind
-from replenish.db import make_engine
 from replenish.simulation.devices import WearableModel
 from replenish.simulation.runner import run_device
 from support.brokers import SERVICE_PASSWORD, PostgresRun
+from support.platform import polled_engine
 from test_scale_out import SHARE_GROUP, ProductionStack, Role, production_stack, register_devices, subscribed, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -41,20 +41,16 @@ RESEND_AFTER_SECONDS = 3.0
 
 def counts(database_url: str) -> tuple[int, int, int, int]:
     """(messages, distinct (device, seq), falls stored, fall alerts)."""
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return tuple(  # type: ignore[return-value]
-                connection.execute(text(query)).scalar_one()
-                for query in (
-                    "SELECT count(*) FROM device_messages",
-                    "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS d",
-                    "SELECT count(*) FROM device_messages WHERE event_type = 'fall_detected'",
-                    "SELECT count(*) FROM alerts WHERE kind = 'fall'",
-                )
+    with polled_engine(database_url).connect() as connection:
+        return tuple(  # type: ignore[return-value]
+            connection.execute(text(query)).scalar_one()
+            for query in (
+                "SELECT count(*) FROM device_messages",
+                "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS d",
+                "SELECT count(*) FROM device_messages WHERE event_type = 'fall_detected'",
+                "SELECT count(*) FROM alerts WHERE kind = 'fall'",
             )
-    finally:
-        engine.dispose()
+        )
 
 
 @pytest.fixture

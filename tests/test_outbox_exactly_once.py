@@ -32,7 +32,7 @@ from replenish.devices.models import Slot
 from replenish.orders import service as orders
 from replenish.outbox.models import OutboxMessage
 from support.brokers import free_port
-from support.platform import register_through_services
+from support.platform import polled_engine, register_through_services
 from support.servers import serve_in_background
 from test_cli import REPLENISH, environment, process
 
@@ -163,14 +163,10 @@ def receiver_and_orders(tmp_path: Path) -> Iterator[tuple[FlakyReceiver, list[st
 
 
 def undelivered(database_url: str) -> int:
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return session.exec(
-                select(func.count()).select_from(OutboxMessage).where(col(OutboxMessage.delivered_at).is_(None))
-            ).one()
-    finally:
-        engine.dispose()
+    with Session(polled_engine(database_url)) as session:
+        return session.exec(
+            select(func.count()).select_from(OutboxMessage).where(col(OutboxMessage.delivered_at).is_(None))
+        ).one()
 
 
 @pytest.mark.slow

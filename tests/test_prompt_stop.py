@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from replenish.db import make_engine
 from support.brokers import PostgresRun
-from support.platform import register_through_services, stored
+from support.platform import polled_engine, register_through_services, stored
 from test_scale_out import Fleet, ProductionStack, Role, leader_of, production_stack, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -83,15 +83,11 @@ def slots_with_history(
 
 def forecasts(database_url: str) -> int:
     """Slots evaluated since they were last marked due: no longer due, nor claimed by an evaluator."""
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            left = connection.execute(
-                text("SELECT count(*) FROM slots WHERE due_at <= now() OR claimed_until IS NOT NULL")
-            ).scalar_one()
-            return int(connection.execute(text("SELECT count(*) FROM slots")).scalar_one() - left)
-    finally:
-        engine.dispose()
+    with polled_engine(database_url).connect() as connection:
+        left = connection.execute(
+            text("SELECT count(*) FROM slots WHERE due_at <= now() OR claimed_until IS NOT NULL")
+        ).scalar_one()
+        return int(connection.execute(text("SELECT count(*) FROM slots")).scalar_one() - left)
 
 
 def metrics_ready(role: Role) -> bool:
@@ -211,12 +207,8 @@ def test_an_ingest_process_stopped_under_load_stores_what_it_holds_and_loses_not
 
 
 def count(database_url: str, query: str) -> int:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return int(connection.execute(text(query)).scalar_one())
-    finally:
-        engine.dispose()
+    with polled_engine(database_url).connect() as connection:
+        return int(connection.execute(text(query)).scalar_one())
 
 
 def test_two_evaluators_share_the_due_slots_and_a_killed_one_loses_nothing(production: ProductionStack) -> None:

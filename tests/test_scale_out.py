@@ -28,10 +28,9 @@ from replenish.cluster.leader import LeaderElection
 from replenish.cluster.locks import AdvisoryLock
 from replenish.config import MqttEndpoint, Settings
 from replenish.constants import SCHEDULER_LEADER_LOCK_KEY, DeviceKind
-from replenish.db import make_engine
 from replenish.health.models import Alarm
 from support.brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, free_port, running_mosquitto
-from support.platform import register_through_services, stored
+from support.platform import polled_engine, register_through_services, stored
 from test_cli import REPLENISH, environment
 
 # Odd: with two members taking turns, each device's messages go to both, so both write each device and slot.
@@ -299,12 +298,8 @@ def leader_of(schedulers: list[Role]) -> list[Role]:
 
 
 def offline_alarms(database_url: str) -> set[str]:
-    engine = make_engine(database_url)
-    try:
-        with Session(engine) as session:
-            return set(session.exec(select(Alarm.device_id).where(col(Alarm.cleared_at).is_(None))).all())
-    finally:
-        engine.dispose()
+    with Session(polled_engine(database_url)) as session:
+        return set(session.exec(select(Alarm.device_id).where(col(Alarm.cleared_at).is_(None))).all())
 
 
 @pytest.mark.slow
