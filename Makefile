@@ -7,10 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 # production stack the tests start natively from deploy/ (tests/support/brokers.py); Chromium and a font for the web app's
 # browser tests (Playwright drives the system's browser: its own download is not available here).
 SYSTEM_PACKAGES := mosquitto mosquitto-clients postgresql chromium fonts-liberation
-# Most tests wait on sockets, timers and processes, so more workers than cores pay: on a 2-core machine the 695 tests
-# took 3:35-3:40 on four workers with worksteal (slow tests first, spread over them: tests/conftest.py), 3:57 on six,
-# and 3:52 on four or three with xdist's default scheduling. tests/support/brokers.py gives each worker ports of its
-# own.
+# Most tests wait on sockets, timers and processes, so more workers than cores pay: on a 2-core machine the 698 tests
+# took 2:55-3:00 on four workers with worksteal (slow tests first, spread over them: tests/conftest.py), 3:06 on
+# five; both cores are busy by then. tests/support/brokers.py gives each worker ports of its own.
 TEST_WORKERS ?= 4
 # Python's bytecode cache, also where the environment turns it off (PYTHONDONTWRITEBYTECODE=1): without it every
 # worker rewrites the assertions of every test module again (4 s of CPU each, half of a worker's start), and every
