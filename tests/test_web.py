@@ -61,8 +61,10 @@ def one_context_per_worker(browser: Browser, browser_context_args: dict[str, Any
 def context(one_context_per_worker: BrowserContext) -> Iterator[BrowserContext]:
     """One browser context for all of a worker's tests, emptied before and after each: a new context's first page
     costs Chromium about 0.7 s of CPU (a third of the web tests' share of `make test`). Nothing else carries over:
-    each test's platform listens on a port of its own, a separate origin for storage, caches and service workers;
-    cookies (shared by every port of a host) and permissions are cleared."""
+    each test's platform listens on a port of its own (free_port never hands one out twice in a process), a
+    separate origin for storage, caches and service workers; cookies (shared by every port of a host) and
+    permissions are cleared. pytest-playwright's own context fixture is bypassed, and with it its --tracing,
+    --video and --screenshot options in this module."""
     context = one_context_per_worker
     context.clear_cookies()
     context.clear_permissions()

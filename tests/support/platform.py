@@ -254,6 +254,12 @@ def polled_engine(database_url: str) -> Engine:
     return _POLLED[database_url]
 
 
+@atexit.register
+def _dispose_polled() -> None:
+    for engine in _POLLED.values():
+        engine.dispose()
+
+
 def stored(database_url: str) -> tuple[int, int, int]:
     """(messages, readings, dead letters) in the database: what a process apart from the test stored."""
     from sqlalchemy import text

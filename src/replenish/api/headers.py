@@ -27,6 +27,7 @@ class ResponseHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                message.setdefault("headers", [])  # ASGI lets a response start without any
                 headers = MutableHeaders(scope=message)
                 for name, value in extra.items():
                     headers[name] = value

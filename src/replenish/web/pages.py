@@ -56,7 +56,7 @@ def render_page(request: Request, name: str, context: dict[str, Any], *, status_
 
 
 def now_of(request: Request) -> datetime:
-    """Now, by the application's clock."""
+    """Now, by the clock of the platform serving the request."""
     clock: Clock = api_state(request).clock
     return clock.now()
 

@@ -76,9 +76,7 @@ def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
     state = api_state(request)
     engine, clock = state.engine, state.clock
     with transaction(engine) as session:
-        customers.request_sign_up(
-            session=session, email=address, now=clock.now(), channel=api_state(request).sign_up_channel
-        )
+        customers.request_sign_up(session=session, email=address, now=clock.now(), channel=state.sign_up_channel)
     return _page(
         request,
         title="Check your e-mail",
