@@ -34,6 +34,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 accounts_app = typer.Typer(help="Sign-in accounts.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+catalogue_app = typer.Typer(help="The product catalogue.", no_args_is_help=True)
+app.add_typer(catalogue_app, name="catalogue")
 forecasts_app = typer.Typer(help="Slot forecasts.", no_args_is_help=True)
 app.add_typer(forecasts_app, name="forecasts")
 
@@ -283,6 +285,37 @@ def create_operator(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"operator {account.email} created; sign in at POST /api/v1/auth/token")
+
+
+@catalogue_app.command("import")
+def catalogue_import(
+    file: Annotated[Path, typer.Argument(help="A CSV file: a header row, then a product per row.", exists=True)],
+) -> None:
+    """Import a catalogue file, all or nothing: with a bad row, nothing is imported and every bad row is listed with
+    its line and column. Columns: sku, name, pack_size, unit, price, currency, device_kinds, slot_names, available
+    (lists separated by |). A product whose row changes something gets a new version; orders keep theirs."""
+    from replenish.catalogue import service as catalogue
+    from replenish.db import make_engine, transaction
+    from replenish.schema import create_schema
+
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        typer.echo(f"error: {file} is not UTF-8 text (byte {exc.start})", err=True)
+        raise typer.Exit(2) from None
+    try:
+        rows = catalogue.parse_csv(text)
+    except catalogue.ImportRefused as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for issue in exc.issues:
+            column = f" {issue.field}:" if issue.field else ""
+            typer.echo(f"  {file}:{issue.line}:{column} {issue.reason}", err=True)
+        raise typer.Exit(1) from None
+    engine = make_engine(_settings().resolved_database_url)
+    create_schema(engine)
+    with transaction(engine) as session:
+        counts = catalogue.import_rows(session=session, rows=rows, actor="cli", now=SystemClock().now())
+    typer.echo(f"imported {file}: {counts.created} new, {counts.changed} changed, {counts.unchanged} unchanged")
 
 
 @app.command("vapid-key")

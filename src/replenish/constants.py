@@ -251,6 +251,7 @@ class AuditAction(StrEnum):
     FULFILMENT_REFUSED = "order.fulfilment_refused"
     CUSTOMER_EXPORTED = "customer.exported"
     CUSTOMER_DELETED = "customer.deleted"
+    PRODUCT_CHANGED = "catalogue.product_changed"
 
 
 # Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -35,6 +37,10 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON: ErrorBody's fields, and any a subclass adds."""
+        return {"detail": self.message, "field": self.field}
 
 
 class NotFound(DomainError):

@@ -5,6 +5,7 @@ from replenish.answers.models import OrderLink
 from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account
 from replenish.automation.models import Decision
+from replenish.catalogue.models import Product, ProductVersion
 from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer, PendingSignUp
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
@@ -34,6 +35,8 @@ __all__ = [
     "OrderLink",
     "OutboxMessage",
     "PendingSignUp",
+    "Product",
+    "ProductVersion",
     "PushSubscription",
     "Reading",
     "Slot",

@@ -21,6 +21,7 @@ from replenish.api.headers import ResponseHeaders
 from replenish.api.state import ApiState, PlatformApp, api_state
 from replenish.audit.router import router as audit_router
 from replenish.auth.router import router as auth_router
+from replenish.catalogue.router import router as catalogue_router
 from replenish.consent.router import router as consent_router
 from replenish.customers.router import router as customers_router
 from replenish.customers.router import sign_ups as sign_ups_router
@@ -92,9 +93,7 @@ def application() -> FastAPI:
             headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after_seconds)}
-        return JSONResponse(
-            status_code=exc.status_code, content={"detail": exc.message, "field": exc.field}, headers=headers
-        )
+        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
 
     @app.exception_handler(StaleDataError)
     @app.exception_handler(IntegrityError)
@@ -134,6 +133,7 @@ def application() -> FastAPI:
         dead_letters_router,
         audit_router,
         privacy_router,
+        catalogue_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
     unauthenticated: dict[int | str, dict[str, Any]] = {status: responses[status] for status in (400, 404, 409, 422)}

@@ -1,0 +1,186 @@
+"""The catalogue (issue 20, part 1): products operators load through the API or a CSV file, versioned so an order
+keeps the price it was decided at; customers read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from replenish.catalogue.models import Product, ProductVersion
+from replenish.cli import app as cli
+from replenish.runtime import Platform
+from support.api import create_customer, customer_api
+
+INK: dict[str, Any] = {
+    "name": "Black ink XL",
+    "pack_size": 1,
+    "unit": "fraction",
+    "price": "24.90",
+    "currency": "EUR",
+    "device_kinds": ["printer"],
+    "slot_names": ["black"],
+}
+HEADER = "sku,name,pack_size,unit,price,currency,device_kinds,slot_names,available\n"
+
+
+@pytest.mark.both_stacks  # prices as NUMERIC, the lists as JSONB, the row lock
+def test_an_operator_adds_a_product_and_each_change_is_a_new_version(api: httpx.Client) -> None:
+    added = api.put("/catalogue/products/INK-BLACK-XL", json=INK)
+    assert added.status_code == 201, added.text
+    assert (added.json()["version"], added.json()["price"], added.json()["available"]) == (1, "24.90", True)
+    again = api.put("/catalogue/products/INK-BLACK-XL", json={**INK, "price": "24.9"})  # the same price
+    assert again.status_code == 200 and again.json()["version"] == 1, "the same fields are no new version"
+    dearer = api.put("/catalogue/products/INK-BLACK-XL", json={**INK, "price": "26.50"})
+    assert dearer.status_code == 200 and dearer.json()["version"] == 2
+    assert dearer.json()["version_id"] != added.json()["version_id"]
+
+    current = api.get("/catalogue/products/INK-BLACK-XL").json()
+    assert (current["version"], current["price"]) == (2, "26.50")
+    history = api.get("/catalogue/products/INK-BLACK-XL/versions").json()
+    assert [(v["version"], v["price"]) for v in history] == [(2, "26.50"), (1, "24.90")]
+    changes = api.get("/audit", params={"action": "catalogue.product_changed"}).json()
+    assert sorted(event["detail"]["version"] for event in changes) == [1, 2]
+    assert api.get("/catalogue/products/NO-SUCH").status_code == 404
+
+
+def test_customers_read_the_catalogue_and_cannot_change_it(platform: Platform, api: httpx.Client) -> None:
+    api.put("/catalogue/products/INK-BLACK-XL", json=INK).raise_for_status()
+    create_customer(api)
+    with customer_api(platform, "ada@example.com") as ada:
+        assert [p["sku"] for p in ada.get("/catalogue/products").json()] == ["INK-BLACK-XL"]
+        refused = ada.put("/catalogue/products/INK-BLACK-XL", json={**INK, "price": "0.01"})
+        assert refused.status_code == 403
+        assert ada.post("/catalogue/imports", content=HEADER, headers={"Content-Type": "text/csv"}).status_code == 403
+    assert api.get("/catalogue/products/INK-BLACK-XL").json()["price"] == "24.90"
+    assert httpx.get(f"{platform.api_url}/api/v1/catalogue/products").status_code == 401
+
+
+def test_the_catalogue_lists_what_a_slot_could_take(api: httpx.Client) -> None:
+    products = {
+        "INK-BLACK-XL": INK,
+        "INK-ANY": {**INK, "name": "Any ink", "slot_names": []},
+        "MILK-1L": {**INK, "name": "Milk", "unit": "litre", "device_kinds": ["fridge"], "slot_names": ["milk"]},
+        "INK-OLD": {**INK, "name": "Old black", "available": False},
+    }
+    for sku, fields in products.items():
+        api.put(f"/catalogue/products/{sku}", json=fields).raise_for_status()
+
+    def skus(**params: Any) -> list[str]:
+        answer = api.get("/catalogue/products", params=params)
+        assert answer.status_code == 200, answer.text
+        return [product["sku"] for product in answer.json()]
+
+    assert skus() == ["INK-ANY", "INK-BLACK-XL", "INK-OLD", "MILK-1L"]
+    assert skus(device_kind="printer", slot_name="black", available=True) == ["INK-ANY", "INK-BLACK-XL"]
+    assert skus(device_kind="printer", slot_name="cyan") == ["INK-ANY"]
+    assert skus(device_kind="fridge") == ["MILK-1L"]
+    assert skus(available=False) == ["INK-OLD"]
+    assert skus(limit=2, offset=1) == ["INK-BLACK-XL", "INK-OLD"]
+    assert api.get("/catalogue/products", params={"device_kind": "toaster"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"price": "0"}, "price"),
+        ({"price": "-3.00"}, "price"),
+        ({"price": "1.999"}, "price"),
+        ({"currency": "EURO"}, "currency"),
+        ({"currency": "XYZ"}, "currency"),
+        ({"pack_size": 0}, "pack_size"),
+        ({"device_kinds": []}, "device_kinds"),
+        ({"device_kinds": ["toaster"]}, "device_kinds"),
+        ({"slot_names": ["black ink"]}, "slot_names"),
+        ({"colour": "black"}, "colour"),
+    ],
+)
+def test_a_bad_product_is_a_422_naming_the_field(api: httpx.Client, change: dict[str, Any], field: str) -> None:
+    answer = api.put("/catalogue/products/INK-BLACK-XL", json={**INK, **change})
+    assert answer.status_code == 422
+    assert field in answer.json()["detail"][0]["loc"], answer.json()
+    assert api.get("/catalogue/products/INK-BLACK-XL").status_code == 404, "nothing stored"
+
+
+def test_a_bad_sku_in_the_path_is_a_422(api: httpx.Client) -> None:
+    answer = api.put("/catalogue/products/-dash-first", json=INK)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["path", "sku"]
+
+
+def post_csv(api: httpx.Client, text: str | bytes) -> httpx.Response:
+    return api.post("/catalogue/imports", content=text, headers={"Content-Type": "text/csv"})
+
+
+GOOD_ROWS = (
+    "INK-BLACK-XL,Black ink XL,1,fraction,24.90,EUR,printer,black,true\n"
+    "INK-CMY,Colour inks,1,fraction,39.00,EUR,printer,cyan|magenta|yellow,\n"
+    "EGGS-12,Eggs (12),12,eggs,3.49,EUR,fridge,eggs,true\n"
+)
+
+
+@pytest.mark.both_stacks
+def test_a_catalogue_file_with_bad_rows_imports_nothing_and_names_every_one(api: httpx.Client) -> None:
+    text = (
+        HEADER
+        + GOOD_ROWS
+        + "MILK-1L,Milk,1,litre,0,EUR,fridge,milk,true\n"  # line 5: a price of zero
+        + "BAD SKU,Thing,1,fraction,1.00,ZZZ,printer,,true\n"  # line 6: a bad SKU and an unknown currency
+        + "INK-BLACK-XL,Again,1,fraction,20.00,EUR,printer,black,true\n"  # line 7: listed twice
+        + "MILK-2L,Milk,1,litre,1.00,EUR,fridge,milk,true,extra\n"  # line 8: a value too many
+    )
+    refused = post_csv(api, text)
+    assert refused.status_code == 422
+    body = refused.json()
+    assert body["detail"] == "nothing imported: 4 bad rows"
+    issues = {(issue["line"], issue["field"]) for issue in body["issues"]}
+    assert issues == {(5, "price"), (6, "sku"), (6, "currency"), (7, "sku"), (8, None)}
+    assert api.get("/catalogue/products").json() == [], "nothing imported"
+
+    done = post_csv(api, HEADER + GOOD_ROWS)
+    assert done.status_code == 200 and done.json() == {"created": 3, "changed": 0, "unchanged": 0}
+    cmy = api.get("/catalogue/products/INK-CMY").json()
+    assert (cmy["slot_names"], cmy["available"]) == (["cyan", "magenta", "yellow"], True)
+    dearer = GOOD_ROWS.replace("3.49", "3.79")
+    assert post_csv(api, HEADER + dearer).json() == {"created": 0, "changed": 1, "unchanged": 2}
+    assert api.get("/catalogue/products/EGGS-12").json()["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sku,name\nX,Y\n", "missing columns pack_size, unit, price, currency, device_kinds, slot_names, available"),
+        (HEADER.replace("\n", ",colour\n"), "unknown column colour"),
+        (HEADER, "the file lists no product"),
+        (b"\xff\xfe" + HEADER.encode("utf-16-le"), "not UTF-8"),
+    ],
+)
+def test_a_file_that_is_no_catalogue_is_refused_plainly(api: httpx.Client, text: str | bytes, reason: str) -> None:
+    refused = post_csv(api, text)
+    assert refused.status_code == 422
+    assert reason in str(refused.json()), refused.json()
+
+
+def test_the_command_imports_a_file_or_lists_every_bad_row(tmp_path: Path, engine: Any) -> None:
+    environment = {"REPLENISH_DATABASE_URL": str(engine.url), "REPLENISH_DATA_DIR": str(tmp_path)}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + GOOD_ROWS + "MILK-1L,Milk,1,litre,-1,EUR,fridge,milk,true\n")
+    refused = CliRunner().invoke(cli, ["catalogue", "import", str(bad)], env=environment)
+    assert refused.exit_code == 1
+    assert "nothing imported: 1 bad row" in refused.output and f"{bad}:5: price:" in refused.output
+    with Session(engine) as session:
+        assert session.exec(select(Product)).all() == []
+
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD_ROWS)
+    done = CliRunner().invoke(cli, ["catalogue", "import", str(good)], env=environment)
+    assert done.exit_code == 0, done.output
+    assert "3 new, 0 changed, 0 unchanged" in done.output
+    with Session(engine) as session:
+        versions = session.exec(select(ProductVersion).where(ProductVersion.sku == "EGGS-12")).all()
+        assert [(v.version, str(v.price), v.unit, v.pack_size, v.created_by) for v in versions] == [
+            (1, "3.49", "eggs", 12.0, "cli")
+        ]
