@@ -80,6 +80,7 @@ def test_devices_list_and_detail(api):
         "unit": "litre",
         "capacity": 2.0,
         "product_sku": "MILK",
+        "substitute_skus": [],
         "lead_time_days": 1.0,
         "service_level": 0.97,
         "order_quantity": 1,

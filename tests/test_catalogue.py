@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from replenish.catalogue.models import Product, ProductVersion
 from replenish.cli import app as cli
 from replenish.runtime import Platform
-from support.api import create_customer, customer_api
+from support.api import create_customer, customer_api, register_device
 
 INK: dict[str, Any] = {
     "name": "Black ink XL",
@@ -184,3 +184,65 @@ def test_the_command_imports_a_file_or_lists_every_bad_row(tmp_path: Path, engin
         assert [(v.version, str(v.price), v.unit, v.pack_size, v.created_by) for v in versions] == [
             (1, "3.49", "eggs", 12.0, "cli")
         ]
+
+
+def load(api: httpx.Client, products: dict[str, dict[str, Any]]) -> None:
+    for sku, fields in products.items():
+        api.put(f"/catalogue/products/{sku}", json={**INK, **fields}).raise_for_status()
+
+
+def test_a_customer_chooses_a_slot_s_product_and_substitutes_from_those_that_fit(
+    platform: Platform, api: httpx.Client
+) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")  # black orders INK-BLACK, not listed
+    load(
+        api,
+        {
+            "INK-BLACK-XL": {},
+            "INK-BLACK-STD": {"name": "Black ink", "price": "17.00"},
+            "INK-ANY": {"name": "Any ink", "slot_names": [], "available": False},
+            "INK-CYAN": {"name": "Cyan ink", "slot_names": ["cyan"]},
+            "INK-LITRE": {"name": "Bulk ink", "unit": "litre"},
+            "MILK-1L": {"name": "Milk", "device_kinds": ["fridge"], "slot_names": ["milk"]},
+        },
+    )
+    with customer_api(platform, "ada@example.com") as ada:
+        products = ada.get("/devices/printer-1/slots/black/products").json()
+        assert (products["product_sku"], products["chosen"], products["substitutes"]) == ("INK-BLACK", None, [])
+        assert [p["sku"] for p in products["eligible"]] == ["INK-ANY", "INK-BLACK-STD", "INK-BLACK-XL"]
+
+        for sku, reason in (
+            ("INK-CYAN", "INK-CYAN fits the slots cyan, not black"),
+            ("MILK-1L", "MILK-1L is for fridge devices, not a printer"),
+            ("INK-LITRE", "INK-LITRE is sold in litre; the black slot counts fraction"),
+            ("INK-NOWHERE", "INK-NOWHERE is not in the catalogue for the black slot"),
+        ):
+            refused = ada.patch("/devices/printer-1/slots/black", json={"product_sku": sku})
+            assert refused.status_code == 422 and refused.json() == {"detail": reason, "field": "product_sku"}
+        chosen = ada.patch(
+            "/devices/printer-1/slots/black", json={"product_sku": "INK-BLACK-XL", "substitute_skus": ["INK-BLACK-STD"]}
+        )
+        assert chosen.status_code == 200, chosen.text
+        slot = chosen.json()["slots"][0]
+        assert (slot["product_sku"], slot["substitute_skus"]) == ("INK-BLACK-XL", ["INK-BLACK-STD"])
+        for substitutes in (["INK-BLACK-XL"], ["INK-BLACK-STD", "INK-BLACK-STD"], ["INK-CYAN"], ["INK-BLACK"]):
+            refused = ada.patch("/devices/printer-1/slots/black", json={"substitute_skus": substitutes})
+            assert refused.status_code == 422 and refused.json()["field"] == "substitute_skus", substitutes
+        products = ada.get("/devices/printer-1/slots/black/products").json()
+        assert products["chosen"]["name"] == "Black ink XL"
+        assert [p["sku"] for p in products["substitutes"]] == ["INK-BLACK-STD"]
+        assert ada.get("/devices/printer-1/slots/toner/products").status_code == 404
+    bob = create_customer(api, email="bob@example.com")
+    assert bob
+    with customer_api(platform, "bob@example.com") as bobs:
+        assert bobs.get("/devices/printer-1/slots/black/products").status_code == 404, "another customer's"
+
+
+def test_a_free_sku_stays_possible_while_the_catalogue_lists_nothing_for_the_slot(api: httpx.Client) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    load(api, {"MILK-1L": {"name": "Milk", "device_kinds": ["fridge"], "slot_names": ["milk"]}})
+    assert api.patch("/devices/printer-1/slots/black", json={"product_sku": "ANY-SKU"}).status_code == 200
+    refused = api.patch("/devices/printer-1/slots/black", json={"substitute_skus": ["OTHER-SKU"]})
+    assert refused.status_code == 422 and refused.json()["field"] == "substitute_skus"

@@ -395,9 +395,14 @@ def test_consent_an_order_and_the_slots_settings_make_it_due(engine: Engine):
         )
     assert printers.evaluate(later + timedelta(minutes=2)) == 1, "the cancelled order's slot"
     with transaction(engine) as session:
+        device = devices.get(session=session, device_id="printer-1")
         slot = devices.get_slot(session=session, device_id="printer-1", slot_name="black")
         devices.update_slot(
-            session=session, slot=slot, request=SlotUpdate(lead_time_days=5), now=later + timedelta(minutes=3)
+            session=session,
+            device=device,
+            slot=slot,
+            request=SlotUpdate(lead_time_days=5),
+            now=later + timedelta(minutes=3),
         )
     assert printers.evaluate(later + timedelta(minutes=3)) == 1, "the slot whose settings changed"
 

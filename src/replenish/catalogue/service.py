@@ -16,7 +16,7 @@ from replenish.audit import service as audit
 from replenish.catalogue.models import Product, ProductVersion
 from replenish.catalogue.schemas import ImportIssue, ProductFields, ProductRead, ProductRow
 from replenish.constants import AuditAction
-from replenish.errors import DomainError, NotFound
+from replenish.errors import DomainError, InvalidRequest, NotFound
 
 # The columns of a catalogue file; lists (device_kinds, slot_names) are separated by "|".
 CSV_COLUMNS = ("sku", "name", "pack_size", "unit", "price", "currency", "device_kinds", "slot_names", "available")
@@ -99,6 +99,51 @@ def list_products(
         and (available is None or version.available == available)
     ]
     return chosen[offset : offset + limit]
+
+
+@dataclass(frozen=True)
+class SlotShape:
+    """What decides which products fit a slot."""
+
+    device_kind: str
+    slot_name: str
+    unit: str
+
+
+def fits(version: ProductVersion, slot: SlotShape) -> str | None:
+    """Why the product does not fit the slot, or None when it does."""
+    if slot.device_kind not in version.device_kinds:
+        return f"{version.sku} is for {', '.join(version.device_kinds)} devices, not a {slot.device_kind}"
+    if version.slot_names and slot.slot_name not in version.slot_names:
+        return f"{version.sku} fits the slots {', '.join(version.slot_names)}, not {slot.slot_name}"
+    if version.unit != slot.unit:
+        return f"{version.sku} is sold in {version.unit}; the {slot.slot_name} slot counts {slot.unit}"
+    return None
+
+
+def eligible(*, session: Session, slot: SlotShape) -> list[tuple[Product, ProductVersion]]:
+    """The products that fit the slot, available or not, by SKU."""
+    rows = list_products(session=session, device_kind=slot.device_kind, slot_name=slot.slot_name, limit=MAX_IMPORT_ROWS)
+    return [(product, version) for product, version in rows if fits(version, slot) is None]
+
+
+def check_choice(
+    *, session: Session, sku: str, slot: SlotShape, field: str, listed_only: bool
+) -> ProductVersion | None:
+    """The catalogue's current version of a product chosen for the slot; InvalidRequest naming ``field`` when it
+    does not fit. A SKU the catalogue does not list is refused when ``listed_only`` or when the catalogue has
+    products for the slot; otherwise it is a free SKU, as before there was a catalogue (None)."""
+    product = session.get(Product, sku)
+    if product is None:
+        if listed_only or eligible(session=session, slot=slot):
+            raise InvalidRequest(f"{sku} is not in the catalogue for the {slot.slot_name} slot", field=field)
+        return None
+    version = session.get(ProductVersion, product.current_version_id)
+    assert version is not None
+    reason = fits(version, slot)
+    if reason is not None:
+        raise InvalidRequest(reason, field=field)
+    return version
 
 
 def versions(*, session: Session, sku: str) -> Sequence[ProductVersion]:

@@ -42,6 +42,8 @@ class Slot(SQLModel, table=True):
     unit: str
     capacity: float
     product_sku: str
+    # The customer's allowed substitutes for product_sku, in order of preference (catalogue SKUs).
+    substitute_skus: list[str] = Field(default_factory=list, sa_type=JSONType)
     lead_time_days: float
     service_level: float = DEFAULT_SERVICE_LEVEL
     order_quantity: int = 1

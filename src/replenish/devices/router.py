@@ -13,6 +13,7 @@ from replenish.devices.schemas import (
     DeviceRegistered,
     EventRead,
     ReadingRead,
+    SlotProducts,
     SlotUpdate,
 )
 from replenish.errors import Forbidden, InvalidRequest
@@ -77,8 +78,21 @@ def update_slot(
     with transaction(engine) as session:
         device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
-        service.update_slot(session=session, slot=slot, request=body, now=clock.now())
+        service.update_slot(session=session, device=device, slot=slot, request=body, now=clock.now())
         return service.describe(session=session, device=device)
+
+
+@router.get(
+    "/{device_id}/slots/{slot_name}/products",
+    response_model=SlotProducts,
+    summary="The products that fit a slot, and which it orders",
+)
+def slot_products(device_id: str, slot_name: str, session: ReadSession, principal: CurrentPrincipal) -> SlotProducts:
+    """The catalogue's products for the slot (its device kind, its name, its unit), the one it orders and the
+    allowed substitutes. Choose with `PATCH /devices/{id}/slots/{name}` (`product_sku`, `substitute_skus`)."""
+    device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+    slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+    return service.slot_products(session=session, device=device, slot=slot)
 
 
 @router.get("", response_model=list[DeviceRead], summary="List devices")

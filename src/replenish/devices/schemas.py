@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from replenish.catalogue.schemas import ProductRead
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_PATTERN, DeviceKind
 
 
@@ -35,12 +36,27 @@ class SlotCreate(BaseModel):
     )
 
 
+MAX_SUBSTITUTES = 5
+
+
 class SlotUpdate(BaseModel):
     """Fields of a slot that may change after registration; those left out keep their value."""
 
     model_config = ConfigDict(extra="forbid")
 
-    product_sku: str | None = Field(None, min_length=1, max_length=128)
+    product_sku: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="What to order: a catalogue product that fits the slot (a free SKU only while the catalogue "
+        "lists none for it).",
+    )
+    substitute_skus: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None,
+        max_length=MAX_SUBSTITUTES,
+        description="Catalogue products that may stand in for product_sku when it is unavailable, in order of "
+        "preference.",
+    )
     lead_time_days: float | None = Field(None, ge=0, le=365)
     service_level: float | None = Field(None, ge=0.5, le=0.999)
     order_quantity: int | None = Field(None, ge=1, le=1000)
@@ -73,6 +89,7 @@ class SlotRead(BaseModel):
     unit: str
     capacity: float
     product_sku: str
+    substitute_skus: list[str] = Field(description="Allowed substitutes for product_sku, in order of preference.")
     lead_time_days: float
     service_level: float
     order_quantity: int
@@ -125,3 +142,12 @@ class EventRead(BaseModel):
     received_at: datetime
     type: str
     payload: dict[str, Any] = Field(description="The event as the device sent it, unknown fields included.")
+
+
+class SlotProducts(BaseModel):
+    """What a slot orders, and what it could: the catalogue's products that fit it."""
+
+    product_sku: str = Field(description="What the slot orders now.")
+    chosen: ProductRead | None = Field(description="product_sku in the catalogue; null for a SKU it does not list.")
+    substitutes: list[ProductRead] = Field(description="The allowed substitutes, in order of preference.")
+    eligible: list[ProductRead] = Field(description="Every product that fits the slot, available or not, by SKU.")

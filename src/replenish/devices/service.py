@@ -8,13 +8,22 @@ from sqlalchemy import ColumnElement, Select, and_, case, delete, func, literal,
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
+from replenish.catalogue import service as catalogue
 from replenish.columns import UTCDateTime, table_of
 from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
 from replenish.db import get_or_raise
 from replenish.devices import credentials
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
-from replenish.devices.schemas import DeviceCreate, DeviceRead, EventRead, ReadingRead, SlotRead, SlotUpdate
+from replenish.devices.schemas import (
+    DeviceCreate,
+    DeviceRead,
+    EventRead,
+    ReadingRead,
+    SlotProducts,
+    SlotRead,
+    SlotUpdate,
+)
 from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 
@@ -104,15 +113,42 @@ def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
     return slot
 
 
-def update_slot(*, session: Session, slot: Slot, request: SlotUpdate, now: datetime) -> Slot:
-    for name, value in request.model_dump(exclude_unset=True).items():
+def update_slot(*, session: Session, device: Device, slot: Slot, request: SlotUpdate, now: datetime) -> Slot:
+    changes = request.model_dump(exclude_unset=True)
+    for name, value in changes.items():
         if value is None:
             raise InvalidRequest(f"{name} cannot be null", field=name)
+    shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
+    if "product_sku" in changes:
+        catalogue.check_choice(
+            session=session, sku=changes["product_sku"], slot=shape, field="product_sku", listed_only=False
+        )
+    if "product_sku" in changes or "substitute_skus" in changes:
+        chosen = changes.get("product_sku", slot.product_sku)
+        substitutes = changes.get("substitute_skus", slot.substitute_skus)
+        if len(set(substitutes)) != len(substitutes) or chosen in substitutes:
+            raise InvalidRequest("each substitute once, and not the product itself", field="substitute_skus")
+        for sku in substitutes:
+            catalogue.check_choice(session=session, sku=sku, slot=shape, field="substitute_skus", listed_only=True)
+    for name, value in changes.items():
         setattr(slot, name, value)
     session.add(slot)
     session.flush()
     mark_slots_due(session=session, at=now, slot_ids=[slot.id])  # a new lead time or service level decides anew
     return slot
+
+
+def slot_products(*, session: Session, device: Device, slot: Slot) -> SlotProducts:
+    fitting = catalogue.eligible(
+        session=session, slot=catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
+    )
+    by_sku = {product.sku: catalogue.read(version, product) for product, version in fitting}
+    return SlotProducts(
+        product_sku=slot.product_sku,
+        chosen=by_sku.get(slot.product_sku),
+        substitutes=[by_sku[sku] for sku in slot.substitute_skus if sku in by_sku],
+        eligible=list(by_sku.values()),
+    )
 
 
 def due_no_later_than(at: datetime | ColumnElement[datetime]) -> ColumnElement[datetime]:
