@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import threading
@@ -35,9 +36,12 @@ WEARABLE_ID = "demo-wearable"
 DEMO_STORED_TIMEOUT_SECONDS = 3.0
 PRINTER_HISTORY = timedelta(days=21)
 FRIDGE_HISTORY = timedelta(days=7)
-# A two-litre bottle lasts about four days: bought again twice in the replayed week, before it ran out, the
-# second time two and a half days ago (a day and a half left now). A dozen eggs, four days ago (half left).
-MILK_BOUGHT_AGO = (timedelta(days=5), timedelta(hours=60))
+# A two-litre bottle lasts about four days: bought six and a half days ago, and again two to six days ago, chosen
+# so that about a day and a half is left now whatever the hour (the fridge is used at breakfast and in the evening, so
+# how much of a fixed span was drunk depends on when it is). A dozen eggs, four days ago (half left).
+MILK_FIRST_BOUGHT_AGO = timedelta(days=6, hours=12)
+MILK_LAST_BOUGHT_AGO = [timedelta(hours=hours) for hours in range(40, 150, 2)]
+MILK_LEFT_NOW = (0.5, 0.9)  # litres: asking first is due, with milk left while the customer answers
 EGGS_BOUGHT_AGO = timedelta(days=4)
 # The wearable falls after this share of the catch-up (Settings.demo_catch_up_seconds): while the history is
 # replayed, so that its alert comes as the forecasts do.
@@ -142,6 +146,43 @@ def fall_after(catch_up_seconds: float) -> timedelta:
     return timedelta(seconds=round(FALL_AFTER_CATCH_UP * catch_up_seconds))
 
 
+def _fridge(now: datetime, milk_last_bought_ago: timedelta) -> FridgeModel:
+    fridge = FridgeModel(
+        FRIDGE_ID,
+        start=now - FRIDGE_HISTORY,
+        seed=11,
+        report_interval=timedelta(hours=3),
+        initial_levels={"milk": 2.0, "eggs": 12},
+    )
+    fridge.refill("milk", now - MILK_FIRST_BOUGHT_AGO)
+    fridge.refill("milk", now - milk_last_bought_ago)
+    fridge.refill("eggs", now - EGGS_BOUGHT_AGO)
+    return fridge
+
+
+def _milk_left(fridge: FridgeModel, now: datetime) -> float:
+    """The milk a fridge's replayed week leaves at ``now`` (a probe: run on a copy with the same seed, which the
+    real one then replays exactly)."""
+    probe = copy.deepcopy(fridge)
+    probe.advance_to(now)
+    return probe.levels["milk"]
+
+
+def _demo_fridge(now: datetime) -> FridgeModel:
+    """The fridge whose last bottle of milk leaves closest to MILK_LEFT_NOW's middle, the first inside it."""
+    low, high = MILK_LEFT_NOW
+    best: tuple[float, FridgeModel] | None = None
+    for ago in MILK_LAST_BOUGHT_AGO:
+        fridge = _fridge(now, ago)
+        left = _milk_left(fridge, now)
+        if low <= left <= high:
+            return fridge
+        if best is None or abs(left - (low + high) / 2) < best[0]:
+            best = (abs(left - (low + high) / 2), fridge)
+    assert best is not None
+    return best[1]
+
+
 def demo_models(now: datetime, *, catch_up_seconds: float) -> list[DeviceModel]:
     # seq must keep growing across demo runs, as a real device's does across reboots.
     seq_base = int(now.timestamp())
@@ -153,18 +194,9 @@ def demo_models(now: datetime, *, catch_up_seconds: float) -> list[DeviceModel]:
         # Black runs out first: about three days of ink left at the end of the replayed history.
         initial_levels={"black": 0.97, "cyan": 0.9, "magenta": 0.85, "yellow": 0.95},
     )
-    fridge = FridgeModel(
-        FRIDGE_ID,
-        start=now - FRIDGE_HISTORY,
-        seed=11,
-        report_interval=timedelta(hours=3),
-        initial_levels={"milk": 2.0, "eggs": 12},
-    )
     # Nothing runs out during the replayed week: the approval requests (with their one-tap links, in the log) come
     # while there is still milk and eggs left.
-    for ago in MILK_BOUGHT_AGO:
-        fridge.refill("milk", now - ago)
-    fridge.refill("eggs", now - EGGS_BOUGHT_AGO)
+    fridge = _demo_fridge(now)
     wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + fall_after(catch_up_seconds))
     for model in (printer, fridge, wearable):
         model.seq = seq_base
