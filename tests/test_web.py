@@ -765,3 +765,37 @@ def test_adding_an_e_mail_channel_on_the_consent_page(
     channels = api.get(f"/customers/{customer_id}/consent").json()["document"]["notification_channels"]
     assert [(c["type"], c["address"]) for c in channels] == [("email", "ada@example.com")]
     expect(page.get_by_role("button", name="Stop telling me by email ada@example.com")).to_have_count(0)
+
+
+def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(
+    page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    ink = {"pack_size": 1, "unit": "fraction", "currency": "EUR", "device_kinds": ["printer"], "slot_names": ["black"]}
+    for sku, name, price in (("INK-BLACK-XL", "Black ink XL", "24.90"), ("INK-BLACK-STD", "Black ink", "17.00")):
+        api.put(f"/catalogue/products/{sku}", json={**ink, "name": name, "price": price}).raise_for_status()
+    sign_in(page, platform)
+    black = page.get_by_role("article", name="printer printer-1 black")
+    expect(black.locator(".product")).to_contain_text("INK-BLACK")
+    black.get_by_text("Choose the product").click()
+    black.get_by_label("Product for black").select_option(label="Black ink XL, 24.90 EUR")
+    black.get_by_role("checkbox", name="Black ink", exact=True).check()
+    black.get_by_role("button", name="Save the product for black").click()
+    black = page.get_by_role("article", name="printer printer-1 black")
+    expect(black.locator(".product")).to_contain_text("Black ink XL 24.90 EUR")
+    expect(black.locator(".product")).to_contain_text("(or Black ink)")
+    slot = api.get("/devices/printer-1").json()["slots"][0]
+    assert (slot["product_sku"], slot["substitute_skus"]) == ("INK-BLACK-XL", ["INK-BLACK-STD"])
+    # The cyan slot is offered nothing: the catalogue has no product for it.
+    expect(page.get_by_role("article", name="printer printer-1 cyan").get_by_text("Choose the product")).to_have_count(
+        0
+    )
+
+    token = page.locator("form.sign-out input[name=csrf_token]").get_attribute("value") or ""
+    refused = page.request.post(
+        f"{platform.api_url}/app/devices/printer-1/slots/black/product",
+        form={"csrf_token": token, "product_sku": "INK-NOWHERE"},
+    )
+    assert refused.status == 422 and "INK-NOWHERE is not in the catalogue for the black slot" in refused.text()
+    assert api.get("/devices/printer-1").json()["slots"][0]["product_sku"] == "INK-BLACK-XL", "nothing changed"

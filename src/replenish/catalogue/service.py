@@ -124,6 +124,11 @@ def fits(version: ProductVersion, slot: SlotShape) -> str | None:
 def eligible(*, session: Session, slot: SlotShape) -> list[tuple[Product, ProductVersion]]:
     """The products that fit the slot, available or not, by SKU."""
     rows = list_products(session=session, device_kind=slot.device_kind, slot_name=slot.slot_name, limit=MAX_IMPORT_ROWS)
+    return fitting(rows, slot)
+
+
+def fitting(rows: Sequence[tuple[Product, ProductVersion]], slot: SlotShape) -> list[tuple[Product, ProductVersion]]:
+    """Of products already read (a page of many slots reads the catalogue once), those that fit the slot."""
     return [(product, version) for product, version in rows if fits(version, slot) is None]
 
 

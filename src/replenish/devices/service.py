@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +9,7 @@ from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
 from replenish.catalogue import service as catalogue
+from replenish.catalogue.models import Product, ProductVersion
 from replenish.columns import UTCDateTime, table_of
 from replenish.config import SERVICE_CLIENT_ID_PREFIX
 from replenish.constants import AuditAction, Channel
@@ -138,10 +139,29 @@ def update_slot(*, session: Session, device: Device, slot: Slot, request: SlotUp
     return slot
 
 
-def slot_products(*, session: Session, device: Device, slot: Slot) -> SlotProducts:
-    fitting = catalogue.eligible(
-        session=session, slot=catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
-    )
+def latest_forecast_at(*, session: Session, customer_id: str | None) -> datetime | None:
+    """When any of the customer's slots (every slot, for None) was last forecast: a page showing forecasts is out
+    of date once this moves."""
+    query = select(func.max(SlotForecast.computed_at)).join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
+    if customer_id is not None:
+        query = query.join(Device, col(Device.id) == col(Slot.device_id)).where(col(Device.customer_id) == customer_id)
+    latest: datetime | None = session.exec(query).one()
+    return latest
+
+
+def slot_products(
+    *,
+    session: Session,
+    device: Device | DeviceRead,
+    slot: Slot | SlotRead,
+    products: Sequence[tuple[Product, ProductVersion]] | None = None,
+) -> SlotProducts:
+    """What fits the slot; ``products``: the catalogue already read (catalogue.list_products), for many slots."""
+    shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
+    if products is None:
+        fitting = catalogue.eligible(session=session, slot=shape)
+    else:
+        fitting = catalogue.fitting(products, shape)
     by_sku = {product.sku: catalogue.read(version, product) for product, version in fitting}
     return SlotProducts(
         product_sku=slot.product_sku,

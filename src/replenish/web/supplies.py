@@ -1,5 +1,5 @@
 """The supplies page (the app's home, /app): every device with its slots, their levels, forecasts and next orders;
-and ordering a slot now from it."""
+ordering a slot now from it, and choosing a slot's product and substitutes from the catalogue."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from replenish.api.state import api_state
 from replenish.automation import service as automation
+from replenish.catalogue import service as catalogue
 from replenish.constants import OPEN_ORDER_STATUSES
 from replenish.db import transaction
 from replenish.devices import service as devices
+from replenish.devices.schemas import SlotUpdate
+from replenish.errors import InvalidRequest
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
@@ -34,6 +38,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
         by_slot: dict[str, list[Order]] = {}
         for order in placed:
             by_slot.setdefault(order.slot_id, []).append(order)
+        catalogue_products = catalogue.list_products(session=session, limit=catalogue.MAX_IMPORT_ROWS)
         history = devices.level_history(
             session=session, slot_ids=[slot.id for device in described for slot in device.slots], since=now - HISTORY
         )
@@ -47,6 +52,9 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                         "slot": slot,
                         "forecast": slot.forecast or {},
                         "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
+                        "products": devices.slot_products(
+                            session=session, device=device, slot=slot, products=catalogue_products
+                        ),
                         "chart": slot_chart(
                             title=f"{device.name} {slot.name}: level and forecast",
                             readings=[(ts, level / slot.capacity) for ts, level in history[slot.id]],
@@ -82,3 +90,43 @@ def order_now(
         assert outcome is not None
         order_id = outcome.order.id
     return redirect_to(f"{PREFIX}/orders/{order_id}")
+
+
+@router.post("/devices/{device_id}/slots/{slot_name}/product")
+def choose_product(
+    request: Request,
+    device_id: str,
+    slot_name: str,
+    principal: WebPrincipal,
+    product_sku: Annotated[str, Form()] = "",
+    substitute_skus: Annotated[list[str] | None, Form()] = None,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+) -> Response:
+    """The slot's product and substitutes, as the supplies page's form chose them; a choice that does not fit is
+    a page that says why, and changes nothing."""
+    check_csrf(request, csrf)
+    checked = substitute_skus or []
+    try:
+        with transaction(api_state(request).engine) as session:
+            with not_found_page():
+                device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+                slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+            chosen = product_sku or slot.product_sku
+            # Those already allowed keep their place in the order of preference; new ones follow.
+            wanted = [sku for sku in slot.substitute_skus if sku in checked and sku != chosen]
+            wanted += [sku for sku in checked if sku not in wanted and sku != chosen]
+            devices.update_slot(
+                session=session,
+                device=device,
+                slot=slot,
+                # The product only when it changes: the device maker's SKU stays, listed or not.
+                request=SlotUpdate(
+                    substitute_skus=wanted, **({"product_sku": chosen} if chosen != slot.product_sku else {})
+                ),
+                now=now_of(request),
+            )
+    except (InvalidRequest, ValidationError) as exc:
+        reason = exc.message if isinstance(exc, InvalidRequest) else exc.errors()[0]["msg"]
+        context = {"title": "Not saved", "message": f"The product for {slot_name} was not changed: {reason}."}
+        return render_page(request, "message.html", context, status_code=422)
+    return redirect_to(f"{PREFIX}#device-{device_id}")

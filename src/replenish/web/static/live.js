@@ -1,5 +1,6 @@
 // Live updates without a library: poll /app/live, show the counts of orders awaiting approval and open alerts in the
-// navigation, and on the pages that list them (and the overview) redraw the page's main content when they change.
+// navigation, and on the pages that list them (and the overview, also for new forecasts) redraw the page's main
+// content when they change.
 (() => {
   "use strict";
   const body = document.body;
@@ -38,7 +39,8 @@
         const now = await response.json();
         show("waiting-count", now.waiting_orders.length, "awaiting approval");
         show("alert-count", now.open_alerts.length, "open alerts");
-        const key = JSON.stringify(now);
+        // Only the supplies page shows forecasts: the others redraw for orders and alerts alone.
+        const key = JSON.stringify(page === "overview" ? now : { ...now, forecasts_at: null });
         if (drawn === null || !page) drawn = key;
         else if (key !== drawn && (await redraw())) drawn = key;
       }
