@@ -231,3 +231,14 @@ def test_naive_datetimes_and_unknown_slots_are_refused() -> None:
         printer.refill("green", START)
     with pytest.raises(ValueError):
         FridgeModel("f", start=START, initial_levels={"milk": 3.0})
+
+
+@pytest.mark.parametrize("hour", [3, 9, 11, 18])
+def test_the_demo_fridge_has_milk_left_to_ask_about_whatever_the_hour(hour: int) -> None:
+    """The demo shows the fridge asking first: at any hour it starts, about a day and a half of milk is left, and
+    the replayed week never ran out (started at 11:17 UTC, a fixed purchase time once left 1.41 l of 2)."""
+    from replenish.demo import MILK_LEFT_NOW, _demo_fridge, _milk_replayed
+
+    now = datetime(2026, 12, 7, hour, 17, tzinfo=UTC)
+    left, ran_out = _milk_replayed(_demo_fridge(now), now)
+    assert MILK_LEFT_NOW[0] <= left <= MILK_LEFT_NOW[1] and not ran_out

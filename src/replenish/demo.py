@@ -36,11 +36,12 @@ WEARABLE_ID = "demo-wearable"
 DEMO_STORED_TIMEOUT_SECONDS = 3.0
 PRINTER_HISTORY = timedelta(days=21)
 FRIDGE_HISTORY = timedelta(days=7)
-# A two-litre bottle lasts about four days: bought six and a half days ago, and again two to six days ago, chosen
-# so that about a day and a half is left now whatever the hour (the fridge is used at breakfast and in the evening, so
-# how much of a fixed span was drunk depends on when it is). A dozen eggs, four days ago (half left).
-MILK_FIRST_BOUGHT_AGO = timedelta(days=6, hours=12)
-MILK_LAST_BOUGHT_AGO = [timedelta(hours=hours) for hours in range(40, 150, 2)]
+# A two-litre bottle lasts about four days. The last one was bought so that about a day and a half is left now,
+# whatever the hour (the fridge is used at breakfast and in the evening, so how much of a fixed span was drunk depends
+# on when it is), the one before it a bottle's life earlier; the milk never runs out in the replayed week. A dozen
+# eggs, four days ago (half left).
+MILK_BOTTLE_LIFE = timedelta(days=3, hours=12)
+MILK_LAST_BOUGHT_AGO = [timedelta(hours=hours) for hours in range(40, 150)]
 MILK_LEFT_NOW = (0.5, 0.9)  # litres: asking first is due, with milk left while the customer answers
 EGGS_BOUGHT_AGO = timedelta(days=4)
 # The wearable falls after this share of the catch-up (Settings.demo_catch_up_seconds): while the history is
@@ -154,31 +155,33 @@ def _fridge(now: datetime, milk_last_bought_ago: timedelta) -> FridgeModel:
         report_interval=timedelta(hours=3),
         initial_levels={"milk": 2.0, "eggs": 12},
     )
-    fridge.refill("milk", now - MILK_FIRST_BOUGHT_AGO)
-    fridge.refill("milk", now - milk_last_bought_ago)
+    for ago in (milk_last_bought_ago + MILK_BOTTLE_LIFE, milk_last_bought_ago):
+        if ago < FRIDGE_HISTORY:
+            fridge.refill("milk", now - ago)
     fridge.refill("eggs", now - EGGS_BOUGHT_AGO)
     return fridge
 
 
-def _milk_left(fridge: FridgeModel, now: datetime) -> float:
-    """The milk a fridge's replayed week leaves at ``now`` (a probe: run on a copy with the same seed, which the
-    real one then replays exactly)."""
+def _milk_replayed(fridge: FridgeModel, now: datetime) -> tuple[float, bool]:
+    """The milk a fridge's replayed week leaves at ``now``, and whether a reading on the way showed none (a probe:
+    run on a copy with the same seed, which the real one then replays exactly)."""
     probe = copy.deepcopy(fridge)
-    probe.advance_to(now)
-    return probe.levels["milk"]
+    readings = [m.payload["levels"]["milk"] for m in probe.advance_to(now) if m.channel == "telemetry"]
+    return probe.levels["milk"], min(readings, default=1.0) <= 0
 
 
 def _demo_fridge(now: datetime) -> FridgeModel:
-    """The fridge whose last bottle of milk leaves closest to MILK_LEFT_NOW's middle, the first inside it."""
+    """The first fridge whose milk never ran out and leaves MILK_LEFT_NOW; failing that, the one closest to it."""
     low, high = MILK_LEFT_NOW
     best: tuple[float, FridgeModel] | None = None
     for ago in MILK_LAST_BOUGHT_AGO:
         fridge = _fridge(now, ago)
-        left = _milk_left(fridge, now)
-        if low <= left <= high:
+        left, ran_out = _milk_replayed(fridge, now)
+        if low <= left <= high and not ran_out:
             return fridge
-        if best is None or abs(left - (low + high) / 2) < best[0]:
-            best = (abs(left - (low + high) / 2), fridge)
+        miss = abs(left - (low + high) / 2) + (1.0 if ran_out else 0.0)
+        if best is None or miss < best[0]:
+            best = (miss, fridge)
     assert best is not None
     return best[1]
 
