@@ -278,7 +278,11 @@ OPERATOR_ONLY = {
     ("GET", "/api/v1/dead-letters/overflow"),
     ("GET", "/api/v1/dead-letters/{dead_letter_id}"),
     ("POST", "/api/v1/orders/{order_id}/fulfilment"),
+    ("PUT", "/api/v1/catalogue/products/{sku}"),
+    ("POST", "/api/v1/catalogue/imports"),
 }
+# The catalogue is the same for everyone: any signed-in caller reads a product and its versions.
+SHARED_ROUTES = {("GET", "/api/v1/catalogue/products/{sku}"), ("GET", "/api/v1/catalogue/products/{sku}/versions")}
 
 
 @dataclass
@@ -369,6 +373,7 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", "/devices/{device_id}/slots/{slot_name}", {"service_level": 0.9}),
     ("POST", "/devices/{device_id}/credentials", None),
     ("GET", "/devices/{device_id}/slots/{slot_name}/readings", None),
+    ("GET", "/devices/{device_id}/slots/{slot_name}/products", None),
     ("GET", "/devices/{device_id}/events", None),
     ("GET", "/orders/{order_id}", None),
     ("POST", "/orders/{order_id}/approve", None),
@@ -402,6 +407,7 @@ def _fill(template: str, owner: str, world: World) -> str:
         "device_id": f"{owner}-printer",
         "slot_name": "black",
         "dead_letter_id": "1",
+        "sku": "INK-SHARED",
     }
     if "/events" in template or template.startswith("/alerts"):
         values = values | {"device_id": f"{owner}-pendant"}
@@ -456,6 +462,22 @@ def test_the_owner_and_an_operator_can_read_it(world: World, method, template):
     assert world.operator.get(path).status_code == 200, path
 
 
+def test_every_customer_reads_the_shared_catalogue(world: World):
+    product = {
+        "name": "Shared ink",
+        "pack_size": 1,
+        "unit": "fraction",
+        "price": "9.99",
+        "currency": "EUR",
+        "device_kinds": ["printer"],
+    }
+    assert world.operator.put("/catalogue/products/INK-SHARED", json=product).status_code in (200, 201)
+    for method, path in sorted(SHARED_ROUTES):
+        concrete = _fill(path.removeprefix("/api/v1"), "ada", world)
+        for caller in (world.ada, world.bob, world.operator):
+            assert caller.request(method, concrete).status_code == 200, (method, concrete)
+
+
 @pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/alarms", "/notifications", "/audit"])
 def test_lists_show_a_customer_only_their_own(world: World, collection):
     ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]
@@ -481,12 +503,15 @@ def test_a_customer_cannot_register_a_device_for_another_customer(world: World):
 
 @pytest.mark.parametrize(("method", "path"), sorted(OPERATOR_ONLY))
 def test_operator_routes_answer_403_to_a_customer(world: World, method, path):
-    path = path.removeprefix("/api/v1").format(order_id=world.ids["ada"]["order_id"], dead_letter_id=1)
+    path = path.removeprefix("/api/v1").format(
+        order_id=world.ids["ada"]["order_id"], dead_letter_id=1, sku="INK-OPERATORS"
+    )
     body = {"status": "confirmed"} if path.endswith("/fulfilment") else None
     assert world.ada.request(method, path, json=body).status_code == 403
+    assert world.operator.get("/catalogue/products/INK-OPERATORS").status_code == 404, "nothing written"
     # The operator gets past the role check (confirming an order still awaiting approval is a 409; there is no
-    # dead letter 1).
-    assert world.operator.request(method, path, json=body).status_code in (200, 404, 409)
+    # dead letter 1; no product, no catalogue file: a 422).
+    assert world.operator.request(method, path, json=body).status_code in (200, 404, 409, 422)
 
 
 def test_a_signed_in_customer_cannot_create_customers(world: World):
@@ -501,7 +526,7 @@ def test_every_route_is_covered_and_none_answers_without_a_token(world: World):
     assert {path for _, path in routes if not path.startswith("/api/v1/")} == {"/healthz", "/readyz"}
     routes = {(method, path) for method, path in routes if path.startswith("/api/v1/")}
     with_objects = {(m, f"/api/v1{t}") for m, t, _ in OBJECT_ROUTES}
-    named = {r for r in routes if "{" in r[1]} - OPERATOR_ONLY - LINK_ROUTES - SIGNED_ROUTES
+    named = {r for r in routes if "{" in r[1]} - OPERATOR_ONLY - LINK_ROUTES - SIGNED_ROUTES - SHARED_ROUTES
     assert named == with_objects, "a route naming an object is untested"
     assert routes >= LINK_ROUTES | SIGNED_ROUTES
     anonymous = api_client(world.platform, None)

@@ -3,6 +3,7 @@ keeps the price it was decided at; customers read it."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from replenish.catalogue.models import Product, ProductVersion
 from replenish.cli import app as cli
+from replenish.clock import ManualClock
 from replenish.runtime import Platform
 from support.api import create_customer, customer_api, register_device
 
@@ -29,12 +31,13 @@ HEADER = "sku,name,pack_size,unit,price,currency,device_kinds,slot_names,availab
 
 
 @pytest.mark.both_stacks  # prices as NUMERIC, the lists as JSONB, the row lock
-def test_an_operator_adds_a_product_and_each_change_is_a_new_version(api: httpx.Client) -> None:
+def test_an_operator_adds_a_product_and_each_change_is_a_new_version(api: httpx.Client, clock: ManualClock) -> None:
     added = api.put("/catalogue/products/INK-BLACK-XL", json=INK)
     assert added.status_code == 201, added.text
     assert (added.json()["version"], added.json()["price"], added.json()["available"]) == (1, "24.90", True)
     again = api.put("/catalogue/products/INK-BLACK-XL", json={**INK, "price": "24.9"})  # the same price
     assert again.status_code == 200 and again.json()["version"] == 1, "the same fields are no new version"
+    clock.advance(timedelta(days=1))
     dearer = api.put("/catalogue/products/INK-BLACK-XL", json={**INK, "price": "26.50"})
     assert dearer.status_code == 200 and dearer.json()["version"] == 2
     assert dearer.json()["version_id"] != added.json()["version_id"]
@@ -43,6 +46,9 @@ def test_an_operator_adds_a_product_and_each_change_is_a_new_version(api: httpx.
     assert (current["version"], current["price"]) == (2, "26.50")
     history = api.get("/catalogue/products/INK-BLACK-XL/versions").json()
     assert [(v["version"], v["price"]) for v in history] == [(2, "26.50"), (1, "24.90")]
+    assert datetime.fromisoformat(history[0]["changed_at"]) - datetime.fromisoformat(history[1]["changed_at"]) == (
+        timedelta(days=1)
+    ), "each version says when it was made"
     changes = api.get("/audit", params={"action": "catalogue.product_changed"}).json()
     assert sorted(event["detail"]["version"] for event in changes) == [1, 2]
     assert api.get("/catalogue/products/NO-SUCH").status_code == 404
@@ -106,6 +112,13 @@ def test_a_bad_product_is_a_422_naming_the_field(api: httpx.Client, change: dict
     assert api.get("/catalogue/products/INK-BLACK-XL").status_code == 404, "nothing stored"
 
 
+def test_a_file_over_the_limit_is_a_413_before_it_is_read(api: httpx.Client) -> None:
+    huge = HEADER + GOOD_ROWS * 200_000  # about 25 MB
+    answer = post_csv(api, huge)
+    assert answer.status_code == 413 and "20 MB" in answer.json()["detail"]
+    assert api.get("/catalogue/products").json() == []
+
+
 def test_a_bad_sku_in_the_path_is_a_422(api: httpx.Client) -> None:
     answer = api.put("/catalogue/products/-dash-first", json=INK)
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["path", "sku"]
@@ -131,16 +144,18 @@ def test_a_catalogue_file_with_bad_rows_imports_nothing_and_names_every_one(api:
         + "BAD SKU,Thing,1,fraction,1.00,ZZZ,printer,,true\n"  # line 6: a bad SKU and an unknown currency
         + "INK-BLACK-XL,Again,1,fraction,20.00,EUR,printer,black,true\n"  # line 7: listed twice
         + "MILK-2L,Milk,1,litre,1.00,EUR,fridge,milk,true,extra\n"  # line 8: a value too many
+        + "MILK-3L,Milk,1,litre,1.00,EUR,fridge\n"  # line 9: values missing
+        + "ink-black-xl,Lower case,1,fraction,20.00,EUR,printer,black,true\n"  # line 10: line 2's SKU again
     )
     refused = post_csv(api, text)
     assert refused.status_code == 422
     body = refused.json()
-    assert body["detail"] == "nothing imported: 4 bad rows"
+    assert body["detail"] == "nothing imported: 6 bad rows"
     issues = {(issue["line"], issue["field"]) for issue in body["issues"]}
-    assert issues == {(5, "price"), (6, "sku"), (6, "currency"), (7, "sku"), (8, None)}
+    assert issues == {(5, "price"), (6, "sku"), (6, "currency"), (7, "sku"), (8, None), (9, None), (10, "sku")}
     assert api.get("/catalogue/products").json() == [], "nothing imported"
 
-    done = post_csv(api, HEADER + GOOD_ROWS)
+    done = post_csv(api, HEADER + "\n" + GOOD_ROWS.replace("printer,cyan", "printer , cyan"))  # a blank line, spaces
     assert done.status_code == 200 and done.json() == {"created": 3, "changed": 0, "unchanged": 0}
     cmy = api.get("/catalogue/products/INK-CMY").json()
     assert (cmy["slot_names"], cmy["available"]) == (["cyan", "magenta", "yellow"], True)
@@ -155,6 +170,8 @@ def test_a_catalogue_file_with_bad_rows_imports_nothing_and_names_every_one(api:
         ("sku,name\nX,Y\n", "missing columns pack_size, unit, price, currency, device_kinds, slot_names, available"),
         (HEADER.replace("\n", ",colour\n"), "unknown column colour"),
         (HEADER, "the file lists no product"),
+        (HEADER.replace("available", "price"), "column named twice: price"),
+        (HEADER + 'X,"' + "y" * 200_000 + "\n", "not CSV here"),
         (b"\xff\xfe" + HEADER.encode("utf-16-le"), "not UTF-8"),
     ],
 )
@@ -244,5 +261,10 @@ def test_a_free_sku_stays_possible_while_the_catalogue_lists_nothing_for_the_slo
     register_device(api, customer_id=customer_id, device_id="printer-1")
     load(api, {"MILK-1L": {"name": "Milk", "device_kinds": ["fridge"], "slot_names": ["milk"]}})
     assert api.patch("/devices/printer-1/slots/black", json={"product_sku": "ANY-SKU"}).status_code == 200
+    load(api, {"INK-BLACK-XL": {}})  # now the catalogue has a product for the slot
+    assert api.patch("/devices/printer-1/slots/black", json={"product_sku": "ANY-SKU"}).status_code == 200, (
+        "the slot's own SKU sent back unchanged"
+    )
+    assert api.patch("/devices/printer-1/slots/black", json={"product_sku": "OTHER-SKU"}).status_code == 422
     refused = api.patch("/devices/printer-1/slots/black", json={"substitute_skus": ["OTHER-SKU"]})
     assert refused.status_code == 422 and refused.json()["field"] == "substitute_skus"

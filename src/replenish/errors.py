@@ -64,6 +64,10 @@ class InvalidRequest(DomainError):
     status_code = 422
 
 
+class PayloadTooLarge(DomainError):
+    status_code = 413
+
+
 class SignatureRejected(DomainError):
     """A signed request (a fulfilment partner's webhook) whose signature does not hold: 401, no Bearer challenge."""
 

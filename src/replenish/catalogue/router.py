@@ -12,7 +12,7 @@ from replenish.catalogue.schemas import SKU_PATTERN, ImportDone, ImportRejected,
 from replenish.clock import Clock
 from replenish.constants import DeviceKind
 from replenish.db import transaction
-from replenish.errors import InvalidRequest
+from replenish.errors import ErrorBody, InvalidRequest, PayloadTooLarge
 
 router = APIRouter(prefix="/catalogue", tags=["catalogue"])
 MAX_IMPORT_BYTES = 20_000_000
@@ -48,13 +48,13 @@ def list_products(
         limit=limit,
         offset=offset,
     )
-    return [service.read(version, product) for product, version in rows]
+    return [service.read(version) for _, version in rows]
 
 
 @router.get("/products/{sku}", response_model=ProductRead, summary="A product, its current version")
 def get_product(sku: str, session: ReadSession, principal: CurrentPrincipal) -> ProductRead:
-    product, version = service.get(session=session, sku=sku)
-    return service.read(version, product)
+    _, version = service.get(session=session, sku=sku)
+    return service.read(version)
 
 
 @router.get(
@@ -63,8 +63,7 @@ def get_product(sku: str, session: ReadSession, principal: CurrentPrincipal) -> 
     summary="Every version of a product, newest first",
 )
 def product_versions(sku: str, session: ReadSession, principal: CurrentPrincipal) -> list[ProductRead]:
-    product, _ = service.get(session=session, sku=sku)
-    return [service.read(version, product) for version in service.versions(session=session, sku=sku)]
+    return [service.read(version) for version in service.versions(session=session, sku=sku)]
 
 
 @router.put(
@@ -83,12 +82,12 @@ def put_product(
     clock: ClockDep,
     operator: CurrentOperator,
 ) -> ProductRead:
-    with transaction(engine) as session:
+    with transaction(engine, immediate=True) as session:
         product, written = service.put(session=session, sku=sku, fields=body, actor=operator.actor, now=clock.now())
         if written and product.version == 1:
             response.status_code = status.HTTP_201_CREATED
         _, version = service.get(session=session, sku=sku)
-        return service.read(version, product)
+        return service.read(version)
 
 
 @router.post(
@@ -99,17 +98,25 @@ def put_product(
     + ", ".join(f"`{column}`" for column in service.CSV_COLUMNS)
     + f" (lists separated by `{service.LIST_SEPARATOR}`). All or nothing: a file with a bad row imports nothing "
     "and the 422 lists every bad row with its line and column. `replenish catalogue import FILE` does the same.",
-    responses={422: {"model": ImportRejected, "description": "Nothing imported; every bad row is listed."}},
+    responses={
+        413: {"model": ErrorBody, "description": "The file is larger than 20 MB."},
+        422: {"model": ImportRejected, "description": "Nothing imported; every bad row is listed."},
+    },
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE}}}},
 )
 async def import_catalogue(
     request: Request, engine: EngineDep, clock: ClockDep, operator: CurrentOperator
 ) -> ImportDone:
-    raw = await request.body()
-    if len(raw) > MAX_IMPORT_BYTES:
-        raise InvalidRequest(f"a catalogue file of at most {MAX_IMPORT_BYTES // 1_000_000} MB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise PayloadTooLarge(f"a catalogue file of at most {MAX_IMPORT_BYTES // 1_000_000} MB")
+    raw = bytearray()
+    async for chunk in request.stream():  # without a Content-Length, stop reading at the limit
+        raw += chunk
+        if len(raw) > MAX_IMPORT_BYTES:
+            raise PayloadTooLarge(f"a catalogue file of at most {MAX_IMPORT_BYTES // 1_000_000} MB")
     try:
-        text = raw.decode("utf-8-sig")
+        text = bytes(raw).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"the file is not UTF-8 text (byte {exc.start})") from exc
     return await run_in_threadpool(_import, text, engine=engine, clock=clock, actor=operator.actor)
@@ -117,6 +124,6 @@ async def import_catalogue(
 
 def _import(text: str, *, engine: Engine, clock: Clock, actor: str) -> ImportDone:
     rows = service.parse_csv(text)
-    with transaction(engine) as session:
+    with transaction(engine, immediate=True) as session:
         counts = service.import_rows(session=session, rows=rows, actor=actor, now=clock.now())
     return ImportDone(created=counts.created, changed=counts.changed, unchanged=counts.unchanged)

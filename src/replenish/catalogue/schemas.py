@@ -57,6 +57,8 @@ class ProductRow(ProductFields):
 
 
 class ProductRead(BaseModel):
+    """A version of a product: the current one, or one of its history."""
+
     sku: str
     version: int = Field(description="Goes up by one with every change; an order names the version it was priced at.")
     version_id: str
@@ -68,7 +70,7 @@ class ProductRead(BaseModel):
     device_kinds: list[str]
     slot_names: list[str]
     available: bool
-    changed_at: datetime
+    changed_at: datetime = Field(description="When this version was made.")
     changed_by: str
 
 
@@ -82,7 +84,8 @@ class ImportRejected(BaseModel):
     """Nothing was imported: every bad row is listed."""
 
     detail: str
-    issues: list[ImportIssue]
+    field: str | None = None
+    issues: list[ImportIssue] = Field(default_factory=list, description="Each bad row; empty for a file refused whole.")
 
 
 class ImportDone(BaseModel):

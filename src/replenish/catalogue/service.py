@@ -46,7 +46,7 @@ class ImportCounts:
     skus: list[str] = field(default_factory=list)
 
 
-def read(version: ProductVersion, product: Product) -> ProductRead:
+def read(version: ProductVersion) -> ProductRead:
     return ProductRead(
         sku=version.sku,
         version=version.version,
@@ -59,7 +59,7 @@ def read(version: ProductVersion, product: Product) -> ProductRead:
         device_kinds=list(version.device_kinds),
         slot_names=list(version.slot_names),
         available=version.available,
-        changed_at=product.updated_at,
+        changed_at=version.created_at,
         changed_by=version.created_by,
     )
 
@@ -208,35 +208,45 @@ def _comparable(wanted: dict[str, Any]) -> dict[str, Any]:
 
 def parse_csv(text: str) -> list[ProductRow]:
     """The rows of a catalogue file, or ImportRefused naming every bad row (its line, its column, why)."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    missing = [column for column in CSV_COLUMNS if column not in header]
-    unknown = [column for column in header if column not in CSV_COLUMNS]
-    if missing or unknown:
-        reason = "; ".join(
-            part
-            for part in (
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [column.strip() for column in next(reader, [])]
+        missing = [column for column in CSV_COLUMNS if column not in header]
+        unknown = [column for column in header if column not in CSV_COLUMNS]
+        repeated = sorted({column for column in header if header.count(column) > 1})
+        if missing or unknown or repeated:
+            parts = [
                 f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}" if missing else "",
                 f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}" if unknown else "",
+                f"column{'s' if len(repeated) > 1 else ''} named twice: {', '.join(repeated)}" if repeated else "",
+            ]
+            reason = "; ".join(part for part in parts if part)
+            raise ImportRefused(
+                [ImportIssue(line=1, field=None, reason=f"{reason} (expected: {', '.join(CSV_COLUMNS)})")]
             )
-            if part
-        )
-        raise ImportRefused([ImportIssue(line=1, field=None, reason=f"{reason} (expected: {', '.join(CSV_COLUMNS)})")])
+        return _rows(reader, header)
+    except csv.Error as exc:  # a field beyond the csv module's limit, an unclosed quote swallowing the rest
+        raise ImportRefused([ImportIssue(line=reader.line_num, field=None, reason=f"not CSV here: {exc}")]) from None
+
+
+def _rows(reader: Any, header: list[str]) -> list[ProductRow]:
     rows: list[ProductRow] = []
     issues: list[ImportIssue] = []
     first_line_of: dict[str, int] = {}
     for record in reader:
         line = reader.line_num
+        if not any(value.strip() for value in record):
+            continue  # a blank line
         if len(rows) + len(issues) >= MAX_IMPORT_ROWS:
             issues.append(ImportIssue(line=line, field=None, reason=f"more than {MAX_IMPORT_ROWS} rows"))
             break
-        if None in record:
-            issues.append(ImportIssue(line=line, field=None, reason="more values than columns"))
+        if len(record) != len(header):
+            issues.append(ImportIssue(line=line, field=None, reason=f"{len(record)} values for {len(header)} columns"))
             continue
-        values = {key: (value or "").strip() for key, value in record.items()}
+        values = {column: value.strip() for column, value in zip(header, record, strict=True)}
         data: dict[str, object] = {
             **values,
-            "device_kinds": [kind for kind in values["device_kinds"].split(LIST_SEPARATOR) if kind.strip()],
+            "device_kinds": [kind.strip() for kind in values["device_kinds"].split(LIST_SEPARATOR) if kind.strip()],
             "slot_names": [name.strip() for name in values["slot_names"].split(LIST_SEPARATOR) if name.strip()],
             "available": values["available"] or "true",
         }
@@ -247,12 +257,11 @@ def parse_csv(text: str) -> list[ProductRow]:
                 column = str(error["loc"][0]) if error["loc"] else None
                 issues.append(ImportIssue(line=line, field=column, reason=error["msg"]))
             continue
-        if row.sku in first_line_of:
-            issues.append(
-                ImportIssue(line=line, field="sku", reason=f"{row.sku} is also on line {first_line_of[row.sku]}")
-            )
+        key = row.sku.casefold()  # INK-1 and ink-1 in one file are a typo, not two products
+        if key in first_line_of:
+            issues.append(ImportIssue(line=line, field="sku", reason=f"{row.sku} is also on line {first_line_of[key]}"))
             continue
-        first_line_of[row.sku] = line
+        first_line_of[key] = line
         rows.append(row)
     if issues:
         raise ImportRefused(issues)
@@ -263,15 +272,15 @@ def parse_csv(text: str) -> list[ProductRow]:
 
 def import_rows(*, session: Session, rows: list[ProductRow], actor: str, now: datetime) -> ImportCounts:
     counts = ImportCounts()
-    existing = set(session.exec(select(Product.sku).where(col(Product.sku).in_([row.sku for row in rows]))).all())
-    for row in rows:
+    # By SKU: two imports that share products lock their rows in the same order, never each waiting on the other.
+    for row in sorted(rows, key=lambda row: row.sku):
         fields = ProductFields.model_validate(row.model_dump(exclude={"sku"}))
-        _, written = put(session=session, sku=row.sku, fields=fields, actor=actor, now=now)
+        product, written = put(session=session, sku=row.sku, fields=fields, actor=actor, now=now)
         if not written:
             counts.unchanged += 1
-        elif row.sku in existing:
-            counts.changed += 1
-        else:
+        elif product.version == 1:
             counts.created += 1
+        else:
+            counts.changed += 1
         counts.skus.append(row.sku)
     return counts

@@ -120,7 +120,7 @@ def update_slot(*, session: Session, device: Device, slot: Slot, request: SlotUp
         if value is None:
             raise InvalidRequest(f"{name} cannot be null", field=name)
     shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
-    if "product_sku" in changes:
+    if changes.get("product_sku", slot.product_sku) != slot.product_sku:  # sending the slot back unchanged is fine
         catalogue.check_choice(
             session=session, sku=changes["product_sku"], slot=shape, field="product_sku", listed_only=False
         )
@@ -139,12 +139,15 @@ def update_slot(*, session: Session, device: Device, slot: Slot, request: SlotUp
     return slot
 
 
-def latest_forecast_at(*, session: Session, customer_id: str | None) -> datetime | None:
-    """When any of the customer's slots (every slot, for None) was last forecast: a page showing forecasts is out
-    of date once this moves."""
-    query = select(func.max(SlotForecast.computed_at)).join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
-    if customer_id is not None:
-        query = query.join(Device, col(Device.id) == col(Slot.device_id)).where(col(Device.customer_id) == customer_id)
+def latest_forecast_at(*, session: Session, customer_id: str) -> datetime | None:
+    """When any of the customer's slots was last forecast: a page showing forecasts is out of date once this
+    moves."""
+    query = (
+        select(func.max(SlotForecast.computed_at))
+        .join(Slot, col(Slot.id) == col(SlotForecast.slot_id))
+        .join(Device, col(Device.id) == col(Slot.device_id))
+        .where(col(Device.customer_id) == customer_id)
+    )
     latest: datetime | None = session.exec(query).one()
     return latest
 
@@ -162,7 +165,7 @@ def slot_products(
         fitting = catalogue.eligible(session=session, slot=shape)
     else:
         fitting = catalogue.fitting(products, shape)
-    by_sku = {product.sku: catalogue.read(version, product) for product, version in fitting}
+    by_sku = {product.sku: catalogue.read(version) for product, version in fitting}
     return SlotProducts(
         product_sku=slot.product_sku,
         chosen=by_sku.get(slot.product_sku),

@@ -30,7 +30,9 @@ def live(request: Request, principal: WebPrincipal) -> dict[str, Any]:
         open_ = alerts.list_alerts(
             session=session, customer_id=principal.scope(None), status=AlertStatus.OPEN, limit=500
         )
-        forecasts_at = devices.latest_forecast_at(session=session, customer_id=principal.scope(None))
+        # A customer's: an operator's page of every customer's slots would ask for a scan of every forecast.
+        customer_id = principal.scope(None)
+        forecasts_at = devices.latest_forecast_at(session=session, customer_id=customer_id) if customer_id else None
     return {
         "waiting_orders": [order.id for order in waiting],
         "open_alerts": [alert.id for alert in open_],

@@ -23,6 +23,8 @@
   async function redraw() {
     const main = document.querySelector("main");
     if (main.contains(document.activeElement) || Date.now() - pointerMoved < 1500) return false;
+    if (main.querySelector("details[open]")) return false; // a panel someone opened (choosing a product) stays
+
     const response = await fetch(location.href, { credentials: "same-origin" });
     if (!response.ok || response.redirected) return false;
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("main");
