@@ -83,10 +83,9 @@ def put_product(
     operator: CurrentOperator,
 ) -> ProductRead:
     with transaction(engine, immediate=True) as session:
-        product, written = service.put(session=session, sku=sku, fields=body, actor=operator.actor, now=clock.now())
-        if written and product.version == 1:
+        version, written = service.put(session=session, sku=sku, fields=body, actor=operator.actor, now=clock.now())
+        if written and version.version == 1:
             response.status_code = status.HTTP_201_CREATED
-        _, version = service.get(session=session, sku=sku)
         return service.read(version)
 
 

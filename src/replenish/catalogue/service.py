@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,6 @@ class ImportCounts:
     created: int = 0
     changed: int = 0
     unchanged: int = 0
-    skus: list[str] = field(default_factory=list)
 
 
 def read(version: ProductVersion) -> ProductRead:
@@ -75,6 +74,15 @@ def get(*, session: Session, sku: str) -> tuple[Product, ProductVersion]:
     return found
 
 
+def current(*, session: Session) -> Sequence[tuple[Product, ProductVersion]]:
+    """Every product with its current version, by SKU."""
+    return session.exec(
+        select(Product, ProductVersion)
+        .join(ProductVersion, col(ProductVersion.id) == col(Product.current_version_id))
+        .order_by(col(Product.sku))
+    ).all()
+
+
 def list_products(
     *,
     session: Session,
@@ -86,14 +94,9 @@ def list_products(
 ) -> list[tuple[Product, ProductVersion]]:
     """Current versions by SKU. The eligibility filters are applied here rather than in SQL: the lists are JSON,
     and a catalogue is thousands of rows, not millions."""
-    rows = session.exec(
-        select(Product, ProductVersion)
-        .join(ProductVersion, col(ProductVersion.id) == col(Product.current_version_id))
-        .order_by(col(Product.sku))
-    ).all()
     chosen = [
         (product, version)
-        for product, version in rows
+        for product, version in current(session=session)
         if (device_kind is None or device_kind in version.device_kinds)
         and (slot_name is None or not version.slot_names or slot_name in version.slot_names)
         and (available is None or version.available == available)
@@ -123,8 +126,7 @@ def fits(version: ProductVersion, slot: SlotShape) -> str | None:
 
 def eligible(*, session: Session, slot: SlotShape) -> list[tuple[Product, ProductVersion]]:
     """The products that fit the slot, available or not, by SKU."""
-    rows = list_products(session=session, device_kind=slot.device_kind, slot_name=slot.slot_name, limit=MAX_IMPORT_ROWS)
-    return fitting(rows, slot)
+    return fitting(current(session=session), slot)
 
 
 def fitting(rows: Sequence[tuple[Product, ProductVersion]], slot: SlotShape) -> list[tuple[Product, ProductVersion]]:
@@ -158,16 +160,16 @@ def versions(*, session: Session, sku: str) -> Sequence[ProductVersion]:
     ).all()
 
 
-def put(*, session: Session, sku: str, fields: ProductFields, actor: str, now: datetime) -> tuple[Product, bool]:
+def put(*, session: Session, sku: str, fields: ProductFields, actor: str, now: datetime) -> tuple[ProductVersion, bool]:
     """The product with these fields: a new SKU, a new version of it, or (the same fields) nothing new. Returns
-    the product and whether anything was written."""
+    its current version and whether anything was written."""
     product = session.get(Product, sku, with_for_update=True)
     wanted = _comparable(fields.model_dump())
     if product is not None:
         current = session.get(ProductVersion, product.current_version_id)
         assert current is not None
         if current.fields() == wanted:
-            return product, False
+            return current, False
     version = ProductVersion(
         sku=sku,
         version=1 if product is None else product.version + 1,
@@ -192,7 +194,7 @@ def put(*, session: Session, sku: str, fields: ProductFields, actor: str, now: d
         subject_id=sku,
         detail={"version": version.version, "price": str(version.price), "currency": version.currency},
     )
-    return product, True
+    return version, True
 
 
 def _comparable(wanted: dict[str, Any]) -> dict[str, Any]:
@@ -275,12 +277,11 @@ def import_rows(*, session: Session, rows: list[ProductRow], actor: str, now: da
     # By SKU: two imports that share products lock their rows in the same order, never each waiting on the other.
     for row in sorted(rows, key=lambda row: row.sku):
         fields = ProductFields.model_validate(row.model_dump(exclude={"sku"}))
-        product, written = put(session=session, sku=row.sku, fields=fields, actor=actor, now=now)
+        version, written = put(session=session, sku=row.sku, fields=fields, actor=actor, now=now)
         if not written:
             counts.unchanged += 1
-        elif product.version == 1:
+        elif version.version == 1:
             counts.created += 1
         else:
             counts.changed += 1
-        counts.skus.append(row.sku)
     return counts

@@ -159,7 +159,7 @@ def slot_products(
     slot: Slot | SlotRead,
     products: Sequence[tuple[Product, ProductVersion]] | None = None,
 ) -> SlotProducts:
-    """What fits the slot; ``products``: the catalogue already read (catalogue.list_products), for many slots."""
+    """What fits the slot; ``products``: the catalogue already read (catalogue.current), for many slots."""
     shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
     if products is None:
         fitting = catalogue.eligible(session=session, slot=shape)

@@ -38,7 +38,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
         by_slot: dict[str, list[Order]] = {}
         for order in placed:
             by_slot.setdefault(order.slot_id, []).append(order)
-        catalogue_products = catalogue.list_products(session=session, limit=catalogue.MAX_IMPORT_ROWS)
+        catalogue_products = catalogue.current(session=session)
         history = devices.level_history(
             session=session, slot_ids=[slot.id for device in described for slot in device.slots], since=now - HISTORY
         )
