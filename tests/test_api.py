@@ -84,6 +84,7 @@ def test_devices_list_and_detail(api):
         "lead_time_days": 1.0,
         "service_level": 0.97,
         "order_quantity": 1,
+        "order_up_to_days": None,
         "unit_price": None,
         "level": None,
         "level_at": None,

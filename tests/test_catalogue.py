@@ -268,3 +268,24 @@ def test_a_free_sku_stays_possible_while_the_catalogue_lists_nothing_for_the_slo
     assert api.patch("/devices/printer-1/slots/black", json={"product_sku": "OTHER-SKU"}).status_code == 422
     refused = api.patch("/devices/printer-1/slots/black", json={"substitute_skus": ["OTHER-SKU"]})
     assert refused.status_code == 422 and refused.json()["field"] == "substitute_skus"
+
+
+def test_a_slot_orders_up_to_a_number_of_days_or_a_fixed_quantity_and_has_a_price_cap(api: httpx.Client) -> None:
+    customer_id = create_customer(api)
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    slot = "/devices/printer-1/slots/black"
+    assert api.patch(slot, json={"order_up_to_days": 30}).json()["slots"][0]["order_up_to_days"] == 30
+    for bad in (0, -1, 400, "soon"):
+        refused = api.patch(slot, json={"order_up_to_days": bad})
+        assert refused.status_code == 422 and "order_up_to_days" in refused.text, bad
+    back = api.patch(slot, json={"order_up_to_days": None}).json()["slots"][0]
+    assert (back["order_up_to_days"], back["order_quantity"]) == (None, 1), "null goes back to the fixed quantity"
+    assert api.patch(slot, json={"order_quantity": None}).status_code == 422, "only order_up_to_days may be null"
+
+    consent = f"/customers/{customer_id}/consent"
+    capped = api.put(consent, json={"slot_price_caps": {"printer-1/black": "30.00"}})
+    assert capped.status_code in (200, 201), capped.text
+    assert api.get(consent).json()["document"]["slot_price_caps"] == {"printer-1/black": "30.00"}
+    for caps, field in (({"printer-1/cyan-x": "5"}, "slot_price_caps"), ({"printer-1/black": "-1"}, "slot_price_caps")):
+        refused = api.put(consent, json={"slot_price_caps": caps})
+        assert refused.status_code == 422 and field in refused.text, caps

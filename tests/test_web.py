@@ -781,12 +781,16 @@ def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(
     black.get_by_text("Choose the product").click()
     black.get_by_label("Product for black").select_option(label="Black ink XL, 24.90 EUR")
     black.get_by_role("checkbox", name="Black ink", exact=True).check()
+    expect(black.locator(".order-size")).to_have_text("1 pack")
+    black.get_by_label("Order enough for this many days of use").fill("45")
     black.get_by_role("button", name="Save the product for black").click()
     black = page.get_by_role("article", name="printer printer-1 black")
     expect(black.locator(".product")).to_contain_text("Black ink XL 24.90 EUR")
     expect(black.locator(".product")).to_contain_text("(or Black ink)")
+    expect(black.locator(".order-size")).to_have_text("enough for 45 days of use, in whole packs")
     slot = api.get("/devices/printer-1").json()["slots"][0]
     assert (slot["product_sku"], slot["substitute_skus"]) == ("INK-BLACK-XL", ["INK-BLACK-STD"])
+    assert slot["order_up_to_days"] == 45
     # The cyan slot is offered nothing: the catalogue has no product for it.
     expect(page.get_by_role("article", name="printer printer-1 cyan").get_by_text("Choose the product")).to_have_count(
         0
@@ -798,4 +802,22 @@ def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(
         form={"csrf_token": token, "product_sku": "INK-NOWHERE"},
     )
     assert refused.status == 422 and "INK-NOWHERE is not in the catalogue for the black slot" in refused.text()
-    assert api.get("/devices/printer-1").json()["slots"][0]["product_sku"] == "INK-BLACK-XL", "nothing changed"
+    refused = page.request.post(
+        f"{platform.api_url}/app/devices/printer-1/slots/black/product",
+        form={"csrf_token": token, "order_up_to_days": "0"},
+    )
+    assert refused.status == 422 and "order up to days: input should be greater than 0" in refused.text()
+    slot = api.get("/devices/printer-1").json()["slots"][0]
+    assert (slot["product_sku"], slot["order_up_to_days"]) == ("INK-BLACK-XL", 45), "nothing changed"
+
+    # The slot's price cap is part of the consent: an order dearer than it asks first.
+    page.goto(f"{platform.api_url}/app/consent")
+    page.get_by_label("Most one order of printer printer-1 black may cost").fill("-5")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#slot_price_caps-error")).to_contain_text("greater than 0")
+    page.get_by_label("Most one order of printer printer-1 black may cost").fill("30")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    assert api.get(f"/customers/{customer_id}/consent").json()["document"]["slot_price_caps"] == {
+        "printer-1/black": "30"
+    }

@@ -25,7 +25,7 @@ from replenish.audit import service as audit
 from replenish.automation.models import Decision
 from replenish.automation.policy import Verdict, within_limits
 from replenish.consent import service as consent
-from replenish.consent.schemas import ConsentDocument
+from replenish.consent.schemas import ConsentDocument, OrderLimits
 from replenish.constants import (
     AuditAction,
     ConsentMode,
@@ -398,9 +398,17 @@ def act_on_no_answer(*, session: Session, order_id: str, now: datetime) -> NoAns
     return outcome
 
 
-def _slot_mode(*, session: Session, order: Order, document: ConsentDocument) -> ConsentMode:
+def _slot_name(*, session: Session, order: Order) -> str:
     slot = session.get(Slot, order.slot_id)
-    return document.mode_for(device_id=order.device_id, slot_name=slot.name if slot is not None else "")
+    return slot.name if slot is not None else ""
+
+
+def _slot_mode(*, session: Session, order: Order, document: ConsentDocument) -> ConsentMode:
+    return document.mode_for(device_id=order.device_id, slot_name=_slot_name(session=session, order=order))
+
+
+def _limits(*, session: Session, order: Order, document: ConsentDocument) -> OrderLimits:
+    return document.limits_for(device_id=order.device_id, slot_name=_slot_name(session=session, order=order))
 
 
 def _no_longer_orderable(*, session: Session, order: Order, document: ConsentDocument) -> str | None:
@@ -416,7 +424,7 @@ def _over_a_limit(*, session: Session, order: Order, document: ConsentDocument, 
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
         Verdict(action=DecisionAction.PLACE_ORDER, reason="no answer"),
-        limits=document.limits,
+        limits=_limits(session=session, order=order, document=document),
         quantity=order.quantity,
         total_price=order.total_price,
         spent_this_month=lambda: orders.spent_between(
@@ -582,7 +590,9 @@ def _changed_for(*, session: Session, order: Order, link: OrderLink, current: Co
     if then is None:
         return True
     mode_then = _slot_mode(session=session, order=order, document=then)
-    return mode_then != _slot_mode(session=session, order=order, document=current) or then.limits != current.limits
+    return mode_then != _slot_mode(session=session, order=order, document=current) or _limits(
+        session=session, order=order, document=then
+    ) != _limits(session=session, order=order, document=current)
 
 
 def _refused(*, session: Session, refusal: LinkRefused, token: str, now: datetime, step: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -63,15 +63,22 @@ def within_limits(
     quantity: int,
     total_price: Decimal | None,
     spent_this_month: Callable[[], Decimal],
+    asks: Sequence[str] = (),
 ) -> Verdict:
-    """An automatic order that would break a limit of the consent asks first instead, and says why.
-    ``spent_this_month`` gives what the customer's orders cost this month so far: called only when a spending cap
-    weighs a priced order (most consents have none, and most verdicts are no order)."""
+    """An automatic order that would break a limit of the consent (quantity, the slot's price cap, the monthly
+    spending cap), or that has another reason to ask first (``asks``: its product unavailable), asks first
+    instead, and says why. ``spent_this_month`` gives what the customer's orders cost this month so far: called
+    only when a spending cap weighs a priced order (most consents have none, and most verdicts are no order)."""
     if verdict.action is not DecisionAction.PLACE_ORDER:
         return verdict
-    broken = []
+    broken = list(asks)
     if limits.max_quantity_per_order is not None and quantity > limits.max_quantity_per_order:
         broken.append(f"{quantity} units exceed the maximum of {limits.max_quantity_per_order} per order")
+    if (slot_cap := limits.slot_price_cap) is not None:
+        if total_price is None:
+            broken.append(f"the price is unknown, so it cannot be shown to stay within the slot's cap of {slot_cap}")
+        elif total_price > slot_cap:
+            broken.append(f"{total_price} is over the slot's price cap of {slot_cap}")
     cap = limits.monthly_spending_cap
     if cap is not None:
         if total_price is None:

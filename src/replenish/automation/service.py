@@ -40,7 +40,9 @@ from replenish.answers import service as answers
 from replenish.audit import service as audit
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
+from replenish.automation.ordering import LinePlan, Offer, Sizing, plan_line
 from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
+from replenish.catalogue import service as catalogue
 from replenish.columns import UTCDateTime, table_of
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
@@ -490,16 +492,20 @@ def act_on(
     which the decision, its order or notification, their outbox messages and log lines all carry."""
     assert evaluated.verdict is not None and evaluated.cycle_started_at is not None
     version, document = context.consents[device.customer_id]
-    total_price = orders.total_for(slot=slot, quantity=slot.order_quantity)
-    verdict = within_limits(
-        evaluated.verdict,
-        limits=document.limits,
-        quantity=slot.order_quantity,
-        total_price=total_price,
-        spent_this_month=lambda: context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
-    )
-    if verdict.action == DecisionAction.PLACE_ORDER:
-        context.placed(customer_id=device.customer_id, total_price=total_price)
+    verdict = evaluated.verdict
+    line = None
+    if verdict.action in (DecisionAction.PLACE_ORDER, DecisionAction.REQUEST_APPROVAL):
+        line = line_for(session=session, slot=slot, device=device, document=document, forecast=evaluated.forecast)
+        verdict = within_limits(
+            explained(verdict, line),
+            limits=document.limits_for(device_id=device.id, slot_name=slot.name),
+            quantity=line.quantity,
+            total_price=line.total_price,
+            spent_this_month=lambda: context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
+            asks=line.asks,
+        )
+        if verdict.action == DecisionAction.PLACE_ORDER:
+            context.placed(customer_id=device.customer_id, total_price=line.total_price)
     with correlation.bound(trigger):
         return _act(
             session=session,
@@ -514,7 +520,59 @@ def act_on(
             policy=evaluated.policy,
             now=now,
             correlation_id=trigger,
+            line=line,
         )
+
+
+def line_for(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    document: ConsentDocument,
+    forecast: Forecast | None,
+    quantity: int | None = None,
+) -> LinePlan:
+    """What an order for the slot would ask for now (automation.ordering.plan_line): the customer's product, or
+    its first available substitute, at the catalogue's current price, sized as the slot says (``quantity``: the
+    customer's own). A product the catalogue does not list is ordered as named, at the slot's unit price."""
+    versions = catalogue.current_versions(session=session, skus=[slot.product_sku, *slot.substitute_skus])
+    shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
+
+    def offer(sku: str) -> Offer | None:
+        version = versions.get(sku)
+        if version is None:
+            return None
+        return Offer(
+            sku=sku,
+            version_id=version.id,
+            name=version.name,
+            pack_size=version.pack_size,
+            price=version.price,
+            # One changed since it was chosen so that it no longer fits the slot cannot be ordered for it.
+            available=version.available and catalogue.fits(version, shape) is None,
+        )
+
+    return plan_line(
+        chosen=offer(slot.product_sku) or Offer(sku=slot.product_sku, price=slot.unit_price),
+        substitutes=[found for sku in slot.substitute_skus if (found := offer(sku)) is not None],
+        sizing=Sizing(
+            capacity=slot.capacity,
+            unit=slot.unit,
+            fixed_quantity=slot.order_quantity,
+            up_to_days=slot.order_up_to_days,
+        ),
+        forecast=forecast,
+        max_quantity=document.max_quantity_per_order,
+        quantity=quantity,
+    )
+
+
+def explained(verdict: Verdict, line: LinePlan) -> Verdict:
+    """The verdict, its reason saying what the line orders and why (a substitute, a quantity sized to use)."""
+    if not line.explanation:
+        return verdict
+    return Verdict(action=verdict.action, reason=f"{verdict.reason}; {'; '.join(line.explanation)}")
 
 
 @dataclass(frozen=True)
@@ -565,16 +623,17 @@ def order_now(
     verdict = Verdict(action=DecisionAction.PLACE_ORDER, reason=asked)
     if from_device and mode in (ConsentMode.ASK_FIRST, ConsentMode.NOTIFY_ONLY):
         verdict = Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{asked}; consent mode {mode}: asks first")
-    order_quantity = quantity or slot.order_quantity
+    line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast, quantity=quantity)
     month_start, month_end = document.calendar_month(now)
     verdict = within_limits(
-        verdict,
-        limits=document.limits,
-        quantity=order_quantity,
-        total_price=orders.total_for(slot=slot, quantity=order_quantity),
+        explained(verdict, line),
+        limits=document.limits_for(device_id=device.id, slot_name=slot.name),
+        quantity=line.quantity,
+        total_price=line.total_price,
         spent_this_month=lambda: orders.spent_between(
             session=session, customer_id=device.customer_id, start=month_start, end=month_end
         ),
+        asks=line.asks,
     )
     decision = _act(
         session=session,
@@ -594,7 +653,7 @@ def order_now(
         now=now,
         correlation_id=correlation.current(),
         actor=actor,
-        quantity=order_quantity,
+        line=line,
         requested_by=actor,
     )
     order = orders.order_for_decision(session=session, decision_id=decision.id)
@@ -691,7 +750,7 @@ def _act(
     now: datetime,
     correlation_id: str | None,
     actor: str = ACTOR,
-    quantity: int | None = None,
+    line: LinePlan | None = None,
     requested_by: str | None = None,
 ) -> Decision:
     decision = Decision(
@@ -741,6 +800,7 @@ def _act(
             kind=NoticeKind.LOW,
         )
     elif verdict.action == DecisionAction.REQUEST_APPROVAL:
+        assert line is not None
         order = orders.create(
             session=session,
             decision=decision,
@@ -748,7 +808,7 @@ def _act(
             awaiting_approval=True,
             now=now,
             actor=actor,
-            quantity=quantity,
+            line=line,
         )
         answers.request_approval(
             session=session,
@@ -762,6 +822,7 @@ def _act(
             decision=decision,
         )
     else:
+        assert line is not None
         order = orders.create(
             session=session,
             decision=decision,
@@ -769,7 +830,7 @@ def _act(
             awaiting_approval=False,
             now=now,
             actor=actor,
-            quantity=quantity,
+            line=line,
             hand_off_at=answers.hand_off_time(
                 document=consent_document,
                 lead_time_days=slot.lead_time_days,

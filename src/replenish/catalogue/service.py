@@ -83,6 +83,18 @@ def current(*, session: Session) -> Sequence[tuple[Product, ProductVersion]]:
     ).all()
 
 
+def current_versions(*, session: Session, skus: Sequence[str]) -> dict[str, ProductVersion]:
+    """The current version of each of ``skus`` the catalogue lists."""
+    if not skus:
+        return {}
+    rows = session.exec(
+        select(ProductVersion)
+        .join(Product, col(ProductVersion.id) == col(Product.current_version_id))
+        .where(col(Product.sku).in_(sorted(set(skus))))
+    ).all()
+    return {version.sku: version for version in rows}
+
+
 def list_products(
     *,
     session: Session,

@@ -137,12 +137,17 @@ def _check_address(kind: str, address: str | None) -> None:
     (_Email if kind == "email" else _Url).model_validate({"value": address})
 
 
+SlotPriceCap = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
+
+
 @dataclass(frozen=True)
 class OrderLimits:
     """The consent's limits on automatic orders, as automation.policy.within_limits applies them."""
 
     monthly_spending_cap: Decimal | None = None
     max_quantity_per_order: int | None = None
+    # The slot's own cap on what one order may cost (ConsentDocument.slot_price_caps).
+    slot_price_cap: Decimal | None = None
 
 
 class ConsentDocument(BaseModel):
@@ -172,6 +177,13 @@ class ConsentDocument(BaseModel):
     )
     max_quantity_per_order: int | None = Field(
         None, ge=1, description="Most units one automatic order may ask for; a bigger one waits for approval."
+    )
+    slot_price_caps: dict[str, SlotPriceCap] = Field(
+        default_factory=dict,
+        description="Per slot: 'device_id/slot_name' → most one order the platform places by itself for it may "
+        "cost, in the currency of its prices. A dearer one (a price rise, a substitute, a bigger order) waits for "
+        "approval instead, and says why.",
+        examples=[{"printer-1/black": "40.00"}],
     )
     pause_windows: list[PauseWindow] = Field(default_factory=list, max_length=50)
     timezone: str = Field("UTC", description="IANA time zone of pause dates and calendar months.")
@@ -283,10 +295,12 @@ class ConsentDocument(BaseModel):
         end = datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=self.zone)
         return start, end
 
-    @property
-    def limits(self) -> OrderLimits:
+    def limits_for(self, *, device_id: str, slot_name: str) -> OrderLimits:
+        """The limits on an automatic order for the slot."""
         return OrderLimits(
-            monthly_spending_cap=self.monthly_spending_cap, max_quantity_per_order=self.max_quantity_per_order
+            monthly_spending_cap=self.monthly_spending_cap,
+            max_quantity_per_order=self.max_quantity_per_order,
+            slot_price_cap=self.slot_price_caps.get(f"{device_id}/{slot_name}"),
         )
 
     def pauses_for(self, *, device_id: str, slot_name: str) -> list[tuple[datetime, datetime]]:

@@ -204,7 +204,7 @@ def _check_targets(*, session: Session, customer_id: str, document: ConsentDocum
         if device_id not in owned_devices:
             raise InvalidRequest(f"device {device_id!r} is not one of this customer's devices", field="device_modes")
     pause_targets = [target for window in document.pause_windows for target in window.targets]
-    if not document.slot_modes and not pause_targets:
+    if not document.slot_modes and not document.slot_price_caps and not pause_targets:
         return
     owned_slots = {
         f"{device_id}/{name}"
@@ -212,12 +212,12 @@ def _check_targets(*, session: Session, customer_id: str, document: ConsentDocum
             select(Slot.device_id, Slot.name).where(col(Slot.device_id).in_(owned_devices))
         )
     }
-    for key in document.slot_modes:
-        if key not in owned_slots:
-            raise InvalidRequest(
-                f"slot {key!r} is not 'device_id/slot_name' of one of this customer's slots",
-                field="slot_modes",
-            )
+    for field, keys in (("slot_modes", document.slot_modes), ("slot_price_caps", document.slot_price_caps)):
+        for key in keys:
+            if key not in owned_slots:
+                raise InvalidRequest(
+                    f"slot {key!r} is not 'device_id/slot_name' of one of this customer's slots", field=field
+                )
     for target in pause_targets:
         if target not in owned_slots and target not in owned_devices:
             raise InvalidRequest(

@@ -47,6 +47,8 @@ class Slot(SQLModel, table=True):
     lead_time_days: float
     service_level: float = DEFAULT_SERVICE_LEVEL
     order_quantity: int = 1
+    # Order-up-to: an order covers the expected use over this many days, in whole packs. None: order_quantity.
+    order_up_to_days: float | None = None
     unit_price: Decimal | None = Field(default=None, max_digits=12, decimal_places=2)
     level: float | None = None
     level_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

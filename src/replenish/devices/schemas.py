@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from replenish.catalogue.schemas import ProductRead
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_PATTERN, DeviceKind
 
+ORDER_UP_TO_DAYS = (
+    "Order-up-to: each order covers the slot's expected use (its forecast's rate) over this many days, in whole "
+    "packs of its product (a product the catalogue does not list: one pack is one fill of the slot), at least one, "
+    "at most the consent's max_quantity_per_order. Null: every order asks for order_quantity."
+)
+
 
 class SlotCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,14 +31,23 @@ class SlotCreate(BaseModel):
         description="Target probability that a delivery arrives before the slot runs empty: the platform acts when "
         "the chance of running out before an order placed now could arrive exceeds 1 - service_level.",
     )
-    order_quantity: int = Field(1, ge=1, le=1000, description="Units of product_sku one order asks for.")
+    order_quantity: int = Field(
+        1, ge=1, le=1000, description="Units of product_sku one order asks for, unless order_up_to_days is set."
+    )
+    order_up_to_days: float | None = Field(
+        None,
+        gt=0,
+        le=365,
+        description=ORDER_UP_TO_DAYS,
+    )
     unit_price: Decimal | None = Field(
         None,
         ge=0,
         max_digits=12,
         decimal_places=2,
-        description="Price of one unit; what the consent's monthly spending cap counts. Unknown (null): with a "
-        "cap set, an automatic order waits for approval.",
+        description="Price of one unit of a product the catalogue does not list (a listed one's price is the "
+        "catalogue's); what the consent's spending caps count. Unknown (null): with a cap set, an automatic order "
+        "waits for approval.",
     )
 
 
@@ -60,6 +75,7 @@ class SlotUpdate(BaseModel):
     lead_time_days: float | None = Field(None, ge=0, le=365)
     service_level: float | None = Field(None, ge=0.5, le=0.999)
     order_quantity: int | None = Field(None, ge=1, le=1000)
+    order_up_to_days: float | None = Field(None, gt=0, le=365, description=ORDER_UP_TO_DAYS)
     unit_price: Decimal | None = Field(None, ge=0, max_digits=12, decimal_places=2)
 
 
@@ -93,6 +109,7 @@ class SlotRead(BaseModel):
     lead_time_days: float
     service_level: float
     order_quantity: int
+    order_up_to_days: float | None = Field(None, description=ORDER_UP_TO_DAYS)
     unit_price: Decimal | None
     level: float | None = Field(description="Latest reported level, in the unit.")
     level_at: datetime | None

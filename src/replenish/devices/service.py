@@ -114,10 +114,14 @@ def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
     return slot
 
 
+# Null means something for these: order_up_to_days null goes back to the fixed order_quantity.
+NULLABLE_SLOT_FIELDS = frozenset({"order_up_to_days"})
+
+
 def update_slot(*, session: Session, device: Device, slot: Slot, request: SlotUpdate, now: datetime) -> Slot:
     changes = request.model_dump(exclude_unset=True)
     for name, value in changes.items():
-        if value is None:
+        if value is None and name not in NULLABLE_SLOT_FIELDS:
             raise InvalidRequest(f"{name} cannot be null", field=name)
     shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
     if changes.get("product_sku", slot.product_sku) != slot.product_sku:  # sending the slot back unchanged is fine

@@ -21,6 +21,9 @@ class Order(SQLModel, table=True):
     device_id: str = Field(foreign_key="devices.id", index=True)
     slot_id: str = Field(foreign_key="slots.id", index=True)
     product_sku: str
+    # The catalogue version it was decided at (its name, pack and price then); None for a SKU the catalogue does
+    # not list.
+    product_version_id: str | None = Field(default=None, foreign_key="product_versions.id")
     quantity: int = 1
     unit_price: Decimal | None = Field(default=None, max_digits=12, decimal_places=2)
     total_price: Decimal | None = Field(default=None, max_digits=14, decimal_places=2)

@@ -17,7 +17,12 @@ class OrderRead(BaseModel):
     device_id: str
     slot_id: str
     product_sku: str
-    quantity: int
+    product_version_id: str | None = Field(
+        None,
+        description="The catalogue version of the product it was decided at: its name, pack and price then "
+        "(GET /catalogue/products/{sku}/versions). Null for a SKU the catalogue does not list.",
+    )
+    quantity: int = Field(description="Packs of the product (units of a SKU the catalogue does not list).")
     unit_price: Decimal | None
     total_price: Decimal | None
     status: OrderStatus

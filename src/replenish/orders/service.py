@@ -10,6 +10,7 @@ from sqlmodel import Session, col, func, select
 
 from replenish.audit import service as audit
 from replenish.automation.models import Decision
+from replenish.automation.ordering import LinePlan
 from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
 from replenish.customers.locks import lock_customer
 from replenish.db import get_or_raise
@@ -40,34 +41,30 @@ _ALLOWED: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 
-def total_for(*, slot: Slot, quantity: int) -> Decimal | None:
-    """What ``quantity`` of the slot's consumable costs at its price; None while the price is unknown."""
-    return slot.unit_price * quantity if slot.unit_price is not None else None
-
-
 def create(
     *,
     session: Session,
     decision: Decision,
     slot: Slot,
+    line: LinePlan,
     awaiting_approval: bool,
     now: datetime,
     actor: str,
     hand_off_at: datetime | None = None,
-    quantity: int | None = None,
 ) -> Order:
-    """A new order for the decision. A placed one goes to fulfilment at ``hand_off_at`` (default: now); until then
-    a cancel withdraws it and fulfilment never hears of it."""
-    quantity = quantity or slot.order_quantity
+    """A new order for the decision, of what ``line`` says (product, catalogue version, packs, price). A placed one
+    goes to fulfilment at ``hand_off_at`` (default: now); until then a cancel withdraws it and fulfilment never
+    hears of it."""
     order = Order(
         decision_id=decision.id,
         customer_id=decision.customer_id,
         device_id=decision.device_id,
         slot_id=slot.id,
-        product_sku=slot.product_sku,
-        quantity=quantity,
-        unit_price=slot.unit_price,
-        total_price=total_for(slot=slot, quantity=quantity),
+        product_sku=line.offer.sku,
+        product_version_id=line.offer.version_id,
+        quantity=line.quantity,
+        unit_price=line.offer.price,
+        total_price=line.total_price,
         status=OrderStatus.AWAITING_APPROVAL if awaiting_approval else OrderStatus.PLACED,
         consent_version=decision.consent_version,
         created_at=now,
@@ -303,6 +300,7 @@ def fulfilment_payload(order: Order) -> dict[str, object]:
         "device_id": order.device_id,
         "slot_id": order.slot_id,
         "product_sku": order.product_sku,
+        "product_version_id": order.product_version_id,
         "quantity": order.quantity,
         "unit_price": str(order.unit_price) if order.unit_price is not None else None,
         "total_price": str(order.total_price) if order.total_price is not None else None,

@@ -138,11 +138,17 @@ def save_modes(request: Request, principal: WebPrincipal, form: FormData) -> Res
 
 @router.post("/consent/limits")
 def save_limits(request: Request, principal: WebPrincipal, form: FormData) -> Response:
-    """The monthly spending cap and the largest quantity an automatic order may ask for (blank: no limit)."""
+    """The monthly spending cap, the largest quantity an automatic order may ask for, and each slot's price cap
+    (blank: no limit)."""
 
     def change(data: dict[str, Any]) -> None:
         data["monthly_spending_cap"] = form.get("monthly_spending_cap", "").strip() or None
         data["max_quantity_per_order"] = form.get("max_quantity_per_order", "").strip() or None
+        data["slot_price_caps"] = {
+            key.removeprefix("price_cap:"): value.strip()
+            for key, value in form.items()
+            if key.startswith("price_cap:") and value.strip()
+        }
 
     return _save_consent(request, principal, change, form)
 

@@ -100,10 +100,11 @@ def choose_product(
     principal: WebPrincipal,
     product_sku: Annotated[str, Form()] = "",
     substitute_skus: Annotated[list[str] | None, Form()] = None,
+    order_up_to_days: Annotated[str, Form()] = "",
     csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
 ) -> Response:
-    """The slot's product and substitutes, as the supplies page's form chose them; a choice that does not fit is
-    a page that says why, and changes nothing."""
+    """The slot's product, substitutes and order size (days of use; empty: its fixed quantity), as the supplies
+    page's form chose them; a choice that does not fit is a page that says why, and changes nothing."""
     check_csrf(request, csrf)
     checked = substitute_skus or []
     try:
@@ -120,13 +121,23 @@ def choose_product(
                 device=device,
                 slot=slot,
                 # The product only when it changes: the device maker's SKU stays, listed or not.
-                request=SlotUpdate(
-                    substitute_skus=wanted, **({"product_sku": chosen} if chosen != slot.product_sku else {})
+                request=SlotUpdate.model_validate(
+                    {
+                        "substitute_skus": wanted,
+                        "order_up_to_days": order_up_to_days.strip() or None,
+                        **({"product_sku": chosen} if chosen != slot.product_sku else {}),
+                    }
                 ),
                 now=now_of(request),
             )
     except (InvalidRequest, ValidationError) as exc:
-        reason = exc.message if isinstance(exc, InvalidRequest) else exc.errors()[0]["msg"]
+        reason = exc.message if isinstance(exc, InvalidRequest) else _first_error(exc)
         context = {"title": "Not saved", "message": f"The product for {slot_name} was not changed: {reason}."}
         return render_page(request, "message.html", context, status_code=422)
     return redirect_to(f"{PREFIX}#device-{device_id}")
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = " ".join(str(part) for part in error["loc"]).replace("_", " ")
+    return f"{field}: {error['msg'].lower()}" if field else str(error["msg"])
