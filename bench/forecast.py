@@ -202,10 +202,13 @@ def run_baseline(
 
 
 def run_replenish(
-    command: Path, readings: Path, out: Path, lead_days: float, timeout: float
+    command: Path, readings: Path, out: Path, lead_days: float, timeout: float, pull_forward: float | None = None
 ) -> tuple[dict[tuple[str, str], list[float]] | None, float, str]:
-    """(orders or None, wall seconds, a note saying why not, or what the command said)."""
+    """(orders or None, wall seconds, a note saying why not, or what the command said). ``pull_forward``: the
+    --pull-forward-days to pass (None: the command's default)."""
     argv = [str(command), "backtest", str(readings), "--lead-time-days", f"{lead_days:g}", "--out", str(out)]
+    if pull_forward is not None:
+        argv += ["--pull-forward-days", f"{pull_forward:g}"]
     if not command.exists():
         return None, 0.0, f"{command} does not exist"
     began = time.perf_counter()
@@ -320,6 +323,71 @@ def unavailable(method: str, note: str, runtime: float) -> Score:
     return Score(method, available=False, note=note, runtime=runtime)
 
 
+def shipments(orders: dict[tuple[str, str], list[float]]) -> int:
+    """Parcels: the orders of one device at one moment are one shipment (its lines share ordered_at)."""
+    return len({(device, round(t)) for (device, _), placed in orders.items() for t in placed})
+
+
+def frontier(
+    args: argparse.Namespace,
+    readings_path: Path,
+    readings: Readings,
+    truth: dict[tuple[str, str], SlotTruth],
+    work: Path,
+) -> str:
+    """Shipments per device-month beside stockouts and days early, for each pull-forward horizon H."""
+    lead = args.lead_time_days
+    devices = len({device for device, _ in readings.keys})
+    months = (readings.last - readings.first) / DAY / (365.25 / 12)
+    rows: list[list[str]] = []
+    base: tuple[float, float, float] | None = None
+    for horizon in args.pull_forward:
+        found, wall, note = run_replenish(
+            args.replenish, readings_path, work / f"ORDERS-H{horizon:g}.csv", lead, args.timeout, horizon
+        )
+        if found is None:
+            rows.append([f"{horizon:g}", "not available: " + note, *[""] * 7])
+            continue
+        scored = score(f"H={horizon:g}", found, truth, lead, wall)
+        early = np.array(scored.early_days)
+        per_month = shipments(found) / max(devices * months, 1e-9)
+        stockout = scored.pct(scored.stockouts, scored.ran_out)
+        median = float(np.median(early)) if early.size else math.nan
+        if base is None:
+            base = (per_month, stockout, median)
+        rows.append(
+            [
+                f"{horizon:g}",
+                str(shipments(found)),
+                f"{per_month:.3f}",
+                f"{100 * (per_month / base[0] - 1):+.1f}%",
+                str(scored.orders),
+                f"{fmt(stockout)}%",
+                f"{stockout - base[1]:+.2f}",
+                fmt(median, ".2f"),
+                f"{median - base[2]:+.2f}",
+                fmt(wall, ".1f"),
+            ]
+        )
+    header = [
+        "H days",
+        "shipments",
+        "per device-month",
+        "vs first",
+        "order lines",
+        "stockout %",
+        "pts vs first",
+        "median days early",
+        "vs first",
+        "runtime s",
+    ]
+    return (
+        f"shipments by pull-forward horizon H ({devices} devices, {months:.1f} months; a shipment is one device's "
+        f"lines with the same ordered_at; targets at the default H: shipments -25% or more, stockouts +0.5 pts or "
+        f"less, median days early +1 or less)\n" + table(rows, header)
+    )
+
+
 # --- output ----------------------------------------------------------------------------------------------------
 
 
@@ -415,6 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the replenish console script (default .venv/bin/replenish)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to allow replenish backtest")
+    parser.add_argument(
+        "--pull-forward",
+        type=lambda text: [float(part) for part in text.split(",") if part.strip()],
+        default=[0.0, 3.0, 7.0, 14.0],
+        help="pull-forward horizons H (days) to compare, comma-separated; the first is the base (default 0,3,7,14; "
+        "empty: skip)",
+    )
     parser.add_argument(
         "--speed-slots",
         type=int,
@@ -512,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                         ]
                     )
             print(table(rows, ["method", *groups]))
+            print()
+        if args.pull_forward:
+            print(frontier(args, readings_path, readings, truth, work))
             print()
         reproduce = [".venv/bin/python", "bench/forecast.py"]
         if args.readings is None:

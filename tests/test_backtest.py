@@ -206,3 +206,36 @@ def test_a_big_fleet_shares_one_prior_as_the_live_evaluator_does():
     # One lender fewer, and each slot's own rate is left out again: the lowest rate's prior sits higher.
     smaller = _fleet_of(rates[:-1])
     assert smaller.prior("milk", exclude=first).rate_per_day > smaller.prior("milk", exclude=last).rate_per_day
+
+
+@pytest.mark.parametrize("horizon", [0.0, 14.0])
+def test_a_slot_due_within_the_pull_forward_horizon_joins_the_shipment(tmp_path: Path, horizon: float):
+    # Black runs out on day 16, cyan on day 24: eight days later. Another device's magenta is never pulled in.
+    rows = []
+    for i in range(120):
+        at = T0 + timedelta(hours=6 * i)
+        rows.append(("printer-1", "black", at, max(0.8 - 0.05 * i / 4, 0.0)))
+        rows.append(("printer-1", "cyan", at, max(0.8 - 0.8 / 24 * i / 4, 0.0)))
+        rows.append(("printer-2", "magenta", at, max(0.8 - 0.8 / 20 * i / 4, 0.0)))
+    orders = replay(
+        read_readings(write_readings(tmp_path / "r.csv", rows)),
+        lead_time_days=3,
+        margin_days=1,
+        pull_forward_days=horizon,
+    )
+    first = {order.slot: order.ordered_at for order in reversed(orders)}
+    assert [order.slot for order in orders].count("cyan") == 1, "pulled forward or not, one order per cycle"
+    if horizon:
+        assert first["cyan"] == first["black"], "one shipment: the lines share ordered_at"
+    else:
+        assert first["cyan"] - first["black"] > timedelta(days=6)
+    assert first["magenta"] not in (first["black"], first["cyan"]), "another device is another customer"
+
+
+def test_the_command_takes_the_pull_forward_horizon_and_refuses_a_bad_one(tmp_path: Path):
+    readings = write_readings(tmp_path / "READINGS.csv", fleet(slots=4, days=40))
+    base = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", str(tmp_path / "O.csv")]
+    refused = subprocess.run([*base, "--pull-forward-days", "-1"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "pull-forward-days" in refused.stderr
+    done = subprocess.run([*base, "--pull-forward-days", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -15,7 +15,13 @@ from sqlalchemy.engine import make_url
 
 from replenish.clock import SystemClock
 from replenish.config import Settings
-from replenish.constants import DEFAULT_SERVICE_LEVEL, PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole
+from replenish.constants import (
+    DEFAULT_PULL_FORWARD_DAYS,
+    DEFAULT_SERVICE_LEVEL,
+    PASSWORD_MAX_LENGTH,
+    PASSWORD_MIN_LENGTH,
+    AccountRole,
+)
 from replenish.observability.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -218,8 +224,18 @@ def backtest(
     margin_days: Annotated[
         float | None, typer.Option(min=0, help="Safety margin in days (default: REPLENISH_REORDER_MARGIN_DAYS).")
     ] = None,
+    pull_forward_days: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="When a slot orders, the device's other slots that would order within this many days join its "
+            "shipment (same ordered_at). 0: only those due now.",
+        ),
+    ] = DEFAULT_PULL_FORWARD_DAYS,
 ) -> None:
-    """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead)."""
+    """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead),
+    each device one customer whose slots share shipments."""
     from replenish.backtest.replay import ReadingsError, read_readings, replay, write_orders
 
     settings = Settings()
@@ -232,6 +248,7 @@ def backtest(
             lead_time_days=lead_time_days,
             margin_days=settings.reorder_margin_days if margin_days is None else margin_days,
             service_level=service_level,
+            pull_forward_days=pull_forward_days,
         )
     except ReadingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -209,6 +209,9 @@ class OutboxKind(StrEnum):
 DEFAULT_SERVICE_LEVEL = 0.97
 # Days added to a slot's lead time before it must be reordered (REPLENISH_REORDER_MARGIN_DAYS).
 DEFAULT_REORDER_MARGIN_DAYS = 1.0
+# When a slot orders, the customer's other slots that would order within this many days join its shipment
+# (automation.consolidation). Chosen on every bench trace set (bench/README.md, "Shipments").
+DEFAULT_PULL_FORWARD_DAYS = 14.0
 
 
 class AccountRole(StrEnum):

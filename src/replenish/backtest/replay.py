@@ -20,9 +20,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from replenish.automation.consolidation import joins
 from replenish.automation.engine import Screen, SlotMemory, evaluate, order_on_its_way
 from replenish.automation.policy import ReorderPolicy
-from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
+from replenish.constants import DEFAULT_PULL_FORWARD_DAYS, DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
 
@@ -135,9 +136,15 @@ def replay(
     lead_time_days: float,
     margin_days: float,
     service_level: float = DEFAULT_SERVICE_LEVEL,
+    pull_forward_days: float = DEFAULT_PULL_FORWARD_DAYS,
 ) -> list[ReplayedOrder]:
-    """The orders the platform would have placed, every slot on auto-order. Readings must come in ts order."""
-    run = _Replay(ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level))
+    """The orders the platform would have placed, every slot on auto-order, each device one customer: when a slot
+    orders, the device's other slots within ``pull_forward_days`` of ordering join its shipment (the same
+    ``ordered_at``; automation.consolidation). Readings must come in ts order."""
+    run = _Replay(
+        ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level),
+        pull_forward_days=pull_forward_days,
+    )
     for reading in readings:
         moment = reading.ts.timestamp()
         run.advance_to(moment)
@@ -155,8 +162,10 @@ class _Replay:
     prior never come from readings later than the decision.
     """
 
-    def __init__(self, policy: ReorderPolicy) -> None:
+    def __init__(self, policy: ReorderPolicy, *, pull_forward_days: float) -> None:
         self.policy = policy
+        self.pull_forward_days = pull_forward_days
+        self.by_device: dict[str, list[tuple[str, str]]] = {}
         self.lead_time = timedelta(days=policy.lead_time_days)
         self.slots: dict[tuple[str, str], _SlotReplay] = {}
         self.orders: list[ReplayedOrder] = []
@@ -171,6 +180,7 @@ class _Replay:
         state = self.slots.get(key)
         if state is None:
             state = self.slots[key] = _SlotReplay(slot=reading.slot)
+            self.by_device.setdefault(reading.device_id, []).append(key)
         if not self.reported or self.reported[-1] != key:
             self.reported.append(key)
         state.append(moment, reading.level)
@@ -195,9 +205,7 @@ class _Replay:
             return
         # Views of the buffers: the engine reads only its history window of them.
         series = ReadingSeries(times=state.times[: state.count], levels=state.levels[: state.count])
-        memory = state.memory
-        if memory.open_order_placed_at is not None and now >= memory.open_order_placed_at + self.lead_time:
-            memory = SlotMemory(memory.cycle_started_at, memory.decided_cycle_started_at, None)  # delivered
+        memory = self._memory(state, now=now)
         evaluation = evaluate(
             series,
             now=now,
@@ -209,6 +217,7 @@ class _Replay:
         if evaluation.verdict is not None:
             self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
             memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
+            self._pull_forward(key, now=now)
         else:
             memory = memory.with_cycle(evaluation.cycle_started_at)
         state.memory = memory
@@ -219,6 +228,30 @@ class _Replay:
         check = _next_check(state, now=now, policy=self.policy)
         if check is not None:
             heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
+
+    def _memory(self, state: _SlotReplay, *, now: datetime) -> SlotMemory:
+        memory = state.memory
+        if memory.open_order_placed_at is not None and now >= memory.open_order_placed_at + self.lead_time:
+            memory = SlotMemory(memory.cycle_started_at, memory.decided_cycle_started_at, None)  # delivered
+        return memory
+
+    def _pull_forward(self, ordering: tuple[str, str], *, now: datetime) -> None:
+        """The device's other slots that join the shipment ordered now: on their latest forecasts, as the live
+        service judges them on their stored ones."""
+        for key in self.by_device[ordering[0]]:
+            state = self.slots[key]
+            if key == ordering:
+                continue
+            memory = self._memory(state, now=now)
+            if joins(
+                state.last_forecast,
+                memory=memory,
+                policy=self.policy,
+                pull_forward_days=self.pull_forward_days,
+                now=now,
+            ):
+                self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
+                state.memory = SlotMemory(memory.cycle_started_at, memory.cycle_started_at, now)
 
 
 def _next_check(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> datetime | None:
