@@ -346,7 +346,7 @@ def frontier(
             args.replenish, readings_path, work / f"ORDERS-H{horizon:g}.csv", lead, args.timeout, horizon
         )
         if found is None:
-            rows.append([f"{horizon:g}", "not available: " + note, *[""] * 7])
+            rows.append([f"{horizon:g}", "not available: " + note, *[""] * 10])
             continue
         scored = score(f"H={horizon:g}", found, truth, lead, wall)
         early = np.array(scored.early_days)
@@ -366,6 +366,8 @@ def frontier(
                 f"{stockout - base[1]:+.2f}",
                 fmt(median, ".2f"),
                 f"{median - base[2]:+.2f}",
+                f"{fmt(scored.pct(scored.duplicates, scored.orders), '.2f')}%",
+                f"{fmt(scored.pct(scored.spurious, scored.orders), '.2f')}%",
                 fmt(wall, ".1f"),
             ]
         )
@@ -379,6 +381,8 @@ def frontier(
         "pts vs first",
         "median days early",
         "vs first",
+        "duplicates",
+        "spurious",
         "runtime s",
     ]
     return (

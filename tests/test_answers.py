@@ -63,7 +63,12 @@ class Loop:
         return self.mailbox.to(ADA)
 
     def fulfilment_events(self) -> list[tuple[str, str]]:
-        return [(body["event"], body["order"]["order_id"]) for _, body, _ in self.partner.requests]
+        """(event, order id) of each line fulfilment heard of: a shipment's hand-off names each of its lines."""
+        return [
+            (body["event"], line["order_id"])
+            for _, body, _ in self.partner.requests
+            for line in (body["shipment"]["lines"] if "shipment" in body else [body["order"]])
+        ]
 
     def notices(self, kind: str) -> list[dict[str, Any]]:
         """The customer's notifications of this kind, by e-mail (each goes to the log as well)."""
@@ -134,7 +139,7 @@ def test_an_approval_request_is_mailed_at_once_and_approved_in_one_tap_without_s
         assert approved["status"] == "placed"
         assert approved["history"][-1]["actor"] == "customer (one-tap link)"
         loop.tick()
-        assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+        assert wait_until(lambda: loop.fulfilment_events() == [("shipment.placed", order["id"])])
 
         # The link works once; the request's other link finds the order answered. Nothing changes either way.
         again = browser.post(links["Approve"])
@@ -142,7 +147,7 @@ def test_an_approval_request_is_mailed_at_once_and_approved_in_one_tap_without_s
         decline = browser.post(links["Decline"])
         assert decline.status_code == 409 and "placed now" in decline.text
         loop.tick()
-        assert loop.fulfilment_events() == [("order.placed", order["id"])], "fulfilment received the order once"
+        assert loop.fulfilment_events() == [("shipment.placed", order["id"])], "fulfilment received the order once"
         assert loop.order(order["id"])["status"] == "placed"
 
     refused = {event.detail["problem"] for event in loop.audit(AuditAction.ORDER_LINK_REFUSED)}
@@ -218,7 +223,7 @@ def test_keep_waiting_reminds_says_so_and_keeps_the_request_open(loop: Loop):
     with httpx.Client(timeout=10) as browser:
         assert browser.post(links_in(waiting)["Approve"]).status_code == 200
     loop.tick()
-    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    assert wait_until(lambda: loop.fulfilment_events() == [("shipment.placed", order["id"])])
 
 
 @pytest.mark.parametrize("outcome", ["decline", "approve"])
@@ -239,7 +244,7 @@ def test_at_the_deadline_on_no_answer_decides_and_says_it_was_for_lack_of_an_ans
     [notice] = loop.notices("no_answer")[-1:]
     assert ("Not ordered" if outcome == "decline" else "Ordered") in notice["subject"]
     loop.tick()
-    expected = [("order.placed", order["id"])] if outcome == "approve" else []
+    expected = [("shipment.placed", order["id"])] if outcome == "approve" else []
     assert wait_until(lambda: loop.fulfilment_events() == expected) and loop.fulfilment_events() == expected
     # The request's links went with it.
     with httpx.Client(timeout=10) as browser:
@@ -307,7 +312,7 @@ def test_after_its_window_an_automatic_order_is_cancelled_through_fulfilment(loo
     [announcement] = loop.mails(1)
     loop.clock.advance(timedelta(hours=2))
     loop.tick()
-    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    assert wait_until(lambda: loop.fulfilment_events() == [("shipment.placed", order["id"])])
     with httpx.Client(timeout=10) as browser:
         late = browser.post(links_in(announcement)["Cancel"])
     assert late.status_code == 410 and "cancel window has closed" in late.text
@@ -316,7 +321,7 @@ def test_after_its_window_an_automatic_order_is_cancelled_through_fulfilment(loo
     assert cancelled["status"] == "cancelled"
     loop.tick()
     assert wait_until(lambda: len(loop.fulfilment_events()) == 2)
-    assert loop.fulfilment_events() == [("order.placed", order["id"]), ("order.cancelled", order["id"])]
+    assert loop.fulfilment_events() == [("shipment.placed", order["id"]), ("order.cancelled", order["id"])]
 
 
 def test_a_window_the_forecast_has_no_room_for_is_shortened(loop: Loop):
@@ -327,7 +332,7 @@ def test_a_window_the_forecast_has_no_room_for_is_shortened(loop: Loop):
     loop.tick()
     [order] = loop.orders()
     assert loop.order(order["id"])["hand_off_at"] == loop.clock.now().isoformat().replace("+00:00", "Z")
-    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    assert wait_until(lambda: loop.fulfilment_events() == [("shipment.placed", order["id"])])
     [announcement] = loop.mails(1)
     assert "has gone to the supplier" in announcement.get_content()
     assert set(links_in(announcement)) == {"Open in the app"}
@@ -399,7 +404,7 @@ def test_order_now_orders_once_and_automation_does_not_order_the_cycle_again(loo
     loop.clock.set(START + timedelta(days=8))  # black runs low within the same cycle
     loop.tick()
     assert [o["id"] for o in loop.orders()] == [order["id"]], "automation knows the cycle is decided"
-    assert wait_until(lambda: loop.fulfilment_events() == [("order.placed", order["id"])])
+    assert wait_until(lambda: loop.fulfilment_events() == [("shipment.placed", order["id"])])
     assert loop.api.post("/devices/printer-1/slots/nope/order").status_code == 404
     assert loop.api.post("/devices/printer-1/slots/black/order", json={"quantity": 0}).status_code == 422
 
@@ -648,7 +653,7 @@ def test_a_hand_off_a_dispatcher_took_is_never_withdrawn(loop: Loop):
     from replenish.outbox import service as outbox
 
     order = auto_order_with_room(loop)
-    key = f"order:{order['id']}:placed"
+    key = f"shipment:{order['shipment_id']}:placed"
     with Session(loop.platform.engine) as session:
         message = session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == key)).one()
     # A dispatcher took it (and may have sent it) but never recorded the delivery; its lease has run out.
@@ -660,7 +665,9 @@ def test_a_hand_off_a_dispatcher_took_is_never_withdrawn(loop: Loop):
     assert loop.api.post(f"/orders/{order['id']}/cancel").json()["status"] == "cancelled"
     with Session(loop.platform.engine) as session:
         keys = set(
-            session.exec(select(OutboxMessage.idempotency_key).where(OutboxMessage.stream == f"order:{order['id']}"))
+            session.exec(
+                select(OutboxMessage.idempotency_key).where(OutboxMessage.stream == f"shipment:{order['shipment_id']}")
+            )
         )
     assert keys == {key, f"order:{order['id']}:cancelled"}, "fulfilment may have it: it is told"
 

@@ -349,6 +349,7 @@ def _populated_world(platform: Platform, clock: ManualClock, start: datetime) ->
             ids[name] |= {
                 "subscription_id": browser.json()["id"],
                 "order_id": order["id"],
+                "shipment_id": order["shipment_id"],
                 "alert_id": alert["id"],
                 "notification_id": notification["id"],
                 "alarm_id": alarm["id"],
@@ -379,6 +380,8 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/orders/{order_id}/approve", None),
     ("POST", "/orders/{order_id}/decline", None),
     ("POST", "/orders/{order_id}/cancel", None),
+    ("GET", "/shipments/{shipment_id}", None),
+    ("POST", "/shipments/{shipment_id}/lines/{order_id}/remove", None),
     ("GET", "/alerts/{alert_id}", None),
     ("GET", "/notifications/{notification_id}", None),
     ("POST", "/alerts/{alert_id}/acknowledge", None),
@@ -393,7 +396,16 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 
 NOBODY = {
     key: "0" * 32
-    for key in ("customer_id", "order_id", "alert_id", "token_id", "notification_id", "alarm_id", "subscription_id")
+    for key in (
+        "customer_id",
+        "order_id",
+        "shipment_id",
+        "alert_id",
+        "token_id",
+        "notification_id",
+        "alarm_id",
+        "subscription_id",
+    )
 }
 
 
@@ -426,7 +438,7 @@ def _bobs_things(world: World) -> dict[str, Any]:
         "alarm": operator.get(f"/alarms/{bob['alarm_id']}").json()["status"],
         "bob signed in": world.bob.get("/auth/me").status_code,
         "bob's devices": sorted(d["id"] for d in world.bob.get("/devices").json()),
-        "bob's orders": sorted(o["id"] for o in operator.get("/orders", params=of_bob).json()),
+        "bob's orders": sorted((o["id"], o["status"]) for o in operator.get("/orders", params=of_bob).json()),
         "bob's browsers": len(operator.get("/push/subscriptions", params=of_bob).json()),
     }
 
@@ -478,7 +490,9 @@ def test_every_customer_reads_the_shared_catalogue(world: World):
             assert caller.request(method, concrete).status_code == 200, (method, concrete)
 
 
-@pytest.mark.parametrize("collection", ["/devices", "/orders", "/alerts", "/alarms", "/notifications", "/audit"])
+@pytest.mark.parametrize(
+    "collection", ["/devices", "/orders", "/shipments", "/alerts", "/alarms", "/notifications", "/audit"]
+)
 def test_lists_show_a_customer_only_their_own(world: World, collection):
     ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]
     mine = world.ada.get(collection).json()

@@ -98,11 +98,12 @@ def test_printer_simulator_gets_exactly_one_order_for_the_ink_that_runs_out_firs
     # ...and not absurdly early: within 8 days of running out.
     assert empty_at - placed_at <= timedelta(days=8)
 
-    # The fulfilment sink receives it through the outbox.
+    # The fulfilment sink receives it through the outbox, as the one line of its shipment.
     platform.jobs.dispatch()
     with Session(platform.engine) as session:
-        sent = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_PLACED)).all()
-    assert [m.idempotency_key for m in sent] == [f"order:{order['id']}:placed"]
+        sent = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.SHIPMENT_PLACED)).all()
+    assert [m.idempotency_key for m in sent] == [f"shipment:{order['shipment_id']}:placed"]
+    assert [line["order_id"] for line in sent[0].payload["lines"]] == [order["id"]]
     assert sent[0].delivered_at is not None
 
 

@@ -26,7 +26,7 @@ def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, re
     settings = make_settings(tmp_path, order_webhook_url=receiver.url)
     with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
         order, _ = place_an_order(platform, api, clock)
-        platform.jobs.dispatch()  # the partner is down: order.placed waits 2 s
+        platform.jobs.dispatch()  # the partner is down: the shipment's hand-off waits 2 s
         api.post(f"/orders/{order['id']}/cancel").raise_for_status()
         platform.jobs.dispatch()
         assert len(receiver.requests) == 1, "the cancellation waits for the order to be delivered first"
@@ -34,7 +34,7 @@ def test_a_cancellation_never_overtakes_the_order_it_cancels(tmp_path, clock, re
             clock.advance(timedelta(seconds=4))
             platform.jobs.dispatch()
         events = [body["event"] for _, body, _ in receiver.requests]
-        assert events == ["order.placed", "order.placed", "order.placed", "order.cancelled"]
+        assert events == ["shipment.placed", "shipment.placed", "shipment.placed", "order.cancelled"]
 
 
 def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receiver):
@@ -45,7 +45,7 @@ def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receive
 
         def outbox_row() -> OutboxMessage:
             with Session(platform.engine) as session:
-                return session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_PLACED)).one()
+                return session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.SHIPMENT_PLACED)).one()
 
         platform.jobs.dispatch()
         row = outbox_row()
@@ -68,9 +68,11 @@ def test_webhook_retries_with_backoff_and_keeps_one_key(tmp_path, clock, receive
         platform.jobs.dispatch()  # delivered: never sent again
         assert len(receiver.requests) == 3
         keys = {headers["Idempotency-Key"] for headers, _, _ in receiver.requests}
-        assert keys == {f"order:{order['id']}:placed"}
+        assert keys == {f"shipment:{order['shipment_id']}:placed"}
         _, body, _ = receiver.requests[-1]
-        assert body["event"] == "order.placed"
-        assert body["order"]["order_id"] == order["id"]
-        assert body["order"]["product_sku"] == "INK-BLACK"
-        assert body["order"]["consent_version"] == 1
+        assert body["event"] == "shipment.placed"
+        assert body["shipment"]["shipment_id"] == order["shipment_id"]
+        [line] = body["shipment"]["lines"]
+        assert line["order_id"] == order["id"]
+        assert line["product_sku"] == "INK-BLACK"
+        assert line["consent_version"] == 1

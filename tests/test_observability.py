@@ -118,19 +118,19 @@ def test_database_gauges_follow_an_order_through_the_outbox(platform, api, clock
     clock.advance(timedelta(seconds=30))
     placed = scrape(metrics_url(platform))
     assert value(placed, "replenish_orders", status="placed") == 1
-    assert value(placed, "replenish_outbox_backlog", kind=OutboxKind.ORDER_PLACED.value) == 1
-    assert value(placed, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.ORDER_PLACED.value) == 30
+    assert value(placed, "replenish_outbox_backlog", kind=OutboxKind.SHIPMENT_PLACED.value) == 1
+    assert value(placed, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.SHIPMENT_PLACED.value) == 30
     assert value(placed, "replenish_escalation_timers_pending") == 0
     assert value(placed, "replenish_alerts", status="open") == 0
 
     platform.jobs.dispatch()
     clock.advance(DatabaseCollector.CACHE_FOR)  # the database gauges are read at most every 10 s
     delivered = scrape(metrics_url(platform))
-    assert value(delivered, "replenish_outbox_backlog", kind=OutboxKind.ORDER_PLACED.value) == 0
-    assert value(delivered, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.ORDER_PLACED.value) == 0
+    assert value(delivered, "replenish_outbox_backlog", kind=OutboxKind.SHIPMENT_PLACED.value) == 0
+    assert value(delivered, "replenish_outbox_oldest_pending_seconds", kind=OutboxKind.SHIPMENT_PLACED.value) == 0
     deliveries = "replenish_outbox_deliveries_total"
-    assert value(delivered, deliveries, kind=OutboxKind.ORDER_PLACED.value, outcome="delivered") == 1
-    assert value(delivered, deliveries, kind=OutboxKind.ORDER_PLACED.value, outcome="failed") == 0
+    assert value(delivered, deliveries, kind=OutboxKind.SHIPMENT_PLACED.value, outcome="delivered") == 1
+    assert value(delivered, deliveries, kind=OutboxKind.SHIPMENT_PLACED.value, outcome="failed") == 0
     assert order["status"] == "placed"
 
 
@@ -294,7 +294,7 @@ def test_one_correlation_id_follows_a_message_to_the_order_it_caused(platform, a
     # The rows carry it too, and the order's explanation shows it.
     with Session(platform.engine) as session:
         decision = session.exec(select(Decision)).one()
-        [outbox_row] = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.ORDER_PLACED)).all()
+        [outbox_row] = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.SHIPMENT_PLACED)).all()
     assert decision.correlation_id == outbox_row.correlation_id == correlation_id
     assert api.get(f"/orders/{order['id']}").json()["explanation"]["correlation_id"] == correlation_id
 

@@ -58,10 +58,11 @@ def test_ask_first_waits_for_approval_then_places(platform, api, publisher, cloc
         (None, "awaiting_approval", "automation"),
         ("awaiting_approval", "placed", "customer:ada@example.com"),
     ]
-    assert outbox_keys(platform) == [f"order:{order['id']}:placed"]
+    # The line goes to fulfilment in its shipment's one payload.
+    assert outbox_keys(platform) == [f"shipment:{order['shipment_id']}:placed"]
     # A repeated click is harmless and sends nothing twice.
     assert api.post(f"/orders/{order['id']}/approve").status_code == 200
-    assert outbox_keys(platform) == [f"order:{order['id']}:placed"]
+    assert outbox_keys(platform) == [f"shipment:{order['shipment_id']}:placed"]
 
     # Fulfilment reports progress; a delivered order cannot be cancelled.
     for status in ("confirmed", "shipped", "delivered"):
@@ -98,7 +99,7 @@ def test_cancel_a_placed_order_tells_fulfilment(platform, api, publisher, clock,
     platform.jobs.dispatch()  # black is inside its lead time: no cancel window, fulfilment has it at once
     cancelled = api.post(f"/orders/{order['id']}/cancel", json={"reason": "changed my mind"}).json()
     assert cancelled["status"] == "cancelled"
-    assert outbox_keys(platform) == [f"order:{order['id']}:placed", f"order:{order['id']}:cancelled"]
+    assert outbox_keys(platform) == [f"shipment:{order['shipment_id']}:placed", f"order:{order['id']}:cancelled"]
 
 
 def test_notify_only_records_a_notification_and_no_order(platform, api, publisher, clock, customer):

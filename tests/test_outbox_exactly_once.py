@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, func, select
 
 from replenish.automation.models import Decision
+from replenish.automation.ordering import LinePlan, Offer
 from replenish.config import Settings
 from replenish.constants import ConsentMode, DecisionAction, OutboxKind
 from replenish.db import make_engine, transaction
@@ -106,8 +107,9 @@ class FlakyReceiver:
         self.server.server_close()
 
 
-def queue_orders(database_url: str, count: int) -> list[str]:
-    """Orders placed through the service layer: each order and its outbox message commit in one transaction."""
+def queue_orders(database_url: str, count: int) -> list[tuple[str, str]]:
+    """Orders placed through the service layer, each the one line of its shipment: each order and its shipment's
+    outbox message commit in one transaction. (order id, the hand-off's idempotency key) of each."""
     now = datetime.now(UTC)
     customer_id = register_through_services(database_url, ["printer-1"], mode="auto_order", now=now)
     engine = make_engine(database_url)
@@ -130,17 +132,27 @@ def queue_orders(database_url: str, count: int) -> list[str]:
                     policy={},
                 )
                 session.add(decision)
+                shipment = orders.new_shipment(session=session, customer_id=customer_id, now=now)
                 order = orders.create(
-                    session=session, decision=decision, slot=slot, awaiting_approval=False, now=now, actor="test"
+                    session=session,
+                    decision=decision,
+                    slot=slot,
+                    line=LinePlan(offer=Offer(sku=slot.product_sku), quantity=1, explanation=(), asks=()),
+                    shipment=shipment,
+                    awaiting_approval=False,
+                    now=now,
+                    actor="test",
                 )
-                ids.append(order.id)
+                ids.append((order.id, orders.shipment_key(shipment.id)))
     finally:
         engine.dispose()
     return ids
 
 
 @pytest.fixture
-def receiver_and_orders(tmp_path: Path) -> Iterator[tuple[FlakyReceiver, list[str], dict[str, str]]]:
+def receiver_and_orders(
+    tmp_path: Path,
+) -> Iterator[tuple[FlakyReceiver, list[tuple[str, str]], dict[str, str]]]:
     env = environment(
         tmp_path,
         REPLENISH_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}",  # no broker: no device commands in this test
@@ -151,13 +163,13 @@ def receiver_and_orders(tmp_path: Path) -> Iterator[tuple[FlakyReceiver, list[st
     )
     subprocess.run([REPLENISH, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=60)
     database_url = f"sqlite:///{tmp_path / 'replenish.db'}"
-    order_ids = queue_orders(database_url, ORDERS)
-    plans = {f"order:{order_id}:placed": PLANS[number % 6] for number, order_id in enumerate(order_ids)}
-    receiver = FlakyReceiver(plans, held_key=f"order:{order_ids[HELD]}:placed")
+    queued = queue_orders(database_url, ORDERS)
+    plans = {key: PLANS[number % 6] for number, (_, key) in enumerate(queued)}
+    receiver = FlakyReceiver(plans, held_key=queued[HELD][1])
     env["REPLENISH_ORDER_WEBHOOK_URL"] = receiver.url
     env["REPLENISH_DATABASE_URL"] = database_url
     try:
-        yield receiver, order_ids, env
+        yield receiver, queued, env
     finally:
         receiver.close()
 
@@ -171,7 +183,8 @@ def undelivered(database_url: str) -> int:
 
 @pytest.mark.slow
 def test_every_order_arrives_and_no_key_as_two_orders_through_failures_and_a_kill(tmp_path, receiver_and_orders):
-    receiver, order_ids, env = receiver_and_orders
+    receiver, queued, env = receiver_and_orders
+    order_ids = [order_id for order_id, _ in queued]
     database_url = env["REPLENISH_DATABASE_URL"]
 
     with process(["scheduler"], env, tmp_path / "first.log") as first:
@@ -192,16 +205,17 @@ def test_every_order_arrives_and_no_key_as_two_orders_through_failures_and_a_kil
     bodies_by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     keys_by_order: dict[str, set[str]] = defaultdict(set)
     for key, body in receiver.arrivals:
-        assert body["event"] == OutboxKind.ORDER_PLACED
-        orders_by_key[key].add(body["order"]["order_id"])
+        assert body["event"] == OutboxKind.SHIPMENT_PLACED
+        [line] = body["shipment"]["lines"]
+        orders_by_key[key].add(line["order_id"])
         bodies_by_key[key].append(body)
-        keys_by_order[body["order"]["order_id"]].add(key)
+        keys_by_order[line["order_id"]].add(key)
 
     assert set(keys_by_order) == set(order_ids), "every order arrived"
     assert all(len(ids) == 1 for ids in orders_by_key.values()), "a key arrived as two different orders"
     assert all(all(body == bodies[0] for body in bodies) for bodies in bodies_by_key.values()), "a key changed body"
     assert all(len(keys) == 1 for keys in keys_by_order.values()), "an order arrived under two keys"
-    held = f"order:{order_ids[HELD]}:placed"
+    held = queued[HELD][1]
     assert [key for key, _ in receiver.arrivals].count(held) >= 2, "the held order was delivered again after the kill"
     assert len(receiver.arrivals) > arrived_before_restart
 

@@ -36,7 +36,7 @@ from support.api import (
     set_consent,
 )
 from support.brokers import BROWSER_UNSAFE_PORTS, free_port, port_block
-from support.mqtt import CommandListener, Publisher
+from support.mqtt import CommandListener, Publisher, publish_depletion
 from support.platform import START, make_settings, place_an_order, run_low, running_platform
 from support.servers import Mailbox, WebhookReceiver
 from test_cli import environment, poll, process
@@ -210,7 +210,7 @@ def test_switching_a_slot_to_notify_only_changes_the_next_decision(
     customer_id, _ = run_low(platform, api, mode="ask_first")
     sign_in(page, platform)
     page.get_by_role("link", name="Consent").click()
-    page.get_by_label("Black").select_option("notify_only")
+    page.get_by_label("Black", exact=True).select_option("notify_only")
     page.get_by_role("button", name="Save what Replenish may do").click()
     expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
     newest = page.get_by_role("region", name="Versions").locator("tbody tr").first
@@ -593,10 +593,14 @@ def test_the_demo_in_the_terminal_and_the_browser_then_ctrl_c(
         assert request is not None and "/answer/" in request.group(1)
         milk = next(s for s in api.get("/devices/demo-fridge").json()["slots"] if s["name"] == "milk")
         assert milk["level"] > 0
-        assert len(orders) == 1
-        explained = api.get(f"/orders/{orders[0]['id']}").json()
-        assert explained["status"] == "placed"
-        assert explained["explanation"]["slot_name"] == "black", "black is set up to run out first"
+        explained = (api.get(f"/orders/{order['id']}").json() for order in orders)
+        lines = {line["explanation"]["slot_name"]: line for line in explained}
+        assert lines["black"]["status"] == "placed", "black is set up to run out first"
+        assert "pulled forward" not in lines["black"]["explanation"]["reason"]
+        # Inks due within the pull-forward horizon come in the box of black's (or the milk's), each saying why.
+        for name, line in lines.items():
+            reason = line["explanation"]["reason"]
+            assert name == "black" or (reason.startswith("pulled forward: ") and f"{name} may run out" in reason)
         assert alerts[0]["kind"] == "fall" and alerts[0]["device_id"] == "demo-wearable"
         forecasts = {slot["name"]: slot["forecast"] for slot in api.get("/devices/demo-printer").json()["slots"]}
         assert set(forecasts) == {"black", "cyan", "magenta", "yellow"}
@@ -682,7 +686,7 @@ def test_approving_from_the_e_mail_needs_no_sign_in_and_a_confirmation(
                 platform.jobs.dispatch()
             assert wait_until(lambda: len(partner.requests) == 1)
             time.sleep(0.5)
-            assert [body["event"] for _, body, _ in partner.requests] == ["order.placed"], "fulfilment got it once"
+            assert [body["event"] for _, body, _ in partner.requests] == ["shipment.placed"], "fulfilment got it once"
     finally:
         partner.close()
     console_errors[:] = [
@@ -765,6 +769,59 @@ def test_adding_an_e_mail_channel_on_the_consent_page(
     channels = api.get(f"/customers/{customer_id}/consent").json()["document"]["notification_channels"]
     assert [(c["type"], c["address"]) for c in channels] == [("email", "ada@example.com")]
     expect(page.get_by_role("button", name="Stop telling me by email ada@example.com")).to_have_count(0)
+
+
+def test_a_consolidated_shipment_forms_and_the_customer_takes_one_line_out(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    customer_id = create_customer(api, mode="auto_order")
+    register_device(api, customer_id=customer_id, device_id="printer-1")
+    publisher = Publisher(platform.settings.mqtt_endpoint)
+    try:
+        # After eight days black has four days left (due now, with room for the cancel window); cyan ten.
+        sent = sum(
+            publish_depletion(
+                publisher,
+                device_id="printer-1",
+                slot=slot,
+                start=START,
+                start_level=level,
+                rate_per_day=0.05,
+                days=8,
+                first_seq=1 + 1000 * number,
+            )
+            for number, (slot, level) in enumerate((("black", 0.6), ("cyan", 0.9)))
+        )
+    finally:
+        publisher.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=20)
+    clock.set(START + timedelta(days=8))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    [shipment] = api.get("/shipments").json()
+    assert sorted(line["slot_name"] for line in shipment["lines"]) == ["black", "cyan"]
+
+    sign_in(page, platform)
+    page.get_by_role("link", name="Orders").click()
+    shipments = page.get_by_role("region", name="Shipments")
+    expect(shipments).to_contain_text("black, cyan")
+    shipments.get_by_role("link").first.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Shipment of")
+    cyan = page.get_by_role("listitem", name="printer printer-1 cyan")
+    expect(cyan.locator(".why")).to_contain_text("pulled forward: cyan may run out by")
+    expect(cyan.locator(".why")).to_contain_text("days after black")
+    expect(page.locator("p.status")).to_contain_text("2 lines in one box")
+    expect(page.locator("p.status")).to_contain_text("It goes to the supplier at")
+    cyan.get_by_role("button", name="Take printer printer-1 cyan out of this shipment").click()
+    cyan = page.get_by_role("listitem", name="printer printer-1 cyan")
+    expect(cyan).to_contain_text("cancelled")
+    expect(cyan.get_by_role("button")).to_have_count(0)
+    black = page.get_by_role("listitem", name="printer printer-1 black")
+    expect(black.get_by_role("button", name="Take printer printer-1 black out of this shipment")).to_be_visible()
+    with Session(platform.engine) as session:
+        [hand_off] = session.exec(select(OutboxMessage).where(OutboxMessage.kind == OutboxKind.SHIPMENT_PLACED)).all()
+    black_line = next(line for line in shipment["lines"] if line["slot_name"] == "black")
+    assert [line["order_id"] for line in hand_off.payload["lines"]] == [black_line["order"]["id"]]
 
 
 def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(

@@ -197,6 +197,8 @@ class TargetKind(StrEnum):
 
 
 class OutboxKind(StrEnum):
+    # The lines of a shipment placed together, in one payload (an order from before shipments: order.placed).
+    SHIPMENT_PLACED = "shipment.placed"
     ORDER_PLACED = "order.placed"
     ORDER_CANCELLED = "order.cancelled"
     ORDER_HELD = "order.held"

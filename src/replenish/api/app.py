@@ -32,7 +32,7 @@ from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK
 from replenish.notifications.router import push_router
 from replenish.notifications.router import router as notifications_router
-from replenish.orders.router import fulfilment_router, slot_orders_router
+from replenish.orders.router import fulfilment_router, shipments_router, slot_orders_router
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
 from replenish.web import router as web
@@ -125,6 +125,7 @@ def application() -> FastAPI:
         consent_router,
         devices_router,
         orders_router,
+        shipments_router,
         slot_orders_router,
         alerts_router,
         alarms_router,

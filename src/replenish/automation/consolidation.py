@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from replenish.automation.engine import SlotMemory, order_on_its_way
 from replenish.automation.policy import ReorderPolicy, must_reorder
 from replenish.forecasting import Forecast
+from replenish.forecasting.model import REFILL_MIN_RISE
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,19 @@ def joins(
     policy: ReorderPolicy,
     pull_forward_days: float,
     now: datetime,
+    newest: tuple[float, datetime] | None = None,
 ) -> bool:
     """Whether the slot joins a shipment ordered ``now``: it may run out within its order horizon plus
     ``pull_forward_days``, on recent readings, and nothing holds it back (decided this cycle, an order on its way).
+    ``newest``: its newest reading (a fraction of capacity, and when), which its forecast may not have seen yet;
+    one since the forecast that rose as a refill does is a new cycle to forecast first, not one to order for.
     """
     if forecast is None or memory.cycle_started_at is None:
         return False
+    if newest is not None and forecast.level_now is not None and forecast.evidence_to is not None:
+        level, at = newest
+        if at > forecast.evidence_to and level >= forecast.level_now + REFILL_MIN_RISE:
+            return False
     if memory.decided_cycle_started_at is not None and memory.decided_cycle_started_at >= memory.cycle_started_at:
         return False
     if order_on_its_way(forecast, memory=memory, policy=policy, now=now):

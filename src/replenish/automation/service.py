@@ -38,10 +38,11 @@ from sqlmodel import Session, col, select
 
 from replenish.answers import service as answers
 from replenish.audit import service as audit
+from replenish.automation.consolidation import joins, pulled_forward
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan, Offer, Sizing, plan_line
-from replenish.automation.policy import ReorderPolicy, Verdict, within_limits
+from replenish.automation.policy import ReorderPolicy, Verdict, decide, within_limits
 from replenish.catalogue import service as catalogue
 from replenish.columns import UTCDateTime, table_of
 from replenish.consent import service as consent
@@ -65,7 +66,7 @@ from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
 from replenish.orders import service as orders
-from replenish.orders.models import Order
+from replenish.orders.models import Order, Shipment
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,14 @@ class EvaluationContext:
     # Per customer: what their orders cost this calendar month, read when a cap first weighs an order of theirs,
     # plus what this transaction has placed since (placed): one query per customer, not one per decision.
     spent: dict[str, Decimal] = field(default_factory=dict)
+    # The slots evaluated in this transaction: their new forecast and cycle start (stored when it ends), which a
+    # shipment judges them by rather than the stored ones.
+    fresh: dict[str, tuple[Forecast, datetime | None]] = field(default_factory=dict)
+
+    def decided_already(self, *, slot_id: str, cycle_started_at: datetime | None) -> bool:
+        """Whether the slot's cycle has a decision: from before, or made in this transaction (a line it joined)."""
+        decided = self.decided.get(slot_id)
+        return decided is not None and cycle_started_at is not None and decided >= cycle_started_at
 
     def spent_this_month(self, *, session: Session, customer_id: str, now: datetime) -> Decimal:
         if customer_id not in self.spent:
@@ -486,11 +495,16 @@ def act_on(
     evaluated: Evaluated,
     context: EvaluationContext,
     trigger: str | None,
-) -> Decision:
-    """Act on a slot's verdict (forecast_slot), within the consent's limits: the decision and what it brings.
+) -> list[Decision]:
+    """Act on a slot's verdict (forecast_slot), within the consent's limits: the decision and what it brings. An
+    order becomes a shipment, which the customer's other slots due within their pull-forward horizon join (each a
+    line with its own decision, after the slot's in the list). Empty when the slot already joined a shipment in this
+    transaction.
     ``trigger``: the correlation id of the message behind the newest reading the forecast used (trigger_messages),
     which the decision, its order or notification, their outbox messages and log lines all carry."""
     assert evaluated.verdict is not None and evaluated.cycle_started_at is not None
+    if context.decided_already(slot_id=slot.id, cycle_started_at=evaluated.cycle_started_at):
+        return []
     version, document = context.consents[device.customer_id]
     verdict = evaluated.verdict
     line = None
@@ -506,8 +520,9 @@ def act_on(
         )
         if verdict.action == DecisionAction.PLACE_ORDER:
             context.placed(customer_id=device.customer_id, total_price=line.total_price)
+    shipment = None if line is None else orders.new_shipment(session=session, customer_id=device.customer_id, now=now)
     with correlation.bound(trigger):
-        return _act(
+        decision = _act(
             session=session,
             slot=slot,
             device=device,
@@ -521,7 +536,160 @@ def act_on(
             now=now,
             correlation_id=trigger,
             line=line,
+            shipment=shipment,
         )
+        context.decided[slot.id] = evaluated.cycle_started_at
+        if shipment is None:
+            return [decision]
+        return [
+            decision,
+            *_pull_forward(
+                session=session,
+                shipment=shipment,
+                ordering=(slot, device, evaluated.forecast),
+                margin_days=evaluated.policy.margin_days,
+                context=context,
+                now=now,
+                trigger=trigger,
+            ),
+        ]
+
+
+def _pull_forward(
+    *,
+    session: Session,
+    shipment: Shipment,
+    ordering: tuple[Slot, Device, Forecast],
+    margin_days: float,
+    context: EvaluationContext,
+    now: datetime,
+    trigger: str | None,
+) -> list[Decision]:
+    """The customer's other slots that would order within their pull-forward horizon join ``shipment``
+    (automation.consolidation.joins), each a line with its own decision, consent mode and limits, and the reason
+    it came sooner. Slots whose consent orders nothing by itself (notify_only, off) or that are paused never join.
+    They are judged by their forecast of this transaction, else their stored one."""
+    ordering_slot, ordering_device, ordering_forecast = ordering
+    customer_id = ordering_device.customer_id
+    version, document = context.consents[customer_id]
+    candidates = session.exec(
+        select(Slot, Device)
+        .join(Device, col(Device.id) == col(Slot.device_id))
+        .where(col(Device.customer_id) == customer_id, col(Slot.id) != ordering_slot.id)
+        .order_by(col(Slot.id))
+    ).all()
+    if not candidates:
+        return []
+    ids = [slot.id for slot, _ in candidates]
+    stored = {row.slot_id: row for row in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(ids)))}
+    decided = _latest_decision_keys(session=session, slot_ids=ids) | {
+        slot_id: key for slot_id, key in context.decided.items() if slot_id in set(ids)
+    }
+    open_orders = {
+        order.slot_id: order
+        for order in session.exec(
+            select(Order)
+            .where(col(Order.slot_id).in_(ids), col(Order.status).in_(OPEN_ORDER_STATUSES))
+            .order_by(col(Order.created_at))
+        )
+    }
+    ordering_name = _slot_label(ordering_slot, ordering_device, beside=ordering_device)
+    joining: list[tuple[Slot, Device, ConsentMode, DecisionAction, Forecast, datetime, ReorderPolicy]] = []
+    for slot, device in candidates:
+        mode = document.mode_for(device_id=device.id, slot_name=slot.name)
+        action = {
+            ConsentMode.AUTO_ORDER: DecisionAction.PLACE_ORDER,
+            ConsentMode.ASK_FIRST: DecisionAction.REQUEST_APPROVAL,
+        }.get(mode)
+        if action is None or any(
+            start <= now < end for start, end in document.pauses_for(device_id=device.id, slot_name=slot.name)
+        ):
+            continue
+        forecast: Forecast | None
+        if slot.id in context.fresh:
+            forecast, cycle = context.fresh[slot.id]
+        else:
+            kept = stored.get(slot.id)
+            forecast = Forecast.from_json(kept.forecast) if kept is not None else None
+            cycle = slot.cycle_started_at
+        if forecast is None or cycle is None:
+            continue
+        open_order = open_orders.get(slot.id)
+        policy = ReorderPolicy(
+            lead_time_days=slot.lead_time_days, margin_days=margin_days, service_level=slot.service_level
+        )
+        memory = SlotMemory(
+            cycle_started_at=cycle,
+            decided_cycle_started_at=decided.get(slot.id),
+            open_order_placed_at=open_order.created_at if open_order is not None else None,
+        )
+        newest = (slot.level / slot.capacity, slot.level_at) if slot.level is not None and slot.level_at else None
+        if not joins(
+            forecast,
+            memory=memory,
+            policy=policy,
+            pull_forward_days=document.pull_forward_days,
+            now=now,
+            newest=newest,
+        ):
+            continue
+        joining.append((slot, device, mode, action, forecast, cycle, policy))
+    if not joining:
+        return []
+    decisions = []
+    # Each line carries the message behind its own newest reading, as a decision of its own would.
+    triggers = trigger_messages(session=session, slot_ids=[slot.id for slot, *_ in joining], now=now)
+    for slot, device, mode, action, forecast, cycle, policy in joining:
+        due = decide(
+            forecast, mode=mode, policy=policy, already_decided_this_cycle=False, order_in_transit=False, now=now
+        )
+        if due is not None:  # it would have ordered now by itself: only the box is shared
+            reason = f"{due.reason}; in the same shipment as {ordering_name}"
+        else:
+            why = pulled_forward(
+                forecast=forecast,
+                name=_slot_label(slot, device, beside=ordering_device),
+                ordering=ordering_forecast,
+                ordering_name=ordering_name,
+            )
+            reason = f"{why.reason}; consent mode {mode}"
+        line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast)
+        verdict = within_limits(
+            explained(Verdict(action=action, reason=reason), line),
+            limits=document.limits_for(device_id=device.id, slot_name=slot.name),
+            quantity=line.quantity,
+            total_price=line.total_price,
+            spent_this_month=lambda: context.spent_this_month(session=session, customer_id=customer_id, now=now),
+            asks=line.asks,
+        )
+        if verdict.action == DecisionAction.PLACE_ORDER:
+            context.placed(customer_id=customer_id, total_price=line.total_price)
+        decision = _act(
+            session=session,
+            slot=slot,
+            device=device,
+            cycle_started_at=cycle,
+            forecast=forecast,
+            verdict=verdict,
+            mode=mode,
+            consent_version=version,
+            consent_document=document,
+            policy=policy,
+            now=now,
+            correlation_id=triggers.get(slot.id, trigger),
+            line=line,
+            shipment=shipment,
+        )
+        # Its own verdict in this transaction, if it has one, is not acted on (decided_already); its next
+        # evaluation reads the decision.
+        context.decided[slot.id] = cycle
+        decisions.append(decision)
+    return decisions
+
+
+def _slot_label(slot: Slot, device: Device, *, beside: Device) -> str:
+    """A slot's name as the customer reads it next to ``beside``'s: its device's name too when that differs."""
+    return slot.name if device.id == beside.id else f"{device.name} {slot.name}"
 
 
 def line_for(
@@ -752,6 +920,7 @@ def _act(
     actor: str = ACTOR,
     line: LinePlan | None = None,
     requested_by: str | None = None,
+    shipment: Shipment | None = None,
 ) -> Decision:
     decision = Decision(
         slot_id=slot.id,
@@ -805,6 +974,7 @@ def _act(
             session=session,
             decision=decision,
             slot=slot,
+            shipment=shipment or orders.new_shipment(session=session, customer_id=device.customer_id, now=now),
             awaiting_approval=True,
             now=now,
             actor=actor,
@@ -827,6 +997,7 @@ def _act(
             session=session,
             decision=decision,
             slot=slot,
+            shipment=shipment or orders.new_shipment(session=session, customer_id=device.customer_id, now=now),
             awaiting_approval=False,
             now=now,
             actor=actor,
@@ -1099,12 +1270,13 @@ def _evaluate_in_one_transaction(
                 next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
                 forecasts[slot.id] = evaluated.forecast
                 cycle_starts[slot.id] = evaluated.cycle_started_at
+                context.fresh[slot.id] = (evaluated.forecast, evaluated.cycle_started_at)
                 outcome.done.append(waiting.pop(slot.id))
                 if evaluated.verdict is not None:
                     verdicts.append((slot, device, evaluated))
             triggers = trigger_messages(session=session, slot_ids=[slot.id for slot, _, _ in verdicts], now=now)
             for slot, device, evaluated in verdicts:
-                decision = act_on(
+                decisions = act_on(
                     session=session,
                     slot=slot,
                     device=device,
@@ -1113,7 +1285,7 @@ def _evaluate_in_one_transaction(
                     context=context,
                     trigger=triggers.get(slot.id),
                 )
-                outcome.decisions.append(decision.id)
+                outcome.decisions.extend(decision.id for decision in decisions)
         store_forecasts(session=session, forecasts=forecasts, now=now)
         store_windows(
             session=session,

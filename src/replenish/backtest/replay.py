@@ -249,6 +249,7 @@ class _Replay:
                 policy=self.policy,
                 pull_forward_days=self.pull_forward_days,
                 now=now,
+                newest=(state.newest, _utc(float(state.times[state.count - 1]))),
             ):
                 self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
                 state.memory = SlotMemory(memory.cycle_started_at, memory.cycle_started_at, now)

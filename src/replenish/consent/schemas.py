@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from replenish.constants import ConsentMode, NoAnswer
+from replenish.constants import DEFAULT_PULL_FORWARD_DAYS, ConsentMode, NoAnswer
 
 DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
 DEFAULT_ESCALATION_TIMEOUT_SECONDS = 120
@@ -184,6 +184,15 @@ class ConsentDocument(BaseModel):
         "cost, in the currency of its prices. A dearer one (a price rise, a substitute, a bigger order) waits for "
         "approval instead, and says why.",
         examples=[{"printer-1/black": "40.00"}],
+    )
+    pull_forward_days: float = Field(
+        DEFAULT_PULL_FORWARD_DAYS,
+        ge=0,
+        le=60,
+        description="One box instead of several parcels: when a slot orders, the customer's other slots that would "
+        "order by themselves within this many days join its shipment (each a line of its own, under its own mode "
+        "and limits, explained: 'pulled forward: cyan may run out ... 6 days after black'). 0: only those due now. "
+        "The default is the horizon measured best on the bench traces (bench/README.md, 'Shipments').",
     )
     pause_windows: list[PauseWindow] = Field(default_factory=list, max_length=50)
     timezone: str = Field("UTC", description="IANA time zone of pause dates and calendar months.")

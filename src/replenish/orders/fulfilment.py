@@ -17,15 +17,24 @@ log = logging.getLogger(__name__)
 
 
 class FulfilmentSink(Protocol):
-    def send(self, *, event: str, idempotency_key: str, order: dict[str, Any]) -> None:
-        """Hand the order event over, or raise so that the dispatcher retries later."""
+    def send(self, *, event: str, idempotency_key: str, body: dict[str, Any]) -> None:
+        """Hand the event over (``body``: {"shipment": ...} or {"order": ...}), or raise so that the dispatcher
+        retries later."""
         ...
 
 
 class LoggingSink:
     """The default: the order is recorded in the database and logged for an operator to fulfil."""
 
-    def send(self, *, event: str, idempotency_key: str, order: dict[str, Any]) -> None:
+    def send(self, *, event: str, idempotency_key: str, body: dict[str, Any]) -> None:
+        if "shipment" in body:
+            shipment = body["shipment"]
+            lines = ", ".join(
+                f"{line['quantity']} x {line['product_sku']} (order {line['order_id']})" for line in shipment["lines"]
+            )
+            log.info("fulfilment %s: shipment %s: %s", event, shipment["shipment_id"], lines)
+            return
+        order = body["order"]
         log.info("fulfilment %s: order %s, %s x %s", event, order["order_id"], order["quantity"], order["product_sku"])
 
 
@@ -36,10 +45,10 @@ class WebhookSink:
         self._url = url
         self._client = client or httpx.Client(timeout=timeout, verify=client_tls())
 
-    def send(self, *, event: str, idempotency_key: str, order: dict[str, Any]) -> None:
+    def send(self, *, event: str, idempotency_key: str, body: dict[str, Any]) -> None:
         response = self._client.post(
             self._url,
-            json={"event": event, "order": order},
+            json={"event": event, **body},
             headers={"Idempotency-Key": idempotency_key},
         )
         response.raise_for_status()
@@ -60,13 +69,20 @@ class FulfilmentHandler:
         self._sink = sink
 
     def deliver(self, message: OutboxMessage) -> None:
-        self._sink.send(event=message.kind, idempotency_key=message.idempotency_key, order=message.payload)
+        subject = "shipment" if message.kind == OutboxKind.SHIPMENT_PLACED else "order"
+        self._sink.send(event=message.kind, idempotency_key=message.idempotency_key, body={subject: message.payload})
 
     def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:
         pass  # the order's own history records what fulfilment answers (webhooks), not the hand-over
 
 
-ORDER_EVENTS = (OutboxKind.ORDER_PLACED, OutboxKind.ORDER_CANCELLED, OutboxKind.ORDER_HELD, OutboxKind.ORDER_RELEASED)
+ORDER_EVENTS = (
+    OutboxKind.SHIPMENT_PLACED,
+    OutboxKind.ORDER_PLACED,
+    OutboxKind.ORDER_CANCELLED,
+    OutboxKind.ORDER_HELD,
+    OutboxKind.ORDER_RELEASED,
+)
 
 
 def fulfilment_handlers(sink: FulfilmentSink) -> dict[OutboxKind, FulfilmentHandler]:

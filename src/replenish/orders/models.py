@@ -12,12 +12,27 @@ if TYPE_CHECKING:
     from replenish.automation.models import Decision
 
 
+class Shipment(SQLModel, table=True):
+    """One box: the order lines that go to fulfilment together, in one payload (orders.service). A line is an
+    Order, with its own decision, consent version, explanation and status: it can be declined or cancelled alone."""
+
+    __tablename__ = "shipments"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class Order(SQLModel, table=True):
+    """An order line: one slot's product, quantity and price, in a shipment."""
+
     __tablename__ = "orders"
 
     id: str = Field(default_factory=new_id, primary_key=True)
     decision_id: str = Field(foreign_key="decisions.id", unique=True)
     customer_id: str = Field(foreign_key="customers.id", index=True)
+    # None for an order from before shipments: it went to fulfilment alone, as order.placed.
+    shipment_id: str | None = Field(default=None, foreign_key="shipments.id", index=True)
     device_id: str = Field(foreign_key="devices.id", index=True)
     slot_id: str = Field(foreign_key="slots.id", index=True)
     product_sku: str
@@ -48,6 +63,7 @@ class Order(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     nudged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     decision: Decision | None = written_after("Decision")
+    shipment: Shipment | None = written_after("Shipment")
 
 
 class OrderEvent(SQLModel, table=True):

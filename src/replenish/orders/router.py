@@ -30,6 +30,8 @@ from replenish.orders.schemas import (
     OrderNowRequest,
     OrderRead,
     PartnerEvent,
+    RemoveLine,
+    ShipmentRead,
 )
 from replenish.orders.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
@@ -40,6 +42,7 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 fulfilment_router = APIRouter(prefix="/fulfilment", tags=["orders"])
 # Ordering a slot now lives with the slot it orders for.
 slot_orders_router = APIRouter(prefix="/devices", tags=["orders"])
+shipments_router = APIRouter(prefix="/shipments", tags=["orders"])
 
 
 def _detail(session: Session, order: Order) -> OrderDetail:
@@ -254,3 +257,54 @@ def order_now(
         if not outcome.created:
             response.status_code = status.HTTP_200_OK
         return _detail(session, outcome.order)
+
+
+@shipments_router.get("", response_model=list[ShipmentRead], summary="List shipments with their lines, newest first")
+def list_shipments(
+    session: ReadSession,
+    principal: CurrentPrincipal,
+    customer_id: str | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[ShipmentRead]:
+    """A shipment is one box: the order lines that go to fulfilment together, each with why it is in it."""
+    found = service.list_shipments(
+        session=session, customer_id=principal.scope(customer_id), limit=limit, offset=offset
+    )
+    return [service.view_shipment(session=session, shipment=shipment) for shipment in found]
+
+
+@shipments_router.get("/{shipment_id}", response_model=ShipmentRead, summary="A shipment and its lines")
+def get_shipment(shipment_id: str, session: ReadSession, principal: CurrentPrincipal) -> ShipmentRead:
+    shipment = service.get_shipment(session=session, shipment_id=shipment_id, customer_id=principal.visible_customer)
+    return service.view_shipment(session=session, shipment=shipment)
+
+
+@shipments_router.post(
+    "/{shipment_id}/lines/{order_id}/remove",
+    response_model=ShipmentRead,
+    summary="Take one line out of a shipment",
+)
+def remove_line(
+    shipment_id: str,
+    order_id: str,
+    principal: CurrentPrincipal,
+    engine: EngineDep,
+    clock: ClockDep,
+    body: RemoveLine | None = None,
+) -> ShipmentRead:
+    """The line is declined (awaiting approval) or cancelled (placed: withdrawn before it reaches fulfilment, or
+    fulfilment is told); the other lines go on. Removing it twice is harmless; a line already shipped answers 409."""
+    with transaction(engine) as session:
+        shipment = service.get_shipment(
+            session=session, shipment_id=shipment_id, customer_id=principal.visible_customer
+        )
+        service.remove_line(
+            session=session,
+            shipment_id=shipment.id,
+            order_id=order_id,
+            actor=principal.actor,
+            now=clock.now(),
+            reason=body.reason if body else None,
+        )
+        return service.view_shipment(session=session, shipment=shipment)

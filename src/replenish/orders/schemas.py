@@ -16,6 +16,11 @@ class OrderRead(BaseModel):
     customer_id: str
     device_id: str
     slot_id: str
+    shipment_id: str | None = Field(
+        None,
+        description="The shipment it is a line of (GET /shipments/{id}): the lines that go to fulfilment together. "
+        "Null for an order from before shipments.",
+    )
     product_sku: str
     product_version_id: str | None = Field(
         None,
@@ -51,6 +56,46 @@ class OrderRead(BaseModel):
     nudged_at: datetime | None = Field(
         None, description="When the customer was told it arrived but the slot still showed no refill."
     )
+
+
+class ShipmentLine(BaseModel):
+    """One line of a shipment: its order, what it is for, and why it is in this shipment."""
+
+    order: OrderRead
+    device_id: str
+    device_name: str
+    slot_name: str
+    product_name: str | None = Field(
+        description="The catalogue's name of the product, as decided; null for a free SKU."
+    )
+    reason: str = Field(
+        description="Why the line is here: the decision's reason ('pulled forward: cyan may run out by ..., 6 days "
+        "after black; it comes in the same shipment', or the forecast that made it due)."
+    )
+    removable: bool = Field(description="Whether the customer can still take it out (decline or cancel).")
+
+
+class ShipmentRead(BaseModel):
+    """One box: order lines that go to fulfilment together."""
+
+    id: str
+    customer_id: str
+    created_at: datetime
+    hand_off_at: datetime | None = Field(
+        description="When its placed lines go (or went) to fulfilment, in one payload; null while none is placed."
+    )
+    total_price: Decimal | None = Field(
+        description="What its lines still in it cost (not the declined or cancelled ones); null when a price is "
+        "unknown."
+    )
+    currency: str | None = Field(description="The catalogue currency of its lines, when they name one.")
+    lines: list[ShipmentLine]
+
+
+class RemoveLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500, description="Why, kept in the line's history.")
 
 
 class OrderEventRead(BaseModel):

@@ -11,15 +11,18 @@ from sqlmodel import Session, col, func, select
 from replenish.audit import service as audit
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan
+from replenish.catalogue.models import ProductVersion
 from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
 from replenish.customers.locks import lock_customer
 from replenish.db import get_or_raise
 from replenish.devices import service as devices
-from replenish.devices.models import Slot
+from replenish.devices.models import Device, Slot
 from replenish.errors import Conflict, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
-from replenish.orders.models import Order, OrderEvent
+from replenish.orders.models import Order, OrderEvent, Shipment
+from replenish.orders.schemas import OrderRead, ShipmentLine, ShipmentRead
 from replenish.outbox import service as outbox
+from replenish.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +50,20 @@ def create(
     decision: Decision,
     slot: Slot,
     line: LinePlan,
+    shipment: Shipment,
     awaiting_approval: bool,
     now: datetime,
     actor: str,
     hand_off_at: datetime | None = None,
 ) -> Order:
-    """A new order for the decision, of what ``line`` says (product, catalogue version, packs, price). A placed one
-    goes to fulfilment at ``hand_off_at`` (default: now); until then a cancel withdraws it and fulfilment never
-    hears of it."""
+    """A new order line for the decision, of what ``line`` says (product, catalogue version, packs, price), in
+    ``shipment`` (new_shipment). A placed one goes to fulfilment with the shipment's other placed lines: at the
+    shipment's hand-off when it has one waiting, else at ``hand_off_at`` (its cancel window; default now). Until
+    then a cancel withdraws the line and fulfilment never hears of it."""
     order = Order(
         decision_id=decision.id,
         customer_id=decision.customer_id,
+        shipment_id=shipment.id,
         device_id=decision.device_id,
         slot_id=slot.id,
         product_sku=line.offer.sku,
@@ -70,12 +76,11 @@ def create(
         created_at=now,
         updated_at=now,
         placed_at=None if awaiting_approval else now,
-        hand_off_at=None if awaiting_approval else max(hand_off_at or now, now),
     )
     session.add(order)  # rows that refer to it follow it in the same flush (columns.written_after)
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
-        _send_to_fulfilment(session=session, order=order, now=now)
+        _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=hand_off_at or now)
     log.info(
         "order %s %s: %d x %s for %s (decision %s)",
         order.id,
@@ -86,6 +91,110 @@ def create(
         decision.id,
     )
     return order
+
+
+def new_shipment(*, session: Session, customer_id: str, now: datetime) -> Shipment:
+    """A new shipment for the customer's order lines decided now."""
+    shipment = Shipment(customer_id=customer_id, created_at=now)
+    session.add(shipment)
+    return shipment
+
+
+def shipment_lines(*, session: Session, shipment_id: str) -> list[Order]:
+    query = select(Order).where(Order.shipment_id == shipment_id).order_by(col(Order.created_at), col(Order.id))
+    return list(session.exec(query))
+
+
+def get_shipment(*, session: Session, shipment_id: str, customer_id: str | None = None) -> Shipment:
+    """The shipment; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
+    return get_or_raise(session, Shipment, shipment_id, entity="shipment", customer_id=customer_id)
+
+
+def list_shipments(
+    *, session: Session, customer_id: str | None = None, limit: int = 100, offset: int = 0
+) -> list[Shipment]:
+    query = select(Shipment)
+    if customer_id:
+        query = query.where(Shipment.customer_id == customer_id)
+    return list(
+        session.exec(query.order_by(col(Shipment.created_at).desc(), col(Shipment.id)).offset(offset).limit(limit))
+    )
+
+
+REMOVABLE = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.HELD)
+_GONE = (OrderStatus.DECLINED, OrderStatus.CANCELLED)
+
+
+def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
+    """The shipment with its lines: each line's slot, product, price and why it is in it."""
+    lines = shipment_lines(session=session, shipment_id=shipment.id)
+    reasons = dict(
+        session.exec(
+            select(Decision.id, Decision.reason).where(col(Decision.id).in_([line.decision_id for line in lines]))
+        ).all()
+    )
+    slots = {
+        slot.id: (slot, device)
+        for slot, device in session.exec(
+            select(Slot, Device)
+            .join(Device, col(Device.id) == col(Slot.device_id))
+            .where(col(Slot.id).in_([line.slot_id for line in lines]))
+        )
+    }
+    versions = {
+        version.id: version
+        for version in session.exec(
+            select(ProductVersion).where(col(ProductVersion.id).in_([line.product_version_id for line in lines]))
+        )
+    }
+    kept = [line for line in lines if line.status not in _GONE]
+    prices = [line.total_price for line in kept if line.total_price is not None]
+    currencies = {versions[line.product_version_id].currency for line in kept if line.product_version_id in versions}
+    hand_offs = [line.hand_off_at for line in kept if line.hand_off_at is not None]
+    return ShipmentRead(
+        id=shipment.id,
+        customer_id=shipment.customer_id,
+        created_at=shipment.created_at,
+        hand_off_at=min(hand_offs, default=None),
+        total_price=sum(prices, Decimal(0)) if len(prices) == len(kept) else None,
+        currency=currencies.pop() if len(currencies) == 1 else None,
+        lines=[
+            ShipmentLine(
+                order=OrderRead.model_validate(line),
+                device_id=line.device_id,
+                device_name=slots[line.slot_id][1].name if line.slot_id in slots else line.device_id,
+                slot_name=slots[line.slot_id][0].name if line.slot_id in slots else "",
+                product_name=versions[line.product_version_id].name if line.product_version_id in versions else None,
+                reason=reasons.get(line.decision_id, ""),
+                removable=line.status in REMOVABLE,
+            )
+            for line in sorted(
+                lines,
+                key=lambda line: (
+                    line.created_at,
+                    line.device_id,
+                    slots[line.slot_id][0].name if line.slot_id in slots else "",
+                ),
+            )
+        ],
+    )
+
+
+def remove_line(
+    *, session: Session, shipment_id: str, order_id: str, actor: str, now: datetime, reason: str | None
+) -> Order:
+    """Take one line out of its shipment: declined while it awaits approval, cancelled once placed (fulfilment is
+    told if it has it). The shipment's other lines go on."""
+    order = session.get(Order, order_id)
+    if order is None or order.shipment_id != shipment_id:
+        raise NotFound("line", order_id)
+    status = OrderStatus(order.status)
+    if status in _GONE:
+        return order  # removing it again is harmless
+    to = OrderStatus.DECLINED if status == OrderStatus.AWAITING_APPROVAL else OrderStatus.CANCELLED
+    return transition(
+        session=session, order_id=order_id, to=to, actor=actor, now=now, reason=reason or "removed from the shipment"
+    )
 
 
 def order_for_decision(*, session: Session, decision_id: str) -> Order | None:
@@ -188,15 +297,14 @@ def transition(
     _record(session=session, order=order, from_status=current, actor=actor, now=now, reason=reason)
     if current == OrderStatus.HELD and to in (OrderStatus.PLACED, OrderStatus.CONFIRMED):
         # Spending counts from when it was first placed.
-        if outbox.exists(session=session, idempotency_key=_placed_key(order)):
+        if _reached_fulfilment(session=session, order=order):
             _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_RELEASED, reason=reason, now=now)
         else:  # held inside its cancel window: fulfilment never had it, and gets it now
-            order.hand_off_at = now
-            _send_to_fulfilment(session=session, order=order, now=now)
+            _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=now)
     elif to == OrderStatus.PLACED:
         order.placed_at = now
-        order.hand_off_at = now  # the customer said yes just now: no cancel window
-        _send_to_fulfilment(session=session, order=order, now=now)
+        # The customer said yes just now: no cancel window of its own (it goes with its shipment's other lines).
+        _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=now)
     elif to == OrderStatus.HELD:
         if not _withdraw_from_fulfilment(session=session, order=order, actor=actor, now=now):
             _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_HELD, reason=reason, now=now)
@@ -205,12 +313,12 @@ def transition(
         and current != OrderStatus.AWAITING_APPROVAL
         # Inside the cancel window the hand-off is simply taken back; a fulfilment that has it is told.
         and not _withdraw_from_fulfilment(session=session, order=order, actor=actor, now=now)
-        and outbox.exists(session=session, idempotency_key=_placed_key(order))
+        and _reached_fulfilment(session=session, order=order)
     ):
         outbox.enqueue(
             session=session,
             kind=OutboxKind.ORDER_CANCELLED,
-            stream=f"order:{order.id}",
+            stream=_stream(order),
             idempotency_key=f"order:{order.id}:cancelled",
             payload={**fulfilment_payload(order), "reason": reason},
             now=now,
@@ -218,17 +326,89 @@ def transition(
     return order
 
 
+def _stream(order: Order) -> str:
+    """Fulfilment hears of a line in order: its cancel, hold or release never overtakes its shipment's hand-off."""
+    return f"shipment:{order.shipment_id}" if order.shipment_id is not None else f"order:{order.id}"
+
+
 def _placed_key(order: Order) -> str:
+    """The hand-off of an order from before shipments, which went to fulfilment alone."""
     return f"order:{order.id}:placed"
 
 
+def shipment_key(shipment_id: str) -> str:
+    """The outbox key of a shipment's hand-off: one payload with its placed lines."""
+    return f"shipment:{shipment_id}:placed"
+
+
+def _hand_off_message(*, session: Session, key: str) -> OutboxMessage | None:
+    """The hand-off message under ``key``: written in this transaction (not yet flushed), or stored."""
+    for pending in session.new:
+        if isinstance(pending, OutboxMessage) and pending.idempotency_key == key:
+            return pending
+    return session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == key)).first()
+
+
+def _line_ids(message: OutboxMessage) -> list[str]:
+    return [line["order_id"] for line in message.payload["lines"]]
+
+
+def _reached_fulfilment(*, session: Session, order: Order) -> bool:
+    """Whether fulfilment has (or may have) the line: it is in a hand-off no longer withdrawable. A line is taken
+    out of a hand-off still waiting (_withdraw_from_fulfilment), so a line still in one after that went out."""
+    if order.shipment_id is None:
+        return outbox.exists(session=session, idempotency_key=_placed_key(order))
+    message = _hand_off_message(session=session, key=shipment_key(order.shipment_id))
+    return message is not None and order.id in _line_ids(message)
+
+
+def _rewrite(*, session: Session, message: OutboxMessage, lines: list[Order], now: datetime) -> bool:
+    """Replace a hand-off that has not gone yet with one of ``lines`` (none: no hand-off), at the same moment.
+    False when it has gone (a dispatcher claimed it): fulfilment has the lines it had."""
+    if message in session.new:
+        if lines:
+            message.payload = _shipment_payload(message.payload["shipment_id"], message.payload["customer_id"], lines)
+        else:
+            session.expunge(message)
+        return True
+    if not outbox.withdraw(session=session, idempotency_key=message.idempotency_key):
+        return False
+    if lines:
+        # The same key: the deleted row goes out before this one in the same flush.
+        session.flush()
+        _enqueue_shipment(
+            session=session,
+            shipment_id=message.payload["shipment_id"],
+            customer_id=message.payload["customer_id"],
+            lines=lines,
+            now=now,
+            at=message.available_at,
+        )
+    return True
+
+
 def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now: datetime) -> bool:
-    """Inside its cancel window an order has not left yet: take its hand-off back, so fulfilment never hears of
-    it. False once fulfilment has it (or is being handed it this moment): then fulfilment is told."""
-    if not outbox.withdraw(session=session, idempotency_key=_placed_key(order)):
+    """Inside its cancel window a line has not left yet: take it out of its shipment's hand-off (the other lines
+    still go), so fulfilment never hears of it. False once fulfilment has it (or is being handed it this moment):
+    then fulfilment is told."""
+    if order.shipment_id is None:
+        withdrawn = outbox.withdraw(session=session, idempotency_key=_placed_key(order))
+    else:
+        message = _hand_off_message(session=session, key=shipment_key(order.shipment_id))
+        if message is None or order.id not in _line_ids(message):
+            return True  # never handed over
+        others = [line for line in _lines_of(session=session, message=message) if line.id != order.id]
+        withdrawn = _rewrite(session=session, message=message, lines=others, now=now)
+    if not withdrawn:
         return False
     note(session=session, order=order, actor=actor, now=now, reason="withdrawn before it reached fulfilment")
     return True
+
+
+def _lines_of(*, session: Session, message: OutboxMessage) -> list[Order]:
+    ids = _line_ids(message)
+    found = {order.id: order for order in session.exec(select(Order).where(col(Order.id).in_(ids)))}
+    return [found[order_id] for order_id in ids if order_id in found]
 
 
 def in_cancel_window(order: Order, *, now: datetime) -> bool:
@@ -286,7 +466,7 @@ def _tell_fulfilment(*, session: Session, order: Order, kind: OutboxKind, reason
     outbox.enqueue(
         session=session,
         kind=kind,
-        stream=f"order:{order.id}",
+        stream=_stream(order),
         idempotency_key=f"order:{order.id}:{kind.removeprefix('order.')}:{changes}",
         payload={**fulfilment_payload(order), "reason": reason},
         now=now,
@@ -299,6 +479,7 @@ def fulfilment_payload(order: Order) -> dict[str, object]:
         "customer_id": order.customer_id,
         "device_id": order.device_id,
         "slot_id": order.slot_id,
+        "shipment_id": order.shipment_id,
         "product_sku": order.product_sku,
         "product_version_id": order.product_version_id,
         "quantity": order.quantity,
@@ -308,16 +489,69 @@ def fulfilment_payload(order: Order) -> dict[str, object]:
     }
 
 
-def _send_to_fulfilment(*, session: Session, order: Order, now: datetime) -> None:
+def _send_to_fulfilment(*, session: Session, order: Order, now: datetime, hand_off_at: datetime) -> None:
+    """A placed line goes to fulfilment with its shipment: into the shipment's hand-off while that has not gone
+    (at the hand-off's moment: the cancel windows promised for the other lines stand), or, once it has, in a
+    follow-up shipment of its own at ``hand_off_at``."""
+    hand_off_at = max(hand_off_at, now)
+    if order.shipment_id is None:  # from before shipments: alone, as then
+        order.hand_off_at = hand_off_at
+        outbox.enqueue(
+            session=session,
+            kind=OutboxKind.ORDER_PLACED,
+            stream=_stream(order),
+            idempotency_key=_placed_key(order),
+            payload=fulfilment_payload(order),
+            now=now,
+            available_at=hand_off_at,
+        )
+        return
+    message = _hand_off_message(session=session, key=shipment_key(order.shipment_id))
+    if message is not None:
+        lines = [line for line in _lines_of(session=session, message=message) if line.id != order.id]
+        order.hand_off_at = message.available_at
+        if _rewrite(session=session, message=message, lines=[*lines, order], now=now):
+            return
+        follow_up = new_shipment(session=session, customer_id=order.customer_id, now=now)
+        note(
+            session=session,
+            order=order,
+            actor="fulfilment hand-off",
+            now=now,
+            reason=f"its shipment had gone to fulfilment: it goes in shipment {follow_up.id}",
+        )
+        order.shipment_id = follow_up.id
+    order.hand_off_at = hand_off_at
+    _enqueue_shipment(
+        session=session,
+        shipment_id=order.shipment_id,
+        customer_id=order.customer_id,
+        lines=[order],
+        now=now,
+        at=order.hand_off_at,
+    )
+
+
+def _enqueue_shipment(
+    *, session: Session, shipment_id: str, customer_id: str, lines: list[Order], now: datetime, at: datetime
+) -> None:
     outbox.enqueue(
         session=session,
-        kind=OutboxKind.ORDER_PLACED,
-        stream=f"order:{order.id}",
-        idempotency_key=_placed_key(order),
-        payload=fulfilment_payload(order),
+        kind=OutboxKind.SHIPMENT_PLACED,
+        stream=f"shipment:{shipment_id}",
+        idempotency_key=shipment_key(shipment_id),
+        payload=_shipment_payload(shipment_id, customer_id, lines),
         now=now,
-        available_at=order.hand_off_at,
+        available_at=at,
     )
+
+
+def _shipment_payload(shipment_id: str, customer_id: str, lines: list[Order]) -> dict[str, object]:
+    return {
+        "shipment_id": shipment_id,
+        "customer_id": customer_id,
+        "lines": [fulfilment_payload(line) for line in lines],
+    }
 
 
 def explain(*, session: Session, order: Order) -> dict[str, object]:

@@ -40,7 +40,7 @@ from replenish.health.models import Alarm
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
-from replenish.orders.models import Order, OrderEvent
+from replenish.orders.models import Order, OrderEvent, Shipment
 from replenish.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("readings", select(Reading).where(col(Reading.slot_id).in_(slot_ids))),
         ("dead_letters", select(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
         ("decisions", select(Decision).where(Decision.customer_id == customer_id)),
+        ("shipments", select(Shipment).where(Shipment.customer_id == customer_id)),
         ("orders", select(Order).where(Order.customer_id == customer_id)),
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("order_links", select(OrderLink).where(OrderLink.customer_id == customer_id)),
@@ -176,6 +177,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     device_ids = list(session.exec(select(Device.id).where(Device.customer_id == customer_id)))
     slot_ids = list(session.exec(select(Slot.id).where(col(Slot.device_id).in_(device_ids))))
     order_ids = list(session.exec(select(Order.id).where(Order.customer_id == customer_id)))
+    shipment_ids = list(session.exec(select(Shipment.id).where(Shipment.customer_id == customer_id)))
     notification_ids = list(session.exec(select(Notification.id).where(Notification.customer_id == customer_id)))
     account_ids = list(session.exec(select(Account.id).where(Account.customer_id == customer_id)))
     # Children before parents: the database checks every foreign key.
@@ -203,7 +205,9 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             # Order messages already delivered to fulfilment; undelivered ones (the cancellations above) go first.
             "delivered_order_messages",
             delete(OutboxMessage).where(
-                col(OutboxMessage.stream).in_([f"order:{o}" for o in order_ids]),
+                col(OutboxMessage.stream).in_(
+                    [f"order:{o}" for o in order_ids] + [f"shipment:{s}" for s in shipment_ids]
+                ),
                 col(OutboxMessage.delivered_at).is_not(None),
             ),
         ),
@@ -212,6 +216,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
         ("order_links", delete(OrderLink).where(col(OrderLink.customer_id) == customer_id)),
         ("orders", delete(Order).where(col(Order.customer_id) == customer_id)),
+        ("shipments", delete(Shipment).where(col(Shipment.customer_id) == customer_id)),
         ("decisions", delete(Decision).where(col(Decision.customer_id) == customer_id)),
         ("messages", delete(DeviceMessage).where(col(DeviceMessage.device_id).in_(device_ids))),
         ("dead_letters", delete(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),

@@ -14,7 +14,7 @@ from replenish.auth.service import Principal
 from replenish.constants import OrderStatus
 from replenish.db import transaction
 from replenish.devices.models import Slot
-from replenish.errors import DomainError
+from replenish.errors import Conflict, DomainError
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, not_found_page, now_of, redirect_to, render_page
@@ -31,9 +31,20 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Orders awaiting approval first, then the history, newest first."""
     with Session(api_state(request).engine) as session:
         found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+        shipments = [
+            orders.view_shipment(session=session, shipment=shipment)
+            for shipment in orders.list_shipments(session=session, customer_id=principal.scope(None), limit=20)
+        ]
     waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
     history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
-    context = {"title": "Orders", "principal": principal, "waiting": waiting, "history": history, "live_page": "orders"}
+    context = {
+        "title": "Orders",
+        "principal": principal,
+        "waiting": waiting,
+        "history": history,
+        "shipments": shipments,
+        "live_page": "orders",
+    }
     return render_page(request, "orders.html", context)
 
 
@@ -51,6 +62,7 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         explanation = orders.explain(session=session, order=order)
         history = orders.history(session=session, order_id=order.id)
         slot = session.get(Slot, order.slot_id)
+        lines = orders.shipment_lines(session=session, shipment_id=order.shipment_id) if order.shipment_id else []
     # Awaiting approval: approve or decline (declining is its cancel); later, cancel while it may still be.
     offered = ("approve", "decline") if order.status == OrderStatus.AWAITING_APPROVAL else ("cancel",)
     actions = [name for name in offered if orders.can_become(OrderStatus(order.status), ACTIONS[name])]
@@ -62,6 +74,7 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         "history": history,
         "actions": actions,
         "slot": slot,
+        "shipment_lines": len(lines),
         "now": now_of(request),
         "error": f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
         if error in ACTION_PAST
@@ -93,3 +106,52 @@ def order_action(
             session.rollback()
             return redirect_to(f"{PREFIX}/orders/{order_id}?error={action}")
     return redirect_to(back if back in (f"{PREFIX}/orders", PREFIX) else f"{PREFIX}/orders/{order_id}")
+
+
+@router.get("/shipments/{shipment_id}", response_class=HTMLResponse)
+def shipment_page(
+    request: Request, shipment_id: str, principal: WebPrincipal, error: str | None = None
+) -> HTMLResponse:
+    """One box: its lines, why each is in it, their prices, and a button to take one out."""
+    with Session(api_state(request).engine) as session:
+        with not_found_page():
+            shipment = orders.get_shipment(
+                session=session, shipment_id=shipment_id, customer_id=principal.visible_customer
+            )
+        view = orders.view_shipment(session=session, shipment=shipment)
+    context = {
+        "title": "Shipment",
+        "principal": principal,
+        "shipment": view,
+        "now": now_of(request),
+        "error": "That line could not be taken out: it has shipped." if error == "remove" else None,
+        "live_page": "orders",
+    }
+    return render_page(request, "shipment.html", context)
+
+
+@router.post("/shipments/{shipment_id}/lines/{order_id}/remove")
+def remove_line(
+    request: Request,
+    shipment_id: str,
+    order_id: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+) -> Response:
+    """Take one line out: declined or cancelled, as the API's remove does; the other lines go on."""
+    check_csrf(request, csrf)
+    with transaction(api_state(request).engine) as session, not_found_page():
+        orders.get_shipment(session=session, shipment_id=shipment_id, customer_id=principal.visible_customer)
+        try:
+            orders.remove_line(
+                session=session,
+                shipment_id=shipment_id,
+                order_id=order_id,
+                actor=principal.actor,
+                now=now_of(request),
+                reason=None,
+            )
+        except Conflict:
+            session.rollback()
+            return redirect_to(f"{PREFIX}/shipments/{shipment_id}?error=remove")
+    return redirect_to(f"{PREFIX}/shipments/{shipment_id}")
