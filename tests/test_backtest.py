@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -232,10 +233,19 @@ def test_a_slot_due_within_the_pull_forward_horizon_joins_the_shipment(tmp_path:
     assert first["magenta"] not in (first["black"], first["cyan"]), "another device is another customer"
 
 
-def test_the_command_takes_the_pull_forward_horizon_and_refuses_a_bad_one(tmp_path: Path):
-    readings = write_readings(tmp_path / "READINGS.csv", fleet(slots=4, days=40))
-    base = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", str(tmp_path / "O.csv")]
-    refused = subprocess.run([*base, "--pull-forward-days", "-1"], capture_output=True, text=True, timeout=60)
+def test_without_the_flag_each_slot_orders_alone_and_with_it_lines_share_a_shipment(tmp_path: Path):
+    readings = write_readings(tmp_path / "READINGS.csv", fleet(slots=8, days=60))
+
+    def run(*flag: str) -> list[dict[str, str]]:
+        out = tmp_path / f"ORDERS{''.join(flag)}.csv"
+        argv = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", str(out), *flag]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return read_orders(out)
+
+    bad = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", "X.csv", "--pull-forward-days", "-1"]
+    refused = subprocess.run(bad, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert refused.returncode == 2 and "pull-forward-days" in refused.stderr
-    done = subprocess.run([*base, "--pull-forward-days", "0"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert run() == run("--pull-forward-days", "0"), "without the flag H = 0, as the contract says"
+    together = Counter((order["device_id"], order["ordered_at"]) for order in run("--pull-forward-days", "14"))
+    assert max(together.values()) == 2, "the two slots of a device in one shipment"

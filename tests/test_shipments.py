@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from replenish.automation import service as automation
 from replenish.automation.models import Decision
 from replenish.automation.service import evaluate_all
 from replenish.consent import service as consent
@@ -21,7 +22,7 @@ from replenish.constants import ConsentMode, OrderStatus, OutboxKind
 from replenish.customers import service as customers
 from replenish.db import transaction
 from replenish.devices import service as devices
-from replenish.devices.models import Slot
+from replenish.devices.models import Device, Slot
 from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.errors import Conflict, NotFound
 from replenish.ingest.schemas import IncomingMessage
@@ -34,9 +35,9 @@ from replenish.outbox.models import OutboxMessage
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 RATE = 0.02  # of a cartridge a day
 DAYS = 16
-# Black runs out on day 20, four days after the evaluation (its lead time 3 plus margin 1); cyan six days later;
-# magenta in two months.
-START_LEVELS = {"black": 0.4, "cyan": 0.52, "magenta": 0.9}
+# Black runs out on day 21, five days after the evaluation: due now (lead time 3, margin 1 and the forecast's band),
+# with room left for the cancel window. Cyan five days later; magenta in about a month.
+START_LEVELS = {"black": 0.42, "cyan": 0.52, "magenta": 0.9}
 
 
 class Printer:
@@ -75,17 +76,20 @@ class Printer:
             )
         self.now = T0 + timedelta(days=DAYS)
 
-    def run(self) -> list[Order]:
-        """Sixteen days of readings every 6 hours, then one evaluation: black is due, the others are not."""
+    def run(self, minimum_basket: Decimal | None = None, *, since_day: int = 0, until_day: int = DAYS) -> list[Order]:
+        """Readings every 6 hours (by default the first sixteen days), then one evaluation at the last: on day 16
+        black is due, the others are not."""
         messages = []
-        for step in range(DAYS * 4 + 1):
+        for step in range(since_day * 4, until_day * 4 + 1):
             at = T0 + timedelta(hours=6 * step)
             levels = {name: round(start - RATE * step / 4, 5) for name, start in START_LEVELS.items()}
             payload = json.dumps({"seq": step + 1, "ts": at.isoformat(), "levels": levels})
             messages.append(IncomingMessage("devices/printer-1/telemetry", payload.encode(), received_at=at))
         with transaction(self.engine) as session:
             ingest_batch(session=session, messages=messages)
-        assert evaluate_all(engine=self.engine, now=self.now, margin_days=1.0).errors == 0
+        self.now = T0 + timedelta(days=until_day)
+        report = evaluate_all(engine=self.engine, now=self.now, margin_days=1.0, minimum_basket=minimum_basket)
+        assert report.errors == 0
         return self.orders()
 
     def orders(self) -> list[Order]:
@@ -116,9 +120,9 @@ def test_a_slot_due_within_the_horizon_joins_the_ordering_slot_s_shipment(engine
     assert set(lines) == {"black", "cyan"}, "magenta is two months away"
     assert lines["black"].shipment_id == lines["cyan"].shipment_id
     assert all(order.status == OrderStatus.PLACED for order in lines.values())
-    # Cyan runs out six days after black; at the service level's early end, five or six.
+    # Cyan runs out five days after black; at the service level's early end, about as much.
     assert re.fullmatch(
-        r"pulled forward: cyan may run out by 2026-03-2\d \d\d:\d\d UTC, [56] days after black; it comes in the same "
+        r"pulled forward: cyan may run out by 2026-03-2\d \d\d:\d\d UTC, [456] days after black; it comes in the same "
         r"shipment; consent mode auto_order",
         printer.reason(lines["cyan"]),
     ), printer.reason(lines["cyan"])
@@ -230,3 +234,66 @@ def test_a_line_of_another_shipment_cannot_be_removed_through_this_one(engine: E
             now=printer.now,
             reason=None,
         )
+
+
+def test_an_order_made_while_a_shipment_waits_for_its_hand_off_joins_it(engine: Engine):
+    printer = Printer(engine, pull_forward_days=0)
+    black = by_slot(printer, printer.run())["black"]
+    [hand_off] = printer.hand_offs()
+    assert hand_off.available_at > printer.now, "black waits its cancel window"
+    with transaction(engine) as session:  # half an hour later Ada orders cyan herself
+        slot = session.exec(select(Slot).where(Slot.name == "cyan")).one()
+        device = session.exec(select(Device)).one()
+        done = automation.order_now(
+            session=session, slot=slot, device=device, now=printer.now + timedelta(minutes=30), actor="customer"
+        )
+        assert done is not None
+        cyan = done.order
+    assert cyan.shipment_id == black.shipment_id, "one box"
+    [hand_off] = printer.hand_offs()
+    assert [line["order_id"] for line in hand_off.payload["lines"]] == [black.id, cyan.id]
+    assert cyan.hand_off_at == hand_off.available_at, "it leaves with the box, at the moment promised for black"
+
+
+def test_a_shipment_under_the_minimum_basket_takes_the_next_due_slots_first(engine: Engine):
+    printer = Printer(engine)
+    lines = by_slot(printer, printer.run(minimum_basket=Decimal("50")))
+    assert set(lines) == {"black", "cyan", "magenta"}, "magenta, next due, fills the basket"
+    assert len({order.shipment_id for order in lines.values()}) == 1
+    assert "to reach the minimum basket of 50 (it was 40.00)" in printer.reason(lines["magenta"])
+    [hand_off] = printer.hand_offs()
+    assert hand_off.available_at == lines["black"].hand_off_at <= printer.now + timedelta(hours=2), "no waiting"
+
+
+def test_a_shipment_still_under_the_minimum_waits_as_long_as_the_forecasts_allow(engine: Engine):
+    printer = Printer(engine)
+    lines = by_slot(printer, printer.run(minimum_basket=Decimal("100")))
+    assert set(lines) == {"black", "cyan", "magenta"}
+    [hand_off] = printer.hand_offs()
+    with Session(engine) as session:
+        decision = session.get(Decision, lines["black"].decision_id)
+        assert decision is not None
+        latest = datetime.fromisoformat(decision.forecast["empty_at_early"]) - timedelta(days=3)
+        history = orders.history(session=session, order_id=lines["black"].id)
+    assert hand_off.available_at == latest > printer.now + timedelta(hours=2), "black's latest useful moment"
+    assert all(order.hand_off_at == latest for order in printer.orders())
+    assert "under the minimum basket of 100: it waits as long as the forecasts allow" in (history[-1].reason or "")
+
+
+def test_a_pulled_forward_line_taken_out_leaves_the_slot_to_order_at_its_own_time(engine: Engine):
+    printer = Printer(engine)
+    cyan = by_slot(printer, printer.run())["cyan"]
+    with transaction(engine) as session:
+        orders.remove_line(
+            session=session,
+            shipment_id=cyan.shipment_id or "",
+            order_id=cyan.id,
+            actor="ada",
+            now=printer.now,
+            reason=None,
+        )
+    # Five days on, cyan's own order moment has come: it orders, in a shipment of its own.
+    found = by_slot(printer, [o for o in printer.run(since_day=DAYS + 1, until_day=DAYS + 5) if o.id != cyan.id])
+    assert found["cyan"].status == OrderStatus.PLACED
+    assert found["cyan"].shipment_id != cyan.shipment_id
+    assert "pulled forward" not in printer.reason(found["cyan"])

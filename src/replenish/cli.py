@@ -230,9 +230,10 @@ def backtest(
             min=0,
             max=60,
             help="When a slot orders, the device's other slots that would order within this many days join its "
-            "shipment (same ordered_at). 0: only those due now.",
+            "shipment (same ordered_at). Default 0, as the contract says: each slot alone. The live platform's "
+            f"default is {DEFAULT_PULL_FORWARD_DAYS:g} (consent pull_forward_days).",
         ),
-    ] = DEFAULT_PULL_FORWARD_DAYS,
+    ] = 0.0,
 ) -> None:
     """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead),
     each device one customer whose slots share shipments."""
@@ -444,7 +445,12 @@ def forecasts_rebuild() -> None:
     settings = _settings()
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
-    report = evaluate_all(engine=engine, now=SystemClock().now(), margin_days=settings.reorder_margin_days)
+    report = evaluate_all(
+        engine=engine,
+        now=SystemClock().now(),
+        margin_days=settings.reorder_margin_days,
+        minimum_basket=settings.minimum_basket,
+    )
     typer.echo(f"{report.forecasts} slots forecast, {len(report.decisions)} decisions, {report.errors} errors")
     if report.errors:
         raise typer.Exit(1)

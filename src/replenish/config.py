@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
@@ -130,6 +131,16 @@ class Settings(BaseSettings):
         DEFAULT_REORDER_MARGIN_DAYS,
         ge=0,
         description="Safety margin added to a slot's lead time before it must be reordered.",
+    )
+    minimum_basket: Decimal | None = Field(
+        None,
+        gt=0,
+        max_digits=12,
+        decimal_places=2,
+        description="A minimum basket value or free-shipping threshold, in the catalogue's currency: a shipment "
+        "below it takes the customer's next-due slots too (soonest first, within 60 days) until it reaches it, and "
+        "failing that its hand-off waits as long as the forecasts allow (until its first line's early empty date "
+        "less its lead time) for other lines to join. Unset: shipments leave as they are.",
     )
     order_webhook_url: HttpUrl | None = Field(
         None, description="Fulfilment webhook: orders are POSTed here. Unset: orders are recorded and logged."

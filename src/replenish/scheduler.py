@@ -88,6 +88,7 @@ class Jobs:
             claim_lease=timedelta(seconds=self.settings.evaluation_claim_seconds),
             clock=self.clock.now,
             should_stop=self.stopping.is_set,
+            minimum_basket=self.settings.minimum_basket,
         )
         if self.metrics is not None:
             self.metrics.evaluated(

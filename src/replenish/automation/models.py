@@ -37,3 +37,6 @@ class Decision(SQLModel, table=True):
     # Who asked for it, for an order the customer asked for themselves (order now, a device's reorder button):
     # its key is then a moment inside the cycle it was made in, not the cycle's start.
     requested_by: str | None = None
+    # The shipment it was pulled forward into (automation.consolidation): its key is then a moment inside the cycle,
+    # as a customer's own order's is, so that taking the line out leaves the cycle to the slot's own decision.
+    pulled_into: str | None = None

@@ -366,6 +366,8 @@ class EvaluationContext:
     # The slots evaluated in this transaction: their new forecast and cycle start (stored when it ends), which a
     # shipment judges them by rather than the stored ones.
     fresh: dict[str, tuple[Forecast, datetime | None]] = field(default_factory=dict)
+    # The operator's minimum basket (REPLENISH_MINIMUM_BASKET): what a shipment should reach before it leaves.
+    minimum_basket: Decimal | None = None
 
     def decided_already(self, *, slot_id: str, cycle_started_at: datetime | None) -> bool:
         """Whether the slot's cycle has a decision: from before, or made in this transaction (a line it joined)."""
@@ -520,9 +522,19 @@ def act_on(
         )
         if verdict.action == DecisionAction.PLACE_ORDER:
             context.placed(customer_id=device.customer_id, total_price=line.total_price)
-    shipment = None if line is None else orders.new_shipment(session=session, customer_id=device.customer_id, now=now)
+    shipment = None
+    if line is not None:
+        shipment = _shipment_for(
+            session=session,
+            slot=slot,
+            device=device,
+            document=document,
+            forecast=evaluated.forecast,
+            verdict=verdict,
+            now=now,
+        )
     with correlation.bound(trigger):
-        decision = _act(
+        decision, order = _act(
             session=session,
             slot=slot,
             device=device,
@@ -539,6 +551,8 @@ def act_on(
             shipment=shipment,
         )
         context.decided[slot.id] = evaluated.cycle_started_at
+        if order is not None:
+            context.open_orders[slot.id] = order
         if shipment is None:
             return [decision]
         return [
@@ -555,6 +569,48 @@ def act_on(
         ]
 
 
+def _shipment_for(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    document: ConsentDocument,
+    forecast: Forecast | None,
+    verdict: Verdict,
+    now: datetime,
+) -> Shipment:
+    """The shipment a slot's new order goes in: the customer's shipment whose hand-off is still to come, when that
+    is soon enough for this order (an automatic one must leave by its own hand-off), else a new one."""
+    by = None
+    if verdict.action == DecisionAction.PLACE_ORDER:
+        by = answers.hand_off_time(
+            document=document,
+            lead_time_days=slot.lead_time_days,
+            empty_at_early=forecast.empty_at_early if forecast is not None else None,
+            now=now,
+        )
+    customer_id = device.customer_id
+    pending = orders.pending_shipment(session=session, customer_id=customer_id, now=now, by=by)
+    return pending or orders.new_shipment(session=session, customer_id=customer_id, now=now)
+
+
+@dataclass(frozen=True)
+class _Joiner:
+    """A slot that may join a shipment: what its line is decided on."""
+
+    slot: Slot
+    device: Device
+    mode: ConsentMode
+    action: DecisionAction
+    forecast: Forecast
+    cycle: datetime
+    policy: ReorderPolicy
+
+
+# How far ahead a shipment below the operator's minimum basket looks for slots to fill it.
+BASKET_HORIZON_DAYS = 60.0
+
+
 def _pull_forward(
     *,
     session: Session,
@@ -568,10 +624,97 @@ def _pull_forward(
     """The customer's other slots that would order within their pull-forward horizon join ``shipment``
     (automation.consolidation.joins), each a line with its own decision, consent mode and limits, and the reason
     it came sooner. Slots whose consent orders nothing by itself (notify_only, off) or that are paused never join.
-    They are judged by their forecast of this transaction, else their stored one."""
+    They are judged by their forecast of this transaction, else their stored one.
+
+    With an operator's minimum basket (context.minimum_basket) a shipment below it takes the next-due slots too,
+    soonest first, until it reaches it; failing that, its hand-off waits as long as the forecasts allow: until the
+    earliest latest-useful moment of its placed lines (their early empty date less their lead time)."""
     ordering_slot, ordering_device, ordering_forecast = ordering
     customer_id = ordering_device.customer_id
-    version, document = context.consents[customer_id]
+    document = context.consents[customer_id][1]
+    ordering_name = _slot_label(ordering_slot, ordering_device, beside=ordering_device)
+    reachable = _joiners(
+        session=session,
+        customer_id=customer_id,
+        ordering_slot=ordering_slot,
+        margin_days=margin_days,
+        horizon_days=max(document.pull_forward_days, BASKET_HORIZON_DAYS if context.minimum_basket else 0.0),
+        context=context,
+        now=now,
+    )
+    within = [
+        joiner
+        for joiner in reachable
+        if joins(
+            joiner.forecast,
+            memory=SlotMemory(joiner.cycle, None, None),
+            policy=joiner.policy,
+            pull_forward_days=document.pull_forward_days,
+            now=now,
+        )
+    ]
+    decisions = _add_lines(
+        session=session,
+        shipment=shipment,
+        joiners=within,
+        ordering=(ordering_device, ordering_forecast, ordering_name),
+        context=context,
+        now=now,
+        trigger=trigger,
+    )
+    minimum = context.minimum_basket
+    if minimum is None:
+        return decisions
+    basket = orders.basket_value(session=session, shipment_id=shipment.id)
+    if basket >= minimum:
+        return decisions
+    # Soonest first, one at a time, until the basket reaches the minimum.
+    rest = sorted(
+        (joiner for joiner in reachable if joiner not in within),
+        key=lambda joiner: joiner.forecast.empty_at_early or now,
+    )
+    for joiner in rest:
+        if basket >= minimum:
+            break
+        added = _add_lines(
+            session=session,
+            shipment=shipment,
+            joiners=[joiner],
+            ordering=(ordering_device, ordering_forecast, ordering_name),
+            context=context,
+            now=now,
+            trigger=trigger,
+            why=f"to reach the minimum basket of {minimum} (it was {basket})",
+        )
+        decisions.extend(added)
+        basket = orders.basket_value(session=session, shipment_id=shipment.id)
+    if basket < minimum:
+        latest = orders.latest_useful_hand_off(session=session, shipment_id=shipment.id)
+        if latest is not None:
+            orders.hold_shipment(
+                session=session,
+                shipment_id=shipment.id,
+                until=latest,
+                now=now,
+                reason=f"the shipment is {basket}, under the minimum basket of {minimum}: it waits as long as the "
+                "forecasts allow, for other slots to join it",
+            )
+    return decisions
+
+
+def _joiners(
+    *,
+    session: Session,
+    customer_id: str,
+    ordering_slot: Slot,
+    margin_days: float,
+    horizon_days: float,
+    context: EvaluationContext,
+    now: datetime,
+) -> list[_Joiner]:
+    """The customer's other slots that could join a shipment ordered now, within ``horizon_days`` of ordering by
+    themselves (consolidation.joins)."""
+    document = context.consents[customer_id][1]
     candidates = session.exec(
         select(Slot, Device)
         .join(Device, col(Device.id) == col(Slot.device_id))
@@ -582,8 +725,9 @@ def _pull_forward(
         return []
     ids = [slot.id for slot, _ in candidates]
     stored = {row.slot_id: row for row in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(ids)))}
+    wanted = set(ids)
     decided = _latest_decision_keys(session=session, slot_ids=ids) | {
-        slot_id: key for slot_id, key in context.decided.items() if slot_id in set(ids)
+        slot_id: key for slot_id, key in context.decided.items() if slot_id in wanted
     }
     open_orders = {
         order.slot_id: order
@@ -593,8 +737,7 @@ def _pull_forward(
             .order_by(col(Order.created_at))
         )
     }
-    ordering_name = _slot_label(ordering_slot, ordering_device, beside=ordering_device)
-    joining: list[tuple[Slot, Device, ConsentMode, DecisionAction, Forecast, datetime, ReorderPolicy]] = []
+    found = []
     for slot, device in candidates:
         mode = document.mode_for(device_id=device.id, slot_name=slot.name)
         action = {
@@ -624,38 +767,60 @@ def _pull_forward(
             open_order_placed_at=open_order.created_at if open_order is not None else None,
         )
         newest = (slot.level / slot.capacity, slot.level_at) if slot.level is not None and slot.level_at else None
-        if not joins(
-            forecast,
-            memory=memory,
-            policy=policy,
-            pull_forward_days=document.pull_forward_days,
-            now=now,
-            newest=newest,
-        ):
-            continue
-        joining.append((slot, device, mode, action, forecast, cycle, policy))
-    if not joining:
+        if joins(forecast, memory=memory, policy=policy, pull_forward_days=horizon_days, now=now, newest=newest):
+            found.append(_Joiner(slot, device, mode, action, forecast, cycle, policy))
+    return found
+
+
+def _add_lines(
+    *,
+    session: Session,
+    shipment: Shipment,
+    joiners: list[_Joiner],
+    ordering: tuple[Device, Forecast, str],
+    context: EvaluationContext,
+    now: datetime,
+    trigger: str | None,
+    why: str | None = None,
+) -> list[Decision]:
+    """A line in ``shipment`` for each joiner, with its own decision and limits, and the reason it came now."""
+    if not joiners:
         return []
+    ordering_device, ordering_forecast, ordering_name = ordering
+    customer_id = ordering_device.customer_id
+    version, document = context.consents[customer_id]
     decisions = []
     # Each line carries the message behind its own newest reading, as a decision of its own would.
-    triggers = trigger_messages(session=session, slot_ids=[slot.id for slot, *_ in joining], now=now)
-    for slot, device, mode, action, forecast, cycle, policy in joining:
+    triggers = trigger_messages(session=session, slot_ids=[joiner.slot.id for joiner in joiners], now=now)
+    for joiner in joiners:
+        slot, device, forecast = joiner.slot, joiner.device, joiner.forecast
         due = decide(
-            forecast, mode=mode, policy=policy, already_decided_this_cycle=False, order_in_transit=False, now=now
+            forecast,
+            mode=joiner.mode,
+            policy=joiner.policy,
+            already_decided_this_cycle=False,
+            order_in_transit=False,
+            now=now,
         )
-        if due is not None:  # it would have ordered now by itself: only the box is shared
+        # A line that would have ordered now by itself only shares the box: its decision is the cycle's, as its own
+        # would have been. One pulled forward is keyed inside the cycle, as a customer's own order is: taken out of
+        # the shipment, it leaves the cycle to the slot's own decision at its time.
+        key, pulled_into = joiner.cycle, None
+        if due is not None:
             reason = f"{due.reason}; in the same shipment as {ordering_name}"
         else:
-            why = pulled_forward(
+            key = _request_key(session=session, slot=slot, now=now, cycle=joiner.cycle)
+            pulled_into = shipment.id
+            pulled = pulled_forward(
                 forecast=forecast,
                 name=_slot_label(slot, device, beside=ordering_device),
                 ordering=ordering_forecast,
                 ordering_name=ordering_name,
             )
-            reason = f"{why.reason}; consent mode {mode}"
+            reason = f"{pulled.reason}{f' {why}' if why else ''}; consent mode {joiner.mode}"
         line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast)
         verdict = within_limits(
-            explained(Verdict(action=action, reason=reason), line),
+            explained(Verdict(action=joiner.action, reason=reason), line),
             limits=document.limits_for(device_id=device.id, slot_name=slot.name),
             quantity=line.quantity,
             total_price=line.total_price,
@@ -664,25 +829,28 @@ def _pull_forward(
         )
         if verdict.action == DecisionAction.PLACE_ORDER:
             context.placed(customer_id=customer_id, total_price=line.total_price)
-        decision = _act(
+        decision, order = _act(
             session=session,
             slot=slot,
             device=device,
-            cycle_started_at=cycle,
+            cycle_started_at=key,
             forecast=forecast,
             verdict=verdict,
-            mode=mode,
+            mode=joiner.mode,
             consent_version=version,
             consent_document=document,
-            policy=policy,
+            policy=joiner.policy,
             now=now,
             correlation_id=triggers.get(slot.id, trigger),
             line=line,
             shipment=shipment,
+            pulled_into=pulled_into,
         )
         # Its own verdict in this transaction, if it has one, is not acted on (decided_already); its next
-        # evaluation reads the decision.
-        context.decided[slot.id] = cycle
+        # evaluation reads the decision and the order.
+        context.decided[slot.id] = key
+        if order is not None:
+            context.open_orders[slot.id] = order
         decisions.append(decision)
     return decisions
 
@@ -803,10 +971,13 @@ def order_now(
         ),
         asks=line.asks,
     )
-    decision = _act(
+    _, order = _act(
         session=session,
         slot=slot,
         device=device,
+        shipment=_shipment_for(
+            session=session, slot=slot, device=device, document=document, forecast=forecast, verdict=verdict, now=now
+        ),
         cycle_started_at=_request_key(session=session, slot=slot, now=now),
         # No forecast yet (a new slot): the explanation says so.
         forecast=forecast
@@ -824,7 +995,6 @@ def order_now(
         line=line,
         requested_by=actor,
     )
-    order = orders.order_for_decision(session=session, decision_id=decision.id)
     assert order is not None
     return OrderNow(order=order, created=True)
 
@@ -852,19 +1022,21 @@ def _latest_decision_keys(
     if not counting_withdrawn_requests:
         query = query.where(
             or_(
-                col(Decision.requested_by).is_(None),
+                and_(col(Decision.requested_by).is_(None), col(Decision.pulled_into).is_(None)),
                 col(Order.status).not_in([OrderStatus.CANCELLED, OrderStatus.DECLINED]),
             )
         )
     return dict(session.exec(query).all())
 
 
-def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
-    """The key of an order the customer asks for now: the slot's newest reading's time (the device's clock, as the
-    cycles' starts are), so that a refill reported after it starts a cycle of its own even when the device's clock
-    runs behind the platform's; after the cycle's start, and after every earlier decision's key (unique)."""
+def _request_key(*, session: Session, slot: Slot, now: datetime, cycle: datetime | None = None) -> datetime:
+    """The key of an order the customer asks for now (or of a line pulled forward into a shipment): the slot's
+    newest reading's time (the device's clock, as the cycles' starts are), so that a refill reported after it
+    starts a cycle of its own even when the device's clock runs behind the platform's; after the cycle's start
+    (``cycle``: as this transaction sees it), and after every earlier decision's key (unique)."""
     # A microsecond after it: never the very time of a reading, which may yet become a cycle's start and its key.
-    key = max(filter(None, (slot.level_at, slot.cycle_started_at)), default=now) + timedelta(microseconds=1)
+    moments = (slot.level_at, slot.cycle_started_at, cycle)
+    key = max(filter(None, moments), default=now) + timedelta(microseconds=1)
     latest = _latest_decision_key(session=session, slot_id=slot.id, counting_withdrawn_requests=True)
     if latest is not None and key <= latest:
         key = latest + timedelta(microseconds=1)
@@ -921,7 +1093,9 @@ def _act(
     line: LinePlan | None = None,
     requested_by: str | None = None,
     shipment: Shipment | None = None,
-) -> Decision:
+    pulled_into: str | None = None,
+) -> tuple[Decision, Order | None]:
+    """The decision, and its order (None for a notification)."""
     decision = Decision(
         slot_id=slot.id,
         device_id=device.id,
@@ -936,6 +1110,7 @@ def _act(
         policy=policy.to_json(),
         correlation_id=correlation_id,
         requested_by=requested_by,
+        pulled_into=pulled_into,
     )
     # Not flushed here: the decision and everything it brings (order, history, links, notices, outbox) go out
     # together (columns.written_after orders them). A second decision for the cycle fails that flush, unique on
@@ -956,6 +1131,7 @@ def _act(
             "reason": verdict.reason,
         },
     )
+    order = None
     if verdict.action == DecisionAction.NOTIFY:
         notifications.notify_customer(
             session=session,
@@ -1019,7 +1195,7 @@ def _act(
             decision=decision,
         )
     log.info("decision %s: %s for %s/%s (%s)", decision.id, verdict.action, device.id, slot.name, verdict.reason)
-    return decision
+    return decision, order
 
 
 def store_forecasts(*, session: Session, forecasts: dict[str, Forecast], now: datetime) -> None:
@@ -1158,6 +1334,7 @@ def evaluate_due(
     claim_lease: timedelta = CLAIM_LEASE,
     clock: Callable[[], datetime] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    minimum_basket: Decimal | None = None,
 ) -> EvaluationReport:
     """The evaluation job: every slot due by ``now`` (see Slot.due_at; a new reading that can wait makes none due:
     devices.service.due_after_reading), claimed in batches, many slots per transaction. Any number of evaluators
@@ -1197,7 +1374,13 @@ def evaluate_due(
                     _release(session=session, slot_ids=[claim.slot_id for claim in claims])
                 return report
             claims = _evaluate_claims(
-                engine=engine, claims=claims, now=now, margin_days=margin_days, priors=priors, report=report
+                engine=engine,
+                claims=claims,
+                now=now,
+                margin_days=margin_days,
+                priors=priors,
+                report=report,
+                minimum_basket=minimum_basket,
             )
     return report
 
@@ -1223,7 +1406,13 @@ class _Transaction:
 
 
 def _evaluate_in_one_transaction(
-    *, engine: Engine, claims: list[Claim], now: datetime, margin_days: float, priors: FleetRates
+    *,
+    engine: Engine,
+    claims: list[Claim],
+    now: datetime,
+    margin_days: float,
+    priors: FleetRates,
+    minimum_basket: Decimal | None = None,
 ) -> _Transaction:
     """Evaluate claimed slots in one transaction, in customer order, for about TRANSACTION_SECONDS (at least one
     slot); the claims not reached are left. Raises what a slot raised: nothing of the transaction is kept then."""
@@ -1243,6 +1432,7 @@ def _evaluate_in_one_transaction(
         ).all()
         present = {slot.id for slot, _ in rows}
         context = EvaluationContext.load(session=session, slots=list(rows))
+        context.minimum_basket = minimum_basket
 
         def out_of_time() -> bool:
             return bool(outcome.done) and time.monotonic() - started > TRANSACTION_SECONDS
@@ -1275,6 +1465,8 @@ def _evaluate_in_one_transaction(
                 if evaluated.verdict is not None:
                     verdicts.append((slot, device, evaluated))
             triggers = trigger_messages(session=session, slot_ids=[slot.id for slot, _, _ in verdicts], now=now)
+            # A customer's most urgent slot first: its shipment is the one the others join, at its hand-off.
+            verdicts.sort(key=lambda found: (found[1].customer_id, found[2].forecast.empty_at_early or now))
             for slot, device, evaluated in verdicts:
                 decisions = act_on(
                     session=session,
@@ -1304,18 +1496,32 @@ def _evaluate_claims(
     margin_days: float,
     priors: FleetRates,
     report: EvaluationReport,
+    minimum_basket: Decimal | None = None,
 ) -> list[Claim]:
     """One transaction's worth of the claims (see _evaluate_in_one_transaction); the claims not reached are
     returned. When a slot fails, the transaction is rolled back and its slots are evaluated one per transaction,
     so that one bad slot cannot hold up the others."""
     try:
         outcome = _evaluate_in_one_transaction(
-            engine=engine, claims=claims, now=now, margin_days=margin_days, priors=priors
+            engine=engine,
+            claims=claims,
+            now=now,
+            margin_days=margin_days,
+            priors=priors,
+            minimum_basket=minimum_basket,
         )
     except Exception:
         log.info("a transaction of %d slots failed; they are evaluated one by one", len(claims), exc_info=True)
         for claim in claims:
-            _evaluate_alone(engine=engine, claim=claim, now=now, margin_days=margin_days, priors=priors, report=report)
+            _evaluate_alone(
+                engine=engine,
+                claim=claim,
+                now=now,
+                margin_days=margin_days,
+                priors=priors,
+                report=report,
+                minimum_basket=minimum_basket,
+            )
         return []
     report.slots += len(outcome.done)
     report.forecasts += len(outcome.done)
@@ -1331,11 +1537,17 @@ def _evaluate_alone(
     margin_days: float,
     priors: FleetRates,
     report: EvaluationReport,
+    minimum_basket: Decimal | None = None,
 ) -> None:
     report.slots += 1
     try:
         outcome = _evaluate_in_one_transaction(
-            engine=engine, claims=[claim], now=now, margin_days=margin_days, priors=priors
+            engine=engine,
+            claims=[claim],
+            now=now,
+            margin_days=margin_days,
+            priors=priors,
+            minimum_basket=minimum_basket,
         )
         report.forecasts += len(outcome.done)
         report.decisions.extend(outcome.decisions)
@@ -1384,10 +1596,13 @@ def evaluate_all(
     now: datetime,
     margin_days: float,
     should_stop: Callable[[], bool] = lambda: False,
+    minimum_basket: Decimal | None = None,
 ) -> EvaluationReport:
     """Every slot, due or not: `replenish forecasts rebuild`, and what a test or a replay that wants every slot
     looked at again calls. Marks every slot due, then evaluates as the job does."""
     with transaction(engine) as session:
         forget_windows(session=session)  # rebuilt from the readings themselves
         mark_slots_due(session=session, at=now)
-    return evaluate_due(engine=engine, now=now, margin_days=margin_days, should_stop=should_stop)
+    return evaluate_due(
+        engine=engine, now=now, margin_days=margin_days, should_stop=should_stop, minimum_basket=minimum_basket
+    )

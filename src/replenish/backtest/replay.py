@@ -23,7 +23,7 @@ import numpy as np
 from replenish.automation.consolidation import joins
 from replenish.automation.engine import Screen, SlotMemory, evaluate, order_on_its_way
 from replenish.automation.policy import ReorderPolicy
-from replenish.constants import DEFAULT_PULL_FORWARD_DAYS, DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
+from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
 
@@ -136,7 +136,7 @@ def replay(
     lead_time_days: float,
     margin_days: float,
     service_level: float = DEFAULT_SERVICE_LEVEL,
-    pull_forward_days: float = DEFAULT_PULL_FORWARD_DAYS,
+    pull_forward_days: float = 0.0,
 ) -> list[ReplayedOrder]:
     """The orders the platform would have placed, every slot on auto-order, each device one customer: when a slot
     orders, the device's other slots within ``pull_forward_days`` of ordering join its shipment (the same

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlmodel import Session, col, func, select
@@ -303,8 +303,9 @@ def transition(
             _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=now)
     elif to == OrderStatus.PLACED:
         order.placed_at = now
-        # The customer said yes just now: no cancel window of its own (it goes with its shipment's other lines).
-        _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=now)
+        # The customer said yes just now: no cancel window of its own. It goes with its shipment's other lines when
+        # they leave before its latest useful moment (answer_by), else at once, alone.
+        _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=now, by=order.answer_by)
     elif to == OrderStatus.HELD:
         if not _withdraw_from_fulfilment(session=session, order=order, actor=actor, now=now):
             _tell_fulfilment(session=session, order=order, kind=OutboxKind.ORDER_HELD, reason=reason, now=now)
@@ -341,6 +342,13 @@ def shipment_key(shipment_id: str) -> str:
     return f"shipment:{shipment_id}:placed"
 
 
+def _lock_shipment(*, session: Session, shipment_id: str) -> None:
+    """Hold the shipment until the transaction ends (PostgreSQL; SQLite has one writer anyway): whoever rewrites its
+    hand-off (a line added, taken out, held, released, or the hand-off moved) reads it as the last writer left it,
+    so that a withdrawal that fails means a dispatcher took it, never that another rewrite got there first."""
+    session.exec(select(Shipment.id).where(Shipment.id == shipment_id).with_for_update()).first()
+
+
 def _hand_off_message(*, session: Session, key: str) -> OutboxMessage | None:
     """The hand-off message under ``key``: written in this transaction (not yet flushed), or stored."""
     for pending in session.new:
@@ -362,28 +370,103 @@ def _reached_fulfilment(*, session: Session, order: Order) -> bool:
     return message is not None and order.id in _line_ids(message)
 
 
-def _rewrite(*, session: Session, message: OutboxMessage, lines: list[Order], now: datetime) -> bool:
-    """Replace a hand-off that has not gone yet with one of ``lines`` (none: no hand-off), at the same moment.
-    False when it has gone (a dispatcher claimed it): fulfilment has the lines it had."""
+def _rewrite(
+    *, session: Session, message: OutboxMessage, lines: list[Order], now: datetime, at: datetime | None = None
+) -> bool:
+    """Replace a hand-off that has not gone yet with one of ``lines`` (none: no hand-off), at the same moment (or
+    ``at``). False when it has gone (a dispatcher claimed it): fulfilment has the lines it had."""
     if message in session.new:
         if lines:
             message.payload = _shipment_payload(message.payload["shipment_id"], message.payload["customer_id"], lines)
+            message.available_at = at or message.available_at
         else:
             session.expunge(message)
         return True
+    when = at or message.available_at
     if not outbox.withdraw(session=session, idempotency_key=message.idempotency_key):
         return False
+    # Gone from the table: a new row may even get its id (SQLite reuses the highest).
+    session.expunge(message)
     if lines:
-        # The same key: the deleted row goes out before this one in the same flush.
-        session.flush()
         _enqueue_shipment(
             session=session,
             shipment_id=message.payload["shipment_id"],
             customer_id=message.payload["customer_id"],
             lines=lines,
             now=now,
-            at=message.available_at,
+            at=when,
         )
+    return True
+
+
+def _waiting(message: OutboxMessage, *, now: datetime) -> bool:
+    """A hand-off still to come: no dispatcher has taken it, and its moment is ahead."""
+    return (
+        message.delivered_at is None
+        and message.claimed_by is None
+        and message.attempts == 0
+        and message.available_at > now
+    )
+
+
+def pending_shipment(
+    *, session: Session, customer_id: str, now: datetime, by: datetime | None = None
+) -> Shipment | None:
+    """The customer's newest shipment whose hand-off is still to come (at ``by`` at the latest): a line decided
+    meanwhile joins it, in the same box, instead of making a parcel of its own."""
+    shipment = session.exec(
+        select(Shipment)
+        .where(Shipment.customer_id == customer_id)
+        .order_by(col(Shipment.created_at).desc(), col(Shipment.id).desc())
+        .limit(1)
+    ).first()
+    if shipment is None:
+        return None
+    message = _hand_off_message(session=session, key=shipment_key(shipment.id))
+    if message is None or not _waiting(message, now=now) or (by is not None and message.available_at > by):
+        return None
+    return shipment
+
+
+def basket_value(*, session: Session, shipment_id: str) -> Decimal:
+    """What a shipment's lines still in it cost (those with a price)."""
+    total = session.exec(
+        select(func.coalesce(func.sum(Order.total_price), 0)).where(
+            Order.shipment_id == shipment_id, col(Order.status).not_in(_GONE)
+        )
+    ).one()
+    return Decimal(total or 0)
+
+
+def latest_useful_hand_off(*, session: Session, shipment_id: str) -> datetime | None:
+    """The latest moment a shipment's placed lines can leave and still arrive by their early empty dates (each
+    one's decision: its forecast's early empty date less its lead time); None without such a line."""
+    rows = session.exec(
+        select(Decision.forecast, Decision.policy)
+        .join(Order, col(Order.decision_id) == col(Decision.id))
+        .where(Order.shipment_id == shipment_id, Order.status == OrderStatus.PLACED)
+    ).all()
+    moments = [
+        datetime.fromisoformat(forecast["empty_at_early"]) - timedelta(days=float(policy["lead_time_days"]))
+        for forecast, policy in rows
+        if forecast.get("empty_at_early") and policy.get("lead_time_days") is not None
+    ]
+    return min(moments, default=None)
+
+
+def hold_shipment(*, session: Session, shipment_id: str, until: datetime, now: datetime, reason: str) -> bool:
+    """Move a shipment's hand-off still to come later, to ``until`` (never earlier): its placed lines wait, and
+    their history says why. False when there is nothing to move (no hand-off waiting, or it is due by then)."""
+    _lock_shipment(session=session, shipment_id=shipment_id)
+    message = _hand_off_message(session=session, key=shipment_key(shipment_id))
+    if message is None or not _waiting(message, now=now) or until <= message.available_at:
+        return False
+    lines = _lines_of(session=session, message=message)
+    if not _rewrite(session=session, message=message, lines=lines, now=now, at=until):
+        return False
+    for line in lines:
+        line.hand_off_at = until
+        note(session=session, order=line, actor="shipments", now=now, reason=reason)
     return True
 
 
@@ -394,6 +477,7 @@ def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now
     if order.shipment_id is None:
         withdrawn = outbox.withdraw(session=session, idempotency_key=_placed_key(order))
     else:
+        _lock_shipment(session=session, shipment_id=order.shipment_id)
         message = _hand_off_message(session=session, key=shipment_key(order.shipment_id))
         if message is None or order.id not in _line_ids(message):
             return True  # never handed over
@@ -408,7 +492,8 @@ def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now
 def _lines_of(*, session: Session, message: OutboxMessage) -> list[Order]:
     ids = _line_ids(message)
     found = {order.id: order for order in session.exec(select(Order).where(col(Order.id).in_(ids)))}
-    return [found[order_id] for order_id in ids if order_id in found]
+    assert set(found) == set(ids), "a hand-off names lines that are not there"
+    return [found[order_id] for order_id in ids]
 
 
 def in_cancel_window(order: Order, *, now: datetime) -> bool:
@@ -489,10 +574,12 @@ def fulfilment_payload(order: Order) -> dict[str, object]:
     }
 
 
-def _send_to_fulfilment(*, session: Session, order: Order, now: datetime, hand_off_at: datetime) -> None:
-    """A placed line goes to fulfilment with its shipment: into the shipment's hand-off while that has not gone
-    (at the hand-off's moment: the cancel windows promised for the other lines stand), or, once it has, in a
-    follow-up shipment of its own at ``hand_off_at``."""
+def _send_to_fulfilment(
+    *, session: Session, order: Order, now: datetime, hand_off_at: datetime, by: datetime | None = None
+) -> None:
+    """A placed line goes to fulfilment with its shipment: into the shipment's hand-off while that has not gone and
+    leaves by ``by`` (the latest the line may leave; default ``hand_off_at``), at the hand-off's moment (the cancel
+    windows promised for the other lines stand); otherwise in a follow-up shipment of its own at ``hand_off_at``."""
     hand_off_at = max(hand_off_at, now)
     if order.shipment_id is None:  # from before shipments: alone, as then
         order.hand_off_at = hand_off_at
@@ -506,19 +593,24 @@ def _send_to_fulfilment(*, session: Session, order: Order, now: datetime, hand_o
             available_at=hand_off_at,
         )
         return
+    _lock_shipment(session=session, shipment_id=order.shipment_id)
     message = _hand_off_message(session=session, key=shipment_key(order.shipment_id))
     if message is not None:
-        lines = [line for line in _lines_of(session=session, message=message) if line.id != order.id]
-        order.hand_off_at = message.available_at
-        if _rewrite(session=session, message=message, lines=[*lines, order], now=now):
-            return
+        soon_enough = message.available_at <= max(by or hand_off_at, hand_off_at)
+        if soon_enough:
+            lines = [line for line in _lines_of(session=session, message=message) if line.id != order.id]
+            at = message.available_at
+            if _rewrite(session=session, message=message, lines=[*lines, order], now=now):
+                order.hand_off_at = at
+                return
         follow_up = new_shipment(session=session, customer_id=order.customer_id, now=now)
+        why = "had gone to fulfilment" if soon_enough else "leaves too late for it"
         note(
             session=session,
             order=order,
             actor="fulfilment hand-off",
             now=now,
-            reason=f"its shipment had gone to fulfilment: it goes in shipment {follow_up.id}",
+            reason=f"its shipment {why}: it goes in shipment {follow_up.id}",
         )
         order.shipment_id = follow_up.id
     order.hand_off_at = hand_off_at
