@@ -27,6 +27,7 @@ from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.errors import Conflict, NotFound
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
+from replenish.notifications.models import Notification
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.outbox import service as outbox
@@ -131,6 +132,9 @@ def test_a_slot_due_within_the_horizon_joins_the_ordering_slot_s_shipment(engine
     assert hand_off.idempotency_key == f"shipment:{lines['black'].shipment_id}:placed"
     assert [line["order_id"] for line in hand_off.payload["lines"]] == [lines["black"].id, lines["cyan"].id]
     assert lines["black"].hand_off_at == lines["cyan"].hand_off_at == hand_off.available_at
+    with Session(engine) as session:
+        [told] = session.exec(select(Notification).where(Notification.order_id == lines["cyan"].id)).all()
+    assert told.body.endswith("It comes in one box with Office printer black."), told.body
 
 
 def test_without_a_horizon_each_slot_orders_alone(engine: Engine):
@@ -149,6 +153,16 @@ def test_each_line_follows_its_own_slot_s_consent(engine: Engine, mode: str, joi
         assert lines["cyan"].status == joins_as and lines["cyan"].shipment_id == lines["black"].shipment_id
         [hand_off] = printer.hand_offs()
         assert [line["order_id"] for line in hand_off.payload["lines"]] == [lines["black"].id]
+        with transaction(engine) as session:  # a line awaiting approval is declined when taken out
+            removed = orders.remove_line(
+                session=session,
+                shipment_id=lines["cyan"].shipment_id or "",
+                order_id=lines["cyan"].id,
+                actor="ada",
+                now=printer.now,
+                reason=None,
+            )
+            assert removed.status == OrderStatus.DECLINED
 
 
 def test_the_spending_cap_counts_every_line(engine: Engine):

@@ -22,6 +22,8 @@ class OrderFacts:
     total_price: Decimal | None
     zone: ZoneInfo
     empty_at_early: datetime | None = None
+    # The other lines of its shipment (device and slot), as they stand when the message is written.
+    box: tuple[str, ...] = ()
 
     @property
     def what(self) -> str:
@@ -34,6 +36,9 @@ class OrderFacts:
 
     def day(self, moment: datetime) -> str:
         return f"{moment.astimezone(self.zone):%a %d %b}"
+
+    def one_box(self) -> str:
+        return f" It comes in one box with {', '.join(self.box)}." if self.box else ""
 
     def runs_low(self) -> str:
         if self.empty_at_early is None:
@@ -57,7 +62,7 @@ def approval_request(facts: OrderFacts, *, answer_by: datetime | None, on_no_ans
             f"Answer by {facts.at(answer_by)} for it to arrive in time; "
             f"without an answer by then, {_WITHOUT_ANSWER[on_no_answer]}."
         )
-    return subject, f"Shall we order {facts.what}?{facts.runs_low()} {deadline}"
+    return subject, f"Shall we order {facts.what}?{facts.runs_low()}{facts.one_box()} {deadline}"
 
 
 def approval_reminder(facts: OrderFacts, *, answer_by: datetime, on_no_answer: NoAnswer) -> tuple[str, str]:
@@ -98,7 +103,8 @@ def order_placed(facts: OrderFacts, *, hand_off_at: datetime, arriving_at: datet
         if hand_off_at > now
         else "; it has gone to the supplier, and can still be cancelled in the app until it ships"
     )
-    return subject, f"Ordered: {facts.what}, arriving about {facts.day(arriving_at)}{cancel}.{facts.runs_low()}"
+    body = f"Ordered: {facts.what}, arriving about {facts.day(arriving_at)}{cancel}.{facts.runs_low()}{facts.one_box()}"
+    return subject, body
 
 
 def shipped(facts: OrderFacts, *, arriving_at: datetime) -> tuple[str, str]:

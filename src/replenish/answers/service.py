@@ -79,7 +79,33 @@ def _facts(
         total_price=order.total_price,
         zone=document.zone,
         empty_at_early=forecast.empty_at_early if forecast is not None else None,
+        box=_box(session=session, order=order),
     )
+
+
+def _box(*, session: Session, order: Order) -> tuple[str, ...]:
+    """The other lines of the order's shipment, as "device slot": those written and those this transaction is
+    writing (looked up without writing them out first)."""
+    if order.shipment_id is None:
+        return ()
+    with session.no_autoflush:
+        pending = [
+            line
+            for line in session.new
+            if isinstance(line, Order) and line.shipment_id == order.shipment_id and line.id != order.id
+        ]
+        stored = session.exec(
+            select(Order).where(Order.shipment_id == order.shipment_id, col(Order.id) != order.id)
+        ).all()
+        lines = {line.id: line for line in [*stored, *pending]}
+        labels = []
+        for line in sorted(lines.values(), key=lambda line: (line.created_at, line.id)):
+            if line.status in (OrderStatus.CANCELLED, OrderStatus.DECLINED):
+                continue
+            device = session.get(Device, line.device_id)
+            slot = session.get(Slot, line.slot_id)
+            labels.append(f"{device.name if device else line.device_id} {slot.name if slot else ''}".strip())
+    return tuple(labels)
 
 
 def _token_hash(token: str) -> str:
