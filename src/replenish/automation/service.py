@@ -511,14 +511,14 @@ def act_on(
     verdict = evaluated.verdict
     line = None
     if verdict.action in (DecisionAction.PLACE_ORDER, DecisionAction.REQUEST_APPROVAL):
-        line = line_for(session=session, slot=slot, device=device, document=document, forecast=evaluated.forecast)
-        verdict = within_limits(
-            explained(verdict, line),
-            limits=document.limits_for(device_id=device.id, slot_name=slot.name),
-            quantity=line.quantity,
-            total_price=line.total_price,
+        line, verdict = _within_limits(
+            session=session,
+            slot=slot,
+            device=device,
+            document=document,
+            forecast=evaluated.forecast,
+            verdict=verdict,
             spent_this_month=lambda: context.spent_this_month(session=session, customer_id=device.customer_id, now=now),
-            asks=line.asks,
         )
         if verdict.action == DecisionAction.PLACE_ORDER:
             context.placed(customer_id=device.customer_id, total_price=line.total_price)
@@ -818,14 +818,14 @@ def _add_lines(
                 ordering_name=ordering_name,
             )
             reason = f"{pulled.reason}{f' {why}' if why else ''}; consent mode {joiner.mode}"
-        line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast)
-        verdict = within_limits(
-            explained(Verdict(action=joiner.action, reason=reason), line),
-            limits=document.limits_for(device_id=device.id, slot_name=slot.name),
-            quantity=line.quantity,
-            total_price=line.total_price,
+        line, verdict = _within_limits(
+            session=session,
+            slot=slot,
+            device=device,
+            document=document,
+            forecast=forecast,
+            verdict=Verdict(action=joiner.action, reason=reason),
             spent_this_month=lambda: context.spent_this_month(session=session, customer_id=customer_id, now=now),
-            asks=line.asks,
         )
         if verdict.action == DecisionAction.PLACE_ORDER:
             context.placed(customer_id=customer_id, total_price=line.total_price)
@@ -904,6 +904,31 @@ def line_for(
     )
 
 
+def _within_limits(
+    *,
+    session: Session,
+    slot: Slot,
+    device: Device,
+    document: ConsentDocument,
+    forecast: Forecast | None,
+    verdict: Verdict,
+    spent_this_month: Callable[[], Decimal],
+    quantity: int | None = None,
+) -> tuple[LinePlan, Verdict]:
+    """The line an order for the slot would be (line_for), and the verdict within the consent's limits on it
+    (policy.within_limits), its reason saying what the line orders and why."""
+    line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast, quantity=quantity)
+    limited = within_limits(
+        explained(verdict, line),
+        limits=document.limits_for(device_id=device.id, slot_name=slot.name),
+        quantity=line.quantity,
+        total_price=line.total_price,
+        spent_this_month=spent_this_month,
+        asks=line.asks,
+    )
+    return line, limited
+
+
 def explained(verdict: Verdict, line: LinePlan) -> Verdict:
     """The verdict, its reason saying what the line orders and why (a substitute, a quantity sized to use)."""
     if not line.explanation:
@@ -959,17 +984,18 @@ def order_now(
     verdict = Verdict(action=DecisionAction.PLACE_ORDER, reason=asked)
     if from_device and mode in (ConsentMode.ASK_FIRST, ConsentMode.NOTIFY_ONLY):
         verdict = Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{asked}; consent mode {mode}: asks first")
-    line = line_for(session=session, slot=slot, device=device, document=document, forecast=forecast, quantity=quantity)
     month_start, month_end = document.calendar_month(now)
-    verdict = within_limits(
-        explained(verdict, line),
-        limits=document.limits_for(device_id=device.id, slot_name=slot.name),
-        quantity=line.quantity,
-        total_price=line.total_price,
+    line, verdict = _within_limits(
+        session=session,
+        slot=slot,
+        device=device,
+        document=document,
+        forecast=forecast,
+        verdict=verdict,
         spent_this_month=lambda: orders.spent_between(
             session=session, customer_id=device.customer_id, start=month_start, end=month_end
         ),
-        asks=line.asks,
+        quantity=quantity,
     )
     _, order = _act(
         session=session,
