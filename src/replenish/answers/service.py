@@ -84,22 +84,10 @@ def _facts(
 
 
 def _box(*, session: Session, order: Order) -> tuple[str, ...]:
-    """The other lines of the order's shipment, as "device slot": those written and those this transaction is
-    writing (looked up without writing them out first)."""
-    if order.shipment_id is None:
-        return ()
-    with session.no_autoflush:
-        pending = [
-            line
-            for line in session.new
-            if isinstance(line, Order) and line.shipment_id == order.shipment_id and line.id != order.id
-        ]
-        stored = session.exec(
-            select(Order).where(Order.shipment_id == order.shipment_id, col(Order.id) != order.id)
-        ).all()
-        lines = {line.id: line for line in [*stored, *pending]}
-        labels = []
-        for line in sorted(lines.values(), key=lambda line: (line.created_at, line.id)):
+    """The other lines of the order's shipment still in it, as "device slot"."""
+    labels = []
+    with session.no_autoflush:  # the lines being written go out with their decisions, together
+        for line in orders.box_of(session=session, order=order):
             if line.status in (OrderStatus.CANCELLED, OrderStatus.DECLINED):
                 continue
             device = session.get(Device, line.device_id)

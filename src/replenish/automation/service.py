@@ -605,6 +605,8 @@ class _Joiner:
     forecast: Forecast
     cycle: datetime
     policy: ReorderPolicy
+    # Its newest decision's key, withdrawn requests included: a new key comes after it.
+    latest_key: datetime | None = None
 
 
 # How far ahead a shipment below the operator's minimum basket looks for slots to fill it.
@@ -724,19 +726,24 @@ def _joiners(
     if not candidates:
         return []
     ids = [slot.id for slot, _ in candidates]
-    stored = {row.slot_id: row for row in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(ids)))}
     wanted = set(ids)
-    decided = _latest_decision_keys(session=session, slot_ids=ids) | {
-        slot_id: key for slot_id, key in context.decided.items() if slot_id in wanted
-    }
-    open_orders = {
-        order.slot_id: order
-        for order in session.exec(
-            select(Order)
-            .where(col(Order.slot_id).in_(ids), col(Order.status).in_(OPEN_ORDER_STATUSES))
-            .order_by(col(Order.created_at))
-        )
-    }
+    # What this transaction decided and ordered is in the context: the reads need not write it out first.
+    with session.no_autoflush:
+        stored = {
+            row.slot_id: row for row in session.exec(select(SlotForecast).where(col(SlotForecast.slot_id).in_(ids)))
+        }
+        decided = _latest_decision_keys(session=session, slot_ids=ids) | {
+            slot_id: key for slot_id, key in context.decided.items() if slot_id in wanted
+        }
+        keys = _latest_decision_keys(session=session, slot_ids=ids, counting_withdrawn_requests=True)
+        open_orders = {
+            order.slot_id: order
+            for order in session.exec(
+                select(Order)
+                .where(col(Order.slot_id).in_(ids), col(Order.status).in_(OPEN_ORDER_STATUSES))
+                .order_by(col(Order.created_at))
+            )
+        } | {slot_id: order for slot_id, order in context.open_orders.items() if slot_id in wanted}
     found = []
     for slot, device in candidates:
         mode = document.mode_for(device_id=device.id, slot_name=slot.name)
@@ -768,7 +775,7 @@ def _joiners(
         )
         newest = (slot.level / slot.capacity, slot.level_at) if slot.level is not None and slot.level_at else None
         if joins(forecast, memory=memory, policy=policy, pull_forward_days=horizon_days, now=now, newest=newest):
-            found.append(_Joiner(slot, device, mode, action, forecast, cycle, policy))
+            found.append(_Joiner(slot, device, mode, action, forecast, cycle, policy, keys.get(slot.id)))
     return found
 
 
@@ -809,7 +816,8 @@ def _add_lines(
         if due is not None:
             reason = f"{due.reason}; in the same shipment as {ordering_name}"
         else:
-            key = _request_key(session=session, slot=slot, now=now, cycle=joiner.cycle)
+            after = max(filter(None, (joiner.latest_key, context.decided.get(slot.id))), default=None)
+            key = _key_after(slot=slot, now=now, after=after, cycle=joiner.cycle)
             pulled_into = shipment.id
             pulled = pulled_forward(
                 forecast=forecast,
@@ -872,7 +880,8 @@ def line_for(
     """What an order for the slot would ask for now (automation.ordering.plan_line): the customer's product, or
     its first available substitute, at the catalogue's current price, sized as the slot says (``quantity``: the
     customer's own). A product the catalogue does not list is ordered as named, at the slot's unit price."""
-    versions = catalogue.current_versions(session=session, skus=[slot.product_sku, *slot.substitute_skus])
+    with session.no_autoflush:  # the catalogue is not written here
+        versions = catalogue.current_versions(session=session, skus=[slot.product_sku, *slot.substitute_skus])
     shape = catalogue.SlotShape(device_kind=device.kind, slot_name=slot.name, unit=slot.unit)
 
     def offer(sku: str) -> Offer | None:
@@ -1055,17 +1064,21 @@ def _latest_decision_keys(
     return dict(session.exec(query).all())
 
 
-def _request_key(*, session: Session, slot: Slot, now: datetime, cycle: datetime | None = None) -> datetime:
-    """The key of an order the customer asks for now (or of a line pulled forward into a shipment): the slot's
-    newest reading's time (the device's clock, as the cycles' starts are), so that a refill reported after it
-    starts a cycle of its own even when the device's clock runs behind the platform's; after the cycle's start
-    (``cycle``: as this transaction sees it), and after every earlier decision's key (unique)."""
-    # A microsecond after it: never the very time of a reading, which may yet become a cycle's start and its key.
-    moments = (slot.level_at, slot.cycle_started_at, cycle)
-    key = max(filter(None, moments), default=now) + timedelta(microseconds=1)
+def _request_key(*, session: Session, slot: Slot, now: datetime) -> datetime:
+    """The key of an order the customer asks for now: the slot's newest reading's time (the device's clock, as the
+    cycles' starts are), so that a refill reported after it starts a cycle of its own even when the device's clock
+    runs behind the platform's; after the cycle's start, and after every earlier decision's key (unique)."""
     latest = _latest_decision_key(session=session, slot_id=slot.id, counting_withdrawn_requests=True)
-    if latest is not None and key <= latest:
-        key = latest + timedelta(microseconds=1)
+    return _key_after(slot=slot, now=now, after=latest)
+
+
+def _key_after(*, slot: Slot, now: datetime, after: datetime | None, cycle: datetime | None = None) -> datetime:
+    """A decision key inside the slot's current cycle (``cycle``: its start as this transaction sees it), after its
+    newest reading and after ``after`` (its newest decision's key, withdrawn requests included)."""
+    # A microsecond after it: never the very time of a reading, which may yet become a cycle's start and its key.
+    key = max(filter(None, (slot.level_at, slot.cycle_started_at, cycle)), default=now) + timedelta(microseconds=1)
+    if after is not None and key <= after:
+        key = after + timedelta(microseconds=1)
     return key
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+from sqlalchemy import event
 from sqlmodel import Session, col, func, select
 
 from replenish.audit import service as audit
@@ -78,6 +81,7 @@ def create(
         placed_at=None if awaiting_approval else now,
     )
     session.add(order)  # rows that refer to it follow it in the same flush (columns.written_after)
+    _written(session).lines.setdefault(shipment.id, []).append(order)
     _record(session=session, order=order, from_status=None, actor=actor, now=now, reason=None)
     if order.status == OrderStatus.PLACED:
         _send_to_fulfilment(session=session, order=order, now=now, hand_off_at=hand_off_at or now)
@@ -93,11 +97,58 @@ def create(
     return order
 
 
+@dataclass
+class _Written:
+    """What this transaction has written of shipments (new shipments, their lines, their hand-offs), found without
+    writing the transaction out first: an evaluation writes a decision's rows together, at the end."""
+
+    shipments: set[str] = field(default_factory=set)
+    lines: dict[str, list[Order]] = field(default_factory=dict)
+    hand_offs: dict[str, OutboxMessage] = field(default_factory=dict)
+
+
+_WRITTEN = "replenish.orders.written"
+
+
+def _written(session: Session) -> _Written:
+    written = session.info.get(_WRITTEN)
+    if written is None:
+        written = session.info[_WRITTEN] = _Written()
+        if not session.info.get(_FORGETS):
+            session.info[_FORGETS] = True
+            event.listen(session, "after_transaction_end", _forget_written)
+    return written
+
+
+_FORGETS = "replenish.orders.forgets"
+
+
+def _forget_written(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the transaction ended, not a savepoint
+        session.info.pop(_WRITTEN, None)
+
+
 def new_shipment(*, session: Session, customer_id: str, now: datetime) -> Shipment:
     """A new shipment for the customer's order lines decided now."""
     shipment = Shipment(customer_id=customer_id, created_at=now)
     session.add(shipment)
+    _written(session).shipments.add(shipment.id)
     return shipment
+
+
+def box_of(*, session: Session, order: Order) -> list[Order]:
+    """The other lines of the order's shipment, those written before and those this transaction is writing, in the
+    order they were made."""
+    if order.shipment_id is None:
+        return []
+    written = _written(session)
+    lines = {line.id: line for line in written.lines.get(order.shipment_id, [])}
+    if order.shipment_id not in written.shipments:
+        with session.no_autoflush:
+            query = select(Order).where(Order.shipment_id == order.shipment_id)
+            lines |= {line.id: line for line in session.exec(query)}
+    lines.pop(order.id, None)
+    return sorted(lines.values(), key=lambda line: (line.created_at, line.id))
 
 
 def shipment_lines(*, session: Session, shipment_id: str) -> list[Order]:
@@ -345,16 +396,21 @@ def shipment_key(shipment_id: str) -> str:
 def _lock_shipment(*, session: Session, shipment_id: str) -> None:
     """Hold the shipment until the transaction ends (PostgreSQL; SQLite has one writer anyway): whoever rewrites its
     hand-off (a line added, taken out, held, released, or the hand-off moved) reads it as the last writer left it,
-    so that a withdrawal that fails means a dispatcher took it, never that another rewrite got there first."""
-    session.exec(select(Shipment.id).where(Shipment.id == shipment_id).with_for_update()).first()
+    so that a withdrawal that fails means a dispatcher took it, never that another rewrite got there first. One
+    this transaction made is its own already."""
+    if shipment_id in _written(session).shipments:
+        return
+    with session.no_autoflush:
+        session.exec(select(Shipment.id).where(Shipment.id == shipment_id).with_for_update()).first()
 
 
 def _hand_off_message(*, session: Session, key: str) -> OutboxMessage | None:
-    """The hand-off message under ``key``: written in this transaction (not yet flushed), or stored."""
-    for pending in session.new:
-        if isinstance(pending, OutboxMessage) and pending.idempotency_key == key:
-            return pending
-    return session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == key)).first()
+    """The hand-off message under ``key``: written in this transaction, or stored."""
+    written = _written(session).hand_offs.get(key)
+    if written is not None:
+        return written
+    with session.no_autoflush:
+        return session.exec(select(OutboxMessage).where(OutboxMessage.idempotency_key == key)).first()
 
 
 def _line_ids(message: OutboxMessage) -> list[str]:
@@ -375,18 +431,22 @@ def _rewrite(
 ) -> bool:
     """Replace a hand-off that has not gone yet with one of ``lines`` (none: no hand-off), at the same moment (or
     ``at``). False when it has gone (a dispatcher claimed it): fulfilment has the lines it had."""
-    if message in session.new:
+    written = _written(session).hand_offs
+    if written.get(message.idempotency_key) is message and message in session.new:
         if lines:
             message.payload = _shipment_payload(message.payload["shipment_id"], message.payload["customer_id"], lines)
             message.available_at = at or message.available_at
         else:
             session.expunge(message)
+            del written[message.idempotency_key]
         return True
     when = at or message.available_at
     if not outbox.withdraw(session=session, idempotency_key=message.idempotency_key):
         return False
     # Gone from the table: a new row may even get its id (SQLite reuses the highest).
-    session.expunge(message)
+    if message in session:
+        session.expunge(message)
+    written.pop(message.idempotency_key, None)
     if lines:
         _enqueue_shipment(
             session=session,
@@ -491,8 +551,12 @@ def _withdraw_from_fulfilment(*, session: Session, order: Order, actor: str, now
 
 def _lines_of(*, session: Session, message: OutboxMessage) -> list[Order]:
     ids = _line_ids(message)
-    found = {order.id: order for order in session.exec(select(Order).where(col(Order.id).in_(ids)))}
-    assert set(found) == set(ids), "a hand-off names lines that are not there"
+    found = {line.id: line for line in _written(session).lines.get(message.payload["shipment_id"], [])}
+    missing = [order_id for order_id in ids if order_id not in found]
+    if missing:
+        with session.no_autoflush:
+            found |= {line.id: line for line in session.exec(select(Order).where(col(Order.id).in_(missing)))}
+    assert set(ids) <= set(found), "a hand-off names lines that are not there"
     return [found[order_id] for order_id in ids]
 
 
@@ -612,7 +676,11 @@ def _send_to_fulfilment(
             now=now,
             reason=f"its shipment {why}: it goes in shipment {follow_up.id}",
         )
+        written = _written(session).lines
+        if order in written.get(order.shipment_id, []):
+            written[order.shipment_id].remove(order)
         order.shipment_id = follow_up.id
+        written.setdefault(follow_up.id, []).append(order)
     order.hand_off_at = hand_off_at
     _enqueue_shipment(
         session=session,
@@ -627,7 +695,7 @@ def _send_to_fulfilment(
 def _enqueue_shipment(
     *, session: Session, shipment_id: str, customer_id: str, lines: list[Order], now: datetime, at: datetime
 ) -> None:
-    outbox.enqueue(
+    _written(session).hand_offs[shipment_key(shipment_id)] = outbox.enqueue(
         session=session,
         kind=OutboxKind.SHIPMENT_PLACED,
         stream=f"shipment:{shipment_id}",
