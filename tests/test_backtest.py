@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from replenish.backtest.replay import FleetRates, RecordedReading, read_readings, replay
+from replenish.cli import app as cli
 from replenish.forecasting import Forecast
 from replenish.forecasting.model import SHARED_PRIOR_LENDERS, fleet_prior
 
@@ -238,14 +240,15 @@ def test_without_the_flag_each_slot_orders_alone_and_with_it_lines_share_a_shipm
 
     def run(*flag: str) -> list[dict[str, str]]:
         out = tmp_path / f"ORDERS{''.join(flag)}.csv"
-        argv = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", str(out), *flag]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        argv = ["backtest", str(readings), "--lead-time-days", "3", "--out", str(out), *flag]
+        done = CliRunner().invoke(cli, argv)  # the command in this process: its options and defaults
+        assert done.exit_code == 0, done.output
         return read_orders(out)
 
-    bad = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", "X.csv", "--pull-forward-days", "-1"]
-    refused = subprocess.run(bad, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert refused.returncode == 2 and "pull-forward-days" in refused.stderr
+    refused = CliRunner().invoke(
+        cli, ["backtest", str(readings), "--lead-time-days", "3", "--out", "X.csv", "--pull-forward-days", "-1"]
+    )
+    assert refused.exit_code == 2 and "pull-forward-days" in refused.output
     assert run() == run("--pull-forward-days", "0"), "without the flag H = 0, as the contract says"
     together = Counter((order["device_id"], order["ordered_at"]) for order in run("--pull-forward-days", "14"))
     assert max(together.values()) == 2, "the two slots of a device in one shipment"
