@@ -133,8 +133,11 @@ def test_a_slot_due_within_the_horizon_joins_the_ordering_slot_s_shipment(engine
     assert [line["order_id"] for line in hand_off.payload["lines"]] == [lines["black"].id, lines["cyan"].id]
     assert lines["black"].hand_off_at == lines["cyan"].hand_off_at == hand_off.available_at
     with Session(engine) as session:
-        [told] = session.exec(select(Notification).where(Notification.order_id == lines["cyan"].id)).all()
-    assert told.body.endswith("It comes in one box with Office printer black."), told.body
+        [black_told] = session.exec(select(Notification).where(Notification.order_id == lines["black"].id)).all()
+        [cyan_told] = session.exec(select(Notification).where(Notification.order_id == lines["cyan"].id)).all()
+    # Each announcement is written once the box is complete: it names the others.
+    assert black_told.body.endswith("It comes in one box with Office printer cyan."), black_told.body
+    assert cyan_told.body.endswith("It comes in one box with Office printer black."), cyan_told.body
 
 
 def test_without_a_horizon_each_slot_orders_alone(engine: Engine):
@@ -291,6 +294,9 @@ def test_a_shipment_still_under_the_minimum_waits_as_long_as_the_forecasts_allow
         history = orders.history(session=session, order_id=lines["black"].id)
     assert hand_off.available_at == latest > printer.now + timedelta(hours=2), "black's latest useful moment"
     assert all(order.hand_off_at == latest for order in printer.orders())
+    with Session(engine) as session:
+        [told] = session.exec(select(Notification).where(Notification.order_id == lines["black"].id)).all()
+    assert f"cancel until {latest:%a %d %b %H:%M} (UTC)" in told.body, "announced once the shipment waits: its moment"
     assert "under the minimum basket of 100: it waits as long as the forecasts allow" in (history[-1].reason or "")
 
 

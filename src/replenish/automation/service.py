@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -533,8 +534,10 @@ def act_on(
             verdict=verdict,
             now=now,
         )
+    messages: list[Callable[[], object]] = []
     with correlation.bound(trigger):
         decision, order = _act(
+            messages=messages,
             session=session,
             slot=slot,
             device=device,
@@ -553,11 +556,9 @@ def act_on(
         context.decided[slot.id] = evaluated.cycle_started_at
         if order is not None:
             context.open_orders[slot.id] = order
-        if shipment is None:
-            return [decision]
-        return [
-            decision,
-            *_pull_forward(
+        decisions = [decision]
+        if shipment is not None:
+            decisions += _pull_forward(
                 session=session,
                 shipment=shipment,
                 ordering=(slot, device, evaluated.forecast),
@@ -565,8 +566,12 @@ def act_on(
                 context=context,
                 now=now,
                 trigger=trigger,
-            ),
-        ]
+                messages=messages,
+            )
+        # Now that the box is complete: each line's request or announcement names the others, and its hand-off.
+        for message in messages:
+            message()
+    return decisions
 
 
 def _shipment_for(
@@ -622,6 +627,7 @@ def _pull_forward(
     context: EvaluationContext,
     now: datetime,
     trigger: str | None,
+    messages: list[Callable[[], object]] | None = None,
 ) -> list[Decision]:
     """The customer's other slots that would order within their pull-forward horizon join ``shipment``
     (automation.consolidation.joins), each a line with its own decision, consent mode and limits, and the reason
@@ -663,6 +669,7 @@ def _pull_forward(
         context=context,
         now=now,
         trigger=trigger,
+        messages=messages,
     )
     minimum = context.minimum_basket
     if minimum is None:
@@ -687,6 +694,7 @@ def _pull_forward(
             now=now,
             trigger=trigger,
             why=f"to reach the minimum basket of {minimum} (it was {basket})",
+            messages=messages,
         )
         decisions.extend(added)
         basket = orders.basket_value(session=session, shipment_id=shipment.id)
@@ -789,8 +797,10 @@ def _add_lines(
     now: datetime,
     trigger: str | None,
     why: str | None = None,
+    messages: list[Callable[[], object]] | None = None,
 ) -> list[Decision]:
-    """A line in ``shipment`` for each joiner, with its own decision and limits, and the reason it came now."""
+    """A line in ``shipment`` for each joiner, with its own decision and limits, and the reason it came now
+    (``messages``: see _act)."""
     if not joiners:
         return []
     ordering_device, ordering_forecast, ordering_name = ordering
@@ -853,6 +863,7 @@ def _add_lines(
             line=line,
             shipment=shipment,
             pulled_into=pulled_into,
+            messages=messages,
         )
         # Its own verdict in this transaction, if it has one, is not acted on (decided_already); its next
         # evaluation reads the decision and the order.
@@ -1133,8 +1144,11 @@ def _act(
     requested_by: str | None = None,
     shipment: Shipment | None = None,
     pulled_into: str | None = None,
+    messages: list[Callable[[], object]] | None = None,
 ) -> tuple[Decision, Order | None]:
-    """The decision, and its order (None for a notification)."""
+    """The decision, and its order (None for a notification). ``messages``: the order's request or announcement is
+    added there, for the caller to write once the shipment is complete (it names the other lines of the box, and
+    the hand-off as it ends up), instead of written now."""
     decision = Decision(
         slot_id=slot.id,
         device_id=device.id,
@@ -1195,7 +1209,8 @@ def _act(
             actor=actor,
             line=line,
         )
-        answers.request_approval(
+        message: Callable[[], object] = functools.partial(
+            answers.request_approval,
             session=session,
             order=order,
             lead_time_days=slot.lead_time_days,
@@ -1224,7 +1239,8 @@ def _act(
                 now=now,
             ),
         )
-        answers.announce_order(
+        message = functools.partial(
+            answers.announce_order,
             session=session,
             order=order,
             lead_time_days=slot.lead_time_days,
@@ -1233,6 +1249,11 @@ def _act(
             now=now,
             decision=decision,
         )
+    if order is not None:
+        if messages is None:
+            message()
+        else:
+            messages.append(message)
     log.info("decision %s: %s for %s/%s (%s)", decision.id, verdict.action, device.id, slot.name, verdict.reason)
     return decision, order
 
