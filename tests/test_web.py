@@ -461,6 +461,7 @@ def test_screenshots_of_every_page(
         "supplies": "/app",
         "orders": "/app/orders",
         "order": f"/app/orders/{order['id']}",
+        "shipment": f"/app/shipments/{order['shipment_id']}",
         "alerts": "/app/alerts",
         "alert": f"/app/alerts/{alert['id']}",
         "consent": "/app/consent",
