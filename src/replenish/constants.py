@@ -153,6 +153,8 @@ class OrderStatus(StrEnum):
 OPEN_ORDER_STATUSES = frozenset(
     {OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.HELD}
 )
+# Taken back before it shipped: it costs nothing, and a line of a shipment no longer in the box.
+WITHDRAWN_ORDER_STATUSES = frozenset({OrderStatus.DECLINED, OrderStatus.CANCELLED})
 
 
 class AlertKind(StrEnum):

@@ -27,6 +27,7 @@ from replenish.automation.policy import Verdict, within_limits
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, OrderLimits
 from replenish.constants import (
+    WITHDRAWN_ORDER_STATUSES,
     AuditAction,
     ConsentMode,
     DecisionAction,
@@ -88,7 +89,7 @@ def _box(*, session: Session, order: Order) -> tuple[str, ...]:
     labels = []
     with session.no_autoflush:  # the lines being written go out with their decisions, together
         for line in orders.box_of(session=session, order=order):
-            if line.status in (OrderStatus.CANCELLED, OrderStatus.DECLINED):
+            if line.status in WITHDRAWN_ORDER_STATUSES:
                 continue
             device = session.get(Device, line.device_id)
             slot = session.get(Slot, line.slot_id)

@@ -56,6 +56,11 @@ class Verdict:
     reason: str
 
 
+def action_for(mode: ConsentMode) -> DecisionAction | None:
+    """What a slot under ``mode`` does when it must reorder: place, ask, notify, or nothing."""
+    return _ACTION_BY_MODE[mode]
+
+
 def within_limits(
     verdict: Verdict,
     *,
@@ -117,7 +122,7 @@ def decide(
     """
     if paused or already_decided_this_cycle or order_in_transit or not must_reorder(forecast, policy=policy, now=now):
         return None
-    action = _ACTION_BY_MODE[mode]
+    action = action_for(mode)
     if action is None:
         return None
     assert forecast.empty_at is not None and forecast.empty_at_early is not None

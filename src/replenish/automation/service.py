@@ -43,7 +43,7 @@ from replenish.automation.consolidation import joins, pulled_forward
 from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan, Offer, Sizing, plan_line
-from replenish.automation.policy import ReorderPolicy, Verdict, decide, within_limits
+from replenish.automation.policy import ReorderPolicy, Verdict, action_for, decide, within_limits
 from replenish.catalogue import service as catalogue
 from replenish.columns import UTCDateTime, table_of
 from replenish.consent import service as consent
@@ -51,11 +51,11 @@ from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     DEFAULT_REORDER_MARGIN_DAYS,
     OPEN_ORDER_STATUSES,
+    WITHDRAWN_ORDER_STATUSES,
     AuditAction,
     ConsentMode,
     DecisionAction,
     NoticeKind,
-    OrderStatus,
 )
 from replenish.customers.locks import lock_customer
 from replenish.db import transaction, upsert
@@ -364,9 +364,10 @@ class EvaluationContext:
     # Per customer: what their orders cost this calendar month, read when a cap first weighs an order of theirs,
     # plus what this transaction has placed since (placed): one query per customer, not one per decision.
     spent: dict[str, Decimal] = field(default_factory=dict)
-    # The slots evaluated in this transaction: their new forecast and cycle start (stored when it ends), which a
-    # shipment judges them by rather than the stored ones.
-    fresh: dict[str, tuple[Forecast, datetime | None]] = field(default_factory=dict)
+    # The slots evaluated in this transaction: their new forecast and cycle start, stored when it ends; a shipment
+    # judges them by these rather than the stored ones.
+    forecasts: dict[str, Forecast] = field(default_factory=dict)
+    cycle_starts: dict[str, datetime | None] = field(default_factory=dict)
     # The operator's minimum basket (REPLENISH_MINIMUM_BASKET): what a shipment should reach before it leaves.
     minimum_basket: Decimal | None = None
 
@@ -611,7 +612,9 @@ class _Joiner:
     cycle: datetime
     policy: ReorderPolicy
     # Its newest decision's key, withdrawn requests included: a new key comes after it.
-    latest_key: datetime | None = None
+    latest_key: datetime | None
+    # Within the customer's pull-forward horizon (not only the minimum basket's).
+    within: bool
 
 
 # How far ahead a shipment below the operator's minimum basket looks for slots to fill it.
@@ -639,28 +642,17 @@ def _pull_forward(
     earliest latest-useful moment of its placed lines (their early empty date less their lead time)."""
     ordering_slot, ordering_device, ordering_forecast = ordering
     customer_id = ordering_device.customer_id
-    document = context.consents[customer_id][1]
     ordering_name = _slot_label(ordering_slot, ordering_device, beside=ordering_device)
     reachable = _joiners(
         session=session,
         customer_id=customer_id,
         ordering_slot=ordering_slot,
         margin_days=margin_days,
-        horizon_days=max(document.pull_forward_days, BASKET_HORIZON_DAYS if context.minimum_basket else 0.0),
+        basket_horizon_days=BASKET_HORIZON_DAYS if context.minimum_basket else None,
         context=context,
         now=now,
     )
-    within = [
-        joiner
-        for joiner in reachable
-        if joins(
-            joiner.forecast,
-            memory=SlotMemory(joiner.cycle, None, None),
-            policy=joiner.policy,
-            pull_forward_days=document.pull_forward_days,
-            now=now,
-        )
-    ]
+    within = [joiner for joiner in reachable if joiner.within]
     decisions = _add_lines(
         session=session,
         shipment=shipment,
@@ -679,7 +671,7 @@ def _pull_forward(
         return decisions
     # Soonest first, one at a time, until the basket reaches the minimum.
     rest = sorted(
-        (joiner for joiner in reachable if joiner not in within),
+        (joiner for joiner in reachable if not joiner.within),
         key=lambda joiner: joiner.forecast.empty_at_early or now,
     )
     for joiner in rest:
@@ -718,12 +710,12 @@ def _joiners(
     customer_id: str,
     ordering_slot: Slot,
     margin_days: float,
-    horizon_days: float,
+    basket_horizon_days: float | None,
     context: EvaluationContext,
     now: datetime,
 ) -> list[_Joiner]:
-    """The customer's other slots that could join a shipment ordered now, within ``horizon_days`` of ordering by
-    themselves (consolidation.joins)."""
+    """The customer's other slots that could join a shipment ordered now (consolidation.joins): within their
+    pull-forward horizon, or, to fill a minimum basket, within ``basket_horizon_days`` of ordering by themselves."""
     document = context.consents[customer_id][1]
     candidates = session.exec(
         select(Slot, Device)
@@ -755,17 +747,14 @@ def _joiners(
     found = []
     for slot, device in candidates:
         mode = document.mode_for(device_id=device.id, slot_name=slot.name)
-        action = {
-            ConsentMode.AUTO_ORDER: DecisionAction.PLACE_ORDER,
-            ConsentMode.ASK_FIRST: DecisionAction.REQUEST_APPROVAL,
-        }.get(mode)
-        if action is None or any(
+        action = action_for(mode)
+        if action not in (DecisionAction.PLACE_ORDER, DecisionAction.REQUEST_APPROVAL) or any(
             start <= now < end for start, end in document.pauses_for(device_id=device.id, slot_name=slot.name)
         ):
             continue
         forecast: Forecast | None
-        if slot.id in context.fresh:
-            forecast, cycle = context.fresh[slot.id]
+        if slot.id in context.forecasts:
+            forecast, cycle = context.forecasts[slot.id], context.cycle_starts[slot.id]
         else:
             kept = stored.get(slot.id)
             forecast = Forecast.from_json(kept.forecast) if kept is not None else None
@@ -782,8 +771,10 @@ def _joiners(
             open_order_placed_at=open_order.created_at if open_order is not None else None,
         )
         newest = (slot.level / slot.capacity, slot.level_at) if slot.level is not None and slot.level_at else None
-        if joins(forecast, memory=memory, policy=policy, pull_forward_days=horizon_days, now=now, newest=newest):
-            found.append(_Joiner(slot, device, mode, action, forecast, cycle, policy, keys.get(slot.id)))
+        joining = functools.partial(joins, forecast, memory=memory, policy=policy, now=now, newest=newest)
+        within = joining(pull_forward_days=document.pull_forward_days)
+        if within or (basket_horizon_days is not None and joining(pull_forward_days=basket_horizon_days)):
+            found.append(_Joiner(slot, device, mode, action, forecast, cycle, policy, keys.get(slot.id), within))
     return found
 
 
@@ -1069,7 +1060,7 @@ def _latest_decision_keys(
         query = query.where(
             or_(
                 and_(col(Decision.requested_by).is_(None), col(Decision.pulled_into).is_(None)),
-                col(Order.status).not_in([OrderStatus.CANCELLED, OrderStatus.DECLINED]),
+                col(Order.status).not_in(WITHDRAWN_ORDER_STATUSES),
             )
         )
     return dict(session.exec(query).all())
@@ -1481,8 +1472,6 @@ def _evaluate_in_one_transaction(
     outcome = _Transaction()
     next_at: dict[str, datetime] = {}
     screens: dict[str, Screen] = {}
-    forecasts: dict[str, Forecast] = {}
-    cycle_starts: dict[str, datetime | None] = {}
     with transaction(engine, immediate=True) as session:
         rows = session.exec(
             select(Slot, Device)
@@ -1518,9 +1507,8 @@ def _evaluate_in_one_transaction(
                     context=context,
                 )
                 next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
-                forecasts[slot.id] = evaluated.forecast
-                cycle_starts[slot.id] = evaluated.cycle_started_at
-                context.fresh[slot.id] = (evaluated.forecast, evaluated.cycle_started_at)
+                context.forecasts[slot.id] = evaluated.forecast
+                context.cycle_starts[slot.id] = evaluated.cycle_started_at
                 outcome.done.append(waiting.pop(slot.id))
                 if evaluated.verdict is not None:
                     verdicts.append((slot, device, evaluated))
@@ -1538,12 +1526,20 @@ def _evaluate_in_one_transaction(
                     trigger=triggers.get(slot.id),
                 )
                 outcome.decisions.extend(decision.id for decision in decisions)
-        store_forecasts(session=session, forecasts=forecasts, now=now)
+        store_forecasts(session=session, forecasts=context.forecasts, now=now)
         store_windows(
             session=session,
-            windows={slot_id: window for slot_id, window in context.changed_windows.items() if slot_id in forecasts},
+            windows={
+                slot_id: window for slot_id, window in context.changed_windows.items() if slot_id in context.forecasts
+            },
         )
-        finish_claims(session=session, claims=outcome.done, next_at=next_at, screens=screens, cycle_starts=cycle_starts)
+        finish_claims(
+            session=session,
+            claims=outcome.done,
+            next_at=next_at,
+            screens=screens,
+            cycle_starts=context.cycle_starts,
+        )
     outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
     return outcome
 

@@ -15,7 +15,13 @@ from replenish.audit import service as audit
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan
 from replenish.catalogue.models import ProductVersion
-from replenish.constants import OPEN_ORDER_STATUSES, AuditAction, OrderStatus, OutboxKind
+from replenish.constants import (
+    OPEN_ORDER_STATUSES,
+    WITHDRAWN_ORDER_STATUSES,
+    AuditAction,
+    OrderStatus,
+    OutboxKind,
+)
 from replenish.customers.locks import lock_customer
 from replenish.db import get_or_raise
 from replenish.devices import service as devices
@@ -108,6 +114,7 @@ class _Written:
 
 
 _WRITTEN = "replenish.orders.written"
+_FORGETS = "replenish.orders.forgets"
 
 
 def _written(session: Session) -> _Written:
@@ -118,9 +125,6 @@ def _written(session: Session) -> _Written:
             session.info[_FORGETS] = True
             event.listen(session, "after_transaction_end", _forget_written)
     return written
-
-
-_FORGETS = "replenish.orders.forgets"
 
 
 def _forget_written(session: Session, transaction: Any) -> None:
@@ -172,10 +176,6 @@ def list_shipments(
     )
 
 
-REMOVABLE = (OrderStatus.AWAITING_APPROVAL, OrderStatus.PLACED, OrderStatus.CONFIRMED, OrderStatus.HELD)
-_GONE = (OrderStatus.DECLINED, OrderStatus.CANCELLED)
-
-
 def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
     """The shipment with its lines: each line's slot, product, price and why it is in it."""
     lines = shipment_lines(session=session, shipment_id=shipment.id)
@@ -198,7 +198,7 @@ def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
             select(ProductVersion).where(col(ProductVersion.id).in_([line.product_version_id for line in lines]))
         )
     }
-    kept = [line for line in lines if line.status not in _GONE]
+    kept = [line for line in lines if line.status not in WITHDRAWN_ORDER_STATUSES]
     prices = [line.total_price for line in kept if line.total_price is not None]
     currencies = {versions[line.product_version_id].currency for line in kept if line.product_version_id in versions}
     hand_offs = [line.hand_off_at for line in kept if line.hand_off_at is not None]
@@ -217,7 +217,7 @@ def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
                 slot_name=slots[line.slot_id][0].name if line.slot_id in slots else "",
                 product_name=versions[line.product_version_id].name if line.product_version_id in versions else None,
                 reason=reasons.get(line.decision_id, ""),
-                removable=line.status in REMOVABLE,
+                removable=can_become(OrderStatus(line.status), OrderStatus.CANCELLED),
             )
             for line in sorted(
                 lines,
@@ -240,9 +240,9 @@ def remove_line(
     if order is None or order.shipment_id != shipment_id:
         raise NotFound("line", order_id)
     status = OrderStatus(order.status)
-    if status in _GONE:
+    if status in WITHDRAWN_ORDER_STATUSES:
         return order  # removing it again is harmless
-    to = OrderStatus.DECLINED if status == OrderStatus.AWAITING_APPROVAL else OrderStatus.CANCELLED
+    to = OrderStatus.DECLINED if can_become(status, OrderStatus.DECLINED) else OrderStatus.CANCELLED
     return transition(
         session=session, order_id=order_id, to=to, actor=actor, now=now, reason=reason or "removed from the shipment"
     )
@@ -492,7 +492,7 @@ def basket_value(*, session: Session, shipment_id: str) -> Decimal:
     """What a shipment's lines still in it cost (those with a price)."""
     total = session.exec(
         select(func.coalesce(func.sum(Order.total_price), 0)).where(
-            Order.shipment_id == shipment_id, col(Order.status).not_in(_GONE)
+            Order.shipment_id == shipment_id, col(Order.status).not_in(WITHDRAWN_ORDER_STATUSES)
         )
     ).one()
     return Decimal(total or 0)
