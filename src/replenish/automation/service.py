@@ -1466,7 +1466,8 @@ def _evaluate_in_one_transaction(
     minimum_basket: Decimal | None = None,
 ) -> _Transaction:
     """Evaluate claimed slots in one transaction, in customer order, for about TRANSACTION_SECONDS (at least one
-    slot); the claims not reached are left. Raises what a slot raised: nothing of the transaction is kept then."""
+    slot, and a customer's slots all or none); the claims not reached are left. Raises what a slot raised: nothing
+    of the transaction is kept then."""
     started = time.monotonic()
     waiting = {claim.slot_id: claim for claim in claims}
     outcome = _Transaction()
@@ -1483,20 +1484,25 @@ def _evaluate_in_one_transaction(
         context = EvaluationContext.load(session=session, slots=list(rows))
         context.minimum_basket = minimum_basket
 
-        def out_of_time() -> bool:
-            return bool(outcome.done) and time.monotonic() - started > TRANSACTION_SECONDS
+        def out_of_time(next_customer: str, last_customer: str | None) -> bool:
+            # Never between two slots of one customer: a shipment judges the customer's other slots by their
+            # forecasts of this transaction, and a slot not reached yet might have none.
+            late = bool(outcome.done) and time.monotonic() - started > TRANSACTION_SECONDS
+            return late and next_customer != last_customer
 
+        last_customer = None  # the customer of the newest slot evaluated
         # A chunk of slots at a time: their readings in one query, then each forecast (until the transaction's time
         # is up), then the messages behind the verdicts in one query, then the verdicts acted on.
         for start in range(0, len(rows), READ_CHUNK):
-            if out_of_time():
-                break
             chunk = rows[start : start + READ_CHUNK]
+            if out_of_time(chunk[0][1].customer_id, last_customer):
+                break
             context.read_windows(session=session, slots=[slot for slot, _ in chunk], now=now)
             verdicts = []
             for slot, device in chunk:
-                if out_of_time():
+                if out_of_time(device.customer_id, last_customer):
                     break
+                last_customer = device.customer_id
                 evaluated = forecast_slot(
                     slot=slot,
                     device=device,
