@@ -81,6 +81,9 @@ def test_sign_up_by_e_mail_then_sign_in_and_see_who_you_are(mailing_platform: Pl
         "email": "ada@example.com",
         "role": "customer",
         "customer_id": created.json()["id"],
+        "household_role": "owner",
+        "approval_limit": None,
+        "device_ids": None,
     }
     with Session(platform.engine) as session:
         outbox = session.exec(select(OutboxMessage)).all()
@@ -269,6 +272,9 @@ LINK_ROUTES = {
     ("GET", "/api/v1/acknowledgements/{token}"),
     ("POST", "/api/v1/acknowledgements/{token}"),
     ("POST", "/api/v1/sign-ups/{token}"),
+    # And whoever was invited to a household (tests/test_households.py: a forged, used or expired one gets nothing).
+    ("GET", "/api/v1/invitations/{token}"),
+    ("POST", "/api/v1/invitations/{token}"),
 }
 # A fulfilment partner signs its requests instead (tests/test_answers.py: a wrong, changed or old signature gets 401).
 SIGNED_ROUTES = {("POST", "/api/v1/fulfilment/{partner}/events")}
@@ -346,7 +352,16 @@ def _populated_world(platform: Platform, clock: ManualClock, start: datetime) ->
                 },
             )
             assert browser.status_code == 201, browser.text
+            invitation = operator.post(
+                "/household/invitations",
+                params={"customer_id": customer_id},
+                json={"email": f"{name}-carer@example.com", "role": "carer", "device_ids": [f"{name}-pendant"]},
+            )
+            assert invitation.status_code == 201, invitation.text
+            [owner] = operator.get("/household/members", params={"customer_id": customer_id}).json()
             ids[name] |= {
+                "invitation_id": invitation.json()["id"],
+                "account_id": owner["account_id"],
                 "subscription_id": browser.json()["id"],
                 "order_id": order["id"],
                 "shipment_id": order["shipment_id"],
@@ -391,6 +406,9 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/auth/tokens/{token_id}", None),
     ("POST", "/devices/{device_id}/slots/{slot_name}/order", None),
     ("DELETE", "/push/subscriptions/{subscription_id}", None),
+    ("PATCH", "/household/members/{account_id}", {"approval_limit": "10"}),
+    ("DELETE", "/household/members/{account_id}", None),
+    ("DELETE", "/household/invitations/{invitation_id}", None),
 ]
 
 
@@ -405,6 +423,8 @@ NOBODY = {
         "notification_id",
         "alarm_id",
         "subscription_id",
+        "invitation_id",
+        "account_id",
     )
 }
 
@@ -440,6 +460,8 @@ def _bobs_things(world: World) -> dict[str, Any]:
         "bob's devices": sorted(d["id"] for d in world.bob.get("/devices").json()),
         "bob's orders": sorted((o["id"], o["status"]) for o in operator.get("/orders", params=of_bob).json()),
         "bob's browsers": len(operator.get("/push/subscriptions", params=of_bob).json()),
+        "bob's household": operator.get("/household/members", params=of_bob).json(),
+        "bob's invitations": operator.get("/household/invitations", params=of_bob).json(),
     }
 
 
@@ -491,7 +513,18 @@ def test_every_customer_reads_the_shared_catalogue(world: World):
 
 
 @pytest.mark.parametrize(
-    "collection", ["/devices", "/orders", "/shipments", "/alerts", "/alarms", "/notifications", "/audit"]
+    "collection",
+    [
+        "/devices",
+        "/orders",
+        "/shipments",
+        "/alerts",
+        "/alarms",
+        "/notifications",
+        "/audit",
+        "/household/members",
+        "/household/invitations",
+    ],
 )
 def test_lists_show_a_customer_only_their_own(world: World, collection):
     ada_id, bob_id = world.ids["ada"]["customer_id"], world.ids["bob"]["customer_id"]

@@ -349,7 +349,15 @@ def test_every_page_fits_a_phone_and_is_reachable_by_keyboard(
     order, _ = place_an_order(platform, api, clock, mode="ask_first")
     sign_in(page, platform)
     page.set_viewport_size({"width": 375, "height": 740})
-    for path in ("/app", "/app/orders", f"/app/orders/{order['id']}", "/app/alerts", "/app/consent", "/app/nowhere"):
+    for path in (
+        "/app",
+        "/app/orders",
+        f"/app/orders/{order['id']}",
+        "/app/alerts",
+        "/app/consent",
+        "/app/household",
+        "/app/nowhere",
+    ):
         page.goto(f"{platform.api_url}{path}")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
     console_errors[:] = [error for error in console_errors if "status of 404" not in error]  # /app/nowhere
@@ -466,6 +474,7 @@ def test_screenshots_of_every_page(
         "alert": f"/app/alerts/{alert['id']}",
         "consent": "/app/consent",
         "your-data": "/app/data",
+        "household": "/app/household",
     }
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for width_name, width in WIDTHS.items():
@@ -552,6 +561,7 @@ def test_the_demo_in_the_terminal_and_the_browser_then_ctrl_c(
         url = f"http://127.0.0.1:{api_port}/app"
         assert url in banner and f"http://127.0.0.1:{api_port}/docs" in banner, "the web app's and the docs' address"
         assert set(credentials["devices"]) == {"demo-printer", "demo-fridge", "demo-wearable"}
+        assert {"member", "carer"} <= set(credentials) and credentials["carer"]["email"] in banner
         for role, entry in credentials.items():
             if role == "devices":
                 continue
@@ -560,7 +570,10 @@ def test_the_demo_in_the_terminal_and_the_browser_then_ctrl_c(
             )
             for token in (entry["token"], signed_in.json()["access_token"]):
                 me = httpx.get(f"{base}/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
-                assert me["email"] == entry["email"] and me["role"] == role
+                assert me["email"] == entry["email"]
+                assert (me["role"], me["household_role"]) == (
+                    ("operator", None) if role == "operator" else ("customer", "owner" if role == "customer" else role)
+                )
         assert httpx.get(f"{base}/orders").status_code == 401, "nothing without signing in"
 
         customer = credentials["customer"]
@@ -879,3 +892,80 @@ def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(
     assert api.get(f"/customers/{customer_id}/consent").json()["document"]["slot_price_caps"] == {
         "printer-1/black": "30"
     }
+
+
+def test_a_household_owner_invites_a_carer_who_sees_only_the_wearable_and_a_member_refused_above_the_limit(
+    page: Page, tmp_path: Path, clock: ManualClock, mailbox: Mailbox, console_errors: list[str]
+) -> None:
+    """As the issue tries it: the owner invites a carer from the Household page; the carer follows the mailed link,
+    chooses a password, sees only the wearable and acknowledges its fall; a member's approval above their limit is
+    a page that says why, and the order stays as it was."""
+    settings = make_settings(tmp_path, smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_sender="hi@example.com")
+    with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
+        customer_id, _ = run_low(platform, api, mode="ask_first")
+        register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+        publisher = Publisher(platform.settings.mqtt_endpoint)
+        try:
+            publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected"})
+            assert platform.ingestor is not None and platform.ingestor.wait_for(handled=1, timeout=10)
+        finally:
+            publisher.close()
+        clock.set(START + timedelta(days=8))
+        assert platform.jobs is not None
+        platform.jobs.evaluate()
+        [order] = api.get("/orders").json()
+        sign_in(page, platform)
+        page.get_by_role("link", name="Household").click()
+        page.get_by_label("E-mail address").fill("carl@example.com")
+        page.get_by_label("Their name").fill("Carl")
+        page.get_by_role("radio", name="carer").check()
+        page.get_by_role("checkbox", name="wearable pendant-1").check()
+        page.get_by_role("button", name="Send the invitation").click()
+        expect(page.get_by_role("status")).to_contain_text("An invitation is on its way to carl@example.com")
+        page.get_by_role("button", name="Sign out").click()
+
+        platform.jobs.dispatch()
+        assert wait_until(lambda: len(mailbox.to("carl@example.com")) == 1)
+        [link] = re.findall(r"http\S+/app/invitations/\S+", mailbox.to("carl@example.com")[0].get_content())
+        page.goto(link)
+        expect(
+            page.get_by_text("invites you to their household as a carer: you will see wearable pendant-1")
+        ).to_be_visible()
+        page.get_by_label("Your name").fill("Carl")
+        page.get_by_label("Choose a password").fill(PASSWORD)
+        page.get_by_role("button", name="Join the household").click()
+        expect(page.get_by_role("heading", name="Welcome to the household")).to_be_visible()
+
+        sign_in(page, platform, "carl@example.com")
+        expect(page.get_by_text("wearable pendant-1").first).to_be_visible()
+        expect(page.get_by_text("printer printer-1")).to_have_count(0)
+        expect(page.get_by_role("link", name="Orders")).to_have_count(0)
+        page.get_by_role("link", name="Alerts").click()
+        page.get_by_role("button", name="Acknowledge the fall alert on wearable pendant-1").click()
+        expect(page.get_by_text("No open alerts.")).to_be_visible()
+        [alert] = api.get("/alerts").json()
+        assert alert["acknowledged_by"] == "carer:carl@example.com"
+        page.get_by_role("button", name="Sign out").click()
+
+        invited = api.post(
+            "/household/invitations",
+            params={"customer_id": customer_id},
+            json={"email": "mia@example.com", "role": "member", "approval_limit": "20"},
+        )
+        assert invited.status_code == 201, invited.text
+        platform.jobs.dispatch()
+        assert wait_until(lambda: len(mailbox.to("mia@example.com")) == 1)
+        [token] = re.findall(r"/app/invitations/(\S+)", mailbox.to("mia@example.com")[0].get_content())
+        joined = httpx.post(
+            f"{platform.api_url}/api/v1/invitations/{token}", json={"name": "Mia", "password": PASSWORD}
+        )
+        assert joined.status_code == 201, joined.text
+        sign_in(page, platform, "mia@example.com")
+        page.get_by_role("link", name="Orders").click()
+        page.get_by_role("button", name="Approve the order for INK-BLACK").click()
+        expect(page.get_by_role("heading", name="Not for your role")).to_be_visible()
+        expect(
+            page.get_by_text("a member may approve or place orders up to 20.00; its price is not known")
+        ).to_be_visible()
+        assert api.get(f"/orders/{order['id']}").json()["status"] == "awaiting_approval"
+    console_errors[:] = [error for error in console_errors if "status of 403" not in error]

@@ -168,6 +168,12 @@ def _print_banner(platform: Platform, *, demo: bool) -> None:
             f"Sign in (also in {demo_credentials_path(platform.settings)}):",
             f"  customer     {customer['email']}  password {customer['password']}",
             f"  operator     {operator['email']}  password {operator['password']}",
+            *(
+                f"  {role:<12} {credentials[role]['email']}  password {credentials[role]['password']}"
+                for role in ("member", "carer")
+                if role in credentials
+            ),
+            "  (the member sees the supplies and approves orders up to 50.00; the carer sees only the wearable)",
             "",
             "Demo: a printer, a fridge and a wearable replay their history now. Within a minute, as the customer:",
             f"  forecasts    curl -s {bearer} {api}/api/v1/devices/demo-printer",

@@ -223,6 +223,43 @@ class AccountRole(StrEnum):
     CUSTOMER = "customer"
 
 
+class HouseholdRole(StrEnum):
+    """A customer account's place in its household (docs/api.md, "Households")."""
+
+    OWNER = "owner"  # the account the customer signed up with: everything
+    MEMBER = "member"  # sees the supplies and approves orders up to their limit; cannot change the consent
+    CARER = "carer"  # sees only the devices shared with them (a wearable), their incidents and health; acknowledges
+
+
+class Capability(StrEnum):
+    """What a household role may do beyond seeing its devices. The value completes "a member may not ..."."""
+
+    MANAGE_HOUSEHOLD = "manage the household's members"
+    CHANGE_CONSENT = "change the consent"
+    READ_CONSENT = "read the consent"
+    MANAGE_DEVICES = "register devices or change their settings"
+    ORDER = "approve, place or cancel orders"
+    READ_MESSAGES = "read the household's messages"
+    READ_AUDIT = "read the audit log"
+    MANAGE_DATA = "export or delete the household's data"
+    ACKNOWLEDGE = "acknowledge incidents and alarms"
+
+
+ROLE_CAPABILITIES: dict[HouseholdRole, frozenset[Capability]] = {
+    HouseholdRole.OWNER: frozenset(Capability),
+    HouseholdRole.MEMBER: frozenset({Capability.READ_CONSENT, Capability.ORDER, Capability.ACKNOWLEDGE}),
+    HouseholdRole.CARER: frozenset({Capability.ACKNOWLEDGE}),
+}
+# An invitation's link works this long, once.
+INVITATION_LINK_DAYS = 7
+# Where the invitation's link leads (a page that asks the invited person for their name and password).
+INVITATION_PAGE_PATH = "/app/invitations"
+# Invitations' mails are deliveries of no notification row, as sign-ups' are.
+INVITATION_NOTICE_PREFIX = "invitation:"
+# Invitations waiting for an answer per household at most.
+MAX_PENDING_INVITATIONS = 20
+
+
 class TokenKind(StrEnum):
     SESSION = "session"  # issued at sign-in, expires
     PERSONAL = "personal"  # created by its owner for a script or an app, works until revoked or expired
@@ -259,6 +296,12 @@ class AuditAction(StrEnum):
     CUSTOMER_EXPORTED = "customer.exported"
     CUSTOMER_DELETED = "customer.deleted"
     PRODUCT_CHANGED = "catalogue.product_changed"
+    ACCESS_DENIED = "auth.access_denied"
+    MEMBER_INVITED = "household.member_invited"
+    INVITATION_REVOKED = "household.invitation_revoked"
+    MEMBER_JOINED = "household.member_joined"
+    MEMBER_CHANGED = "household.member_changed"
+    MEMBER_REMOVED = "household.member_removed"
 
 
 # Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -22,18 +22,29 @@ ModelT = TypeVar("ModelT", bound=SQLModel)
 
 
 def get_or_raise(
-    session: Session, model: type[ModelT], key: str, *, entity: str, customer_id: str | None = None
+    session: Session,
+    model: type[ModelT],
+    key: str,
+    *,
+    entity: str,
+    customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
 ) -> ModelT:
     """The row with this primary key, or NotFound (a 404 at the API). Given ``customer_id``, only that customer's
-    (filtered in SQL): another customer's row answers exactly as a missing one does, its existence not given away."""
-    if customer_id is None:
+    (filtered in SQL): another customer's row answers exactly as a missing one does, its existence not given away.
+    Given ``device_ids`` (the devices a member or carer sees), only a row of one of them (a device: one of them)."""
+    if customer_id is None and device_ids is None:
         row = session.get(model, key)
     else:
         mapper = inspect(model)
         [primary_key] = mapper.primary_key
-        row = session.exec(
-            select(model).where(primary_key == key, mapper.columns["customer_id"] == customer_id)
-        ).first()
+        query = select(model).where(primary_key == key)
+        if customer_id is not None:
+            query = query.where(mapper.columns["customer_id"] == customer_id)
+        if device_ids is not None:
+            device_column = mapper.columns.get("device_id", primary_key)
+            query = query.where(device_column.in_(list(device_ids)))
+        row = session.exec(query).first()
     if row is None:
         raise NotFound(entity, key)
     return row

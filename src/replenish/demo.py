@@ -9,15 +9,17 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import Engine
 from sqlmodel import select
 
 from replenish.auth import service as auth
+from replenish.auth.models import DeviceShare
 from replenish.config import MqttEndpoint
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, EmergencyContact
-from replenish.constants import AccountRole, ConsentMode, TokenKind
+from replenish.constants import AccountRole, ConsentMode, HouseholdRole, TokenKind
 from replenish.customers import service as customers
 from replenish.customers.models import Customer
 from replenish.db import transaction
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 DEMO_EMAIL = "demo@replenish.example"
 DEMO_OPERATOR_EMAIL = "operator@replenish.example"
+# The demo household's member (approves orders up to DEMO_MEMBER_LIMIT) and the carer the wearable is shared with.
+DEMO_MEMBER_EMAIL = "member@replenish.example"
+DEMO_CARER_EMAIL = "carer@replenish.example"
+DEMO_MEMBER_LIMIT = Decimal("50.00")
 PRINTER_ID = "demo-printer"
 FRIDGE_ID = "demo-fridge"
 WEARABLE_ID = "demo-wearable"
@@ -67,12 +73,16 @@ class DemoAccounts:
     customer: Credentials
     operator: Credentials
     device_secrets: dict[str, str]
+    member: Credentials | None = None
+    carer: Credentials | None = None
 
     def to_json(self) -> dict[str, dict[str, str]]:
         """var/demo-credentials.json: sign-ins, and each demo device's MQTT password (its username is its id)."""
+        household = {name: c.to_json() for name, c in (("member", self.member), ("carer", self.carer)) if c}
         return {
             "customer": self.customer.to_json(),
             "operator": self.operator.to_json(),
+            **household,
             "devices": self.device_secrets,
         }
 
@@ -81,7 +91,10 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
     """Create the demo customer and an operator, each with a fresh password and a personal API token, and register
     the simulated devices with exactly the slots they report. On a database that has them already (an external
     REPLENISH_DATABASE_URL), the two accounts get new passwords and tokens and the rest is left as it is."""
-    passwords = {DEMO_EMAIL: secrets.token_urlsafe(12), DEMO_OPERATOR_EMAIL: secrets.token_urlsafe(12)}
+    passwords = {
+        email: secrets.token_urlsafe(12)
+        for email in (DEMO_EMAIL, DEMO_OPERATOR_EMAIL, DEMO_MEMBER_EMAIL, DEMO_CARER_EMAIL)
+    }
     with transaction(engine) as session:
         customer = session.exec(select(Customer).where(Customer.email == DEMO_EMAIL)).first()
         device_secrets: dict[str, str] = {}
@@ -123,23 +136,43 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                     session=session, device=device, actor="demo", now=now
                 )
         tokens = {}
-        for email, role, customer_id in (
-            (DEMO_EMAIL, AccountRole.CUSTOMER, customer.id),
-            (DEMO_OPERATOR_EMAIL, AccountRole.OPERATOR, None),
+        # The household: its owner, a member who approves orders up to DEMO_MEMBER_LIMIT, and a carer who sees the
+        # wearable only (as if invited from the Household page).
+        for email, role, customer_id, household_role in (
+            (DEMO_EMAIL, AccountRole.CUSTOMER, customer.id, HouseholdRole.OWNER),
+            (DEMO_OPERATOR_EMAIL, AccountRole.OPERATOR, None, None),
+            (DEMO_MEMBER_EMAIL, AccountRole.CUSTOMER, customer.id, HouseholdRole.MEMBER),
+            (DEMO_CARER_EMAIL, AccountRole.CUSTOMER, customer.id, HouseholdRole.CARER),
         ):
             account = auth.set_password(session=session, email=email, password=passwords[email], now=now)
             if account is None:
                 account = auth.create_account(
-                    session=session, email=email, password=passwords[email], role=role, customer_id=customer_id, now=now
+                    session=session,
+                    email=email,
+                    password=passwords[email],
+                    role=role,
+                    customer_id=customer_id,
+                    now=now,
+                    household_role=household_role,
+                    name={DEMO_MEMBER_EMAIL: "Demo member", DEMO_CARER_EMAIL: "Demo carer"}.get(email),
+                    approval_limit=DEMO_MEMBER_LIMIT if household_role is HouseholdRole.MEMBER else None,
                 )
+                if household_role is HouseholdRole.CARER:
+                    session.add(DeviceShare(account_id=account.id, device_id=WEARABLE_ID, created_at=now))
             _, tokens[email] = auth.issue_token(
                 session=session, account=account, kind=TokenKind.PERSONAL, name="demo", now=now, lifetime=None
             )
+
+        def credentials(email: str) -> Credentials:
+            return Credentials(email, passwords[email], tokens[email])
+
         return DemoAccounts(
             customer_id=customer.id,
-            customer=Credentials(DEMO_EMAIL, passwords[DEMO_EMAIL], tokens[DEMO_EMAIL]),
-            operator=Credentials(DEMO_OPERATOR_EMAIL, passwords[DEMO_OPERATOR_EMAIL], tokens[DEMO_OPERATOR_EMAIL]),
+            customer=credentials(DEMO_EMAIL),
+            operator=credentials(DEMO_OPERATOR_EMAIL),
             device_secrets=device_secrets,
+            member=credentials(DEMO_MEMBER_EMAIL),
+            carer=credentials(DEMO_CARER_EMAIL),
         )
 
 

@@ -92,3 +92,28 @@ class TooManyRequests(DomainError):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class RoleForbidden(Forbidden):
+    """An act beyond the caller's household role: a 403 naming the role, and an audit record of who tried what (the
+    app writes it in a transaction of its own, since the request's own is rolled back)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        role: str,
+        actor: str,
+        customer_id: str | None,
+        subject_type: str | None = None,
+        subject_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.role = role
+        self.actor = actor
+        self.customer_id = customer_id
+        self.subject_type = subject_type
+        self.subject_id = subject_id
+
+    def body(self) -> dict[str, Any]:
+        return super().body() | {"role": self.role}

@@ -3,13 +3,14 @@
 from replenish.alerts.models import Alert, EscalationStep
 from replenish.answers.models import OrderLink
 from replenish.audit.models import AuditEvent
-from replenish.auth.models import AccessToken, Account
+from replenish.auth.models import AccessToken, Account, DeviceShare
 from replenish.automation.models import Decision
 from replenish.catalogue.models import Product, ProductVersion
 from replenish.consent.models import ConsentVersion
 from replenish.customers.models import Customer, PendingSignUp
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.health.models import Alarm
+from replenish.households.models import Invitation
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
@@ -28,7 +29,9 @@ __all__ = [
     "Decision",
     "Device",
     "DeviceMessage",
+    "DeviceShare",
     "EscalationStep",
+    "Invitation",
     "Notification",
     "Order",
     "OrderEvent",

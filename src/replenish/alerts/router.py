@@ -19,7 +19,7 @@ from replenish.alerts.schemas import (
     ResolveRequest,
 )
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
-from replenish.constants import ACKNOWLEDGE_PAGE_PATH, AlertStatus
+from replenish.constants import ACKNOWLEDGE_PAGE_PATH, AlertStatus, Capability
 from replenish.db import transaction
 from replenish.devices.models import Device
 from replenish.errors import DomainError
@@ -44,6 +44,7 @@ def list_alerts(
     found = service.list_alerts(
         session=session,
         customer_id=principal.scope(customer_id),
+        device_ids=principal.visible_devices,
         device_id=device_id,
         status=status,
         limit=limit,
@@ -54,7 +55,9 @@ def list_alerts(
 
 @router.get("/{alert_id}", response_model=AlertDetail, summary="An alert, and the event behind it")
 def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) -> AlertDetail:
-    alert = service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
+    alert = service.get(
+        session=session, alert_id=alert_id, customer_id=principal.visible_customer, device_ids=principal.visible_devices
+    )
     steps = service.steps(session=session, alert_id=alert.id)
     delivered = service.delivered_at(session=session, steps=steps)
     return AlertDetail(
@@ -77,7 +80,13 @@ def acknowledge(
 ) -> AlertRead:
     """Marks the alert acknowledged and sends `alert_acknowledged` to the device's commands topic."""
     with transaction(engine) as session:
-        service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
+        service.get(
+            session=session,
+            alert_id=alert_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
         actor = principal.actor if not (body and body.by) else f"{body.by} (via {principal.actor})"
         alert = service.acknowledge(session=session, alert_id=alert_id, actor=actor, now=clock.now())
         return AlertRead.model_validate(alert)
@@ -89,7 +98,13 @@ def resolve(
 ) -> AlertRead:
     request = body or ResolveRequest()
     with transaction(engine) as session:
-        service.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
+        service.get(
+            session=session,
+            alert_id=alert_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
         alert = service.resolve(
             session=session,
             alert_id=alert_id,

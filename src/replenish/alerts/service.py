@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -349,15 +350,19 @@ def explain(*, session: Session, alert: Alert) -> dict[str, object]:
     }
 
 
-def get(*, session: Session, alert_id: str, customer_id: str | None = None) -> Alert:
-    """The alert; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
-    return get_or_raise(session, Alert, alert_id, entity="alert", customer_id=customer_id)
+def get(
+    *, session: Session, alert_id: str, customer_id: str | None = None, device_ids: Collection[str] | None = None
+) -> Alert:
+    """The alert; given ``customer_id``, only if it is that customer's (another's answers as a missing one); given
+    ``device_ids`` (what a member or carer sees), only one of those devices'."""
+    return get_or_raise(session, Alert, alert_id, entity="alert", customer_id=customer_id, device_ids=device_ids)
 
 
 def list_alerts(
     *,
     session: Session,
     customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
     device_id: str | None = None,
     status: AlertStatus | None = None,
     limit: int = 100,
@@ -366,6 +371,8 @@ def list_alerts(
     query = select(Alert)
     if customer_id:
         query = query.where(Alert.customer_id == customer_id)
+    if device_ids is not None:
+        query = query.where(col(Alert.device_id).in_(list(device_ids)))
     if device_id:
         query = query.where(Alert.device_id == device_id)
     if status:

@@ -6,12 +6,13 @@ import functools
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.concurrency import run_in_threadpool
 
 from replenish import __version__
 from replenish.alerts.router import acknowledgement_page_router, acknowledgements_router
@@ -19,15 +20,20 @@ from replenish.alerts.router import router as alerts_router
 from replenish.api.deps import EngineDep
 from replenish.api.headers import ResponseHeaders
 from replenish.api.state import ApiState, PlatformApp, api_state
+from replenish.audit import service as audit
 from replenish.audit.router import router as audit_router
 from replenish.auth.router import router as auth_router
 from replenish.catalogue.router import router as catalogue_router
 from replenish.consent.router import router as consent_router
+from replenish.constants import AuditAction
 from replenish.customers.router import router as customers_router
 from replenish.customers.router import sign_ups as sign_ups_router
+from replenish.db import transaction
 from replenish.devices.router import router as devices_router
-from replenish.errors import DomainError, ErrorBody, TooManyRequests, Unauthorized, UnprocessableBody
+from replenish.errors import DomainError, ErrorBody, RoleForbidden, TooManyRequests, Unauthorized, UnprocessableBody
 from replenish.health.router import router as alarms_router
+from replenish.households.router import invitations_router
+from replenish.households.router import router as household_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK
 from replenish.notifications.router import push_router
@@ -52,6 +58,11 @@ token from signing in, or a personal API token (`POST /api/v1/auth/tokens`). A c
 own customer record, consent, devices, orders, alerts and notifications; anything of another customer's answers 404,
 exactly like something that does not exist. Operators see everything; some routes (dead letters, fulfilment updates,
 the customer list) are theirs only and answer 403 to a customer.
+
+Households: the owner (who signed up) invites members and carers (`POST /api/v1/household/invitations`). A member
+sees the supplies and approves orders up to their limit; a carer sees only the devices shared with them (a
+wearable), their incidents and health. A device a member or carer does not see answers 404; an act beyond their
+role answers 403 naming the role (`role`), and is kept in the audit log.
 
 Errors: 401 without a valid token, 403 for a route the caller's role may not use, 404 for an unknown object,
 409 for a state change that is not allowed (e.g. approving a declined order), 422 for an invalid request, naming
@@ -95,6 +106,13 @@ def application() -> FastAPI:
             headers = {"Retry-After": str(exc.retry_after_seconds)}
         return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=headers)
 
+    @app.exception_handler(RoleForbidden)
+    async def _role_forbidden(request: Request, exc: RoleForbidden) -> Response:
+        await run_in_threadpool(_record_refusal, request, exc)
+        if web.is_page(request.url.path):
+            return web.forbidden_page(request, exc)
+        return JSONResponse(status_code=exc.status_code, content=exc.body())
+
     @app.exception_handler(StaleDataError)
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
@@ -110,7 +128,10 @@ def application() -> FastAPI:
     responses: dict[int | str, dict[str, Any]] = {
         400: error("The request body could not be read (a malformed form or multipart body)."),
         401: error("No valid bearer token (also for a wrong e-mail or password at sign-in)."),
-        403: error("The caller's role may not do this."),
+        403: error(
+            "The caller's role may not do this: an operator's route, or an act beyond the caller's household role "
+            "(`role` names it; the refusal is in the audit log)."
+        ),
         404: error("No such object, or it is another customer's."),
         409: error("The object's state does not allow this change, or a concurrent request changed it first."),
         422: {
@@ -135,12 +156,14 @@ def application() -> FastAPI:
         audit_router,
         privacy_router,
         catalogue_router,
+        household_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
     unauthenticated: dict[int | str, dict[str, Any]] = {status: responses[status] for status in (400, 404, 409, 422)}
     app.include_router(fulfilment_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(sign_ups_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgements_router, prefix=API_PREFIX, responses=unauthenticated)
+    app.include_router(invitations_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgement_page_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
@@ -171,3 +194,19 @@ def application() -> FastAPI:
 
     web.install(app)
     return app
+
+
+def _record_refusal(request: Request, refused: RoleForbidden) -> None:
+    """Who tried what beyond their role, kept whatever became of the request's own transaction (rolled back)."""
+    state = api_state(request)
+    with transaction(state.engine) as session:
+        audit.record(
+            session=session,
+            at=state.clock.now(),
+            actor=refused.actor,
+            action=AuditAction.ACCESS_DENIED,
+            customer_id=refused.customer_id,
+            subject_type=refused.subject_type or "customer",
+            subject_id=refused.subject_id or refused.customer_id or "",
+            detail={"role": refused.role, "request": f"{request.method} {request.url.path}", "reason": refused.message},
+        )

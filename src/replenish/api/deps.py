@@ -14,6 +14,7 @@ from replenish.api.state import api_state
 from replenish.auth import service as auth
 from replenish.auth.service import Principal
 from replenish.clock import Clock
+from replenish.constants import Capability
 from replenish.errors import Forbidden, Unauthorized
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -63,6 +64,17 @@ async def current_operator(principal: Annotated[Principal, Depends(current_princ
     if not principal.is_operator:
         raise Forbidden("only an operator may do this")
     return principal
+
+
+def requires(capability: Capability) -> Any:
+    """A dependency: the caller, when their household role allows ``capability`` (a 403 naming the role, kept in the
+    audit log, when it does not). Operators and owners may do anything a route otherwise lets them."""
+
+    async def allowed(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        principal.require(capability)
+        return principal
+
+    return Depends(allowed)
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from replenish.api.deps import CurrentPrincipal, Limit, Offset, ReadSession
+from replenish.api.deps import Limit, Offset, ReadSession, requires
 from replenish.audit import service
-from replenish.constants import AuditAction
+from replenish.auth.service import Principal
+from replenish.constants import AuditAction, Capability
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -29,7 +30,7 @@ class AuditEventRead(BaseModel):
 @router.get("", response_model=list[AuditEventRead], summary="The audit log, newest first")
 def list_audit_events(
     session: ReadSession,
-    principal: CurrentPrincipal,
+    principal: Annotated[Principal, requires(Capability.READ_AUDIT)],
     customer_id: str | None = None,
     action: AuditAction | None = None,
     subject_id: str | None = None,
@@ -37,7 +38,9 @@ def list_audit_events(
     offset: Offset = 0,
 ) -> list[AuditEventRead]:
     """Sign-ins, tokens, consent changes, decisions and order status changes. A customer sees those about
-    them; an operator sees everything (failed sign-ins for unknown e-mails included)."""
+    them (the household's owner; a member or carer: 403); an operator sees everything (failed sign-ins for unknown
+    e-mails included). Each record names who acted: the owner as `customer:…`, a member as `member:…`, a carer as
+    `carer:…`; `auth.access_denied` records an act refused for the caller's role."""
     events = service.list_events(
         session=session,
         customer_id=principal.scope(customer_id),

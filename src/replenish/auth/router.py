@@ -125,7 +125,13 @@ def sign_out(principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep) ->
 @router.get("/me", response_model=Me, summary="Who the token stands for")
 def me(principal: CurrentPrincipal) -> Me:
     return Me(
-        account_id=principal.account_id, email=principal.email, role=principal.role, customer_id=principal.customer_id
+        account_id=principal.account_id,
+        email=principal.email,
+        role=principal.role,
+        customer_id=principal.customer_id,
+        household_role=principal.household_role,
+        approval_limit=principal.approval_limit,
+        device_ids=sorted(principal.visible_devices) if principal.visible_devices is not None else None,
     )
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from replenish.constants import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole, TokenKind
+from replenish.constants import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, AccountRole, HouseholdRole, TokenKind
 
 
 class TokenIssued(BaseModel):
@@ -20,6 +21,13 @@ class Me(BaseModel):
     email: str
     role: AccountRole
     customer_id: str | None = Field(description="The customer this account acts for; null for an operator.")
+    household_role: HouseholdRole | None = Field(
+        None, description="owner, member or carer in the customer's household; null for an operator."
+    )
+    approval_limit: Decimal | None = Field(None, description="A member's: the most one order may cost to approve.")
+    device_ids: list[str] | None = Field(
+        None, description="The devices a member or carer sees; null: every device of the household (the owner)."
+    )
 
 
 class PersonalTokenCreate(BaseModel):

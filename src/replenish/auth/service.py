@@ -7,23 +7,30 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from pwdlib import PasswordHash
 from sqlmodel import Session, col, select
 
 from replenish.audit import service as audit
-from replenish.auth.models import AccessToken, Account
+from replenish.auth.models import AccessToken, Account, DeviceShare
 from replenish.constants import (
     FAILED_SIGN_IN_WINDOW_SECONDS,
     MAX_FAILED_SIGN_INS,
     PASSWORD_MAX_LENGTH,
+    ROLE_CAPABILITIES,
     TOKEN_PREFIX,
     AccountRole,
     AuditAction,
+    Capability,
+    DeviceKind,
+    HouseholdRole,
+    OrderStatus,
     TokenKind,
 )
 from replenish.db import get_or_raise
-from replenish.errors import Conflict, DomainError, Forbidden, NotFound, TooManyRequests
+from replenish.devices.models import Device
+from replenish.errors import Conflict, DomainError, Forbidden, NotFound, RoleForbidden, TooManyRequests
 
 # Argon2id with pwdlib's recommended parameters.
 _passwords = PasswordHash.recommended()
@@ -51,6 +58,11 @@ class Principal:
     role: AccountRole
     customer_id: str | None
     token_id: str
+    household_role: HouseholdRole | None = None  # none for an operator
+    approval_limit: Decimal | None = None  # a member's, per order
+    # The devices of their household a member or a carer sees (their alerts, alarms, orders with them); None: every
+    # device in scope (the owner's, an operator's).
+    visible_devices: frozenset[str] | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -58,8 +70,61 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """How the caller appears in histories and audit records."""
+        """How the caller appears in histories and audit records: an invited member or carer by their role."""
+        if self.household_role in (HouseholdRole.MEMBER, HouseholdRole.CARER):
+            return f"{self.household_role}:{self.email}"
         return f"{self.role}:{self.email}"
+
+    def can(self, capability: Capability) -> bool:
+        if self.is_operator or self.household_role is None:
+            return True  # an operator acts for any customer; a customer account without a role is its owner
+        return capability in ROLE_CAPABILITIES[self.household_role]
+
+    def forbidden(
+        self, capability: Capability, *, subject_type: str | None = None, subject_id: str | None = None
+    ) -> RoleForbidden:
+        """The 403 for an act beyond the caller's household role (the app records it in the audit log)."""
+        return RoleForbidden(
+            f"a {self.household_role} may not {capability}: ask the household's owner",
+            role=str(self.household_role),
+            actor=self.actor,
+            customer_id=self.customer_id,
+            subject_type=subject_type,
+            subject_id=subject_id,
+        )
+
+    def require(
+        self, capability: Capability, *, subject_type: str | None = None, subject_id: str | None = None
+    ) -> None:
+        if not self.can(capability):
+            raise self.forbidden(capability, subject_type=subject_type, subject_id=subject_id)
+
+    def check_spend(self, amount: Decimal | None, *, subject_type: str, subject_id: str) -> None:
+        """A member approves or places an order only up to their limit, and only one whose price is known."""
+        self.require(Capability.ORDER, subject_type=subject_type, subject_id=subject_id)
+        if self.household_role is not HouseholdRole.MEMBER:
+            return
+        limit = self.approval_limit or Decimal(0)
+        if amount is None or amount > limit:
+            told = "its price is not known" if amount is None else f"{amount} is over your limit of {limit}"
+            raise RoleForbidden(
+                f"a member may approve or place orders up to {limit}; {told}: ask the household's owner",
+                role=HouseholdRole.MEMBER,
+                actor=self.actor,
+                customer_id=self.customer_id,
+                subject_type=subject_type,
+                subject_id=subject_id,
+            )
+
+    def check_order_change(self, *, order_id: str, status: str, price: Decimal | None, to: OrderStatus) -> None:
+        """Approving (or releasing) spends: up to a member's limit. Declining or cancelling needs the right to order."""
+        if to is OrderStatus.PLACED and status != OrderStatus.PLACED:
+            self.check_spend(price, subject_type="order", subject_id=order_id)
+        else:
+            self.require(Capability.ORDER, subject_type="order", subject_id=order_id)
+
+    def sees_device(self, device_id: str) -> bool:
+        return self.visible_devices is None or device_id in self.visible_devices
 
     @property
     def visible_customer(self) -> str | None:
@@ -93,25 +158,45 @@ def hash_token(token: str) -> str:
 
 
 def create_account(
-    *, session: Session, email: str, password: str, role: AccountRole, customer_id: str | None, now: datetime
+    *,
+    session: Session,
+    email: str,
+    password: str,
+    role: AccountRole,
+    customer_id: str | None,
+    now: datetime,
+    household_role: HouseholdRole | None = None,
+    name: str | None = None,
+    approval_limit: Decimal | None = None,
 ) -> Account:
+    """An operator's account, or one of a customer's household (its owner unless ``household_role`` says else)."""
     email = email.lower()
     if session.exec(select(Account.id).where(Account.email == email)).first():
         raise Conflict(f"an account with email {email!r} exists already", field="email")
+    if role is AccountRole.CUSTOMER:
+        household_role = household_role or HouseholdRole.OWNER
     account = Account(
-        email=email, password_hash=_passwords.hash(password), role=role, customer_id=customer_id, created_at=now
+        email=email,
+        password_hash=_passwords.hash(password),
+        role=role,
+        customer_id=customer_id,
+        created_at=now,
+        household_role=household_role,
+        name=name,
+        approval_limit=approval_limit,
     )
     session.add(account)
     session.flush()
+    actor = f"{role}:{email}" if household_role in (None, HouseholdRole.OWNER) else f"{household_role}:{email}"
     audit.record(
         session=session,
         at=now,
-        actor=f"{role}:{email}",
+        actor=actor,
         action=AuditAction.ACCOUNT_CREATED,
         customer_id=customer_id,
         subject_type="account",
         subject_id=account.id,
-        detail={"role": role},
+        detail={"role": role} | ({"household_role": household_role} if household_role else {}),
     )
     return account
 
@@ -259,13 +344,35 @@ def principal_for(*, session: Session, secret: str, now: datetime) -> Principal 
         return None
     if account.role not in set(AccountRole) or (account.role == AccountRole.CUSTOMER and account.customer_id is None):
         return None  # never fail open: a customer account without its customer sees nothing
+    household_role = None
+    if account.role == AccountRole.CUSTOMER:
+        if account.household_role not in set(HouseholdRole):
+            return None  # nor one whose role is unknown
+        household_role = HouseholdRole(account.household_role)
     return Principal(
         account_id=account.id,
         email=account.email,
         role=AccountRole(account.role),
         customer_id=account.customer_id,
         token_id=token.id,
+        household_role=household_role,
+        approval_limit=account.approval_limit,
+        visible_devices=_visible_devices(session=session, account=account, role=household_role),
     )
+
+
+def _visible_devices(*, session: Session, account: Account, role: HouseholdRole | None) -> frozenset[str] | None:
+    if role not in (HouseholdRole.MEMBER, HouseholdRole.CARER):
+        return None
+    shared = set(session.exec(select(DeviceShare.device_id).where(DeviceShare.account_id == account.id)))
+    if role is HouseholdRole.MEMBER:
+        # The supplies: every device of the household but its wearables, which their wearer shares one by one.
+        shared |= set(
+            session.exec(
+                select(Device.id).where(Device.customer_id == account.customer_id, Device.kind != DeviceKind.WEARABLE)
+            )
+        )
+    return frozenset(shared)
 
 
 def list_tokens(*, session: Session, account_id: str) -> list[AccessToken]:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Query, status
 
-from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, Timestamp
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, Timestamp, requires
+from replenish.auth.service import Principal
+from replenish.constants import Capability
 from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.devices import service
@@ -19,11 +23,13 @@ from replenish.devices.schemas import (
 from replenish.errors import Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+# Registering a device or changing one is the household's owner's (a member or carer: 403).
+DeviceManager = Annotated[Principal, requires(Capability.MANAGE_DEVICES)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceRegistered, summary="Register a device")
 def register_device(
-    body: DeviceCreate, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+    body: DeviceCreate, principal: DeviceManager, engine: EngineDep, clock: ClockDep
 ) -> DeviceRegistered:
     """Registers a device and its slots for the caller (an operator names the customer). Telemetry for
     unregistered devices or slots becomes dead letters. Device ids are global, as they are the devices' MQTT
@@ -62,7 +68,13 @@ def rotate_credentials(
     the old one from now on and ends a connection made with it within seconds (embedded broker: every
     REPLENISH_BROKER_CREDENTIALS_CHECK_SECONDS; Mosquitto: at its next reload, docs/mqtt.md)."""
     with transaction(engine) as session:
-        device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+        device = service.get(
+            session=session,
+            device_id=device_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.require(Capability.MANAGE_DEVICES, subject_type="device", subject_id=device.id)
         secret = service.rotate_credentials(session=session, device=device, actor=principal.actor, now=clock.now())
         return DeviceCredentials(mqtt_username=device.id, mqtt_password=secret)
 
@@ -76,7 +88,13 @@ def update_slot(
     if not principal.is_operator and "unit_price" in body.model_fields_set:
         raise Forbidden("prices come from the catalogue: only an operator sets a slot's unit_price")
     with transaction(engine) as session:
-        device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+        device = service.get(
+            session=session,
+            device_id=device_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.require(Capability.MANAGE_DEVICES, subject_type="device", subject_id=device.id)
         slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         service.update_slot(session=session, device=device, slot=slot, request=body, now=clock.now())
         return service.describe(session=session, device=device)
@@ -90,7 +108,12 @@ def update_slot(
 def slot_products(device_id: str, slot_name: str, session: ReadSession, principal: CurrentPrincipal) -> SlotProducts:
     """The catalogue's products for the slot (its device kind, its name, its unit), the one it orders and the
     allowed substitutes. Choose with `PATCH /devices/{id}/slots/{name}` (`product_sku`, `substitute_skus`)."""
-    device = service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+    device = service.get(
+        session=session,
+        device_id=device_id,
+        customer_id=principal.visible_customer,
+        device_ids=principal.visible_devices,
+    )
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.slot_products(session=session, device=device, slot=slot)
 
@@ -103,9 +126,14 @@ def list_devices(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> list[DeviceRead]:
-    """The caller's devices; an operator sees every customer's, or one customer's with `customer_id`."""
+    """The caller's devices (a member: every device but the wearables, and those shared with them; a carer: only
+    those shared with them); an operator sees every customer's, or one customer's with `customer_id`."""
     devices = service.list_devices(
-        session=session, customer_id=principal.scope(customer_id), limit=limit, offset=offset
+        session=session,
+        customer_id=principal.scope(customer_id),
+        device_ids=principal.visible_devices,
+        limit=limit,
+        offset=offset,
     )
     return service.describe_many(session=session, devices=devices)
 
@@ -114,7 +142,12 @@ def list_devices(
 def get_device(device_id: str, session: ReadSession, principal: CurrentPrincipal) -> DeviceRead:
     return service.describe(
         session=session,
-        device=service.get(session=session, device_id=device_id, customer_id=principal.visible_customer),
+        device=service.get(
+            session=session,
+            device_id=device_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        ),
     )
 
 
@@ -136,7 +169,12 @@ def slot_readings(
     ),
     limit: Limit = 1000,
 ) -> list[ReadingRead]:
-    service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+    service.get(
+        session=session,
+        device_id=device_id,
+        customer_id=principal.visible_customer,
+        device_ids=principal.visible_devices,
+    )
     slot = service.get_slot(session=session, device_id=device_id, slot_name=slot_name)
     return service.readings(session=session, slot=slot, since=since, before=before, limit=limit)
 
@@ -151,5 +189,10 @@ def device_events(
     offset: Offset = 0,
 ) -> list[EventRead]:
     """Every event the device sent, including types the platform does not act on."""
-    service.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+    service.get(
+        session=session,
+        device_id=device_id,
+        customer_id=principal.visible_customer,
+        device_ids=principal.visible_devices,
+    )
     return service.events(session=session, device_id=device_id, event_type=type, limit=limit, offset=offset)

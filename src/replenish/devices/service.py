@@ -102,9 +102,12 @@ def mqtt_password_hashes(*, session: Session, device_ids: Collection[str]) -> di
 _IN_CLAUSE_CHUNK = 500
 
 
-def get(*, session: Session, device_id: str, customer_id: str | None = None) -> Device:
-    """The device; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
-    return get_or_raise(session, Device, device_id, entity="device", customer_id=customer_id)
+def get(
+    *, session: Session, device_id: str, customer_id: str | None = None, device_ids: Collection[str] | None = None
+) -> Device:
+    """The device; given ``customer_id``, only if it is that customer's (another's answers as a missing one); given
+    ``device_ids`` (what a member or carer sees), only if it is one of them."""
+    return get_or_raise(session, Device, device_id, entity="device", customer_id=customer_id, device_ids=device_ids)
 
 
 def get_slot(*, session: Session, device_id: str, slot_name: str) -> Slot:
@@ -244,11 +247,18 @@ def mark_slots_due(
 
 
 def list_devices(
-    *, session: Session, customer_id: str | None = None, limit: int = 100, offset: int = 0
+    *,
+    session: Session,
+    customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> list[Device]:
     query = select(Device)
     if customer_id:
         query = query.where(Device.customer_id == customer_id)
+    if device_ids is not None:
+        query = query.where(col(Device.id).in_(list(device_ids)))
     return list(session.exec(query.order_by(col(Device.id)).offset(offset).limit(limit)))
 
 

@@ -4,6 +4,7 @@ people acknowledge them. Services never commit: the caller owns the transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -225,15 +226,19 @@ def _status_word(online: bool | None) -> str:
     return "unknown" if online is None else ("online" if online else "offline")
 
 
-def get(*, session: Session, alarm_id: str, customer_id: str | None = None) -> Alarm:
-    """The alarm; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
-    return get_or_raise(session, Alarm, alarm_id, entity="alarm", customer_id=customer_id)
+def get(
+    *, session: Session, alarm_id: str, customer_id: str | None = None, device_ids: Collection[str] | None = None
+) -> Alarm:
+    """The alarm; given ``customer_id``, only if it is that customer's (another's answers as a missing one); given
+    ``device_ids`` (what a member or carer sees), only one of those devices'."""
+    return get_or_raise(session, Alarm, alarm_id, entity="alarm", customer_id=customer_id, device_ids=device_ids)
 
 
 def list_alarms(
     *,
     session: Session,
     customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
     device_id: str | None = None,
     kind: AlarmKind | None = None,
     status: AlarmStatus | None = None,
@@ -243,6 +248,8 @@ def list_alarms(
     query = select(Alarm)
     if customer_id:
         query = query.where(Alarm.customer_id == customer_id)
+    if device_ids is not None:
+        query = query.where(col(Alarm.device_id).in_(list(device_ids)))
     if device_id:
         query = query.where(Alarm.device_id == device_id)
     if kind:

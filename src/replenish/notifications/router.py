@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession
+from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, requires
 from replenish.api.state import api_state
+from replenish.auth.service import Principal
+from replenish.constants import Capability
 from replenish.db import transaction
 from replenish.errors import InvalidRequest, NotFound
 from replenish.notifications import service
@@ -18,6 +20,9 @@ from replenish.orders.service import explain_decision
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 push_router = APIRouter(prefix="/push", tags=["notifications"])
+# The notifications go to the household's owner, on the channels of their consent: a member or carer answers 403 (a
+# carer hears of their wearer's incidents as an emergency contact).
+MessageReader = Annotated[Principal, requires(Capability.READ_MESSAGES)]
 
 
 class NotificationRead(BaseModel):
@@ -61,7 +66,7 @@ class NotificationDetail(NotificationRead):
 @router.get("", response_model=list[NotificationRead], summary="Notifications sent or queued, newest first")
 def list_notifications(
     session: ReadSession,
-    principal: CurrentPrincipal,
+    principal: MessageReader,
     customer_id: str | None = None,
     limit: Limit = 100,
     offset: Offset = 0,
@@ -77,7 +82,7 @@ def list_notifications(
 
 
 @router.get("/{notification_id}", response_model=NotificationDetail, summary="A notification and why it was sent")
-def get_notification(notification_id: str, session: ReadSession, principal: CurrentPrincipal) -> NotificationDetail:
+def get_notification(notification_id: str, session: ReadSession, principal: MessageReader) -> NotificationDetail:
     notification = service.get(session=session, notification_id=notification_id, customer_id=principal.visible_customer)
     explanation = (
         explain_decision(session=session, decision_id=notification.decision_id) if notification.decision_id else None
@@ -100,7 +105,7 @@ def push_key(request: Request, principal: CurrentPrincipal) -> PushKey:
     summary="Subscribe a browser to the customer's Web Push notifications",
 )
 def subscribe(
-    body: PushSubscriptionCreate, request: Request, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep
+    body: PushSubscriptionCreate, request: Request, principal: MessageReader, engine: EngineDep, clock: ClockDep
 ) -> PushSubscriptionRead:
     """The consent's `webpush` notification channel reaches every subscribed browser (add `{"type": "webpush"}`
     to `notification_channels`). The same endpoint again replaces its keys."""
@@ -121,7 +126,7 @@ def subscribe(
 
 @push_router.get("/subscriptions", response_model=list[PushSubscriptionRead], summary="Subscribed browsers")
 def list_subscriptions(
-    session: ReadSession, principal: CurrentPrincipal, customer_id: str | None = None
+    session: ReadSession, principal: MessageReader, customer_id: str | None = None
 ) -> list[PushSubscriptionRead]:
     query = select(PushSubscription)
     scope = principal.scope(customer_id)
@@ -133,7 +138,7 @@ def list_subscriptions(
 @push_router.delete(
     "/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Unsubscribe a browser"
 )
-def unsubscribe(subscription_id: str, principal: CurrentPrincipal, engine: EngineDep) -> Response:
+def unsubscribe(subscription_id: str, principal: MessageReader, engine: EngineDep) -> Response:
     with transaction(engine) as session:
         found = service.get_push_subscription(
             session=session, subscription_id=subscription_id, customer_id=principal.visible_customer

@@ -16,7 +16,7 @@ from replenish.audit import service as audit
 from replenish.auth.service import Principal
 from replenish.automation import service as automation
 from replenish.clock import Clock
-from replenish.constants import AuditAction, OrderStatus
+from replenish.constants import AuditAction, Capability, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.errors import InvalidRequest, SignatureRejected
@@ -66,6 +66,7 @@ def list_orders(
     found = service.list_orders(
         session=session,
         customer_id=principal.scope(customer_id),
+        device_ids=principal.visible_devices,
         device_id=device_id,
         status=status,
         limit=limit,
@@ -76,14 +77,28 @@ def list_orders(
 
 @router.get("/{order_id}", response_model=OrderDetail, summary="An order, the decision behind it, and its history")
 def get_order(order_id: str, session: ReadSession, principal: CurrentPrincipal) -> OrderDetail:
-    return _detail(session, service.get(session=session, order_id=order_id, customer_id=principal.visible_customer))
+    return _detail(
+        session,
+        service.get(
+            session=session,
+            order_id=order_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        ),
+    )
 
 
 def _transition(
     engine: EngineDep, clock: ClockDep, principal: Principal, order_id: str, to: OrderStatus, reason: str | None
 ) -> OrderDetail:
     with transaction(engine) as session:
-        service.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
+        found = service.get(
+            session=session,
+            order_id=order_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.check_order_change(order_id=found.id, status=found.status, price=found.total_price, to=to)
         order = service.transition(
             session=session, order_id=order_id, to=to, actor=principal.actor, now=clock.now(), reason=reason
         )
@@ -99,7 +114,8 @@ def approve(
     order_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep, body: ActionRequest | None = None
 ) -> OrderDetail:
     """The order is placed and handed to fulfilment (a held one: fulfilment is told it may go on). Approving twice
-    is harmless; a declined order answers 409."""
+    is harmless; a declined order answers 409. A household member approves only an order whose price is within
+    their limit (403 naming the role otherwise); a carer does not approve."""
     return _transition(engine, clock, principal, order_id, OrderStatus.PLACED, body.reason if body else None)
 
 
@@ -243,7 +259,13 @@ def order_now(
     approval, placed, confirmed, shipped or held) the answer is that order (200) and nothing new is made: pressing
     twice orders once. Automation then counts the slot's current cycle as decided."""
     with transaction(engine) as session:
-        device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+        device = devices.get(
+            session=session,
+            device_id=device_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
+        principal.require(Capability.ORDER, subject_type="device", subject_id=device.id)
         slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
         outcome = automation.order_now(
             session=session,
@@ -254,6 +276,9 @@ def order_now(
             quantity=body.quantity if body else None,
         )
         assert outcome is not None  # only a device's button can be refused by consent
+        if outcome.created and outcome.order.status == OrderStatus.PLACED:
+            # A member places orders up to their limit: above it, nothing was made (the transaction rolls back).
+            principal.check_spend(outcome.order.total_price, subject_type="slot", subject_id=slot.id)
         if not outcome.created:
             response.status_code = status.HTTP_200_OK
         return _detail(session, outcome.order)
@@ -269,14 +294,23 @@ def list_shipments(
 ) -> list[ShipmentRead]:
     """A shipment is one box: the order lines that go to fulfilment together, each with why it is in it."""
     found = service.list_shipments(
-        session=session, customer_id=principal.scope(customer_id), limit=limit, offset=offset
+        session=session,
+        customer_id=principal.scope(customer_id),
+        device_ids=principal.visible_devices,
+        limit=limit,
+        offset=offset,
     )
     return [service.view_shipment(session=session, shipment=shipment) for shipment in found]
 
 
 @shipments_router.get("/{shipment_id}", response_model=ShipmentRead, summary="A shipment and its lines")
 def get_shipment(shipment_id: str, session: ReadSession, principal: CurrentPrincipal) -> ShipmentRead:
-    shipment = service.get_shipment(session=session, shipment_id=shipment_id, customer_id=principal.visible_customer)
+    shipment = service.get_shipment(
+        session=session,
+        shipment_id=shipment_id,
+        customer_id=principal.visible_customer,
+        device_ids=principal.visible_devices,
+    )
     return service.view_shipment(session=session, shipment=shipment)
 
 
@@ -297,8 +331,12 @@ def remove_line(
     fulfilment is told); the other lines go on. Removing it twice is harmless; a line already shipped answers 409."""
     with transaction(engine) as session:
         shipment = service.get_shipment(
-            session=session, shipment_id=shipment_id, customer_id=principal.visible_customer
+            session=session,
+            shipment_id=shipment_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
         )
+        principal.require(Capability.ORDER, subject_type="shipment", subject_id=shipment.id)
         service.remove_line(
             session=session,
             shipment_id=shipment.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -160,17 +161,36 @@ def shipment_lines(*, session: Session, shipment_id: str) -> list[Order]:
     return list(session.exec(query))
 
 
-def get_shipment(*, session: Session, shipment_id: str, customer_id: str | None = None) -> Shipment:
-    """The shipment; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
-    return get_or_raise(session, Shipment, shipment_id, entity="shipment", customer_id=customer_id)
+def get_shipment(
+    *, session: Session, shipment_id: str, customer_id: str | None = None, device_ids: Collection[str] | None = None
+) -> Shipment:
+    """The shipment; given ``customer_id``, only if it is that customer's (another's answers as a missing one); given
+    ``device_ids`` (what a member or carer sees), only one with a line for one of them."""
+    shipment = get_or_raise(session, Shipment, shipment_id, entity="shipment", customer_id=customer_id)
+    if device_ids is not None and shipment.id not in set(
+        session.exec(_shipments_with_lines_of(device_ids).where(Order.shipment_id == shipment.id))
+    ):
+        raise NotFound("shipment", shipment_id)
+    return shipment
+
+
+def _shipments_with_lines_of(device_ids: Collection[str]) -> Any:
+    return select(Order.shipment_id).where(col(Order.device_id).in_(list(device_ids)))
 
 
 def list_shipments(
-    *, session: Session, customer_id: str | None = None, limit: int = 100, offset: int = 0
+    *,
+    session: Session,
+    customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> list[Shipment]:
     query = select(Shipment)
     if customer_id:
         query = query.where(Shipment.customer_id == customer_id)
+    if device_ids is not None:
+        query = query.where(col(Shipment.id).in_(_shipments_with_lines_of(device_ids)))
     return list(
         session.exec(query.order_by(col(Shipment.created_at).desc(), col(Shipment.id)).offset(offset).limit(limit))
     )
@@ -257,15 +277,19 @@ def can_become(current: OrderStatus, to: OrderStatus) -> bool:
     return to in _ALLOWED[current]
 
 
-def get(*, session: Session, order_id: str, customer_id: str | None = None) -> Order:
-    """The order; given ``customer_id``, only if it is that customer's (another's answers as a missing one)."""
-    return get_or_raise(session, Order, order_id, entity="order", customer_id=customer_id)
+def get(
+    *, session: Session, order_id: str, customer_id: str | None = None, device_ids: Collection[str] | None = None
+) -> Order:
+    """The order; given ``customer_id``, only if it is that customer's (another's answers as a missing one); given
+    ``device_ids`` (what a member or carer sees), only one of those devices'."""
+    return get_or_raise(session, Order, order_id, entity="order", customer_id=customer_id, device_ids=device_ids)
 
 
 def list_orders(
     *,
     session: Session,
     customer_id: str | None = None,
+    device_ids: Collection[str] | None = None,
     device_id: str | None = None,
     status: OrderStatus | None = None,
     limit: int = 100,
@@ -274,6 +298,8 @@ def list_orders(
     query = select(Order)
     if customer_id:
         query = query.where(Order.customer_id == customer_id)
+    if device_ids is not None:
+        query = query.where(col(Order.device_id).in_(list(device_ids)))
     if device_id:
         query = query.where(Order.device_id == device_id)
     if status:

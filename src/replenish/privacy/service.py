@@ -19,14 +19,16 @@ from replenish.answers.models import OrderLink
 from replenish.audit import service as audit
 from replenish.audit.models import AuditEvent
 from replenish.auth import service as auth
-from replenish.auth.models import AccessToken, Account
+from replenish.auth.models import AccessToken, Account, DeviceShare
 from replenish.auth.service import Principal
 from replenish.automation.models import Decision
 from replenish.columns import table_of
 from replenish.consent import service as consent
 from replenish.consent.models import ConsentVersion
 from replenish.constants import (
+    INVITATION_NOTICE_PREFIX,
     AuditAction,
+    HouseholdRole,
     OrderStatus,
     OutboxKind,
 )
@@ -37,6 +39,7 @@ from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
+from replenish.households.models import Invitation
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
@@ -49,6 +52,7 @@ EXPORT_FORMAT = "replenish-export/1"
 # Never exported: secrets, even hashed.
 _SECRET_FIELDS = {
     Account: {"password_hash"},
+    Invitation: {"token_hash"},
     AccessToken: {"token_hash"},
     Device: {"mqtt_password_hash"},
     EscalationStep: {"token_hash"},
@@ -95,6 +99,8 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         order_ids = list(session.exec(select(Order.id).where(Order.customer_id == customer_id)))
     sections: list[tuple[str, Any]] = [
         ("accounts", select(Account).where(Account.customer_id == customer_id)),
+        ("invitations", select(Invitation).where(Invitation.customer_id == customer_id)),
+        ("device_shares", select(DeviceShare).where(col(DeviceShare.device_id).in_(device_ids))),
         (
             "tokens",
             select(AccessToken)
@@ -162,7 +168,11 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     """
     lock_customer(session=session, customer_id=customer_id)  # no decision for them commits meanwhile
     customer = customers.get(session=session, customer_id=customer_id)
-    emails = {customer.email, *session.exec(select(Account.email).where(Account.customer_id == customer_id))}
+    emails = {
+        customer.email,
+        *session.exec(select(Account.email).where(Account.customer_id == customer_id)),
+        *session.exec(select(Invitation.email).where(Invitation.customer_id == customer_id)),
+    }
     for order in session.exec(
         select(Order).where(
             Order.customer_id == customer_id,
@@ -180,6 +190,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     shipment_ids = list(session.exec(select(Shipment.id).where(Shipment.customer_id == customer_id)))
     notification_ids = list(session.exec(select(Notification.id).where(Notification.customer_id == customer_id)))
     account_ids = list(session.exec(select(Account.id).where(Account.customer_id == customer_id)))
+    invitation_ids = list(session.exec(select(Invitation.id).where(Invitation.customer_id == customer_id)))
     # Children before parents: the database checks every foreign key.
     steps = [
         (
@@ -224,9 +235,17 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
         ("forecasts", delete(SlotForecast).where(col(SlotForecast.slot_id).in_(slot_ids))),
         ("reading_windows", delete(SlotWindow).where(col(SlotWindow.slot_id).in_(slot_ids))),
         ("slots", delete(Slot).where(col(Slot.id).in_(slot_ids))),
+        ("device_shares", delete(DeviceShare).where(col(DeviceShare.device_id).in_(device_ids))),
         ("devices", delete(Device).where(col(Device.id).in_(device_ids))),
         ("consent_versions", delete(ConsentVersion).where(col(ConsentVersion.customer_id) == customer_id)),
         ("tokens", delete(AccessToken).where(col(AccessToken.account_id).in_(account_ids))),
+        (
+            "invitation_mails",
+            delete(OutboxMessage).where(
+                col(OutboxMessage.stream).in_([f"notification:{INVITATION_NOTICE_PREFIX}{i}" for i in invitation_ids])
+            ),
+        ),
+        ("invitations", delete(Invitation).where(col(Invitation.customer_id) == customer_id)),
         ("accounts", delete(Account).where(col(Account.id).in_(account_ids))),
         ("customers", delete(Customer).where(col(Customer.id) == customer_id)),
     ]
@@ -235,7 +254,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     for name, statement in steps:
         removed[name] = session.connection().execute(statement).rowcount
     for email in emails:
-        for prefix in ("customer", "operator", "anonymous"):
+        for prefix in ("customer", "operator", "anonymous", HouseholdRole.MEMBER, HouseholdRole.CARER):
             session.connection().execute(
                 update(AuditEvent).where(col(AuditEvent.actor) == f"{prefix}:{email}").values(actor=DELETED_ACTOR)
             )

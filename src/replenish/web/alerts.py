@@ -13,7 +13,7 @@ from replenish.alerts import service as alerts
 from replenish.alerts.models import Alert
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
-from replenish.constants import AlertStatus
+from replenish.constants import AlertStatus, Capability
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.errors import DomainError
@@ -27,10 +27,14 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Open incidents first, with who has been asked so far; then the closed ones."""
     with Session(api_state(request).engine) as session:
-        found = alerts.list_alerts(session=session, customer_id=principal.scope(None), limit=200)
+        found = alerts.list_alerts(
+            session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=200
+        )
         names = {
             device.id: device.name
-            for device in devices.list_devices(session=session, customer_id=principal.scope(None), limit=500)
+            for device in devices.list_devices(
+                session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=500
+            )
         }
         asked = {
             alert.id: alerts.steps(session=session, alert_id=alert.id)
@@ -54,7 +58,12 @@ def alert_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 def _own_alert(session: Session, principal: Principal, alert_id: str) -> Alert:
     """The alert if it is the principal's to see; missing and another customer's answer the same 404 page."""
     with not_found_page():
-        return alerts.get(session=session, alert_id=alert_id, customer_id=principal.visible_customer)
+        return alerts.get(
+            session=session,
+            alert_id=alert_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
 
 
 @router.get("/alerts/{alert_id}", response_class=HTMLResponse)
@@ -91,6 +100,7 @@ def acknowledge_alert(
     check_csrf(request, csrf)
     with transaction(api_state(request).engine) as session:
         _own_alert(session, principal, alert_id)
+        principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
         try:
             alerts.acknowledge(session=session, alert_id=alert_id, actor=principal.actor, now=now_of(request))
         except DomainError:

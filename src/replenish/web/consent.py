@@ -16,7 +16,7 @@ from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, NotificationChannel
-from replenish.constants import ConsentMode
+from replenish.constants import Capability, ConsentMode
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.errors import DomainError
@@ -36,10 +36,14 @@ def _consent_page(
     values: dict[str, str] | None = None,
 ) -> HTMLResponse:
     customer_id = customer_of(principal)
+    principal.require(Capability.READ_CONSENT)
     with Session(api_state(request).engine) as session:
         versions = consent.history(session=session, customer_id=customer_id)
         described = devices.describe_many(
-            session=session, devices=devices.list_devices(session=session, customer_id=customer_id, limit=500)
+            session=session,
+            devices=devices.list_devices(
+                session=session, customer_id=customer_id, device_ids=principal.visible_devices, limit=500
+            ),
         )
         browsers = notifications.push_subscriptions(session=session, customer_id=customer_id)
     document = ConsentDocument.model_validate(versions[-1].document)
@@ -61,6 +65,7 @@ def _consent_page(
         "values": values or {},
         "push_key": api_state(request).push_public_key,
         "webpush_browsers": len(browsers),
+        "can_change": principal.can(Capability.CHANGE_CONSENT),
     }
     return render_page(request, "consent.html", context)
 
@@ -78,6 +83,7 @@ def _save_consent(
     next to its field, and nothing is recorded."""
     check_csrf(request, values.get(CSRF_FIELD))
     customer_id = customer_of(principal)
+    principal.require(Capability.CHANGE_CONSENT)
     with transaction(api_state(request).engine) as session:
         version, current = consent.current_document(session=session, customer_id=customer_id)
         data = current.model_dump(mode="json")

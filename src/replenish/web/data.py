@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from replenish.api.state import api_state
+from replenish.constants import Capability
 from replenish.db import transaction
 from replenish.errors import TooManyRequests
 from replenish.privacy import service as privacy
@@ -20,6 +21,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 def data_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Everything stored about you as one download, and deleting your account with everything about it."""
     customer_of(principal)
+    principal.require(Capability.MANAGE_DATA)
     return render_page(request, "data.html", {"title": "Your data", "principal": principal, "errors": {}})
 
 
@@ -27,6 +29,7 @@ def data_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
 def data_export(request: Request, principal: WebPrincipal) -> Response:
     """The API's export (the same document, the same audit record), as a download."""
     customer_id = customer_of(principal)
+    principal.require(Capability.MANAGE_DATA)
     engine, now = api_state(request).engine, now_of(request)
     with transaction(engine) as session:
         privacy.record_export(session=session, customer_id=customer_id, actor=principal.actor, now=now)
@@ -42,6 +45,7 @@ def data_delete(request: Request, principal: WebPrincipal, form: FormData) -> Re
     """The API's deletion: the e-mail typed out and the password, then everything goes; the session with it."""
     check_csrf(request, form.get(CSRF_FIELD))
     customer_id = customer_of(principal)
+    principal.require(Capability.MANAGE_DATA)
     now = now_of(request)
     with transaction(api_state(request).engine) as session:
         refused = privacy.check_deletion(

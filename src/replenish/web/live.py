@@ -25,10 +25,18 @@ def live(request: Request, principal: WebPrincipal) -> dict[str, Any]:
     moment of the newest forecast."""
     with Session(api_state(request).engine) as session:
         waiting = orders.list_orders(
-            session=session, customer_id=principal.scope(None), status=OrderStatus.AWAITING_APPROVAL, limit=500
+            session=session,
+            customer_id=principal.scope(None),
+            device_ids=principal.visible_devices,
+            status=OrderStatus.AWAITING_APPROVAL,
+            limit=500,
         )
         open_ = alerts.list_alerts(
-            session=session, customer_id=principal.scope(None), status=AlertStatus.OPEN, limit=500
+            session=session,
+            customer_id=principal.scope(None),
+            device_ids=principal.visible_devices,
+            status=AlertStatus.OPEN,
+            limit=500,
         )
         # A customer's: an operator's page of every customer's slots would ask for a scan of every forecast.
         customer_id = principal.scope(None)

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
-from replenish.constants import OrderStatus
+from replenish.constants import Capability, OrderStatus
 from replenish.db import transaction
 from replenish.devices.models import Slot
 from replenish.errors import Conflict, DomainError
@@ -30,10 +30,14 @@ ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelle
 def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Orders awaiting approval first, then the history, newest first."""
     with Session(api_state(request).engine) as session:
-        found = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+        found = orders.list_orders(
+            session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=500
+        )
         shipments = [
             orders.view_shipment(session=session, shipment=shipment)
-            for shipment in orders.list_shipments(session=session, customer_id=principal.scope(None), limit=20)
+            for shipment in orders.list_shipments(
+                session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=20
+            )
         ]
     waiting = [order for order in found if order.status == OrderStatus.AWAITING_APPROVAL]
     history = [order for order in found if order.status != OrderStatus.AWAITING_APPROVAL]
@@ -51,7 +55,12 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
 def _own_order(session: Session, principal: Principal, order_id: str) -> Order:
     """The order if it is the principal's to see; missing and another customer's answer the same 404 page."""
     with not_found_page():
-        return orders.get(session=session, order_id=order_id, customer_id=principal.visible_customer)
+        return orders.get(
+            session=session,
+            order_id=order_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
@@ -97,7 +106,10 @@ def order_action(
     if action not in ACTIONS:
         raise PageNotFound
     with transaction(api_state(request).engine) as session:
-        _own_order(session, principal, order_id)
+        found = _own_order(session, principal, order_id)
+        principal.check_order_change(
+            order_id=found.id, status=found.status, price=found.total_price, to=ACTIONS[action]
+        )
         try:
             orders.transition(
                 session=session, order_id=order_id, to=ACTIONS[action], actor=principal.actor, now=now_of(request)
@@ -116,7 +128,10 @@ def shipment_page(
     with Session(api_state(request).engine) as session:
         with not_found_page():
             shipment = orders.get_shipment(
-                session=session, shipment_id=shipment_id, customer_id=principal.visible_customer
+                session=session,
+                shipment_id=shipment_id,
+                customer_id=principal.visible_customer,
+                device_ids=principal.visible_devices,
             )
         view = orders.view_shipment(session=session, shipment=shipment)
     context = {
@@ -140,8 +155,14 @@ def remove_line(
 ) -> Response:
     """Take one line out: declined or cancelled, as the API's remove does; the other lines go on."""
     check_csrf(request, csrf)
+    principal.require(Capability.ORDER, subject_type="shipment", subject_id=shipment_id)
     with transaction(api_state(request).engine) as session, not_found_page():
-        orders.get_shipment(session=session, shipment_id=shipment_id, customer_id=principal.visible_customer)
+        orders.get_shipment(
+            session=session,
+            shipment_id=shipment_id,
+            customer_id=principal.visible_customer,
+            device_ids=principal.visible_devices,
+        )
         try:
             orders.remove_line(
                 session=session,

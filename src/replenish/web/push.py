@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from replenish.api.state import api_state
 from replenish.consent import service as consent
 from replenish.consent.schemas import NotificationChannel
+from replenish.constants import Capability
 from replenish.customers.locks import lock_customer
 from replenish.db import transaction
 from replenish.errors import InvalidRequest
@@ -34,6 +35,7 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
     when it is not there yet (a new version)."""
     check_csrf(request, request.headers.get("x-csrf-token"))
     customer_id = customer_of(principal)
+    principal.require(Capability.READ_MESSAGES)
     try:
         body = PushSubscriptionCreate.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -66,6 +68,7 @@ async def push_subscribe(request: Request, principal: WebPrincipal) -> dict[str,
 @router.post("/push/unsubscribe")
 async def push_unsubscribe(request: Request, principal: WebPrincipal) -> dict[str, str]:
     check_csrf(request, request.headers.get("x-csrf-token"))
+    principal.require(Capability.READ_MESSAGES)
     try:
         endpoint = str((await request.json())["endpoint"])
     except (ValueError, KeyError, TypeError):

@@ -1,12 +1,14 @@
 """The customer web app under /app: server-rendered pages over the same services the API uses.
 
 Pages read through the domain services with the signed-in principal's scope, exactly as the API's routes do, so a
-customer sees only their own devices and orders and another customer's answers 404. Forms post back here (with the
-session's CSRF token) and redirect, so a reload never repeats an action.
+customer sees only their own devices and orders and another customer's answers 404; a member or carer sees what
+their household role allows, and an act beyond it is a 403 page. Forms post back here (with the session's CSRF
+token) and redirect, so a reload never repeats an action.
 
 One module per group of pages, each with its own router (`supplies`, `orders`, `push`, `live`, `alerts`, `consent`,
-`fleet`, `data`, `sign_in`; the sign-up and one-tap answer pages in `sign_up` and `answers`); what they share is in
-`pages`. This module mounts them on the API's application, with the catch-all that answers the app's 404 page.
+`household`, `fleet`, `data`, `sign_in`; the sign-up, invitation and one-tap answer pages in `sign_up`,
+`invitations` and `answers`); what they share is in `pages`. This module mounts them on the API's application,
+with the catch-all that answers the app's 404 page.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from fastapi.staticfiles import StaticFiles
 
 from replenish.api.headers import ResponseHeaders
 from replenish.constants import ANSWER_PAGE_PATH
+from replenish.errors import RoleForbidden
 from replenish.web import alerts as alert_pages
 from replenish.web import answers as answer_pages
 from replenish.web import consent as consent_pages
 from replenish.web import data as data_pages
 from replenish.web import fleet as fleet_pages
+from replenish.web import household as household_pages
+from replenish.web import invitations as invitation_pages
 from replenish.web import live as live_pages
 from replenish.web import orders as order_pages
 from replenish.web import push as push_pages
@@ -46,6 +51,7 @@ PAGE_ROUTERS = (
     live_pages.router,
     alert_pages.router,
     consent_pages.router,
+    household_pages.router,
     fleet_pages.router,
     data_pages.router,
     sign_in_pages.router,
@@ -72,11 +78,23 @@ def _page_headers(path: str) -> Mapping[str, str]:
     return {}
 
 
+def is_page(path: str) -> bool:
+    """A path of the web app's pages (the API answers its errors as JSON, the pages as pages)."""
+    return path == PREFIX or path.startswith(f"{PREFIX}/")
+
+
+def forbidden_page(request: Request, refused: RoleForbidden) -> HTMLResponse:
+    """An act beyond the signed-in person's household role: nothing was changed, and the page says why."""
+    context = {"title": "Not for your role", "message": f"Nothing was changed: {refused.message}."}
+    return render_page(request, "message.html", context, status_code=status.HTTP_403_FORBIDDEN)
+
+
 def install(app: FastAPI) -> None:
     """Mount the web app on the API's application: its pages, its static files, and how its errors look."""
     # The static files first: the pages' routers end with a catch-all that answers the app's 404 page.
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="web-static")
     app.include_router(sign_up_pages.router)  # before the pages' catch-all under the same /app prefix
+    app.include_router(invitation_pages.router)
     for page_router in PAGE_ROUTERS:
         app.include_router(page_router)
     app.include_router(router)  # the catch-all, after every other route under /app

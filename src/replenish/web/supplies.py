@@ -13,7 +13,7 @@ from sqlmodel import Session
 from replenish.api.state import api_state
 from replenish.automation import service as automation
 from replenish.catalogue import service as catalogue
-from replenish.constants import OPEN_ORDER_STATUSES
+from replenish.constants import OPEN_ORDER_STATUSES, Capability, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.devices.schemas import SlotUpdate
@@ -32,9 +32,13 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Every device with its slots: level now, the forecast empty date with its band, the next order, health."""
     now = now_of(request)
     with Session(api_state(request).engine) as session:
-        found = devices.list_devices(session=session, customer_id=principal.scope(None), limit=200)
+        found = devices.list_devices(
+            session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=200
+        )
         described = devices.describe_many(session=session, devices=found)
-        placed = orders.list_orders(session=session, customer_id=principal.scope(None), limit=500)
+        placed = orders.list_orders(
+            session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=500
+        )
         by_slot: dict[str, list[Order]] = {}
         for order in placed:
             by_slot.setdefault(order.slot_id, []).append(order)
@@ -82,12 +86,20 @@ def order_now(
     check_csrf(request, csrf)
     with transaction(api_state(request).engine) as session:
         with not_found_page():
-            device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+            device = devices.get(
+                session=session,
+                device_id=device_id,
+                customer_id=principal.visible_customer,
+                device_ids=principal.visible_devices,
+            )
             slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+        principal.require(Capability.ORDER, subject_type="device", subject_id=device.id)
         outcome = automation.order_now(
             session=session, slot=slot, device=device, now=now_of(request), actor=principal.actor
         )
         assert outcome is not None
+        if outcome.created and outcome.order.status == OrderStatus.PLACED:
+            principal.check_spend(outcome.order.total_price, subject_type="slot", subject_id=slot.id)
         order_id = outcome.order.id
     return redirect_to(f"{PREFIX}/orders/{order_id}")
 
@@ -110,8 +122,14 @@ def choose_product(
     try:
         with transaction(api_state(request).engine) as session:
             with not_found_page():
-                device = devices.get(session=session, device_id=device_id, customer_id=principal.visible_customer)
+                device = devices.get(
+                    session=session,
+                    device_id=device_id,
+                    customer_id=principal.visible_customer,
+                    device_ids=principal.visible_devices,
+                )
                 slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
+            principal.require(Capability.MANAGE_DEVICES, subject_type="device", subject_id=device.id)
             chosen = product_sku or slot.product_sku
             # Those already allowed keep their place in the order of preference; new ones follow.
             wanted = [sku for sku in slot.substitute_skus if sku in checked and sku != chosen]
