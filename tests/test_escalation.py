@@ -537,3 +537,50 @@ def test_a_slow_endpoint_does_not_hold_up_a_falls_notification(platform, api, cl
     finally:
         loop.stop()
         slow.close()
+
+
+def test_a_help_request_with_a_location_reaches_each_contact_with_the_place_and_a_map_link(
+    platform, api, publisher, clock, contacts, wearer
+):
+    location = {"latitude": 52.5163, "longitude": 13.3777, "accuracy": 12, "room": "bathroom"}
+    before = platform.ingestor.totals.handled
+    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "help_requested", "location": location})
+    assert platform.ingestor.wait_for(handled=before + 1, timeout=10)
+    alert = only_alert(api)
+    assert alert["location"] == location | {
+        "map_url": "https://www.openstreetmap.org/?mlat=52.516300&mlon=13.377700#map=18/52.516300/13.377700"
+    }
+    [opening] = [n for n in api.get("/notifications").json() if "alert from" in n["subject"]]
+    assert (
+        "Where: in the bathroom, at 52.516300, 13.377700 (within 12 m): https://www.openstreetmap.org/"
+        in (opening["body"])
+    )
+    tick(platform)  # a help request asks the first contact at once
+    [to_bea] = contacts.bea.wait_for(1)
+    assert "Where: in the bathroom" in to_bea["body"] and "mlat=52.516300&mlon=13.377700" in to_bea["body"]
+    # The wearer moves: the next event's place is the one the next contact hears.
+    publisher.send("devices/pendant-1/events", {"seq": 2, "type": "help_requested", "location": {"room": "hall"}})
+    assert platform.ingestor.wait_for(handled=before + 2, timeout=10)
+    clock.advance(TIMEOUT)
+    tick(platform)
+    [to_carl] = contacts.carl.wait_for(1)
+    assert "Where: in the hall." in to_carl["body"] and "openstreetmap" not in to_carl["body"]
+
+
+def test_a_fall_with_a_location_out_of_range_is_still_an_incident_and_the_location_is_noted(
+    platform, api, publisher, clock, contacts, wearer
+):
+    before = platform.ingestor.totals.handled
+    payload = {"seq": 7, "type": "fall_detected", "confidence": 0.93, "location": {"latitude": 91, "longitude": 10}}
+    publisher.send("devices/pendant-1/events", payload)
+    assert platform.ingestor.wait_for(handled=before + 1, timeout=10)
+    alert = only_alert(api)
+    assert alert["status"] == "open" and alert["location"] is None and alert["confidence"] == 0.93
+    [opening] = [n for n in api.get("/notifications").json() if "alert from" in n["subject"]]
+    assert "(detection confidence 93%)" in opening["body"] and "The device sent no location." in opening["body"]
+    [note] = api.get("/dead-letters", params={"device_id": "pendant-1"}).json()
+    assert note["reason"] == (
+        "location.latitude: Input should be less than or equal to 90: the location was dropped, the event was kept"
+    )
+    [stored] = api.get("/devices/pendant-1/events").json()
+    assert stored["seq"] == 7, "the event itself was stored once"

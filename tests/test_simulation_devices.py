@@ -242,3 +242,18 @@ def test_the_demo_fridge_has_milk_left_to_ask_about_whatever_the_hour(hour: int)
     now = datetime(2026, 12, 7, hour, 17, tzinfo=UTC)
     left, ran_out = _milk_replayed(_demo_fridge(now), now)
     assert MILK_LEFT_NOW[0] <= left <= MILK_LEFT_NOW[1] and not ran_out
+
+
+def test_wearable_help_button_and_every_safety_event_say_where_the_wearer_is() -> None:
+    where = {"latitude": 52.5163, "longitude": 13.3777, "accuracy": 15, "room": "bathroom"}
+    fall_at, help_at = START + timedelta(minutes=5), START + timedelta(minutes=20)
+    wearable = WearableModel(
+        "w", start=START, fall_at=fall_at, cancel_after=timedelta(seconds=30), help_at=help_at, location=where
+    )
+    events = [m.payload for m in wearable.advance_to(START + timedelta(hours=1)) if m.channel == "events"]
+    assert [e["type"] for e in events] == ["fall_detected", "fall_cancelled", "help_requested"]
+    assert all(e["location"] == where for e in events)
+    assert parse_ts(events[2]["ts"]) == help_at
+    plain = WearableModel("w", start=START, help_at=help_at).advance_to(START + timedelta(hours=1))
+    [help_event] = [m.payload for m in plain if m.channel == "events"]
+    assert help_event.keys() == {"seq", "ts", "type"}

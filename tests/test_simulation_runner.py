@@ -279,3 +279,39 @@ def test_simulated_clock() -> None:
     )
     assert simulated_now(START, speed=86400, elapsed_seconds=30, catch_up=True, wall_now=now) == now
     assert simulated_now(START, speed=float("inf"), elapsed_seconds=0, catch_up=True, wall_now=now) == now
+
+
+def test_the_wearable_logs_alert_acknowledged_when_the_platform_sends_it(
+    broker: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    device_id = f"wearable-{uuid.uuid4().hex[:8]}"
+    model = WearableModel(device_id, start=datetime.now(UTC))
+    watcher = Subscriber(broker.endpoint, f"devices/{device_id}/status")
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=lambda: run_device(
+            model, broker.endpoint, speed=1, stop=stop, tick_seconds=0.05, keep_until_stored=False
+        )
+    )
+    caplog.set_level("INFO", logger="replenish.simulation.runner")
+    thread.start()
+    platform = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"platform-{device_id}")
+    try:
+        watcher.wait_for(has_status(device_id, "online"))
+        platform.connect(broker.endpoint.host, broker.endpoint.port)
+        platform.loop_start()
+        command = {"type": "alert_acknowledged", "alert_id": "a1", "ts": "2026-12-07T10:00:05+00:00"}
+        for _ in range(50):  # the device subscribes to its commands as it connects: send until it has one
+            platform.publish(f"devices/{device_id}/commands", json.dumps(command), qos=1).wait_for_publish(WAIT)
+            if any("alert_acknowledged (alert a1): help is coming" in r.getMessage() for r in caplog.records):
+                break
+            threading.Event().wait(0.1)
+        assert any(
+            r.getMessage() == f"{device_id}: alert_acknowledged (alert a1): help is coming" for r in caplog.records
+        )
+    finally:
+        platform.loop_stop()
+        platform.disconnect()
+        stop.set()
+        thread.join(WAIT)
+        watcher.close()

@@ -67,6 +67,7 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_SLOT = "unknown_slot"
     OUT_OF_RANGE = "out_of_range"  # a level outside its slot's capacity
+    LOCATION_DROPPED = "location_dropped"  # an event kept without its invalid location
     INTERNAL_ERROR = "internal_error"  # the platform failed to store it
 
 
@@ -304,6 +305,10 @@ class AuditAction(StrEnum):
     MEMBER_REMOVED = "household.member_removed"
 
 
+# A safety message's map link for the wearer's position (an OpenStreetMap page with a marker, zoomed to the street).
+MAP_LINK = (
+    "https://www.openstreetmap.org/?mlat={latitude:.6f}&mlon={longitude:.6f}#map=18/{latitude:.6f}/{longitude:.6f}"
+)
 # Where an emergency contact's acknowledgement link points (a page outside /api/v1, for a phone's browser).
 ACKNOWLEDGE_PAGE_PATH = "/ack"
 # Where a customer's one-tap order links point (approve, decline, cancel): a confirmation page, then the action.

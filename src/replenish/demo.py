@@ -54,6 +54,8 @@ EGGS_BOUGHT_AGO = timedelta(days=4)
 # replayed, so that its alert comes as the forecasts do.
 FALL_AFTER_CATCH_UP = 0.8
 DEMO_CANCEL_WINDOW_SECONDS = 10
+# Where the demo's wearer falls: its messages carry the place and a map link.
+DEMO_WEARER_LOCATION = {"latitude": 52.5163, "longitude": 13.3777, "accuracy": 15, "room": "bathroom"}
 DEMO_ESCALATION_TIMEOUT_SECONDS = 30
 
 
@@ -233,7 +235,9 @@ def demo_models(now: datetime, *, catch_up_seconds: float) -> list[DeviceModel]:
     # Nothing runs out during the replayed week: the approval requests (with their one-tap links, in the log) come
     # while there is still milk and eggs left.
     fridge = _demo_fridge(now)
-    wearable = WearableModel(WEARABLE_ID, start=now, seed=3, fall_at=now + fall_after(catch_up_seconds))
+    wearable = WearableModel(
+        WEARABLE_ID, start=now, seed=3, fall_at=now + fall_after(catch_up_seconds), location=DEMO_WEARER_LOCATION
+    )
     for model in (printer, fridge, wearable):
         model.seq = seq_base
     return [printer, fridge, wearable]

@@ -7,7 +7,7 @@ from sqlalchemy import Column, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from replenish.alerts.escalation import Target
-from replenish.columns import BigInt, UTCDateTime, new_id
+from replenish.columns import BigInt, JSONType, UTCDateTime, new_id
 from replenish.constants import TargetKind
 
 # Alert.version's column, named once more in the class's mapper arguments (optimistic concurrency, below).
@@ -31,6 +31,9 @@ class Alert(SQLModel, table=True):
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     acknowledged_by: str | None = None
     closed_reason: str | None = None
+    # Where the wearer is, as the latest event of the incident that carried a valid one said (docs/mqtt.md, "Location").
+    location: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    confidence: float | None = None  # the fall detector's, when the device sent one
     # Safety incidents (fall, help request) escalate; the state lives here so that a restart resumes the chain.
     cancel_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     escalation_level: int = 0  # steps of the chain taken so far

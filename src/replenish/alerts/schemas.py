@@ -3,7 +3,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from replenish.alerts import where
+
+
+class AlertLocation(BaseModel):
+    """Where the wearer is, as the incident's latest event with a valid location said."""
+
+    latitude: float | None = None
+    longitude: float | None = None
+    accuracy: float | None = Field(None, description="Metres.")
+    room: str | None = None
+
+    # mypy cannot type a decorator over a property; pydantic documents computed_field this way.
+    @computed_field(description="A map with the position marked; null for a room alone.")  # type: ignore[prop-decorator]
+    @property
+    def map_url(self) -> str | None:
+        return where.map_url({"latitude": self.latitude, "longitude": self.longitude})
 
 
 class AlertRead(BaseModel):
@@ -29,6 +46,8 @@ class AlertRead(BaseModel):
     escalation_exhausted_at: datetime | None = Field(
         description="When the chain ran out with nobody acknowledging; operators must act."
     )
+    location: AlertLocation | None = Field(None, description="Where the wearer is, when the device said.")
+    confidence: float | None = Field(None, description="How sure the fall detector was (0..1), when it said.")
 
 
 class EscalationStepRead(BaseModel):

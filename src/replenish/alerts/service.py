@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from replenish.alerts import escalation
+from replenish.alerts import escalation, where
 from replenish.alerts.models import Alert, EscalationStep
 from replenish.consent import service as consent
 from replenish.constants import (
@@ -60,6 +60,9 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         # incident: it must reach someone.
         existing.event_count += 1
         existing.updated_at = now
+        location = where.location_of(message.payload)
+        if location is not None:  # the wearer may have moved: the newest place counts
+            existing.location = location.model_dump(exclude_none=True)
         if event_type == EventType.HELP_REQUESTED and existing.kind != AlertKind.HELP_REQUESTED:
             # The wearer asks for help: that is no longer a fall they might cancel ("I'm OK" cannot close it),
             # and if the cancel window is still running, nobody waits for it to end.
@@ -83,6 +86,9 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         trigger_message_id=message.id,
         consent_version=version,
     )
+    location = where.location_of(message.payload)
+    alert.location = location.model_dump(exclude_none=True) if location is not None else None
+    alert.confidence = where.confidence_of(message.payload)
     policy = escalation.Policy.from_consent(document)
     skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
     alert.cancel_until = None if skip_window else now + policy.cancel_window
@@ -111,7 +117,10 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
 def _opening_text(
     *, device: Device, event_type: str, message: DeviceMessage, alert: Alert, policy: escalation.Policy
 ) -> str:
-    text = f"{device.name} ({device.id}) reported {event_type} at {message.ts.isoformat()}."
+    text = f"{device.name} ({device.id}) reported {event_type} at {message.ts.isoformat()}"
+    text += f" (detection confidence {alert.confidence:.0%})." if alert.confidence is not None else "."
+    place = where.describe(alert.location)
+    text += f" {place}" if place else " The device sent no location."
     if alert.cancel_until is not None:
         text += (
             f" If the wearer does not cancel it by {alert.cancel_until.isoformat()}, their emergency contacts will be"
@@ -270,7 +279,8 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
     )
     if target.kind is TargetKind.EMERGENCY_SERVICES:
         text = f"Call emergency services for the wearer of {device_name}, who {what}: no emergency contact answered."
-    return text
+    place = where.describe(alert.location)
+    return f"{text} {place}" if place else text
 
 
 def _token_hash(token: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from replenish.constants import (
     CONFIRM_MAX_RANGES,
@@ -90,6 +90,37 @@ class EventPayload(_DeviceMessage):
     slot: str | None = Field(None, min_length=1, max_length=64)
 
 
+class Location(BaseModel):
+    """Where a safety event happened (docs/mqtt.md, "Location"): a position (latitude and longitude, with its
+    accuracy in metres) and/or a room, as the device knows it."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    latitude: Annotated[float, BeforeValidator(_finite_number), Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, BeforeValidator(_finite_number), Field(ge=-180, le=180)] | None = None
+    accuracy: Annotated[float, BeforeValidator(_finite_number), Field(ge=0, le=1_000_000)] | None = None
+    room: str | None = Field(None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> Location:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("latitude and longitude come together")
+        if self.latitude is None and self.room is None:
+            raise ValueError("a location needs latitude and longitude, or a room")
+        return self
+
+
+def read_location(value: Any) -> tuple[Location | None, str | None]:
+    """An event's ``location`` field: the location, or why it is dropped (the event itself still counts: a fall with
+    a bad location is still a fall). Pure."""
+    if value is None:
+        return None, None
+    try:
+        return Location.model_validate(value), None
+    except ValidationError as exc:
+        return None, _describe(exc, prefix="location")
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     """A message as it came off the broker, before anything is trusted."""
@@ -132,10 +163,10 @@ class Rejected:
 Parsed = ParsedTelemetry | ParsedEvent | ParsedStatus | Rejected
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, *, prefix: str | None = None) -> str:
     parts = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "payload"
+        where = ".".join(str(p) for p in ([prefix] if prefix else []) + list(item["loc"])) or "payload"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 

@@ -34,6 +34,7 @@ from replenish.ingest.schemas import (
     ParsedTelemetry,
     Rejected,
     parse_message,
+    read_location,
 )
 from replenish.observability import correlation
 
@@ -265,7 +266,9 @@ def ingest_batch(
     # In each device's own order (seq), not arrival order: a fall_cancelled delivered before its fall_detected
     # must still cancel it, and a slot's run of equal levels is counted in the device's order.
     accepted.sort(key=lambda entry: (entry[1].device_id, entry[1].body.seq))
-    events = [(_message_row(message, item), item) for message, item in accepted if isinstance(item, ParsedEvent)]
+    events = [
+        (message, _message_row(message, item), item) for message, item in accepted if isinstance(item, ParsedEvent)
+    ]
     if events:
         # An incident is read, then changed: one transaction at a time per device, whichever lane or process
         # holds its other messages. Every device of the batch, in id order, before any other row lock, so that
@@ -282,9 +285,20 @@ def ingest_batch(
     telemetry = [(message, item) for message, item in accepted if isinstance(item, ParsedTelemetry)]
     _store_telemetry(session=session, accepted=telemetry, slots=slots, devices=devices)
     # Events are few, and an alert needs the stored message and its device as objects.
-    session.add_all([row for row, _ in events])
+    session.add_all([row for _, row, _ in events])
     session.flush()
-    for row, event in events:
+    for message, row, event in events:
+        _, dropped = read_location(event.raw.get("location"))
+        if dropped is not None:
+            # Safety first: the event is stored and acts; only its location is set aside, noted as a dead letter is.
+            dead_letter(
+                session=session,
+                message=message,
+                reason=f"{dropped}: the location was dropped, the event was kept",
+                category=DeadLetterReason.LOCATION_DROPPED,
+                device_id=row.device_id,
+                allowance=allowance,
+            )
         devices.note_battery(row.device_id, event.body.battery, ts=row.ts, received_at=row.received_at)
         if event.body.type == EventType.BATTERY_LOW:
             devices.note_battery_low(row.device_id, at=row.ts)

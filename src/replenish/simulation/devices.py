@@ -306,7 +306,8 @@ class FridgeModel(ConsumableModel):
 
 
 class WearableModel(DeviceModel):
-    """A fall-detection pendant: fall events, the wearer's "I'm OK", and a slowly draining battery.
+    """A fall-detection pendant: fall events, the wearer's "I'm OK", the help button, and a slowly draining battery.
+    With ``location`` (docs/mqtt.md, "Location"), its safety events say where the wearer is.
 
     It has no slots. Its periodic telemetry is a heartbeat: ``{"seq", "ts", "levels": {}, "battery"}``.
     """
@@ -322,6 +323,8 @@ class WearableModel(DeviceModel):
         seed: int = 0,
         fall_at: datetime | None = None,
         cancel_after: timedelta | None = None,
+        help_at: datetime | None = None,
+        location: dict[str, Any] | None = None,
         report_interval: timedelta = timedelta(minutes=15),
         battery: float = 1.0,
         battery_drain_per_day: float = 0.05,
@@ -335,17 +338,28 @@ class WearableModel(DeviceModel):
         self.battery_drain_per_day = battery_drain_per_day
         self.fall_at = _utc(fall_at, "fall_at") if fall_at is not None else None
         self.cancel_after = cancel_after
+        self.help_at = _utc(help_at, "help_at") if help_at is not None else None
+        self.location = dict(location) if location else None
         self._battery_low_sent = battery < self.LOW_BATTERY
         if self.fall_at is not None:
             self._schedule(self.fall_at, self._fall)
             if cancel_after is not None:
                 self._schedule(max(self.fall_at, self.start) + cancel_after, self._cancel)
+        if self.help_at is not None:
+            self._schedule(self.help_at, self._help)
+
+    def _where(self) -> dict[str, Any]:
+        return {"location": dict(self.location)} if self.location else {}
 
     def _fall(self, t: datetime) -> None:
-        self._event(t, "fall_detected", confidence=round(float(self.noise_rng.uniform(0.85, 0.99)), 2))
+        confidence = round(float(self.noise_rng.uniform(0.85, 0.99)), 2)
+        self._event(t, "fall_detected", confidence=confidence, **self._where())
 
     def _cancel(self, t: datetime) -> None:
-        self._event(t, "fall_cancelled")
+        self._event(t, "fall_cancelled", **self._where())
+
+    def _help(self, t: datetime) -> None:
+        self._event(t, "help_requested", **self._where())
 
     def _step(self, t0: datetime, t1: datetime) -> None:
         days = self.step / timedelta(days=1)

@@ -62,6 +62,10 @@ def stored_topic(device_id: str) -> str:
     return f"devices/{device_id}/stored"
 
 
+def commands_topic(device_id: str) -> str:
+    return f"devices/{device_id}/commands"
+
+
 def message_topic(device_id: str, channel: str) -> str:
     return f"devices/{device_id}/{channel}"
 
@@ -252,6 +256,9 @@ class _Connection:
         self._subscribed = threading.Event()
         self._subscribe_refused = False
         self._offline_echoed = threading.Event()
+        # The platform's commands, as they came (docs/mqtt.md, "Platform -> device"): an acknowledged alert tells the
+        # wearer that help is coming.
+        self.commands: list[dict[str, Any]] = []
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or device_id,  # a device signs in as its own session
@@ -289,6 +296,7 @@ class _Connection:
         if self.unconfirmed is not None:
             # A clean session: subscribed again on every connection. QoS 0 is all the platform sends.
             client.subscribe(stored_topic(self.device_id), qos=0)
+        client.subscribe(commands_topic(self.device_id), qos=QOS)
         # Announced on every (re)connect: the broker may have sent the last will in between.
         self._publish_status(ONLINE)
         self._connected.set()
@@ -304,12 +312,15 @@ class _Connection:
             status = mid == self._status_subscription
         if not status:
             if any(code.is_failure for code in reason_codes):
-                log.warning("%s: the broker refused the subscription to its confirmations", self.device_id)
+                log.warning("%s: the broker refused a subscription (confirmations or commands)", self.device_id)
             return
         self._subscribe_refused = any(code.is_failure for code in reason_codes)
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == commands_topic(self.device_id):
+            self._on_command(bytes(message.payload))
+            return
         if self.unconfirmed is not None and message.topic == stored_topic(self.device_id):
             try:
                 self.unconfirmed.confirm(json.loads(message.payload))
@@ -320,6 +331,22 @@ class _Connection:
         # Anything else is ignored: amqtt 0.12.1 even sends unsolicited retained messages on connect.
         if message.topic == status_topic(self.device_id) and not message.retain and message.payload == OFFLINE.encode():
             self._offline_echoed.set()
+
+    def _on_command(self, payload: bytes) -> None:
+        try:
+            command = json.loads(payload)
+        except ValueError:
+            log.warning("%s: a command that is not JSON: %r", self.device_id, payload[:100])
+            return
+        if not isinstance(command, dict):
+            log.warning("%s: a command that is not an object: %r", self.device_id, payload[:100])
+            return
+        self.commands.append(command)
+        if command.get("type") == "alert_acknowledged":
+            # What the pendant shows the wearer: someone has it in hand.
+            log.warning("%s: alert_acknowledged (alert %s): help is coming", self.device_id, command.get("alert_id"))
+        else:
+            log.info("%s: command %s", self.device_id, command.get("type"))
 
     def _publish_status(self, status: str) -> None:
         info = self.client.publish(status_topic(self.device_id), status, qos=QOS, retain=True)

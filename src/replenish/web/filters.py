@@ -1,4 +1,4 @@
-"""How the web app's templates show values: moments, shares, statuses and durations."""
+"""How the web app's templates show values: moments, shares, statuses, durations and places."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Undefined
+
+from replenish.alerts import where
 
 
 def _missing(value: Any) -> bool:
@@ -36,4 +38,11 @@ def days(value: Any) -> str:
     return f"{count:g} day" + ("" if count == 1 else "s")
 
 
-FILTERS = {"when": when, "percent": percent, "status": status, "days": days}
+FILTERS = {
+    "when": when,
+    "percent": percent,
+    "status": status,
+    "days": days,
+    "place": where.place,  # an incident's location in words
+    "map_url": where.map_url,
+}
