@@ -212,3 +212,51 @@ def test_the_migrations_build_exactly_the_schema_the_models_describe(tmp_path):
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
     engine.dispose()
+
+
+def test_a_populated_database_upgrades_through_migrations_that_rebuild_a_referenced_table(tmp_path):
+    """SQLite rebuilds a table to change a constraint (batch mode: copy, DROP, rename). The households migration
+    rebuilds accounts, which access tokens refer to: with foreign keys enforced, the DROP used to fail on any database
+    someone had signed in to. Upgraded as a role upgrades at start-up; the keys are enforced again after."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from replenish.db import make_engine
+    from replenish.schema import create_schema, migration_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'populated.db'}")
+    with engine.begin() as connection:
+        command.upgrade(migration_config(connection), "a4f19c0e6d35")  # before households
+    at = {"at": "2026-12-01T00:00:00+00:00"}
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO customers VALUES ('c1', 'Ada', 'ada@example.com', :at)"), at)
+        connection.execute(
+            text(
+                "INSERT INTO accounts (id, email, password_hash, role, customer_id, created_at) VALUES "
+                "('a1', 'ada@example.com', 'h', 'customer', 'c1', :at), ('a2', 'ops@example.com', 'h', 'operator', "
+                "NULL, :at)"
+            ),
+            at,
+        )
+        connection.execute(
+            text(
+                "INSERT INTO access_tokens (id, account_id, kind, name, token_hash, created_at) "
+                "VALUES ('t1', 'a1', 'session', 'sign-in', 'hash', :at)"
+            ),
+            at,
+        )
+    create_schema(engine)
+    with engine.connect() as connection:
+        roles = connection.execute(text("SELECT id, household_role FROM accounts ORDER BY id")).all()
+        assert roles == [("a1", "owner"), ("a2", None)]
+        assert connection.execute(text("SELECT account_id FROM access_tokens")).scalar() == "a1"
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO access_tokens (id, account_id, kind, name, token_hash, created_at) "
+                "VALUES ('t2', 'nobody', 'session', 'x', 'hash2', :at)"
+            ),
+            at,
+        )
+    engine.dispose()

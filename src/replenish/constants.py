@@ -228,7 +228,7 @@ class HouseholdRole(StrEnum):
     """A customer account's place in its household (docs/api.md, "Households")."""
 
     OWNER = "owner"  # the account the customer signed up with: everything
-    MEMBER = "member"  # sees the supplies and approves orders up to their limit; cannot change the consent
+    MEMBER = "member"  # sees the supplies and approves orders up to their limit; neither reads nor changes the consent
     CARER = "carer"  # sees only the devices shared with them (a wearable), their incidents and health; acknowledges
 
 
@@ -248,7 +248,8 @@ class Capability(StrEnum):
 
 ROLE_CAPABILITIES: dict[HouseholdRole, frozenset[Capability]] = {
     HouseholdRole.OWNER: frozenset(Capability),
-    HouseholdRole.MEMBER: frozenset({Capability.READ_CONSENT, Capability.ORDER, Capability.ACKNOWLEDGE}),
+    # The consent holds the wearer's contacts and the channels' addresses: the owner's to read.
+    HouseholdRole.MEMBER: frozenset({Capability.ORDER, Capability.ACKNOWLEDGE}),
     HouseholdRole.CARER: frozenset({Capability.ACKNOWLEDGE}),
 }
 # An invitation's link works this long, once.
@@ -257,8 +258,9 @@ INVITATION_LINK_DAYS = 7
 INVITATION_PAGE_PATH = "/app/invitations"
 # Invitations' mails are deliveries of no notification row, as sign-ups' are.
 INVITATION_NOTICE_PREFIX = "invitation:"
-# Invitations waiting for an answer per household at most.
-MAX_PENDING_INVITATIONS = 20
+# Invitations a household may send in 24 hours, and to one address: beyond, 429 (nobody floods an inbox through us).
+MAX_INVITATIONS_PER_DAY = 20
+MAX_INVITATIONS_PER_ADDRESS_DAY = 3
 
 
 class TokenKind(StrEnum):

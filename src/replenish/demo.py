@@ -90,9 +90,11 @@ class DemoAccounts:
 
 
 def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAccounts:
-    """Create the demo customer and an operator, each with a fresh password and a personal API token, and register
-    the simulated devices with exactly the slots they report. On a database that has them already (an external
-    REPLENISH_DATABASE_URL), the two accounts get new passwords and tokens and the rest is left as it is."""
+    """Create the demo customer with their household's member and carer, and an operator, each with a fresh password
+    and a personal API token, and register the simulated devices with exactly the slots they report. On a database
+    that has them already (an external REPLENISH_DATABASE_URL), the accounts get new passwords and tokens, and their
+    roles as the banner states them; the rest is left as it is. An address of the demo's that belongs to an account
+    outside it is refused rather than reset."""
     passwords = {
         email: secrets.token_urlsafe(12)
         for email in (DEMO_EMAIL, DEMO_OPERATOR_EMAIL, DEMO_MEMBER_EMAIL, DEMO_CARER_EMAIL)
@@ -146,6 +148,9 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
             (DEMO_MEMBER_EMAIL, AccountRole.CUSTOMER, customer.id, HouseholdRole.MEMBER),
             (DEMO_CARER_EMAIL, AccountRole.CUSTOMER, customer.id, HouseholdRole.CARER),
         ):
+            existing = auth.find_account(session=session, email=email)
+            if existing is not None and (existing.role, existing.customer_id) != (role, customer_id):
+                raise RuntimeError(f"{email} is an account outside the demo: the demo will not reset its password")
             account = auth.set_password(session=session, email=email, password=passwords[email], now=now)
             if account is None:
                 account = auth.create_account(
@@ -157,10 +162,13 @@ def seed(*, engine: Engine, now: datetime, models: list[DeviceModel]) -> DemoAcc
                     now=now,
                     household_role=household_role,
                     name={DEMO_MEMBER_EMAIL: "Demo member", DEMO_CARER_EMAIL: "Demo carer"}.get(email),
-                    approval_limit=DEMO_MEMBER_LIMIT if household_role is HouseholdRole.MEMBER else None,
                 )
-                if household_role is HouseholdRole.CARER:
-                    session.add(DeviceShare(account_id=account.id, device_id=WEARABLE_ID, created_at=now))
+            # As the banner says, on a database from an earlier run too.
+            account.household_role = household_role
+            account.approval_limit = DEMO_MEMBER_LIMIT if household_role is HouseholdRole.MEMBER else None
+            session.add(account)
+            if household_role is HouseholdRole.CARER and session.get(DeviceShare, (account.id, WEARABLE_ID)) is None:
+                session.add(DeviceShare(account_id=account.id, device_id=WEARABLE_ID, created_at=now))
             _, tokens[email] = auth.issue_token(
                 session=session, account=account, kind=TokenKind.PERSONAL, name="demo", now=now, lifetime=None
             )

@@ -27,17 +27,40 @@ def create_schema(engine: Engine) -> None:
     attempts = 20
     for attempt in range(attempts):
         try:
-            with engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                if head_revision() is None or _revision(connection) != head_revision():
-                    _upgrade(connection)
+            with engine.connect() as connection:
+                sqlite = connection.dialect.name == "sqlite"
+                if sqlite:
+                    # SQLite's own procedure for a schema change: batch mode rebuilds a table (copy, DROP, rename),
+                    # and with foreign keys on (db.make_engine) the DROP of a table other rows refer to fails. Off
+                    # for this connection (the pragma only takes effect outside a transaction), checked before the
+                    # commit, on again after.
+                    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                    connection.commit()
+                try:
+                    with connection.begin():
+                        if connection.dialect.name == "postgresql":
+                            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                        if head_revision() is None or _revision(connection) != head_revision():
+                            _upgrade(connection)
+                            if sqlite:
+                                _check_foreign_keys(connection)
+                finally:
+                    if sqlite:
+                        connection.rollback()  # whatever a failure left open
+                        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                        connection.commit()
             return
         except OperationalError as exc:
             # Lost the race (the tables are there now), or the other process still holds SQLite's write lock.
             if not ("already exists" in str(exc) or "database is locked" in str(exc)) or attempt == attempts - 1:
                 raise
             time.sleep(0.25)
+
+
+def _check_foreign_keys(connection: Any) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"the migrated schema breaks {len(broken)} foreign keys, e.g. {tuple(broken[0])}")
 
 
 # The first migration: the schema as it was when migrations came in (2026-11-26).

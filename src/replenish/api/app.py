@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,6 +43,8 @@ from replenish.orders.router import fulfilment_router, shipments_router, slot_or
 from replenish.orders.router import router as orders_router
 from replenish.privacy.router import router as privacy_router
 from replenish.web import router as web
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 NO_SNIFFING = {"X-Content-Type-Options": "nosniff"}
@@ -197,7 +200,15 @@ def application() -> FastAPI:
 
 
 def _record_refusal(request: Request, refused: RoleForbidden) -> None:
-    """Who tried what beyond their role, kept whatever became of the request's own transaction (rolled back)."""
+    """Who tried what beyond their role, kept whatever became of the request's own transaction (rolled back). A
+    database that cannot take the record now does not turn the 403 into a 500: the refusal is logged instead."""
+    try:
+        _write_refusal(request, refused)
+    except Exception:
+        log.exception("could not keep the refusal of %s %s for %s", request.method, request.url.path, refused.actor)
+
+
+def _write_refusal(request: Request, refused: RoleForbidden) -> None:
     state = api_state(request)
     with transaction(state.engine) as session:
         audit.record(

@@ -70,15 +70,14 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """How the caller appears in histories and audit records: an invited member or carer by their role."""
-        if self.household_role in (HouseholdRole.MEMBER, HouseholdRole.CARER):
-            return f"{self.household_role}:{self.email}"
-        return f"{self.role}:{self.email}"
+        """How the caller appears in histories and audit records."""
+        return actor_name(role=self.role, household_role=self.household_role, email=self.email)
 
     def can(self, capability: Capability) -> bool:
-        if self.is_operator or self.household_role is None:
-            return True  # an operator acts for any customer; a customer account without a role is its owner
-        return capability in ROLE_CAPABILITIES[self.household_role]
+        if self.is_operator:
+            return True  # an operator acts for any customer
+        # Never fail open: principal_for gives every customer's account its role, and refuses one it cannot read.
+        return self.household_role is not None and capability in ROLE_CAPABILITIES[self.household_role]
 
     def forbidden(
         self, capability: Capability, *, subject_type: str | None = None, subject_id: str | None = None
@@ -152,6 +151,14 @@ class Principal:
         return self.customer_id
 
 
+def actor_name(*, role: str, household_role: str | None, email: str) -> str:
+    """How an account appears in histories and audit records: an operator and a household's owner by their account's
+    role ("customer:ada@example.com"), an invited member or carer by their household role ("carer:carl@...")."""
+    if household_role in (HouseholdRole.MEMBER, HouseholdRole.CARER):
+        return f"{household_role}:{email}"
+    return f"{role}:{email}"
+
+
 def hash_token(token: str) -> str:
     # Tokens are 256 random bits: a fast hash is enough, and lets each request find its token by an index.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -187,7 +194,7 @@ def create_account(
     )
     session.add(account)
     session.flush()
-    actor = f"{role}:{email}" if household_role in (None, HouseholdRole.OWNER) else f"{household_role}:{email}"
+    actor = actor_name(role=role, household_role=household_role, email=email)
     audit.record(
         session=session,
         at=now,
@@ -293,7 +300,7 @@ def sign_in(
     audit.record(
         session=session,
         at=now,
-        actor=f"{account.role}:{account.email}",
+        actor=actor_name(role=account.role, household_role=account.household_role, email=account.email),
         action=AuditAction.SIGN_IN,
         customer_id=account.customer_id,
         subject_type="account",

@@ -10,8 +10,8 @@ from replenish.columns import JSONType, UTCDateTime, new_id
 
 class Invitation(SQLModel, table=True):
     """An owner's invitation for someone to join their household as a member or a carer. Only a hash of the link's
-    token is kept (the token itself is only mailed), so the link cannot be forged from the database; it works once,
-    until it expires or the owner revokes it."""
+    token is kept here; the token travels in the outbox's e-mail until it is delivered (then blanked), so the link
+    cannot be read back or forged from the database. It works once, until it expires or the owner revokes it."""
 
     __tablename__ = "household_invitations"
 

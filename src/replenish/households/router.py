@@ -107,7 +107,7 @@ def invite(
     """Mails the address a link (it works once, for 7 days) to a page where they choose their name and password
     (or `POST /api/v1/invitations/{token}`). A member sees the supplies and approves orders up to `approval_limit`;
     a carer sees only `device_ids` (a wearable: its incidents and health) and acknowledges. A new invitation for the
-    same address replaces the one still waiting; at most 20 wait at once."""
+    same address replaces the one still waiting. At most 20 invitations in 24 hours, 3 to one address (429)."""
     with transaction(engine) as session:
         invitation = service.invite(
             session=session,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlmodel import Session, col, delete, func, select, update
+from sqlmodel import Session, col, delete, select, update
 
 from replenish.audit import service as audit
 from replenish.auth import service as auth
@@ -22,14 +22,15 @@ from replenish.constants import (
     INVITATION_LINK_DAYS,
     INVITATION_NOTICE_PREFIX,
     INVITATION_PAGE_PATH,
-    MAX_PENDING_INVITATIONS,
+    MAX_INVITATIONS_PER_ADDRESS_DAY,
+    MAX_INVITATIONS_PER_DAY,
     AccountRole,
     AuditAction,
     HouseholdRole,
 )
 from replenish.customers import service as customers
 from replenish.devices.models import Device
-from replenish.errors import Conflict, Gone, InvalidRequest, NotFound
+from replenish.errors import Conflict, Gone, InvalidRequest, NotFound, TooManyRequests
 from replenish.households.models import Invitation
 from replenish.households.schemas import InvitationCreate, InvitationView, MemberRead, MemberUpdate
 from replenish.notifications import service as notifications
@@ -77,15 +78,27 @@ def invite(
     ):
         raise Conflict(f"{email} is in the household already", field="email")
     device_ids = _check_devices(session=session, customer_id=customer_id, device_ids=request.device_ids or [])
+    day = now - timedelta(days=1)
+    sent = list(
+        session.exec(
+            select(Invitation.email).where(Invitation.customer_id == customer_id, col(Invitation.created_at) > day)
+        )
+    )
+    if len(sent) >= MAX_INVITATIONS_PER_DAY:
+        raise TooManyRequests(
+            f"{MAX_INVITATIONS_PER_DAY} invitations in 24 hours at most: try again later", retry_after_seconds=3600
+        )
+    if sent.count(email) >= MAX_INVITATIONS_PER_ADDRESS_DAY:
+        raise TooManyRequests(
+            f"{MAX_INVITATIONS_PER_ADDRESS_DAY} invitations to {email} in 24 hours at most: try again later",
+            retry_after_seconds=3600,
+        )
     session.exec(
         update(Invitation)
         .where(*_waiting(customer_id, now), col(Invitation.email) == email)
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    waiting = session.exec(select(func.count()).select_from(Invitation).where(*_waiting(customer_id, now))).one()
-    if waiting >= MAX_PENDING_INVITATIONS:
-        raise Conflict(f"{waiting} invitations are waiting for an answer already: revoke some first")
     token = secrets.token_urlsafe(24)
     invitation = Invitation(
         customer_id=customer_id,
@@ -212,20 +225,22 @@ def accept(*, session: Session, token: str, name: str, password: str, now: datet
         name=name,
         approval_limit=invitation.approval_limit,
     )
-    # Devices removed since the invitation are not shared.
-    _share(session=session, account=account, device_ids=invitation.device_ids, now=now)
+    # Devices removed since the invitation are not shared; a carer with none left would see nothing.
+    shared = _share(session=session, account=account, device_ids=invitation.device_ids, now=now)
+    if role is HouseholdRole.CARER and not shared:
+        raise Conflict("the devices this invitation shared are gone: ask the household's owner for a new one")
     invitation.accepted_at = now
     invitation.account_id = account.id
     session.add(invitation)
     audit.record(
         session=session,
         at=now,
-        actor=f"{role}:{account.email}",
+        actor=auth.actor_name(role=account.role, household_role=role, email=account.email),
         action=AuditAction.MEMBER_JOINED,
         customer_id=invitation.customer_id,
         subject_type="account",
         subject_id=account.id,
-        detail={"role": role, "invitation_id": invitation.id, "invited_by": invitation.invited_by},
+        detail={"role": role, "invitation_id": invitation.id},
     )
     return account
 

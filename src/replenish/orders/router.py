@@ -98,6 +98,7 @@ def _transition(
             customer_id=principal.visible_customer,
             device_ids=principal.visible_devices,
         )
+        found = service.lock_for_change(session=session, order_id=found.id, to=to) or found
         principal.check_order_change(order_id=found.id, status=found.status, price=found.total_price, to=to)
         order = service.transition(
             session=session, order_id=order_id, to=to, actor=principal.actor, now=clock.now(), reason=reason
@@ -300,7 +301,10 @@ def list_shipments(
         limit=limit,
         offset=offset,
     )
-    return [service.view_shipment(session=session, shipment=shipment) for shipment in found]
+    return [
+        service.view_shipment(session=session, shipment=shipment, device_ids=principal.visible_devices)
+        for shipment in found
+    ]
 
 
 @shipments_router.get("/{shipment_id}", response_model=ShipmentRead, summary="A shipment and its lines")
@@ -311,7 +315,7 @@ def get_shipment(shipment_id: str, session: ReadSession, principal: CurrentPrinc
         customer_id=principal.visible_customer,
         device_ids=principal.visible_devices,
     )
-    return service.view_shipment(session=session, shipment=shipment)
+    return service.view_shipment(session=session, shipment=shipment, device_ids=principal.visible_devices)
 
 
 @shipments_router.post(
@@ -344,5 +348,6 @@ def remove_line(
             actor=principal.actor,
             now=clock.now(),
             reason=body.reason if body else None,
+            device_ids=principal.visible_devices,
         )
-        return service.view_shipment(session=session, shipment=shipment)
+        return service.view_shipment(session=session, shipment=shipment, device_ids=principal.visible_devices)

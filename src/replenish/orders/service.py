@@ -196,9 +196,14 @@ def list_shipments(
     )
 
 
-def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
-    """The shipment with its lines: each line's slot, product, price and why it is in it."""
-    lines = shipment_lines(session=session, shipment_id=shipment.id)
+def view_shipment(*, session: Session, shipment: Shipment, device_ids: Collection[str] | None = None) -> ShipmentRead:
+    """The shipment with its lines: each line's slot, product, price and why it is in it. Given ``device_ids`` (what
+    a member or carer sees), only the lines of those devices, and the total of those."""
+    lines = [
+        line
+        for line in shipment_lines(session=session, shipment_id=shipment.id)
+        if device_ids is None or line.device_id in device_ids
+    ]
     reasons = dict(
         session.exec(
             select(Decision.id, Decision.reason).where(col(Decision.id).in_([line.decision_id for line in lines]))
@@ -252,12 +257,24 @@ def view_shipment(*, session: Session, shipment: Shipment) -> ShipmentRead:
 
 
 def remove_line(
-    *, session: Session, shipment_id: str, order_id: str, actor: str, now: datetime, reason: str | None
+    *,
+    session: Session,
+    shipment_id: str,
+    order_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None,
+    device_ids: Collection[str] | None = None,
 ) -> Order:
     """Take one line out of its shipment: declined while it awaits approval, cancelled once placed (fulfilment is
-    told if it has it). The shipment's other lines go on."""
+    told if it has it). The shipment's other lines go on. Given ``device_ids`` (what a member sees), only a line of
+    one of those devices."""
     order = session.get(Order, order_id)
-    if order is None or order.shipment_id != shipment_id:
+    if (
+        order is None
+        or order.shipment_id != shipment_id
+        or (device_ids is not None and order.device_id not in device_ids)
+    ):
         raise NotFound("line", order_id)
     status = OrderStatus(order.status)
     if status in WITHDRAWN_ORDER_STATUSES:
@@ -343,9 +360,9 @@ def open_order_for_slot(*, session: Session, slot_id: str) -> Order | None:
     ).first()
 
 
-def transition(
-    *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
-) -> Order:
+def lock_for_change(*, session: Session, order_id: str, to: OrderStatus) -> Order | None:
+    """The order, locked as a change to ``to`` locks it, for a check of its status that the change must not outrun
+    (a member's limit applies to a release of a held order, not to an order already placed)."""
     if to == OrderStatus.PLACED:
         # Placing spends from the customer's monthly cap: under the customer's lock, as every decision is, so that an
         # evaluation counting this month's spending cannot miss it. The customer first, then the order: the lock
@@ -356,7 +373,13 @@ def transition(
     # Lock the row (PostgreSQL; SQLite serialises writers anyway): an approve and a cancel racing each other
     # must see each other's result, not both act on the old status.
     # populate_existing: an Order this session loaded earlier must not stand in for the row just locked.
-    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    return session.get(Order, order_id, with_for_update=True, populate_existing=True)
+
+
+def transition(
+    *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
+) -> Order:
+    order = lock_for_change(session=session, order_id=order_id, to=to)
     if order is None:
         raise NotFound("order", order_id)
     current = OrderStatus(order.status)

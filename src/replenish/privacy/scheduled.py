@@ -1,5 +1,5 @@
 """The retention job: each customer's telemetry beyond what their consent keeps removed, every customer in their own
-transaction; then expired sign-ups and the e-mails that carried their links."""
+transaction; then expired sign-ups and unanswered invitations, and the e-mails that carried their links."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from functools import partial
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 
-from replenish.constants import SIGN_UP_LINK_HOURS, SIGN_UP_NOTICE_PREFIX
+from replenish.constants import INVITATION_NOTICE_PREFIX, SIGN_UP_LINK_HOURS, SIGN_UP_NOTICE_PREFIX
 from replenish.customers.models import Customer, PendingSignUp
 from replenish.db import transaction
 from replenish.each import EachAlone
+from replenish.households.models import Invitation
 from replenish.outbox.models import OutboxMessage
 from replenish.privacy.service import apply_retention
 
@@ -44,4 +45,24 @@ def retention(*, engine: Engine, now: datetime) -> dict[str, int]:
         if expired.rowcount or sent.rowcount:
             totals["sign_ups"] = expired.rowcount
             totals["sign_up_emails"] = sent.rowcount
+    # An invitation nobody accepted keeps an address the owner typed: it goes, with its e-mail, once its link no
+    # longer works (expired or revoked).
+    with transaction(engine) as session:
+        unanswered = list(
+            session.exec(
+                select(Invitation.id).where(
+                    col(Invitation.accepted_at).is_(None),
+                    (col(Invitation.expires_at) <= now) | col(Invitation.revoked_at).is_not(None),
+                )
+            )
+        )
+        if unanswered:
+            mails = session.exec(
+                delete(OutboxMessage).where(
+                    col(OutboxMessage.stream).in_([f"notification:{INVITATION_NOTICE_PREFIX}{i}" for i in unanswered])
+                )
+            )
+            session.exec(delete(Invitation).where(col(Invitation.id).in_(unanswered)))
+            totals["invitations"] = len(unanswered)
+            totals["invitation_emails"] = mails.rowcount
     return totals

@@ -168,11 +168,10 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     """
     lock_customer(session=session, customer_id=customer_id)  # no decision for them commits meanwhile
     customer = customers.get(session=session, customer_id=customer_id)
-    emails = {
-        customer.email,
-        *session.exec(select(Account.email).where(Account.customer_id == customer_id)),
-        *session.exec(select(Invitation.email).where(Invitation.customer_id == customer_id)),
-    }
+    emails = {customer.email, *session.exec(select(Account.email).where(Account.customer_id == customer_id))}
+    # Whoever the household invited (a member removed since, or one who never answered): an address the owner typed,
+    # which may be anyone's. Scrubbed only from this household's records, and only as a member or carer of it.
+    invited = set(session.exec(select(Invitation.email).where(Invitation.customer_id == customer_id))) - emails
     for order in session.exec(
         select(Order).where(
             Order.customer_id == customer_id,
@@ -260,6 +259,20 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             )
         session.connection().execute(
             update(AuditEvent).where(col(AuditEvent.subject_id) == email).values(subject_id="deleted")
+        )
+    for email in invited:
+        session.connection().execute(
+            update(AuditEvent)
+            .where(
+                col(AuditEvent.customer_id) == customer_id,
+                col(AuditEvent.actor).in_(
+                    [
+                        f"{prefix}:{email}"
+                        for prefix in ("customer", "anonymous", HouseholdRole.MEMBER, HouseholdRole.CARER)
+                    ]
+                ),
+            )
+            .values(actor=DELETED_ACTOR)
         )
     audit.record(
         session=session,

@@ -65,7 +65,6 @@ def _consent_page(
         "values": values or {},
         "push_key": api_state(request).push_public_key,
         "webpush_browsers": len(browsers),
-        "can_change": principal.can(Capability.CHANGE_CONSENT),
     }
     return render_page(request, "consent.html", context)
 

@@ -33,11 +33,7 @@ _REFUSED = {
         "for a new one.",
     ),
     Gone: (status.HTTP_410_GONE, "This invitation has expired: ask the household's owner for a new one."),
-    Conflict: (
-        status.HTTP_409_CONFLICT,
-        "This address has a Replenish account already, and an account belongs to one household: ask the owner to "
-        "invite another address, or sign in.",
-    ),
+    Conflict: (status.HTTP_409_CONFLICT, ""),  # its own message: the address has an account, or the devices went
 }
 
 
@@ -76,6 +72,8 @@ def _page(
 
 def _refused(request: Request, refused: Exception) -> HTMLResponse:
     code, message = _REFUSED[type(refused)]
+    if isinstance(refused, Conflict):
+        message = f"{refused.message[0].upper()}{refused.message[1:]}."
     return _page(request, title="Nothing created", message=message, status_code=code)
 
 

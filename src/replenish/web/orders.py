@@ -34,7 +34,7 @@ def order_list(request: Request, principal: WebPrincipal) -> HTMLResponse:
             session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=500
         )
         shipments = [
-            orders.view_shipment(session=session, shipment=shipment)
+            orders.view_shipment(session=session, shipment=shipment, device_ids=principal.visible_devices)
             for shipment in orders.list_shipments(
                 session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=20
             )
@@ -107,6 +107,7 @@ def order_action(
         raise PageNotFound
     with transaction(api_state(request).engine) as session:
         found = _own_order(session, principal, order_id)
+        found = orders.lock_for_change(session=session, order_id=found.id, to=ACTIONS[action]) or found
         principal.check_order_change(
             order_id=found.id, status=found.status, price=found.total_price, to=ACTIONS[action]
         )
@@ -133,7 +134,7 @@ def shipment_page(
                 customer_id=principal.visible_customer,
                 device_ids=principal.visible_devices,
             )
-        view = orders.view_shipment(session=session, shipment=shipment)
+        view = orders.view_shipment(session=session, shipment=shipment, device_ids=principal.visible_devices)
     context = {
         "title": "Shipment",
         "principal": principal,
@@ -155,7 +156,6 @@ def remove_line(
 ) -> Response:
     """Take one line out: declined or cancelled, as the API's remove does; the other lines go on."""
     check_csrf(request, csrf)
-    principal.require(Capability.ORDER, subject_type="shipment", subject_id=shipment_id)
     with transaction(api_state(request).engine) as session, not_found_page():
         orders.get_shipment(
             session=session,
@@ -163,6 +163,7 @@ def remove_line(
             customer_id=principal.visible_customer,
             device_ids=principal.visible_devices,
         )
+        principal.require(Capability.ORDER, subject_type="shipment", subject_id=shipment_id)
         try:
             orders.remove_line(
                 session=session,
@@ -171,6 +172,7 @@ def remove_line(
                 actor=principal.actor,
                 now=now_of(request),
                 reason=None,
+                device_ids=principal.visible_devices,
             )
         except Conflict:
             session.rollback()
