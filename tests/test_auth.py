@@ -277,7 +277,11 @@ LINK_ROUTES = {
     ("POST", "/api/v1/invitations/{token}"),
 }
 # A fulfilment partner signs its requests instead (tests/test_answers.py: a wrong, changed or old signature gets 401).
-SIGNED_ROUTES = {("POST", "/api/v1/fulfilment/{partner}/events")}
+SIGNED_ROUTES = {
+    ("POST", "/api/v1/fulfilment/{partner}/events"),
+    # And the SMS provider its receipts (tests/test_channels.py: a forged signature gets 401 and changes nothing).
+    ("POST", "/api/v1/providers/{provider}/status"),
+}
 OPERATOR_ONLY = {
     ("GET", "/api/v1/customers"),
     ("GET", "/api/v1/dead-letters"),

@@ -501,12 +501,14 @@ def test_emergency_contacts_and_escalation_timing(
     sign_in(page, platform)
     page.goto(f"{platform.api_url}/app/consent")
     page.get_by_label("Name").fill("Grace")
-    page.get_by_label("Asked by").select_option("email")
-    page.get_by_label("E-mail address or URL").fill("not an address")
+    page.get_by_label("Asked by").select_option("sms")
+    page.get_by_label("Phone number (+4915112345678), e-mail address or URL").fill("0151 not a number")
     page.get_by_role("button", name="Add the contact").click()
-    expect(page.locator("#contact_address-error")).to_contain_text("email")
+    expect(page.locator("#contact_address-error")).to_contain_text("E.164")
     expect(page.get_by_label("Name")).to_have_value("Grace")  # what was typed stays
-    page.get_by_label("E-mail address or URL").fill("grace@example.com")
+    page.get_by_label("Phone number (+4915112345678), e-mail address or URL").fill("+4915112345678")
+    page.get_by_label("If that fails, at once").select_option("email")
+    page.get_by_label("Its phone number, e-mail address or URL").fill("grace@example.com")
     page.get_by_role("button", name="Add the contact").click()
     expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
     page.get_by_label("Seconds each contact has to answer").fill("5")
@@ -517,7 +519,17 @@ def test_emergency_contacts_and_escalation_timing(
     page.get_by_role("button", name="Save the timing").click()
     expect(page.get_by_role("status")).to_have_text("Saved as version 3.")
     document = api.get(f"/customers/{customer_id}/consent").json()["document"]
-    assert document["emergency_contacts"] == [{"name": "Grace", "channel": "email", "address": "grace@example.com"}]
+    assert document["emergency_contacts"] == [
+        {
+            "name": "Grace",
+            "channel": "sms",
+            "address": "+4915112345678",
+            "fallbacks": [{"channel": "email", "address": "grace@example.com"}],
+            "device_ids": [],
+            "account_id": None,
+        }
+    ]
+    expect(page.get_by_text("Grace: sms +4915112345678, then email grace@example.com")).to_be_visible()
     assert (document["escalation_timeout_seconds"], document["emergency_services_allowed"]) == (300, True)
 
 

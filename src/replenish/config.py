@@ -211,6 +211,27 @@ class Settings(BaseSettings):
     smtp_username: str | None = Field(None, description="SMTP user, if the server wants a login.")
     smtp_password: SecretStr | None = Field(None, description="SMTP password.")
     smtp_sender: str = Field("Replenish <replenish@localhost>", description="From: of e-mail notifications.")
+    sms_provider: Literal["twilio"] | None = Field(
+        None,
+        description="Who sends emergency contacts' SMS and places their voice calls: twilio (or a provider with "
+        "Twilio's API, through SMS_API_URL). Unset: the sms and voice channels fail at once, and escalation falls "
+        "back to each contact's next channel.",
+    )
+    sms_account_sid: str | None = Field(None, description="The provider's account id (Twilio: the Account SID).")
+    sms_auth_token: SecretStr | None = Field(
+        None, description="The provider's auth token: signs its delivery receipts too (X-Twilio-Signature)."
+    )
+    sms_from: str | None = Field(None, description="The number texts and calls come from, in E.164 (+15005550006).")
+    sms_api_url: HttpUrl = Field(
+        HttpUrl("https://api.twilio.com"), description="The provider's API base URL (tests point it at a fake)."
+    )
+    sms_receipt_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="An emergency contact's SMS or call without a delivery receipt after this long counts as failed: "
+        "their next channel is tried at once.",
+    )
     webpush_vapid_private_key: SecretStr | None = Field(
         None,
         description="The platform's VAPID private key for Web Push (the same in every process: browsers subscribe "

@@ -1,6 +1,6 @@
 """Imports every table model so that SQLModel.metadata knows the whole schema."""
 
-from replenish.alerts.models import Alert, EscalationStep
+from replenish.alerts.models import Alert, EscalationAttempt, EscalationStep
 from replenish.answers.models import OrderLink
 from replenish.audit.models import AuditEvent
 from replenish.auth.models import AccessToken, Account, DeviceShare
@@ -30,6 +30,7 @@ __all__ = [
     "Device",
     "DeviceMessage",
     "DeviceShare",
+    "EscalationAttempt",
     "EscalationStep",
     "Invitation",
     "Notification",

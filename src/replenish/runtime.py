@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlsplit
 
+import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
 from py_vapid import Vapid02
 from pydantic import SecretStr
@@ -34,12 +35,14 @@ from replenish.notifications import service as push
 from replenish.notifications.channels import Channels, SmtpSettings, UndeliverableAddress, refuse_private_destinations
 from replenish.notifications.delivery import NotificationHandler
 from replenish.notifications.push import KEY_FILE_NAME, WebPushSender, application_server_key, load_vapid
+from replenish.notifications.telephony import TelephonyProvider, TwilioProvider
 from replenish.observability.database import DatabaseCollector
 from replenish.observability.metrics import Metrics, MetricsServer
 from replenish.orders.fulfilment import fulfilment_handlers, make_sink
 from replenish.outbox.dispatcher import Dispatcher, DispatchLoop, OutboxHandler
 from replenish.scheduler import Jobs, make_scheduler
 from replenish.schema import create_schema
+from replenish.tls import client_tls
 
 if TYPE_CHECKING:
     import uvicorn
@@ -78,6 +81,26 @@ def vapid_key(settings: Settings) -> Vapid02:
     return load_vapid(configured=key.get_secret_value() if key else None, key_file=settings.data_dir / KEY_FILE_NAME)
 
 
+def provider_status_url(settings: Settings) -> str:
+    """Where the telephony provider posts its delivery receipts (notifications.router's providers_router)."""
+    return f"{settings.resolved_public_url.rstrip('/')}/api/v1/providers/{settings.sms_provider or 'none'}/status"
+
+
+def make_telephony(settings: Settings) -> TelephonyProvider | None:
+    """The SMS and voice provider the settings name, if one."""
+    if settings.sms_provider != "twilio":
+        return None
+    if not (settings.sms_account_sid and settings.sms_auth_token and settings.sms_from):
+        raise ValueError("REPLENISH_SMS_PROVIDER=twilio needs REPLENISH_SMS_ACCOUNT_SID, _AUTH_TOKEN and _FROM")
+    return TwilioProvider(
+        account_sid=settings.sms_account_sid,
+        auth_token=settings.sms_auth_token.get_secret_value(),
+        sender=settings.sms_from,
+        client=httpx.Client(timeout=settings.webhook_timeout_seconds, verify=client_tls()),
+        api_url=str(settings.sms_api_url),
+    )
+
+
 def make_channels(settings: Settings, engine: Engine) -> Channels:
     smtp = None
     if settings.smtp_host:
@@ -101,6 +124,8 @@ def make_channels(settings: Settings, engine: Engine) -> Channels:
             push.forget_subscription(session=session, endpoint=endpoint)
 
     return Channels(
+        telephony=make_telephony(settings),
+        status_callback=provider_status_url(settings),
         smtp=smtp,
         allow_private_webhooks=settings.webhook_allow_private_networks,
         timeout=settings.webhook_timeout_seconds,
@@ -321,6 +346,8 @@ class Platform:
                 push_public_key=application_server_key(vapid_key(self.settings)),
                 # Without SMTP a sign-up's link goes to the log, shown only where the operator asked for links there.
                 sign_up_channel="email" if self.settings.smtp_host else "log",
+                telephony=make_telephony(self.settings),
+                provider_status_url=provider_status_url(self.settings),
             )
         )
         config = uvicorn.Config(

@@ -114,7 +114,11 @@ class Jobs:
 
     def escalate(self) -> list[str]:
         """Step every safety incident whose time has come (alerts.scheduled)."""
-        return escalate_due(engine=self.engine, now=self.clock.now())
+        return escalate_due(
+            engine=self.engine,
+            now=self.clock.now(),
+            receipt_timeout=timedelta(seconds=self.settings.sms_receipt_timeout_seconds),
+        )
 
     def health(self) -> HealthReport:
         """Judge every device's health and bring its alarms in line (health.scheduled)."""

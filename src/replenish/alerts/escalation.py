@@ -12,7 +12,7 @@ database, so that a restart resumes the chain where it stood, and asks these fun
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from replenish.consent.schemas import ConsentDocument
@@ -23,12 +23,18 @@ EMERGENCY_SERVICES = "emergency services"
 
 @dataclass(frozen=True)
 class Target:
-    """One step of the chain: an emergency contact, or emergency services."""
+    """One step of the chain: an emergency contact, or emergency services. Who it is (what `due` compares) is its
+    kind, name and first channel; the channels after it and the household account are how they are reached."""
 
     kind: TargetKind
     name: str
     channel: str
     address: str | None
+    fallbacks: tuple[tuple[str, str | None], ...] = field(default=(), compare=False)
+    account_id: str | None = field(default=None, compare=False)
+
+    def channels(self) -> list[tuple[str, str | None]]:
+        return [(self.channel, self.address), *self.fallbacks]
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,19 @@ class Policy:
     timeout: timedelta
 
     @classmethod
-    def from_consent(cls, document: ConsentDocument) -> Policy:
+    def from_consent(cls, document: ConsentDocument, *, device_id: str) -> Policy:
+        """The chain for an incident on ``device_id``: the contacts the wearer chose for that wearable."""
         targets = [
-            Target(kind=TargetKind.CONTACT, name=contact.name, channel=contact.channel, address=contact.address)
+            Target(
+                kind=TargetKind.CONTACT,
+                name=contact.name,
+                channel=contact.channel,
+                address=contact.address,
+                fallbacks=tuple(contact.channels()[1:]),
+                account_id=contact.account_id,
+            )
             for contact in document.emergency_contacts
+            if contact.covers(device_id)
         ]
         if document.emergency_services_allowed:
             # Handing over to an emergency-call provider is an integration per operator; until one is configured

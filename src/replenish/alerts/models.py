@@ -67,9 +67,35 @@ class EscalationStep(SQLModel, table=True):
     # message only until that is delivered (the dispatcher then blanks it), and is never logged.
     token_hash: str = Field(unique=True)
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The household person this contact is, if one (they may acknowledge in the web app as well).
+    account_id: str | None = None
+    # Every way to reach them, as the consent had it when they were asked: [[channel, address], ...]. The first is
+    # `channel`/`address`; the others are tried, in order, when the one before fails (EscalationAttempt).
+    channels: list[list[str | None]] = Field(default_factory=list, sa_type=JSONType)
 
     @property
     def target(self) -> Target:
         return Target(
             kind=TargetKind(self.target_kind), name=self.target_name, channel=self.channel, address=self.address
         )
+
+
+class EscalationAttempt(SQLModel, table=True):
+    """One channel tried for a step: the first as the step is taken, each further one when the one before failed
+    (the provider refused it, it bounced, or no delivery receipt came in time). Its own acknowledgement link (only
+    the hash kept): a contact may answer whichever message reached them."""
+
+    __tablename__ = "alert_escalation_attempts"
+    __table_args__ = (UniqueConstraint("step_id", "number"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    step_id: str = Field(foreign_key="alert_escalations.id", index=True)
+    number: int  # 0: the step's first channel
+    channel: str
+    address: str | None = None
+    notification_id: str = Field(foreign_key="notifications.id")
+    sent_at: datetime = Field(sa_type=UTCDateTime)
+    token_hash: str | None = Field(default=None, unique=True)  # none for the first: the step's own link
+    # How it ended: "delivered", or why it failed; none while it may still be delivered.
+    outcome: str | None = None
+    outcome_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)

@@ -15,6 +15,7 @@ from replenish.alerts.schemas import (
     AcknowledgeRequest,
     AlertDetail,
     AlertRead,
+    EscalationAttemptRead,
     EscalationStepRead,
     ResolveRequest,
 )
@@ -60,11 +61,20 @@ def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) 
     )
     steps = service.steps(session=session, alert_id=alert.id)
     delivered = service.delivered_at(session=session, steps=steps)
+    tried = service.attempts(session=session, step_ids=[step.id for step in steps])
+    # The contacts' numbers and addresses are the consent's: a carer sees whom and how, not where.
+    addresses = principal.can(Capability.READ_CONSENT)
     return AlertDetail(
         **AlertRead.model_validate(alert).model_dump(),
         explanation=service.explain(session=session, alert=alert),
         escalation=[
-            EscalationStepRead.model_validate(step).model_copy(update={"delivered_at": delivered.get(step.id)})
+            EscalationStepRead.model_validate(step).model_copy(
+                update={
+                    "delivered_at": delivered.get(step.id),
+                    "attempts": [EscalationAttemptRead.model_validate(attempt) for attempt in tried[step.id]],
+                    "address": step.address if addresses else None,
+                }
+            )
             for step in steps
         ],
     )
@@ -88,7 +98,9 @@ def acknowledge(
         )
         principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
         actor = principal.actor if not (body and body.by) else f"{body.by} (via {principal.actor})"
-        alert = service.acknowledge(session=session, alert_id=alert_id, actor=actor, now=clock.now())
+        alert = service.acknowledge(
+            session=session, alert_id=alert_id, actor=actor, now=clock.now(), account_id=principal.account_id
+        )
         return AlertRead.model_validate(alert)
 
 

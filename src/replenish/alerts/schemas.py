@@ -50,6 +50,18 @@ class AlertRead(BaseModel):
     confidence: float | None = Field(None, description="How sure the fall detector was (0..1), when it said.")
 
 
+class EscalationAttemptRead(BaseModel):
+    """One channel tried for a step: the first, then each fallback after a failure."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int = Field(description="0: the step's first channel; then each fallback in turn.")
+    channel: str
+    sent_at: datetime
+    outcome: str | None = Field(description='"delivered", or why it failed; none while not known yet.')
+    outcome_at: datetime | None
+
+
 class EscalationStepRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -57,7 +69,7 @@ class EscalationStepRead(BaseModel):
     target_kind: str = Field(description="contact or emergency_services")
     target_name: str
     channel: str
-    address: str | None
+    address: str | None = Field(description="Shown to the household's owner and operators only.")
     notified_at: datetime = Field(description="When the step was taken and the notification queued.")
     delivered_at: datetime | None = Field(
         None, description="When the channel accepted it; none yet: still being delivered (and retried)."
@@ -65,6 +77,10 @@ class EscalationStepRead(BaseModel):
     notification_id: str | None
     consent_version: int
     acknowledged_at: datetime | None
+    account_id: str | None = Field(None, description="The household person this contact is, if one.")
+    attempts: list[EscalationAttemptRead] = Field(
+        default_factory=list, description="Each channel tried, in order: a failed one falls back to the next at once."
+    )
 
 
 class AlertDetail(AlertRead):

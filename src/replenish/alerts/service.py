@@ -8,12 +8,12 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
 from replenish.alerts import escalation, where
-from replenish.alerts.models import Alert, EscalationStep
+from replenish.alerts.models import Alert, EscalationAttempt, EscalationStep
 from replenish.consent import service as consent
 from replenish.constants import (
     COMMANDS_TOPIC,
@@ -33,6 +33,7 @@ from replenish.notifications import service as notifications
 from replenish.notifications.models import Notification
 from replenish.observability import correlation
 from replenish.outbox import service as outbox
+from replenish.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
     location = where.location_of(message.payload)
     alert.location = location.model_dump(exclude_none=True) if location is not None else None
     alert.confidence = where.confidence_of(message.payload)
-    policy = escalation.Policy.from_consent(document)
+    policy = escalation.Policy.from_consent(document, device_id=device.id)
     skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
     alert.cancel_until = None if skip_window else now + policy.cancel_window
     alert.next_escalation_at = escalation.first_escalation_at(
@@ -201,7 +202,8 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         return
     version, document = consent.current_document(session=session, customer_id=alert.customer_id)
     asked = [step.target for step in steps(session=session, alert_id=alert.id)]
-    outcome = escalation.due(policy=escalation.Policy.from_consent(document), asked=asked, now=now)
+    policy = escalation.Policy.from_consent(document, device_id=alert.device_id)
+    outcome = escalation.due(policy=policy, asked=asked, now=now)
     device = session.get(Device, alert.device_id)
     device_name = device.name if device is not None else alert.device_id
     if isinstance(outcome, escalation.Exhausted):
@@ -249,26 +251,37 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         kind=NoticeKind.SAFETY,
     )
     session.flush()  # the step refers to the notification: its row goes first
-    session.add(
-        EscalationStep(
-            alert_id=alert.id,
-            level=outcome.level,
-            target_kind=target.kind,
-            target_name=target.name,
-            channel=target.channel,
-            address=target.address,
-            notified_at=now,
-            notification_id=notification.id,
-            consent_version=version,
-            token_hash=_token_hash(token),
-        )
+    step = EscalationStep(
+        alert_id=alert.id,
+        level=outcome.level,
+        target_kind=target.kind,
+        target_name=target.name,
+        channel=target.channel,
+        address=target.address,
+        notified_at=now,
+        notification_id=notification.id,
+        consent_version=version,
+        token_hash=_token_hash(token),
+        account_id=target.account_id,
+        channels=[[channel, address] for channel, address in target.channels()],
     )
+    session.add(step)
     alert.escalation_level = outcome.level
     alert.next_escalation_at = outcome.next_at
     alert.updated_at = now
     session.add(alert)
     # The unique (alert, level) constraint refuses a step a concurrent escalator already took, before any commit.
     session.flush()
+    session.add(
+        EscalationAttempt(
+            step_id=step.id,
+            number=0,
+            channel=target.channel,
+            address=target.address,
+            notification_id=notification.id,
+            sent_at=now,
+        )
+    )
 
 
 def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, level: int) -> str:
@@ -281,6 +294,124 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
         text = f"Call emergency services for the wearer of {device_name}, who {what}: no emergency contact answered."
     place = where.describe(alert.location)
     return f"{text} {place}" if place else text
+
+
+# -- falling back to a contact's next channel ---------------------------------------------------------------------
+
+# Channels whose provider confirms each delivery: without a receipt in time, the attempt counts as failed.
+RECEIPT_CHANNELS = frozenset({"sms", "voice"})
+
+
+def attempts_to_check(*, session: Session, limit: int = 200) -> list[str]:
+    """Attempts still waiting for their outcome, on steps nobody has acknowledged, of open incidents."""
+    return list(
+        session.exec(
+            select(EscalationAttempt.id)
+            .join(EscalationStep, col(EscalationStep.id) == col(EscalationAttempt.step_id))
+            .join(Alert, col(Alert.id) == col(EscalationStep.alert_id))
+            .where(
+                col(EscalationAttempt.outcome).is_(None),
+                col(EscalationStep.acknowledged_at).is_(None),
+                Alert.status == AlertStatus.OPEN,
+            )
+            .order_by(col(EscalationAttempt.sent_at))
+            .limit(limit)
+        )
+    )
+
+
+def _attempt_failure(
+    *, session: Session, attempt: EscalationAttempt, now: datetime, receipt_timeout: timedelta
+) -> str | None:
+    """Why the attempt failed, "" when it reached the person, None while that is not known yet."""
+    notification = session.get(Notification, attempt.notification_id)
+    if notification is None:
+        return "its notification is gone"
+    if notification.failed_at is not None:
+        return f"the provider reported {notification.failure}"
+    if notification.receipt_at is not None or (attempt.channel not in RECEIPT_CHANNELS and notification.sent_at):
+        return ""
+    message = session.exec(
+        select(OutboxMessage).where(OutboxMessage.stream == f"notification:{notification.id}")
+    ).first()
+    if message is not None and message.delivered_at is None and message.attempts >= 1:
+        return f"it could not be sent: {(message.last_error or 'an error')[:200]}"
+    if attempt.channel in RECEIPT_CHANNELS and now >= attempt.sent_at + receipt_timeout:
+        return f"no delivery receipt within {receipt_timeout.total_seconds():g} s"
+    return None
+
+
+def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_timeout: timedelta) -> str | None:
+    """Settle one attempt if its outcome is known: delivered, or failed, and then the contact's next channel is tried
+    at once (their step's timeout does not wait for a message that never arrived); with no channel left, the next
+    person in the chain is asked now. Returns the outcome, None while it is still open. The caller commits."""
+    attempt = session.get(EscalationAttempt, attempt_id)
+    if attempt is None or attempt.outcome is not None:
+        return None
+    step = session.get_one(EscalationStep, attempt.step_id)
+    alert = session.exec(select(Alert).where(Alert.id == step.alert_id).with_for_update(skip_locked=True)).first()
+    if alert is None or alert.status != AlertStatus.OPEN:
+        return None
+    failure = _attempt_failure(session=session, attempt=attempt, now=now, receipt_timeout=receipt_timeout)
+    if failure is None:
+        return None
+    attempt.outcome = failure or "delivered"
+    attempt.outcome_at = now
+    session.add(attempt)
+    if not failure:
+        return attempt.outcome
+    channels = step.channels or [[step.channel, step.address]]
+    device = session.get(Device, alert.device_id)
+    device_name = device.name if device is not None else alert.device_id
+    log.warning("alert %s: %s's %s failed (%s)", alert.id, step.target_name, attempt.channel, failure)
+    if attempt.number + 1 >= len(channels):
+        # Nobody reached: the next person in the chain is asked now rather than at the end of this one's timeout.
+        alert.next_escalation_at = now
+        alert.updated_at = now
+        session.add(alert)
+        return attempt.outcome
+    channel, address = channels[attempt.number + 1]
+    token = secrets.token_urlsafe(24)
+    notification = notifications.send(
+        session=session,
+        customer_id=alert.customer_id,
+        channel=str(channel),
+        address=address,
+        subject=f"Urgent: {alert.kind.replace('_', ' ')} alert for the wearer of {device_name}",
+        body=_request_text(alert=alert, device_name=device_name, target=step.target, level=step.level),
+        consent_version=step.consent_version,
+        now=now,
+        alert_id=alert.id,
+        acknowledge_token=token,
+        urgent=True,
+        kind=NoticeKind.SAFETY,
+    )
+    session.flush()
+    session.add(
+        EscalationAttempt(
+            step_id=step.id,
+            number=attempt.number + 1,
+            channel=str(channel),
+            address=address,
+            notification_id=notification.id,
+            sent_at=now,
+            token_hash=_token_hash(token),
+        )
+    )
+    session.flush()  # unique (step, number): a concurrent checker that tried it first wins
+    return attempt.outcome
+
+
+def attempts(*, session: Session, step_ids: Collection[str]) -> dict[str, list[EscalationAttempt]]:
+    """Each step's attempts, in order."""
+    found: dict[str, list[EscalationAttempt]] = {step_id: [] for step_id in step_ids}
+    for attempt in session.exec(
+        select(EscalationAttempt)
+        .where(col(EscalationAttempt.step_id).in_(list(step_ids)))
+        .order_by(col(EscalationAttempt.number))
+    ):
+        found[attempt.step_id].append(attempt)
+    return found
 
 
 def _token_hash(token: str) -> str:
@@ -322,7 +453,12 @@ def delivered_at(*, session: Session, steps: list[EscalationStep]) -> dict[str, 
 
 
 def step_for_token(*, session: Session, token: str) -> EscalationStep:
-    step = session.exec(select(EscalationStep).where(EscalationStep.token_hash == _token_hash(token))).first()
+    """The step a link was sent for: its first channel's link, or a fallback channel's."""
+    hashed = _token_hash(token)
+    step = session.exec(select(EscalationStep).where(EscalationStep.token_hash == hashed)).first()
+    if step is None:
+        attempt = session.exec(select(EscalationAttempt).where(EscalationAttempt.token_hash == hashed)).first()
+        step = session.get(EscalationStep, attempt.step_id) if attempt is not None else None
     if step is None:
         raise NotFound("acknowledgement link", "this")
     return step
@@ -391,13 +527,19 @@ def list_alerts(
     return list(session.exec(query))
 
 
-def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime) -> Alert:
-    """Someone has it in hand. The wearer's device is told, so the wearer knows help is coming."""
+def acknowledge(*, session: Session, alert_id: str, actor: str, now: datetime, account_id: str | None = None) -> Alert:
+    """Someone has it in hand. The wearer's device is told, so the wearer knows help is coming. Given the household
+    account that acknowledged in the app, their own step of the chain (if they are a contact) counts as answered."""
     alert = get(session=session, alert_id=alert_id)
     if alert.status == AlertStatus.ACKNOWLEDGED:
         return alert
     if alert.status != AlertStatus.OPEN:
         raise Conflict(f"alert {alert_id!r} is {alert.status} and cannot be acknowledged")
+    if account_id is not None:
+        for step in steps(session=session, alert_id=alert.id):
+            if step.account_id == account_id and step.acknowledged_at is None:
+                step.acknowledged_at = now  # first: the others asked are told, not the one who answered
+                session.add(step)
     alert.status = AlertStatus.ACKNOWLEDGED
     alert.acknowledged_at = now
     alert.acknowledged_by = actor

@@ -37,7 +37,7 @@ from replenish.households.router import invitations_router
 from replenish.households.router import router as household_router
 from replenish.ingest.router import router as dead_letters_router
 from replenish.mqtt.probe import OK
-from replenish.notifications.router import push_router
+from replenish.notifications.router import providers_router, push_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import fulfilment_router, shipments_router, slot_orders_router
 from replenish.orders.router import router as orders_router
@@ -167,6 +167,7 @@ def application() -> FastAPI:
     app.include_router(sign_ups_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgements_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(invitations_router, prefix=API_PREFIX, responses=unauthenticated)
+    app.include_router(providers_router, prefix=API_PREFIX, responses=unauthenticated)
     app.include_router(acknowledgement_page_router)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

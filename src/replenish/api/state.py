@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from starlette.requests import HTTPConnection
@@ -19,6 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from replenish.clock import Clock
 from replenish.mqtt.probe import BrokerProbe
+
+if TYPE_CHECKING:
+    from replenish.notifications.telephony import TelephonyProvider
 
 _SCOPE_KEY = "replenish.api_state"
 
@@ -38,6 +42,10 @@ class ApiState:
     push_public_key: str | None
     # Where a sign-up's link goes: "email", or "log" where no SMTP server is configured.
     sign_up_channel: str
+    # The SMS and voice provider, whose delivery receipts the API checks and records (None: not configured), and
+    # the URL it posts them to (what its signature covers).
+    telephony: TelephonyProvider | None = None
+    provider_status_url: str = ""
 
 
 class PlatformApp:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -104,19 +105,64 @@ class NotificationChannel(BaseModel):
         return self
 
 
+ContactChannelType = Literal["email", "webhook", "log", "sms", "voice", "apprise"]
+_CHANNEL_WORDS = (
+    "How they are asked: sms or voice (a phone number in E.164, through the configured SMS provider), e-mail, a "
+    "webhook, apprise (an apprise URL: chat services such as Telegram, Signal, Matrix or Slack), or the platform's "
+    "log (for trials and demos)."
+)
+_ADDRESS_WORDS = "The phone number (+4915112345678), e-mail address, webhook URL or apprise URL; none for the log."
+
+
+class ContactChannel(BaseModel):
+    """One more way to reach an emergency contact, tried when the one before fails."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: ContactChannelType = Field(description=_CHANNEL_WORDS)
+    address: str | None = Field(None, description=_ADDRESS_WORDS)
+
+    @model_validator(mode="after")
+    def _address_fits_the_channel(self) -> ContactChannel:
+        _check_address(self.channel, self.address)
+        return self
+
+
 class EmergencyContact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    channel: Literal["email", "webhook", "log"] = Field(
-        description="How they are asked: e-mail, a webhook, or the platform's log (for trials and demos)."
+    channel: ContactChannelType = Field(description=_CHANNEL_WORDS)
+    address: str | None = Field(None, description=_ADDRESS_WORDS)
+    fallbacks: list[ContactChannel] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Further channels, tried in order at once when the one before fails (the provider refuses it, "
+        "it bounces, or an SMS or call has no delivery receipt within 30 s) instead of waiting for the step's "
+        "timeout.",
     )
-    address: str | None = Field(None, description="The e-mail address or webhook URL; none for the log.")
+    device_ids: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="The wearables whose incidents they are asked about; empty: every wearable of the household.",
+    )
+    account_id: str | None = Field(
+        None,
+        description="A person of the household (a carer's or member's account, who must see the wearables): the web "
+        "app shows them the incident, its timeline and the acknowledge button as well.",
+    )
 
     @model_validator(mode="after")
     def _address_fits_the_channel(self) -> EmergencyContact:
         _check_address(self.channel, self.address)
         return self
+
+    def channels(self) -> list[tuple[str, str | None]]:
+        """Every way to reach them, in the order they are tried."""
+        return [(self.channel, self.address), *((fallback.channel, fallback.address) for fallback in self.fallbacks)]
+
+    def covers(self, device_id: str) -> bool:
+        return not self.device_ids or device_id in self.device_ids
 
 
 class _Email(BaseModel):
@@ -127,10 +173,25 @@ class _Url(BaseModel):
     value: AnyHttpUrl
 
 
+# E.164: a plus, the country code and the number, 8 to 15 digits in all.
+_PHONE = re.compile(r"^\+[1-9]\d{7,14}$")
+# An apprise URL: a service's scheme and what it needs (apprise itself checks the rest when it sends).
+_APPRISE_URL = re.compile(r"^[a-z][a-z0-9+.-]{1,30}://\S+$")
+
+
 def _check_address(kind: str, address: str | None) -> None:
     if kind in ("log", "webpush"):
         if address is not None:
             raise ValueError(f"a {kind} channel takes no address")
+        return
+    if kind in ("sms", "voice"):
+        if not address or not _PHONE.match(address):
+            article = "an" if kind == "sms" else "a"
+            raise ValueError(f"{article} {kind} channel needs a phone number in E.164 form, e.g. +4915112345678")
+        return
+    if kind == "apprise":
+        if not address or not _APPRISE_URL.match(address):
+            raise ValueError("an apprise channel needs an apprise URL, e.g. tgram://bottoken/ChatID")
         return
     if not address:
         raise ValueError(f"an {kind} channel needs an address" if kind == "email" else f"a {kind} channel needs a URL")

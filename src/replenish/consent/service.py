@@ -5,9 +5,10 @@ from datetime import datetime
 from sqlmodel import Session, col, func, select
 
 from replenish.audit import service as audit
+from replenish.auth.models import Account, DeviceShare
 from replenish.consent.models import ConsentVersion
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AuditAction, ConsentMode, NoticeKind, OrderStatus
+from replenish.constants import AuditAction, ConsentMode, DeviceKind, HouseholdRole, NoticeKind, OrderStatus
 from replenish.customers.locks import lock_customer
 from replenish.customers.models import Customer
 from replenish.devices import service as devices
@@ -198,11 +199,44 @@ def customers_allowing_fleet_learning(*, session: Session) -> list[str]:
     return [customer_id for customer_id, document in rows if document.get("fleet_learning_allowed", False)]
 
 
+def _check_contacts(*, session: Session, customer_id: str, document: ConsentDocument, owned_devices: set[str]) -> None:
+    """A contact's wearables are the household's; a contact who is a person of the household sees each of them (the
+    web app shows them the incident), so that nobody is asked about an incident they cannot open."""
+    wearables = set(
+        session.exec(select(Device.id).where(Device.customer_id == customer_id, Device.kind == DeviceKind.WEARABLE))
+    )
+    for contact in document.emergency_contacts:
+        for device_id in contact.device_ids:
+            if device_id not in owned_devices:
+                raise InvalidRequest(
+                    f"{contact.name}: device {device_id!r} is not one of this customer's devices",
+                    field="emergency_contacts",
+                )
+        if contact.account_id is None:
+            continue
+        account = session.get(Account, contact.account_id)
+        if account is None or account.customer_id != customer_id:
+            raise InvalidRequest(
+                f"{contact.name}: account {contact.account_id!r} is not one of the household's people",
+                field="emergency_contacts",
+            )
+        if account.household_role in (None, HouseholdRole.OWNER):
+            continue
+        shared = set(session.exec(select(DeviceShare.device_id).where(DeviceShare.account_id == account.id)))
+        unseen = sorted((set(contact.device_ids) or wearables) - shared)
+        if unseen:
+            raise InvalidRequest(
+                f"{contact.name} does not see {', '.join(unseen)}: share it with them first (the Household page)",
+                field="emergency_contacts",
+            )
+
+
 def _check_targets(*, session: Session, customer_id: str, document: ConsentDocument) -> None:
     owned_devices = set(session.exec(select(Device.id).where(Device.customer_id == customer_id)))
     for device_id in document.device_modes:
         if device_id not in owned_devices:
             raise InvalidRequest(f"device {device_id!r} is not one of this customer's devices", field="device_modes")
+    _check_contacts(session=session, customer_id=customer_id, document=document, owned_devices=owned_devices)
     pause_targets = [target for window in document.pause_windows for target in window.targets]
     if not document.slot_modes and not document.slot_price_caps and not pause_targets:
         return

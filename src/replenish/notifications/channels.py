@@ -1,16 +1,19 @@
-"""Where a notification goes: the log, a webhook (JSON POST) or e-mail (SMTP). The outbox dispatcher calls a channel at
-least once per notification, retrying with backoff while it raises; every delivery carries the notification's
-idempotency key (the webhook's `Idempotency-Key` header, the e-mail's Message-ID), so a receiver can drop a retry.
+"""Where a notification goes: the log, a webhook (JSON POST), e-mail (SMTP), Web Push, an SMS or a voice call (through
+the configured telephony provider, notifications.telephony), or any service apprise speaks to (chat: Telegram,
+Signal, Matrix, Slack, ...; the address is an apprise URL). The outbox dispatcher calls a channel at least once per
+notification, retrying with backoff while it raises; every delivery carries the notification's idempotency key (the
+webhook's `Idempotency-Key` header, the e-mail's Message-ID), so a receiver can drop a retry. A channel returns the
+provider's id for what it sent when a delivery receipt will follow (SMS, calls).
 
-We looked at apprise, which speaks to a hundred services; but a webhook must carry our own JSON and headers, and an
-e-mail needs only the standard library, so these two are written here. Apprise is the way to add chat and SMS
-services later, as a further channel type whose address is an apprise URL.
+A webhook must carry our own JSON and headers, and an e-mail needs only the standard library, so these two are
+written here rather than through apprise.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import smtplib
 import socket
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from replenish.notifications.push import PushMessage, SubscriptionGone, WebPushSender
+from replenish.notifications.telephony import ProviderRefused, TelephonyProvider
 from replenish.tls import client_tls
 
 log = logging.getLogger(__name__)
@@ -81,8 +85,8 @@ class Delivery:
 
 
 class Channel(Protocol):
-    def send(self, delivery: Delivery) -> None:
-        """Deliver, or raise so that the dispatcher tries again later."""
+    def send(self, delivery: Delivery) -> str | None:
+        """Deliver, or raise so that the dispatcher tries again later. The provider's id when a receipt will follow."""
         ...
 
 
@@ -231,8 +235,76 @@ class WebPushChannel:
             self._on_gone(delivery.address)
 
 
+class SmsChannel:
+    """A text through the telephony provider: the subject, the acknowledgement link (first: a long text is cut at the
+    end), then the message."""
+
+    def __init__(self, provider: TelephonyProvider | None, *, status_callback: str) -> None:
+        self._provider = provider
+        self._callback = status_callback
+
+    def send(self, delivery: Delivery) -> str | None:
+        if self._provider is None:
+            raise ProviderRefused("SMS is not configured: set REPLENISH_SMS_PROVIDER and its credentials")
+        if delivery.address is None:
+            raise UndeliverableAddress("an SMS without a number")
+        text = delivery.subject
+        if delivery.acknowledge_url is not None:
+            text += f"\nAcknowledge: {delivery.acknowledge_url}"
+        text += f"\n{delivery.body}"
+        if delivery.links:
+            text += f"\n{delivery.link_lines()}"
+        return self._provider.send_sms(to=delivery.address, body=text, status_callback=self._callback)
+
+
+_URL = re.compile(r":?\s*https?://\S+")
+
+
+class VoiceChannel:
+    """A call that reads the message (links left out: nobody can follow a link read aloud)."""
+
+    def __init__(self, provider: TelephonyProvider | None, *, status_callback: str) -> None:
+        self._provider = provider
+        self._callback = status_callback
+
+    def send(self, delivery: Delivery) -> str | None:
+        if self._provider is None:
+            raise ProviderRefused("voice calls are not configured: set REPLENISH_SMS_PROVIDER and its credentials")
+        if delivery.address is None:
+            raise UndeliverableAddress("a call without a number")
+        say = _URL.sub("", f"{delivery.subject}. {delivery.body}")
+        return self._provider.call(to=delivery.address, say=say, status_callback=self._callback)
+
+
+# apprise services that POST to a host the address names: the same rule as webhooks (no private networks).
+_HOSTED_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms"})
+
+
+class AppriseChannel:
+    """Any service apprise speaks to; the address is its apprise URL (tgram://bottoken/ChatID, signal://..., ...)."""
+
+    def __init__(self, *, allow_private_networks: bool) -> None:
+        self._allow_private = allow_private_networks
+
+    def send(self, delivery: Delivery) -> str | None:
+        import apprise  # a tenth of a second to import: only in the processes that send through it
+
+        address = delivery.address or ""
+        parts = urlsplit(address)
+        if parts.scheme in _HOSTED_SCHEMES and not self._allow_private:
+            refuse_private_destinations(f"http://{parts.hostname or ''}")
+        notifier = apprise.Apprise()
+        # The URL may hold a service's secret (a bot token): errors name its scheme only.
+        if not notifier.add(address):
+            raise ProviderRefused(f"apprise does not understand the {parts.scheme or 'given'}:// address")
+        if not notifier.notify(title=delivery.subject, body=delivery.text()):
+            raise ProviderRefused(f"the {parts.scheme}:// service did not take the message")
+        return None
+
+
 class Channels:
-    """Every channel by name, as consent names them (`log`, `webhook`, `email`, `webpush`)."""
+    """Every channel by name, as consent names them (`log`, `webhook`, `email`, `webpush`, `sms`, `voice`,
+    `apprise`)."""
 
     def __init__(
         self,
@@ -243,6 +315,8 @@ class Channels:
         webpush: WebPushSender | None = None,
         on_push_gone: Callable[[str], None] = lambda endpoint: None,
         log_links: bool = False,
+        telephony: TelephonyProvider | None = None,
+        status_callback: str = "",
     ) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), verify=client_tls())
@@ -251,13 +325,21 @@ class Channels:
             "webhook": WebhookChannel(client=self._client, allow_private_networks=allow_private_webhooks),
             "email": EmailChannel(smtp),
             "webpush": WebPushChannel(webpush, on_gone=on_push_gone),
+            "sms": SmsChannel(telephony, status_callback=status_callback),
+            "voice": VoiceChannel(telephony, status_callback=status_callback),
+            "apprise": AppriseChannel(allow_private_networks=allow_private_webhooks),
         }
 
-    def send(self, delivery: Delivery) -> None:
+    @property
+    def http_client(self) -> httpx.Client:
+        """The client the HTTP channels share (a telephony provider's API too)."""
+        return self._client
+
+    def send(self, delivery: Delivery) -> str | None:
         channel = self._channels.get(delivery.channel)
         if channel is None:
             raise UndeliverableAddress(f"unknown channel {delivery.channel!r}")
-        channel.send(delivery)
+        return channel.send(delivery)
 
     def close(self) -> None:
         self._client.close()

@@ -18,9 +18,14 @@ class NotificationHandler:
         self._channels = channels
         # Where people reach the platform from outside: the base of the links in notifications.
         self._public_url = public_url.rstrip("/")
+        # The provider's id of an SMS or call just sent, until its delivery is recorded (the dispatcher calls
+        # record_delivery right after deliver, with the stored row).
+        self._provider_ids: dict[int, str] = {}
 
     def deliver(self, message: OutboxMessage) -> None:
-        self._channels.send(self.delivery(message))
+        provider_id = self._channels.send(self.delivery(message))
+        if provider_id is not None and message.id is not None:
+            self._provider_ids[message.id] = provider_id
 
     def delivery(self, message: OutboxMessage) -> Delivery:
         payload = message.payload
@@ -58,7 +63,9 @@ class NotificationHandler:
                 "acknowledge_token": None,
                 "links": [{**link, "token": None} for link in message.payload.get("links") or ()],
             }
+        provider_id = self._provider_ids.pop(message.id, None) if message.id is not None else None
         notification = session.get(Notification, message.payload["notification_id"])
         if notification is not None:
             notification.sent_at = now
+            notification.provider_id = provider_id or notification.provider_id
             session.add(notification)

@@ -49,5 +49,11 @@ class Notification(SQLModel, table=True):
     consent_version: int
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # SMS and calls: the provider's id for the message, and what its delivery receipt said (receipt_at: delivered or
+    # answered; failed_at and failure: it was not).
+    provider_id: str | None = Field(default=None, index=True, max_length=100)
+    receipt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failure: str | None = Field(default=None, max_length=500)
     decision: Decision | None = written_after("Decision")
     order: Order | None = written_after("Order")

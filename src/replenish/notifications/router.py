@@ -5,21 +5,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
 from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
 
 from replenish.api.deps import ClockDep, CurrentPrincipal, EngineDep, Limit, Offset, ReadSession, requires
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.constants import Capability
 from replenish.db import transaction
-from replenish.errors import InvalidRequest, NotFound
+from replenish.errors import ErrorBody, InvalidRequest, NotFound, SignatureRejected
 from replenish.notifications import service
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.notifications.schemas import PushKey, PushSubscriptionCreate, PushSubscriptionRead
+from replenish.notifications.telephony import Receipt
 from replenish.orders.service import explain_decision
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 push_router = APIRouter(prefix="/push", tags=["notifications"])
+# The telephony provider's delivery receipts: signed by the provider, no bearer token.
+providers_router = APIRouter(prefix="/providers", tags=["notifications"])
 # The notifications go to the household's owner, on the channels of their consent: a member or carer answers 403 (a
 # carer hears of their wearer's incidents as an emergency contact).
 MessageReader = Annotated[Principal, requires(Capability.READ_MESSAGES)]
@@ -145,3 +150,43 @@ def unsubscribe(subscription_id: str, principal: MessageReader, engine: EngineDe
         )
         session.delete(found)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@providers_router.post(
+    "/{provider}/status",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="A delivery receipt from the SMS and voice provider",
+    openapi_extra={"security": [{}]},
+    responses={401: {"model": ErrorBody, "description": "The provider's signature does not hold."}},
+)
+async def provider_status(provider: str, request: Request) -> Response:
+    """Where the provider (Twilio, or one with its API) posts the status of each text and call (form fields
+    `MessageSid`/`MessageStatus` or `CallSid`/`CallStatus`, `ErrorCode`), signed with `X-Twilio-Signature`. A text
+    delivered or a call answered confirms its notification; failed, undelivered, busy or no answer fails it, and an
+    emergency contact's next channel is tried at once. A wrong or missing signature answers 401 and changes nothing;
+    a receipt for a message the platform does not know is accepted and ignored."""
+    state = api_state(request)
+    telephony = state.telephony
+    if telephony is None or provider != telephony.name:
+        raise NotFound("provider", provider)
+    form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    receipt = telephony.receipt(
+        url=state.provider_status_url, form=form, signature=request.headers.get("x-twilio-signature")
+    )
+    if receipt is None:
+        raise SignatureRejected("the provider's signature does not hold")
+    if receipt.provider_id:
+        await run_in_threadpool(_record_receipt, state.engine, state.clock.now(), receipt)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _record_receipt(engine: Engine, now: datetime, receipt: Receipt) -> None:
+    with transaction(engine) as session:
+        service.record_receipt(
+            session=session,
+            provider_id=receipt.provider_id,
+            reached=receipt.reached,
+            status=receipt.status,
+            error=receipt.error,
+            now=now,
+        )

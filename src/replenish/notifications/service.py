@@ -332,3 +332,21 @@ def send_digest(
             session.add(notice)
         digests.append(digest)
     return digests
+
+
+def record_receipt(
+    *, session: Session, provider_id: str, reached: bool | None, status: str, error: str | None, now: datetime
+) -> Notification | None:
+    """A delivery receipt for the SMS or call with this provider id: reached (delivered, answered) or not (failed,
+    undelivered, busy, no answer); an interim status (queued, ringing) changes nothing. The first final word stands.
+    None when no notification has that id."""
+    notification = session.exec(select(Notification).where(Notification.provider_id == provider_id)).first()
+    if notification is None or reached is None or notification.receipt_at or notification.failed_at:
+        return notification
+    if reached:
+        notification.receipt_at = now
+    else:
+        notification.failed_at = now
+        notification.failure = f"{status}" + (f" ({error})" if error else "")
+    session.add(notification)
+    return notification

@@ -73,6 +73,7 @@ def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: 
         alert = _own_alert(session, principal, alert_id)
         steps = alerts.steps(session=session, alert_id=alert.id)
         delivered = alerts.delivered_at(session=session, steps=steps)
+        tried = alerts.attempts(session=session, step_ids=[step.id for step in steps])
         explanation = alerts.explain(session=session, alert=alert)
         device = devices.get(session=session, device_id=alert.device_id)
     context = {
@@ -81,6 +82,7 @@ def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: 
         "alert": alert,
         "device": device,
         "steps": steps,
+        "tried": tried,
         "delivered": delivered,
         "explanation": explanation,
         "error": f"It could not be acknowledged: it is {alert.status} now." if error == "acknowledge" else None,
@@ -102,7 +104,13 @@ def acknowledge_alert(
         _own_alert(session, principal, alert_id)
         principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
         try:
-            alerts.acknowledge(session=session, alert_id=alert_id, actor=principal.actor, now=now_of(request))
+            alerts.acknowledge(
+                session=session,
+                alert_id=alert_id,
+                actor=principal.actor,
+                now=now_of(request),
+                account_id=principal.account_id,
+            )
         except DomainError:
             session.rollback()
             return redirect_to(f"{PREFIX}/alerts/{alert_id}?error=acknowledge")

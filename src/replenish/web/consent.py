@@ -16,13 +16,23 @@ from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument, NotificationChannel
-from replenish.constants import Capability, ConsentMode
+from replenish.constants import Capability, ConsentMode, DeviceKind, HouseholdRole
 from replenish.db import transaction
 from replenish.devices import service as devices
 from replenish.errors import DomainError
+from replenish.households import service as households
 from replenish.notifications import service as notifications
 from replenish.web.pages import PREFIX, FormData, WebPrincipal, customer_of, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
+
+CONTACT_CHANNELS = (
+    ("sms", "text message (SMS)"),
+    ("voice", "phone call"),
+    ("email", "e-mail"),
+    ("apprise", "a chat service (an apprise URL)"),
+    ("webhook", "webhook (a URL)"),
+    ("log", "the platform's log (trials)"),
+)
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 MODE_CHOICES = [(mode.value, mode.value.replace("_", " ")) for mode in ConsentMode]
@@ -46,6 +56,11 @@ def _consent_page(
             ),
         )
         browsers = notifications.push_subscriptions(session=session, customer_id=customer_id)
+        people = {
+            member.account_id: f"{member.name or member.email} ({member.role})"
+            for member in households.list_members(session=session, customer_id=customer_id)
+            if member.role != HouseholdRole.OWNER
+        }
     document = ConsentDocument.model_validate(versions[-1].document)
     changes = []
     for before, after in zip([None, *versions[:-1]], versions, strict=True):
@@ -65,6 +80,9 @@ def _consent_page(
         "values": values or {},
         "push_key": api_state(request).push_public_key,
         "webpush_browsers": len(browsers),
+        "contact_channels": CONTACT_CHANNELS,
+        "wearables": [d for d in described if d.kind == DeviceKind.WEARABLE],
+        "people": people,
     }
     return render_page(request, "consent.html", context)
 
@@ -248,7 +266,17 @@ def add_contact(request: Request, principal: WebPrincipal, form: FormData) -> Re
         if not name:
             raise _FieldError("contact_name", "Enter the contact's name.")
         address = form.get("contact_address", "").strip() or None
-        contact = {"name": name, "channel": form.get("contact_channel", "email"), "address": address}
+        contact: dict[str, Any] = {"name": name, "channel": form.get("contact_channel", "email"), "address": address}
+        if form.get("fallback_channel"):
+            fallback = {
+                "channel": form["fallback_channel"],
+                "address": form.get("fallback_address", "").strip() or None,
+            }
+            contact["fallbacks"] = [fallback]
+        if form.get("contact_device"):
+            contact["device_ids"] = [form["contact_device"]]
+        if form.get("contact_account"):
+            contact["account_id"] = form["contact_account"]
         data["emergency_contacts"] = [*data["emergency_contacts"], contact]
 
     return _save_consent(request, principal, change, form)
