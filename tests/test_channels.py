@@ -4,6 +4,7 @@ wearable, and a carer of the household as a contact. Real platform, real broker,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from replenish.clock import ManualClock
+from replenish.orders import signatures
 from replenish.runtime import Platform
 from support.api import api_client, create_customer, customer_api, operator_token, register_device, set_consent
 from support.mqtt import Publisher
@@ -249,3 +251,61 @@ def test_contacts_per_wearable_and_a_carer_who_acknowledges_in_the_app(world: Wo
         "a carer sees whom, not where"
     )
     assert carl.get(f"/alerts/{first['id']}").status_code == 404
+
+
+def test_the_monitoring_centre_gets_the_signed_incident_and_acknowledges_it(tmp_path, clock: ManualClock):
+    centre = WebhookReceiver(path="/centre")
+    try:
+        settings = make_settings(tmp_path, monitoring_centre_url=centre.url, monitoring_centre_secret="centre-secret")
+        with running_platform(settings, clock) as platform:
+            api = api_client(platform, operator_token(platform))
+            customer_id = create_customer(api, email="ada@example.com")
+            register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+            set_consent(api, customer_id, {"emergency_services_allowed": True})  # no contacts: the centre first
+            publisher = Publisher(platform.settings.mqtt_endpoint)
+            try:
+                where = {"latitude": 52.5163, "longitude": 13.3777, "room": "kitchen"}
+                publisher.send("devices/pendant-1/events", {"seq": 1, "type": "help_requested", "location": where})
+                assert platform.ingestor is not None and platform.ingestor.wait_for(handled=1, timeout=10)
+            finally:
+                publisher.close()
+            assert platform.jobs is not None
+            platform.jobs.dispatch()
+            [incident] = centre.wait_for(1)
+            [(headers, raw, _)] = centre.requests
+            body = json.dumps(raw, separators=(",", ":")).encode()
+            timestamp = int(headers["X-Replenish-Timestamp"])
+            assert headers["X-Replenish-Signature"] == signatures.sign("centre-secret", timestamp=timestamp, body=body)
+            assert incident["type"] == "emergency" and incident["kind"] == "help_requested"
+            assert incident["household"] == "Ada" and incident["device"] == {
+                "id": "pendant-1",
+                "name": "wearable pendant-1",
+            }
+            assert incident["location"] == where and "mlat=52.516300" in incident["map_url"]
+            assert "Where: in the kitchen" in incident["message"]
+            acknowledged = httpx.post(incident["acknowledge_url"].replace("/ack/", "/api/v1/acknowledgements/"))
+            assert acknowledged.status_code == 200, acknowledged.text
+            [alert] = api.get("/alerts").json()
+            assert alert["status"] == "acknowledged"
+            assert alert["acknowledged_by"] == "emergency services (emergency services)"
+    finally:
+        centre.close()
+
+
+def test_without_a_monitoring_centre_the_call_request_falls_back_to_the_operators_log(
+    world: World, caplog: pytest.LogCaptureFixture
+):
+    set_consent(world.api, world.customer_id, {"emergency_services_allowed": True})
+    caplog.set_level("WARNING", logger="replenish.alerts.service")
+    alert = world.help()
+    world.tick()
+    world.tick()
+    [step] = world.steps(alert["id"])
+    assert [(a["channel"], a["outcome"]) for a in step["attempts"]] == [
+        (
+            "monitoring_centre",
+            "it could not be sent: no monitoring centre is configured (REPLENISH_MONITORING_CENTRE_URL)",
+        ),
+        ("log", "delivered"),
+    ]
+    assert any("CALL EMERGENCY SERVICES" in record.getMessage() for record in caplog.records)

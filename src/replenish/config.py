@@ -232,6 +232,15 @@ class Settings(BaseSettings):
         description="An emergency contact's SMS or call without a delivery receipt after this long counts as failed: "
         "their next channel is tried at once.",
     )
+    monitoring_centre_url: HttpUrl | None = Field(
+        None,
+        description="The monitoring centre that calls emergency services for a wearer who consented, when no contact "
+        "acknowledged: a signed JSON POST of the incident (docs/api.md, 'Monitoring centre'), which the centre "
+        "acknowledges. Unset, or failing: the request goes to the operators' log, where the on-call operator calls.",
+    )
+    monitoring_centre_secret: SecretStr | None = Field(
+        None, description="Signs what the monitoring centre is sent (X-Replenish-Signature, as fulfilment's)."
+    )
     webpush_vapid_private_key: SecretStr | None = Field(
         None,
         description="The platform's VAPID private key for Web Push (the same in every process: browsers subscribe "

@@ -125,6 +125,10 @@ def make_channels(settings: Settings, engine: Engine) -> Channels:
 
     return Channels(
         telephony=make_telephony(settings),
+        monitoring_centre_url=str(settings.monitoring_centre_url) if settings.monitoring_centre_url else None,
+        monitoring_centre_secret=settings.monitoring_centre_secret.get_secret_value()
+        if settings.monitoring_centre_secret
+        else None,
         status_callback=provider_status_url(settings),
         smtp=smtp,
         allow_private_webhooks=settings.webhook_allow_private_networks,

@@ -59,10 +59,16 @@ class Policy:
             if contact.covers(device_id)
         ]
         if document.emergency_services_allowed:
-            # Handing over to an emergency-call provider is an integration per operator; until one is configured
-            # the call request goes to the operators' log, where the on-call operator places it.
+            # The monitoring centre calls emergency services (REPLENISH_MONITORING_CENTRE_URL); where none is
+            # configured, or it fails, the request falls back to the operators' log, where the on-call operator calls.
             targets.append(
-                Target(kind=TargetKind.EMERGENCY_SERVICES, name=EMERGENCY_SERVICES, channel="log", address=None)
+                Target(
+                    kind=TargetKind.EMERGENCY_SERVICES,
+                    name=EMERGENCY_SERVICES,
+                    channel="monitoring_centre",
+                    address=None,
+                    fallbacks=(("log", None),),
+                )
             )
         return cls(
             targets=tuple(targets),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Collection
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from replenish.constants import (
     OutboxKind,
     TargetKind,
 )
+from replenish.customers.models import Customer
 from replenish.db import get_or_raise
 from replenish.devices.models import Device
 from replenish.errors import Conflict, NotFound
@@ -212,6 +214,8 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         alert.updated_at = now
         session.add(alert)
         log.critical("alert %s (%s on %s): nobody acknowledged; operators must act", alert.id, alert.kind, device_name)
+        if any(step.target_kind == TargetKind.EMERGENCY_SERVICES for step in steps(session=session, alert_id=alert.id)):
+            log.critical("alert %s: the monitoring centre did not acknowledge: CALL EMERGENCY SERVICES", alert.id)
         if alert.escalation_level == 0:
             return  # nobody to ask: the customer's first notification said so
         notifications.notify_customer(
@@ -230,12 +234,7 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         return
     token = secrets.token_urlsafe(24)
     target = outcome.target
-    if target.kind is TargetKind.EMERGENCY_SERVICES:
-        log.critical(
-            "alert %s: CALL EMERGENCY SERVICES for the wearer of %s (consented; no contact acknowledged)",
-            alert.id,
-            device_name,
-        )
+    _call_request_logged(alert=alert, device_name=device_name, target=target, channel=target.channel)
     notification = notifications.send(
         session=session,
         customer_id=alert.customer_id,
@@ -249,6 +248,9 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         acknowledge_token=token,
         urgent=True,
         kind=NoticeKind.SAFETY,
+        details=_incident_details(session=session, alert=alert, device=device)
+        if target.kind is TargetKind.EMERGENCY_SERVICES
+        else None,
     )
     session.flush()  # the step refers to the notification: its row goes first
     step = EscalationStep(
@@ -282,6 +284,36 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
             sent_at=now,
         )
     )
+
+
+def _call_request_logged(*, alert: Alert, device_name: str, target: escalation.Target, channel: str) -> None:
+    """The operators' log carries the call request when it is the channel: no monitoring centre, or it failed."""
+    if target.kind is TargetKind.EMERGENCY_SERVICES and channel == "log":
+        place = where.describe(alert.location) or "The device sent no location."
+        log.critical(
+            "alert %s: CALL EMERGENCY SERVICES for the wearer of %s (consented; no contact acknowledged). %s",
+            alert.id,
+            device_name,
+            place,
+        )
+
+
+def _incident_details(*, session: Session, alert: Alert, device: Device | None) -> dict[str, object]:
+    """What the monitoring centre is sent besides the text (docs/api.md, "Monitoring centre")."""
+    customer = session.get(Customer, alert.customer_id)
+    return {
+        "kind": alert.kind,
+        "opened_at": alert.opened_at.isoformat(),
+        "household": customer.name if customer is not None else None,
+        "device": {"id": alert.device_id, "name": device.name if device is not None else alert.device_id},
+        "location": alert.location,
+        "map_url": where.map_url(alert.location),
+        "confidence": alert.confidence,
+        "asked": [
+            {"name": step.target_name, "level": step.level, "at": step.notified_at.isoformat()}
+            for step in steps(session=session, alert_id=alert.id)
+        ],
+    }
 
 
 def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, level: int) -> str:
@@ -335,10 +367,19 @@ def _attempt_failure(
         select(OutboxMessage).where(OutboxMessage.stream == f"notification:{notification.id}")
     ).first()
     if message is not None and message.delivered_at is None and message.attempts >= 1:
-        return f"it could not be sent: {(message.last_error or 'an error')[:200]}"
+        return f"it could not be sent: {_said(message.last_error)}"
     if attempt.channel in RECEIPT_CHANNELS and now >= attempt.sent_at + receipt_timeout:
         return f"no delivery receipt within {receipt_timeout.total_seconds():g} s"
     return None
+
+
+_REPR = re.compile(r"^\w+\((['\"])(?P<said>.*)\1\)$", re.DOTALL)
+
+
+def _said(error: str | None) -> str:
+    """What an error said, as the outbox keeps it (its repr: ProviderRefused('...')), without the wrapping."""
+    found = _REPR.match(error or "")
+    return (found.group("said") if found else error or "an error")[:200]
 
 
 def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_timeout: timedelta) -> str | None:
@@ -363,7 +404,7 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     channels = step.channels or [[step.channel, step.address]]
     device = session.get(Device, alert.device_id)
     device_name = device.name if device is not None else alert.device_id
-    log.warning("alert %s: %s's %s failed (%s)", alert.id, step.target_name, attempt.channel, failure)
+    log.warning("alert %s: %s by %s failed (%s)", alert.id, step.target_name, attempt.channel, failure)
     if attempt.number + 1 >= len(channels):
         # Nobody reached: the next person in the chain is asked now rather than at the end of this one's timeout.
         alert.next_escalation_at = now
@@ -371,6 +412,7 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
         session.add(alert)
         return attempt.outcome
     channel, address = channels[attempt.number + 1]
+    _call_request_logged(alert=alert, device_name=device_name, target=step.target, channel=str(channel))
     token = secrets.token_urlsafe(24)
     notification = notifications.send(
         session=session,

@@ -12,11 +12,13 @@ written here rather than through apprise.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import smtplib
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ import httpx
 
 from replenish.notifications.push import PushMessage, SubscriptionGone, WebPushSender
 from replenish.notifications.telephony import ProviderRefused, TelephonyProvider
+from replenish.orders.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from replenish.tls import client_tls
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class Delivery:
     links: tuple[Link, ...] = ()
     # webpush: the subscription's keys (p256dh, auth); the address is its push service endpoint.
     push_keys: tuple[str, str] | None = None
+    # What a structured receiver (the monitoring centre) gets besides the text.
+    details: Mapping[str, Any] | None = None
 
     def link_lines(self) -> str:
         return "\n".join(f"{link.label}: {link.url}" for link in self.links)
@@ -302,6 +307,44 @@ class AppriseChannel:
         return None
 
 
+class MonitoringCentreChannel:
+    """The monitoring centre that calls emergency services: a signed JSON POST of the incident (docs/api.md,
+    "Monitoring centre"), which the centre acknowledges through its `acknowledge_url`. Any 2xx is a delivery;
+    anything else fails the attempt, and the escalation falls back to the operators' log at once."""
+
+    def __init__(self, *, client: httpx.Client, url: str | None, secret: str | None) -> None:
+        self._client = client
+        self._url = url
+        self._secret = secret
+
+    def send(self, delivery: Delivery) -> str | None:
+        if self._url is None:
+            raise ProviderRefused("no monitoring centre is configured (REPLENISH_MONITORING_CENTRE_URL)")
+        body = json.dumps(
+            {
+                "type": "emergency",
+                "notification_id": delivery.notification_id,
+                "alert_id": delivery.alert_id,
+                "subject": delivery.subject,
+                "message": delivery.body,
+                "acknowledge_url": delivery.acknowledge_url,
+                **(delivery.details or {}),
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.idempotency_key}
+        if self._secret is not None:
+            timestamp = int(time.time())  # the receiver judges a replay by its own clock: this one must be real
+            headers |= {
+                TIMESTAMP_HEADER: str(timestamp),
+                SIGNATURE_HEADER: sign(self._secret, timestamp=timestamp, body=body),
+            }
+        response = self._client.post(self._url, content=body, headers=headers)
+        if response.status_code >= 300:
+            raise ProviderRefused(f"the monitoring centre answered {response.status_code}")
+        return None
+
+
 class Channels:
     """Every channel by name, as consent names them (`log`, `webhook`, `email`, `webpush`, `sms`, `voice`,
     `apprise`)."""
@@ -317,6 +360,8 @@ class Channels:
         log_links: bool = False,
         telephony: TelephonyProvider | None = None,
         status_callback: str = "",
+        monitoring_centre_url: str | None = None,
+        monitoring_centre_secret: str | None = None,
     ) -> None:
         # A dead endpoint must not hold up the others' deliveries for long: connecting gets 3 s.
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)), verify=client_tls())
@@ -328,6 +373,9 @@ class Channels:
             "sms": SmsChannel(telephony, status_callback=status_callback),
             "voice": VoiceChannel(telephony, status_callback=status_callback),
             "apprise": AppriseChannel(allow_private_networks=allow_private_webhooks),
+            "monitoring_centre": MonitoringCentreChannel(
+                client=self._client, url=monitoring_centre_url, secret=monitoring_centre_secret
+            ),
         }
 
     @property

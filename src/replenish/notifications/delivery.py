@@ -52,6 +52,7 @@ class NotificationHandler:
             push_keys=(payload["push_keys"]["p256dh"], payload["push_keys"]["auth"])
             if payload.get("push_keys")
             else None,
+            details=payload.get("details"),
         )
 
     def record_delivery(self, *, session: Session, message: OutboxMessage, now: datetime) -> None:

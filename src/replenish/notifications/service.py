@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -123,6 +124,7 @@ def send(
     push_keys: tuple[str, str] | None = None,
     deliver_after: datetime | None = None,
     for_digest: bool = False,
+    details: dict[str, Any] | None = None,
 ) -> Notification:
     """One notification to one address (the customer's, or an emergency contact's on the customer's behalf).
 
@@ -168,6 +170,7 @@ def send(
         push_keys=push_keys,
         urgent=urgent,
         available_at=deliver_after,
+        details=details,
     )
     return notification
 
@@ -192,6 +195,7 @@ def enqueue_delivery(
     push_keys: tuple[str, str] | None = None,
     urgent: bool = False,
     available_at: datetime | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
     """The outbox message the dispatcher turns into one delivery on one channel: for a notification row, or for a
     mail with no customer behind it yet (a sign-up). ``links`` are (label, token); their pages are under
@@ -218,6 +222,8 @@ def enqueue_delivery(
             ],
             "app_path": app_path,
             "push_keys": {"p256dh": push_keys[0], "auth": push_keys[1]} if push_keys else None,
+            # What a structured receiver (the monitoring centre) is sent besides the text.
+            **({"details": details} if details else {}),
         },
         now=now,
         urgent=urgent,
