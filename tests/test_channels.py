@@ -13,10 +13,22 @@ from typing import Any
 import httpx
 import pytest
 
+from replenish.auth import service as auth
+from replenish.auth.models import DeviceShare
 from replenish.clock import ManualClock
+from replenish.constants import AccountRole, HouseholdRole
+from replenish.db import transaction
 from replenish.orders import signatures
 from replenish.runtime import Platform
-from support.api import api_client, create_customer, customer_api, operator_token, register_device, set_consent
+from support.api import (
+    PASSWORD,
+    api_client,
+    create_customer,
+    customer_api,
+    operator_token,
+    register_device,
+    set_consent,
+)
 from support.mqtt import Publisher
 from support.platform import START, make_settings, running_platform
 from support.servers import WebhookReceiver
@@ -70,6 +82,23 @@ def world(tmp_path, clock: ManualClock) -> Iterator[World]:
     finally:
         twilio.close()
         hook.close()
+
+
+def make_carer(world: World, email: str, *, device_id: str) -> str:
+    """A carer account the wearable is shared with, as an accepted invitation makes it (tests/test_households.py
+    drives the invitation itself)."""
+    with transaction(world.platform.engine) as session:
+        carer = auth.create_account(
+            session=session,
+            email=email,
+            password=PASSWORD,
+            role=AccountRole.CUSTOMER,
+            customer_id=world.customer_id,
+            now=START,
+            household_role=HouseholdRole.CARER,
+        )
+        session.add(DeviceShare(account_id=carer.id, device_id=device_id, created_at=START))
+        return carer.id
 
 
 def contacts(world: World, *people: dict[str, Any]) -> None:
@@ -190,25 +219,7 @@ def test_chat_through_apprise(world: World):
 def test_contacts_per_wearable_and_a_carer_who_acknowledges_in_the_app(world: World, tmp_path):
     register_device(world.api, customer_id=world.customer_id, device_id="pendant-2", kind="wearable", slots=[])
     owner = customer_api(world.platform, "ada@example.com")
-    # A carer account, as an accepted invitation makes it (the invitation flow is tests/test_households.py's).
-    from replenish.auth import service as auth
-    from replenish.auth.models import DeviceShare
-    from replenish.constants import AccountRole, HouseholdRole
-    from replenish.db import transaction
-    from support.api import PASSWORD
-
-    with transaction(world.platform.engine) as session:
-        carer = auth.create_account(
-            session=session,
-            email="carl@example.com",
-            password=PASSWORD,
-            role=AccountRole.CUSTOMER,
-            customer_id=world.customer_id,
-            now=START,
-            household_role=HouseholdRole.CARER,
-        )
-        session.add(DeviceShare(account_id=carer.id, device_id="pendant-2", created_at=START))
-        carer_id = carer.id
+    carer_id = make_carer(world, "carl@example.com", device_id="pendant-2")
     unseen = owner.put(
         f"/customers/{world.customer_id}/consent",
         json={
@@ -309,3 +320,51 @@ def test_without_a_monitoring_centre_the_call_request_falls_back_to_the_operator
         ("log", "delivered"),
     ]
     assert any("CALL EMERGENCY SERVICES" in record.getMessage() for record in caplog.records)
+
+
+def test_a_silent_wearable_opens_an_incident_for_its_carer_that_closes_when_it_is_back(world: World):
+    carer_id = make_carer(world, "carl@example.com", device_id="pendant-1")
+    set_consent(
+        world.api,
+        world.customer_id,
+        {
+            "wearable_silence_minutes": 5,
+            "emergency_contacts": [
+                {"name": "Carl", "channel": "webhook", "address": world.hook.url, "account_id": carer_id}
+            ],
+        },
+    )
+    assert world.platform.jobs is not None and world.platform.ingestor is not None
+
+    def status(word: str, handled: int) -> None:
+        world.publisher.send("devices/pendant-1/status", word, retain=True)
+        world.publisher.send("devices/pendant-1/telemetry", {"seq": handled, "levels": {}, "battery": 0.9})
+        assert world.platform.ingestor.wait_for(handled=handled * 2, timeout=10)
+
+    status("online", 1)
+    world.clock.advance(timedelta(minutes=10))
+    world.platform.jobs.health()
+    assert world.api.get("/alerts").json() == [], "heard from: not silent"
+    world.publisher.send("devices/pendant-1/status", "offline", retain=True)  # its last will
+    assert world.platform.ingestor.wait_for(handled=3, timeout=10)
+    world.clock.advance(timedelta(minutes=2))
+    world.platform.jobs.health()  # the offline alarm
+    world.clock.advance(timedelta(minutes=4))
+    world.platform.jobs.health()
+    assert world.api.get("/alerts").json() == [], "offline for 4 minutes of the 5 the consent allows"
+    world.clock.advance(timedelta(minutes=1))
+    world.platform.jobs.health()
+    [alert] = world.api.get("/alerts").json()
+    assert (alert["kind"], alert["severity"], alert["status"]) == ("silence", "warning", "open")
+    world.tick()
+    [to_carl] = world.hook.wait_for(1)
+    assert "pendant-1 has been silent" in to_carl["body"] and "could not report a fall" in to_carl["body"]
+    carl = customer_api(world.platform, "carl@example.com")
+    assert carl.post(f"/alerts/{alert['id']}/acknowledge").status_code == 200
+    # Back: online and heard from, for as long as an offline alarm takes to clear.
+    status("online", 2)
+    world.clock.advance(timedelta(minutes=6))
+    world.platform.jobs.health()
+    closed = world.api.get(f"/alerts/{alert['id']}").json()
+    assert closed["status"] == "resolved" and closed["closed_reason"] == "the wearable is back"
+    assert closed["explanation"]["alarm"]["kind"] == "offline"

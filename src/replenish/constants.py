@@ -161,10 +161,13 @@ WITHDRAWN_ORDER_STATUSES = frozenset({OrderStatus.DECLINED, OrderStatus.CANCELLE
 class AlertKind(StrEnum):
     FALL = "fall"
     HELP_REQUESTED = "help_requested"
+    # A wearable offline or with a flat battery for longer than its consent allows: it could not report a fall.
+    SILENCE = "silence"
 
 
 class AlertSeverity(StrEnum):
     CRITICAL = "critical"
+    WARNING = "warning"  # a silence incident: its carers are asked, not urgently
 
 
 class AlarmKind(StrEnum):

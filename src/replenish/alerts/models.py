@@ -25,7 +25,9 @@ class Alert(SQLModel, table=True):
     status: str = Field(index=True)
     opened_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
-    trigger_message_id: int = Field(foreign_key="device_messages.id", sa_type=BigInt)
+    # The event that raised it; none for a silence incident, which a health alarm raised (alarm_id).
+    trigger_message_id: int | None = Field(default=None, foreign_key="device_messages.id", sa_type=BigInt)
+    alarm_id: str | None = Field(default=None, foreign_key="device_alarms.id")
     event_count: int = 1
     consent_version: int
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -36,7 +36,8 @@ class AlertRead(BaseModel):
     updated_at: datetime
     event_count: int
     consent_version: int
-    trigger_message_id: int
+    trigger_message_id: int | None = Field(description="The event that raised it; none for a silence incident.")
+    alarm_id: str | None = Field(None, description="A silence incident's: the device health alarm behind it.")
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     closed_reason: str | None

@@ -15,13 +15,18 @@ from sqlmodel import Session, col, select
 
 from replenish.alerts import escalation, where
 from replenish.alerts.models import Alert, EscalationAttempt, EscalationStep
+from replenish.auth.models import Account, DeviceShare
 from replenish.consent import service as consent
+from replenish.consent.schemas import ConsentDocument
 from replenish.constants import (
     COMMANDS_TOPIC,
+    AlarmKind,
     AlertKind,
     AlertSeverity,
     AlertStatus,
+    DeviceKind,
     EventType,
+    HouseholdRole,
     NoticeKind,
     OutboxKind,
     TargetKind,
@@ -30,6 +35,7 @@ from replenish.customers.models import Customer
 from replenish.db import get_or_raise
 from replenish.devices.models import Device
 from replenish.errors import Conflict, NotFound
+from replenish.health.models import Alarm
 from replenish.ingest.models import DeviceMessage
 from replenish.notifications import service as notifications
 from replenish.notifications.models import Notification
@@ -166,6 +172,104 @@ def _cancel_fall(*, session: Session, device: Device, now: datetime) -> Alert | 
     return alert
 
 
+# -- silence: a wearable that cannot report a fall -------------------------------------------------------------------
+
+# The health alarms that silence a wearable: it is offline, or its battery is (nearly) flat.
+SILENCING_ALARMS = (AlarmKind.OFFLINE, AlarmKind.BATTERY_LOW)
+
+
+def on_wearable_health(
+    *,
+    session: Session,
+    device: Device,
+    alarms: Collection[Alarm],
+    document: ConsentDocument,
+    version: int,
+    now: datetime,
+) -> Alert | None:
+    """Open the wearable's silence incident once an offline or flat-battery alarm has lasted longer than the consent
+    allows (it goes to its carers, not urgently, until one acknowledges); close it when the device is back. Called
+    by the health job, in its transaction, with the device's uncleared alarms."""
+    if device.kind != DeviceKind.WEARABLE:
+        return None
+    silencing = [a for a in alarms if a.kind in SILENCING_ALARMS and a.cleared_at is None and a.condition_present]
+    current = session.exec(
+        select(Alert)
+        .where(
+            Alert.device_id == device.id,
+            Alert.kind == AlertKind.SILENCE,
+            col(Alert.status).in_((AlertStatus.OPEN, AlertStatus.ACKNOWLEDGED)),
+        )
+        .with_for_update()
+    ).first()
+    if not silencing:
+        if current is not None:
+            resolve(session=session, alert_id=current.id, actor="automation", now=now, reason="the wearable is back")
+        return current
+    first = min(silencing, key=lambda alarm: alarm.raised_at)
+    if current is not None or now - first.raised_at < timedelta(minutes=document.wearable_silence_minutes):
+        return current
+    alert = Alert(
+        customer_id=device.customer_id,
+        device_id=device.id,
+        kind=AlertKind.SILENCE,
+        severity=AlertSeverity.WARNING,
+        status=AlertStatus.OPEN,
+        opened_at=now,
+        updated_at=now,
+        alarm_id=first.id,
+        consent_version=version,
+        next_escalation_at=now,
+    )
+    session.add(alert)
+    session.flush()
+    why = "offline" if first.kind == AlarmKind.OFFLINE else "its battery is low"
+    notifications.notify_customer(
+        session=session,
+        customer_id=device.customer_id,
+        document=document,
+        consent_version=version,
+        subject=f"{device.name} is silent: it cannot report a fall",
+        body=f"{device.name} has been {why} since {first.raised_at.isoformat()}, longer than the "
+        f"{document.wearable_silence_minutes} minutes you allowed: it could not report a fall now. Its carers are "
+        "being asked to check on the wearer and the device. This closes by itself when the device is back.",
+        now=now,
+        alert_id=alert.id,
+        kind=NoticeKind.SAFETY,
+    )
+    log.warning("alert %s opened: %s silent (%s)", alert.id, device.id, first.kind)
+    _escalate_if_due(session=session, alert=alert, now=now)
+    return alert
+
+
+def _carers(*, session: Session, device_id: str, document: ConsentDocument) -> tuple[escalation.Target, ...]:
+    """Who a silence incident asks, in the order they joined: the carers the wearable is shared with, each on their
+    channels as an emergency contact of it, or else by e-mail to their account."""
+    carers = session.exec(
+        select(Account)
+        .join(DeviceShare, col(DeviceShare.account_id) == col(Account.id))
+        .where(DeviceShare.device_id == device_id, Account.household_role == HouseholdRole.CARER)
+        .order_by(col(Account.created_at), col(Account.id))
+    ).all()
+    targets = []
+    for carer in carers:
+        contact = next(
+            (c for c in document.emergency_contacts if c.account_id == carer.id and c.covers(device_id)), None
+        )
+        channels = contact.channels() if contact is not None else [("email", carer.email)]
+        targets.append(
+            escalation.Target(
+                kind=TargetKind.CONTACT,
+                name=contact.name if contact is not None else (carer.name or carer.email),
+                channel=channels[0][0],
+                address=channels[0][1],
+                fallbacks=tuple(channels[1:]),
+                account_id=carer.id,
+            )
+        )
+    return tuple(targets)
+
+
 # -- escalation ----------------------------------------------------------------------------------------------------
 
 
@@ -193,7 +297,7 @@ def escalate(*, session: Session, alert_id: str, now: datetime) -> Alert | None:
     if alert is None:
         return None
     # The step's log lines and notifications carry the correlation id of the event that opened the incident.
-    trigger = session.get(DeviceMessage, alert.trigger_message_id)
+    trigger = session.get(DeviceMessage, alert.trigger_message_id) if alert.trigger_message_id else None
     with correlation.bound(correlation.for_device_message(trigger.device_id, trigger.seq) if trigger else None):
         _escalate_if_due(session=session, alert=alert, now=now)
     return alert
@@ -204,7 +308,14 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         return
     version, document = consent.current_document(session=session, customer_id=alert.customer_id)
     asked = [step.target for step in steps(session=session, alert_id=alert.id)]
-    policy = escalation.Policy.from_consent(document, device_id=alert.device_id)
+    if alert.kind == AlertKind.SILENCE:
+        policy = escalation.Policy(
+            targets=_carers(session=session, device_id=alert.device_id, document=document),
+            cancel_window=timedelta(0),
+            timeout=timedelta(seconds=document.escalation_timeout_seconds),
+        )
+    else:
+        policy = escalation.Policy.from_consent(document, device_id=alert.device_id)
     outcome = escalation.due(policy=policy, asked=asked, now=now)
     device = session.get(Device, alert.device_id)
     device_name = device.name if device is not None else alert.device_id
@@ -228,7 +339,7 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
             "acknowledged. Please check on the wearer now; our operators have been alerted.",
             now=now,
             alert_id=alert.id,
-            urgent=True,
+            urgent=alert.kind != AlertKind.SILENCE,
             kind=NoticeKind.SAFETY,
         )
         return
@@ -240,13 +351,13 @@ def _escalate_if_due(*, session: Session, alert: Alert, now: datetime) -> None:
         customer_id=alert.customer_id,
         channel=target.channel,
         address=target.address,
-        subject=f"Urgent: {alert.kind.replace('_', ' ')} alert for the wearer of {device_name}",
+        subject=_request_subject(alert=alert, device_name=device_name),
         body=_request_text(alert=alert, device_name=device_name, target=target, level=outcome.level),
         consent_version=version,
         now=now,
         alert_id=alert.id,
         acknowledge_token=token,
-        urgent=True,
+        urgent=alert.kind != AlertKind.SILENCE,  # a silent device waits its turn; a fall never does
         kind=NoticeKind.SAFETY,
         details=_incident_details(session=session, alert=alert, device=device)
         if target.kind is TargetKind.EMERGENCY_SERVICES
@@ -316,7 +427,18 @@ def _incident_details(*, session: Session, alert: Alert, device: Device | None) 
     }
 
 
+def _request_subject(*, alert: Alert, device_name: str) -> str:
+    if alert.kind == AlertKind.SILENCE:
+        return f"Please check on the wearer of {device_name}: it is silent"
+    return f"Urgent: {alert.kind.replace('_', ' ')} alert for the wearer of {device_name}"
+
+
 def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, level: int) -> str:
+    if alert.kind == AlertKind.SILENCE:
+        return (
+            f"{device_name} has been silent (offline, or its battery flat) since before {alert.opened_at.isoformat()}:"
+            f" it could not report a fall now. You are carer {level} asked. Please check on the wearer and the device."
+        )
     what = "may have fallen" if alert.kind == AlertKind.FALL else "has asked for help"
     text = (
         f"The wearer of {device_name} {what} ({alert.opened_at.isoformat()}). You are step {level}"
@@ -419,13 +541,13 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
         customer_id=alert.customer_id,
         channel=str(channel),
         address=address,
-        subject=f"Urgent: {alert.kind.replace('_', ' ')} alert for the wearer of {device_name}",
+        subject=_request_subject(alert=alert, device_name=device_name),
         body=_request_text(alert=alert, device_name=device_name, target=step.target, level=step.level),
         consent_version=step.consent_version,
         now=now,
         alert_id=alert.id,
         acknowledge_token=token,
-        urgent=True,
+        urgent=alert.kind != AlertKind.SILENCE,
         kind=NoticeKind.SAFETY,
     )
     session.flush()
@@ -521,8 +643,20 @@ def acknowledge_by_contact(*, session: Session, token: str, now: datetime) -> tu
 
 
 def explain(*, session: Session, alert: Alert) -> dict[str, object]:
-    """Why the alert exists: the event that raised it (as the device sent it), the rule, the consent version."""
-    trigger = session.get(DeviceMessage, alert.trigger_message_id)
+    """Why the alert exists: the event that raised it (as the device sent it), or the health alarm behind a silence
+    incident; the rule; the consent version."""
+    if alert.kind == AlertKind.SILENCE:
+        alarm = session.get(Alarm, alert.alarm_id) if alert.alarm_id else None
+        return {
+            "rule": "a wearable offline or with a flat battery for longer than the consent's wearable_silence_minutes "
+            "opens a silence incident for its carers; it closes when the device is back",
+            "trigger": None,
+            "alarm": None
+            if alarm is None
+            else {"id": alarm.id, "kind": alarm.kind, "raised_at": alarm.raised_at, "detail": alarm.detail},
+            "consent_version": alert.consent_version,
+        }
+    trigger = session.get(DeviceMessage, alert.trigger_message_id) if alert.trigger_message_id else None
     return {
         "rule": f"a {trigger.event_type if trigger else 'device'} event opens a {alert.severity} {alert.kind} alert at "
         "once, without waiting for a scheduler tick; repeats join it while it is open",

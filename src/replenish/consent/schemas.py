@@ -22,6 +22,7 @@ from replenish.constants import DEFAULT_PULL_FORWARD_DAYS, ConsentMode, NoAnswer
 
 DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
 DEFAULT_ESCALATION_TIMEOUT_SECONDS = 120
+DEFAULT_WEARABLE_SILENCE_MINUTES = 60
 DEFAULT_TELEMETRY_RETENTION_DAYS = 365
 DEFAULT_APPROVAL_REMINDER_HOURS = 6.0
 # Amazon's Dash Replenishment gives 24 hours; two keep an order quick while leaving time to see the message.
@@ -323,6 +324,14 @@ class ConsentDocument(BaseModel):
         le=600,
         description="How long the wearer has to cancel a fall ('I'm OK') before contacts are asked; 0: at once. "
         "A help request never waits.",
+    )
+    wearable_silence_minutes: int = Field(
+        DEFAULT_WEARABLE_SILENCE_MINUTES,
+        ge=5,
+        le=7 * 24 * 60,
+        description="A wearable offline, or with a flat battery, for longer than this cannot report a fall: it opens "
+        "a (non-urgent) incident that goes to its carers until one acknowledges, and closes itself when the device "
+        "is back.",
     )
     escalation_timeout_seconds: int = Field(
         DEFAULT_ESCALATION_TIMEOUT_SECONDS,

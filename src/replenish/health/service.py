@@ -10,9 +10,10 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from replenish.alerts import service as alerts
 from replenish.consent import service as consent
 from replenish.consent.schemas import ConsentDocument
-from replenish.constants import AlarmKind, AlarmSeverity, AlarmStatus, NoticeKind
+from replenish.constants import AlarmKind, AlarmSeverity, AlarmStatus, DeviceKind, NoticeKind
 from replenish.db import get_or_raise
 from replenish.devices.models import Device, Slot
 from replenish.health import rules
@@ -120,6 +121,14 @@ def assess_devices(
                 report.raised.append(f"{device.id}:{kind}{':' + slot_name if slot_name else ''}")
             elif outcome == "cleared":
                 report.cleared.append(f"{device.id}:{kind}{':' + slot_name if slot_name else ''}")
+        if device.kind == DeviceKind.WEARABLE:
+            session.flush()
+            current = session.exec(
+                select(Alarm).where(Alarm.device_id == device.id, col(Alarm.cleared_at).is_(None))
+            ).all()
+            alerts.on_wearable_health(
+                session=session, device=device, alarms=current, document=document, version=version, now=now
+            )
     return report
 
 

@@ -301,7 +301,12 @@ def apply_retention(*, session: Session, customer_id: str, now: datetime) -> dic
     old_messages = select(DeviceMessage.id).where(
         col(DeviceMessage.device_id).in_(device_ids),
         DeviceMessage.received_at < cutoff,
-        col(DeviceMessage.id).not_in(select(Alert.trigger_message_id).where(Alert.customer_id == customer_id)),
+        # (NULLs out: NOT IN a list holding one is never true, and nothing would be deleted.)
+        col(DeviceMessage.id).not_in(
+            select(Alert.trigger_message_id).where(
+                Alert.customer_id == customer_id, col(Alert.trigger_message_id).is_not(None)
+            )
+        ),
     )
     connection = session.connection()
     removed = {

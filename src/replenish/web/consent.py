@@ -290,11 +290,14 @@ def remove_contact(request: Request, index: int, principal: WebPrincipal, form: 
 
 @router.post("/consent/escalation")
 def save_escalation(request: Request, principal: WebPrincipal, form: FormData) -> Response:
-    """How long the wearer has to cancel a fall, how long each contact has to answer, and emergency services."""
+    """How long the wearer has to cancel a fall, how long each contact has to answer, how long a wearable may be
+    silent before its carers are asked, and emergency services."""
 
     def change(data: dict[str, Any]) -> None:
         data["fall_cancel_window_seconds"] = form.get("fall_cancel_window_seconds", "").strip()
         data["escalation_timeout_seconds"] = form.get("escalation_timeout_seconds", "").strip()
+        if "wearable_silence_minutes" in form:
+            data["wearable_silence_minutes"] = form["wearable_silence_minutes"].strip()
         data["emergency_services_allowed"] = form.get("emergency_services_allowed") == "yes"
 
     return _save_consent(request, principal, change, form)
