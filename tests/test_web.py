@@ -37,8 +37,9 @@ from support.api import (
 )
 from support.brokers import BROWSER_UNSAFE_PORTS, free_port, port_block
 from support.mqtt import CommandListener, Publisher, publish_depletion
-from support.platform import START, make_settings, place_an_order, run_low, running_platform
+from support.platform import START, make_settings, place_an_order, report_running_low, run_low, running_platform
 from support.servers import Mailbox, WebhookReceiver
+from support.telephony import FakeTwilio
 from test_cli import environment, poll, process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -457,7 +458,16 @@ def test_screenshots_of_every_page(
     order, _ = place_an_order(platform, api, clock, mode="ask_first")
     customer_id = order["customer_id"]
     register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
-    publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected", "confidence": 0.93})
+    where = {"latitude": 52.5163, "longitude": 13.3777, "accuracy": 12, "room": "bathroom"}
+    publisher.send(
+        "devices/pendant-1/events", {"seq": 1, "type": "fall_detected", "confidence": 0.93, "location": where}
+    )
+    invited = api.post(
+        "/household/invitations",
+        params={"customer_id": customer_id},
+        json={"email": "carl@example.com", "role": "carer", "name": "Carl", "device_ids": ["pendant-1"]},
+    )
+    assert invited.status_code == 201, invited.text
     publisher.send("devices/printer-1/telemetry", {"seq": 999, "levels": "not an object"})
     assert platform.ingestor is not None and platform.ingestor.wait_for(handled=2, timeout=10)
     [alert] = api.get("/alerts").json()
@@ -980,4 +990,170 @@ def test_a_household_owner_invites_a_carer_who_sees_only_the_wearable_and_a_memb
             page.get_by_text("a member may approve or place orders up to 20.00; its price is not known")
         ).to_be_visible()
         assert api.get(f"/orders/{order['id']}").json()["status"] == "awaiting_approval"
+    console_errors[:] = [error for error in console_errors if "status of 403" not in error]
+
+
+def test_the_care_circle_as_the_issue_tries_it(
+    page: Page, tmp_path: Path, clock: ManualClock, mailbox: Mailbox, console_errors: list[str]
+) -> None:
+    """Issue 21's check, in a real browser: a member and a carer of Ada's household. The carer sees only the
+    wearable; the member approves milk within their limit and is refused the eggs above it; a fall with a location
+    reaches the carer by SMS through the fake provider, with a map link, after the SMS to a wrong number fell back at
+    once; the monitoring centre acknowledges; a wearable left offline opens an incident that the carer closes."""
+    twilio, centre = FakeTwilio(refuse={"+4915199999999"}), WebhookReceiver(path="/centre")
+    settings = make_settings(
+        tmp_path,
+        smtp_host="127.0.0.1",
+        smtp_port=mailbox.port,
+        smtp_sender="hi@example.com",
+        monitoring_centre_url=centre.url,
+        **twilio.settings(),
+    )
+    try:
+        with running_platform(settings, clock) as platform, api_client(platform, operator_token(platform)) as api:
+            for sku, name, unit, pack, price in (
+                ("MILK-1L", "milk", "litre", 1, "1.80"),
+                ("EGGS-12", "eggs", "eggs", 12, "3.50"),
+            ):
+                product = {
+                    "name": name.title(),
+                    "pack_size": pack,
+                    "unit": unit,
+                    "price": price,
+                    "currency": "EUR",
+                    "device_kinds": ["fridge"],
+                    "slot_names": [name],
+                }
+                assert api.put(f"/catalogue/products/{sku}", json=product).status_code == 201
+            customer_id = create_customer(api, mode="ask_first")
+            slots = [
+                {"name": "milk", "unit": "litre", "capacity": 2, "product_sku": "MILK-1L", "lead_time_days": 1},
+                {"name": "eggs", "unit": "eggs", "capacity": 12, "product_sku": "EGGS-12", "lead_time_days": 2},
+            ]
+            register_device(api, customer_id=customer_id, device_id="fridge-1", kind="fridge", slots=slots)
+            register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+            publisher = Publisher(platform.settings.mqtt_endpoint)
+            try:
+                report_running_low(
+                    platform,
+                    publisher,
+                    device_id="fridge-1",
+                    slots=("milk", "eggs"),
+                    start_level=1.0,
+                    rate_per_day=0.12,
+                    days=7,
+                )
+                clock.set(START + timedelta(days=7))
+                assert platform.jobs is not None
+                platform.jobs.evaluate()
+                waiting = {o["product_sku"]: o for o in api.get("/orders").json()}
+                assert {sku: o["status"] for sku, o in waiting.items()} == {
+                    "MILK-1L": "awaiting_approval",
+                    "EGGS-12": "awaiting_approval",
+                }
+                people = {}
+                for email, body in (
+                    ("mia@example.com", {"role": "member", "approval_limit": "2.00"}),
+                    ("carl@example.com", {"role": "carer", "device_ids": ["pendant-1"]}),
+                ):
+                    invited = api.post(
+                        "/household/invitations", params={"customer_id": customer_id}, json={"email": email, **body}
+                    )
+                    assert invited.status_code == 201, invited.text
+                    platform.jobs.dispatch()
+                    assert wait_until(lambda email=email: len(mailbox.to(email)) == 1)
+                    [token] = re.findall(r"/app/invitations/(\S+)", mailbox.to(email)[0].get_content())
+                    joined = httpx.post(
+                        f"{platform.api_url}/api/v1/invitations/{token}",
+                        json={"name": email.split("@")[0].title(), "password": PASSWORD},
+                    )
+                    assert joined.status_code == 201, joined.text
+                    people[email] = joined.json()["account_id"]
+                set_consent(
+                    api,
+                    customer_id,
+                    {
+                        "default_mode": "ask_first",
+                        "wearable_silence_minutes": 5,
+                        "emergency_services_allowed": True,
+                        "fall_cancel_window_seconds": 0,
+                        "emergency_contacts": [
+                            {
+                                "name": "Carl",
+                                "channel": "sms",
+                                "address": "+4915199999999",
+                                "account_id": people["carl@example.com"],
+                                "fallbacks": [{"channel": "sms", "address": "+4915112345678"}],
+                            },
+                        ],
+                    },
+                )
+
+                # The carer sees only the wearable.
+                sign_in(page, platform, "carl@example.com")
+                expect(page.get_by_text("wearable pendant-1").first).to_be_visible()
+                expect(page.get_by_text("fridge fridge-1")).to_have_count(0)
+                page.get_by_role("button", name="Sign out").click()
+
+                # The member approves the milk (1.80) and is refused the eggs (3.50): over her 2.00.
+                sign_in(page, platform, "mia@example.com")
+                page.get_by_role("link", name="Orders").click()
+                page.get_by_role("button", name="Approve the order for MILK-1L").click()
+                expect(page.get_by_role("button", name="Approve the order for MILK-1L")).to_have_count(0)
+                page.get_by_role("button", name="Approve the order for EGGS-12").click()
+                expect(page.get_by_role("heading", name="Not for your role")).to_be_visible()
+                expect(page.get_by_text("3.50 is over your limit of 2.00")).to_be_visible()
+                page.goto(f"{platform.api_url}/app")
+                page.get_by_role("button", name="Sign out").click()
+                assert api.get(f"/orders/{waiting['MILK-1L']['id']}").json()["status"] == "placed"
+                assert api.get(f"/orders/{waiting['EGGS-12']['id']}").json()["status"] == "awaiting_approval"
+
+                # A fall with a location: the SMS to the wrong number is refused, the next one goes at once.
+                where = {"latitude": 52.5163, "longitude": 13.3777, "accuracy": 8, "room": "kitchen"}
+                assert platform.ingestor is not None
+                handled = platform.ingestor.totals.handled
+                publisher.send("devices/pendant-1/events", {"seq": 1, "type": "fall_detected", "location": where})
+                assert platform.ingestor.wait_for(handled=handled + 1, timeout=10)
+                for _ in range(3):
+                    platform.jobs.escalate()
+                    platform.jobs.dispatch()
+                refused, text = twilio.wait_for(2)
+                assert refused["To"] == "+4915199999999" and text["To"] == "+4915112345678"
+                assert "Where: in the kitchen" in text["Body"] and "openstreetmap.org/?mlat=52.516300" in text["Body"]
+                assert twilio.receipt(text, "delivered").status_code == 204
+                # Carl does not answer: the monitoring centre is asked, and acknowledges.
+                clock.advance(timedelta(seconds=120))
+                platform.jobs.escalate()
+                platform.jobs.dispatch()
+                [incident] = centre.wait_for(1)
+                assert incident["location"] == where
+                assert (
+                    httpx.post(incident["acknowledge_url"].replace("/ack/", "/api/v1/acknowledgements/")).status_code
+                    == 200
+                )
+                [fall] = api.get("/alerts").json()
+                assert (
+                    fall["status"] == "acknowledged"
+                    and fall["acknowledged_by"] == "emergency services (emergency services)"
+                )
+
+                # Left offline: a silence incident for the carer, who closes it.
+                publisher.send("devices/pendant-1/status", "offline", retain=True)
+                assert platform.ingestor.wait_for(handled=handled + 2, timeout=10)
+                clock.advance(timedelta(minutes=2))
+                platform.jobs.health()
+                clock.advance(timedelta(minutes=5))
+                platform.jobs.health()
+                [silence] = [a for a in api.get("/alerts").json() if a["kind"] == "silence"]
+                sign_in(page, platform, "carl@example.com")
+                page.get_by_role("link", name="Alerts").click()
+                page.get_by_role("link", name="Silence").click()
+                page.get_by_role("button", name="Close it: dealt with").click()
+                expect(page.locator(".status")).to_contain_text("resolved")
+                assert api.get(f"/alerts/{silence['id']}").json()["status"] == "resolved"
+            finally:
+                publisher.close()
+    finally:
+        twilio.close()
+        centre.close()
     console_errors[:] = [error for error in console_errors if "status of 403" not in error]

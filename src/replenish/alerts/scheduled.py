@@ -31,7 +31,7 @@ def escalate_due(*, engine: Engine, now: datetime, receipt_timeout: timedelta = 
     """Fall back where a channel failed, then step every incident due for escalation at ``now``; the ids of those
     that took a step."""
     with Session(engine) as session:
-        waiting = service.attempts_to_check(session=session)
+        waiting = service.attempts_to_settle(session=session, now=now, receipt_timeout=receipt_timeout)
     with _ATTEMPTS.one_pass():
         for attempt_id in waiting:
             check = partial(service.check_attempt, attempt_id=attempt_id, now=now, receipt_timeout=receipt_timeout)

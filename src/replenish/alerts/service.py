@@ -11,6 +11,8 @@ import secrets
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
+from sqlalchemy import literal
+from sqlalchemy import select as select_columns  # Core's: sqlmodel's select is typed for at most four columns
 from sqlmodel import Session, col, select
 
 from replenish.alerts import escalation, where
@@ -209,6 +211,8 @@ def on_wearable_health(
     first = min(silencing, key=lambda alarm: alarm.raised_at)
     if current is not None or now - first.raised_at < timedelta(minutes=document.wearable_silence_minutes):
         return current
+    if session.exec(select(Alert.id).where(Alert.alarm_id == first.id)).first() is not None:
+        return None  # one incident per silence: a carer who closed it is not asked again until the device was back
     alert = Alert(
         customer_id=device.customer_id,
         device_id=device.id,
@@ -456,22 +460,65 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
 
 
-def attempts_to_check(*, session: Session, limit: int = 200) -> list[str]:
-    """Attempts still waiting for their outcome, on steps nobody has acknowledged, of open incidents."""
-    return list(
-        session.exec(
-            select(EscalationAttempt.id)
-            .join(EscalationStep, col(EscalationStep.id) == col(EscalationAttempt.step_id))
-            .join(Alert, col(Alert.id) == col(EscalationStep.alert_id))
-            .where(
-                col(EscalationAttempt.outcome).is_(None),
-                col(EscalationStep.acknowledged_at).is_(None),
-                Alert.status == AlertStatus.OPEN,
-            )
-            .order_by(col(EscalationAttempt.sent_at))
-            .limit(limit)
+def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: timedelta, limit: int = 200) -> list[str]:
+    """Attempts whose outcome is known now (delivered, or failed), on steps nobody has acknowledged, of open
+    incidents. One query: the many that are merely waiting (an SMS's receipt takes seconds) cost no transaction."""
+    rows = session.execute(
+        select_columns(
+            col(EscalationAttempt.id),
+            col(EscalationAttempt.channel),
+            col(EscalationAttempt.sent_at),
+            col(Notification.sent_at),
+            col(Notification.receipt_at),
+            col(Notification.failed_at),
+            col(OutboxMessage.attempts),
+            col(OutboxMessage.delivered_at),
         )
-    )
+        .join(EscalationStep, col(EscalationStep.id) == col(EscalationAttempt.step_id))
+        .join(Alert, col(Alert.id) == col(EscalationStep.alert_id))
+        .join(Notification, col(Notification.id) == col(EscalationAttempt.notification_id))
+        .outerjoin(OutboxMessage, col(OutboxMessage.stream) == literal("notification:") + col(Notification.id))
+        .where(
+            col(EscalationAttempt.outcome).is_(None),
+            col(EscalationStep.acknowledged_at).is_(None),
+            col(Alert.status) == AlertStatus.OPEN,
+        )
+        .order_by(col(EscalationAttempt.sent_at))
+        .limit(limit)
+    ).all()
+    return [
+        attempt_id
+        for attempt_id, channel, asked_at, sent_at, receipt_at, failed_at, tries, delivered_at in rows
+        if _outcome_known(
+            channel=channel,
+            asked_at=asked_at,
+            sent_at=sent_at,
+            receipt_at=receipt_at,
+            failed_at=failed_at,
+            send_failed=tries is not None and tries >= 1 and delivered_at is None,
+            now=now,
+            receipt_timeout=receipt_timeout,
+        )
+    ]
+
+
+def _outcome_known(
+    *,
+    channel: str,
+    asked_at: datetime,
+    sent_at: datetime | None,
+    receipt_at: datetime | None,
+    failed_at: datetime | None,
+    send_failed: bool,
+    now: datetime,
+    receipt_timeout: timedelta,
+) -> bool:
+    """Whether an attempt has reached the person or failed (the rule _attempt_failure words)."""
+    if failed_at is not None or receipt_at is not None or send_failed:
+        return True
+    if channel not in RECEIPT_CHANNELS:
+        return sent_at is not None
+    return now >= asked_at + receipt_timeout
 
 
 def _attempt_failure(

@@ -85,7 +85,9 @@ def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: 
         "tried": tried,
         "delivered": delivered,
         "explanation": explanation,
-        "error": f"It could not be acknowledged: it is {alert.status} now." if error == "acknowledge" else None,
+        "error": f"It could not be {'acknowledged' if error == 'acknowledge' else 'closed'}: it is {alert.status} now."
+        if error in ("acknowledge", "resolve")
+        else None,
     }
     return render_page(request, "alert.html", context)
 
@@ -115,3 +117,23 @@ def acknowledge_alert(
             session.rollback()
             return redirect_to(f"{PREFIX}/alerts/{alert_id}?error=acknowledge")
     return redirect_to(back if back == f"{PREFIX}/alerts" else f"{PREFIX}/alerts/{alert_id}")
+
+
+@router.post("/alerts/{alert_id}/resolve")
+def resolve_alert(
+    request: Request,
+    alert_id: str,
+    principal: WebPrincipal,
+    csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
+) -> Response:
+    """The API's resolve: dealt with; those asked who have not answered hear that they need not act."""
+    check_csrf(request, csrf)
+    with transaction(api_state(request).engine) as session:
+        _own_alert(session, principal, alert_id)
+        principal.require(Capability.ACKNOWLEDGE, subject_type="alert", subject_id=alert_id)
+        try:
+            alerts.resolve(session=session, alert_id=alert_id, actor=principal.actor, now=now_of(request), reason=None)
+        except DomainError:
+            session.rollback()
+            return redirect_to(f"{PREFIX}/alerts/{alert_id}?error=resolve")
+    return redirect_to(f"{PREFIX}/alerts/{alert_id}")
