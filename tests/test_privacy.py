@@ -36,6 +36,16 @@ def two_customers(platform: Platform, api, publisher, clock) -> tuple[str, str]:
         sent += publish_depletion(
             publisher, device_id=device_id, slot="black", start=START, start_level=0.5, rate_per_day=0.05, days=DAYS
         )
+    # Her fall reaches a contact at once: an escalation step, and the channel it tried.
+    set_consent(
+        api,
+        ada,
+        {
+            "default_mode": "auto_order",
+            "fall_cancel_window_seconds": 0,
+            "emergency_contacts": [{"name": "Bea", "channel": "log"}],
+        },
+    )
     publisher.send("devices/ada-pendant/events", {"seq": 1, "ts": iso(START), "type": "fall_detected"})
     assert platform.ingestor.wait_for(handled=sent + 1, timeout=20)
     clock.set(START + timedelta(days=DAYS))
@@ -62,7 +72,9 @@ def test_a_customer_exports_everything_about_them_and_nothing_else(platform, api
     assert len(export["messages"]) == DAYS * 4 + 2  # the telemetry and the fall
     assert [o["status"] for o in export["orders"]] == ["placed"]
     assert [a["kind"] for a in export["alerts"]] == ["fall"]
-    assert len(export["consent_versions"]) == 1 and export["decisions"] and export["notifications"]
+    assert [a["channel"] for a in export["alert_escalation_attempts"]] == ["log"]
+    assert all("token_hash" not in a for a in export["alert_escalation_attempts"])
+    assert len(export["consent_versions"]) == 2 and export["decisions"] and export["notifications"]
     assert {e["action"] for e in export["audit_events"]} >= {"auth.sign_in", "automation.decision"}
     assert export["accounts"][0]["email"] == "ada@example.com"
     assert "password_hash" not in response.text and "token_hash" not in response.text and "$argon2" not in response.text
@@ -91,6 +103,7 @@ def test_deleting_an_account_cancels_open_orders_and_removes_everything_but_anon
     counts = removed.json()
     assert counts["customers"] == 1 and counts["devices"] == 2 and counts["readings"] == DAYS * 4 + 1
     assert counts["orders"] == 1 and counts["alerts"] == 1 and counts["accounts"] == 1
+    assert counts["alert_escalations"] == 1 and counts["alert_escalation_attempts"] == 1
 
     assert ada.get("/auth/me").status_code == 401, "the account is gone, and its tokens with it"
     assert api.get(f"/customers/{ada_id}").status_code == 404

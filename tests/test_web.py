@@ -916,6 +916,7 @@ def test_choosing_a_slot_s_product_and_a_substitute_on_the_supplies_page(
     }
 
 
+@pytest.mark.slow
 def test_a_household_owner_invites_a_carer_who_sees_only_the_wearable_and_a_member_refused_above_the_limit(
     page: Page, tmp_path: Path, clock: ManualClock, mailbox: Mailbox, console_errors: list[str]
 ) -> None:
@@ -993,6 +994,7 @@ def test_a_household_owner_invites_a_carer_who_sees_only_the_wearable_and_a_memb
     console_errors[:] = [error for error in console_errors if "status of 403" not in error]
 
 
+@pytest.mark.slow
 def test_the_care_circle_as_the_issue_tries_it(
     page: Page, tmp_path: Path, clock: ManualClock, mailbox: Mailbox, console_errors: list[str]
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
-from replenish.alerts.models import Alert, EscalationStep
+from replenish.alerts.models import Alert, EscalationAttempt, EscalationStep
 from replenish.answers.models import OrderLink
 from replenish.audit import service as audit
 from replenish.audit.models import AuditEvent
@@ -56,6 +56,7 @@ _SECRET_FIELDS = {
     AccessToken: {"token_hash"},
     Device: {"mqtt_password_hash"},
     EscalationStep: {"token_hash"},
+    EscalationAttempt: {"token_hash"},
 }
 _BATCH = 1000
 DELETED_ACTOR = "customer:deleted"
@@ -121,6 +122,10 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("order_links", select(OrderLink).where(OrderLink.customer_id == customer_id)),
         ("alerts", select(Alert).where(Alert.customer_id == customer_id)),
         ("alert_escalations", select(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))),
+        (
+            "alert_escalation_attempts",
+            select(EscalationAttempt).where(col(EscalationAttempt.step_id).in_(_step_ids(customer_id))),
+        ),
         ("alarms", select(Alarm).where(Alarm.customer_id == customer_id)),
         ("notifications", select(Notification).where(Notification.customer_id == customer_id)),
         ("push_subscriptions", select(PushSubscription).where(PushSubscription.customer_id == customer_id)),
@@ -143,6 +148,10 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
 
 def _alert_ids(customer_id: str) -> Any:
     return select(Alert.id).where(Alert.customer_id == customer_id)
+
+
+def _step_ids(customer_id: str) -> Any:
+    return select(EscalationStep.id).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id)))
 
 
 def check_deletion(
@@ -192,6 +201,10 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
     invitation_ids = list(session.exec(select(Invitation.id).where(Invitation.customer_id == customer_id)))
     # Children before parents: the database checks every foreign key.
     steps = [
+        (
+            "alert_escalation_attempts",
+            delete(EscalationAttempt).where(col(EscalationAttempt.step_id).in_(_step_ids(customer_id))),
+        ),
         (
             "alert_escalations",
             delete(EscalationStep).where(col(EscalationStep.alert_id).in_(_alert_ids(customer_id))),

@@ -16,12 +16,12 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
 from replenish.api.state import api_state
-from replenish.constants import INVITATION_PAGE_PATH, PASSWORD_MIN_LENGTH, HouseholdRole
+from replenish.constants import INVITATION_PAGE_PATH, HouseholdRole
 from replenish.db import transaction
 from replenish.errors import Conflict, Gone, NotFound
 from replenish.households import service as households
 from replenish.households.schemas import InvitationAccept, InvitationView
-from replenish.web.rendering import templates
+from replenish.web.pages import new_account_page
 from replenish.web.session import check_same_origin
 
 router = APIRouter(prefix=INVITATION_PAGE_PATH, include_in_schema=False)
@@ -56,18 +56,17 @@ def _page(
     errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    context = {
-        "title": title,
-        "principal": None,
-        "message": message,
-        "email": view.email if view else None,
-        "intro": _intro(view) if view else None,
-        "submit": "Join the household",
-        "name": name,
-        "errors": errors,
-        "min_length": PASSWORD_MIN_LENGTH,
-    }
-    return templates.TemplateResponse(request, "sign_up.html", context, status_code=status_code)
+    return new_account_page(
+        request,
+        title=title,
+        message=message,
+        email=view.email if view else None,
+        intro=_intro(view) if view else None,
+        submit="Join the household",
+        name=name,
+        errors=errors,
+        status_code=status_code,
+    )
 
 
 def _refused(request: Request, refused: Exception) -> HTMLResponse:

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.clock import Clock
+from replenish.constants import PASSWORD_MIN_LENGTH
 from replenish.errors import NotFound
 from replenish.web.rendering import templates
 from replenish.web.session import CSRF_FIELD, csrf_token, require_principal, session_secret, signed_in
@@ -53,6 +54,34 @@ def render_page(request: Request, name: str, context: dict[str, Any], *, status_
         | context,
         status_code=status_code,
     )
+
+
+def new_account_page(
+    request: Request,
+    *,
+    title: str,
+    message: str | None = None,
+    email: str | None = None,
+    intro: str | None = None,
+    submit: str = "Create my account",
+    name: str = "",
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """The page where someone who holds a mailed link (a sign-up, an invitation) chooses their name and password, or
+    reads why the link does nothing; nobody is signed in on it."""
+    context = {
+        "title": title,
+        "principal": None,
+        "message": message,
+        "email": email,
+        "intro": intro,
+        "submit": submit,
+        "name": name,
+        "errors": errors,
+        "min_length": PASSWORD_MIN_LENGTH,
+    }
+    return templates.TemplateResponse(request, "sign_up.html", context, status_code=status_code)
 
 
 def now_of(request: Request) -> datetime:

@@ -15,11 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from replenish.api.state import api_state
-from replenish.constants import PASSWORD_MIN_LENGTH, SIGN_UP_PAGE_PATH
+from replenish.constants import SIGN_UP_PAGE_PATH
 from replenish.customers import service as customers
 from replenish.customers.schemas import SignUpConfirm
 from replenish.db import transaction
 from replenish.errors import Conflict, Gone, NotFound
+from replenish.web.pages import new_account_page
 from replenish.web.rendering import templates
 from replenish.web.session import check_same_origin
 
@@ -33,33 +34,11 @@ _REFUSED = {
 }
 
 
-def _page(
-    request: Request,
-    *,
-    title: str,
-    message: str | None = None,
-    email: str | None = None,
-    name: str = "",
-    errors: dict[str, str] | None = None,
-    status_code: int = 200,
-) -> HTMLResponse:
-    context = {
-        "title": title,
-        "principal": None,
-        "message": message,
-        "email": email,
-        "name": name,
-        "errors": errors,
-        "min_length": PASSWORD_MIN_LENGTH,
-    }
-    return templates.TemplateResponse(request, "sign_up.html", context, status_code=status_code)
-
-
 _EMAIL = TypeAdapter(EmailStr)
 
 
 @router.get("", response_class=HTMLResponse)
-def ask_page(request: Request) -> HTMLResponse:
+def asknew_account_page(request: Request) -> HTMLResponse:
     return templates.TemplateResponse(request, "sign_up_ask.html", {"title": "Create an account", "principal": None})
 
 
@@ -77,7 +56,7 @@ def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
     engine, clock = state.engine, state.clock
     with transaction(engine) as session:
         customers.request_sign_up(session=session, email=address, now=clock.now(), channel=state.sign_up_channel)
-    return _page(
+    return new_account_page(
         request,
         title="Check your e-mail",
         message=f"A link to finish signing up is on its way to {address.lower()}. It works once, for 24 hours.",
@@ -86,11 +65,11 @@ def ask(request: Request, email: Annotated[str, Form()] = "") -> HTMLResponse:
 
 def _refused(request: Request, refused: Exception) -> HTMLResponse:
     code, message = _REFUSED[type(refused)]
-    return _page(request, title="Nothing created", message=message, status_code=code)
+    return new_account_page(request, title="Nothing created", message=message, status_code=code)
 
 
 @router.get("/{token}", response_class=HTMLResponse)
-def sign_up_page(request: Request, token: str) -> HTMLResponse:
+def sign_upnew_account_page(request: Request, token: str) -> HTMLResponse:
     state = api_state(request)
     engine, clock = state.engine, state.clock
     with transaction(engine) as session:
@@ -98,7 +77,7 @@ def sign_up_page(request: Request, token: str) -> HTMLResponse:
             pending = customers.read_sign_up(session=session, token=token, now=clock.now())
         except (NotFound, Gone) as refused:
             return _refused(request, refused)
-        return _page(request, title="Finish signing up", email=pending.email)
+        return new_account_page(request, title="Finish signing up", email=pending.email)
 
 
 @router.post("/{token}", response_class=HTMLResponse)
@@ -117,7 +96,7 @@ def sign_up(
                 pending = customers.read_sign_up(session=session, token=token, now=clock.now())
             except (NotFound, Gone) as refused:
                 return _refused(request, refused)
-        return _page(
+        return new_account_page(
             request,
             title="Finish signing up",
             email=pending.email,
@@ -141,4 +120,6 @@ def sign_up(
     except (IntegrityError, StaleDataError):
         # The same link confirmed twice at once (or the address taken meanwhile): one of them created the account.
         return _refused(request, Conflict("taken"))
-    return _page(request, title="Your account is ready", message=f"Sign in with {email} and your new password.")
+    return new_account_page(
+        request, title="Your account is ready", message=f"Sign in with {email} and your new password."
+    )
