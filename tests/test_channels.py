@@ -116,8 +116,14 @@ def test_an_sms_is_sent_through_the_provider_and_its_delivery_receipt_confirms_i
     assert text["kind"] == "sms" and text["To"] == BEA_PHONE and text["From"] == "+15005550006"
     assert "Acknowledge: http" in text["Body"] and "has asked for help" in text["Body"]
     assert text["StatusCallback"].endswith("/api/v1/providers/twilio/status")
-    # A forged receipt changes nothing.
+    # A forged receipt changes nothing, whatever its signature holds.
     assert world.twilio.receipt(text, "undelivered", token="not the token").status_code == 401
+    forged = httpx.post(
+        text["StatusCallback"],
+        data={"MessageSid": text["sid"], "MessageStatus": "undelivered"},
+        headers={"X-Twilio-Signature": "sécurité".encode()},  # not ASCII: no digest of ours
+    )
+    assert forged.status_code == 401
     assert world.twilio.receipt(text, "sent").status_code == 204  # interim: nothing known yet
     assert world.twilio.receipt(text, "delivered").status_code == 204
     world.tick()
@@ -162,7 +168,7 @@ def test_a_refused_number_falls_back_to_the_next_channel_at_once(world: World):
     assert world.api.get(f"/alerts/{alert['id']}").json()["status"] == "acknowledged"
 
 
-def test_a_failed_receipt_or_none_in_time_falls_back_and_a_contact_with_nothing_left_passes_to_the_next(world: World):
+def test_a_failed_receipt_or_none_in_time_falls_back_to_the_next_channel(world: World):
     contacts(
         world,
         {
@@ -181,12 +187,14 @@ def test_a_failed_receipt_or_none_in_time_falls_back_and_a_contact_with_nothing_
     [_, call] = world.twilio.wait_for(2)
     assert call["kind"] == "call" and call["To"] == BEA_PHONE and "has asked for help" in call["Twiml"]
     assert "http" not in call["Twiml"], "a link read aloud helps nobody"
-    # The call is never answered, and no receipt comes: after the receipt timeout Carl is asked, long before Bea's
-    # two minutes are up.
-    world.clock.advance(timedelta(seconds=29))
+    # The call is never answered, and no receipt comes: after the receipt timeout the call counts as failed, and
+    # with no channel left Bea keeps the rest of her turn (some carriers send no receipts); then Carl is asked.
+    world.clock.advance(timedelta(seconds=30))
     world.tick()
+    [bea] = world.steps(alert["id"])
+    assert bea["attempts"][1]["outcome"] == "no delivery receipt within 30 s"
     assert world.hook.requests == []
-    world.clock.advance(timedelta(seconds=1))
+    world.clock.advance(timedelta(seconds=90))
     world.tick()
     world.tick()
     [to_carl] = world.hook.wait_for(1)
@@ -197,6 +205,14 @@ def test_a_failed_receipt_or_none_in_time_falls_back_and_a_contact_with_nothing_
         "no delivery receipt within 30 s",
     ]
     assert (carl["target_name"], carl["attempts"][0]["outcome"]) == ("Carl", "delivered")
+
+
+def test_an_apprise_service_that_would_reach_anywhere_is_refused_by_the_consent(world: World):
+    answer = world.api.put(
+        f"/customers/{world.customer_id}/consent",
+        json={"emergency_contacts": [{"name": "Syslog", "channel": "apprise", "address": "rsyslog://10.0.0.1/local5"}]},
+    )
+    assert answer.status_code == 422 and "rsyslog:// is not a service a contact may be reached by" in answer.text
 
 
 def test_chat_through_apprise(world: World):

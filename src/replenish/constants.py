@@ -310,6 +310,37 @@ class AuditAction(StrEnum):
     MEMBER_REMOVED = "household.member_removed"
 
 
+# apprise services an emergency contact may be reached by. Those at a fixed public service (the URL carries a token,
+# not a host) go as they are; those at a host the URL names (self-hosted servers, generic HTTP) must pass the
+# webhooks' rule: no private network unless REPLENISH_WEBHOOK_ALLOW_PRIVATE_NETWORKS. Anything else (mailto with its
+# own SMTP host, syslog, MQTT, ...) is refused: the platform would connect wherever the customer said.
+APPRISE_SERVICE_SCHEMES = frozenset(
+    {"tgram", "slack", "discord", "msteams", "pover", "pbul", "line", "twist", "zulip", "ifttt", "join", "spush"}
+)
+APPRISE_HOSTED_SCHEMES = frozenset(
+    {
+        "json",
+        "jsons",
+        "xml",
+        "xmls",
+        "form",
+        "forms",
+        "ntfy",
+        "ntfys",
+        "gotify",
+        "gotifys",
+        "matrix",
+        "matrixs",
+        "mmost",
+        "mmosts",
+        "rocket",
+        "rockets",
+        "signal",
+        "signals",
+        "nctalk",
+        "nctalks",
+    }
+)
 # A safety message's map link for the wearer's position (an OpenStreetMap page with a marker, zoomed to the street).
 MAP_LINK = (
     "https://www.openstreetmap.org/?mlat={latitude:.6f}&mlon={longitude:.6f}#map=18/{latitude:.6f}/{longitude:.6f}"

@@ -104,7 +104,10 @@ def due(*, policy: Policy, asked: Collection[Target], now: datetime) -> Step | E
     contact gets the full timeout to answer from the moment they were asked, rather than being skipped because the
     platform was down.
     """
+    # Emergency services are one step however they were reached (a log line before there was a monitoring centre).
+    services_asked = any(target.kind is TargetKind.EMERGENCY_SERVICES for target in asked)
     for target in policy.targets:
-        if target not in asked:
+        already = services_asked if target.kind is TargetKind.EMERGENCY_SERVICES else target in asked
+        if not already:
             return Step(level=len(asked) + 1, target=target, next_at=now + policy.timeout)
     return Exhausted()

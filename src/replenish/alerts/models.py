@@ -27,7 +27,7 @@ class Alert(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
     # The event that raised it; none for a silence incident, which a health alarm raised (alarm_id).
     trigger_message_id: int | None = Field(default=None, foreign_key="device_messages.id", sa_type=BigInt)
-    alarm_id: str | None = Field(default=None, foreign_key="device_alarms.id")
+    alarm_id: str | None = Field(default=None, foreign_key="device_alarms.id", index=True)
     event_count: int = 1
     consent_version: int
     acknowledged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -62,7 +62,8 @@ def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) 
     steps = service.steps(session=session, alert_id=alert.id)
     delivered = service.delivered_at(session=session, steps=steps)
     tried = service.attempts(session=session, step_ids=[step.id for step in steps])
-    # The contacts' numbers and addresses are the consent's: a carer sees whom and how, not where.
+    # The contacts' numbers and addresses are the consent's: a carer sees whom and how, not where (nor the errors
+    # that name them).
     addresses = principal.can(Capability.READ_CONSENT)
     return AlertDetail(
         **AlertRead.model_validate(alert).model_dump(),
@@ -71,7 +72,12 @@ def get_alert(alert_id: str, session: ReadSession, principal: CurrentPrincipal) 
             EscalationStepRead.model_validate(step).model_copy(
                 update={
                     "delivered_at": delivered.get(step.id),
-                    "attempts": [EscalationAttemptRead.model_validate(attempt) for attempt in tried[step.id]],
+                    "attempts": [
+                        EscalationAttemptRead.model_validate(attempt).model_copy(
+                            update={} if addresses else {"outcome": service.outcome_word(attempt.outcome)}
+                        )
+                        for attempt in tried[step.id]
+                    ],
                     "address": step.address if addresses else None,
                 }
             )

@@ -194,7 +194,8 @@ def on_wearable_health(
     by the health job, in its transaction, with the device's uncleared alarms."""
     if device.kind != DeviceKind.WEARABLE:
         return None
-    silencing = [a for a in alarms if a.kind in SILENCING_ALARMS and a.cleared_at is None and a.condition_present]
+    # Uncleared: an alarm that is only in doubt (the device spoke once) keeps the incident; a cleared one ends it.
+    silencing = [a for a in alarms if a.kind in SILENCING_ALARMS and a.cleared_at is None]
     current = session.exec(
         select(Alert)
         .where(
@@ -208,11 +209,23 @@ def on_wearable_health(
         if current is not None:
             resolve(session=session, alert_id=current.id, actor="automation", now=now, reason="the wearable is back")
         return current
-    first = min(silencing, key=lambda alarm: alarm.raised_at)
-    if current is not None or now - first.raised_at < timedelta(minutes=document.wearable_silence_minutes):
+    if current is not None:
         return current
-    if session.exec(select(Alert.id).where(Alert.alarm_id == first.id)).first() is not None:
-        return None  # one incident per silence: a carer who closed it is not asked again until the device was back
+    # One incident per alarm: a carer who closed it is not asked again about the same silence, but a new alarm (the
+    # battery after the connection, say) is a new one.
+    had_one = set(
+        session.exec(select(Alert.alarm_id).where(col(Alert.alarm_id).in_([alarm.id for alarm in silencing])))
+    )
+    due = [
+        alarm
+        for alarm in silencing
+        if alarm.condition_present
+        and alarm.id not in had_one
+        and now - alarm.raised_at >= timedelta(minutes=document.wearable_silence_minutes)
+    ]
+    if not due:
+        return None
+    first = min(due, key=lambda alarm: alarm.raised_at)
     alert = Alert(
         customer_id=device.customer_id,
         device_id=device.id,
@@ -458,6 +471,7 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
 
 # Channels whose provider confirms each delivery: without a receipt in time, the attempt counts as failed.
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
+NO_RECEIPT = "no delivery receipt"
 
 
 def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: timedelta, limit: int = 200) -> list[str]:
@@ -529,7 +543,7 @@ def _attempt_failure(
     if notification is None:
         return "its notification is gone"
     if notification.failed_at is not None:
-        return f"the provider reported {notification.failure}"
+        return notification.failure or "it failed"
     if notification.receipt_at is not None or (attempt.channel not in RECEIPT_CHANNELS and notification.sent_at):
         return ""
     message = session.exec(
@@ -538,7 +552,7 @@ def _attempt_failure(
     if message is not None and message.delivered_at is None and message.attempts >= 1:
         return f"it could not be sent: {_said(message.last_error)}"
     if attempt.channel in RECEIPT_CHANNELS and now >= attempt.sent_at + receipt_timeout:
-        return f"no delivery receipt within {receipt_timeout.total_seconds():g} s"
+        return f"{NO_RECEIPT} within {receipt_timeout.total_seconds():g} s"
     return None
 
 
@@ -555,12 +569,16 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     """Settle one attempt if its outcome is known: delivered, or failed, and then the contact's next channel is tried
     at once (their step's timeout does not wait for a message that never arrived); with no channel left, the next
     person in the chain is asked now. Returns the outcome, None while it is still open. The caller commits."""
-    attempt = session.get(EscalationAttempt, attempt_id)
-    if attempt is None or attempt.outcome is not None:
+    found = session.get(EscalationAttempt, attempt_id)
+    if found is None:
         return None
-    step = session.get_one(EscalationStep, attempt.step_id)
+    step = session.get_one(EscalationStep, found.step_id)
+    # The incident first, then the attempt read again under its lock: two checkers never both settle it.
     alert = session.exec(select(Alert).where(Alert.id == step.alert_id).with_for_update(skip_locked=True)).first()
     if alert is None or alert.status != AlertStatus.OPEN:
+        return None
+    attempt = session.get(EscalationAttempt, attempt_id, populate_existing=True)
+    if attempt is None or attempt.outcome is not None:
         return None
     failure = _attempt_failure(session=session, attempt=attempt, now=now, receipt_timeout=receipt_timeout)
     if failure is None:
@@ -570,15 +588,20 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     session.add(attempt)
     if not failure:
         return attempt.outcome
+    # The incident changes (its version with it): an acknowledgement that read it before cannot also commit.
+    alert.updated_at = now
+    session.add(alert)
     channels = step.channels or [[step.channel, step.address]]
     device = session.get(Device, alert.device_id)
     device_name = device.name if device is not None else alert.device_id
     log.warning("alert %s: %s by %s failed (%s)", alert.id, step.target_name, attempt.channel, failure)
     if attempt.number + 1 >= len(channels):
-        # Nobody reached: the next person in the chain is asked now rather than at the end of this one's timeout.
-        alert.next_escalation_at = now
-        alert.updated_at = now
-        session.add(alert)
+        # Nobody reached: the next person is asked now rather than at the end of this one's timeout; unless the
+        # chain moved on already (the next one's turn is theirs), or only the receipt is missing (it may still
+        # have reached them: some carriers send none).
+        current = step.level == alert.escalation_level and alert.escalation_exhausted_at is None
+        if current and not failure.startswith(NO_RECEIPT) and alert.next_escalation_at is not None:
+            alert.next_escalation_at = min(alert.next_escalation_at, now)
         return attempt.outcome
     channel, address = channels[attempt.number + 1]
     _call_request_logged(alert=alert, device_name=device_name, target=step.target, channel=str(channel))
@@ -611,6 +634,11 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     )
     session.flush()  # unique (step, number): a concurrent checker that tried it first wins
     return attempt.outcome
+
+
+def outcome_word(outcome: str | None) -> str | None:
+    """An attempt's outcome as someone who may not read the contacts' addresses sees it: the reason can name them."""
+    return outcome if outcome in (None, "delivered") else "failed"
 
 
 def attempts(*, session: Session, step_ids: Collection[str]) -> dict[str, list[EscalationAttempt]]:

@@ -18,7 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from replenish.constants import DEFAULT_PULL_FORWARD_DAYS, ConsentMode, NoAnswer
+from replenish.constants import (
+    APPRISE_HOSTED_SCHEMES,
+    APPRISE_SERVICE_SCHEMES,
+    DEFAULT_PULL_FORWARD_DAYS,
+    ConsentMode,
+    NoAnswer,
+)
 
 DEFAULT_FALL_CANCEL_WINDOW_SECONDS = 60
 DEFAULT_ESCALATION_TIMEOUT_SECONDS = 120
@@ -193,6 +199,10 @@ def _check_address(kind: str, address: str | None) -> None:
     if kind == "apprise":
         if not address or not _APPRISE_URL.match(address):
             raise ValueError("an apprise channel needs an apprise URL, e.g. tgram://bottoken/ChatID")
+        scheme = address.split("://", 1)[0]
+        if scheme not in APPRISE_SERVICE_SCHEMES | APPRISE_HOSTED_SCHEMES:
+            allowed = ", ".join(sorted(APPRISE_SERVICE_SCHEMES | APPRISE_HOSTED_SCHEMES))
+            raise ValueError(f"{scheme}:// is not a service a contact may be reached by; one of {allowed}")
         return
     if not address:
         raise ValueError(f"an {kind} channel needs an address" if kind == "email" else f"a {kind} channel needs a URL")

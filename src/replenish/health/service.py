@@ -8,6 +8,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 
 from replenish.alerts import service as alerts
@@ -126,9 +128,15 @@ def assess_devices(
             current = session.exec(
                 select(Alarm).where(Alarm.device_id == device.id, col(Alarm.cleared_at).is_(None))
             ).all()
-            alerts.on_wearable_health(
-                session=session, device=device, alarms=current, document=document, version=version, now=now
-            )
+            try:
+                # Its own savepoint: an incident that cannot be written now (a carer acknowledging it at the same
+                # moment) is tried again on the next pass, and takes nobody's alarms with it.
+                with session.begin_nested():
+                    alerts.on_wearable_health(
+                        session=session, device=device, alarms=current, document=document, version=version, now=now
+                    )
+            except (StaleDataError, IntegrityError):
+                log.warning("the silence incident of %s is written on the next pass", device.id)
     return report
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from replenish.constants import APPRISE_HOSTED_SCHEMES, APPRISE_SERVICE_SCHEMES
 from replenish.notifications.push import PushMessage, SubscriptionGone, WebPushSender
 from replenish.notifications.telephony import ProviderRefused, TelephonyProvider
 from replenish.orders.signatures import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -281,10 +282,6 @@ class VoiceChannel:
         return self._provider.call(to=delivery.address, say=say, status_callback=self._callback)
 
 
-# apprise services that POST to a host the address names: the same rule as webhooks (no private networks).
-_HOSTED_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms"})
-
-
 class AppriseChannel:
     """Any service apprise speaks to; the address is its apprise URL (tgram://bottoken/ChatID, signal://..., ...)."""
 
@@ -296,8 +293,13 @@ class AppriseChannel:
 
         address = delivery.address or ""
         parts = urlsplit(address)
-        if parts.scheme in _HOSTED_SCHEMES and not self._allow_private:
-            refuse_private_destinations(f"http://{parts.hostname or ''}")
+        if parts.scheme not in APPRISE_SERVICE_SCHEMES | APPRISE_HOSTED_SCHEMES:
+            raise ProviderRefused(f"the {parts.scheme or 'given'}:// service is not one a contact may be reached by")
+        if parts.scheme in APPRISE_HOSTED_SCHEMES and not self._allow_private:
+            try:
+                refuse_private_destinations(f"http://{parts.hostname or ''}")
+            except UndeliverableAddress as refused:
+                raise ProviderRefused(str(refused)) from None
         notifier = apprise.Apprise()
         # The URL may hold a service's secret (a bot token): errors name its scheme only.
         if not notifier.add(address):

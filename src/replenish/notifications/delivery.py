@@ -10,6 +10,7 @@ from sqlmodel import Session
 from replenish.constants import ACKNOWLEDGE_PAGE_PATH, ANSWER_PAGE_PATH
 from replenish.notifications.channels import Channels, Delivery, Link
 from replenish.notifications.models import Notification
+from replenish.notifications.telephony import ProviderRefused
 from replenish.outbox.models import OutboxMessage
 
 
@@ -21,9 +22,19 @@ class NotificationHandler:
         # The provider's id of an SMS or call just sent, until its delivery is recorded (the dispatcher calls
         # record_delivery right after deliver, with the stored row).
         self._provider_ids: dict[int, str] = {}
+        # Refusals of the same kind: final, recorded on the notification rather than retried.
+        self._refusals: dict[int, str] = {}
 
     def deliver(self, message: OutboxMessage) -> None:
-        provider_id = self._channels.send(self.delivery(message))
+        try:
+            provider_id = self._channels.send(self.delivery(message))
+        except ProviderRefused as refused:
+            # A wrong number, a service that will not take it: sending again changes nothing. The notification is
+            # failed for good (an escalation falls back at once) and the message leaves the queue.
+            if message.id is None:
+                raise
+            self._refusals[message.id] = f"it could not be sent: {refused}"
+            return
         if provider_id is not None and message.id is not None:
             self._provider_ids[message.id] = provider_id
 
@@ -65,8 +76,13 @@ class NotificationHandler:
                 "links": [{**link, "token": None} for link in message.payload.get("links") or ()],
             }
         provider_id = self._provider_ids.pop(message.id, None) if message.id is not None else None
+        refusal = self._refusals.pop(message.id, None) if message.id is not None else None
         notification = session.get(Notification, message.payload["notification_id"])
         if notification is not None:
-            notification.sent_at = now
-            notification.provider_id = provider_id or notification.provider_id
+            if refusal is not None:
+                notification.failed_at = now
+                notification.failure = refusal[:500]
+            else:
+                notification.sent_at = now
+                notification.provider_id = provider_id or notification.provider_id
             session.add(notification)

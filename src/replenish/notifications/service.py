@@ -353,6 +353,6 @@ def record_receipt(
         notification.receipt_at = now
     else:
         notification.failed_at = now
-        notification.failure = f"{status}" + (f" ({error})" if error else "")
+        notification.failure = f"the provider reported {status}" + (f" ({error})" if error else "")
     session.add(notification)
     return notification

@@ -25,6 +25,10 @@ DELIVERED = frozenset({"delivered", "in-progress", "completed", "answered"})
 FAILED = frozenset({"failed", "undelivered", "busy", "no-answer", "canceled"})
 
 
+# How long a call rings before it counts as not answered (REPLENISH_SMS_RECEIPT_TIMEOUT_SECONDS must be longer).
+CALL_RING_SECONDS = 25
+
+
 class ProviderRefused(Exception):
     """The provider answered, and refused: a wrong number, an account without credit. Retrying will not help; the
     escalation falls back to the contact's next channel at once."""
@@ -82,6 +86,8 @@ class TwilioProvider:
                 "Twiml": twiml,
                 "StatusCallback": status_callback,
                 "StatusCallbackEvent": "answered completed",
+                # Rings for at most this long, inside the receipt timeout: an answer after it counts as one.
+                "Timeout": str(CALL_RING_SECONDS),
             },
         )
 
@@ -100,7 +106,8 @@ class TwilioProvider:
         return sid
 
     def receipt(self, *, url: str, form: Mapping[str, str], signature: str | None) -> Receipt | None:
-        if signature is None or not hmac.compare_digest(sign(self._token, url, form), signature):
+        # As bytes: compare_digest refuses non-ASCII text, which a forged header may carry.
+        if signature is None or not hmac.compare_digest(sign(self._token, url, form).encode(), signature.encode()):
             return None
         provider_id = form.get("MessageSid") or form.get("CallSid") or ""
         status = (form.get("MessageStatus") or form.get("CallStatus") or "").lower()

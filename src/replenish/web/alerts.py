@@ -83,6 +83,8 @@ def alert_page(request: Request, alert_id: str, principal: WebPrincipal, error: 
         "device": device,
         "steps": steps,
         "tried": tried,
+        # The reasons a channel failed can name the contact's number or URL: the owner's to read.
+        "outcome": (lambda outcome: outcome) if principal.can(Capability.READ_CONSENT) else alerts.outcome_word,
         "delivered": delivered,
         "explanation": explanation,
         "error": f"It could not be {'acknowledged' if error == 'acknowledge' else 'closed'}: it is {alert.status} now."

@@ -23,10 +23,12 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("alarm_id", sa.String(), nullable=True))
         batch_op.create_foreign_key("fk_alerts_alarm_id_device_alarms", "device_alarms", ["alarm_id"], ["id"])
+        batch_op.create_index(batch_op.f("ix_alerts_alarm_id"), ["alarm_id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("alerts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_alerts_alarm_id"))
         batch_op.drop_constraint("fk_alerts_alarm_id_device_alarms", type_="foreignkey")
         batch_op.drop_column("alarm_id")
         batch_op.alter_column(
