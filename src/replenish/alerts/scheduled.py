@@ -15,6 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
 from replenish.alerts import service
+from replenish.db import transaction
 from replenish.each import EachAlone
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,12 @@ def escalate_due(*, engine: Engine, now: datetime, receipt_timeout: timedelta = 
     """Fall back where a channel failed, then step every incident due for escalation at ``now``; the ids of those
     that took a step."""
     with Session(engine) as session:
-        waiting = service.attempts_to_settle(session=session, now=now, receipt_timeout=receipt_timeout)
+        settled = service.attempts_to_settle(session=session, now=now, receipt_timeout=receipt_timeout)
+    if settled.reached:
+        with transaction(engine) as session:
+            service.mark_reached(session=session, attempt_ids=settled.reached, now=now)
     with _ATTEMPTS.one_pass():
-        for attempt_id in waiting:
+        for attempt_id in settled.failed:
             check = partial(service.check_attempt, attempt_id=attempt_id, now=now, receipt_timeout=receipt_timeout)
             _ATTEMPTS.run(engine, attempt_id, check)
     with Session(engine) as session:

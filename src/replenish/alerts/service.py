@@ -9,11 +9,12 @@ import logging
 import re
 import secrets
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import literal
 from sqlalchemy import select as select_columns  # Core's: sqlmodel's select is typed for at most four columns
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from replenish.alerts import escalation, where
 from replenish.alerts.models import Alert, EscalationAttempt, EscalationStep
@@ -259,6 +260,19 @@ def on_wearable_health(
     return alert
 
 
+def silent_devices(*, session: Session, device_ids: Collection[str]) -> list[str]:
+    """Which of these devices have a silence incident not yet resolved."""
+    return list(
+        session.exec(
+            select(Alert.device_id).where(
+                col(Alert.device_id).in_(list(device_ids)),
+                Alert.kind == AlertKind.SILENCE,
+                col(Alert.status).in_((AlertStatus.OPEN, AlertStatus.ACKNOWLEDGED)),
+            )
+        )
+    )
+
+
 def _carers(*, session: Session, device_id: str, document: ConsentDocument) -> tuple[escalation.Target, ...]:
     """Who a silence incident asks, in the order they joined: the carers the wearable is shared with, each on their
     channels as an emergency contact of it, or else by e-mail to their account."""
@@ -472,11 +486,21 @@ def _request_text(*, alert: Alert, device_name: str, target: escalation.Target, 
 # Channels whose provider confirms each delivery: without a receipt in time, the attempt counts as failed.
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
 NO_RECEIPT = "no delivery receipt"
+REACHED = "delivered"
 
 
-def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: timedelta, limit: int = 200) -> list[str]:
-    """Attempts whose outcome is known now (delivered, or failed), on steps nobody has acknowledged, of open
-    incidents. One query: the many that are merely waiting (an SMS's receipt takes seconds) cost no transaction."""
+@dataclass(frozen=True)
+class Settled:
+    """Attempts whose outcome is known: those that reached the person, and those that failed."""
+
+    reached: list[str]
+    failed: list[str]
+
+
+def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: timedelta, limit: int = 200) -> Settled:
+    """Attempts whose outcome is known now, on steps nobody has acknowledged, of open incidents. One query: the many
+    that are merely waiting (an SMS's receipt takes seconds) cost no transaction, and those that reached the person
+    are recorded together (mark_reached); only a failure needs one of its own (check_attempt)."""
     rows = session.execute(
         select_columns(
             col(EscalationAttempt.id),
@@ -500,10 +524,9 @@ def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: time
         .order_by(col(EscalationAttempt.sent_at))
         .limit(limit)
     ).all()
-    return [
-        attempt_id
-        for attempt_id, channel, asked_at, sent_at, receipt_at, failed_at, tries, delivered_at in rows
-        if _outcome_known(
+    settled = Settled(reached=[], failed=[])
+    for attempt_id, channel, asked_at, sent_at, receipt_at, failed_at, tries, delivered_at in rows:
+        reached = _outcome(
             channel=channel,
             asked_at=asked_at,
             sent_at=sent_at,
@@ -513,10 +536,22 @@ def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: time
             now=now,
             receipt_timeout=receipt_timeout,
         )
-    ]
+        if reached is not None:
+            (settled.reached if reached else settled.failed).append(attempt_id)
+    return settled
 
 
-def _outcome_known(
+def mark_reached(*, session: Session, attempt_ids: Collection[str], now: datetime) -> None:
+    """These attempts reached the person (attempts_to_settle said so): recorded in one statement."""
+    session.exec(
+        update(EscalationAttempt)
+        .where(col(EscalationAttempt.id).in_(list(attempt_ids)), col(EscalationAttempt.outcome).is_(None))
+        .values(outcome=REACHED, outcome_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _outcome(
     *,
     channel: str,
     asked_at: datetime,
@@ -526,13 +561,16 @@ def _outcome_known(
     send_failed: bool,
     now: datetime,
     receipt_timeout: timedelta,
-) -> bool:
-    """Whether an attempt has reached the person or failed (the rule _attempt_failure words)."""
-    if failed_at is not None or receipt_at is not None or send_failed:
+) -> bool | None:
+    """Whether an attempt reached the person (True), failed (False) or is not known yet (None): the rule
+    _attempt_failure words, in the same order."""
+    if failed_at is not None:
+        return False
+    if receipt_at is not None or (channel not in RECEIPT_CHANNELS and sent_at is not None):
         return True
-    if channel not in RECEIPT_CHANNELS:
-        return sent_at is not None
-    return now >= asked_at + receipt_timeout
+    if send_failed or (channel in RECEIPT_CHANNELS and now >= asked_at + receipt_timeout):
+        return False
+    return None
 
 
 def _attempt_failure(
@@ -583,7 +621,7 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     failure = _attempt_failure(session=session, attempt=attempt, now=now, receipt_timeout=receipt_timeout)
     if failure is None:
         return None
-    attempt.outcome = failure or "delivered"
+    attempt.outcome = failure or REACHED
     attempt.outcome_at = now
     session.add(attempt)
     if not failure:
@@ -638,7 +676,7 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
 
 def outcome_word(outcome: str | None) -> str | None:
     """An attempt's outcome as someone who may not read the contacts' addresses sees it: the reason can name them."""
-    return outcome if outcome in (None, "delivered") else "failed"
+    return outcome if outcome in (None, REACHED) else "failed"
 
 
 def attempts(*, session: Session, step_ids: Collection[str]) -> dict[str, list[EscalationAttempt]]:

@@ -123,21 +123,46 @@ def assess_devices(
                 report.raised.append(f"{device.id}:{kind}{':' + slot_name if slot_name else ''}")
             elif outcome == "cleared":
                 report.cleared.append(f"{device.id}:{kind}{':' + slot_name if slot_name else ''}")
-        if device.kind == DeviceKind.WEARABLE:
-            session.flush()
-            current = session.exec(
-                select(Alarm).where(Alarm.device_id == device.id, col(Alarm.cleared_at).is_(None))
-            ).all()
-            try:
-                # Its own savepoint: an incident that cannot be written now (a carer acknowledging it at the same
-                # moment) is tried again on the next pass, and takes nobody's alarms with it.
-                with session.begin_nested():
-                    alerts.on_wearable_health(
-                        session=session, device=device, alarms=current, document=document, version=version, now=now
-                    )
-            except (StaleDataError, IntegrityError):
-                log.warning("the silence incident of %s is written on the next pass", device.id)
+    _silences(session=session, devices=devices, documents=documents, now=now)
     return report
+
+
+def _silences(
+    *, session: Session, devices: list[Device], documents: dict[str, tuple[int, ConsentDocument]], now: datetime
+) -> None:
+    """Bring the page's wearables' silence incidents in line with their alarms (alerts.on_wearable_health). Two
+    queries for the page; only a wearable with a silencing alarm or an incident still open is looked at further."""
+    wearables = {device.id: device for device in devices if device.kind == DeviceKind.WEARABLE}
+    if not wearables:
+        return
+    session.flush()
+    alarms: dict[str, list[Alarm]] = {}
+    for alarm in session.exec(
+        select(Alarm).where(
+            col(Alarm.device_id).in_(list(wearables)),
+            col(Alarm.cleared_at).is_(None),
+            col(Alarm.kind).in_(alerts.SILENCING_ALARMS),
+        )
+    ):
+        alarms.setdefault(alarm.device_id, []).append(alarm)
+    open_ = set(alerts.silent_devices(session=session, device_ids=list(wearables)))
+    for device_id in sorted(set(alarms) | open_):
+        device = wearables[device_id]
+        version, document = documents[device.customer_id]
+        try:
+            # Its own savepoint: an incident that cannot be written now (a carer acknowledging it at the same moment)
+            # is tried again on the next pass, and takes nobody's alarms with it.
+            with session.begin_nested():
+                alerts.on_wearable_health(
+                    session=session,
+                    device=device,
+                    alarms=alarms.get(device_id, []),
+                    document=document,
+                    version=version,
+                    now=now,
+                )
+        except (StaleDataError, IntegrityError):
+            log.warning("the silence incident of %s is written on the next pass", device.id)
 
 
 def _reconcile(
