@@ -384,3 +384,33 @@ def test_a_silent_wearable_opens_an_incident_for_its_carer_that_closes_when_it_i
     closed = world.api.get(f"/alerts/{alert['id']}").json()
     assert closed["status"] == "resolved" and closed["closed_reason"] == "the wearable is back"
     assert closed["explanation"]["alarm"]["kind"] == "offline"
+
+
+def test_the_monitoring_centre_stands_down_when_someone_else_has_it(tmp_path, clock: ManualClock):
+    centre = WebhookReceiver(path="/centre")
+    try:
+        settings = make_settings(tmp_path, monitoring_centre_url=centre.url)
+        with running_platform(settings, clock) as platform:
+            api = api_client(platform, operator_token(platform))
+            customer_id = create_customer(api, email="ada@example.com")
+            register_device(api, customer_id=customer_id, device_id="pendant-1", kind="wearable", slots=[])
+            set_consent(api, customer_id, {"emergency_services_allowed": True})
+            publisher = Publisher(platform.settings.mqtt_endpoint)
+            try:
+                publisher.send("devices/pendant-1/events", {"seq": 1, "type": "help_requested"})
+                assert platform.ingestor is not None and platform.ingestor.wait_for(handled=1, timeout=10)
+            finally:
+                publisher.close()
+            assert platform.jobs is not None
+            platform.jobs.dispatch()
+            [incident] = centre.wait_for(1)
+            platform.jobs.escalate()  # the centre took it: the attempt is settled as delivered
+            [alert] = api.get("/alerts").json()
+            owner = customer_api(platform, "ada@example.com")
+            assert owner.post(f"/alerts/{alert['id']}/acknowledge").status_code == 200
+            platform.jobs.dispatch()
+            _, stand_down = centre.wait_for(2)
+            assert stand_down["type"] == "stand_down" and stand_down["alert_id"] == incident["alert_id"]
+            assert "customer:ada@example.com has acknowledged" in stand_down["reason"]
+    finally:
+        centre.close()

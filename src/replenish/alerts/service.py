@@ -696,15 +696,28 @@ def _token_hash(token: str) -> str:
 
 
 def _tell_those_asked(*, session: Session, alert: Alert, subject: str, body: str, now: datetime) -> None:
-    """Everyone already asked to help hears that they no longer need to (a cancel, or someone else has it)."""
-    for step in steps(session=session, alert_id=alert.id):
-        if step.target_kind != "contact" or step.acknowledged_at is not None:
+    """Everyone already asked to help hears that they no longer need to (a cancel, or someone else has it): each
+    contact on the channel that reached them (their first, when none is known to have), and the monitoring centre,
+    which stands down."""
+    asked = steps(session=session, alert_id=alert.id)
+    tried = attempts(session=session, step_ids=[step.id for step in asked])
+    for step in asked:
+        if step.acknowledged_at is not None:
             continue
+        if step.target_kind == TargetKind.EMERGENCY_SERVICES:
+            reached_centre = any(a.channel == "monitoring_centre" and a.outcome == REACHED for a in tried[step.id])
+            if not reached_centre:
+                continue  # the operators' log needs no word: the incident's state says it
+            channel, address, details = "monitoring_centre", None, {"type": "stand_down", "reason": body}
+        else:
+            reached = [a for a in tried[step.id] if a.outcome == REACHED]
+            channel, address = (reached[-1].channel, reached[-1].address) if reached else (step.channel, step.address)
+            details = None
         notifications.send(
             session=session,
             customer_id=alert.customer_id,
-            channel=step.channel,
-            address=step.address,
+            channel=channel,
+            address=address,
             subject=subject,
             body=body,
             consent_version=step.consent_version,
@@ -712,6 +725,7 @@ def _tell_those_asked(*, session: Session, alert: Alert, subject: str, body: str
             alert_id=alert.id,
             urgent=True,
             kind=NoticeKind.SAFETY,
+            details=details,
         )
 
 
