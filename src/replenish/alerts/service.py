@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import literal
 from sqlalchemy import select as select_columns  # Core's: sqlmodel's select is typed for at most four columns
@@ -40,6 +41,7 @@ from replenish.devices.models import Device
 from replenish.errors import Conflict, NotFound
 from replenish.health.models import Alarm
 from replenish.ingest.models import DeviceMessage
+from replenish.ingest.schemas import Location
 from replenish.notifications import service as notifications
 from replenish.notifications.models import Notification
 from replenish.observability import correlation
@@ -57,8 +59,17 @@ _RAISING_EVENTS: dict[str, tuple[AlertKind, AlertSeverity]] = {
 SAFETY_KINDS = (AlertKind.FALL, AlertKind.HELP_REQUESTED)
 
 
-def on_device_event(*, session: Session, device: Device, message: DeviceMessage, now: datetime) -> Alert | None:
-    """Apply one stored event to the alert state, in the ingesting transaction (no scheduler tick)."""
+def on_device_event(
+    *,
+    session: Session,
+    device: Device,
+    message: DeviceMessage,
+    now: datetime,
+    location: Location | None = None,
+    confidence: float | None = None,
+) -> Alert | None:
+    """Apply one stored event to the alert state, in the ingesting transaction (no scheduler tick). ``location`` and
+    ``confidence``: what the contract's parser read from it (a location it dropped is None)."""
     event_type = message.event_type
     if event_type == EventType.FALL_CANCELLED:
         return _cancel_fall(session=session, device=device, now=now)
@@ -72,7 +83,6 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         # incident: it must reach someone.
         existing.event_count += 1
         existing.updated_at = now
-        location = where.location_of(message.payload)
         if location is not None:  # the wearer may have moved: the newest place counts
             existing.location = location.model_dump(exclude_none=True)
         if event_type == EventType.HELP_REQUESTED and existing.kind != AlertKind.HELP_REQUESTED:
@@ -98,9 +108,8 @@ def on_device_event(*, session: Session, device: Device, message: DeviceMessage,
         trigger_message_id=message.id,
         consent_version=version,
     )
-    location = where.location_of(message.payload)
     alert.location = location.model_dump(exclude_none=True) if location is not None else None
-    alert.confidence = where.confidence_of(message.payload)
+    alert.confidence = confidence
     policy = escalation.Policy.from_consent(document, device_id=device.id)
     skip_window = kind == AlertKind.HELP_REQUESTED or not policy.cancel_window
     alert.cancel_until = None if skip_window else now + policy.cancel_window
@@ -501,21 +510,10 @@ def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: time
     """Attempts whose outcome is known now, on steps nobody has acknowledged, of open incidents. One query: the many
     that are merely waiting (an SMS's receipt takes seconds) cost no transaction, and those that reached the person
     are recorded together (mark_reached); only a failure needs one of its own (check_attempt)."""
-    rows = session.execute(
-        select_columns(
-            col(EscalationAttempt.id),
-            col(EscalationAttempt.channel),
-            col(EscalationAttempt.sent_at),
-            col(Notification.sent_at),
-            col(Notification.receipt_at),
-            col(Notification.failed_at),
-            col(OutboxMessage.attempts),
-            col(OutboxMessage.delivered_at),
-        )
+    query = (
+        _attempt_states()
         .join(EscalationStep, col(EscalationStep.id) == col(EscalationAttempt.step_id))
         .join(Alert, col(Alert.id) == col(EscalationStep.alert_id))
-        .join(Notification, col(Notification.id) == col(EscalationAttempt.notification_id))
-        .outerjoin(OutboxMessage, col(OutboxMessage.stream) == literal("notification:") + col(Notification.id))
         .where(
             col(EscalationAttempt.outcome).is_(None),
             col(EscalationStep.acknowledged_at).is_(None),
@@ -523,21 +521,12 @@ def attempts_to_settle(*, session: Session, now: datetime, receipt_timeout: time
         )
         .order_by(col(EscalationAttempt.sent_at))
         .limit(limit)
-    ).all()
+    )
     settled = Settled(reached=[], failed=[])
-    for attempt_id, channel, asked_at, sent_at, receipt_at, failed_at, tries, delivered_at in rows:
-        reached = _outcome(
-            channel=channel,
-            asked_at=asked_at,
-            sent_at=sent_at,
-            receipt_at=receipt_at,
-            failed_at=failed_at,
-            send_failed=tries is not None and tries >= 1 and delivered_at is None,
-            now=now,
-            receipt_timeout=receipt_timeout,
-        )
-        if reached is not None:
-            (settled.reached if reached else settled.failed).append(attempt_id)
+    for attempt_id, *state in session.execute(query):
+        outcome = _outcome(*state, now=now, receipt_timeout=receipt_timeout)
+        if outcome is not None:
+            (settled.reached if outcome == REACHED else settled.failed).append(attempt_id)
     return settled
 
 
@@ -551,45 +540,50 @@ def mark_reached(*, session: Session, attempt_ids: Collection[str], now: datetim
     )
 
 
+def _attempt_states() -> Any:
+    """Each attempt's id and what its outcome is judged on (_outcome's arguments, in order): the attempt, its
+    notification, and the outbox message that carries it."""
+    return (
+        select_columns(
+            col(EscalationAttempt.id),
+            col(EscalationAttempt.channel),
+            col(EscalationAttempt.sent_at),
+            col(Notification.sent_at),
+            col(Notification.receipt_at),
+            col(Notification.failure),
+            col(Notification.failed_at),
+            col(OutboxMessage.attempts),
+            col(OutboxMessage.delivered_at),
+            col(OutboxMessage.last_error),
+        )
+        .join(Notification, col(Notification.id) == col(EscalationAttempt.notification_id))
+        .outerjoin(OutboxMessage, col(OutboxMessage.stream) == literal("notification:") + col(Notification.id))
+    )
+
+
 def _outcome(
-    *,
     channel: str,
     asked_at: datetime,
     sent_at: datetime | None,
     receipt_at: datetime | None,
+    failure: str | None,
     failed_at: datetime | None,
-    send_failed: bool,
+    tries: int | None,
+    delivered_at: datetime | None,
+    last_error: str | None,
+    *,
     now: datetime,
     receipt_timeout: timedelta,
-) -> bool | None:
-    """Whether an attempt reached the person (True), failed (False) or is not known yet (None): the rule
-    _attempt_failure words, in the same order."""
-    if failed_at is not None:
-        return False
-    if receipt_at is not None or (channel not in RECEIPT_CHANNELS and sent_at is not None):
-        return True
-    if send_failed or (channel in RECEIPT_CHANNELS and now >= asked_at + receipt_timeout):
-        return False
-    return None
-
-
-def _attempt_failure(
-    *, session: Session, attempt: EscalationAttempt, now: datetime, receipt_timeout: timedelta
 ) -> str | None:
-    """Why the attempt failed, "" when it reached the person, None while that is not known yet."""
-    notification = session.get(Notification, attempt.notification_id)
-    if notification is None:
-        return "its notification is gone"
-    if notification.failed_at is not None:
-        return notification.failure or "it failed"
-    if notification.receipt_at is not None or (attempt.channel not in RECEIPT_CHANNELS and notification.sent_at):
-        return ""
-    message = session.exec(
-        select(OutboxMessage).where(OutboxMessage.stream == f"notification:{notification.id}")
-    ).first()
-    if message is not None and message.delivered_at is None and message.attempts >= 1:
-        return f"it could not be sent: {_said(message.last_error)}"
-    if attempt.channel in RECEIPT_CHANNELS and now >= attempt.sent_at + receipt_timeout:
+    """REACHED, why the attempt failed, or None while that is not known yet. Pure: the one rule for both the
+    escalator's sweep and the check of one attempt under its incident's lock."""
+    if failed_at is not None:
+        return failure or "it failed"
+    if receipt_at is not None or (channel not in RECEIPT_CHANNELS and sent_at is not None):
+        return REACHED
+    if tries is not None and tries >= 1 and delivered_at is None:
+        return f"it could not be sent: {_said(last_error)}"
+    if channel in RECEIPT_CHANNELS and now >= asked_at + receipt_timeout:
         return f"{NO_RECEIPT} within {receipt_timeout.total_seconds():g} s"
     return None
 
@@ -618,13 +612,14 @@ def check_attempt(*, session: Session, attempt_id: str, now: datetime, receipt_t
     attempt = session.get(EscalationAttempt, attempt_id, populate_existing=True)
     if attempt is None or attempt.outcome is not None:
         return None
-    failure = _attempt_failure(session=session, attempt=attempt, now=now, receipt_timeout=receipt_timeout)
+    _, *state = session.execute(_attempt_states().where(col(EscalationAttempt.id) == attempt.id)).one()
+    failure = _outcome(*state, now=now, receipt_timeout=receipt_timeout)
     if failure is None:
         return None
-    attempt.outcome = failure or REACHED
+    attempt.outcome = failure
     attempt.outcome_at = now
     session.add(attempt)
-    if not failure:
+    if failure == REACHED:
         return attempt.outcome
     # The incident changes (its version with it): an acknowledgement that read it before cannot also commit.
     alert.updated_at = now

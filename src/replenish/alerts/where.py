@@ -5,18 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from replenish.constants import MAP_LINK
-from replenish.ingest.schemas import Location, read_location
-
-
-def location_of(payload: dict[str, Any]) -> Location | None:
-    """The event's location, when it carried a valid one (an invalid one was noted as a dead letter at ingest)."""
-    location, _ = read_location(payload.get("location"))
-    return location
-
-
-def confidence_of(payload: dict[str, Any]) -> float | None:
-    value = payload.get("confidence")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def map_url(location: dict[str, Any] | None) -> str | None:

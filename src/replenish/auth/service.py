@@ -122,9 +122,6 @@ class Principal:
         else:
             self.require(Capability.ORDER, subject_type="order", subject_id=order_id)
 
-    def sees_device(self, device_id: str) -> bool:
-        return self.visible_devices is None or device_id in self.visible_devices
-
     @property
     def visible_customer(self) -> str | None:
         """The one customer whose objects this caller may read or act on; None for an operator, who may any."""

@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlmodel import Session, col, delete, select, update
 
@@ -95,7 +94,13 @@ def invite(
         )
     session.exec(
         update(Invitation)
-        .where(*_waiting(customer_id, now), col(Invitation.email) == email)
+        .where(
+            col(Invitation.customer_id) == customer_id,
+            col(Invitation.email) == email,
+            col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None),
+            col(Invitation.expires_at) > now,
+        )
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -141,15 +146,6 @@ def invite(
         detail={"role": role, "device_ids": device_ids},
     )
     return invitation
-
-
-def _waiting(customer_id: str, now: datetime) -> tuple[Any, ...]:
-    return (
-        col(Invitation.customer_id) == customer_id,
-        col(Invitation.accepted_at).is_(None),
-        col(Invitation.revoked_at).is_(None),
-        col(Invitation.expires_at) > now,
-    )
 
 
 def list_invitations(*, session: Session, customer_id: str | None) -> list[Invitation]:

@@ -142,6 +142,9 @@ class ParsedEvent:
     device_id: str
     body: EventPayload
     raw: dict[str, Any]
+    # Where the wearer is (docs/mqtt.md "Location"), or why the location it carried was dropped: the event stands.
+    location: Location | None = None
+    location_dropped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,8 @@ def parse_message(message: IncomingMessage) -> Parsed:
     try:
         if channel == Channel.TELEMETRY:
             return ParsedTelemetry(device_id, TelemetryPayload.model_validate(document), document)
-        return ParsedEvent(device_id, EventPayload.model_validate(document), document)
+        location, dropped = read_location(document.get("location"))
+        return ParsedEvent(device_id, EventPayload.model_validate(document), document, location, dropped)
     except ValidationError as exc:
         return Rejected(
             f"invalid {channel} payload: {_describe(exc)}",

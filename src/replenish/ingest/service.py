@@ -34,7 +34,6 @@ from replenish.ingest.schemas import (
     ParsedTelemetry,
     Rejected,
     parse_message,
-    read_location,
 )
 from replenish.observability import correlation
 
@@ -288,13 +287,12 @@ def ingest_batch(
     session.add_all([row for _, row, _ in events])
     session.flush()
     for message, row, event in events:
-        _, dropped = read_location(event.raw.get("location"))
-        if dropped is not None:
+        if event.location_dropped is not None:
             # Safety first: the event is stored and acts; only its location is set aside, noted as a dead letter is.
             dead_letter(
                 session=session,
                 message=message,
-                reason=f"{dropped}: the location was dropped, the event was kept",
+                reason=f"{event.location_dropped}: the location was dropped, the event was kept",
                 category=DeadLetterReason.LOCATION_DROPPED,
                 device_id=row.device_id,
                 allowance=allowance,
@@ -306,7 +304,14 @@ def ingest_batch(
         with correlation.bound(correlation.for_device_message(row.device_id, row.seq)):
             log.debug("stored event message %s (seq %d)", row.id, row.seq)
             device = session.get_one(Device, row.device_id)
-            alerts.on_device_event(session=session, device=device, message=row, now=row.received_at)
+            alerts.on_device_event(
+                session=session,
+                device=device,
+                message=row,
+                now=row.received_at,
+                location=event.location,
+                confidence=event.body.confidence,
+            )
             if event.body.type == EventType.REORDER_REQUESTED:
                 assert event.body.slot is not None  # _check refused it otherwise
                 automation.order_now(

@@ -380,11 +380,6 @@ class Channels:
             ),
         }
 
-    @property
-    def http_client(self) -> httpx.Client:
-        """The client the HTTP channels share (a telephony provider's API too)."""
-        return self._client
-
     def send(self, delivery: Delivery) -> str | None:
         channel = self._channels.get(delivery.channel)
         if channel is None:
