@@ -290,6 +290,7 @@ OPERATOR_ONLY = {
     ("POST", "/api/v1/orders/{order_id}/fulfilment"),
     ("PUT", "/api/v1/catalogue/products/{sku}"),
     ("POST", "/api/v1/catalogue/imports"),
+    ("GET", "/api/v1/reliability"),
 }
 # The catalogue is the same for everyone: any signed-in caller reads a product and its versions.
 SHARED_ROUTES = {("GET", "/api/v1/catalogue/products/{sku}"), ("GET", "/api/v1/catalogue/products/{sku}/versions")}
@@ -394,6 +395,7 @@ OBJECT_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/devices/{device_id}/credentials", None),
     ("GET", "/devices/{device_id}/slots/{slot_name}/readings", None),
     ("GET", "/devices/{device_id}/slots/{slot_name}/products", None),
+    ("GET", "/devices/{device_id}/slots/{slot_name}/outcomes", None),
     ("GET", "/devices/{device_id}/events", None),
     ("GET", "/orders/{order_id}", None),
     ("POST", "/orders/{order_id}/approve", None),

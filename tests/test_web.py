@@ -133,10 +133,64 @@ def test_declining_from_the_order_page(
     order, _ = place_an_order(platform, api, clock, mode="ask_first")
     sign_in(page, platform)
     page.goto(f"{platform.api_url}/app/orders/{order['id']}")
-    page.get_by_role("button", name="Decline").click()
+    page.get_by_role("button", name="Decline: too early").click()  # or plain "Decline", without a reason
     expect(page.locator(".status")).to_contain_text("declined")
     expect(page.get_by_role("button", name="Decline")).to_have_count(0)
-    assert api.get(f"/orders/{order['id']}").json()["status"] == "declined"
+    declined = api.get(f"/orders/{order['id']}").json()
+    assert declined["status"] == "declined" and declined["feedback"] == "too_early"
+
+
+def test_how_the_last_cycles_went_on_the_supplies_page_and_the_fleet_s_reliability(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    """Issue 22: a cycle ends (the ink runs out, then a new cartridge); the customer sees it against its forecast, the
+    operator the fleet's forecasts against what happened."""
+    _, sent = place_an_order(platform, api, clock)
+    publisher = Publisher(platform.settings.mqtt_endpoint)
+    try:
+        low_at = START + timedelta(days=8)
+        sent += publish_depletion(
+            publisher,
+            device_id="printer-1",
+            slot="black",
+            start=low_at + timedelta(hours=6),
+            start_level=0.0875,
+            rate_per_day=0.05,
+            days=2.5,
+            first_seq=sent + 1,
+        )
+        refill = low_at + timedelta(days=3)
+        for step, level in enumerate((1.0, 0.99)):
+            sent += 1
+            moment = refill + step * timedelta(hours=6)
+            publisher.send(
+                "devices/printer-1/telemetry", {"seq": sent, "ts": moment.isoformat(), "levels": {"black": level}}
+            )
+    finally:
+        publisher.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=20)
+    clock.set(refill + timedelta(hours=6))
+    assert platform.jobs is not None
+    platform.jobs.evaluate()
+    [outcome] = api.get("/devices/printer-1/slots/black/outcomes").json()
+    assert outcome["ran_out_at"] is not None and outcome["order_status"] == "placed"
+
+    sign_in(page, platform)
+    slot = page.get_by_role("article", name="printer printer-1 black")
+    cycles = slot.locator("details.outcomes")
+    expect(cycles.locator("summary")).to_have_text("How the last 1 cycle went: ran out in 1")
+    cycles.locator("summary").click()
+    expect(cycles).to_contain_text("Ordered")
+    expect(cycles).to_contain_text("ran out")
+    expect(cycles).to_contain_text("until the refill")
+    page.get_by_role("button", name="Sign out").click()
+
+    sign_in(page, platform, email=OPERATOR_EMAIL)
+    page.get_by_role("link", name="Fleet").click()
+    reliability = page.get_by_role("region", name="Forecast reliability")
+    row = reliability.get_by_role("row", name="printer")
+    expect(row).to_contain_text("3.0%")  # stated: a 97% service level
+    expect(row).to_contain_text("too few cycles to tell")
 
 
 def test_another_customer_s_order_answers_404(

@@ -139,6 +139,13 @@ class NoticeKind(StrEnum):
     DIGEST = "digest"  # the day's low-priority notices together
 
 
+class OrderFeedback(StrEnum):
+    """Why the customer declined or cancelled an order: what the cycle's outcome records (outcomes)."""
+
+    TOO_EARLY = "too_early"  # they will need it, later than it came
+    NOT_NEEDED = "not_needed"  # they do not use it up, or get it elsewhere
+
+
 class OrderStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     PLACED = "placed"

@@ -15,6 +15,7 @@ from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessag
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
+from replenish.outcomes.models import CycleOutcome
 
 __all__ = [
     "AccessToken",
@@ -24,6 +25,7 @@ __all__ = [
     "AuditEvent",
     "ConsentVersion",
     "Customer",
+    "CycleOutcome",
     "DeadLetter",
     "DeadLetterOverflow",
     "Decision",

@@ -41,6 +41,7 @@ from replenish.notifications.router import providers_router, push_router
 from replenish.notifications.router import router as notifications_router
 from replenish.orders.router import fulfilment_router, shipments_router, slot_orders_router
 from replenish.orders.router import router as orders_router
+from replenish.outcomes.router import router as outcomes_router
 from replenish.privacy.router import router as privacy_router
 from replenish.web import router as web
 
@@ -160,6 +161,7 @@ def application() -> FastAPI:
         privacy_router,
         catalogue_router,
         household_router,
+        outcomes_router,
     ):
         app.include_router(router, prefix=API_PREFIX, responses=responses)
     unauthenticated: dict[int | str, dict[str, Any]] = {status: responses[status] for status in (400, 404, 409, 422)}

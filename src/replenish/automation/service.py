@@ -68,6 +68,7 @@ from replenish.notifications import service as notifications
 from replenish.observability import correlation
 from replenish.orders import service as orders
 from replenish.orders.models import Order, Shipment
+from replenish.outcomes import service as outcomes
 
 log = logging.getLogger(__name__)
 
@@ -1473,6 +1474,7 @@ def _evaluate_in_one_transaction(
     outcome = _Transaction()
     next_at: dict[str, datetime] = {}
     screens: dict[str, Screen] = {}
+    ended: list[outcomes.EndedCycle] = []  # decided cycles that a refill ended: their outcomes are recorded
     with transaction(engine, immediate=True) as session:
         rows = session.exec(
             select(Slot, Device)
@@ -1503,15 +1505,27 @@ def _evaluate_in_one_transaction(
                 if out_of_time(device.customer_id, last_customer):
                     break
                 last_customer = device.customer_id
+                readings = context.readings_of(slot=slot, now=now)
                 evaluated = forecast_slot(
                     slot=slot,
                     device=device,
                     now=now,
                     margin_days=margin_days,
                     prior=priors.prior_for(device=device, slot=slot),
-                    readings=context.readings_of(slot=slot, now=now),
+                    readings=readings,
                     context=context,
                 )
+                if _ended_a_decided_cycle(slot=slot, evaluated=evaluated, context=context):
+                    assert slot.cycle_started_at is not None and evaluated.cycle_started_at is not None
+                    ended.append(
+                        outcomes.EndedCycle(
+                            slot=slot,
+                            device=device,
+                            started_at=slot.cycle_started_at,
+                            ended_at=evaluated.cycle_started_at,
+                            readings=readings,
+                        )
+                    )
                 next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
                 context.forecasts[slot.id] = evaluated.forecast
                 context.cycle_starts[slot.id] = evaluated.cycle_started_at
@@ -1532,6 +1546,7 @@ def _evaluate_in_one_transaction(
                     trigger=triggers.get(slot.id),
                 )
                 outcome.decisions.extend(decision.id for decision in decisions)
+        outcomes.record_ended_cycles(session=session, ended=ended, now=now)
         store_forecasts(session=session, forecasts=context.forecasts, now=now)
         store_windows(
             session=session,
@@ -1548,6 +1563,15 @@ def _evaluate_in_one_transaction(
         )
     outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
     return outcome
+
+
+def _ended_a_decided_cycle(*, slot: Slot, evaluated: Evaluated, context: EvaluationContext) -> bool:
+    """Whether the evaluation saw a refill end the slot's cycle, and that cycle had a decision."""
+    started, ended = slot.cycle_started_at, evaluated.cycle_started_at
+    if started is None or ended is None or ended <= started:
+        return False
+    decided = context.decided.get(slot.id)
+    return decided is not None and decided >= started
 
 
 def _evaluate_claims(

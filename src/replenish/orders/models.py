@@ -62,6 +62,8 @@ class Order(SQLModel, table=True):
     arriving_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     nudged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Why the customer declined or cancelled it, when they said (constants.OrderFeedback).
+    feedback: str | None = None
     decision: Decision | None = written_after("Decision")
     shipment: Shipment | None = written_after("Shipment")
 

@@ -89,7 +89,12 @@ def get_order(order_id: str, session: ReadSession, principal: CurrentPrincipal) 
 
 
 def _transition(
-    engine: EngineDep, clock: ClockDep, principal: Principal, order_id: str, to: OrderStatus, reason: str | None
+    engine: EngineDep,
+    clock: ClockDep,
+    principal: Principal,
+    order_id: str,
+    to: OrderStatus,
+    body: ActionRequest | None,
 ) -> OrderDetail:
     with transaction(engine) as session:
         found = service.get(
@@ -101,7 +106,13 @@ def _transition(
         found = service.lock_for_change(session=session, order_id=found.id, to=to) or found
         principal.check_order_change(order_id=found.id, status=found.status, price=found.total_price, to=to)
         order = service.transition(
-            session=session, order_id=order_id, to=to, actor=principal.actor, now=clock.now(), reason=reason
+            session=session,
+            order_id=order_id,
+            to=to,
+            actor=principal.actor,
+            now=clock.now(),
+            reason=body.reason if body else None,
+            feedback=body.feedback if body else None,
         )
         return _detail(session, order)
 
@@ -117,21 +128,21 @@ def approve(
     """The order is placed and handed to fulfilment (a held one: fulfilment is told it may go on). Approving twice
     is harmless; a declined order answers 409. A household member approves only an order whose price is within
     their limit (403 naming the role otherwise); a carer does not approve."""
-    return _transition(engine, clock, principal, order_id, OrderStatus.PLACED, body.reason if body else None)
+    return _transition(engine, clock, principal, order_id, OrderStatus.PLACED, body)
 
 
 @router.post("/{order_id}/decline", response_model=OrderDetail, summary="Decline an order awaiting approval")
 def decline(
     order_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep, body: ActionRequest | None = None
 ) -> OrderDetail:
-    return _transition(engine, clock, principal, order_id, OrderStatus.DECLINED, body.reason if body else None)
+    return _transition(engine, clock, principal, order_id, OrderStatus.DECLINED, body)
 
 
 @router.post("/{order_id}/cancel", response_model=OrderDetail, summary="Cancel an order not yet shipped")
 def cancel(
     order_id: str, principal: CurrentPrincipal, engine: EngineDep, clock: ClockDep, body: ActionRequest | None = None
 ) -> OrderDetail:
-    return _transition(engine, clock, principal, order_id, OrderStatus.CANCELLED, body.reason if body else None)
+    return _transition(engine, clock, principal, order_id, OrderStatus.CANCELLED, body)
 
 
 @router.post(

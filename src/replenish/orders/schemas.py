@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from replenish.constants import OrderStatus
+from replenish.constants import OrderFeedback, OrderStatus
 
 
 class OrderRead(BaseModel):
@@ -31,6 +31,9 @@ class OrderRead(BaseModel):
     unit_price: Decimal | None
     total_price: Decimal | None
     status: OrderStatus
+    feedback: OrderFeedback | None = Field(
+        None, description="Why the customer declined or cancelled it, when they said: too_early or not_needed."
+    )
     consent_version: int
     created_at: datetime
     updated_at: datetime
@@ -146,6 +149,11 @@ class ActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(None, max_length=500, description="Why, kept in the order's history.")
+    feedback: OrderFeedback | None = Field(
+        None,
+        description="Declining or cancelling: why, in a word the forecasts learn from: too_early (needed, but "
+        "later) or not_needed. Kept with the order and in the cycle's outcome. Refused (422) on an approval.",
+    )
 
 
 class OrderNowRequest(BaseModel):

@@ -20,6 +20,7 @@ from replenish.constants import (
     OPEN_ORDER_STATUSES,
     WITHDRAWN_ORDER_STATUSES,
     AuditAction,
+    OrderFeedback,
     OrderStatus,
     OutboxKind,
 )
@@ -27,7 +28,7 @@ from replenish.customers.locks import lock_customer
 from replenish.db import get_or_raise
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot
-from replenish.errors import Conflict, NotFound
+from replenish.errors import Conflict, InvalidRequest, NotFound
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.orders.models import Order, OrderEvent, Shipment
 from replenish.orders.schemas import OrderRead, ShipmentLine, ShipmentRead
@@ -377,8 +378,19 @@ def lock_for_change(*, session: Session, order_id: str, to: OrderStatus) -> Orde
 
 
 def transition(
-    *, session: Session, order_id: str, to: OrderStatus, actor: str, now: datetime, reason: str | None = None
+    *,
+    session: Session,
+    order_id: str,
+    to: OrderStatus,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+    feedback: OrderFeedback | None = None,
 ) -> Order:
+    """Move the order to ``to`` (409 when its status does not allow it); repeating its status changes nothing. A
+    decline or cancel keeps the customer's ``feedback``."""
+    if feedback is not None and to not in (OrderStatus.DECLINED, OrderStatus.CANCELLED):
+        raise InvalidRequest("feedback is for declining or cancelling an order", field="feedback")
     order = lock_for_change(session=session, order_id=order_id, to=to)
     if order is None:
         raise NotFound("order", order_id)
@@ -391,6 +403,8 @@ def transition(
         raise Conflict(f"order {order_id!r} is {current}; it cannot become {to}")
     order.status = to
     order.updated_at = now
+    if feedback is not None:
+        order.feedback = feedback
     session.add(order)
     # An order no longer open, or open again, changes what the slot may decide (see automation.engine).
     devices.mark_slots_due(session=session, at=now, slot_ids=[order.slot_id])

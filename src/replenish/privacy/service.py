@@ -45,6 +45,7 @@ from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
 from replenish.orders.models import Order, OrderEvent, Shipment
 from replenish.outbox.models import OutboxMessage
+from replenish.outcomes.models import CycleOutcome
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("readings", select(Reading).where(col(Reading.slot_id).in_(slot_ids))),
         ("dead_letters", select(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
         ("decisions", select(Decision).where(Decision.customer_id == customer_id)),
+        ("cycle_outcomes", select(CycleOutcome).where(CycleOutcome.customer_id == customer_id)),
         ("shipments", select(Shipment).where(Shipment.customer_id == customer_id)),
         ("orders", select(Order).where(Order.customer_id == customer_id)),
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
@@ -234,6 +236,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
                 col(OutboxMessage.delivered_at).is_not(None),
             ),
         ),
+        ("cycle_outcomes", delete(CycleOutcome).where(col(CycleOutcome.customer_id) == customer_id)),
         ("alerts", delete(Alert).where(col(Alert.customer_id) == customer_id)),
         ("alarms", delete(Alarm).where(col(Alarm.customer_id) == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),

@@ -34,7 +34,7 @@ def status(value: Any) -> str:
 def days(value: Any) -> str:
     if _missing(value):
         return "-"
-    count = float(value)
+    count = round(float(value), 1)  # a tenth of a day (under three hours) is as close as anyone plans
     return f"{count:g} day" + ("" if count == 1 else "s")
 
 

@@ -1,5 +1,5 @@
-"""The operators' fleet page: devices offline or low on battery, dead letters with their reasons, and the ingest
-rate. A customer gets the 404 page."""
+"""The operators' fleet page: devices offline or low on battery, dead letters with their reasons, the ingest rate,
+and how reliable the forecasts have been. A customer gets the 404 page."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ from replenish.api.state import api_state
 from replenish.constants import AlarmStatus
 from replenish.health import service as health
 from replenish.ingest import service as ingest
+from replenish.outcomes import service as outcomes
 from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, render_page
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 FLEET_RATE_WINDOWS = (timedelta(minutes=5), timedelta(hours=1))
 FLEET_COUNT_MOST = 100_000
+RELIABILITY_WINDOW = timedelta(days=90)
 
 
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Operators: devices offline or low on battery (their open health alarms), dead letters with their reasons,
-    and the ingest rate."""
+    the ingest rate, and per device kind the stated probability of running out before the early date against how
+    often the ended cycles did (outcomes.reliability)."""
     if not principal.is_operator:
         raise PageNotFound
     now = now_of(request)
@@ -36,6 +39,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         dead = ingest.list_dead_letters(session=session, limit=50)
         reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
         overflow = ingest.dead_letter_overflow(session=session, since=now - timedelta(days=1))
+        reliability = outcomes.reliability(session=session, since=now - RELIABILITY_WINDOW)
         rates = [
             (window, ingest.messages_received(session=session, since=now - window, most=FLEET_COUNT_MOST))
             for window in FLEET_RATE_WINDOWS
@@ -49,5 +53,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         "overflow": overflow,
         "rates": rates,
         "count_most": FLEET_COUNT_MOST,
+        "reliability": reliability,
+        "reliability_days": RELIABILITY_WINDOW.days,
     }
     return render_page(request, "fleet.html", context)

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
-from replenish.constants import Capability, OrderStatus
+from replenish.constants import Capability, OrderFeedback, OrderStatus
 from replenish.db import transaction
 from replenish.devices.models import Slot
 from replenish.errors import Conflict, DomainError
@@ -23,6 +23,9 @@ from replenish.web.session import CSRF_FIELD, check_csrf
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 # The order's actions offered on its page, and the status each leads to.
 ACTIONS = {"approve": OrderStatus.PLACED, "decline": OrderStatus.DECLINED, "cancel": OrderStatus.CANCELLED}
+FEEDBACK_ERROR = (
+    "Nothing was changed: a reason is given only when declining or cancelling, and is too early or not needed."
+)
 ACTION_PAST = {"approve": "approved", "decline": "declined", "cancel": "cancelled", "acknowledge": "acknowledged"}
 
 
@@ -85,7 +88,9 @@ def order_page(request: Request, order_id: str, principal: WebPrincipal, error: 
         "slot": slot,
         "shipment_lines": len(lines),
         "now": now_of(request),
-        "error": f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
+        "error": FEEDBACK_ERROR
+        if error == "feedback"
+        else f"It could not be {ACTION_PAST[error]}: it is {order.status.replace('_', ' ')} now."
         if error in ACTION_PAST
         else None,
     }
@@ -100,11 +105,15 @@ def order_action(
     principal: WebPrincipal,
     csrf: Annotated[str | None, Form(alias=CSRF_FIELD)] = None,
     back: Annotated[str | None, Form()] = None,
+    feedback: Annotated[str | None, Form()] = None,
 ) -> Response:
-    """Approve, decline or cancel: the same transition the API's routes make, by the signed-in customer."""
+    """Approve, decline or cancel: the same transition the API's routes make, by the signed-in customer. A decline
+    or cancel may say why (``feedback``: too_early, not_needed)."""
     check_csrf(request, csrf)
     if action not in ACTIONS:
         raise PageNotFound
+    if feedback and (feedback not in set(OrderFeedback) or ACTIONS[action] == OrderStatus.PLACED):
+        return redirect_to(f"{PREFIX}/orders/{order_id}?error=feedback")
     with transaction(api_state(request).engine) as session:
         found = _own_order(session, principal, order_id)
         found = orders.lock_for_change(session=session, order_id=found.id, to=ACTIONS[action]) or found
@@ -113,7 +122,12 @@ def order_action(
         )
         try:
             orders.transition(
-                session=session, order_id=order_id, to=ACTIONS[action], actor=principal.actor, now=now_of(request)
+                session=session,
+                order_id=order_id,
+                to=ACTIONS[action],
+                actor=principal.actor,
+                now=now_of(request),
+                feedback=OrderFeedback(feedback) if feedback else None,
             )
         except DomainError:
             session.rollback()

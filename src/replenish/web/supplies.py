@@ -20,11 +20,14 @@ from replenish.devices.schemas import SlotUpdate
 from replenish.errors import InvalidRequest
 from replenish.orders import service as orders
 from replenish.orders.models import Order
+from replenish.outcomes import service as outcomes
 from replenish.web.charts import HISTORY, ChartOrder, slot_chart
 from replenish.web.pages import PREFIX, WebPrincipal, not_found_page, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+# How many of a slot's ended cycles the page shows against their forecasts.
+OUTCOMES_SHOWN = 5
 
 
 @router.get("", response_class=HTMLResponse)
@@ -43,9 +46,9 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
         for order in placed:
             by_slot.setdefault(order.slot_id, []).append(order)
         catalogue_products = catalogue.current(session=session)
-        history = devices.level_history(
-            session=session, slot_ids=[slot.id for device in described for slot in device.slots], since=now - HISTORY
-        )
+        slot_ids = [slot.id for device in described for slot in device.slots]
+        history = devices.level_history(session=session, slot_ids=slot_ids, since=now - HISTORY)
+        ended = outcomes.list_for_slots(session=session, slot_ids=slot_ids, per_slot=OUTCOMES_SHOWN)
         cards = []
         for device in described:
             slots = []
@@ -56,6 +59,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                         "slot": slot,
                         "forecast": slot.forecast or {},
                         "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
+                        "outcomes": ended.get(slot.id, []),
                         "products": devices.slot_products(
                             session=session, device=device, slot=slot, products=catalogue_products
                         ),

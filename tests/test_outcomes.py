@@ -1,0 +1,235 @@
+"""Cycle outcomes (issue 22, part 1): what happened to each decided cycle against its forecast, recorded by the live
+evaluator when a refill ends the cycle, with the order and the customer's feedback; and the fleet's reliability."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from replenish.automation.service import evaluate_all
+from replenish.consent.schemas import ConsentDocument
+from replenish.constants import ConsentMode, OrderFeedback, OrderStatus
+from replenish.customers import service as customers
+from replenish.db import transaction
+from replenish.devices import service as devices
+from replenish.devices.schemas import DeviceCreate, SlotCreate
+from replenish.errors import InvalidRequest
+from replenish.forecasting import ReadingSeries
+from replenish.forecasting.outcomes import Prediction, cycle_outcome
+from replenish.ingest.schemas import IncomingMessage
+from replenish.ingest.service import ingest_batch
+from replenish.orders import service as orders
+from replenish.orders.models import Order
+from replenish.outcomes import service as outcomes
+from replenish.outcomes.models import CycleOutcome
+from replenish.privacy import service as privacy
+
+pytestmark = pytest.mark.both_stacks
+
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+DAY = timedelta(days=1)
+STEP = timedelta(hours=6)
+
+
+class Printer:
+    """One ink slot of one customer; readings go in through the real ingest service, the real evaluator decides."""
+
+    def __init__(self, engine: Engine, *, mode: ConsentMode, device_id: str = "printer-1", kind: str = "printer"):
+        self.engine, self.device_id, self.seq = engine, device_id, 0
+        with transaction(engine) as session:
+            customer = customers.create(
+                session=session,
+                name="Ada",
+                email=f"{device_id}@example.com",
+                consent_document=ConsentDocument(default_mode=mode),
+                actor="test",
+                now=T0,
+            )
+            devices.register(
+                session=session,
+                actor="test",
+                request=DeviceCreate(
+                    id=device_id,
+                    customer_id=customer.id,
+                    kind=kind,
+                    name="P",
+                    slots=[SlotCreate(name="black", product_sku="INK", lead_time_days=3)],
+                ),
+                now=T0,
+            )
+
+    def run(self, start: datetime, levels: list[float]) -> datetime:
+        """Reports ``levels`` every 6 hours from ``start``, evaluating after each; returns the next moment."""
+        moment = start
+        for level in levels:
+            self.seq += 1
+            payload = {"seq": self.seq, "ts": moment.isoformat(), "levels": {"black": round(level, 5)}}
+            with transaction(self.engine) as session:
+                stored = ingest_batch(
+                    session=session,
+                    messages=[
+                        IncomingMessage(
+                            f"devices/{self.device_id}/telemetry", json.dumps(payload).encode(), received_at=moment
+                        )
+                    ],
+                )
+            assert stored.stored == 1
+            assert evaluate_all(engine=self.engine, now=moment, margin_days=1.0).errors == 0
+            moment += STEP
+        return moment
+
+    def orders(self) -> list[Order]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Order).where(Order.device_id == self.device_id)))
+
+    def outcomes(self) -> list[CycleOutcome]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(CycleOutcome).where(CycleOutcome.device_id == self.device_id)))
+
+
+def depleting(start: float, rate_per_day: float, days: float) -> list[float]:
+    return [max(0.0, start - rate_per_day * step / 4) for step in range(int(days * 4))]
+
+
+def test_a_cycle_that_ran_out_records_when_and_for_how_long(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    # 0.1 a day from 0.8: empty on day 8. Read every 6 hours until day 11, then refilled.
+    moment = printer.run(T0, depleting(0.8, 0.1, 11))
+    [order] = printer.orders()
+    assert printer.outcomes() == [], "nothing until the cycle ends"
+    printer.run(moment, [1.0, 0.98, 0.96])
+
+    [outcome] = printer.outcomes()
+    assert outcome.order_id == order.id and outcome.order_status == OrderStatus.PLACED
+    assert outcome.decided_at == order.created_at and outcome.action == "place_order"
+    assert outcome.device_kind == "printer" and outcome.slot_name == "black"
+    assert outcome.cycle_started_at <= T0 and outcome.ended_at == moment
+    # Empty at day 8 exactly (a reading of 0.0 then); the one before read 0.025, which the rate takes to 0 by then.
+    assert outcome.ran_out_at is not None
+    assert abs((outcome.ran_out_at - (T0 + 8 * DAY)).total_seconds()) < 60
+    assert outcome.empty_estimated_at == outcome.ran_out_at
+    assert outcome.empty_days == pytest.approx((moment - outcome.ran_out_at) / DAY, abs=1e-3)
+    assert outcome.left_days == 0
+    # A straight line is forecast well: the median within hours, and the slot did not run out before the early date.
+    assert abs(outcome.error_days) < 0.25
+    assert not outcome.ran_out_before_early
+    assert outcome.predicted_early_at < outcome.predicted_empty_at
+    assert outcome.service_level == pytest.approx(0.97)
+
+    # Evaluating again records nothing more: one outcome per decision.
+    with Session(engine) as session:
+        assert len(list(session.exec(select(CycleOutcome)))) == 1
+
+
+def test_a_refill_before_running_out_records_the_supply_left(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    moment = printer.run(T0, depleting(0.8, 0.1, 6.5))  # down to 0.175 at day 6.25: ordered, not yet empty
+    assert len(printer.orders()) == 1
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.ran_out_at is None and outcome.empty_days == 0
+    # The last reading, 0.175 at day 6.25, lasts 1.75 days more at 0.1 a day.
+    assert outcome.empty_estimated_at == pytest.approx(T0 + 8 * DAY, abs=timedelta(minutes=30))
+    assert outcome.left_days == pytest.approx((T0 + 8 * DAY - moment) / DAY, abs=0.05)
+
+
+def test_a_dip_to_empty_is_not_running_out(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    levels = depleting(0.8, 0.1, 6.5)
+    levels[20] = 0.0  # day 5: one empty reading, then the level is back
+    moment = printer.run(T0, levels)
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.ran_out_at is None
+
+
+def test_a_declined_request_records_the_customers_feedback(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.ASK_FIRST)
+    moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
+    [request] = printer.orders()
+    assert request.status == OrderStatus.AWAITING_APPROVAL
+    with transaction(engine) as session, pytest.raises(InvalidRequest, match="feedback"):
+        orders.transition(
+            session=session,
+            order_id=request.id,
+            to=OrderStatus.PLACED,
+            actor="customer:ada",
+            now=moment,
+            feedback=OrderFeedback.TOO_EARLY,
+        )
+    with transaction(engine) as session:
+        orders.transition(
+            session=session,
+            order_id=request.id,
+            to=OrderStatus.DECLINED,
+            actor="customer:ada",
+            now=moment,
+            feedback=OrderFeedback.TOO_EARLY,
+        )
+    moment = printer.run(moment, depleting(0.175, 0.1, 3))
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.order_status == OrderStatus.DECLINED and outcome.feedback == OrderFeedback.TOO_EARLY
+    assert outcome.ran_out_at is not None, "it ran out all the same"
+
+
+def test_reliability_compares_the_stated_probability_with_what_happened(engine: Engine):
+    # Two printers forecast well (refilled in time); a fridge whose use grows sixfold after the order runs out early.
+    for number in (1, 2):
+        printer = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id=f"printer-{number}")
+        moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
+        printer.run(moment, [1.0, 0.98])
+    fridge = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id="fridge-1", kind="fridge")
+    moment = fridge.run(T0, depleting(0.8, 0.1, 6.5))
+    moment = fridge.run(moment, depleting(0.175, 0.6, 1.5))
+    fridge.run(moment, [1.0, 0.98])
+
+    with Session(engine) as session:
+        rows = {row.device_kind: row for row in outcomes.reliability(session=session)}
+        recent = outcomes.reliability(session=session, since=moment + DAY)
+    assert set(rows) == {"printer", "fridge"}
+    assert rows["printer"].cycles == 2 and rows["printer"].observed == 0 and rows["printer"].ran_out == 0
+    assert rows["printer"].stated == pytest.approx(0.03)
+    assert rows["fridge"].cycles == 1 and rows["fridge"].observed == 1 and rows["fridge"].ran_out == 1
+    assert rows["fridge"].median_error_days is not None and rows["fridge"].median_error_days < -0.5
+    assert rows["fridge"].verdict == "too few cycles to tell"
+    assert list(rows) == ["printer", "fridge"], "most cycles first"
+    assert recent == [], "nothing recorded since"
+
+
+def test_the_outcome_of_readings_that_are_not_empty_at_the_end_is_extrapolated():
+    """The pure function: no empty reading at the end is a refill before running out, whatever came before."""
+    days = np.arange(0.0, 5.0, 0.5)
+    levels = np.maximum(0.6 - 0.1 * days, 0.0)
+    levels[3] = 0.0  # a dip
+    series = ReadingSeries(times=T0.timestamp() + days * 86_400.0, levels=levels)
+    prediction = Prediction(
+        decided_at=T0 + 2 * DAY,
+        empty_at=T0 + 6 * DAY,
+        early_at=T0 + 5 * DAY,
+        late_at=None,
+        rate_per_day=0.1,
+        service_level=0.97,
+    )
+    outcome = cycle_outcome(series, cycle_started_at=T0, ended_at=T0 + 5 * DAY, prediction=prediction)
+    assert outcome.ran_out_at is None
+    assert outcome.empty_estimated_at == T0 + 6 * DAY  # 0.15 at day 4.5 lasts 1.5 days
+    assert not outcome.ran_out_before_early and outcome.error_days == 0 and outcome.left_days == 1
+
+
+def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
+    moment = printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    export = json.loads("".join(privacy.export(engine=engine, customer_id=outcome.customer_id, now=moment)))
+    assert [row["id"] for row in export["cycle_outcomes"]] == [outcome.id]
+    with transaction(engine) as session:
+        removed = privacy.delete_customer(session=session, customer_id=outcome.customer_id, actor="test", now=moment)
+    assert removed["cycle_outcomes"] == 1
+    assert printer.outcomes() == []
