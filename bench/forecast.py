@@ -133,6 +133,75 @@ def read_orders(path: Path) -> dict[tuple[str, str], list[float]]:
     return orders
 
 
+def read_decisions(path: Path) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """Per slot, each order's (ordered_at, empty_at_early, service level), seconds; orders without an early date
+    are left out."""
+    found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not row["empty_at_early"]:
+                continue
+            found.setdefault((row["device_id"], row["slot"]), []).append(
+                (
+                    datetime.fromisoformat(row["ordered_at"]).timestamp(),
+                    datetime.fromisoformat(row["empty_at_early"]).timestamp(),
+                    float(row["service_level"]),
+                )
+            )
+    return found
+
+
+RELIABILITY_MIN_CYCLES = 50
+RELIABILITY_TARGET = (1.5, 5.0)  # % of cycles running out before the early date, at a 97% service level
+
+
+def reliability(
+    decisions: dict[tuple[str, str], list[tuple[float, float, float]]], truth: dict[tuple[str, str], SlotTruth]
+) -> str:
+    """Per device kind: the stated probability of running out before the early date (1 - service level) against
+    the share of cycles whose first order's early date the truth beat. A cycle that was topped up counts when the
+    top-up came after that date (it had not run out by then); one still open at the end, or topped up before the
+    date, says nothing and is left out."""
+    tally: dict[str, list[float]] = {}  # kind -> [cycles, ran out before early, sum of stated]
+    for key, cycles in truth.items():
+        kind = key[0].split("-", 1)[0]
+        seen: set[int] = set()
+        for ordered_at, early, level in sorted(decisions.get(key, [])):
+            which = int(np.searchsorted(cycles.start, ordered_at, side="right")) - 1
+            if which < 0 or which in seen:
+                continue
+            seen.add(which)
+            empty = cycles.empty[which]
+            if math.isnan(empty):
+                ended = cycles.start[which + 1] if which + 1 < len(cycles.start) else math.nan
+                if math.isnan(ended) or ended < early:
+                    continue
+                before = False
+            else:
+                before = bool(empty < early)
+            row = tally.setdefault(kind, [0, 0, 0.0])
+            row[0] += 1
+            row[1] += before
+            row[2] += 1.0 - level
+    rows = []
+    low, high = RELIABILITY_TARGET
+    for kind, (count, before, stated) in sorted(tally.items(), key=lambda item: -item[1][0]):
+        observed = 100.0 * before / count
+        verdict = (
+            "too few cycles"
+            if count < RELIABILITY_MIN_CYCLES
+            else ("ok" if low <= observed <= high else f"MISSED ({low:g}-{high:g}%)")
+        )
+        rows.append([kind, str(count), f"{100 * stated / count:.1f}%", f"{observed:.1f}% ({int(before)})", verdict])
+    total = [sum(row[0] for row in tally.values()), sum(row[1] for row in tally.values())]
+    if total[0]:
+        rows.append(["all", str(int(total[0])), "", f"{100 * total[1] / total[0]:.1f}% ({int(total[1])})", ""])
+    return (
+        "reliability: the stated probability of running out before the early date against how often the first "
+        "order's cycle did\n" + table(rows, ["device kind", "cycles", "stated", "observed", "target at >= 50 cycles"])
+    )
+
+
 # --- the baselines (causal: the decision at a reading's ts uses that reading and earlier ones only) ------------
 
 
@@ -202,13 +271,21 @@ def run_baseline(
 
 
 def run_replenish(
-    command: Path, readings: Path, out: Path, lead_days: float, timeout: float, pull_forward: float | None = None
+    command: Path,
+    readings: Path,
+    out: Path,
+    lead_days: float,
+    timeout: float,
+    pull_forward: float | None = None,
+    decisions: Path | None = None,
 ) -> tuple[dict[tuple[str, str], list[float]] | None, float, str]:
     """(orders or None, wall seconds, a note saying why not, or what the command said). ``pull_forward``: the
-    --pull-forward-days to pass (None: the command's default)."""
+    --pull-forward-days to pass (None: the command's default); ``decisions``: where --decisions writes."""
     argv = [str(command), "backtest", str(readings), "--lead-time-days", f"{lead_days:g}", "--out", str(out)]
     if pull_forward is not None:
         argv += ["--pull-forward-days", f"{pull_forward:g}"]
+    if decisions is not None:
+        argv += ["--decisions", str(decisions)]
     if not command.exists():
         return None, 0.0, f"{command} does not exist"
     began = time.perf_counter()
@@ -530,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
 
         scores = []
         orders_path = work / "ORDERS.csv"
-        found, wall, note = run_replenish(args.replenish, readings_path, orders_path, lead, args.timeout)
+        decisions_path = work / "DECISIONS.csv"
+        found, wall, note = run_replenish(
+            args.replenish, readings_path, orders_path, lead, args.timeout, decisions=decisions_path
+        )
         method = "replenish backtest"
         scores.append(unavailable(method, note, wall) if found is None else score(method, found, truth, lead, wall))
         scores[-1].note = note
@@ -591,6 +671,9 @@ def main(argv: list[str] | None = None) -> int:
                         ]
                     )
             print(table(rows, ["method", *groups]))
+            print()
+        if found is not None and decisions_path.is_file():
+            print(reliability(read_decisions(decisions_path), truth))
             print()
         if args.pull_forward:
             print(frontier(args, readings_path, readings, truth, work))

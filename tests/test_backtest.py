@@ -72,6 +72,28 @@ def test_the_command_writes_orders_in_the_contract_format(tmp_path: Path):
     assert [o["ordered_at"] for o in orders] == sorted(o["ordered_at"] for o in orders)
 
 
+def test_decisions_give_each_order_with_the_forecast_it_was_decided_on(tmp_path: Path):
+    readings = write_readings(tmp_path / "READINGS.csv", fleet())
+    command = [REPLENISH, "backtest", str(readings), "--lead-time-days", "3", "--out", str(tmp_path / "ORDERS.csv")]
+    done = subprocess.run(
+        [*command, "--decisions", str(tmp_path / "D.csv")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "D.csv").read_text().splitlines()[0] == (
+        "device_id,slot,ordered_at,empty_at,empty_at_early,empty_at_late,service_level"
+    )
+    orders, decisions = read_orders(tmp_path / "ORDERS.csv"), read_orders(tmp_path / "D.csv")
+    assert [(o["device_id"], o["slot"], o["ordered_at"]) for o in orders] == [
+        (d["device_id"], d["slot"], d["ordered_at"]) for d in decisions
+    ]
+    for decision in decisions:
+        ordered_at, early = (datetime.fromisoformat(decision[name]) for name in ("ordered_at", "empty_at_early"))
+        assert early <= datetime.fromisoformat(decision["empty_at"])
+        # Ordered when the early date came within lead time and margin, or later (a jump, a quiet slot).
+        assert early <= ordered_at + timedelta(days=4, minutes=1)
+        assert decision["service_level"] == "0.97"
+
+
 def test_a_linear_slot_is_ordered_once_in_time(tmp_path: Path):
     rows = [("printer-1", "black", T0 + timedelta(hours=6 * i), max(0.8 - 0.05 * i / 4, 0.0)) for i in range(80)]
     orders = replay(read_readings(write_readings(tmp_path / "r.csv", rows)), lead_time_days=3, margin_days=1)

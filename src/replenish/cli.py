@@ -240,10 +240,17 @@ def backtest(
             f"default is {DEFAULT_PULL_FORWARD_DAYS:g} (consent pull_forward_days).",
         ),
     ] = 0.0,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write DECISIONS.csv: each order with the forecast it was decided on (device_id,slot,"
+            "ordered_at,empty_at,empty_at_early,empty_at_late,service_level), to check the stated probability.",
+        ),
+    ] = None,
 ) -> None:
     """Replay readings through the live forecasting and reorder code, every slot on auto-order (no look-ahead),
     each device one customer whose slots share shipments."""
-    from replenish.backtest.replay import ReadingsError, read_readings, replay, write_orders
+    from replenish.backtest.replay import ReadingsError, read_readings, replay, write_decisions, write_orders
 
     settings = Settings()
     if not readings.is_file():
@@ -261,6 +268,8 @@ def backtest(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     write_orders(out, orders)
+    if decisions is not None:
+        write_decisions(decisions, orders)
     typer.echo(f"{len(orders)} order(s) written to {out}")
 
 

@@ -29,6 +29,8 @@ from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_sh
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
+# --decisions: each order with the forecast it was decided on (a line pulled into a shipment: its latest forecast).
+DECISIONS_HEADER = [*ORDERS_HEADER, "empty_at", "empty_at_early", "empty_at_late", "service_level"]
 # Evaluation cadence, as the live evaluator's: a slot is evaluated when it reports, unless the reading can wait
 # (automation.engine.Screen), and in between at the moment its latest forecast says to order.
 
@@ -49,6 +51,7 @@ class ReplayedOrder:
     device_id: str
     slot: str
     ordered_at: datetime
+    forecast: Forecast | None = field(default=None, compare=False)  # what it was decided on
 
 
 @dataclass
@@ -215,7 +218,9 @@ class _Replay:
             prior=self.fleet.prior(state.slot, exclude=key),
         )
         if evaluation.verdict is not None:
-            self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
+            self.orders.append(
+                ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now, forecast=evaluation.forecast)
+            )
             memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
             self._pull_forward(key, now=now)
         else:
@@ -251,7 +256,9 @@ class _Replay:
                 now=now,
                 newest=(state.newest, _utc(float(state.times[state.count - 1]))),
             ):
-                self.orders.append(ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now))
+                self.orders.append(
+                    ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now, forecast=state.last_forecast)
+                )
                 state.memory = SlotMemory(memory.cycle_started_at, memory.cycle_started_at, now)
 
 
@@ -324,4 +331,34 @@ def write_orders(path: Path, orders: list[ReplayedOrder]) -> None:
         writer = csv.writer(handle)
         writer.writerow(ORDERS_HEADER)
         for order in orders:
-            writer.writerow([order.device_id, order.slot, order.ordered_at.isoformat().replace("+00:00", "Z")])
+            writer.writerow([order.device_id, order.slot, _iso(order.ordered_at)])
+
+
+def write_decisions(path: Path, orders: list[ReplayedOrder]) -> None:
+    """Each order with the forecast it was decided on: its median, early (the (1 - service level) quantile) and
+    late empty dates, empty where the forecast had none."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DECISIONS_HEADER)
+        for order in orders:
+            forecast = order.forecast
+            writer.writerow(
+                [
+                    order.device_id,
+                    order.slot,
+                    _iso(order.ordered_at),
+                    *(
+                        _iso(moment) if moment is not None else ""
+                        for moment in (
+                            forecast.empty_at if forecast else None,
+                            forecast.empty_at_early if forecast else None,
+                            forecast.empty_at_late if forecast else None,
+                        )
+                    ),
+                    f"{forecast.service_level:g}" if forecast else "",
+                ]
+            )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
