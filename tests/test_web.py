@@ -841,6 +841,61 @@ def test_quiet_hours_and_the_daily_digest_on_the_consent_page(
     )
 
 
+def test_your_use_on_the_supplies_page_and_turning_insights_off(
+    page: Page, platform: Platform, api: httpx.Client, clock: ManualClock, console_errors: list[str]
+) -> None:
+    """Issue 22: eight weeks of milk, whose use doubled in the last two; the supplies page says so, with the weekly
+    chart and the cost a month; turned off on the consent page, the cost goes."""
+    customer_id = create_customer(api, mode="notify_only")
+    milk = {
+        "name": "milk",
+        "unit": "l",
+        "capacity": 2.0,
+        "product_sku": "MILK",
+        "lead_time_days": 1,
+        "unit_price": "1.50",
+    }
+    register_device(api, customer_id=customer_id, device_id="fridge-1", kind="fridge", slots=[milk])
+    start = START - timedelta(days=56)
+    publisher = Publisher(platform.settings.mqtt_endpoint)
+    sent, level = 0, 1.0
+    try:
+        for step in range(56 * 4):
+            moment = start + step * timedelta(hours=6)
+            level -= (0.1 if step < 42 * 4 else 0.2) / 4
+            if level < 0.1:
+                level = 1.0
+            sent += 1
+            publisher.send(
+                "devices/fridge-1/telemetry",
+                {"seq": sent, "ts": moment.isoformat(), "levels": {"milk": round(2 * level, 3)}},
+            )
+    finally:
+        publisher.close()
+    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=30)
+    clock.set(START)
+
+    sign_in(page, platform)
+    use = page.get_by_role("region", name="Use of fridge fridge-1 milk")
+    expect(use.locator(".change")).to_contain_text("fridge fridge-1 milk use doubled in the last two weeks")
+    expect(use.locator(".cost")).to_contain_text("a month at the current use")
+    expect(use.get_by_role("img", name="fridge fridge-1 milk: use per week")).to_be_visible()
+
+    page.goto(f"{platform.api_url}/app/consent")
+    page.get_by_label("Show what each supply costs a month at the current use").uncheck()
+    page.get_by_role("button", name="Save the insights").click()
+    expect(page.get_by_role("status")).to_have_text("Saved as version 2.")
+    assert api.get(f"/customers/{customer_id}/consent").json()["document"]["insights"] == {
+        "usage_changes": True,
+        "costs": False,
+        "maintenance": True,
+        "monthly_digest": True,
+    }
+    page.goto(f"{platform.api_url}/app")
+    expect(use.locator(".change")).to_be_visible()
+    expect(use.locator(".cost")).to_have_count(0)
+
+
 def test_adding_an_e_mail_channel_on_the_consent_page(
     page: Page, platform: Platform, api: httpx.Client, console_errors: list[str]
 ) -> None:

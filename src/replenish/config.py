@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         description="Longest an idle ingestor waits for a second message to share a commit; under load the backlog "
         "that built up meanwhile is committed at once.",
     )
+    insights_interval_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How often the fleet's usage norms are refreshed and due monthly digests sent (insights).",
+    )
     retention_interval_seconds: float = Field(
         3600.0, gt=0, description="How often telemetry older than each customer's consented retention is deleted."
     )

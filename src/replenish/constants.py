@@ -137,6 +137,16 @@ class NoticeKind(StrEnum):
     DEVICE_HEALTH = "device_health"  # a device offline, low on battery, a stuck sensor
     ORDER_CHANGED = "order_changed"  # a consent change cancelled or held an order
     DIGEST = "digest"  # the day's low-priority notices together
+    MONTHLY_DIGEST = "monthly_digest"  # last month's use per slot, with the insights the customer wants
+
+
+# What a slot used far faster than others of its kind may need (insights), per device kind.
+MAINTENANCE_HINTS = {
+    "printer": "print-head cleaning runs and a nozzle check that repeats use ink too; a leaking or refilled "
+    "cartridge shows this way. Worth a look at the printer's maintenance settings.",
+    "fridge": "if nothing in the household changed, check where the sensor sits (a shelf that tilts reads low).",
+}
+MAINTENANCE_HINT_DEFAULT = "worth a look for a leak, a setting that doses more, or a sensor out of place."
 
 
 class OrderFeedback(StrEnum):

@@ -12,6 +12,7 @@ from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.health.models import Alarm
 from replenish.households.models import Invitation
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
+from replenish.insights.models import MonthlyDigest, UsageNorm
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
@@ -35,6 +36,7 @@ __all__ = [
     "EscalationAttempt",
     "EscalationStep",
     "Invitation",
+    "MonthlyDigest",
     "Notification",
     "Order",
     "OrderEvent",
@@ -48,4 +50,5 @@ __all__ = [
     "Slot",
     "SlotForecast",
     "SlotWindow",
+    "UsageNorm",
 ]

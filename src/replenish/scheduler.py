@@ -1,7 +1,7 @@
 """The coordinator that owns the periodic work: which jobs run, how often, and where (on the leader; evaluation on
 every scheduler process on PostgreSQL). The work itself is each domain's (automation.service.evaluate_due and the
-domains' scheduled.py: answers, alerts, health, privacy); Jobs adds the clock, the settings, the metrics and the log
-lines."""
+domains' scheduled.py: answers, alerts, health, insights, privacy); Jobs adds the clock, the settings, the metrics
+and the log lines."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from replenish.config import Settings
 from replenish.health.rules import HealthPolicy
 from replenish.health.scheduled import assess_fleet
 from replenish.health.service import HealthReport
+from replenish.insights.scheduled import InsightsReport, refresh_and_send
 from replenish.observability.metrics import Metrics
 from replenish.outbox.dispatcher import Dispatcher
 from replenish.privacy.scheduled import retention
@@ -127,6 +128,13 @@ class Jobs:
             log.info("health: raised %s; cleared %s", report.raised or "none", report.cleared or "none")
         return report
 
+    def insights(self) -> InsightsReport:
+        """Refresh the fleet's usage norms and send the monthly digests that are due (insights.scheduled)."""
+        report = refresh_and_send(engine=self.engine, now=self.clock.now())
+        if report.digests or report.errors:
+            log.info("insights: %d monthly digests sent, %d failed", len(report.digests), report.errors)
+        return report
+
     def retention(self) -> dict[str, int]:
         removed = retention(engine=self.engine, now=self.clock.now())
         if any(removed.values()):
@@ -166,6 +174,7 @@ def make_scheduler(jobs: Jobs, *, leading: Callable[[], bool] = lambda: True) ->
         "escalate": (jobs.escalate, jobs.settings.escalation_interval_seconds),
         "health": (jobs.health, jobs.settings.health_interval_seconds),
         "retention": (jobs.retention, jobs.settings.retention_interval_seconds),
+        "insights": (jobs.insights, jobs.settings.insights_interval_seconds),
     }
     for job_id, (job, seconds) in intervals.items():
         shared = job_id == "evaluate" and jobs.evaluation_shared

@@ -222,6 +222,29 @@ class OrderLimits:
     slot_price_cap: Decimal | None = None
 
 
+class InsightSettings(BaseModel):
+    """Which insights about their use the customer wants (insights): on the supplies page, and in the monthly digest
+    on their notification channels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usage_changes: bool = Field(
+        True, description="Say when a slot's use changes markedly ('milk use doubled in the last two weeks')."
+    )
+    costs: bool = Field(True, description="Say what each slot's supplies cost a month at the current use.")
+    maintenance: bool = Field(
+        True,
+        description="Hint when the readings suggest a look: a slot used far faster than others of its kind (only "
+        "customers who allow fleet learning set the norm), or a delivery that does not show on a sensor repeating "
+        "one value.",
+    )
+    monthly_digest: bool = Field(
+        True,
+        description="Once a month, at digest_time on the 1st (the consent's time zone), a summary of last month's "
+        "use per slot with the insights above, on the notification channels.",
+    )
+
+
 class ConsentDocument(BaseModel):
     """What the customer lets the platform do. The most specific mode wins: slot, then device, then default."""
 
@@ -310,7 +333,12 @@ class ConsentDocument(BaseModel):
         "a delivery) come together once a day, at digest_time, instead of one by one. Requests, announcements of "
         "orders, reminders and safety notifications always come at once.",
     )
-    digest_time: LocalTime = Field(time(8, 0), description="When the daily digest goes out (the consent's time zone).")
+    digest_time: LocalTime = Field(
+        time(8, 0), description="When the daily digest (and the monthly one) goes out (the consent's time zone)."
+    )
+    insights: InsightSettings = Field(
+        default_factory=InsightSettings, description="Which insights about their use the customer wants."
+    )
     notification_channels: list[NotificationChannel] = Field(
         default_factory=lambda: [NotificationChannel(type="log")],
         min_length=1,

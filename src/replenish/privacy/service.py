@@ -41,6 +41,7 @@ from replenish.errors import DomainError, InvalidRequest
 from replenish.health.models import Alarm
 from replenish.households.models import Invitation
 from replenish.ingest.models import DeadLetter, DeadLetterOverflow, DeviceMessage, Reading
+from replenish.insights.models import MonthlyDigest
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders import service as orders
 from replenish.orders.models import Order, OrderEvent, Shipment
@@ -118,6 +119,7 @@ def export(*, engine: Engine, customer_id: str, now: datetime) -> Iterator[str]:
         ("dead_letters", select(DeadLetter).where(col(DeadLetter.device_id).in_(device_ids))),
         ("decisions", select(Decision).where(Decision.customer_id == customer_id)),
         ("cycle_outcomes", select(CycleOutcome).where(CycleOutcome.customer_id == customer_id)),
+        ("monthly_digests", select(MonthlyDigest).where(MonthlyDigest.customer_id == customer_id)),
         ("shipments", select(Shipment).where(Shipment.customer_id == customer_id)),
         ("orders", select(Order).where(Order.customer_id == customer_id)),
         ("order_events", select(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),
@@ -237,6 +239,7 @@ def delete_customer(*, session: Session, customer_id: str, actor: str, now: date
             ),
         ),
         ("cycle_outcomes", delete(CycleOutcome).where(col(CycleOutcome.customer_id) == customer_id)),
+        ("monthly_digests", delete(MonthlyDigest).where(col(MonthlyDigest.customer_id) == customer_id)),
         ("alerts", delete(Alert).where(col(Alert.customer_id) == customer_id)),
         ("alarms", delete(Alarm).where(col(Alarm.customer_id) == customer_id)),
         ("order_events", delete(OrderEvent).where(col(OrderEvent.order_id).in_(order_ids))),

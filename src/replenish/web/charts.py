@@ -95,3 +95,36 @@ def slot_chart(
     parts.append(f'<line class="now" x1="{x(now):.1f}" x2="{x(now):.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+USE_WIDTH, USE_HEIGHT = 640, 120
+
+
+def use_chart(*, title: str, weeks: Sequence[tuple[datetime, float, bool]], unit_label: str) -> Markup:
+    """Use per week as bars, oldest first: (week start, amount, whether readings cover the whole week). A week only
+    partly covered is drawn hollow: its bar may be short only because readings were missing."""
+    top = max((amount for _, amount, _ in weeks), default=0.0) or 1.0
+    inner = USE_WIDTH - LEFT - RIGHT
+    slot = inner / max(len(weeks), 1)
+    parts = [
+        f'<svg class="chart use" viewBox="0 0 {USE_WIDTH} {USE_HEIGHT}" role="img" aria-label="{escape(title)}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
+        f'<text class="axis" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{top:.2g}</text>',
+        f'<line class="grid" x1="{LEFT}" x2="{USE_WIDTH - RIGHT}" y1="{USE_HEIGHT - BOTTOM}" '
+        f'y2="{USE_HEIGHT - BOTTOM}"/>',
+    ]
+    for number, (start, amount, whole) in enumerate(weeks):
+        height = (USE_HEIGHT - TOP - BOTTOM) * amount / top
+        x = LEFT + number * slot + slot * 0.15
+        y = USE_HEIGHT - BOTTOM - height
+        parts.append(
+            f'<rect class="week{"" if whole else " partial"}" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" '
+            f'height="{height:.1f}"><title>week of {start:%d %b}: {amount:.2g} {escape(unit_label)}'
+            f"{'' if whole else ' (readings missing for part of it)'}</title></rect>"
+        )
+        parts.append(
+            f'<text class="axis" x="{x + slot * 0.35:.1f}" y="{USE_HEIGHT - 6}" text-anchor="middle">'
+            f"{start:%d %b}</text>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))

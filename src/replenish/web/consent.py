@@ -15,7 +15,7 @@ from sqlmodel import Session
 from replenish.api.state import api_state
 from replenish.auth.service import Principal
 from replenish.consent import service as consent
-from replenish.consent.schemas import ConsentDocument, NotificationChannel
+from replenish.consent.schemas import ConsentDocument, InsightSettings, NotificationChannel
 from replenish.constants import Capability, ConsentMode, DeviceKind, HouseholdRole
 from replenish.db import transaction
 from replenish.devices import service as devices
@@ -190,6 +190,16 @@ def save_answers(request: Request, principal: WebPrincipal, form: FormData) -> R
             if bool(start) != bool(end):
                 raise _FieldError(f"quiet_{index}", "Give both times, or neither for no quiet hours.")
             channel["quiet_hours"] = {"start": start, "end": end} if start else None
+
+    return _save_consent(request, principal, change, form)
+
+
+@router.post("/consent/insights")
+def save_insights(request: Request, principal: WebPrincipal, form: FormData) -> Response:
+    """Which insights about their use the customer wants: changes, costs, maintenance hints, the monthly digest."""
+
+    def change(data: dict[str, Any]) -> None:
+        data["insights"] = {name: form.get(name) == "on" for name in InsightSettings.model_fields}
 
     return _save_consent(request, principal, change, form)
 

@@ -3,25 +3,31 @@ ordering a slot now from it, and choosing a slot's product and substitutes from 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
+from markupsafe import Markup
 from pydantic import ValidationError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from replenish.api.state import api_state
 from replenish.automation import service as automation
 from replenish.catalogue import service as catalogue
+from replenish.consent import service as consent
 from replenish.constants import OPEN_ORDER_STATUSES, Capability, OrderStatus
 from replenish.db import transaction
 from replenish.devices import service as devices
+from replenish.devices.models import Device, Slot
 from replenish.devices.schemas import SlotUpdate
 from replenish.errors import InvalidRequest
+from replenish.insights import service as insights
+from replenish.insights.service import SlotInsight
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.outcomes import service as outcomes
-from replenish.web.charts import HISTORY, ChartOrder, slot_chart
+from replenish.web.charts import HISTORY, ChartOrder, slot_chart, use_chart
 from replenish.web.pages import PREFIX, WebPrincipal, not_found_page, now_of, redirect_to, render_page
 from replenish.web.session import CSRF_FIELD, check_csrf
 
@@ -49,6 +55,7 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
         slot_ids = [slot.id for device in described for slot in device.slots]
         history = devices.level_history(session=session, slot_ids=slot_ids, since=now - HISTORY)
         ended = outcomes.list_for_slots(session=session, slot_ids=slot_ids, per_slot=OUTCOMES_SHOWN)
+        insights = _insights(session=session, device_ids=[device.id for device in described], now=now)
         cards = []
         for device in described:
             slots = []
@@ -60,6 +67,8 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                         "forecast": slot.forecast or {},
                         "next_order": next((o for o in slot_orders if o.status in OPEN_ORDER_STATUSES), None),
                         "outcomes": ended.get(slot.id, []),
+                        "insight": insights.get(slot.id),
+                        "use_chart": _use_chart(insights.get(slot.id), device_name=device.name, slot_name=slot.name),
                         "products": devices.slot_products(
                             session=session, device=device, slot=slot, products=catalogue_products
                         ),
@@ -76,6 +85,38 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
             cards.append({"device": device, "slots": slots})
     context = {"title": "Supplies", "principal": principal, "cards": cards, "now": now, "live_page": "overview"}
     return render_page(request, "overview.html", context)
+
+
+def _insights(*, session: Session, device_ids: list[str], now: datetime) -> dict[str, SlotInsight]:
+    """Each slot's insights (use per week, a marked change, cost a month, hints), as its customer's consent asks."""
+    rows = list(
+        session.exec(
+            select(Slot, Device)
+            .join(Device, col(Device.id) == col(Slot.device_id))
+            .where(col(Device.id).in_(device_ids))
+        ).all()
+    )
+    documents = {
+        customer_id: consent.current_document(session=session, customer_id=customer_id)[1]
+        for customer_id in {device.customer_id for _, device in rows}
+    }
+    return insights.slot_insights(session=session, slots=rows, documents=documents, now=now)
+
+
+def _use_chart(insight: SlotInsight | None, *, device_name: str, slot_name: str) -> Markup | None:
+    if insight is None or not any(week.covered for week in insight.usage.weeks):
+        return None
+    unit = "of a fill" if insight.unit in ("fraction", "") else insight.unit
+    scale = 100.0 if unit == "of a fill" else insight.capacity
+    return use_chart(
+        title=f"{device_name} {slot_name}: use per week",
+        weeks=[(week.start, week.used * scale, week.covered >= WHOLE_WEEK) for week in insight.usage.weeks],
+        unit_label="% of a fill" if unit == "of a fill" else unit,
+    )
+
+
+# A week counts as covered when readings span this much of it.
+WHOLE_WEEK = 0.95
 
 
 @router.post("/devices/{device_id}/slots/{slot_name}/order")
