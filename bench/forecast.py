@@ -46,7 +46,7 @@ DAY = 86_400.0
 BELOW = 0.20  # baseline (a): order when the reported level is below this
 RISE = 0.20  # baseline (b): a rise of more than this between two readings is a refill
 FIT_MIN_READINGS = 3  # baseline (b): fit once the cycle has this many readings
-TARGETS = {"stockout %": 10.0, "median days early": 3.0, "duplicates %": 0.5, "spurious %": 1.0, "runtime s": 60.0}
+TARGETS = {"stockout %": 5.0, "median days early": 2.5, "duplicates %": 0.5, "spurious %": 1.0, "runtime s": 60.0}
 
 
 # --- reading the files -----------------------------------------------------------------------------------------
@@ -278,6 +278,7 @@ def run_replenish(
     timeout: float,
     pull_forward: float | None = None,
     decisions: Path | None = None,
+    learning: bool = True,
 ) -> tuple[dict[tuple[str, str], list[float]] | None, float, str]:
     """(orders or None, wall seconds, a note saying why not, or what the command said). ``pull_forward``: the
     --pull-forward-days to pass (None: the command's default); ``decisions``: where --decisions writes."""
@@ -286,6 +287,8 @@ def run_replenish(
         argv += ["--pull-forward-days", f"{pull_forward:g}"]
     if decisions is not None:
         argv += ["--decisions", str(decisions)]
+    if not learning:
+        argv += ["--no-learning"]
     if not command.exists():
         return None, 0.0, f"{command} does not exist"
     began = time.perf_counter()
@@ -614,6 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         method = "replenish backtest"
         scores.append(unavailable(method, note, wall) if found is None else score(method, found, truth, lead, wall))
         scores[-1].note = note
+        # The same without learning from outcomes (forecasting.calibration): what the calibration changes.
+        unlearned, wall, note = run_replenish(
+            args.replenish, readings_path, work / "ORDERS-no-learning.csv", lead, args.timeout, learning=False
+        )
+        method = "replenish, no learning"
+        scores.append(
+            unavailable(method, note, wall) if unlearned is None else score(method, unlearned, truth, lead, wall)
+        )
         for name, decide in (("below 20%", below_threshold), ("linear fit since refill", linear_fit)):
             placed, runtime = run_baseline(decide, readings, lead)
             scores.append(score(name, placed, truth, lead, runtime))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from replenish.backtest.replay import FleetRates, RecordedReading, read_readings, replay
+from replenish.backtest.replay import FleetRates, RecordedReading, ReplayedOrder, read_readings, replay
 from replenish.cli import app as cli
 from replenish.forecasting import Forecast
 from replenish.forecasting.model import SHARED_PRIOR_LENDERS, fleet_prior
@@ -274,3 +274,49 @@ def test_without_the_flag_each_slot_orders_alone_and_with_it_lines_share_a_shipm
     assert run() == run("--pull-forward-days", "0"), "without the flag H = 0, as the contract says"
     together = Counter((order["device_id"], order["ordered_at"]) for order in run("--pull-forward-days", "14"))
     assert max(together.values()) == 2, "the two slots of a device in one shipment"
+
+
+def test_learning_from_outcomes_orders_earlier_for_slots_whose_use_speeds_up_late_in_each_cycle(tmp_path: Path):
+    """Every cycle's use trebles for its last stretch, so early dates keep being beaten: with learning, the later
+    cycles order earlier than without (the truncation test above runs with learning, as the command does)."""
+    rows, empties = [], {}
+    for number in range(8):
+        device = f"dev-{number}"
+        moment, level, since_refill, empty = T0 + timedelta(hours=number), 1.0, 0.0, False
+        while moment < T0 + timedelta(days=120):
+            rows.append((device, "milk", moment, round(max(level, 0.0), 3)))
+            step = 0.25
+            level -= (0.05 if since_refill < 12 else 0.15) * step
+            since_refill += step
+            if level <= 0 and not empty:
+                empties.setdefault(device, []).append(moment)
+                empty = True
+            if level <= 0 and since_refill > 14:  # empty a day or so, then refilled
+                level, since_refill, empty = 1.0, 0.0, False
+            moment += timedelta(days=step)
+    readings = write_readings(tmp_path / "r.csv", rows)
+
+    def warning_days(orders: list[ReplayedOrder]) -> list[float]:
+        """Per cycle after day 60: days from its first order to its empty moment."""
+        found = []
+        for device, moments in empties.items():
+            for empty in moments:
+                if empty < T0 + timedelta(days=60):
+                    continue
+                before = [
+                    o.ordered_at
+                    for o in orders
+                    if o.device_id == device and empty - timedelta(days=10) < o.ordered_at <= empty
+                ]
+                if before:
+                    found.append((empty - min(before)) / timedelta(days=1))
+        return found
+
+    learned = replay(read_readings(readings), lead_time_days=3, margin_days=1)
+    unlearned = replay(read_readings(readings), lead_time_days=3, margin_days=1, learn=False)
+    with_learning, without = warning_days(learned), warning_days(unlearned)
+    assert len(with_learning) == len(without) > 10
+    assert np.mean(with_learning) > np.mean(without) + 0.2
+    assert all(o.stated_service_level == 0.97 for o in learned)
+    assert max(o.forecast.service_level for o in learned if o.forecast) > 0.97, "planned above the stated level"
+    assert all(o.forecast.service_level == 0.97 for o in unlearned if o.forecast)

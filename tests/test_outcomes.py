@@ -9,24 +9,27 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from replenish.automation.models import Decision
 from replenish.automation.service import evaluate_all
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import ConsentMode, OrderFeedback, OrderStatus
 from replenish.customers import service as customers
 from replenish.db import transaction
 from replenish.devices import service as devices
+from replenish.devices.models import Slot as DeviceSlot
 from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.errors import InvalidRequest
 from replenish.forecasting import ReadingSeries
+from replenish.forecasting.calibration import GROUP_STEP, SLOT_STEP, Calibration, learn, lesson
 from replenish.forecasting.outcomes import Prediction, cycle_outcome
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders import service as orders
 from replenish.orders.models import Order
 from replenish.outcomes import service as outcomes
-from replenish.outcomes.models import CycleOutcome
+from replenish.outcomes.models import CalibrationGroup, CycleOutcome
 from replenish.privacy import service as privacy
 
 pytestmark = pytest.mark.both_stacks
@@ -233,3 +236,44 @@ def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine)
         removed = privacy.delete_customer(session=session, customer_id=outcome.customer_id, actor="test", now=moment)
     assert removed["cycle_outcomes"] == 1
     assert printer.outcomes() == []
+
+
+def test_the_calibration_learns_a_step_per_outcome_within_bounds():
+    assert lesson(missed=True, stated=0.97, step=GROUP_STEP) == pytest.approx(0.97 * GROUP_STEP)
+    assert lesson(missed=False, stated=0.97, step=GROUP_STEP) == pytest.approx(-0.03 * GROUP_STEP)
+    # Misses at the stated rate leave it where it is: 3 in 100.
+    shift = 0.0
+    for number in range(100):
+        shift = learn(shift, missed=number % 33 == 0 and number < 99, stated=0.97, step=0.1, bounds=(-1, 2))
+    assert shift == pytest.approx(0.0, abs=1e-9)
+    assert learn(1.95, missed=True, stated=0.97, step=0.2, bounds=(-1, 2)) == 2
+    calibration = Calibration(group_shift=0.5, slot_shift=0.25, group_cycles=40, slot_cycles=3)
+    assert calibration.service_level(0.97) == pytest.approx(0.9957, abs=1e-4)  # z 1.88 + 0.75
+    assert Calibration().service_level(0.97) == 0.97
+    assert Calibration(group_shift=-5).service_level(0.97) == 0.5, "never below the bound"
+    assert "planned at 99.57% to keep the stated 97%, as 40 ended cycle(s) of its kind and 3 of this slot" in (
+        calibration.describe(0.97)
+    )
+
+
+def test_a_cycle_that_ran_out_before_its_early_date_makes_the_next_forecast_more_cautious(engine: Engine):
+    fridge = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id="fridge-1", kind="fridge")
+    moment = fridge.run(T0, depleting(0.8, 0.1, 6.5))
+    moment = fridge.run(moment, depleting(0.175, 0.6, 1.5))  # ran out long before the early date
+    moment = fridge.run(moment, [1.0, 0.98])
+    [outcome] = fridge.outcomes()
+    assert outcome.ran_out_before_early
+    with Session(engine) as session:
+        [group] = session.exec(select(CalibrationGroup)).all()
+        slot = session.exec(select(DeviceSlot).where(DeviceSlot.device_id == "fridge-1")).one()
+    assert (group.device_kind, group.slot_name, group.cycles) == ("fridge", "black", 1)
+    assert group.shift == pytest.approx(0.97 * GROUP_STEP)
+    assert slot.calibration_shift == pytest.approx(0.97 * SLOT_STEP) and slot.calibration_cycles == 1
+
+    # The next cycle plans at a higher level than the stated 97%, and its decision says why.
+    fridge.run(moment, depleting(0.96, 0.1, 8))
+    with Session(engine) as session:
+        decision = session.exec(select(Decision).order_by(col(Decision.decided_at).desc())).first()
+    assert decision is not None and decision.forecast["service_level"] > 0.97
+    assert decision.policy["service_level"] == pytest.approx(0.97)
+    assert "to keep the stated 97%, as 1 ended cycle(s) of its kind and 1 of this slot showed" in decision.reason

@@ -240,6 +240,13 @@ def backtest(
             f"default is {DEFAULT_PULL_FORWARD_DAYS:g} (consent pull_forward_days).",
         ),
     ] = 0.0,
+    learning: Annotated[
+        bool,
+        typer.Option(
+            help="Calibrate each slot's forecasts from the outcomes of the cycles that ended before each decision, as "
+            "the live service does (forecasting.calibration); --no-learning plans every slot at the service level.",
+        ),
+    ] = True,
     decisions: Annotated[
         Path | None,
         typer.Option(
@@ -263,6 +270,7 @@ def backtest(
             margin_days=settings.reorder_margin_days if margin_days is None else margin_days,
             service_level=service_level,
             pull_forward_days=pull_forward_days,
+            learn=learning,
         )
     except ReadingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Engine, Table, event, insert, inspect, text
+from sqlalchemy import JSON, Engine, Table, case, event, insert, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine, select
@@ -157,14 +157,33 @@ def _upsert_statement(session: Session, table: Table) -> Any:
 
 
 def add_to_counters(
-    session: Session, table: Table, *, key: dict[str, Any], add: dict[str, int], latest: dict[str, Any]
+    session: Session,
+    table: Table,
+    *,
+    key: dict[str, Any],
+    add: dict[str, float],
+    latest: dict[str, Any],
+    bounds: dict[str, tuple[float, float]] | None = None,
 ) -> None:
     """Add to a row's counters (and set its ``latest`` columns), making the row if it is not there: one statement,
-    safe when other processes count the same row at the same time (INSERT ... ON CONFLICT, PostgreSQL and SQLite)."""
-    statement = _upsert_statement(session, table).values(**key, **add, **latest)
+    safe when other processes count the same row at the same time (INSERT ... ON CONFLICT, PostgreSQL and SQLite).
+    A counter in ``bounds`` stays within them."""
+    bounds = bounds or {}
+
+    def bounded(name: str, value: Any) -> Any:
+        if name not in bounds:
+            return value
+        low, high = bounds[name]
+        return case((value > high, high), (value < low, low), else_=value)
+
+    start = {
+        name: min(bounds[name][1], max(bounds[name][0], value)) if name in bounds else value
+        for name, value in add.items()
+    }
+    statement = _upsert_statement(session, table).values(**key, **start, **latest)
     statement = statement.on_conflict_do_update(
         index_elements=list(key),
-        set_={name: table.c[name] + statement.excluded[name] for name in add}
+        set_={name: bounded(name, table.c[name] + value) for name, value in add.items()}
         | {name: statement.excluded[name] for name in latest},
     )
     session.execute(statement)

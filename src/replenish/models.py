@@ -16,7 +16,7 @@ from replenish.insights.models import MonthlyDigest, UsageNorm
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
-from replenish.outcomes.models import CycleOutcome
+from replenish.outcomes.models import CalibrationGroup, CycleOutcome
 
 __all__ = [
     "AccessToken",
@@ -24,6 +24,7 @@ __all__ = [
     "Alarm",
     "Alert",
     "AuditEvent",
+    "CalibrationGroup",
     "ConsentVersion",
     "Customer",
     "CycleOutcome",

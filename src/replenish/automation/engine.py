@@ -17,6 +17,7 @@ import numpy as np
 from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
 from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
+from replenish.forecasting.calibration import Calibration
 from replenish.forecasting.model import REFILL_MIN_RISE
 
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
@@ -176,12 +177,15 @@ def evaluate(
     memory: SlotMemory,
     prior: RatePrior | None = None,
     pauses: Sequence[tuple[datetime, datetime]] = (),
+    calibration: Calibration | None = None,
 ) -> SlotEvaluation:
     """Forecast the slot from its readings (fractions of capacity, time order) and decide what to do now.
 
     The forecast reads the last FORECAST_HISTORY_DAYS, however much older history the caller holds: earlier
     cycles lend the current one their rate and their spread of use. During the customer's pause windows
-    (``pauses``, half-open UTC intervals) the slot is not used, and nothing is decided.
+    (``pauses``, half-open UTC intervals) the slot is not used, and nothing is decided. A ``calibration`` (what
+    the slot's and its group's ended cycles taught, forecasting.calibration) sets the level the early date is
+    planned at, so that the stated service level holds.
     """
     absences = Absences.of(pauses) if pauses else None
     series = readings if isinstance(readings, ReadingSeries) else ReadingSeries.of(readings)
@@ -191,7 +195,7 @@ def evaluate(
     forecast = forecast_depletion(
         series,
         now=now,
-        service_level=policy.service_level,
+        service_level=policy.service_level if calibration is None else calibration.service_level(policy.service_level),
         horizon_days=policy.horizon_days,
         prior=prior,
         absences=absences or None,

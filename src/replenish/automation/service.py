@@ -62,6 +62,7 @@ from replenish.db import transaction, upsert
 from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
+from replenish.forecasting.calibration import Calibration
 from replenish.forecasting.model import compile_ahead, fleet_prior, lends, prior_is_shared
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
@@ -371,6 +372,8 @@ class EvaluationContext:
     cycle_starts: dict[str, datetime | None] = field(default_factory=dict)
     # The operator's minimum basket (REPLENISH_MINIMUM_BASKET): what a shipment should reach before it leaves.
     minimum_basket: Decimal | None = None
+    # What each slot's and its group's ended cycles taught its forecasts (forecasting.calibration).
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
 
     def decided_already(self, *, slot_id: str, cycle_started_at: datetime | None) -> bool:
         """Whether the slot's cycle has a decision: from before, or made in this transaction (a line it joined)."""
@@ -428,6 +431,7 @@ class EvaluationContext:
             open_orders=open_orders,
             decided=_latest_decision_keys(session=session, slot_ids=slot_ids),
             changed_from=changed_from,
+            calibrations=outcomes.calibrations(session=session, slots=slots),
         )
 
     def read_windows(self, *, session: Session, slots: list[Slot], now: datetime) -> None:
@@ -467,6 +471,7 @@ def forecast_slot(
         decided_cycle_started_at=context.decided.get(slot.id),
         open_order_placed_at=open_order.created_at if open_order else None,
     )
+    calibration = context.calibrations.get(slot.id)
     evaluation = evaluate(
         readings,
         now=now,
@@ -475,11 +480,18 @@ def forecast_slot(
         memory=memory,
         prior=prior,
         pauses=document.pauses_for(device_id=device.id, slot_name=slot.name),
+        calibration=calibration,
     )
     next_at = evaluation.evaluate_again_at
     if slot.level_at is not None and now < slot.level_at < next_at:
         next_at = slot.level_at  # a reading stamped ahead of this clock counts from its time
     verdict = evaluation.verdict if evaluation.cycle_started_at is not None else None
+    if (
+        verdict is not None
+        and calibration is not None
+        and calibration.service_level(policy.service_level) != (policy.service_level)
+    ):
+        verdict = Verdict(verdict.action, f"{verdict.reason}; {calibration.describe(policy.service_level)}")
     return Evaluated(
         verdict=verdict,
         next_at=next_at,

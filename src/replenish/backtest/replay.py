@@ -21,11 +21,13 @@ from typing import NamedTuple
 import numpy as np
 
 from replenish.automation.consolidation import joins
-from replenish.automation.engine import Screen, SlotMemory, evaluate, order_on_its_way
+from replenish.automation.engine import Screen, SlotEvaluation, SlotMemory, evaluate, order_on_its_way
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
+from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, learn
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
+from replenish.forecasting.outcomes import Prediction, cycle_outcome
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -52,6 +54,9 @@ class ReplayedOrder:
     slot: str
     ordered_at: datetime
     forecast: Forecast | None = field(default=None, compare=False)  # what it was decided on
+    stated_service_level: float = field(
+        default=DEFAULT_SERVICE_LEVEL, compare=False
+    )  # the forecast planned at a calibrated one
 
 
 @dataclass
@@ -66,6 +71,9 @@ class _SlotReplay:
     last_forecast: Forecast | None = None
     screen: Screen | None = None  # which new readings can wait for a later evaluation
     evaluations: int = 0  # a scheduled check is stale once the slot has been evaluated again
+    prediction: Prediction | None = None  # what the current cycle's order was decided on
+    shift: float = 0.0  # its own calibration (forecasting.calibration), beside its group's
+    outcomes: int = 0
 
     def append(self, moment: float, level: float) -> None:
         if self.count == len(self.times):
@@ -140,13 +148,18 @@ def replay(
     margin_days: float,
     service_level: float = DEFAULT_SERVICE_LEVEL,
     pull_forward_days: float = 0.0,
+    learn: bool = True,
 ) -> list[ReplayedOrder]:
     """The orders the platform would have placed, every slot on auto-order, each device one customer: when a slot
     orders, the device's other slots within ``pull_forward_days`` of ordering join its shipment (the same
-    ``ordered_at``; automation.consolidation). Readings must come in ts order."""
+    ``ordered_at``; automation.consolidation). With ``learn``, as live, each slot's forecasts plan at the level its
+    and its group's ended cycles taught (forecasting.calibration; a group is a slot name here: the file names no
+    device kinds), learned from each cycle's outcome when the replay sees the refill that ends it. Readings must
+    come in ts order."""
     run = _Replay(
         ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level),
         pull_forward_days=pull_forward_days,
+        learn=learn,
     )
     for reading in readings:
         moment = reading.ts.timestamp()
@@ -165,8 +178,10 @@ class _Replay:
     prior never come from readings later than the decision.
     """
 
-    def __init__(self, policy: ReorderPolicy, *, pull_forward_days: float) -> None:
+    def __init__(self, policy: ReorderPolicy, *, pull_forward_days: float, learn: bool) -> None:
         self.policy = policy
+        self.learn = learn
+        self.groups: dict[str, tuple[float, int]] = {}  # slot name -> (shift, outcomes)
         self.pull_forward_days = pull_forward_days
         self.by_device: dict[str, list[tuple[str, str]]] = {}
         self.lead_time = timedelta(days=policy.lead_time_days)
@@ -216,10 +231,20 @@ class _Replay:
             policy=self.policy,
             memory=memory,
             prior=self.fleet.prior(state.slot, exclude=key),
+            calibration=self._calibration(state),
         )
+        if state.prediction is not None and evaluation.cycle_started_at != memory.cycle_started_at:
+            self._learn(state, series=series, ended=evaluation, started=memory.cycle_started_at)
         if evaluation.verdict is not None:
+            state.prediction = Prediction.of(evaluation.forecast, decided_at=now, stated=self.policy.service_level)
             self.orders.append(
-                ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now, forecast=evaluation.forecast)
+                ReplayedOrder(
+                    device_id=key[0],
+                    slot=key[1],
+                    ordered_at=now,
+                    forecast=evaluation.forecast,
+                    stated_service_level=self.policy.service_level,
+                )
             )
             memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
             self._pull_forward(key, now=now)
@@ -233,6 +258,31 @@ class _Replay:
         check = _next_check(state, now=now, policy=self.policy)
         if check is not None:
             heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
+
+    def _calibration(self, state: _SlotReplay) -> Calibration | None:
+        if not self.learn:
+            return None
+        shift, cycles = self.groups.get(state.slot, (0.0, 0))
+        return Calibration(group_shift=shift, slot_shift=state.shift, group_cycles=cycles, slot_cycles=state.outcomes)
+
+    def _learn(
+        self, state: _SlotReplay, *, series: ReadingSeries, ended: SlotEvaluation, started: datetime | None
+    ) -> None:
+        """The outcome of the cycle a refill just ended, and what it teaches the slot and its group."""
+        prediction, state.prediction = state.prediction, None
+        if not self.learn or prediction is None or started is None or ended.cycle_started_at is None:
+            return
+        outcome = cycle_outcome(
+            series, cycle_started_at=started, ended_at=ended.cycle_started_at, prediction=prediction
+        )
+        missed, stated = outcome.ran_out_before_early, prediction.service_level
+        shift, cycles = self.groups.get(state.slot, (0.0, 0))
+        self.groups[state.slot] = (
+            learn(shift, missed=missed, stated=stated, step=GROUP_STEP, bounds=GROUP_BOUNDS),
+            cycles + 1,
+        )
+        state.shift = learn(state.shift, missed=missed, stated=stated, step=SLOT_STEP, bounds=SLOT_BOUNDS)
+        state.outcomes += 1
 
     def _memory(self, state: _SlotReplay, *, now: datetime) -> SlotMemory:
         memory = state.memory
@@ -257,8 +307,18 @@ class _Replay:
                 newest=(state.newest, _utc(float(state.times[state.count - 1]))),
             ):
                 self.orders.append(
-                    ReplayedOrder(device_id=key[0], slot=key[1], ordered_at=now, forecast=state.last_forecast)
+                    ReplayedOrder(
+                        device_id=key[0],
+                        slot=key[1],
+                        ordered_at=now,
+                        forecast=state.last_forecast,
+                        stated_service_level=self.policy.service_level,
+                    )
                 )
+                if state.last_forecast is not None:
+                    state.prediction = Prediction.of(
+                        state.last_forecast, decided_at=now, stated=self.policy.service_level
+                    )
                 state.memory = SlotMemory(memory.cycle_started_at, memory.cycle_started_at, now)
 
 
@@ -355,7 +415,7 @@ def write_decisions(path: Path, orders: list[ReplayedOrder]) -> None:
                             forecast.empty_at_late if forecast else None,
                         )
                     ),
-                    f"{forecast.service_level:g}" if forecast else "",
+                    f"{order.stated_service_level:g}",
                 ]
             )
 

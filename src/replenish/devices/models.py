@@ -46,6 +46,10 @@ class Slot(SQLModel, table=True):
     substitute_skus: list[str] = Field(default_factory=list, sa_type=JSONType)
     lead_time_days: float
     service_level: float = DEFAULT_SERVICE_LEVEL
+    # What its ended cycles taught its forecasts beyond its group's (forecasting.calibration): a shift of the level
+    # they plan at, in z units, and from how many outcomes.
+    calibration_shift: float = 0.0
+    calibration_cycles: int = 0
     order_quantity: int = 1
     # Order-up-to: an order covers the expected use over this many days, in whole packs. None: order_quantity.
     order_up_to_days: float | None = None

@@ -28,11 +28,12 @@ class Prediction:
     early_at: datetime  # the (1 - service level) quantile
     late_at: datetime | None
     rate_per_day: float
-    service_level: float
+    service_level: float  # the stated one: its early date should be beaten in 1 - service_level of cycles
 
     @classmethod
-    def of(cls, forecast: Forecast, *, decided_at: datetime) -> Prediction | None:
-        """The prediction in a forecast, or None when it had no empty date to check (not consuming, too little)."""
+    def of(cls, forecast: Forecast, *, decided_at: datetime, stated: float | None = None) -> Prediction | None:
+        """The prediction in a forecast, or None when it had no empty date to check (not consuming, too little).
+        ``stated``: the service level the customer asked for, when the forecast planned at a calibrated one."""
         if (
             forecast.empty_at is None
             or forecast.empty_at_early is None
@@ -46,7 +47,7 @@ class Prediction:
             early_at=forecast.empty_at_early,
             late_at=forecast.empty_at_late,
             rate_per_day=forecast.rate_per_day,
-            service_level=forecast.service_level,
+            service_level=forecast.service_level if stated is None else stated,
         )
 
 

@@ -49,3 +49,16 @@ class CycleOutcome(SQLModel, table=True):
     empty_days: float
     left_days: float
     error_days: float
+
+
+class CalibrationGroup(SQLModel, table=True):
+    """What the ended cycles of one device kind and slot name taught their forecasts (forecasting.calibration): the
+    shift of the level they plan at, in z units, learned outcome by outcome."""
+
+    __tablename__ = "calibration_groups"
+
+    device_kind: str = Field(primary_key=True)
+    slot_name: str = Field(primary_key=True)
+    shift: float = 0.0
+    cycles: int = 0
+    updated_at: datetime = Field(sa_type=UTCDateTime)

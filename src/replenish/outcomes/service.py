@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy import Float, case, cast, func
+from sqlalchemy import Float, case, cast, func, update
 from sqlmodel import Session, col, select
 
 from replenish.automation.models import Decision
+from replenish.columns import table_of
+from replenish.db import add_to_counters
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
+from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
 from replenish.forecasting.outcomes import Prediction, cycle_outcome
 from replenish.orders.models import Order
-from replenish.outcomes.models import CycleOutcome
+from replenish.outcomes.models import CalibrationGroup, CycleOutcome
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,54 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         )
         session.add(row)
         recorded.append(row)
+        _learn(session=session, outcome=row, now=now)
     return recorded
+
+
+def _learn(*, session: Session, outcome: CycleOutcome, now: datetime) -> None:
+    """What the outcome teaches its group's forecasts and its slot's (forecasting.calibration), added in SQL: other
+    evaluators may be learning from the same group at the same moment."""
+    missed, stated = outcome.ran_out_before_early, outcome.service_level
+    add_to_counters(
+        session,
+        table_of(CalibrationGroup),
+        key={"device_kind": outcome.device_kind, "slot_name": outcome.slot_name},
+        add={"shift": lesson(missed=missed, stated=stated, step=GROUP_STEP), "cycles": 1},
+        latest={"updated_at": now},
+        bounds={"shift": GROUP_BOUNDS},
+    )
+    slots = table_of(Slot)
+    moved = slots.c.calibration_shift + lesson(missed=missed, stated=stated, step=SLOT_STEP)
+    low, high = SLOT_BOUNDS
+    session.execute(
+        update(slots)
+        .where(slots.c.id == outcome.slot_id)
+        .values(
+            calibration_shift=case((moved > high, high), (moved < low, low), else_=moved),
+            calibration_cycles=slots.c.calibration_cycles + 1,
+        )
+    )
+
+
+def calibrations(*, session: Session, slots: Sequence[tuple[Slot, Device]]) -> dict[str, Calibration]:
+    """Each slot's calibration: its group's shift and its own (forecasting.calibration), in one query."""
+    kinds = sorted({device.kind for _, device in slots})
+    groups = {
+        (row.device_kind, row.slot_name): row
+        for row in (
+            session.exec(select(CalibrationGroup).where(col(CalibrationGroup.device_kind).in_(kinds))) if kinds else []
+        )
+    }
+    found = {}
+    for slot, device in slots:
+        group = groups.get((device.kind, slot.name))
+        found[slot.id] = Calibration(
+            group_shift=group.shift if group else 0.0,
+            slot_shift=slot.calibration_shift,
+            group_cycles=group.cycles if group else 0,
+            slot_cycles=slot.calibration_cycles,
+        )
+    return found
 
 
 def _decision_of(candidates: list[Decision], *, cycle: EndedCycle) -> tuple[Decision, Prediction] | None:
@@ -97,7 +147,14 @@ def _decision_of(candidates: list[Decision], *, cycle: EndedCycle) -> tuple[Deci
         if not cycle.started_at <= decision.cycle_started_at < cycle.ended_at:
             continue
         forecast = Forecast.from_json(decision.forecast)
-        prediction = None if forecast is None else Prediction.of(forecast, decided_at=decision.decided_at)
+        stated = decision.policy.get("service_level")
+        prediction = (
+            None
+            if forecast is None
+            else Prediction.of(
+                forecast, decided_at=decision.decided_at, stated=float(stated) if stated is not None else None
+            )
+        )
         if prediction is not None:
             return decision, prediction
     return None
