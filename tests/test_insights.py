@@ -256,3 +256,7 @@ def test_the_monthly_digest_goes_once_on_the_first_and_can_be_turned_off(engine:
     home.set_insights(monthly_digest=False)
     december = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
     assert refresh_and_send(engine=engine, now=december).digests == []
+    with Session(engine) as session:
+        handled = session.get(MonthlyDigest, (home.customer_id, "2026-11"))
+        assert handled is not None and not handled.sent, "handled: not looked at again this month"
+        assert insights.customers_owed_a_digest(session=session, now=december + timedelta(hours=1)) == []

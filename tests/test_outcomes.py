@@ -42,14 +42,22 @@ STEP = timedelta(hours=6)
 class Printer:
     """One ink slot of one customer; readings go in through the real ingest service, the real evaluator decides."""
 
-    def __init__(self, engine: Engine, *, mode: ConsentMode, device_id: str = "printer-1", kind: str = "printer"):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mode: ConsentMode,
+        device_id: str = "printer-1",
+        kind: str = "printer",
+        fleet_learning: bool = False,
+    ):
         self.engine, self.device_id, self.seq = engine, device_id, 0
         with transaction(engine) as session:
             customer = customers.create(
                 session=session,
                 name="Ada",
                 email=f"{device_id}@example.com",
-                consent_document=ConsentDocument(default_mode=mode),
+                consent_document=ConsentDocument(default_mode=mode, fleet_learning_allowed=fleet_learning),
                 actor="test",
                 now=T0,
             )
@@ -257,7 +265,7 @@ def test_the_calibration_learns_a_step_per_outcome_within_bounds():
 
 
 def test_a_cycle_that_ran_out_before_its_early_date_makes_the_next_forecast_more_cautious(engine: Engine):
-    fridge = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id="fridge-1", kind="fridge")
+    fridge = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id="fridge-1", kind="fridge", fleet_learning=True)
     moment = fridge.run(T0, depleting(0.8, 0.1, 6.5))
     moment = fridge.run(moment, depleting(0.175, 0.6, 1.5))  # ran out long before the early date
     moment = fridge.run(moment, [1.0, 0.98])
@@ -277,3 +285,32 @@ def test_a_cycle_that_ran_out_before_its_early_date_makes_the_next_forecast_more
     assert decision is not None and decision.forecast["service_level"] > 0.97
     assert decision.policy["service_level"] == pytest.approx(0.97)
     assert "to keep the stated 97%, as 1 ended cycle(s) of its kind and 1 of this slot showed" in decision.reason
+
+
+def test_a_customer_who_does_not_allow_fleet_learning_teaches_only_their_own_slot(engine: Engine):
+    fridge = Printer(engine, mode=ConsentMode.AUTO_ORDER, device_id="fridge-1", kind="fridge")
+    moment = fridge.run(T0, depleting(0.8, 0.1, 6.5))
+    moment = fridge.run(moment, depleting(0.175, 0.6, 1.5))
+    fridge.run(moment, [1.0, 0.98])
+    with Session(engine) as session:
+        assert session.exec(select(CalibrationGroup)).all() == [], "the group learns nothing from them"
+        slot = session.exec(select(DeviceSlot).where(DeviceSlot.device_id == "fridge-1")).one()
+    assert slot.calibration_shift == pytest.approx(0.97 * SLOT_STEP) and slot.calibration_cycles == 1
+
+
+def test_the_kept_reliability_is_what_the_insights_job_last_computed(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
+    moment = printer.run(moment, [1.0, 0.98])
+    with Session(engine) as session:
+        assert outcomes.kept_reliability(session=session) == ([], None), "nothing until the job runs"
+    with transaction(engine) as session:
+        assert outcomes.refresh_reliability(session=session, now=moment) == 1
+    with Session(engine) as session:
+        [row], computed = outcomes.kept_reliability(session=session)
+        assert row == outcomes.reliability(session=session, since=moment - timedelta(days=90))[0]
+    assert computed == moment and (row.device_kind, row.cycles) == ("printer", 1)
+    with transaction(engine) as session:
+        assert outcomes.refresh_reliability(session=session, now=moment + timedelta(days=100)) == 0
+    with Session(engine) as session:
+        assert outcomes.kept_reliability(session=session)[0] == [], "outcomes older than 90 days leave it"

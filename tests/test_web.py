@@ -185,6 +185,7 @@ def test_how_the_last_cycles_went_on_the_supplies_page_and_the_fleet_s_reliabili
     expect(cycles).to_contain_text("until the refill")
     page.get_by_role("button", name="Sign out").click()
 
+    platform.jobs.insights()  # the hourly job computes the reliability the page shows
     sign_in(page, platform, email=OPERATOR_EMAIL)
     page.get_by_role("link", name="Fleet").click()
     reliability = page.get_by_role("region", name="Forecast reliability")

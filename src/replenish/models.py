@@ -16,7 +16,7 @@ from replenish.insights.models import MonthlyDigest, UsageNorm
 from replenish.notifications.models import Notification, PushSubscription
 from replenish.orders.models import Order, OrderEvent
 from replenish.outbox.models import OutboxMessage
-from replenish.outcomes.models import CalibrationGroup, CycleOutcome
+from replenish.outcomes.models import CalibrationGroup, CycleOutcome, ForecastReliability
 
 __all__ = [
     "AccessToken",
@@ -36,6 +36,7 @@ __all__ = [
     "DeviceShare",
     "EscalationAttempt",
     "EscalationStep",
+    "ForecastReliability",
     "Invitation",
     "MonthlyDigest",
     "Notification",

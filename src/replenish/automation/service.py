@@ -64,6 +64,7 @@ from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.calibration import Calibration
 from replenish.forecasting.model import compile_ahead, fleet_prior, lends, prior_is_shared
+from replenish.forecasting.outcomes import ended_by
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
 from replenish.observability import correlation
@@ -1534,7 +1535,8 @@ def _evaluate_in_one_transaction(
                             slot=slot,
                             device=device,
                             started_at=slot.cycle_started_at,
-                            ended_at=evaluated.cycle_started_at,
+                            ended_at=ended_by(evaluated.forecast, started=slot.cycle_started_at)
+                            or evaluated.cycle_started_at,
                             readings=readings,
                         )
                     )
@@ -1558,7 +1560,7 @@ def _evaluate_in_one_transaction(
                     trigger=triggers.get(slot.id),
                 )
                 outcome.decisions.extend(decision.id for decision in decisions)
-        outcomes.record_ended_cycles(session=session, ended=ended, now=now)
+        recorded = outcomes.record_ended_cycles(session=session, ended=ended, now=now)
         store_forecasts(session=session, forecasts=context.forecasts, now=now)
         store_windows(
             session=session,
@@ -1572,6 +1574,15 @@ def _evaluate_in_one_transaction(
             next_at=next_at,
             screens=screens,
             cycle_starts=context.cycle_starts,
+        )
+        # Last: the groups' rows it updates are held until the commit.
+        outcomes.learn_from(
+            session=session,
+            outcomes=recorded,
+            lending={
+                customer for customer, (_, document) in context.consents.items() if document.fleet_learning_allowed
+            },
+            now=now,
         )
     outcome.left = [claim for slot_id, claim in waiting.items() if slot_id in present]  # the rest were deleted
     return outcome

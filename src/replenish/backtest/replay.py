@@ -27,7 +27,7 @@ from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, learn
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
-from replenish.forecasting.outcomes import Prediction, cycle_outcome
+from replenish.forecasting.outcomes import Prediction, cycle_outcome, ended_by
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -273,7 +273,10 @@ class _Replay:
         if not self.learn or prediction is None or started is None or ended.cycle_started_at is None:
             return
         outcome = cycle_outcome(
-            series, cycle_started_at=started, ended_at=ended.cycle_started_at, prediction=prediction
+            series,
+            cycle_started_at=started,
+            ended_at=ended_by(ended.forecast, started=started) or ended.cycle_started_at,
+            prediction=prediction,
         )
         missed, stated = outcome.ran_out_before_early, prediction.service_level
         shift, cycles = self.groups.get(state.slot, (0.0, 0))

@@ -117,3 +117,9 @@ def cycle_outcome(
 
 def _moment(epoch_seconds: float) -> datetime:
     return datetime.fromtimestamp(float(epoch_seconds), UTC)
+
+
+def ended_by(forecast: Forecast, *, started: datetime) -> datetime | None:
+    """The refill that ended the cycle that began at ``started``: the first one after it (several may have come
+    between two evaluations: a backlog of readings, a glitch), or None."""
+    return min((moment for moment in forecast.refills_detected if moment > started), default=None)

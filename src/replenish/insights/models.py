@@ -21,10 +21,12 @@ class UsageNorm(SQLModel, table=True):
 
 
 class MonthlyDigest(SQLModel, table=True):
-    """A customer's monthly digest of their use, sent once per month (the key makes it once)."""
+    """A customer's monthly digest of their use, handled once per month (the key makes it once): sent, or not
+    (turned off then, or nothing to report)."""
 
     __tablename__ = "monthly_digests"
 
     customer_id: str = Field(foreign_key="customers.id", primary_key=True)
     month: str = Field(primary_key=True, max_length=7)  # the month it covers, YYYY-MM
-    sent_at: datetime = Field(sa_type=UTCDateTime)
+    sent_at: datetime = Field(sa_type=UTCDateTime)  # when it was handled
+    sent: bool = True

@@ -1,5 +1,5 @@
-"""The insights job: the fleet's usage norms refreshed, then each customer's monthly digest once it is due, every
-customer in a transaction of their own."""
+"""The insights job: the fleet's usage norms and the forecasts' reliability refreshed, then each customer's monthly
+digest once it is due, every customer in a transaction of their own."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from datetime import datetime
 from functools import partial
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from replenish.consent import service as consent
 from replenish.constants import NoticeKind
-from replenish.customers.models import Customer
 from replenish.db import transaction
 from replenish.each import EachAlone
 from replenish.insights import service
 from replenish.notifications import service as notifications
+from replenish.outcomes import service as outcomes
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ _DIGESTS = EachAlone("monthly digest for customer", log=log)
 @dataclass
 class InsightsReport:
     norms: int = 0
+    reliability: int = 0  # device kinds
     digests: list[str] = field(default_factory=list)  # customers sent their monthly digest
     errors: int = 0
 
@@ -35,8 +36,9 @@ def refresh_and_send(*, engine: Engine, now: datetime) -> InsightsReport:
     report = InsightsReport()
     with transaction(engine) as session:
         report.norms = service.refresh_norms(session=session, now=now)
+        report.reliability = outcomes.refresh_reliability(session=session, now=now)
     with Session(engine) as session:
-        customer_ids = list(session.exec(select(Customer.id).order_by(Customer.id)))
+        customer_ids = service.customers_owed_a_digest(session=session, now=now)
     with _DIGESTS.one_pass():
         for customer_id in customer_ids:
             outcome = _DIGESTS.run(engine, customer_id, partial(_digest, customer_id=customer_id, now=now))
@@ -52,10 +54,13 @@ def _digest(*, session: Session, customer_id: str, now: datetime) -> bool:
     month = service.digest_due(session=session, customer_id=customer_id, document=document, now=now)
     if month is None:
         return False
-    composed = service.compose_digest(session=session, customer_id=customer_id, document=document, now=now)
-    service.record_digest(session=session, customer_id=customer_id, month=month, now=now)
+    composed = None
+    if document.insights.monthly_digest:
+        composed = service.compose_digest(session=session, customer_id=customer_id, document=document, now=now)
+    # Handled either way: turned off, or with nothing to report, it is not looked at again until next month.
+    service.record_digest(session=session, customer_id=customer_id, month=month, sent=composed is not None, now=now)
     if composed is None:
-        return False  # nothing to report: recorded all the same, so that it is not composed again every hour
+        return False
     subject, body = composed
     notifications.notify_customer(
         session=session,

@@ -15,6 +15,7 @@ from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import numpy as np
+from sqlalchemy import delete, or_
 from sqlmodel import Session, col, select
 
 from replenish.automation import service as automation
@@ -22,6 +23,7 @@ from replenish.catalogue import service as catalogue
 from replenish.columns import table_of
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import MAINTENANCE_HINT_DEFAULT, MAINTENANCE_HINTS
+from replenish.customers.models import Customer
 from replenish.db import upsert
 from replenish.devices import service as devices
 from replenish.devices.models import Device, Slot
@@ -33,6 +35,7 @@ from replenish.insights.usage import (
     Usage,
     UseCurve,
     describe_change,
+    figure,
     monthly_cost,
     stuck_since_delivery,
     times_the_norm,
@@ -63,7 +66,7 @@ class SlotInsight:
         """A fraction of the slot in its unit: "1.2 l", "3 eggs", "40% of a fill" for a slot counted in fractions."""
         if self.unit in ("fraction", ""):
             return f"{fraction:.0%} of a fill"
-        return f"{fraction * self.capacity:.2g} {self.unit}"
+        return f"{figure(fraction * self.capacity)} {self.unit}"
 
 
 def slot_insights(
@@ -194,6 +197,8 @@ def refresh_norms(*, session: Session, now: datetime) -> int:
         if rates
     ]
     upsert(session, table_of(UsageNorm), rows, key=["device_kind", "slot_name"])
+    # A group nobody lends to any more (consent withdrawn, slots gone) has no norm.
+    session.execute(delete(UsageNorm).where(col(UsageNorm.computed_at) < now))
     return len(rows)
 
 
@@ -211,14 +216,29 @@ def month_before(moment: datetime, document: ConsentDocument) -> tuple[str, date
 
 
 def digest_due(*, session: Session, customer_id: str, document: ConsentDocument, now: datetime) -> str | None:
-    """The month whose digest the customer is owed now (its key), or None: turned off, not yet time, or sent."""
-    if not document.insights.monthly_digest:
-        return None
+    """The month whose digest is to be handled now (its key), or None: not yet time, or handled (sent, or not sent
+    because it was turned off or had nothing to report)."""
     month, _, _, send_at = month_before(now, document)
     if now < send_at:
         return None
-    sent = session.get(MonthlyDigest, (customer_id, month))
-    return None if sent is not None else month
+    handled = session.get(MonthlyDigest, (customer_id, month))
+    return None if handled is not None else month
+
+
+def customers_owed_a_digest(*, session: Session, now: datetime) -> list[str]:
+    """The customers whose month may be due and is not handled yet: each customer's month is the one before theirs
+    in their time zone, so the months before UTC's, 14 hours either way, are the candidates. Once everyone's is
+    handled, none: the job reads nothing per customer for the rest of the month."""
+    candidates = sorted({f"{moment - timedelta(days=moment.day):%Y-%m}" for moment in _around(now)})
+    handled = [
+        select(MonthlyDigest.customer_id).where(MonthlyDigest.month == month).scalar_subquery() for month in candidates
+    ]
+    missing = [col(Customer.id).not_in(subquery) for subquery in handled]
+    return list(session.exec(select(Customer.id).where(or_(*missing)).order_by(col(Customer.id))))
+
+
+def _around(now: datetime) -> list[datetime]:
+    return [now - timedelta(hours=14), now + timedelta(hours=14)]
 
 
 def compose_digest(
@@ -270,7 +290,8 @@ def compose_digest(
     return subject, body
 
 
-def record_digest(*, session: Session, customer_id: str, month: str, now: datetime) -> None:
-    """The month's digest is sent: a second attempt (another scheduler, a retry) fails on the key."""
-    session.add(MonthlyDigest(customer_id=customer_id, month=month, sent_at=now))
+def record_digest(*, session: Session, customer_id: str, month: str, sent: bool, now: datetime) -> None:
+    """The month's digest is handled (``sent``, or not): a second attempt (another scheduler, a retry) fails on the
+    key."""
+    session.add(MonthlyDigest(customer_id=customer_id, month=month, sent_at=now, sent=sent))
     session.flush()

@@ -149,6 +149,15 @@ def usage(series: ReadingSeries, *, now: datetime, weeks: int) -> Usage:
     )
 
 
+def figure(value: float) -> str:
+    """An amount as people write it: "0.35", "2.8", "15", "1,250" (never "1.2e+03")."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2g}"
+
+
 def describe_change(ratio: float) -> str:
     """A marked change in words: "doubled", "tripled", "halved", "fell by two thirds"."""
     if ratio >= 3.5:

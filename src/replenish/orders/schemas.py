@@ -151,8 +151,9 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(None, max_length=500, description="Why, kept in the order's history.")
     feedback: OrderFeedback | None = Field(
         None,
-        description="Declining or cancelling: why, in a word the forecasts learn from: too_early (needed, but "
-        "later) or not_needed. Kept with the order and in the cycle's outcome. Refused (422) on an approval.",
+        description="Declining or cancelling: why: too_early (needed, but later) or not_needed. Kept with the "
+        "order and in the cycle's outcome; a cycle not needed teaches the forecasts nothing. Refused (422) on an "
+        "approval.",
     )
 
 

@@ -16,7 +16,7 @@ class CycleOutcome(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     decision_id: str = Field(foreign_key="decisions.id", unique=True)
     slot_id: str = Field(foreign_key="slots.id", index=True)
-    device_id: str = Field(foreign_key="devices.id")
+    device_id: str = Field(foreign_key="devices.id", index=True)
     customer_id: str = Field(foreign_key="customers.id", index=True)
     # The device's kind and the slot's name when it ended: what the fleet's reliability is grouped by.
     device_kind: str = Field(index=True)
@@ -35,7 +35,7 @@ class CycleOutcome(SQLModel, table=True):
     rate_per_day: float
     # The order it brought, as it stood when the cycle ended, and what the customer said if they declined or
     # cancelled it ("too_early", "not_needed").
-    order_id: str | None = Field(default=None, foreign_key="orders.id")
+    order_id: str | None = Field(default=None, foreign_key="orders.id", index=True)
     order_status: str | None = None
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     feedback: str | None = None
@@ -62,3 +62,20 @@ class CalibrationGroup(SQLModel, table=True):
     shift: float = 0.0
     cycles: int = 0
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ForecastReliability(SQLModel, table=True):
+    """Per device kind, the forecasts against what happened over the last RELIABILITY_DAYS, as the insights job last
+    computed it from the outcomes (outcomes.service.reliability): what the Fleet page and GET /reliability show,
+    without reading every outcome at each view."""
+
+    __tablename__ = "forecast_reliability"
+
+    device_kind: str = Field(primary_key=True)
+    cycles: int
+    stated: float
+    observed: float
+    ran_out: float
+    median_error_days: float | None = None
+    since: datetime = Field(sa_type=UTCDateTime)
+    computed_at: datetime = Field(sa_type=UTCDateTime)

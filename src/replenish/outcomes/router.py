@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from replenish.api.deps import ClockDep, CurrentOperator, CurrentPrincipal, Limit, ReadSession
+from replenish.api.deps import CurrentOperator, CurrentPrincipal, Limit, ReadSession
 from replenish.devices import service as devices
 from replenish.outcomes import service
 from replenish.outcomes.schemas import OutcomeRead, ReliabilityRead
@@ -35,13 +33,9 @@ def slot_outcomes(
 
 
 @router.get("/reliability", response_model=list[ReliabilityRead], summary="Forecasts against outcomes, per device kind")
-def reliability(
-    session: ReadSession,
-    operator: CurrentOperator,
-    clock: ClockDep,
-    days: int = Query(90, ge=1, le=3650, description="Over the outcomes recorded in this many days."),
-) -> list[ReliabilityRead]:
+def reliability(session: ReadSession, operator: CurrentOperator) -> list[ReliabilityRead]:
     """Operators: for each device kind, the stated probability of running out before the early date against the
-    observed frequency, over the decided cycles that ended in the period."""
-    rows = service.reliability(session=session, since=clock.now() - timedelta(days=days))
+    observed frequency, over the decided cycles that ended in the last 90 days, as the hourly insights job last
+    computed it."""
+    rows, _ = service.kept_reliability(session=session)
     return [ReliabilityRead.model_validate(row) for row in rows]

@@ -6,23 +6,24 @@ its own transaction, with the new cycle start.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy import Float, case, cast, func, update
+from sqlalchemy import Float, case, cast, delete, func, update
 from sqlmodel import Session, col, select
 
 from replenish.automation.models import Decision
 from replenish.columns import table_of
+from replenish.constants import WITHDRAWN_ORDER_STATUSES, OrderFeedback
 from replenish.db import add_to_counters
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
 from replenish.forecasting.outcomes import Prediction, cycle_outcome
 from replenish.orders.models import Order
-from replenish.outcomes.models import CalibrationGroup, CycleOutcome
+from replenish.outcomes.models import CalibrationGroup, CycleOutcome, ForecastReliability
 
 
 @dataclass(frozen=True)
@@ -43,20 +44,26 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
     if not ended:
         return []
     slot_ids = [cycle.slot.id for cycle in ended]
-    decisions: dict[str, list[Decision]] = {}
-    for decision in session.exec(
-        select(Decision).where(col(Decision.slot_id).in_(slot_ids)).order_by(col(Decision.cycle_started_at).desc())
+    decisions: dict[str, list[tuple[Decision, Order | None]]] = {}
+    # The decisions of the ended cycles only, newest first, with their orders.
+    for decision, its_order in session.exec(
+        select(Decision, Order)
+        .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
+        .where(
+            col(Decision.slot_id).in_(slot_ids),
+            col(Decision.cycle_started_at) >= min(cycle.started_at for cycle in ended),
+        )
+        .order_by(col(Decision.cycle_started_at).desc())
     ):
-        decisions.setdefault(decision.slot_id, []).append(decision)
+        decisions.setdefault(decision.slot_id, []).append((decision, its_order))
     recorded = []
     for cycle in ended:
         found = _decision_of(decisions.get(cycle.slot.id, []), cycle=cycle)
         if found is None:
             continue
-        decision, prediction = found
+        decision, order, prediction = found
         if session.exec(select(CycleOutcome.id).where(CycleOutcome.decision_id == decision.id)).first() is not None:
             continue
-        order = session.exec(select(Order).where(Order.decision_id == decision.id)).first()
         outcome = cycle_outcome(
             cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
         )
@@ -91,33 +98,49 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         )
         session.add(row)
         recorded.append(row)
-        _learn(session=session, outcome=row, now=now)
     return recorded
 
 
-def _learn(*, session: Session, outcome: CycleOutcome, now: datetime) -> None:
-    """What the outcome teaches its group's forecasts and its slot's (forecasting.calibration), added in SQL: other
-    evaluators may be learning from the same group at the same moment."""
-    missed, stated = outcome.ran_out_before_early, outcome.service_level
-    add_to_counters(
-        session,
-        table_of(CalibrationGroup),
-        key={"device_kind": outcome.device_kind, "slot_name": outcome.slot_name},
-        add={"shift": lesson(missed=missed, stated=stated, step=GROUP_STEP), "cycles": 1},
-        latest={"updated_at": now},
-        bounds={"shift": GROUP_BOUNDS},
-    )
+def learn_from(*, session: Session, outcomes: Sequence[CycleOutcome], lending: Collection[str], now: datetime) -> None:
+    """What the outcomes teach (forecasting.calibration): each slot's own shift, and its group's (device kind and
+    slot name) from the outcomes of customers in ``lending`` (who allow fleet learning: a group's shift changes
+    everyone's forecasts). A cycle the customer said was not needed teaches nothing: its use is not the forecast's
+    to follow. Added in SQL, groups last and in key order: evaluators learning from the same groups at the same
+    moment neither lose an outcome nor wait on each other in a circle, and a group's row is held only until the
+    commit that follows."""
+    teaching = [outcome for outcome in outcomes if outcome.feedback != OrderFeedback.NOT_NEEDED]
     slots = table_of(Slot)
-    moved = slots.c.calibration_shift + lesson(missed=missed, stated=stated, step=SLOT_STEP)
     low, high = SLOT_BOUNDS
-    session.execute(
-        update(slots)
-        .where(slots.c.id == outcome.slot_id)
-        .values(
-            calibration_shift=case((moved > high, high), (moved < low, low), else_=moved),
-            calibration_cycles=slots.c.calibration_cycles + 1,
+    for outcome in sorted(teaching, key=lambda row: row.slot_id):
+        step = lesson(missed=outcome.ran_out_before_early, stated=outcome.service_level, step=SLOT_STEP)
+        moved = slots.c.calibration_shift + step
+        session.execute(
+            update(slots)
+            .where(slots.c.id == outcome.slot_id)
+            .values(
+                calibration_shift=case((moved > high, high), (moved < low, low), else_=moved),
+                calibration_cycles=slots.c.calibration_cycles + 1,
+            )
         )
-    )
+    groups: dict[tuple[str, str], list[CycleOutcome]] = {}
+    for outcome in teaching:
+        if outcome.customer_id in lending:
+            groups.setdefault((outcome.device_kind, outcome.slot_name), []).append(outcome)
+    for (kind, name), members in sorted(groups.items()):
+        add_to_counters(
+            session,
+            table_of(CalibrationGroup),
+            key={"device_kind": kind, "slot_name": name},
+            add={
+                "shift": sum(
+                    lesson(missed=row.ran_out_before_early, stated=row.service_level, step=GROUP_STEP)
+                    for row in members
+                ),
+                "cycles": len(members),
+            },
+            latest={"updated_at": now},
+            bounds={"shift": GROUP_BOUNDS},
+        )
 
 
 def calibrations(*, session: Session, slots: Sequence[tuple[Slot, Device]]) -> dict[str, Calibration]:
@@ -141,10 +164,17 @@ def calibrations(*, session: Session, slots: Sequence[tuple[Slot, Device]]) -> d
     return found
 
 
-def _decision_of(candidates: list[Decision], *, cycle: EndedCycle) -> tuple[Decision, Prediction] | None:
-    """The cycle's newest decision (newest first in ``candidates``) with a prediction to check."""
-    for decision in candidates:
+def _decision_of(
+    candidates: list[tuple[Decision, Order | None]], *, cycle: EndedCycle
+) -> tuple[Decision, Order | None, Prediction] | None:
+    """The cycle's newest decision (newest first in ``candidates``) with a prediction to check: not a request of the
+    customer's own, or a line pulled into a shipment, that was withdrawn (it decided nothing about the cycle, as
+    automation's latest decision keys say)."""
+    for decision, order in candidates:
         if not cycle.started_at <= decision.cycle_started_at < cycle.ended_at:
+            continue
+        asked = decision.requested_by is not None or decision.pulled_into is not None
+        if asked and order is not None and order.status in WITHDRAWN_ORDER_STATUSES:
             continue
         forecast = Forecast.from_json(decision.forecast)
         stated = decision.policy.get("service_level")
@@ -156,7 +186,7 @@ def _decision_of(candidates: list[Decision], *, cycle: EndedCycle) -> tuple[Deci
             )
         )
         if prediction is not None:
-            return decision, prediction
+            return decision, order, prediction
     return None
 
 
@@ -218,6 +248,50 @@ class Reliability:
 
 # Fewer cycles than this say little about a probability of a few percent.
 MIN_RELIABILITY_CYCLES = 50
+
+
+# The reliability the Fleet page and GET /reliability show: over the outcomes recorded in this many days.
+RELIABILITY_DAYS = 90
+
+
+def refresh_reliability(*, session: Session, now: datetime) -> int:
+    """Compute the reliability per device kind over the last RELIABILITY_DAYS and keep it (ForecastReliability),
+    in place of what was kept: the insights job does, hourly. Returns how many kinds."""
+    since = now - timedelta(days=RELIABILITY_DAYS)
+    rows = reliability(session=session, since=since)
+    session.execute(delete(ForecastReliability))
+    session.add_all(
+        ForecastReliability(
+            device_kind=row.device_kind,
+            cycles=row.cycles,
+            stated=row.stated,
+            observed=row.observed,
+            ran_out=row.ran_out,
+            median_error_days=row.median_error_days,
+            since=since,
+            computed_at=now,
+        )
+        for row in rows
+    )
+    return len(rows)
+
+
+def kept_reliability(*, session: Session) -> tuple[list[Reliability], datetime | None]:
+    """The reliability as last computed (refresh_reliability), most cycles first, and when."""
+    rows = list(session.exec(select(ForecastReliability)))
+    found = [
+        Reliability(
+            device_kind=row.device_kind,
+            cycles=row.cycles,
+            stated=row.stated,
+            observed=row.observed,
+            ran_out=row.ran_out,
+            median_error_days=row.median_error_days,
+        )
+        for row in rows
+    ]
+    computed = max((row.computed_at for row in rows), default=None)
+    return sorted(found, key=lambda row: (-row.cycles, row.device_kind)), computed
 
 
 def reliability(*, session: Session, since: datetime | None = None) -> list[Reliability]:

@@ -12,6 +12,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from replenish.insights.usage import figure
+
 WIDTH, HEIGHT = 640, 170
 LEFT, RIGHT, TOP, BOTTOM = 44, 10, 10, 22
 HISTORY = timedelta(days=21)
@@ -109,7 +111,7 @@ def use_chart(*, title: str, weeks: Sequence[tuple[datetime, float, bool]], unit
     parts = [
         f'<svg class="chart use" viewBox="0 0 {USE_WIDTH} {USE_HEIGHT}" role="img" aria-label="{escape(title)}" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
-        f'<text class="axis" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{top:.2g}</text>',
+        f'<text class="axis" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{figure(top)}</text>',
         f'<line class="grid" x1="{LEFT}" x2="{USE_WIDTH - RIGHT}" y1="{USE_HEIGHT - BOTTOM}" '
         f'y2="{USE_HEIGHT - BOTTOM}"/>',
     ]
@@ -119,7 +121,7 @@ def use_chart(*, title: str, weeks: Sequence[tuple[datetime, float, bool]], unit
         y = USE_HEIGHT - BOTTOM - height
         parts.append(
             f'<rect class="week{"" if whole else " partial"}" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" '
-            f'height="{height:.1f}"><title>week of {start:%d %b}: {amount:.2g} {escape(unit_label)}'
+            f'height="{height:.1f}"><title>week of {start:%d %b}: {figure(amount)} {escape(unit_label)}'
             f"{'' if whole else ' (readings missing for part of it)'}</title></rect>"
         )
         parts.append(

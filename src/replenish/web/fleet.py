@@ -19,7 +19,6 @@ from replenish.web.pages import PREFIX, PageNotFound, WebPrincipal, now_of, rend
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 FLEET_RATE_WINDOWS = (timedelta(minutes=5), timedelta(hours=1))
 FLEET_COUNT_MOST = 100_000
-RELIABILITY_WINDOW = timedelta(days=90)
 
 
 @router.get("/fleet", response_class=HTMLResponse)
@@ -39,7 +38,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         dead = ingest.list_dead_letters(session=session, limit=50)
         reasons = ingest.dead_letters_by_reason(session=session, since=now - timedelta(days=1))
         overflow = ingest.dead_letter_overflow(session=session, since=now - timedelta(days=1))
-        reliability = outcomes.reliability(session=session, since=now - RELIABILITY_WINDOW)
+        reliability, reliability_at = outcomes.kept_reliability(session=session)
         rates = [
             (window, ingest.messages_received(session=session, since=now - window, most=FLEET_COUNT_MOST))
             for window in FLEET_RATE_WINDOWS
@@ -54,6 +53,7 @@ def fleet_page(request: Request, principal: WebPrincipal) -> HTMLResponse:
         "rates": rates,
         "count_most": FLEET_COUNT_MOST,
         "reliability": reliability,
-        "reliability_days": RELIABILITY_WINDOW.days,
+        "reliability_at": reliability_at,
+        "reliability_days": outcomes.RELIABILITY_DAYS,
     }
     return render_page(request, "fleet.html", context)

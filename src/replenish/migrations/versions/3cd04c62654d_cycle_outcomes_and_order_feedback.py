@@ -74,6 +74,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("cycle_outcomes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_cycle_outcomes_customer_id"), ["customer_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_cycle_outcomes_device_id"), ["device_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_cycle_outcomes_order_id"), ["order_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_cycle_outcomes_device_kind"), ["device_kind"], unique=False)
         batch_op.create_index(batch_op.f("ix_cycle_outcomes_recorded_at"), ["recorded_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_cycle_outcomes_slot_id"), ["slot_id"], unique=False)
@@ -90,6 +92,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_cycle_outcomes_slot_id"))
         batch_op.drop_index(batch_op.f("ix_cycle_outcomes_recorded_at"))
         batch_op.drop_index(batch_op.f("ix_cycle_outcomes_device_kind"))
+        batch_op.drop_index(batch_op.f("ix_cycle_outcomes_order_id"))
+        batch_op.drop_index(batch_op.f("ix_cycle_outcomes_device_id"))
         batch_op.drop_index(batch_op.f("ix_cycle_outcomes_customer_id"))
 
     op.drop_table("cycle_outcomes")

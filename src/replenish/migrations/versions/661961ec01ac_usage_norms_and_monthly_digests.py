@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(), nullable=False),
         sa.Column("month", sa.String(length=7), nullable=False),
         sa.Column("sent_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],

@@ -1,4 +1,4 @@
-"""calibration: what ended cycles taught the forecasts, per kind and slot name and per slot
+"""calibration: what ended cycles taught the forecasts (per kind and slot name, per slot); reliability per kind
 
 Revision ID: 886d305a0b3f
 Revises: 661961ec01ac
@@ -19,6 +19,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "forecast_reliability",
+        sa.Column("device_kind", sa.String(), nullable=False),
+        sa.Column("cycles", sa.Integer(), nullable=False),
+        sa.Column("stated", sa.Float(), nullable=False),
+        sa.Column("observed", sa.Float(), nullable=False),
+        sa.Column("ran_out", sa.Float(), nullable=False),
+        sa.Column("median_error_days", sa.Float(), nullable=True),
+        sa.Column("since", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("computed_at", replenish.columns.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("device_kind"),
+    )
     op.create_table(
         "calibration_groups",
         sa.Column("device_kind", sa.String(), nullable=False),
@@ -43,3 +55,4 @@ def downgrade() -> None:
         batch_op.drop_column("calibration_shift")
 
     op.drop_table("calibration_groups")
+    op.drop_table("forecast_reliability")
