@@ -236,16 +236,7 @@ class _Replay:
         if state.prediction is not None and evaluation.cycle_started_at != memory.cycle_started_at:
             self._learn(state, series=series, ended=evaluation, started=memory.cycle_started_at)
         if evaluation.verdict is not None:
-            state.prediction = Prediction.of(evaluation.forecast, decided_at=now, stated=self.policy.service_level)
-            self.orders.append(
-                ReplayedOrder(
-                    device_id=key[0],
-                    slot=key[1],
-                    ordered_at=now,
-                    forecast=evaluation.forecast,
-                    stated_service_level=self.policy.service_level,
-                )
-            )
+            self._order(key, state, forecast=evaluation.forecast, now=now)
             memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
             self._pull_forward(key, now=now)
         else:
@@ -258,6 +249,14 @@ class _Replay:
         check = _next_check(state, now=now, policy=self.policy)
         if check is not None:
             heapq.heappush(self.checks, (check.timestamp(), next(self._tie), key, state.evaluations))
+
+    def _order(self, key: tuple[str, str], state: _SlotReplay, *, forecast: Forecast | None, now: datetime) -> None:
+        """An order for the slot now, decided on ``forecast``: its cycle's prediction, for the outcome to check."""
+        stated = self.policy.service_level
+        state.prediction = None if forecast is None else Prediction.of(forecast, decided_at=now, stated=stated)
+        self.orders.append(
+            ReplayedOrder(key[0], key[1], ordered_at=now, forecast=forecast, stated_service_level=stated)
+        )
 
     def _calibration(self, state: _SlotReplay) -> Calibration | None:
         if not self.learn:
@@ -309,19 +308,7 @@ class _Replay:
                 now=now,
                 newest=(state.newest, _utc(float(state.times[state.count - 1]))),
             ):
-                self.orders.append(
-                    ReplayedOrder(
-                        device_id=key[0],
-                        slot=key[1],
-                        ordered_at=now,
-                        forecast=state.last_forecast,
-                        stated_service_level=self.policy.service_level,
-                    )
-                )
-                if state.last_forecast is not None:
-                    state.prediction = Prediction.of(
-                        state.last_forecast, decided_at=now, stated=self.policy.service_level
-                    )
+                self._order(key, state, forecast=state.last_forecast, now=now)
                 state.memory = SlotMemory(memory.cycle_started_at, memory.cycle_started_at, now)
 
 

@@ -6,6 +6,7 @@ its own transaction, with the new cycle start.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -260,36 +261,14 @@ def refresh_reliability(*, session: Session, now: datetime) -> int:
     since = now - timedelta(days=RELIABILITY_DAYS)
     rows = reliability(session=session, since=since)
     session.execute(delete(ForecastReliability))
-    session.add_all(
-        ForecastReliability(
-            device_kind=row.device_kind,
-            cycles=row.cycles,
-            stated=row.stated,
-            observed=row.observed,
-            ran_out=row.ran_out,
-            median_error_days=row.median_error_days,
-            since=since,
-            computed_at=now,
-        )
-        for row in rows
-    )
+    session.add_all(ForecastReliability(**dataclasses.asdict(row), since=since, computed_at=now) for row in rows)
     return len(rows)
 
 
 def kept_reliability(*, session: Session) -> tuple[list[Reliability], datetime | None]:
     """The reliability as last computed (refresh_reliability), most cycles first, and when."""
     rows = list(session.exec(select(ForecastReliability)))
-    found = [
-        Reliability(
-            device_kind=row.device_kind,
-            cycles=row.cycles,
-            stated=row.stated,
-            observed=row.observed,
-            ran_out=row.ran_out,
-            median_error_days=row.median_error_days,
-        )
-        for row in rows
-    ]
+    found = [Reliability(**row.model_dump(exclude={"since", "computed_at"})) for row in rows]
     computed = max((row.computed_at for row in rows), default=None)
     return sorted(found, key=lambda row: (-row.cycles, row.device_kind)), computed
 
