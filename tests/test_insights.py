@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -260,3 +263,27 @@ def test_the_monthly_digest_goes_once_on_the_first_and_can_be_turned_off(engine:
         handled = session.get(MonthlyDigest, (home.customer_id, "2026-11"))
         assert handled is not None and not handled.sent, "handled: not looked at again this month"
         assert insights.customers_owed_a_digest(session=session, now=december + timedelta(hours=1)) == []
+
+
+def test_use_is_read_without_loading_the_models_compiled_kernels():
+    """The API process shows insights; numba (half a minute to compile, 150 MB) stays the evaluator's."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from datetime import UTC, datetime
+
+        import numpy as np
+
+        from replenish.forecasting import ReadingSeries
+        from replenish.insights.usage import usage
+
+        days = np.arange(0.0, 30.0, 0.25)
+        series = ReadingSeries(times=1.78e9 + days * 86400.0, levels=1.0 - (0.05 * days) % 0.9)
+        found = usage(series, now=datetime.fromtimestamp(1.78e9 + 30 * 86400.0, UTC), weeks=4)
+        assert found.rate_per_day is not None
+        print("numba" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

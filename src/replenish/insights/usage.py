@@ -1,9 +1,11 @@
 """What a slot's readings say about its use, for the customer: use per week, a marked change, what it costs a month
 and hints that something needs looking at. Pure functions of readings, prices and "now", like the forecast.
 
-Use is counted from a level curve that only falls within a cycle: readings are split into cycles at refills (the
-forecast's own split_cycles), each reading is the median of itself and its neighbours (a lone spike or dip does not
-count), and a rise that is not a refill (noise, a bottle put back) is not negative use. What a week used is how far
+Use is counted from a level curve that only falls within a cycle: a rise of the model's refill size
+(REFILL_MIN_RISE) that the next reading holds starts a new cycle, within a cycle each reading is the median of
+itself and its neighbours (a lone spike or dip does not count), and a smaller rise (noise, a bottle put back) is
+not negative use. Plain numpy and Python: the API process,
+which shows these, does not load the model's compiled kernels (forecasting.compiled). What a week used is how far
 that curve fell in it, read between readings by linear interpolation.
 """
 
@@ -16,7 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
-from replenish.forecasting import ReadingSeries, split_cycles
+from replenish.forecasting import ReadingSeries
+from replenish.forecasting.model import REFILL_MIN_RISE
 from replenish.forecasting.weekly import SECONDS_PER_DAY
 
 WEEK = timedelta(days=7)
@@ -36,6 +39,8 @@ MIN_RATE_DAYS = 7
 # A slot using this many times its kind's median rate, in a group of at least NORM_MIN_SLOTS, gets a hint.
 FAST_FACTOR = 2.5
 NORM_MIN_SLOTS = 5
+# A rise is a refill against the median of this many readings before it.
+REFILL_BASELINE = 3
 # A slot that repeats one reading this many times since a delivery it has not shown gets a hint.
 STUCK_READINGS = 3
 STUCK_AFTER = timedelta(days=1)
@@ -76,20 +81,26 @@ class UseCurve:
         self.used = np.zeros(count)
         if count == 0:
             return
-        cycles = split_cycles(series)
+        # A refill as the model reads one: a rise of REFILL_MIN_RISE over the median of the readings before it, that
+        # the next reading holds (a lone spike is not one, nor the way back from a dip). Within each cycle, the
+        # median of each reading and its neighbours: a lone dip or spike is gone.
+        starts = [0]
+        for index in range(1, count - 1):
+            before = float(np.median(levels[max(0, index - REFILL_BASELINE) : index]))
+            if min(levels[index], levels[index + 1]) - before >= REFILL_MIN_RISE and index - starts[-1] > 1:
+                starts.append(index)
         smoothed = levels.copy()
-        for start, end in zip(cycles, [*cycles[1:], count], strict=True):
-            # Within the cycle only: a window across a refill would take a reading from the other side.
+        for start, end in zip(starts, [*starts[1:], count], strict=True):
             if end - start >= 3:
                 part = levels[start:end]
                 smoothed[start + 1 : end - 1] = np.median(np.stack((part[:-2], part[1:-1], part[2:])), axis=0)
-        starts = set(cycles)
+        refills = set(starts[1:])
         lowest = smoothed[0]
         cycle_start = 0
         for index in range(1, count):
-            if index in starts:
-                # A refill, somewhere between the two readings: half the gap's use at the cycle's rate, at most what
-                # was left, is the use nobody saw.
+            if index in refills:
+                # Somewhere between the two readings: half the gap's use at the cycle's rate, at most what was left,
+                # is the use nobody saw.
                 span = self.times[index - 1] - self.times[cycle_start]
                 rate = (self.used[index - 1] - self.used[cycle_start]) / span if span > 0 else 0.0
                 unseen = min(rate * (self.times[index] - self.times[index - 1]) / 2, max(0.0, lowest))

@@ -41,6 +41,10 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
     """Every device with its slots: level now, the forecast empty date with its band, the next order, health."""
     now = now_of(request)
     with Session(api_state(request).engine) as session:
+        # For live.js to compare its first poll with: a forecast stored while the page was drawn, before that poll,
+        # would otherwise never be drawn. Read first: one stored after it is drawn again, which is harmless.
+        customer_id = principal.scope(None)
+        forecasts_at = devices.latest_forecast_at(session=session, customer_id=customer_id) if customer_id else None
         found = devices.list_devices(
             session=session, customer_id=principal.scope(None), device_ids=principal.visible_devices, limit=200
         )
@@ -88,7 +92,14 @@ def overview(request: Request, principal: WebPrincipal) -> HTMLResponse:
                     }
                 )
             cards.append({"device": device, "slots": slots})
-    context = {"title": "Supplies", "principal": principal, "cards": cards, "now": now, "live_page": "overview"}
+    context = {
+        "title": "Supplies",
+        "principal": principal,
+        "cards": cards,
+        "now": now,
+        "live_page": "overview",
+        "forecasts_at": forecasts_at,
+    }
     return render_page(request, "overview.html", context)
 
 

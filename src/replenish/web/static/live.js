@@ -43,6 +43,11 @@
         show("alert-count", now.open_alerts.length, "open alerts");
         // Only the supplies page shows forecasts: the others redraw for orders and alerts alone.
         const key = JSON.stringify(page === "overview" ? now : { ...now, forecasts_at: null });
+        if (drawn === null && page === "overview") {
+          // The forecasts the page was drawn with: one stored since, before this first poll, is drawn now.
+          const shown = document.getElementById("live-forecasts-at");
+          drawn = JSON.stringify({ ...now, forecasts_at: shown ? shown.dataset.at || null : now.forecasts_at });
+        }
         if (drawn === null || !page) drawn = key;
         else if (key !== drawn && (await redraw())) drawn = key;
       }
