@@ -102,16 +102,19 @@ def slot_chart(
 USE_WIDTH, USE_HEIGHT = 640, 120
 
 
-def use_chart(*, title: str, weeks: Sequence[tuple[datetime, float, bool]], unit_label: str) -> Markup:
+def use_chart(
+    *, title: str, weeks: Sequence[tuple[datetime, float, bool]], unit_label: str, axis_unit: str = ""
+) -> Markup:
     """Use per week as bars, oldest first: (week start, amount, whether readings cover the whole week). A week only
-    partly covered is drawn hollow: its bar may be short only because readings were missing."""
+    partly covered is drawn hollow: its bar may be short only because readings were missing. ``axis_unit`` follows
+    the top of the scale ("%", " l")."""
     top = max((amount for _, amount, _ in weeks), default=0.0) or 1.0
     inner = USE_WIDTH - LEFT - RIGHT
     slot = inner / max(len(weeks), 1)
     parts = [
         f'<svg class="chart use" viewBox="0 0 {USE_WIDTH} {USE_HEIGHT}" role="img" aria-label="{escape(title)}" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
-        f'<text class="axis" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{figure(top)}</text>',
+        f'<text class="axis" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{figure(top)}{escape(axis_unit)}</text>',
         f'<line class="grid" x1="{LEFT}" x2="{USE_WIDTH - RIGHT}" y1="{USE_HEIGHT - BOTTOM}" '
         f'y2="{USE_HEIGHT - BOTTOM}"/>',
     ]

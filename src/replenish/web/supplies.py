@@ -128,6 +128,8 @@ def _use_chart(insight: SlotInsight | None, *, device_name: str, slot_name: str)
         title=f"{device_name} {slot_name}: use per week",
         weeks=[(week.start, week.used * scale, week.covered >= WHOLE_WEEK) for week in insight.usage.weeks],
         unit_label="% of a fill" if unit == "of a fill" else unit,
+        # Beside the scale's top, where there is room for a short unit only ("%", "l"; not "capsules").
+        axis_unit="%" if unit == "of a fill" else (f" {unit}" if len(unit) <= 3 else ""),
     )
 
 
