@@ -156,6 +156,12 @@ def _upsert_statement(session: Session, table: Table) -> Any:
     return sqlite_insert(table)
 
 
+def within(value: Any, bounds: tuple[float, float]) -> Any:
+    """A SQL expression's value, kept within ``bounds`` (low, high): both dialects, unlike LEAST and GREATEST."""
+    low, high = bounds
+    return case((value > high, high), (value < low, low), else_=value)
+
+
 def add_to_counters(
     session: Session,
     table: Table,
@@ -171,10 +177,7 @@ def add_to_counters(
     bounds = bounds or {}
 
     def bounded(name: str, value: Any) -> Any:
-        if name not in bounds:
-            return value
-        low, high = bounds[name]
-        return case((value > high, high), (value < low, low), else_=value)
+        return within(value, bounds[name]) if name in bounds else value
 
     start = {
         name: min(bounds[name][1], max(bounds[name][0], value)) if name in bounds else value

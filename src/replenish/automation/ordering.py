@@ -24,6 +24,7 @@ class Offer:
     name: str | None = None
     pack_size: float | None = None  # in the slot's unit
     price: Decimal | None = None  # of one pack
+    currency: str | None = None  # of the price; None for a free SKU at the slot's unit price
     available: bool = True
 
     @property

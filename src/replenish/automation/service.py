@@ -910,6 +910,7 @@ def line_for(
             name=version.name,
             pack_size=version.pack_size,
             price=version.price,
+            currency=version.currency,
             # One changed since it was chosen so that it no longer fits the slot cannot be ordered for it.
             available=version.available and catalogue.fits(version, shape) is None,
         )

@@ -54,9 +54,8 @@ class ReplayedOrder:
     slot: str
     ordered_at: datetime
     forecast: Forecast | None = field(default=None, compare=False)  # what it was decided on
-    stated_service_level: float = field(
-        default=DEFAULT_SERVICE_LEVEL, compare=False
-    )  # the forecast planned at a calibrated one
+    # The customer's level: the forecast planned at a calibrated one (forecasting.calibration).
+    stated_service_level: float = field(default=DEFAULT_SERVICE_LEVEL, compare=False)
 
 
 @dataclass
@@ -392,21 +391,10 @@ def write_decisions(path: Path, orders: list[ReplayedOrder]) -> None:
         writer.writerow(DECISIONS_HEADER)
         for order in orders:
             forecast = order.forecast
+            moments = (forecast.empty_at, forecast.empty_at_early, forecast.empty_at_late) if forecast else ()
+            dates = [_iso(moment) if moment is not None else "" for moment in moments] or ["", "", ""]
             writer.writerow(
-                [
-                    order.device_id,
-                    order.slot,
-                    _iso(order.ordered_at),
-                    *(
-                        _iso(moment) if moment is not None else ""
-                        for moment in (
-                            forecast.empty_at if forecast else None,
-                            forecast.empty_at_early if forecast else None,
-                            forecast.empty_at_late if forecast else None,
-                        )
-                    ),
-                    f"{order.stated_service_level:g}",
-                ]
+                [order.device_id, order.slot, _iso(order.ordered_at), *dates, f"{order.stated_service_level:g}"]
             )
 
 

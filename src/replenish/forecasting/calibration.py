@@ -61,8 +61,6 @@ class Calibration:
 
     def describe(self, stated: float) -> str:
         """For a decision's reason: what the level planned at was learned from."""
-        if not self.group_cycles and not self.slot_cycles:
-            return "no ended cycle to learn from yet"
         planned = self.service_level(stated)
         return (
             f"planned at {planned:.2%} to keep the stated {stated:.0%}, as {self.group_cycles} ended cycle(s) of "

@@ -8,6 +8,7 @@ them in words. Nothing here commits.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,10 @@ from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import numpy as np
-from sqlalchemy import delete, or_
+from sqlalchemy import delete, func, or_
 from sqlmodel import Session, col, select
 
 from replenish.automation import service as automation
-from replenish.catalogue import service as catalogue
 from replenish.columns import table_of
 from replenish.consent.schemas import ConsentDocument
 from replenish.constants import MAINTENANCE_HINT_DEFAULT, MAINTENANCE_HINTS
@@ -70,12 +70,20 @@ class SlotInsight:
 
 
 def slot_insights(
-    *, session: Session, slots: Sequence[tuple[Slot, Device]], documents: dict[str, ConsentDocument], now: datetime
+    *,
+    session: Session,
+    slots: Sequence[tuple[Slot, Device]],
+    documents: dict[str, ConsentDocument],
+    now: datetime,
+    history: dict[str, list[tuple[datetime, float]]] | None = None,
 ) -> dict[str, SlotInsight]:
-    """The insights of each slot, as its customer's consent (``documents``, by customer id) asks for them."""
+    """The insights of each slot, as its customer's consent (``documents``, by customer id) asks for them.
+    ``history``: each slot's readings since at least HISTORY before ``now`` (devices.level_history), when the
+    caller has read them already."""
     if not slots:
         return {}
-    history = devices.level_history(session=session, slot_ids=[slot.id for slot, _ in slots], since=now - HISTORY)
+    if history is None:
+        history = devices.level_history(session=session, slot_ids=[slot.id for slot, _ in slots], since=now - HISTORY)
     norms = _norms(session=session, keys={(device.kind, slot.name) for slot, device in slots})
     deliveries = _latest_deliveries(session=session, slot_ids=[slot.id for slot, _ in slots], now=now)
     found = {}
@@ -131,8 +139,8 @@ def slot_insights(
                     f"{insight.amount(slot.level / slot.capacity)} {slot.same_level_count} times running. Is the new "
                     "one in, and seated? A sensor that repeats itself may need cleaning."
                 )
-        found[slot.id] = SlotInsight(
-            **{**insight.__dict__, "change": change, "monthly_cost": cost, "currency": currency, "hints": tuple(hints)}
+        found[slot.id] = dataclasses.replace(
+            insight, change=change, monthly_cost=cost, currency=currency, hints=tuple(hints)
         )
     return found
 
@@ -154,8 +162,7 @@ def _monthly_cost(
     cost = monthly_cost(
         rate_per_day=rate.rate_per_day, capacity=slot.capacity, pack_size=offer.pack_size, price=offer.price
     )
-    version = catalogue.current_versions(session=session, skus=[offer.sku]).get(offer.sku)
-    return cost, version.currency if version is not None else None
+    return cost, offer.currency
 
 
 def _norms(*, session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[float, int]]:
@@ -170,15 +177,12 @@ def _norms(*, session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, s
 
 def _latest_deliveries(*, session: Session, slot_ids: list[str], now: datetime) -> dict[str, datetime]:
     """Each slot's newest delivery in the history read, if any."""
-    found: dict[str, datetime] = {}
-    for slot_id, delivered_at in session.exec(
-        select(Order.slot_id, Order.delivered_at).where(
-            col(Order.slot_id).in_(slot_ids), col(Order.delivered_at) >= now - HISTORY
-        )
-    ):
-        if delivered_at is not None and (slot_id not in found or delivered_at > found[slot_id]):
-            found[slot_id] = delivered_at
-    return found
+    rows = session.exec(
+        select(Order.slot_id, func.max(Order.delivered_at))
+        .where(col(Order.slot_id).in_(slot_ids), col(Order.delivered_at) >= now - HISTORY)
+        .group_by(col(Order.slot_id))
+    )
+    return {slot_id: delivered_at for slot_id, delivered_at in rows if delivered_at is not None}
 
 
 def refresh_norms(*, session: Session, now: datetime) -> int:
@@ -229,16 +233,13 @@ def customers_owed_a_digest(*, session: Session, now: datetime) -> list[str]:
     """The customers whose month may be due and is not handled yet: each customer's month is the one before theirs
     in their time zone, so the months before UTC's, 14 hours either way, are the candidates. Once everyone's is
     handled, none: the job reads nothing per customer for the rest of the month."""
-    candidates = sorted({f"{moment - timedelta(days=moment.day):%Y-%m}" for moment in _around(now)})
+    around = (now - timedelta(hours=14), now + timedelta(hours=14))
+    candidates = sorted({f"{moment - timedelta(days=moment.day):%Y-%m}" for moment in around})
     handled = [
         select(MonthlyDigest.customer_id).where(MonthlyDigest.month == month).scalar_subquery() for month in candidates
     ]
     missing = [col(Customer.id).not_in(subquery) for subquery in handled]
     return list(session.exec(select(Customer.id).where(or_(*missing)).order_by(col(Customer.id))))
-
-
-def _around(now: datetime) -> list[datetime]:
-    return [now - timedelta(hours=14), now + timedelta(hours=14)]
 
 
 def compose_digest(
@@ -257,10 +258,11 @@ def compose_digest(
     )
     if not slots:
         return None
-    insights = slot_insights(session=session, slots=slots, documents={customer_id: document}, now=now)
+    # The two months reported, and what the insights read before now: one read.
     history = devices.level_history(
-        session=session, slot_ids=[slot.id for slot, _ in slots], since=before_start, most=10_000
+        session=session, slot_ids=[slot.id for slot, _ in slots], since=min(before_start, now - HISTORY), most=10_000
     )
+    insights = slot_insights(session=session, slots=slots, documents={customer_id: document}, now=now, history=history)
     lines = []
     for slot, _ in slots:
         insight = insights[slot.id]

@@ -27,9 +27,8 @@ def slot_outcomes(
         device_ids=principal.visible_devices,
     )
     slot = devices.get_slot(session=session, device_id=device_id, slot_name=slot_name)
-    return [
-        OutcomeRead.model_validate(row) for row in service.list_for_slot(session=session, slot_id=slot.id, limit=limit)
-    ]
+    found = service.list_for_slots(session=session, slot_ids=[slot.id], per_slot=limit).get(slot.id, [])
+    return [OutcomeRead.model_validate(row) for row in found]
 
 
 @router.get("/reliability", response_model=list[ReliabilityRead], summary="Forecasts against outcomes, per device kind")

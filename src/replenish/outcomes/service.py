@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from replenish.automation.models import Decision
 from replenish.columns import table_of
 from replenish.constants import WITHDRAWN_ORDER_STATUSES, OrderFeedback
-from replenish.db import add_to_counters
+from replenish.db import add_to_counters, within
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
@@ -46,7 +46,7 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         return []
     slot_ids = [cycle.slot.id for cycle in ended]
     decisions: dict[str, list[tuple[Decision, Order | None]]] = {}
-    # The decisions of the ended cycles only, newest first, with their orders.
+    # The decisions of the ended cycles only, newest first, with their orders; and those already with an outcome.
     for decision, its_order in session.exec(
         select(Decision, Order)
         .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
@@ -57,14 +57,14 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         .order_by(col(Decision.cycle_started_at).desc())
     ):
         decisions.setdefault(decision.slot_id, []).append((decision, its_order))
+    candidates = [decision.id for found in decisions.values() for decision, _ in found]
+    known = set(session.exec(select(CycleOutcome.decision_id).where(col(CycleOutcome.decision_id).in_(candidates))))
     recorded = []
     for cycle in ended:
         found = _decision_of(decisions.get(cycle.slot.id, []), cycle=cycle)
-        if found is None:
+        if found is None or found[0].id in known:
             continue
         decision, order, prediction = found
-        if session.exec(select(CycleOutcome.id).where(CycleOutcome.decision_id == decision.id)).first() is not None:
-            continue
         outcome = cycle_outcome(
             cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
         )
@@ -111,15 +111,13 @@ def learn_from(*, session: Session, outcomes: Sequence[CycleOutcome], lending: C
     commit that follows."""
     teaching = [outcome for outcome in outcomes if outcome.feedback != OrderFeedback.NOT_NEEDED]
     slots = table_of(Slot)
-    low, high = SLOT_BOUNDS
     for outcome in sorted(teaching, key=lambda row: row.slot_id):
         step = lesson(missed=outcome.ran_out_before_early, stated=outcome.service_level, step=SLOT_STEP)
-        moved = slots.c.calibration_shift + step
         session.execute(
             update(slots)
             .where(slots.c.id == outcome.slot_id)
             .values(
-                calibration_shift=case((moved > high, high), (moved < low, low), else_=moved),
+                calibration_shift=within(slots.c.calibration_shift + step, SLOT_BOUNDS),
                 calibration_cycles=slots.c.calibration_cycles + 1,
             )
         )
@@ -191,18 +189,6 @@ def _decision_of(
     return None
 
 
-def list_for_slot(*, session: Session, slot_id: str, limit: int = 10) -> list[CycleOutcome]:
-    """The slot's outcomes, newest first."""
-    return list(
-        session.exec(
-            select(CycleOutcome)
-            .where(CycleOutcome.slot_id == slot_id)
-            .order_by(col(CycleOutcome.ended_at).desc())
-            .limit(limit)
-        )
-    )
-
-
 def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) -> dict[str, list[CycleOutcome]]:
     """Each slot's newest ``per_slot`` outcomes, newest first, in one query."""
     if not slot_ids:
@@ -269,8 +255,7 @@ def kept_reliability(*, session: Session) -> tuple[list[Reliability], datetime |
     """The reliability as last computed (refresh_reliability), most cycles first, and when."""
     rows = list(session.exec(select(ForecastReliability)))
     found = [Reliability(**row.model_dump(exclude={"since", "computed_at"})) for row in rows]
-    computed = max((row.computed_at for row in rows), default=None)
-    return sorted(found, key=lambda row: (-row.cycles, row.device_kind)), computed
+    return _most_cycles_first(found), max((row.computed_at for row in rows), default=None)
 
 
 def reliability(*, session: Session, since: datetime | None = None) -> list[Reliability]:
@@ -298,7 +283,11 @@ def reliability(*, session: Session, since: datetime | None = None) -> list[Reli
         )
         for kind, count, stated, observed, ran_out in rows
     ]
-    return sorted(found, key=lambda row: (-row.cycles, row.device_kind))
+    return _most_cycles_first(found)
+
+
+def _most_cycles_first(rows: list[Reliability]) -> list[Reliability]:
+    return sorted(rows, key=lambda row: (-row.cycles, row.device_kind))
 
 
 def _median_error(*, session: Session, device_kind: str, cycles: int, since: datetime | None) -> float | None:
