@@ -1,5 +1,6 @@
 """Cycle outcomes (issue 22, part 1): what happened to each decided cycle against its forecast, recorded by the live
-evaluator when a refill ends the cycle, with the order and the customer's feedback; and the fleet's reliability."""
+evaluator when the cycle runs empty or a refill ends it, with the order and the customer's feedback; and the
+fleet's reliability."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.errors import InvalidRequest
 from replenish.forecasting import ReadingSeries
 from replenish.forecasting.calibration import GROUP_STEP, SLOT_STEP, Calibration, learn, lesson
-from replenish.forecasting.outcomes import Prediction, cycle_outcome
+from replenish.forecasting.outcomes import Prediction, cycle_outcome, outcome_when_empty
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
 from replenish.orders import service as orders
@@ -112,10 +113,22 @@ def test_a_cycle_that_ran_out_records_when_and_for_how_long(engine: Engine):
     # 0.1 a day from 0.8: empty on day 8. Read every 6 hours until day 11, then refilled.
     moment = printer.run(T0, depleting(0.8, 0.1, 11))
     [order] = printer.orders()
-    assert printer.outcomes() == [], "nothing until the cycle ends"
+    # Empty since day 8: what happened is known before the refill, and taught once.
+    [when_empty] = printer.outcomes()
+    assert when_empty.ended_at is None and when_empty.empty_days == 0
+    assert when_empty.ran_out_at is not None
+    assert abs((when_empty.ran_out_at - (T0 + 8 * DAY)).total_seconds()) < 60
+    assert when_empty.recorded_at < T0 + 8 * DAY + DAY, "recorded while the slot was empty, not days later"
+    with Session(engine) as session:
+        [slot] = session.exec(select(DeviceSlot))
+        assert slot.calibration_cycles == 1
     printer.run(moment, [1.0, 0.98, 0.96])
 
     [outcome] = printer.outcomes()
+    assert outcome.id == when_empty.id and outcome.recorded_at == when_empty.recorded_at
+    with Session(engine) as session:
+        [slot] = session.exec(select(DeviceSlot))
+        assert slot.calibration_cycles == 1, "the refill teaches nothing more"
     assert outcome.order_id == order.id and outcome.order_status == OrderStatus.PLACED
     assert outcome.decided_at == order.created_at and outcome.action == "place_order"
     assert outcome.device_kind == "printer" and outcome.slot_name == "black"
@@ -231,6 +244,31 @@ def test_the_outcome_of_readings_that_are_not_empty_at_the_end_is_extrapolated()
     assert outcome.ran_out_at is None
     assert outcome.empty_estimated_at == T0 + 6 * DAY  # 0.15 at day 4.5 lasts 1.5 days
     assert not outcome.ran_out_before_early and outcome.error_days == 0 and outcome.left_days == 1
+
+
+def test_a_cycle_is_known_to_have_run_empty_once_its_readings_show_it_and_not_at_a_dip():
+    """The pure function: a gradual fall to empty is believed at once; a fall off a cliff (a bottle out of the
+    fridge) only once it has lasted DIP_MAX; a non-empty newest reading says nothing yet."""
+    prediction = Prediction(
+        decided_at=T0, empty_at=T0 + 4 * DAY, early_at=T0 + 3 * DAY, late_at=None, rate_per_day=0.1,
+        service_level=0.97,
+    )  # fmt: skip
+
+    def known(levels: list[float], *, hours_apart: float = 6.0) -> CycleOutcome | None:
+        times = T0.timestamp() + np.arange(len(levels)) * hours_apart * 3600.0
+        series = ReadingSeries(times=times, levels=np.array(levels))
+        now = datetime.fromtimestamp(float(times[-1]), UTC)
+        return outcome_when_empty(series, cycle_started_at=T0, now=now, prediction=prediction)
+
+    gradual = known([0.3, 0.2, 0.1, 0.05, 0.0])
+    assert gradual is not None and gradual.ended_at is None and gradual.ran_out_before_early
+    # 0.05 at hour 18 lasts half a day at 0.1 a day: sooner than the empty reading at hour 24.
+    assert gradual.ran_out_at == T0 + timedelta(hours=24)
+    assert gradual.empty_days == 0 and gradual.left_days == 0
+    assert known([0.3, 0.2, 0.1, 0.05]) is None
+    assert known([0.5, 0.45, 0.0, 0.0]) is None, "a cliff to zero for six hours may be a dip"
+    cliff = known([0.5, 0.45, 0.0, 0.0, 0.0])
+    assert cliff is not None and cliff.ran_out_at == T0 + timedelta(hours=12)
 
 
 def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine):

@@ -147,6 +147,9 @@ def test_how_the_last_cycles_went_on_the_supplies_page_and_the_fleet_s_reliabili
     operator the fleet's forecasts against what happened."""
     _, sent = place_an_order(platform, api, clock)
     publisher = Publisher(platform.settings.mqtt_endpoint)
+    assert platform.jobs is not None and platform.ingestor is not None
+    slot = page.get_by_role("article", name="printer printer-1 black")
+    cycles = slot.locator("details.outcomes")
     try:
         low_at = START + timedelta(days=8)
         sent += publish_depletion(
@@ -159,7 +162,19 @@ def test_how_the_last_cycles_went_on_the_supplies_page_and_the_fleet_s_reliabili
             days=2.5,
             first_seq=sent + 1,
         )
+        # Empty from day 10 on: known then, before any refill.
+        assert platform.ingestor.wait_for(handled=sent, timeout=20)
         refill = low_at + timedelta(days=3)
+        clock.set(refill - timedelta(hours=1))
+        platform.jobs.evaluate()
+        [outcome] = api.get("/devices/printer-1/slots/black/outcomes").json()
+        assert outcome["ran_out_at"] is not None and outcome["ended_at"] is None
+        sign_in(page, platform)
+        expect(cycles.locator("summary")).to_have_text("How the last 1 cycle went: ran out in 1")
+        cycles.locator("summary").click()
+        expect(cycles).to_contain_text("not refilled yet")
+        page.get_by_role("button", name="Sign out").click()
+
         for step, level in enumerate((1.0, 0.99)):
             sent += 1
             moment = refill + step * timedelta(hours=6)
@@ -168,16 +183,14 @@ def test_how_the_last_cycles_went_on_the_supplies_page_and_the_fleet_s_reliabili
             )
     finally:
         publisher.close()
-    assert platform.ingestor is not None and platform.ingestor.wait_for(handled=sent, timeout=20)
+    assert platform.ingestor.wait_for(handled=sent, timeout=20)
     clock.set(refill + timedelta(hours=6))
-    assert platform.jobs is not None
     platform.jobs.evaluate()
-    [outcome] = api.get("/devices/printer-1/slots/black/outcomes").json()
-    assert outcome["ran_out_at"] is not None and outcome["order_status"] == "placed"
+    [refilled] = api.get("/devices/printer-1/slots/black/outcomes").json()
+    assert refilled["id"] == outcome["id"] and refilled["ended_at"] is not None
+    assert refilled["ran_out_at"] == outcome["ran_out_at"] and refilled["order_status"] == "placed"
 
     sign_in(page, platform)
-    slot = page.get_by_role("article", name="printer printer-1 black")
-    cycles = slot.locator("details.outcomes")
     expect(cycles.locator("summary")).to_have_text("How the last 1 cycle went: ran out in 1")
     cycles.locator("summary").click()
     expect(cycles).to_contain_text("Ordered")

@@ -63,7 +63,7 @@ from replenish.devices.models import Device, Slot, SlotForecast, SlotWindow
 from replenish.devices.service import forget_windows, mark_slots_due
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.calibration import Calibration
-from replenish.forecasting.model import compile_ahead, fleet_prior, lends, prior_is_shared
+from replenish.forecasting.model import EMPTY_LEVEL, compile_ahead, fleet_prior, lends, prior_is_shared
 from replenish.forecasting.outcomes import ended_by
 from replenish.ingest.models import DeviceMessage, Reading
 from replenish.notifications import service as notifications
@@ -1529,16 +1529,11 @@ def _evaluate_in_one_transaction(
                     readings=readings,
                     context=context,
                 )
-                if _ended_a_decided_cycle(slot=slot, evaluated=evaluated, context=context):
-                    assert slot.cycle_started_at is not None and evaluated.cycle_started_at is not None
+                known = _outcome_may_be_known(slot=slot, evaluated=evaluated, context=context, readings=readings)
+                if known is not None:
                     ended.append(
                         outcomes.EndedCycle(
-                            slot=slot,
-                            device=device,
-                            started_at=slot.cycle_started_at,
-                            ended_at=ended_by(evaluated.forecast, started=slot.cycle_started_at)
-                            or evaluated.cycle_started_at,
-                            readings=readings,
+                            slot=slot, device=device, started_at=known[0], ended_at=known[1], readings=readings
                         )
                     )
                 next_at[slot.id], screens[slot.id] = evaluated.next_at, evaluated.screen
@@ -1589,13 +1584,21 @@ def _evaluate_in_one_transaction(
     return outcome
 
 
-def _ended_a_decided_cycle(*, slot: Slot, evaluated: Evaluated, context: EvaluationContext) -> bool:
-    """Whether the evaluation saw a refill end the slot's cycle, and that cycle had a decision."""
-    started, ended = slot.cycle_started_at, evaluated.cycle_started_at
-    if started is None or ended is None or ended <= started:
-        return False
+def _outcome_may_be_known(
+    *, slot: Slot, evaluated: Evaluated, context: EvaluationContext, readings: ReadingSeries
+) -> tuple[datetime, datetime | None] | None:
+    """For a slot whose cycle had a decision: the cycle's start and the refill that the evaluation saw end it, or
+    (None for the refill) the start alone when the newest reading is empty, so that the cycle may have run empty
+    (outcomes.record_ended_cycles tells); None when neither."""
+    started, now_started = slot.cycle_started_at, evaluated.cycle_started_at
     decided = context.decided.get(slot.id)
-    return decided is not None and decided >= started
+    if started is None or now_started is None or decided is None or decided < started:
+        return None
+    if now_started > started:
+        return started, ended_by(evaluated.forecast, started=started) or now_started
+    if now_started == started and len(readings) and readings.levels[-1] <= EMPTY_LEVEL:
+        return started, None
+    return None
 
 
 def _evaluate_claims(

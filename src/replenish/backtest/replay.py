@@ -27,7 +27,7 @@ from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, learn
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
-from replenish.forecasting.outcomes import Prediction, cycle_outcome, ended_by
+from replenish.forecasting.outcomes import CycleOutcome, Prediction, cycle_outcome, ended_by, outcome_when_empty
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -153,8 +153,8 @@ def replay(
     orders, the device's other slots within ``pull_forward_days`` of ordering join its shipment (the same
     ``ordered_at``; automation.consolidation). With ``learn``, as live, each slot's forecasts plan at the level its
     and its group's ended cycles taught (forecasting.calibration; a group is a slot name here: the file names no
-    device kinds), learned from each cycle's outcome when the replay sees the refill that ends it. Readings must
-    come in ts order."""
+    device kinds), learned from each cycle's outcome when the replay sees the cycle run empty or a refill end
+    it. Readings must come in ts order."""
     run = _Replay(
         ReorderPolicy(lead_time_days=lead_time_days, margin_days=margin_days, service_level=service_level),
         pull_forward_days=pull_forward_days,
@@ -232,8 +232,8 @@ class _Replay:
             prior=self.fleet.prior(state.slot, exclude=key),
             calibration=self._calibration(state),
         )
-        if state.prediction is not None and evaluation.cycle_started_at != memory.cycle_started_at:
-            self._learn(state, series=series, ended=evaluation, started=memory.cycle_started_at)
+        if state.prediction is not None:
+            self._learn(state, series=series, evaluation=evaluation, started=memory.cycle_started_at, now=now)
         if evaluation.verdict is not None:
             self._order(key, state, forecast=evaluation.forecast, now=now)
             memory = SlotMemory(evaluation.cycle_started_at, evaluation.cycle_started_at, now)
@@ -264,18 +264,34 @@ class _Replay:
         return Calibration(group_shift=shift, slot_shift=state.shift, group_cycles=cycles, slot_cycles=state.outcomes)
 
     def _learn(
-        self, state: _SlotReplay, *, series: ReadingSeries, ended: SlotEvaluation, started: datetime | None
+        self,
+        state: _SlotReplay,
+        *,
+        series: ReadingSeries,
+        evaluation: SlotEvaluation,
+        started: datetime | None,
+        now: datetime,
     ) -> None:
-        """The outcome of the cycle a refill just ended, and what it teaches the slot and its group."""
-        prediction, state.prediction = state.prediction, None
-        if not self.learn or prediction is None or started is None or ended.cycle_started_at is None:
+        """The outcome of the decided cycle, once it is known (a refill ended it, or its readings show it empty), and
+        what it teaches the slot and its group: once per decision, as live."""
+        prediction = state.prediction
+        if prediction is None or started is None or evaluation.cycle_started_at is None:
             return
-        outcome = cycle_outcome(
-            series,
-            cycle_started_at=started,
-            ended_at=ended_by(ended.forecast, started=started) or ended.cycle_started_at,
-            prediction=prediction,
-        )
+        outcome: CycleOutcome | None = None
+        if evaluation.cycle_started_at != started:
+            outcome = cycle_outcome(
+                series,
+                cycle_started_at=started,
+                ended_at=ended_by(evaluation.forecast, started=started) or evaluation.cycle_started_at,
+                prediction=prediction,
+            )
+        elif self.learn:
+            outcome = outcome_when_empty(series, cycle_started_at=started, now=now, prediction=prediction)
+        if outcome is None:
+            return
+        state.prediction = None
+        if not self.learn:
+            return
         missed, stated = outcome.ran_out_before_early, prediction.service_level
         shift, cycles = self.groups.get(state.slot, (0.0, 0))
         self.groups[state.slot] = (

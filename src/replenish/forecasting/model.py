@@ -698,6 +698,14 @@ def _empty_moments(
     return moments[0], moments[1], moments[2]
 
 
+def shows_empty(series: ReadingSeries) -> bool:
+    """Whether the readings show the slot empty now: the newest is, and the run of empty readings it ends is no dip
+    (_not_dips: it came after a gradual fall, or has lasted DIP_MAX), so the model plans with it too."""
+    if not len(series) or series.levels[-1] > EMPTY_LEVEL:
+        return False
+    return bool(_not_dips(series.times, series.levels)[-1])
+
+
 _DIP_MAX_SECONDS = DIP_MAX.total_seconds()
 
 

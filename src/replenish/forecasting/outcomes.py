@@ -5,7 +5,8 @@ events against ground truth.
 A cycle's outcome says whether it ran empty before the refill that ended it, and when (its readings show it), or,
 for a cycle refilled before it ran out, how much supply was left (extrapolated at the rate the forecast had); and
 whether that was before the early empty date stated at the decision: the event whose frequency the stated
-probability, 1 - the service level, should match.
+probability, 1 - the service level, should match. A cycle that ran empty is known as soon as its readings show it
+(outcome_when_empty), days before the refill may come: what the refill adds is how long it stayed empty.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from replenish.forecasting.model import EMPTY_LEVEL, Forecast, ReadingSeries
+from replenish.forecasting.model import EMPTY_LEVEL, Forecast, ReadingSeries, shows_empty
 from replenish.forecasting.weekly import SECONDS_PER_DAY
 
 
@@ -54,7 +55,7 @@ class Prediction:
 @dataclass(frozen=True)
 class CycleOutcome:
     prediction: Prediction
-    ended_at: datetime  # the refill that ended the cycle
+    ended_at: datetime | None  # the refill that ended the cycle; None: it ran empty and is not refilled yet
     ran_out_at: datetime | None  # when the readings show it ran empty; None when it was refilled before
     empty_estimated_at: datetime  # ran_out_at, or for a cycle refilled before it ran out, an extrapolation
 
@@ -70,15 +71,16 @@ class CycleOutcome:
 
     @property
     def empty_days(self) -> float:
-        """How long it was empty before the refill that ended the cycle (0 when it was refilled in time)."""
-        if self.ran_out_at is None:
+        """How long it was empty before the refill that ended the cycle (0 when it was refilled in time, or is not
+        refilled yet)."""
+        if self.ran_out_at is None or self.ended_at is None:
             return 0.0
         return max(0.0, (self.ended_at - self.ran_out_at).total_seconds() / SECONDS_PER_DAY)
 
     @property
     def left_days(self) -> float:
         """How many days of supply were left when it was refilled before running out (0 when it ran out)."""
-        if self.ran_out_at is not None:
+        if self.ran_out_at is not None or self.ended_at is None:
             return 0.0
         return max(0.0, (self.empty_estimated_at - self.ended_at).total_seconds() / SECONDS_PER_DAY)
 
@@ -97,22 +99,41 @@ def cycle_outcome(
     start = int(np.searchsorted(series.times, cycle_started_at.timestamp(), side="left"))
     end = int(np.searchsorted(series.times, ended_at.timestamp(), side="left"))
     times, levels = series.times[start:end], series.levels[start:end]
-    rate_per_second = prediction.rate_per_day / SECONDS_PER_DAY
-    ran_out_at = None
-    if len(levels) and levels[-1] <= EMPTY_LEVEL:
-        above = np.flatnonzero(levels > EMPTY_LEVEL)
-        if not len(above):
-            ran_out_at = _moment(times[0])
-        else:
-            last = int(above[-1])
-            ran_out_at = _moment(min(float(times[last + 1]), times[last] + float(levels[last]) / rate_per_second))
+    ran_out_at = _ran_out_at(times, levels, prediction) if len(levels) and levels[-1] <= EMPTY_LEVEL else None
     if ran_out_at is not None:
         estimated = ran_out_at
     elif len(levels):
-        estimated = _moment(times[-1] + float(levels[-1]) / rate_per_second)
+        estimated = _moment(times[-1] + float(levels[-1]) * SECONDS_PER_DAY / prediction.rate_per_day)
     else:
         estimated = prediction.empty_at
     return CycleOutcome(prediction=prediction, ended_at=ended_at, ran_out_at=ran_out_at, empty_estimated_at=estimated)
+
+
+def outcome_when_empty(
+    series: ReadingSeries, *, cycle_started_at: datetime, now: datetime, prediction: Prediction
+) -> CycleOutcome | None:
+    """The outcome of a cycle that has run empty and is not refilled yet, or None while its readings up to ``now``
+    do not show it empty (model.shows_empty: an empty run that may be a dip waits until it has lasted). It ran out
+    where that run of empty readings began, as for cycle_outcome; the refill may come days later."""
+    start = int(np.searchsorted(series.times, cycle_started_at.timestamp(), side="left"))
+    end = int(np.searchsorted(series.times, now.timestamp(), side="right"))
+    cycle = ReadingSeries(times=series.times[start:end], levels=series.levels[start:end])
+    if not shows_empty(cycle):
+        return None
+    ran_out_at = _ran_out_at(cycle.times, cycle.levels, prediction)
+    return CycleOutcome(prediction=prediction, ended_at=None, ran_out_at=ran_out_at, empty_estimated_at=ran_out_at)
+
+
+def _ran_out_at(times: np.ndarray, levels: np.ndarray, prediction: Prediction) -> datetime:
+    """When a cycle whose readings end empty ran out: where its final run of empty readings began, or sooner when
+    the decision's rate takes the last reading with something left to zero before it."""
+    above = np.flatnonzero(levels > EMPTY_LEVEL)
+    if not len(above):
+        return _moment(times[0])
+    last = int(above[-1])
+    return _moment(
+        min(float(times[last + 1]), times[last] + float(levels[last]) * SECONDS_PER_DAY / prediction.rate_per_day)
+    )
 
 
 def _moment(epoch_seconds: float) -> datetime:

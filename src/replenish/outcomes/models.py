@@ -8,8 +8,9 @@ from replenish.columns import UTCDateTime, new_id
 
 
 class CycleOutcome(SQLModel, table=True):
-    """What happened to a decided cycle against what its forecast said, recorded when the cycle ended (a refill):
-    the label every forecast earns (forecasting.outcomes). One per decision."""
+    """What happened to a decided cycle against what its forecast said, recorded when the cycle ended (a refill) or,
+    for one that ran empty, as soon as its readings showed it (the refill fills in ``ended_at`` and ``empty_days``
+    later): the label every forecast earns (forecasting.outcomes). One per decision."""
 
     __tablename__ = "cycle_outcomes"
 
@@ -22,7 +23,7 @@ class CycleOutcome(SQLModel, table=True):
     device_kind: str = Field(index=True)
     slot_name: str
     cycle_started_at: datetime = Field(sa_type=UTCDateTime)
-    ended_at: datetime = Field(sa_type=UTCDateTime)  # the refill
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # the refill; None: still empty
     recorded_at: datetime = Field(sa_type=UTCDateTime, index=True)
     # The prediction the decision was made on.
     decided_at: datetime = Field(sa_type=UTCDateTime)

@@ -17,7 +17,10 @@ class OutcomeRead(BaseModel):
     device_id: str
     slot_name: str
     cycle_started_at: datetime
-    ended_at: datetime = Field(description="The refill that ended the cycle.")
+    ended_at: datetime | None = Field(
+        description="The refill that ended the cycle; null while a cycle that ran empty waits for its refill (its "
+        "outcome is recorded as soon as the readings show it empty)."
+    )
     decided_at: datetime
     action: str = Field(description="What the decision did: place_order, request_approval or notify.")
     service_level: float
@@ -28,7 +31,9 @@ class OutcomeRead(BaseModel):
     )
     predicted_late_at: datetime | None
     order_id: str | None
-    order_status: OrderStatus | None = Field(description="The order's status when the cycle ended.")
+    order_status: OrderStatus | None = Field(
+        description="The order's status when the cycle ended (or, while it waits for its refill, when it ran empty)."
+    )
     delivered_at: datetime | None
     feedback: OrderFeedback | None = Field(
         description="Why the customer declined or cancelled the order, if they said."
@@ -41,7 +46,9 @@ class OutcomeRead(BaseModel):
         "the forecast's rate."
     )
     ran_out_before_early: bool = Field(description="Whether it ran (or would have run) empty before the early date.")
-    empty_days: float = Field(description="Days it was empty before the refill (0: refilled in time).")
+    empty_days: float = Field(
+        description="Days it was empty before the refill (0: refilled in time, or not refilled yet)."
+    )
     left_days: float = Field(description="Days of supply left at a refill before running out (0: it ran out).")
     error_days: float = Field(
         description="Days from the forecast's median empty date to when it ran (or would have run) empty: negative, "
@@ -55,7 +62,9 @@ class ReliabilityRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     device_kind: str
-    cycles: int = Field(description="Decided cycles that ended (with a refill) in the period.")
+    cycles: int = Field(
+        description="Decided cycles whose outcome was recorded in the period: ended by a refill, or run empty."
+    )
     stated: float = Field(
         description="The stated probability of running out before the early date: the mean of 1 - service_level."
     )

@@ -1,7 +1,7 @@
 """Cycle outcomes: recorded when a decided cycle ends, read per slot and, for operators, as the fleet's reliability.
 
-Like every service here, these functions never commit: the evaluation that sees the refill records the outcome in
-its own transaction, with the new cycle start.
+Like every service here, these functions never commit: the evaluation that sees the cycle run empty, or the refill
+end it, records the outcome in its own transaction, with the new cycle start.
 """
 
 from __future__ import annotations
@@ -22,31 +22,37 @@ from replenish.db import add_to_counters, within
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
-from replenish.forecasting.outcomes import Prediction, cycle_outcome
+from replenish.forecasting.outcomes import Prediction, cycle_outcome, outcome_when_empty
+from replenish.forecasting.weekly import SECONDS_PER_DAY
 from replenish.orders.models import Order
 from replenish.outcomes.models import CalibrationGroup, CycleOutcome, ForecastReliability
 
 
 @dataclass(frozen=True)
 class EndedCycle:
-    """A cycle that an evaluation saw end: a refill after ``started_at``, at ``ended_at``."""
+    """A decided cycle whose outcome an evaluation may know: one a refill after ``started_at`` ended at
+    ``ended_at``, or (``ended_at`` None) one whose readings may show it has run empty."""
 
     slot: Slot
     device: Device
     started_at: datetime
-    ended_at: datetime
-    readings: ReadingSeries  # the slot's readings (fractions of capacity), the ended cycle among them
+    ended_at: datetime | None
+    readings: ReadingSeries  # the slot's readings (fractions of capacity), the cycle among them
 
 
 def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: datetime) -> list[CycleOutcome]:
-    """An outcome for each ended cycle that had a decision with a forecast to check: its newest such decision (an
-    order the customer asked for, or a line pulled forward into a shipment, counts too). Cycles without one, and
-    decisions that already have an outcome, are left alone."""
+    """An outcome for each cycle that ended, or has run empty, and had a decision with a forecast to check: its
+    newest such decision (an order the customer asked for, or a line pulled forward into a shipment, counts too).
+    Returns the new outcomes, for learn_from.
+
+    A cycle that ran empty has its outcome from then on (forecasting.outcomes.outcome_when_empty): the refill that
+    comes later adds when it came, how long the slot was empty, and its order as it stands then, and teaches
+    nothing more. Cycles without a decision, and outcomes already complete, are left alone."""
     if not ended:
         return []
     slot_ids = [cycle.slot.id for cycle in ended]
     decisions: dict[str, list[tuple[Decision, Order | None]]] = {}
-    # The decisions of the ended cycles only, newest first, with their orders; and those already with an outcome.
+    # The decisions of these cycles only, newest first, with their orders; and their outcomes so far.
     for decision, its_order in session.exec(
         select(Decision, Order)
         .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
@@ -58,16 +64,31 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
     ):
         decisions.setdefault(decision.slot_id, []).append((decision, its_order))
     candidates = [decision.id for found in decisions.values() for decision, _ in found]
-    known = set(session.exec(select(CycleOutcome.decision_id).where(col(CycleOutcome.decision_id).in_(candidates))))
+    known = {
+        row.decision_id: row
+        for row in session.exec(select(CycleOutcome).where(col(CycleOutcome.decision_id).in_(candidates)))
+    }
     recorded = []
     for cycle in ended:
         found = _decision_of(decisions.get(cycle.slot.id, []), cycle=cycle)
-        if found is None or found[0].id in known:
+        if found is None:
             continue
         decision, order, prediction = found
-        outcome = cycle_outcome(
-            cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
-        )
+        kept = known.get(decision.id)
+        if kept is not None:
+            if kept.ended_at is None and cycle.ended_at is not None:
+                _refilled(kept, ended_at=cycle.ended_at, order=order)
+            continue
+        if cycle.ended_at is None:
+            outcome = outcome_when_empty(
+                cycle.readings, cycle_started_at=cycle.started_at, now=now, prediction=prediction
+            )
+            if outcome is None:
+                continue
+        else:
+            outcome = cycle_outcome(
+                cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
+            )
         row = CycleOutcome(
             decision_id=decision.id,
             slot_id=cycle.slot.id,
@@ -76,7 +97,7 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
             device_kind=cycle.device.kind,
             slot_name=cycle.slot.name,
             cycle_started_at=cycle.started_at,
-            ended_at=cycle.ended_at,
+            ended_at=outcome.ended_at,
             recorded_at=now,
             decided_at=decision.decided_at,
             action=decision.action,
@@ -86,10 +107,6 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
             predicted_early_at=prediction.early_at,
             predicted_late_at=prediction.late_at,
             rate_per_day=prediction.rate_per_day,
-            order_id=order.id if order is not None else None,
-            order_status=order.status if order is not None else None,
-            delivered_at=order.delivered_at if order is not None else None,
-            feedback=order.feedback if order is not None else None,
             ran_out_at=outcome.ran_out_at,
             empty_estimated_at=outcome.empty_estimated_at,
             ran_out_before_early=outcome.ran_out_before_early,
@@ -97,9 +114,26 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
             left_days=round(outcome.left_days, 3),
             error_days=round(outcome.error_days, 3),
         )
+        _take_order(row, order)
         session.add(row)
         recorded.append(row)
     return recorded
+
+
+def _refilled(row: CycleOutcome, *, ended_at: datetime, order: Order | None) -> None:
+    """The refill of a cycle whose outcome was recorded when it ran empty."""
+    row.ended_at = ended_at
+    if row.ran_out_at is not None:
+        row.empty_days = round(max(0.0, (ended_at - row.ran_out_at).total_seconds() / SECONDS_PER_DAY), 3)
+    _take_order(row, order)
+
+
+def _take_order(row: CycleOutcome, order: Order | None) -> None:
+    """The cycle's order as it stands now, and what the customer said if they declined or cancelled it."""
+    row.order_id = order.id if order is not None else None
+    row.order_status = order.status if order is not None else None
+    row.delivered_at = order.delivered_at if order is not None else None
+    row.feedback = order.feedback if order is not None else None
 
 
 def learn_from(*, session: Session, outcomes: Sequence[CycleOutcome], lending: Collection[str], now: datetime) -> None:
@@ -170,7 +204,9 @@ def _decision_of(
     customer's own, or a line pulled into a shipment, that was withdrawn (it decided nothing about the cycle, as
     automation's latest decision keys say)."""
     for decision, order in candidates:
-        if not cycle.started_at <= decision.cycle_started_at < cycle.ended_at:
+        if decision.cycle_started_at < cycle.started_at or (
+            cycle.ended_at is not None and decision.cycle_started_at >= cycle.ended_at
+        ):
             continue
         asked = decision.requested_by is not None or decision.pulled_into is not None
         if asked and order is not None and order.status in WITHDRAWN_ORDER_STATUSES:
@@ -195,7 +231,7 @@ def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) 
         return {}
     rank = (
         func.row_number()
-        .over(partition_by=col(CycleOutcome.slot_id), order_by=col(CycleOutcome.ended_at).desc())
+        .over(partition_by=col(CycleOutcome.slot_id), order_by=col(CycleOutcome.cycle_started_at).desc())
         .label("rank")
     )
     ranked = select(CycleOutcome.id, rank).where(col(CycleOutcome.slot_id).in_(list(slot_ids))).subquery()
@@ -204,7 +240,7 @@ def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) 
         select(CycleOutcome)
         .join(ranked, ranked.c.id == col(CycleOutcome.id))
         .where(ranked.c.rank <= per_slot)
-        .order_by(col(CycleOutcome.slot_id), col(CycleOutcome.ended_at).desc())
+        .order_by(col(CycleOutcome.slot_id), col(CycleOutcome.cycle_started_at).desc())
     ):
         found.setdefault(outcome.slot_id, []).append(outcome)
     return found

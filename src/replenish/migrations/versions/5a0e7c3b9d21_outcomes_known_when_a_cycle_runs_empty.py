@@ -1,0 +1,29 @@
+"""cycle_outcomes: recorded when a cycle runs empty, before the refill that ends it
+
+Revision ID: 5a0e7c3b9d21
+Revises: 886d305a0b3f
+Create Date: 2026-12-07 20:40:00
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+import replenish.columns
+
+revision = "5a0e7c3b9d21"
+down_revision = "886d305a0b3f"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("cycle_outcomes", schema=None) as batch_op:
+        batch_op.alter_column("ended_at", existing_type=replenish.columns.UTCDateTime(timezone=True), nullable=True)
+
+
+def downgrade() -> None:
+    # An outcome still waiting for its refill has no end to keep: it is recorded again when the refill comes.
+    op.execute("DELETE FROM cycle_outcomes WHERE ended_at IS NULL")
+    with op.batch_alter_table("cycle_outcomes", schema=None) as batch_op:
+        batch_op.alter_column("ended_at", existing_type=replenish.columns.UTCDateTime(timezone=True), nullable=False)
