@@ -331,6 +331,7 @@ class Score:
     open_orders: int = 0  # first orders in a slot's last cycle that had not run out when the trace ended
     unmatched: int = 0  # orders for an unknown slot or before its first cycle
     stockout_by_group: dict[str, list[int]] = field(default_factory=dict)  # group -> [stockouts, ran out]
+    stockout_cycles: set[tuple[tuple[str, str], int]] = field(default_factory=set)  # (slot, cycle index)
 
     @property
     def stockouts(self) -> int:
@@ -369,12 +370,14 @@ def score(
                 if not len(mine):
                     result.missed += 1
                     tally[0] += 1
+                    result.stockout_cycles.add((key, i))
                     continue
                 left = (empty - (mine[0] + lead)) / DAY
                 if left < 0:
                     result.late += 1
                     result.late_days.append(-left)
                     tally[0] += 1
+                    result.stockout_cycles.add((key, i))
                 else:
                     result.early_days.append(left)
             elif len(mine):
@@ -385,18 +388,32 @@ def score(
     return result
 
 
-def blind_cycles(readings: Readings, truth: dict[tuple[str, str], SlotTruth], lead_days: float) -> int:
-    """Cycles that ran out with no reading in [cycle_start, true_empty_at - L]: no order placed on evidence from
-    the cycle itself can arrive in time."""
+def blind_cycles(
+    readings: Readings, truth: dict[tuple[str, str], SlotTruth], lead_days: float
+) -> set[tuple[tuple[str, str], int]]:
+    """Cycles (slot, index) that ran out with no reading in [cycle_start, true_empty_at - L]: no order placed on
+    evidence from the cycle itself can arrive in time."""
     where = {key: i for i, key in enumerate(readings.keys)}
-    count = 0
+    found = set()
     for key, cycles in truth.items():
         ts = readings.ts[where[key]] if key in where else np.zeros(0)
-        ran_out = ~np.isnan(cycles.empty)
+        ran_out = np.flatnonzero(~np.isnan(cycles.empty))
         lo = np.searchsorted(ts, cycles.start[ran_out], side="left")
         hi = np.searchsorted(ts, cycles.empty[ran_out] - lead_days * DAY, side="right")
-        count += int((hi <= lo).sum())
-    return count
+        found.update((key, int(index)) for index in ran_out[hi <= lo])
+    return found
+
+
+def actionable_stockouts(scores: list[Score], blind: set[tuple[tuple[str, str], int]], ran_out: int) -> str:
+    """Each method's stockouts among the cycles that ran out and were not blind: the rate a forecaster controls."""
+    actionable = ran_out - len(blind)
+    parts = [
+        f"{s.method} {fmt(s.pct(len(s.stockout_cycles - blind), actionable))}% "
+        f"({len(s.stockout_cycles - blind)}/{actionable})"
+        for s in scores
+        if s.available
+    ]
+    return "stockouts among the cycles a forecaster can act on (not blind, above): " + "; ".join(parts)
 
 
 def unavailable(method: str, note: str, runtime: float) -> Score:
@@ -645,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{ran_out} ran out, {topped} topped up before running out, {still_open} still open at the end"
         )
         print(
-            f"  of the {ran_out} that ran out: {short} within L={lead:g} days of their start, {blind} with no reading "
-            f"from their start to L days before empty (no order made on the cycle's own readings arrives in time: "
-            f"{100 * blind / max(ran_out, 1):.1f}% is a practical floor for the stockout rate)"
+            f"  of the {ran_out} that ran out: {short} within L={lead:g} days of their start, {len(blind)} with no "
+            f"reading from their start to L days before empty, blind (no order made on the cycle's own readings "
+            f"arrives in time: {100 * len(blind) / max(ran_out, 1):.1f}% is a floor for the stockout rate)"
         )
         print(f"  generate {generate_s:.1f} s; reading the CSVs for the baselines and the scoring {parse_s:.1f} s")
         print()
@@ -664,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             if s.unmatched:
                 print(f"{s.method}: {s.unmatched} order(s) for no known slot or before its first cycle")
         print(verdict(scores[0]))
+        print(actionable_stockouts(scores, blind, ran_out))
         print()
         groups = sorted({g for s in scores for g in s.stockout_by_group})
         if 1 < len(groups) <= 12:
