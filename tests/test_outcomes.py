@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from replenish.automation import service as automation
 from replenish.automation.models import Decision
 from replenish.automation.service import evaluate_all
 from replenish.consent.schemas import ConsentDocument
@@ -271,6 +272,55 @@ def test_a_cycle_is_known_to_have_run_empty_once_its_readings_show_it_and_not_at
     assert cliff is not None and cliff.ran_out_at == T0 + timedelta(hours=12)
 
 
+def slot_calibration(engine: Engine) -> tuple[float, int]:
+    with Session(engine) as session:
+        [slot] = session.exec(select(DeviceSlot))
+        return slot.calibration_shift, slot.calibration_cycles
+
+
+def test_an_empty_run_that_turns_out_a_dip_is_read_again_at_the_refill_and_taught_once(engine: Engine):
+    """Readings every 6 hours: three empty ones over 12 hours are believed (a slot that stays empty), and taught as
+    running out early; then the level comes back, so it was a dip. The refill reads the cycle again: it ran out
+    on day 8, as forecast, and the lesson is taken back and taught the right way."""
+    printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
+    levels = depleting(0.8, 0.1, 11)
+    levels[20:23] = [0.0, 0.0, 0.0]  # day 5 to 5.5: the cartridge out of the printer
+    moment = printer.run(T0, levels[:23])
+    [order] = printer.orders()
+    [at_empty] = printer.outcomes()
+    assert at_empty.ended_at is None and at_empty.ran_out_at == T0 + 5 * DAY and at_empty.ran_out_before_early
+    assert slot_calibration(engine) == (pytest.approx(lesson(missed=True, stated=0.97, step=SLOT_STEP)), 1)
+
+    moment = printer.run(moment, levels[23:])
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.id == at_empty.id and outcome.order_id == order.id and outcome.ended_at == moment
+    assert outcome.ran_out_at is not None and abs((outcome.ran_out_at - (T0 + 8 * DAY)).total_seconds()) < 60
+    assert not outcome.ran_out_before_early
+    assert outcome.empty_days == pytest.approx((moment - outcome.ran_out_at) / DAY, abs=1e-3)
+    assert slot_calibration(engine) == (pytest.approx(lesson(missed=False, stated=0.97, step=SLOT_STEP)), 1)
+
+
+def test_a_cycle_has_one_outcome_whatever_is_decided_after_it_ran_empty(engine: Engine):
+    """Told when it would run out (notify only), the customer orders only once it is empty: the cycle's outcome
+    stays the notice's, and the refill completes it."""
+    printer = Printer(engine, mode=ConsentMode.NOTIFY_ONLY)
+    moment = printer.run(T0, depleting(0.8, 0.1, 10))
+    [at_empty] = printer.outcomes()
+    assert at_empty.action == "notify" and at_empty.ended_at is None and at_empty.order_id is None
+    with transaction(engine) as session:
+        [slot] = session.exec(select(DeviceSlot))
+        device = devices.get(session=session, device_id=printer.device_id)
+        found = automation.order_now(session=session, slot=slot, device=device, now=moment, actor="customer:ada")
+        assert found is not None and found.created
+    moment = printer.run(moment + STEP, [0.0, 0.0])
+    assert [row.id for row in printer.outcomes()] == [at_empty.id]
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.id == at_empty.id and outcome.ended_at is not None and outcome.action == "notify"
+    assert slot_calibration(engine)[1] == 1
+
+
 def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine):
     printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
     moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
@@ -287,6 +337,10 @@ def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine)
 def test_the_calibration_learns_a_step_per_outcome_within_bounds():
     assert lesson(missed=True, stated=0.97, step=GROUP_STEP) == pytest.approx(0.97 * GROUP_STEP)
     assert lesson(missed=False, stated=0.97, step=GROUP_STEP) == pytest.approx(-0.03 * GROUP_STEP)
+    assert lesson(missed=None, stated=0.97, step=GROUP_STEP) == 0, "an outcome that teaches nothing"
+    # An outcome read again takes back what it taught before.
+    assert lesson(missed=False, before=True, stated=0.97, step=GROUP_STEP) == pytest.approx(-GROUP_STEP)
+    assert lesson(missed=None, before=True, stated=0.97, step=GROUP_STEP) == pytest.approx(-0.97 * GROUP_STEP)
     # Misses at the stated rate leave it where it is: 3 in 100.
     shift = 0.0
     for number in range(100):

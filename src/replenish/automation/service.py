@@ -1556,7 +1556,7 @@ def _evaluate_in_one_transaction(
                     trigger=triggers.get(slot.id),
                 )
                 outcome.decisions.extend(decision.id for decision in decisions)
-        recorded = outcomes.record_ended_cycles(session=session, ended=ended, now=now)
+        lessons = outcomes.record_ended_cycles(session=session, ended=ended, now=now)
         store_forecasts(session=session, forecasts=context.forecasts, now=now)
         store_windows(
             session=session,
@@ -1574,7 +1574,7 @@ def _evaluate_in_one_transaction(
         # Last: the groups' rows it updates are held until the commit.
         outcomes.learn_from(
             session=session,
-            outcomes=recorded,
+            lessons=lessons,
             lending={
                 customer for customer, (_, document) in context.consents.items() if document.fleet_learning_allowed
             },

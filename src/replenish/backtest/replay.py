@@ -27,7 +27,14 @@ from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, learn
 from replenish.forecasting.model import fleet_prior, lends_to_fleet, prior_is_shared
-from replenish.forecasting.outcomes import CycleOutcome, Prediction, cycle_outcome, ended_by, outcome_when_empty
+from replenish.forecasting.outcomes import (
+    CycleOutcome,
+    Prediction,
+    cycle_outcome,
+    ended_by,
+    outcome_when_empty,
+    teaching,
+)
 
 READINGS_HEADER = ["device_id", "slot", "ts", "level"]
 ORDERS_HEADER = ["device_id", "slot", "ordered_at"]
@@ -71,6 +78,9 @@ class _SlotReplay:
     screen: Screen | None = None  # which new readings can wait for a later evaluation
     evaluations: int = 0  # a scheduled check is stale once the slot has been evaluated again
     prediction: Prediction | None = None  # what the current cycle's order was decided on
+    # Whether the current cycle's outcome was learned from when it ran empty, and what it taught then.
+    learned_when_empty: bool = False
+    taught: bool | None = None
     shift: float = 0.0  # its own calibration (forecasting.calibration), beside its group's
     outcomes: int = 0
 
@@ -252,7 +262,8 @@ class _Replay:
     def _order(self, key: tuple[str, str], state: _SlotReplay, *, forecast: Forecast | None, now: datetime) -> None:
         """An order for the slot now, decided on ``forecast``: its cycle's prediction, for the outcome to check."""
         stated = self.policy.service_level
-        state.prediction = None if forecast is None else Prediction.of(forecast, decided_at=now, stated=stated)
+        if not state.learned_when_empty:  # as live, a cycle's outcome stays with the decision it was recorded for
+            state.prediction = None if forecast is None else Prediction.of(forecast, decided_at=now, stated=stated)
         self.orders.append(
             ReplayedOrder(key[0], key[1], ordered_at=now, forecast=forecast, stated_service_level=stated)
         )
@@ -272,34 +283,46 @@ class _Replay:
         started: datetime | None,
         now: datetime,
     ) -> None:
-        """The outcome of the decided cycle, once it is known (a refill ended it, or its readings show it empty), and
-        what it teaches the slot and its group: once per decision, as live."""
+        """The decided cycle's outcome, as live records it: when its readings show it empty, then read again at the
+        refill that ends it (what it taught is revised if the empty run turned out to be a dip); and what it teaches
+        the slot and its group."""
         prediction = state.prediction
         if prediction is None or started is None or evaluation.cycle_started_at is None:
             return
-        outcome: CycleOutcome | None = None
-        if evaluation.cycle_started_at != started:
-            outcome = cycle_outcome(
+        refilled = evaluation.cycle_started_at != started
+        if refilled:
+            state.prediction = None
+        if not self.learn or (not refilled and state.learned_when_empty):
+            return
+        if refilled:
+            outcome: CycleOutcome | None = cycle_outcome(
                 series,
                 cycle_started_at=started,
                 ended_at=ended_by(evaluation.forecast, started=started) or evaluation.cycle_started_at,
                 prediction=prediction,
             )
-        elif self.learn:
+        else:
             outcome = outcome_when_empty(series, cycle_started_at=started, now=now, prediction=prediction)
         if outcome is None:
             return
-        state.prediction = None
-        if not self.learn:
-            return
-        missed, stated = outcome.ran_out_before_early, prediction.service_level
-        shift, cycles = self.groups.get(state.slot, (0.0, 0))
-        self.groups[state.slot] = (
-            learn(shift, missed=missed, stated=stated, step=GROUP_STEP, bounds=GROUP_BOUNDS),
-            cycles + 1,
+        missed = teaching(
+            missed=outcome.ran_out_before_early,
+            predicted_empty_at=prediction.empty_at,
+            decided_at=prediction.decided_at,
+            not_needed=False,
         )
-        state.shift = learn(state.shift, missed=missed, stated=stated, step=SLOT_STEP, bounds=SLOT_BOUNDS)
-        state.outcomes += 1
+        before, stated = state.taught, prediction.service_level
+        shift, cycles = self.groups.get(state.slot, (0.0, 0))
+        counted = int(missed is not None) - int(before is not None)
+        self.groups[state.slot] = (
+            learn(shift, missed=missed, before=before, stated=stated, step=GROUP_STEP, bounds=GROUP_BOUNDS),
+            cycles + counted,
+        )
+        state.shift = learn(
+            state.shift, missed=missed, before=before, stated=stated, step=SLOT_STEP, bounds=SLOT_BOUNDS
+        )
+        state.outcomes += counted
+        state.learned_when_empty, state.taught = (False, None) if refilled else (True, missed)
 
     def _memory(self, state: _SlotReplay, *, now: datetime) -> SlotMemory:
         memory = state.memory
@@ -329,7 +352,12 @@ class _Replay:
 
 def _next_check(state: _SlotReplay, *, now: datetime, policy: ReorderPolicy) -> datetime | None:
     """When, with no new reading, the slot's decision could change: its forecast's order time, once nothing holds it
-    back. None when that is never (already decided this cycle, or the evidence would be too old by then)."""
+    back. None when that is never (already decided this cycle, or the evidence would be too old by then).
+
+    Unlike live, a decided cycle is not looked at again every REFRESH_AFTER: only a rise (a refill) can change its
+    decision, and other readings wait behind the screen for up to DECIDED_STEP. So the replay learns that a cycle
+    ran empty up to two days after its readings show it, where live learns within one (more evaluations of decided
+    cycles in the replay meet more transient refills: duplicates 10 -> 17 on the first trace set)."""
     forecast, memory = state.last_forecast, state.memory
     if forecast is None or forecast.empty_at_early is None or forecast.evidence_to is None:
         return None

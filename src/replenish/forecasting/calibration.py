@@ -30,15 +30,29 @@ LEVEL_BOUNDS = (0.5, 0.9999)
 _NORMAL = statistics.NormalDist()
 
 
-def lesson(*, missed: bool, stated: float, step: float) -> float:
+def lesson(*, missed: bool | None, stated: float, step: float, before: bool | None = None) -> float:
     """How far one outcome moves a shift: ``missed`` when the slot ran out before the early date stated at the
-    decision, ``stated`` the service level then."""
-    return step * ((1.0 if missed else 0.0) - (1.0 - stated))
+    decision (None: the outcome teaches nothing, forecasting.outcomes.teaching), ``stated`` the service level then.
+    ``before``: what the same outcome taught earlier and no longer does (a cycle learned from when it ran empty, then
+    read again at its refill), taken back."""
+
+    def taught(was_missed: bool | None) -> float:
+        return 0.0 if was_missed is None else step * ((1.0 if was_missed else 0.0) - (1.0 - stated))
+
+    return taught(missed) - taught(before)
 
 
-def learn(shift: float, *, missed: bool, stated: float, step: float, bounds: tuple[float, float]) -> float:
+def learn(
+    shift: float,
+    *,
+    missed: bool | None,
+    stated: float,
+    step: float,
+    bounds: tuple[float, float],
+    before: bool | None = None,
+) -> float:
     """A shift after one outcome, within its bounds (the live service adds lesson() in SQL, within the same)."""
-    moved = shift + lesson(missed=missed, stated=stated, step=step)
+    moved = shift + lesson(missed=missed, stated=stated, step=step, before=before)
     return min(bounds[1], max(bounds[0], moved))
 
 

@@ -85,6 +85,16 @@ class CycleOutcome:
         return max(0.0, (self.empty_estimated_at - self.ended_at).total_seconds() / SECONDS_PER_DAY)
 
 
+def teaching(*, missed: bool, predicted_empty_at: datetime, decided_at: datetime, not_needed: bool) -> bool | None:
+    """What an outcome teaches the calibration: whether the slot ran out before the early date (``missed``), or None
+    when it teaches nothing: the customer said the order was not needed (the use is not the forecast's to follow),
+    or the decision was made on a forecast already at or past its median empty date (the customer's own order for
+    an empty slot: there was no forecast left to check)."""
+    if not_needed or predicted_empty_at <= decided_at:
+        return None
+    return missed
+
+
 def cycle_outcome(
     series: ReadingSeries, *, cycle_started_at: datetime, ended_at: datetime, prediction: Prediction
 ) -> CycleOutcome:

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Float, case, cast, delete, func, update
@@ -22,7 +23,8 @@ from replenish.db import add_to_counters, within
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
-from replenish.forecasting.outcomes import Prediction, cycle_outcome, outcome_when_empty
+from replenish.forecasting.outcomes import CycleOutcome as PureOutcome
+from replenish.forecasting.outcomes import Prediction, cycle_outcome, outcome_when_empty, teaching
 from replenish.forecasting.weekly import SECONDS_PER_DAY
 from replenish.orders.models import Order
 from replenish.outcomes.models import CalibrationGroup, CycleOutcome, ForecastReliability
@@ -40,45 +42,59 @@ class EndedCycle:
     readings: ReadingSeries  # the slot's readings (fractions of capacity), the cycle among them
 
 
-def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: datetime) -> list[CycleOutcome]:
+@dataclass(frozen=True)
+class Lesson:
+    """What an outcome teaches the calibration now (``missed``; None: nothing), against what it taught before
+    (``before``; None: nothing yet): learn_from applies the difference."""
+
+    outcome: CycleOutcome
+    missed: bool | None
+    before: bool | None = None
+
+    @property
+    def cycles(self) -> int:
+        return int(self.missed is not None) - int(self.before is not None)
+
+
+def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: datetime) -> list[Lesson]:
     """An outcome for each cycle that ended, or has run empty, and had a decision with a forecast to check: its
     newest such decision (an order the customer asked for, or a line pulled forward into a shipment, counts too).
-    Returns the new outcomes, for learn_from.
+    One per cycle: a cycle that already has one gets no other. Returns what the new and revised outcomes teach, for
+    learn_from.
 
-    A cycle that ran empty has its outcome from then on (forecasting.outcomes.outcome_when_empty): the refill that
-    comes later adds when it came, how long the slot was empty, and its order as it stands then, and teaches
-    nothing more. Cycles without a decision, and outcomes already complete, are left alone."""
+    A cycle that ran empty has its outcome from its next evaluation on (forecasting.outcomes.outcome_when_empty).
+    Its refill fills in when it came, how long the slot was empty and the order as it stands then, and reads the
+    cycle again: the empty run may have turned out to be a dip (the level came back), or the customer may have
+    said since that the order was not needed; what the outcome taught is revised to match."""
     if not ended:
         return []
     slot_ids = [cycle.slot.id for cycle in ended]
+    since = min(cycle.started_at for cycle in ended)
     decisions: dict[str, list[tuple[Decision, Order | None]]] = {}
     # The decisions of these cycles only, newest first, with their orders; and their outcomes so far.
     for decision, its_order in session.exec(
         select(Decision, Order)
         .outerjoin(Order, col(Order.decision_id) == col(Decision.id))
-        .where(
-            col(Decision.slot_id).in_(slot_ids),
-            col(Decision.cycle_started_at) >= min(cycle.started_at for cycle in ended),
-        )
+        .where(col(Decision.slot_id).in_(slot_ids), col(Decision.cycle_started_at) >= since)
         .order_by(col(Decision.cycle_started_at).desc())
     ):
         decisions.setdefault(decision.slot_id, []).append((decision, its_order))
-    candidates = [decision.id for found in decisions.values() for decision, _ in found]
-    known = {
-        row.decision_id: row
-        for row in session.exec(select(CycleOutcome).where(col(CycleOutcome.decision_id).in_(candidates)))
-    }
-    recorded = []
+    known: dict[tuple[str, float], CycleOutcome] = {}
+    for row in session.exec(
+        select(CycleOutcome).where(col(CycleOutcome.slot_id).in_(slot_ids), col(CycleOutcome.cycle_started_at) >= since)
+    ):
+        known.setdefault((row.slot_id, row.cycle_started_at.timestamp()), row)
+    lessons = []
     for cycle in ended:
+        kept = known.get((cycle.slot.id, cycle.started_at.timestamp()))
+        if kept is not None:
+            if kept.ended_at is None and cycle.ended_at is not None:
+                lessons.append(_refilled(kept, cycle=cycle, candidates=decisions.get(cycle.slot.id, [])))
+            continue
         found = _decision_of(decisions.get(cycle.slot.id, []), cycle=cycle)
         if found is None:
             continue
         decision, order, prediction = found
-        kept = known.get(decision.id)
-        if kept is not None:
-            if kept.ended_at is None and cycle.ended_at is not None:
-                _refilled(kept, ended_at=cycle.ended_at, order=order)
-            continue
         if cycle.ended_at is None:
             outcome = outcome_when_empty(
                 cycle.readings, cycle_started_at=cycle.started_at, now=now, prediction=prediction
@@ -97,7 +113,6 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
             device_kind=cycle.device.kind,
             slot_name=cycle.slot.name,
             cycle_started_at=cycle.started_at,
-            ended_at=outcome.ended_at,
             recorded_at=now,
             decided_at=decision.decided_at,
             action=decision.action,
@@ -107,73 +122,107 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
             predicted_early_at=prediction.early_at,
             predicted_late_at=prediction.late_at,
             rate_per_day=prediction.rate_per_day,
-            ran_out_at=outcome.ran_out_at,
-            empty_estimated_at=outcome.empty_estimated_at,
-            ran_out_before_early=outcome.ran_out_before_early,
-            empty_days=round(outcome.empty_days, 3),
-            left_days=round(outcome.left_days, 3),
-            error_days=round(outcome.error_days, 3),
+            **_outcome_columns(outcome),
         )
         _take_order(row, order)
         session.add(row)
-        recorded.append(row)
-    return recorded
+        lessons.append(Lesson(row, missed=_teaching(row)))
+    return lessons
 
 
-def _refilled(row: CycleOutcome, *, ended_at: datetime, order: Order | None) -> None:
-    """The refill of a cycle whose outcome was recorded when it ran empty."""
-    row.ended_at = ended_at
-    if row.ran_out_at is not None:
-        row.empty_days = round(max(0.0, (ended_at - row.ran_out_at).total_seconds() / SECONDS_PER_DAY), 3)
+def _refilled(row: CycleOutcome, *, cycle: EndedCycle, candidates: list[tuple[Decision, Order | None]]) -> Lesson:
+    """The refill of a cycle whose outcome was recorded when it ran empty: the cycle read again to its end."""
+    assert cycle.ended_at is not None
+    before = _teaching(row)
+    decision, order = next((found for found in candidates if found[0].id == row.decision_id), (None, None))
+    forecast = Forecast.from_json(decision.forecast) if decision is not None else None
+    prediction = (
+        Prediction.of(forecast, decided_at=row.decided_at, stated=row.service_level) if forecast is not None else None
+    )
+    if prediction is not None:
+        read_again = cycle_outcome(
+            cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
+        )
+        for name, value in _outcome_columns(read_again).items():
+            setattr(row, name, value)
+    else:  # the decision's forecast is unreadable now: keep what was read, with the refill's end
+        row.ended_at = cycle.ended_at
+        if row.ran_out_at is not None:
+            row.empty_days = round(max(0.0, (cycle.ended_at - row.ran_out_at).total_seconds() / SECONDS_PER_DAY), 3)
     _take_order(row, order)
+    return Lesson(row, missed=_teaching(row), before=before)
+
+
+def _outcome_columns(outcome: PureOutcome) -> dict[str, Any]:
+    """What happened, as the outcome row keeps it."""
+    return {
+        "ended_at": outcome.ended_at,
+        "ran_out_at": outcome.ran_out_at,
+        "empty_estimated_at": outcome.empty_estimated_at,
+        "ran_out_before_early": outcome.ran_out_before_early,
+        "empty_days": round(outcome.empty_days, 3),
+        "left_days": round(outcome.left_days, 3),
+        "error_days": round(outcome.error_days, 3),
+    }
 
 
 def _take_order(row: CycleOutcome, order: Order | None) -> None:
     """The cycle's order as it stands now, and what the customer said if they declined or cancelled it."""
-    row.order_id = order.id if order is not None else None
-    row.order_status = order.status if order is not None else None
-    row.delivered_at = order.delivered_at if order is not None else None
-    row.feedback = order.feedback if order is not None else None
+    if order is None:
+        return
+    row.order_id = order.id
+    row.order_status = order.status
+    row.delivered_at = order.delivered_at
+    row.feedback = order.feedback
 
 
-def learn_from(*, session: Session, outcomes: Sequence[CycleOutcome], lending: Collection[str], now: datetime) -> None:
+def _teaching(row: CycleOutcome) -> bool | None:
+    return teaching(
+        missed=row.ran_out_before_early,
+        predicted_empty_at=row.predicted_empty_at,
+        decided_at=row.decided_at,
+        not_needed=row.feedback == OrderFeedback.NOT_NEEDED,
+    )
+
+
+def learn_from(*, session: Session, lessons: Sequence[Lesson], lending: Collection[str], now: datetime) -> None:
     """What the outcomes teach (forecasting.calibration): each slot's own shift, and its group's (device kind and
     slot name) from the outcomes of customers in ``lending`` (who allow fleet learning: a group's shift changes
-    everyone's forecasts). A cycle the customer said was not needed teaches nothing: its use is not the forecast's
-    to follow. Added in SQL, groups last and in key order: evaluators learning from the same groups at the same
-    moment neither lose an outcome nor wait on each other in a circle, and a group's row is held only until the
-    commit that follows."""
-    teaching = [outcome for outcome in outcomes if outcome.feedback != OrderFeedback.NOT_NEEDED]
+    everyone's forecasts); a revised outcome takes back what it taught before. Added in SQL, groups last and in key
+    order: evaluators learning from the same groups at the same moment neither lose an outcome nor wait on each
+    other in a circle, and a group's row is held only until the commit that follows."""
+    teaching_now = [item for item in lessons if item.missed is not None or item.before is not None]
     slots = table_of(Slot)
-    for outcome in sorted(teaching, key=lambda row: row.slot_id):
-        step = lesson(missed=outcome.ran_out_before_early, stated=outcome.service_level, step=SLOT_STEP)
+    for item in sorted(teaching_now, key=lambda found: found.outcome.slot_id):
+        step = _lesson(item, step=SLOT_STEP)
         session.execute(
             update(slots)
-            .where(slots.c.id == outcome.slot_id)
+            .where(slots.c.id == item.outcome.slot_id)
             .values(
                 calibration_shift=within(slots.c.calibration_shift + step, SLOT_BOUNDS),
-                calibration_cycles=slots.c.calibration_cycles + 1,
+                calibration_cycles=slots.c.calibration_cycles + item.cycles,
             )
         )
-    groups: dict[tuple[str, str], list[CycleOutcome]] = {}
-    for outcome in teaching:
-        if outcome.customer_id in lending:
-            groups.setdefault((outcome.device_kind, outcome.slot_name), []).append(outcome)
+    groups: dict[tuple[str, str], list[Lesson]] = {}
+    for item in teaching_now:
+        if item.outcome.customer_id in lending:
+            groups.setdefault((item.outcome.device_kind, item.outcome.slot_name), []).append(item)
     for (kind, name), members in sorted(groups.items()):
         add_to_counters(
             session,
             table_of(CalibrationGroup),
             key={"device_kind": kind, "slot_name": name},
             add={
-                "shift": sum(
-                    lesson(missed=row.ran_out_before_early, stated=row.service_level, step=GROUP_STEP)
-                    for row in members
-                ),
-                "cycles": len(members),
+                "shift": sum(_lesson(item, step=GROUP_STEP) for item in members),
+                "cycles": sum(item.cycles for item in members),
             },
             latest={"updated_at": now},
             bounds={"shift": GROUP_BOUNDS},
         )
+
+
+def _lesson(item: Lesson, *, step: float) -> float:
+    return lesson(missed=item.missed, before=item.before, stated=item.outcome.service_level, step=step)
 
 
 def calibrations(*, session: Session, slots: Sequence[tuple[Slot, Device]]) -> dict[str, Calibration]:
@@ -231,7 +280,10 @@ def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) 
         return {}
     rank = (
         func.row_number()
-        .over(partition_by=col(CycleOutcome.slot_id), order_by=col(CycleOutcome.cycle_started_at).desc())
+        .over(
+            partition_by=col(CycleOutcome.slot_id),
+            order_by=(col(CycleOutcome.cycle_started_at).desc(), col(CycleOutcome.id)),
+        )
         .label("rank")
     )
     ranked = select(CycleOutcome.id, rank).where(col(CycleOutcome.slot_id).in_(list(slot_ids))).subquery()
@@ -240,7 +292,7 @@ def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) 
         select(CycleOutcome)
         .join(ranked, ranked.c.id == col(CycleOutcome.id))
         .where(ranked.c.rank <= per_slot)
-        .order_by(col(CycleOutcome.slot_id), col(CycleOutcome.cycle_started_at).desc())
+        .order_by(col(CycleOutcome.slot_id), col(CycleOutcome.cycle_started_at).desc(), col(CycleOutcome.id))
     ):
         found.setdefault(outcome.slot_id, []).append(outcome)
     return found

@@ -23,7 +23,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # An outcome still waiting for its refill has no end to keep: it is recorded again when the refill comes.
+    # An outcome still waiting for its refill has no end to keep: the older code records it again when the refill
+    # comes, and learns from it a second time (one lesson more, within the calibration's bounds).
     op.execute("DELETE FROM cycle_outcomes WHERE ended_at IS NULL")
     with op.batch_alter_table("cycle_outcomes", schema=None) as batch_op:
         batch_op.alter_column("ended_at", existing_type=replenish.columns.UTCDateTime(timezone=True), nullable=False)
