@@ -47,6 +47,7 @@ import replenish.models  # noqa: F401  (registers every table with SQLModel.meta
 from replenish.clock import ManualClock
 from replenish.config import MqttEndpoint
 from replenish.constants import DEAD_LETTER_KEEP_BYTES
+from replenish.mqtt.client import disconnect_and_stop
 from replenish.runtime import Platform, Roles
 from support import wait_until
 from support.api import api_client, create_customer, dead_letters_with_payloads, iso, operator_token, register_device
@@ -238,8 +239,7 @@ class DeviceSubscriber:
             return [m for m in self.messages if m.topic == topic]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect_and_stop(self.client)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from replenish.mqtt.client import disconnect_and_stop
 from support.brokers import SERVICE_PASSWORD, free_port, running_mosquitto
 from support.platform import register_through_services, stored
 from test_cli import REPLENISH, environment, poll, process
@@ -81,8 +82,7 @@ class StreamPublisher(threading.Thread):
     def close(self) -> None:
         for info in self.infos:
             info.wait_for_publish(10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect_and_stop(self.client)
 
 
 @contextmanager

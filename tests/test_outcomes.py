@@ -321,6 +321,31 @@ def test_a_cycle_has_one_outcome_whatever_is_decided_after_it_ran_empty(engine: 
     assert slot_calibration(engine)[1] == 1
 
 
+def test_not_needed_said_after_the_slot_ran_empty_takes_the_lesson_back_at_the_refill(engine: Engine):
+    printer = Printer(engine, mode=ConsentMode.ASK_FIRST, fleet_learning=True)
+    moment = printer.run(T0, depleting(0.8, 0.1, 10))
+    [request] = printer.orders()
+    [at_empty] = printer.outcomes()
+    assert at_empty.order_status == OrderStatus.AWAITING_APPROVAL and at_empty.group_taught
+    assert slot_calibration(engine)[1] == 1
+    with transaction(engine) as session:
+        orders.transition(
+            session=session,
+            order_id=request.id,
+            to=OrderStatus.DECLINED,
+            actor="customer:ada",
+            now=moment,
+            feedback=OrderFeedback.NOT_NEEDED,
+        )
+    printer.run(moment, [1.0, 0.98])
+    [outcome] = printer.outcomes()
+    assert outcome.id == at_empty.id and outcome.feedback == OrderFeedback.NOT_NEEDED and not outcome.group_taught
+    assert slot_calibration(engine) == (pytest.approx(0.0, abs=1e-12), 0)
+    with Session(engine) as session:
+        group = session.get(CalibrationGroup, ("printer", "black"))
+        assert group is not None and group.cycles == 0 and group.shift == pytest.approx(0.0, abs=1e-12)
+
+
 def test_a_customers_outcomes_are_exported_and_deleted_with_them(engine: Engine):
     printer = Printer(engine, mode=ConsentMode.AUTO_ORDER)
     moment = printer.run(T0, depleting(0.8, 0.1, 6.5))

@@ -29,6 +29,7 @@ from replenish.cluster.locks import AdvisoryLock
 from replenish.config import MqttEndpoint, Settings
 from replenish.constants import SCHEDULER_LEADER_LOCK_KEY, DeviceKind
 from replenish.health.models import Alarm
+from replenish.mqtt.client import disconnect_and_stop
 from support.brokers import SERVICE_PASSWORD, MosquittoRun, PostgresRun, free_port, running_mosquitto
 from support.platform import polled_engine, register_through_services, stored
 from test_cli import REPLENISH, environment
@@ -146,8 +147,7 @@ class Fleet:
             assert info.is_published()
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect_and_stop(self.client)
 
 
 @dataclass

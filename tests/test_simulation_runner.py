@@ -17,6 +17,7 @@ from amqtt.broker import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from replenish.config import MqttEndpoint
+from replenish.mqtt.client import disconnect_and_stop
 from replenish.simulation import runner
 from replenish.simulation.devices import PrinterModel, SimMessage, WearableModel
 from replenish.simulation.runner import run_device, simulated_now
@@ -105,8 +106,7 @@ class Subscriber:
             return list(self.messages)
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        disconnect_and_stop(self._client)
 
 
 def statuses_of(messages: list[Received], device_id: str) -> list[Received]:

@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from replenish.config import MqttEndpoint
+from replenish.mqtt.client import disconnect_and_stop
 from support.brokers import free_port
 
 # The MQTT secret of every device registered through support.api.register_device, newest registration wins: the
@@ -76,8 +77,7 @@ class Publisher:
 
     def close(self) -> None:
         for client in self.clients.values():
-            client.disconnect()
-            client.loop_stop()
+            disconnect_and_stop(client)
 
 
 class CommandListener:
@@ -109,8 +109,7 @@ class CommandListener:
             return list(self.messages)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect_and_stop(self.client)
 
 
 def publish_depletion(
@@ -176,8 +175,7 @@ def connected(
             raise Refused(str(outcome["reason"]))
         yield client
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect_and_stop(client)
 
 
 def publish(client: paho.Client, topic: str, payload: dict[str, Any]) -> None:

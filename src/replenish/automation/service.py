@@ -1587,16 +1587,17 @@ def _evaluate_in_one_transaction(
 def _outcome_may_be_known(
     *, slot: Slot, evaluated: Evaluated, context: EvaluationContext, readings: ReadingSeries
 ) -> tuple[datetime, datetime | None] | None:
-    """For a slot whose cycle had a decision: the cycle's start and the refill that the evaluation saw end it, or
-    (None for the refill) the start alone when the newest reading is empty, so that the cycle may have run empty
-    (outcomes.record_ended_cycles tells); None when neither."""
+    """The cycle's start and the refill that the evaluation saw end it; or, for a cycle with a decision whose newest
+    reading is empty, its start alone (None for the refill: it may have run empty). outcomes.record_ended_cycles
+    tells; None when neither. Every refill counts, decided or not as automation sees it now: an outcome recorded
+    when the slot ran empty waits for it even if its request was withdrawn since."""
     started, now_started = slot.cycle_started_at, evaluated.cycle_started_at
-    decided = context.decided.get(slot.id)
-    if started is None or now_started is None or decided is None or decided < started:
+    if started is None or now_started is None:
         return None
     if now_started > started:
         return started, ended_by(evaluated.forecast, started=started) or now_started
-    if now_started == started and len(readings) and readings.levels[-1] <= EMPTY_LEVEL:
+    decided = context.decided.get(slot.id)
+    if decided is not None and decided >= started and len(readings) and readings.levels[-1] <= EMPTY_LEVEL:
         return started, None
     return None
 

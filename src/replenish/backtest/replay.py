@@ -262,8 +262,14 @@ class _Replay:
     def _order(self, key: tuple[str, str], state: _SlotReplay, *, forecast: Forecast | None, now: datetime) -> None:
         """An order for the slot now, decided on ``forecast``: its cycle's prediction, for the outcome to check."""
         stated = self.policy.service_level
-        if not state.learned_when_empty:  # as live, a cycle's outcome stays with the decision it was recorded for
-            state.prediction = None if forecast is None else Prediction.of(forecast, decided_at=now, stated=stated)
+        prediction = None if forecast is None else Prediction.of(forecast, decided_at=now, stated=stated)
+        # As live: a cycle's outcome stays with the decision it was recorded for, and a decision with a forecast to
+        # check is not replaced by one without.
+        kept = state.prediction
+        if not state.learned_when_empty and not (
+            kept is not None and kept.checkable and (prediction is None or not prediction.checkable)
+        ):
+            state.prediction = prediction
         self.orders.append(
             ReplayedOrder(key[0], key[1], ordered_at=now, forecast=forecast, stated_service_level=stated)
         )

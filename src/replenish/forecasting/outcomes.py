@@ -31,6 +31,10 @@ class Prediction:
     rate_per_day: float
     service_level: float  # the stated one: its early date should be beaten in 1 - service_level of cycles
 
+    @property
+    def checkable(self) -> bool:
+        return checkable(empty_at=self.empty_at, decided_at=self.decided_at)
+
     @classmethod
     def of(cls, forecast: Forecast, *, decided_at: datetime, stated: float | None = None) -> Prediction | None:
         """The prediction in a forecast, or None when it had no empty date to check (not consuming, too little).
@@ -90,9 +94,14 @@ def teaching(*, missed: bool, predicted_empty_at: datetime, decided_at: datetime
     when it teaches nothing: the customer said the order was not needed (the use is not the forecast's to follow),
     or the decision was made on a forecast already at or past its median empty date (the customer's own order for
     an empty slot: there was no forecast left to check)."""
-    if not_needed or predicted_empty_at <= decided_at:
+    if not_needed or not checkable(empty_at=predicted_empty_at, decided_at=decided_at):
         return None
     return missed
+
+
+def checkable(*, empty_at: datetime, decided_at: datetime) -> bool:
+    """Whether a decision's forecast had an empty date to check: its median still ahead of the decision."""
+    return empty_at > decided_at
 
 
 def cycle_outcome(

@@ -31,7 +31,7 @@ from replenish.constants import (
 from replenish.db import transaction
 from replenish.ingest.schemas import IncomingMessage, confirmation_payloads
 from replenish.ingest.service import BatchResult, dead_letter, ingest_batch
-from replenish.mqtt.client import connect_async, make_client
+from replenish.mqtt.client import connect_async, disconnect_and_stop, make_client
 from replenish.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -318,8 +318,7 @@ class MqttIngestor:
         # wait on a full queue forever and never finish disconnecting.
         self.abandon.set()
         for lane in self._lanes:
-            lane.client.disconnect()
-            lane.client.loop_stop()
+            disconnect_and_stop(lane.client)
 
     # -- storage (writer threads) ----------------------------------------------------------------------------
     def commit(self, batch: list[_Delivery]) -> BatchResult | None:

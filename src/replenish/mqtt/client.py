@@ -73,6 +73,19 @@ def connect_async(
     )
 
 
+def disconnect_and_stop(client: paho.Client) -> None:
+    """Disconnect, and stop the client's network thread once it is done.
+
+    paho's loop_stop reads the thread twice, and the thread clears it as it ends, which a disconnect makes it do (an
+    open paho bug, eclipse-paho/paho.mqtt.python#872): loop_stop then fails on a thread that is over anyway."""
+    client.disconnect()
+    try:
+        client.loop_stop()
+    except AttributeError:
+        if getattr(client, "_thread", None) is not None:  # not that race: some other fault
+            raise
+
+
 class CommandPublisher:
     """Publishes platform → device commands (contract §2) at QoS 1 and waits for the broker's PUBACK."""
 
@@ -95,8 +108,7 @@ class CommandPublisher:
         self._client.loop_start()
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        disconnect_and_stop(self._client)
 
     def publish(self, topic: str, payload: dict[str, Any], *, timeout: float = 5.0) -> None:
         # Fail fast while the broker is away: the dispatcher retries later, and other deliveries must not wait.

@@ -10,7 +10,7 @@ from replenish.columns import UTCDateTime, new_id
 class CycleOutcome(SQLModel, table=True):
     """What happened to a decided cycle against what its forecast said, recorded when the cycle ended (a refill) or,
     for one that ran empty, as soon as its readings showed it (the refill fills in ``ended_at`` and ``empty_days``
-    later): the label every forecast earns (forecasting.outcomes). One per decision."""
+    later): the label every forecast earns (forecasting.outcomes). One per cycle, and so per decision."""
 
     __tablename__ = "cycle_outcomes"
 
@@ -50,6 +50,9 @@ class CycleOutcome(SQLModel, table=True):
     empty_days: float
     left_days: float
     error_days: float
+    # Whether its lesson is in its group's calibration (its customer allowed fleet learning when it taught): what a
+    # revision at the refill takes back from the group.
+    group_taught: bool = False
 
 
 class CalibrationGroup(SQLModel, table=True):

@@ -23,6 +23,7 @@ from replenish.db import add_to_counters, within
 from replenish.devices.models import Device, Slot
 from replenish.forecasting import Forecast, ReadingSeries
 from replenish.forecasting.calibration import GROUP_BOUNDS, GROUP_STEP, SLOT_BOUNDS, SLOT_STEP, Calibration, lesson
+from replenish.forecasting.model import EMPTY_LEVEL
 from replenish.forecasting.outcomes import CycleOutcome as PureOutcome
 from replenish.forecasting.outcomes import Prediction, cycle_outcome, outcome_when_empty, teaching
 from replenish.forecasting.weekly import SECONDS_PER_DAY
@@ -79,20 +80,23 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         .order_by(col(Decision.cycle_started_at).desc())
     ):
         decisions.setdefault(decision.slot_id, []).append((decision, its_order))
-    known: dict[tuple[str, float], CycleOutcome] = {}
+    known: dict[tuple[str, datetime], CycleOutcome] = {}
     for row in session.exec(
         select(CycleOutcome).where(col(CycleOutcome.slot_id).in_(slot_ids), col(CycleOutcome.cycle_started_at) >= since)
     ):
-        known.setdefault((row.slot_id, row.cycle_started_at.timestamp()), row)
+        known.setdefault((row.slot_id, row.cycle_started_at), row)
+    # A decision has one outcome even if a refill found late moved its cycle's start (one per decision, as stored).
+    candidates = [decision.id for found in decisions.values() for decision, _ in found]
+    settled = set(session.exec(select(CycleOutcome.decision_id).where(col(CycleOutcome.decision_id).in_(candidates))))
     lessons = []
     for cycle in ended:
-        kept = known.get((cycle.slot.id, cycle.started_at.timestamp()))
+        kept = known.get((cycle.slot.id, cycle.started_at))
         if kept is not None:
             if kept.ended_at is None and cycle.ended_at is not None:
                 lessons.append(_refilled(kept, cycle=cycle, candidates=decisions.get(cycle.slot.id, [])))
             continue
         found = _decision_of(decisions.get(cycle.slot.id, []), cycle=cycle)
-        if found is None:
+        if found is None or found[0].id in settled:
             continue
         decision, order, prediction = found
         if cycle.ended_at is None:
@@ -131,24 +135,30 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
 
 
 def _refilled(row: CycleOutcome, *, cycle: EndedCycle, candidates: list[tuple[Decision, Order | None]]) -> Lesson:
-    """The refill of a cycle whose outcome was recorded when it ran empty: the cycle read again to its end."""
-    assert cycle.ended_at is not None
+    """The refill of a cycle whose outcome was recorded when it ran empty. If the level came back above empty since
+    (the empty run was a dip after all), the cycle is read again to its end; otherwise what was read stands (the
+    readings kept may no longer reach back to it), with the refill's end and how long the slot stayed empty."""
+    assert cycle.ended_at is not None and row.ran_out_at is not None
     before = _teaching(row)
     decision, order = next((found for found in candidates if found[0].id == row.decision_id), (None, None))
     forecast = Forecast.from_json(decision.forecast) if decision is not None else None
     prediction = (
         Prediction.of(forecast, decided_at=row.decided_at, stated=row.service_level) if forecast is not None else None
     )
-    if prediction is not None:
+    times, levels = cycle.readings.times, cycle.readings.levels
+    since_then = (times >= row.ran_out_at.timestamp()) & (times < cycle.ended_at.timestamp())
+    came_back = (
+        len(times) > 0 and times[0] <= row.ran_out_at.timestamp() and bool((levels[since_then] > EMPTY_LEVEL).any())
+    )
+    if prediction is not None and came_back:
         read_again = cycle_outcome(
             cycle.readings, cycle_started_at=cycle.started_at, ended_at=cycle.ended_at, prediction=prediction
         )
         for name, value in _outcome_columns(read_again).items():
             setattr(row, name, value)
-    else:  # the decision's forecast is unreadable now: keep what was read, with the refill's end
+    else:
         row.ended_at = cycle.ended_at
-        if row.ran_out_at is not None:
-            row.empty_days = round(max(0.0, (cycle.ended_at - row.ran_out_at).total_seconds() / SECONDS_PER_DAY), 3)
+        row.empty_days = round(max(0.0, (cycle.ended_at - row.ran_out_at).total_seconds() / SECONDS_PER_DAY), 3)
     _take_order(row, order)
     return Lesson(row, missed=_teaching(row), before=before)
 
@@ -188,25 +198,33 @@ def _teaching(row: CycleOutcome) -> bool | None:
 def learn_from(*, session: Session, lessons: Sequence[Lesson], lending: Collection[str], now: datetime) -> None:
     """What the outcomes teach (forecasting.calibration): each slot's own shift, and its group's (device kind and
     slot name) from the outcomes of customers in ``lending`` (who allow fleet learning: a group's shift changes
-    everyone's forecasts); a revised outcome takes back what it taught before. Added in SQL, groups last and in key
-    order: evaluators learning from the same groups at the same moment neither lose an outcome nor wait on each
-    other in a circle, and a group's row is held only until the commit that follows."""
-    teaching_now = [item for item in lessons if item.missed is not None or item.before is not None]
+    everyone's forecasts). A revised outcome takes back what it taught before, from its group only if it taught
+    the group then (``group_taught``: the customer may have changed their consent since). Added in SQL, groups last
+    and in key order: evaluators learning from the same groups at the same moment neither lose an outcome nor wait
+    on each other in a circle, and a group's row is held only until the commit that follows."""
     slots = table_of(Slot)
-    for item in sorted(teaching_now, key=lambda found: found.outcome.slot_id):
-        step = _lesson(item, step=SLOT_STEP)
+    for item in sorted(lessons, key=lambda found: found.outcome.slot_id):
+        if item.missed == item.before:
+            continue
         session.execute(
             update(slots)
             .where(slots.c.id == item.outcome.slot_id)
             .values(
-                calibration_shift=within(slots.c.calibration_shift + step, SLOT_BOUNDS),
+                calibration_shift=within(slots.c.calibration_shift + _lesson(item, step=SLOT_STEP), SLOT_BOUNDS),
                 calibration_cycles=slots.c.calibration_cycles + item.cycles,
             )
         )
     groups: dict[tuple[str, str], list[Lesson]] = {}
-    for item in teaching_now:
-        if item.outcome.customer_id in lending:
-            groups.setdefault((item.outcome.device_kind, item.outcome.slot_name), []).append(item)
+    for item in lessons:
+        row = item.outcome
+        taught = Lesson(
+            row,
+            missed=item.missed if row.customer_id in lending else None,
+            before=item.before if row.group_taught else None,
+        )
+        row.group_taught = taught.missed is not None
+        if taught.missed != taught.before:
+            groups.setdefault((row.device_kind, row.slot_name), []).append(taught)
     for (kind, name), members in sorted(groups.items()):
         add_to_counters(
             session,
@@ -251,7 +269,9 @@ def _decision_of(
 ) -> tuple[Decision, Order | None, Prediction] | None:
     """The cycle's newest decision (newest first in ``candidates``) with a prediction to check: not a request of the
     customer's own, or a line pulled into a shipment, that was withdrawn (it decided nothing about the cycle, as
-    automation's latest decision keys say)."""
+    automation's latest decision keys say). One made on a forecast already at or past its median empty date (an
+    order for a slot that had run out) has nothing to check: an earlier one is taken before it."""
+    found: list[tuple[Decision, Order | None, Prediction]] = []
     for decision, order in candidates:
         if decision.cycle_started_at < cycle.started_at or (
             cycle.ended_at is not None and decision.cycle_started_at >= cycle.ended_at
@@ -270,8 +290,8 @@ def _decision_of(
             )
         )
         if prediction is not None:
-            return decision, order, prediction
-    return None
+            found.append((decision, order, prediction))
+    return next((item for item in found if item[2].checkable), found[0] if found else None)
 
 
 def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) -> dict[str, list[CycleOutcome]]:

@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from replenish.config import MqttEndpoint
+from replenish.mqtt.client import disconnect_and_stop
 from replenish.simulation.devices import ConsumableModel, DeviceModel, SimMessage
 
 log = logging.getLogger(__name__)
@@ -408,9 +409,8 @@ class _Connection:
                 log.warning("%s: %d message(s) not acknowledged by the broker", self.device_id, self.tracker.pending)
             elif echo and not self._offline_echoed.wait(ECHO_TIMEOUT_SECONDS):
                 log.warning('%s: the broker did not forward the final "offline" in time', self.device_id)
-            self.client.disconnect()
         finally:
-            self.client.loop_stop()
+            disconnect_and_stop(self.client)
 
     def _subscribe_to_own_status(self) -> bool:
         """Subscribe to the device's status topic; False if the broker will not allow or confirm it."""
