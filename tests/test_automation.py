@@ -87,6 +87,22 @@ def test_a_cycle_longer_than_the_history_window_is_ordered_once(slot: Slot):
     assert len(slot.orders()) == 1
 
 
+def test_a_glitch_at_the_start_of_the_history_window_is_no_refill(slot: Slot):
+    # 1% a day, read every 12 hours, one glitch reading 0.3 low on day 55.5. On day 97, 42 days later, the history
+    # window starts with the glitch: the next reading, back at the real level, looks like a refill of weeks ago.
+    # The cycle ordered on day 94 must not become a new one that orders again.
+    glitch = T0 + timedelta(days=55.5)
+    moment = T0
+    while moment <= T0 + timedelta(days=100):
+        level = max(1.0 - 0.01 * (moment - T0) / timedelta(days=1), 0.0)
+        slot.report(moment, level - 0.3 if moment == glitch else level)
+        if moment >= T0 + timedelta(days=90):
+            slot.evaluate(moment)
+        moment += timedelta(hours=12)
+    [order] = slot.orders()
+    assert order.created_at < T0 + timedelta(days=97)
+
+
 def test_a_late_reading_from_before_a_refill_does_not_start_another_cycle(slot: Slot):
     def deplete(start: datetime, level: float, rate: float, days: float) -> datetime:
         moment = start

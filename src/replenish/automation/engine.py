@@ -23,6 +23,8 @@ from replenish.forecasting.model import REFILL_MIN_RISE
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
 FORECAST_HISTORY_DAYS = 42
+# A refill this close to the start of the history window cannot be told from a glitch at its edge (advance_cycle).
+WINDOW_EDGE = timedelta(days=2)
 # How long a new reading can wait for a later evaluation (see Screen): at most NEAR_STEP while the early empty date
 # is within NEAR of the order horizon (or right after a sharp drop), less often the further it is; once the cycle
 # is decided, until a rise that may be a refill, or DECIDED_STEP.
@@ -136,13 +138,20 @@ def next_evaluation(
     return min(moment for moment in moments if moment > now)
 
 
-def advance_cycle(cycle_started_at: datetime | None, forecast: Forecast) -> datetime | None:
+def advance_cycle(
+    cycle_started_at: datetime | None, forecast: Forecast, *, news_after: datetime | None = None
+) -> datetime | None:
     """The slot's current cycle start: set once, then moved forward only by a refill newer than it.
 
     Never recomputed from the visible readings, so a late reading or a shifting history window can never make
-    one cycle look like a new one.
+    one cycle look like a new one. ``news_after``: refills at or before it are not news. The history window's
+    first readings have nothing before them to judge a rise against: a low reading there (a glitch its
+    neighbours outside the window would have shown up) followed by the slot's real level looks like a refill weeks
+    old, which every evaluation since would have seen when it happened.
     """
-    latest_refill = max(forecast.refills_detected, default=None)
+    latest_refill = max(
+        (moment for moment in forecast.refills_detected if news_after is None or moment > news_after), default=None
+    )
     if cycle_started_at is None:
         return latest_refill or forecast.cycle_started_at
     if latest_refill is not None and latest_refill > cycle_started_at:
@@ -200,7 +209,9 @@ def evaluate(
         prior=prior,
         absences=absences or None,
     )
-    cycle = advance_cycle(memory.cycle_started_at, forecast)
+    cycle = advance_cycle(
+        memory.cycle_started_at, forecast, news_after=now - timedelta(days=FORECAST_HISTORY_DAYS) + WINDOW_EDGE
+    )
     if cycle is None:
         again = next_evaluation(
             forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now
