@@ -138,6 +138,12 @@ def next_evaluation(
     return min(moment for moment in moments if moment > now)
 
 
+def refills_news_after(now: datetime) -> datetime:
+    """Refills an evaluation at ``now`` finds before this are no news (advance_cycle): the edge of its history
+    window."""
+    return now - timedelta(days=FORECAST_HISTORY_DAYS) + WINDOW_EDGE
+
+
 def advance_cycle(
     cycle_started_at: datetime | None, forecast: Forecast, *, news_after: datetime | None = None
 ) -> datetime | None:
@@ -209,9 +215,7 @@ def evaluate(
         prior=prior,
         absences=absences or None,
     )
-    cycle = advance_cycle(
-        memory.cycle_started_at, forecast, news_after=now - timedelta(days=FORECAST_HISTORY_DAYS) + WINDOW_EDGE
-    )
+    cycle = advance_cycle(memory.cycle_started_at, forecast, news_after=refills_news_after(now))
     if cycle is None:
         again = next_evaluation(
             forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now

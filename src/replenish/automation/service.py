@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 from replenish.answers import service as answers
 from replenish.audit import service as audit
 from replenish.automation.consolidation import joins, pulled_forward
-from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate, refills_news_after
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan, Offer, Sizing, plan_line
 from replenish.automation.policy import ReorderPolicy, Verdict, action_for, decide, within_limits
@@ -1595,7 +1595,8 @@ def _outcome_may_be_known(
     if started is None or now_started is None:
         return None
     if now_started > started:
-        return started, ended_by(evaluated.forecast, started=started) or now_started
+        news_after = refills_news_after(evaluated.forecast.computed_at)
+        return started, ended_by(evaluated.forecast, started=started, news_after=news_after) or now_started
     decided = context.decided.get(slot.id)
     if decided is not None and decided >= started and len(readings) and readings.levels[-1] <= EMPTY_LEVEL:
         return started, None

@@ -21,7 +21,14 @@ from typing import NamedTuple
 import numpy as np
 
 from replenish.automation.consolidation import joins
-from replenish.automation.engine import Screen, SlotEvaluation, SlotMemory, evaluate, order_on_its_way
+from replenish.automation.engine import (
+    Screen,
+    SlotEvaluation,
+    SlotMemory,
+    evaluate,
+    order_on_its_way,
+    refills_news_after,
+)
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
 from replenish.forecasting import Forecast, RatePrior, ReadingSeries
@@ -304,7 +311,8 @@ class _Replay:
             outcome: CycleOutcome | None = cycle_outcome(
                 series,
                 cycle_started_at=started,
-                ended_at=ended_by(evaluation.forecast, started=started) or evaluation.cycle_started_at,
+                ended_at=ended_by(evaluation.forecast, started=started, news_after=refills_news_after(now))
+                or evaluation.cycle_started_at,
                 prediction=prediction,
             )
         else:

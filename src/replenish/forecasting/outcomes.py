@@ -159,7 +159,9 @@ def _moment(epoch_seconds: float) -> datetime:
     return datetime.fromtimestamp(float(epoch_seconds), UTC)
 
 
-def ended_by(forecast: Forecast, *, started: datetime) -> datetime | None:
+def ended_by(forecast: Forecast, *, started: datetime, news_after: datetime | None = None) -> datetime | None:
     """The refill that ended the cycle that began at ``started``: the first one after it (several may have come
-    between two evaluations: a backlog of readings, a glitch), or None."""
-    return min((moment for moment in forecast.refills_detected if moment > started), default=None)
+    between two evaluations: a backlog of readings, a glitch), and after ``news_after`` (automation.engine: one at
+    the edge of the forecast's history window may be a glitch there), or None."""
+    after = started if news_after is None else max(started, news_after)
+    return min((moment for moment in forecast.refills_detected if moment > after), default=None)
