@@ -15,6 +15,7 @@ from replenish.constants import ConsentMode
 from replenish.customers import service as customers
 from replenish.db import transaction
 from replenish.devices import service as devices
+from replenish.devices.models import Slot as DeviceSlot
 from replenish.devices.schemas import DeviceCreate, SlotCreate
 from replenish.ingest.schemas import IncomingMessage
 from replenish.ingest.service import ingest_batch
@@ -87,20 +88,45 @@ def test_a_cycle_longer_than_the_history_window_is_ordered_once(slot: Slot):
     assert len(slot.orders()) == 1
 
 
-def test_a_glitch_at_the_start_of_the_history_window_is_no_refill(slot: Slot):
-    # 1% a day, read every 12 hours, one glitch reading 0.3 low on day 55.5. On day 97, 42 days later, the history
-    # window starts with the glitch: the next reading, back at the real level, looks like a refill of weeks ago.
-    # The cycle ordered on day 94 must not become a new one that orders again.
-    glitch = T0 + timedelta(days=55.5)
-    moment = T0
+@pytest.mark.parametrize(
+    ("every_hours", "low", "silent"),
+    [
+        pytest.param(12, (55.5,), (), id="a-glitch"),
+        pytest.param(12, (55.5,), (55.6, 58.0), id="a-glitch-then-silence"),
+        pytest.param(24, (57.0, 58.0, 59.0), (), id="a-dip-of-three-daily-readings"),
+    ],
+)
+def test_what_starts_the_history_window_is_no_refill(
+    slot: Slot, every_hours: int, low: tuple[float, ...], silent: tuple[float, ...]
+):
+    # 1% a day. Around day 97, 42 days after the readings in ``low`` (0.3 below the real level; the dip: empty),
+    # the history window begins with them, without the readings before that showed them for a glitch or a dip: the
+    # next reading, back at the real level, looks like a refill of weeks ago. The cycle ordered about day 94 must
+    # not become a new one that orders again.
+    moment, evaluations = T0, T0 + timedelta(days=90)
     while moment <= T0 + timedelta(days=100):
-        level = max(1.0 - 0.01 * (moment - T0) / timedelta(days=1), 0.0)
-        slot.report(moment, level - 0.3 if moment == glitch else level)
-        if moment >= T0 + timedelta(days=90):
-            slot.evaluate(moment)
-        moment += timedelta(hours=12)
+        day = (moment - T0) / timedelta(days=1)
+        level = max(1.0 - 0.01 * day, 0.0)
+        if not (silent and silent[0] <= day < silent[1]):
+            dip = every_hours == 24
+            slot.report(moment, (0.0 if dip else level - 0.3) if day in low else level)
+        while evaluations <= moment:
+            slot.evaluate(evaluations)
+            evaluations += timedelta(hours=12)
+        moment += timedelta(hours=every_hours)
     [order] = slot.orders()
     assert order.created_at < T0 + timedelta(days=97)
+
+
+def test_a_new_slots_refill_after_its_first_few_readings_starts_a_cycle(slot: Slot):
+    # Its readings all fit in the history window: nothing at its start is an edge to mistake.
+    levels = [0.5, 0.45, 0.4, 1.0, 0.99]
+    for step, level in enumerate(levels):
+        slot.report(T0 + step * timedelta(hours=6), level)
+        slot.evaluate(T0 + step * timedelta(hours=6))
+    with Session(slot.engine) as session:
+        [row] = session.exec(select(DeviceSlot))
+    assert row.cycle_started_at == T0 + 3 * timedelta(hours=6)
 
 
 def test_a_late_reading_from_before_a_refill_does_not_start_another_cycle(slot: Slot):

@@ -18,12 +18,12 @@ from replenish.automation.policy import ReorderPolicy, Verdict, decide
 from replenish.constants import ConsentMode
 from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
 from replenish.forecasting.calibration import Calibration
-from replenish.forecasting.model import REFILL_MIN_RISE
+from replenish.forecasting.model import DIP_MAX_READINGS, REFILL_MIN_RISE
 
 # How much history a forecast reads: six half-lives of its recency weighting (older readings would weigh less than
 # 2%), so an evaluation stays cheap however long the slot has reported.
 FORECAST_HISTORY_DAYS = 42
-# A refill this close to the start of the history window cannot be told from a glitch at its edge (advance_cycle).
+# A refill this close to the start of the history window cannot be told from a glitch at its edge (news_refills).
 WINDOW_EDGE = timedelta(days=2)
 # How long a new reading can wait for a later evaluation (see Screen): at most NEAR_STEP while the early empty date
 # is within NEAR of the order horizon (or right after a sharp drop), less often the further it is; once the cycle
@@ -62,6 +62,8 @@ class SlotEvaluation:
     evaluate_again_at: datetime
     # Which new readings can wait for a later evaluation.
     screen: Screen
+    # The forecast's refills that are news (news_refills): what moved the cycle, and what ends one.
+    refills: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,26 +140,38 @@ def next_evaluation(
     return min(moment for moment in moments if moment > now)
 
 
-def refills_news_after(now: datetime) -> datetime:
-    """Refills an evaluation at ``now`` finds before this are no news (advance_cycle): the edge of its history
-    window."""
-    return now - timedelta(days=FORECAST_HISTORY_DAYS) + WINDOW_EDGE
+def news_refills(forecast: Forecast, *, window: ReadingSeries, now: datetime) -> tuple[datetime, ...]:
+    """The refills in ``forecast`` that are news: all but those judged at the start of its history window.
+
+    A rise is judged against the readings before it. At the window's start there are too few of them: a glitch, a
+    dip or a silence at the edge, which the readings before the window would have shown for what it was, makes the
+    next reading at the slot's real level look like a refill weeks old. So a refill within WINDOW_EDGE of the
+    window's start is no news, nor, when the window begins at its edge (it cut a longer history), one with at most
+    DIP_MAX_READINGS of the window's readings before it: a real one was seen when it happened, by the evaluations
+    since. (One first confirmed more than 40 days after its rise, by a device silent for that long, is missed: see
+    the session notes of issue 22.) A slot whose readings all fit in the window has no edge to mistake.
+    """
+    edge = now - timedelta(days=FORECAST_HISTORY_DAYS) + WINDOW_EDGE
+    cut = len(window) > 0 and window.times[0] <= edge.timestamp()
+
+    def news(moment: datetime) -> bool:
+        if moment <= edge:
+            return False
+        return not cut or int(np.searchsorted(window.times, moment.timestamp(), side="left")) > DIP_MAX_READINGS
+
+    return tuple(moment for moment in forecast.refills_detected if news(moment))
 
 
 def advance_cycle(
-    cycle_started_at: datetime | None, forecast: Forecast, *, news_after: datetime | None = None
+    cycle_started_at: datetime | None, forecast: Forecast, *, refills: Sequence[datetime]
 ) -> datetime | None:
-    """The slot's current cycle start: set once, then moved forward only by a refill newer than it.
+    """The slot's current cycle start: set once, then moved forward only by a refill newer than it, among
+    ``refills``: those of the forecast that are news (news_refills).
 
     Never recomputed from the visible readings, so a late reading or a shifting history window can never make
-    one cycle look like a new one. ``news_after``: refills at or before it are not news. The history window's
-    first readings have nothing before them to judge a rise against: a low reading there (a glitch its
-    neighbours outside the window would have shown up) followed by the slot's real level looks like a refill weeks
-    old, which every evaluation since would have seen when it happened.
+    one cycle look like a new one.
     """
-    latest_refill = max(
-        (moment for moment in forecast.refills_detected if news_after is None or moment > news_after), default=None
-    )
+    latest_refill = max(refills, default=None)
     if cycle_started_at is None:
         return latest_refill or forecast.cycle_started_at
     if latest_refill is not None and latest_refill > cycle_started_at:
@@ -215,14 +229,20 @@ def evaluate(
         prior=prior,
         absences=absences or None,
     )
-    cycle = advance_cycle(memory.cycle_started_at, forecast, news_after=refills_news_after(now))
+    refills = news_refills(forecast, window=series, now=now)
+    cycle = advance_cycle(memory.cycle_started_at, forecast, refills=refills)
     if cycle is None:
         again = next_evaluation(
             forecast, decided=False, open_order_placed_at=None, policy=policy, pauses=pauses, now=now
         )
         screen = Screen.after(forecast, memory=memory.with_cycle(None), policy=policy, evaluated_at=now)
         return SlotEvaluation(
-            forecast=forecast, cycle_started_at=None, verdict=None, evaluate_again_at=again, screen=screen
+            forecast=forecast,
+            cycle_started_at=None,
+            verdict=None,
+            evaluate_again_at=again,
+            screen=screen,
+            refills=refills,
         )
     in_transit = order_on_its_way(forecast, memory=memory.with_cycle(cycle), policy=policy, now=now)
     decided = memory.decided_cycle_started_at is not None and memory.decided_cycle_started_at >= cycle
@@ -254,4 +274,5 @@ def evaluate(
         verdict=verdict,
         evaluate_again_at=again,
         screen=Screen.after(forecast, memory=after, policy=policy, evaluated_at=now),
+        refills=refills,
     )

@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 from replenish.answers import service as answers
 from replenish.audit import service as audit
 from replenish.automation.consolidation import joins, pulled_forward
-from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate, refills_news_after
+from replenish.automation.engine import FORECAST_HISTORY_DAYS, Screen, SlotMemory, evaluate
 from replenish.automation.models import Decision
 from replenish.automation.ordering import LinePlan, Offer, Sizing, plan_line
 from replenish.automation.policy import ReorderPolicy, Verdict, action_for, decide, within_limits
@@ -347,6 +347,7 @@ class Evaluated:
     cycle_started_at: datetime | None
     mode: ConsentMode
     policy: ReorderPolicy
+    refills: tuple[datetime, ...] = ()  # the forecast's refills that are news (engine.news_refills)
 
 
 @dataclass
@@ -501,6 +502,7 @@ def forecast_slot(
         cycle_started_at=evaluation.cycle_started_at,
         mode=mode,
         policy=policy,
+        refills=evaluation.refills,
     )
 
 
@@ -1595,8 +1597,7 @@ def _outcome_may_be_known(
     if started is None or now_started is None:
         return None
     if now_started > started:
-        news_after = refills_news_after(evaluated.forecast.computed_at)
-        return started, ended_by(evaluated.forecast, started=started, news_after=news_after) or now_started
+        return started, ended_by(evaluated.refills, started=started) or now_started
     decided = context.decided.get(slot.id)
     if decided is not None and decided >= started and len(readings) and readings.levels[-1] <= EMPTY_LEVEL:
         return started, None

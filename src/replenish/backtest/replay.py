@@ -27,7 +27,6 @@ from replenish.automation.engine import (
     SlotMemory,
     evaluate,
     order_on_its_way,
-    refills_news_after,
 )
 from replenish.automation.policy import ReorderPolicy
 from replenish.constants import DEFAULT_SERVICE_LEVEL, DEVICE_ID_RE, ConsentMode
@@ -311,8 +310,7 @@ class _Replay:
             outcome: CycleOutcome | None = cycle_outcome(
                 series,
                 cycle_started_at=started,
-                ended_at=ended_by(evaluation.forecast, started=started, news_after=refills_news_after(now))
-                or evaluation.cycle_started_at,
+                ended_at=ended_by(evaluation.refills, started=started) or evaluation.cycle_started_at,
                 prediction=prediction,
             )
         else:

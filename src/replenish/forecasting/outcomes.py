@@ -11,6 +11,7 @@ probability, 1 - the service level, should match. A cycle that ran empty is know
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -159,9 +160,8 @@ def _moment(epoch_seconds: float) -> datetime:
     return datetime.fromtimestamp(float(epoch_seconds), UTC)
 
 
-def ended_by(forecast: Forecast, *, started: datetime, news_after: datetime | None = None) -> datetime | None:
-    """The refill that ended the cycle that began at ``started``: the first one after it (several may have come
-    between two evaluations: a backlog of readings, a glitch), and after ``news_after`` (automation.engine: one at
-    the edge of the forecast's history window may be a glitch there), or None."""
-    after = started if news_after is None else max(started, news_after)
-    return min((moment for moment in forecast.refills_detected if moment > after), default=None)
+def ended_by(refills: Sequence[datetime], *, started: datetime) -> datetime | None:
+    """The refill that ended the cycle that began at ``started``: the first of ``refills`` after it (several may
+    have come between two evaluations: a backlog of readings, a glitch), or None. ``refills``: those an evaluation
+    counts as news (automation.engine.news_refills)."""
+    return min((moment for moment in refills if moment > started), default=None)
