@@ -307,6 +307,22 @@ def test_a_late_reading_can_wait_as_any_reading(engine: Engine):
     assert printers.evaluate(now + timedelta(hours=1)) == 0
 
 
+def test_a_reading_after_an_evaluation_on_evidence_too_old_to_act_on_never_waits(engine: Engine):
+    """Its order moment has passed, but the newest reading it had was too old to order on (the readings since were
+    still on their way: a backlog, or the demo's catch-up under load). The next reading is what the decision
+    waits for: it makes the slot due at once, not hours later."""
+    printers = Printers(engine, 1)
+    printers.falling(["printer-0"], start=T0, days=1, start_level=0.3, rate=0.08)
+    now = T0 + timedelta(days=3.5)
+    assert printers.evaluate(now) == 1
+    with Session(engine) as session:
+        assert session.exec(select(Order)).all() == [], "nothing ordered on evidence 2.5 days old"
+    printers.report(["printer-0"], now - timedelta(hours=1), 0.03, received_at=now + timedelta(minutes=1))
+    assert printers.evaluate(now + timedelta(minutes=2)) == 1
+    with Session(engine) as session:
+        assert len(session.exec(select(Order)).all()) == 1
+
+
 def test_a_customers_approval_waits_for_an_evaluation_of_theirs_under_way(engine: Engine):
     """An evaluation counts the customer's spending this month once, under the customer's lock: an approval placing
     an order meanwhile must wait for that transaction, or the evaluation could spend the same part of the cap. It
