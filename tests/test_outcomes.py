@@ -105,6 +105,12 @@ class Printer:
             return list(session.exec(select(CycleOutcome).where(CycleOutcome.device_id == self.device_id)))
 
 
+def answer(engine: Engine, order: Order, *, to: OrderStatus, feedback: OrderFeedback, now: datetime) -> None:
+    """The customer's answer to an order, with why."""
+    with transaction(engine) as session:
+        orders.transition(session=session, order_id=order.id, to=to, actor="customer:ada", now=now, feedback=feedback)
+
+
 def depleting(start: float, rate_per_day: float, days: float) -> list[float]:
     return [max(0.0, start - rate_per_day * step / 4) for step in range(int(days * 4))]
 
@@ -178,24 +184,9 @@ def test_a_declined_request_records_the_customers_feedback(engine: Engine):
     moment = printer.run(T0, depleting(0.8, 0.1, 6.5))
     [request] = printer.orders()
     assert request.status == OrderStatus.AWAITING_APPROVAL
-    with transaction(engine) as session, pytest.raises(InvalidRequest, match="feedback"):
-        orders.transition(
-            session=session,
-            order_id=request.id,
-            to=OrderStatus.PLACED,
-            actor="customer:ada",
-            now=moment,
-            feedback=OrderFeedback.TOO_EARLY,
-        )
-    with transaction(engine) as session:
-        orders.transition(
-            session=session,
-            order_id=request.id,
-            to=OrderStatus.DECLINED,
-            actor="customer:ada",
-            now=moment,
-            feedback=OrderFeedback.TOO_EARLY,
-        )
+    with pytest.raises(InvalidRequest, match="feedback"):
+        answer(engine, request, to=OrderStatus.PLACED, feedback=OrderFeedback.TOO_EARLY, now=moment)
+    answer(engine, request, to=OrderStatus.DECLINED, feedback=OrderFeedback.TOO_EARLY, now=moment)
     moment = printer.run(moment, depleting(0.175, 0.1, 3))
     printer.run(moment, [1.0, 0.98])
     [outcome] = printer.outcomes()
@@ -328,15 +319,7 @@ def test_not_needed_said_after_the_slot_ran_empty_takes_the_lesson_back_at_the_r
     [at_empty] = printer.outcomes()
     assert at_empty.order_status == OrderStatus.AWAITING_APPROVAL and at_empty.group_taught
     assert slot_calibration(engine)[1] == 1
-    with transaction(engine) as session:
-        orders.transition(
-            session=session,
-            order_id=request.id,
-            to=OrderStatus.DECLINED,
-            actor="customer:ada",
-            now=moment,
-            feedback=OrderFeedback.NOT_NEEDED,
-        )
+    answer(engine, request, to=OrderStatus.DECLINED, feedback=OrderFeedback.NOT_NEEDED, now=moment)
     printer.run(moment, [1.0, 0.98])
     [outcome] = printer.outcomes()
     assert outcome.id == at_empty.id and outcome.feedback == OrderFeedback.NOT_NEEDED and not outcome.group_taught

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from replenish.automation.policy import ReorderPolicy, Verdict, decide
+from replenish.automation.policy import ReorderPolicy, Verdict, decide, evidence_too_old
 from replenish.constants import ConsentMode
 from replenish.forecasting import Absences, Forecast, LevelReading, RatePrior, ReadingSeries, forecast_depletion
 from replenish.forecasting.calibration import Calibration
@@ -97,11 +97,8 @@ class Screen:
             high = forecast.level_now + REFILL_MIN_RISE if forecast.level_now is not None else math.inf
             until = evaluated_at + DECIDED_STEP
             return cls(until=until, until_dropped=until, high=high)
-        if forecast.evidence_to is not None and evaluated_at - forecast.evidence_to > timedelta(
-            days=policy.max_evidence_age_days
-        ):
-            # Its evidence was too old to act on (the readings since were not in yet, or it went quiet): the next
-            # reading is what a decision waits for, so none waits.
+        if evidence_too_old(forecast, policy=policy, now=evaluated_at):
+            # The next reading is what a decision waits for, so none waits.
             return cls(until=evaluated_at, until_dropped=evaluated_at)
         if forecast.empty_at_early is None or forecast.level_now is None:
             # Only a slot that is not being used can wait long; a pending refill or a new slot may need an order.

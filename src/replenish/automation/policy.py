@@ -95,12 +95,20 @@ def within_limits(
     return Verdict(action=DecisionAction.REQUEST_APPROVAL, reason=f"{verdict.reason}; asks first: {'; '.join(broken)}")
 
 
+def evidence_too_old(forecast: Forecast, *, policy: ReorderPolicy, now: datetime) -> bool:
+    """Whether the forecast's newest reading is too old to order on: the device has gone quiet, or the readings
+    since are still on their way, and what it used since is unknown."""
+    return forecast.evidence_to is not None and now - forecast.evidence_to > timedelta(
+        days=policy.max_evidence_age_days
+    )
+
+
 def must_reorder(forecast: Forecast, *, policy: ReorderPolicy, now: datetime) -> bool:
     """True when the slot may run out before an order placed now could arrive, on recent enough evidence."""
     if forecast.status != "ok" or forecast.empty_at_early is None or forecast.evidence_to is None:
         return False
-    if now - forecast.evidence_to > timedelta(days=policy.max_evidence_age_days):
-        return False  # the device has gone quiet: what it used since is unknown
+    if evidence_too_old(forecast, policy=policy, now=now):
+        return False
     return forecast.empty_at_early <= now + policy.horizon
 
 

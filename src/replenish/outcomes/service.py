@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Float, case, cast, delete, func, update
+from sqlalchemy import Float, case, cast, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from replenish.automation.models import Decision
@@ -33,8 +33,8 @@ from replenish.outcomes.models import CalibrationGroup, CycleOutcome, ForecastRe
 
 @dataclass(frozen=True)
 class EndedCycle:
-    """A decided cycle whose outcome an evaluation may know: one a refill after ``started_at`` ended at
-    ``ended_at``, or (``ended_at`` None) one whose readings may show it has run empty."""
+    """A cycle whose outcome an evaluation may know: one a refill after ``started_at`` ended at ``ended_at``, or
+    (``ended_at`` None) a decided one whose readings may show it has run empty."""
 
     slot: Slot
     device: Device
@@ -80,14 +80,19 @@ def record_ended_cycles(*, session: Session, ended: Sequence[EndedCycle], now: d
         .order_by(col(Decision.cycle_started_at).desc())
     ):
         decisions.setdefault(decision.slot_id, []).append((decision, its_order))
+    # The outcomes of these cycles, and of these decisions: a decision has one outcome even if a refill found late
+    # moved its cycle's start (one per decision, as stored).
+    candidates = [decision.id for found in decisions.values() for decision, _ in found]
     known: dict[tuple[str, datetime], CycleOutcome] = {}
+    settled: set[str] = set()
     for row in session.exec(
-        select(CycleOutcome).where(col(CycleOutcome.slot_id).in_(slot_ids), col(CycleOutcome.cycle_started_at) >= since)
+        select(CycleOutcome).where(
+            col(CycleOutcome.slot_id).in_(slot_ids),
+            or_(col(CycleOutcome.cycle_started_at) >= since, col(CycleOutcome.decision_id).in_(candidates)),
+        )
     ):
         known.setdefault((row.slot_id, row.cycle_started_at), row)
-    # A decision has one outcome even if a refill found late moved its cycle's start (one per decision, as stored).
-    candidates = [decision.id for found in decisions.values() for decision, _ in found]
-    settled = set(session.exec(select(CycleOutcome.decision_id).where(col(CycleOutcome.decision_id).in_(candidates))))
+        settled.add(row.decision_id)
     lessons = []
     for cycle in ended:
         kept = known.get((cycle.slot.id, cycle.started_at))
@@ -271,7 +276,7 @@ def _decision_of(
     customer's own, or a line pulled into a shipment, that was withdrawn (it decided nothing about the cycle, as
     automation's latest decision keys say). One made on a forecast already at or past its median empty date (an
     order for a slot that had run out) has nothing to check: an earlier one is taken before it."""
-    found: list[tuple[Decision, Order | None, Prediction]] = []
+    uncheckable: tuple[Decision, Order | None, Prediction] | None = None
     for decision, order in candidates:
         if decision.cycle_started_at < cycle.started_at or (
             cycle.ended_at is not None and decision.cycle_started_at >= cycle.ended_at
@@ -289,9 +294,11 @@ def _decision_of(
                 forecast, decided_at=decision.decided_at, stated=float(stated) if stated is not None else None
             )
         )
-        if prediction is not None:
-            found.append((decision, order, prediction))
-    return next((item for item in found if item[2].checkable), found[0] if found else None)
+        if prediction is not None and prediction.checkable:
+            return decision, order, prediction
+        if prediction is not None and uncheckable is None:
+            uncheckable = (decision, order, prediction)
+    return uncheckable
 
 
 def list_for_slots(*, session: Session, slot_ids: Sequence[str], per_slot: int) -> dict[str, list[CycleOutcome]]:
